@@ -1,0 +1,1 @@
+//! The aggregator daemon: rounds, cohorts, aggregation, durable state and audit.

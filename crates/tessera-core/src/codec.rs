@@ -1,0 +1,290 @@
+//! The one place that knows how messages become bytes.
+//!
+//! A frame is `[version: u8][length: u32 little-endian][payload]`, where the
+//! payload is a serde value encoded with bincode 2 (fixed-width integers, so
+//! a masked u32 costs exactly four bytes). Every frame is bounded by
+//! [`Limits::max_frame_bytes`]; a peer that announces more is cut off at the
+//! header, before a single payload byte is buffered. Vectors larger than a
+//! frame are split by the protocol into chunks of [`Limits::chunk_values`].
+//!
+//! [`FrameDecoder`] is sans-IO: feed it whatever bytes arrived, pull frames
+//! out. It never panics on hostile input; each failure is a [`CodecError`].
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Version byte at the head of every frame. Bumped on any incompatible
+/// change to the message enums.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes of frame header: version byte plus u32 length.
+pub const HEADER_LEN: usize = 5;
+
+/// Hard ceiling compiled into the bincode config; `Limits` may only be lower.
+const BINCODE_LIMIT: usize = 256 << 20;
+
+/// Size limits, agreed by configuration on both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload accepted in one frame.
+    pub max_frame_bytes: usize,
+    /// Values per chunk when a vector is streamed.
+    pub chunk_values: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 4 MiB chunks keep per-frame buffers small while amortising framing.
+        Self { max_frame_bytes: 8 << 20, chunk_values: 1 << 20 }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum CodecError {
+    #[error("unknown protocol version {found} (this build speaks {expected})")]
+    UnknownVersion { found: u8, expected: u8 },
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    Oversize { len: usize, limit: usize },
+    #[error("stream ended inside a frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+    #[error("frame payload could not be decoded: {0}")]
+    Undecodable(String),
+    #[error("frame payload has {0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("message could not be encoded: {0}")]
+    Unencodable(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_fixed_int_encoding().with_little_endian().with_limit::<BINCODE_LIMIT>()
+}
+
+/// Encode `msg` as one complete frame.
+pub fn encode_frame<T: Serialize>(msg: &T, limits: &Limits) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![PROTOCOL_VERSION, 0, 0, 0, 0];
+    bincode::serde::encode_into_std_write(msg, &mut out, config())
+        .map_err(|e| CodecError::Unencodable(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > limits.max_frame_bytes || len > u32::MAX as usize {
+        return Err(CodecError::Oversize { len, limit: limits.max_frame_bytes });
+    }
+    out[1..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Decode one frame's payload (the bytes after the header).
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    let (msg, used) = bincode::serde::decode_from_slice::<T, _>(payload, config())
+        .map_err(|e| CodecError::Undecodable(e.to_string()))?;
+    if used != payload.len() {
+        return Err(CodecError::TrailingBytes(payload.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Encode a value with the wire encoding but no frame header; used for
+/// things that are hashed or stored (audit entries, checkpoints).
+pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Unencodable(e.to_string()))
+}
+
+/// Inverse of [`to_bytes`].
+pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_payload(bytes)
+}
+
+/// Incremental frame decoder. Buffers at most one frame.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limits: Limits,
+    buf: Vec<u8>,
+    failed: Option<CodecError>,
+}
+
+impl FrameDecoder {
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, buf: Vec::new(), failed: None }
+    }
+
+    /// Append bytes as they arrived from the transport.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes still needed before the next frame can complete, if the header
+    /// is known; lets a driver read exactly one frame at a time.
+    pub fn wanted(&self) -> usize {
+        if self.buf.len() < HEADER_LEN {
+            return HEADER_LEN - self.buf.len();
+        }
+        let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        (HEADER_LEN + len).saturating_sub(self.buf.len()).max(1)
+    }
+
+    /// Next complete raw payload, `Ok(None)` if more bytes are needed. After
+    /// an error the decoder stays failed: the stream cannot be resynchronised.
+    pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, CodecError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        if self.buf[0] != PROTOCOL_VERSION {
+            return self.fail(CodecError::UnknownVersion { found: self.buf[0], expected: PROTOCOL_VERSION });
+        }
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > self.limits.max_frame_bytes {
+            return self.fail(CodecError::Oversize { len, limit: self.limits.max_frame_bytes });
+        }
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(HEADER_LEN + len);
+        let mut frame = std::mem::replace(&mut self.buf, rest);
+        frame.drain(..HEADER_LEN);
+        Ok(Some(frame))
+    }
+
+    /// Next complete message.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+        match self.next_payload()? {
+            None => Ok(None),
+            Some(p) => match decode_payload(&p) {
+                Ok(m) => Ok(Some(m)),
+                Err(e) => self.fail(e),
+            },
+        }
+    }
+
+    /// Call at end of stream: an incomplete frame is an error.
+    pub fn finish(&self) -> Result<(), CodecError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.buf.is_empty() { Ok(()) } else { Err(CodecError::Truncated { buffered: self.buf.len() }) }
+    }
+
+    fn fail<T>(&mut self, e: CodecError) -> Result<T, CodecError> {
+        self.buf = Vec::new();
+        self.failed = Some(e.clone());
+        Err(e)
+    }
+}
+
+/// Split `total` values into `(offset, len)` chunks of at most `chunk` values.
+pub fn chunk_ranges(total: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    let chunk = chunk.max(1);
+    (0..total.div_ceil(chunk)).map(move |i| {
+        let off = i * chunk;
+        (off, chunk.min(total - off))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{AggregatorMsg, ClientMsg, PublicKeys};
+    use proptest::prelude::*;
+
+    fn sample() -> ClientMsg {
+        ClientMsg::MaskedChunk { round: 3, offset: 10, values: vec![1, 2, u32::MAX] }
+    }
+
+    #[test]
+    fn roundtrip_in_pieces() {
+        let l = Limits::default();
+        let a = encode_frame(&sample(), &l).unwrap();
+        let b = encode_frame(
+            &ClientMsg::AdvertiseKeys { round: 1, keys: PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] } },
+            &l,
+        )
+        .unwrap();
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        let mut d = FrameDecoder::new(l);
+        let mut got = Vec::new();
+        for byte in &all {
+            d.push(std::slice::from_ref(byte));
+            while let Some(m) = d.next::<ClientMsg>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], sample());
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn masked_u32_costs_four_bytes() {
+        let l = Limits::default();
+        let small = encode_frame(&ClientMsg::MaskedChunk { round: 0, offset: 0, values: vec![0; 1000] }, &l).unwrap();
+        let big =
+            encode_frame(&ClientMsg::MaskedChunk { round: 0, offset: 0, values: vec![u32::MAX; 1000] }, &l).unwrap();
+        assert_eq!(small.len(), big.len());
+        assert!(small.len() < 4000 + 64);
+    }
+
+    #[test]
+    fn wrong_version_truncated_oversize_garbage() {
+        let l = Limits { max_frame_bytes: 64, chunk_values: 8 };
+        let mut f = encode_frame(&sample(), &l).unwrap();
+        f[0] = 9;
+        let mut d = FrameDecoder::new(l);
+        d.push(&f);
+        assert_eq!(d.next::<ClientMsg>(), Err(CodecError::UnknownVersion { found: 9, expected: PROTOCOL_VERSION }));
+        assert!(d.next::<ClientMsg>().is_err(), "decoder stays failed");
+
+        let f = encode_frame(&sample(), &l).unwrap();
+        let mut d = FrameDecoder::new(l);
+        d.push(&f[..f.len() - 1]);
+        assert_eq!(d.next::<ClientMsg>(), Ok(None));
+        assert!(matches!(d.finish(), Err(CodecError::Truncated { .. })));
+
+        let mut d = FrameDecoder::new(l);
+        d.push(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(matches!(d.next::<ClientMsg>(), Err(CodecError::Oversize { .. })));
+
+        let mut d = FrameDecoder::new(l);
+        d.push(&[PROTOCOL_VERSION, 3, 0, 0, 0, 0xff, 0xff, 0xff]);
+        assert!(matches!(d.next::<ClientMsg>(), Err(CodecError::Undecodable(_))));
+
+        let big = ClientMsg::MaskedChunk { round: 0, offset: 0, values: vec![0; 100] };
+        assert!(matches!(encode_frame(&big, &l), Err(CodecError::Oversize { .. })));
+    }
+
+    #[test]
+    fn chunking_covers_everything_once() {
+        let r: Vec<_> = chunk_ranges(10, 4).collect();
+        assert_eq!(r, vec![(0, 4), (4, 4), (8, 2)]);
+        assert_eq!(chunk_ranges(0, 4).count(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut d = FrameDecoder::new(Limits { max_frame_bytes: 256, chunk_values: 16 });
+            d.push(&bytes);
+            for _ in 0..8 {
+                let _ = d.next::<ClientMsg>();
+                let _ = d.next::<AggregatorMsg>();
+            }
+            let _ = d.finish();
+        }
+
+        #[test]
+        fn arbitrary_payload_after_valid_header_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut frame = vec![PROTOCOL_VERSION];
+            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&payload);
+            let mut d = FrameDecoder::new(Limits::default());
+            d.push(&frame);
+            let _ = d.next::<AggregatorMsg>();
+        }
+    }
+}

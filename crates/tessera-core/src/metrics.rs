@@ -1,0 +1,105 @@
+//! Evaluation metrics a member reports on its own held-out split, and the
+//! per-round record written to `metrics.jsonl`. Only aggregates: never a
+//! record or a per-example value.
+
+use serde::{Deserialize, Serialize};
+
+/// Metrics of one model on one member's held-out split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub num_examples: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub balanced_accuracy: f64,
+    /// ROC AUC (one-vs-rest macro average for more than two classes).
+    pub auc: f64,
+    /// Macro F1.
+    pub f1: f64,
+    /// Row = true class, column = predicted class.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl EvalMetrics {
+    /// Example-weighted mean across members; confusion matrices are summed.
+    pub fn weighted_mean(reports: &[EvalMetrics]) -> EvalMetrics {
+        let total: u64 = reports.iter().map(|m| m.num_examples).sum();
+        if total == 0 {
+            return EvalMetrics::default();
+        }
+        let w = |f: fn(&EvalMetrics) -> f64| {
+            reports.iter().map(|m| f(m) * m.num_examples as f64).sum::<f64>() / total as f64
+        };
+        let classes = reports.iter().map(|m| m.confusion.len()).max().unwrap_or(0);
+        let mut confusion = vec![vec![0u64; classes]; classes];
+        for m in reports {
+            for (i, row) in m.confusion.iter().enumerate() {
+                for (j, c) in row.iter().enumerate() {
+                    if j < classes {
+                        confusion[i][j] += c;
+                    }
+                }
+            }
+        }
+        EvalMetrics {
+            num_examples: total,
+            loss: w(|m| m.loss),
+            accuracy: w(|m| m.accuracy),
+            balanced_accuracy: w(|m| m.balanced_accuracy),
+            auc: w(|m| m.auc),
+            f1: w(|m| m.f1),
+            confusion,
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    /// Members whose contribution is in the aggregate.
+    pub participants: u32,
+    /// Members selected into the cohort that did not finish.
+    pub dropped: u32,
+    /// Whether an aggregate was produced (false: aborted below threshold).
+    pub accepted: bool,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub balanced_accuracy: f64,
+    pub auc: f64,
+    pub f1: f64,
+    /// Bytes received by the aggregator this round, all members together.
+    pub bytes_up: u64,
+    /// Bytes sent by the aggregator this round, all members together.
+    pub bytes_down: u64,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_mean_weights_by_examples() {
+        let a = EvalMetrics {
+            num_examples: 10,
+            accuracy: 1.0,
+            confusion: vec![vec![5, 0], vec![0, 5]],
+            ..Default::default()
+        };
+        let b = EvalMetrics {
+            num_examples: 30,
+            accuracy: 0.5,
+            confusion: vec![vec![10, 5], vec![10, 5]],
+            ..Default::default()
+        };
+        let m = EvalMetrics::weighted_mean(&[a, b]);
+        assert_eq!(m.num_examples, 40);
+        assert!((m.accuracy - 0.625).abs() < 1e-12);
+        assert_eq!(m.confusion, vec![vec![15, 5], vec![10, 10]]);
+        assert_eq!(EvalMetrics::weighted_mean(&[]).num_examples, 0);
+    }
+}

@@ -1,0 +1,294 @@
+//! Named parameter tensors: the *trainable* part of a model, the only thing
+//! that crosses the wire. Frozen backbone weights never appear here.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One named tensor of f32 values in row-major order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl ParamTensor {
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Result<Self, ParamsError> {
+        let name = name.into();
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(ParamsError::ShapeMismatch { name, expected, actual: data.len() });
+        }
+        Ok(Self { name, shape, data })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// The ordered names and shapes of a parameter set, without values. Both
+/// sides agree on it before any values move, so that chunks carry only
+/// offsets into the flat vector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamLayout {
+    pub entries: Vec<(String, Vec<usize>)>,
+}
+
+impl ParamLayout {
+    pub fn numel(&self) -> usize {
+        self.entries.iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
+    /// Short digest used to check that two parties talk about the same model.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for (name, shape) in &self.entries {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((shape.len() as u64).to_le_bytes());
+            for d in shape {
+                h.update((*d as u64).to_le_bytes());
+            }
+        }
+        h.finalize().into()
+    }
+}
+
+/// A full set of trainable parameters, in a fixed order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelParams {
+    pub tensors: Vec<ParamTensor>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParamsError {
+    #[error("tensor `{name}`: shape holds {expected} values but {actual} were given")]
+    ShapeMismatch { name: String, expected: usize, actual: usize },
+    #[error("flat vector has {actual} values, layout needs {expected}")]
+    FlatLength { expected: usize, actual: usize },
+    #[error("parameter layouts differ")]
+    LayoutMismatch,
+    #[error("tensor `{name}` holds a non-finite value")]
+    NonFinite { name: String },
+}
+
+impl ModelParams {
+    pub fn new(tensors: Vec<ParamTensor>) -> Self {
+        Self { tensors }
+    }
+
+    pub fn layout(&self) -> ParamLayout {
+        ParamLayout { entries: self.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect() }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.tensors.iter().map(|t| t.numel()).sum()
+    }
+
+    /// Bytes the values occupy as f32; what "update size" means in reports.
+    pub fn byte_len(&self) -> usize {
+        self.numel() * 4
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ParamTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// A zero-valued parameter set with this layout.
+    pub fn zeros(layout: &ParamLayout) -> Self {
+        Self {
+            tensors: layout
+                .entries
+                .iter()
+                .map(|(n, s)| ParamTensor { name: n.clone(), shape: s.clone(), data: vec![0.0; s.iter().product()] })
+                .collect(),
+        }
+    }
+
+    /// Iterate over all values in layout order.
+    pub fn values(&self) -> impl Iterator<Item = &f32> {
+        self.tensors.iter().flat_map(|t| t.data.iter())
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut f32> {
+        self.tensors.iter_mut().flat_map(|t| t.data.iter_mut())
+    }
+
+    pub fn to_flat(&self) -> Vec<f32> {
+        self.values().copied().collect()
+    }
+
+    pub fn from_flat(layout: &ParamLayout, flat: &[f32]) -> Result<Self, ParamsError> {
+        let expected = layout.numel();
+        if flat.len() != expected {
+            return Err(ParamsError::FlatLength { expected, actual: flat.len() });
+        }
+        let mut offset = 0;
+        let mut tensors = Vec::with_capacity(layout.entries.len());
+        for (name, shape) in &layout.entries {
+            let n: usize = shape.iter().product();
+            tensors.push(ParamTensor {
+                name: name.clone(),
+                shape: shape.clone(),
+                data: flat[offset..offset + n].to_vec(),
+            });
+            offset += n;
+        }
+        Ok(Self { tensors })
+    }
+
+    /// Write `src` into the flat range starting at `offset`; used to rebuild
+    /// a parameter set from streamed chunks without a second full copy.
+    pub fn write_flat(&mut self, offset: usize, src: &[f32]) -> Result<(), ParamsError> {
+        let total = self.numel();
+        if offset.checked_add(src.len()).is_none_or(|end| end > total) {
+            return Err(ParamsError::FlatLength { expected: total, actual: offset.saturating_add(src.len()) });
+        }
+        let mut pos = 0usize;
+        let mut remaining = src;
+        let mut cursor = offset;
+        for t in &mut self.tensors {
+            let n = t.data.len();
+            if cursor >= pos + n {
+                pos += n;
+                continue;
+            }
+            let start = cursor - pos;
+            let take = (n - start).min(remaining.len());
+            t.data[start..start + take].copy_from_slice(&remaining[..take]);
+            remaining = &remaining[take..];
+            cursor += take;
+            pos += n;
+            if remaining.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy the flat range `[offset, offset + out.len())` into `out`.
+    pub fn read_flat(&self, offset: usize, out: &mut [f32]) -> Result<(), ParamsError> {
+        let total = self.numel();
+        if offset.checked_add(out.len()).is_none_or(|end| end > total) {
+            return Err(ParamsError::FlatLength { expected: total, actual: offset.saturating_add(out.len()) });
+        }
+        for (dst, src) in out.iter_mut().zip(self.values().skip(offset)) {
+            *dst = *src;
+        }
+        Ok(())
+    }
+
+    fn check_same_layout(&self, other: &Self) -> Result<(), ParamsError> {
+        if self.tensors.len() != other.tensors.len()
+            || self.tensors.iter().zip(&other.tensors).any(|(a, b)| a.name != b.name || a.shape != b.shape)
+        {
+            return Err(ParamsError::LayoutMismatch);
+        }
+        Ok(())
+    }
+
+    /// `self += alpha * other`.
+    pub fn add_scaled(&mut self, other: &Self, alpha: f32) -> Result<(), ParamsError> {
+        self.check_same_layout(other)?;
+        for (a, b) in self.values_mut().zip(other.values()) {
+            *a += alpha * *b;
+        }
+        Ok(())
+    }
+
+    /// `self - other`, the update a client reports.
+    pub fn delta_from(&self, base: &Self) -> Result<Self, ParamsError> {
+        self.check_same_layout(base)?;
+        let mut out = self.clone();
+        for (a, b) in out.values_mut().zip(base.values()) {
+            *a -= *b;
+        }
+        Ok(out)
+    }
+
+    pub fn scale(&mut self, alpha: f32) {
+        for v in self.values_mut() {
+            *v *= alpha;
+        }
+    }
+
+    pub fn l2_norm(&self) -> f64 {
+        self.values().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt()
+    }
+
+    pub fn check_finite(&self) -> Result<(), ParamsError> {
+        for t in &self.tensors {
+            if t.data.iter().any(|v| !v.is_finite()) {
+                return Err(ParamsError::NonFinite { name: t.name.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// SHA-256 over layout and little-endian values: the model hash recorded
+    /// in audit entries.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.layout().fingerprint());
+        for t in &self.tensors {
+            for v in &t.data {
+                h.update(v.to_le_bytes());
+            }
+        }
+        h.finalize().into()
+    }
+
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ModelParams {
+        ModelParams::new(vec![
+            ParamTensor::new("a.weight", vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap(),
+            ParamTensor::new("a.bias", vec![2], vec![7.0, 8.0]).unwrap(),
+        ])
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        assert!(matches!(ParamTensor::new("x", vec![2, 2], vec![0.0; 3]), Err(ParamsError::ShapeMismatch { .. })));
+    }
+
+    #[test]
+    fn flat_roundtrip_and_chunked_writes() {
+        let p = sample();
+        let flat = p.to_flat();
+        assert_eq!(ModelParams::from_flat(&p.layout(), &flat).unwrap(), p);
+        let mut z = ModelParams::zeros(&p.layout());
+        z.write_flat(0, &flat[..4]).unwrap();
+        z.write_flat(4, &flat[4..7]).unwrap();
+        z.write_flat(7, &flat[7..]).unwrap();
+        assert_eq!(z, p);
+        let mut out = [0.0; 3];
+        p.read_flat(5, &mut out).unwrap();
+        assert_eq!(out, [6.0, 7.0, 8.0]);
+        assert!(z.write_flat(7, &[0.0; 2]).is_err());
+        assert!(p.read_flat(usize::MAX, &mut out).is_err());
+    }
+
+    #[test]
+    fn arithmetic_and_digest() {
+        let p = sample();
+        let mut q = p.clone();
+        q.scale(2.0);
+        let d = q.delta_from(&p).unwrap();
+        assert_eq!(d, p);
+        assert_ne!(p.digest(), q.digest());
+        let mut bad = p.clone();
+        bad.tensors[1].data[0] = f32::NAN;
+        assert_eq!(bad.check_finite(), Err(ParamsError::NonFinite { name: "a.bias".into() }));
+        let other = ModelParams::new(vec![p.tensors[0].clone()]);
+        assert_eq!(q.add_scaled(&other, 1.0), Err(ParamsError::LayoutMismatch));
+    }
+}

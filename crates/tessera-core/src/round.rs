@@ -1,0 +1,95 @@
+//! What travels with a round: the settings a client needs to train, mask and
+//! privatize its update. The aggregator fills these in from its config; the
+//! client checks them against its own policy before acting on them.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one federated run. Bound into every secure-aggregation key
+/// derivation so that nothing from one run can be replayed into another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunId(pub [u8; 16]);
+
+impl RunId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Local training settings for one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub local_epochs: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    /// FedProx proximal term; 0 disables it.
+    pub proximal_mu: f64,
+    /// Seed for shuffling and any sampling on the client; derived per round
+    /// and per member by the aggregator so simulations are reproducible.
+    pub seed: u64,
+}
+
+/// Which unit a differential-privacy guarantee protects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyUnit {
+    Record,
+    Client,
+}
+
+/// Where the Gaussian noise is added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoisePlacement {
+    Local,
+    Distributed,
+    Central,
+}
+
+/// The privacy mechanism a client must apply before its update leaves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DpSettings {
+    pub unit: PrivacyUnit,
+    pub noise: NoisePlacement,
+    /// L2 clip: per example (record unit) or per update (client unit).
+    pub clip_norm: f64,
+    /// Noise standard deviation as a multiple of the clip norm, for the
+    /// whole release (the client derives its own share from it).
+    pub noise_multiplier: f64,
+    /// Poisson sampling rate of examples per DP-SGD step (record unit).
+    pub sampling_rate: f64,
+    /// Minimum number of contributions the distributed noise is sized for.
+    pub min_contributors: u32,
+    /// Epsilon the aggregator's accountant says this round spends, at `delta`;
+    /// the client checks its own budget against its own accountant.
+    pub delta: f64,
+}
+
+/// Secure-aggregation parameters for one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecAggSettings {
+    /// Shamir threshold t: at least this many survivors or the round aborts.
+    pub threshold: u32,
+    /// Bits k of the ring Z_{2^k} the masked vector lives in (k <= 32).
+    pub modulus_bits: u32,
+    /// Update values are clipped to [-clip_range, clip_range] before quantizing.
+    pub clip_range: f32,
+    /// Neighbours per member in SecAgg+; `None` means the complete graph.
+    pub neighbours: Option<u32>,
+    /// Seed of the neighbour graph, chosen by the aggregator per round.
+    pub graph_seed: [u8; 32],
+}
+
+/// Everything a member is told when a round starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundSettings {
+    pub train: TrainSettings,
+    /// `None` only in the simulator's `insecure_plaintext` research mode.
+    pub secagg: Option<SecAggSettings>,
+    pub dp: Option<DpSettings>,
+}

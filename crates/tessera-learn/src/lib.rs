@@ -1,0 +1,1 @@
+//! Local training with burn: models, data loading, transfer learning and evaluation.

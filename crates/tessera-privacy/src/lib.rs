@@ -1,0 +1,1 @@
+//! Differential privacy: clipping, exact noise samplers, accounting and budgets.

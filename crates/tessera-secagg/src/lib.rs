@@ -1,0 +1,1 @@
+//! Secure aggregation (SecAgg with dropout recovery, SecAgg+) as sans-IO state machines.

@@ -1,0 +1,1 @@
+//! Simulator: many parties on one machine through the same protocol code.
