@@ -1,1 +1,19 @@
-//! The client daemon: the member's side of the protocol and its drivers.
+//! `tessera-client` is the member's side of Tessera: the daemon that runs
+//! inside an institution next to its private data. It trains locally when
+//! the aggregator asks, and releases only a clipped, privatized, securely
+//! masked update and aggregate evaluation metrics.
+//!
+//! [`participant`] is the sans-IO protocol state machine (no sockets, no
+//! clocks, no training); [`driver`] dials out, moves frames and runs local
+//! work; [`egress`] records every byte that leaves. This crate must never
+//! send, log or return a record or a per-example value, and never accept a
+//! round without secure aggregation unless its policy is the simulator's
+//! explicit research mode.
+
+pub mod driver;
+pub mod egress;
+pub mod participant;
+
+pub use driver::{ClientExit, ClientOptions, LocalModel, run};
+pub use egress::EgressLedger;
+pub use participant::{Participant, Policy, TrainedUpdate};

@@ -152,7 +152,7 @@ impl FrameDecoder {
     }
 
     /// Next complete message.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
         match self.next_payload()? {
             None => Ok(None),
             Some(p) => match decode_payload(&p) {
@@ -211,7 +211,7 @@ mod tests {
         let mut got = Vec::new();
         for byte in &all {
             d.push(std::slice::from_ref(byte));
-            while let Some(m) = d.next::<ClientMsg>().unwrap() {
+            while let Some(m) = d.next_message::<ClientMsg>().unwrap() {
                 got.push(m);
             }
         }
@@ -237,22 +237,22 @@ mod tests {
         f[0] = 9;
         let mut d = FrameDecoder::new(l);
         d.push(&f);
-        assert_eq!(d.next::<ClientMsg>(), Err(CodecError::UnknownVersion { found: 9, expected: PROTOCOL_VERSION }));
-        assert!(d.next::<ClientMsg>().is_err(), "decoder stays failed");
+        assert_eq!(d.next_message::<ClientMsg>(), Err(CodecError::UnknownVersion { found: 9, expected: PROTOCOL_VERSION }));
+        assert!(d.next_message::<ClientMsg>().is_err(), "decoder stays failed");
 
         let f = encode_frame(&sample(), &l).unwrap();
         let mut d = FrameDecoder::new(l);
         d.push(&f[..f.len() - 1]);
-        assert_eq!(d.next::<ClientMsg>(), Ok(None));
+        assert_eq!(d.next_message::<ClientMsg>(), Ok(None));
         assert!(matches!(d.finish(), Err(CodecError::Truncated { .. })));
 
         let mut d = FrameDecoder::new(l);
         d.push(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0x7f]);
-        assert!(matches!(d.next::<ClientMsg>(), Err(CodecError::Oversize { .. })));
+        assert!(matches!(d.next_message::<ClientMsg>(), Err(CodecError::Oversize { .. })));
 
         let mut d = FrameDecoder::new(l);
         d.push(&[PROTOCOL_VERSION, 3, 0, 0, 0, 0xff, 0xff, 0xff]);
-        assert!(matches!(d.next::<ClientMsg>(), Err(CodecError::Undecodable(_))));
+        assert!(matches!(d.next_message::<ClientMsg>(), Err(CodecError::Undecodable(_))));
 
         let big = ClientMsg::MaskedChunk { round: 0, offset: 0, values: vec![0; 100] };
         assert!(matches!(encode_frame(&big, &l), Err(CodecError::Oversize { .. })));
@@ -271,8 +271,8 @@ mod tests {
             let mut d = FrameDecoder::new(Limits { max_frame_bytes: 256, chunk_values: 16 });
             d.push(&bytes);
             for _ in 0..8 {
-                let _ = d.next::<ClientMsg>();
-                let _ = d.next::<AggregatorMsg>();
+                let _ = d.next_message::<ClientMsg>();
+                let _ = d.next_message::<AggregatorMsg>();
             }
             let _ = d.finish();
         }
@@ -284,7 +284,7 @@ mod tests {
             frame.extend_from_slice(&payload);
             let mut d = FrameDecoder::new(Limits::default());
             d.push(&frame);
-            let _ = d.next::<AggregatorMsg>();
+            let _ = d.next_message::<AggregatorMsg>();
         }
     }
 }

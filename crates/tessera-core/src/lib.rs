@@ -9,10 +9,12 @@
 //! names it, so the format can be swapped without touching callers.
 
 pub mod codec;
+pub mod config;
 pub mod message;
 pub mod metrics;
 pub mod params;
 pub mod round;
+pub mod stream;
 
 pub use codec::{CodecError, FrameDecoder, Limits, PROTOCOL_VERSION};
 pub use message::{AggregatorMsg, ClientMsg};

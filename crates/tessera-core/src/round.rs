@@ -32,6 +32,11 @@ pub struct TrainSettings {
     /// Seed for shuffling and any sampling on the client; derived per round
     /// and per member by the aggregator so simulations are reproducible.
     pub seed: u64,
+    /// FedAvg example weighting: a member weighs its update by
+    /// `min(examples, cap) / cap`, and that weight travels inside the masked
+    /// vector so the aggregator learns only the sum of weights. 0 = every
+    /// member weighs 1 (the choice under client-level DP).
+    pub example_weight_cap: u64,
 }
 
 /// Which unit a differential-privacy guarantee protects.

@@ -1,1 +1,28 @@
-//! Local training with burn: models, data loading, transfer learning and evaluation.
+//! `tessera-learn` owns everything a member does with its own data: loading
+//! and preprocessing tabular files, the tabular MLP and its trainable part
+//! (head, last layers, LoRA adapters), local training with FedProx and
+//! record-level DP-SGD, evaluation metrics, and backbone pretraining
+//! checkpoints. It converts the trainable part to and from
+//! [`tessera_core::ModelParams`], the only thing that leaves the member.
+//!
+//! It must NOT touch the network, masks or privacy accounting, and must never
+//! print, log or put a record or per-example value into an error: errors name
+//! files, lines, columns and tensors only. Backends are chosen at run time
+//! through burn 0.22's `Device` ([`ComputeBackend`]).
+
+pub mod backend;
+pub mod data;
+pub mod dpsgd;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod pretrain;
+pub mod train;
+
+pub use backend::{ComputeBackend, DEFAULT_BACKEND};
+pub use data::{Dataset, Split, SplitConfig, TabularData, TabularSpec};
+pub use dpsgd::DpSgdConfig;
+pub use error::{DataError, LearnError};
+pub use model::{MlpConfig, TabularMlp, TrainablePart};
+pub use pretrain::{PretrainReport, TensorMapping, load_backbone, pretrain_backbone, save_backbone};
+pub use train::{ModelSpec, Progress, ProgressFn, TabularTask, TrainReport};

@@ -1,1 +1,38 @@
-//! Secure aggregation (SecAgg with dropout recovery, SecAgg+) as sans-IO state machines.
+//! Secure aggregation (SecAgg with dropout recovery, SecAgg+) as sans-IO
+//! state machines.
+//!
+//! This crate owns the cryptographic protocol of Bonawitz et al. (CCS 2017,
+//! double masking with Shamir-shared secrets) and its sparse-graph variant
+//! SecAgg+ of Bell et al. (CCS 2020): a [`ClientSession`] per member and a
+//! [`ServerSession`] for the aggregator, both fed with the `tessera-core`
+//! message payloads and answering with the payloads to send. It also owns the
+//! fixed-point [`quantize`] step between f32 updates and the ring Z_{2^k}.
+//!
+//! It must NOT do I/O, read clocks, spawn threads or pick its own
+//! randomness: every random draw comes from the caller's
+//! [`rand_core::CryptoRngCore`], so tests replay exactly. No public API
+//! returns one member's unmasked value; the aggregator only ever gets the sum
+//! of at least `threshold` members. Primitives come from vetted crates
+//! (x25519-dalek, curve25519-dalek scalars, HKDF-SHA256, AES-256-GCM,
+//! ChaCha20); this crate only composes them. See `docs/secure-aggregation.md`.
+
+mod client;
+mod context;
+mod crypto;
+mod error;
+mod graph;
+pub mod quantize;
+mod server;
+mod shamir;
+pub mod update;
+
+pub use client::ClientSession;
+pub use context::{
+    FULL_GRAPH_MAX_COHORT, MAX_VECTOR_LEN, RoundContext, SecAggPlan, cohort_digest, default_plan, default_threshold,
+    min_threshold,
+};
+pub use crypto::{MaskOp, apply_prg, keystream_u32};
+pub use error::{SecAggError, SecretKind, Step};
+pub use graph::NeighbourGraph;
+pub use quantize::Quantizer;
+pub use server::{AggregateSum, DEFAULT_STREAM_SLOTS, Phase, ServerSession};

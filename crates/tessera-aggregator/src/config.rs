@@ -1,0 +1,245 @@
+//! `aggregator.toml`: what the operator configures. Unknown keys are errors
+//! (a typo must not silently fall back to a default), and every error names
+//! the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tessera_core::config::ModelConfig;
+use tessera_core::round::TrainSettings;
+
+use crate::coordinator::{CohortSelection, SecureConfig};
+use crate::strategy::StrategyConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Directory with ca.pem, aggregator.pem and aggregator.key.
+    pub pki_dir: PathBuf,
+    /// Member names admitted (certificate CN/SAN must match one of them).
+    pub members: Vec<String>,
+    /// Where metrics.jsonl and summary.json go.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+}
+
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("runs/aggregator")
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    pub rounds: u64,
+    pub min_clients: u32,
+    /// Fixed seed for reproducible cohorts and graph seeds; random if absent.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default = "default_cohort")]
+    pub cohort: CohortSelection,
+    #[serde(default = "default_round_deadline")]
+    pub round_deadline_secs: f64,
+    #[serde(default = "default_phase_timeout")]
+    pub phase_timeout_secs: f64,
+    #[serde(default = "default_retries")]
+    pub max_round_retries: u32,
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_after: u32,
+}
+
+fn default_cohort() -> CohortSelection {
+    CohortSelection::All
+}
+fn default_round_deadline() -> f64 {
+    600.0
+}
+fn default_phase_timeout() -> f64 {
+    60.0
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_unhealthy() -> u32 {
+    3
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    #[serde(default = "default_epochs")]
+    pub local_epochs: u32,
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    #[serde(default)]
+    pub proximal_mu: f64,
+    /// FedAvg weight cap (examples); 0 weighs every member equally.
+    #[serde(default = "default_weight_cap")]
+    pub example_weight_cap: u64,
+}
+
+fn default_epochs() -> u32 {
+    1
+}
+fn default_batch() -> u32 {
+    32
+}
+fn default_lr() -> f64 {
+    0.05
+}
+fn default_weight_cap() -> u64 {
+    10_000
+}
+
+impl TrainSection {
+    pub fn settings(&self) -> TrainSettings {
+        TrainSettings {
+            local_epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            proximal_mu: self.proximal_mu,
+            seed: 0,
+            example_weight_cap: self.example_weight_cap,
+        }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            local_epochs: default_epochs(),
+            batch_size: default_batch(),
+            learning_rate: default_lr(),
+            proximal_mu: 0.0,
+            example_weight_cap: default_weight_cap(),
+        }
+    }
+}
+
+/// The whole of `aggregator.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    pub server: ServerSection,
+    pub run: RunSection,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub secure: SecureConfig,
+    #[serde(default)]
+    pub strategy: StrategyConfig,
+}
+
+impl AggregatorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg: Self =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        // Relative paths are relative to the config file, not the cwd.
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.server.pki_dir = base.join(&cfg.server.pki_dir);
+        cfg.server.run_dir = base.join(&cfg.server.run_dir);
+        if let Some(p) = cfg.model.pretrained.as_mut() {
+            *p = base.join(&*p);
+        }
+        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.run.rounds == 0 {
+            return Err("run.rounds must be at least 1".into());
+        }
+        if self.run.min_clients < 2 {
+            return Err("run.min_clients must be at least 2: secure aggregation of one member is its update".into());
+        }
+        if self.server.members.len() < self.run.min_clients as usize {
+            return Err(format!(
+                "server.members lists {} members but run.min_clients is {}",
+                self.server.members.len(),
+                self.run.min_clients
+            ));
+        }
+        for m in &self.server.members {
+            tessera_transport::pki::validate_member_name(m).map_err(|e| format!("server.members: {e}"))?;
+        }
+        if !(self.run.round_deadline_secs > 0.0 && self.run.phase_timeout_secs > 0.0) {
+            return Err("run deadlines must be positive".into());
+        }
+        if !(1..=32).contains(&self.secure.modulus_bits) {
+            return Err("secure.modulus_bits must lie in 1..=32".into());
+        }
+        if !(self.secure.clip_range.is_finite() && self.secure.clip_range > 0.0) {
+            return Err("secure.clip_range must be positive".into());
+        }
+        if !(self.secure.threshold_fraction > 0.0 && self.secure.threshold_fraction <= 1.0) {
+            return Err("secure.threshold_fraction must lie in (0, 1]".into());
+        }
+        if self.train.local_epochs == 0 || self.train.batch_size == 0 {
+            return Err("train.local_epochs and train.batch_size must be at least 1".into());
+        }
+        if !(self.train.learning_rate.is_finite() && self.train.learning_rate > 0.0) {
+            return Err("train.learning_rate must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:4433"
+pki_dir = "pki"
+members = ["hospital-a", "hospital-b", "hospital-c"]
+
+[run]
+rounds = 3
+min_clients = 3
+
+[model]
+num_features = 30
+num_classes = 2
+hidden = [16]
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("aggregator.toml");
+        std::fs::write(&p, SAMPLE).unwrap();
+        let c = AggregatorConfig::load(&p).unwrap();
+        assert_eq!(c.server.pki_dir, dir.path().join("pki"));
+        assert_eq!(c.strategy, StrategyConfig::FedAvg { server_lr: 1.0 });
+        assert_eq!(c.secure.modulus_bits, 32);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("aggregator.toml");
+        std::fs::write(&p, SAMPLE.replace("rounds = 3", "roundz = 3")).unwrap();
+        let e = AggregatorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("roundz") && e.contains("aggregator.toml"), "{e}");
+        std::fs::write(&p, SAMPLE.replace("min_clients = 3", "min_clients = 1")).unwrap();
+        assert!(AggregatorConfig::load(&p).unwrap_err().to_string().contains("min_clients"));
+        assert!(matches!(AggregatorConfig::load(&dir.path().join("nope.toml")), Err(ConfigError::Read { .. })));
+    }
+}

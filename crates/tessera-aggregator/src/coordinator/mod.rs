@@ -1,0 +1,514 @@
+//! The aggregator's side of the protocol as a sans-IO state machine.
+//!
+//! The [`Coordinator`] is told who connected, what each member sent and what
+//! time it is; it answers with [`Output`]s (messages to send, models to
+//! stream, members to disconnect, events to record). It owns no socket,
+//! clock or thread, so the QUIC daemon, the in-memory simulator and the unit
+//! tests drive exactly the same code, and a run is a pure function of its
+//! inputs and seed.
+//!
+//! A round moves through phases. Under secure aggregation (the default and
+//! the only mode the daemon accepts):
+//!
+//! ```text
+//! RoundStart+model → AdvertiseKeys → CohortKeys → ShareKeys → ForwardShares
+//!   → Masked* → UnmaskRequest → UnmaskShares → (sum) → server step → Evaluate
+//! ```
+//!
+//! Members that miss a phase deadline are dropped from the round; the round
+//! completes if enough survive, otherwise it is aborted and retried.
+
+mod round;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+use tessera_core::message::ModelPurpose;
+use tessera_core::round::{DpSettings, RoundSettings, SecAggSettings, TrainSettings};
+use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, RunId};
+
+use crate::strategy::{ServerOptimizer, StrategyConfig};
+pub use round::{Handled, RoundOutcome};
+use round::RoundState;
+
+/// How a round's cohort is drawn from the members online.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CohortSelection {
+    /// Every member online.
+    All,
+    /// A uniformly random subset of this size (all, if fewer are online).
+    Count { count: u32 },
+    /// A uniformly random fraction of those online (at least `min_clients`).
+    Fraction { fraction: f64 },
+}
+
+/// Secure-aggregation parameters of a run; per-round values derive from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecureConfig {
+    /// Bits of the ring the masked vector lives in.
+    pub modulus_bits: u32,
+    /// Update coordinates are clipped to ±clip_range before quantizing.
+    pub clip_range: f32,
+    /// Threshold as a fraction of the cohort (default 2/3).
+    pub threshold_fraction: f64,
+    /// Cohorts larger than this use SecAgg+ (sparse neighbour graph).
+    pub secagg_plus_above: u32,
+}
+
+impl Default for SecureConfig {
+    fn default() -> Self {
+        Self { modulus_bits: 32, clip_range: 1.0, threshold_fraction: 2.0 / 3.0, secagg_plus_above: 64 }
+    }
+}
+
+/// Everything the coordinator needs to run rounds.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub run_id: RunId,
+    pub rounds: u64,
+    /// No round starts with fewer members online, and no round is accepted
+    /// with fewer contributions.
+    pub min_clients: u32,
+    /// Members that must be online before a round starts (at least
+    /// `min_clients`); lets an operator wait for the whole consortium.
+    pub start_quorum: u32,
+    pub cohort: CohortSelection,
+    pub train: TrainSettings,
+    /// `None` is the simulator's research-only `insecure_plaintext` mode.
+    pub secure: Option<SecureConfig>,
+    pub dp: Option<DpSettings>,
+    pub strategy: StrategyConfig,
+    /// Deadline for the training + masked-input phase, from round start.
+    pub round_deadline_ms: u64,
+    /// Deadline for each short phase (keys, shares, unmasking, evaluation).
+    pub phase_timeout_ms: u64,
+    /// Consecutive aborted attempts before the run gives up.
+    pub max_round_retries: u32,
+    /// Seed for cohort sampling, graph seeds and per-member training seeds.
+    pub seed: u64,
+    pub chunk_values: usize,
+    /// Masked streams staged at once (each a vector-sized buffer); more
+    /// members wait, with transport backpressure, for a free slot.
+    pub stream_slots: u32,
+    /// Members failing this many rounds in a row are reported unhealthy.
+    pub unhealthy_after: u32,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Send { to: String, msg: AggregatorMsg },
+    /// Stream `model` to `to` (ModelStart, chunks, ModelEnd) lazily, so the
+    /// model is shared rather than copied per member.
+    SendModel { to: String, round: u64, purpose: ModelPurpose, model: Arc<ModelParams> },
+    /// Close the member's connection; it violated the protocol.
+    Disconnect { member: String, reason: String },
+    Event(Event),
+}
+
+/// Things worth logging or persisting.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    RoundStarted { round: u64, cohort: Vec<String>, cohort_seed: u64 },
+    RoundFinished(Box<RoundOutcome>),
+    RoundAborted { round: u64, reason: String, dropped: Vec<String> },
+    /// A member misbehaved; the message was rejected.
+    Rejected { member: String, error: String },
+    MemberUnhealthy { member: String, failed_rounds: u32 },
+    RunFinished { reason: String },
+}
+
+/// Protocol violations by one member. The member is disconnected; the
+/// round goes on with the others.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum Violation {
+    #[error("message `{kind}` for round {got} during round {expected:?}")]
+    WrongRound { kind: &'static str, got: u64, expected: Option<u64> },
+    #[error("member is not in this round's cohort")]
+    NotInCohort,
+    #[error("message `{kind}` is not expected in phase {phase}")]
+    UnexpectedMessage { kind: &'static str, phase: &'static str },
+    #[error("second `{kind}` in the same round")]
+    Duplicate { kind: &'static str },
+    #[error("update vector: {0}")]
+    BadVector(String),
+    #[error("secure aggregation: {0}")]
+    SecAgg(String),
+    #[error("evaluation report is inconsistent: {0}")]
+    BadReport(String),
+    #[error("plaintext updates are refused: this run uses secure aggregation")]
+    PlaintextRefused,
+}
+
+/// Where a run picks up: a fresh run is `Resume::default()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub next_round: u64,
+    pub completed_rounds: u64,
+}
+
+impl Default for Resume {
+    fn default() -> Self {
+        Self { next_round: 1, completed_rounds: 0 }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct MemberHealth {
+    consecutive_failures: u32,
+}
+
+/// The aggregator's protocol state machine.
+pub struct Coordinator {
+    cfg: CoordinatorConfig,
+    global: Arc<ModelParams>,
+    optimizer: ServerOptimizer,
+    online: BTreeSet<String>,
+    health: BTreeMap<String, MemberHealth>,
+    /// Next round number to run (rounds are numbered from 1). Aborted
+    /// attempts use up a number too, so this can run ahead of `completed`.
+    next_round: u64,
+    completed: u64,
+    retries: u32,
+    current: Option<RoundState>,
+    out: VecDeque<Output>,
+    finished: bool,
+    /// Caller-imposed stop before the next round (e.g. privacy budget).
+    stop_reason: Option<String>,
+}
+
+impl Coordinator {
+    /// Start a run (or resume one from a checkpoint) with the given global
+    /// model and optimizer state.
+    pub fn new(cfg: CoordinatorConfig, global: ModelParams, optimizer: Option<ServerOptimizer>, resume: Resume) -> Self {
+        let optimizer = optimizer.unwrap_or_else(|| ServerOptimizer::new(cfg.strategy.clone()));
+        Self {
+            cfg,
+            global: Arc::new(global),
+            optimizer,
+            online: BTreeSet::new(),
+            health: BTreeMap::new(),
+            next_round: resume.next_round.max(1),
+            completed: resume.completed_rounds,
+            retries: 0,
+            current: None,
+            out: VecDeque::new(),
+            finished: false,
+            stop_reason: None,
+        }
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.cfg
+    }
+
+    pub fn global(&self) -> &Arc<ModelParams> {
+        &self.global
+    }
+
+    pub fn optimizer(&self) -> &ServerOptimizer {
+        &self.optimizer
+    }
+
+    pub fn next_round(&self) -> u64 {
+        self.next_round
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn online(&self) -> impl Iterator<Item = &String> {
+        self.online.iter()
+    }
+
+    /// Current round number and phase name, for status displays.
+    pub fn progress(&self) -> Option<(u64, &'static str)> {
+        self.current.as_ref().map(|r| (r.round, r.phase.name()))
+    }
+
+    /// Ask the run to stop before starting another round (used when the
+    /// privacy budget cannot afford one more release).
+    pub fn stop_before_next_round(&mut self, reason: impl Into<String>) {
+        self.stop_reason = Some(reason.into());
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// A member finished its handshake and was admitted.
+    pub fn member_connected(&mut self, now_ms: u64, member: &str) {
+        self.online.insert(member.to_string());
+        self.health.entry(member.to_string()).or_default();
+        self.out.push_back(Output::Send {
+            to: member.to_string(),
+            msg: AggregatorMsg::Welcome { run_id: self.cfg.run_id, member: member.to_string() },
+        });
+        self.maybe_start_round(now_ms);
+    }
+
+    /// A member's connection closed. Its round membership stays until the
+    /// current phase's deadline decides, so a brief blip is not fatal.
+    pub fn member_disconnected(&mut self, now_ms: u64, member: &str) {
+        self.online.remove(member);
+        if let Some(r) = self.current.as_mut() {
+            r.mark_gone(member);
+        }
+        self.advance(now_ms);
+    }
+
+    /// A message from an admitted member. A violation is also emitted as a
+    /// `Disconnect` output; it is returned so drivers and tests can see it.
+    pub fn handle(&mut self, now_ms: u64, member: &str, msg: ClientMsg) -> Result<Handled, Violation> {
+        let res = self.dispatch(now_ms, member, msg);
+        if let Ok(Handled::Busy(_)) = &res {
+            return res;
+        }
+        if let Err(v) = &res {
+            self.out.push_back(Output::Event(Event::Rejected { member: member.to_string(), error: v.to_string() }));
+            self.out.push_back(Output::Disconnect { member: member.to_string(), reason: v.to_string() });
+            if let Some(r) = self.current.as_mut() {
+                r.mark_gone(member);
+            }
+        }
+        self.advance(now_ms);
+        res
+    }
+
+    /// Time passed; phase deadlines are checked.
+    pub fn tick(&mut self, now_ms: u64) {
+        if let Some(r) = self.current.as_mut() {
+            if now_ms >= r.phase_deadline_ms {
+                r.deadline_passed = true;
+            }
+        }
+        self.advance(now_ms);
+    }
+
+    /// The earliest time at which `tick` has something to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.current.as_ref().map(|r| r.phase_deadline_ms)
+    }
+
+    fn dispatch(&mut self, now_ms: u64, member: &str, msg: ClientMsg) -> Result<Handled, Violation> {
+        let kind = msg.kind();
+        if matches!(msg, ClientMsg::Hello { .. }) {
+            return Ok(Handled::Done);
+        }
+        let Some(r) = self.current.as_mut() else {
+            // Nothing is running; late messages from a finished round land
+            // here and are rejected without penalty to the round.
+            return Err(Violation::WrongRound { kind, got: msg.round().unwrap_or(0), expected: None });
+        };
+        let got = msg.round().unwrap_or(0);
+        if got != r.round {
+            return Err(Violation::WrongRound { kind, got, expected: Some(r.round) });
+        }
+        r.on_message(now_ms, member, msg, &self.cfg, &mut self.out)
+    }
+
+    /// Drive the state machine as far as it can go without new input.
+    fn advance(&mut self, now_ms: u64) {
+        loop {
+            let Some(r) = self.current.as_mut() else {
+                self.maybe_start_round(now_ms);
+                return;
+            };
+            match r.try_advance(now_ms, &self.cfg, &self.online, &mut self.out) {
+                round::Step::Wait => return,
+                round::Step::Continue => continue,
+                round::Step::Aggregated(mean_delta) => {
+                    let mut g = (*self.global).clone();
+                    let ok = mean_delta.and_then(|d| self.optimizer.step(&mut g, &d).map_err(|e| e.to_string()));
+                    match ok {
+                        Ok(()) => {
+                            self.global = Arc::new(g);
+                            let r = self.current.as_mut().expect("round in progress");
+                            r.start_eval(now_ms, &self.cfg, &self.online, &self.global, &mut self.out);
+                        }
+                        Err(reason) => self.abort_round(now_ms, reason),
+                    }
+                }
+                round::Step::Abort(reason) => self.abort_round(now_ms, reason),
+                round::Step::Done(reports) => self.finish_round(now_ms, reports),
+            }
+        }
+    }
+
+    fn finish_round(&mut self, now_ms: u64, reports: Vec<EvalMetrics>) {
+        let r = self.current.take().expect("round in progress");
+        let outcome = r.outcome(now_ms, EvalMetrics::weighted_mean(&reports), &self.global);
+        self.update_health(&r.cohort, &outcome.contributors);
+        for m in &r.cohort {
+            self.out.push_back(Output::Send {
+                to: m.clone(),
+                msg: AggregatorMsg::RoundEnd { round: r.round, accepted: true, reason: String::new() },
+            });
+        }
+        self.out.push_back(Output::Event(Event::RoundFinished(Box::new(outcome))));
+        self.retries = 0;
+        self.completed += 1;
+        self.next_round += 1;
+        self.maybe_start_round(now_ms);
+    }
+
+    fn abort_round(&mut self, now_ms: u64, reason: String) {
+        let r = self.current.take().expect("round in progress");
+        let dropped: Vec<String> = r.dropped_members();
+        self.update_health(&r.cohort, &[]);
+        for m in &r.cohort {
+            self.out.push_back(Output::Send {
+                to: m.clone(),
+                msg: AggregatorMsg::RoundEnd { round: r.round, accepted: false, reason: reason.clone() },
+            });
+        }
+        self.out.push_back(Output::Event(Event::RoundAborted { round: r.round, reason: reason.clone(), dropped }));
+        self.retries += 1;
+        // Aborted attempts consume a round number so that nothing from the
+        // failed attempt can be replayed into the retry.
+        self.next_round += 1;
+        if self.retries > self.cfg.max_round_retries {
+            self.finish_run(format!("{} consecutive rounds aborted; last: {reason}", self.retries));
+        } else {
+            self.maybe_start_round(now_ms);
+        }
+    }
+
+    fn update_health(&mut self, cohort: &[String], contributors: &[String]) {
+        for m in cohort {
+            let h = self.health.entry(m.clone()).or_default();
+            if contributors.contains(m) {
+                h.consecutive_failures = 0;
+            } else {
+                h.consecutive_failures += 1;
+                if h.consecutive_failures == self.cfg.unhealthy_after {
+                    self.out.push_back(Output::Event(Event::MemberUnhealthy {
+                        member: m.clone(),
+                        failed_rounds: h.consecutive_failures,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn finish_run(&mut self, reason: String) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for m in &self.online {
+            self.out.push_back(Output::Send { to: m.clone(), msg: AggregatorMsg::Shutdown { reason: reason.clone() } });
+        }
+        self.out.push_back(Output::Event(Event::RunFinished { reason }));
+    }
+
+    /// Rounds completed so far (those counted toward `rounds`).
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    fn maybe_start_round(&mut self, now_ms: u64) {
+        if self.finished || self.current.is_some() {
+            return;
+        }
+        if let Some(reason) = self.stop_reason.take() {
+            self.finish_run(reason);
+            return;
+        }
+        if self.completed() >= self.cfg.rounds {
+            self.finish_run(format!("completed {} rounds", self.cfg.rounds));
+            return;
+        }
+        if (self.online.len() as u32) < self.cfg.min_clients.max(self.cfg.start_quorum) {
+            return;
+        }
+        let round = self.next_round;
+        let cohort_seed = derive_seed(self.cfg.seed, round, b"cohort");
+        let cohort = select_cohort(&self.online, &self.cfg.cohort, self.cfg.min_clients, cohort_seed);
+        let settings = self.round_settings(round, cohort.len() as u32);
+        self.out.push_back(Output::Event(Event::RoundStarted { round, cohort: cohort.clone(), cohort_seed }));
+        match RoundState::start(now_ms, round, cohort, settings, &self.cfg, &self.global, &mut self.out) {
+            Ok(state) => self.current = Some(state),
+            Err(reason) => {
+                // Nothing was sent: the round never began for any member.
+                self.out.push_back(Output::Event(Event::RoundAborted { round, reason: reason.clone(), dropped: vec![] }));
+                self.next_round += 1;
+                self.retries += 1;
+                if self.retries > self.cfg.max_round_retries {
+                    self.finish_run(format!("cannot start a round: {reason}"));
+                } else {
+                    self.maybe_start_round(now_ms);
+                }
+            }
+        }
+    }
+
+    fn round_settings(&self, round: u64, cohort_size: u32) -> RoundSettings {
+        let secagg = self.cfg.secure.as_ref().map(|s| {
+            let mut graph_seed = [0u8; 32];
+            ChaCha20Rng::seed_from_u64(derive_seed(self.cfg.seed, round, b"graph")).fill(&mut graph_seed);
+            let (neighbours, threshold) = secagg_shape(s, cohort_size, self.cfg.min_clients);
+            SecAggSettings {
+                threshold,
+                modulus_bits: s.modulus_bits,
+                clip_range: s.clip_range,
+                neighbours,
+                graph_seed,
+            }
+        });
+        let mut train = self.cfg.train.clone();
+        train.seed = derive_seed(self.cfg.seed, round, b"train");
+        RoundSettings { train, secagg, dp: self.cfg.dp.clone() }
+    }
+}
+
+/// Threshold and neighbour count for a cohort: the complete graph with
+/// t = ⌈f·n⌉ for small cohorts; SecAgg+ with k = 2·⌈log2 n⌉ neighbours and
+/// t = ⌈2(k+1)/3⌉ above the configured size. Never below the strict
+/// majority `min_threshold` nor below `min_clients`.
+fn secagg_shape(s: &SecureConfig, n: u32, min_clients: u32) -> (Option<u32>, u32) {
+    if n > s.secagg_plus_above && n > 3 {
+        let log2 = u32::BITS - (n - 1).leading_zeros();
+        let k = (2 * log2).min(n - 1);
+        (Some(k), tessera_secagg::default_threshold(k + 1))
+    } else {
+        let t = ((s.threshold_fraction * n as f64).ceil() as u32)
+            .max(tessera_secagg::min_threshold(n))
+            .max(min_clients)
+            .min(n);
+        (None, t)
+    }
+}
+
+/// Derive a sub-seed from the run seed, a round and a purpose label.
+pub fn derive_seed(seed: u64, round: u64, label: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(round.to_le_bytes());
+    h.update(label);
+    let d = h.finalize();
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+fn select_cohort(online: &BTreeSet<String>, how: &CohortSelection, min: u32, seed: u64) -> Vec<String> {
+    let all: Vec<String> = online.iter().cloned().collect();
+    let want = match how {
+        CohortSelection::All => all.len(),
+        CohortSelection::Count { count } => *count as usize,
+        CohortSelection::Fraction { fraction } => ((fraction * all.len() as f64).ceil() as usize).max(min as usize),
+    }
+    .min(all.len());
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut chosen: Vec<String> = rand::seq::index::sample(&mut rng, all.len(), want).into_iter().map(|i| all[i].clone()).collect();
+    chosen.sort();
+    chosen
+}
+
+#[cfg(test)]
+mod tests;

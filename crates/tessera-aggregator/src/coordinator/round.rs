@@ -1,0 +1,471 @@
+//! One round's state: who is in it, which phase it is in, and the running
+//! aggregate. Memory is O(model) for the secure path: masked chunks are added
+//! into the secure-aggregation session's running sum as they arrive.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use tessera_core::message::ModelPurpose;
+use tessera_core::round::RoundSettings;
+use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, PartyId};
+
+use super::{CoordinatorConfig, Output, Violation};
+use crate::encoding;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    AdvertiseKeys,
+    ShareKeys,
+    Masked,
+    Unmask,
+    Plain,
+    Evaluate,
+}
+
+impl Phase {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Phase::AdvertiseKeys => "advertise_keys",
+            Phase::ShareKeys => "share_keys",
+            Phase::Masked => "masked_input",
+            Phase::Unmask => "unmasking",
+            Phase::Plain => "plaintext_update",
+            Phase::Evaluate => "evaluate",
+        }
+    }
+}
+
+/// What the coordinator should do next.
+pub(super) enum Step {
+    Wait,
+    Continue,
+    /// The mean weighted delta (or why it could not be formed).
+    Aggregated(Result<ModelParams, String>),
+    Abort(String),
+    Done(Vec<EvalMetrics>),
+}
+
+/// The record of a completed round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundOutcome {
+    pub round: u64,
+    pub cohort: Vec<String>,
+    /// Members whose update is in the aggregate.
+    pub contributors: Vec<String>,
+    pub dropped: Vec<String>,
+    pub metrics: EvalMetrics,
+    pub evaluators: u32,
+    pub model_digest: String,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+}
+
+/// A plaintext upload being received (research mode only).
+struct PlainUpload {
+    weight: f64,
+    values: Vec<f32>,
+}
+
+enum Aggregation {
+    Secure(Box<tessera_secagg::ServerSession>),
+    /// Research mode. Uploads are kept until the phase closes and summed in
+    /// party order, so floating-point results do not depend on arrival order.
+    Plain { uploads: BTreeMap<PartyId, PlainUpload>, done: BTreeMap<PartyId, PlainUpload> },
+}
+
+/// Whether a message was consumed.
+#[derive(Debug)]
+pub enum Handled {
+    Done,
+    /// Not consumed now (all masked-stream slots are busy): hand the same
+    /// message in again later. Nothing changed.
+    Busy(ClientMsg),
+}
+
+pub(super) struct RoundState {
+    pub(super) round: u64,
+    pub(super) cohort: Vec<String>,
+    pub(super) phase: Phase,
+    pub(super) phase_deadline_ms: u64,
+    pub(super) deadline_passed: bool,
+    started_ms: u64,
+    settings: RoundSettings,
+    layout: tessera_core::ParamLayout,
+    agg: Aggregation,
+    /// Members that answered the current phase.
+    answered: BTreeSet<PartyId>,
+    /// Members still taking part (not dropped, not disconnected).
+    alive: BTreeSet<PartyId>,
+    /// Members whose input is in the aggregate.
+    contributors: BTreeSet<PartyId>,
+    gone: BTreeSet<String>,
+    evaluators: BTreeSet<String>,
+    reports: BTreeMap<String, EvalMetrics>,
+}
+
+impl RoundState {
+    pub(super) fn start(
+        now_ms: u64,
+        round: u64,
+        cohort: Vec<String>,
+        settings: RoundSettings,
+        cfg: &CoordinatorConfig,
+        global: &Arc<ModelParams>,
+        out: &mut VecDeque<Output>,
+    ) -> Result<Self, String> {
+        let layout = global.layout();
+        let (agg, phase) = match &settings.secagg {
+            Some(s) => {
+                let ctx = encoding::secagg_context(cfg.run_id, round, &cohort, s, &layout)
+                    .map_err(|e| format!("secure aggregation cannot start: {e}"))?;
+                let session = tessera_secagg::ServerSession::new(ctx).with_stream_slots(cfg.stream_slots);
+                (Aggregation::Secure(Box::new(session)), Phase::AdvertiseKeys)
+            }
+            None => (Aggregation::Plain { uploads: BTreeMap::new(), done: BTreeMap::new() }, Phase::Plain),
+        };
+        for (party, member) in cohort.iter().enumerate() {
+            out.push_back(Output::Send {
+                to: member.clone(),
+                msg: AggregatorMsg::RoundStart {
+                    round,
+                    settings: settings.clone(),
+                    cohort: cohort.clone(),
+                    party: party as PartyId,
+                },
+            });
+            out.push_back(Output::SendModel {
+                to: member.clone(),
+                round,
+                purpose: ModelPurpose::Train,
+                model: global.clone(),
+            });
+        }
+        let deadline = if phase == Phase::Plain { cfg.round_deadline_ms } else { cfg.phase_timeout_ms };
+        let alive = (0..cohort.len() as PartyId).collect();
+        Ok(Self {
+            round,
+            cohort,
+            phase,
+            phase_deadline_ms: now_ms + deadline,
+            deadline_passed: false,
+            started_ms: now_ms,
+            settings,
+            layout,
+            agg,
+            answered: BTreeSet::new(),
+            alive,
+            contributors: BTreeSet::new(),
+            gone: BTreeSet::new(),
+            evaluators: BTreeSet::new(),
+            reports: BTreeMap::new(),
+        })
+    }
+
+    fn party_of(&self, member: &str) -> Option<PartyId> {
+        self.cohort.binary_search_by(|m| m.as_str().cmp(member)).ok().map(|i| i as PartyId)
+    }
+
+    pub(super) fn mark_gone(&mut self, member: &str) {
+        self.gone.insert(member.to_string());
+        if let Some(p) = self.party_of(member) {
+            self.alive.remove(&p);
+            if let Aggregation::Secure(s) = &mut self.agg {
+                s.abandon_stream(p);
+            }
+        }
+        self.evaluators.remove(member);
+    }
+
+    pub(super) fn dropped_members(&self) -> Vec<String> {
+        self.cohort
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.contributors.contains(&(*i as PartyId)))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    pub(super) fn on_message(
+        &mut self,
+        _now_ms: u64,
+        member: &str,
+        msg: ClientMsg,
+        cfg: &CoordinatorConfig,
+        _out: &mut VecDeque<Output>,
+    ) -> Result<Handled, Violation> {
+        let kind = msg.kind();
+        if let ClientMsg::EvalReport { metrics, .. } = msg {
+            if self.phase != Phase::Evaluate || !self.evaluators.contains(member) {
+                return Err(Violation::UnexpectedMessage { kind, phase: self.phase.name() });
+            }
+            if self.reports.contains_key(member) {
+                return Err(Violation::Duplicate { kind });
+            }
+            check_report(&metrics)?;
+            self.reports.insert(member.to_string(), metrics);
+            return Ok(Handled::Done);
+        }
+        let party = self.party_of(member).ok_or(Violation::NotInCohort)?;
+        if !self.alive.contains(&party) {
+            // Dropped earlier in this round (deadline or violation): late.
+            return Err(Violation::UnexpectedMessage { kind, phase: "dropped" });
+        }
+        if let ClientMsg::Decline { .. } = msg {
+            self.alive.remove(&party);
+            return Ok(Handled::Done);
+        }
+        let phase = self.phase;
+        let wrong = || Violation::UnexpectedMessage { kind, phase: phase.name() };
+        match (&mut self.agg, msg) {
+            (Aggregation::Secure(s), ClientMsg::AdvertiseKeys { keys, .. }) if phase == Phase::AdvertiseKeys => {
+                s.on_advertise(party, keys).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                self.answered.insert(party);
+            }
+            (Aggregation::Secure(s), ClientMsg::ShareKeys { shares, .. }) if phase == Phase::ShareKeys => {
+                s.on_shares(party, shares).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                self.answered.insert(party);
+            }
+            (Aggregation::Secure(s), msg @ ClientMsg::MaskedStart { .. }) if phase == Phase::Masked => {
+                let ClientMsg::MaskedStart { len, .. } = msg else { unreachable!("matched above") };
+                let expected = encoding::vector_len(&self.layout);
+                if len != expected {
+                    return Err(Violation::BadVector(format!("announced {len} values, round needs {expected}")));
+                }
+                match s.on_masked_start(party, len) {
+                    Err(tessera_secagg::SecAggError::StreamSlotsBusy(_)) => return Ok(Handled::Busy(msg)),
+                    r => r.map_err(|e| Violation::SecAgg(e.to_string()))?,
+                }
+            }
+            (Aggregation::Secure(s), ClientMsg::MaskedChunk { offset, values, .. }) if phase == Phase::Masked => {
+                s.on_masked_chunk(party, offset, &values).map_err(|e| Violation::SecAgg(e.to_string()))?;
+            }
+            (Aggregation::Secure(s), ClientMsg::MaskedEnd { .. }) if phase == Phase::Masked => {
+                s.on_masked_end(party).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                self.answered.insert(party);
+            }
+            (Aggregation::Secure(s), ClientMsg::UnmaskShares { reveals, .. }) if phase == Phase::Unmask => {
+                s.on_unmask(party, reveals).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                self.answered.insert(party);
+            }
+            (Aggregation::Secure(_), ClientMsg::PlainStart { .. } | ClientMsg::PlainChunk { .. } | ClientMsg::PlainEnd { .. }) => {
+                return Err(Violation::PlaintextRefused);
+            }
+            (Aggregation::Plain { uploads, .. }, ClientMsg::PlainStart { len, weight, .. }) if phase == Phase::Plain => {
+                let expected = self.layout.numel() as u64;
+                if len != expected {
+                    return Err(Violation::BadVector(format!("announced {len} values, model has {expected}")));
+                }
+                if !weight.is_finite() || weight < 0.0 {
+                    return Err(Violation::BadVector("weight must be finite and non-negative".into()));
+                }
+                if uploads.contains_key(&party) || self.answered.contains(&party) {
+                    return Err(Violation::Duplicate { kind });
+                }
+                if weight > 1.0 {
+                    return Err(Violation::BadVector("weight must lie in [0, 1]".into()));
+                }
+                uploads.insert(party, PlainUpload { weight, values: Vec::new() });
+            }
+            (Aggregation::Plain { uploads, .. }, ClientMsg::PlainChunk { offset, values, .. }) if phase == Phase::Plain => {
+                let up = uploads.get_mut(&party).ok_or_else(wrong)?;
+                if offset != up.values.len() as u64 || up.values.len() + values.len() > self.layout.numel() {
+                    return Err(Violation::BadVector(format!("chunk at offset {offset} out of order or too long")));
+                }
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(Violation::BadVector("non-finite value".into()));
+                }
+                up.values.extend_from_slice(&values);
+            }
+            (Aggregation::Plain { uploads, done }, ClientMsg::PlainEnd { .. }) if phase == Phase::Plain => {
+                let up = uploads.remove(&party).ok_or_else(wrong)?;
+                let numel = self.layout.numel();
+                if up.values.len() != numel {
+                    return Err(Violation::BadVector(format!("{} of {numel} values received", up.values.len())));
+                }
+                done.insert(party, up);
+                self.answered.insert(party);
+            }
+            _ => return Err(wrong()),
+        }
+        let _ = cfg;
+        Ok(Handled::Done)
+    }
+
+    fn phase_complete(&self) -> bool {
+        self.deadline_passed || self.alive.iter().all(|p| self.answered.contains(p))
+    }
+
+    fn next_phase(&mut self, now_ms: u64, phase: Phase, timeout_ms: u64) {
+        // Whoever did not answer is out of the round from here on.
+        self.alive.retain(|p| self.answered.contains(p));
+        self.answered.clear();
+        self.phase = phase;
+        self.phase_deadline_ms = now_ms + timeout_ms;
+        self.deadline_passed = false;
+    }
+
+    pub(super) fn try_advance(
+        &mut self,
+        now_ms: u64,
+        cfg: &CoordinatorConfig,
+        _online: &BTreeSet<String>,
+        out: &mut VecDeque<Output>,
+    ) -> Step {
+        if self.phase == Phase::Evaluate {
+            let all_in = self.evaluators.iter().all(|m| self.reports.contains_key(m));
+            if all_in || self.deadline_passed {
+                return Step::Done(self.reports.values().cloned().collect());
+            }
+            return Step::Wait;
+        }
+        if !self.phase_complete() {
+            return Step::Wait;
+        }
+        let min = cfg.min_clients.max(1) as usize;
+        let answered = self.alive.iter().filter(|p| self.answered.contains(p)).count();
+        if answered < min {
+            return Step::Abort(format!(
+                "only {answered} of {} members completed phase {} (minimum {min})",
+                self.cohort.len(),
+                self.phase.name()
+            ));
+        }
+        match self.phase {
+            Phase::Plain => {
+                self.next_phase(now_ms, Phase::Evaluate, cfg.phase_timeout_ms);
+                let Aggregation::Plain { done, .. } = &mut self.agg else { unreachable!("plain phase") };
+                let mut sums = vec![0f64; self.layout.numel()];
+                let mut weight = 0f64;
+                // Party order, whatever the arrival order.
+                for (party, up) in std::mem::take(done) {
+                    if !self.alive.contains(&party) {
+                        continue;
+                    }
+                    for (s, v) in sums.iter_mut().zip(&up.values) {
+                        *s += *v as f64;
+                    }
+                    weight += up.weight;
+                    self.contributors.insert(party);
+                }
+                Step::Aggregated(encoding::mean_from_plain(&self.layout, &sums, weight))
+            }
+            Phase::AdvertiseKeys => self.secure_step(now_ms, cfg, out),
+            Phase::ShareKeys | Phase::Masked | Phase::Unmask => self.secure_step(now_ms, cfg, out),
+            Phase::Evaluate => unreachable!("handled above"),
+        }
+    }
+
+    fn secure_step(&mut self, now_ms: u64, cfg: &CoordinatorConfig, out: &mut VecDeque<Output>) -> Step {
+        let Aggregation::Secure(s) = &mut self.agg else { unreachable!("secure phase") };
+        let round = self.round;
+        let name = |p: PartyId| self.cohort[p as usize].clone();
+        let res: Result<Phase, tessera_secagg::SecAggError> = (|| match self.phase {
+            Phase::AdvertiseKeys => {
+                for (p, keys) in s.close_advertise()? {
+                    out.push_back(Output::Send { to: name(p), msg: AggregatorMsg::CohortKeys { round, keys } });
+                }
+                Ok(Phase::ShareKeys)
+            }
+            Phase::ShareKeys => {
+                for (p, shares) in s.close_shares()? {
+                    out.push_back(Output::Send { to: name(p), msg: AggregatorMsg::ForwardShares { round, shares } });
+                }
+                Ok(Phase::Masked)
+            }
+            Phase::Masked => {
+                for (p, survivors, dropped) in s.close_masked()? {
+                    out.push_back(Output::Send {
+                        to: name(p),
+                        msg: AggregatorMsg::UnmaskRequest { round, survivors, dropped },
+                    });
+                }
+                Ok(Phase::Unmask)
+            }
+            _ => Ok(Phase::Evaluate),
+        })();
+        match res {
+            Err(e) => Step::Abort(format!("secure aggregation: {e}")),
+            Ok(Phase::Evaluate) => {
+                let session = match std::mem::replace(
+                    &mut self.agg,
+                    Aggregation::Plain { uploads: BTreeMap::new(), done: BTreeMap::new() },
+                ) {
+                    Aggregation::Secure(s) => s,
+                    Aggregation::Plain { .. } => unreachable!("secure phase"),
+                };
+                match session.finish() {
+                    Err(e) => Step::Abort(format!("secure aggregation: {e}")),
+                    Ok(sum) => {
+                        self.contributors = sum.survivors.iter().copied().collect();
+                        self.next_phase(now_ms, Phase::Evaluate, cfg.phase_timeout_ms);
+                        let secagg = self.settings.secagg.as_ref().expect("secure round");
+                        let n = self.cohort.len() as u32;
+                        Step::Aggregated(encoding::mean_from_secure(&self.layout, secagg, n, &sum))
+                    }
+                }
+            }
+            Ok(next) => {
+                let timeout = if next == Phase::Masked { cfg.round_deadline_ms } else { cfg.phase_timeout_ms };
+                self.next_phase(now_ms, next, timeout);
+                Step::Continue
+            }
+        }
+    }
+
+    pub(super) fn start_eval(
+        &mut self,
+        now_ms: u64,
+        cfg: &CoordinatorConfig,
+        online: &BTreeSet<String>,
+        global: &Arc<ModelParams>,
+        out: &mut VecDeque<Output>,
+    ) {
+        self.phase = Phase::Evaluate;
+        self.phase_deadline_ms = now_ms + cfg.phase_timeout_ms;
+        self.deadline_passed = false;
+        self.evaluators = online.iter().filter(|m| !self.gone.contains(*m)).cloned().collect();
+        for m in &self.evaluators {
+            out.push_back(Output::SendModel {
+                to: m.clone(),
+                round: self.round,
+                purpose: ModelPurpose::Evaluate,
+                model: global.clone(),
+            });
+        }
+    }
+
+    pub(super) fn outcome(&self, now_ms: u64, metrics: EvalMetrics, global: &ModelParams) -> RoundOutcome {
+        RoundOutcome {
+            round: self.round,
+            cohort: self.cohort.clone(),
+            contributors: self.contributors.iter().map(|p| self.cohort[*p as usize].clone()).collect(),
+            dropped: self.dropped_members(),
+            metrics,
+            evaluators: self.reports.len() as u32,
+            model_digest: global.digest_hex(),
+            started_ms: self.started_ms,
+            finished_ms: now_ms,
+        }
+    }
+}
+
+/// Reject reports that cannot be true; they are aggregates only, but a
+/// broken or hostile client must not poison the round's metrics.
+fn check_report(m: &EvalMetrics) -> Result<(), Violation> {
+    let unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
+    if !(m.loss.is_finite() && m.loss >= 0.0) {
+        return Err(Violation::BadReport("loss".into()));
+    }
+    if !(unit(m.accuracy) && unit(m.balanced_accuracy) && unit(m.auc) && unit(m.f1)) {
+        return Err(Violation::BadReport("a rate outside [0, 1]".into()));
+    }
+    let classes = m.confusion.len();
+    if classes > 4096 || m.confusion.iter().any(|r| r.len() != classes) {
+        return Err(Violation::BadReport("confusion matrix shape".into()));
+    }
+    let total: u64 = m.confusion.iter().flatten().fold(0u64, |a, b| a.saturating_add(*b));
+    if classes > 0 && total != m.num_examples {
+        return Err(Violation::BadReport("confusion matrix does not add up to num_examples".into()));
+    }
+    Ok(())
+}

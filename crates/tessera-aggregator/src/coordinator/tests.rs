@@ -1,0 +1,359 @@
+//! The coordinator and real `Participant`s wired together in memory, with
+//! no async and no network: whole rounds, dropouts at each phase, and hostile
+//! messages, all deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tessera_client::participant::{self, Participant, Policy, TrainedUpdate};
+use tessera_core::message::ModelPurpose;
+use tessera_core::stream::model_messages;
+use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, RunId};
+
+use super::*;
+
+fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
+    CoordinatorConfig {
+        run_id: RunId([7; 16]),
+        rounds: 2,
+        min_clients: n_min,
+        start_quorum: 0,
+        cohort: CohortSelection::All,
+        train: TrainSettings {
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 0,
+            example_weight_cap: 100,
+        },
+        secure: secure.then(SecureConfig::default),
+        dp: None,
+        strategy: StrategyConfig::FedAvg { server_lr: 1.0 },
+        round_deadline_ms: 10_000,
+        phase_timeout_ms: 1_000,
+        max_round_retries: 2,
+        seed: 99,
+        chunk_values: 5,
+        stream_slots: 2,
+        unhealthy_after: 2,
+    }
+}
+
+fn initial() -> ModelParams {
+    ModelParams::new(vec![
+        ParamTensor::new("w", vec![3, 3], vec![0.0; 9]).unwrap(),
+        ParamTensor::new("b", vec![3], vec![0.0; 3]).unwrap(),
+    ])
+}
+
+/// Member i moves every coordinate by (i+1)/10 and has 10·(i+1) examples.
+fn member_delta(i: usize) -> f32 {
+    (i as f32 + 1.0) / 10.0
+}
+
+struct Harness {
+    now: u64,
+    coord: Coordinator,
+    members: BTreeMap<String, Participant<ChaCha20Rng>>,
+    /// Members that no longer send or receive anything.
+    dead: BTreeSet<String>,
+    /// Kill a member right before it would send a message of this kind.
+    kill_before: BTreeMap<String, &'static str>,
+    /// Go silent (still connected) right before sending this kind.
+    stall_before: BTreeMap<String, &'static str>,
+    finished: Vec<RoundOutcome>,
+    aborted: Vec<(u64, String)>,
+    violations: Vec<(String, String)>,
+    /// Messages each member sent, by kind.
+    sent: BTreeMap<String, Vec<ClientMsg>>,
+}
+
+impl Harness {
+    fn new(n: usize, mut cfg: CoordinatorConfig) -> Self {
+        cfg.start_quorum = n as u32;
+        let allow_plaintext = cfg.secure.is_none();
+        let mut members = BTreeMap::new();
+        for i in 0..n {
+            let name = format!("m{i}");
+            let p = Participant::new(
+                name.clone(),
+                Policy { allow_plaintext, chunk_values: 5, ..Policy::default() },
+                ChaCha20Rng::seed_from_u64(i as u64),
+            );
+            members.insert(name, p);
+        }
+        Self {
+            now: 0,
+            coord: Coordinator::new(cfg, initial(), None, Resume::default()),
+            members,
+            dead: BTreeSet::new(),
+            kill_before: BTreeMap::new(),
+            stall_before: BTreeMap::new(),
+            finished: vec![],
+            aborted: vec![],
+            violations: vec![],
+            sent: BTreeMap::new(),
+        }
+    }
+
+    fn connect_all(&mut self) {
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        for n in names {
+            self.members.get_mut(&n).unwrap().hello();
+            self.coord.member_connected(self.now, &n);
+        }
+    }
+
+    fn deliver_to_member(&mut self, to: &str, msg: AggregatorMsg) {
+        if self.dead.contains(to) {
+            return;
+        }
+        let _ = self.members.get_mut(to).unwrap().handle(msg);
+    }
+
+    /// Run until nothing moves; then advance time past deadlines until the
+    /// run is finished or `max_ticks` pass.
+    fn run(&mut self, max_ticks: u32) {
+        for _ in 0..max_ticks {
+            while self.pump() {}
+            if self.coord.is_finished() {
+                return;
+            }
+            self.now = self.coord.next_deadline().unwrap_or(self.now) + 1;
+            self.coord.tick(self.now);
+        }
+    }
+
+    fn pump(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(out) = self.coord.poll_output() {
+            moved = true;
+            match out {
+                Output::Send { to, msg } => self.deliver_to_member(&to, msg),
+                Output::SendModel { to, round, purpose, model } => {
+                    for m in model_messages(round, purpose, &model, 5).collect::<Vec<_>>() {
+                        self.deliver_to_member(&to, m);
+                    }
+                }
+                Output::Disconnect { member, reason } => self.violations.push((member, reason)),
+                Output::Event(Event::RoundFinished(o)) => self.finished.push(*o),
+                Output::Event(Event::RoundAborted { round, reason, .. }) => self.aborted.push((round, reason)),
+                Output::Event(e) => {
+                    if std::env::var("HARNESS_DEBUG").is_ok() {
+                        eprintln!("coordinator: {e:?}");
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        for name in names {
+            if self.dead.contains(&name) {
+                continue;
+            }
+            let i: usize = name[1..].parse().unwrap();
+            while let Some(out) = self.members.get_mut(&name).unwrap().poll_output() {
+                moved = true;
+                match out {
+                    participant::Output::Send(msg) => {
+                        if self.kill_before.get(&name) == Some(&msg.kind()) {
+                            self.dead.insert(name.clone());
+                            self.coord.member_disconnected(self.now, &name);
+                            break;
+                        }
+                        if self.stall_before.get(&name) == Some(&msg.kind()) {
+                            self.dead.insert(name.clone());
+                            break;
+                        }
+                        self.sent.entry(name.clone()).or_default().push(msg.clone());
+                        let _ = self.coord.handle(self.now, &name, msg);
+                    }
+                    participant::Output::Train { round, model, .. } => {
+                        let mut params = model.clone();
+                        params.values_mut().for_each(|v| *v += member_delta(i));
+                        let up = TrainedUpdate { params, num_examples: 10 * (i as u64 + 1), mean_loss: 0.5 };
+                        self.members.get_mut(&name).unwrap().training_done(round, Ok(up));
+                    }
+                    participant::Output::Evaluate { round, .. } => {
+                        let m = EvalMetrics {
+                            num_examples: 10,
+                            loss: 0.1 * (i as f64 + 1.0),
+                            accuracy: 0.9,
+                            confusion: vec![vec![5, 0], vec![1, 4]],
+                            ..Default::default()
+                        };
+                        self.members.get_mut(&name).unwrap().evaluation_done(round, Ok(m));
+                    }
+                    participant::Output::Event(e) => {
+                        if std::env::var("HARNESS_DEBUG").is_ok() {
+                            eprintln!("{name}: {e:?}");
+                        }
+                    }
+                }
+            }
+        }
+        moved
+    }
+}
+
+/// Example-weighted mean delta of the given members (weights capped at 100).
+fn expected_mean(members: &[usize]) -> f32 {
+    let w: Vec<f32> = members.iter().map(|i| (10.0 * (*i as f32 + 1.0)).min(100.0) / 100.0).collect();
+    members.iter().zip(&w).map(|(i, w)| member_delta(*i) * w).sum::<f32>() / w.iter().sum::<f32>()
+}
+
+fn assert_global(h: &Harness, rounds: u32, members: &[usize], tol: f32) {
+    let e = expected_mean(members) * rounds as f32;
+    for v in h.coord.global().values() {
+        assert!((v - e).abs() < tol, "global {v} vs expected {e}");
+    }
+}
+
+#[test]
+fn secure_rounds_complete_and_average_exactly_enough() {
+    let mut h = Harness::new(5, cfg(3, true));
+    h.connect_all();
+    h.run(10);
+    assert!(h.coord.is_finished());
+    assert_eq!(h.finished.len(), 2, "aborted: {:?}", h.aborted);
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+    assert_eq!(h.finished[0].contributors.len(), 5);
+    assert_eq!(h.finished[0].evaluators, 5);
+    assert!((h.finished[0].metrics.accuracy - 0.9).abs() < 1e-12);
+    // Quantization error per round is below cohort·step ≈ 5·2/2^29.
+    assert_global(&h, 2, &[0, 1, 2, 3, 4], 1e-5);
+    // Nothing any member sent was a plaintext update.
+    assert!(h.sent.values().flatten().all(|m| !matches!(m, ClientMsg::PlainChunk { .. })));
+}
+
+#[test]
+fn plaintext_mode_matches_secure_mode() {
+    let mut h = Harness::new(4, cfg(2, false));
+    h.connect_all();
+    h.run(10);
+    assert_eq!(h.finished.len(), 2);
+    assert_global(&h, 2, &[0, 1, 2, 3], 1e-6);
+}
+
+#[test]
+fn dropouts_at_every_phase_leave_the_sum_of_survivors() {
+    for kind in ["advertise_keys", "share_keys", "masked_start", "unmask_shares"] {
+        let mut c = cfg(3, true);
+        c.rounds = 1;
+        let mut h = Harness::new(6, c);
+        h.kill_before.insert("m1".into(), kind);
+        h.connect_all();
+        h.run(20);
+        assert_eq!(h.finished.len(), 1, "dropout before {kind}: aborted {:?}", h.aborted);
+        let contributors = &h.finished[0].contributors;
+        // Dying before unmasking still leaves the member's masked input in.
+        let expected: Vec<usize> =
+            if kind == "unmask_shares" { vec![0, 1, 2, 3, 4, 5] } else { vec![0, 2, 3, 4, 5] };
+        assert_eq!(contributors.len(), expected.len(), "dropout before {kind}");
+        assert_global(&h, 1, &expected, 1e-5);
+    }
+}
+
+#[test]
+fn too_few_survivors_abort_and_retry() {
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    c.max_round_retries = 0;
+    let mut h = Harness::new(4, c);
+    h.kill_before.insert("m0".into(), "share_keys");
+    h.kill_before.insert("m1".into(), "share_keys");
+    h.connect_all();
+    h.run(20);
+    assert!(h.finished.is_empty());
+    assert_eq!(h.aborted.len(), 1);
+    assert!(h.coord.is_finished());
+    // The global model never moved.
+    assert!(h.coord.global().values().all(|v| *v == 0.0));
+}
+
+#[test]
+fn hostile_messages_are_rejected_and_the_round_goes_on() {
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    let mut h = Harness::new(4, c);
+    h.stall_before.insert("m3".into(), "masked_start");
+    h.connect_all();
+    // Round 1 waits in the masked phase for m3; inject bad messages from it.
+    while h.pump() {}
+    let round = h.coord.progress().unwrap().0;
+    // A plaintext update under secure aggregation, then a vector for another round.
+    let err = h.coord.handle(h.now, "m3", ClientMsg::PlainStart { round, len: 13, weight: 1.0 }).unwrap_err();
+    assert_eq!(err, Violation::PlaintextRefused);
+    let err = h.coord.handle(h.now, "m3", ClientMsg::MaskedChunk { round: round + 5, offset: 0, values: vec![1] });
+    assert!(matches!(err, Err(Violation::WrongRound { .. })), "{err:?}");
+    // Once rejected, m3 stays out of the round.
+    let err = h.coord.handle(h.now, "m3", ClientMsg::MaskedStart { round, len: 13 }).unwrap_err();
+    assert!(matches!(err, Violation::UnexpectedMessage { phase: "dropped", .. }), "{err}");
+    // An outsider is not in the cohort.
+    assert!(h.coord.handle(h.now, "intruder", ClientMsg::MaskedEnd { round }).is_err());
+    // m3 was disconnected by the violations; the others finish.
+    h.coord.member_disconnected(h.now, "m3");
+    h.run(20);
+    assert_eq!(h.finished.len(), 1, "{:?}", h.aborted);
+    assert_eq!(h.finished[0].contributors, vec!["m0", "m1", "m2"]);
+    assert!(h.violations.iter().any(|(m, _)| m == "m3"));
+}
+
+#[test]
+fn second_update_in_a_round_is_a_violation() {
+    let mut c = cfg(2, false);
+    c.rounds = 1;
+    let mut h = Harness::new(3, c);
+    h.connect_all();
+    while h.pump() {}
+    // The round is in evaluation now; a replayed update is out of phase.
+    let round = h.finished.first().map(|o| o.round).unwrap_or(1);
+    let again = h.sent["m0"].iter().find(|m| matches!(m, ClientMsg::PlainStart { .. })).cloned().unwrap();
+    let r = h.coord.handle(h.now, "m0", again);
+    assert!(r.is_err(), "replayed update accepted in round {round}");
+}
+
+#[test]
+fn members_refuse_unsafe_rounds() {
+    let mut p = Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(1));
+    p.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m0".into() }).unwrap();
+    let mut settings = cfg(2, true);
+    settings.secure = None;
+    let plain = tessera_core::round::RoundSettings { train: settings.train.clone(), secagg: None, dp: None };
+    let start = |round, s: tessera_core::round::RoundSettings, cohort: Vec<&str>| AggregatorMsg::RoundStart {
+        round,
+        settings: s,
+        cohort: cohort.into_iter().map(String::from).collect(),
+        party: 0,
+    };
+    // Plaintext is refused by a daemon policy.
+    assert_eq!(p.handle(start(1, plain.clone(), vec!["m0", "m1"])), Err(participant::Refusal::PlaintextRefused));
+    // A threshold below a strict majority is refused.
+    let mut s = plain.clone();
+    s.secagg = Some(tessera_core::round::SecAggSettings {
+        threshold: 1,
+        modulus_bits: 32,
+        clip_range: 1.0,
+        neighbours: None,
+        graph_seed: [0; 32],
+    });
+    assert!(matches!(p.handle(start(2, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::BadCohort(_))));
+    // A replayed (old) round is refused.
+    assert!(matches!(p.handle(start(1, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::Replay { .. })));
+    // A model with NaN is refused.
+    if let Some(sa) = s.secagg.as_mut() {
+        sa.threshold = 2;
+    }
+    p.handle(start(3, s, vec!["m0", "m1", "m2"])).unwrap();
+    let mut nan = initial();
+    nan.tensors[0].data[4] = f32::NAN;
+    let msgs: Vec<_> = model_messages(3, ModelPurpose::Train, &nan, 4).collect();
+    let last = msgs.len() - 1;
+    for (i, m) in msgs.into_iter().enumerate() {
+        let r = p.handle(m);
+        if i == last {
+            assert!(matches!(r, Err(participant::Refusal::Model(_))), "{r:?}");
+        }
+    }
+}

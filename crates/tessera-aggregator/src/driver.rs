@@ -1,0 +1,277 @@
+//! The thin async driver that moves bytes between the transport and the
+//! [`Coordinator`]. One task owns the coordinator; each connection has a
+//! reader task (frames in → decoded messages) and a writer task (outputs →
+//! frames out, models streamed lazily chunk by chunk). The same driver runs
+//! over QUIC in the daemon and over the in-memory network in the simulator.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::codec::{self, Limits};
+use tessera_core::stream::model_messages;
+use tessera_core::{AggregatorMsg, ClientMsg, RoundRecord};
+use tessera_transport::{FrameReceiver, FrameSender, Listener, Traffic, close_code};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::coordinator::{Coordinator, Event, Output, RoundOutcome};
+
+/// Commands for one connection's writer task.
+enum WriterCmd {
+    Msg(AggregatorMsg),
+    Model(u64, tessera_core::message::ModelPurpose, Arc<tessera_core::ModelParams>),
+    Close(String),
+}
+
+enum CoreEvent {
+    Connected { member: String, conn: u64, writer: mpsc::UnboundedSender<WriterCmd> },
+    Message { member: String, conn: u64, msg: ClientMsg },
+    Disconnected { member: String, conn: u64, error: Option<String> },
+}
+
+/// Receives what the run produces, round by round. The daemon writes files
+/// and its database; the simulator also collects in memory.
+pub trait RunObserver: Send {
+    /// Called when a round starts, before any message of it is sent.
+    fn round_started(&mut self, _round: u64, _cohort: &[String], _cohort_seed: u64) {}
+    /// A round completed; `record` has traffic and timing filled in.
+    fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, coordinator: &Coordinator);
+    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]);
+    fn rejected(&mut self, member: &str, error: &str) {
+        tracing::warn!(member, error, "rejected a message");
+    }
+    /// Called before each new round may start; returning `Some(reason)`
+    /// stops the run (e.g. the privacy budget cannot afford another round).
+    fn veto_next_round(&mut self, _coordinator: &Coordinator) -> Option<String> {
+        None
+    }
+}
+
+/// How the driver runs.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    pub limits: Limits,
+    /// Time allowed after the run finished for final messages to flush.
+    pub linger: Duration,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self { limits: Limits::default(), linger: Duration::from_millis(200) }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    pub reason: String,
+    pub completed_rounds: u64,
+}
+
+/// Run the coordinator until the run finishes, accepting connections from
+/// `listener`.
+pub async fn serve(
+    mut listener: Listener,
+    mut coordinator: Coordinator,
+    observer: &mut dyn RunObserver,
+    opts: DriverOptions,
+) -> (Coordinator, RunEnd) {
+    let start = Instant::now();
+    let now_ms = |start: Instant| start.elapsed().as_millis() as u64;
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<CoreEvent>();
+    let mut writers: BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)> = BTreeMap::new();
+    let mut traffic: Vec<Traffic> = Vec::new();
+    let mut next_conn = 0u64;
+    let mut round_marks: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut end_reason: Option<String> = None;
+    let mut accepting = true;
+
+    loop {
+        // Let the observer stop the run before a new round starts.
+        if coordinator.progress().is_none() && !coordinator.is_finished() {
+            if let Some(reason) = observer.veto_next_round(&coordinator) {
+                coordinator.stop_before_next_round(reason);
+                coordinator.tick(now_ms(start));
+            }
+        }
+        while let Some(out) = coordinator.poll_output() {
+            match out {
+                Output::Send { to, msg } => send(&writers, &to, WriterCmd::Msg(msg)),
+                Output::SendModel { to, round, purpose, model } => {
+                    send(&writers, &to, WriterCmd::Model(round, purpose, model))
+                }
+                Output::Disconnect { member, reason } => {
+                    if let Some((_, w)) = writers.remove(&member) {
+                        let _ = w.send(WriterCmd::Close(reason));
+                    }
+                }
+                Output::Event(ev) => match ev {
+                    Event::RoundStarted { round, cohort, cohort_seed } => {
+                        round_marks.insert(round, totals(&traffic));
+                        tracing::info!(round, cohort = cohort.len(), "round started");
+                        observer.round_started(round, &cohort, cohort_seed);
+                    }
+                    Event::RoundFinished(outcome) => {
+                        let (up0, down0) = round_marks.remove(&outcome.round).unwrap_or_default();
+                        let (up, down) = totals(&traffic);
+                        let record = RoundRecord {
+                            round: outcome.round,
+                            participants: outcome.contributors.len() as u32,
+                            dropped: outcome.dropped.len() as u32,
+                            accepted: true,
+                            loss: outcome.metrics.loss,
+                            accuracy: outcome.metrics.accuracy,
+                            balanced_accuracy: outcome.metrics.balanced_accuracy,
+                            auc: outcome.metrics.auc,
+                            f1: outcome.metrics.f1,
+                            bytes_up: up - up0,
+                            bytes_down: down - down0,
+                            seconds: (outcome.finished_ms - outcome.started_ms) as f64 / 1000.0,
+                            epsilon: None,
+                            delta: None,
+                        };
+                        observer.round_finished(&outcome, &record, &coordinator);
+                    }
+                    Event::RoundAborted { round, reason, dropped } => {
+                        round_marks.remove(&round);
+                        tracing::warn!(round, %reason, "round aborted");
+                        observer.round_aborted(round, &reason, &dropped);
+                    }
+                    Event::Rejected { member, error } => observer.rejected(&member, &error),
+                    Event::MemberUnhealthy { member, failed_rounds } => {
+                        tracing::warn!(member, failed_rounds, "member marked unhealthy")
+                    }
+                    Event::RunFinished { reason } => end_reason = Some(reason),
+                },
+            }
+        }
+        if let Some(reason) = end_reason.take() {
+            tracing::info!(%reason, "run finished");
+            // Let writers flush the Shutdown messages, then close.
+            drop(writers);
+            tokio::time::sleep(opts.linger).await;
+            let completed_rounds = coordinator.completed();
+            return (coordinator, RunEnd { reason, completed_rounds });
+        }
+
+        let deadline = coordinator.next_deadline().map(|d| start + Duration::from_millis(d));
+        tokio::select! {
+            accepted = listener.accept(), if accepting => match accepted {
+                Some((peer, conn)) => {
+                    next_conn += 1;
+                    let (tx, rx) = conn.split();
+                    traffic.push(tx.traffic());
+                    spawn_connection(peer.member, next_conn, tx, rx, events_tx.clone(), opts.limits);
+                }
+                None => accepting = false,
+            },
+            Some(ev) = events_rx.recv() => match ev {
+                CoreEvent::Connected { member, conn, writer } => {
+                    if let Some((_, old)) = writers.insert(member.clone(), (conn, writer)) {
+                        let _ = old.send(WriterCmd::Close("replaced by a newer connection".into()));
+                    }
+                    tracing::info!(member, "member connected");
+                    coordinator.member_connected(now_ms(start), &member);
+                }
+                CoreEvent::Message { member, conn, msg } => {
+                    if writers.get(&member).is_some_and(|(c, _)| *c == conn) {
+                        let _ = coordinator.handle(now_ms(start), &member, msg);
+                    }
+                }
+                CoreEvent::Disconnected { member, conn, error } => {
+                    if writers.get(&member).is_some_and(|(c, _)| *c == conn) {
+                        writers.remove(&member);
+                        match error {
+                            Some(e) => tracing::warn!(member, error = %e, "member disconnected"),
+                            None => tracing::info!(member, "member disconnected"),
+                        }
+                        coordinator.member_disconnected(now_ms(start), &member);
+                    }
+                }
+            },
+            _ = sleep_until(deadline) => coordinator.tick(now_ms(start)),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn totals(traffic: &[Traffic]) -> (u64, u64) {
+    traffic.iter().fold((0, 0), |(up, down), t| (up + t.bytes_received(), down + t.bytes_sent()))
+}
+
+fn send(writers: &BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)>, to: &str, cmd: WriterCmd) {
+    if let Some((_, w)) = writers.get(to) {
+        let _ = w.send(cmd);
+    }
+}
+
+fn spawn_connection(
+    member: String,
+    conn: u64,
+    mut tx: FrameSender,
+    mut rx: FrameReceiver,
+    events: mpsc::UnboundedSender<CoreEvent>,
+    limits: Limits,
+) {
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<WriterCmd>();
+    let _ = events.send(CoreEvent::Connected { member: member.clone(), conn, writer: wtx });
+    // Writer: encodes lazily so a model is never materialised per member.
+    tokio::spawn(async move {
+        while let Some(cmd) = wrx.recv().await {
+            let result = match cmd {
+                WriterCmd::Msg(msg) => write(&mut tx, &msg, &limits).await,
+                WriterCmd::Model(round, purpose, model) => {
+                    let mut res = Ok(());
+                    for msg in model_messages(round, purpose, &model, limits.chunk_values) {
+                        res = write(&mut tx, &msg, &limits).await;
+                        if res.is_err() {
+                            break;
+                        }
+                    }
+                    res
+                }
+                WriterCmd::Close(reason) => {
+                    tx.close(close_code::PROTOCOL, &reason);
+                    break;
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        let _ = tx.finish().await;
+    });
+    // Reader: decode and forward; any decoding error closes the connection.
+    tokio::spawn(async move {
+        let error = loop {
+            match rx.recv().await {
+                Ok(Some(payload)) => match codec::decode_payload::<ClientMsg>(&payload) {
+                    Ok(msg) => {
+                        if events.send(CoreEvent::Message { member: member.clone(), conn, msg }).is_err() {
+                            break None;
+                        }
+                    }
+                    Err(e) => {
+                        rx.close(close_code::MALFORMED_FRAME, "undecodable frame");
+                        break Some(e.to_string());
+                    }
+                },
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        let _ = events.send(CoreEvent::Disconnected { member, conn, error });
+    });
+}
+
+async fn write(tx: &mut FrameSender, msg: &AggregatorMsg, limits: &Limits) -> Result<(), String> {
+    let frame = codec::encode_frame(msg, limits).map_err(|e| e.to_string())?;
+    tx.send(frame).await.map_err(|e| e.to_string())
+}

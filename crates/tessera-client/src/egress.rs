@@ -1,0 +1,160 @@
+//! The egress ledger: one line for every message that leaves the site
+//! (time, round, kind, byte count, SHA-256 of the frame). It is the evidence
+//! a compliance officer reads to see that only masked updates, keys, shares
+//! and aggregate metrics left — never a record. The ledger holds digests,
+//! not payloads, so it is itself safe to hand over.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One outgoing message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EgressEntry {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub round: Option<u64>,
+    pub kind: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Set when the member refused an aggregator request (the refusal is
+    /// recorded in the same ledger so the evidence is in one place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("egress ledger {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("egress ledger {path}, line {line}: not a ledger entry")]
+    Corrupt { path: PathBuf, line: usize },
+}
+
+/// Append-only ledger file (JSON lines). Each entry is flushed before the
+/// frame it describes is handed to the transport.
+pub struct EgressLedger {
+    path: PathBuf,
+    file: Option<File>,
+    /// Entries kept in memory too when asked (tests, simulator).
+    keep: Option<Vec<EgressEntry>>,
+}
+
+impl EgressLedger {
+    pub fn open(path: &Path) -> Result<Self, EgressError> {
+        let io = |source| EgressError::Io { path: path.to_path_buf(), source };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        Ok(Self { path: path.to_path_buf(), file: Some(file), keep: None })
+    }
+
+    /// A ledger that only keeps entries in memory (simulated members).
+    pub fn in_memory() -> Self {
+        Self { path: PathBuf::from("<memory>"), file: None, keep: Some(Vec::new()) }
+    }
+
+    pub fn entries(&self) -> Option<&[EgressEntry]> {
+        self.keep.as_deref()
+    }
+
+    /// Record a frame about to leave.
+    pub fn record(&mut self, round: Option<u64>, kind: &str, frame: &[u8]) -> Result<(), EgressError> {
+        let entry = EgressEntry {
+            time_ms: now_ms(),
+            round,
+            kind: kind.to_string(),
+            bytes: frame.len() as u64,
+            sha256: hex::encode(Sha256::digest(frame)),
+            note: None,
+        };
+        self.write(entry)
+    }
+
+    /// Record that the member refused something (nothing left the site).
+    pub fn record_refusal(&mut self, round: Option<u64>, reason: &str) -> Result<(), EgressError> {
+        let entry = EgressEntry {
+            time_ms: now_ms(),
+            round,
+            kind: "refusal".into(),
+            bytes: 0,
+            sha256: String::new(),
+            note: Some(reason.to_string()),
+        };
+        self.write(entry)
+    }
+
+    fn write(&mut self, entry: EgressEntry) -> Result<(), EgressError> {
+        if let Some(f) = self.file.as_mut() {
+            let line = serde_json::to_string(&entry).expect("entry serialises");
+            let io = |source| EgressError::Io { path: self.path.clone(), source };
+            writeln!(f, "{line}").map_err(io)?;
+            f.flush().map_err(io)?;
+        }
+        if let Some(k) = self.keep.as_mut() {
+            k.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Read a ledger file back.
+    pub fn read(path: &Path) -> Result<Vec<EgressEntry>, EgressError> {
+        let file = File::open(path).map_err(|source| EgressError::Io { path: path.to_path_buf(), source })?;
+        let mut out = Vec::new();
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|source| EgressError::Io { path: path.to_path_buf(), source })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let e = serde_json::from_str(&line)
+                .map_err(|_| EgressError::Corrupt { path: path.to_path_buf(), line: i + 1 })?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Render the ledger as a table for `tessera-client egress`.
+pub fn render(entries: &[EgressEntry]) -> String {
+    let mut s = format!("{:<14} {:>6} {:<16} {:>12} {}\n", "time_ms", "round", "kind", "bytes", "sha256 / note");
+    let mut total = 0u64;
+    for e in entries {
+        total += e.bytes;
+        let round = e.round.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        let tail = e.note.clone().unwrap_or_else(|| e.sha256.clone());
+        s.push_str(&format!("{:<14} {:>6} {:<16} {:>12} {}\n", e.time_ms, round, e.kind, e.bytes, tail));
+    }
+    s.push_str(&format!("{} messages, {} bytes in total\n", entries.len(), total));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_roundtrip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("egress.jsonl");
+        let mut l = EgressLedger::open(&path).unwrap();
+        l.record(Some(1), "masked_chunk", b"abc").unwrap();
+        l.record_refusal(Some(2), "replay").unwrap();
+        drop(l);
+        let e = EgressLedger::read(&path).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].bytes, 3);
+        assert_eq!(e[0].sha256, hex::encode(Sha256::digest(b"abc")));
+        assert_eq!(e[1].note.as_deref(), Some("replay"));
+        assert!(render(&e).contains("2 messages, 3 bytes"));
+        std::fs::write(&path, "not json\n").unwrap();
+        assert!(matches!(EgressLedger::read(&path), Err(EgressError::Corrupt { line: 1, .. })));
+    }
+}

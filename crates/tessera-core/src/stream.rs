@@ -1,0 +1,172 @@
+//! Streaming large vectors as bounded chunks.
+//!
+//! A model is sent as `ModelStart`, a run of `ModelChunk`s and `ModelEnd`.
+//! [`model_messages`] produces the chunks lazily from a shared parameter set
+//! (one chunk alive at a time per receiver), and [`ModelAssembler`] writes
+//! them straight into a preallocated parameter set on the other side, so a
+//! model is never held twice in memory by either party.
+
+use crate::message::{AggregatorMsg, ModelPurpose};
+use crate::params::{ModelParams, ParamLayout};
+
+/// Errors while reassembling a streamed vector. Each names what was wrong,
+/// never the values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum StreamError {
+    #[error("chunk for round {got} while assembling round {expected}")]
+    WrongRound { expected: u64, got: u64 },
+    #[error("chunk at offset {got}, expected offset {expected}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("chunk of {len} values at offset {offset} overruns the {total}-value vector")]
+    Overrun { offset: u64, len: u64, total: u64 },
+    #[error("stream ended after {got} of {total} values")]
+    Incomplete { got: u64, total: u64 },
+    #[error("assembled model does not match the announced digest")]
+    DigestMismatch,
+    #[error("model holds a non-finite value in `{0}`")]
+    NonFinite(String),
+    #[error("layout too large: {0} values")]
+    TooLarge(u64),
+}
+
+/// Lazily yield the messages that stream `model` for `round`.
+pub fn model_messages(
+    round: u64,
+    purpose: ModelPurpose,
+    model: &ModelParams,
+    chunk_values: usize,
+) -> impl Iterator<Item = AggregatorMsg> + '_ {
+    let total = model.numel();
+    let start = std::iter::once(AggregatorMsg::ModelStart { round, purpose, layout: model.layout() });
+    let chunks = crate::codec::chunk_ranges(total, chunk_values).map(move |(off, len)| {
+        let mut values = vec![0.0f32; len];
+        // In range by construction of chunk_ranges.
+        let _ = model.read_flat(off, &mut values);
+        AggregatorMsg::ModelChunk { round, offset: off as u64, values }
+    });
+    let end = std::iter::once_with(move || AggregatorMsg::ModelEnd { round, digest: model.digest() });
+    start.chain(chunks).chain(end)
+}
+
+/// Rebuilds a streamed model in place, checking order, bounds and digest.
+#[derive(Debug)]
+pub struct ModelAssembler {
+    round: u64,
+    purpose: ModelPurpose,
+    params: ModelParams,
+    next_offset: u64,
+    total: u64,
+}
+
+impl ModelAssembler {
+    /// Start assembling; `max_values` bounds the allocation a peer can cause.
+    pub fn start(round: u64, purpose: ModelPurpose, layout: &ParamLayout, max_values: u64) -> Result<Self, StreamError> {
+        let total = layout.numel() as u64;
+        if total > max_values {
+            return Err(StreamError::TooLarge(total));
+        }
+        Ok(Self { round, purpose, params: ModelParams::zeros(layout), next_offset: 0, total })
+    }
+
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    pub fn purpose(&self) -> ModelPurpose {
+        self.purpose
+    }
+
+    pub fn chunk(&mut self, round: u64, offset: u64, values: &[f32]) -> Result<(), StreamError> {
+        if round != self.round {
+            return Err(StreamError::WrongRound { expected: self.round, got: round });
+        }
+        if offset != self.next_offset {
+            return Err(StreamError::OutOfOrder { expected: self.next_offset, got: offset });
+        }
+        let len = values.len() as u64;
+        if offset + len > self.total {
+            return Err(StreamError::Overrun { offset, len, total: self.total });
+        }
+        self.params
+            .write_flat(offset as usize, values)
+            .map_err(|_| StreamError::Overrun { offset, len, total: self.total })?;
+        self.next_offset += len;
+        Ok(())
+    }
+
+    pub fn finish(self, round: u64, digest: &[u8; 32]) -> Result<ModelParams, StreamError> {
+        if round != self.round {
+            return Err(StreamError::WrongRound { expected: self.round, got: round });
+        }
+        if self.next_offset != self.total {
+            return Err(StreamError::Incomplete { got: self.next_offset, total: self.total });
+        }
+        if let Err(crate::params::ParamsError::NonFinite { name }) = self.params.check_finite() {
+            return Err(StreamError::NonFinite(name));
+        }
+        if &self.params.digest() != digest {
+            return Err(StreamError::DigestMismatch);
+        }
+        Ok(self.params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParamTensor;
+
+    fn model() -> ModelParams {
+        ModelParams::new(vec![
+            ParamTensor::new("w", vec![3, 3], (0..9).map(|i| i as f32).collect()).unwrap(),
+            ParamTensor::new("b", vec![3], vec![0.5, -0.5, 1.0]).unwrap(),
+        ])
+    }
+
+    fn assemble(msgs: Vec<AggregatorMsg>) -> Result<ModelParams, StreamError> {
+        let mut asm = None;
+        for m in msgs {
+            match m {
+                AggregatorMsg::ModelStart { round, purpose, layout } => {
+                    asm = Some(ModelAssembler::start(round, purpose, &layout, 1 << 20)?)
+                }
+                AggregatorMsg::ModelChunk { round, offset, values } => asm.as_mut().unwrap().chunk(round, offset, &values)?,
+                AggregatorMsg::ModelEnd { round, digest } => return asm.take().unwrap().finish(round, &digest),
+                _ => unreachable!(),
+            }
+        }
+        panic!("no end")
+    }
+
+    #[test]
+    fn roundtrip_through_chunks() {
+        let m = model();
+        let msgs: Vec<_> = model_messages(4, ModelPurpose::Train, &m, 5).collect();
+        assert_eq!(msgs.len(), 1 + 3 + 1);
+        assert_eq!(assemble(msgs).unwrap(), m);
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let m = model();
+        let mut msgs: Vec<_> = model_messages(4, ModelPurpose::Train, &m, 5).collect();
+        if let AggregatorMsg::ModelChunk { values, .. } = &mut msgs[1] {
+            values[0] = 42.0;
+        }
+        assert_eq!(assemble(msgs), Err(StreamError::DigestMismatch));
+
+        let mut msgs: Vec<_> = model_messages(4, ModelPurpose::Train, &m, 5).collect();
+        msgs.swap(1, 2);
+        assert!(matches!(assemble(msgs), Err(StreamError::OutOfOrder { .. })));
+
+        let mut msgs: Vec<_> = model_messages(4, ModelPurpose::Train, &m, 5).collect();
+        msgs.remove(2);
+        assert!(matches!(assemble(msgs), Err(StreamError::OutOfOrder { .. })));
+
+        let mut nan = m.clone();
+        nan.tensors[1].data[2] = f32::NAN;
+        let msgs: Vec<_> = model_messages(4, ModelPurpose::Train, &nan, 5).collect();
+        assert_eq!(assemble(msgs), Err(StreamError::NonFinite("b".into())));
+        assert!(ModelAssembler::start(0, ModelPurpose::Train, &m.layout(), 3).is_err());
+    }
+}

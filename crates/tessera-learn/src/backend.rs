@@ -1,0 +1,46 @@
+//! Compute backend selection. burn 0.22 dispatches backends at run time
+//! through its `Device`, so the choice is a value, not a type parameter.
+
+use burn::tensor::Device;
+
+/// A burn execution backend, always wrapped with autodiff for training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeBackend {
+    /// burn-flex: burn's portable CPU backend.
+    Flex,
+    /// burn-ndarray.
+    NdArray,
+    /// wgpu (GPU); only with the `wgpu` feature.
+    #[cfg(feature = "wgpu")]
+    Wgpu,
+}
+
+/// The CPU default, chosen by measurement (see `examples/backend_bench.rs`).
+pub const DEFAULT_BACKEND: ComputeBackend = ComputeBackend::Flex;
+
+impl ComputeBackend {
+    /// An autodiff-enabled device of this backend.
+    pub fn training_device(self) -> Device {
+        match self {
+            ComputeBackend::Flex => Device::flex().autodiff(),
+            ComputeBackend::NdArray => Device::ndarray().autodiff(),
+            #[cfg(feature = "wgpu")]
+            ComputeBackend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::default()).autodiff(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeBackend::Flex => "flex",
+            ComputeBackend::NdArray => "ndarray",
+            #[cfg(feature = "wgpu")]
+            ComputeBackend::Wgpu => "wgpu",
+        }
+    }
+}
+
+impl Default for ComputeBackend {
+    fn default() -> Self {
+        DEFAULT_BACKEND
+    }
+}

@@ -1,0 +1,368 @@
+//! Record-level DP-SGD on the trainable part: Poisson sampling, per-example
+//! clipping, Gaussian noise from a caller-supplied sampler, and averaging by
+//! the expected batch size.
+//!
+//! Per-example gradients are never materialized. For a dense layer
+//! `z = x W + b` the per-example gradients are `x_i g_i^T` and `g_i`, with
+//! `g_i = dL_i/dz_i`, so their norms are `||x_i|| ||g_i||` and `||g_i||`, and
+//! the clipped sum is `X^T (c ⊙ G)` ("ghost clipping"). `G` comes from one
+//! backward pass through a zero probe added to each traced pre-activation.
+//! LoRA factors follow the same rule with `h = x A` and `dL/dh = s G B^T`.
+//! The cost is one forward, one backward and a few matmuls per step.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tessera_core::ModelParams;
+use tessera_core::round::{DpSettings, TrainSettings};
+
+use crate::error::LearnError;
+use crate::model::{Field, TabularMlp, tensor2, to_vec};
+use crate::train::{Progress, TabularTask, TrainReport, apply_sgd, check_settings, one_hot};
+
+/// DP-SGD parameters for one round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DpSgdConfig {
+    /// Per-example L2 clip norm C.
+    pub clip_norm: f64,
+    /// Noise std as a multiple of C; the noise sampler must use `noise_multiplier * clip_norm`.
+    pub noise_multiplier: f64,
+    /// Poisson sampling rate q per step.
+    pub sampling_rate: f64,
+    /// Seed of the Poisson sampling, for tests only. `None` (the default)
+    /// draws it from the OS: the round seed is known to the aggregator, and
+    /// privacy amplification by sampling needs the sample to be secret.
+    pub sampling_seed: Option<u64>,
+}
+
+impl DpSgdConfig {
+    pub fn from_settings(dp: &DpSettings) -> Self {
+        Self {
+            clip_norm: dp.clip_norm,
+            noise_multiplier: dp.noise_multiplier,
+            sampling_rate: dp.sampling_rate,
+            sampling_seed: None,
+        }
+    }
+
+    /// Standard deviation the noise sampler must add to each summed coordinate.
+    pub fn noise_std(&self) -> f64 {
+        self.noise_multiplier * self.clip_norm
+    }
+
+    fn check(&self) -> Result<(), LearnError> {
+        let ok = self.clip_norm.is_finite()
+            && self.clip_norm > 0.0
+            && self.noise_multiplier.is_finite()
+            && self.noise_multiplier >= 0.0
+            && self.sampling_rate > 0.0
+            && self.sampling_rate <= 1.0;
+        if ok { Ok(()) } else { Err(LearnError::Settings("DP-SGD needs C > 0, sigma >= 0 and 0 < q <= 1".into())) }
+    }
+}
+
+/// Sum over the batch of per-example gradients, each clipped to L2 norm
+/// `clip`, for the slots `slots` (values as inner, non-autodiff tensors).
+pub(crate) fn clipped_grad_sum(
+    model: &TabularMlp,
+    slots: &[(usize, Field)],
+    x: &[f32],
+    y: &[u32],
+    num_classes: usize,
+    clip: f64,
+) -> Result<Vec<Tensor<2>>, LearnError> {
+    let n = y.len();
+    let device = model.head.weight.val().device();
+    let d = x.len() / n.max(1);
+    let layers = model.num_backbone_layers() + 1;
+    let mut trace = vec![false; layers];
+    for &(l, _) in slots {
+        trace[l] = true;
+    }
+    let (logits, traces) = model.forward_traced(tensor2(x.to_vec(), n, d, &device), &trace);
+    // Sum (not mean) of the losses: the probe gradient row i is then dL_i/dz_i.
+    let loss = (log_softmax(logits, 1) * one_hot(y, num_classes, &device)).sum().neg();
+    let grads = loss.backward();
+
+    struct Parts {
+        x: Tensor<2>,
+        g: Tensor<2>,
+        h: Option<Tensor<2>>,
+        gh: Option<Tensor<2>>,
+    }
+    let mut parts: Vec<Option<Parts>> = Vec::with_capacity(layers);
+    let mut norm_sq: Option<Tensor<2>> = None;
+    let row_sq = |t: &Tensor<2>| t.clone().powi_scalar(2).sum_dim(1);
+    for (l, tr) in traces.into_iter().enumerate() {
+        let Some(tr) = tr else {
+            parts.push(None);
+            continue;
+        };
+        let layer = model.layer(l);
+        let xin = tr.input.inner();
+        let g = tr.probe.grad(&grads).unwrap_or_else(|| tr.probe.clone().inner().zeros_like());
+        let (h, gh) = match (&layer.lora_a, &layer.lora_b) {
+            (Some(a), Some(b)) => {
+                let h = xin.clone().matmul(a.val().inner());
+                let gh = g.clone().matmul(b.val().inner().transpose()).mul_scalar(layer.lora_scale);
+                (Some(h), Some(gh))
+            }
+            _ => (None, None),
+        };
+        let (x_sq, g_sq) = (row_sq(&xin), row_sq(&g));
+        for &(_, f) in slots.iter().filter(|(sl, _)| *sl == l) {
+            let term = match f {
+                Field::Weight => x_sq.clone() * g_sq.clone(),
+                Field::Bias => g_sq.clone(),
+                Field::LoraA => x_sq.clone() * row_sq(gh.as_ref().expect("adapter present")),
+                Field::LoraB => {
+                    row_sq(h.as_ref().expect("adapter present")).mul_scalar(layer.lora_scale.powi(2)) * g_sq.clone()
+                }
+            };
+            norm_sq = Some(match norm_sq {
+                Some(acc) => acc + term,
+                None => term,
+            });
+        }
+        parts.push(Some(Parts { x: xin, g, h, gh }));
+    }
+    let Some(norm_sq) = norm_sq else {
+        return Ok(Vec::new());
+    };
+    let norms = to_vec(norm_sq.clone())?;
+    if norms.iter().any(|v| !v.is_finite()) {
+        return Err(LearnError::Diverged { what: "per-example gradient" });
+    }
+    // c_i = min(1, C / ||grad_i||).
+    let scale = norm_sq.sqrt().clamp_min(1e-12).recip().mul_scalar(clip as f32).clamp_max(1.0);
+
+    let mut out = Vec::with_capacity(slots.len());
+    for &(l, f) in slots {
+        let p = parts[l].as_ref().expect("traced layer");
+        let lora_scale = model.layer(l).lora_scale;
+        let cg = p.g.clone() * scale.clone();
+        let t = match f {
+            Field::Weight => p.x.clone().transpose().matmul(cg),
+            Field::Bias => cg.sum_dim(0),
+            Field::LoraA => p.x.clone().transpose().matmul(p.gh.clone().expect("adapter") * scale.clone()),
+            Field::LoraB => p.h.clone().expect("adapter").transpose().matmul(cg).mul_scalar(lora_scale),
+        };
+        out.push(t);
+    }
+    Ok(out)
+}
+
+impl TabularTask {
+    /// One round of DP-SGD. Each of `local_epochs * ceil(1/q)` steps samples
+    /// every training example independently with probability q, sums the
+    /// clipped per-example gradients, hands the flat sum to `noise` (which
+    /// must add i.i.d. N(0, (sigma C)^2) to every value), divides by the
+    /// expected batch size q N and takes an SGD step (plus the FedProx pull,
+    /// which does not touch data). `mean_loss` is not reported (0): it would
+    /// be an unprivatized statistic of the data.
+    pub fn train_round_dp(
+        &mut self,
+        s: &TrainSettings,
+        dp: &DpSgdConfig,
+        noise: &mut dyn FnMut(&mut [f32]),
+        prox_anchor: Option<&ModelParams>,
+    ) -> Result<TrainReport, LearnError> {
+        check_settings(s)?;
+        dp.check()?;
+        if self.data.train.is_empty() {
+            return Err(LearnError::EmptySplit("train"));
+        }
+        let anchor = if s.proximal_mu > 0.0 { Some(self.prox_anchor_tensors(prox_anchor)?) } else { None };
+        let n = self.data.train.len();
+        let expected_batch = (dp.sampling_rate * n as f64).max(f64::MIN_POSITIVE);
+        let steps_per_epoch = (1.0 / dp.sampling_rate).ceil() as u64;
+        let mut rng = match dp.sampling_seed {
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+            None => ChaCha8Rng::from_entropy(),
+        };
+        let (mut seen, mut steps) = (0u64, 0u64);
+        for epoch in 0..s.local_epochs {
+            for step in 0..steps_per_epoch {
+                let rows: Vec<usize> = (0..n).filter(|_| rng.gen_bool(dp.sampling_rate)).collect();
+                let sums = if rows.is_empty() {
+                    self.slots
+                        .iter()
+                        .map(|&(l, f)| self.model.param(l, f).expect("slot exists").val().inner().zeros_like())
+                        .collect()
+                } else {
+                    let (x, y) = self.data.train.gather(&rows);
+                    clipped_grad_sum(&self.model, &self.slots, &x, &y, self.data.class_names.len(), dp.clip_norm)?
+                };
+                let grads = self.privatize(sums, noise, expected_batch)?;
+                apply_sgd(&mut self.model, &self.slots, grads, s, anchor.as_deref());
+                seen += rows.len() as u64;
+                steps += 1;
+                if let Some(cb) = self.progress.as_mut() {
+                    cb(Progress { epoch, epochs: s.local_epochs, step: step + 1, steps_per_epoch });
+                }
+            }
+        }
+        self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
+        Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps })
+    }
+
+    /// Noise the flat clipped sum and scale it by 1 / expected batch size.
+    fn privatize(
+        &self,
+        sums: Vec<Tensor<2>>,
+        noise: &mut dyn FnMut(&mut [f32]),
+        expected_batch: f64,
+    ) -> Result<Vec<Tensor<2>>, LearnError> {
+        let shapes: Vec<[usize; 2]> = sums.iter().map(|t| t.dims()).collect();
+        let mut flat = Vec::new();
+        for t in sums {
+            flat.extend(to_vec(t)?);
+        }
+        if flat.iter().any(|v| !v.is_finite()) {
+            return Err(LearnError::Diverged { what: "clipped gradient" });
+        }
+        noise(&mut flat);
+        if flat.iter().any(|v| !v.is_finite()) {
+            return Err(LearnError::Diverged { what: "noised gradient" });
+        }
+        let inv = (1.0 / expected_batch) as f32;
+        let device = self.model.head.weight.val().inner().device();
+        let mut offset = 0;
+        Ok(shapes
+            .into_iter()
+            .map(|[r, c]| {
+                let chunk: Vec<f32> = flat[offset..offset + r * c].iter().map(|v| v * inv).collect();
+                offset += r * c;
+                tensor2(chunk, r, c, &device)
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{SplitConfig, TabularData, TabularSpec, shipped_data_path};
+    use crate::model::TrainablePart;
+    use crate::train::{ModelSpec, TabularTask};
+    use crate::{ComputeBackend, Split};
+
+    fn task(trainable: TrainablePart) -> TabularTask {
+        let data =
+            TabularData::load(&shipped_data_path("wdbc.csv"), &TabularSpec::wdbc(), &SplitConfig::default()).unwrap();
+        TabularTask::new(data, &ModelSpec { hidden: vec![8, 6], trainable, init_seed: 4 }, ComputeBackend::default())
+            .unwrap()
+    }
+
+    /// The reference: one backward pass per example, clip, sum.
+    fn naive_clipped_sum(t: &TabularTask, rows: &[usize], clip: f64) -> (Vec<Vec<f32>>, usize) {
+        let mut sum: Vec<Vec<f32>> = Vec::new();
+        let mut clipped = 0;
+        for &r in rows {
+            let (x, y) = t.data.train.gather(&[r]);
+            let device = t.device.clone();
+            let logits = t.model.forward(tensor2(x, 1, t.data.train.num_features, &device));
+            let loss = (log_softmax(logits, 1) * one_hot(&y, 2, &device)).sum().neg();
+            let grads = loss.backward();
+            let g: Vec<Vec<f32>> = t
+                .slots
+                .iter()
+                .map(|&(l, f)| {
+                    let w = t.model.param(l, f).unwrap().val();
+                    to_vec(w.grad(&grads).unwrap_or_else(|| w.inner().zeros_like())).unwrap()
+                })
+                .collect();
+            let norm = g.iter().flatten().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            let c = (clip / norm).min(1.0);
+            clipped += usize::from(c < 1.0);
+            if sum.is_empty() {
+                sum = g.iter().map(|v| vec![0.0; v.len()]).collect();
+            }
+            for (s, v) in sum.iter_mut().zip(&g) {
+                for (a, b) in s.iter_mut().zip(v) {
+                    *a += (c * *b as f64) as f32;
+                }
+            }
+        }
+        (sum, clipped)
+    }
+
+    fn assert_matches_naive(mut t: TabularTask) {
+        // Non-zero LoRA B factors so that every adapter has a gradient.
+        for (l, f) in t.model.all_slots() {
+            if f == Field::LoraB {
+                let n = t.model.read_slot(l, f).unwrap().data.len();
+                t.model.write_slot(l, f, (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect()).unwrap();
+            }
+        }
+        let rows: Vec<usize> = (0..40).collect();
+        let clip = 0.5;
+        let (naive, clipped) = naive_clipped_sum(&t, &rows, clip);
+        assert!(clipped > 0 && clipped < rows.len(), "test must mix clipped and unclipped examples: {clipped}");
+        let (x, y) = t.data.train.gather(&rows);
+        let fast = clipped_grad_sum(&t.model, &t.slots, &x, &y, 2, clip).unwrap();
+        assert_eq!(fast.len(), naive.len());
+        for ((fast, naive), name) in fast.into_iter().zip(&naive).zip(t.trainable_names()) {
+            let fast = to_vec(fast).unwrap();
+            let diff = fast.iter().zip(naive).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+            let size = naive.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(size > 0.0, "`{name}` has a zero gradient");
+            assert!(diff <= 1e-5 * size, "`{name}`: relative error {}", diff / size);
+        }
+    }
+
+    #[test]
+    fn ghost_clipping_equals_per_example_clipping_all_layers() {
+        assert_matches_naive(task(TrainablePart::All));
+    }
+
+    #[test]
+    fn ghost_clipping_equals_per_example_clipping_lora() {
+        assert_matches_naive(task(TrainablePart::Lora { rank: 3, alpha: 6.0 }));
+    }
+
+    #[test]
+    fn ghost_clipping_equals_per_example_clipping_last_layer() {
+        assert_matches_naive(task(TrainablePart::LastLayers(1)));
+    }
+
+    fn settings() -> TrainSettings {
+        TrainSettings { local_epochs: 3, batch_size: 1, learning_rate: 0.5, proximal_mu: 0.0, seed: 0 }
+    }
+
+    fn dp(seed: u64) -> DpSgdConfig {
+        DpSgdConfig { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 0.1, sampling_seed: Some(seed) }
+    }
+
+    #[test]
+    fn dp_training_calls_the_noise_sampler_and_learns() {
+        let mut t = task(TrainablePart::All);
+        let numel = t.trainable_params().unwrap().numel();
+        let mut calls = 0;
+        let mut noise = |v: &mut [f32]| {
+            assert_eq!(v.len(), numel);
+            calls += 1;
+        };
+        let r = t.train_round_dp(&settings(), &dp(1), &mut noise, None).unwrap();
+        assert_eq!(r.steps, 30);
+        assert_eq!(calls, 30);
+        assert!(r.num_examples > 0);
+        assert!(t.evaluate(Split::Test).unwrap().accuracy > 0.9);
+        // Same sampling seed, same noise: same model.
+        let mut u = task(TrainablePart::All);
+        u.train_round_dp(&settings(), &dp(1), &mut |_: &mut [f32]| {}, None).unwrap();
+        assert_eq!(t.trainable_params().unwrap(), u.trainable_params().unwrap());
+    }
+
+    #[test]
+    fn non_finite_noise_or_settings_are_refused() {
+        let mut t = task(TrainablePart::HeadOnly);
+        let before = t.trainable_params().unwrap();
+        let err = t.train_round_dp(&settings(), &dp(2), &mut |v: &mut [f32]| v[0] = f32::NAN, None).unwrap_err();
+        assert!(matches!(err, LearnError::Diverged { .. }), "{err}");
+        assert_eq!(t.trainable_params().unwrap(), before, "nothing released or applied");
+        let bad = DpSgdConfig { sampling_rate: 0.0, ..dp(2) };
+        assert!(matches!(t.train_round_dp(&settings(), &bad, &mut |_: &mut [f32]| {}, None), Err(LearnError::Settings(_))));
+    }
+}

@@ -1,0 +1,192 @@
+//! Classification metrics from predicted class probabilities. Pure
+//! functions on plain slices, so they are easy to check by hand.
+//!
+//! Conventions: AUC is the exact rank statistic (Mann-Whitney U) with ties
+//! counted as one half; for more than two classes it is the macro average of
+//! one-vs-rest AUCs over the classes that have both positives and negatives.
+//! When no class qualifies (a single-class split) AUC is reported as 0.5,
+//! chance level, so aggregates stay finite. Balanced accuracy averages recall
+//! over classes present in the labels; macro F1 averages over classes present
+//! in the labels or the predictions.
+
+use tessera_core::EvalMetrics;
+
+/// Binary ROC AUC of `scores` against `positive`; `None` without both classes.
+pub fn roc_auc_binary(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Sum of (average, 1-based) ranks of the positives.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += avg_rank * order[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
+        i = j + 1;
+    }
+    let u = rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos as f64 * n_neg as f64))
+}
+
+/// One-vs-rest macro AUC from row-major `probs` (`labels.len() x num_classes`).
+pub fn roc_auc(probs: &[f32], labels: &[u32], num_classes: usize) -> f64 {
+    let scores_of = |c: usize| -> Vec<f64> { probs.chunks(num_classes).map(|r| r[c] as f64).collect() };
+    if num_classes == 2 {
+        let pos: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
+        return roc_auc_binary(&scores_of(1), &pos).unwrap_or(0.5);
+    }
+    let aucs: Vec<f64> = (0..num_classes)
+        .filter_map(|c| {
+            let pos: Vec<bool> = labels.iter().map(|&l| l as usize == c).collect();
+            roc_auc_binary(&scores_of(c), &pos)
+        })
+        .collect();
+    if aucs.is_empty() { 0.5 } else { aucs.iter().sum::<f64>() / aucs.len() as f64 }
+}
+
+/// Row = true class, column = predicted class.
+pub fn confusion_matrix(predicted: &[u32], labels: &[u32], num_classes: usize) -> Vec<Vec<u64>> {
+    let mut m = vec![vec![0u64; num_classes]; num_classes];
+    for (&p, &t) in predicted.iter().zip(labels) {
+        m[t as usize][p as usize] += 1;
+    }
+    m
+}
+
+pub fn accuracy(confusion: &[Vec<u64>]) -> f64 {
+    let total: u64 = confusion.iter().flatten().sum();
+    let correct: u64 = (0..confusion.len()).map(|i| confusion[i][i]).sum();
+    if total == 0 { 0.0 } else { correct as f64 / total as f64 }
+}
+
+pub fn balanced_accuracy(confusion: &[Vec<u64>]) -> f64 {
+    let recalls: Vec<f64> = confusion
+        .iter()
+        .enumerate()
+        .filter_map(|(i, row)| {
+            let n: u64 = row.iter().sum();
+            (n > 0).then(|| row[i] as f64 / n as f64)
+        })
+        .collect();
+    if recalls.is_empty() { 0.0 } else { recalls.iter().sum::<f64>() / recalls.len() as f64 }
+}
+
+pub fn macro_f1(confusion: &[Vec<u64>]) -> f64 {
+    let k = confusion.len();
+    let f1s: Vec<f64> = (0..k)
+        .filter_map(|c| {
+            let tp = confusion[c][c] as f64;
+            let actual: u64 = confusion[c].iter().sum();
+            let predicted: u64 = (0..k).map(|r| confusion[r][c]).sum();
+            if actual == 0 && predicted == 0 {
+                return None;
+            }
+            Some(2.0 * tp / (actual + predicted) as f64)
+        })
+        .collect();
+    if f1s.is_empty() { 0.0 } else { f1s.iter().sum::<f64>() / f1s.len() as f64 }
+}
+
+/// Index of the largest probability per row; ties go to the lower class.
+pub fn argmax_rows(probs: &[f32], num_classes: usize) -> Vec<u32> {
+    probs
+        .chunks(num_classes)
+        .map(|r| {
+            let mut best = 0;
+            for (c, v) in r.iter().enumerate() {
+                if *v > r[best] {
+                    best = c;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+/// Fill [`EvalMetrics`] from probabilities, labels and an already computed mean loss.
+pub fn eval_metrics(probs: &[f32], labels: &[u32], num_classes: usize, mean_loss: f64) -> EvalMetrics {
+    let predicted = argmax_rows(probs, num_classes);
+    let confusion = confusion_matrix(&predicted, labels, num_classes);
+    EvalMetrics {
+        num_examples: labels.len() as u64,
+        loss: mean_loss,
+        accuracy: accuracy(&confusion),
+        balanced_accuracy: balanced_accuracy(&confusion),
+        auc: roc_auc(probs, labels, num_classes),
+        f1: macro_f1(&confusion),
+        confusion,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_auc_with_ties_matches_hand_count() {
+        // Positives: 0.8, 0.4, 0.4; negatives: 0.4, 0.1.
+        // Pairs (pos > neg = 1, tie = 0.5): 0.8: 1+1; 0.4: 0.5+1; 0.4: 0.5+1 => 5 of 6.
+        let scores = [0.8, 0.4, 0.4, 0.4, 0.1];
+        let pos = [true, true, true, false, false];
+        let auc = roc_auc_binary(&scores, &pos).unwrap();
+        assert!((auc - 5.0 / 6.0).abs() < 1e-12, "{auc}");
+        assert_eq!(roc_auc_binary(&[0.1, 0.2], &[true, true]), None);
+        // Perfect ranking, and its reverse.
+        assert_eq!(roc_auc_binary(&[0.1, 0.9], &[false, true]), Some(1.0));
+        assert_eq!(roc_auc_binary(&[0.9, 0.1], &[false, true]), Some(0.0));
+        // All tied: one half.
+        assert_eq!(roc_auc_binary(&[0.3; 4], &[true, false, true, false]), Some(0.5));
+    }
+
+    #[test]
+    fn multiclass_auc_is_one_vs_rest_macro() {
+        // Class 0 perfectly separated, class 1 reversed, class 2 perfectly separated.
+        let probs = [
+            0.8, 0.1, 0.1, // label 0
+            0.1, 0.1, 0.8, // label 2
+            0.3, 0.0, 0.7, // label 2
+            0.5, 0.0, 0.5, // label 1
+        ];
+        let labels = [0, 2, 2, 1];
+        // OvR class 0: pos 0.8 vs neg {0.1,0.3,0.5} -> 1.
+        // class 1: pos 0.0 vs neg {0.1,0.1,0.0} -> (0 + 0 + 0.5)/3.
+        // class 2: pos {0.8,0.7} vs neg {0.1,0.5} -> 1.
+        let expected = (1.0 + 0.5 / 3.0 + 1.0) / 3.0;
+        assert!((roc_auc(&probs, &labels, 3) - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn confusion_based_metrics_match_hand_values() {
+        // truth:     0 0 0 1 1 2
+        // predicted: 0 0 1 1 2 2
+        let labels = [0, 0, 0, 1, 1, 2];
+        let pred = [0, 0, 1, 1, 2, 2];
+        let m = confusion_matrix(&pred, &labels, 3);
+        assert_eq!(m, vec![vec![2, 1, 0], vec![0, 1, 1], vec![0, 0, 1]]);
+        assert!((accuracy(&m) - 4.0 / 6.0).abs() < 1e-12);
+        assert!((balanced_accuracy(&m) - (2.0 / 3.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
+        // F1 per class: c0 2*2/(3+2)=0.8, c1 2*1/(2+2)=0.5, c2 2*1/(1+2)=2/3.
+        assert!((macro_f1(&m) - (0.8 + 0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn eval_metrics_fills_every_field() {
+        let probs = [0.9, 0.1, 0.2, 0.8, 0.6, 0.4, 0.3, 0.7];
+        let labels = [0, 1, 1, 1];
+        let m = eval_metrics(&probs, &labels, 2, 0.25);
+        assert_eq!(m.num_examples, 4);
+        assert_eq!(m.confusion, vec![vec![1, 0], vec![1, 2]]);
+        assert!((m.accuracy - 0.75).abs() < 1e-12);
+        assert!((m.balanced_accuracy - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!((m.auc - 1.0).abs() < 1e-12);
+        assert_eq!(m.loss, 0.25);
+    }
+}

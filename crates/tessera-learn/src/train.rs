@@ -1,0 +1,279 @@
+//! Local training and evaluation of one member's tabular task: the object the
+//! client daemon drives each round.
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+use tessera_core::round::TrainSettings;
+use tessera_core::{EvalMetrics, ModelParams};
+
+use crate::backend::ComputeBackend;
+use crate::data::{Dataset, Split, TabularData};
+use crate::error::LearnError;
+use crate::metrics::eval_metrics;
+use crate::model::{Field, MlpConfig, TabularMlp, TrainablePart, export_slots, import_slots, tensor2, to_vec};
+
+/// Model choice for a tabular task; input and output sizes come from the data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub hidden: Vec<usize>,
+    pub trainable: TrainablePart,
+    pub init_seed: u64,
+}
+
+impl ModelSpec {
+    /// Logistic regression: no hidden layers, the head is the whole model.
+    pub fn logistic(init_seed: u64) -> Self {
+        Self { hidden: Vec::new(), trainable: TrainablePart::All, init_seed }
+    }
+}
+
+/// Where a round's local training is; for progress bars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// 0-based epoch of `epochs`.
+    pub epoch: u32,
+    pub epochs: u32,
+    /// 1-based step within the epoch, of `steps_per_epoch`.
+    pub step: u64,
+    pub steps_per_epoch: u64,
+}
+
+pub type ProgressFn = Box<dyn FnMut(Progress) + Send>;
+
+/// What one round of local training did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainReport {
+    /// Examples processed, counting each epoch (the FedAvg weight is `num_train_examples`).
+    pub num_examples: u64,
+    /// Example-weighted mean training loss over the round (without the proximal term).
+    pub mean_loss: f64,
+    pub steps: u64,
+}
+
+/// One member's data, model and device.
+pub struct TabularTask {
+    pub(crate) data: TabularData,
+    pub(crate) model: TabularMlp,
+    pub(crate) slots: Vec<(usize, Field)>,
+    pub(crate) device: Device,
+    pub(crate) progress: Option<ProgressFn>,
+}
+
+/// Seed of an epoch's shuffle, derived from the round seed.
+pub(crate) fn epoch_seed(seed: u64, epoch: u32) -> u64 {
+    seed ^ (u64::from(epoch) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+pub(crate) fn one_hot(labels: &[u32], num_classes: usize, device: &Device) -> Tensor<2> {
+    let mut v = vec![0f32; labels.len() * num_classes];
+    for (i, &l) in labels.iter().enumerate() {
+        v[i * num_classes + l as usize] = 1.0;
+    }
+    tensor2(v, labels.len(), num_classes, device)
+}
+
+pub(crate) fn check_settings(s: &TrainSettings) -> Result<(), LearnError> {
+    if s.batch_size == 0 {
+        return Err(LearnError::Settings("batch size must be positive".into()));
+    }
+    if !(s.learning_rate.is_finite() && s.learning_rate > 0.0) {
+        return Err(LearnError::Settings("learning rate must be positive and finite".into()));
+    }
+    if !(s.proximal_mu.is_finite() && s.proximal_mu >= 0.0) {
+        return Err(LearnError::Settings("proximal mu must be non-negative and finite".into()));
+    }
+    Ok(())
+}
+
+impl TabularTask {
+    pub fn new(data: TabularData, spec: &ModelSpec, backend: ComputeBackend) -> Result<Self, LearnError> {
+        let device = backend.training_device();
+        let cfg = MlpConfig {
+            num_features: data.train.num_features,
+            hidden: spec.hidden.clone(),
+            num_classes: data.class_names.len(),
+            trainable: spec.trainable.clone(),
+            init_seed: spec.init_seed,
+        };
+        let model = TabularMlp::new(&cfg, &device)?;
+        let slots = model.trainable_slots(&spec.trainable);
+        Ok(Self { data, model, slots, device, progress: None })
+    }
+
+    /// Called after every optimizer step; the crate itself never prints.
+    pub fn set_progress(&mut self, f: Option<ProgressFn>) {
+        self.progress = f;
+    }
+
+    pub fn data(&self) -> &TabularData {
+        &self.data
+    }
+
+    pub fn model(&self) -> &TabularMlp {
+        &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut TabularMlp {
+        &mut self.model
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Size of the local training split: the member's FedAvg weight.
+    pub fn num_train_examples(&self) -> u64 {
+        self.data.train.len() as u64
+    }
+
+    /// Names of the exchanged tensors, in order.
+    pub fn trainable_names(&self) -> Vec<String> {
+        self.slots.iter().map(|&(l, f)| self.model.slot_name(l, f)).collect()
+    }
+
+    /// The exchanged part of the model.
+    pub fn trainable_params(&self) -> Result<ModelParams, LearnError> {
+        export_slots(&self.model, &self.slots)
+    }
+
+    /// Load the exchanged part; names, order and shapes must match and every
+    /// value must be finite, or nothing is changed.
+    pub fn set_trainable_params(&mut self, p: &ModelParams) -> Result<(), LearnError> {
+        import_slots(&mut self.model, &self.slots, p)
+    }
+
+    pub(crate) fn prox_anchor_tensors(&self, anchor: Option<&ModelParams>) -> Result<Vec<Tensor<2>>, LearnError> {
+        let owned;
+        let anchor = match anchor {
+            Some(a) => a,
+            None => {
+                owned = self.trainable_params()?;
+                &owned
+            }
+        };
+        let mut scratch = self.model.clone();
+        import_slots(&mut scratch, &self.slots, anchor)?;
+        Ok(self.slots.iter().map(|&(l, f)| scratch.param(l, f).map(|p| p.val().inner()).expect("slot exists")).collect())
+    }
+
+    /// One round of local SGD: `local_epochs` passes over the training split in
+    /// seeded batches. With `proximal_mu > 0` the FedProx term
+    /// `mu/2 ||w - anchor||^2` is added; the anchor defaults to the parameters
+    /// at the start of the round (the global model just received).
+    pub fn train_round(
+        &mut self,
+        s: &TrainSettings,
+        prox_anchor: Option<&ModelParams>,
+    ) -> Result<TrainReport, LearnError> {
+        check_settings(s)?;
+        if self.data.train.is_empty() {
+            return Err(LearnError::EmptySplit("train"));
+        }
+        let anchor = if s.proximal_mu > 0.0 { Some(self.prox_anchor_tensors(prox_anchor)?) } else { None };
+        let batch = s.batch_size as usize;
+        let steps_per_epoch = self.data.train.len().div_ceil(batch) as u64;
+        let (mut loss_sum, mut seen, mut steps) = (0.0f64, 0u64, 0u64);
+        for epoch in 0..s.local_epochs {
+            for (i, rows) in self.data.train.batches(batch, epoch_seed(s.seed, epoch)).iter().enumerate() {
+                let (x, y) = self.data.train.gather(rows);
+                let loss = self.sgd_step(&x, &y, s, anchor.as_deref())?;
+                loss_sum += loss * rows.len() as f64;
+                seen += rows.len() as u64;
+                steps += 1;
+                if let Some(cb) = self.progress.as_mut() {
+                    cb(Progress { epoch, epochs: s.local_epochs, step: i as u64 + 1, steps_per_epoch });
+                }
+            }
+        }
+        self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
+        Ok(TrainReport { num_examples: seen, mean_loss: if seen == 0 { 0.0 } else { loss_sum / seen as f64 }, steps })
+    }
+
+    /// Mean cross-entropy of a batch, with autodiff gradients applied by SGD.
+    fn sgd_step(
+        &mut self,
+        x: &[f32],
+        y: &[u32],
+        s: &TrainSettings,
+        anchor: Option<&[Tensor<2>]>,
+    ) -> Result<f64, LearnError> {
+        let n = y.len();
+        let d = self.data.train.num_features;
+        let xs = tensor2(x.to_vec(), n, d, &self.device);
+        let target = one_hot(y, self.data.class_names.len(), &self.device);
+        let logits = self.model.forward(xs);
+        let loss = (log_softmax(logits, 1) * target).sum().neg().div_scalar(n as f32);
+        let loss_value = to_vec(loss.clone().inner())?[0] as f64;
+        if !loss_value.is_finite() {
+            return Err(LearnError::Diverged { what: "loss" });
+        }
+        let grads = loss.backward();
+        let mut updates = Vec::with_capacity(self.slots.len());
+        for &(l, f) in &self.slots {
+            let p = self.model.param(l, f).expect("slot exists");
+            let w = p.val();
+            // A tensor the loss does not depend on (an untouched LoRA factor) has no gradient.
+            let g = w.grad(&grads).unwrap_or_else(|| w.clone().inner().zeros_like());
+            updates.push(g);
+        }
+        apply_sgd(&mut self.model, &self.slots, updates, s, anchor);
+        Ok(loss_value)
+    }
+
+    /// Metrics of the current model on one local split.
+    pub fn evaluate(&self, split: Split) -> Result<EvalMetrics, LearnError> {
+        let ds = self.data.split(split);
+        if ds.is_empty() {
+            return Err(LearnError::EmptySplit(split.name()));
+        }
+        evaluate_model(&self.model, ds, &self.device)
+    }
+}
+
+/// Plain SGD on the trainable slots, plus the FedProx pull `mu (w - anchor)`.
+pub(crate) fn apply_sgd(
+    model: &mut TabularMlp,
+    slots: &[(usize, Field)],
+    grads: Vec<Tensor<2>>,
+    s: &TrainSettings,
+    anchor: Option<&[Tensor<2>]>,
+) {
+    let lr = s.learning_rate as f32;
+    for (k, (&(l, f), g)) in slots.iter().zip(grads).enumerate() {
+        let p = model.param_mut(l, f).expect("slot exists");
+        let w = p.val().inner();
+        let mut step = g;
+        if let Some(a) = anchor {
+            step = step + (w.clone() - a[k].clone()).mul_scalar(s.proximal_mu as f32);
+        }
+        let updated = Tensor::from_inner(w - step.mul_scalar(lr)).require_grad();
+        *p = burn::module::Param::initialized(p.id, updated).set_require_grad(true);
+    }
+}
+
+/// Forward a whole split in chunks and compute metrics; no gradients kept.
+pub fn evaluate_model(model: &TabularMlp, ds: &Dataset, device: &Device) -> Result<EvalMetrics, LearnError> {
+    const CHUNK: usize = 4096;
+    let c = ds.num_classes;
+    let mut probs = Vec::with_capacity(ds.len() * c);
+    let mut nll = 0.0f64;
+    let rows: Vec<usize> = (0..ds.len()).collect();
+    for chunk in rows.chunks(CHUNK) {
+        let (x, y) = ds.gather(chunk);
+        let logits = model.forward(tensor2(x, chunk.len(), ds.num_features, device)).detach();
+        let logp = to_vec(log_softmax(logits.clone(), 1).inner())?;
+        for (row, &label) in logp.chunks(c).zip(&y) {
+            nll -= row[label as usize] as f64;
+        }
+        probs.extend(to_vec(softmax(logits, 1).inner())?);
+    }
+    if probs.iter().any(|p| !p.is_finite()) {
+        return Err(LearnError::Diverged { what: "prediction" });
+    }
+    Ok(eval_metrics(&probs, &ds.labels, c, nll / ds.len() as f64))
+}
+
+/// Build a tensor from row-major data on `device` (re-exported for tests and tools).
+pub fn batch_tensor(x: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(x, [rows, cols]), device)
+}

@@ -1,0 +1,297 @@
+//! One cohort member's side of one round. The session is a state machine fed
+//! with what the aggregator relays; every refusal leaves it unchanged, so a
+//! daemon can report the error and drop out without corrupting anything.
+//!
+//! Steps: [`ClientSession::new`] (`AdvertiseKeys`) ->
+//! [`ClientSession::on_cohort_keys`] (`CohortKeys` in, `ShareKeys` out) ->
+//! [`ClientSession::on_forwarded_shares`] (`ForwardShares` in) ->
+//! [`ClientSession::mask_chunk`] for each `MaskedChunk` ->
+//! [`ClientSession::on_unmask_request`] (`UnmaskRequest` in, `UnmaskShares` out).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand_core::CryptoRngCore;
+use tessera_core::PartyId;
+use tessera_core::message::{EncryptedShare, PublicKeys, ShareReveal};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::context::RoundContext;
+use crate::crypto::{self, MaskOp, NONCE_LEN, Seed};
+use crate::error::{SecAggError, Step};
+use crate::shamir::{self, SHARE_BYTES, SecretShare};
+
+/// Plaintext of a share bundle: sender, recipient, self-mask share, mask-key share.
+const BUNDLE_BYTES: usize = 8 + 2 * SHARE_BYTES;
+
+/// Shares this member holds of one peer's two secrets (or of its own).
+struct HeldShares {
+    self_mask: SecretShare,
+    mask_key: SecretShare,
+}
+
+pub struct ClientSession {
+    ctx: RoundContext,
+    me: PartyId,
+    step: Step,
+    cipher_sk: StaticSecret,
+    mask_sk: StaticSecret,
+    public: PublicKeys,
+    self_seed: Seed,
+    /// Neighbours that advertised keys (from `CohortKeys`).
+    peers: BTreeMap<PartyId, PublicKeys>,
+    /// Shares held per party, own included; filled at `ForwardShares`.
+    held: BTreeMap<PartyId, HeldShares>,
+    /// PRG keys this member masks with: its self mask, then signed pairwise masks.
+    masks: Vec<(Seed, MaskOp)>,
+}
+
+impl ClientSession {
+    /// Makes the two fresh X25519 key pairs of this round and returns the
+    /// `AdvertiseKeys` payload.
+    pub fn new<R: CryptoRngCore + ?Sized>(
+        ctx: RoundContext,
+        me: PartyId,
+        rng: &mut R,
+    ) -> Result<(Self, PublicKeys), SecAggError> {
+        ctx.check_party(me)?;
+        let mut fresh_secret = || {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(bytes.as_mut());
+            StaticSecret::from(*bytes)
+        };
+        let cipher_sk = fresh_secret();
+        let mask_sk = fresh_secret();
+        let mut self_seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(self_seed.as_mut());
+        let public = PublicKeys {
+            cipher_pk: PublicKey::from(&cipher_sk).to_bytes(),
+            mask_pk: PublicKey::from(&mask_sk).to_bytes(),
+        };
+        let session = Self {
+            ctx,
+            me,
+            step: Step::AdvertiseKeys,
+            cipher_sk,
+            mask_sk,
+            public,
+            self_seed,
+            peers: BTreeMap::new(),
+            held: BTreeMap::new(),
+            masks: Vec::new(),
+        };
+        Ok((session, public))
+    }
+
+    pub fn party(&self) -> PartyId {
+        self.me
+    }
+
+    /// The last step this member completed.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    pub fn context(&self) -> &RoundContext {
+        &self.ctx
+    }
+
+    fn expect(&self, expected: Step) -> Result<(), SecAggError> {
+        if self.step == expected { Ok(()) } else { Err(SecAggError::WrongStep { expected, actual: self.step }) }
+    }
+
+    /// Enough parties left (this member included)? In the complete graph the
+    /// neighbourhood is the cohort, so the global floor applies too.
+    fn check_count(&self, have: usize) -> Result<(), SecAggError> {
+        let mut threshold = self.ctx.threshold();
+        if self.ctx.graph().is_complete() {
+            threshold = threshold.max(self.ctx.min_survivors());
+        }
+        let have = have as u32;
+        if have < threshold { Err(SecAggError::BelowThreshold { have, threshold }) } else { Ok(()) }
+    }
+
+    /// `CohortKeys`: checks the neighbours' keys, Shamir-shares the self-mask
+    /// seed and the mask secret key among them, and returns one encrypted
+    /// bundle per neighbour (`ShareKeys`).
+    pub fn on_cohort_keys<R: CryptoRngCore + ?Sized>(
+        &mut self,
+        keys: &[(PartyId, PublicKeys)],
+        rng: &mut R,
+    ) -> Result<Vec<EncryptedShare>, SecAggError> {
+        self.expect(Step::AdvertiseKeys)?;
+        let binding = *self.ctx.binding();
+        let mut peers = BTreeMap::new();
+        let mut seen_keys: BTreeSet<[u8; 32]> = [self.public.cipher_pk, self.public.mask_pk].into();
+        let mut share_keys = BTreeMap::new();
+        for (p, k) in keys {
+            self.ctx.check_party(*p)?;
+            if !self.ctx.graph().are_neighbours(self.me, *p) {
+                return Err(SecAggError::NotNeighbour { of: self.me, peer: *p });
+            }
+            if peers.insert(*p, *k).is_some() {
+                return Err(SecAggError::Duplicate(*p));
+            }
+            // Bonawitz et al.: all advertised keys must differ, or a replayed
+            // key could make two members share a mask.
+            if !seen_keys.insert(k.cipher_pk) || !seen_keys.insert(k.mask_pk) {
+                return Err(SecAggError::RepeatedPublicKey);
+            }
+            let shared = crypto::agree(&self.cipher_sk, &k.cipher_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
+            crypto::agree(&self.mask_sk, &k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
+            share_keys.insert(*p, crypto::share_key(&shared, &binding, self.me, *p));
+        }
+        self.check_count(peers.len() + 1)?;
+
+        let holders: Vec<PartyId> = peers.keys().copied().chain([self.me]).collect();
+        let t = self.ctx.threshold();
+        let mask_secret = Zeroizing::new(self.mask_sk.to_bytes());
+        let self_mask_shares = shamir::split(&self.self_seed, t, &holders, rng);
+        let mask_key_shares = shamir::split(&mask_secret, t, &holders, rng);
+        let mut out = Vec::with_capacity(peers.len());
+        for ((to, self_mask), (_, mask_key)) in self_mask_shares.into_iter().zip(mask_key_shares) {
+            let Some(key) = share_keys.get(&to) else {
+                self.held.insert(to, HeldShares { self_mask, mask_key });
+                continue;
+            };
+            let mut bundle = Zeroizing::new([0u8; BUNDLE_BYTES]);
+            bundle[..4].copy_from_slice(&self.me.to_le_bytes());
+            bundle[4..8].copy_from_slice(&to.to_le_bytes());
+            bundle[8..8 + SHARE_BYTES].copy_from_slice(self_mask.to_bytes().as_ref());
+            bundle[8 + SHARE_BYTES..].copy_from_slice(mask_key.to_bytes().as_ref());
+            let mut nonce = [0u8; NONCE_LEN];
+            rng.fill_bytes(&mut nonce);
+            let aad = crypto::share_aad(&binding, self.me, to);
+            out.push(EncryptedShare { from: self.me, to, ciphertext: crypto::seal(key, nonce, &aad, bundle.as_ref()) });
+        }
+        self.peers = peers;
+        self.step = Step::ShareKeys;
+        Ok(out)
+    }
+
+    /// `ForwardShares`: decrypts and checks the bundles of the neighbours
+    /// that moved on; those neighbours are exactly the ones this member
+    /// masks with.
+    pub fn on_forwarded_shares(&mut self, shares: &[EncryptedShare]) -> Result<(), SecAggError> {
+        self.expect(Step::ShareKeys)?;
+        let binding = *self.ctx.binding();
+        let mut received = BTreeMap::new();
+        for s in shares {
+            if s.to != self.me {
+                return Err(SecAggError::Misaddressed { from: s.from, to: s.to });
+            }
+            let peer = self.peers.get(&s.from).ok_or(SecAggError::NotNeighbour { of: self.me, peer: s.from })?;
+            if received.contains_key(&s.from) {
+                return Err(SecAggError::Duplicate(s.from));
+            }
+            let shared = crypto::agree(&self.cipher_sk, &peer.cipher_pk).ok_or(SecAggError::WeakPublicKey(s.from))?;
+            let key = crypto::share_key(&shared, &binding, s.from, self.me);
+            let aad = crypto::share_aad(&binding, s.from, self.me);
+            let plain = crypto::open(&key, &aad, &s.ciphertext)
+                .ok_or(SecAggError::ShareDecryption { from: s.from, to: self.me })?;
+            if plain.len() != BUNDLE_BYTES || plain[..4] != s.from.to_le_bytes() || plain[4..8] != self.me.to_le_bytes()
+            {
+                return Err(SecAggError::MalformedShare(s.from));
+            }
+            let self_mask = SecretShare::from_bytes(&plain[8..8 + SHARE_BYTES]);
+            let mask_key = SecretShare::from_bytes(&plain[8 + SHARE_BYTES..]);
+            let (Some(self_mask), Some(mask_key)) = (self_mask, mask_key) else {
+                return Err(SecAggError::MalformedShare(s.from));
+            };
+            let shared = crypto::agree(&self.mask_sk, &peer.mask_pk).ok_or(SecAggError::WeakPublicKey(s.from))?;
+            let seed = crypto::pairwise_seed(&shared, &binding, self.me, s.from);
+            // One side adds, the other subtracts: the pair cancels in the sum.
+            let op = if self.me < s.from { MaskOp::Add } else { MaskOp::Subtract };
+            received.insert(s.from, (HeldShares { self_mask, mask_key }, seed, op));
+        }
+        self.check_count(received.len() + 1)?;
+        self.masks.push((crypto::self_mask_key(&self.self_seed, &binding, self.me), MaskOp::Add));
+        for (peer, (held, seed, op)) in received {
+            self.held.insert(peer, held);
+            self.masks.push((seed, op));
+        }
+        self.step = Step::MaskedInput;
+        Ok(())
+    }
+
+    /// Masks `values[i]` (the quantized update at `offset + i`, each below
+    /// 2^k) in place. Chunks are independent, so the update is masked as it
+    /// streams out and never held twice.
+    pub fn mask_chunk(&self, offset: u64, values: &mut [u32]) -> Result<(), SecAggError> {
+        self.expect(Step::MaskedInput)?;
+        self.ctx.check_range(offset, values.len())?;
+        let ring = self.ctx.ring_mask();
+        if let Some(i) = values.iter().position(|v| *v > ring) {
+            return Err(SecAggError::ValueOutOfRing(offset + i as u64));
+        }
+        for (seed, op) in &self.masks {
+            crypto::apply_prg(seed, offset, values, *op);
+        }
+        values.iter_mut().for_each(|v| *v &= ring);
+        Ok(())
+    }
+
+    /// `UnmaskRequest`: for each party in its neighbourhood, reveals the
+    /// self-mask share if it survived or the mask-key share if it dropped,
+    /// never both. Refuses requests that name a party in both lists, name a
+    /// party it holds no share of, omit one, leave out this member itself, or
+    /// list fewer survivors than the threshold. Answers once.
+    pub fn on_unmask_request(
+        &mut self,
+        survivors: &[PartyId],
+        dropped: &[PartyId],
+    ) -> Result<Vec<ShareReveal>, SecAggError> {
+        self.expect(Step::MaskedInput)?;
+        let survivor_set: BTreeSet<PartyId> = survivors.iter().copied().collect();
+        let dropped_set: BTreeSet<PartyId> = dropped.iter().copied().collect();
+        if let Some(p) = survivor_set.intersection(&dropped_set).next() {
+            return Err(SecAggError::BothSecretsRequested(*p));
+        }
+        if survivor_set.len() != survivors.len() || dropped_set.len() != dropped.len() {
+            let dup = first_duplicate(survivors).or_else(|| first_duplicate(dropped)).unwrap_or(self.me);
+            return Err(SecAggError::InconsistentUnmaskRequest(dup));
+        }
+        if let Some(p) = survivor_set.iter().chain(&dropped_set).find(|p| !self.held.contains_key(p)) {
+            return Err(SecAggError::InconsistentUnmaskRequest(*p));
+        }
+        if let Some(p) = self.held.keys().find(|p| !survivor_set.contains(p) && !dropped_set.contains(p)) {
+            return Err(SecAggError::InconsistentUnmaskRequest(*p));
+        }
+        if !survivor_set.contains(&self.me) {
+            return Err(SecAggError::InconsistentUnmaskRequest(self.me));
+        }
+        self.check_count(survivor_set.len())?;
+        let reveals = self
+            .held
+            .iter()
+            .map(|(peer, held)| {
+                if survivor_set.contains(peer) {
+                    ShareReveal::SelfMask { peer: *peer, share: held.self_mask.to_bytes().to_vec() }
+                } else {
+                    ShareReveal::MaskKey { peer: *peer, share: held.mask_key.to_bytes().to_vec() }
+                }
+            })
+            .collect();
+        self.held.clear();
+        self.masks.clear();
+        self.step = Step::Done;
+        Ok(reveals)
+    }
+}
+
+/// Shows where the session is, never a key, seed or share.
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("party", &self.me)
+            .field("round", &self.ctx.round())
+            .field("step", &self.step)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn first_duplicate(ids: &[PartyId]) -> Option<PartyId> {
+    let mut seen = BTreeSet::new();
+    ids.iter().find(|p| !seen.insert(**p)).copied()
+}

@@ -1,0 +1,296 @@
+//! What both sides of one round agree on before any key moves: run, round,
+//! cohort, settings and vector length, folded into one `binding` digest that
+//! enters every key derivation and every AEAD associated data. Two rounds
+//! that differ in any of these derive unrelated keys, so nothing replays.
+
+use sha2::{Digest, Sha256};
+use tessera_core::round::SecAggSettings;
+use tessera_core::{PartyId, RunId};
+
+use crate::error::SecAggError;
+use crate::graph::NeighbourGraph;
+
+/// Longest vector one round can mask: ChaCha20 (IETF) has a 32-bit block
+/// counter, 2^32 blocks of 16 words each, and every pairwise key is used for
+/// one vector only.
+pub const MAX_VECTOR_LEN: u64 = 1 << 36;
+
+/// Below this many members SecAgg+ saves nothing worth its weaker guarantee,
+/// so [`default_plan`] uses the complete graph.
+pub const FULL_GRAPH_MAX_COHORT: u32 = 32;
+
+/// Neighbour count and threshold for a cohort size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecAggPlan {
+    /// `None` = complete graph (plain SecAgg).
+    pub neighbours: Option<u32>,
+    /// Shamir threshold, relative to the neighbourhood (member + neighbours).
+    pub threshold: u32,
+}
+
+/// Smallest threshold accepted for a neighbourhood of `m` share holders: a
+/// strict majority (so an aggregator cannot split honest members into two
+/// disjoint groups of `t` and learn both secrets of one member) and at least 2
+/// (so a sum is never one member's value).
+pub fn min_threshold(neighbourhood_size: u32) -> u32 {
+    (neighbourhood_size / 2 + 1).max(2)
+}
+
+/// `ceil(2m/3)`, never below [`min_threshold`].
+pub fn default_threshold(neighbourhood_size: u32) -> u32 {
+    (2 * neighbourhood_size).div_ceil(3).max(min_threshold(neighbourhood_size))
+}
+
+/// Defaults for a cohort of `n`: the complete graph up to
+/// [`FULL_GRAPH_MAX_COHORT`] members, else `2 * ceil(log2 n)` neighbours
+/// (Bell et al.: logarithmic degree); threshold `ceil(2m/3)` of the
+/// neighbourhood size `m`.
+pub fn default_plan(cohort_size: u32) -> SecAggPlan {
+    if cohort_size <= FULL_GRAPH_MAX_COHORT {
+        return SecAggPlan { neighbours: None, threshold: default_threshold(cohort_size) };
+    }
+    let log2 = u32::BITS - (cohort_size - 1).leading_zeros(); // ceil(log2 n) for n >= 2
+    let k = 2 * log2;
+    SecAggPlan { neighbours: Some(k), threshold: default_threshold(k + 1) }
+}
+
+/// Digest of the sorted cohort member names, as `RoundStart` lists them.
+pub fn cohort_digest(cohort: &[String]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"tessera-secagg/v1/cohort");
+    h.update((cohort.len() as u64).to_le_bytes());
+    for name in cohort {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Everything one round of secure aggregation is bound to.
+#[derive(Clone, Debug)]
+pub struct RoundContext {
+    run_id: RunId,
+    round: u64,
+    cohort_size: u32,
+    cohort_digest: [u8; 32],
+    settings: SecAggSettings,
+    vector_len: u64,
+    min_survivors: u32,
+    graph: NeighbourGraph,
+    binding: [u8; 32],
+}
+
+impl RoundContext {
+    /// `cohort` is the sorted member list of `RoundStart`; a member's
+    /// `PartyId` is its index in it.
+    pub fn new(
+        run_id: RunId,
+        round: u64,
+        cohort: &[String],
+        settings: SecAggSettings,
+        vector_len: u64,
+    ) -> Result<Self, SecAggError> {
+        if cohort.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SecAggError::CohortNotSorted);
+        }
+        let cohort_size =
+            u32::try_from(cohort.len()).map_err(|_| SecAggError::InvalidSettings("cohort larger than 2^32"))?;
+        Self::from_digest(run_id, round, cohort_size, cohort_digest(cohort), settings, vector_len)
+    }
+
+    /// Same as [`RoundContext::new`] when only the cohort size and its digest are at hand.
+    pub fn from_digest(
+        run_id: RunId,
+        round: u64,
+        cohort_size: u32,
+        cohort_digest: [u8; 32],
+        settings: SecAggSettings,
+        vector_len: u64,
+    ) -> Result<Self, SecAggError> {
+        if cohort_size < 2 {
+            return Err(SecAggError::InvalidSettings("a cohort needs at least two members"));
+        }
+        if !(1..=32).contains(&settings.modulus_bits) {
+            return Err(SecAggError::InvalidSettings("modulus_bits must lie in 1..=32"));
+        }
+        if !(settings.clip_range.is_finite() && settings.clip_range > 0.0) {
+            return Err(SecAggError::InvalidSettings("clip_range must be finite and positive"));
+        }
+        if settings.neighbours == Some(0) {
+            return Err(SecAggError::InvalidSettings("a member needs at least one neighbour"));
+        }
+        if vector_len == 0 || vector_len > MAX_VECTOR_LEN {
+            return Err(SecAggError::InvalidSettings("vector_len must lie in 1..=2^36"));
+        }
+        let graph = NeighbourGraph::new(cohort_size, settings.neighbours, settings.graph_seed);
+        let m = graph.neighbourhood_size();
+        if settings.threshold < min_threshold(m) || settings.threshold > m {
+            return Err(SecAggError::InvalidSettings("threshold must be a strict majority of the neighbourhood"));
+        }
+        let mut ctx = Self {
+            run_id,
+            round,
+            cohort_size,
+            cohort_digest,
+            min_survivors: settings.threshold,
+            settings,
+            vector_len,
+            graph,
+            binding: [0; 32],
+        };
+        ctx.binding = ctx.compute_binding();
+        Ok(ctx)
+    }
+
+    /// Raises the number of survivors below which the whole round aborts
+    /// (defaults to the threshold). In SecAgg+ the threshold is per
+    /// neighbourhood, so deployments usually want a larger global floor.
+    pub fn with_min_survivors(mut self, min_survivors: u32) -> Result<Self, SecAggError> {
+        if min_survivors < self.settings.threshold || min_survivors > self.cohort_size {
+            return Err(SecAggError::InvalidSettings("min_survivors must lie between threshold and cohort size"));
+        }
+        self.min_survivors = min_survivors;
+        self.binding = self.compute_binding();
+        Ok(self)
+    }
+
+    fn compute_binding(&self) -> [u8; 32] {
+        let s = &self.settings;
+        let mut h = Sha256::new();
+        h.update(b"tessera-secagg/v1/round");
+        h.update(self.run_id.0);
+        h.update(self.round.to_le_bytes());
+        h.update(self.cohort_size.to_le_bytes());
+        h.update(self.cohort_digest);
+        h.update(s.threshold.to_le_bytes());
+        h.update(s.modulus_bits.to_le_bytes());
+        h.update(s.clip_range.to_bits().to_le_bytes());
+        h.update(s.neighbours.map_or([0xff; 5], |k| {
+            let mut b = [0u8; 5];
+            b[1..].copy_from_slice(&k.to_le_bytes());
+            b
+        }));
+        h.update(s.graph_seed);
+        h.update(self.vector_len.to_le_bytes());
+        h.update(self.min_survivors.to_le_bytes());
+        h.finalize().into()
+    }
+
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+    pub fn cohort_size(&self) -> u32 {
+        self.cohort_size
+    }
+    pub fn settings(&self) -> &SecAggSettings {
+        &self.settings
+    }
+    pub fn vector_len(&self) -> u64 {
+        self.vector_len
+    }
+    pub fn threshold(&self) -> u32 {
+        self.settings.threshold
+    }
+    pub fn modulus_bits(&self) -> u32 {
+        self.settings.modulus_bits
+    }
+    pub fn min_survivors(&self) -> u32 {
+        self.min_survivors
+    }
+    pub fn graph(&self) -> &NeighbourGraph {
+        &self.graph
+    }
+    /// Digest bound into every key derivation and AEAD associated data.
+    pub fn binding(&self) -> &[u8; 32] {
+        &self.binding
+    }
+
+    /// Mask selecting the low `modulus_bits` bits: arithmetic is mod 2^k.
+    pub fn ring_mask(&self) -> u32 {
+        ring_mask(self.settings.modulus_bits)
+    }
+
+    pub(crate) fn check_party(&self, p: PartyId) -> Result<(), SecAggError> {
+        if p < self.cohort_size { Ok(()) } else { Err(SecAggError::UnknownParty(p)) }
+    }
+
+    pub(crate) fn check_range(&self, offset: u64, len: usize) -> Result<(), SecAggError> {
+        let len = len as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= self.vector_len => Ok(()),
+            _ => Err(SecAggError::OutOfRange { offset, len, vector_len: self.vector_len }),
+        }
+    }
+}
+
+pub(crate) fn ring_mask(bits: u32) -> u32 {
+    if bits >= 32 { u32::MAX } else { (1u32 << bits) - 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn settings(threshold: u32, neighbours: Option<u32>) -> SecAggSettings {
+        SecAggSettings { threshold, modulus_bits: 16, clip_range: 1.0, neighbours, graph_seed: [7; 32] }
+    }
+
+    fn cohort(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("m{i:04}")).collect()
+    }
+
+    #[test]
+    fn defaults_follow_cohort_size() {
+        assert_eq!(default_plan(3), SecAggPlan { neighbours: None, threshold: 2 });
+        assert_eq!(default_plan(30), SecAggPlan { neighbours: None, threshold: 20 });
+        // n = 1000: ceil(log2) = 10, k = 20, m = 21, t = 14.
+        assert_eq!(default_plan(1000), SecAggPlan { neighbours: Some(20), threshold: 14 });
+        assert_eq!(default_plan(1024).neighbours, Some(20));
+        assert_eq!(default_plan(1025).neighbours, Some(22));
+        for n in 2..3000 {
+            let p = default_plan(n);
+            let ctx = RoundContext::new(RunId([0; 16]), 0, &cohort(n as usize), settings(p.threshold, p.neighbours), 1);
+            assert!(ctx.is_ok(), "default plan for {n} is rejected");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let c = cohort(10);
+        let id = RunId([0; 16]);
+        assert!(RoundContext::new(id, 0, &c, settings(5, None), 1).is_err()); // not a majority
+        assert!(RoundContext::new(id, 0, &c, settings(11, None), 1).is_err());
+        assert!(RoundContext::new(id, 0, &c, settings(6, None), 0).is_err());
+        let mut s = settings(6, None);
+        s.modulus_bits = 33;
+        assert!(RoundContext::new(id, 0, &c, s, 1).is_err());
+        let mut unsorted = c.clone();
+        unsorted.swap(0, 1);
+        assert_eq!(
+            RoundContext::new(id, 0, &unsorted, settings(6, None), 1).unwrap_err(),
+            SecAggError::CohortNotSorted
+        );
+        assert!(RoundContext::new(id, 0, &c[..1], settings(2, None), 1).is_err());
+    }
+
+    #[test]
+    fn binding_covers_every_field() {
+        let c = cohort(10);
+        let base = RoundContext::new(RunId([0; 16]), 1, &c, settings(6, None), 8).unwrap();
+        let others = [
+            RoundContext::new(RunId([1; 16]), 1, &c, settings(6, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 2, &c, settings(6, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &cohort(11), settings(6, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &c, settings(7, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &c, settings(3, Some(4)), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &c, settings(6, None), 9).unwrap(),
+            base.clone().with_min_survivors(8).unwrap(),
+        ];
+        for o in &others {
+            assert_ne!(o.binding(), base.binding());
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The aggregator's side of one round. It relays keys and share ciphertexts
+//! it cannot read, sums masked vectors, and at the end removes the masks
+//! from the sum only. Every `on_*` call that fails leaves the session as it
+//! was; a `close_*` call decides who moved on, and everyone else is a dropout
+//! of that step.
+//!
+//! # Masked streams and dropouts mid-stream
+//!
+//! A value added into the running sum cannot be taken out again without
+//! keeping it, and a party that stops half way through its `MaskedChunk`s
+//! must not leave half a masked vector in the sum. So a stream is *staged*:
+//! `MaskedStart` claims one of a fixed number of staging slots (default
+//! [`DEFAULT_STREAM_SLOTS`]), chunks must arrive in order and are copied into
+//! the slot, and only `MaskedEnd` after the last element adds the slot into
+//! the sum and frees it. A stream that never ends is discarded
+//! ([`ServerSession::abandon_stream`] or `close_masked`) and its party is a
+//! dropout before masked input, which the protocol already recovers from.
+//! Memory is `(1 + slots) * vector_len` words whatever the cohort size; when
+//! every slot is busy `on_masked_start` answers
+//! [`SecAggError::StreamSlotsBusy`] and the daemon holds that stream back
+//! (stops reading it) until a slot frees up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use curve25519_dalek::Scalar;
+use tessera_core::PartyId;
+use tessera_core::message::{EncryptedShare, PublicKeys, ShareReveal};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::context::RoundContext;
+use crate::crypto::{self, MaskOp};
+use crate::error::{SecAggError, SecretKind, Step};
+use crate::shamir::{self, SecretShare};
+
+/// Staging slots for concurrent masked streams (see the module docs).
+pub const DEFAULT_STREAM_SLOTS: u32 = 4;
+
+/// Bytes of a share ciphertext: nonce, bundle (ids and two shares), GCM tag.
+const SHARE_CIPHERTEXT_BYTES: usize = crypto::NONCE_LEN + 8 + 2 * shamir::SHARE_BYTES + 16;
+
+/// Where the aggregator stands in the round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Collecting `AdvertiseKeys`.
+    Advertise,
+    /// Collecting `ShareKeys`.
+    Shares,
+    /// Collecting masked streams.
+    Masked,
+    /// Collecting `UnmaskShares`.
+    Unmask,
+}
+
+impl Phase {
+    fn step(self) -> Step {
+        match self {
+            Phase::Advertise => Step::AdvertiseKeys,
+            Phase::Shares => Step::ShareKeys,
+            Phase::Masked => Step::MaskedInput,
+            Phase::Unmask => Step::Unmask,
+        }
+    }
+}
+
+/// The only output of a round: the sum mod 2^k over the survivors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggregateSum {
+    /// Element-wise sum mod 2^`modulus_bits` of the survivors' inputs.
+    pub sum: Vec<u32>,
+    /// Whose inputs the sum holds (sorted); its length is the contributor count.
+    pub survivors: Vec<PartyId>,
+    pub modulus_bits: u32,
+}
+
+struct Stream {
+    values: Vec<u32>,
+    next: u64,
+}
+
+/// One survivor's unmask request, kept to check its answer.
+struct Asked {
+    survivors: BTreeSet<PartyId>,
+    dropped: BTreeSet<PartyId>,
+}
+
+pub struct ServerSession {
+    ctx: RoundContext,
+    phase: Phase,
+    stream_slots: u32,
+    /// U1: who advertised keys.
+    keys: BTreeMap<PartyId, PublicKeys>,
+    /// Every public key advertised so far; none may repeat.
+    seen_keys: HashSet<[u8; 32]>,
+    /// U2 (after `close_shares`): who sent their share bundles, and the bundles until relayed.
+    shares: BTreeMap<PartyId, Vec<EncryptedShare>>,
+    sum: Vec<u32>,
+    streams: BTreeMap<PartyId, Stream>,
+    spare: Vec<Vec<u32>>,
+    /// U3: whose masked vector is in the sum.
+    committed: BTreeSet<PartyId>,
+    asked: BTreeMap<PartyId, Asked>,
+    answered: BTreeSet<PartyId>,
+    /// Revealed shares per secret owner: self-mask shares of survivors,
+    /// mask-key shares of dropouts (never both kinds for one owner).
+    revealed: BTreeMap<PartyId, Vec<(PartyId, SecretShare)>>,
+}
+
+impl ServerSession {
+    pub fn new(ctx: RoundContext) -> Self {
+        Self {
+            ctx,
+            phase: Phase::Advertise,
+            stream_slots: DEFAULT_STREAM_SLOTS,
+            keys: BTreeMap::new(),
+            seen_keys: HashSet::new(),
+            shares: BTreeMap::new(),
+            sum: Vec::new(),
+            streams: BTreeMap::new(),
+            spare: Vec::new(),
+            committed: BTreeSet::new(),
+            asked: BTreeMap::new(),
+            answered: BTreeSet::new(),
+            revealed: BTreeMap::new(),
+        }
+    }
+
+    /// Number of masked streams staged at once (at least 1); memory is
+    /// `(1 + slots) * vector_len` words.
+    pub fn with_stream_slots(mut self, slots: u32) -> Self {
+        self.stream_slots = slots.max(1);
+        self
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn context(&self) -> &RoundContext {
+        &self.ctx
+    }
+
+    /// Parties whose masked vector is in the sum so far (U3).
+    pub fn survivors(&self) -> Vec<PartyId> {
+        self.committed.iter().copied().collect()
+    }
+
+    fn expect(&self, phase: Phase) -> Result<(), SecAggError> {
+        if self.phase == phase {
+            Ok(())
+        } else {
+            Err(SecAggError::WrongStep { expected: phase.step(), actual: self.phase.step() })
+        }
+    }
+
+    fn check_floor(&self, have: usize) -> Result<(), SecAggError> {
+        let threshold = self.ctx.min_survivors();
+        let have = have as u32;
+        if have < threshold { Err(SecAggError::BelowThreshold { have, threshold }) } else { Ok(()) }
+    }
+
+    /// `AdvertiseKeys` from `from`.
+    pub fn on_advertise(&mut self, from: PartyId, keys: PublicKeys) -> Result<(), SecAggError> {
+        self.expect(Phase::Advertise)?;
+        self.ctx.check_party(from)?;
+        if self.keys.contains_key(&from) {
+            return Err(SecAggError::Duplicate(from));
+        }
+        if keys.cipher_pk == keys.mask_pk
+            || self.seen_keys.contains(&keys.cipher_pk)
+            || self.seen_keys.contains(&keys.mask_pk)
+        {
+            return Err(SecAggError::RepeatedPublicKey);
+        }
+        self.seen_keys.extend([keys.cipher_pk, keys.mask_pk]);
+        self.keys.insert(from, keys);
+        Ok(())
+    }
+
+    /// Ends key advertisement; returns the `CohortKeys` for every member
+    /// that advertised: its neighbours' keys.
+    #[allow(clippy::type_complexity)]
+    pub fn close_advertise(&mut self) -> Result<Vec<(PartyId, Vec<(PartyId, PublicKeys)>)>, SecAggError> {
+        self.expect(Phase::Advertise)?;
+        self.check_floor(self.keys.len())?;
+        let graph = self.ctx.graph();
+        let out = self
+            .keys
+            .keys()
+            .map(|&u| {
+                let nb = graph.neighbours(u).into_iter().filter_map(|v| self.keys.get(&v).map(|k| (v, *k))).collect();
+                (u, nb)
+            })
+            .collect();
+        self.phase = Phase::Shares;
+        Ok(out)
+    }
+
+    /// `ShareKeys` from `from`: exactly one bundle for each neighbour that advertised.
+    pub fn on_shares(&mut self, from: PartyId, shares: Vec<EncryptedShare>) -> Result<(), SecAggError> {
+        self.expect(Phase::Shares)?;
+        self.ctx.check_party(from)?;
+        if !self.keys.contains_key(&from) {
+            return Err(SecAggError::NotInStep(from));
+        }
+        if self.shares.contains_key(&from) {
+            return Err(SecAggError::Duplicate(from));
+        }
+        let mut recipients = BTreeSet::new();
+        for s in &shares {
+            if s.from != from {
+                return Err(SecAggError::Misaddressed { from: s.from, to: s.to });
+            }
+            self.ctx.check_party(s.to)?;
+            if !self.ctx.graph().are_neighbours(from, s.to) {
+                return Err(SecAggError::NotNeighbour { of: from, peer: s.to });
+            }
+            if !self.keys.contains_key(&s.to) {
+                return Err(SecAggError::NotInStep(s.to));
+            }
+            if !recipients.insert(s.to) {
+                return Err(SecAggError::Duplicate(s.to));
+            }
+            if s.ciphertext.len() != SHARE_CIPHERTEXT_BYTES {
+                return Err(SecAggError::MalformedShare(from));
+            }
+        }
+        if let Some(&to) =
+            self.neighbours_in(from, |v| self.keys.contains_key(&v)).iter().find(|v| !recipients.contains(v))
+        {
+            return Err(SecAggError::MissingShare { missing: from, to });
+        }
+        self.shares.insert(from, shares);
+        Ok(())
+    }
+
+    fn neighbours_in(&self, u: PartyId, keep: impl Fn(PartyId) -> bool) -> Vec<PartyId> {
+        self.ctx.graph().neighbours(u).into_iter().filter(|v| keep(*v)).collect()
+    }
+
+    /// Ends share collection; returns the `ForwardShares` of every member
+    /// that sent its bundles: the bundles addressed to it by the others that did.
+    #[allow(clippy::type_complexity)]
+    pub fn close_shares(&mut self) -> Result<Vec<(PartyId, Vec<EncryptedShare>)>, SecAggError> {
+        self.expect(Phase::Shares)?;
+        self.check_floor(self.shares.len())?;
+        let mut inbox: BTreeMap<PartyId, Vec<EncryptedShare>> = self.shares.keys().map(|u| (*u, Vec::new())).collect();
+        for bundles in self.shares.values_mut() {
+            for s in bundles.drain(..) {
+                if let Some(list) = inbox.get_mut(&s.to) {
+                    list.push(s);
+                }
+            }
+        }
+        self.phase = Phase::Masked;
+        Ok(inbox.into_iter().collect())
+    }
+
+    fn in_u2(&self, p: PartyId) -> bool {
+        self.shares.contains_key(&p)
+    }
+
+    /// `MaskedStart` from `from`; `len` must be the round's vector length.
+    pub fn on_masked_start(&mut self, from: PartyId, len: u64) -> Result<(), SecAggError> {
+        self.expect(Phase::Masked)?;
+        self.ctx.check_party(from)?;
+        if !self.in_u2(from) {
+            return Err(SecAggError::NotInStep(from));
+        }
+        if self.committed.contains(&from) || self.streams.contains_key(&from) {
+            return Err(SecAggError::Duplicate(from));
+        }
+        if len != self.ctx.vector_len() {
+            return Err(SecAggError::OutOfRange { offset: 0, len, vector_len: self.ctx.vector_len() });
+        }
+        if self.streams.len() as u32 >= self.stream_slots {
+            return Err(SecAggError::StreamSlotsBusy(self.stream_slots));
+        }
+        let mut values = self.spare.pop().unwrap_or_default();
+        values.clear();
+        values.resize(self.ctx.vector_len() as usize, 0);
+        self.streams.insert(from, Stream { values, next: 0 });
+        Ok(())
+    }
+
+    /// `MaskedChunk`: the next `values.len()` elements of `from`'s masked vector, in order.
+    pub fn on_masked_chunk(&mut self, from: PartyId, offset: u64, values: &[u32]) -> Result<(), SecAggError> {
+        self.expect(Phase::Masked)?;
+        self.ctx.check_range(offset, values.len())?;
+        let ring = self.ctx.ring_mask();
+        let stream = self.streams.get_mut(&from).ok_or(SecAggError::NoStream(from))?;
+        if offset != stream.next {
+            return Err(SecAggError::StreamOffset { from, expected: stream.next, actual: offset });
+        }
+        if let Some(i) = values.iter().position(|v| *v > ring) {
+            return Err(SecAggError::ValueOutOfRing(offset + i as u64));
+        }
+        let start = offset as usize;
+        stream.values[start..start + values.len()].copy_from_slice(values);
+        stream.next += values.len() as u64;
+        Ok(())
+    }
+
+    /// `MaskedEnd`: adds `from`'s complete masked vector into the sum. An
+    /// early end discards the stream and makes `from` a dropout.
+    pub fn on_masked_end(&mut self, from: PartyId) -> Result<(), SecAggError> {
+        self.expect(Phase::Masked)?;
+        let stream = self.streams.remove(&from).ok_or(SecAggError::NoStream(from))?;
+        if stream.next != self.ctx.vector_len() {
+            self.spare.push(stream.values);
+            return Err(SecAggError::StreamIncomplete(from));
+        }
+        if self.sum.is_empty() {
+            self.sum = vec![0; self.ctx.vector_len() as usize];
+        }
+        for (acc, v) in self.sum.iter_mut().zip(&stream.values) {
+            *acc = acc.wrapping_add(*v);
+        }
+        self.spare.push(stream.values);
+        self.committed.insert(from);
+        Ok(())
+    }
+
+    /// Discards `from`'s unfinished stream (its connection died); returns
+    /// whether there was one. `from` is then a dropout before masked input.
+    pub fn abandon_stream(&mut self, from: PartyId) -> bool {
+        match self.streams.remove(&from) {
+            Some(stream) => {
+                self.spare.push(stream.values);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends masked input; returns the `UnmaskRequest` of every survivor:
+    /// which of the parties it holds shares of survived and which dropped.
+    /// Aborts (revealing nothing) when fewer than `min_survivors` are left or
+    /// some neighbourhood has fewer than `threshold` survivors to answer.
+    #[allow(clippy::type_complexity)]
+    pub fn close_masked(&mut self) -> Result<Vec<(PartyId, Vec<PartyId>, Vec<PartyId>)>, SecAggError> {
+        self.expect(Phase::Masked)?;
+        self.check_floor(self.committed.len())?;
+        let t = self.ctx.threshold();
+        for &u in self.shares.keys() {
+            let have =
+                self.neighbours_in(u, |v| self.committed.contains(&v)).len() + usize::from(self.committed.contains(&u));
+            if (have as u32) < t {
+                return Err(SecAggError::CannotReconstruct { peer: u, have: have as u32, threshold: t });
+            }
+        }
+        for (_, stream) in std::mem::take(&mut self.streams) {
+            self.spare.push(stream.values);
+        }
+        self.spare.clear();
+        let mut out = Vec::with_capacity(self.committed.len());
+        for &w in &self.committed {
+            let holders = self.neighbours_in(w, |v| self.in_u2(v)).into_iter().chain([w]);
+            let (survivors, dropped): (BTreeSet<PartyId>, BTreeSet<PartyId>) =
+                holders.partition(|v| self.committed.contains(v));
+            out.push((w, survivors.iter().copied().collect(), dropped.iter().copied().collect()));
+            self.asked.insert(w, Asked { survivors, dropped });
+        }
+        self.phase = Phase::Unmask;
+        Ok(out)
+    }
+
+    /// `UnmaskShares` from survivor `from`: one reveal per party it was asked
+    /// about, of the kind the request named.
+    pub fn on_unmask(&mut self, from: PartyId, reveals: Vec<ShareReveal>) -> Result<(), SecAggError> {
+        self.expect(Phase::Unmask)?;
+        let asked = self.asked.get(&from).ok_or(SecAggError::NotInStep(from))?;
+        if self.answered.contains(&from) {
+            return Err(SecAggError::Duplicate(from));
+        }
+        let mut parsed = BTreeMap::new();
+        for r in &reveals {
+            let (peer, kind, bytes) = match r {
+                ShareReveal::SelfMask { peer, share } => (*peer, SecretKind::SelfMask, share),
+                ShareReveal::MaskKey { peer, share } => (*peer, SecretKind::MaskKey, share),
+            };
+            let expected = if asked.survivors.contains(&peer) {
+                SecretKind::SelfMask
+            } else if asked.dropped.contains(&peer) {
+                SecretKind::MaskKey
+            } else {
+                return Err(SecAggError::InconsistentUnmaskRequest(peer));
+            };
+            if kind != expected {
+                return Err(SecAggError::WrongRevealKind { from, peer, kind });
+            }
+            let share = SecretShare::from_bytes(bytes).ok_or(SecAggError::MalformedShare(from))?;
+            if parsed.insert(peer, share).is_some() {
+                return Err(SecAggError::Duplicate(peer));
+            }
+        }
+        if let Some(p) = asked.survivors.iter().chain(&asked.dropped).find(|p| !parsed.contains_key(p)) {
+            return Err(SecAggError::InconsistentUnmaskRequest(*p));
+        }
+        for (peer, share) in parsed {
+            self.revealed.entry(peer).or_default().push((from, share));
+        }
+        self.answered.insert(from);
+        Ok(())
+    }
+
+    /// Reconstructs the survivors' self-mask seeds and the dropouts' mask
+    /// keys, removes every mask from the sum and returns it. Aborts when too
+    /// few survivors remain or too few shares of some secret arrived.
+    pub fn finish(self) -> Result<AggregateSum, SecAggError> {
+        self.expect(Phase::Unmask)?;
+        self.check_floor(self.committed.len())?;
+        let binding = *self.ctx.binding();
+        let t = self.ctx.threshold() as usize;
+        let mut lagrange: HashMap<Vec<PartyId>, Vec<Scalar>> = HashMap::new();
+        let mut reconstruct = |peer: PartyId| -> Result<_, SecAggError> {
+            let shares = self.revealed.get(&peer).map(Vec::as_slice).unwrap_or_default();
+            if shares.len() < t {
+                return Err(SecAggError::CannotReconstruct { peer, have: shares.len() as u32, threshold: t as u32 });
+            }
+            let used = &shares[..t];
+            let ids: Vec<PartyId> = used.iter().map(|(p, _)| *p).collect();
+            let coefficients = lagrange.entry(ids).or_insert_with_key(|ids| shamir::lagrange_at_zero(ids));
+            let refs: Vec<&SecretShare> = used.iter().map(|(_, s)| s).collect();
+            shamir::combine(coefficients, &refs).ok_or(SecAggError::InconsistentShares(peer))
+        };
+
+        // Rebuild every secret before touching the sum, so an abort leaves nothing half-done.
+        let mut self_masks = Vec::with_capacity(self.committed.len());
+        for &u in &self.committed {
+            let seed = reconstruct(u)?;
+            self_masks.push(crypto::self_mask_key(&seed, &binding, u));
+        }
+        let mut pair_masks = Vec::new();
+        for &v in self.shares.keys().filter(|v| !self.committed.contains(v)) {
+            let secret = StaticSecret::from(*reconstruct(v)?);
+            // The mask public key commits to the secret: a wrong share is caught here.
+            if PublicKey::from(&secret).to_bytes() != self.keys[&v].mask_pk {
+                return Err(SecAggError::InconsistentShares(v));
+            }
+            for u in self.neighbours_in(v, |u| self.committed.contains(&u)) {
+                let shared = crypto::agree(&secret, &self.keys[&u].mask_pk).ok_or(SecAggError::WeakPublicKey(u))?;
+                // Survivor u applied Add if u < v, so take the opposite off.
+                let op = if u < v { MaskOp::Subtract } else { MaskOp::Add };
+                pair_masks.push((crypto::pairwise_seed(&shared, &binding, u, v), op));
+            }
+        }
+        let mut sum = self.sum;
+        for key in &self_masks {
+            crypto::apply_prg(key, 0, &mut sum, MaskOp::Subtract);
+        }
+        for (key, op) in &pair_masks {
+            crypto::apply_prg(key, 0, &mut sum, *op);
+        }
+        let ring = self.ctx.ring_mask();
+        sum.iter_mut().for_each(|v| *v &= ring);
+        Ok(AggregateSum { sum, survivors: self.committed.into_iter().collect(), modulus_bits: self.ctx.modulus_bits() })
+    }
+}
+
+/// Counts and phase only; no vector value or share.
+impl std::fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSession")
+            .field("round", &self.ctx.round())
+            .field("phase", &self.phase)
+            .field("advertised", &self.keys.len())
+            .field("shared", &self.shares.len())
+            .field("open_streams", &self.streams.len())
+            .field("survivors", &self.committed.len())
+            .field("answered", &self.answered.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,169 @@
+//! A tiny in-memory driver: plays the aggregator daemon and n client daemons
+//! message by message, with dropouts chosen per step.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tessera_core::round::SecAggSettings;
+use tessera_core::{PartyId, RunId};
+use tessera_secagg::{AggregateSum, ClientSession, RoundContext, SecAggError, ServerSession};
+
+pub fn cohort(n: u32) -> Vec<String> {
+    (0..n).map(|i| format!("member-{i:05}")).collect()
+}
+
+pub fn settings(threshold: u32, modulus_bits: u32, neighbours: Option<u32>) -> SecAggSettings {
+    SecAggSettings { threshold, modulus_bits, clip_range: 1.0, neighbours, graph_seed: [42; 32] }
+}
+
+pub fn context(n: u32, s: SecAggSettings, d: u64) -> RoundContext {
+    RoundContext::new(RunId([9; 16]), 3, &cohort(n), s, d).expect("valid test context")
+}
+
+/// Who drops out, by the step they never complete.
+#[derive(Clone, Debug, Default)]
+pub struct Dropouts {
+    /// Never send `AdvertiseKeys`.
+    pub before_advertise: BTreeSet<PartyId>,
+    /// Advertise, never send `ShareKeys`.
+    pub before_shares: BTreeSet<PartyId>,
+    /// Share keys, never finish the masked stream (some send part of it).
+    pub before_masked: BTreeSet<PartyId>,
+    /// Send masked input, never answer `UnmaskRequest`.
+    pub before_unmask: BTreeSet<PartyId>,
+}
+
+impl Dropouts {
+    pub fn contributors(&self, n: u32) -> Vec<PartyId> {
+        (0..n)
+            .filter(|p| {
+                !self.before_advertise.contains(p) && !self.before_shares.contains(p) && !self.before_masked.contains(p)
+            })
+            .collect()
+    }
+}
+
+pub struct Outcome {
+    pub result: Result<AggregateSum, SecAggError>,
+    pub expected: Vec<u32>,
+}
+
+/// Runs one round; `inputs[p]` is party p's quantized vector (< 2^k).
+/// Protocol errors of the close/finish steps land in `result`; any other
+/// error is a test failure.
+pub fn run_round(
+    ctx: &RoundContext,
+    inputs: &[Vec<u32>],
+    drops: &Dropouts,
+    chunk: usize,
+    slots: u32,
+    seed: u64,
+) -> Outcome {
+    let n = ctx.cohort_size();
+    let k = ctx.modulus_bits();
+    let ring = if k == 32 { u32::MAX } else { (1 << k) - 1 };
+    let d = ctx.vector_len() as usize;
+    let mut expected = vec![0u32; d];
+    for p in drops.contributors(n) {
+        for (e, v) in expected.iter_mut().zip(&inputs[p as usize]) {
+            *e = e.wrapping_add(*v) & ring;
+        }
+    }
+    let result = drive(ctx, inputs, drops, chunk, slots, seed);
+    Outcome { result, expected }
+}
+
+fn drive(
+    ctx: &RoundContext,
+    inputs: &[Vec<u32>],
+    drops: &Dropouts,
+    chunk: usize,
+    slots: u32,
+    seed: u64,
+) -> Result<AggregateSum, SecAggError> {
+    let n = ctx.cohort_size();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut server = ServerSession::new(ctx.clone()).with_stream_slots(slots);
+    let mut clients: Vec<Option<ClientSession>> = (0..n).map(|_| None).collect();
+    for p in 0..n {
+        if drops.before_advertise.contains(&p) {
+            continue;
+        }
+        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).expect("client starts");
+        server.on_advertise(p, keys).expect("server accepts keys");
+        clients[p as usize] = Some(c);
+    }
+    let cohort_keys = server.close_advertise()?;
+    let mut sent_shares = Vec::new();
+    for (p, keys) in cohort_keys {
+        if drops.before_shares.contains(&p) {
+            continue;
+        }
+        let c = clients[p as usize].as_mut().expect("advertised client exists");
+        // A client may refuse (e.g. its neighbourhood is too small): it drops out.
+        if let Ok(shares) = c.on_cohort_keys(&keys, &mut rng) {
+            sent_shares.push((p, shares));
+        }
+    }
+    for (p, shares) in sent_shares {
+        server.on_shares(p, shares).expect("server accepts shares");
+    }
+    let forwarded = server.close_shares()?;
+    let mut streaming = Vec::new();
+    for (p, shares) in forwarded {
+        let c = clients[p as usize].as_mut().expect("client exists");
+        c.on_forwarded_shares(&shares).expect("client accepts forwarded shares");
+        streaming.push(p);
+    }
+    // Stream in batches of `slots`, chunks interleaved within a batch.
+    let batches: Vec<&[u32]> = streaming.chunks(slots as usize).collect();
+    for (b, batch) in batches.iter().enumerate() {
+        let last_batch = b + 1 == batches.len();
+        for &p in *batch {
+            server.on_masked_start(p, ctx.vector_len()).expect("stream starts");
+        }
+        let d = ctx.vector_len() as usize;
+        let mut offset = 0;
+        while offset < d {
+            let end = (offset + chunk).min(d);
+            for &p in *batch {
+                // Droppers at this step send their first chunk only.
+                if drops.before_masked.contains(&p) && offset > 0 {
+                    continue;
+                }
+                let c = clients[p as usize].as_ref().expect("client exists");
+                let mut values = inputs[p as usize][offset..end].to_vec();
+                c.mask_chunk(offset as u64, &mut values).expect("masking succeeds");
+                server.on_masked_chunk(p, offset as u64, &values).expect("chunk accepted");
+            }
+            offset = end;
+        }
+        for &p in *batch {
+            if drops.before_masked.contains(&p) {
+                // An unfinished stream holds its slot until the daemon gives
+                // up on it; in the last batch half are left to close_masked.
+                if p % 2 == 0 || !last_batch {
+                    assert!(server.abandon_stream(p));
+                }
+            } else {
+                server.on_masked_end(p).expect("stream ends");
+            }
+        }
+    }
+    let requests = server.close_masked()?;
+    let mut answers = Vec::new();
+    for (p, survivors, dropped) in requests {
+        if drops.before_unmask.contains(&p) {
+            continue;
+        }
+        let c = clients[p as usize].as_mut().expect("client exists");
+        answers.push((p, c.on_unmask_request(&survivors, &dropped).expect("client reveals")));
+    }
+    for (p, reveals) in answers {
+        server.on_unmask(p, reveals).expect("server accepts reveals");
+    }
+    server.finish()
+}

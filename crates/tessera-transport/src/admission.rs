@@ -1,0 +1,102 @@
+//! Admission: after the certificate chain is verified, the aggregator asks
+//! its caller whether the named member may connect right now.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use crate::error::close_code;
+
+/// Why a member was turned away; carried to the client as the close reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotMember,
+    Revoked,
+    /// Any other policy reason; keep it short and free of record data.
+    Other(String),
+}
+
+impl Refusal {
+    pub fn code(&self) -> u32 {
+        match self {
+            Refusal::NotMember => close_code::NOT_MEMBER,
+            Refusal::Revoked => close_code::REVOKED,
+            Refusal::Other(_) => close_code::REFUSED,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Refusal::NotMember => "not a member",
+            Refusal::Revoked => "revoked",
+            Refusal::Other(s) => s,
+        }
+    }
+}
+
+/// Decides whether a member whose certificate chains to the consortium CA
+/// may connect. Called once per connection, after the TLS handshake; the
+/// aggregator implements it over its database.
+pub trait Admission: Send + Sync + 'static {
+    fn admit(&self, member: &str) -> Result<(), Refusal>;
+}
+
+impl<F> Admission for F
+where
+    F: Fn(&str) -> Result<(), Refusal> + Send + Sync + 'static,
+{
+    fn admit(&self, member: &str) -> Result<(), Refusal> {
+        self(member)
+    }
+}
+
+/// Admits every certificate the CA signed (tests, single-tenant demos).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdmitAll;
+
+impl Admission for AdmitAll {
+    fn admit(&self, _member: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+/// An in-memory member list with revocation, changeable while serving.
+#[derive(Debug, Default)]
+pub struct MemberList {
+    inner: RwLock<Lists>,
+}
+
+#[derive(Debug, Default)]
+struct Lists {
+    members: HashSet<String>,
+    revoked: HashSet<String>,
+}
+
+impl MemberList {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(members: I) -> Self {
+        let members = members.into_iter().map(Into::into).collect();
+        Self { inner: RwLock::new(Lists { members, revoked: HashSet::new() }) }
+    }
+
+    pub fn add(&self, member: &str) {
+        let mut l = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        l.members.insert(member.to_owned());
+    }
+
+    pub fn revoke(&self, member: &str) {
+        let mut l = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        l.revoked.insert(member.to_owned());
+    }
+}
+
+impl Admission for MemberList {
+    fn admit(&self, member: &str) -> Result<(), Refusal> {
+        let l = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        if l.revoked.contains(member) {
+            Err(Refusal::Revoked)
+        } else if l.members.contains(member) {
+            Ok(())
+        } else {
+            Err(Refusal::NotMember)
+        }
+    }
+}

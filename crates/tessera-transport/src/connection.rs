@@ -1,0 +1,321 @@
+//! The transport-neutral interface both drivers use: a [`Listener`] on the
+//! aggregator side, a [`Dialer`] on the member side, and a [`Connection`]
+//! that sends and receives whole frames. Each type dispatches to QUIC or to
+//! the in-memory transport; callers never see which.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tessera_core::codec::Limits;
+
+use crate::error::TransportError;
+use crate::frame::check_frame;
+use crate::memory::{self, MemoryListener, MemoryNetwork};
+use crate::quic::{self, QuicDialConfig};
+
+/// The authenticated identity at the other end of a connection. On the
+/// aggregator side this is the member name from the client's certificate;
+/// on the member side it is always [`Peer::AGGREGATOR`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub member: String,
+}
+
+impl Peer {
+    pub const AGGREGATOR: &'static str = "aggregator";
+}
+
+/// Frame bytes (headers included) sent and received on one connection. A
+/// cheap clone that stays readable after the connection is gone.
+#[derive(Clone, Debug, Default)]
+pub struct Traffic(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Traffic {
+    pub fn bytes_sent(&self) -> u64 {
+        self.0.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.0.received.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_sent(&self, n: usize) {
+        self.0.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_received(&self, n: usize) {
+        self.0.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Closes the whole connection from either half.
+#[derive(Clone)]
+pub(crate) enum Control {
+    Quic(quinn::Connection),
+    Memory(memory::LinkEnd),
+}
+
+impl Control {
+    pub(crate) fn close(&self, code: u32, reason: &str) {
+        match self {
+            Control::Quic(c) => c.close(code.into(), reason.as_bytes()),
+            Control::Memory(l) => l.close(code, reason),
+        }
+    }
+}
+
+enum SenderInner {
+    Quic(quinn::SendStream),
+    Memory(memory::MemorySender),
+}
+
+/// Sending half of a connection.
+pub struct FrameSender {
+    inner: SenderInner,
+    control: Control,
+    traffic: Traffic,
+    limits: Limits,
+}
+
+impl FrameSender {
+    /// Send one complete frame as produced by `tessera_core::codec::encode_frame`.
+    /// The frame is checked against the limits first, so a local bug cannot
+    /// get this member disconnected. The buffer is handed over without a copy.
+    pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
+        check_frame(&frame, &self.limits).map_err(TransportError::InvalidOutgoing)?;
+        self.send_unchecked(frame).await
+    }
+
+    pub(crate) async fn send_unchecked(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
+        let n = frame.len();
+        match &mut self.inner {
+            SenderInner::Quic(s) => quic::write_frame(s, frame).await?,
+            SenderInner::Memory(s) => s.send(frame).await?,
+        }
+        self.traffic.add_sent(n);
+        Ok(())
+    }
+
+    /// Signal that no more frames follow and wait until the peer has
+    /// received everything sent so far. The peer's `recv` then yields `None`.
+    pub async fn finish(&mut self) -> Result<(), TransportError> {
+        match &mut self.inner {
+            SenderInner::Quic(s) => quic::finish(s).await,
+            SenderInner::Memory(s) => s.finish().await,
+        }
+    }
+
+    /// Close the whole connection at once; unsent data is discarded.
+    pub fn close(&self, code: u32, reason: &str) {
+        self.control.close(code, reason);
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        self.traffic.clone()
+    }
+}
+
+enum ReceiverInner {
+    Quic(quic::QuicReceiver),
+    Memory(memory::MemoryReceiver),
+}
+
+/// Receiving half of a connection.
+pub struct FrameReceiver {
+    inner: ReceiverInner,
+    control: Control,
+    traffic: Traffic,
+}
+
+impl FrameReceiver {
+    /// The next frame's payload (header stripped), ready for
+    /// `tessera_core::codec::decode_payload`. `Ok(None)` means the peer
+    /// finished cleanly. A malformed, oversize or truncated frame closes the
+    /// connection and returns [`TransportError::Frame`], now and on every
+    /// later call.
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        let payload = match &mut self.inner {
+            ReceiverInner::Quic(r) => r.recv().await?,
+            ReceiverInner::Memory(r) => r.recv().await?,
+        };
+        if let Some(p) = &payload {
+            self.traffic.add_received(p.len() + tessera_core::codec::HEADER_LEN);
+        }
+        Ok(payload)
+    }
+
+    /// Close the whole connection at once.
+    pub fn close(&self, code: u32, reason: &str) {
+        self.control.close(code, reason);
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        self.traffic.clone()
+    }
+}
+
+/// One member's connection: a frame stream in each direction.
+pub struct Connection {
+    peer: Peer,
+    remote_addr: Option<SocketAddr>,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+}
+
+impl Connection {
+    pub(crate) fn new_quic(
+        peer: Peer,
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        limits: Limits,
+    ) -> Self {
+        let traffic = Traffic::default();
+        let control = Control::Quic(conn.clone());
+        let remote_addr = Some(conn.remote_address());
+        Connection {
+            peer,
+            remote_addr,
+            sender: FrameSender {
+                inner: SenderInner::Quic(send),
+                control: control.clone(),
+                traffic: traffic.clone(),
+                limits,
+            },
+            receiver: FrameReceiver {
+                inner: ReceiverInner::Quic(quic::QuicReceiver::new(recv, conn, limits)),
+                control,
+                traffic,
+            },
+        }
+    }
+
+    pub(crate) fn new_memory(
+        peer: Peer,
+        sender: memory::MemorySender,
+        receiver: memory::MemoryReceiver,
+        link: memory::LinkEnd,
+        limits: Limits,
+    ) -> Self {
+        let traffic = Traffic::default();
+        let control = Control::Memory(link);
+        Connection {
+            peer,
+            remote_addr: None,
+            sender: FrameSender {
+                inner: SenderInner::Memory(sender),
+                control: control.clone(),
+                traffic: traffic.clone(),
+                limits,
+            },
+            receiver: FrameReceiver { inner: ReceiverInner::Memory(receiver), control, traffic },
+        }
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The peer's network address (QUIC only).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+
+    /// Byte counters shared by both halves, valid after `split`.
+    pub fn traffic(&self) -> Traffic {
+        self.sender.traffic.clone()
+    }
+
+    /// See [`FrameSender::send`].
+    pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
+        self.sender.send(frame).await
+    }
+
+    /// See [`FrameReceiver::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        self.receiver.recv().await
+    }
+
+    /// See [`FrameSender::finish`].
+    pub async fn finish(&mut self) -> Result<(), TransportError> {
+        self.sender.finish().await
+    }
+
+    /// Close at once with an application code from [`crate::close_code`].
+    pub fn close(&self, code: u32, reason: &str) {
+        self.sender.close(code, reason);
+    }
+
+    /// Separate halves, so one task can send while another receives.
+    pub fn split(self) -> (FrameSender, FrameReceiver) {
+        (self.sender, self.receiver)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sender_mut(&mut self) -> &mut FrameSender {
+        &mut self.sender
+    }
+}
+
+enum ListenerInner {
+    Quic(quic::QuicListener),
+    Memory(MemoryListener),
+}
+
+/// The aggregator's side: yields admitted members' connections.
+pub struct Listener {
+    inner: ListenerInner,
+}
+
+impl Listener {
+    pub(crate) fn from_quic(l: quic::QuicListener) -> Self {
+        Listener { inner: ListenerInner::Quic(l) }
+    }
+
+    pub(crate) fn from_memory(l: MemoryListener) -> Self {
+        Listener { inner: ListenerInner::Memory(l) }
+    }
+
+    /// Next admitted connection. Handshakes, admission and refusals happen
+    /// in the background, so a slow or hostile client never blocks others.
+    /// `None` once the listener can accept no more.
+    pub async fn accept(&mut self) -> Option<(Peer, Connection)> {
+        let conn = match &mut self.inner {
+            ListenerInner::Quic(l) => l.accept().await,
+            ListenerInner::Memory(l) => l.accept().await,
+        }?;
+        Some((conn.peer().clone(), conn))
+    }
+
+    /// The bound UDP address (QUIC only).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.inner {
+            ListenerInner::Quic(l) => l.local_addr(),
+            ListenerInner::Memory(_) => None,
+        }
+    }
+}
+
+/// How a member reaches the aggregator; cloned into reconnect loops.
+#[derive(Clone)]
+pub enum Dialer {
+    Quic(Arc<QuicDialConfig>),
+    Memory { network: MemoryNetwork, member: String },
+}
+
+impl Dialer {
+    /// One attempt; see [`crate::connect_with_backoff`] for retries.
+    pub async fn dial(&self) -> Result<Connection, TransportError> {
+        match self {
+            Dialer::Quic(cfg) => quic::connect(cfg).await,
+            Dialer::Memory { network, member } => network.connect(member).await,
+        }
+    }
+}

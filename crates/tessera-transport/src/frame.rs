@@ -1,0 +1,68 @@
+//! Frame header checks shared by both transports. The header layout is
+//! `tessera_core::codec`'s: `[version: u8][length: u32 LE]`.
+
+use tessera_core::codec::{HEADER_LEN, Limits, PROTOCOL_VERSION};
+use tessera_core::CodecError;
+
+/// Check the version byte before anything else, as the codec's decoder does.
+pub(crate) fn check_version(byte: u8) -> Result<(), CodecError> {
+    if byte == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(CodecError::UnknownVersion { found: byte, expected: PROTOCOL_VERSION })
+    }
+}
+
+/// Payload length announced by a header, rejected if over the limit.
+pub(crate) fn payload_len(header: &[u8; HEADER_LEN], limits: &Limits) -> Result<usize, CodecError> {
+    check_version(header[0])?;
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > limits.max_frame_bytes {
+        return Err(CodecError::Oversize { len, limit: limits.max_frame_bytes });
+    }
+    Ok(len)
+}
+
+/// Validate a complete frame (header plus exactly the announced payload).
+pub(crate) fn check_frame(frame: &[u8], limits: &Limits) -> Result<(), CodecError> {
+    let Some(header) = frame.first_chunk::<HEADER_LEN>() else {
+        if let Some(&b) = frame.first() {
+            check_version(b)?;
+        }
+        return Err(CodecError::Truncated { buffered: frame.len() });
+    };
+    let len = payload_len(header, limits)?;
+    let body = frame.len() - HEADER_LEN;
+    if body < len {
+        return Err(CodecError::Truncated { buffered: frame.len() });
+    }
+    if body > len {
+        return Err(CodecError::TrailingBytes(body - len));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::codec::encode_frame;
+
+    #[test]
+    fn frame_checks() {
+        let l = Limits { max_frame_bytes: 16, chunk_values: 4 };
+        let f = encode_frame(&7u32, &l).unwrap();
+        assert_eq!(check_frame(&f, &l), Ok(()));
+        assert_eq!(check_frame(&f[..3], &l), Err(CodecError::Truncated { buffered: 3 }));
+        assert_eq!(check_frame(&f[..f.len() - 1], &l), Err(CodecError::Truncated { buffered: f.len() - 1 }));
+        let mut long = f.clone();
+        long.push(0);
+        assert_eq!(check_frame(&long, &l), Err(CodecError::TrailingBytes(1)));
+        let mut bad = f.clone();
+        bad[0] = 99;
+        assert!(matches!(check_frame(&bad, &l), Err(CodecError::UnknownVersion { found: 99, .. })));
+        assert!(matches!(check_frame(&[99], &l), Err(CodecError::UnknownVersion { .. })));
+        let big = [PROTOCOL_VERSION, 17, 0, 0, 0];
+        assert_eq!(payload_len(&big, &l), Err(CodecError::Oversize { len: 17, limit: 16 }));
+        assert_eq!(check_frame(&[], &l), Err(CodecError::Truncated { buffered: 0 }));
+    }
+}

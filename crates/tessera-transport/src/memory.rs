@@ -1,0 +1,239 @@
+//! In-memory transport: a [`MemoryNetwork`] hub where one aggregator listens
+//! and members connect by name, frames flowing over bounded tokio channels.
+//! It keeps QUIC's contract: admission at connect, frame checks on receive,
+//! close codes and reasons, byte counters. The member name is trusted as
+//! given, standing in for a verified certificate; use it only in-process.
+
+use std::sync::{Arc, Mutex};
+
+use tessera_core::CodecError;
+use tessera_core::codec::{HEADER_LEN, Limits};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::admission::Admission;
+use crate::connection::{Connection, Listener, Peer};
+use crate::error::{TransportError, close_code};
+use crate::frame::check_frame;
+use crate::pki;
+
+/// Frames in flight per direction before `send` waits: the memory analogue
+/// of a flow-control window.
+const FRAME_QUEUE: usize = 4;
+/// Connections waiting for `accept`.
+const ACCEPT_QUEUE: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Aggregator,
+    Member,
+}
+
+#[derive(Clone, Debug)]
+struct CloseInfo {
+    by: Side,
+    code: u32,
+    reason: String,
+}
+
+/// Close state shared by both ends of one memory connection.
+#[derive(Clone)]
+pub(crate) struct LinkEnd {
+    closed: Arc<watch::Sender<Option<CloseInfo>>>,
+    side: Side,
+}
+
+impl LinkEnd {
+    fn pair() -> (LinkEnd, LinkEnd) {
+        let closed = Arc::new(watch::Sender::new(None));
+        (LinkEnd { closed: closed.clone(), side: Side::Aggregator }, LinkEnd { closed, side: Side::Member })
+    }
+
+    /// First close wins, as with QUIC.
+    pub(crate) fn close(&self, code: u32, reason: &str) {
+        self.closed.send_if_modified(|c| {
+            if c.is_some() {
+                return false;
+            }
+            *c = Some(CloseInfo { by: self.side, code, reason: reason.to_owned() });
+            true
+        });
+    }
+
+    fn error_for(&self, c: &CloseInfo) -> TransportError {
+        if c.by == self.side {
+            return TransportError::Closed;
+        }
+        match c.code {
+            close_code::NOT_MEMBER | close_code::REVOKED | close_code::REFUSED => {
+                TransportError::Refused { code: c.code, reason: c.reason.clone() }
+            }
+            code => TransportError::ClosedByPeer { code: code.into(), reason: c.reason.clone() },
+        }
+    }
+
+    fn closed_error(&self) -> Option<TransportError> {
+        self.closed.borrow().as_ref().map(|c| self.error_for(c))
+    }
+
+    async fn wait_closed(&self) -> TransportError {
+        let mut rx = self.closed.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(c) => match c.as_ref() {
+                Some(c) => self.error_for(c),
+                None => TransportError::Closed,
+            },
+            // The sender lives in `self`; this arm cannot be reached.
+            Err(_) => TransportError::Closed,
+        }
+    }
+}
+
+pub(crate) struct MemorySender {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    end: LinkEnd,
+}
+
+impl MemorySender {
+    pub(crate) async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
+        if let Some(e) = self.end.closed_error() {
+            return Err(e);
+        }
+        let Some(tx) = &self.tx else { return Err(TransportError::Closed) };
+        tokio::select! {
+            biased;
+            e = self.end.wait_closed() => Err(e),
+            r = tx.send(frame) => r.map_err(|_| TransportError::Lost("peer went away".into())),
+        }
+    }
+
+    pub(crate) async fn finish(&mut self) -> Result<(), TransportError> {
+        if let Some(e) = self.end.closed_error() {
+            return Err(e);
+        }
+        // Dropping the channel's sender ends the peer's stream after the
+        // frames already queued.
+        self.tx = None;
+        Ok(())
+    }
+}
+
+pub(crate) struct MemoryReceiver {
+    rx: mpsc::Receiver<Vec<u8>>,
+    end: LinkEnd,
+    limits: Limits,
+    failed: Option<CodecError>,
+}
+
+impl MemoryReceiver {
+    pub(crate) async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        if let Some(e) = &self.failed {
+            return Err(TransportError::Frame(e.clone()));
+        }
+        if let Some(e @ TransportError::Closed) = self.end.closed_error() {
+            return Err(e);
+        }
+        // Frames queued before a close are still delivered.
+        let msg = tokio::select! {
+            biased;
+            m = self.rx.recv() => m,
+            e = self.end.wait_closed() => return Err(e),
+        };
+        let Some(mut frame) = msg else {
+            return match self.end.closed_error() {
+                Some(e) => Err(e),
+                None => Ok(None),
+            };
+        };
+        if let Err(e) = check_frame(&frame, &self.limits) {
+            warn!(error = %e, "malformed frame; closing memory connection");
+            self.end.close(close_code::MALFORMED_FRAME, "malformed frame");
+            self.failed = Some(e.clone());
+            return Err(TransportError::Frame(e));
+        }
+        frame.drain(..HEADER_LEN);
+        Ok(Some(frame))
+    }
+}
+
+pub(crate) struct MemoryListener {
+    rx: mpsc::Receiver<Connection>,
+}
+
+impl MemoryListener {
+    pub(crate) async fn accept(&mut self) -> Option<Connection> {
+        self.rx.recv().await
+    }
+}
+
+struct Hub {
+    tx: mpsc::Sender<Connection>,
+    admission: Arc<dyn Admission>,
+    limits: Limits,
+}
+
+/// An in-process network with at most one listening aggregator. Clones
+/// share the same network.
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    hub: Arc<Mutex<Option<Hub>>>,
+}
+
+impl MemoryNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start listening. Fails while another listener is alive; after it is
+    /// dropped or [`shutdown`](Self::shutdown), a new one may take its place
+    /// (an aggregator restart).
+    pub fn listen(&self, admission: Arc<dyn Admission>, limits: Limits) -> Result<Listener, TransportError> {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if hub.as_ref().is_some_and(|h| !h.tx.is_closed()) {
+            return Err(TransportError::Config("the memory network already has a listener".into()));
+        }
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        *hub = Some(Hub { tx, admission, limits });
+        Ok(Listener::from_memory(MemoryListener { rx }))
+    }
+
+    /// Stop accepting: the listener's `accept` yields `None` once drained,
+    /// and new connects fail with [`TransportError::NoListener`].
+    pub fn shutdown(&self) {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Connect as `member`, subject to the listener's admission.
+    pub async fn connect(&self, member: &str) -> Result<Connection, TransportError> {
+        pki::validate_member_name(member)?;
+        let (tx, admission, limits) = {
+            let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+            let h = hub.as_ref().filter(|h| !h.tx.is_closed()).ok_or(TransportError::NoListener)?;
+            (h.tx.clone(), h.admission.clone(), h.limits)
+        };
+        if let Err(refusal) = admission.admit(member) {
+            info!(%member, reason = refusal.reason(), "member refused");
+            return Err(TransportError::Refused { code: refusal.code(), reason: refusal.reason().to_owned() });
+        }
+        let (up_tx, up_rx) = mpsc::channel(FRAME_QUEUE);
+        let (down_tx, down_rx) = mpsc::channel(FRAME_QUEUE);
+        let (agg_end, member_end) = LinkEnd::pair();
+        let agg = Connection::new_memory(
+            Peer { member: member.to_owned() },
+            MemorySender { tx: Some(down_tx), end: agg_end.clone() },
+            MemoryReceiver { rx: up_rx, end: agg_end.clone(), limits, failed: None },
+            agg_end,
+            limits,
+        );
+        let mine = Connection::new_memory(
+            Peer { member: Peer::AGGREGATOR.into() },
+            MemorySender { tx: Some(up_tx), end: member_end.clone() },
+            MemoryReceiver { rx: down_rx, end: member_end.clone(), limits, failed: None },
+            member_end,
+            limits,
+        );
+        tx.send(agg).await.map_err(|_| TransportError::NoListener)?;
+        info!(%member, "member connected (memory)");
+        Ok(mine)
+    }
+}

@@ -1,0 +1,272 @@
+//! The consortium PKI: one self-signed CA, one aggregator certificate, one
+//! certificate per member. Everything is written as PEM into a single
+//! directory; private keys are created with mode 0600 from the start.
+//!
+//! Identity comes from certificates, never from messages: [`member_name`]
+//! reads the name a peer proved with its handshake.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// File names inside a PKI directory.
+pub const CA_CERT: &str = "ca.pem";
+pub const CA_KEY: &str = "ca.key";
+pub const AGGREGATOR_CERT: &str = "aggregator.pem";
+pub const AGGREGATOR_KEY: &str = "aggregator.key";
+
+/// Longest member name; also keeps file names and log lines short.
+pub const MAX_MEMBER_NAME: usize = 64;
+
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const LEAF_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
+/// Tolerates modest clock skew between the CA operator and the members.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Names reserved for the consortium's own files.
+const RESERVED_NAMES: [&str; 2] = ["ca", "aggregator"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("a consortium CA already exists at {0}; refusing to overwrite it")]
+    CaExists(PathBuf),
+    #[error("{0} already exists; refusing to overwrite it")]
+    AlreadyExists(PathBuf),
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("{path} holds no PEM {expected}")]
+    NotPem { path: PathBuf, expected: &'static str },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error("invalid member name {name:?}: {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("invalid aggregator host name {0:?}")]
+    InvalidHostname(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("certificate carries no usable member name: {0}")]
+    NoIdentity(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Options for [`init`].
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Names the aggregator is reached by: DNS names or IP addresses. Each
+    /// becomes a subject alternative name of the aggregator's certificate.
+    pub aggregator_names: Vec<String>,
+    /// Common name of the consortium CA.
+    pub consortium: String,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self { aggregator_names: vec!["localhost".into(), "127.0.0.1".into()], consortium: "Tessera consortium".into() }
+    }
+}
+
+/// Files produced by [`init`] or [`issue`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Create the consortium CA and the aggregator's certificate in `dir`
+/// (created if missing). Refuses to touch an existing CA.
+pub fn init(dir: &Path, opts: &InitOptions) -> Result<IssuedFiles, PkiError> {
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_key_path = dir.join(CA_KEY);
+    for p in [&ca_cert_path, &ca_key_path] {
+        if p.exists() {
+            return Err(PkiError::CaExists(p.clone()));
+        }
+    }
+    if opts.aggregator_names.is_empty() {
+        return Err(PkiError::InvalidHostname(String::new()));
+    }
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })?;
+
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = dn(&opts.consortium);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut ca_params, CA_VALIDITY);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+
+    let mut agg = CertificateParams::default();
+    agg.distinguished_name = dn("tessera aggregator");
+    agg.subject_alt_names = opts.aggregator_names.iter().map(|n| host_san(n)).collect::<Result<_, _>>()?;
+    agg.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    agg.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    agg.use_authority_key_identifier_extension = true;
+    set_validity(&mut agg, LEAF_VALIDITY);
+    let agg_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let agg_cert = agg.signed_by(&agg_key, &issuer)?;
+
+    // Key first, so a crash never leaves a CA certificate without its key.
+    write_new(&ca_key_path, ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&ca_cert_path, ca_cert.pem().as_bytes(), 0o644)?;
+    let files = IssuedFiles { cert: dir.join(AGGREGATOR_CERT), key: dir.join(AGGREGATOR_KEY) };
+    write_new(&files.key, agg_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&files.cert, agg_cert.pem().as_bytes(), 0o644)?;
+    Ok(files)
+}
+
+/// Issue a member certificate (client auth, CN and SAN DNS = `name`) signed
+/// by the CA in `dir`; writes `<name>.pem` and `<name>.key`.
+pub fn issue(dir: &Path, name: &str) -> Result<IssuedFiles, PkiError> {
+    validate_member_name(name)?;
+    let files = member_files(dir, name);
+    for p in [&files.cert, &files.key] {
+        if p.exists() {
+            return Err(PkiError::AlreadyExists(p.clone()));
+        }
+    }
+    let ca_key_path = dir.join(CA_KEY);
+    let ca_key_pem = read_text(&ca_key_path)?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .map_err(|e| PkiError::Invalid { path: ca_key_path.clone(), detail: format!("not a usable CA key: {e}") })?;
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_pem = read_text(&ca_cert_path)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)
+        .map_err(|e| PkiError::Invalid { path: ca_cert_path, detail: format!("not a usable CA certificate: {e}") })?;
+
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(name);
+    params.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, LEAF_VALIDITY);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    write_new(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&files.cert, cert.pem().as_bytes(), 0o644)?;
+    Ok(files)
+}
+
+/// Where [`issue`] puts a member's certificate and key.
+pub fn member_files(dir: &Path, name: &str) -> IssuedFiles {
+    IssuedFiles { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
+}
+
+/// Member names: 1 to 64 of `[a-z0-9._-]`, starting with a letter or digit.
+pub fn validate_member_name(name: &str) -> Result<(), PkiError> {
+    let bad = |why| Err(PkiError::InvalidName { name: name.chars().take(MAX_MEMBER_NAME).collect(), why });
+    if name.is_empty() || name.len() > MAX_MEMBER_NAME {
+        return bad("must be 1 to 64 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)) {
+        return bad("only a-z, 0-9, '-', '_' and '.' are allowed");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("must start with a letter or digit");
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return bad("reserved for the consortium's own files");
+    }
+    Ok(())
+}
+
+/// Load every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let text = read_text(path)?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Invalid { path: path.to_path_buf(), detail: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(PkiError::NotPem { path: path.to_path_buf(), expected: "CERTIFICATE" });
+    }
+    Ok(certs)
+}
+
+/// Load the first private key (PKCS#8, SEC1 or PKCS#1) in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    let text = read_text(path)?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            PkiError::NotPem { path: path.to_path_buf(), expected: "PRIVATE KEY" }
+        }
+        other => PkiError::Invalid { path: path.to_path_buf(), detail: other.to_string() },
+    })
+}
+
+/// The member name a certificate proves: its common name, which must agree
+/// with its DNS subject alternative name when it has one.
+pub fn member_name(cert: &CertificateDer<'_>) -> Result<String, PkiError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| PkiError::NoIdentity(e.to_string()))?;
+    let cn = x509.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    let san = match x509.subject_alternative_name() {
+        Ok(Some(ext)) => ext.value.general_names.iter().find_map(|g| match g {
+            GeneralName::DNSName(s) => Some((*s).to_owned()),
+            _ => None,
+        }),
+        Ok(None) => None,
+        Err(e) => return Err(PkiError::NoIdentity(e.to_string())),
+    };
+    let name = match (cn, san) {
+        (Some(cn), Some(san)) if cn != san => {
+            return Err(PkiError::NoIdentity("common name and DNS name disagree".into()));
+        }
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => return Err(PkiError::NoIdentity("no common name or DNS name".into())),
+    };
+    validate_member_name(&name).map_err(|e| PkiError::NoIdentity(e.to_string()))?;
+    Ok(name)
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn host_san(name: &str) -> Result<SanType, PkiError> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    if rustls_pki_types::ServerName::try_from(name).is_err() {
+        return Err(PkiError::InvalidHostname(name.to_owned()));
+    }
+    Ok(SanType::DnsName(name.try_into()?))
+}
+
+fn set_validity(params: &mut CertificateParams, validity: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity;
+}
+
+fn read_text(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| match source.kind() {
+        ErrorKind::NotFound => PkiError::Missing(path.to_path_buf()),
+        ErrorKind::InvalidData => PkiError::NotPem { path: path.to_path_buf(), expected: "text" },
+        _ => PkiError::Io { path: path.to_path_buf(), source },
+    })
+}
+
+/// Create `path` with `mode` (never replacing a file) and write `bytes`.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let mut f: File = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
+        if e.kind() == ErrorKind::AlreadyExists { PkiError::AlreadyExists(path.to_path_buf()) } else { io(e) }
+    })?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}

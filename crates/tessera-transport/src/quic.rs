@@ -1,0 +1,495 @@
+//! QUIC with mutual TLS. Both sides pin the consortium CA as the only root;
+//! the server requires a client certificate, then asks [`Admission`] about
+//! the name in it. A tiny stream setup (client preamble, server ack) lets
+//! `connect` return only once the member is admitted, so a refusal surfaces
+//! as [`TransportError::Refused`] right at the dial site.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, MtuDiscoveryConfig, TransportConfig};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tessera_core::CodecError;
+use tessera_core::codec::{HEADER_LEN, Limits};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::admission::Admission;
+use crate::connection::{Connection, Listener, Peer};
+use crate::error::{TransportError, close_code, from_quinn};
+use crate::frame::{check_version, payload_len};
+use crate::pki;
+
+/// ALPN protocol id; a peer speaking anything else fails the handshake.
+pub const ALPN: &[u8] = b"tessera/1";
+/// First bytes on the client's stream; makes the stream visible to the server.
+const PREAMBLE: &[u8; 4] = b"TSR1";
+/// The server's one-byte answer once the member is admitted.
+const ADMITTED: u8 = 0xA5;
+/// Admitted connections waiting for `accept`.
+const ACCEPT_QUEUE: usize = 64;
+
+/// QUIC transport parameters. Defaults favour bulk transfer of multi-MiB
+/// frames: windows large enough that a single stream is never flow-control
+/// bound on a LAN, and MTU discovery allowed above the Ethernet default.
+#[derive(Clone, Debug)]
+pub struct QuicTuning {
+    pub stream_receive_window: u32,
+    pub receive_window: u32,
+    pub send_window: u64,
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+    pub initial_mtu: u16,
+    /// Largest UDP payload MTU discovery may probe for; paths that drop
+    /// large datagrams simply stay at the lower size.
+    pub mtu_upper_bound: u16,
+}
+
+impl Default for QuicTuning {
+    fn default() -> Self {
+        Self {
+            stream_receive_window: 16 << 20,
+            receive_window: 32 << 20,
+            send_window: 32 << 20,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            initial_mtu: 1200,
+            mtu_upper_bound: 1452,
+        }
+    }
+}
+
+impl QuicTuning {
+    fn transport(&self, peer_may_open_streams: u32) -> Result<TransportConfig, TransportError> {
+        let mut t = TransportConfig::default();
+        let idle = IdleTimeout::try_from(self.idle_timeout).map_err(|e| TransportError::Config(e.to_string()))?;
+        let mut mtu = MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.mtu_upper_bound.max(self.initial_mtu));
+        t.max_concurrent_bidi_streams(peer_may_open_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .stream_receive_window(self.stream_receive_window.into())
+            .receive_window(self.receive_window.into())
+            .send_window(self.send_window)
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .initial_mtu(self.initial_mtu)
+            .mtu_discovery_config(Some(mtu));
+        Ok(t)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    // Explicit, so feature unification elsewhere in the workspace cannot
+    // change which provider (or whether a process default) is used.
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots.add(c.clone()).map_err(|e| TransportError::Config(format!("CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn tls_err(e: rustls::Error) -> TransportError {
+    TransportError::Config(format!("TLS: {e}"))
+}
+
+/// Aggregator-side settings.
+#[derive(Clone)]
+pub struct QuicListenerConfig {
+    pub bind: SocketAddr,
+    /// Connections (handshaking or established) beyond this are refused.
+    pub max_connections: usize,
+    /// Handshake, admission and stream setup must finish within this.
+    pub handshake_timeout: Duration,
+    pub limits: Limits,
+    pub tuning: QuicTuning,
+    crypto: Arc<QuicServerConfig>,
+}
+
+impl QuicListenerConfig {
+    /// Build from PEM files: the consortium CA, the aggregator's chain and key.
+    pub fn new(bind: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> Result<Self, TransportError> {
+        Self::from_der(bind, &pki::load_certs(ca)?, pki::load_certs(cert)?, pki::load_key(key)?)
+    }
+
+    /// Build from a directory laid out by [`pki::init`].
+    pub fn from_pki_dir(dir: &Path, bind: SocketAddr) -> Result<Self, TransportError> {
+        Self::new(bind, &dir.join(pki::CA_CERT), &dir.join(pki::AGGREGATOR_CERT), &dir.join(pki::AGGREGATOR_KEY))
+    }
+
+    pub fn from_der(
+        bind: SocketAddr,
+        ca: &[CertificateDer<'static>],
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TransportError> {
+        let provider = provider();
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+            .build()
+            .map_err(|e| TransportError::Config(format!("client verifier: {e}")))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(tls_err)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
+        Ok(Self {
+            bind,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            tuning: QuicTuning::default(),
+            crypto: Arc::new(crypto),
+        })
+    }
+
+    /// Bind and start accepting in the background.
+    pub fn listen(&self, admission: Arc<dyn Admission>) -> Result<Listener, TransportError> {
+        let mut server = quinn::ServerConfig::with_crypto(self.crypto.clone());
+        server.transport_config(Arc::new(self.tuning.transport(1)?));
+        let endpoint = Endpoint::server(server, self.bind)?;
+        let local = endpoint.local_addr().ok();
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let settings = Arc::new(AcceptSettings {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            limits: self.limits,
+            admission,
+        });
+        tokio::spawn(accept_loop(endpoint.clone(), settings, tx));
+        info!(addr = ?local, "listening for members");
+        Ok(Listener::from_quic(QuicListener { endpoint, rx }))
+    }
+}
+
+pub(crate) struct QuicListener {
+    endpoint: Endpoint,
+    rx: mpsc::Receiver<Connection>,
+}
+
+impl QuicListener {
+    pub(crate) async fn accept(&mut self) -> Option<Connection> {
+        self.rx.recv().await
+    }
+
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+}
+
+struct AcceptSettings {
+    max_connections: usize,
+    handshake_timeout: Duration,
+    limits: Limits,
+    admission: Arc<dyn Admission>,
+}
+
+async fn accept_loop(endpoint: Endpoint, settings: Arc<AcceptSettings>, tx: mpsc::Sender<Connection>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            // The Listener was dropped: stop accepting; live connections keep going.
+            _ = tx.closed() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let remote = incoming.remote_address();
+        if endpoint.open_connections() >= settings.max_connections {
+            warn!(%remote, limit = settings.max_connections, "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        }
+        let settings = settings.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(settings.handshake_timeout, admit(incoming, &settings)).await {
+                Ok(Ok(conn)) => {
+                    if let Err(mpsc::error::SendError(conn)) = tx.send(conn).await {
+                        conn.close(close_code::NORMAL, "aggregator shutting down");
+                    }
+                }
+                Ok(Err(e)) => warn!(%remote, error = %e, "connection not admitted"),
+                // Dropping the half-open connection closes it.
+                Err(_) => warn!(%remote, after = ?settings.handshake_timeout, "handshake timed out"),
+            }
+        });
+    }
+    debug!("accept loop ended");
+}
+
+/// Handshake, identify, admit, set up the stream.
+async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<Connection, TransportError> {
+    let conn = incoming.accept().map_err(from_quinn)?.await.map_err(from_quinn)?;
+    let member = match peer_member(&conn) {
+        Ok(m) => m,
+        Err(e) => {
+            conn.close(close_code::REFUSED.into(), b"unusable certificate identity");
+            return Err(e);
+        }
+    };
+    if let Err(refusal) = settings.admission.admit(&member) {
+        info!(%member, reason = refusal.reason(), "member refused");
+        conn.close(refusal.code().into(), refusal.reason().as_bytes());
+        return Err(TransportError::Refused { code: refusal.code(), reason: refusal.reason().to_owned() });
+    }
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(from_quinn)?;
+    let mut preamble = [0u8; PREAMBLE.len()];
+    recv.read_exact(&mut preamble).await.map_err(read_exact_err)?;
+    if &preamble != PREAMBLE {
+        conn.close(close_code::PROTOCOL.into(), b"bad stream preamble");
+        return Err(TransportError::Lost("bad stream preamble".into()));
+    }
+    send.write_all(&[ADMITTED]).await.map_err(write_err)?;
+    info!(%member, remote = %conn.remote_address(), "member connected");
+    Ok(Connection::new_quic(Peer { member }, conn.clone(), send, recv, settings.limits))
+}
+
+fn peer_member(conn: &quinn::Connection) -> Result<String, TransportError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| TransportError::Handshake("no client certificate".into()))?;
+    let leaf = certs.first().ok_or_else(|| TransportError::Handshake("empty client certificate chain".into()))?;
+    Ok(pki::member_name(leaf)?)
+}
+
+/// Member-side settings.
+#[derive(Clone)]
+pub struct QuicDialConfig {
+    /// `host:port` of the aggregator.
+    pub server: String,
+    /// Name the aggregator's certificate must carry; defaults to the host
+    /// part of `server`.
+    pub server_name: Option<String>,
+    /// Resolution, handshake, admission and stream setup must finish within this.
+    pub connect_timeout: Duration,
+    pub limits: Limits,
+    pub tuning: QuicTuning,
+    crypto: Arc<QuicClientConfig>,
+}
+
+impl QuicDialConfig {
+    /// Build from PEM files: the consortium CA, the member's chain and key.
+    pub fn new(server: impl Into<String>, ca: &Path, cert: &Path, key: &Path) -> Result<Self, TransportError> {
+        Self::from_der(server, &pki::load_certs(ca)?, pki::load_certs(cert)?, pki::load_key(key)?)
+    }
+
+    /// Build from a directory holding `ca.pem`, `<member>.pem`, `<member>.key`.
+    pub fn from_pki_dir(dir: &Path, member: &str, server: impl Into<String>) -> Result<Self, TransportError> {
+        let files = pki::member_files(dir, member);
+        Self::new(server, &dir.join(pki::CA_CERT), &files.cert, &files.key)
+    }
+
+    pub fn from_der(
+        server: impl Into<String>,
+        ca: &[CertificateDer<'static>],
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TransportError> {
+        // Only the consortium CA is trusted: no system roots, no platform verifier.
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_root_certificates(roots(ca)?)
+            .with_client_auth_cert(chain, key)
+            .map_err(tls_err)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
+        Ok(Self {
+            server: server.into(),
+            server_name: None,
+            connect_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            tuning: QuicTuning::default(),
+            crypto: Arc::new(crypto),
+        })
+    }
+}
+
+#[cfg(test)]
+impl QuicDialConfig {
+    pub(crate) fn crypto_for_tests(&self) -> Arc<QuicClientConfig> {
+        self.crypto.clone()
+    }
+}
+
+/// Host part of `host:port`, without IPv6 brackets.
+fn host_of(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// Dial the aggregator once: returns after the member has been admitted.
+pub async fn connect(cfg: &QuicDialConfig) -> Result<Connection, TransportError> {
+    tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg))
+        .await
+        .map_err(|_| TransportError::Timeout { what: "connecting to the aggregator", after: cfg.connect_timeout })?
+}
+
+async fn connect_inner(cfg: &QuicDialConfig) -> Result<Connection, TransportError> {
+    let addr = tokio::net::lookup_host(&cfg.server)
+        .await
+        .map_err(|e| TransportError::Resolve { addr: cfg.server.clone(), detail: e.to_string() })?
+        .next()
+        .ok_or_else(|| TransportError::Resolve { addr: cfg.server.clone(), detail: "no addresses".into() })?;
+    let name = cfg.server_name.clone().unwrap_or_else(|| host_of(&cfg.server).to_owned());
+    ServerName::try_from(name.as_str()).map_err(|_| TransportError::Config(format!("invalid server name {name:?}")))?;
+    let bind = if addr.is_ipv6() {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let endpoint = Endpoint::client(bind)?;
+    let mut client = quinn::ClientConfig::new(cfg.crypto.clone());
+    client.transport_config(Arc::new(cfg.tuning.transport(0)?));
+    let conn = endpoint
+        .connect_with(client, addr, &name)
+        .map_err(|e| TransportError::Config(e.to_string()))?
+        .await
+        .map_err(from_quinn)?;
+    // In TLS 1.3 the server judges our certificate after we consider the
+    // handshake done, so a rejection arrives while setting up the stream.
+    let (mut send, mut recv) = conn.open_bi().await.map_err(from_quinn)?;
+    send.write_all(PREAMBLE).await.map_err(write_err)?;
+    let mut ack = [0u8; 1];
+    recv.read_exact(&mut ack).await.map_err(read_exact_err)?;
+    if ack[0] != ADMITTED {
+        conn.close(close_code::PROTOCOL.into(), b"bad admission ack");
+        return Err(TransportError::Lost("bad admission ack".into()));
+    }
+    debug!(server = %cfg.server, "connected to the aggregator");
+    Ok(Connection::new_quic(Peer { member: Peer::AGGREGATOR.into() }, conn, send, recv, cfg.limits))
+}
+
+pub(crate) async fn write_frame(send: &mut quinn::SendStream, frame: Vec<u8>) -> Result<(), TransportError> {
+    // write_chunk takes ownership of the buffer: no copy into quinn's queue.
+    send.write_chunk(Bytes::from(frame)).await.map_err(write_err)
+}
+
+pub(crate) async fn finish(send: &mut quinn::SendStream) -> Result<(), TransportError> {
+    send.finish().map_err(|_| TransportError::Closed)?;
+    match send.stopped().await {
+        Ok(None) => Ok(()),
+        Ok(Some(code)) => {
+            Err(TransportError::ClosedByPeer { code: code.into_inner(), reason: "stream stopped by peer".into() })
+        }
+        Err(quinn::StoppedError::ConnectionLost(e)) => Err(from_quinn(e)),
+        Err(e) => Err(TransportError::Lost(e.to_string())),
+    }
+}
+
+fn write_err(e: quinn::WriteError) -> TransportError {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => from_quinn(c),
+        quinn::WriteError::Stopped(code) => {
+            TransportError::ClosedByPeer { code: code.into_inner(), reason: "stream stopped by peer".into() }
+        }
+        quinn::WriteError::ClosedStream => TransportError::Closed,
+        other => TransportError::Lost(other.to_string()),
+    }
+}
+
+fn read_err(e: quinn::ReadError) -> TransportError {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => from_quinn(c),
+        quinn::ReadError::Reset(code) => {
+            TransportError::ClosedByPeer { code: code.into_inner(), reason: "stream reset by peer".into() }
+        }
+        quinn::ReadError::ClosedStream => TransportError::Closed,
+        other => TransportError::Lost(other.to_string()),
+    }
+}
+
+fn read_exact_err(e: quinn::ReadExactError) -> TransportError {
+    match e {
+        quinn::ReadExactError::FinishedEarly(_) => TransportError::Lost("stream ended during setup".into()),
+        quinn::ReadExactError::ReadError(e) => read_err(e),
+    }
+}
+
+/// Reads header then exactly the announced payload, so an oversize frame is
+/// refused before a byte of it is buffered.
+pub(crate) struct QuicReceiver {
+    recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    limits: Limits,
+    failed: Option<CodecError>,
+}
+
+/// Outcome of filling a buffer from the stream.
+enum Fill {
+    Full,
+    /// The stream finished after this many bytes.
+    Ended(usize),
+}
+
+impl QuicReceiver {
+    pub(crate) fn new(recv: quinn::RecvStream, conn: quinn::Connection, limits: Limits) -> Self {
+        Self { recv, conn, limits, failed: None }
+    }
+
+    async fn fill(&mut self, buf: &mut [u8]) -> Result<Fill, TransportError> {
+        match self.recv.read_exact(buf).await {
+            Ok(()) => Ok(Fill::Full),
+            Err(quinn::ReadExactError::FinishedEarly(n)) => Ok(Fill::Ended(n)),
+            Err(quinn::ReadExactError::ReadError(e)) => Err(read_err(e)),
+        }
+    }
+
+    pub(crate) async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        if let Some(e) = &self.failed {
+            return Err(TransportError::Frame(e.clone()));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        match self.fill(&mut header[..1]).await? {
+            Fill::Full => {}
+            Fill::Ended(_) => return Ok(None),
+        }
+        if let Err(e) = check_version(header[0]) {
+            return Err(self.fail(e));
+        }
+        if let Fill::Ended(n) = self.fill(&mut header[1..]).await? {
+            return Err(self.fail(CodecError::Truncated { buffered: 1 + n }));
+        }
+        let len = match payload_len(&header, &self.limits) {
+            Ok(len) => len,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let mut payload = vec![0u8; len];
+        if let Fill::Ended(n) = self.fill(&mut payload).await? {
+            return Err(self.fail(CodecError::Truncated { buffered: HEADER_LEN + n }));
+        }
+        Ok(Some(payload))
+    }
+
+    fn fail(&mut self, e: CodecError) -> TransportError {
+        warn!(remote = %self.conn.remote_address(), error = %e, "malformed frame; closing connection");
+        self.conn.close(close_code::MALFORMED_FRAME.into(), b"malformed frame");
+        self.failed = Some(e.clone());
+        TransportError::Frame(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_part() {
+        assert_eq!(host_of("localhost:4433"), "localhost");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:4433"), "::1");
+        assert_eq!(host_of("agg.example"), "agg.example");
+    }
+}

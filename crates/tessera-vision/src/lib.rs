@@ -1,0 +1,47 @@
+//! `tessera-vision` gives a Tessera member what it needs to learn from
+//! images on its own site: loaders (IDX files such as Fashion-MNIST, image
+//! folders), stratified splits and batching, seeded augmentation, a small CNN,
+//! and an EfficientNet-Lite0 backbone that loads the PyTorch ImageNet
+//! checkpoint for transfer learning, with feature caching and a head
+//! training loop. The trainable part of a model converts to and from
+//! [`tessera_core::ModelParams`] under stable, module-path names.
+//!
+//! It must NOT talk to the network, aggregate, add privacy noise or know
+//! about rounds: it turns local images into parameters and metrics, nothing
+//! more. It must never log, return in an error or otherwise expose a single
+//! example (pixels, a label, a per-example loss); only aggregates leave it.
+//! Bad input yields a typed [`VisionError`], never a panic.
+
+pub mod augment;
+pub mod cnn;
+pub mod dataset;
+pub mod efficientnet;
+pub mod error;
+pub mod folder;
+pub mod idx;
+pub mod metrics;
+pub mod params;
+pub mod train;
+pub mod transfer;
+
+pub use augment::{AugmentConfig, Augmenter, write_png_grid};
+pub use cnn::SmallCnn;
+pub use dataset::{ImageDataset, Normalization, Preprocess};
+pub use efficientnet::{EfficientNetLite0, FEATURE_DIM, ImagenetClassifier};
+pub use error::VisionError;
+pub use folder::{FolderOptions, load_image_folder};
+pub use idx::{FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_dataset};
+pub use train::{FeatureCache, TrainConfig, evaluate_head, evaluate_transfer, fit_transfer, train_head, train_on_images};
+pub use transfer::TransferModel;
+
+/// File name of the pretrained weights installed by `scripts/fetch-weights.sh`.
+pub const WEIGHTS_FILE: &str = "efficientnet-lite0-57934424.pth";
+
+/// Where the pretrained weights are expected: `$TESSERA_WEIGHTS_DIR`, else
+/// `.weights/` at the workspace root.
+pub fn default_weights_path() -> std::path::PathBuf {
+    match std::env::var_os("TESSERA_WEIGHTS_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir).join(WEIGHTS_FILE),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.weights").join(WEIGHTS_FILE),
+    }
+}

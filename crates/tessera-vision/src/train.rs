@@ -1,0 +1,237 @@
+//! Training: the head on cached backbone features (the cheap path, used when
+//! the backbone is fully frozen and nothing is augmented), and the full
+//! transfer model on images otherwise. Adam on cross-entropy, seeded batch
+//! order. Loss curves are aggregates; no per-example value is reported.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use tessera_core::EvalMetrics;
+
+use crate::augment::Augmenter;
+use crate::dataset::{ImageDataset, Preprocess};
+use crate::efficientnet::{EfficientNetLite0, FEATURE_DIM};
+use crate::error::{Result, VisionError};
+use crate::metrics::classification_metrics;
+use crate::transfer::TransferModel;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Seeds the batch order (epoch `e` uses `seed + e`).
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self { epochs: 20, batch_size: 64, learning_rate: 1e-3, seed: 0 }
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(VisionError::InvalidConfig("epochs, batch_size and learning_rate must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a one-element tensor (a batch loss) back to the host.
+pub(crate) fn scalar(t: &Tensor<1>) -> Result<f64> {
+    t.clone().try_into_scalar::<f32>().map(f64::from).map_err(|e| VisionError::Tensor(format!("{e:?}")))
+}
+
+/// Pooled backbone features of a data set, computed once in eval mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureCache {
+    features: Vec<f32>,
+    labels: Vec<usize>,
+    num_classes: usize,
+}
+
+impl FeatureCache {
+    /// Runs `backbone` (inference mode, no autodiff) over `data` in batches.
+    pub fn extract(
+        backbone: &EfficientNetLite0,
+        data: &ImageDataset,
+        preprocess: &Preprocess,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(VisionError::InvalidConfig("batch_size must be positive".into()));
+        }
+        let backbone = backbone.valid();
+        let mut features = Vec::with_capacity(data.len() * FEATURE_DIM);
+        for batch in data.batches(batch_size, None)? {
+            let x = preprocess.batch(data, &batch, device)?;
+            let f = backbone.features(x).into_data().into_vec::<f32>().map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
+            features.extend(f);
+        }
+        Ok(Self { features, labels: data.labels().to_vec(), num_classes: data.num_classes() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+        let mut x = Vec::with_capacity(indices.len() * FEATURE_DIM);
+        let mut y = Vec::with_capacity(indices.len());
+        for &i in indices {
+            x.extend_from_slice(&self.features[i * FEATURE_DIM..(i + 1) * FEATURE_DIM]);
+            y.push(self.labels[i] as i64);
+        }
+        (
+            Tensor::from_data(TensorData::new(x, [indices.len(), FEATURE_DIM]), device),
+            Tensor::from_data(TensorData::new(y, [indices.len()]), device),
+        )
+    }
+
+    fn order(&self, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+    }
+}
+
+/// Trains `head` on cached features; returns the trained head (on `device`,
+/// without autodiff) and the mean training loss of each epoch.
+pub fn train_head(head: Linear, cache: &FeatureCache, cfg: &TrainConfig, device: &Device) -> Result<(Linear, Vec<f64>)> {
+    cfg.validate()?;
+    if cache.is_empty() {
+        return Err(VisionError::EmptyDataset);
+    }
+    let ad = device.clone().autodiff();
+    let mut head = head.fork(&ad).train();
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut curve = Vec::with_capacity(cfg.epochs);
+    for epoch in 0..cfg.epochs {
+        let mut total = 0.0;
+        for batch in cache.order(cfg.batch_size, cfg.seed.wrapping_add(epoch as u64)) {
+            let (x, y) = cache.batch(&batch, &ad);
+            let loss = loss_fn.forward(head.forward(x), y);
+            total += scalar(&loss)? * batch.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            head = optim.step(cfg.learning_rate, head, grads);
+        }
+        curve.push(total / cache.len() as f64);
+    }
+    Ok((head.valid(), curve))
+}
+
+/// Accuracy, loss, balanced accuracy, macro F1/AUC and confusion of `head` on cached features.
+pub fn evaluate_head(head: &Linear, cache: &FeatureCache, device: &Device) -> Result<EvalMetrics> {
+    if cache.is_empty() {
+        return Err(VisionError::EmptyDataset);
+    }
+    let head = head.valid();
+    let mut probs = Vec::with_capacity(cache.len() * cache.num_classes);
+    let all: Vec<usize> = (0..cache.len()).collect();
+    for batch in all.chunks(512) {
+        let (x, _) = cache.batch(batch, device);
+        let p = softmax(head.forward(x), 1).into_data().into_vec::<f32>().map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
+        probs.extend(p);
+    }
+    classification_metrics(&probs, &cache.labels, cache.num_classes)
+}
+
+/// Trains a transfer model on images, end to end through its trainable
+/// blocks; `augment` (when given) draws a fresh view of every example each
+/// epoch. Without trainable blocks and without augmentation prefer
+/// [`fit_transfer`], which caches features instead.
+pub fn train_on_images(
+    model: TransferModel,
+    data: &ImageDataset,
+    preprocess: &Preprocess,
+    augment: Option<&Augmenter>,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<(TransferModel, Vec<f64>)> {
+    cfg.validate()?;
+    let ad = device.clone().autodiff();
+    let mut model = model.fork(&ad).train();
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let shape = data.image_shape();
+    let mut curve = Vec::with_capacity(cfg.epochs);
+    for epoch in 0..cfg.epochs {
+        let mut total = 0.0;
+        for batch in data.batches(cfg.batch_size, Some(cfg.seed.wrapping_add(epoch as u64)))? {
+            let images: Vec<Vec<f32>> = batch
+                .iter()
+                .map(|&i| {
+                    let img = data.image(i).ok_or(VisionError::EmptyDataset)?;
+                    match augment {
+                        Some(a) => a.augment(img, shape, epoch as u64, i as u64),
+                        None => Ok(img.to_vec()),
+                    }
+                })
+                .collect::<Result<_>>()?;
+            let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+            let x = preprocess.batch_from(&refs, shape, &ad)?;
+            let y = Tensor::<1, Int>::from_data(
+                TensorData::new(batch.iter().map(|&i| data.labels()[i] as i64).collect::<Vec<_>>(), [batch.len()]),
+                &ad,
+            );
+            let loss = loss_fn.forward(model.forward(x), y);
+            total += scalar(&loss)? * batch.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(cfg.learning_rate, model, grads);
+        }
+        curve.push(total / data.len() as f64);
+    }
+    Ok((model.valid(), curve))
+}
+
+/// Trains the trainable part of `model`, choosing the path: cached features
+/// when the backbone is fully frozen and there is no augmentation (features
+/// are computed once, not per epoch), images otherwise.
+pub fn fit_transfer(
+    model: TransferModel,
+    data: &ImageDataset,
+    preprocess: &Preprocess,
+    augment: Option<&Augmenter>,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<(TransferModel, Vec<f64>)> {
+    let augmenting = augment.is_some_and(|a| !a.config().is_identity());
+    if model.backbone_frozen() && !augmenting {
+        let cache = FeatureCache::extract(&model.backbone, data, preprocess, cfg.batch_size, device)?;
+        let TransferModel { backbone, head, trainable_blocks } = model;
+        let (head, curve) = train_head(head, &cache, cfg, device)?;
+        Ok((TransferModel { backbone, head, trainable_blocks }, curve))
+    } else {
+        train_on_images(model, data, preprocess, augment, cfg, device)
+    }
+}
+
+/// Evaluates a transfer model on images (inference mode).
+pub fn evaluate_transfer(
+    model: &TransferModel,
+    data: &ImageDataset,
+    preprocess: &Preprocess,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalMetrics> {
+    let cache = FeatureCache::extract(&model.backbone, data, preprocess, batch_size, device)?;
+    evaluate_head(&model.head, &cache, device)
+}
