@@ -45,6 +45,9 @@ fn default_run_dir() -> PathBuf {
 pub struct RunSection {
     pub rounds: u64,
     pub min_clients: u32,
+    /// Members online before the first round starts (default: min_clients).
+    #[serde(default)]
+    pub start_quorum: Option<u32>,
     /// Fixed seed for reproducible cohorts and graph seeds; random if absent.
     #[serde(default)]
     pub seed: Option<u64>,

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod daemon;
 pub mod driver;
 pub mod encoding;
 pub mod report;

@@ -10,9 +10,11 @@
 //! round without secure aggregation unless its policy is the simulator's
 //! explicit research mode.
 
+pub mod config;
 pub mod driver;
 pub mod egress;
 pub mod participant;
+pub mod tabular;
 
 pub use driver::{ClientExit, ClientOptions, LocalModel, run};
 pub use egress::EgressLedger;

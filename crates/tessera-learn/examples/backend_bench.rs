@@ -20,7 +20,14 @@ fn task(backend: ComputeBackend) -> TabularTask {
 }
 
 fn main() {
-    let s = TrainSettings { local_epochs: EPOCHS, batch_size: 32, learning_rate: 0.05, proximal_mu: 0.0, seed: 1 };
+    let s = TrainSettings {
+        local_epochs: EPOCHS,
+        batch_size: 32,
+        learning_rate: 0.05,
+        proximal_mu: 0.0,
+        seed: 1,
+        example_weight_cap: 0,
+    };
     for backend in [ComputeBackend::Flex, ComputeBackend::NdArray] {
         let mut t = task(backend);
         t.train_round(&TrainSettings { local_epochs: 1, ..s.clone() }, None).expect("warm-up");

@@ -15,7 +15,9 @@ pub enum ComputeBackend {
     Wgpu,
 }
 
-/// The CPU default, chosen by measurement (see `examples/backend_bench.rs`).
+/// The CPU default, chosen by measurement: `cargo run -p tessera-learn
+/// --example backend_bench` (WDBC, MLP 30-64-32-2, batch 32, shared 2-core
+/// machine) gave flex 176-258k examples/s vs ndarray 97-109k examples/s.
 pub const DEFAULT_BACKEND: ComputeBackend = ComputeBackend::Flex;
 
 impl ComputeBackend {
@@ -23,6 +25,8 @@ impl ComputeBackend {
     pub fn training_device(self) -> Device {
         match self {
             ComputeBackend::Flex => Device::flex().autodiff(),
+            // Deprecated upstream in favour of flex; kept for the measured comparison.
+            #[allow(deprecated)]
             ComputeBackend::NdArray => Device::ndarray().autodiff(),
             #[cfg(feature = "wgpu")]
             ComputeBackend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::default()).autodiff(),

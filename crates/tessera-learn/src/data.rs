@@ -320,9 +320,15 @@ pub fn stratified_split(labels: &[u32], num_classes: usize, cfg: &SplitConfig) -
 
 #[derive(Clone, Debug, PartialEq)]
 enum ColumnEncoder {
-    Numeric { mean: f64, scale: f64, indicator: bool },
+    Numeric {
+        mean: f64,
+        scale: f64,
+        indicator: bool,
+    },
     /// Sorted training categories; `None` is the "missing" category.
-    Categorical { categories: Vec<Option<String>> },
+    Categorical {
+        categories: Vec<Option<String>>,
+    },
 }
 
 /// Imputation, standardization and one-hot encoding, fitted on one split.
@@ -499,7 +505,10 @@ impl TabularData {
         let pre = Preprocessor::fit(table, &idx.train, spec.missing_indicators);
         let train = pre.transform(table, &idx.train);
         if let Some(c) = train.class_counts().iter().position(|&n| n == 0) {
-            return Err(DataError::EmptyClass { class: table.class_names[c].clone(), split: Some("train") });
+            // Name the class only when it came from the configuration: a
+            // label read from the file is a data value.
+            let class = if spec.classes.is_some() { table.class_names[c].clone() } else { format!("#{c}") };
+            return Err(DataError::EmptyClass { class, split: Some("train") });
         }
         Ok(Self {
             validation: pre.transform(table, &idx.validation),

@@ -255,37 +255,43 @@ mod tests {
             .unwrap()
     }
 
-    /// The reference: one backward pass per example, clip, sum.
-    fn naive_clipped_sum(t: &TabularTask, rows: &[usize], clip: f64) -> (Vec<Vec<f32>>, usize) {
-        let mut sum: Vec<Vec<f32>> = Vec::new();
-        let mut clipped = 0;
-        for &r in rows {
-            let (x, y) = t.data.train.gather(&[r]);
-            let device = t.device.clone();
-            let logits = t.model.forward(tensor2(x, 1, t.data.train.num_features, &device));
-            let loss = (log_softmax(logits, 1) * one_hot(&y, 2, &device)).sum().neg();
-            let grads = loss.backward();
-            let g: Vec<Vec<f32>> = t
-                .slots
-                .iter()
-                .map(|&(l, f)| {
-                    let w = t.model.param(l, f).unwrap().val();
-                    to_vec(w.grad(&grads).unwrap_or_else(|| w.inner().zeros_like())).unwrap()
-                })
-                .collect();
-            let norm = g.iter().flatten().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-            let c = (clip / norm).min(1.0);
-            clipped += usize::from(c < 1.0);
-            if sum.is_empty() {
-                sum = g.iter().map(|v| vec![0.0; v.len()]).collect();
-            }
-            for (s, v) in sum.iter_mut().zip(&g) {
+    /// The reference: one backward pass per example; returns each example's
+    /// flattened-per-tensor gradient.
+    fn naive_per_example(t: &TabularTask, rows: &[usize]) -> Vec<Vec<Vec<f32>>> {
+        rows.iter()
+            .map(|&r| {
+                let (x, y) = t.data.train.gather(&[r]);
+                let device = t.device.clone();
+                let logits = t.model.forward(tensor2(x, 1, t.data.train.num_features, &device));
+                let loss = (log_softmax(logits, 1) * one_hot(&y, 2, &device)).sum().neg();
+                let grads = loss.backward();
+                t.slots
+                    .iter()
+                    .map(|&(l, f)| {
+                        let w = t.model.param(l, f).unwrap().val();
+                        to_vec(w.grad(&grads).unwrap_or_else(|| w.inner().zeros_like())).unwrap()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn norm(g: &[Vec<f32>]) -> f64 {
+        g.iter().flatten().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
+    }
+
+    /// Clip each example's gradient to `clip` and sum, in f64.
+    fn naive_clipped_sum(per_example: &[Vec<Vec<f32>>], clip: f64) -> Vec<Vec<f64>> {
+        let mut sum: Vec<Vec<f64>> = per_example[0].iter().map(|v| vec![0.0; v.len()]).collect();
+        for g in per_example {
+            let c = (clip / norm(g)).min(1.0);
+            for (s, v) in sum.iter_mut().zip(g) {
                 for (a, b) in s.iter_mut().zip(v) {
-                    *a += (c * *b as f64) as f32;
+                    *a += c * *b as f64;
                 }
             }
         }
-        (sum, clipped)
+        sum
     }
 
     fn assert_matches_naive(mut t: TabularTask) {
@@ -297,16 +303,20 @@ mod tests {
             }
         }
         let rows: Vec<usize> = (0..40).collect();
-        let clip = 0.5;
-        let (naive, clipped) = naive_clipped_sum(&t, &rows, clip);
-        assert!(clipped > 0 && clipped < rows.len(), "test must mix clipped and unclipped examples: {clipped}");
+        let per_example = naive_per_example(&t, &rows);
+        // Clip at the median norm, so that half the examples are clipped.
+        let mut norms: Vec<f64> = per_example.iter().map(|g| norm(g)).collect();
+        norms.sort_by(f64::total_cmp);
+        let clip = norms[norms.len() / 2];
+        assert!(norms[0] < clip && clip < norms[norms.len() - 1], "norms must differ");
+        let naive = naive_clipped_sum(&per_example, clip);
         let (x, y) = t.data.train.gather(&rows);
         let fast = clipped_grad_sum(&t.model, &t.slots, &x, &y, 2, clip).unwrap();
         assert_eq!(fast.len(), naive.len());
         for ((fast, naive), name) in fast.into_iter().zip(&naive).zip(t.trainable_names()) {
             let fast = to_vec(fast).unwrap();
-            let diff = fast.iter().zip(naive).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
-            let size = naive.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+            let diff = fast.iter().zip(naive).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>().sqrt();
+            let size = naive.iter().map(|b| b.powi(2)).sum::<f64>().sqrt();
             assert!(size > 0.0, "`{name}` has a zero gradient");
             assert!(diff <= 1e-5 * size, "`{name}`: relative error {}", diff / size);
         }
@@ -328,7 +338,14 @@ mod tests {
     }
 
     fn settings() -> TrainSettings {
-        TrainSettings { local_epochs: 3, batch_size: 1, learning_rate: 0.5, proximal_mu: 0.0, seed: 0 }
+        TrainSettings {
+            local_epochs: 3,
+            batch_size: 1,
+            learning_rate: 0.5,
+            proximal_mu: 0.0,
+            seed: 0,
+            example_weight_cap: 0,
+        }
     }
 
     fn dp(seed: u64) -> DpSgdConfig {
@@ -363,6 +380,9 @@ mod tests {
         assert!(matches!(err, LearnError::Diverged { .. }), "{err}");
         assert_eq!(t.trainable_params().unwrap(), before, "nothing released or applied");
         let bad = DpSgdConfig { sampling_rate: 0.0, ..dp(2) };
-        assert!(matches!(t.train_round_dp(&settings(), &bad, &mut |_: &mut [f32]| {}, None), Err(LearnError::Settings(_))));
+        assert!(matches!(
+            t.train_round_dp(&settings(), &bad, &mut |_: &mut [f32]| {}, None),
+            Err(LearnError::Settings(_))
+        ));
     }
 }

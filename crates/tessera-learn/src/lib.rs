@@ -17,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod pretrain;
+pub mod spec;
 pub mod train;
 
 pub use backend::{ComputeBackend, DEFAULT_BACKEND};

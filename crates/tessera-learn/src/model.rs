@@ -318,7 +318,7 @@ impl TabularMlp {
 
 /// Copy a tensor's values out as f32.
 pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, LearnError> {
-    t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| LearnError::Backend(format!("{e:?}")))
+    t.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| LearnError::Backend(format!("{e:?}")))
 }
 
 /// Export the given slots as a parameter set, in slot order.
@@ -329,11 +329,7 @@ pub fn export_slots(model: &TabularMlp, slots: &[(usize, Field)]) -> Result<Mode
 /// Import a parameter set that must match `slots` exactly (names, order, shapes, finite values).
 pub fn import_slots(model: &mut TabularMlp, slots: &[(usize, Field)], p: &ModelParams) -> Result<(), LearnError> {
     if p.tensors.len() != slots.len() {
-        return Err(LearnError::ParamMismatch(format!(
-            "expected {} tensors, got {}",
-            slots.len(),
-            p.tensors.len()
-        )));
+        return Err(LearnError::ParamMismatch(format!("expected {} tensors, got {}", slots.len(), p.tensors.len())));
     }
     for (t, &(l, f)) in p.tensors.iter().zip(slots) {
         let want = model.slot_name(l, f);
@@ -343,7 +339,10 @@ pub fn import_slots(model: &mut TabularMlp, slots: &[(usize, Field)], p: &ModelP
         let d = model.param(l, f).map(|p| p.dims()).unwrap_or_default();
         let shape = if f == Field::Bias { vec![d[1]] } else { vec![d[0], d[1]] };
         if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
-            return Err(LearnError::ParamMismatch(format!("tensor `{want}` has shape {:?}, expected {shape:?}", t.shape)));
+            return Err(LearnError::ParamMismatch(format!(
+                "tensor `{want}` has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
         }
         if t.data.iter().any(|v| !v.is_finite()) {
             return Err(LearnError::NonFinite { name: want });

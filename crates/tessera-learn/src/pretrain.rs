@@ -9,15 +9,15 @@
 use std::path::Path;
 
 use burn::store::{ModuleSnapshot, ModuleStore, SafetensorsStore, bridge};
-use tessera_core::round::TrainSettings;
 use tessera_core::EvalMetrics;
+use tessera_core::round::TrainSettings;
 
+use crate::Split;
 use crate::backend::ComputeBackend;
 use crate::data::{RawTable, SplitConfig, SplitIndices, TabularData, TabularSpec, load_csv, stratified_split};
 use crate::error::{DataError, LearnError};
 use crate::model::{Field, TabularMlp, TrainablePart};
 use crate::train::{ModelSpec, TabularTask};
-use crate::Split;
 
 /// Where one model tensor comes from in a checkpoint file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +70,9 @@ pub struct PretrainReport {
 }
 
 /// Pretrain an MLP on the public `public_fraction` of `csv` (every tensor
-/// trainable) and save its backbone to `out` as safetensors.
+/// trainable) and save its backbone to `out` as safetensors. The public rows
+/// are [`public_private_rows`] with `settings.seed`; the same call gives the
+/// private rows that members keep.
 pub fn pretrain_backbone(
     csv: &Path,
     spec: &TabularSpec,
@@ -152,7 +154,7 @@ pub fn load_backbone(model: &mut TabularMlp, path: &Path, mapping: &[TensorMappi
             let data = bridge::to_data(t)
                 .map_err(|e| checkpoint_err(path, format!("tensor `{source}`: {e}")))?
                 .convert::<f32>()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .map_err(|e| checkpoint_err(path, format!("tensor `{source}`: {e:?}")))?;
             if data.iter().any(|v| !v.is_finite()) {
                 return Err(checkpoint_err(path, format!("tensor `{source}` holds a non-finite value")));

@@ -100,6 +100,17 @@ impl TabularTask {
         Ok(Self { data, model, slots, device, progress: None })
     }
 
+    /// Load `path`, split it by `split` and build the model: the usual way a member starts.
+    pub fn from_csv(
+        path: &std::path::Path,
+        spec: &crate::data::TabularSpec,
+        split: &crate::data::SplitConfig,
+        model: &ModelSpec,
+        backend: ComputeBackend,
+    ) -> Result<Self, LearnError> {
+        Self::new(TabularData::load(path, spec, split)?, model, backend)
+    }
+
     /// Called after every optimizer step; the crate itself never prints.
     pub fn set_progress(&mut self, f: Option<ProgressFn>) {
         self.progress = f;
@@ -153,7 +164,11 @@ impl TabularTask {
         };
         let mut scratch = self.model.clone();
         import_slots(&mut scratch, &self.slots, anchor)?;
-        Ok(self.slots.iter().map(|&(l, f)| scratch.param(l, f).map(|p| p.val().inner()).expect("slot exists")).collect())
+        Ok(self
+            .slots
+            .iter()
+            .map(|&(l, f)| scratch.param(l, f).map(|p| p.val().inner()).expect("slot exists"))
+            .collect())
     }
 
     /// One round of local SGD: `local_epochs` passes over the training split in

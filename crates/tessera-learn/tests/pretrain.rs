@@ -103,7 +103,14 @@ fn pretrained_backbone_round_trips_and_serves_a_frozen_head_task() {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("backbone.safetensors");
     let csv = shipped_data_path("wdbc.csv");
-    let s = TrainSettings { local_epochs: 10, batch_size: 32, learning_rate: 0.05, proximal_mu: 0.0, seed: 2 };
+    let s = TrainSettings {
+        local_epochs: 10,
+        batch_size: 32,
+        learning_rate: 0.05,
+        proximal_mu: 0.0,
+        seed: 2,
+        example_weight_cap: 0,
+    };
     let report =
         pretrain_backbone(&csv, &TabularSpec::wdbc(), &[16], 0.3, &s, ComputeBackend::default(), &ckpt).unwrap();
     let table = load_csv(&csv, &TabularSpec::wdbc()).unwrap();

@@ -15,7 +15,14 @@ fn wdbc() -> TabularData {
 }
 
 fn settings(epochs: u32, lr: f64, seed: u64) -> TrainSettings {
-    TrainSettings { local_epochs: epochs, batch_size: 32, learning_rate: lr, proximal_mu: 0.0, seed }
+    TrainSettings {
+        local_epochs: epochs,
+        batch_size: 32,
+        learning_rate: lr,
+        proximal_mu: 0.0,
+        seed,
+        example_weight_cap: 0,
+    }
 }
 
 fn mlp(trainable: TrainablePart) -> ModelSpec {
@@ -36,8 +43,9 @@ fn wdbc_mlp_reaches_95_percent_test_accuracy() {
     assert!(after.accuracy >= 0.95, "test accuracy {}", after.accuracy);
     assert!(after.auc > 0.98, "auc {}", after.auc);
     assert!(after.loss < before.loss);
-    assert_eq!(after.num_examples, 114);
-    assert_eq!(after.confusion.iter().flatten().sum::<u64>(), 114);
+    // Stratified 20%: round(357 * 0.2) + round(212 * 0.2) = 71 + 42.
+    assert_eq!(after.num_examples, 113);
+    assert_eq!(after.confusion.iter().flatten().sum::<u64>(), 113);
 }
 
 #[test]
@@ -51,22 +59,22 @@ fn wdbc_logistic_regression_trains() {
 
 #[test]
 fn german_credit_beats_the_majority_class() {
-    let data = TabularData::load(
-        &shipped_data_path("germancredit.csv"),
-        &TabularSpec::german_credit(),
-        &SplitConfig { seed: 5, ..SplitConfig::default() },
-    )
-    .unwrap();
-    assert_eq!(data.class_names, vec!["bad", "good"]);
-    // 7 numeric columns plus one-hot categories: well above 20 inputs.
-    assert!(data.train.num_features > 50, "{}", data.train.num_features);
-    let counts = data.test.class_counts();
-    let majority = *counts.iter().max().unwrap() as f64 / data.test.len() as f64;
-    let mut task = TabularTask::new(data, &ModelSpec::logistic(1), ComputeBackend::default()).unwrap();
-    task.train_round(&settings(20, 0.05, 3), None).unwrap();
-    let m = task.evaluate(Split::Test).unwrap();
-    assert!(m.accuracy > majority, "accuracy {} vs majority {majority}", m.accuracy);
-    assert!(m.auc > 0.7, "auc {}", m.auc);
+    let split = SplitConfig { seed: 5, ..SplitConfig::default() };
+    let path = shipped_data_path("germancredit.csv");
+    let spec = TabularSpec::german_credit();
+    for model in [ModelSpec::logistic(1), mlp(TrainablePart::All)] {
+        let mut task = TabularTask::from_csv(&path, &spec, &split, &model, ComputeBackend::default()).unwrap();
+        let data = task.data();
+        assert_eq!(data.class_names, vec!["bad", "good"]);
+        // 7 numeric columns plus 54 one-hot categories.
+        assert_eq!(data.train.num_features, 61);
+        let counts = data.test.class_counts();
+        let majority = *counts.iter().max().unwrap() as f64 / data.test.len() as f64;
+        task.train_round(&settings(20, 0.05, 3), None).unwrap();
+        let m = task.evaluate(Split::Test).unwrap();
+        assert!(m.accuracy > majority, "accuracy {} vs majority {majority}", m.accuracy);
+        assert!(m.auc > 0.7, "auc {}", m.auc);
+    }
 }
 
 #[test]

@@ -31,7 +31,14 @@ fn train_and_check(trainable: TrainablePart, expected_names: &[&str]) -> Tabular
     let exchanged = t.trainable_params().unwrap();
     assert_eq!(exchanged.tensors.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), expected_names);
     let before = snapshot(&t);
-    let s = TrainSettings { local_epochs: 3, batch_size: 32, learning_rate: 0.05, proximal_mu: 0.0, seed: 1 };
+    let s = TrainSettings {
+        local_epochs: 3,
+        batch_size: 32,
+        learning_rate: 0.05,
+        proximal_mu: 0.0,
+        seed: 1,
+        example_weight_cap: 0,
+    };
     t.train_round(&s, None).unwrap();
     let after = snapshot(&t);
     for ((name, b), (_, a)) in before.iter().zip(&after) {
@@ -80,8 +87,18 @@ fn lora_trains_adapters_and_head_only_and_learns() {
         "head.weight",
         "head.bias",
     ];
-    let t = train_and_check(TrainablePart::Lora { rank: 2, alpha: 4.0 }, &names);
-    assert!(t.evaluate(Split::Test).unwrap().accuracy > 0.9);
+    let mut t = train_and_check(TrainablePart::Lora { rank: 2, alpha: 4.0 }, &names);
+    let s = TrainSettings {
+        local_epochs: 20,
+        batch_size: 32,
+        learning_rate: 0.05,
+        proximal_mu: 0.0,
+        seed: 2,
+        example_weight_cap: 0,
+    };
+    t.train_round(&s, None).unwrap();
+    let acc = t.evaluate(Split::Test).unwrap().accuracy;
+    assert!(acc > 0.9, "LoRA test accuracy {acc}");
 }
 
 #[test]

@@ -88,6 +88,10 @@ impl FrameSender {
     /// Send one complete frame as produced by `tessera_core::codec::encode_frame`.
     /// The frame is checked against the limits first, so a local bug cannot
     /// get this member disconnected. The buffer is handed over without a copy.
+    ///
+    /// Not cancel-safe on QUIC: a send dropped mid-frame leaves half a frame
+    /// on the stream, so abandon the connection (close it) if you abandon a
+    /// send. Run sends in their own task rather than racing them.
     pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
         check_frame(&frame, &self.limits).map_err(TransportError::InvalidOutgoing)?;
         self.send_unchecked(frame).await
@@ -139,7 +143,8 @@ impl FrameReceiver {
     /// `tessera_core::codec::decode_payload`. `Ok(None)` means the peer
     /// finished cleanly. A malformed, oversize or truncated frame closes the
     /// connection and returns [`TransportError::Frame`], now and on every
-    /// later call.
+    /// later call. Cancel-safe: it may be raced against a deadline in
+    /// `tokio::select!` without losing or splitting frames.
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
         let payload = match &mut self.inner {
             ReceiverInner::Quic(r) => r.recv().await?,
@@ -228,6 +233,15 @@ impl Connection {
         self.remote_addr
     }
 
+    /// QUIC path statistics (RTT, congestion window, lost packets) for
+    /// diagnostics; `None` on the memory transport.
+    pub fn quic_stats(&self) -> Option<quinn::ConnectionStats> {
+        match &self.sender.control {
+            Control::Quic(c) => Some(c.stats()),
+            Control::Memory(_) => None,
+        }
+    }
+
     /// Byte counters shared by both halves, valid after `split`.
     pub fn traffic(&self) -> Traffic {
         self.sender.traffic.clone()
@@ -308,6 +322,15 @@ impl Listener {
 pub enum Dialer {
     Quic(Arc<QuicDialConfig>),
     Memory { network: MemoryNetwork, member: String },
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dialer::Quic(cfg) => f.debug_tuple("Quic").field(cfg).finish(),
+            Dialer::Memory { member, .. } => f.debug_struct("Memory").field("member", member).finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Dialer {

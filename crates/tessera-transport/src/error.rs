@@ -68,7 +68,9 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Lost(_) | Self::Timeout { .. } | Self::NoListener | Self::Resolve { .. } | Self::Io(_) => true,
-            Self::ClosedByPeer { code, .. } => *code == u64::from(close_code::NORMAL) || *code == close_code::BUSY as u64,
+            Self::ClosedByPeer { code, .. } => {
+                *code == u64::from(close_code::NORMAL) || *code == close_code::BUSY as u64
+            }
             Self::Frame(_)
             | Self::InvalidOutgoing(_)
             | Self::Refused { .. }

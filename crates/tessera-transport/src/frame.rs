@@ -1,8 +1,8 @@
 //! Frame header checks shared by both transports. The header layout is
 //! `tessera_core::codec`'s: `[version: u8][length: u32 LE]`.
 
-use tessera_core::codec::{HEADER_LEN, Limits, PROTOCOL_VERSION};
 use tessera_core::CodecError;
+use tessera_core::codec::{HEADER_LEN, Limits, PROTOCOL_VERSION};
 
 /// Check the version byte before anything else, as the codec's decoder does.
 pub(crate) fn check_version(byte: u8) -> Result<(), CodecError> {

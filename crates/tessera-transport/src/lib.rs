@@ -21,7 +21,7 @@ mod memory;
 pub mod pki;
 mod quic;
 
-pub use admission::{AdmitAll, Admission, MemberList, Refusal};
+pub use admission::{Admission, AdmitAll, MemberList, Refusal};
 pub use backoff::{BackoffPolicy, connect_with_backoff};
 pub use connection::{Connection, Dialer, FrameReceiver, FrameSender, Listener, Peer, Traffic};
 pub use error::{TransportError, close_code};

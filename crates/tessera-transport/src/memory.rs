@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tessera_core::CodecError;
 use tessera_core::codec::{HEADER_LEN, Limits};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::admission::Admission;
@@ -17,9 +17,9 @@ use crate::error::{TransportError, close_code};
 use crate::frame::check_frame;
 use crate::pki;
 
-/// Frames in flight per direction before `send` waits: the memory analogue
-/// of a flow-control window.
-const FRAME_QUEUE: usize = 4;
+/// Bytes in flight per direction before `send` waits: the memory analogue
+/// of QUIC's stream flow-control window.
+const WINDOW_BYTES: usize = 16 << 20;
 /// Connections waiting for `accept`.
 const ACCEPT_QUEUE: usize = 64;
 
@@ -89,8 +89,12 @@ impl LinkEnd {
     }
 }
 
+/// A frame travels with its share of the window, returned when received.
+type Carried = (Vec<u8>, OwnedSemaphorePermit);
+
 pub(crate) struct MemorySender {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::UnboundedSender<Carried>>,
+    window: Arc<Semaphore>,
     end: LinkEnd,
 }
 
@@ -100,11 +104,16 @@ impl MemorySender {
             return Err(e);
         }
         let Some(tx) = &self.tx else { return Err(TransportError::Closed) };
-        tokio::select! {
+        // A frame larger than the whole window takes all of it.
+        let want = frame.len().min(WINDOW_BYTES) as u32;
+        let permit = tokio::select! {
             biased;
-            e = self.end.wait_closed() => Err(e),
-            r = tx.send(frame) => r.map_err(|_| TransportError::Lost("peer went away".into())),
-        }
+            e = self.end.wait_closed() => return Err(e),
+            p = self.window.clone().acquire_many_owned(want) => p,
+        };
+        let gone = || TransportError::Lost("peer went away".into());
+        let permit = permit.map_err(|_| gone())?;
+        tx.send((frame, permit)).map_err(|_| gone())
     }
 
     pub(crate) async fn finish(&mut self) -> Result<(), TransportError> {
@@ -119,7 +128,7 @@ impl MemorySender {
 }
 
 pub(crate) struct MemoryReceiver {
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::UnboundedReceiver<Carried>,
     end: LinkEnd,
     limits: Limits,
     failed: Option<CodecError>,
@@ -139,7 +148,7 @@ impl MemoryReceiver {
             m = self.rx.recv() => m,
             e = self.end.wait_closed() => return Err(e),
         };
-        let Some(mut frame) = msg else {
+        let Some((mut frame, _window)) = msg else {
             return match self.end.closed_error() {
                 Some(e) => Err(e),
                 None => Ok(None),
@@ -215,19 +224,20 @@ impl MemoryNetwork {
             info!(%member, reason = refusal.reason(), "member refused");
             return Err(TransportError::Refused { code: refusal.code(), reason: refusal.reason().to_owned() });
         }
-        let (up_tx, up_rx) = mpsc::channel(FRAME_QUEUE);
-        let (down_tx, down_rx) = mpsc::channel(FRAME_QUEUE);
+        let (up_tx, up_rx) = mpsc::unbounded_channel();
+        let (down_tx, down_rx) = mpsc::unbounded_channel();
+        let (up_window, down_window) = (Arc::new(Semaphore::new(WINDOW_BYTES)), Arc::new(Semaphore::new(WINDOW_BYTES)));
         let (agg_end, member_end) = LinkEnd::pair();
         let agg = Connection::new_memory(
             Peer { member: member.to_owned() },
-            MemorySender { tx: Some(down_tx), end: agg_end.clone() },
+            MemorySender { tx: Some(down_tx), window: down_window, end: agg_end.clone() },
             MemoryReceiver { rx: up_rx, end: agg_end.clone(), limits, failed: None },
             agg_end,
             limits,
         );
         let mine = Connection::new_memory(
             Peer { member: Peer::AGGREGATOR.into() },
-            MemorySender { tx: Some(up_tx), end: member_end.clone() },
+            MemorySender { tx: Some(up_tx), window: up_window, end: member_end.clone() },
             MemoryReceiver { rx: down_rx, end: member_end.clone(), limits, failed: None },
             member_end,
             limits,

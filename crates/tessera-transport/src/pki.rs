@@ -102,7 +102,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<IssuedFiles, PkiError> {
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = dn(&opts.consortium);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut ca_params, CA_VALIDITY);
     let ca_cert = ca_params.self_signed(&ca_key)?;
 

@@ -21,7 +21,7 @@ use tessera_core::codec::{HEADER_LEN, Limits};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Refusal};
 use crate::connection::{Connection, Listener, Peer};
 use crate::error::{TransportError, close_code, from_quinn};
 use crate::frame::{check_version, payload_len};
@@ -33,6 +33,8 @@ pub const ALPN: &[u8] = b"tessera/1";
 const PREAMBLE: &[u8; 4] = b"TSR1";
 /// The server's one-byte answer once the member is admitted.
 const ADMITTED: u8 = 0xA5;
+/// Payload bytes reserved before any arrive.
+const PREALLOC: usize = 1 << 20;
 /// Admitted connections waiting for `accept`.
 const ACCEPT_QUEUE: usize = 64;
 
@@ -50,6 +52,10 @@ pub struct QuicTuning {
     /// Largest UDP payload MTU discovery may probe for; paths that drop
     /// large datagrams simply stay at the lower size.
     pub mtu_upper_bound: u16,
+    /// Requested UDP socket send and receive buffers. Bursts of a large
+    /// window overflow the kernel's small default and read as loss, which
+    /// collapses the congestion window. The kernel caps this (rmem_max).
+    pub socket_buffer: usize,
 }
 
 impl Default for QuicTuning {
@@ -62,6 +68,7 @@ impl Default for QuicTuning {
             keep_alive: Duration::from_secs(5),
             initial_mtu: 1200,
             mtu_upper_bound: 1452,
+            socket_buffer: 8 << 20,
         }
     }
 }
@@ -83,6 +90,33 @@ impl QuicTuning {
             .mtu_discovery_config(Some(mtu));
         Ok(t)
     }
+}
+
+/// Bind a UDP socket with the tuned buffer sizes and wrap it in an endpoint.
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    tuning: &QuicTuning,
+) -> Result<Endpoint, TransportError> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: an unprivileged process may get less than it asked for.
+    for (what, r) in [
+        ("receive", state.set_recv_buffer_size((&socket).into(), tuning.socket_buffer)),
+        ("send", state.set_send_buffer_size((&socket).into(), tuning.socket_buffer)),
+    ] {
+        if let Err(e) = r {
+            debug!(%e, what, "could not size the UDP socket buffer");
+        }
+    }
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| TransportError::Config("QUIC needs a tokio runtime".into()))?;
+    // Accept datagrams as large as discovery may settle on (64 KiB loopback, jumbo frames).
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(tuning.mtu_upper_bound.clamp(1200, 65_527))
+        .map_err(|e| TransportError::Config(format!("max UDP payload: {e}")))?;
+    Ok(Endpoint::new(config, server, socket, runtime)?)
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -155,11 +189,13 @@ impl QuicListenerConfig {
         })
     }
 
-    /// Bind and start accepting in the background.
+    /// Bind and start accepting in the background (needs a tokio runtime).
     pub fn listen(&self, admission: Arc<dyn Admission>) -> Result<Listener, TransportError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| TransportError::Config("listening needs a tokio runtime".into()))?;
         let mut server = quinn::ServerConfig::with_crypto(self.crypto.clone());
         server.transport_config(Arc::new(self.tuning.transport(1)?));
-        let endpoint = Endpoint::server(server, self.bind)?;
+        let endpoint = endpoint(self.bind, Some(server), &self.tuning)?;
         let local = endpoint.local_addr().ok();
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let settings = Arc::new(AcceptSettings {
@@ -168,9 +204,21 @@ impl QuicListenerConfig {
             limits: self.limits,
             admission,
         });
-        tokio::spawn(accept_loop(endpoint.clone(), settings, tx));
+        runtime.spawn(accept_loop(endpoint.clone(), settings, tx));
         info!(addr = ?local, "listening for members");
         Ok(Listener::from_quic(QuicListener { endpoint, rx }))
+    }
+}
+
+impl std::fmt::Debug for QuicListenerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicListenerConfig")
+            .field("bind", &self.bind)
+            .field("max_connections", &self.max_connections)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("limits", &self.limits)
+            .field("tuning", &self.tuning)
+            .finish_non_exhaustive()
     }
 }
 
@@ -219,12 +267,16 @@ async fn accept_loop(endpoint: Endpoint, settings: Arc<AcceptSettings>, tx: mpsc
                         conn.close(close_code::NORMAL, "aggregator shutting down");
                     }
                 }
+                // Admission refusals were logged with the member's name already.
+                Ok(Err(TransportError::Refused { .. })) => {}
                 Ok(Err(e)) => warn!(%remote, error = %e, "connection not admitted"),
                 // Dropping the half-open connection closes it.
                 Err(_) => warn!(%remote, after = ?settings.handshake_timeout, "handshake timed out"),
             }
         });
     }
+    // Nobody will accept any more: turn new handshakes away at once.
+    endpoint.set_server_config(None);
     debug!("accept loop ended");
 }
 
@@ -238,7 +290,13 @@ async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<C
             return Err(e);
         }
     };
-    if let Err(refusal) = settings.admission.admit(&member) {
+    // The caller may consult a database: keep it off the async workers.
+    let admission = settings.admission.clone();
+    let name = member.clone();
+    let verdict = tokio::task::spawn_blocking(move || admission.admit(&name))
+        .await
+        .unwrap_or_else(|_| Err(Refusal::Other("admission check failed".into())));
+    if let Err(refusal) = verdict {
         info!(%member, reason = refusal.reason(), "member refused");
         conn.close(refusal.code().into(), refusal.reason().as_bytes());
         return Err(TransportError::Refused { code: refusal.code(), reason: refusal.reason().to_owned() });
@@ -317,6 +375,18 @@ impl QuicDialConfig {
     }
 }
 
+impl std::fmt::Debug for QuicDialConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicDialConfig")
+            .field("server", &self.server)
+            .field("server_name", &self.server_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("limits", &self.limits)
+            .field("tuning", &self.tuning)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 impl QuicDialConfig {
     pub(crate) fn crypto_for_tests(&self) -> Arc<QuicClientConfig> {
@@ -350,7 +420,7 @@ async fn connect_inner(cfg: &QuicDialConfig) -> Result<Connection, TransportErro
     } else {
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     };
-    let endpoint = Endpoint::client(bind)?;
+    let endpoint = endpoint(bind, None, &cfg.tuning)?;
     let mut client = quinn::ClientConfig::new(cfg.crypto.clone());
     client.transport_config(Arc::new(cfg.tuning.transport(0)?));
     let conn = endpoint
@@ -419,61 +489,73 @@ fn read_exact_err(e: quinn::ReadExactError) -> TransportError {
 }
 
 /// Reads header then exactly the announced payload, so an oversize frame is
-/// refused before a byte of it is buffered.
+/// refused before a byte of it is buffered. All progress lives in `self`
+/// and quinn's `read_chunk` consumes nothing unless it completes, so `recv`
+/// is cancel-safe: a driver may race it against a deadline.
 pub(crate) struct QuicReceiver {
     recv: quinn::RecvStream,
     conn: quinn::Connection,
     limits: Limits,
     failed: Option<CodecError>,
-}
-
-/// Outcome of filling a buffer from the stream.
-enum Fill {
-    Full,
-    /// The stream finished after this many bytes.
-    Ended(usize),
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    /// The frame being received: announced length and bytes so far.
+    partial: Option<(usize, Vec<u8>)>,
 }
 
 impl QuicReceiver {
     pub(crate) fn new(recv: quinn::RecvStream, conn: quinn::Connection, limits: Limits) -> Self {
-        Self { recv, conn, limits, failed: None }
-    }
-
-    async fn fill(&mut self, buf: &mut [u8]) -> Result<Fill, TransportError> {
-        match self.recv.read_exact(buf).await {
-            Ok(()) => Ok(Fill::Full),
-            Err(quinn::ReadExactError::FinishedEarly(n)) => Ok(Fill::Ended(n)),
-            Err(quinn::ReadExactError::ReadError(e)) => Err(read_err(e)),
-        }
+        Self { recv, conn, limits, failed: None, header: [0; HEADER_LEN], header_filled: 0, partial: None }
     }
 
     pub(crate) async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
         if let Some(e) = &self.failed {
             return Err(TransportError::Frame(e.clone()));
         }
-        let mut header = [0u8; HEADER_LEN];
-        match self.fill(&mut header[..1]).await? {
-            Fill::Full => {}
-            Fill::Ended(_) => return Ok(None),
+        while self.header_filled < HEADER_LEN {
+            let want = HEADER_LEN - self.header_filled;
+            match self.recv.read_chunk(want, true).await.map_err(read_err)? {
+                Some(chunk) => {
+                    let n = chunk.bytes.len();
+                    self.header[self.header_filled..self.header_filled + n].copy_from_slice(&chunk.bytes);
+                    self.header_filled += n;
+                }
+                None if self.header_filled == 0 => return Ok(None),
+                None => return Err(self.fail(CodecError::Truncated { buffered: self.header_filled })),
+            }
+            // Judge the version as soon as it is known, as the codec does.
+            if let Err(e) = check_version(self.header[0]) {
+                return Err(self.fail(e));
+            }
         }
-        if let Err(e) = check_version(header[0]) {
-            return Err(self.fail(e));
+        if self.partial.is_none() {
+            let len = match payload_len(&self.header, &self.limits) {
+                Ok(len) => len,
+                Err(e) => return Err(self.fail(e)),
+            };
+            // Grow with the bytes that actually arrive, so a peer announcing
+            // a large frame and then stalling pins little memory.
+            self.partial = Some((len, Vec::with_capacity(len.min(PREALLOC))));
         }
-        if let Fill::Ended(n) = self.fill(&mut header[1..]).await? {
-            return Err(self.fail(CodecError::Truncated { buffered: 1 + n }));
+        while let Some((len, payload)) = &mut self.partial {
+            let missing = *len - payload.len();
+            if missing == 0 {
+                break;
+            }
+            match self.recv.read_chunk(missing, true).await.map_err(read_err)? {
+                Some(chunk) => payload.extend_from_slice(&chunk.bytes),
+                None => {
+                    let buffered = HEADER_LEN + payload.len();
+                    return Err(self.fail(CodecError::Truncated { buffered }));
+                }
+            }
         }
-        let len = match payload_len(&header, &self.limits) {
-            Ok(len) => len,
-            Err(e) => return Err(self.fail(e)),
-        };
-        let mut payload = vec![0u8; len];
-        if let Fill::Ended(n) = self.fill(&mut payload).await? {
-            return Err(self.fail(CodecError::Truncated { buffered: HEADER_LEN + n }));
-        }
-        Ok(Some(payload))
+        self.header_filled = 0;
+        Ok(self.partial.take().map(|(_, payload)| payload))
     }
 
     fn fail(&mut self, e: CodecError) -> TransportError {
+        self.partial = None;
         warn!(remote = %self.conn.remote_address(), error = %e, "malformed frame; closing connection");
         self.conn.close(close_code::MALFORMED_FRAME.into(), b"malformed frame");
         self.failed = Some(e.clone());

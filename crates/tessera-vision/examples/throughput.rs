@@ -10,7 +10,10 @@ use tessera_vision::{EfficientNetLite0, default_weights_path, transfer::Transfer
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let iterations: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let (batch, size) = (32, 96);
-    for (name, device) in [("flex", Device::flex()), ("ndarray", Device::ndarray())] {
+    // burn 0.22 deprecates NdArray in favour of Flex; it is measured here on purpose.
+    #[allow(deprecated)]
+    let devices = [("flex", Device::flex()), ("ndarray", Device::ndarray())];
+    for (name, device) in devices {
         let weights = default_weights_path();
         let backbone = if weights.is_file() {
             TransferModel::from_pretrained(&weights, 10, 0, 0, &device)?.backbone
@@ -26,7 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = backbone.features(input.clone()).into_data();
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("{name}: {:.1} img/s ({iterations} x batch {batch} at {size}px in {secs:.2}s)", (iterations * batch) as f64 / secs);
+        println!(
+            "{name}: {:.1} img/s ({iterations} x batch {batch} at {size}px in {secs:.2}s)",
+            (iterations * batch) as f64 / secs
+        );
     }
     Ok(())
 }

@@ -206,7 +206,9 @@ pub fn write_png_grid(path: &Path, images: &[Vec<f32>], shape: (usize, usize, us
         return Err(VisionError::EmptyDataset);
     }
     if columns == 0 || !matches!(c, 1 | 3) || images.iter().any(|im| im.len() != c * h * w) {
-        return Err(VisionError::InvalidConfig("grid needs columns > 0 and 1- or 3-channel images of one shape".into()));
+        return Err(VisionError::InvalidConfig(
+            "grid needs columns > 0 and 1- or 3-channel images of one shape".into(),
+        ));
     }
     let rows = images.len().div_ceil(columns);
     let (gw, gh) = (columns * (w + 1) - 1, rows * (h + 1) - 1);
@@ -215,7 +217,9 @@ pub fn write_png_grid(path: &Path, images: &[Vec<f32>], shape: (usize, usize, us
         let (ox, oy) = ((k % columns) * (w + 1), (k / columns) * (h + 1));
         for y in 0..h {
             for x in 0..w {
-                let px = |ch: usize| (img[(if c == 1 { 0 } else { ch }) * h * w + y * w + x].clamp(0.0, 1.0) * 255.0).round() as u8;
+                let px = |ch: usize| {
+                    (img[(if c == 1 { 0 } else { ch }) * h * w + y * w + x].clamp(0.0, 1.0) * 255.0).round() as u8
+                };
                 grid.put_pixel((ox + x) as u32, (oy + y) as u32, image::Rgb([px(0), px(1), px(2)]));
             }
         }

@@ -72,10 +72,14 @@ impl SmallCnn {
     }
 
     /// Adam on cross-entropy over `data`; returns the model (no autodiff) and the per-epoch mean loss.
-    pub fn train(self, data: &ImageDataset, preprocess: &Preprocess, cfg: &TrainConfig, device: &Device) -> Result<(Self, Vec<f64>)> {
-        if cfg.epochs == 0 || cfg.batch_size == 0 || !(cfg.learning_rate > 0.0) {
-            return Err(VisionError::InvalidConfig("epochs, batch_size and learning_rate must be positive".into()));
-        }
+    pub fn fit(
+        self,
+        data: &ImageDataset,
+        preprocess: &Preprocess,
+        cfg: &TrainConfig,
+        device: &Device,
+    ) -> Result<(Self, Vec<f64>)> {
+        cfg.validate()?;
         let ad = device.clone().autodiff();
         let mut model = self.fork(&ad).train();
         let mut optim = AdamConfig::new().init();
@@ -102,7 +106,10 @@ impl SmallCnn {
         let mut probs = Vec::with_capacity(data.len() * data.num_classes());
         for batch in data.batches(256, None)? {
             let x = preprocess.batch(data, &batch, device)?;
-            let p = softmax(model.forward(x), 1).into_data().into_vec::<f32>().map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
+            let p = softmax(model.forward(x), 1)
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
             probs.extend(p);
         }
         classification_metrics(&probs, data.labels(), data.num_classes())

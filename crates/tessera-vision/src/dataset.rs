@@ -346,7 +346,7 @@ mod tests {
         let pre = Preprocess::new((4, 4), 3, Normalization::LITE);
         let t = pre.batch(&ds, &[0, 1], &Device::flex()).unwrap();
         assert_eq!(t.dims(), [2, 3, 4, 4]);
-        let v = t.into_data().to_vec::<f32>().unwrap();
+        let v = t.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(v[..16], v[16..32], "gray replicated to every channel");
         assert!(v.iter().all(|x| (-1.0..=1.01).contains(x)));
         // A constant plane stays constant under resizing.

@@ -85,8 +85,11 @@ pub struct MbConvBlock {
 impl MbConvBlock {
     fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, expand: usize, device: &Device) -> Self {
         let hidden = c_in * expand;
-        let (expand_conv, bn0) =
-            if expand == 1 { (None, None) } else { (Some(conv(c_in, hidden, 1, 1, 1, device)), Some(bn(hidden, device))) };
+        let (expand_conv, bn0) = if expand == 1 {
+            (None, None)
+        } else {
+            (Some(conv(c_in, hidden, 1, 1, 1, device)), Some(bn(hidden, device)))
+        };
         Self {
             expand_conv,
             bn0,
@@ -171,7 +174,10 @@ pub struct ImagenetClassifier {
 
 impl ImagenetClassifier {
     pub fn new(device: &Device) -> Self {
-        Self { backbone: EfficientNetLite0::new(device), fc: LinearConfig::new(FEATURE_DIM, IMAGENET_CLASSES).init(device) }
+        Self {
+            backbone: EfficientNetLite0::new(device),
+            fc: LinearConfig::new(FEATURE_DIM, IMAGENET_CLASSES).init(device),
+        }
     }
 
     /// Loads every tensor of the checkpoint; any missing or mis-shaped tensor is an error.

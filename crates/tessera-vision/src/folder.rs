@@ -44,7 +44,11 @@ pub fn load_image(path: &Path, opts: &FolderOptions) -> Result<Vec<f32>> {
         .map_err(|e| VisionError::BadImage { path: path.to_path_buf(), reason: e.to_string() })?;
     let (iw, ih) = (img.width(), img.height());
     if opts.require_exact_size && (iw as usize, ih as usize) != (w, h) {
-        return Err(VisionError::WrongImageSize { path: path.to_path_buf(), expected: (w as u32, h as u32), actual: (iw, ih) });
+        return Err(VisionError::WrongImageSize {
+            path: path.to_path_buf(),
+            expected: (w as u32, h as u32),
+            actual: (iw, ih),
+        });
     }
     let (iw, ih) = (iw as usize, ih as usize);
     let planes: Vec<Vec<f32>> = if opts.channels == 1 {

@@ -55,11 +55,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes.len() < header {
         return Err(bad(format!("truncated header: {} bytes, need {header}", bytes.len())));
     }
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
-    let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("size overflows".into()))?;
+    let dims: Vec<usize> =
+        bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+    let count =
+        dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("size overflows".into()))?;
     let body = &bytes[header..];
     if body.len() != count {
         return Err(bad(format!("dimensions {dims:?} need {count} values, file holds {}", body.len())));
@@ -77,10 +76,16 @@ pub fn load_idx_dataset(images: &Path, labels: &Path, class_names: &[&str]) -> R
     let img = read_idx(images)?;
     let lab = read_idx(labels)?;
     if img.dims.len() != 3 {
-        return Err(VisionError::BadIdx { path: images.to_path_buf(), reason: format!("rank {} is not 3", img.dims.len()) });
+        return Err(VisionError::BadIdx {
+            path: images.to_path_buf(),
+            reason: format!("rank {} is not 3", img.dims.len()),
+        });
     }
     if lab.dims.len() != 1 {
-        return Err(VisionError::BadIdx { path: labels.to_path_buf(), reason: format!("rank {} is not 1", lab.dims.len()) });
+        return Err(VisionError::BadIdx {
+            path: labels.to_path_buf(),
+            reason: format!("rank {} is not 1", lab.dims.len()),
+        });
     }
     if img.dims[0] != lab.dims[0] {
         return Err(VisionError::LabelCountMismatch { images: img.dims[0], labels: lab.dims[0] });

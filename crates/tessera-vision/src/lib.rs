@@ -31,7 +31,9 @@ pub use efficientnet::{EfficientNetLite0, FEATURE_DIM, ImagenetClassifier};
 pub use error::VisionError;
 pub use folder::{FolderOptions, load_image_folder};
 pub use idx::{FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_dataset};
-pub use train::{FeatureCache, TrainConfig, evaluate_head, evaluate_transfer, fit_transfer, train_head, train_on_images};
+pub use train::{
+    FeatureCache, TrainConfig, evaluate_head, evaluate_transfer, fit_transfer, train_head, train_on_images,
+};
 pub use transfer::TransferModel;
 
 /// File name of the pretrained weights installed by `scripts/fetch-weights.sh`.

@@ -13,7 +13,10 @@ pub fn classification_metrics(probs: &[f32], labels: &[usize], num_classes: usiz
         return Err(VisionError::EmptyDataset);
     }
     if k < 2 || probs.len() != n * k {
-        return Err(VisionError::InvalidConfig(format!("{} probabilities for {n} examples of {k} classes", probs.len())));
+        return Err(VisionError::InvalidConfig(format!(
+            "{} probabilities for {n} examples of {k} classes",
+            probs.len()
+        )));
     }
     if let Some(&label) = labels.iter().find(|&&l| l >= k) {
         return Err(VisionError::LabelOutOfRange { label, num_classes: k });

@@ -52,7 +52,7 @@ impl ModuleVisitor for Collect<'_> {
         }
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
-        match tensor.into_data().into_vec::<f32>() {
+        match tensor.into_data().try_into_vec::<f32>() {
             Ok(data) => self.out.push(ParamTensor { name, shape, data }),
             Err(e) => self.error = Some(VisionError::Tensor(format!("{name}: {e:?}"))),
         }
@@ -114,12 +114,8 @@ pub fn assign_params<M: Module>(module: M, params: &ModelParams) -> Result<M> {
     if m.used != params.tensors.len() {
         // Find a name the module does not have, for the message.
         let known = collect_params(&module, &|_| true)?;
-        let name = params
-            .tensors
-            .iter()
-            .find(|t| known.get(&t.name).is_none())
-            .map(|t| t.name.clone())
-            .unwrap_or_default();
+        let name =
+            params.tensors.iter().find(|t| known.get(&t.name).is_none()).map(|t| t.name.clone()).unwrap_or_default();
         return Err(VisionError::UnknownParam { name });
     }
     Ok(module)

@@ -35,7 +35,7 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.epochs == 0 || self.batch_size == 0 || !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(VisionError::InvalidConfig("epochs, batch_size and learning_rate must be positive".into()));
         }
@@ -72,7 +72,11 @@ impl FeatureCache {
         let mut features = Vec::with_capacity(data.len() * FEATURE_DIM);
         for batch in data.batches(batch_size, None)? {
             let x = preprocess.batch(data, &batch, device)?;
-            let f = backbone.features(x).into_data().into_vec::<f32>().map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
+            let f = backbone
+                .features(x)
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
             features.extend(f);
         }
         Ok(Self { features, labels: data.labels().to_vec(), num_classes: data.num_classes() })
@@ -114,7 +118,12 @@ impl FeatureCache {
 
 /// Trains `head` on cached features; returns the trained head (on `device`,
 /// without autodiff) and the mean training loss of each epoch.
-pub fn train_head(head: Linear, cache: &FeatureCache, cfg: &TrainConfig, device: &Device) -> Result<(Linear, Vec<f64>)> {
+pub fn train_head(
+    head: Linear,
+    cache: &FeatureCache,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<(Linear, Vec<f64>)> {
     cfg.validate()?;
     if cache.is_empty() {
         return Err(VisionError::EmptyDataset);
@@ -148,7 +157,10 @@ pub fn evaluate_head(head: &Linear, cache: &FeatureCache, device: &Device) -> Re
     let all: Vec<usize> = (0..cache.len()).collect();
     for batch in all.chunks(512) {
         let (x, _) = cache.batch(batch, device);
-        let p = softmax(head.forward(x), 1).into_data().into_vec::<f32>().map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
+        let p = softmax(head.forward(x), 1)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
         probs.extend(p);
     }
     classification_metrics(&probs, &cache.labels, cache.num_classes)

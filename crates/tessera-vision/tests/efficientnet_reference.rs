@@ -46,11 +46,11 @@ fn logits_match_pytorch_reference() {
     let model = ImagenetClassifier::load_pretrained(&path, &device).unwrap();
     let reference = reference();
 
-    let features = model.backbone.features(input(&device)).into_data().into_vec::<f32>().unwrap();
+    let features = model.backbone.features(input(&device)).into_data().try_into_vec::<f32>().unwrap();
     let feat_diff = max_abs_diff(&features[..32], &floats(&reference["features_first_32"]));
     assert!(feat_diff < 1e-4, "pooled features differ by {feat_diff}");
 
-    let logits = model.forward(input(&device)).into_data().into_vec::<f32>().unwrap();
+    let logits = model.forward(input(&device)).into_data().try_into_vec::<f32>().unwrap();
     let diff = max_abs_diff(&logits, &floats(&reference["logits"]));
     eprintln!("max |logit - reference| = {diff:e}");
     assert!(diff < 1e-4, "logits differ from PyTorch by {diff}");
@@ -62,8 +62,8 @@ fn transfer_model_loads_the_backbone_and_ignores_imagenet_fc() {
     let device = Device::flex();
     let full = ImagenetClassifier::load_pretrained(&path, &device).unwrap();
     let transfer = TransferModel::from_pretrained(&path, 10, 0, 1, &device).unwrap();
-    let a = full.backbone.features(input(&device)).into_data().into_vec::<f32>().unwrap();
-    let b = transfer.backbone.features(input(&device)).into_data().into_vec::<f32>().unwrap();
+    let a = full.backbone.features(input(&device)).into_data().try_into_vec::<f32>().unwrap();
+    let b = transfer.backbone.features(input(&device)).into_data().try_into_vec::<f32>().unwrap();
     assert_eq!(a, b, "same backbone weights, same features");
 }
 

@@ -18,7 +18,11 @@ fn bars(n_per_class: usize) -> ImageDataset {
         let offset = (i / 2) % 3;
         for y in 0..16 {
             for x in 0..16 {
-                let on = if class == 0 { (4 + offset..7 + offset).contains(&y) } else { (4 + offset..7 + offset).contains(&x) };
+                let on = if class == 0 {
+                    (4 + offset..7 + offset).contains(&y)
+                } else {
+                    (4 + offset..7 + offset).contains(&x)
+                };
                 pixels.push(if on { 0.9 } else { 0.1 });
             }
         }
@@ -126,11 +130,27 @@ fn small_cnn_learns_and_exchanges_params() {
     let same = SmallCnn::new(1, 2, 42, &device).unwrap();
     assert_eq!(same.params().unwrap(), params, "seeded init is deterministic");
     let cfg = TrainConfig { epochs: 15, batch_size: 8, learning_rate: 5e-3, seed: 0 };
-    let (trained, curve) = cnn.train(&data, &pre, &cfg, &device).unwrap();
+    let (trained, curve) = cnn.fit(&data, &pre, &cfg, &device).unwrap();
     assert!(curve.last().unwrap() < &curve[0], "{curve:?}");
     let m = trained.evaluate(&data, &pre, &device).unwrap();
     assert!(m.accuracy >= 0.9, "accuracy {}", m.accuracy);
     // Moving the trained parameters into a fresh model reproduces its predictions.
     let copy = SmallCnn::new(1, 2, 0, &device).unwrap().with_params(&trained.params().unwrap()).unwrap();
     assert_eq!(copy.evaluate(&data, &pre, &device).unwrap(), m);
+}
+
+#[test]
+fn augmentation_bypasses_the_feature_cache() {
+    let device = Device::flex();
+    let data = bars(4);
+    let cfg = TrainConfig { epochs: 2, batch_size: 8, learning_rate: 1e-2, seed: 3 };
+    let fit = |aug: Option<&Augmenter>| {
+        let model = TransferModel::new(EfficientNetLite0::random(&device, 5), 2, 0, 6, &device).unwrap();
+        fit_transfer(model, &data, &pre(), aug, &cfg, &device).unwrap().0.trainable_params().unwrap()
+    };
+    let cached = fit(None);
+    let identity = Augmenter::new(AugmentConfig::none(), 1).unwrap();
+    assert_eq!(fit(Some(&identity)), cached, "an identity augmenter keeps the cached path");
+    let light = Augmenter::new(AugmentConfig::light(), 1).unwrap();
+    assert_ne!(fit(Some(&light)), cached, "real augmentation trains on fresh views, not on cached features");
 }

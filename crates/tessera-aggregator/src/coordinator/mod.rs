@@ -424,7 +424,10 @@ impl Coordinator {
             self.finish_run(format!("completed {} rounds", self.cfg.rounds));
             return;
         }
-        if (self.online.len() as u32) < self.cfg.min_clients.max(self.cfg.start_quorum) {
+        // The start quorum holds only for the first round of a run.
+        let first = self.completed == 0 && self.retries == 0;
+        let needed = if first { self.cfg.min_clients.max(self.cfg.start_quorum) } else { self.cfg.min_clients };
+        if (self.online.len() as u32) < needed {
             return;
         }
         let round = self.next_round;

@@ -1,0 +1,119 @@
+//! `tessera-aggregator`: the consortium operator's daemon and tools. A thin
+//! shell over the library; see `docs/operator-guide.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tessera_aggregator::config::AggregatorConfig;
+use tessera_aggregator::daemon;
+
+#[derive(Parser)]
+#[command(name = "tessera-aggregator", version, about = "Tessera aggregator: rounds, secure aggregation, PKI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the federated run described by the config until it finishes.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage the consortium's certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the consortium CA and the aggregator's certificate.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS names or IP addresses the aggregator is reached by.
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
+        names: Vec<String>,
+    },
+    /// Issue a member certificate and key.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Refuse a member at its next connection.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = AggregatorConfig::load(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let listener = daemon::listen(&cfg)?;
+                eprintln!("listening on {} (run directory {})", cfg.server.listen, cfg.server.run_dir.display());
+                let end = daemon::run(cfg, listener).await?;
+                eprintln!("run finished after {} rounds: {}", end.completed_rounds, end.reason);
+                anyhow::Ok(())
+            })
+        }
+        Command::Pki { command } => pki(command),
+    }
+}
+
+fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
+    use tessera_transport::pki;
+    match cmd {
+        PkiCommand::Init { dir, names } => {
+            let opts = pki::InitOptions { aggregator_names: names, ..Default::default() };
+            let files = pki::init(&dir, &opts)?;
+            println!("consortium CA and aggregator certificate written to {}", dir.display());
+            println!("aggregator certificate: {}", files.cert.display());
+        }
+        PkiCommand::Issue { dir, name } => {
+            let files = pki::issue(&dir, &name)?;
+            println!("issued {name}: {} and {} (key mode 0600)", files.cert.display(), files.key.display());
+            println!("give the member these two files and {}", dir.join(pki::CA_CERT).display());
+        }
+        PkiCommand::Revoke { dir, name } => {
+            pki::validate_member_name(&name)?;
+            let path = dir.join(daemon::REVOKED_FILE);
+            let mut revoked = daemon::read_revoked(&path)?;
+            if revoked.contains(&name) {
+                println!("{name} was already revoked");
+                return Ok(());
+            }
+            revoked.push(name.clone());
+            std::fs::write(&path, revoked.join("\n") + "\n")?;
+            println!("revoked {name}: refused at its next connection");
+        }
+    }
+    Ok(())
+}

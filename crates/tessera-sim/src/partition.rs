@@ -1,0 +1,279 @@
+//! Splitting one data set across simulated members: IID, Dirichlet label
+//! skew, label shards and quantity skew. Every example goes to exactly one
+//! member; all draws come from the scenario seed.
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Partitioner {
+    /// Uniformly shuffled, equal sizes (±1).
+    Iid,
+    /// Per class, member shares drawn from Dirichlet(alpha): small alpha,
+    /// strong label skew.
+    Dirichlet { alpha: f64 },
+    /// Each member receives examples of `labels_per_client` classes.
+    Shards { labels_per_client: usize },
+    /// IID labels, member sizes drawn from Dirichlet(alpha).
+    Quantity { alpha: f64 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PartitionError {
+    #[error("alpha must be positive and finite, got {0}")]
+    BadAlpha(f64),
+    #[error("{clients} members but only {examples} examples")]
+    TooFewExamples { clients: usize, examples: usize },
+    #[error("labels_per_client must lie in 1..={classes}, got {got}")]
+    BadShards { got: usize, classes: usize },
+    #[error("need at least one member")]
+    NoClients,
+}
+
+/// Assign example indices to `clients` members.
+pub fn partition(
+    how: &Partitioner,
+    labels: &[u32],
+    num_classes: usize,
+    clients: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>, PartitionError> {
+    if clients == 0 {
+        return Err(PartitionError::NoClients);
+    }
+    if labels.len() < clients {
+        return Err(PartitionError::TooFewExamples { clients, examples: labels.len() });
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut out = vec![Vec::new(); clients];
+    let by_class = |rng: &mut ChaCha20Rng| {
+        let mut c: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+        for (i, l) in labels.iter().enumerate() {
+            c[*l as usize].push(i);
+        }
+        for v in &mut c {
+            v.shuffle(rng);
+        }
+        c
+    };
+    match how {
+        Partitioner::Iid => {
+            let mut idx: Vec<usize> = (0..labels.len()).collect();
+            idx.shuffle(&mut rng);
+            for (k, i) in idx.into_iter().enumerate() {
+                out[k % clients].push(i);
+            }
+        }
+        Partitioner::Dirichlet { alpha } => {
+            check_alpha(*alpha)?;
+            for class in by_class(&mut rng) {
+                let shares = dirichlet(&mut rng, *alpha, clients);
+                split_by_shares(&class, &shares, &mut out);
+            }
+        }
+        Partitioner::Shards { labels_per_client } => {
+            if *labels_per_client == 0 || *labels_per_client > num_classes {
+                return Err(PartitionError::BadShards { got: *labels_per_client, classes: num_classes });
+            }
+            // Member k holds classes k, k+1, … (mod C); each class is split
+            // evenly among the members holding it.
+            let mut holders: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+            for k in 0..clients {
+                for j in 0..*labels_per_client {
+                    holders[(k + j) % num_classes].push(k);
+                }
+            }
+            for (c, class) in by_class(&mut rng).into_iter().enumerate() {
+                let h = if holders[c].is_empty() { vec![c % clients] } else { holders[c].clone() };
+                for (n, i) in class.into_iter().enumerate() {
+                    out[h[n % h.len()]].push(i);
+                }
+            }
+        }
+        Partitioner::Quantity { alpha } => {
+            check_alpha(*alpha)?;
+            let mut idx: Vec<usize> = (0..labels.len()).collect();
+            idx.shuffle(&mut rng);
+            let shares = dirichlet(&mut rng, *alpha, clients);
+            split_by_shares(&idx, &shares, &mut out);
+        }
+    }
+    // No member may end up empty: move one example from the largest.
+    for k in 0..clients {
+        if out[k].is_empty() {
+            let big = (0..clients).max_by_key(|j| out[*j].len()).expect("clients > 0");
+            if let Some(i) = out[big].pop() {
+                out[k].push(i);
+            }
+        }
+    }
+    for v in &mut out {
+        v.sort_unstable();
+    }
+    Ok(out)
+}
+
+fn check_alpha(alpha: f64) -> Result<(), PartitionError> {
+    if alpha.is_finite() && alpha > 0.0 { Ok(()) } else { Err(PartitionError::BadAlpha(alpha)) }
+}
+
+/// Dirichlet(alpha, …, alpha) via normalised Gamma(alpha, 1) draws
+/// (Marsaglia–Tsang, with the alpha < 1 boost).
+fn dirichlet(rng: &mut ChaCha20Rng, alpha: f64, k: usize) -> Vec<f64> {
+    let g: Vec<f64> = (0..k).map(|_| gamma(rng, alpha)).collect();
+    let s: f64 = g.iter().sum();
+    if s > 0.0 { g.iter().map(|x| x / s).collect() } else { vec![1.0 / k as f64; k] }
+}
+
+fn gamma(rng: &mut ChaCha20Rng, alpha: f64) -> f64 {
+    if alpha < 1.0 {
+        let u: f64 = rng.r#gen::<f64>().max(f64::MIN_POSITIVE);
+        return gamma(rng, alpha + 1.0) * u.powf(1.0 / alpha);
+    }
+    let d = alpha - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        let x = standard_normal(rng);
+        let v = (1.0 + c * x).powi(3);
+        if v <= 0.0 {
+            continue;
+        }
+        let u: f64 = rng.r#gen();
+        if u < 1.0 - 0.0331 * x.powi(4) || u.ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
+            return d * v;
+        }
+    }
+}
+
+/// Box–Muller; partitioning is not a privacy mechanism, so float sampling is fine here.
+fn standard_normal(rng: &mut ChaCha20Rng) -> f64 {
+    let u1: f64 = rng.r#gen::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.r#gen();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Cut `items` into consecutive pieces proportional to `shares`.
+fn split_by_shares(items: &[usize], shares: &[f64], out: &mut [Vec<usize>]) {
+    let n = items.len();
+    let mut start = 0usize;
+    let mut acc = 0.0;
+    for (k, s) in shares.iter().enumerate() {
+        acc += s;
+        let end = if k + 1 == shares.len() { n } else { ((acc * n as f64).round() as usize).clamp(start, n) };
+        out[k].extend_from_slice(&items[start..end]);
+        start = end;
+    }
+}
+
+/// Per-member label histogram, as a table for `tessera-sim partition`.
+pub fn histogram(parts: &[Vec<usize>], labels: &[u32], class_names: &[String]) -> String {
+    let mut s = format!("{:<10}", "member");
+    for c in class_names {
+        s.push_str(&format!(" {:>10}", truncate(c, 10)));
+    }
+    s.push_str(&format!(" {:>8}\n", "total"));
+    for (k, p) in parts.iter().enumerate() {
+        let mut counts = vec![0usize; class_names.len()];
+        for i in p {
+            counts[labels[*i] as usize] += 1;
+        }
+        s.push_str(&format!("{:<10}", format!("client-{k}")));
+        for c in counts {
+            s.push_str(&format!(" {c:>10}"));
+        }
+        s.push_str(&format!(" {:>8}\n", p.len()));
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(n: usize, c: u32) -> Vec<u32> {
+        (0..n).map(|i| (i as u32 * 7 + 3) % c).collect()
+    }
+
+    fn assert_exact_cover(parts: &[Vec<usize>], n: usize) {
+        let mut all: Vec<usize> = parts.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>(), "every example exactly once");
+        assert!(parts.iter().all(|p| !p.is_empty()));
+    }
+
+    #[test]
+    fn every_partitioner_assigns_each_example_once() {
+        let l = labels(1000, 5);
+        for how in [
+            Partitioner::Iid,
+            Partitioner::Dirichlet { alpha: 0.3 },
+            Partitioner::Shards { labels_per_client: 2 },
+            Partitioner::Quantity { alpha: 1.0 },
+        ] {
+            let p = partition(&how, &l, 5, 12, 7).unwrap();
+            assert_eq!(p.len(), 12);
+            assert_exact_cover(&p, 1000);
+            assert_eq!(p, partition(&how, &l, 5, 12, 7).unwrap(), "deterministic");
+        }
+    }
+
+    /// Mean total-variation distance of members' label distributions from the global one.
+    fn skew(parts: &[Vec<usize>], l: &[u32], c: usize) -> f64 {
+        let global: Vec<f64> = (0..c).map(|k| l.iter().filter(|x| **x as usize == k).count() as f64 / l.len() as f64).collect();
+        parts
+            .iter()
+            .map(|p| {
+                (0..c)
+                    .map(|k| (p.iter().filter(|i| l[**i] as usize == k).count() as f64 / p.len() as f64 - global[k]).abs())
+                    .sum::<f64>()
+                    / 2.0
+            })
+            .sum::<f64>()
+            / parts.len() as f64
+    }
+
+    #[test]
+    fn dirichlet_skew_responds_to_alpha() {
+        let l = labels(5000, 10);
+        let s = |a| skew(&partition(&Partitioner::Dirichlet { alpha: a }, &l, 10, 20, 3).unwrap(), &l, 10);
+        let (low, mid, high) = (s(0.1), s(1.0), s(100.0));
+        assert!(low > mid && mid > high, "skew {low} {mid} {high}");
+        assert!(high < 0.1, "alpha=100 is near IID: {high}");
+        assert!(low > 0.5, "alpha=0.1 is strongly skewed: {low}");
+    }
+
+    #[test]
+    fn shards_give_each_member_its_labels() {
+        let l = labels(600, 6);
+        let p = partition(&Partitioner::Shards { labels_per_client: 2 }, &l, 6, 6, 1).unwrap();
+        for part in &p {
+            let mut seen: Vec<u32> = part.iter().map(|i| l[*i]).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), 2);
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        let l = labels(100, 4);
+        assert_eq!(partition(&Partitioner::Dirichlet { alpha: 0.0 }, &l, 4, 3, 1), Err(PartitionError::BadAlpha(0.0)));
+        assert_eq!(partition(&Partitioner::Quantity { alpha: -1.0 }, &l, 4, 3, 1), Err(PartitionError::BadAlpha(-1.0)));
+        assert_eq!(
+            partition(&Partitioner::Shards { labels_per_client: 5 }, &l, 4, 3, 1),
+            Err(PartitionError::BadShards { got: 5, classes: 4 })
+        );
+        assert!(matches!(partition(&Partitioner::Iid, &l, 4, 101, 1), Err(PartitionError::TooFewExamples { .. })));
+        assert!(histogram(&partition(&Partitioner::Iid, &l, 4, 3, 1).unwrap(), &l, &["a".into(), "b".into(), "c".into(), "d".into()]).contains("client-2"));
+    }
+}

@@ -1,0 +1,48 @@
+//! The simulator runs the daemons' protocol code; the transport underneath
+//! must not change the result.
+
+use std::path::Path;
+
+use tessera_sim::{Scenario, SimOptions, TransportKind, run_scenario};
+
+fn scenario() -> (Scenario, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../simulations/hospitals-wdbc.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut s = Scenario::load(&path).unwrap();
+    s.rounds = 3;
+    (s, text)
+}
+
+fn opts(out: &Path, transport: TransportKind, workers: usize) -> SimOptions {
+    SimOptions { out: out.to_path_buf(), transport, workers, progress: false, backend: tessera_learn::DEFAULT_BACKEND }
+}
+
+#[test]
+fn memory_and_quic_transports_give_the_same_model() {
+    let (s, text) = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = run_scenario(&s, &text, &opts(&dir.path().join("mem"), TransportKind::Memory, 2)).unwrap();
+    let quic = run_scenario(&s, &text, &opts(&dir.path().join("quic"), TransportKind::Quic, 2)).unwrap();
+    assert_eq!(mem.end.completed_rounds, 3);
+    assert_eq!(quic.end.completed_rounds, 3);
+    assert_eq!(mem.final_model, quic.final_model, "final parameters differ between transports");
+    for (a, b) in mem.records.iter().zip(&quic.records) {
+        assert_eq!((a.accuracy, a.loss, a.participants), (b.accuracy, b.loss, b.participants));
+    }
+    // It really trained: the federated model is good on held-out data.
+    let last = mem.records.last().unwrap();
+    assert!(last.accuracy > 0.9, "accuracy {}", last.accuracy);
+    for f in ["metrics.jsonl", "summary.json", "scenario.toml"] {
+        assert!(dir.path().join("mem").join(f).exists(), "{f} missing");
+    }
+}
+
+#[test]
+fn worker_count_does_not_change_the_result() {
+    let (mut s, text) = scenario();
+    s.rounds = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let one = run_scenario(&s, &text, &opts(&dir.path().join("w1"), TransportKind::Memory, 1)).unwrap();
+    let four = run_scenario(&s, &text, &opts(&dir.path().join("w4"), TransportKind::Memory, 4)).unwrap();
+    assert_eq!(one.final_model, four.final_model);
+}
