@@ -19,6 +19,7 @@ fn opts(out: &Path, transport: TransportKind, workers: usize) -> SimOptions {
 
 #[test]
 fn memory_and_quic_transports_give_the_same_model() {
+    tessera_e2e::init_tracing();
     let (s, text) = scenario();
     let dir = tempfile::tempdir().unwrap();
     let mem = run_scenario(&s, &text, &opts(&dir.path().join("mem"), TransportKind::Memory, 2)).unwrap();

@@ -11,7 +11,7 @@ use tessera_aggregator::coordinator::{CohortSelection, SecureConfig};
 use tessera_aggregator::strategy::StrategyConfig;
 use tessera_client::config::{AggregatorSection, BackendChoice, ClientConfig, DataSection, StateSection};
 use tessera_client::tabular::TabularModel;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, Participant, Policy};
+use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel, Participant, Policy};
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_learn::TabularData;
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig};
@@ -73,7 +73,13 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             unhealthy_after: 3,
         },
         model: wdbc_model(),
-        train: TrainSection { local_epochs: 3, batch_size: 16, learning_rate: 0.05, proximal_mu: 0.0, example_weight_cap: 200 },
+        train: TrainSection {
+            local_epochs: 3,
+            batch_size: 16,
+            learning_rate: 0.05,
+            proximal_mu: 0.0,
+            example_weight_cap: 200,
+        },
         secure: SecureConfig::default(),
         strategy: StrategyConfig::FedAvg { server_lr: 1.0 },
     }
@@ -108,9 +114,18 @@ pub fn client_config(dir: &Path, pki: &Path, name: &str, csv: &Path, addr: &str)
 
 /// Run a member exactly as `tessera-client run` does, with a short backoff.
 pub async fn run_member(cfg: ClientConfig) -> anyhow::Result<ClientExit> {
+    run_member_with(cfg, |m| m).await
+}
+
+/// Like [`run_member`], with the local model wrapped (e.g. to stall it).
+pub async fn run_member_with<M: LocalModel>(
+    cfg: ClientConfig,
+    wrap: impl FnOnce(TabularModel) -> M,
+) -> anyhow::Result<ClientExit> {
     let data = TabularData::load(&cfg.data.path, &cfg.data.spec(), &cfg.data.split())?;
-    let model = TabularModel::new(data, &cfg.model, cfg.backend.into())?;
-    let mut dial = QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
+    let model = wrap(TabularModel::new(data, &cfg.model, cfg.backend.into())?);
+    let mut dial =
+        QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();
     let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
     let mut p = Participant::new(cfg.member.clone(), Policy::default(), rand_chacha::ChaCha20Rng::from_entropy());
@@ -123,7 +138,8 @@ pub async fn run_member(cfg: ClientConfig) -> anyhow::Result<ClientExit> {
         },
         ..ClientOptions::default()
     };
-    Ok(tessera_client::run(Dialer::Quic(Arc::new(dial)), &mut p, Arc::new(Mutex::new(model)), &mut egress, opts).await?)
+    Ok(tessera_client::run(Dialer::Quic(Arc::new(dial)), &mut p, Arc::new(Mutex::new(model)), &mut egress, opts)
+        .await?)
 }
 
 /// Read `metrics.jsonl` of a run directory.
@@ -141,4 +157,26 @@ pub fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// A local model whose training waits until its gate is opened or dropped:
+/// lets a test hold a member inside a round deterministically.
+pub struct GatedModel<M> {
+    pub inner: M,
+    pub gate: std::sync::mpsc::Receiver<()>,
+}
+
+impl<M: LocalModel> LocalModel for GatedModel<M> {
+    fn train(
+        &mut self,
+        model: &tessera_core::ModelParams,
+        settings: &tessera_core::round::TrainSettings,
+    ) -> Result<tessera_client::TrainedUpdate, String> {
+        self.gate.recv().map_err(|_| "training stopped".to_string())?;
+        self.inner.train(model, settings)
+    }
+
+    fn evaluate(&mut self, model: &tessera_core::ModelParams) -> Result<tessera_core::EvalMetrics, String> {
+        self.inner.evaluate(model)
+    }
 }

@@ -55,7 +55,8 @@ pub fn read_revoked(path: &Path) -> Result<Vec<String>, std::io::Error> {
 impl Admission for ConsortiumAdmission {
     fn admit(&self, member: &str) -> Result<(), Refusal> {
         // Fail closed: an unreadable revocation list admits nobody.
-        let revoked = read_revoked(&self.revoked_path).map_err(|_| Refusal::Other("revocation list unreadable".into()))?;
+        let revoked =
+            read_revoked(&self.revoked_path).map_err(|_| Refusal::Other("revocation list unreadable".into()))?;
         if revoked.iter().any(|r| r == member) {
             tracing::warn!(member, "refused: certificate revoked");
             return Err(Refusal::Revoked);
@@ -146,7 +147,9 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         config: &cfg,
     };
     observer.run.write_summary(&summary)?;
-    observer.run.write_file("model.json", serde_json::to_vec(&**coordinator.global()).unwrap_or_default().as_slice())?;
+    observer
+        .run
+        .write_file("model.json", serde_json::to_vec(&**coordinator.global()).unwrap_or_default().as_slice())?;
     tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(end)
 }

@@ -12,10 +12,10 @@ use tessera_core::codec::{self, Limits};
 use tessera_core::stream::model_messages;
 use tessera_core::{AggregatorMsg, ClientMsg, RoundRecord};
 use tessera_transport::{FrameReceiver, FrameSender, Listener, Traffic, close_code};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::coordinator::{Coordinator, Event, Output, RoundOutcome};
+use crate::coordinator::{Coordinator, Event, Handled, Output, RoundOutcome};
 
 /// Commands for one connection's writer task.
 enum WriterCmd {
@@ -25,9 +25,26 @@ enum WriterCmd {
 }
 
 enum CoreEvent {
-    Connected { member: String, conn: u64, writer: mpsc::UnboundedSender<WriterCmd> },
-    Message { member: String, conn: u64, msg: ClientMsg },
-    Disconnected { member: String, conn: u64, error: Option<String> },
+    Connected {
+        member: String,
+        conn: u64,
+        writer: mpsc::UnboundedSender<WriterCmd>,
+    },
+    /// The reader waits for `ack` to be dropped before it reads the next
+    /// frame: a message the coordinator cannot take yet (all masked-stream
+    /// slots busy) holds its connection back, and QUIC flow control pushes
+    /// back on the member, instead of the aggregator buffering its stream.
+    Message {
+        member: String,
+        conn: u64,
+        msg: ClientMsg,
+        ack: oneshot::Sender<()>,
+    },
+    Disconnected {
+        member: String,
+        conn: u64,
+        error: Option<String>,
+    },
 }
 
 /// Receives what the run produces, round by round. The daemon writes files
@@ -86,14 +103,16 @@ pub async fn serve(
     let mut round_marks: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut end_reason: Option<String> = None;
     let mut accepting = true;
+    let mut deferred: Vec<(String, u64, ClientMsg, oneshot::Sender<()>)> = Vec::new();
 
     loop {
         // Let the observer stop the run before a new round starts.
-        if coordinator.progress().is_none() && !coordinator.is_finished() {
-            if let Some(reason) = observer.veto_next_round(&coordinator) {
-                coordinator.stop_before_next_round(reason);
-                coordinator.tick(now_ms(start));
-            }
+        if coordinator.progress().is_none()
+            && !coordinator.is_finished()
+            && let Some(reason) = observer.veto_next_round(&coordinator)
+        {
+            coordinator.stop_before_next_round(reason);
+            coordinator.tick(now_ms(start));
         }
         while let Some(out) = coordinator.poll_output() {
             match out {
@@ -102,7 +121,9 @@ pub async fn serve(
                     send(&writers, &to, WriterCmd::Model(round, purpose, model))
                 }
                 Output::Disconnect { member, reason } => {
-                    if let Some((_, w)) = writers.remove(&member) {
+                    // The entry stays until the reader reports the close, so
+                    // the coordinator hears of the disconnect exactly once.
+                    if let Some((_, w)) = writers.get(&member) {
                         let _ = w.send(WriterCmd::Close(reason));
                     }
                 }
@@ -174,9 +195,11 @@ pub async fn serve(
                     tracing::info!(member, "member connected");
                     coordinator.member_connected(now_ms(start), &member);
                 }
-                CoreEvent::Message { member, conn, msg } => {
-                    if writers.get(&member).is_some_and(|(c, _)| *c == conn) {
-                        let _ = coordinator.handle(now_ms(start), &member, msg);
+                CoreEvent::Message { member, conn, msg, ack } => {
+                    if writers.get(&member).is_some_and(|(c, _)| *c == conn)
+                        && let Ok(Handled::Busy(msg)) = coordinator.handle(now_ms(start), &member, msg)
+                    {
+                        deferred.push((member, conn, msg, ack));
                     }
                 }
                 CoreEvent::Disconnected { member, conn, error } => {
@@ -191,6 +214,15 @@ pub async fn serve(
                 }
             },
             _ = sleep_until(deadline) => coordinator.tick(now_ms(start)),
+        }
+        // Retry held-back messages in arrival order; a slot may have freed.
+        for (member, conn, msg, ack) in std::mem::take(&mut deferred) {
+            if writers.get(&member).is_none_or(|(c, _)| *c != conn) {
+                continue;
+            }
+            if let Ok(Handled::Busy(msg)) = coordinator.handle(now_ms(start), &member, msg) {
+                deferred.push((member, conn, msg, ack));
+            }
         }
     }
 }
@@ -254,9 +286,12 @@ fn spawn_connection(
             match rx.recv().await {
                 Ok(Some(payload)) => match codec::decode_payload::<ClientMsg>(&payload) {
                     Ok(msg) => {
-                        if events.send(CoreEvent::Message { member: member.clone(), conn, msg }).is_err() {
+                        let (ack, acked) = oneshot::channel();
+                        if events.send(CoreEvent::Message { member: member.clone(), conn, msg, ack }).is_err() {
                             break None;
                         }
+                        // Dropped (not sent) when handled; either way we go on.
+                        let _ = acked.await;
                     }
                     Err(e) => {
                         rx.close(close_code::MALFORMED_FRAME, "undecodable frame");

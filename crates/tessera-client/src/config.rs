@@ -132,8 +132,13 @@ impl ClientConfig {
         let mut c: Self =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.aggregator.ca, &mut c.aggregator.cert, &mut c.aggregator.key, &mut c.data.path, &mut c.state.egress_ledger]
-        {
+        for p in [
+            &mut c.aggregator.ca,
+            &mut c.aggregator.cert,
+            &mut c.aggregator.key,
+            &mut c.data.path,
+            &mut c.state.egress_ledger,
+        ] {
             *p = base.join(&*p);
         }
         if let Some(p) = c.model.pretrained.as_mut() {

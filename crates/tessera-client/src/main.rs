@@ -37,7 +37,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -68,11 +69,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "local data loaded (it never leaves this site)"
             );
             let model = TabularModel::new(data, &cfg.model, cfg.backend.into())?;
-            let mut dial = QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
+            let mut dial = QuicDialConfig::new(
+                &cfg.aggregator.address,
+                &cfg.aggregator.ca,
+                &cfg.aggregator.cert,
+                &cfg.aggregator.key,
+            )?;
             dial.server_name = cfg.aggregator.server_name.clone();
             let dialer = Dialer::Quic(Arc::new(dial));
             let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
-            let mut participant = Participant::new(cfg.member.clone(), Policy::default(), rand_chacha::ChaCha20Rng::from_entropy());
+            let mut participant =
+                Participant::new(cfg.member.clone(), Policy::default(), rand_chacha::ChaCha20Rng::from_entropy());
             let rt = tokio::runtime::Runtime::new()?;
             let exit = rt.block_on(tessera_client::run(
                 dialer,

@@ -49,21 +49,45 @@ pub struct TrainedUpdate {
 pub enum Output {
     Send(ClientMsg),
     /// Train on `model` with `settings` and call `training_done`.
-    Train { round: u64, model: ModelParams, settings: TrainSettings },
+    Train {
+        round: u64,
+        model: ModelParams,
+        settings: TrainSettings,
+    },
     /// Evaluate `model` on the held-out split and call `evaluation_done`.
-    Evaluate { round: u64, model: ModelParams },
+    Evaluate {
+        round: u64,
+        model: ModelParams,
+    },
     Event(Event),
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Welcomed { run_id: RunId },
-    RoundJoined { round: u64, cohort_size: usize },
-    UpdateSent { round: u64, values: u64 },
+    Welcomed {
+        run_id: RunId,
+    },
+    RoundJoined {
+        round: u64,
+        cohort_size: usize,
+    },
+    UpdateSent {
+        round: u64,
+        values: u64,
+    },
     /// The member refused something the aggregator asked; see `Refusal`.
-    Refused { round: Option<u64>, reason: String },
-    RoundEnded { round: u64, accepted: bool, reason: String },
-    Shutdown { reason: String },
+    Refused {
+        round: Option<u64>,
+        reason: String,
+    },
+    RoundEnded {
+        round: u64,
+        accepted: bool,
+        reason: String,
+    },
+    Shutdown {
+        reason: String,
+    },
 }
 
 /// Why the member refused a message. Each is logged and recorded; the
@@ -115,7 +139,10 @@ struct Upload {
 enum UploadBody {
     Masked(tessera_secagg::update::UpdateEncoder),
     /// Research mode: `weight · Δ` in plaintext.
-    Plain { delta: ModelParams, weight: f64 },
+    Plain {
+        delta: ModelParams,
+        weight: f64,
+    },
 }
 
 pub struct Participant<R> {
@@ -302,7 +329,8 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             AggregatorMsg::CohortKeys { round, keys } => {
                 let r = active(&mut self.round, round, kind)?;
                 let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-                let shares = session.on_cohort_keys(&keys, &mut self.rng).map_err(|e| Refusal::SecAgg(e.to_string()))?;
+                let shares =
+                    session.on_cohort_keys(&keys, &mut self.rng).map_err(|e| Refusal::SecAgg(e.to_string()))?;
                 self.out.push_back(Output::Send(ClientMsg::ShareKeys { round, shares }));
                 Ok(())
             }
@@ -339,7 +367,6 @@ impl<R: RngCore + CryptoRng> Participant<R> {
         }
     }
 
-
     fn check_cohort(&self, settings: &RoundSettings, cohort: &[String], party: PartyId) -> Result<(), Refusal> {
         if cohort.get(party as usize).is_none_or(|m| m != &self.member) {
             return Err(Refusal::BadCohort("this member is not at its announced position".into()));
@@ -374,8 +401,8 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             let len = tessera_secagg::update::vector_len(&model.layout());
             let ctx = tessera_secagg::RoundContext::new(run_id, round, &r.cohort, s.clone(), len)
                 .map_err(|e| Refusal::SecAgg(e.to_string()))?;
-            let (session, keys) =
-                tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng).map_err(|e| Refusal::SecAgg(e.to_string()))?;
+            let (session, keys) = tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng)
+                .map_err(|e| Refusal::SecAgg(e.to_string()))?;
             r.secagg = Some(session);
             self.out.push_back(Output::Send(ClientMsg::AdvertiseKeys { round, keys }));
         }
@@ -450,7 +477,11 @@ impl<R: RngCore + CryptoRng> Participant<R> {
     }
 }
 
-fn active<'a>(slot: &'a mut Option<ActiveRound>, round: u64, kind: &'static str) -> Result<&'a mut ActiveRound, Refusal> {
+fn active<'a>(
+    slot: &'a mut Option<ActiveRound>,
+    round: u64,
+    kind: &'static str,
+) -> Result<&'a mut ActiveRound, Refusal> {
     match slot.as_mut() {
         Some(r) if r.round == round => Ok(r),
         _ => Err(Refusal::Unexpected { kind }),

@@ -237,7 +237,10 @@ mod tests {
         f[0] = 9;
         let mut d = FrameDecoder::new(l);
         d.push(&f);
-        assert_eq!(d.next_message::<ClientMsg>(), Err(CodecError::UnknownVersion { found: 9, expected: PROTOCOL_VERSION }));
+        assert_eq!(
+            d.next_message::<ClientMsg>(),
+            Err(CodecError::UnknownVersion { found: 9, expected: PROTOCOL_VERSION })
+        );
         assert!(d.next_message::<ClientMsg>().is_err(), "decoder stays failed");
 
         let f = encode_frame(&sample(), &l).unwrap();

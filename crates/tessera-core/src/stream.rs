@@ -60,7 +60,12 @@ pub struct ModelAssembler {
 
 impl ModelAssembler {
     /// Start assembling; `max_values` bounds the allocation a peer can cause.
-    pub fn start(round: u64, purpose: ModelPurpose, layout: &ParamLayout, max_values: u64) -> Result<Self, StreamError> {
+    pub fn start(
+        round: u64,
+        purpose: ModelPurpose,
+        layout: &ParamLayout,
+        max_values: u64,
+    ) -> Result<Self, StreamError> {
         let total = layout.numel() as u64;
         if total > max_values {
             return Err(StreamError::TooLarge(total));
@@ -87,9 +92,11 @@ impl ModelAssembler {
         if offset + len > self.total {
             return Err(StreamError::Overrun { offset, len, total: self.total });
         }
-        self.params
-            .write_flat(offset as usize, values)
-            .map_err(|_| StreamError::Overrun { offset, len, total: self.total })?;
+        self.params.write_flat(offset as usize, values).map_err(|_| StreamError::Overrun {
+            offset,
+            len,
+            total: self.total,
+        })?;
         self.next_offset += len;
         Ok(())
     }
@@ -130,7 +137,9 @@ mod tests {
                 AggregatorMsg::ModelStart { round, purpose, layout } => {
                     asm = Some(ModelAssembler::start(round, purpose, &layout, 1 << 20)?)
                 }
-                AggregatorMsg::ModelChunk { round, offset, values } => asm.as_mut().unwrap().chunk(round, offset, &values)?,
+                AggregatorMsg::ModelChunk { round, offset, values } => {
+                    asm.as_mut().unwrap().chunk(round, offset, &values)?
+                }
                 AggregatorMsg::ModelEnd { round, digest } => return asm.take().unwrap().finish(round, &digest),
                 _ => unreachable!(),
             }

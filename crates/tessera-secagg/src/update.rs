@@ -27,7 +27,10 @@ pub fn example_weight(examples: u64, cap: u64) -> f64 {
 }
 
 fn quantizers(s: &SecAggSettings, cohort_size: u32) -> Result<(Quantizer, Quantizer), SecAggError> {
-    Ok((Quantizer::symmetric(s.clip_range, s.modulus_bits, cohort_size)?, Quantizer::new(0.0, 1.0, s.modulus_bits, cohort_size)?))
+    Ok((
+        Quantizer::symmetric(s.clip_range, s.modulus_bits, cohort_size)?,
+        Quantizer::new(0.0, 1.0, s.modulus_bits, cohort_size)?,
+    ))
 }
 
 /// Produces the quantized (not yet masked) vector chunk by chunk, so the
@@ -59,7 +62,12 @@ impl UpdateEncoder {
     }
 
     /// Fill `out` with the quantized elements `[offset, offset + out.len())`.
-    pub fn encode<R: CryptoRngCore + ?Sized>(&self, offset: u64, out: &mut [u32], rng: &mut R) -> Result<(), SecAggError> {
+    pub fn encode<R: CryptoRngCore + ?Sized>(
+        &self,
+        offset: u64,
+        out: &mut [u32],
+        rng: &mut R,
+    ) -> Result<(), SecAggError> {
         let numel = self.delta.numel() as u64;
         if offset.checked_add(out.len() as u64).is_none_or(|end| end > numel + 1) {
             return Err(SecAggError::InvalidQuantizer("chunk outside the update vector"));
@@ -68,7 +76,9 @@ impl UpdateEncoder {
         let (head, tail) = out.split_at_mut(in_values);
         if !head.is_empty() {
             let mut buf = vec![0f32; head.len()];
-            self.delta.read_flat(offset as usize, &mut buf).map_err(|_| SecAggError::InvalidQuantizer("chunk outside the update vector"))?;
+            self.delta
+                .read_flat(offset as usize, &mut buf)
+                .map_err(|_| SecAggError::InvalidQuantizer("chunk outside the update vector"))?;
             self.values.quantize(&buf, head, rng)?;
         }
         if !tail.is_empty() {
@@ -79,7 +89,13 @@ impl UpdateEncoder {
 }
 
 /// Mean update `Σ w_i Δ_i / Σ w_i` from the secure sum.
-pub fn mean_update(layout: &ParamLayout, s: &SecAggSettings, cohort_size: u32, sum: &[u32], contributors: u32) -> Result<ModelParams, SecAggError> {
+pub fn mean_update(
+    layout: &ParamLayout,
+    s: &SecAggSettings,
+    cohort_size: u32,
+    sum: &[u32],
+    contributors: u32,
+) -> Result<ModelParams, SecAggError> {
     let numel = layout.numel();
     if sum.len() != numel + 1 {
         return Err(SecAggError::InvalidQuantizer("sum length does not match the model"));
@@ -94,7 +110,8 @@ pub fn mean_update(layout: &ParamLayout, s: &SecAggSettings, cohort_size: u32, s
     values.dequantize_sum(&sum[..numel], contributors, &mut flat)?;
     let inv = 1.0 / w[0];
     flat.iter_mut().for_each(|v| *v *= inv);
-    ModelParams::from_flat(layout, &flat).map_err(|_| SecAggError::InvalidQuantizer("sum length does not match the model"))
+    ModelParams::from_flat(layout, &flat)
+        .map_err(|_| SecAggError::InvalidQuantizer("sum length does not match the model"))
 }
 
 #[cfg(test)]
@@ -106,7 +123,8 @@ mod tests {
 
     #[test]
     fn weighted_mean_survives_the_ring() {
-        let s = SecAggSettings { threshold: 2, modulus_bits: 32, clip_range: 1.0, neighbours: None, graph_seed: [0; 32] };
+        let s =
+            SecAggSettings { threshold: 2, modulus_bits: 32, clip_range: 1.0, neighbours: None, graph_seed: [0; 32] };
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let deltas = [vec![0.1f32, -0.2, 0.3], vec![-0.3, 0.4, 0.05], vec![0.0, 0.0, 0.9]];
         let weights = [1.0, 0.5, 0.25];

@@ -67,8 +67,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             eprintln!("{}: {} members, {} rounds, {:?} transport", s.name, s.clients, s.rounds, transport);
             let r = run_scenario(&s, &text, &opts)?;
-            for rec in &r.records {
-                println!("{}", tessera_aggregator::report::round_line(rec));
+            if let Some(last) = r.records.last() {
+                println!("final: {}", tessera_aggregator::report::round_line(last));
             }
             println!("{} rounds completed ({} aborted): {}", r.end.completed_rounds, r.aborted, r.end.reason);
             println!("run directory: {}", out.display());

@@ -229,12 +229,15 @@ mod tests {
 
     /// Mean total-variation distance of members' label distributions from the global one.
     fn skew(parts: &[Vec<usize>], l: &[u32], c: usize) -> f64 {
-        let global: Vec<f64> = (0..c).map(|k| l.iter().filter(|x| **x as usize == k).count() as f64 / l.len() as f64).collect();
+        let global: Vec<f64> =
+            (0..c).map(|k| l.iter().filter(|x| **x as usize == k).count() as f64 / l.len() as f64).collect();
         parts
             .iter()
             .map(|p| {
                 (0..c)
-                    .map(|k| (p.iter().filter(|i| l[**i] as usize == k).count() as f64 / p.len() as f64 - global[k]).abs())
+                    .map(|k| {
+                        (p.iter().filter(|i| l[**i] as usize == k).count() as f64 / p.len() as f64 - global[k]).abs()
+                    })
                     .sum::<f64>()
                     / 2.0
             })
@@ -274,6 +277,13 @@ mod tests {
             Err(PartitionError::BadShards { got: 5, classes: 4 })
         );
         assert!(matches!(partition(&Partitioner::Iid, &l, 4, 101, 1), Err(PartitionError::TooFewExamples { .. })));
-        assert!(histogram(&partition(&Partitioner::Iid, &l, 4, 3, 1).unwrap(), &l, &["a".into(), "b".into(), "c".into(), "d".into()]).contains("client-2"));
+        assert!(
+            histogram(
+                &partition(&Partitioner::Iid, &l, 4, 3, 1).unwrap(),
+                &l,
+                &["a".into(), "b".into(), "c".into(), "d".into()]
+            )
+            .contains("client-2")
+        );
     }
 }

@@ -69,10 +69,15 @@ pub fn member_data(s: &Scenario, table: &RawTable) -> anyhow::Result<Vec<Tabular
     let mut out = Vec::with_capacity(parts.len());
     for (k, rows) in parts.iter().enumerate() {
         let local: Vec<u32> = rows.iter().map(|i| table.labels[*i]).collect();
-        let cfg = SplitConfig { validation: s.data.validation, test: s.data.test, seed: derive_seed(s.seed, k as u64, b"split") };
+        let cfg = SplitConfig {
+            validation: s.data.validation,
+            test: s.data.test,
+            seed: derive_seed(s.seed, k as u64, b"split"),
+        };
         let idx = stratified_split(&local, table.num_classes(), &cfg).with_context(|| format!("client {k}"))?;
         let global = |v: &[usize]| v.iter().map(|i| rows[*i]).collect::<Vec<_>>();
-        let idx = SplitIndices { train: global(&idx.train), validation: global(&idx.validation), test: global(&idx.test) };
+        let idx =
+            SplitIndices { train: global(&idx.train), validation: global(&idx.validation), test: global(&idx.test) };
         out.push(TabularData::from_indices(table, &spec, &idx).with_context(|| format!("client {k}"))?);
     }
     Ok(out)
@@ -175,7 +180,8 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
                 for n in &names {
                     tessera_transport::pki::issue(dir.path(), n)?;
                 }
-                let l = QuicListenerConfig::from_pki_dir(dir.path(), "127.0.0.1:0".parse()?)?.listen(Arc::new(AdmitAll))?;
+                let l =
+                    QuicListenerConfig::from_pki_dir(dir.path(), "127.0.0.1:0".parse()?)?.listen(Arc::new(AdmitAll))?;
                 let addr = l.local_addr().context("QUIC listener has no address")?;
                 let mut d = Vec::new();
                 for n in &names {

@@ -31,8 +31,8 @@ use tessera_core::round::{DpSettings, RoundSettings, SecAggSettings, TrainSettin
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, RunId};
 
 use crate::strategy::{ServerOptimizer, StrategyConfig};
-pub use round::{Handled, RoundOutcome};
 use round::RoundState;
+pub use round::{Handled, RoundOutcome};
 
 /// How a round's cohort is drawn from the members online.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,25 +101,52 @@ pub struct CoordinatorConfig {
 /// What the driver must do.
 #[derive(Clone, Debug)]
 pub enum Output {
-    Send { to: String, msg: AggregatorMsg },
+    Send {
+        to: String,
+        msg: AggregatorMsg,
+    },
     /// Stream `model` to `to` (ModelStart, chunks, ModelEnd) lazily, so the
     /// model is shared rather than copied per member.
-    SendModel { to: String, round: u64, purpose: ModelPurpose, model: Arc<ModelParams> },
+    SendModel {
+        to: String,
+        round: u64,
+        purpose: ModelPurpose,
+        model: Arc<ModelParams>,
+    },
     /// Close the member's connection; it violated the protocol.
-    Disconnect { member: String, reason: String },
+    Disconnect {
+        member: String,
+        reason: String,
+    },
     Event(Event),
 }
 
 /// Things worth logging or persisting.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    RoundStarted { round: u64, cohort: Vec<String>, cohort_seed: u64 },
+    RoundStarted {
+        round: u64,
+        cohort: Vec<String>,
+        cohort_seed: u64,
+    },
     RoundFinished(Box<RoundOutcome>),
-    RoundAborted { round: u64, reason: String, dropped: Vec<String> },
+    RoundAborted {
+        round: u64,
+        reason: String,
+        dropped: Vec<String>,
+    },
     /// A member misbehaved; the message was rejected.
-    Rejected { member: String, error: String },
-    MemberUnhealthy { member: String, failed_rounds: u32 },
-    RunFinished { reason: String },
+    Rejected {
+        member: String,
+        error: String,
+    },
+    MemberUnhealthy {
+        member: String,
+        failed_rounds: u32,
+    },
+    RunFinished {
+        reason: String,
+    },
 }
 
 /// Protocol violations by one member. The member is disconnected; the
@@ -184,7 +211,12 @@ pub struct Coordinator {
 impl Coordinator {
     /// Start a run (or resume one from a checkpoint) with the given global
     /// model and optimizer state.
-    pub fn new(cfg: CoordinatorConfig, global: ModelParams, optimizer: Option<ServerOptimizer>, resume: Resume) -> Self {
+    pub fn new(
+        cfg: CoordinatorConfig,
+        global: ModelParams,
+        optimizer: Option<ServerOptimizer>,
+        resume: Resume,
+    ) -> Self {
         let optimizer = optimizer.unwrap_or_else(|| ServerOptimizer::new(cfg.strategy.clone()));
         Self {
             cfg,
@@ -282,10 +314,10 @@ impl Coordinator {
 
     /// Time passed; phase deadlines are checked.
     pub fn tick(&mut self, now_ms: u64) {
-        if let Some(r) = self.current.as_mut() {
-            if now_ms >= r.phase_deadline_ms {
-                r.deadline_passed = true;
-            }
+        if let Some(r) = self.current.as_mut()
+            && now_ms >= r.phase_deadline_ms
+        {
+            r.deadline_passed = true;
         }
         self.advance(now_ms);
     }
@@ -439,7 +471,11 @@ impl Coordinator {
             Ok(state) => self.current = Some(state),
             Err(reason) => {
                 // Nothing was sent: the round never began for any member.
-                self.out.push_back(Output::Event(Event::RoundAborted { round, reason: reason.clone(), dropped: vec![] }));
+                self.out.push_back(Output::Event(Event::RoundAborted {
+                    round,
+                    reason: reason.clone(),
+                    dropped: vec![],
+                }));
                 self.next_round += 1;
                 self.retries += 1;
                 if self.retries > self.cfg.max_round_retries {
@@ -456,13 +492,7 @@ impl Coordinator {
             let mut graph_seed = [0u8; 32];
             ChaCha20Rng::seed_from_u64(derive_seed(self.cfg.seed, round, b"graph")).fill(&mut graph_seed);
             let (neighbours, threshold) = secagg_shape(s, cohort_size, self.cfg.min_clients);
-            SecAggSettings {
-                threshold,
-                modulus_bits: s.modulus_bits,
-                clip_range: s.clip_range,
-                neighbours,
-                graph_seed,
-            }
+            SecAggSettings { threshold, modulus_bits: s.modulus_bits, clip_range: s.clip_range, neighbours, graph_seed }
         });
         let mut train = self.cfg.train.clone();
         train.seed = derive_seed(self.cfg.seed, round, b"train");
@@ -508,7 +538,8 @@ fn select_cohort(online: &BTreeSet<String>, how: &CohortSelection, min: u32, see
     }
     .min(all.len());
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut chosen: Vec<String> = rand::seq::index::sample(&mut rng, all.len(), want).into_iter().map(|i| all[i].clone()).collect();
+    let mut chosen: Vec<String> =
+        rand::seq::index::sample(&mut rng, all.len(), want).into_iter().map(|i| all[i].clone()).collect();
     chosen.sort();
     chosen
 }

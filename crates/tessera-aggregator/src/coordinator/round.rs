@@ -70,7 +70,10 @@ enum Aggregation {
     Secure(Box<tessera_secagg::ServerSession>),
     /// Research mode. Uploads are kept until the phase closes and summed in
     /// party order, so floating-point results do not depend on arrival order.
-    Plain { uploads: BTreeMap<PartyId, PlainUpload>, done: BTreeMap<PartyId, PlainUpload> },
+    Plain {
+        uploads: BTreeMap<PartyId, PlainUpload>,
+        done: BTreeMap<PartyId, PlainUpload>,
+    },
 }
 
 /// Whether a message was consumed.
@@ -247,10 +250,15 @@ impl RoundState {
                 s.on_unmask(party, reveals).map_err(|e| Violation::SecAgg(e.to_string()))?;
                 self.answered.insert(party);
             }
-            (Aggregation::Secure(_), ClientMsg::PlainStart { .. } | ClientMsg::PlainChunk { .. } | ClientMsg::PlainEnd { .. }) => {
+            (
+                Aggregation::Secure(_),
+                ClientMsg::PlainStart { .. } | ClientMsg::PlainChunk { .. } | ClientMsg::PlainEnd { .. },
+            ) => {
                 return Err(Violation::PlaintextRefused);
             }
-            (Aggregation::Plain { uploads, .. }, ClientMsg::PlainStart { len, weight, .. }) if phase == Phase::Plain => {
+            (Aggregation::Plain { uploads, .. }, ClientMsg::PlainStart { len, weight, .. })
+                if phase == Phase::Plain =>
+            {
                 let expected = self.layout.numel() as u64;
                 if len != expected {
                     return Err(Violation::BadVector(format!("announced {len} values, model has {expected}")));
@@ -266,7 +274,9 @@ impl RoundState {
                 }
                 uploads.insert(party, PlainUpload { weight, values: Vec::new() });
             }
-            (Aggregation::Plain { uploads, .. }, ClientMsg::PlainChunk { offset, values, .. }) if phase == Phase::Plain => {
+            (Aggregation::Plain { uploads, .. }, ClientMsg::PlainChunk { offset, values, .. })
+                if phase == Phase::Plain =>
+            {
                 let up = uploads.get_mut(&party).ok_or_else(wrong)?;
                 if offset != up.values.len() as u64 || up.values.len() + values.len() > self.layout.numel() {
                     return Err(Violation::BadVector(format!("chunk at offset {offset} out of order or too long")));

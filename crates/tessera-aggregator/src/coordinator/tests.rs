@@ -248,8 +248,7 @@ fn dropouts_at_every_phase_leave_the_sum_of_survivors() {
         assert_eq!(h.finished.len(), 1, "dropout before {kind}: aborted {:?}", h.aborted);
         let contributors = &h.finished[0].contributors;
         // Dying before unmasking still leaves the member's masked input in.
-        let expected: Vec<usize> =
-            if kind == "unmask_shares" { vec![0, 1, 2, 3, 4, 5] } else { vec![0, 2, 3, 4, 5] };
+        let expected: Vec<usize> = if kind == "unmask_shares" { vec![0, 1, 2, 3, 4, 5] } else { vec![0, 2, 3, 4, 5] };
         assert_eq!(contributors.len(), expected.len(), "dropout before {kind}");
         assert_global(&h, 1, &expected, 1e-5);
     }
