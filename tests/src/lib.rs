@@ -5,15 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rand::SeedableRng;
 use tessera_aggregator::config::{AggregatorConfig, RunSection, ServerSection, TrainSection};
 use tessera_aggregator::coordinator::{CohortSelection, SecureConfig};
 use tessera_aggregator::strategy::StrategyConfig;
 use tessera_client::config::{AggregatorSection, BackendChoice, ClientConfig, DataSection, StateSection};
 use tessera_client::tabular::TabularModel;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel, Participant, Policy};
+use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::config::{ModelConfig, TrainableConfig};
-use tessera_learn::TabularData;
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig};
 
 /// The shipped WDBC file.
@@ -82,6 +80,9 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
         },
         secure: SecureConfig::default(),
         strategy: StrategyConfig::FedAvg { server_lr: 1.0 },
+        privacy: None,
+        state: Default::default(),
+        status: Default::default(),
     }
 }
 
@@ -109,6 +110,8 @@ pub fn client_config(dir: &Path, pki: &Path, name: &str, csv: &Path, addr: &str)
         model: wdbc_model(),
         state: StateSection { egress_ledger: dir.join(format!("{name}-egress.jsonl")) },
         backend: BackendChoice::Flex,
+        privacy: None,
+        testing: Default::default(),
     }
 }
 
@@ -122,13 +125,12 @@ pub async fn run_member_with<M: LocalModel>(
     cfg: ClientConfig,
     wrap: impl FnOnce(TabularModel) -> M,
 ) -> anyhow::Result<ClientExit> {
-    let data = TabularData::load(&cfg.data.path, &cfg.data.spec(), &cfg.data.split())?;
-    let model = wrap(TabularModel::new(data, &cfg.model, cfg.backend.into())?);
+    let model = wrap(tessera_client::daemon::tabular_model(&cfg)?);
     let mut dial =
         QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();
     let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
-    let mut p = Participant::new(cfg.member.clone(), Policy::default(), rand_chacha::ChaCha20Rng::from_entropy());
+    let mut p = tessera_client::daemon::participant(&cfg)?;
     let opts = ClientOptions {
         backoff: BackoffPolicy {
             initial: std::time::Duration::from_millis(50),
@@ -171,12 +173,20 @@ impl<M: LocalModel> LocalModel for GatedModel<M> {
         &mut self,
         model: &tessera_core::ModelParams,
         settings: &tessera_core::round::TrainSettings,
+        dp: Option<&tessera_core::round::DpSettings>,
     ) -> Result<tessera_client::TrainedUpdate, String> {
         self.gate.recv().map_err(|_| "training stopped".to_string())?;
-        self.inner.train(model, settings)
+        self.inner.train(model, settings, dp)
     }
 
     fn evaluate(&mut self, model: &tessera_core::ModelParams) -> Result<tessera_core::EvalMetrics, String> {
         self.inner.evaluate(model)
     }
 }
+
+pub mod adversary;
+pub mod fake_aggregator;
+pub mod log_capture;
+pub mod proc_stats;
+pub mod raw_quic;
+pub mod tap;

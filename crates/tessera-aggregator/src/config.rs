@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::config::ModelConfig;
 use tessera_core::round::TrainSettings;
 
-use crate::coordinator::{CohortSelection, SecureConfig};
+use crate::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
 use crate::strategy::StrategyConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +133,39 @@ impl Default for TrainSection {
     }
 }
 
+/// `[state]`: the aggregator's durable state (see `crate::store`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// The SQLite database; `<run_dir>/tessera.db` when absent.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Global-model checkpoints kept (the newest K completed rounds).
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: u32,
+}
+
+fn default_keep_checkpoints() -> u32 {
+    3
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        Self { path: None, keep_checkpoints: default_keep_checkpoints() }
+    }
+}
+
+/// `[status]`: the read-only status page and Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSection {
+    /// Local TCP address serving `/` (status page), `/metrics` and
+    /// `/status.json`; off when absent. Bind to loopback (or put a reverse
+    /// proxy with authentication in front): the page has no login.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
 /// The whole of `aggregator.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +179,14 @@ pub struct AggregatorConfig {
     pub secure: SecureConfig,
     #[serde(default)]
     pub strategy: StrategyConfig,
+    /// Differential privacy of the run; absent: no DP (secure aggregation
+    /// still hides each member's update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyConfig>,
+    #[serde(default)]
+    pub state: StateSection,
+    #[serde(default)]
+    pub status: StatusSection,
 }
 
 impl AggregatorConfig {
@@ -158,6 +199,9 @@ impl AggregatorConfig {
         cfg.server.pki_dir = base.join(&cfg.server.pki_dir);
         cfg.server.run_dir = base.join(&cfg.server.run_dir);
         if let Some(p) = cfg.model.pretrained.as_mut() {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = cfg.state.path.as_mut() {
             *p = base.join(&*p);
         }
         cfg.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
@@ -199,7 +243,15 @@ impl AggregatorConfig {
         if !(self.train.learning_rate.is_finite() && self.train.learning_rate > 0.0) {
             return Err("train.learning_rate must be positive".into());
         }
+        if self.state.keep_checkpoints == 0 {
+            return Err("state.keep_checkpoints must be at least 1: resuming needs the last checkpoint".into());
+        }
         Ok(())
+    }
+
+    /// Where the state database lives.
+    pub fn state_path(&self) -> PathBuf {
+        self.state.path.clone().unwrap_or_else(|| self.server.run_dir.join("tessera.db"))
     }
 }
 
@@ -232,6 +284,23 @@ hidden = [16]
         assert_eq!(c.server.pki_dir, dir.path().join("pki"));
         assert_eq!(c.strategy, StrategyConfig::FedAvg { server_lr: 1.0 });
         assert_eq!(c.secure.modulus_bits, 32);
+        assert_eq!(c.state_path(), dir.path().join("runs/aggregator/tessera.db"));
+        assert_eq!(c.status.listen, None);
+        let with_state = SAMPLE.to_string()
+            + "[state]\npath = \"state/t.db\"\nkeep_checkpoints = 5\n[status]\nlisten = \"127.0.0.1:9464\"\n";
+        std::fs::write(&p, with_state).unwrap();
+        let c = AggregatorConfig::load(&p).unwrap();
+        assert_eq!(c.state_path(), dir.path().join("state/t.db"));
+        assert_eq!(c.state.keep_checkpoints, 5);
+        assert_eq!(c.status.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/consortium/aggregator.toml");
+        let c = AggregatorConfig::load(&p).unwrap();
+        assert_eq!(c.state_path(), p.parent().unwrap().join("state/tessera.db"));
+        assert_eq!(c.status.listen, Some("127.0.0.1:9464".parse().unwrap()));
     }
 
     #[test]

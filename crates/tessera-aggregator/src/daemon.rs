@@ -1,19 +1,26 @@
-//! `tessera-aggregator serve`: config → QUIC listener with mTLS admission →
-//! coordinator → run directory. Kept in the library so end-to-end tests run
-//! the very same code in-process.
+//! `tessera-aggregator serve`: config → state database (resume point) →
+//! QUIC listener with mTLS admission → coordinator → database, run
+//! directory and status endpoint. Kept in the library so end-to-end tests
+//! run the very same code in-process.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rand::RngCore;
-use tessera_core::{RoundRecord, RunId};
+use tessera_core::{ModelParams, RunId};
+use tessera_privacy::GaussianSpend;
 use tessera_transport::{Admission, Listener, QuicListenerConfig, Refusal};
 
 use crate::config::AggregatorConfig;
-use crate::coordinator::{Coordinator, CoordinatorConfig, Resume, RoundOutcome};
-use crate::driver::{DriverOptions, RunEnd, RunObserver, serve};
-use crate::report::{RunDir, Summary, round_line};
+use crate::coordinator::{Coordinator, CoordinatorConfig, Resume};
+use crate::driver::{DriverOptions, RunEnd, serve};
+use crate::http::SharedStatus;
+use crate::observer::{DaemonObserver, SharedStore, lock, lock_status, point};
+use crate::report::{RunDir, Summary};
+use crate::status::{MemberStatus, RunState, StatusSnapshot};
+use crate::store::{StateStore, now_ms};
+use crate::strategy::ServerOptimizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -25,6 +32,12 @@ pub enum DaemonError {
     Report(#[from] crate::report::ReportError),
     #[error("revocation list {path}: {source}")]
     Revocations { path: PathBuf, source: std::io::Error },
+    #[error("privacy policy: {0}")]
+    Privacy(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("state: {0}")]
+    State(String),
 }
 
 /// Name of the revocation list inside the PKI directory: one member per line.
@@ -69,25 +82,6 @@ impl Admission for ConsortiumAdmission {
     }
 }
 
-/// Writes each round to the run directory and the log.
-pub struct FileObserver {
-    pub run: RunDir,
-}
-
-impl RunObserver for FileObserver {
-    fn round_finished(&mut self, _outcome: &RoundOutcome, record: &RoundRecord, _c: &Coordinator) {
-        tracing::info!("{}", round_line(record));
-        if let Err(e) = self.run.append(record) {
-            tracing::error!(error = %e, "could not write metrics.jsonl");
-        }
-    }
-
-    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]) {
-        tracing::warn!(round, reason, dropped = dropped.len(), "round abandoned; it will be retried");
-        self.run.aborted += 1;
-    }
-}
-
 /// The coordinator settings an aggregator config implies.
 pub fn coordinator_config(cfg: &AggregatorConfig, run_id: RunId, seed: u64) -> CoordinatorConfig {
     CoordinatorConfig {
@@ -98,7 +92,7 @@ pub fn coordinator_config(cfg: &AggregatorConfig, run_id: RunId, seed: u64) -> C
         cohort: cfg.run.cohort.clone(),
         train: cfg.train.settings(),
         secure: Some(cfg.secure.clone()),
-        dp: None,
+        dp: cfg.privacy.clone(),
         strategy: cfg.strategy.clone(),
         round_deadline_ms: (cfg.run.round_deadline_secs * 1000.0) as u64,
         phase_timeout_ms: (cfg.run.phase_timeout_secs * 1000.0) as u64,
@@ -117,33 +111,109 @@ pub fn listen(cfg: &AggregatorConfig) -> Result<Listener, DaemonError> {
     Ok(qcfg.listen(Arc::new(admission))?)
 }
 
-/// Run a whole federated run on `listener` and write the run directory.
+/// Run (or resume) the federated run on `listener`: state database first,
+/// then the run directory and, when configured, the status endpoint.
 pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, DaemonError> {
-    let seed = cfg.run.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
-    let mut id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    let run_id = RunId(id);
+    let state_path = cfg.state_path();
+    let mut store = StateStore::open(&state_path)?;
+    let now = now_ms();
+    let config_json = serde_json::to_string(&cfg).map_err(|e| DaemonError::State(e.to_string()))?;
     let initial = tessera_learn::spec::initial_trainable_params(&cfg.model)?;
+    let (run_id, seed) = match store.run_info()? {
+        Some(info) => {
+            check_resumable(&cfg, &store, info.seed)?;
+            if let Some(changed) = store.record_config(&config_json, now)? {
+                tracing::warn!(sections = ?changed, "configuration changed since the last start (audited)");
+            }
+            (info.run_id, info.seed)
+        }
+        None => {
+            let seed = cfg.run.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
+            let mut id = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut id);
+            store.create_run(RunId(id), seed, &config_json, now)?;
+            (RunId(id), seed)
+        }
+    };
+    let interrupted = store.interrupt_open_rounds(now)?;
+    let resume = resume_point(&cfg, &store, initial)?;
+    let revoked = read_revoked(&cfg.server.pki_dir.join(REVOKED_FILE))
+        .map_err(|source| DaemonError::Revocations { path: cfg.server.pki_dir.join(REVOKED_FILE), source })?;
+    store.sync_revocations(&revoked, now)?;
+    store.record_start(resume.completed, resume.next_round, now)?;
+    let records = store.completed_records()?;
     tracing::info!(
         run_id = %run_id,
-        trainable_values = initial.numel(),
-        members = cfg.server.members.len(),
+        state = %state_path.display(),
+        completed = resume.completed,
+        next_round = resume.next_round,
+        interrupted = interrupted.len(),
+        trainable_values = resume.global.numel(),
         "aggregator ready; waiting for {} members",
         cfg.run.min_clients
     );
-    let coordinator = Coordinator::new(coordinator_config(&cfg, run_id, seed), initial, None, Resume::default());
-    let mut observer = FileObserver { run: RunDir::open(&cfg.server.run_dir)? };
-    let (coordinator, end) = serve(listener, coordinator, &mut observer, DriverOptions::default()).await;
-    let final_round = observer.run.records.last().cloned();
+    let spent = resume.spent.clone();
+    let coordinator = Coordinator::new(
+        coordinator_config(&cfg, run_id, seed),
+        resume.global,
+        resume.optimizer,
+        Resume { next_round: resume.next_round, completed_rounds: resume.completed, spent },
+    )
+    .map_err(DaemonError::Privacy)?;
+
+    let status: SharedStatus = Arc::new(RwLock::new(initial_status(&cfg, &store, &coordinator, run_id, &records)?));
+    let store: SharedStore = Arc::new(Mutex::new(store));
+    let server = match cfg.status.listen {
+        Some(addr) => {
+            let (bound, task) = crate::http::spawn(addr, status.clone())
+                .map_err(|e| DaemonError::State(format!("status endpoint {addr}: {e}")))?;
+            tracing::info!("status page on http://{bound}/ (Prometheus: /metrics)");
+            Some(task)
+        }
+        None => None,
+    };
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), status.clone(), cfg.server.pki_dir.join(REVOKED_FILE)));
+    let run_dir = RunDir::resume(&cfg.server.run_dir, &records)?;
+    let mut observer =
+        DaemonObserver::new(store.clone(), run_dir, status.clone(), cfg.state.keep_checkpoints, resume.completed);
+    observer.refresh(&coordinator, true);
+    let already_done = resume.completed >= cfg.run.rounds;
+    let (coordinator, end) = if already_done {
+        // Nothing left to run (e.g. the last process died after the last
+        // round): record the end and rewrite the outputs.
+        let reason = format!("completed {} rounds", cfg.run.rounds);
+        tracing::info!("{reason}; the run in the state database is already complete");
+        drop(listener);
+        (coordinator, RunEnd { reason, completed_rounds: resume.completed })
+    } else {
+        serve(listener, coordinator, &mut observer, DriverOptions::default()).await
+    };
+    heartbeat.abort();
+
+    let digest = coordinator.global().digest_hex();
+    let finished = coordinator.is_finished() || already_done;
+    if finished && lock(&store).run_info()?.is_some_and(|r| r.finished.is_none()) {
+        lock(&store).finish_run(&end.reason, end.completed_rounds, &digest, now_ms())?;
+    }
+    {
+        let mut s = lock_status(&status);
+        s.state = if finished { RunState::Finished } else { RunState::Waiting };
+        s.stop_reason = Some(end.reason.clone());
+        s.current_round = None;
+        s.phase = None;
+        s.updated_ms = now_ms();
+    }
+    observer.write_status();
+    let privacy = coordinator.privacy_status();
     let summary = Summary {
         run_id: run_id.to_hex(),
         completed_rounds: end.completed_rounds,
         aborted_rounds: observer.run.aborted,
         stop_reason: end.reason.clone(),
-        final_round,
-        final_model_sha256: coordinator.global().digest_hex(),
-        epsilon: None,
-        delta: None,
+        final_round: observer.run.records.last().cloned(),
+        final_model_sha256: digest,
+        epsilon: privacy.as_ref().map(|p| p.epsilon_spent),
+        delta: privacy.as_ref().map(|p| p.delta),
         config: &cfg,
     };
     observer.run.write_summary(&summary)?;
@@ -151,5 +221,144 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         .run
         .write_file("model.json", serde_json::to_vec(&**coordinator.global()).unwrap_or_default().as_slice())?;
     tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Some(task) = server {
+        task.abort();
+    }
     Ok(end)
+}
+
+/// Where a restarted run picks up, from the state database.
+struct ResumePoint {
+    global: ModelParams,
+    optimizer: Option<ServerOptimizer>,
+    completed: u64,
+    next_round: u64,
+    spent: Vec<GaussianSpend>,
+}
+
+fn resume_point(cfg: &AggregatorConfig, store: &StateStore, initial: ModelParams) -> Result<ResumePoint, DaemonError> {
+    let completed_rows = store.completed_records()?.len() as u64;
+    let (global, optimizer, completed) = match store.latest_checkpoint()? {
+        Some(cp) => {
+            if cp.model.layout() != initial.layout() {
+                return Err(DaemonError::State(
+                    "the checkpointed model does not match [model]: the model cannot change within a run".into(),
+                ));
+            }
+            if std::mem::discriminant(&cp.optimizer.config) != std::mem::discriminant(&cfg.strategy) {
+                return Err(DaemonError::State(
+                    "[strategy] kind differs from the run's: start a new run (new state path) to change it".into(),
+                ));
+            }
+            let (m, v) = cp.optimizer.moments();
+            let optimizer = ServerOptimizer::from_moments(cfg.strategy.clone(), m.to_vec(), v.to_vec())
+                .map_err(|e| DaemonError::State(e.to_string()))?;
+            (cp.model, Some(optimizer), cp.completed)
+        }
+        None => (initial, None, 0),
+    };
+    if completed != completed_rows {
+        return Err(DaemonError::State(format!(
+            "the newest checkpoint is after {completed} rounds but {completed_rows} rounds are recorded complete"
+        )));
+    }
+    let spent = store.reserved_spends()?.into_iter().map(|(_, s)| s).collect();
+    Ok(ResumePoint { global, optimizer, completed, next_round: store.max_round()? + 1, spent })
+}
+
+/// A restart may change operational settings, not what the run is.
+fn check_resumable(cfg: &AggregatorConfig, store: &StateStore, seed: u64) -> Result<(), DaemonError> {
+    if cfg.run.seed.is_some_and(|s| s != seed) {
+        return Err(DaemonError::State(format!(
+            "run.seed differs from the seed of the run in {} ({seed})",
+            store.path().display()
+        )));
+    }
+    if let Some(prev) = store.latest_config()? {
+        let prev: serde_json::Value = serde_json::from_str(&prev).map_err(|e| DaemonError::State(e.to_string()))?;
+        let model = serde_json::to_value(&cfg.model).map_err(|e| DaemonError::State(e.to_string()))?;
+        if prev.get("model") != Some(&model) {
+            return Err(DaemonError::State(format!(
+                "[model] differs from the run in {}: start a new run (new state path) to change the model",
+                store.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn initial_status(
+    cfg: &AggregatorConfig,
+    store: &StateStore,
+    coordinator: &Coordinator,
+    run_id: RunId,
+    records: &[tessera_core::RoundRecord],
+) -> Result<StatusSnapshot, DaemonError> {
+    let revoked: Vec<String> =
+        store.members()?.into_iter().filter(|m| m.revoked_ms.is_some()).map(|m| m.name).collect();
+    let members = cfg
+        .server
+        .members
+        .iter()
+        .map(|m| MemberStatus { name: m.clone(), online: false, revoked: revoked.contains(m) })
+        .collect();
+    let aborted = store.rounds()?.iter().filter(|r| r.status == "aborted" || r.status == "interrupted").count();
+    let privacy = coordinator.privacy_status();
+    Ok(StatusSnapshot {
+        run_id: run_id.to_hex(),
+        pid: std::process::id(),
+        updated_ms: now_ms(),
+        state: RunState::Waiting,
+        stop_reason: None,
+        rounds_planned: cfg.run.rounds,
+        completed_rounds: records.len() as u64,
+        aborted_rounds: aborted as u64,
+        current_round: None,
+        phase: None,
+        members,
+        epsilon_spent: privacy.as_ref().map(|p| p.epsilon_spent),
+        epsilon_budget: privacy.as_ref().map(|p| p.epsilon_budget),
+        delta: privacy.as_ref().map(|p| p.delta),
+        history: records.iter().enumerate().map(|(i, r)| point(i as u64 + 1, r)).collect(),
+    })
+}
+
+/// Every two seconds: record revocations from the operator's list (audited
+/// on change) and refresh the stored status row, so `status` can tell a
+/// live daemon from a dead one.
+async fn heartbeat(store: SharedStore, status: SharedStatus, revoked_path: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        let revoked = read_revoked(&revoked_path);
+        let json = {
+            let mut s = lock_status(&status);
+            if let Ok(revoked) = &revoked {
+                for m in &mut s.members {
+                    m.revoked = revoked.contains(&m.name);
+                }
+            }
+            s.updated_ms = now;
+            serde_json::to_string(&*s).unwrap_or_default()
+        };
+        let mut db = lock(&store);
+        match revoked {
+            Ok(list) => match db.sync_revocations(&list, now) {
+                Ok((new, back)) => {
+                    for m in new {
+                        tracing::warn!(member = %m, "revocation recorded: refused at its next connection");
+                    }
+                    for m in back {
+                        tracing::warn!(member = %m, "member reinstated (removed from the revocation list)");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record revocations"),
+            },
+            Err(e) => tracing::warn!(error = %e, "revocation list unreadable (every connection is refused)"),
+        }
+        if let Err(e) = db.write_status(&json, now) {
+            tracing::warn!(error = %e, "could not write the status row");
+        }
+    }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use tessera_core::codec::{self, Limits};
 use tessera_core::stream::model_messages;
 use tessera_core::{AggregatorMsg, ClientMsg, RoundRecord};
-use tessera_transport::{FrameReceiver, FrameSender, Listener, Traffic, close_code};
+use tessera_privacy::GaussianSpend;
+use tessera_transport::{FrameReceiver, FrameSender, Listener, close_code};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -38,6 +39,8 @@ enum CoreEvent {
         member: String,
         conn: u64,
         msg: ClientMsg,
+        /// Frame length, header included.
+        bytes: u64,
         ack: oneshot::Sender<()>,
     },
     Disconnected {
@@ -51,10 +54,24 @@ enum CoreEvent {
 /// and its database; the simulator also collects in memory.
 pub trait RunObserver: Send {
     /// Called when a round starts, before any message of it is sent.
-    fn round_started(&mut self, _round: u64, _cohort: &[String], _cohort_seed: u64) {}
+    /// Persist the round number here; an `Err` stops the run before
+    /// anything of the round leaves.
+    fn round_started(&mut self, _round: u64, _cohort: &[String], _cohort_seed: u64) -> Result<(), String> {
+        Ok(())
+    }
+    /// Called once per turn of the driver loop, after the coordinator's
+    /// outputs are handled (status displays; rate-limit inside).
+    fn state_changed(&mut self, _coordinator: &Coordinator) {}
     /// A round completed; `record` has traffic and timing filled in.
     fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, coordinator: &Coordinator);
     fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]);
+    /// A round's privacy spend was charged; called before any message of
+    /// the round is sent. Persist it durably before returning (write-ahead);
+    /// an `Err` stops the run before anything is released.
+    fn privacy_reserved(&mut self, round: u64, spend: &GaussianSpend, epsilon: f64, delta: f64) -> Result<(), String> {
+        tracing::info!(round, epsilon, delta, steps = spend.steps, "privacy spend charged");
+        Ok(())
+    }
     fn rejected(&mut self, member: &str, error: &str) {
         tracing::warn!(member, error, "rejected a message");
     }
@@ -98,9 +115,10 @@ pub async fn serve(
     let now_ms = |start: Instant| start.elapsed().as_millis() as u64;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<CoreEvent>();
     let mut writers: BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)> = BTreeMap::new();
-    let mut traffic: Vec<Traffic> = Vec::new();
     let mut next_conn = 0u64;
-    let mut round_marks: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    // Application bytes (frames, headers included) per round, counted from
+    // the messages themselves so that figures do not depend on timing.
+    let mut round_bytes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut end_reason: Option<String> = None;
     let mut accepting = true;
     let mut deferred: Vec<(String, u64, ClientMsg, oneshot::Sender<()>)> = Vec::new();
@@ -116,8 +134,21 @@ pub async fn serve(
         }
         while let Some(out) = coordinator.poll_output() {
             match out {
-                Output::Send { to, msg } => send(&writers, &to, WriterCmd::Msg(msg)),
+                Output::Send { to, msg } => {
+                    if writers.contains_key(&to)
+                        && let Some(round) = msg.round()
+                    {
+                        round_bytes.entry(round).or_default().1 += codec::frame_len(&msg).unwrap_or(0) as u64;
+                    }
+                    send(&writers, &to, WriterCmd::Msg(msg))
+                }
                 Output::SendModel { to, round, purpose, model } => {
+                    if writers.contains_key(&to) {
+                        let len: usize = model_messages(round, purpose, &model, opts.limits.chunk_values)
+                            .map(|m| codec::frame_len(&m).unwrap_or(0))
+                            .sum();
+                        round_bytes.entry(round).or_default().1 += len as u64;
+                    }
                     send(&writers, &to, WriterCmd::Model(round, purpose, model))
                 }
                 Output::Disconnect { member, reason } => {
@@ -129,13 +160,14 @@ pub async fn serve(
                 }
                 Output::Event(ev) => match ev {
                     Event::RoundStarted { round, cohort, cohort_seed } => {
-                        round_marks.insert(round, totals(&traffic));
                         tracing::info!(round, cohort = cohort.len(), "round started");
-                        observer.round_started(round, &cohort, cohort_seed);
+                        if let Err(e) = observer.round_started(round, &cohort, cohort_seed) {
+                            tracing::error!(round, error = %e, "cannot record the round start; stopping before it is sent");
+                            return stop_now(coordinator, writers, format!("run state write failed: {e}"));
+                        }
                     }
                     Event::RoundFinished(outcome) => {
-                        let (up0, down0) = round_marks.remove(&outcome.round).unwrap_or_default();
-                        let (up, down) = totals(&traffic);
+                        let (up, down) = round_bytes.remove(&outcome.round).unwrap_or_default();
                         let record = RoundRecord {
                             round: outcome.round,
                             participants: outcome.contributors.len() as u32,
@@ -146,16 +178,23 @@ pub async fn serve(
                             balanced_accuracy: outcome.metrics.balanced_accuracy,
                             auc: outcome.metrics.auc,
                             f1: outcome.metrics.f1,
-                            bytes_up: up - up0,
-                            bytes_down: down - down0,
+                            bytes_up: up,
+                            bytes_down: down,
                             seconds: (outcome.finished_ms - outcome.started_ms) as f64 / 1000.0,
-                            epsilon: None,
-                            delta: None,
+                            epsilon: outcome.epsilon,
+                            delta: outcome.delta,
                         };
                         observer.round_finished(&outcome, &record, &coordinator);
                     }
+                    Event::PrivacyReserved { round, spend, epsilon, delta } => {
+                        if let Err(e) = observer.privacy_reserved(round, &spend, epsilon, delta) {
+                            // Nothing of this round has been sent yet: stop here.
+                            tracing::error!(round, error = %e, "cannot record the privacy spend; stopping before the release");
+                            return stop_now(coordinator, writers, format!("privacy ledger write failed: {e}"));
+                        }
+                    }
                     Event::RoundAborted { round, reason, dropped } => {
-                        round_marks.remove(&round);
+                        round_bytes.remove(&round);
                         tracing::warn!(round, %reason, "round aborted");
                         observer.round_aborted(round, &reason, &dropped);
                     }
@@ -167,6 +206,7 @@ pub async fn serve(
                 },
             }
         }
+        observer.state_changed(&coordinator);
         if let Some(reason) = end_reason.take() {
             tracing::info!(%reason, "run finished");
             // Let writers flush the Shutdown messages, then close.
@@ -182,7 +222,6 @@ pub async fn serve(
                 Some((peer, conn)) => {
                     next_conn += 1;
                     let (tx, rx) = conn.split();
-                    traffic.push(tx.traffic());
                     spawn_connection(peer.member, next_conn, tx, rx, events_tx.clone(), opts.limits);
                 }
                 None => accepting = false,
@@ -195,7 +234,10 @@ pub async fn serve(
                     tracing::info!(member, "member connected");
                     coordinator.member_connected(now_ms(start), &member);
                 }
-                CoreEvent::Message { member, conn, msg, ack } => {
+                CoreEvent::Message { member, conn, msg, bytes, ack } => {
+                    if let Some(round) = msg.round() {
+                        round_bytes.entry(round).or_default().0 += bytes;
+                    }
                     if writers.get(&member).is_some_and(|(c, _)| *c == conn)
                         && let Ok(Handled::Busy(msg)) = coordinator.handle(now_ms(start), &member, msg)
                     {
@@ -227,15 +269,22 @@ pub async fn serve(
     }
 }
 
+/// End the run at once: queued messages are dropped unsent.
+fn stop_now(
+    coordinator: Coordinator,
+    writers: BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)>,
+    reason: String,
+) -> (Coordinator, RunEnd) {
+    drop(writers);
+    let completed_rounds = coordinator.completed();
+    (coordinator, RunEnd { reason, completed_rounds })
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn totals(traffic: &[Traffic]) -> (u64, u64) {
-    traffic.iter().fold((0, 0), |(up, down), t| (up + t.bytes_received(), down + t.bytes_sent()))
 }
 
 fn send(writers: &BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)>, to: &str, cmd: WriterCmd) {
@@ -287,7 +336,8 @@ fn spawn_connection(
                 Ok(Some(payload)) => match codec::decode_payload::<ClientMsg>(&payload) {
                     Ok(msg) => {
                         let (ack, acked) = oneshot::channel();
-                        if events.send(CoreEvent::Message { member: member.clone(), conn, msg, ack }).is_err() {
+                        let bytes = (payload.len() + codec::HEADER_LEN) as u64;
+                        if events.send(CoreEvent::Message { member: member.clone(), conn, msg, bytes, ack }).is_err() {
                             break None;
                         }
                         // Dropped (not sent) when handled; either way we go on.

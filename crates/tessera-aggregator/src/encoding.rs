@@ -1,8 +1,10 @@
 //! From what arrived (a secure sum, or research-mode plaintext sums) to the
 //! mean update the server optimizer steps along.
 
-use tessera_core::round::SecAggSettings;
+use tessera_core::round::{RoundSettings, SecAggSettings};
 use tessera_core::{ModelParams, ParamLayout, RunId};
+use tessera_privacy::DistributedPlan;
+use tessera_secagg::update::ValueCoding;
 use tessera_secagg::{AggregateSum, RoundContext, SecAggError};
 
 /// The secure-aggregation context of one round, as both sides derive it.
@@ -20,13 +22,22 @@ pub fn vector_len(layout: &ParamLayout) -> u64 {
     tessera_secagg::update::vector_len(layout)
 }
 
+/// Mean update from the secure sum; under distributed DP the values were
+/// centred-coded on the grid the round's privacy plan fixes.
 pub fn mean_from_secure(
     layout: &ParamLayout,
-    s: &SecAggSettings,
+    settings: &RoundSettings,
     cohort_size: u32,
     sum: &AggregateSum,
 ) -> Result<ModelParams, String> {
-    tessera_secagg::update::mean_update(layout, s, cohort_size, &sum.sum, sum.survivors.len() as u32)
+    let s = settings.secagg.as_ref().ok_or("secure sum in a plaintext round")?;
+    let coding = match DistributedPlan::for_round(settings, layout.numel() as u64, cohort_size)
+        .map_err(|e| format!("privacy plan: {e}"))?
+    {
+        Some(p) => ValueCoding::Centered { gamma: p.gamma, max_level: p.max_level },
+        None => ValueCoding::Offset,
+    };
+    tessera_secagg::update::mean_update_with(layout, s, cohort_size, &sum.sum, sum.survivors.len() as u32, coding)
         .map_err(|e| e.to_string())
 }
 

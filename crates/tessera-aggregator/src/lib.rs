@@ -10,12 +10,18 @@
 //! the clear outside the simulator's explicitly named research mode, and
 //! must never log one.
 
+pub mod audit;
 pub mod config;
 pub mod coordinator;
 pub mod daemon;
 pub mod driver;
 pub mod encoding;
+pub mod export;
+pub mod http;
+pub mod observer;
 pub mod report;
+pub mod status;
+pub mod store;
 pub mod strategy;
 
 pub use coordinator::{Coordinator, CoordinatorConfig, Event, Output, Resume};

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tessera_aggregator::config::AggregatorConfig;
-use tessera_aggregator::daemon;
+use tessera_aggregator::status::StatusSnapshot;
+use tessera_aggregator::store::{self, StateStore};
+use tessera_aggregator::{daemon, export};
 
 #[derive(Parser)]
 #[command(name = "tessera-aggregator", version, about = "Tessera aggregator: rounds, secure aggregation, PKI")]
@@ -27,6 +29,49 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Where the run stands: members online, round and phase, epsilon, accuracy.
+    Status {
+        /// The state database (`[state] path`).
+        #[arg(long)]
+        state: PathBuf,
+        /// Print the snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Write the final global model for use outside Tessera.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
+        format: ExportFormat,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain; names the first broken entry and exits non-zero.
+    Verify {
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Print the audit log, one entry per line.
+    Show {
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// safetensors, as the state dict of a torch.nn.Sequential MLP.
+    Safetensors,
 }
 
 #[derive(Subcommand)]
@@ -79,13 +124,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let listener = daemon::listen(&cfg)?;
-                eprintln!("listening on {} (run directory {})", cfg.server.listen, cfg.server.run_dir.display());
+                eprintln!(
+                    "listening on {} (run directory {}, state {})",
+                    cfg.server.listen,
+                    cfg.server.run_dir.display(),
+                    cfg.state_path().display()
+                );
                 let end = daemon::run(cfg, listener).await?;
                 eprintln!("run finished after {} rounds: {}", end.completed_rounds, end.reason);
                 anyhow::Ok(())
             })
         }
         Command::Pki { command } => pki(command),
+        Command::Status { state, json } => {
+            let store = StateStore::open_existing(&state)?;
+            let Some((_, text)) = store.read_status()? else {
+                anyhow::bail!("{}: no status recorded yet (the aggregator has not started)", state.display());
+            };
+            let snapshot: StatusSnapshot = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            } else {
+                print!("{}", snapshot.render_text(store::now_ms()));
+            }
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Verify { state } } => {
+            let store = StateStore::open_existing(&state)?;
+            match store.verify_audit()? {
+                Ok(n) => {
+                    println!("audit log intact: {n} entries, hash chain and head verified");
+                    Ok(())
+                }
+                Err(broken) => anyhow::bail!("audit log BROKEN at entry {}: {broken}", broken.seq()),
+            }
+        }
+        Command::Audit { command: AuditCommand::Show { state } } => {
+            let store = StateStore::open_existing(&state)?;
+            for e in store.audit_entries()? {
+                println!("{:>6}  {}  {:<18} {}", e.seq, store::utc(e.at_ms), e.kind, e.body);
+            }
+            Ok(())
+        }
+        Command::Export { format: ExportFormat::Safetensors, state, out } => {
+            let store = StateStore::open_existing(&state)?;
+            let report = export::export_safetensors(&store, &out)?;
+            println!(
+                "wrote {} ({}; {} tensors) after {} completed rounds, trained part sha256 {}",
+                out.display(),
+                report.architecture,
+                report.tensors.len(),
+                report.completed_rounds,
+                report.model_sha256
+            );
+            Ok(())
+        }
     }
 }
 

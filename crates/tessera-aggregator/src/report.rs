@@ -50,6 +50,26 @@ impl RunDir {
         Ok(Self { dir: dir.to_path_buf(), metrics: BufWriter::new(file), records: Vec::new(), aborted: 0 })
     }
 
+    /// Continue a run directory whose completed rounds are `records` (from
+    /// the state database): `metrics.jsonl` is rewritten to exactly those
+    /// lines first (atomically), so a crash between the database commit and
+    /// the file append neither loses nor repeats a round.
+    pub fn resume(dir: &Path, records: &[RoundRecord]) -> Result<Self, ReportError> {
+        let io = |source| ReportError::Io { path: dir.to_path_buf(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        let tmp = dir.join("metrics.jsonl.tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, dir.join("metrics.jsonl")).map_err(io)?;
+        let mut run = Self::open(dir)?;
+        run.records = records.to_vec();
+        Ok(run)
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

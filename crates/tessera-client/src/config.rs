@@ -95,6 +95,39 @@ impl Default for StateSection {
 }
 
 /// CPU backend for local training.
+/// The institution's own privacy budget. With it, the member refuses every
+/// round whose release is not differentially private, every round that
+/// would take its spend over the budget, and central noise (which trusts
+/// the operator). The ledger is written before any training (write-ahead).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    pub epsilon: f64,
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    #[serde(default = "default_ledger")]
+    pub ledger: PathBuf,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+
+fn default_ledger() -> PathBuf {
+    PathBuf::from("state/privacy-ledger.jsonl")
+}
+
+/// Knobs for tests only; the daemon warns loudly when any is on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingSection {
+    /// Derive all of the member's randomness (masking keys, rounding, DP
+    /// noise) from its name and the run's seeds, so runs are bit-reproducible.
+    /// Predictable noise and keys protect nothing.
+    #[serde(default)]
+    pub seeded_randomness: bool,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
@@ -124,6 +157,10 @@ pub struct ClientConfig {
     pub state: StateSection,
     #[serde(default)]
     pub backend: BackendChoice,
+    #[serde(default)]
+    pub privacy: Option<PrivacySection>,
+    #[serde(default)]
+    pub testing: TestingSection,
 }
 
 impl ClientConfig {
@@ -140,6 +177,9 @@ impl ClientConfig {
             &mut c.state.egress_ledger,
         ] {
             *p = base.join(&*p);
+        }
+        if let Some(p) = c.privacy.as_mut() {
+            p.ledger = base.join(&p.ledger);
         }
         if let Some(p) = c.model.pretrained.as_mut() {
             *p = base.join(&*p);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::codec::{self, Limits};
-use tessera_core::round::TrainSettings;
+use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{AggregatorMsg, EvalMetrics, ModelParams};
 use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, connect_with_backoff};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,7 +18,14 @@ use crate::participant::{Event, Output, Participant, TrainedUpdate};
 /// What a member trains and evaluates. Implementations hold the private
 /// data; only parameters and aggregate metrics come out.
 pub trait LocalModel: Send + 'static {
-    fn train(&mut self, model: &ModelParams, settings: &TrainSettings) -> Result<TrainedUpdate, String>;
+    /// Train from `model`. With `dp` (record-level DP), train with DP-SGD
+    /// under those settings: the result must already be private.
+    fn train(
+        &mut self,
+        model: &ModelParams,
+        settings: &TrainSettings,
+        dp: Option<&DpSettings>,
+    ) -> Result<TrainedUpdate, String>;
     fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, String>;
 }
 
@@ -145,14 +152,14 @@ where
                 egress.record(msg.round(), msg.kind(), &frame).map_err(|e| format!("egress ledger: {e}"))?;
                 tx.send(frame).await.map_err(|e| e.to_string())?;
             }
-            Output::Train { round, model: params, mut settings } => {
+            Output::Train { round, model: params, mut settings, dp } => {
                 settings.seed = member_seed(settings.seed, participant.member());
                 let (m, w, workers) = (model.clone(), work_tx.clone(), opts.workers.clone());
                 tokio::spawn(async move {
                     let _permit = workers.acquire_owned().await;
                     let r = tokio::task::spawn_blocking(move || {
                         let mut m = m.lock().map_err(|_| "local model poisoned by an earlier panic".to_string())?;
-                        m.train(&params, &settings)
+                        m.train(&params, &settings, dp.as_ref())
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("training task failed: {e}")));

@@ -11,11 +11,14 @@
 //! explicit research mode.
 
 pub mod config;
+pub mod daemon;
 pub mod driver;
 pub mod egress;
 pub mod participant;
+pub mod privacy;
 pub mod tabular;
 
 pub use driver::{ClientExit, ClientOptions, LocalModel, run};
 pub use egress::EgressLedger;
-pub use participant::{Participant, Policy, TrainedUpdate};
+pub use participant::{Participant, Policy, PrivacyGuard, TrainedUpdate};
+pub use privacy::LedgerGuard;

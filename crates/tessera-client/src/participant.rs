@@ -12,9 +12,11 @@ use std::collections::VecDeque;
 
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::message::ModelPurpose;
-use tessera_core::round::{RoundSettings, TrainSettings};
+use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings};
 use tessera_core::stream::{ModelAssembler, StreamError};
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, PartyId, RunId};
+use tessera_privacy::{DiscreteGaussian, DistributedPlan, GaussianSpend};
+use tessera_secagg::update::ValueCoding;
 
 /// What the member's policy allows, independent of what the aggregator says.
 #[derive(Clone, Debug)]
@@ -28,12 +30,28 @@ pub struct Policy {
     pub min_cohort: u32,
     /// Values per streamed chunk.
     pub chunk_values: usize,
+    /// Refuse rounds whose release is not differentially private.
+    pub require_dp: bool,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self { allow_plaintext: false, max_model_values: 1 << 31, min_cohort: 2, chunk_values: 1 << 20 }
+        Self {
+            allow_plaintext: false,
+            max_model_values: 1 << 31,
+            min_cohort: 2,
+            chunk_values: 1 << 20,
+            require_dp: false,
+        }
     }
+}
+
+/// The member's own privacy budget, whatever the aggregator says. `charge`
+/// must make the spend durable before returning `Ok` (write-ahead): the
+/// participant produces nothing trained from private data until it has.
+pub trait PrivacyGuard: Send {
+    /// Charge `spend` for `round`, or say why the budget refuses it.
+    fn charge(&mut self, round: u64, spend: &GaussianSpend) -> Result<(), String>;
 }
 
 /// The result of local training the driver hands back.
@@ -53,6 +71,8 @@ pub enum Output {
         round: u64,
         model: ModelParams,
         settings: TrainSettings,
+        /// Record-level DP: train with DP-SGD under these settings.
+        dp: Option<DpSettings>,
     },
     /// Evaluate `model` on the held-out split and call `evaluation_done`.
     Evaluate {
@@ -110,6 +130,8 @@ pub enum Refusal {
     Update(String),
     #[error("message before Welcome")]
     NotWelcomed,
+    #[error("differential privacy: {0}")]
+    Privacy(String),
 }
 
 /// State of the round the member is part of.
@@ -137,12 +159,11 @@ struct Upload {
 }
 
 enum UploadBody {
-    Masked(tessera_secagg::update::UpdateEncoder),
+    /// The encoder, and the member's discrete Gaussian share under
+    /// distributed DP (added to every value element before masking).
+    Masked(Box<tessera_secagg::update::UpdateEncoder>, Option<DiscreteGaussian>),
     /// Research mode: `weight · Δ` in plaintext.
-    Plain {
-        delta: ModelParams,
-        weight: f64,
-    },
+    Plain { delta: ModelParams, weight: f64 },
 }
 
 pub struct Participant<R> {
@@ -157,6 +178,11 @@ pub struct Participant<R> {
     round: Option<ActiveRound>,
     assembler: Option<ModelAssembler>,
     out: VecDeque<Output>,
+    guard: Option<Box<dyn PrivacyGuard>>,
+    /// TEST ONLY: re-seed the randomness at each round start from the
+    /// member and the round's seed, so a retried or resumed round draws
+    /// exactly what an uninterrupted run drew.
+    reseed: Option<fn(&str, u64) -> R>,
 }
 
 impl<R: RngCore + CryptoRng> Participant<R> {
@@ -174,7 +200,22 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             round: None,
             assembler: None,
             out: VecDeque::new(),
+            guard: None,
+            reseed: None,
         }
+    }
+
+    /// See the `reseed` field: for bit-reproducible tests only.
+    pub fn with_round_reseed(mut self, reseed: fn(&str, u64) -> R) -> Self {
+        self.reseed = Some(reseed);
+        self
+    }
+
+    /// Enforce the member's own privacy budget (and require DP in every round).
+    pub fn with_privacy_guard(mut self, guard: Box<dyn PrivacyGuard>) -> Self {
+        self.guard = Some(guard);
+        self.policy.require_dp = true;
+        self
     }
 
     /// The first message on every connection.
@@ -209,11 +250,11 @@ impl<R: RngCore + CryptoRng> Participant<R> {
     fn next_upload_message(&mut self) -> Result<Option<ClientMsg>, Refusal> {
         let Some(up) = self.upload.as_mut() else { return Ok(None) };
         let round = up.round;
-        let masked = matches!(up.body, UploadBody::Masked(_));
+        let masked = matches!(up.body, UploadBody::Masked(..));
         if !up.started {
             up.started = true;
             return Ok(Some(match &up.body {
-                UploadBody::Masked(_) => ClientMsg::MaskedStart { round, len: up.len },
+                UploadBody::Masked(..) => ClientMsg::MaskedStart { round, len: up.len },
                 UploadBody::Plain { weight, .. } => ClientMsg::PlainStart { round, len: up.len, weight: *weight },
             }));
         }
@@ -227,7 +268,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
         let n = (self.policy.chunk_values as u64).min(up.len - offset) as usize;
         up.next += n as u64;
         match &up.body {
-            UploadBody::Masked(encoder) => {
+            UploadBody::Masked(encoder, noise) => {
                 // The round may have ended under us; then the upload is void.
                 let session = match self.round.as_ref() {
                     Some(r) if r.round == round => r.secagg.as_ref().ok_or(Refusal::Unexpected { kind: "update" })?,
@@ -238,6 +279,15 @@ impl<R: RngCore + CryptoRng> Participant<R> {
                 };
                 let mut values = vec![0u32; n];
                 encoder.encode(offset, &mut values, &mut self.rng).map_err(|e| Refusal::Update(e.to_string()))?;
+                if let Some(dg) = noise {
+                    // Noise goes on the update values only, not on the weight.
+                    let k = (encoder.value_len().saturating_sub(offset) as usize).min(n);
+                    let mut z = vec![0i64; k];
+                    dg.fill(&mut z, &mut self.rng);
+                    let bits = session.context().settings().modulus_bits;
+                    tessera_secagg::update::add_ring_noise(&mut values[..k], &z, bits)
+                        .map_err(|e| Refusal::Update(e.to_string()))?;
+                }
                 session.mask_chunk(offset, &mut values).map_err(|e| Refusal::SecAgg(e.to_string()))?;
                 Ok(Some(ClientMsg::MaskedChunk { round, offset, values }))
             }
@@ -257,7 +307,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
     /// Handle one aggregator message. A refusal abandons the current round
     /// (the member declines it) but keeps the connection.
     pub fn handle(&mut self, msg: AggregatorMsg) -> Result<(), Refusal> {
-        let round_hint = round_of(&msg);
+        let round_hint = msg.round();
         let res = self.dispatch(msg);
         if let Err(e) = &res {
             self.out.push_back(Output::Event(Event::Refused { round: round_hint, reason: e.to_string() }));
@@ -289,7 +339,17 @@ impl<R: RngCore + CryptoRng> Participant<R> {
                 }
                 self.last_round = round;
                 self.round = None;
-                self.check_cohort(&settings, &cohort, party)?;
+                // A refused round is declined at once, so the aggregator
+                // need not wait for this member's deadline.
+                if let Err(e) =
+                    self.check_cohort(&settings, &cohort, party).and_then(|()| self.check_privacy(round, &settings))
+                {
+                    self.out.push_back(Output::Send(ClientMsg::Decline { round, reason: e.to_string() }));
+                    return Err(e);
+                }
+                if let Some(f) = self.reseed {
+                    self.rng = f(&self.member, settings.train.seed);
+                }
                 self.out.push_back(Output::Event(Event::RoundJoined { round, cohort_size: cohort.len() }));
                 self.round = Some(ActiveRound {
                     round,
@@ -394,6 +454,35 @@ impl<R: RngCore + CryptoRng> Participant<R> {
         }
     }
 
+    /// What the member's own policy says about the round's privacy: refuse
+    /// a release that is not DP when DP is required, refuse settings it
+    /// cannot account for, and charge its own budget before any training.
+    fn check_privacy(&mut self, round: u64, settings: &RoundSettings) -> Result<(), Refusal> {
+        let Some(dp) = &settings.dp else {
+            return if self.policy.require_dp {
+                Err(Refusal::Privacy("the round is not differentially private and this member requires it".into()))
+            } else {
+                Ok(())
+            };
+        };
+        tessera_privacy::plan::validate(dp).map_err(|e| Refusal::Privacy(e.to_string()))?;
+        if dp.noise == NoisePlacement::Central && self.policy.require_dp {
+            // Central noise trusts the operator with the exact sum; a member
+            // enforcing its own budget does not accept that.
+            return Err(Refusal::Privacy(
+                "central noise trusts the aggregator; this member requires local or distributed noise".into(),
+            ));
+        }
+        if dp.noise == NoisePlacement::Distributed && settings.secagg.is_none() {
+            return Err(Refusal::Privacy("distributed noise without secure aggregation".into()));
+        }
+        if let Some(g) = self.guard.as_mut() {
+            let spend = tessera_privacy::round_spend(dp, &settings.train);
+            g.charge(round, &spend).map_err(Refusal::Privacy)?;
+        }
+        Ok(())
+    }
+
     fn model_ready(&mut self, round: u64, model: ModelParams) -> Result<(), Refusal> {
         let run_id = self.run_id.ok_or(Refusal::NotWelcomed)?;
         let r = active(&mut self.round, round, "model_end")?;
@@ -409,7 +498,8 @@ impl<R: RngCore + CryptoRng> Participant<R> {
         let r = active(&mut self.round, round, "model_end")?;
         r.base = Some(model.clone());
         let settings = r.settings.train.clone();
-        self.out.push_back(Output::Train { round, model, settings });
+        let dp = r.settings.dp.clone().filter(|d| d.unit == PrivacyUnit::Record);
+        self.out.push_back(Output::Train { round, model, settings, dp });
         Ok(())
     }
 
@@ -451,20 +541,41 @@ impl<R: RngCore + CryptoRng> Participant<R> {
         }
         let trained = r.trained.take().expect("checked above");
         let base = r.base.as_ref().ok_or(Refusal::Unexpected { kind: "update" })?;
-        let delta = trained.params.delta_from(base).map_err(|e| Refusal::Update(e.to_string()))?;
+        let mut delta = trained.params.delta_from(base).map_err(|e| Refusal::Update(e.to_string()))?;
         delta.check_finite().map_err(|e| Refusal::Update(e.to_string()))?;
-        let weight = tessera_secagg::update::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
+        let mut weight =
+            tessera_secagg::update::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
         let round = r.round;
+        let cohort = r.cohort.len() as u32;
+        let mut coding = ValueCoding::Offset;
+        let mut share = None;
+        if let Some(dp) = &r.settings.dp {
+            // Under DP every member weighs 1 (an example count is itself a
+            // statistic of the data).
+            weight = 1.0;
+            if dp.unit == PrivacyUnit::Client {
+                privatize_update(&mut delta, dp, &mut self.rng)?;
+                if let Some(plan) = DistributedPlan::for_round(&r.settings, delta.numel() as u64, cohort)
+                    .map_err(|e| Refusal::Privacy(e.to_string()))?
+                {
+                    coding = ValueCoding::Centered { gamma: plan.gamma, max_level: plan.max_level };
+                    share = Some(DiscreteGaussian::new(plan.share_sigma).map_err(|e| Refusal::Privacy(e.to_string()))?);
+                }
+            }
+        }
         let body = match (&r.settings.secagg, &r.secagg) {
             (Some(s), Some(_)) => UploadBody::Masked(
-                tessera_secagg::update::UpdateEncoder::new(s, r.cohort.len() as u32, &delta, weight)
-                    .map_err(|e| Refusal::Update(e.to_string()))?,
+                Box::new(
+                    tessera_secagg::update::UpdateEncoder::with_coding(s, cohort, &delta, weight, coding)
+                        .map_err(|e| Refusal::Update(e.to_string()))?,
+                ),
+                share,
             ),
             (None, _) => UploadBody::Plain { delta, weight },
             (Some(_), None) => return Err(Refusal::Unexpected { kind: "update" }),
         };
         let len = match &body {
-            UploadBody::Masked(e) => e.len(),
+            UploadBody::Masked(e, _) => e.len(),
             UploadBody::Plain { delta, .. } => delta.numel() as u64,
         };
         r.base = None;
@@ -477,6 +588,24 @@ impl<R: RngCore + CryptoRng> Participant<R> {
     }
 }
 
+/// Client-level DP on the member's side: clip the whole update to C and,
+/// for local noise, add N(0, (z C)^2) to every value with the exact sampler.
+fn privatize_update<R: RngCore + CryptoRng>(
+    delta: &mut ModelParams,
+    dp: &DpSettings,
+    rng: &mut R,
+) -> Result<(), Refusal> {
+    tessera_privacy::clip_params_l2(delta, dp.clip_norm).map_err(|e| Refusal::Privacy(e.to_string()))?;
+    if dp.noise == NoisePlacement::Local {
+        let sigma = dp.noise_multiplier * dp.clip_norm;
+        for t in &mut delta.tensors {
+            tessera_privacy::add_gaussian_noise_f32(&mut t.data, sigma, rng)
+                .map_err(|e| Refusal::Privacy(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 fn active<'a>(
     slot: &'a mut Option<ActiveRound>,
     round: u64,
@@ -485,19 +614,5 @@ fn active<'a>(
     match slot.as_mut() {
         Some(r) if r.round == round => Ok(r),
         _ => Err(Refusal::Unexpected { kind }),
-    }
-}
-
-fn round_of(msg: &AggregatorMsg) -> Option<u64> {
-    match msg {
-        AggregatorMsg::Welcome { .. } | AggregatorMsg::Shutdown { .. } => None,
-        AggregatorMsg::RoundStart { round, .. }
-        | AggregatorMsg::ModelStart { round, .. }
-        | AggregatorMsg::ModelChunk { round, .. }
-        | AggregatorMsg::ModelEnd { round, .. }
-        | AggregatorMsg::CohortKeys { round, .. }
-        | AggregatorMsg::ForwardShares { round, .. }
-        | AggregatorMsg::UnmaskRequest { round, .. }
-        | AggregatorMsg::RoundEnd { round, .. } => Some(*round),
     }
 }

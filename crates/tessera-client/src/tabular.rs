@@ -1,8 +1,14 @@
 //! The member's local model for tabular data: a `tessera-learn` task behind
 //! the driver's [`LocalModel`] interface.
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use tessera_core::config::ModelConfig;
-use tessera_core::round::TrainSettings;
+use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_learn::dpsgd::DpSgdConfig;
+
+/// Separates the seeded noise stream from the sampling stream.
+const NOISE_STREAM: u64 = 0x6e6f_6973_6500_0001;
 use tessera_core::{EvalMetrics, ModelParams};
 use tessera_learn::{ComputeBackend, LearnError, Split, TabularData, TabularTask};
 
@@ -11,6 +17,9 @@ use crate::participant::TrainedUpdate;
 
 pub struct TabularModel {
     task: TabularTask,
+    /// TEST ONLY: derive DP-SGD sampling and noise from the round seed so
+    /// runs are reproducible. Predictable noise protects nothing.
+    seeded_noise: bool,
 }
 
 impl TabularModel {
@@ -26,7 +35,13 @@ impl TabularModel {
             )));
         }
         let task = TabularTask::new(data, &tessera_learn::spec::model_spec(model), backend)?;
-        Ok(Self { task })
+        Ok(Self { task, seeded_noise: false })
+    }
+
+    /// See the field: for simulations and tests that must be bit-reproducible.
+    pub fn with_seeded_noise(mut self, seeded: bool) -> Self {
+        self.seeded_noise = seeded;
+        self
     }
 
     pub fn task_mut(&mut self) -> &mut TabularTask {
@@ -35,9 +50,38 @@ impl TabularModel {
 }
 
 impl LocalModel for TabularModel {
-    fn train(&mut self, model: &ModelParams, settings: &TrainSettings) -> Result<TrainedUpdate, String> {
+    fn train(
+        &mut self,
+        model: &ModelParams,
+        settings: &TrainSettings,
+        dp: Option<&DpSettings>,
+    ) -> Result<TrainedUpdate, String> {
         self.task.set_trainable_params(model).map_err(|e| e.to_string())?;
-        let report = self.task.train_round(settings, None).map_err(|e| e.to_string())?;
+        let report = match dp {
+            None => self.task.train_round(settings, None).map_err(|e| e.to_string())?,
+            Some(dp) => {
+                let mut cfg = DpSgdConfig::from_settings(dp);
+                let mut rng = if self.seeded_noise {
+                    cfg.sampling_seed = Some(settings.seed);
+                    ChaCha20Rng::seed_from_u64(settings.seed ^ NOISE_STREAM)
+                } else {
+                    ChaCha20Rng::from_entropy()
+                };
+                let sigma = cfg.noise_std();
+                let mut failed = None;
+                let mut noise = |v: &mut [f32]| {
+                    if let Err(e) = tessera_privacy::add_gaussian_noise_f32(v, sigma, &mut rng) {
+                        failed.get_or_insert(e);
+                    }
+                };
+                let report = self.task.train_round_dp(settings, &cfg, &mut noise, None).map_err(|e| e.to_string())?;
+                // A step whose noise failed must not be released.
+                if let Some(e) = failed {
+                    return Err(format!("DP-SGD noise: {e}"));
+                }
+                report
+            }
+        };
         let params = self.task.trainable_params().map_err(|e| e.to_string())?;
         Ok(TrainedUpdate { params, num_examples: self.task.num_train_examples(), mean_loss: report.mean_loss })
     }

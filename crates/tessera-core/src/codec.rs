@@ -72,6 +72,16 @@ pub fn encode_frame<T: Serialize>(msg: &T, limits: &Limits) -> Result<Vec<u8>, C
     Ok(out)
 }
 
+/// The length `encode_frame` would produce, without building the frame:
+/// traffic accounting counts messages this way, so byte counts depend only
+/// on what was said, not on transport timing.
+pub fn frame_len<T: Serialize>(msg: &T) -> Result<usize, CodecError> {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut counter, config())
+        .map_err(|e| CodecError::Unencodable(e.to_string()))?;
+    Ok(HEADER_LEN + counter.bytes_written)
+}
+
 /// Decode one frame's payload (the bytes after the header).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
     let (msg, used) = bincode::serde::decode_from_slice::<T, _>(payload, config())
@@ -289,5 +299,11 @@ mod tests {
             d.push(&frame);
             let _ = d.next_message::<AggregatorMsg>();
         }
+    }
+
+    #[test]
+    fn frame_len_matches_the_encoded_frame() {
+        let msg = crate::message::ClientMsg::MaskedChunk { round: 3, offset: 10, values: vec![7; 1000] };
+        assert_eq!(frame_len(&msg).unwrap(), encode_frame(&msg, &Limits::default()).unwrap().len());
     }
 }

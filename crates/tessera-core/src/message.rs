@@ -211,6 +211,21 @@ impl ClientMsg {
 }
 
 impl AggregatorMsg {
+    /// The round a message belongs to (`None` for Welcome and Shutdown).
+    pub fn round(&self) -> Option<u64> {
+        match self {
+            AggregatorMsg::Welcome { .. } | AggregatorMsg::Shutdown { .. } => None,
+            AggregatorMsg::RoundStart { round, .. }
+            | AggregatorMsg::ModelStart { round, .. }
+            | AggregatorMsg::ModelChunk { round, .. }
+            | AggregatorMsg::ModelEnd { round, .. }
+            | AggregatorMsg::CohortKeys { round, .. }
+            | AggregatorMsg::ForwardShares { round, .. }
+            | AggregatorMsg::UnmaskRequest { round, .. }
+            | AggregatorMsg::RoundEnd { round, .. } => Some(*round),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             AggregatorMsg::Welcome { .. } => "welcome",

@@ -67,9 +67,11 @@ pub struct RoundRecord {
     pub balanced_accuracy: f64,
     pub auc: f64,
     pub f1: f64,
-    /// Bytes received by the aggregator this round, all members together.
+    /// Frame bytes (header included) of this round's messages from members,
+    /// counted from the messages, so independent of transport and timing;
+    /// QUIC/TLS overhead is not included.
     pub bytes_up: u64,
-    /// Bytes sent by the aggregator this round, all members together.
+    /// Frame bytes of this round's messages to members, counted the same way.
     pub bytes_down: u64,
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -40,6 +40,14 @@ impl ParamLayout {
         self.entries.iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 
+    /// [`Self::numel`], or `None` when it overflows: a layout from a peer
+    /// may announce any shape, so check before sizing anything by it.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.entries.iter().try_fold(0usize, |total, (_, shape)| {
+            total.checked_add(shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d))?)
+        })
+    }
+
     /// Short digest used to check that two parties talk about the same model.
     pub fn fingerprint(&self) -> [u8; 32] {
         let mut h = Sha256::new();

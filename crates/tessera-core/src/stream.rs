@@ -66,7 +66,8 @@ impl ModelAssembler {
         layout: &ParamLayout,
         max_values: u64,
     ) -> Result<Self, StreamError> {
-        let total = layout.numel() as u64;
+        // A shape whose size overflows is as unacceptable as a huge one.
+        let total = layout.checked_numel().map_or(u64::MAX, |n| n as u64);
         if total > max_values {
             return Err(StreamError::TooLarge(total));
         }
@@ -177,5 +178,21 @@ mod tests {
         let msgs: Vec<_> = model_messages(4, ModelPurpose::Train, &nan, 5).collect();
         assert_eq!(assemble(msgs), Err(StreamError::NonFinite("b".into())));
         assert!(ModelAssembler::start(0, ModelPurpose::Train, &m.layout(), 3).is_err());
+    }
+
+    /// Regression (issue #8, found with the `participant` fuzz target's
+    /// huge-layout input): a hostile aggregator's layout whose size overflows
+    /// `usize` panicked the member (debug) or wrapped to a small size
+    /// (release) instead of being refused.
+    #[test]
+    fn overflowing_layouts_are_too_large() {
+        for shapes in [vec![vec![1usize << 32, 1 << 32]], vec![vec![usize::MAX, 2]], vec![vec![usize::MAX], vec![1]]] {
+            let layout = ParamLayout { entries: shapes.into_iter().map(|s| ("w".to_string(), s)).collect() };
+            assert_eq!(layout.checked_numel(), None);
+            let r = ModelAssembler::start(1, ModelPurpose::Evaluate, &layout, u64::MAX - 1);
+            assert_eq!(r.err(), Some(StreamError::TooLarge(u64::MAX)));
+        }
+        let fine = ParamLayout { entries: vec![("w".into(), vec![3, 4]), ("b".into(), vec![4])] };
+        assert_eq!(fine.checked_numel(), Some(16));
     }
 }

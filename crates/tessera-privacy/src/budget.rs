@@ -245,6 +245,11 @@ impl<S: LedgerStore> PrivacyLedger<S> {
         Ok(acc.epsilon(self.budget.delta)?.0 > self.budget.epsilon)
     }
 
+    /// The largest round number with a reservation, if any.
+    pub fn last_round(&self) -> Option<u64> {
+        self.rounds.keys().next_back().copied()
+    }
+
     /// Rounds that are reserved but neither committed nor aborted.
     pub fn pending_rounds(&self) -> Vec<u64> {
         self.rounds.iter().filter(|(_, (_, s))| *s == State::Pending).map(|(r, _)| *r).collect()

@@ -15,6 +15,7 @@ pub mod clip;
 pub mod distributed;
 mod exact;
 pub mod noise;
+pub mod plan;
 pub mod zcdp;
 
 pub use accountant::{RdpAccountant, calibrate_noise_multiplier, default_orders};
@@ -25,6 +26,7 @@ pub use budget::{
 pub use clip::{AdaptiveClip, clip_factors, clip_l2, clip_params_l2, noisy_unclipped_count, split_noise_multiplier};
 pub use distributed::{distributed_share_sigma, quantized_l2_sensitivity};
 pub use noise::{DiscreteGaussian, add_gaussian_noise_f32, fill_discrete_gaussian};
+pub use plan::{DistributedPlan, round_spend};
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 
 /// Errors of the privacy mathematics. Messages name the parameter at fault,

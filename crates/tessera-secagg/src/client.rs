@@ -224,9 +224,8 @@ impl ClientSession {
         if let Some(i) = values.iter().position(|v| *v > ring) {
             return Err(SecAggError::ValueOutOfRing(offset + i as u64));
         }
-        for (seed, op) in &self.masks {
-            crypto::apply_prg(seed, offset, values, *op);
-        }
+        let keys: Vec<(&[u8; 32], MaskOp)> = self.masks.iter().map(|(seed, op)| (&**seed, *op)).collect();
+        crypto::apply_prgs(&keys, offset, values);
         values.iter_mut().for_each(|v| *v &= ring);
         Ok(())
     }

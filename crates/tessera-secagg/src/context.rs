@@ -10,9 +10,10 @@ use tessera_core::{PartyId, RunId};
 use crate::error::SecAggError;
 use crate::graph::NeighbourGraph;
 
-/// Longest vector one round can mask: ChaCha20 (IETF) has a 32-bit block
-/// counter, 2^32 blocks of 16 words each, and every pairwise key is used for
-/// one vector only.
+/// Longest vector one round can mask (256 GiB of masked input): far beyond
+/// any model, it keeps every offset arithmetic well inside u64 and each mask
+/// key's AES-256-CTR stream (one vector per key) at 2^34 blocks, far below
+/// the 2^64-block birthday bound of a 128-bit block cipher.
 pub const MAX_VECTOR_LEN: u64 = 1 << 36;
 
 /// Below this many members SecAgg+ saves nothing worth its weaker guarantee,

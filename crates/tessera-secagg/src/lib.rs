@@ -14,7 +14,8 @@
 //! returns one member's unmasked value; the aggregator only ever gets the sum
 //! of at least `threshold` members. Primitives come from vetted crates
 //! (x25519-dalek, curve25519-dalek scalars, HKDF-SHA256, AES-256-GCM,
-//! ChaCha20); this crate only composes them. See `docs/secure-aggregation.md`.
+//! AES-256-CTR, a ChaCha20 RNG); this crate only composes them. See
+//! `docs/secure-aggregation.md`.
 
 mod client;
 mod context;

@@ -32,8 +32,11 @@ use crate::crypto::{self, MaskOp};
 use crate::error::{SecAggError, SecretKind, Step};
 use crate::shamir::{self, SecretShare};
 
-/// Staging slots for concurrent masked streams (see the module docs).
-pub const DEFAULT_STREAM_SLOTS: u32 = 4;
+/// Staging slots for concurrent masked streams (see the module docs). One
+/// keeps the session at twice the vector (sum + slot), inside the 3x peak
+/// memory bound of issue #2; each further slot lets one more stream overlap
+/// at the cost of one more vector.
+pub const DEFAULT_STREAM_SLOTS: u32 = 1;
 
 /// Bytes of a share ciphertext: nonce, bundle (ids and two shares), GCM tag.
 const SHARE_CIPHERTEXT_BYTES: usize = crypto::NONCE_LEN + 8 + 2 * shamir::SHARE_BYTES + 16;
@@ -444,13 +447,14 @@ impl ServerSession {
                 pair_masks.push((crypto::pairwise_seed(&shared, &binding, u, v), op));
             }
         }
+        // Every mask comes off in one pass over the sum (see `crypto::apply_prgs`).
+        let keys: Vec<(&[u8; 32], MaskOp)> = self_masks
+            .iter()
+            .map(|k| (&**k, MaskOp::Subtract))
+            .chain(pair_masks.iter().map(|(k, op)| (&**k, *op)))
+            .collect();
         let mut sum = self.sum;
-        for key in &self_masks {
-            crypto::apply_prg(key, 0, &mut sum, MaskOp::Subtract);
-        }
-        for (key, op) in &pair_masks {
-            crypto::apply_prg(key, 0, &mut sum, *op);
-        }
+        crypto::apply_prgs(&keys, 0, &mut sum);
         let ring = self.ctx.ring_mask();
         sum.iter_mut().for_each(|v| *v &= ring);
         Ok(AggregateSum { sum, survivors: self.committed.into_iter().collect(), modulus_bits: self.ctx.modulus_bits() })

@@ -30,6 +30,12 @@ enum Command {
         /// Concurrent local-training jobs (default: available cores).
         #[arg(long)]
         workers: Option<usize>,
+        /// Override the scenario's privacy target epsilon (needs a [privacy] section).
+        #[arg(long)]
+        epsilon: Option<f64>,
+        /// Run without differential privacy, whatever the scenario says.
+        #[arg(long, conflicts_with = "epsilon")]
+        no_dp: bool,
     },
     /// Print each member's label histogram for a scenario's partition.
     Partition { scenario: PathBuf },
@@ -53,9 +59,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { scenario, out, transport, workers } => {
+        Command::Run { scenario, out, transport, workers, epsilon, no_dp } => {
             let text = std::fs::read_to_string(&scenario)?;
-            let s = Scenario::load(&scenario)?;
+            let mut s = Scenario::load(&scenario)?;
+            if no_dp {
+                s.privacy = None;
+            }
+            if let Some(eps) = epsilon {
+                let p = s
+                    .privacy
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("--epsilon: the scenario has no [privacy] section"))?;
+                p.epsilon = eps;
+            }
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&s.name));
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let opts = SimOptions {
@@ -71,6 +87,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("final: {}", tessera_aggregator::report::round_line(last));
             }
             println!("{} rounds completed ({} aborted): {}", r.end.completed_rounds, r.aborted, r.end.reason);
+            if let Some(p) = &s.privacy {
+                let spent = r.records.last().and_then(|l| l.epsilon).unwrap_or(0.0);
+                println!(
+                    "privacy: epsilon {spent:.3} of {} spent at delta {:e} ({:?} unit)",
+                    p.epsilon, p.delta, p.unit
+                );
+            }
             println!("run directory: {}", out.display());
             Ok(())
         }

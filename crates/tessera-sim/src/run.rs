@@ -11,7 +11,9 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_aggregator::coordinator::{Coordinator, CoordinatorConfig, Resume, RoundOutcome, derive_seed};
+use tessera_aggregator::coordinator::{
+    Coordinator, CoordinatorConfig, PrivacyConfig, Resume, RoundOutcome, derive_seed,
+};
 use tessera_aggregator::driver::{DriverOptions, RunEnd, RunObserver, serve};
 use tessera_aggregator::report::{RunDir, Summary, round_line};
 use tessera_client::tabular::TabularModel;
@@ -101,7 +103,8 @@ pub fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
         cohort: s.cohort.clone(),
         train: s.train.settings(),
         secure: (!s.insecure_plaintext).then(|| s.secure.clone()),
-        dp: None,
+        // Simulations are reproducible by design, noise included.
+        dp: s.privacy.clone().map(|p| PrivacyConfig { test_seeded_noise: true, ..p }),
         strategy: s.strategy.clone(),
         round_deadline_ms: 3_600_000,
         phase_timeout_ms: 3_600_000,
@@ -150,10 +153,12 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
     let datas = member_data(s, &table)?;
     let mut models = Vec::with_capacity(datas.len());
     for (k, d) in datas.into_iter().enumerate() {
-        models.push(TabularModel::new(d, &s.model, opts.backend).with_context(|| format!("client {k}"))?);
+        let model = TabularModel::new(d, &s.model, opts.backend).with_context(|| format!("client {k}"))?;
+        models.push(model.with_seeded_noise(true));
     }
     let initial = tessera_learn::spec::initial_trainable_params(&s.model)?;
-    let coordinator = Coordinator::new(coordinator_config(s), initial, None, Resume::default());
+    let coordinator = Coordinator::new(coordinator_config(s), initial, None, Resume::default())
+        .map_err(|e| anyhow::anyhow!("scenario {}: {e}", s.name))?;
     let run = RunDir::open(&opts.out)?;
     run.write_file("scenario.toml", scenario_text.as_bytes())?;
     let bar = opts.progress.then(|| {
@@ -226,8 +231,8 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         stop_reason: end.reason.clone(),
         final_round: observer.run.records.last().cloned(),
         final_model_sha256: final_model.digest_hex(),
-        epsilon: None,
-        delta: None,
+        epsilon: coordinator.privacy_status().map(|p| p.epsilon_spent),
+        delta: coordinator.privacy_status().map(|p| p.delta),
         config: serde_json::json!({
             "scenario": s,
             "transport": format!("{:?}", opts.transport).to_lowercase(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::config::TrainSection;
-use tessera_aggregator::coordinator::{CohortSelection, SecureConfig};
+use tessera_aggregator::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
 use tessera_aggregator::strategy::StrategyConfig;
 use tessera_core::config::ModelConfig;
 
@@ -75,6 +75,10 @@ pub struct Scenario {
     pub strategy: StrategyConfig,
     #[serde(default = "default_cohort")]
     pub cohort: CohortSelection,
+    /// Differential privacy, as in the aggregator's `[privacy]` section.
+    /// Simulated noise is seeded from the scenario seed (reproducible runs).
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
 }
 
 fn default_partition() -> Partitioner {

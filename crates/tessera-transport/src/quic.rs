@@ -4,6 +4,7 @@
 //! `connect` return only once the member is admitted, so a refusal surfaces
 //! as [`TransportError::Refused`] right at the dial site.
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -33,14 +34,24 @@ pub const ALPN: &[u8] = b"tessera/1";
 const PREAMBLE: &[u8; 4] = b"TSR1";
 /// The server's one-byte answer once the member is admitted.
 const ADMITTED: u8 = 0xA5;
-/// Payload bytes reserved before any arrive.
-const PREALLOC: usize = 1 << 20;
 /// Admitted connections waiting for `accept`.
 const ACCEPT_QUEUE: usize = 64;
 
 /// QUIC transport parameters. Defaults favour bulk transfer of multi-MiB
-/// frames: windows large enough that a single stream is never flow-control
-/// bound on a LAN, and MTU discovery allowed above the Ethernet default.
+/// frames (measured in `docs/benchmarks.md`, "Transport"):
+///
+/// - MTU discovery may go up to 6000-byte datagrams. Larger packets cut
+///   the per-packet cost that bounds a QUIC connection (2x on loopback), and
+///   paths with a smaller MTU just stay lower. It stops at 6000 because quinn
+///   0.11 hands the kernel up to 10 datagrams per GSO send without capping
+///   the total at the 64 KiB UDP limit: above ~6500 bytes such a batch is
+///   refused whole, which reads as heavy loss.
+/// - Flow-control windows stay below the UDP receive buffer we ask for: a
+///   window larger than the buffer lets a burst overflow it whenever the
+///   receiver is descheduled, and the loss collapses the congestion window.
+///   6 MiB per round trip is ~1 Gbit/s at 50 ms; raise the windows together
+///   with `socket_buffer` (and the kernel's `net.core.rmem_max`) for longer,
+///   fatter paths.
 #[derive(Clone, Debug)]
 pub struct QuicTuning {
     pub stream_receive_window: u32,
@@ -50,7 +61,8 @@ pub struct QuicTuning {
     pub keep_alive: Duration,
     pub initial_mtu: u16,
     /// Largest UDP payload MTU discovery may probe for; paths that drop
-    /// large datagrams simply stay at the lower size.
+    /// large datagrams simply stay at the lower size. Keep it at or below
+    /// 6500 while GSO is on (see above).
     pub mtu_upper_bound: u16,
     /// Requested UDP socket send and receive buffers. Bursts of a large
     /// window overflow the kernel's small default and read as loss, which
@@ -61,13 +73,13 @@ pub struct QuicTuning {
 impl Default for QuicTuning {
     fn default() -> Self {
         Self {
-            stream_receive_window: 16 << 20,
-            receive_window: 32 << 20,
-            send_window: 32 << 20,
+            stream_receive_window: 4 << 20,
+            receive_window: 6 << 20,
+            send_window: 6 << 20,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             initial_mtu: 1200,
-            mtu_upper_bound: 1452,
+            mtu_upper_bound: 6000,
             socket_buffer: 8 << 20,
         }
     }
@@ -488,24 +500,61 @@ fn read_exact_err(e: quinn::ReadExactError) -> TransportError {
     }
 }
 
+/// Stream chunks taken from quinn per call: one lock of the connection
+/// state for up to this many packets' worth of data.
+const CHUNKS_PER_READ: usize = 32;
+
 /// Reads header then exactly the announced payload, so an oversize frame is
-/// refused before a byte of it is buffered. All progress lives in `self`
-/// and quinn's `read_chunk` consumes nothing unless it completes, so `recv`
-/// is cancel-safe: a driver may race it against a deadline.
+/// refused before a byte of its payload is kept. Chunks come from quinn in
+/// batches (`read_chunks`) and are kept as they arrived until the frame is
+/// complete, then copied once into the payload: memory held is what the
+/// peer actually sent, however large the frame it announced. All progress
+/// lives in `self` and quinn's `read_chunks` consumes nothing unless it
+/// completes, so `recv` is cancel-safe: a driver may race it against a deadline.
 pub(crate) struct QuicReceiver {
     recv: quinn::RecvStream,
     conn: quinn::Connection,
     limits: Limits,
     failed: Option<CodecError>,
+    /// Received from quinn, not yet consumed; may run into the next frame.
+    pending: VecDeque<Bytes>,
+    /// The peer finished the stream: nothing follows `pending`.
+    ended: bool,
     header: [u8; HEADER_LEN],
     header_filled: usize,
-    /// The frame being received: announced length and bytes so far.
-    partial: Option<(usize, Vec<u8>)>,
+    /// The frame being received: announced length, its chunks so far and their total length.
+    partial: Option<(usize, Vec<Bytes>, usize)>,
 }
 
 impl QuicReceiver {
     pub(crate) fn new(recv: quinn::RecvStream, conn: quinn::Connection, limits: Limits) -> Self {
-        Self { recv, conn, limits, failed: None, header: [0; HEADER_LEN], header_filled: 0, partial: None }
+        Self {
+            recv,
+            conn,
+            limits,
+            failed: None,
+            pending: VecDeque::new(),
+            ended: false,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            partial: None,
+        }
+    }
+
+    /// Waits for more of the stream (or its end).
+    async fn fill(&mut self) -> Result<(), TransportError> {
+        let mut chunks: [Bytes; CHUNKS_PER_READ] = Default::default();
+        match self.recv.read_chunks(&mut chunks).await.map_err(read_err)? {
+            Some(n) => self.pending.extend(chunks.into_iter().take(n).filter(|c| !c.is_empty())),
+            None => self.ended = true,
+        }
+        Ok(())
+    }
+
+    /// At most `max` (> 0) bytes from the front of what has been received.
+    fn take(&mut self, max: usize) -> Option<Bytes> {
+        let front = self.pending.front_mut()?;
+        if front.len() > max { Some(front.split_to(max)) } else { self.pending.pop_front() }
     }
 
     pub(crate) async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
@@ -513,45 +562,49 @@ impl QuicReceiver {
             return Err(TransportError::Frame(e.clone()));
         }
         while self.header_filled < HEADER_LEN {
-            let want = HEADER_LEN - self.header_filled;
-            match self.recv.read_chunk(want, true).await.map_err(read_err)? {
-                Some(chunk) => {
-                    let n = chunk.bytes.len();
-                    self.header[self.header_filled..self.header_filled + n].copy_from_slice(&chunk.bytes);
-                    self.header_filled += n;
+            let Some(chunk) = self.take(HEADER_LEN - self.header_filled) else {
+                if !self.ended {
+                    self.fill().await?;
+                    continue;
                 }
-                None if self.header_filled == 0 => return Ok(None),
-                None => return Err(self.fail(CodecError::Truncated { buffered: self.header_filled })),
-            }
+                if self.header_filled == 0 {
+                    return Ok(None);
+                }
+                return Err(self.fail(CodecError::Truncated { buffered: self.header_filled }));
+            };
+            self.header[self.header_filled..self.header_filled + chunk.len()].copy_from_slice(&chunk);
+            self.header_filled += chunk.len();
             // Judge the version as soon as it is known, as the codec does.
             if let Err(e) = check_version(self.header[0]) {
                 return Err(self.fail(e));
             }
         }
-        if self.partial.is_none() {
-            let len = match payload_len(&self.header, &self.limits) {
-                Ok(len) => len,
+        let (len, mut chunks, mut got) = match self.partial.take() {
+            Some(partial) => partial,
+            None => match payload_len(&self.header, &self.limits) {
+                Ok(len) => (len, Vec::new(), 0),
                 Err(e) => return Err(self.fail(e)),
-            };
-            // Grow with the bytes that actually arrive, so a peer announcing
-            // a large frame and then stalling pins little memory.
-            self.partial = Some((len, Vec::with_capacity(len.min(PREALLOC))));
-        }
-        while let Some((len, payload)) = &mut self.partial {
-            let missing = *len - payload.len();
-            if missing == 0 {
-                break;
-            }
-            match self.recv.read_chunk(missing, true).await.map_err(read_err)? {
-                Some(chunk) => payload.extend_from_slice(&chunk.bytes),
-                None => {
-                    let buffered = HEADER_LEN + payload.len();
-                    return Err(self.fail(CodecError::Truncated { buffered }));
+            },
+        };
+        while got < len {
+            match self.take(len - got) {
+                Some(chunk) => {
+                    got += chunk.len();
+                    chunks.push(chunk);
                 }
+                None if !self.ended => {
+                    // Park progress in `self` across the await (cancel safety).
+                    self.partial = Some((len, std::mem::take(&mut chunks), got));
+                    self.fill().await?;
+                    (_, chunks, got) = self.partial.take().expect("parked above");
+                }
+                None => return Err(self.fail(CodecError::Truncated { buffered: HEADER_LEN + got })),
             }
         }
+        let mut payload = Vec::with_capacity(len);
+        chunks.iter().for_each(|c| payload.extend_from_slice(c));
         self.header_filled = 0;
-        Ok(self.partial.take().map(|(_, payload)| payload))
+        Ok(Some(payload))
     }
 
     fn fail(&mut self, e: CodecError) -> TransportError {

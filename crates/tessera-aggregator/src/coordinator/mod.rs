@@ -18,6 +18,7 @@
 //! Members that miss a phase deadline are dropped from the round; the round
 //! completes if enough survive, otherwise it is aborted and retried.
 
+mod privacy;
 mod round;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -27,10 +28,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use tessera_core::message::ModelPurpose;
-use tessera_core::round::{DpSettings, RoundSettings, SecAggSettings, TrainSettings};
+use tessera_core::round::{NoisePlacement, RoundSettings, SecAggSettings, TrainSettings};
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, RunId};
+use tessera_privacy::GaussianSpend;
 
 use crate::strategy::{ServerOptimizer, StrategyConfig};
+use privacy::PrivacyState;
+pub use privacy::{PrivacyConfig, PrivacyPlan, PrivacyStatus};
 use round::RoundState;
 pub use round::{Handled, RoundOutcome};
 
@@ -48,6 +52,7 @@ pub enum CohortSelection {
 
 /// Secure-aggregation parameters of a run; per-round values derive from it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SecureConfig {
     /// Bits of the ring the masked vector lives in.
     pub modulus_bits: u32,
@@ -80,7 +85,9 @@ pub struct CoordinatorConfig {
     pub train: TrainSettings,
     /// `None` is the simulator's research-only `insecure_plaintext` mode.
     pub secure: Option<SecureConfig>,
-    pub dp: Option<DpSettings>,
+    /// Differential privacy of the run; `None` releases updates without DP
+    /// (secure aggregation still hides individual updates).
+    pub dp: Option<PrivacyConfig>,
     pub strategy: StrategyConfig,
     /// Deadline for the training + masked-input phase, from round start.
     pub round_deadline_ms: u64,
@@ -129,6 +136,16 @@ pub enum Event {
         cohort: Vec<String>,
         cohort_seed: u64,
     },
+    /// The round's privacy spend, charged before any of its messages is
+    /// sent. Drivers must make it durable before sending anything further
+    /// (write-ahead): a crash then never forgets a release.
+    PrivacyReserved {
+        round: u64,
+        spend: GaussianSpend,
+        /// Cumulative epsilon at `delta` once this round is counted.
+        epsilon: f64,
+        delta: f64,
+    },
     RoundFinished(Box<RoundOutcome>),
     RoundAborted {
         round: u64,
@@ -172,15 +189,22 @@ pub enum Violation {
 }
 
 /// Where a run picks up: a fresh run is `Resume::default()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Round numbers on the wire identify attempts and are never reused
+/// (`next_round` must exceed every number a previous process started), while
+/// seeds derive from the logical round `completed_rounds + 1`, so a resumed
+/// run repeats the rounds an uninterrupted run would have run.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Resume {
     pub next_round: u64,
     pub completed_rounds: u64,
+    /// Every privacy spend charged so far, aborted attempts included.
+    pub spent: Vec<GaussianSpend>,
 }
 
 impl Default for Resume {
     fn default() -> Self {
-        Self { next_round: 1, completed_rounds: 0 }
+        Self { next_round: 1, completed_rounds: 0, spent: Vec::new() }
     }
 }
 
@@ -206,19 +230,27 @@ pub struct Coordinator {
     finished: bool,
     /// Caller-imposed stop before the next round (e.g. privacy budget).
     stop_reason: Option<String>,
+    privacy: Option<PrivacyState>,
+    /// Whether this instance has started a round yet (the start quorum
+    /// applies to the first round of each process).
+    started_any: bool,
 }
 
 impl Coordinator {
     /// Start a run (or resume one from a checkpoint) with the given global
-    /// model and optimizer state.
+    /// model and optimizer state. Fails only on an unusable privacy policy.
     pub fn new(
         cfg: CoordinatorConfig,
         global: ModelParams,
         optimizer: Option<ServerOptimizer>,
         resume: Resume,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let optimizer = optimizer.unwrap_or_else(|| ServerOptimizer::new(cfg.strategy.clone()));
-        Self {
+        let privacy = match &cfg.dp {
+            None => None,
+            Some(p) => Some(PrivacyState::new(p.plan(cfg.rounds, &cfg.train, cfg.secure.is_some())?, &resume.spent)?),
+        };
+        Ok(Self {
             cfg,
             global: Arc::new(global),
             optimizer,
@@ -231,7 +263,19 @@ impl Coordinator {
             out: VecDeque::new(),
             finished: false,
             stop_reason: None,
-        }
+            privacy,
+            started_any: false,
+        })
+    }
+
+    /// Epsilon spent against the budget, when the run is private.
+    pub fn privacy_status(&self) -> Option<PrivacyStatus> {
+        self.privacy.as_ref().map(|p| p.status())
+    }
+
+    /// The resolved privacy plan (noise multiplier, per-round spend).
+    pub fn privacy_plan(&self) -> Option<&PrivacyPlan> {
+        self.privacy.as_ref().map(|p| &p.plan)
     }
 
     pub fn config(&self) -> &CoordinatorConfig {
@@ -356,7 +400,15 @@ impl Coordinator {
                 round::Step::Continue => continue,
                 round::Step::Aggregated(mean_delta) => {
                     let mut g = (*self.global).clone();
-                    let ok = mean_delta.and_then(|d| self.optimizer.step(&mut g, &d).map_err(|e| e.to_string()));
+                    let contributors = r.contributor_count();
+                    let noise_seed = derive_seed(self.cfg.seed, self.completed + 1, b"central-noise");
+                    let privacy = self.privacy.as_ref().filter(|p| p.plan.settings.noise == NoisePlacement::Central);
+                    let ok = mean_delta
+                        .and_then(|mut d| match privacy {
+                            Some(p) => p.add_central_noise(&mut d, contributors, noise_seed).map(|()| d),
+                            None => Ok(d),
+                        })
+                        .and_then(|d| self.optimizer.step(&mut g, &d).map_err(|e| e.to_string()));
                     match ok {
                         Ok(()) => {
                             self.global = Arc::new(g);
@@ -374,7 +426,12 @@ impl Coordinator {
 
     fn finish_round(&mut self, now_ms: u64, reports: Vec<EvalMetrics>) {
         let r = self.current.take().expect("round in progress");
-        let outcome = r.outcome(now_ms, EvalMetrics::weighted_mean(&reports), &self.global);
+        let mut outcome = r.outcome(now_ms, EvalMetrics::weighted_mean(&reports), &self.global);
+        if let Some(p) = &self.privacy {
+            let st = p.status();
+            outcome.epsilon = Some(st.epsilon_spent);
+            outcome.delta = Some(st.delta);
+        }
         self.update_health(&r.cohort, &outcome.contributors);
         for m in &r.cohort {
             self.out.push_back(Output::Send {
@@ -456,17 +513,32 @@ impl Coordinator {
             self.finish_run(format!("completed {} rounds", self.cfg.rounds));
             return;
         }
-        // The start quorum holds only for the first round of a run.
-        let first = self.completed == 0 && self.retries == 0;
-        let needed = if first { self.cfg.min_clients.max(self.cfg.start_quorum) } else { self.cfg.min_clients };
+        // The start quorum holds for the first round each process starts,
+        // so a restarted aggregator waits for the consortium to reconnect.
+        let needed =
+            if self.started_any { self.cfg.min_clients } else { self.cfg.min_clients.max(self.cfg.start_quorum) };
         if (self.online.len() as u32) < needed {
             return;
         }
         let round = self.next_round;
-        let cohort_seed = derive_seed(self.cfg.seed, round, b"cohort");
+        let logical = self.completed + 1;
+        let cohort_seed = derive_seed(self.cfg.seed, logical, b"cohort");
         let cohort = select_cohort(&self.online, &self.cfg.cohort, self.cfg.min_clients, cohort_seed);
-        let settings = self.round_settings(round, cohort.len() as u32);
+        let settings = self.round_settings(logical, cohort.len() as u32);
+        // Charge the budget first: a round it cannot afford never starts.
+        let charged = match self.privacy.as_mut().map(|p| p.charge().map(|e| (e, p.plan.spend, p.plan.budget.delta))) {
+            Some(Err(reason)) => {
+                self.finish_run(reason);
+                return;
+            }
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
+        self.started_any = true;
         self.out.push_back(Output::Event(Event::RoundStarted { round, cohort: cohort.clone(), cohort_seed }));
+        if let Some((epsilon, spend, delta)) = charged {
+            self.out.push_back(Output::Event(Event::PrivacyReserved { round, spend, epsilon, delta }));
+        }
         match RoundState::start(now_ms, round, cohort, settings, &self.cfg, &self.global, &mut self.out) {
             Ok(state) => self.current = Some(state),
             Err(reason) => {
@@ -487,16 +559,33 @@ impl Coordinator {
         }
     }
 
-    fn round_settings(&self, round: u64, cohort_size: u32) -> RoundSettings {
+    /// Settings of the `logical`-th round (seeds derive from it, not from
+    /// the wire round number, so retries and resumed runs are reproducible).
+    fn round_settings(&self, logical: u64, cohort_size: u32) -> RoundSettings {
         let secagg = self.cfg.secure.as_ref().map(|s| {
             let mut graph_seed = [0u8; 32];
-            ChaCha20Rng::seed_from_u64(derive_seed(self.cfg.seed, round, b"graph")).fill(&mut graph_seed);
+            ChaCha20Rng::seed_from_u64(derive_seed(self.cfg.seed, logical, b"graph")).fill(&mut graph_seed);
             let (neighbours, threshold) = secagg_shape(s, cohort_size, self.cfg.min_clients);
             SecAggSettings { threshold, modulus_bits: s.modulus_bits, clip_range: s.clip_range, neighbours, graph_seed }
         });
         let mut train = self.cfg.train.clone();
-        train.seed = derive_seed(self.cfg.seed, round, b"train");
-        RoundSettings { train, secagg, dp: self.cfg.dp.clone() }
+        train.seed = derive_seed(self.cfg.seed, logical, b"train");
+        let dp = self.privacy.as_ref().map(|p| {
+            // Under DP every member weighs 1: an example count is itself an
+            // unprivatized statistic of the member's data.
+            train.example_weight_cap = 0;
+            let mut dp = p.plan.settings.clone();
+            // Distributed noise is sized for the fewest survivors a round accepts.
+            // Under the complete graph the secure sum needs t survivors; under
+            // SecAgg+ t is per neighbourhood, so only min_clients is global.
+            dp.min_contributors = match &secagg {
+                Some(s) if s.neighbours.is_none() => s.threshold.max(self.cfg.min_clients),
+                _ => self.cfg.min_clients,
+            }
+            .max(1);
+            dp
+        });
+        RoundSettings { train, secagg, dp }
     }
 }
 

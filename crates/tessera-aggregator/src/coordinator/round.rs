@@ -58,6 +58,9 @@ pub struct RoundOutcome {
     pub model_digest: String,
     pub started_ms: u64,
     pub finished_ms: u64,
+    /// Cumulative privacy spend after this round, when the run is private.
+    pub epsilon: Option<f64>,
+    pub delta: Option<f64>,
 }
 
 /// A plaintext upload being received (research mode only).
@@ -408,9 +411,8 @@ impl RoundState {
                     Ok(sum) => {
                         self.contributors = sum.survivors.iter().copied().collect();
                         self.next_phase(now_ms, Phase::Evaluate, cfg.phase_timeout_ms);
-                        let secagg = self.settings.secagg.as_ref().expect("secure round");
                         let n = self.cohort.len() as u32;
-                        Step::Aggregated(encoding::mean_from_secure(&self.layout, secagg, n, &sum))
+                        Step::Aggregated(encoding::mean_from_secure(&self.layout, &self.settings, n, &sum))
                     }
                 }
             }
@@ -455,7 +457,14 @@ impl RoundState {
             model_digest: global.digest_hex(),
             started_ms: self.started_ms,
             finished_ms: now_ms,
+            epsilon: None,
+            delta: None,
         }
+    }
+
+    /// Members whose update is in the aggregate (known once aggregated).
+    pub(super) fn contributor_count(&self) -> usize {
+        self.contributors.len()
     }
 }
 

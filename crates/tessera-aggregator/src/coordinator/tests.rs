@@ -68,6 +68,10 @@ struct Harness {
     violations: Vec<(String, String)>,
     /// Messages each member sent, by kind.
     sent: BTreeMap<String, Vec<ClientMsg>>,
+    /// Coordinator outputs in order, as short labels ("event:..." or "send:kind").
+    trace: Vec<String>,
+    /// The DP settings each Train request carried.
+    train_dp: Vec<Option<tessera_core::round::DpSettings>>,
 }
 
 impl Harness {
@@ -86,7 +90,7 @@ impl Harness {
         }
         Self {
             now: 0,
-            coord: Coordinator::new(cfg, initial(), None, Resume::default()),
+            coord: Coordinator::new(cfg, initial(), None, Resume::default()).unwrap(),
             members,
             dead: BTreeSet::new(),
             kill_before: BTreeMap::new(),
@@ -95,7 +99,19 @@ impl Harness {
             aborted: vec![],
             violations: vec![],
             sent: BTreeMap::new(),
+            trace: vec![],
+            train_dp: vec![],
         }
+    }
+
+    fn with_initial(mut self, initial: ModelParams) -> Self {
+        let cfg = self.coord.config().clone();
+        self.coord = Coordinator::new(cfg, initial, None, Resume::default()).unwrap();
+        self
+    }
+
+    fn member_mut(&mut self, name: &str) -> &mut Participant<ChaCha20Rng> {
+        self.members.get_mut(name).unwrap()
     }
 
     fn connect_all(&mut self) {
@@ -131,7 +147,10 @@ impl Harness {
         while let Some(out) = self.coord.poll_output() {
             moved = true;
             match out {
-                Output::Send { to, msg } => self.deliver_to_member(&to, msg),
+                Output::Send { to, msg } => {
+                    self.trace.push(format!("send:{}", msg.kind()));
+                    self.deliver_to_member(&to, msg)
+                }
                 Output::SendModel { to, round, purpose, model } => {
                     for m in model_messages(round, purpose, &model, 5).collect::<Vec<_>>() {
                         self.deliver_to_member(&to, m);
@@ -141,6 +160,13 @@ impl Harness {
                 Output::Event(Event::RoundFinished(o)) => self.finished.push(*o),
                 Output::Event(Event::RoundAborted { round, reason, .. }) => self.aborted.push((round, reason)),
                 Output::Event(e) => {
+                    let label = match &e {
+                        Event::RoundStarted { .. } => "round_started".to_string(),
+                        Event::PrivacyReserved { round, .. } => format!("privacy_reserved:{round}"),
+                        Event::RunFinished { reason } => format!("run_finished:{reason}"),
+                        other => format!("{other:?}").split([' ', '{', '(']).next().unwrap_or_default().to_string(),
+                    };
+                    self.trace.push(format!("event:{label}"));
                     if std::env::var("HARNESS_DEBUG").is_ok() {
                         eprintln!("coordinator: {e:?}");
                     }
@@ -169,7 +195,8 @@ impl Harness {
                         self.sent.entry(name.clone()).or_default().push(msg.clone());
                         let _ = self.coord.handle(self.now, &name, msg);
                     }
-                    participant::Output::Train { round, model, .. } => {
+                    participant::Output::Train { round, model, dp, .. } => {
+                        self.train_dp.push(dp);
                         let mut params = model.clone();
                         params.values_mut().for_each(|v| *v += member_delta(i));
                         let up = TrainedUpdate { params, num_examples: 10 * (i as u64 + 1), mean_loss: 0.5 };
@@ -356,3 +383,5 @@ fn members_refuse_unsafe_rounds() {
         }
     }
 }
+
+mod dp;

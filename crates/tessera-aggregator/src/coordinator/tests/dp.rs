@@ -1,0 +1,226 @@
+//! Differential privacy wired through whole rounds: the noise the secure sum
+//! carries, the budget stop, the write-ahead order of the charge, and the
+//! member's own budget.
+
+use tessera_client::participant::PrivacyGuard;
+use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit};
+use tessera_privacy::{DistributedPlan, GaussianSpend, RdpAccountant};
+
+use super::*;
+
+fn dp_config(unit: PrivacyUnit, noise: Option<NoisePlacement>, z: f64) -> PrivacyConfig {
+    PrivacyConfig {
+        unit,
+        noise,
+        epsilon: 1e6,
+        delta: 1e-5,
+        clip_norm: 0.5,
+        noise_multiplier: Some(z),
+        sampling_rate: (unit == PrivacyUnit::Record).then_some(0.25),
+        test_seeded_noise: true,
+    }
+}
+
+fn zeros(d: usize) -> ModelParams {
+    ModelParams::new(vec![ParamTensor::new("w", vec![d], vec![0.0; d]).unwrap()])
+}
+
+/// Mean and standard deviation of `global - expected` over all coordinates.
+fn residual_stats(h: &Harness, expected: f64) -> (f64, f64) {
+    let r: Vec<f64> = h.coord.global().values().map(|v| f64::from(*v) - expected).collect();
+    let mean = r.iter().sum::<f64>() / r.len() as f64;
+    let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r.len() - 1) as f64;
+    (mean, var.sqrt())
+}
+
+/// Every member's delta is clipped to C, so each coordinate of the clipped
+/// delta is C / sqrt(d); what remains in the global model is noise of the
+/// planned size: the sum of 5 discrete Gaussian shares decoded from the ring.
+#[test]
+fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
+    let d = 4000;
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    c.dp = Some(dp_config(PrivacyUnit::Client, None, 0.8));
+    let mut h = Harness::new(5, c).with_initial(zeros(d));
+    h.connect_all();
+    h.run(10);
+    assert_eq!(h.finished.len(), 1, "aborted: {:?}", h.aborted);
+    let o = &h.finished[0];
+    assert_eq!(o.contributors.len(), 5);
+    assert!(o.epsilon.is_some_and(|e| e > 0.0));
+
+    let dp = h.coord.privacy_plan().unwrap().settings.clone();
+    assert_eq!(dp.noise, NoisePlacement::Distributed);
+    // Rebuild the plan the round used (threshold of a cohort of 5 is 4).
+    let settings = RoundSettings {
+        train: c_train(),
+        secagg: Some(SecAggSettings {
+            threshold: 4,
+            modulus_bits: 32,
+            clip_range: 1.0,
+            neighbours: None,
+            graph_seed: [0; 32],
+        }),
+        dp: Some(DpSettings { min_contributors: 4, ..dp }),
+    };
+    let plan = DistributedPlan::for_round(&settings, d as u64, 5).unwrap().unwrap();
+    let per_coord = 0.5 / (d as f64).sqrt();
+    let (mean, std) = residual_stats(&h, per_coord);
+    let want = plan.sum_noise_std(5) / 5.0;
+    // Any 4 shares carry at least z·C on the sum: the mean's noise is >= z·C/5 · sqrt(5/4)... at least z·C/5.
+    assert!(want >= 0.8 * 0.5 / 5.0, "planned {want}");
+    assert!((std / want - 1.0).abs() < 0.08, "noise std {std}, planned {want}");
+    assert!(mean.abs() < 5.0 * want / (d as f64).sqrt(), "noise is biased: {mean}");
+}
+
+fn c_train() -> TrainSettings {
+    TrainSettings { example_weight_cap: 0, ..cfg(3, true).train }
+}
+
+/// Central noise: the aggregator adds N(0, (zC/n)^2) to the mean of n
+/// clipped updates (research plaintext mode here, so nothing else is noisy).
+#[test]
+fn central_noise_on_the_mean() {
+    let d = 4000;
+    let mut c = cfg(3, false);
+    c.rounds = 1;
+    c.dp = Some(dp_config(PrivacyUnit::Client, None, 2.0));
+    let mut h = Harness::new(5, c).with_initial(zeros(d));
+    h.connect_all();
+    h.run(10);
+    assert_eq!(h.finished.len(), 1, "aborted: {:?}", h.aborted);
+    assert_eq!(h.coord.privacy_plan().unwrap().settings.noise, NoisePlacement::Central);
+    let (_, std) = residual_stats(&h, 0.5 / (d as f64).sqrt());
+    let want = 2.0 * 0.5 / 5.0;
+    assert!((std / want - 1.0).abs() < 0.08, "noise std {std}, want {want}");
+}
+
+/// With a fixed noise multiplier, the run stops at the first round the
+/// budget cannot afford (computed independently with the accountant), and
+/// each round's charge is emitted before any of its messages.
+#[test]
+fn budget_stops_the_run_at_the_right_round_and_charges_first() {
+    let mut c = cfg(3, true);
+    c.rounds = 50;
+    let mut p = dp_config(PrivacyUnit::Client, None, 2.0);
+    p.epsilon = 6.0;
+    c.dp = Some(p);
+    let mut acc = RdpAccountant::default();
+    let mut affordable = 0;
+    loop {
+        acc.compose_poisson_gaussian(2.0, 1.0, 1).unwrap();
+        if acc.epsilon(1e-5).unwrap().0 > 6.0 {
+            break;
+        }
+        affordable += 1;
+    }
+    assert!((2..50).contains(&affordable), "{affordable}");
+
+    let mut h = Harness::new(4, c);
+    h.connect_all();
+    h.run(400);
+    assert!(h.coord.is_finished());
+    assert_eq!(h.finished.len(), affordable, "aborted: {:?}", h.aborted);
+    let last = h.trace.last().unwrap();
+    assert!(last.starts_with("event:run_finished:privacy budget exhausted"), "{last}");
+    let eps: Vec<f64> = h.finished.iter().map(|o| o.epsilon.unwrap()).collect();
+    assert!(eps.windows(2).all(|w| w[1] > w[0]), "epsilon must grow: {eps:?}");
+    assert!(*eps.last().unwrap() <= 6.0);
+    // Write-ahead order: round_started, privacy_reserved, then the round's first send.
+    for (i, t) in h.trace.iter().enumerate() {
+        if t == "event:round_started" {
+            assert!(h.trace[i + 1].starts_with("event:privacy_reserved:"), "{:?}", &h.trace[i..i + 3]);
+            assert!(h.trace[i + 2].starts_with("send:"), "{:?}", &h.trace[i..i + 3]);
+        }
+    }
+}
+
+/// A budget resumed from the ledger counts what was spent before.
+#[test]
+fn resumed_spend_shortens_the_run() {
+    let mut c = cfg(3, true);
+    c.rounds = 50;
+    let mut p = dp_config(PrivacyUnit::Client, None, 2.0);
+    p.epsilon = 6.0;
+    c.dp = Some(p);
+    let fresh = {
+        let mut h = Harness::new(4, c.clone());
+        h.connect_all();
+        h.run(400);
+        h.finished.len()
+    };
+    let spend = GaussianSpend { noise_multiplier: 2.0, sampling_rate: 1.0, steps: 1 };
+    let resume = Resume { next_round: 100, completed_rounds: 2, spent: vec![spend; 2] };
+    let mut h = Harness::new(4, c.clone());
+    h.coord = Coordinator::new(c, initial(), None, resume).unwrap();
+    h.connect_all();
+    h.run(400);
+    assert_eq!(h.finished.len(), fresh - 2);
+    assert!(h.finished.iter().all(|o| o.round >= 100), "wire rounds are never reused");
+}
+
+/// Record-level DP: members are asked to train with DP-SGD, every member
+/// weighs 1, and the charge per round is the DP-SGD steps.
+#[test]
+fn record_unit_asks_members_for_dpsgd() {
+    let mut c = cfg(3, true);
+    c.dp = Some(dp_config(PrivacyUnit::Record, None, 1.1));
+    let mut h = Harness::new(4, c);
+    h.connect_all();
+    h.run(10);
+    assert_eq!(h.finished.len(), 2, "aborted: {:?}", h.aborted);
+    assert_eq!(h.train_dp.len(), 8);
+    for dp in &h.train_dp {
+        let dp = dp.as_ref().expect("DP-SGD settings");
+        assert_eq!((dp.unit, dp.noise, dp.sampling_rate), (PrivacyUnit::Record, NoisePlacement::Local, 0.25));
+    }
+    let plan = h.coord.privacy_plan().unwrap();
+    assert_eq!(plan.spend.steps, 4, "1 local epoch at q = 1/4");
+    // Uniform weights: the mean of member deltas 0.1..0.4 is 0.25 per round.
+    assert!(h.coord.global().values().all(|v| (v - 0.5).abs() < 1e-4));
+}
+
+struct Stingy {
+    left: u32,
+}
+
+impl PrivacyGuard for Stingy {
+    fn charge(&mut self, _round: u64, _spend: &GaussianSpend) -> Result<(), String> {
+        if self.left == 0 {
+            return Err("budget spent".into());
+        }
+        self.left -= 1;
+        Ok(())
+    }
+}
+
+/// A member whose own budget is spent declines before training; the round
+/// goes on without it. A member that requires DP refuses a non-DP run.
+#[test]
+fn member_budget_and_dp_requirement_are_enforced_by_the_member() {
+    let mut c = cfg(3, true);
+    c.dp = Some(dp_config(PrivacyUnit::Client, None, 1.0));
+    let mut h = Harness::new(5, c);
+    *h.member_mut("m4") =
+        Participant::new("m4", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(4))
+            .with_privacy_guard(Box::new(Stingy { left: 1 }));
+    h.connect_all();
+    h.run(20);
+    assert_eq!(h.finished.len(), 2, "aborted: {:?}", h.aborted);
+    assert_eq!(h.finished[0].contributors.len(), 5);
+    assert!(!h.finished[1].contributors.contains(&"m4".to_string()));
+    let declines = h.sent["m4"].iter().filter(|m| matches!(m, ClientMsg::Decline { .. })).count();
+    assert_eq!(declines, 1);
+
+    // The same member in a run without DP refuses every round.
+    let mut h = Harness::new(4, cfg(3, true));
+    *h.member_mut("m3") =
+        Participant::new("m3", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(3))
+            .with_privacy_guard(Box::new(Stingy { left: 9 }));
+    h.connect_all();
+    h.run(20);
+    assert_eq!(h.finished.len(), 2);
+    assert!(h.finished.iter().all(|o| !o.contributors.contains(&"m3".to_string())));
+    assert!(h.sent["m3"].iter().all(|m| !matches!(m, ClientMsg::MaskedStart { .. })));
+}

@@ -1,0 +1,234 @@
+//! `tessera-aggregator export --format safetensors`: the final global model
+//! as a file PyTorch users load without Tessera.
+//!
+//! The aggregator only holds the trainable part; the rest of the model (a
+//! frozen backbone) comes from the run's `[model]` section: the same
+//! deterministic initialisation every member builds (`init_seed`), or the
+//! `pretrained` backbone file. LoRA adapters are merged into their layer
+//! (`W + (alpha / rank) A B`), so the file describes plain linear layers.
+//!
+//! Tensors are named and shaped as the state dict of
+//! `torch.nn.Sequential(Linear, ReLU, ..., Linear)`: layer `i` is
+//! `"{2i}.weight"` (`[out_features, in_features]`) and `"{2i}.bias"`, so
+//! `model.load_state_dict(safetensors.torch.load_file(path))` works as is.
+//! The file's metadata names the architecture and the run it came from.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use tessera_core::ModelParams;
+use tessera_core::config::{ModelConfig, TrainableConfig};
+use tessera_learn::model::Field;
+use tessera_learn::{DEFAULT_BACKEND, TabularMlp, load_backbone};
+
+use crate::store::StateStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("model: {0}")]
+    Learn(#[from] tessera_learn::LearnError),
+    #[error("the state database holds no completed round yet: nothing to export")]
+    NoCheckpoint,
+    #[error("the state database holds no run configuration")]
+    NoConfig,
+    #[error("stored run configuration unreadable: {0}")]
+    Config(String),
+    #[error("writing {path}: {message}")]
+    Write { path: std::path::PathBuf, message: String },
+}
+
+/// One exported tensor, row-major f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// What `export` wrote.
+#[derive(Clone, Debug)]
+pub struct ExportReport {
+    pub tensors: Vec<ExportTensor>,
+    pub completed_rounds: u64,
+    pub model_sha256: String,
+    pub architecture: String,
+}
+
+/// The whole model after training: backbone (initial or pretrained) with
+/// the trained part imported and adapters merged, as PyTorch linear layers.
+pub fn full_model(cfg: &ModelConfig, trained: &ModelParams) -> Result<(Vec<ExportTensor>, String), ExportError> {
+    let mlp = tessera_learn::spec::mlp_config(cfg);
+    let device = DEFAULT_BACKEND.training_device();
+    let mut model = TabularMlp::new(&mlp, &device)?;
+    if let Some(p) = &cfg.pretrained {
+        load_backbone(&mut model, p, &[])?;
+    }
+    let slots = model.trainable_slots(&mlp.trainable);
+    tessera_learn::model::import_slots(&mut model, &slots, trained)?;
+    let lora_scale = match cfg.trainable {
+        TrainableConfig::Lora { rank, alpha } => alpha / rank as f32,
+        _ => 0.0,
+    };
+    let mut out = Vec::new();
+    let mut arch = Vec::new();
+    let n = model.num_backbone_layers();
+    for layer in 0..=n {
+        let w = model.read_slot(layer, Field::Weight)?;
+        let (d_in, d_out) = (w.shape[0], w.shape[1]);
+        let mut weight = w.data; // [in, out]
+        if model.param(layer, Field::LoraA).is_some() {
+            let a = model.read_slot(layer, Field::LoraA)?; // [in, rank]
+            let b = model.read_slot(layer, Field::LoraB)?; // [rank, out]
+            let rank = a.shape[1];
+            for i in 0..d_in {
+                for o in 0..d_out {
+                    let ab: f32 = (0..rank).map(|k| a.data[i * rank + k] * b.data[k * d_out + o]).sum();
+                    weight[i * d_out + o] += lora_scale * ab;
+                }
+            }
+        }
+        // [in, out] -> [out, in], as torch.nn.Linear stores it.
+        let mut torch_w = vec![0f32; weight.len()];
+        for i in 0..d_in {
+            for o in 0..d_out {
+                torch_w[o * d_in + i] = weight[i * d_out + o];
+            }
+        }
+        let bias = model.read_slot(layer, Field::Bias)?;
+        out.push(ExportTensor { name: format!("{}.weight", 2 * layer), shape: vec![d_out, d_in], data: torch_w });
+        out.push(ExportTensor { name: format!("{}.bias", 2 * layer), shape: vec![d_out], data: bias.data });
+        arch.push(format!("Linear({d_in}, {d_out})"));
+    }
+    Ok((out, format!("Sequential({})", arch.join(", ReLU(), "))))
+}
+
+/// Write `tensors` to `path` as safetensors (f32, little-endian).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[ExportTensor],
+    metadata: HashMap<String, String>,
+) -> Result<(), ExportError> {
+    let werr = |message: String| ExportError::Write { path: path.to_path_buf(), message };
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| TensorView::new(Dtype::F32, t.shape.clone(), b).map(|v| (t.name.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| werr(e.to_string()))?;
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| werr(e.to_string()))
+}
+
+/// Read a safetensors file back (f32 tensors only), for checks.
+pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<ExportTensor>, String> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let mut out: Vec<ExportTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            if v.dtype() != Dtype::F32 {
+                return Err(format!("tensor {name} is {:?}, not F32", v.dtype()));
+            }
+            let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            Ok(ExportTensor { name, shape: v.shape().to_vec(), data })
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Export the newest checkpoint in `store` to `out`.
+pub fn export_safetensors(store: &StateStore, out: &Path) -> Result<ExportReport, ExportError> {
+    let config = store.latest_config()?.ok_or(ExportError::NoConfig)?;
+    let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| ExportError::Config(e.to_string()))?;
+    let model_cfg: ModelConfig =
+        serde_json::from_value(config["model"].clone()).map_err(|e| ExportError::Config(e.to_string()))?;
+    let cp = store.latest_checkpoint()?.ok_or(ExportError::NoCheckpoint)?;
+    let run_id = store.run_info()?.map(|r| r.run_id.to_hex()).unwrap_or_default();
+    let (tensors, architecture) = full_model(&model_cfg, &cp.model)?;
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("tessera.architecture".to_string(), architecture.clone()),
+        ("tessera.layout".to_string(), "torch.nn.Linear: weight [out_features, in_features]".to_string()),
+        ("tessera.run_id".to_string(), run_id),
+        ("tessera.completed_rounds".to_string(), cp.completed.to_string()),
+        ("tessera.trained_sha256".to_string(), cp.model_sha256.clone()),
+    ]);
+    write_safetensors(out, &tensors, metadata)?;
+    Ok(ExportReport { tensors, completed_rounds: cp.completed, model_sha256: cp.model_sha256, architecture })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ParamTensor;
+
+    fn cfg(trainable: TrainableConfig) -> ModelConfig {
+        ModelConfig { hidden: vec![4], num_features: 3, num_classes: 2, trainable, init_seed: 5, pretrained: None }
+    }
+
+    #[test]
+    fn full_model_is_the_backbone_plus_the_trained_head_in_torch_layout() {
+        let c = cfg(TrainableConfig::HeadOnly);
+        let initial = tessera_learn::spec::initial_trainable_params(&c).unwrap();
+        let mut trained = initial.clone();
+        for v in trained.values_mut() {
+            *v += 1.0;
+        }
+        let (tensors, arch) = full_model(&c, &trained).unwrap();
+        assert_eq!(arch, "Sequential(Linear(3, 4), ReLU(), Linear(4, 2))");
+        let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias"]);
+        // The head is the trained one, transposed to [out, in].
+        let head_w = trained.get("head.weight").unwrap();
+        assert_eq!(tensors[2].shape, vec![2, 4]);
+        for i in 0..4 {
+            for o in 0..2 {
+                assert_eq!(tensors[2].data[o * 4 + i], head_w.data[i * 2 + o]);
+            }
+        }
+        assert_eq!(tensors[3].data, trained.get("head.bias").unwrap().data);
+        // The frozen backbone is the deterministic initialisation.
+        let all = tessera_learn::spec::initial_trainable_params(&cfg(TrainableConfig::All)).unwrap();
+        let bw = all.get("backbone.layers.0.weight").unwrap();
+        assert_eq!(tensors[0].data[0], bw.data[0]);
+        assert_eq!(tensors[0].data[1], bw.data[4], "row 0 of [out, in] is column 0 of [in, out]");
+    }
+
+    #[test]
+    fn lora_adapters_are_merged() {
+        let c = cfg(TrainableConfig::Lora { rank: 2, alpha: 4.0 });
+        let initial = tessera_learn::spec::initial_trainable_params(&c).unwrap();
+        let mut tensors = Vec::new();
+        for t in &initial.tensors {
+            let data = if t.name.ends_with("lora_b") { vec![0.5; t.data.len()] } else { t.data.clone() };
+            tensors.push(ParamTensor::new(t.name.clone(), t.shape.clone(), data).unwrap());
+        }
+        let trained = ModelParams::new(tensors);
+        let (out, _) = full_model(&c, &trained).unwrap();
+        let base = full_model(&c, &initial).unwrap().0; // B = 0 initially: nothing merged
+        let a = trained.get("backbone.layers.0.lora_a").unwrap(); // [3, 2]
+        // W'[o][i] = W[o][i] + (4/2) * sum_k A[i][k] * 0.5
+        for i in 0..3 {
+            let want = base[0].data[i] + 2.0 * (a.data[i * 2] + a.data[i * 2 + 1]) * 0.5;
+            assert!((out[0].data[i] - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn safetensors_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        let t = vec![
+            ExportTensor { name: "0.weight".into(), shape: vec![2, 3], data: vec![1.0, -2.0, 3.5, 0.0, 1e-8, 7.0] },
+            ExportTensor { name: "0.bias".into(), shape: vec![2], data: vec![0.25, -0.5] },
+        ];
+        write_safetensors(&p, &t, HashMap::from([("format".into(), "pt".into())])).unwrap();
+        let back = read_safetensors(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back, vec![t[1].clone(), t[0].clone()]);
+    }
+}

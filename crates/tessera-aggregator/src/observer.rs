@@ -1,0 +1,220 @@
+//! The daemon's [`RunObserver`]: every round event goes to the state
+//! database first (durably, in the order crash recovery needs), then to the
+//! run directory and the log, and into the live status snapshot.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tessera_core::RoundRecord;
+use tessera_privacy::GaussianSpend;
+
+use crate::coordinator::{Coordinator, RoundOutcome};
+use crate::driver::RunObserver;
+use crate::http::SharedStatus;
+use crate::report::{RunDir, round_line};
+use crate::status::{RoundPoint, RunState, StatusSnapshot};
+use crate::store::{FinishedRound, StateStore, now_ms};
+
+/// Test-only fault injection: after the completion of this many rounds has
+/// been committed, the daemon stops making progress (as if hung), so a test
+/// can SIGKILL it at exactly that point. Never set it in production.
+pub const STALL_ENV: &str = "TESSERA_TEST_STALL_AFTER_ROUND";
+
+pub type SharedStore = Arc<Mutex<StateStore>>;
+
+/// Lock the store; a panic elsewhere while holding it leaves it usable
+/// (every write is a transaction).
+pub fn lock(store: &SharedStore) -> MutexGuard<'_, StateStore> {
+    store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn lock_status(status: &SharedStatus) -> std::sync::RwLockWriteGuard<'_, StatusSnapshot> {
+    status.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct DaemonObserver {
+    pub store: SharedStore,
+    pub run: RunDir,
+    pub status: SharedStatus,
+    /// Checkpoints kept.
+    pub keep: u32,
+    /// Completed rounds so far (the next round is the `completed + 1`-th).
+    pub completed: u64,
+    /// The first failed database write; the run stops before the next round.
+    pub failed: Option<String>,
+    pub stall_after: Option<u64>,
+    last_status_write: i64,
+}
+
+impl DaemonObserver {
+    pub fn new(store: SharedStore, run: RunDir, status: SharedStatus, keep: u32, completed: u64) -> Self {
+        let stall_after = std::env::var(STALL_ENV).ok().and_then(|v| v.parse().ok());
+        Self { store, run, status, keep, completed, failed: None, stall_after, last_status_write: 0 }
+    }
+
+    fn fail(&mut self, what: &str, e: impl std::fmt::Display) {
+        tracing::error!(error = %e, "state database: {what} failed; the run stops before the next round");
+        self.failed.get_or_insert_with(|| format!("{what}: {e}"));
+    }
+
+    /// Update the live snapshot from the coordinator and store it (at most
+    /// once a second unless `force`).
+    pub fn refresh(&mut self, coordinator: &Coordinator, force: bool) {
+        let now = now_ms();
+        {
+            let mut s = lock_status(&self.status);
+            s.updated_ms = now;
+            let online: Vec<&String> = coordinator.online().collect();
+            for m in &mut s.members {
+                m.online = online.contains(&&m.name);
+            }
+            for name in online {
+                if !s.members.iter().any(|m| &m.name == name) {
+                    s.members.push(crate::status::MemberStatus { name: name.clone(), online: true, revoked: false });
+                }
+            }
+            match coordinator.progress() {
+                Some((round, phase)) => {
+                    s.state = RunState::Running;
+                    s.current_round = Some(round);
+                    s.phase = Some(phase.to_string());
+                }
+                None => {
+                    s.current_round = None;
+                    s.phase = None;
+                    if s.state != RunState::Finished {
+                        s.state = RunState::Waiting;
+                    }
+                }
+            }
+            if let Some(p) = coordinator.privacy_status() {
+                s.epsilon_spent = Some(p.epsilon_spent);
+                s.epsilon_budget = Some(p.epsilon_budget);
+                s.delta = Some(p.delta);
+            }
+        }
+        if force || now - self.last_status_write >= 1000 {
+            self.write_status();
+        }
+    }
+
+    /// Persist the snapshot for `tessera-aggregator status`.
+    pub fn write_status(&mut self) {
+        let (json, now) = {
+            let s = self.status.read().unwrap_or_else(|p| p.into_inner());
+            (serde_json::to_string(&*s).unwrap_or_default(), s.updated_ms)
+        };
+        self.last_status_write = now;
+        if let Err(e) = lock(&self.store).write_status(&json, now) {
+            tracing::warn!(error = %e, "could not write the status row");
+        }
+    }
+}
+
+impl RunObserver for DaemonObserver {
+    fn round_started(&mut self, round: u64, cohort: &[String], cohort_seed: u64) -> Result<(), String> {
+        let logical = self.completed + 1;
+        let now = now_ms();
+        let mut store = lock(&self.store);
+        if let Err(e) = store.round_started(round, logical, cohort, cohort_seed, now) {
+            drop(store);
+            self.fail("recording a round start", &e);
+            return Err(e.to_string());
+        }
+        match store.members_seen(cohort, now) {
+            Ok(first) => {
+                for m in first {
+                    tracing::info!(member = %m, "first admission recorded in the audit log");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not record members seen"),
+        }
+        drop(store);
+        let mut s = lock_status(&self.status);
+        s.state = RunState::Running;
+        s.current_round = Some(round);
+        s.updated_ms = now;
+        for m in &mut s.members {
+            if cohort.contains(&m.name) {
+                m.online = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn state_changed(&mut self, coordinator: &Coordinator) {
+        self.refresh(coordinator, false);
+    }
+
+    fn privacy_reserved(&mut self, round: u64, spend: &GaussianSpend, epsilon: f64, delta: f64) -> Result<(), String> {
+        lock(&self.store).privacy_reserved(round, spend, epsilon, delta, now_ms()).map_err(|e| e.to_string())?;
+        tracing::info!(round, epsilon, delta, "privacy spend reserved in the ledger");
+        let mut s = lock_status(&self.status);
+        s.epsilon_spent = Some(epsilon);
+        s.delta = Some(delta);
+        Ok(())
+    }
+
+    fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, coordinator: &Coordinator) {
+        let logical = self.completed + 1;
+        let finished = FinishedRound {
+            round: outcome.round,
+            logical,
+            contributors: &outcome.contributors,
+            dropped: &outcome.dropped,
+            record,
+            model: coordinator.global(),
+            optimizer: coordinator.optimizer(),
+        };
+        let res = lock(&self.store).round_finished(&finished, self.keep, now_ms());
+        if let Err(e) = res {
+            return self.fail("recording a completed round", e);
+        }
+        self.completed = logical;
+        tracing::info!("{}", round_line(record));
+        if let Err(e) = self.run.append(record) {
+            tracing::error!(error = %e, "could not write metrics.jsonl");
+        }
+        {
+            let mut s = lock_status(&self.status);
+            s.completed_rounds = logical;
+            s.history.push(point(logical, record));
+        }
+        self.refresh(coordinator, true);
+        if self.stall_after == Some(logical) {
+            tracing::warn!("{STALL_ENV}={logical}: stalling here until killed (test-only fault injection)");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+
+    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]) {
+        tracing::warn!(round, reason, dropped = dropped.len(), "round abandoned; it will be retried");
+        self.run.aborted += 1;
+        let res = lock(&self.store).round_aborted(round, reason, dropped, now_ms());
+        if let Err(e) = res {
+            self.fail("recording an aborted round", e);
+        }
+        let mut s = lock_status(&self.status);
+        s.aborted_rounds += 1;
+        s.current_round = None;
+        s.phase = None;
+    }
+
+    fn veto_next_round(&mut self, _coordinator: &Coordinator) -> Option<String> {
+        self.failed.as_ref().map(|f| format!("state database write failed ({f}); stopping"))
+    }
+}
+
+/// A completed round as a chart point.
+pub fn point(logical: u64, r: &RoundRecord) -> RoundPoint {
+    RoundPoint {
+        logical,
+        round: r.round,
+        accuracy: r.accuracy,
+        loss: r.loss,
+        participants: r.participants,
+        dropped: r.dropped,
+        epsilon: r.epsilon,
+    }
+}

@@ -1,0 +1,208 @@
+//! What a round's [`DpSettings`] mean in numbers, computed the same way on
+//! both sides of the wire: the aggregator charges its budget with
+//! [`round_spend`], and a member charges its own budget with the same
+//! function before anything it trained leaves the site. For distributed
+//! noise, [`DistributedPlan`] fixes the quantization grid and each member's
+//! discrete Gaussian share from public parameters only, so the aggregator
+//! can decode the sum and a member can check the noise it is asked to add.
+
+use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings};
+
+use crate::PrivacyError;
+use crate::budget::GaussianSpend;
+use crate::distributed::{discrete_gaussian_variance, distributed_share_sigma};
+
+/// Check that settings describe a mechanism Tessera can account for.
+pub fn validate(dp: &DpSettings) -> Result<(), PrivacyError> {
+    if !(dp.clip_norm.is_finite() && dp.clip_norm > 0.0) {
+        return Err(PrivacyError::InvalidParameter("clip_norm must be finite and > 0"));
+    }
+    if !(dp.noise_multiplier.is_finite() && dp.noise_multiplier > 0.0) {
+        return Err(PrivacyError::InvalidParameter("noise_multiplier must be finite and > 0"));
+    }
+    if !(dp.sampling_rate > 0.0 && dp.sampling_rate <= 1.0) {
+        return Err(PrivacyError::InvalidParameter("sampling_rate must lie in (0, 1]"));
+    }
+    if !(dp.delta > 0.0 && dp.delta < 1.0) {
+        return Err(PrivacyError::InvalidParameter("delta must lie in (0, 1)"));
+    }
+    if dp.min_contributors == 0 {
+        return Err(PrivacyError::InvalidParameter("min_contributors must be >= 1"));
+    }
+    // DP-SGD adds noise at every local step, so the record unit is local
+    // noise by construction; the other placements protect a whole update.
+    if dp.unit == PrivacyUnit::Record && dp.noise != NoisePlacement::Local {
+        return Err(PrivacyError::InvalidParameter("the record unit (DP-SGD) needs noise = \"local\""));
+    }
+    Ok(())
+}
+
+/// DP-SGD steps one member takes in a round: `ceil(1/q)` per local epoch.
+pub fn dpsgd_steps(dp: &DpSettings, train: &TrainSettings) -> u64 {
+    u64::from(train.local_epochs) * (1.0 / dp.sampling_rate).ceil() as u64
+}
+
+/// The release one round makes, as the accountant composes it.
+/// - record unit: `steps` Poisson-subsampled Gaussian steps per member; each
+///   record lives at one member, so this is also the per-record spend.
+/// - client unit: one Gaussian release of the clipped update sum, with the
+///   cohort sampling rate (1 unless cohorts are Poisson-sampled).
+pub fn round_spend(dp: &DpSettings, train: &TrainSettings) -> GaussianSpend {
+    match dp.unit {
+        PrivacyUnit::Record => GaussianSpend {
+            noise_multiplier: dp.noise_multiplier,
+            sampling_rate: dp.sampling_rate,
+            steps: dpsgd_steps(dp, train),
+        },
+        PrivacyUnit::Client => {
+            GaussianSpend { noise_multiplier: dp.noise_multiplier, sampling_rate: dp.sampling_rate, steps: 1 }
+        }
+    }
+}
+
+/// Tail bound, in standard deviations, that the ring must hold for the
+/// summed noise: `P(|N(0,1)| > 14) < 1e-44` per coordinate.
+const TAIL_SIGMAS: f64 = 14.0;
+
+/// Distributed discrete Gaussian noise for one round (client unit under
+/// secure aggregation; Kairouz, Liu, Steinke 2021).
+///
+/// Each member clips its update to L2 norm `C`, divides by the grid step
+/// `gamma`, rounds stochastically to integers and adds N_Z(0, s^2) with `s`
+/// sized so that any `t = min_contributors` shares sum to variance at least
+/// `(z · Delta)^2`, where `Delta` is the L2 sensitivity in grid units
+/// including the rounding inflation (`C/gamma + sqrt(d)`, the deterministic
+/// bound, so no failure probability enters the guarantee). Values are
+/// stored in two's complement mod 2^k, and `gamma` is the smallest step for
+/// which the centred sum of `n` members, noise included to 14 sigma, fits in
+/// `(-2^(k-1), 2^(k-1))`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DistributedPlan {
+    /// Grid step: one integer unit is `gamma` in update units.
+    pub gamma: f64,
+    /// Each member's discrete Gaussian sigma, in grid units.
+    pub share_sigma: f64,
+    /// L2 sensitivity in grid units, rounding included.
+    pub sensitivity: f64,
+    /// Largest magnitude any member's quantized coordinate may take.
+    pub max_level: i64,
+}
+
+impl DistributedPlan {
+    /// `dim` update coordinates, `cohort` members, ring Z_{2^modulus_bits}.
+    pub fn new(dp: &DpSettings, dim: u64, cohort: u32, modulus_bits: u32) -> Result<Self, PrivacyError> {
+        validate(dp)?;
+        if !(2..=32).contains(&modulus_bits) || cohort == 0 || dim == 0 {
+            return Err(PrivacyError::InvalidParameter("modulus bits in 2..=32, cohort and dimension > 0"));
+        }
+        let t = dp.min_contributors.min(cohort);
+        let (n, z, c) = (f64::from(cohort), dp.noise_multiplier, dp.clip_norm);
+        let half = (1u64 << (modulus_bits - 1)) as f64 - 1.0;
+        // Summed noise std <= sqrt(n / t) · z · Delta · (1 + slack), with
+        // Delta = C/gamma + sqrt(d); solve n (C/gamma + 1) + tail <= half.
+        let spread = TAIL_SIGMAS * (n / f64::from(t)).sqrt() * z * 1.01;
+        let room = half - n - spread * (dim as f64).sqrt() - spread;
+        if room <= 0.0 {
+            return Err(PrivacyError::Unreachable("the ring is too small for this cohort, dimension and noise"));
+        }
+        let mut gamma = c * (n + spread) / room;
+        loop {
+            let sensitivity = c / gamma + (dim as f64).sqrt();
+            let share_sigma = distributed_share_sigma(z * sensitivity, t)?;
+            let max_level = (c / gamma).ceil() as i64 + 1;
+            let sum_std = (n * discrete_gaussian_variance(share_sigma)).sqrt();
+            if n * max_level as f64 + TAIL_SIGMAS * sum_std + 1.0 <= half {
+                return Ok(Self { gamma, share_sigma, sensitivity, max_level });
+            }
+            gamma *= 1.01;
+            if !gamma.is_finite() {
+                return Err(PrivacyError::Unreachable("no grid step fits the ring"));
+            }
+        }
+    }
+
+    /// The plan a round's settings imply for a model of `numel` values and a
+    /// cohort of `cohort`: `Some` only for distributed noise under secure
+    /// aggregation. Both sides call this, so they agree on the grid.
+    pub fn for_round(settings: &RoundSettings, numel: u64, cohort: u32) -> Result<Option<Self>, PrivacyError> {
+        match (&settings.dp, &settings.secagg) {
+            (Some(dp), Some(s)) if dp.noise == NoisePlacement::Distributed => {
+                Self::new(dp, numel, cohort, s.modulus_bits).map(Some)
+            }
+            (Some(dp), None) if dp.noise == NoisePlacement::Distributed => {
+                Err(PrivacyError::InvalidParameter("distributed noise needs secure aggregation"))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Noise standard deviation of the sum of `contributors` shares, in update units.
+    pub fn sum_noise_std(&self, contributors: u32) -> f64 {
+        (f64::from(contributors) * discrete_gaussian_variance(self.share_sigma)).sqrt() * self.gamma
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dp(unit: PrivacyUnit, noise: NoisePlacement) -> DpSettings {
+        DpSettings {
+            unit,
+            noise,
+            clip_norm: 0.5,
+            noise_multiplier: 1.2,
+            sampling_rate: 0.1,
+            min_contributors: 3,
+            delta: 1e-5,
+        }
+    }
+
+    fn train(epochs: u32) -> TrainSettings {
+        TrainSettings {
+            local_epochs: epochs,
+            batch_size: 32,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 0,
+            example_weight_cap: 0,
+        }
+    }
+
+    #[test]
+    fn spend_per_unit() {
+        let r = round_spend(&dp(PrivacyUnit::Record, NoisePlacement::Local), &train(3));
+        assert_eq!(r, GaussianSpend { noise_multiplier: 1.2, sampling_rate: 0.1, steps: 30 });
+        let mut c = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
+        c.sampling_rate = 1.0;
+        assert_eq!(round_spend(&c, &train(3)).steps, 1);
+    }
+
+    #[test]
+    fn record_unit_needs_local_noise() {
+        assert!(validate(&dp(PrivacyUnit::Record, NoisePlacement::Distributed)).is_err());
+        assert!(validate(&dp(PrivacyUnit::Record, NoisePlacement::Local)).is_ok());
+        let mut bad = dp(PrivacyUnit::Client, NoisePlacement::Central);
+        bad.noise_multiplier = f64::NAN;
+        assert!(validate(&bad).is_err());
+    }
+
+    #[test]
+    fn distributed_plan_fits_the_ring_and_the_noise_target() {
+        let d = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
+        for &(dim, n) in &[(530u64, 5u32), (1_000_000, 100), (10, 3)] {
+            let p = DistributedPlan::new(&d, dim, n, 32).unwrap();
+            let half = (1u64 << 31) as f64;
+            let worst = f64::from(n) * p.max_level as f64 + TAIL_SIGMAS * p.sum_noise_std(n) / p.gamma;
+            assert!(worst < half, "dim {dim}, n {n}");
+            // t = min(3, n) survivors carry at least the target noise.
+            let t = d.min_contributors.min(n);
+            let target = d.noise_multiplier * p.sensitivity;
+            assert!(f64::from(t) * discrete_gaussian_variance(p.share_sigma) >= target * target * (1.0 - 1e-12));
+            // The rounding inflation is counted: sensitivity >= C / gamma.
+            assert!(p.sensitivity >= d.clip_norm / p.gamma);
+        }
+        // A tiny ring cannot hold a big cohort's noise.
+        assert!(DistributedPlan::new(&d, 1_000_000, 100, 12).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! A malicious aggregator against the real member daemon code. The test
+//! plays the aggregator over real QUIC with the consortium's aggregator
+//! certificate and the real codec (`fake_aggregator`), and the member runs
+//! exactly as `tessera-client run` does, on its share of the WDBC data. For
+//! each request a member must refuse (both secrets of one peer, a cohort
+//! below a safe threshold, a replayed round, a model with NaN or an
+//! impossible size) the member sends nothing the request asked for,
+//! declines the round where it had joined one, keeps serving later rounds,
+//! and records the refusal both in its log and in its egress ledger.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tessera_client::egress::EgressEntry;
+use tessera_client::{ClientExit, EgressLedger};
+use tessera_core::message::ModelPurpose;
+use tessera_core::params::ParamLayout;
+use tessera_core::{AggregatorMsg, ClientMsg, ModelParams, RunId};
+use tessera_e2e::fake_aggregator::{FakeAggregator, FakePeers, MemberLink, secure_settings};
+use tessera_e2e::log_capture::{capture_logs, captured_logs};
+use tessera_e2e::*;
+use tessera_transport::pki;
+
+const RUN: RunId = RunId([3; 16]);
+
+struct Member {
+    _dir: tempfile::TempDir,
+    ledger: PathBuf,
+    task: tokio::task::JoinHandle<anyhow::Result<ClientExit>>,
+    link: MemberLink,
+    fake: FakeAggregator,
+}
+
+/// Start the member `name` against a fresh fake aggregator and welcome it.
+async fn member(name: &str) -> Member {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki::init(&pki_dir, &Default::default()).unwrap();
+    pki::issue(&pki_dir, name).unwrap();
+    let csv = write_member_csvs(dir.path(), &[name, "unused-1", "unused-2"]).remove(0);
+    let mut fake = FakeAggregator::listen(&pki_dir);
+    let cfg = client_config(dir.path(), &pki_dir, name, &csv, &fake.addr);
+    let ledger = cfg.state.egress_ledger.clone();
+    let task = tokio::spawn(run_member(cfg));
+    let mut link = fake.accept().await;
+    assert_eq!(link.member, name, "identity comes from the certificate");
+    link.send(AggregatorMsg::Welcome { run_id: RUN, member: name.into() }).await;
+    Member { _dir: dir, ledger, task, link, fake }
+}
+
+impl Member {
+    /// Shut the run down; the member exits normally. Returns its ledger.
+    async fn finish(self) -> Vec<EgressEntry> {
+        self.link.shutdown().await;
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("member exits").unwrap();
+        assert!(matches!(exit, Ok(ClientExit::Shutdown { .. })), "{exit:?}");
+        drop(self.fake);
+        EgressLedger::read(&self.ledger).unwrap()
+    }
+}
+
+fn initial_model() -> ModelParams {
+    tessera_learn::spec::initial_trainable_params(&wdbc_model()).unwrap()
+}
+
+fn cohort(names: &[&str]) -> Vec<String> {
+    let mut c: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    c.sort();
+    c
+}
+
+/// Start a well-formed secure round for `target` (party 0 of `cohort`).
+async fn start_round(link: &mut MemberLink, round: u64, cohort: &[String], threshold: u32, model: &ModelParams) {
+    let party = cohort.iter().position(|m| *m == link.member).unwrap() as u32;
+    link.send(AggregatorMsg::RoundStart {
+        round,
+        settings: secure_settings(threshold),
+        cohort: cohort.to_vec(),
+        party,
+    })
+    .await;
+    link.send_model(round, ModelPurpose::Train, model).await;
+}
+
+/// The refusals the member recorded for `round`, with their notes.
+fn refusals(ledger: &[EgressEntry], round: Option<u64>) -> Vec<String> {
+    ledger.iter().filter(|e| e.kind == "refusal" && e.round == round).filter_map(|e| e.note.clone()).collect()
+}
+
+/// The member's log holds a refusal line naming it and `reason`.
+fn assert_logged(member: &str, reason: &str) {
+    let logs = captured_logs();
+    assert!(
+        logs.lines().any(|l| l.contains("refused an aggregator request") && l.contains(member) && l.contains(reason)),
+        "no refusal of {member} mentioning {reason:?} in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_to_reveal_both_secrets_of_a_peer() {
+    let name = "member-both";
+    let mut m = member(name).await;
+    let model = initial_model();
+    let cohort = cohort(&[name, "peer-1", "peer-2"]);
+    let settings = secure_settings(2);
+    start_round(&mut m.link, 1, &cohort, 2, &model).await;
+    let ClientMsg::AdvertiseKeys { round: 1, keys } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
+
+    // Play the two other members honestly up to the masked input.
+    let (mut peers, peer_keys) = FakePeers::new(RUN, 1, &cohort, &settings, &model, 0);
+    m.link.send(AggregatorMsg::CohortKeys { round: 1, keys: peer_keys.clone() }).await;
+    let ClientMsg::ShareKeys { round: 1, shares } = m.link.recv().await else { panic!("expected ShareKeys") };
+    assert_eq!(shares.len(), 2);
+    let mut all_keys = vec![(0, keys)];
+    all_keys.extend(peer_keys);
+    let forwarded = peers.shares_for(0, &all_keys);
+    m.link.send(AggregatorMsg::ForwardShares { round: 1, shares: forwarded }).await;
+    assert!(matches!(m.link.recv().await, ClientMsg::MaskedStart { round: 1, .. }));
+    loop {
+        match m.link.recv().await {
+            ClientMsg::MaskedChunk { .. } => continue,
+            ClientMsg::MaskedEnd { round: 1 } => break,
+            other => panic!("unexpected {}", other.kind()),
+        }
+    }
+
+    // Peer 1 both survived and dropped: answering would unmask its update.
+    m.link.send(AggregatorMsg::UnmaskRequest { round: 1, survivors: vec![0, 1, 2], dropped: vec![1] }).await;
+    match m.link.recv().await {
+        ClientMsg::Decline { round: 1, reason } => assert!(reason.contains("both"), "{reason}"),
+        other => panic!("expected a Decline, got {}", other.kind()),
+    }
+    assert!(m.link.recv_within(Duration::from_millis(500)).await.is_none(), "nothing may follow the refusal");
+    let ledger = m.finish().await;
+    let notes = refusals(&ledger, Some(1));
+    assert!(
+        notes.iter().any(|n| n.contains("both the self-mask share and the mask-key share of party 1")),
+        "{notes:?}"
+    );
+    assert!(ledger.iter().all(|e| e.kind != "unmask_shares"), "no share was revealed");
+    assert!(ledger.iter().any(|e| e.kind == "decline" && e.round == Some(1)));
+    assert_logged(name, "both the self-mask share");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_cohorts_below_a_safe_threshold() {
+    let name = "member-cohort";
+    let mut m = member(name).await;
+    let model = initial_model();
+    let three = cohort(&[name, "peer-1", "peer-2"]);
+    // A threshold above the cohort, a threshold below a strict majority,
+    // and a cohort of one: each would let the aggregator unmask one update.
+    start_round(&mut m.link, 1, &three, 4, &model).await;
+    start_round(&mut m.link, 2, &three, 1, &model).await;
+    start_round(&mut m.link, 3, &cohort(&[name]), 1, &model).await;
+    // A sound round afterwards. Before its keys the member may only have
+    // declined the refused rounds.
+    start_round(&mut m.link, 4, &three, 2, &model).await;
+    loop {
+        match m.link.recv().await {
+            ClientMsg::Decline { round: 1..=3, .. } => continue,
+            ClientMsg::AdvertiseKeys { round: 4, .. } => break,
+            other => panic!("the member answered a refused round: {} {:?}", other.kind(), other.round()),
+        }
+    }
+    let ledger = m.finish().await;
+    assert!(refusals(&ledger, Some(1)).iter().any(|n| n.contains("threshold 4 is unsafe for a neighbourhood of 3")));
+    assert!(refusals(&ledger, Some(2)).iter().any(|n| n.contains("threshold 1 is unsafe for a neighbourhood of 3")));
+    assert!(refusals(&ledger, Some(3)).iter().any(|n| n.contains("1 members, policy minimum 2")));
+    for r in 1..=3 {
+        assert!(
+            ledger.iter().filter(|e| e.round == Some(r)).all(|e| e.kind == "refusal" || e.kind == "decline"),
+            "round {r}: only refusals and declines may be recorded"
+        );
+    }
+    assert_logged(name, "threshold 4 is unsafe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_replayed_rounds_even_after_reconnecting() {
+    let name = "member-replay";
+    let mut m = member(name).await;
+    let model = initial_model();
+    let three = cohort(&[name, "peer-1", "peer-2"]);
+    start_round(&mut m.link, 5, &three, 2, &model).await;
+    assert!(matches!(m.link.recv().await, ClientMsg::AdvertiseKeys { round: 5, .. }));
+    // The same RoundStart again: the member abandons round 5 rather than
+    // run it twice (a second set of keys for one round).
+    start_round(&mut m.link, 5, &three, 2, &model).await;
+    match m.link.recv().await {
+        ClientMsg::Decline { round: 5, reason } => assert!(reason.contains("not newer than round 5"), "{reason}"),
+        other => panic!("expected a Decline, got {}", other.kind()),
+    }
+    // An older round, on a new connection of the same run.
+    drop(m.link);
+    m.link = m.fake.accept().await;
+    m.link.send(AggregatorMsg::Welcome { run_id: RUN, member: name.into() }).await;
+    start_round(&mut m.link, 4, &three, 2, &model).await;
+    start_round(&mut m.link, 6, &three, 2, &model).await;
+    match m.link.recv().await {
+        ClientMsg::AdvertiseKeys { round: 6, .. } => {}
+        other => panic!("the member answered a replayed round: {} {:?}", other.kind(), other.round()),
+    }
+    let ledger = m.finish().await;
+    assert!(refusals(&ledger, Some(5)).iter().any(|n| n.contains("round 5 is not newer than round 5")));
+    assert!(refusals(&ledger, Some(4)).iter().any(|n| n.contains("round 4 is not newer than round 5")));
+    assert_eq!(ledger.iter().filter(|e| e.kind == "advertise_keys" && e.round == Some(5)).count(), 1);
+    assert!(ledger.iter().all(|e| e.round != Some(4) || e.kind == "refusal"));
+    assert_logged(name, "not newer than round 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_models_with_nan_or_an_impossible_size() {
+    let name = "member-nan";
+    let mut m = member(name).await;
+    let model = initial_model();
+    let three = cohort(&[name, "peer-1", "peer-2"]);
+    let mut nan = model.clone();
+    nan.tensors[0].data[3] = f32::NAN;
+    let mut inf = model.clone();
+    inf.tensors[1].data[0] = f32::INFINITY;
+    // NaN in a model to train, with a digest that matches it.
+    start_round(&mut m.link, 1, &three, 2, &nan).await;
+    match m.link.recv().await {
+        ClientMsg::Decline { round: 1, reason } => assert!(reason.contains("non-finite"), "{reason}"),
+        other => panic!("expected a Decline, got {}", other.kind()),
+    }
+    // Infinity in a model to evaluate: no report.
+    m.link.send_model(1, ModelPurpose::Evaluate, &inf).await;
+    // A layout whose size does not fit in memory (or in a usize).
+    for shape in [vec![1usize << 32, 1 << 32], vec![usize::MAX, 2], vec![1 << 40]] {
+        m.link
+            .send(AggregatorMsg::ModelStart {
+                round: 1,
+                purpose: ModelPurpose::Evaluate,
+                layout: ParamLayout { entries: vec![("w".into(), shape)] },
+            })
+            .await;
+    }
+    start_round(&mut m.link, 2, &three, 2, &model).await;
+    match m.link.recv().await {
+        ClientMsg::AdvertiseKeys { round: 2, .. } => {}
+        other => panic!("the member answered a refused model: {} {:?}", other.kind(), other.round()),
+    }
+    let ledger = m.finish().await;
+    let notes = refusals(&ledger, Some(1));
+    assert!(notes.iter().filter(|n| n.contains("non-finite value")).count() >= 2, "{notes:?}");
+    assert!(notes.iter().filter(|n| n.contains("layout too large")).count() >= 3, "{notes:?}");
+    assert!(ledger.iter().filter(|e| e.round == Some(1)).all(|e| e.kind == "refusal" || e.kind == "decline"));
+    assert!(ledger.iter().all(|e| e.kind != "eval_report"));
+    assert_logged(name, "non-finite value");
+}
