@@ -24,8 +24,11 @@ use tessera_core::round::{RoundSettings, SecAggSettings, TrainSettings};
 use tessera_core::stream::model_messages;
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, PartyId, RunId};
 
+/// A fuzz entry point: feeds arbitrary bytes to one decoder or machine.
+pub type Entry = fn(&[u8]);
+
 /// Every target, by the name of its cargo-fuzz binary and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("frame_decoder", frame_decoder),
     ("client_msg", client_msg),
     ("aggregator_msg", aggregator_msg),

@@ -162,9 +162,8 @@ fn write_seed_corpus() {
         write("frame_decoder", &format!("aggregator-{i:02}-{}", m.kind()), &f);
     }
     // Structure-aware targets: a few plain byte patterns; libFuzzer grows the rest.
-    for (i, seed) in [vec![0u8; 64], (0..=255).collect::<Vec<u8>>(), vec![1, 0, 3, 2, 0, 1, 1, 2, 3, 4].repeat(20)]
-        .iter()
-        .enumerate()
+    for (i, seed) in
+        [vec![0u8; 64], (0..=255).collect::<Vec<u8>>(), [1, 0, 3, 2, 0, 1, 1, 2, 3, 4].repeat(20)].iter().enumerate()
     {
         write("participant", &format!("pattern-{i}"), seed);
         write("coordinator", &format!("pattern-{i}"), seed);
