@@ -39,9 +39,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
-    let t0 = std::time::Instant::now();
     let site = Site::new();
-    eprintln!("T site {:?}", t0.elapsed());
     let hold = Arc::new(AtomicBool::new(false));
 
     // Reference: no kills.
@@ -51,7 +49,6 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     let mut agg = spawn_aggregator(&reference, None);
     let members = start_members(&site, "reference", port, &hold);
     assert!(wait_exit(&mut agg, MINUTE), "reference run failed: see {}", reference.parent().unwrap().display());
-    eprintln!("T {:?} before: join_members(members).await;", t0.elapsed());
     join_members(members).await;
 
     // The same run, killed three times.
@@ -61,7 +58,6 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     let db = state_db(&killed);
     let members = start_members(&site, "killed", port, &hold);
 
-    eprintln!("T {:?} before: // 1. Between rounds.", t0.elapsed());
     // 1. Between rounds.
     let agg = spawn_aggregator(&killed, Some(1));
     wait_db(&db, MINUTE, "round 1 to complete", |c| {
@@ -73,7 +69,6 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(open, 0, "the stalled daemon must not have started round 2");
     sigkill(agg);
 
-    eprintln!("T {:?} before: // 2. Mid-round, members", t0.elapsed());
     // 2. Mid-round, members held in training.
     hold.store(true, Ordering::SeqCst);
     let agg = spawn_aggregator(&killed, None);
@@ -82,20 +77,17 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     sigkill(agg);
     hold.store(false, Ordering::SeqCst);
 
-    eprintln!("T {:?} before: // 3. Mid-round, wherever", t0.elapsed());
     // 3. Mid-round, wherever round 3 is after 150 ms.
     let agg = spawn_aggregator(&killed, None);
     reserved_for(&db, 3).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     sigkill(agg);
 
-    eprintln!("T {:?} before: // Restart and let it finish.", t0.elapsed());
     // Restart and let it finish.
     let mut agg = spawn_aggregator(&killed, None);
     assert!(wait_exit(&mut agg, MINUTE), "resumed run failed: see {}", killed.parent().unwrap().display());
     join_members(members).await;
 
-    eprintln!("T {:?} before: let want = StateStore", t0.elapsed());
     let want = StateStore::open_existing(&state_db(&reference)).unwrap();
     let got = StateStore::open_existing(&db).unwrap();
 

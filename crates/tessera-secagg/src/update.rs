@@ -206,23 +206,32 @@ pub fn mean_update_with(
     if w[0].is_nan() || w[0] <= 0.0 {
         return Err(SecAggError::InvalidQuantizer("contributors' total weight is zero"));
     }
-    let mut flat = vec![0f32; numel];
-    match coding {
-        ValueCoding::Offset => values.dequantize_sum(&sum[..numel], contributors, &mut flat)?,
-        ValueCoding::Centered { gamma, .. } => {
-            let (bits, mask) = (s.modulus_bits, ring_mask(s.modulus_bits));
-            let half = 1i64 << (bits - 1);
-            for (o, v) in flat.iter_mut().zip(&sum[..numel]) {
-                let x = (u64::from(*v) & mask) as i64;
-                let lifted = if x >= half { x - (half << 1) } else { x };
-                *o = (lifted as f64 * gamma) as f32;
+    // Dequantize tile by tile straight into the result, so the only
+    // vector-sized buffers are the sum and the mean (peak memory at round end).
+    const TILE: usize = 1 << 16;
+    let inv = 1.0 / w[0];
+    let mut mean = ModelParams::zeros(layout);
+    let mut buf = vec![0f32; TILE.min(numel)];
+    let (bits, mask) = (s.modulus_bits, ring_mask(s.modulus_bits));
+    for start in (0..numel).step_by(TILE) {
+        let end = (start + TILE).min(numel);
+        let out = &mut buf[..end - start];
+        match coding {
+            ValueCoding::Offset => values.dequantize_sum(&sum[start..end], contributors, out)?,
+            ValueCoding::Centered { gamma, .. } => {
+                let half = 1i64 << (bits - 1);
+                for (o, v) in out.iter_mut().zip(&sum[start..end]) {
+                    let x = (u64::from(*v) & mask) as i64;
+                    let lifted = if x >= half { x - (half << 1) } else { x };
+                    *o = (lifted as f64 * gamma) as f32;
+                }
             }
         }
+        out.iter_mut().for_each(|v| *v *= inv);
+        mean.write_flat(start, out)
+            .map_err(|_| SecAggError::InvalidQuantizer("sum length does not match the model"))?;
     }
-    let inv = 1.0 / w[0];
-    flat.iter_mut().for_each(|v| *v *= inv);
-    ModelParams::from_flat(layout, &flat)
-        .map_err(|_| SecAggError::InvalidQuantizer("sum length does not match the model"))
+    Ok(mean)
 }
 
 #[cfg(test)]

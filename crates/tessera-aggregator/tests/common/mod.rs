@@ -263,6 +263,10 @@ pub async fn run_member(cfg: ClientConfig, hold: Arc<AtomicBool>) -> anyhow::Res
         QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();
     dial.connect_timeout = Duration::from_secs(2);
+    // A SIGKILLed aggregator sends no close: members notice by the idle
+    // timeout (30 s by default); shorten it so restarts are quick to rejoin.
+    dial.tuning.idle_timeout = Duration::from_secs(2);
+    dial.tuning.keep_alive = Duration::from_millis(500);
     let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
     let mut p = tessera_client::daemon::participant(&cfg)?;
     let opts = ClientOptions {
