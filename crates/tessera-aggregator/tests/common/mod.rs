@@ -29,7 +29,12 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        // Keep the logs, databases and configs of a failing run for a look.
+        if std::env::var_os("TESSERA_KEEP_TEST_DIR").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("test directory kept: {}", dir.path().display());
+        }
         let pki = dir.path().join("pki");
         pki::init(&pki, &Default::default()).unwrap();
         for n in NAMES {
