@@ -8,9 +8,11 @@
 //! 1. between rounds: right after round 1's completion is committed and
 //!    before round 2 starts (the daemon is stalled there by the test-only
 //!    `TESSERA_TEST_STALL_AFTER_ROUND`);
-//! 2. mid-round, deterministically: round 2 has started and its privacy
-//!    spend is reserved, and the members are held inside local training;
-//! 3. mid-round, wherever it is 150 ms after round 3's spend is reserved.
+//! 2. mid-round, in training: round 2 has started, its privacy spend is
+//!    reserved, and all members are held inside local training;
+//! 3. mid-round, after aggregation: the retried round 2 has been securely
+//!    summed and the server step applied in memory, and all members are
+//!    held inside the evaluation of the new model (nothing committed yet).
 //!
 //! What must hold, and what "equals" means:
 //! - the final global model of the killed run is bit-for-bit equal to the
@@ -27,7 +29,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -40,14 +42,14 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     let site = Site::new();
-    let hold = Arc::new(AtomicBool::new(false));
+    let gates = Arc::new(Gates::default());
 
     // Reference: no kills.
     let port = free_udp_port();
     let reference =
         aggregator_toml(&site, "reference", &RunOptions { rounds: ROUNDS, quic_port: port, http_port: None, dp: true });
     let mut agg = spawn_aggregator(&reference, None);
-    let members = start_members(&site, "reference", port, &hold);
+    let members = start_members(&site, "reference", port, &gates);
     assert!(wait_exit(&mut agg, MINUTE), "reference run failed: see {}", reference.parent().unwrap().display());
     join_members(members).await;
 
@@ -56,7 +58,7 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     let killed =
         aggregator_toml(&site, "killed", &RunOptions { rounds: ROUNDS, quic_port: port, http_port: None, dp: true });
     let db = state_db(&killed);
-    let members = start_members(&site, "killed", port, &hold);
+    let members = start_members(&site, "killed", port, &gates);
 
     // 1. Between rounds.
     let agg = spawn_aggregator(&killed, Some(1));
@@ -70,18 +72,24 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     sigkill(agg);
 
     // 2. Mid-round, members held in training.
-    hold.store(true, Ordering::SeqCst);
+    gates.train.store(true, Ordering::SeqCst);
     let agg = spawn_aggregator(&killed, None);
     reserved_for(&db, 2).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    gates.wait_held(NAMES.len()).await;
     sigkill(agg);
-    hold.store(false, Ordering::SeqCst);
+    gates.release(&gates.train).await;
 
-    // 3. Mid-round, wherever round 3 is after 150 ms.
+    // 3. Mid-round, after the secure sum and the server step.
+    gates.evaluate.store(true, Ordering::SeqCst);
     let agg = spawn_aggregator(&killed, None);
-    reserved_for(&db, 3).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    gates.wait_held(NAMES.len()).await;
+    let open = wait_db(&db, MINUTE, "round table", |c| {
+        count(c, "SELECT COUNT(*) FROM rounds WHERE logical = 2 AND status = 'started'")
+    })
+    .await;
+    assert_eq!(open, 1, "the retried round 2 is in evaluation, not yet complete");
     sigkill(agg);
+    gates.release(&gates.evaluate).await;
 
     // Restart and let it finish.
     let mut agg = spawn_aggregator(&killed, None);
@@ -106,8 +114,7 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     let completed: Vec<u64> = rows.iter().filter(|r| r.status == "completed").map(|r| r.logical).collect();
     assert_eq!(completed, (1..=ROUNDS).collect::<Vec<_>>());
     let interrupted = rows.iter().filter(|r| r.status == "interrupted").count();
-    // Kill 2 always cuts round 2 short; kill 3 usually cuts a round short too.
-    assert!(interrupted >= 1, "{rows:?}");
+    assert_eq!(interrupted, 2, "kills 2 and 3 each cut an attempt at round 2 short: {rows:?}");
     let lines = std::fs::read_to_string(killed.parent().unwrap().join("out/metrics.jsonl")).unwrap();
     let wire: Vec<u64> =
         lines.lines().map(|l| serde_json::from_str::<tessera_core::RoundRecord>(l).unwrap().round).collect();

@@ -9,7 +9,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,12 +20,12 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_metrics_cli_export_and_audit() {
     let site = Site::new();
-    let hold = Arc::new(AtomicBool::new(false));
+    let gates = Arc::new(Gates::default());
     let (port, http) = (free_udp_port(), free_tcp_port());
     let config =
         aggregator_toml(&site, "ops", &RunOptions { rounds: 3, quic_port: port, http_port: Some(http), dp: true });
     let db = state_db(&config);
-    let members = start_members(&site, "ops", port, &hold);
+    let members = start_members(&site, "ops", port, &gates);
     let agg = spawn_aggregator(&config, Some(2));
     wait_db(&db, MINUTE, "two completed rounds", |c| {
         (count(c, "SELECT COUNT(*) FROM rounds WHERE status = 'completed'")? == 2).then_some(())

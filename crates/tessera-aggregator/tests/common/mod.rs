@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -202,11 +202,52 @@ pub fn count(c: &Connection, sql: &str) -> Option<i64> {
     c.query_row(sql, [], |r| r.get(0)).ok()
 }
 
-/// A member's local model that blocks in training while `hold` is set: lets
-/// a test keep a round open deterministically.
+/// Where a test holds members: inside local training or inside the
+/// evaluation of the new global model (after the aggregate was formed).
+#[derive(Default)]
+pub struct Gates {
+    pub train: AtomicBool,
+    pub evaluate: AtomicBool,
+    /// Members currently held at a gate.
+    pub held: AtomicUsize,
+}
+
+impl Gates {
+    fn pass(&self, gate: &AtomicBool) {
+        if gate.load(Ordering::SeqCst) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            while gate.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Open `gate` and wait until every member held there has moved on.
+    pub async fn release(&self, gate: &AtomicBool) {
+        gate.store(false, Ordering::SeqCst);
+        let t0 = Instant::now();
+        while self.held.load(Ordering::SeqCst) > 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "held members did not move on");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Wait until `n` members are held at a gate.
+    pub async fn wait_held(&self, n: usize) {
+        let t0 = Instant::now();
+        while self.held.load(Ordering::SeqCst) < n {
+            assert!(t0.elapsed() < Duration::from_secs(60), "members never reached the gate");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A member's local model that stops at the test's gates: lets a test keep
+/// a round open at a known phase deterministically.
 pub struct Held<M> {
     pub inner: M,
-    pub hold: Arc<AtomicBool>,
+    pub gates: Arc<Gates>,
 }
 
 impl<M: LocalModel> LocalModel for Held<M> {
@@ -216,13 +257,12 @@ impl<M: LocalModel> LocalModel for Held<M> {
         settings: &TrainSettings,
         dp: Option<&DpSettings>,
     ) -> Result<TrainedUpdate, String> {
-        while self.hold.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.gates.pass(&self.gates.train);
         self.inner.train(model, settings, dp)
     }
 
     fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, String> {
+        self.gates.pass(&self.gates.evaluate);
         self.inner.evaluate(model)
     }
 }
@@ -262,8 +302,8 @@ seeded_randomness = true
 
 /// Run one member until the aggregator shuts the run down, reconnecting
 /// through aggregator restarts.
-pub async fn run_member(cfg: ClientConfig, hold: Arc<AtomicBool>) -> anyhow::Result<ClientExit> {
-    let model = Held { inner: tessera_client::daemon::tabular_model(&cfg)?, hold };
+pub async fn run_member(cfg: ClientConfig, gates: Arc<Gates>) -> anyhow::Result<ClientExit> {
+    let model = Held { inner: tessera_client::daemon::tabular_model(&cfg)?, gates };
     let mut dial =
         QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();
@@ -292,9 +332,9 @@ pub fn start_members(
     site: &Site,
     run: &str,
     quic_port: u16,
-    hold: &Arc<AtomicBool>,
+    gates: &Arc<Gates>,
 ) -> Vec<tokio::task::JoinHandle<anyhow::Result<ClientExit>>> {
-    (0..NAMES.len()).map(|i| tokio::spawn(run_member(member_config(site, run, i, quic_port), hold.clone()))).collect()
+    (0..NAMES.len()).map(|i| tokio::spawn(run_member(member_config(site, run, i, quic_port), gates.clone()))).collect()
 }
 
 /// Members must all end with the aggregator's Shutdown.
