@@ -195,20 +195,21 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
     if finished && lock(&store).run_info()?.is_some_and(|r| r.finished.is_none()) {
         lock(&store).finish_run(&end.reason, end.completed_rounds, &digest, now_ms())?;
     }
-    {
+    let aborted_rounds = {
         let mut s = lock_status(&status);
         s.state = if finished { RunState::Finished } else { RunState::Waiting };
         s.stop_reason = Some(end.reason.clone());
         s.current_round = None;
         s.phase = None;
         s.updated_ms = now_ms();
-    }
+        s.aborted_rounds
+    };
     observer.write_status();
     let privacy = coordinator.privacy_status();
     let summary = Summary {
         run_id: run_id.to_hex(),
         completed_rounds: end.completed_rounds,
-        aborted_rounds: observer.run.aborted,
+        aborted_rounds,
         stop_reason: end.reason.clone(),
         final_round: observer.run.records.last().cloned(),
         final_model_sha256: digest,
