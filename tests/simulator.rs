@@ -14,7 +14,14 @@ fn scenario() -> (Scenario, String) {
 }
 
 fn opts(out: &Path, transport: TransportKind, workers: usize) -> SimOptions {
-    SimOptions { out: out.to_path_buf(), transport, workers, progress: false, backend: tessera_learn::DEFAULT_BACKEND }
+    SimOptions {
+        out: out.to_path_buf(),
+        transport,
+        workers,
+        progress: false,
+        backend: tessera_learn::DEFAULT_BACKEND,
+        report: true,
+    }
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //! A filter works as usual: `cargo bench ... --bench secagg -- 'n100/d1M'`.
 //!
 //! Throughput of `client_mask` is counted in keystream bytes, (neighbours + 1)
-//! · d · 4, so it reads directly against `prg/keystream_raw/aes256ctr`: the floor.
+//! · d · 4, so it reads directly against `prg/keystream_raw/aes256ctr`: the
+//! one-core floor. Each point runs with one masking thread (`threads1`, the
+//! simulator's setting) and with the default, every core (`threadsN`).
 //! The aggregator points time only the aggregator's calls (masked streams in,
 //! then `close_masked`, `on_unmask`, `finish`); the members' work and the key
 //! phases are prepared untimed, and every round's result is checked against
@@ -18,6 +20,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use chacha20::ChaChaCore;
@@ -32,7 +35,7 @@ use tessera_benches::secagg_round::{
 };
 use tessera_core::PartyId;
 use tessera_core::codec::Limits;
-use tessera_secagg::{MaskOp, Quantizer, RoundContext, apply_prg};
+use tessera_secagg::{MaskOp, Quantizer, RoundContext, apply_prg, default_mask_threads};
 
 const SIZES: [u64; 2] = [100_000, 1_000_000];
 const COHORTS: [u32; 3] = [10, 100, 1000];
@@ -160,20 +163,26 @@ fn client(c: &mut Criterion) {
     for p in client_points(grid()) {
         let ctx = p.context();
         let me = 0;
-        let session = masking_client(&ctx, me, 11);
+        let mut session = masking_client(&ctx, me, 11);
         let mut values = vec![0u32; p.d as usize];
         fill_input(me, 0, &mut values, client_bits(&ctx));
         let bytes = member_masks(&ctx, me) * p.d * 4;
         eprintln!("{}: {} keystreams, floor {:.1} ms", p.label(), member_masks(&ctx, me), bytes as f64 / floor * 1e3);
         g.throughput(Throughput::Bytes(bytes));
-        let id = p.label().replace("/drop0", "");
-        g.bench_function(id, |b| {
-            b.iter(|| {
-                for (i, part) in values.chunks_mut(chunk).enumerate() {
-                    session.mask_chunk((i * chunk) as u64, part).expect("mask");
-                }
-            })
-        });
+        // One thread (the simulator's setting), then the default: every core.
+        let cores = default_mask_threads();
+        let threads = if cores.get() > 1 { vec![NonZeroUsize::MIN, cores] } else { vec![cores] };
+        for t in threads {
+            session.set_mask_threads(t);
+            let id = format!("{}/threads{t}", p.label().replace("/drop0", ""));
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    for (i, part) in values.chunks_mut(chunk).enumerate() {
+                        session.mask_chunk((i * chunk) as u64, part).expect("mask");
+                    }
+                })
+            });
+        }
     }
     g.finish();
 

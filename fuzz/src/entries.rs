@@ -7,7 +7,8 @@
 //! Besides "never panics", the protocol targets assert security properties
 //! that must hold whatever the peer sends: a member never sends a plaintext
 //! update under its default policy, never reveals two secrets of one peer,
-//! never sends two updates or two unmask answers for one round; the
+//! never advertises two key sets, sends two updates or two unmask answers
+//! for one round; the
 //! aggregator never asks anyone to reveal both secrets of a party and never
 //! lets a round make the global model non-finite.
 
@@ -178,10 +179,8 @@ impl MemberAudit {
             ClientMsg::PlainStart { .. } | ClientMsg::PlainChunk { .. } | ClientMsg::PlainEnd { .. } => {
                 panic!("a member sent a plaintext update under the default policy")
             }
-            // A second Train model for the round re-keys the member (a second
-            // AdvertiseKeys): reported as a hardening item, not asserted.
             ClientMsg::AdvertiseKeys { round, .. } => {
-                self.advertised.insert(*round);
+                assert!(self.advertised.insert(*round), "two key sets for round {round}")
             }
             ClientMsg::MaskedStart { round, .. } => {
                 assert!(self.advertised.contains(round), "an update for round {round} without keys");

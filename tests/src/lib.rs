@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use tessera_aggregator::config::{AggregatorConfig, RunSection, ServerSection, TrainSection};
 use tessera_aggregator::coordinator::{CohortSelection, SecureConfig};
 use tessera_aggregator::strategy::StrategyConfig;
-use tessera_client::config::{AggregatorSection, BackendChoice, ClientConfig, DataSection, StateSection};
+use tessera_client::config::{
+    AggregatorSection, BackendChoice, ClientConfig, DataConfig, DataSection, ModelSection, StateSection,
+};
 use tessera_client::tabular::TabularModel;
 use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::config::{ModelConfig, TrainableConfig};
@@ -96,7 +98,7 @@ pub fn client_config(dir: &Path, pki: &Path, name: &str, csv: &Path, addr: &str)
             cert: pki.join(format!("{name}.pem")),
             key: pki.join(format!("{name}.key")),
         },
-        data: DataSection {
+        data: DataConfig::Csv(DataSection {
             path: csv.to_path_buf(),
             label: "diagnosis".into(),
             features: None,
@@ -106,8 +108,8 @@ pub fn client_config(dir: &Path, pki: &Path, name: &str, csv: &Path, addr: &str)
             validation: 0.0,
             test: 0.25,
             split_seed: 1,
-        },
-        model: wdbc_model(),
+        }),
+        model: ModelSection::Tabular(wdbc_model()),
         state: StateSection { egress_ledger: dir.join(format!("{name}-egress.jsonl")) },
         backend: BackendChoice::Flex,
         privacy: None,

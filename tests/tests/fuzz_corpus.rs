@@ -1,13 +1,22 @@
 //! Replays every saved fuzz input through the same entry points the
 //! cargo-fuzz targets call: the seed corpus in `fuzz/corpus/<target>/` and
 //! every crash, timeout or leak artifact in `fuzz/artifacts/<target>/`
-//! (each one a regression test once its bug is fixed). Runs with a plain
-//! `cargo test`; no nightly flags, no libFuzzer.
+//! (each one a regression test once its bug is fixed). Then a short
+//! mutational smoke run per target: seeded mutations of the corpus (bit
+//! flips, byte overwrites, truncation, insertion, duplication, splicing)
+//! for `TESSERA_FUZZ_SMOKE_SECS` seconds (default 2). It has no coverage
+//! feedback, so it is a stable-toolchain tripwire for regressions near the
+//! corpus, not a replacement for `scripts/fuzz.sh` (libFuzzer). Runs with a
+//! plain `cargo test`; no nightly flags, no libFuzzer.
 
 #[path = "../../fuzz/src/entries.rs"]
 mod entries;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -33,6 +42,70 @@ fn replay(target: &str) {
         assert!(outcome.is_ok(), "{target}: input {name} fails again");
     }
     eprintln!("{target}: {} corpus inputs and {} artifacts replayed", corpus.len(), artifacts.len());
+    let seeds: Vec<Vec<u8>> = corpus.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    smoke(target, *entry, &seeds);
+}
+
+/// Seeded mutational fuzzing of `seeds` for a few seconds (at least 64
+/// inputs). A failing input is written to the temporary directory and named
+/// in the failure, ready to be copied into `fuzz/artifacts/<target>/`.
+fn smoke(target: &str, entry: fn(&[u8]), seeds: &[Vec<u8>]) {
+    let secs = std::env::var("TESSERA_FUZZ_SMOKE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7e55e7a ^ target.len() as u64);
+    let mut runs = 0u64;
+    while runs < 64 || Instant::now() < until {
+        let input = mutate(&mut rng, seeds);
+        if std::panic::catch_unwind(|| entry(&input)).is_err() {
+            let path = std::env::temp_dir().join(format!("tessera-fuzz-smoke-{target}-{runs}"));
+            std::fs::write(&path, &input).unwrap();
+            panic!(
+                "{target}: mutated input #{runs} fails; saved to {} (copy it into fuzz/artifacts/{target}/)",
+                path.display()
+            );
+        }
+        runs += 1;
+    }
+    eprintln!("{target}: {runs} mutated inputs ran clean");
+}
+
+fn mutate(rng: &mut ChaCha8Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
+    let mut x = seeds[rng.gen_range(0..seeds.len())].clone();
+    for _ in 0..rng.gen_range(1..=4) {
+        let len = x.len();
+        match rng.gen_range(0..6) {
+            0 if len > 0 => {
+                let i = rng.gen_range(0..len);
+                x[i] ^= 1 << rng.gen_range(0..8);
+            }
+            1 if len > 0 => {
+                let i = rng.gen_range(0..len);
+                x[i] = [0, 1, 0x7f, 0x80, 0xff, rng.r#gen::<u8>()][rng.gen_range(0..6)];
+            }
+            2 if len > 0 => x.truncate(rng.gen_range(0..len)),
+            3 => {
+                let at = rng.gen_range(0..=len);
+                let n = rng.gen_range(1..=16);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.r#gen::<u8>()).collect();
+                x.splice(at..at, bytes);
+            }
+            4 if len > 1 => {
+                let a = rng.gen_range(0..len);
+                let b = rng.gen_range(a..=len.min(a + 64));
+                let at = rng.gen_range(0..=len);
+                let piece = x[a..b].to_vec();
+                x.splice(at..at, piece);
+            }
+            _ => {
+                let other = &seeds[rng.gen_range(0..seeds.len())];
+                let cut = rng.gen_range(0..=len);
+                let from = rng.gen_range(0..=other.len());
+                x.truncate(cut);
+                x.extend_from_slice(&other[from..]);
+            }
+        }
+    }
+    x
 }
 
 #[test]

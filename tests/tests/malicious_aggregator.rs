@@ -202,7 +202,15 @@ async fn member_refuses_replayed_rounds_even_after_reconnecting() {
         ClientMsg::AdvertiseKeys { round: 6, .. } => {}
         other => panic!("the member answered a replayed round: {} {:?}", other.kind(), other.round()),
     }
+    // Round 6's training model a second time would re-key the member (a
+    // second secure-aggregation session for one round): refused.
+    m.link.send_model(6, ModelPurpose::Train, &model).await;
+    if let Some(msg) = m.link.recv_within(Duration::from_millis(500)).await {
+        assert!(!matches!(msg, ClientMsg::AdvertiseKeys { .. }), "a second key set for round 6");
+    }
     let ledger = m.finish().await;
+    assert_eq!(ledger.iter().filter(|e| e.kind == "advertise_keys" && e.round == Some(6)).count(), 1);
+    assert!(refusals(&ledger, Some(6)).iter().any(|n| n.contains("second training model")), "{ledger:?}");
     assert!(refusals(&ledger, Some(5)).iter().any(|n| n.contains("round 5 is not newer than round 5")));
     assert!(refusals(&ledger, Some(4)).iter().any(|n| n.contains("round 4 is not newer than round 5")));
     assert_eq!(ledger.iter().filter(|e| e.kind == "advertise_keys" && e.round == Some(5)).count(), 1);

@@ -7,15 +7,15 @@
 //! during the cut complete without the cut member, and the cut member takes
 //! part again in a later round.
 //!
-//! Needs root (network namespaces) and the two daemon binaries; it builds
-//! them with the same cargo if they are missing. Where namespaces are not
-//! available it prints why and passes without running. It takes about 20 s
-//! once the binaries exist, but is ignored by default because building them
-//! from the test is slow and it needs root; CI runs it explicitly:
+//! Needs root (network namespaces) and the two daemon binaries. `cargo test
+//! --workspace` builds both (each daemon's package has integration tests of
+//! its binary); run alone, the test builds them with the same cargo if they
+//! are missing. Where namespaces are not available (not root, no `ip`, a
+//! container without CAP_SYS_ADMIN) it prints why and passes without
+//! running. It takes about 20 s; CI (root) runs it as part of the suite.
 //!
 //! ```sh
-//! cargo build --workspace --bins
-//! cargo test -p tessera-e2e --test netns -- --ignored --nocapture
+//! cargo test --workspace --test netns -- --nocapture
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -192,7 +192,6 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
-#[ignore = "needs root and the daemon binaries; see the file's docs"]
 fn link_cut_and_netem_across_namespaces() {
     let tag = format!("{}", std::process::id() % 10_000);
     let mut topo = match Topology::create(&tag) {

@@ -101,6 +101,7 @@ pub fn coordinator_config(cfg: &AggregatorConfig, run_id: RunId, seed: u64) -> C
         chunk_values: tessera_core::Limits::default().chunk_values,
         stream_slots: 1,
         unhealthy_after: cfg.run.unhealthy_after,
+        robust: None,
     }
 }
 
@@ -157,7 +158,12 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         coordinator_config(&cfg, run_id, seed),
         resume.global,
         resume.optimizer,
-        Resume { next_round: resume.next_round, completed_rounds: resume.completed, spent },
+        Resume {
+            next_round: resume.next_round,
+            completed_rounds: resume.completed,
+            spent,
+            clip_norm: records.last().and_then(|r| r.next_clip_norm),
+        },
     )
     .map_err(DaemonError::Privacy)?;
 

@@ -183,6 +183,9 @@ pub async fn serve(
                             seconds: (outcome.finished_ms - outcome.started_ms) as f64 / 1000.0,
                             epsilon: outcome.epsilon,
                             delta: outcome.delta,
+                            clip_norm: outcome.clip_norm,
+                            unclipped_fraction: outcome.unclipped_fraction,
+                            next_clip_norm: outcome.next_clip_norm,
                         };
                         observer.round_finished(&outcome, &record, &coordinator);
                     }

@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tessera_core::config::ModelConfig;
 use tessera_learn::{ComputeBackend, SplitConfig, TabularSpec};
+
+use crate::vision::VisionModelConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -73,6 +75,107 @@ impl DataSection {
 
     pub fn split(&self) -> SplitConfig {
         SplitConfig { validation: self.validation, test: self.test, seed: self.split_seed }
+    }
+}
+
+/// How an image data set is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageDataKind {
+    /// An IDX image file plus an IDX label file (MNIST, Fashion-MNIST), raw or gzipped.
+    Idx,
+    /// One subfolder of PNG/JPEG images per class.
+    ImageFolder,
+}
+
+/// A local image data set (`[data]` with `kind = "idx"` or `"image_folder"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDataSection {
+    pub kind: ImageDataKind,
+    /// `idx`: the images file; `image_folder`: the root folder.
+    pub path: PathBuf,
+    /// `idx` only: the labels file.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// Class names in class-index order; must agree across members. For
+    /// `image_folder` they must be exactly the subfolder names.
+    pub classes: Vec<String>,
+    /// `image_folder` only: `[height, width]` images are stored at (resized on load).
+    #[serde(default)]
+    pub image_size: Option<[usize; 2]>,
+    /// `image_folder` only: 1 (luma) or 3 (RGB).
+    #[serde(default = "default_image_channels")]
+    pub channels: usize,
+    /// Keep at most this many examples of each class (stratified, by `split_seed`).
+    #[serde(default)]
+    pub per_class: Option<usize>,
+    #[serde(default = "default_test")]
+    pub test: f64,
+    #[serde(default)]
+    pub split_seed: u64,
+}
+
+fn default_image_channels() -> usize {
+    3
+}
+
+/// `[data]`: a CSV table (no `kind`, or `kind = "csv"`) or images.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum DataConfig {
+    Csv(DataSection),
+    Images(ImageDataSection),
+}
+
+impl<'de> Deserialize<'de> for DataConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut v = toml::Table::deserialize(d)?;
+        match v.get("kind").and_then(toml::Value::as_str) {
+            None => v.try_into().map(Self::Csv),
+            Some("csv") => {
+                v.remove("kind");
+                v.try_into().map(Self::Csv)
+            }
+            Some(_) => v.try_into().map(Self::Images),
+        }
+        .map_err(|e| serde::de::Error::custom(format!("[data]: {}", e.message())))
+    }
+}
+
+impl DataConfig {
+    /// The CSV section, or a message saying that this member has images.
+    pub fn csv(&self) -> anyhow::Result<&DataSection> {
+        match self {
+            Self::Csv(d) => Ok(d),
+            Self::Images(_) => anyhow::bail!("this member's [data] holds images, not a CSV table"),
+        }
+    }
+}
+
+/// `[model]`: the tabular MLP (no `kind`) or an image model (`kind =
+/// "efficientnet_lite0"` or `"small_cnn"`, see [`VisionModelConfig`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ModelSection {
+    Tabular(ModelConfig),
+    Vision(VisionModelConfig),
+}
+
+impl<'de> Deserialize<'de> for ModelSection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = toml::Table::deserialize(d)?;
+        if v.contains_key("kind") { v.try_into().map(Self::Vision) } else { v.try_into().map(Self::Tabular) }
+            .map_err(|e| serde::de::Error::custom(format!("[model]: {}", e.message())))
+    }
+}
+
+impl ModelSection {
+    pub fn tabular(&self) -> anyhow::Result<&ModelConfig> {
+        match self {
+            Self::Tabular(m) => Ok(m),
+            Self::Vision(_) => anyhow::bail!("this member's [model] is an image model, not the tabular MLP"),
+        }
     }
 }
 
@@ -151,8 +254,8 @@ pub struct ClientConfig {
     /// This member's name; must match its certificate.
     pub member: String,
     pub aggregator: AggregatorSection,
-    pub data: DataSection,
-    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub model: ModelSection,
     #[serde(default)]
     pub state: StateSection,
     #[serde(default)]
@@ -169,20 +272,32 @@ impl ClientConfig {
         let mut c: Self =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut c.aggregator.ca,
-            &mut c.aggregator.cert,
-            &mut c.aggregator.key,
-            &mut c.data.path,
-            &mut c.state.egress_ledger,
-        ] {
+        for p in [&mut c.aggregator.ca, &mut c.aggregator.cert, &mut c.aggregator.key, &mut c.state.egress_ledger] {
             *p = base.join(&*p);
+        }
+        match &mut c.data {
+            DataConfig::Csv(d) => d.path = base.join(&d.path),
+            DataConfig::Images(d) => {
+                d.path = base.join(&d.path);
+                if let Some(l) = d.labels.as_mut() {
+                    *l = base.join(&*l);
+                }
+            }
         }
         if let Some(p) = c.privacy.as_mut() {
             p.ledger = base.join(&p.ledger);
         }
-        if let Some(p) = c.model.pretrained.as_mut() {
-            *p = base.join(&*p);
+        match &mut c.model {
+            ModelSection::Tabular(m) => {
+                if let Some(p) = m.pretrained.as_mut() {
+                    *p = base.join(&*p);
+                }
+            }
+            ModelSection::Vision(m) => {
+                if let Some(p) = m.weights.as_mut() {
+                    *p = base.join(&*p);
+                }
+            }
         }
         Ok(c)
     }
@@ -215,9 +330,100 @@ num_classes = 2
         )
         .unwrap();
         let c = ClientConfig::load(&p).unwrap();
-        assert_eq!(c.data.path, dir.path().join("data.csv"));
+        assert_eq!(c.data.csv().unwrap().path, dir.path().join("data.csv"));
+        assert_eq!(c.model.tabular().unwrap().num_features, 30);
         assert_eq!(c.state.egress_ledger, dir.path().join("state/egress.jsonl"));
         std::fs::write(&p, "member = 3").unwrap();
         assert!(ClientConfig::load(&p).unwrap_err().to_string().contains("client.toml"));
+    }
+
+    const PKI: &str = r#"
+member = "hospital-b"
+[aggregator]
+address = "127.0.0.1:4433"
+ca = "pki/ca.pem"
+cert = "pki/hospital-b.pem"
+key = "pki/hospital-b.key"
+"#;
+
+    #[test]
+    fn image_data_and_model_sections_parse_and_build_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let fashion = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist");
+        let p = dir.path().join("client.toml");
+        let text = format!(
+            r#"{PKI}
+[data]
+kind = "idx"
+path = "{images}"
+labels = "{labels}"
+classes = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+per_class = 6
+test = 0.5
+split_seed = 3
+[model]
+kind = "efficientnet_lite0"
+num_classes = 10
+image_size = 32
+backbone = "pretrained_if_present"
+weights = "no-such-dir/weights.pth"
+[model.augment]
+horizontal_flip = true
+"#,
+            images = fashion.join("t10k-images-idx3-ubyte.gz").display(),
+            labels = fashion.join("t10k-labels-idx1-ubyte.gz").display(),
+        );
+        std::fs::write(&p, &text).unwrap();
+        let c = ClientConfig::load(&p).unwrap();
+        let DataConfig::Images(d) = &c.data else { panic!("expected image data") };
+        assert_eq!((d.kind, d.per_class, d.classes.len()), (ImageDataKind::Idx, Some(6), 10));
+        let ModelSection::Vision(m) = &c.model else { panic!("expected an image model") };
+        assert_eq!(m.weights.as_deref(), Some(dir.path().join("no-such-dir/weights.pth").as_path()));
+        assert!(m.augment.as_ref().is_some_and(|a| a.horizontal_flip && a.rotation_degrees == 0.0));
+        assert!(c.data.csv().is_err() && c.model.tabular().is_err());
+        // The daemon's builder: a missing checkpoint falls back to the seeded random backbone here.
+        let model = crate::daemon::vision_model(&c).unwrap();
+        assert_eq!(model.num_train_examples(), 30);
+        let layout = model.net().trainable_params().unwrap().layout();
+        assert_eq!(layout.entries[0], ("head.weight".to_string(), vec![1280, 10]));
+        // A tabular builder refuses image sections, and vice versa.
+        assert!(crate::daemon::tabular_model(&c).is_err());
+
+        // Folder data: class folders must match the configured classes.
+        let root = dir.path().join("images");
+        for (class, shade) in [("benign", 40u8), ("malignant", 200u8)] {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            for i in 0..4u8 {
+                let img = image::GrayImage::from_pixel(12, 10, image::Luma([shade + i]));
+                img.save(root.join(class).join(format!("{i}.png"))).unwrap();
+            }
+        }
+        let folder = format!(
+            "{PKI}\n[data]\nkind = \"image_folder\"\npath = \"images\"\nclasses = [\"benign\", \"malignant\"]\n\
+             image_size = [8, 8]\nchannels = 1\n[model]\nkind = \"small_cnn\"\nnum_classes = 2\nimage_size = 8\n\
+             input_channels = 1\n"
+        );
+        std::fs::write(&p, &folder).unwrap();
+        let c = ClientConfig::load(&p).unwrap();
+        let model = crate::daemon::vision_model(&c).unwrap();
+        assert_eq!(model.num_train_examples(), 6);
+        std::fs::write(&p, folder.replace("\"benign\", ", "\"healthy\", ")).unwrap();
+        let err = crate::daemon::vision_model(&ClientConfig::load(&p).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("differ from the configured classes"), "{err}");
+
+        // Mistakes name the section and the key.
+        std::fs::write(&p, text.replace("kind = \"idx\"", "kind = \"tiff\"")).unwrap();
+        let err = ClientConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("client.toml") && err.contains("[data]") && err.contains("tiff"), "{err}");
+        std::fs::write(&p, text.replace("image_size = 32", "image_sise = 32")).unwrap();
+        let err = ClientConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("[model]") && err.contains("image_sise"), "{err}");
+        // `kind = "csv"` is the CSV section, spelled out.
+        std::fs::write(
+            &p,
+            format!("{PKI}[data]\nkind = \"csv\"\npath = \"d.csv\"\nlabel = \"y\"\n[model]\nnum_features = 3\nnum_classes = 2\n"),
+        )
+        .unwrap();
+        assert_eq!(ClientConfig::load(&p).unwrap().data.csv().unwrap().label, "y");
     }
 }

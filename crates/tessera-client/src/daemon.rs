@@ -9,12 +9,13 @@ use tessera_learn::TabularData;
 use tessera_privacy::PrivacyBudget;
 use tessera_transport::{Dialer, QuicDialConfig};
 
-use crate::config::ClientConfig;
-use crate::driver::{ClientExit, ClientOptions};
+use crate::config::{ClientConfig, DataConfig, ModelSection};
+use crate::driver::{ClientExit, ClientOptions, LocalModel};
 use crate::egress::EgressLedger;
 use crate::participant::{Participant, Policy};
 use crate::privacy::LedgerGuard;
 use crate::tabular::TabularModel;
+use crate::vision::{VisionModel, load_member_images};
 
 /// The member's protocol state machine with its policy, its own privacy
 /// budget (when configured) and its randomness.
@@ -44,20 +45,47 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<ChaCha20Rng
 
 /// Load the member's data and build its model (data stays in this process).
 pub fn tabular_model(cfg: &ClientConfig) -> anyhow::Result<TabularModel> {
-    let data = TabularData::load(&cfg.data.path, &cfg.data.spec(), &cfg.data.split())?;
+    let (section, model) = (cfg.data.csv()?, cfg.model.tabular()?);
+    let data = TabularData::load(&section.path, &section.spec(), &section.split())?;
     tracing::info!(
         member = %cfg.member,
         train = data.train.len(),
         test = data.test.len(),
         "local data loaded (it never leaves this site)"
     );
-    Ok(TabularModel::new(data, &cfg.model, cfg.backend.into())?.with_seeded_noise(cfg.testing.seeded_randomness))
+    Ok(TabularModel::new(data, model, cfg.backend.into())?.with_seeded_noise(cfg.testing.seeded_randomness))
+}
+
+/// Load the member's images and build its image model (the checkpoint is
+/// read here; data stays in this process). Runs on burn-flex.
+pub fn vision_model(cfg: &ClientConfig) -> anyhow::Result<VisionModel> {
+    let (DataConfig::Images(section), ModelSection::Vision(model)) = (&cfg.data, &cfg.model) else {
+        anyhow::bail!("an image model needs image data and an image [model] (`kind` in both sections)");
+    };
+    let (train, test) = load_member_images(section)?;
+    tracing::info!(
+        member = %cfg.member,
+        train = train.len(),
+        test = test.len(),
+        "local images loaded (they never leave this site)"
+    );
+    Ok(VisionModel::from_config(model, train, test)?.with_seeded_noise(cfg.testing.seeded_randomness))
 }
 
 /// Everything `tessera-client run` does: load the data, open the ledgers,
 /// dial the aggregator over QUIC + mTLS and take part until the run ends.
 pub async fn run_daemon(cfg: &ClientConfig, opts: ClientOptions) -> anyhow::Result<ClientExit> {
-    let model = tabular_model(cfg)?;
+    match &cfg.model {
+        ModelSection::Tabular(_) => {
+            let mut model = tabular_model(cfg)?;
+            model.task_mut().set_progress(crate::progress::terminal_training_bar());
+            drive(cfg, model, opts).await
+        }
+        ModelSection::Vision(_) => drive(cfg, vision_model(cfg)?, opts).await,
+    }
+}
+
+async fn drive<M: LocalModel>(cfg: &ClientConfig, model: M, opts: ClientOptions) -> anyhow::Result<ClientExit> {
     let mut dial =
         QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::codec::{self, Limits};
 use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{AggregatorMsg, EvalMetrics, ModelParams};
+use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams};
 use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, connect_with_backoff};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -38,7 +38,24 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// Bounds concurrent local work across all members sharing it.
     pub workers: Arc<Semaphore>,
+    /// Simulator only: consulted with (round, message kind) before each
+    /// outgoing round message, to inject dropouts and stragglers.
+    pub fault: Option<FaultHook>,
 }
+
+/// What a fault-injection hook does to an outgoing message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Send it.
+    Pass,
+    /// Leave the round in-band: send `Decline` instead and nothing further
+    /// of that round except evaluation reports. The aggregator drops the
+    /// member at once, so the outcome does not depend on timing.
+    Withdraw,
+}
+
+/// See [`ClientOptions::fault`].
+pub type FaultHook = Arc<dyn Fn(u64, &'static str) -> Fault + Send + Sync>;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -47,6 +64,7 @@ impl Default for ClientOptions {
             backoff: BackoffPolicy::default(),
             reconnect: true,
             workers: Arc::new(Semaphore::new(1)),
+            fault: None,
         }
     }
 }
@@ -88,6 +106,7 @@ where
     M: LocalModel,
 {
     let (work_tx, mut work_rx) = mpsc::unbounded_channel::<Work>();
+    let mut withdrawn = None;
     loop {
         let conn = connect_with_backoff(&dialer, &opts.backoff).await?;
         let (mut tx, mut rx) = conn.split();
@@ -95,7 +114,9 @@ where
         participant.hello();
         let mut shutdown = None;
         let mut lost: Option<String> = None;
-        if let Err(e) = flush(participant, &mut tx, egress, &model, &work_tx, &opts, &mut shutdown).await {
+        if let Err(e) =
+            flush(participant, &mut tx, egress, &model, &work_tx, &opts, &mut shutdown, &mut withdrawn).await
+        {
             lost = Some(e);
         }
         while lost.is_none() && shutdown.is_none() {
@@ -113,7 +134,9 @@ where
                     Work::Evaluated(round, r) => participant.evaluation_done(round, r),
                 },
             }
-            if let Err(e) = flush(participant, &mut tx, egress, &model, &work_tx, &opts, &mut shutdown).await {
+            if let Err(e) =
+                flush(participant, &mut tx, egress, &model, &work_tx, &opts, &mut shutdown, &mut withdrawn).await
+            {
                 lost = Some(e);
             }
         }
@@ -132,6 +155,7 @@ where
 /// Carry out everything the participant asked for. Returns a transport
 /// error as text (the caller reconnects); egress failures are fatal because
 /// nothing may leave unrecorded.
+#[allow(clippy::too_many_arguments)]
 async fn flush<R, M>(
     participant: &mut Participant<R>,
     tx: &mut FrameSender,
@@ -140,6 +164,7 @@ async fn flush<R, M>(
     work_tx: &mpsc::UnboundedSender<Work>,
     opts: &ClientOptions,
     shutdown: &mut Option<String>,
+    withdrawn: &mut Option<u64>,
 ) -> Result<(), String>
 where
     R: RngCore + CryptoRng,
@@ -147,7 +172,17 @@ where
 {
     while let Some(out) = participant.poll_output() {
         match out {
-            Output::Send(msg) => {
+            Output::Send(mut msg) => {
+                if let (Some(hook), Some(round)) = (&opts.fault, msg.round()) {
+                    let report = matches!(msg, ClientMsg::EvalReport { .. });
+                    if *withdrawn == Some(round) && !report {
+                        continue;
+                    }
+                    if hook(round, msg.kind()) == Fault::Withdraw {
+                        *withdrawn = Some(round);
+                        msg = ClientMsg::Decline { round, reason: "simulated dropout".into() };
+                    }
+                }
                 let frame = codec::encode_frame(&msg, &opts.limits).map_err(|e| e.to_string())?;
                 egress.record(msg.round(), msg.kind(), &frame).map_err(|e| format!("egress ledger: {e}"))?;
                 tx.send(frame).await.map_err(|e| e.to_string())?;

@@ -16,7 +16,9 @@ pub mod driver;
 pub mod egress;
 pub mod participant;
 pub mod privacy;
+pub mod progress;
 pub mod tabular;
+pub mod vision;
 
 pub use driver::{ClientExit, ClientOptions, LocalModel, run};
 pub use egress::EgressLedger;

@@ -12,9 +12,9 @@ use std::collections::VecDeque;
 
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::message::ModelPurpose;
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings};
+use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings, UNCLIPPED_TENSOR};
 use tessera_core::stream::{ModelAssembler, StreamError};
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, PartyId, RunId};
+use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, PartyId, RunId};
 use tessera_privacy::{DiscreteGaussian, DistributedPlan, GaussianSpend};
 use tessera_secagg::update::ValueCoding;
 
@@ -32,6 +32,10 @@ pub struct Policy {
     pub chunk_values: usize,
     /// Refuse rounds whose release is not differentially private.
     pub require_dp: bool,
+    /// Threads that mask one chunk under secure aggregation (bit-identical
+    /// output for any count). The daemon uses every core; the simulator,
+    /// with many members in one process, sets 1.
+    pub mask_threads: std::num::NonZeroUsize,
 }
 
 impl Default for Policy {
@@ -42,6 +46,7 @@ impl Default for Policy {
             min_cohort: 2,
             chunk_values: 1 << 20,
             require_dp: false,
+            mask_threads: tessera_secagg::default_mask_threads(),
         }
     }
 }
@@ -145,6 +150,10 @@ struct ActiveRound {
     shares_received: bool,
     trained: Option<TrainedUpdate>,
     sent: bool,
+    /// The round's training model arrived; a second one is refused, since
+    /// re-keying mid-round would open a second secure-aggregation session
+    /// whose reveals are not checked against the first one's.
+    model_received: bool,
 }
 
 /// An update being streamed out. Chunks are quantized, masked and handed
@@ -357,6 +366,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
                     cohort,
                     party,
                     base: None,
+                    model_received: false,
                     secagg: None,
                     shares_received: false,
                     trained: None,
@@ -477,7 +487,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             return Err(Refusal::Privacy("distributed noise without secure aggregation".into()));
         }
         if let Some(g) = self.guard.as_mut() {
-            let spend = tessera_privacy::round_spend(dp, &settings.train);
+            let spend = tessera_privacy::member_spend(dp, &settings.train);
             g.charge(round, &spend).map_err(Refusal::Privacy)?;
         }
         Ok(())
@@ -486,12 +496,16 @@ impl<R: RngCore + CryptoRng> Participant<R> {
     fn model_ready(&mut self, round: u64, model: ModelParams) -> Result<(), Refusal> {
         let run_id = self.run_id.ok_or(Refusal::NotWelcomed)?;
         let r = active(&mut self.round, round, "model_end")?;
+        if std::mem::replace(&mut r.model_received, true) {
+            return Err(Refusal::Unexpected { kind: "second training model" });
+        }
         if let Some(s) = &r.settings.secagg {
-            let len = tessera_secagg::update::vector_len(&model.layout());
+            let len = tessera_secagg::update::vector_len(&r.settings.update_layout(&model.layout()));
             let ctx = tessera_secagg::RoundContext::new(run_id, round, &r.cohort, s.clone(), len)
                 .map_err(|e| Refusal::SecAgg(e.to_string()))?;
-            let (session, keys) = tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng)
+            let (mut session, keys) = tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng)
                 .map_err(|e| Refusal::SecAgg(e.to_string()))?;
+            session.set_mask_threads(self.policy.mask_threads);
             r.secagg = Some(session);
             self.out.push_back(Output::Send(ClientMsg::AdvertiseKeys { round, keys }));
         }
@@ -589,18 +603,35 @@ impl<R: RngCore + CryptoRng> Participant<R> {
 }
 
 /// Client-level DP on the member's side: clip the whole update to C and,
-/// for local noise, add N(0, (z C)^2) to every value with the exact sampler.
+/// for local noise, add N_Z noise of std >= z C on a fine grid to every
+/// value (`GaussianMechanism`: exact discrete Gaussian, rounding covered).
+/// Under adaptive clipping the update is clipped to this round's
+/// `update_clip` and the scaled unclipped bit is appended as one more
+/// coordinate before any noise, so the bit is privatized with the update.
 fn privatize_update<R: RngCore + CryptoRng>(
     delta: &mut ModelParams,
     dp: &DpSettings,
     rng: &mut R,
 ) -> Result<(), Refusal> {
-    tessera_privacy::clip_params_l2(delta, dp.clip_norm).map_err(|e| Refusal::Privacy(e.to_string()))?;
+    let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(e.to_string());
+    match &dp.adaptive {
+        None => {
+            tessera_privacy::clip_params_l2(delta, dp.clip_norm).map_err(privacy)?;
+        }
+        Some(a) => {
+            let norm = tessera_privacy::clip_params_l2(delta, a.update_clip).map_err(privacy)?;
+            let bit = if norm <= a.update_clip { 0.5 } else { -0.5 };
+            let t = ParamTensor::new(UNCLIPPED_TENSOR, vec![1], vec![(a.bit_scale * bit) as f32])
+                .map_err(|e| Refusal::Update(e.to_string()))?;
+            delta.tensors.push(t);
+        }
+    }
     if dp.noise == NoisePlacement::Local {
-        let sigma = dp.noise_multiplier * dp.clip_norm;
+        // One release of the whole vector (sensitivity C), rounding covered.
+        let m = tessera_privacy::GaussianMechanism::new(dp.noise_multiplier, dp.clip_norm, delta.numel())
+            .map_err(privacy)?;
         for t in &mut delta.tensors {
-            tessera_privacy::add_gaussian_noise_f32(&mut t.data, sigma, rng)
-                .map_err(|e| Refusal::Privacy(e.to_string()))?;
+            m.add_to(&mut t.data, rng).map_err(privacy)?;
         }
     }
     Ok(())

@@ -20,6 +20,8 @@ pub struct TabularModel {
     /// TEST ONLY: derive DP-SGD sampling and noise from the round seed so
     /// runs are reproducible. Predictable noise protects nothing.
     seeded_noise: bool,
+    /// DP-SGD's noise mechanism, built once for the run's settings.
+    noise: tessera_privacy::MechanismCache,
 }
 
 impl TabularModel {
@@ -35,7 +37,7 @@ impl TabularModel {
             )));
         }
         let task = TabularTask::new(data, &tessera_learn::spec::model_spec(model), backend)?;
-        Ok(Self { task, seeded_noise: false })
+        Ok(Self { task, seeded_noise: false, noise: Default::default() })
     }
 
     /// See the field: for simulations and tests that must be bit-reproducible.
@@ -67,10 +69,16 @@ impl LocalModel for TabularModel {
                 } else {
                     ChaCha20Rng::from_entropy()
                 };
-                let sigma = cfg.noise_std();
+                // The sum of clipped gradients (sensitivity C) over every
+                // trainable value, noised at multiplier z, rounding covered.
+                let mechanism = self
+                    .noise
+                    .get(cfg.noise_multiplier, cfg.clip_norm, model.numel())
+                    .map_err(|e| format!("DP-SGD noise: {e}"))?
+                    .clone();
                 let mut failed = None;
                 let mut noise = |v: &mut [f32]| {
-                    if let Err(e) = tessera_privacy::add_gaussian_noise_f32(v, sigma, &mut rng) {
+                    if let Err(e) = mechanism.add_to(v, &mut rng) {
                         failed.get_or_insert(e);
                     }
                 };

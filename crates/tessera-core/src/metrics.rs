@@ -78,6 +78,14 @@ pub struct RoundRecord {
     pub epsilon: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<f64>,
+    /// Adaptive clipping: the update clip of this round, the noisy fraction
+    /// of contributors left unclipped, and the clip the next round uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclipped_fraction: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_clip_norm: Option<f64>,
 }
 
 #[cfg(test)]

@@ -73,6 +73,38 @@ pub struct DpSettings {
     /// Epsilon the aggregator's accountant says this round spends, at `delta`;
     /// the client checks its own budget against its own accountant.
     pub delta: f64,
+    /// Adaptive clipping (client unit only): the member clips its update to
+    /// `update_clip` and appends its scaled unclipped bit as one more
+    /// coordinate, [`UNCLIPPED_TENSOR`]; `clip_norm` then bounds the whole
+    /// vector, so noise and accounting stay those of one Gaussian release.
+    pub adaptive: Option<AdaptiveClipSettings>,
+}
+
+/// One round of adaptive clipping (Andrew et al. 2021), as members apply it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdaptiveClipSettings {
+    /// L2 clip of the model update this round (the adapted C_t).
+    pub update_clip: f64,
+    /// The bit travels as `bit_scale · (b - 1/2)`, b = 1 when the update
+    /// needed no clipping; the scale makes the vector's noise carry the
+    /// count noise sigma_b of the paper.
+    pub bit_scale: f64,
+}
+
+/// Name of the extra update coordinate that carries a member's scaled
+/// unclipped bit under adaptive clipping.
+pub const UNCLIPPED_TENSOR: &str = "tessera.adaptive_clip.unclipped";
+
+impl RoundSettings {
+    /// Layout of what a member uploads this round: the trainable parameters,
+    /// plus [`UNCLIPPED_TENSOR`] under adaptive clipping.
+    pub fn update_layout(&self, model: &crate::ParamLayout) -> crate::ParamLayout {
+        let mut layout = model.clone();
+        if self.dp.as_ref().is_some_and(|d| d.adaptive.is_some()) {
+            layout.entries.push((UNCLIPPED_TENSOR.to_string(), vec![1]));
+        }
+        layout
+    }
 }
 
 /// Secure-aggregation parameters for one round.

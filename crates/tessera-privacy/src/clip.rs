@@ -85,6 +85,24 @@ pub fn split_noise_multiplier(sigma: f64, sigma_b: f64) -> Result<f64, PrivacyEr
     Ok(inv.powf(-0.5))
 }
 
+/// One round of adaptive clipping expressed as a single Gaussian release.
+///
+/// Members clip their update to `update_clip` (C) and append the bit as
+/// `bit_scale · (b - 1/2)`; the vector's L2 bound is then
+/// `vector_clip = sqrt(C^2 + bit_scale^2 / 4)`. With noise `sigma · vector_clip`
+/// per coordinate (sigma the accounted noise multiplier) the update sees
+/// noise multiplier sigma_delta = [`split_noise_multiplier`]`(sigma, sigma_b)`
+/// relative to C, and the count sees standard deviation sigma_b, exactly the
+/// split of Andrew et al. (Thm. 1); the accountant composes one release at
+/// multiplier sigma. Returns `(bit_scale, vector_clip)`.
+pub fn adaptive_release(sigma: f64, update_clip: f64, sigma_b: f64) -> Result<(f64, f64), PrivacyError> {
+    check_clip_norm(update_clip)?;
+    let sigma_delta = split_noise_multiplier(sigma, sigma_b)?;
+    let noise_std = sigma_delta * update_clip;
+    let bit_scale = noise_std / sigma_b;
+    Ok((bit_scale, update_clip.hypot(bit_scale / 2.0)))
+}
+
 /// Adaptive clipping state (Andrew, Thakkar, McMahan, Ramaswamy 2021,
 /// "Differentially Private Learning with Adaptive Clipping"): the clip norm
 /// tracks a target quantile of update norms with the geometric update
@@ -215,6 +233,20 @@ mod tests {
         // The split always costs noise: sigma_delta > sigma.
         assert!(split_noise_multiplier(1.3, 10.0).unwrap() > 1.3);
         assert!(split_noise_multiplier(1.0, 0.5).is_err());
+    }
+
+    #[test]
+    fn adaptive_release_is_one_gaussian_release_at_sigma() {
+        for &(sigma, c, sb) in &[(1.0, 0.5, 5.0), (0.8, 2.0, 0.6), (3.0, 0.1, 50.0)] {
+            let (scale, vclip) = adaptive_release(sigma, c, sb).unwrap();
+            let noise_std = sigma * vclip;
+            // Update noise relative to C is sigma_delta; count noise in bit units is sigma_b.
+            let sd = split_noise_multiplier(sigma, sb).unwrap();
+            assert!((noise_std / c - sd).abs() < 1e-12 * sd, "{sigma} {c} {sb}");
+            assert!((noise_std / scale - sb).abs() < 1e-12 * sb);
+            assert!(vclip > c);
+        }
+        assert!(adaptive_release(1.0, 1.0, 0.4).is_err(), "sigma_b must exceed sigma / 2");
     }
 
     #[test]

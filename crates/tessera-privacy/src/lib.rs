@@ -11,6 +11,7 @@
 
 pub mod accountant;
 pub mod budget;
+mod cdt;
 pub mod clip;
 pub mod distributed;
 mod exact;
@@ -23,10 +24,16 @@ pub use budget::{
     FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, MemoryLedgerStore, PrivacyBudget,
     PrivacyLedger, Reservation,
 };
-pub use clip::{AdaptiveClip, clip_factors, clip_l2, clip_params_l2, noisy_unclipped_count, split_noise_multiplier};
+pub use clip::{
+    AdaptiveClip, adaptive_release, clip_factors, clip_l2, clip_params_l2, noisy_unclipped_count,
+    split_noise_multiplier,
+};
 pub use distributed::{distributed_share_sigma, quantized_l2_sensitivity};
-pub use noise::{DiscreteGaussian, add_gaussian_noise_f32, fill_discrete_gaussian};
-pub use plan::{DistributedPlan, round_spend};
+pub use noise::{
+    DiscreteGaussian, GaussianMechanism, MAX_TABLE_SIGMA, MechanismCache, add_gaussian_noise_f32,
+    fill_discrete_gaussian,
+};
+pub use plan::{DistributedPlan, member_spend, round_spend};
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 
 /// Errors of the privacy mathematics. Messages name the parameter at fault,

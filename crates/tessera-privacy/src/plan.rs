@@ -34,7 +34,35 @@ pub fn validate(dp: &DpSettings) -> Result<(), PrivacyError> {
     if dp.unit == PrivacyUnit::Record && dp.noise != NoisePlacement::Local {
         return Err(PrivacyError::InvalidParameter("the record unit (DP-SGD) needs noise = \"local\""));
     }
+    if let Some(a) = &dp.adaptive {
+        if dp.unit != PrivacyUnit::Client {
+            return Err(PrivacyError::InvalidParameter("adaptive clipping applies to the client unit only"));
+        }
+        if !(a.update_clip.is_finite() && a.update_clip > 0.0 && a.bit_scale.is_finite() && a.bit_scale > 0.0) {
+            return Err(PrivacyError::InvalidParameter("adaptive update_clip and bit_scale must be finite and > 0"));
+        }
+        // The noise is calibrated to clip_norm: it must bound the update
+        // (norm <= update_clip) and the bit (magnitude bit_scale / 2) together.
+        let needed = a.update_clip.hypot(a.bit_scale / 2.0);
+        if dp.clip_norm < needed * (1.0 - 1e-12) {
+            return Err(PrivacyError::InvalidParameter(
+                "clip_norm does not bound the clipped update and the unclipped bit together",
+            ));
+        }
+    }
     Ok(())
+}
+
+/// What a member charges its own budget for a round: [`round_spend`],
+/// except that under the client unit it takes no amplification from cohort
+/// sampling. A member cannot verify that the aggregator sampled it at
+/// random, and it knows it was chosen, so it accounts at rate 1.
+pub fn member_spend(dp: &DpSettings, train: &TrainSettings) -> GaussianSpend {
+    let mut s = round_spend(dp, train);
+    if dp.unit == PrivacyUnit::Client {
+        s.sampling_rate = 1.0;
+    }
+    s
 }
 
 /// DP-SGD steps one member takes in a round: `ceil(1/q)` per local epoch.
@@ -155,6 +183,7 @@ mod tests {
             sampling_rate: 0.1,
             min_contributors: 3,
             delta: 1e-5,
+            adaptive: None,
         }
     }
 
@@ -176,6 +205,30 @@ mod tests {
         let mut c = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
         c.sampling_rate = 1.0;
         assert_eq!(round_spend(&c, &train(3)).steps, 1);
+    }
+
+    #[test]
+    fn members_take_no_cohort_amplification() {
+        let mut c = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
+        c.sampling_rate = 0.05;
+        assert_eq!(round_spend(&c, &train(1)).sampling_rate, 0.05);
+        assert_eq!(member_spend(&c, &train(1)).sampling_rate, 1.0);
+        let r = dp(PrivacyUnit::Record, NoisePlacement::Local);
+        assert_eq!(member_spend(&r, &train(2)), round_spend(&r, &train(2)));
+    }
+
+    #[test]
+    fn adaptive_clip_must_fit_the_vector_bound() {
+        use tessera_core::round::AdaptiveClipSettings;
+        let mut c = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
+        c.adaptive = Some(AdaptiveClipSettings { update_clip: 0.4, bit_scale: 0.6 });
+        c.clip_norm = 0.5; // = hypot(0.4, 0.3)
+        assert!(validate(&c).is_ok());
+        c.clip_norm = 0.45;
+        assert!(validate(&c).is_err(), "an understated bound would under-noise the release");
+        let mut r = dp(PrivacyUnit::Record, NoisePlacement::Local);
+        r.adaptive = Some(AdaptiveClipSettings { update_clip: 0.4, bit_scale: 0.6 });
+        assert!(validate(&r).is_err());
     }
 
     #[test]

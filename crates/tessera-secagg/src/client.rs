@@ -9,6 +9,7 @@
 //! [`ClientSession::on_unmask_request`] (`UnmaskRequest` in, `UnmaskShares` out).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroUsize;
 
 use rand_core::CryptoRngCore;
 use tessera_core::PartyId;
@@ -44,6 +45,8 @@ pub struct ClientSession {
     held: BTreeMap<PartyId, HeldShares>,
     /// PRG keys this member masks with: its self mask, then signed pairwise masks.
     masks: Vec<(Seed, MaskOp)>,
+    /// Threads [`ClientSession::mask_chunk`] may use.
+    mask_threads: NonZeroUsize,
 }
 
 impl ClientSession {
@@ -79,6 +82,7 @@ impl ClientSession {
             peers: BTreeMap::new(),
             held: BTreeMap::new(),
             masks: Vec::new(),
+            mask_threads: default_mask_threads(),
         };
         Ok((session, public))
     }
@@ -94,6 +98,17 @@ impl ClientSession {
 
     pub fn context(&self) -> &RoundContext {
         &self.ctx
+    }
+
+    /// Threads [`Self::mask_chunk`] may use (default [`default_mask_threads`]).
+    /// A simulator running many members side by side sets 1; the result does
+    /// not depend on it.
+    pub fn set_mask_threads(&mut self, threads: NonZeroUsize) {
+        self.mask_threads = threads;
+    }
+
+    pub fn mask_threads(&self) -> NonZeroUsize {
+        self.mask_threads
     }
 
     fn expect(&self, expected: Step) -> Result<(), SecAggError> {
@@ -216,7 +231,9 @@ impl ClientSession {
 
     /// Masks `values[i]` (the quantized update at `offset + i`, each below
     /// 2^k) in place. Chunks are independent, so the update is masked as it
-    /// streams out and never held twice.
+    /// streams out and never held twice. A long chunk is split into disjoint
+    /// slices masked on up to [`Self::mask_threads`] scoped threads, joined
+    /// before this returns; the result is bit-identical to one thread's.
     pub fn mask_chunk(&self, offset: u64, values: &mut [u32]) -> Result<(), SecAggError> {
         self.expect(Step::MaskedInput)?;
         self.ctx.check_range(offset, values.len())?;
@@ -225,8 +242,15 @@ impl ClientSession {
             return Err(SecAggError::ValueOutOfRing(offset + i as u64));
         }
         let keys: Vec<(&[u8; 32], MaskOp)> = self.masks.iter().map(|(seed, op)| (&**seed, *op)).collect();
-        crypto::apply_prgs(&keys, offset, values);
-        values.iter_mut().for_each(|v| *v &= ring);
+        let reduce = |part: &mut [u32]| part.iter_mut().for_each(|v| *v &= ring);
+        crypto::apply_prgs_parallel(
+            &keys,
+            offset,
+            values,
+            self.mask_threads.get(),
+            crypto::MIN_WORDS_PER_WORKER,
+            &reduce,
+        );
         Ok(())
     }
 
@@ -288,6 +312,12 @@ impl std::fmt::Debug for ClientSession {
             .field("peers", &self.peers.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The machine's available parallelism (1 if it cannot be read): the default
+/// thread count of [`ClientSession::mask_chunk`].
+pub fn default_mask_threads() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
 fn first_duplicate(ids: &[PartyId]) -> Option<PartyId> {

@@ -169,6 +169,51 @@ pub(crate) fn apply_prgs(keys: &[(&[u8; 32], MaskOp)], offset: u64, values: &mut
     buf.iter_mut().for_each(|b| b.fill(0));
 }
 
+/// Words below which another worker does not pay for itself: spawning and
+/// joining a scoped thread costs tens of microseconds, about what one key's
+/// keystream for 2^15 words takes.
+pub(crate) const MIN_WORDS_PER_WORKER: usize = 1 << 15;
+
+/// [`apply_prgs`] on up to `workers` scoped threads, each over its own
+/// contiguous slice of `values` (this thread takes the last slice), then
+/// `finish` on each slice while it is still in cache. The stream is seekable,
+/// so the result is bit-identical to one pass over the whole vector; slices
+/// are whole tiles, so each worker starts on a block boundary whenever
+/// `offset` does. Slices stay at least `min_words` long.
+pub(crate) fn apply_prgs_parallel(
+    keys: &[(&[u8; 32], MaskOp)],
+    offset: u64,
+    values: &mut [u32],
+    workers: usize,
+    min_words: usize,
+    finish: &(dyn Fn(&mut [u32]) + Sync),
+) {
+    let end = offset.checked_add(values.len() as u64);
+    assert!(end.is_some_and(|e| e <= crate::MAX_VECTOR_LEN), "PRG stream beyond 2^36 words");
+    let workers = workers.min(values.len() / min_words.max(1)).max(1);
+    if workers == 1 {
+        apply_prgs(keys, offset, values);
+        finish(values);
+        return;
+    }
+    let per = values.len().div_ceil(workers).next_multiple_of(TILE_WORDS);
+    std::thread::scope(|scope| {
+        let mut parts = values.chunks_mut(per).enumerate().peekable();
+        while let Some((i, part)) = parts.next() {
+            let at = offset + (i * per) as u64;
+            let mut job = move || {
+                apply_prgs(keys, at, part);
+                finish(part);
+            };
+            if parts.peek().is_some() {
+                scope.spawn(job);
+            } else {
+                job();
+            }
+        }
+    });
+}
+
 /// `tile[i] (+|-)= keystream word i`, 16 words at a time through
 /// fixed-size arrays so that the compiler vectorizes it.
 #[inline(always)]
@@ -277,6 +322,38 @@ mod tests {
         assert_eq!(got, reference(&keys[0], near_end, 100));
         let past = std::panic::catch_unwind(|| keystream_u32(&keys[0], crate::MAX_VECTOR_LEN - 16, &mut [0u32; 17]));
         assert!(past.is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+        /// Masking on several threads is bit-identical to the single pass,
+        /// for any offset, length, key set and worker count.
+        #[test]
+        fn parallel_masking_is_bit_identical(
+            offset in 0u64..5000,
+            len in 0usize..20_000,
+            workers in 1usize..=7,
+            min_words in 1usize..3000,
+            n_keys in 1usize..=4,
+            seed in proptest::prelude::any::<u8>(),
+        ) {
+            let keys: Vec<[u8; 32]> = (0..n_keys).map(|i| [seed.wrapping_add(i as u8); 32]).collect();
+            let masks: Vec<(&[u8; 32], MaskOp)> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k, if i % 2 == 0 { MaskOp::Add } else { MaskOp::Subtract }))
+                .collect();
+            let base: Vec<u32> = (0..len as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+            let mut single = base.clone();
+            apply_prgs(&masks, offset, &mut single);
+            single.iter_mut().for_each(|v| *v &= 0x00ff_ffff);
+            let mut parallel = base;
+            apply_prgs_parallel(&masks, offset, &mut parallel, workers, min_words, &|part: &mut [u32]| {
+                part.iter_mut().for_each(|v| *v &= 0x00ff_ffff)
+            });
+            proptest::prop_assert_eq!(single, parallel);
+        }
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! message payloads and answering with the payloads to send. It also owns the
 //! fixed-point [`quantize`] step between f32 updates and the ring Z_{2^k}.
 //!
-//! It must NOT do I/O, read clocks, spawn threads or pick its own
+//! It must NOT do I/O, read clocks, keep threads or pick its own
 //! randomness: every random draw comes from the caller's
-//! [`rand_core::CryptoRngCore`], so tests replay exactly. No public API
+//! [`rand_core::CryptoRngCore`], so tests replay exactly. The one exception
+//! to "no threads" is [`ClientSession::mask_chunk`], which masks a long chunk
+//! on scoped threads that end before it returns (count set by
+//! [`ClientSession::set_mask_threads`]; the output does not depend on it). No public API
 //! returns one member's unmasked value; the aggregator only ever gets the sum
 //! of at least `threshold` members. Primitives come from vetted crates
 //! (x25519-dalek, curve25519-dalek scalars, HKDF-SHA256, AES-256-GCM,
@@ -27,7 +30,7 @@ mod server;
 mod shamir;
 pub mod update;
 
-pub use client::ClientSession;
+pub use client::{ClientSession, default_mask_threads};
 pub use context::{
     FULL_GRAPH_MAX_COHORT, MAX_VECTOR_LEN, RoundContext, SecAggPlan, cohort_digest, default_plan, default_threshold,
     min_threshold,

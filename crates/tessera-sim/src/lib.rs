@@ -3,14 +3,23 @@
 //! drivers the daemons use (secure aggregation included), over an in-memory
 //! network or real QUIC on loopback.
 //!
-//! It owns scenarios, partitioners and run orchestration. It must not
-//! re-implement any protocol step: a result here is a result the daemons
-//! would produce. Plaintext aggregation exists only as the explicitly named
-//! `insecure_plaintext` research option.
+//! It owns scenarios, partitioners, the dropout and latency models (faults
+//! enter only through the client driver's fault hook), run orchestration,
+//! reports with plots and the `compare` baselines. It must not re-implement
+//! any protocol step: a result here is a result the daemons would produce.
+//! Runs are reproducible: metrics depend on the scenario and seed only,
+//! never on timing or worker count. Plaintext aggregation exists only as the
+//! explicitly named `insecure_plaintext` research option.
 
+pub mod compare;
+pub mod data;
+pub mod faults;
 pub mod partition;
+pub mod plots;
+pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod vision;
 
 pub use run::{SimOptions, SimResult, TransportKind, run_scenario};
 pub use scenario::Scenario;

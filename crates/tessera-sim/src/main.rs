@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tessera_learn::data::load_csv;
-use tessera_sim::partition::{histogram, partition};
-use tessera_sim::run::table_spec;
+use tessera_sim::partition::histogram;
+use tessera_sim::run::scenario_partition;
 use tessera_sim::{Scenario, SimOptions, TransportKind, run_scenario};
 
 #[derive(Parser)]
@@ -38,7 +37,24 @@ enum Command {
         no_dp: bool,
     },
     /// Print each member's label histogram for a scenario's partition.
-    Partition { scenario: PathBuf },
+    Partition {
+        scenario: PathBuf,
+        /// Also write each member's train/validation/test row numbers (0 =
+        /// first data row) as JSON, for running other frameworks on the
+        /// same split (benches/flower_sim.py).
+        #[arg(long)]
+        indices: Option<PathBuf>,
+    },
+    /// Centralized, local-only, federated and federated-with-DP on the
+    /// scenario's data: one table, printed and written to the run directory.
+    Compare {
+        scenario: PathBuf,
+        /// Output directory (default: runs/<scenario name>-compare).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        workers: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 progress: std::io::stderr().is_terminal(),
                 backend: tessera_learn::DEFAULT_BACKEND,
+                report: true,
             };
             eprintln!("{}: {} members, {} rounds, {:?} transport", s.name, s.clients, s.rounds, transport);
             let r = run_scenario(&s, &text, &opts)?;
@@ -90,17 +107,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(p) = &s.privacy {
                 let spent = r.records.last().and_then(|l| l.epsilon).unwrap_or(0.0);
                 println!(
-                    "privacy: epsilon {spent:.3} of {} spent at delta {:e} ({:?} unit)",
-                    p.epsilon, p.delta, p.unit
+                    "privacy: epsilon {spent:.3} of {} spent at delta {:e} ({:?} unit), noise multiplier {:.4}",
+                    p.epsilon,
+                    p.delta,
+                    p.unit,
+                    r.noise_multiplier.unwrap_or(0.0)
+                );
+            }
+            if s.dropout.is_some() || s.latency.is_some() {
+                let f = &r.faults;
+                println!(
+                    "faults: {} dropouts, {} stragglers; simulated time {:.1} s; wall time {:.1} s",
+                    f.dropped.iter().sum::<u64>(),
+                    f.stragglers,
+                    r.records.iter().map(|x| x.seconds).sum::<f64>(),
+                    r.wall_seconds
                 );
             }
             println!("run directory: {}", out.display());
             Ok(())
         }
-        Command::Partition { scenario } => {
+        Command::Compare { scenario, out, workers } => {
+            let text = std::fs::read_to_string(&scenario)?;
             let s = Scenario::load(&scenario)?;
-            let table = load_csv(&s.data.path, &table_spec(&s))?;
-            let parts = partition(&s.partition, &table.labels, table.num_classes(), s.clients, s.seed)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-compare", s.name)));
+            let opts = SimOptions {
+                out: out.clone(),
+                transport: TransportKind::Memory,
+                workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                progress: std::io::stderr().is_terminal(),
+                backend: tessera_learn::DEFAULT_BACKEND,
+                report: true,
+            };
+            let rows = tessera_sim::compare::compare(&s, &text, &opts)?;
+            print!("{}", tessera_sim::compare::table(&rows));
+            println!("written to {}", out.join("compare.md").display());
+            Ok(())
+        }
+        Command::Partition { scenario, indices } => {
+            let s = Scenario::load(&scenario)?;
+            if s.vision_model.is_some() {
+                let (data, labels, parts) = tessera_sim::vision::partition_images(&s)?;
+                print!("{}", histogram(&parts, &labels, data.class_names()));
+                return Ok(());
+            }
+            let table = tessera_sim::data::load_table(&s)?;
+            let parts = scenario_partition(&s, &table)?;
+            if let Some(path) = indices {
+                let splits = tessera_sim::run::member_splits(&s, &table, &parts)?;
+                let json: Vec<_> = splits
+                    .iter()
+                    .map(|x| serde_json::json!({"train": x.train, "validation": x.validation, "test": x.test}))
+                    .collect();
+                std::fs::write(&path, serde_json::to_string(&json)?)?;
+            }
             print!("{}", histogram(&parts, &table.labels, &table.class_names));
             Ok(())
         }

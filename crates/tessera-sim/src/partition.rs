@@ -1,6 +1,7 @@
 //! Splitting one data set across simulated members: IID, Dirichlet label
-//! skew, label shards and quantity skew. Every example goes to exactly one
-//! member; all draws come from the scenario seed.
+//! skew, label shards, quantity skew, or the data's own grouping (a natural
+//! id column such as a hospital). Every example goes to exactly one member;
+//! all draws come from the scenario seed.
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -19,6 +20,9 @@ pub enum Partitioner {
     Shards { labels_per_client: usize },
     /// IID labels, member sizes drawn from Dirichlet(alpha).
     Quantity { alpha: f64 },
+    /// The data's natural split: one member per distinct value of
+    /// `column` (e.g. the site a record came from), in sorted value order.
+    Column { column: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -31,6 +35,10 @@ pub enum PartitionError {
     BadShards { got: usize, classes: usize },
     #[error("need at least one member")]
     NoClients,
+    #[error("column `{column}` has {groups} distinct values but the scenario has {clients} members")]
+    GroupMismatch { column: String, groups: usize, clients: usize },
+    #[error("the column partitioner needs the column's values (use partition_by_groups)")]
+    NeedsGroups,
 }
 
 /// Assign example indices to `clients` members.
@@ -93,6 +101,7 @@ pub fn partition(
                 }
             }
         }
+        Partitioner::Column { .. } => return Err(PartitionError::NeedsGroups),
         Partitioner::Quantity { alpha } => {
             check_alpha(*alpha)?;
             let mut idx: Vec<usize> = (0..labels.len()).collect();
@@ -112,6 +121,27 @@ pub fn partition(
     }
     for v in &mut out {
         v.sort_unstable();
+    }
+    Ok(out)
+}
+
+/// Natural partition: member k holds the examples whose group (the index of
+/// their id-column value) is k.
+pub fn partition_by_groups(
+    column: &str,
+    groups: &[u32],
+    num_groups: usize,
+    clients: usize,
+) -> Result<Vec<Vec<usize>>, PartitionError> {
+    if clients == 0 {
+        return Err(PartitionError::NoClients);
+    }
+    if num_groups != clients {
+        return Err(PartitionError::GroupMismatch { column: column.into(), groups: num_groups, clients });
+    }
+    let mut out = vec![Vec::new(); clients];
+    for (i, g) in groups.iter().enumerate() {
+        out[*g as usize].push(i);
     }
     Ok(out)
 }
@@ -148,8 +178,9 @@ fn gamma(rng: &mut ChaCha20Rng, alpha: f64) -> f64 {
     }
 }
 
-/// Box–Muller; partitioning is not a privacy mechanism, so float sampling is fine here.
-fn standard_normal(rng: &mut ChaCha20Rng) -> f64 {
+/// Box–Muller; partitioning (and the latency model) is not a privacy
+/// mechanism, so float sampling is fine here.
+pub(crate) fn standard_normal(rng: &mut ChaCha20Rng) -> f64 {
     let u1: f64 = rng.r#gen::<f64>().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.r#gen();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
@@ -256,6 +287,30 @@ mod tests {
     }
 
     #[test]
+    fn groups_give_each_member_its_site() {
+        let groups = [2u32, 0, 1, 2, 2, 0];
+        let p = partition_by_groups("site", &groups, 3, 3).unwrap();
+        assert_exact_cover(&p, 6);
+        assert_eq!(p, vec![vec![1, 5], vec![2], vec![0, 3, 4]]);
+    }
+
+    #[test]
+    fn quantity_skew_responds_to_alpha() {
+        let l = labels(5000, 4);
+        // Spread of member sizes (max / min): large for small alpha.
+        let spread = |a| {
+            let p = partition(&Partitioner::Quantity { alpha: a }, &l, 4, 10, 9).unwrap();
+            let sizes: Vec<usize> = p.iter().map(Vec::len).collect();
+            *sizes.iter().max().unwrap() as f64 / *sizes.iter().min().unwrap() as f64
+        };
+        let (low, high) = (spread(0.3), spread(100.0));
+        assert!(low > 5.0 && high < 2.0, "size spread {low} vs {high}");
+        // Labels stay IID under quantity skew.
+        let p = partition(&Partitioner::Quantity { alpha: 100.0 }, &l, 4, 10, 9).unwrap();
+        assert!(skew(&p, &l, 4) < 0.1);
+    }
+
+    #[test]
     fn shards_give_each_member_its_labels() {
         let l = labels(600, 6);
         let p = partition(&Partitioner::Shards { labels_per_client: 2 }, &l, 6, 6, 1).unwrap();
@@ -277,6 +332,12 @@ mod tests {
             Err(PartitionError::BadShards { got: 5, classes: 4 })
         );
         assert!(matches!(partition(&Partitioner::Iid, &l, 4, 101, 1), Err(PartitionError::TooFewExamples { .. })));
+        assert_eq!(
+            partition_by_groups("site", &[0, 1, 2, 1], 3, 4),
+            Err(PartitionError::GroupMismatch { column: "site".into(), groups: 3, clients: 4 })
+        );
+        let e = PartitionError::BadShards { got: 5, classes: 4 }.to_string();
+        assert!(e.contains("labels_per_client") && e.contains('4'), "{e}");
         assert!(
             histogram(
                 &partition(&Partitioner::Iid, &l, 4, 3, 1).unwrap(),

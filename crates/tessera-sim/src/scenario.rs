@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::config::TrainSection;
-use tessera_aggregator::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
+use tessera_aggregator::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
 use tessera_aggregator::strategy::StrategyConfig;
+use tessera_client::vision::VisionModelConfig;
 use tessera_core::config::ModelConfig;
 
+use crate::faults::{DropoutSection, LatencySection};
 use crate::partition::Partitioner;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +22,42 @@ pub enum ScenarioError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// What `[data] path` points at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    /// A CSV file with a header row.
+    #[default]
+    Csv,
+    /// The Fashion-MNIST IDX directory, as average-pooled pixel columns.
+    FashionMnistPixels,
+    /// The Fashion-MNIST IDX directory's training images, for `[vision_model]`.
+    FashionMnistImages,
+}
+
 /// The data set every simulated member draws its partition from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// CSV file, relative to the scenario file.
+    #[serde(default)]
+    pub kind: DataKind,
+    /// CSV file (or IDX directory), relative to the scenario file.
     pub path: PathBuf,
+    /// Label column (CSV only).
+    #[serde(default)]
     pub label: String,
+    /// Pixel pooling factor (fashion_mnist_pixels: 4 turns 28x28 into 7x7).
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+    /// Fit the feature encoding (one-hot vocabulary, scaling) on the pooled
+    /// data instead of each member's own training rows: the schema a
+    /// consortium agrees in advance. Needed when members would otherwise
+    /// see different category sets (and so different feature counts).
+    #[serde(default)]
+    pub shared_schema: bool,
+    /// fashion_mnist_pixels: these classes against the rest (binary task).
+    #[serde(default)]
+    pub positive_classes: Option<Vec<usize>>,
     #[serde(default)]
     pub categorical: Vec<String>,
     #[serde(default)]
@@ -40,6 +71,9 @@ pub struct DataSection {
     pub validation: f64,
 }
 
+fn default_pool() -> usize {
+    4
+}
 fn default_test() -> f64 {
     0.25
 }
@@ -66,7 +100,12 @@ pub struct Scenario {
     pub data: DataSection,
     #[serde(default = "default_partition")]
     pub partition: Partitioner,
-    pub model: ModelConfig,
+    /// The tabular model (`[model]`); exactly one of it and `[vision_model]`.
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    /// An image model (`tessera_client::vision`), with `kind = "fashion_mnist_images"` data.
+    #[serde(default)]
+    pub vision_model: Option<VisionModelConfig>,
     #[serde(default)]
     pub train: TrainSection,
     #[serde(default)]
@@ -79,6 +118,24 @@ pub struct Scenario {
     /// Simulated noise is seeded from the scenario seed (reproducible runs).
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
+    /// Dropout model: probability of leaving before each protocol phase.
+    #[serde(default)]
+    pub dropout: Option<DropoutSection>,
+    /// Latency model: simulated compute and network time, stragglers.
+    #[serde(default)]
+    pub latency: Option<LatencySection>,
+    /// Consecutive aborted rounds before the run gives up.
+    #[serde(default = "default_retries")]
+    pub max_round_retries: u32,
+    /// Research only: a Byzantine-robust rule instead of the mean
+    /// (`rule = "median" | "trimmed_mean" | "krum"`); needs
+    /// `insecure_plaintext = true` and no `[privacy]`.
+    #[serde(default)]
+    pub robust: Option<RobustRule>,
+}
+
+fn default_retries() -> u32 {
+    3
 }
 
 fn default_partition() -> Partitioner {
@@ -95,7 +152,7 @@ impl Scenario {
             toml::from_str(&text).map_err(|e| ScenarioError::Invalid { path: path.into(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         s.data.path = base.join(&s.data.path);
-        if let Some(p) = s.model.pretrained.as_mut() {
+        if let Some(p) = s.model.as_mut().and_then(|m| m.pretrained.as_mut()) {
             *p = base.join(&*p);
         }
         s.validate().map_err(|message| ScenarioError::Invalid { path: path.into(), message })?;
@@ -115,7 +172,43 @@ impl Scenario {
         if !(0.0..1.0).contains(&self.data.test) || !(0.0..1.0).contains(&self.data.validation) {
             return Err("data.test and data.validation must lie in [0, 1)".into());
         }
+        let images = self.data.kind == DataKind::FashionMnistImages;
+        match (&self.model, &self.vision_model) {
+            (Some(_), None) if !images => {}
+            (None, Some(_)) if images => {}
+            _ => {
+                return Err(
+                    "use [model] with tabular data, or [vision_model] with kind = \"fashion_mnist_images\"".into()
+                );
+            }
+        }
+        if self.data.kind == DataKind::Csv && self.data.label.is_empty() {
+            return Err("data.label is required for CSV data".into());
+        }
+        if let Some(rule) = &self.robust {
+            rule.validate()?;
+            if !self.insecure_plaintext {
+                return Err(format!(
+                    "robust rule {} needs the individual updates: set insecure_plaintext = true (research only)",
+                    rule.name()
+                ));
+            }
+            if self.privacy.is_some() {
+                return Err(format!("robust rule {} is not covered by the privacy accounting", rule.name()));
+            }
+        }
+        if let Some(d) = &self.dropout {
+            d.validate()?;
+        }
+        if let Some(l) = &self.latency {
+            l.validate()?;
+        }
         Ok(())
+    }
+
+    /// The tabular `[model]` (an error for image scenarios).
+    pub fn tabular_model(&self) -> anyhow::Result<&ModelConfig> {
+        self.model.as_ref().ok_or_else(|| anyhow::anyhow!("scenario {}: this needs a tabular [model]", self.name))
     }
 
     /// The effective minimum number of contributions.

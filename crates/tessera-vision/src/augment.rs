@@ -12,7 +12,9 @@ use crate::dataset::ImageDataset;
 use crate::error::{Result, VisionError};
 
 /// Ranges of the random transforms; zero (or `false`) disables one.
+/// Unset keys default to "off" when read from a configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AugmentConfig {
     /// Rotation drawn from `[-d, d]` degrees.
     pub rotation_degrees: f32,

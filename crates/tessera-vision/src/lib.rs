@@ -18,6 +18,7 @@ pub mod dataset;
 pub mod efficientnet;
 pub mod error;
 pub mod folder;
+pub mod head;
 pub mod idx;
 pub mod metrics;
 pub mod params;
@@ -30,6 +31,7 @@ pub use dataset::{ImageDataset, Normalization, Preprocess};
 pub use efficientnet::{EfficientNetLite0, FEATURE_DIM, ImagenetClassifier};
 pub use error::VisionError;
 pub use folder::{FolderOptions, load_image_folder};
+pub use head::{HeadGradSum, HeadWeights};
 pub use idx::{FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_dataset};
 pub use train::{
     FeatureCache, TrainConfig, evaluate_head, evaluate_transfer, fit_transfer, train_head, train_on_images,

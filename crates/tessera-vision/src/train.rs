@@ -94,6 +94,24 @@ impl FeatureCache {
         self.num_classes
     }
 
+    /// All pooled features, `len() x FEATURE_DIM` row-major.
+    pub fn features(&self) -> &[f32] {
+        &self.features
+    }
+
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
+    /// The features of the examples at `indices`, in that order.
+    pub fn gather(&self, indices: &[usize]) -> Vec<f32> {
+        let mut x = Vec::with_capacity(indices.len() * FEATURE_DIM);
+        for &i in indices {
+            x.extend_from_slice(&self.features[i * FEATURE_DIM..(i + 1) * FEATURE_DIM]);
+        }
+        x
+    }
+
     fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
         let mut x = Vec::with_capacity(indices.len() * FEATURE_DIM);
         let mut y = Vec::with_capacity(indices.len());

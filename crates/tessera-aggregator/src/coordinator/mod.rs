@@ -19,6 +19,7 @@
 //! completes if enough survive, otherwise it is aborted and retried.
 
 mod privacy;
+mod robust;
 mod round;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -28,13 +29,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use tessera_core::message::ModelPurpose;
-use tessera_core::round::{NoisePlacement, RoundSettings, SecAggSettings, TrainSettings};
+use tessera_core::round::{DpSettings, NoisePlacement, RoundSettings, SecAggSettings, TrainSettings, UNCLIPPED_TENSOR};
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, RunId};
 use tessera_privacy::GaussianSpend;
 
 use crate::strategy::{ServerOptimizer, StrategyConfig};
 use privacy::PrivacyState;
-pub use privacy::{PrivacyConfig, PrivacyPlan, PrivacyStatus};
+pub use privacy::{AdaptiveClipConfig, ClipStep, PrivacyConfig, PrivacyPlan, PrivacyStatus};
+pub use robust::RobustRule;
 use round::RoundState;
 pub use round::{Handled, RoundOutcome};
 
@@ -48,6 +50,34 @@ pub enum CohortSelection {
     Count { count: u32 },
     /// A uniformly random fraction of those online (at least `min_clients`).
     Fraction { fraction: f64 },
+    /// Poisson sampling: each member online joins independently with
+    /// probability `rate`, which the client-level DP accountant turns into
+    /// amplification by sampling. A draw below `min_clients` aborts that
+    /// attempt (its privacy spend stays charged) and the retry draws anew.
+    Poisson { rate: f64 },
+}
+
+impl CohortSelection {
+    fn validate(&self) -> Result<(), String> {
+        match *self {
+            CohortSelection::Fraction { fraction } if !(fraction > 0.0 && fraction <= 1.0) => {
+                Err("cohort.fraction must lie in (0, 1]".into())
+            }
+            CohortSelection::Poisson { rate } if !(rate > 0.0 && rate <= 1.0) => {
+                Err("cohort.rate must lie in (0, 1]".into())
+            }
+            CohortSelection::Count { count: 0 } => Err("cohort.count must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The Poisson rate, when cohorts are Poisson-sampled.
+    pub fn poisson_rate(&self) -> Option<f64> {
+        match *self {
+            CohortSelection::Poisson { rate } => Some(rate),
+            _ => None,
+        }
+    }
 }
 
 /// Secure-aggregation parameters of a run; per-round values derive from it.
@@ -103,6 +133,9 @@ pub struct CoordinatorConfig {
     pub stream_slots: u32,
     /// Members failing this many rounds in a row are reported unhealthy.
     pub unhealthy_after: u32,
+    /// Research only: a Byzantine-robust rule instead of the mean. Needs the
+    /// individual updates, so only with `secure: None` and without DP.
+    pub robust: Option<RobustRule>,
 }
 
 /// What the driver must do.
@@ -200,11 +233,14 @@ pub struct Resume {
     pub completed_rounds: u64,
     /// Every privacy spend charged so far, aborted attempts included.
     pub spent: Vec<GaussianSpend>,
+    /// The adaptive clip the next round uses (the last completed round's
+    /// `next_clip_norm`), when clipping is adaptive.
+    pub clip_norm: Option<f64>,
 }
 
 impl Default for Resume {
     fn default() -> Self {
-        Self { next_round: 1, completed_rounds: 0, spent: Vec::new() }
+        Self { next_round: 1, completed_rounds: 0, spent: Vec::new(), clip_norm: None }
     }
 }
 
@@ -234,6 +270,8 @@ pub struct Coordinator {
     /// Whether this instance has started a round yet (the start quorum
     /// applies to the first round of each process).
     started_any: bool,
+    /// What adaptive clipping learned in the round being finished.
+    clip_step: Option<ClipStep>,
 }
 
 impl Coordinator {
@@ -245,10 +283,30 @@ impl Coordinator {
         optimizer: Option<ServerOptimizer>,
         resume: Resume,
     ) -> Result<Self, String> {
+        cfg.cohort.validate()?;
+        if let Some(rule) = &cfg.robust {
+            rule.validate()?;
+            if cfg.secure.is_some() {
+                return Err(format!(
+                    "the robust rule {} needs individual updates, which secure aggregation hides: \
+                     only the simulator's insecure_plaintext research mode offers it",
+                    rule.name()
+                ));
+            }
+            if cfg.dp.is_some() {
+                return Err(format!(
+                    "the robust rule {} is not covered by the privacy accounting (it is not a clipped sum)",
+                    rule.name()
+                ));
+            }
+        }
         let optimizer = optimizer.unwrap_or_else(|| ServerOptimizer::new(cfg.strategy.clone()));
         let privacy = match &cfg.dp {
             None => None,
-            Some(p) => Some(PrivacyState::new(p.plan(cfg.rounds, &cfg.train, cfg.secure.is_some())?, &resume.spent)?),
+            Some(p) => {
+                let plan = p.plan(cfg.rounds, &cfg.train, cfg.secure.is_some(), cfg.cohort.poisson_rate())?;
+                Some(PrivacyState::new(plan, &resume.spent, resume.clip_norm)?)
+            }
         };
         Ok(Self {
             cfg,
@@ -265,6 +323,7 @@ impl Coordinator {
             stop_reason: None,
             privacy,
             started_any: false,
+            clip_step: None,
         })
     }
 
@@ -399,18 +458,11 @@ impl Coordinator {
                 round::Step::Wait => return,
                 round::Step::Continue => continue,
                 round::Step::Aggregated(mean_delta) => {
-                    let mut g = (*self.global).clone();
                     let contributors = r.contributor_count();
-                    let noise_seed = derive_seed(self.cfg.seed, self.completed + 1, b"central-noise");
-                    let privacy = self.privacy.as_ref().filter(|p| p.plan.settings.noise == NoisePlacement::Central);
-                    let ok = mean_delta
-                        .and_then(|mut d| match privacy {
-                            Some(p) => p.add_central_noise(&mut d, contributors, noise_seed).map(|()| d),
-                            None => Ok(d),
-                        })
-                        .and_then(|d| self.optimizer.step(&mut g, &d).map_err(|e| e.to_string()));
+                    let dp = r.settings().dp.clone();
+                    let ok = mean_delta.and_then(|d| self.server_step(d, contributors, dp.as_ref()));
                     match ok {
-                        Ok(()) => {
+                        Ok(g) => {
                             self.global = Arc::new(g);
                             let r = self.current.as_mut().expect("round in progress");
                             r.start_eval(now_ms, &self.cfg, &self.online, &self.global, &mut self.out);
@@ -424,9 +476,39 @@ impl Coordinator {
         }
     }
 
+    /// From the round's mean update to the next global model: central noise
+    /// (trusted operator only), the adaptive clip's bit taken out and folded
+    /// in, then the server optimizer's step.
+    fn server_step(
+        &mut self,
+        mut delta: ModelParams,
+        contributors: usize,
+        dp: Option<&DpSettings>,
+    ) -> Result<ModelParams, String> {
+        if let (Some(p), Some(dp)) = (self.privacy.as_mut(), dp) {
+            if dp.noise == NoisePlacement::Central {
+                let noise_seed = derive_seed(self.cfg.seed, self.completed + 1, b"central-noise");
+                p.add_central_noise(&mut delta, contributors, noise_seed, dp)?;
+            }
+            if dp.adaptive.is_some() {
+                let at = delta.tensors.iter().position(|t| t.name == UNCLIPPED_TENSOR);
+                let bit = at.map(|i| delta.tensors.remove(i)).ok_or("the adaptive clip's bit is missing")?;
+                self.clip_step = p.observe_unclipped(f64::from(bit.data[0]), dp, contributors)?;
+            }
+        }
+        let mut g = (*self.global).clone();
+        self.optimizer.step(&mut g, &delta).map_err(|e| e.to_string())?;
+        Ok(g)
+    }
+
     fn finish_round(&mut self, now_ms: u64, reports: Vec<EvalMetrics>) {
         let r = self.current.take().expect("round in progress");
         let mut outcome = r.outcome(now_ms, EvalMetrics::weighted_mean(&reports), &self.global);
+        if let Some(step) = self.clip_step.take() {
+            outcome.clip_norm = Some(step.clip_norm);
+            outcome.unclipped_fraction = Some(step.unclipped_fraction);
+            outcome.next_clip_norm = Some(step.next_clip_norm);
+        }
         if let Some(p) = &self.privacy {
             let st = p.status();
             outcome.epsilon = Some(st.epsilon_spent);
@@ -522,9 +604,20 @@ impl Coordinator {
         }
         let round = self.next_round;
         let logical = self.completed + 1;
-        let cohort_seed = derive_seed(self.cfg.seed, logical, b"cohort");
+        // A retry draws a new cohort (a Poisson draw below the minimum must
+        // not repeat itself); first attempts stay reproducible across restarts.
+        let mut cohort_seed = derive_seed(self.cfg.seed, logical, b"cohort");
+        if self.retries > 0 {
+            cohort_seed = derive_seed(cohort_seed, u64::from(self.retries), b"cohort-retry");
+        }
         let cohort = select_cohort(&self.online, &self.cfg.cohort, self.cfg.min_clients, cohort_seed);
-        let settings = self.round_settings(logical, cohort.len() as u32);
+        let settings = match self.round_settings(logical, cohort.len() as u32) {
+            Ok(s) => s,
+            Err(reason) => {
+                self.finish_run(reason);
+                return;
+            }
+        };
         // Charge the budget first: a round it cannot afford never starts.
         let charged = match self.privacy.as_mut().map(|p| p.charge().map(|e| (e, p.plan.spend, p.plan.budget.delta))) {
             Some(Err(reason)) => {
@@ -539,7 +632,17 @@ impl Coordinator {
         if let Some((epsilon, spend, delta)) = charged {
             self.out.push_back(Output::Event(Event::PrivacyReserved { round, spend, epsilon, delta }));
         }
-        match RoundState::start(now_ms, round, cohort, settings, &self.cfg, &self.global, &mut self.out) {
+        let start = if cohort.len() < self.cfg.min_clients as usize {
+            // Only a Poisson draw can come out below the minimum.
+            Err(format!(
+                "the cohort draw selected {} members, fewer than min_clients {}",
+                cohort.len(),
+                self.cfg.min_clients
+            ))
+        } else {
+            RoundState::start(now_ms, round, cohort, settings, &self.cfg, &self.global, &mut self.out)
+        };
+        match start {
             Ok(state) => self.current = Some(state),
             Err(reason) => {
                 // Nothing was sent: the round never began for any member.
@@ -561,7 +664,7 @@ impl Coordinator {
 
     /// Settings of the `logical`-th round (seeds derive from it, not from
     /// the wire round number, so retries and resumed runs are reproducible).
-    fn round_settings(&self, logical: u64, cohort_size: u32) -> RoundSettings {
+    fn round_settings(&self, logical: u64, cohort_size: u32) -> Result<RoundSettings, String> {
         let secagg = self.cfg.secure.as_ref().map(|s| {
             let mut graph_seed = [0u8; 32];
             ChaCha20Rng::seed_from_u64(derive_seed(self.cfg.seed, logical, b"graph")).fill(&mut graph_seed);
@@ -570,11 +673,10 @@ impl Coordinator {
         });
         let mut train = self.cfg.train.clone();
         train.seed = derive_seed(self.cfg.seed, logical, b"train");
-        let dp = self.privacy.as_ref().map(|p| {
+        let dp = self.privacy.as_ref().map(|p| p.round_settings(cohort_size)).transpose()?.map(|mut dp| {
             // Under DP every member weighs 1: an example count is itself an
             // unprivatized statistic of the member's data.
             train.example_weight_cap = 0;
-            let mut dp = p.plan.settings.clone();
             // Distributed noise is sized for the fewest survivors a round accepts.
             // Under the complete graph the secure sum needs t survivors; under
             // SecAgg+ t is per neighbourhood, so only min_clients is global.
@@ -585,7 +687,7 @@ impl Coordinator {
             .max(1);
             dp
         });
-        RoundSettings { train, secagg, dp }
+        Ok(RoundSettings { train, secagg, dp })
     }
 }
 
@@ -624,6 +726,11 @@ fn select_cohort(online: &BTreeSet<String>, how: &CohortSelection, min: u32, see
         CohortSelection::All => all.len(),
         CohortSelection::Count { count } => *count as usize,
         CohortSelection::Fraction { fraction } => ((fraction * all.len() as f64).ceil() as usize).max(min as usize),
+        CohortSelection::Poisson { rate } => {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            // One independent draw per member, in name order.
+            return all.into_iter().filter(|_| rng.gen_range(0.0..1.0) < *rate).collect();
+        }
     }
     .min(all.len());
     let mut rng = ChaCha20Rng::seed_from_u64(seed);

@@ -8,8 +8,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use tessera_core::ModelParams;
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
-use tessera_privacy::{GaussianSpend, PrivacyBudget, RdpAccountant, calibrate_noise_multiplier, round_spend};
+use tessera_core::round::{AdaptiveClipSettings, DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
+use tessera_privacy::{
+    AdaptiveClip, GaussianSpend, PrivacyBudget, RdpAccountant, adaptive_release, calibrate_noise_multiplier,
+    round_spend,
+};
 
 /// The `[privacy]` section of a run's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,13 +37,45 @@ pub struct PrivacyConfig {
     /// rounds spend exactly the target epsilon.
     #[serde(default)]
     pub noise_multiplier: Option<f64>,
-    /// Poisson sampling rate of records per DP-SGD step (record unit only).
+    /// Poisson sampling rate of records per DP-SGD step (record unit only;
+    /// the client unit takes its rate from `[cohort] kind = "poisson"`).
     #[serde(default)]
     pub sampling_rate: Option<f64>,
+    /// Adaptive clipping (client unit only): `clip_norm` is the initial clip.
+    #[serde(default)]
+    pub adaptive_clipping: Option<AdaptiveClipConfig>,
     /// TEST ONLY: derive central noise from the run seed so that runs are
     /// bit-reproducible. Predictable noise protects nothing.
     #[serde(default)]
     pub test_seeded_noise: bool,
+}
+
+/// Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021): the clip
+/// follows a target quantile of the members' update norms, learned from a
+/// noisy count of unclipped updates that travels inside the secure sum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveClipConfig {
+    /// Quantile of update norms the clip tracks (the paper's gamma).
+    #[serde(default = "default_quantile")]
+    pub target_quantile: f64,
+    /// Geometric learning rate eta_C: C <- C exp(-eta_C (b - gamma)).
+    #[serde(default = "default_clip_lr")]
+    pub learning_rate: f64,
+    /// Standard deviation sigma_b of the count noise, in members. Default:
+    /// the paper's cohort / 20, raised to the noise multiplier where that is
+    /// smaller (sigma_b must exceed z / 2; at z the update keeps z_delta <=
+    /// 1.155 z).
+    #[serde(default)]
+    pub count_noise: Option<f64>,
+}
+
+fn default_quantile() -> f64 {
+    0.5
+}
+
+fn default_clip_lr() -> f64 {
+    0.2
 }
 
 fn default_unit() -> PrivacyUnit {
@@ -60,11 +95,20 @@ pub struct PrivacyPlan {
     /// What one round charges.
     pub spend: GaussianSpend,
     pub test_seeded_noise: bool,
+    pub adaptive: Option<AdaptiveClipConfig>,
 }
 
 impl PrivacyConfig {
     /// Resolve defaults and calibrate the noise for `rounds` rounds.
-    pub fn plan(&self, rounds: u64, train: &TrainSettings, secure: bool) -> Result<PrivacyPlan, String> {
+    /// `cohort_rate` is the Poisson cohort-sampling rate, when cohorts are
+    /// Poisson-sampled: the client unit's amplification by sampling.
+    pub fn plan(
+        &self,
+        rounds: u64,
+        train: &TrainSettings,
+        secure: bool,
+        cohort_rate: Option<f64>,
+    ) -> Result<PrivacyPlan, String> {
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
             return Err("privacy.epsilon must be finite and > 0".into());
         }
@@ -83,11 +127,22 @@ impl PrivacyConfig {
                     "privacy.sampling_rate (Poisson rate per DP-SGD step) is required for unit = \"record\"".into()
                 );
             }
-            (PrivacyUnit::Client, None | Some(1.0)) => 1.0,
+            (PrivacyUnit::Client, None) => cohort_rate.unwrap_or(1.0),
             (PrivacyUnit::Client, Some(_)) => {
-                return Err("privacy.sampling_rate applies to the record unit only; client cohorts are not Poisson-sampled, so the client unit accounts with rate 1".into());
+                return Err("privacy.sampling_rate applies to the record unit only; for the client unit, sample cohorts with [cohort] kind = \"poisson\", rate = q".into());
             }
         };
+        if let Some(a) = &self.adaptive_clipping {
+            if self.unit != PrivacyUnit::Client {
+                return Err("privacy.adaptive_clipping applies to unit = \"client\" only".into());
+            }
+            if !((0.0..=1.0).contains(&a.target_quantile) && a.learning_rate.is_finite() && a.learning_rate >= 0.0) {
+                return Err("privacy.adaptive_clipping: target_quantile in [0, 1], learning_rate >= 0".into());
+            }
+            if a.count_noise.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+                return Err("privacy.adaptive_clipping.count_noise must be finite and > 0".into());
+            }
+        }
         let mut settings = DpSettings {
             unit: self.unit,
             noise,
@@ -96,6 +151,7 @@ impl PrivacyConfig {
             sampling_rate,
             min_contributors: 1,
             delta: self.delta,
+            adaptive: None,
         };
         tessera_privacy::plan::validate(&settings).map_err(|e| format!("privacy: {e}"))?;
         let per_round = round_spend(&settings, train);
@@ -109,6 +165,7 @@ impl PrivacyConfig {
             settings,
             budget: PrivacyBudget { epsilon: self.epsilon, delta: self.delta },
             test_seeded_noise: self.test_seeded_noise,
+            adaptive: self.adaptive_clipping.clone(),
         })
     }
 }
@@ -120,6 +177,8 @@ pub struct PrivacyStatus {
     pub delta: f64,
     pub epsilon_budget: f64,
     pub noise_multiplier: f64,
+    /// The adaptive clip the next round uses, when clipping is adaptive.
+    pub adaptive_clip: Option<f64>,
 }
 
 /// The plan plus everything charged so far.
@@ -127,6 +186,19 @@ pub(super) struct PrivacyState {
     pub plan: PrivacyPlan,
     accountant: RdpAccountant,
     spent_epsilon: f64,
+    /// The adaptive clip's state, when the plan adapts it.
+    clip: Option<AdaptiveClip>,
+}
+
+/// What adaptive clipping learned in one round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipStep {
+    /// The update clip the round used.
+    pub clip_norm: f64,
+    /// Noisy fraction of contributors whose update needed no clipping.
+    pub unclipped_fraction: f64,
+    /// The clip the next round uses.
+    pub next_clip_norm: f64,
 }
 
 /// Slack for comparing a calibrated spend with its target: calibration
@@ -134,7 +206,8 @@ pub(super) struct PrivacyState {
 const BUDGET_TOLERANCE: f64 = 1e-9;
 
 impl PrivacyState {
-    pub fn new(plan: PrivacyPlan, already: &[GaussianSpend]) -> Result<Self, String> {
+    /// `clip_norm`: the adaptive clip to resume from (else the configured one).
+    pub fn new(plan: PrivacyPlan, already: &[GaussianSpend], clip_norm: Option<f64>) -> Result<Self, String> {
         let mut accountant = RdpAccountant::default();
         for s in already {
             accountant
@@ -142,7 +215,53 @@ impl PrivacyState {
                 .map_err(|e| e.to_string())?;
         }
         let spent_epsilon = epsilon_of(&accountant, plan.budget.delta)?;
-        Ok(Self { plan, accountant, spent_epsilon })
+        let clip = match &plan.adaptive {
+            Some(a) => Some(
+                AdaptiveClip::new(clip_norm.unwrap_or(plan.settings.clip_norm), a.target_quantile, a.learning_rate)
+                    .map_err(|e| format!("privacy.adaptive_clipping: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { plan, accountant, spent_epsilon, clip })
+    }
+
+    /// The mechanism members apply in a round of `cohort` members. Under
+    /// adaptive clipping the update clip is the current adaptive one and
+    /// `clip_norm` bounds update and bit together (see
+    /// [`tessera_privacy::adaptive_release`]).
+    pub fn round_settings(&self, cohort: u32) -> Result<DpSettings, String> {
+        let mut dp = self.plan.settings.clone();
+        if let (Some(clip), Some(a)) = (&self.clip, &self.plan.adaptive) {
+            let z = dp.noise_multiplier;
+            let sigma_b = a.count_noise.unwrap_or_else(|| (f64::from(cohort) / 20.0).max(z));
+            let (bit_scale, vector_clip) = adaptive_release(z, clip.clip_norm(), sigma_b)
+                .map_err(|e| format!("privacy.adaptive_clipping: {e}"))?;
+            // A hair of slack so the member's f32 bit never exceeds the bound.
+            dp.clip_norm = vector_clip * (1.0 + 1e-6);
+            dp.adaptive = Some(AdaptiveClipSettings { update_clip: clip.clip_norm(), bit_scale });
+        }
+        Ok(dp)
+    }
+
+    /// Fold a round's aggregated bit (the mean of the contributors' scaled
+    /// bits, noise included) into the adaptive clip.
+    pub fn observe_unclipped(
+        &mut self,
+        mean_bit: f64,
+        settings: &DpSettings,
+        contributors: usize,
+    ) -> Result<Option<ClipStep>, String> {
+        let (Some(clip), Some(a)) = (self.clip.as_mut(), settings.adaptive.as_ref()) else { return Ok(None) };
+        let n = contributors.max(1) as f64;
+        let unclipped_fraction = mean_bit / a.bit_scale + 0.5;
+        let clip_norm = clip.clip_norm();
+        let next_clip_norm = clip.update(unclipped_fraction * n, n).map_err(|e| e.to_string())?;
+        Ok(Some(ClipStep { clip_norm, unclipped_fraction, next_clip_norm }))
+    }
+
+    /// The adaptive clip the next round uses.
+    fn adaptive_clip(&self) -> Option<f64> {
+        self.clip.as_ref().map(|c| c.clip_norm())
     }
 
     /// Charge one round, or say why the budget cannot afford it.
@@ -168,14 +287,24 @@ impl PrivacyState {
             delta: self.plan.budget.delta,
             epsilon_budget: self.plan.budget.epsilon,
             noise_multiplier: self.plan.settings.noise_multiplier,
+            adaptive_clip: self.adaptive_clip(),
         }
     }
 
     /// Central placement: add N(0, (z C / contributors)^2) to the mean of
-    /// `contributors` clipped updates (the sum has sensitivity C).
-    pub fn add_central_noise(&self, mean: &mut ModelParams, contributors: usize, seed: u64) -> Result<(), String> {
-        let dp = &self.plan.settings;
-        let sigma = dp.noise_multiplier * dp.clip_norm / contributors.max(1) as f64;
+    /// `contributors` clipped updates (the sum has sensitivity C, the round's
+    /// `dp.clip_norm`).
+    pub fn add_central_noise(
+        &self,
+        mean: &mut ModelParams,
+        contributors: usize,
+        seed: u64,
+        dp: &DpSettings,
+    ) -> Result<(), String> {
+        // The mean of n clipped vectors has sensitivity C / n.
+        let n = contributors.max(1) as f64;
+        let m = tessera_privacy::GaussianMechanism::new(dp.noise_multiplier, dp.clip_norm / n, mean.numel())
+            .map_err(|e| e.to_string())?;
         let mut os;
         let mut seeded;
         let rng: &mut dyn rand_core::CryptoRngCore = if self.plan.test_seeded_noise {
@@ -186,7 +315,7 @@ impl PrivacyState {
             &mut os
         };
         for t in &mut mean.tensors {
-            tessera_privacy::add_gaussian_noise_f32(&mut t.data, sigma, rng).map_err(|e| e.to_string())?;
+            m.add_to(&mut t.data, rng).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -223,27 +352,31 @@ mod tests {
             clip_norm: 1.0,
             noise_multiplier: None,
             sampling_rate: if unit == PrivacyUnit::Record { Some(0.1) } else { None },
+            adaptive_clipping: None,
             test_seeded_noise: false,
         }
     }
 
     #[test]
     fn defaults_and_refusals() {
-        let p = cfg(PrivacyUnit::Record).plan(5, &train(), true).unwrap();
+        let p = cfg(PrivacyUnit::Record).plan(5, &train(), true, None).unwrap();
         assert_eq!(p.settings.noise, NoisePlacement::Local);
         assert_eq!(p.spend.steps, 20);
-        let p = cfg(PrivacyUnit::Client).plan(5, &train(), true).unwrap();
+        let p = cfg(PrivacyUnit::Client).plan(5, &train(), true, None).unwrap();
         assert_eq!(p.settings.noise, NoisePlacement::Distributed);
-        assert_eq!(cfg(PrivacyUnit::Client).plan(5, &train(), false).unwrap().settings.noise, NoisePlacement::Central);
+        assert_eq!(
+            cfg(PrivacyUnit::Client).plan(5, &train(), false, None).unwrap().settings.noise,
+            NoisePlacement::Central
+        );
         let mut c = cfg(PrivacyUnit::Client);
         c.noise = Some(NoisePlacement::Distributed);
-        assert!(c.plan(5, &train(), false).unwrap_err().contains("secure aggregation"));
+        assert!(c.plan(5, &train(), false, None).unwrap_err().contains("secure aggregation"));
         let mut r = cfg(PrivacyUnit::Record);
         r.sampling_rate = None;
-        assert!(r.plan(5, &train(), true).unwrap_err().contains("sampling_rate"));
+        assert!(r.plan(5, &train(), true, None).unwrap_err().contains("sampling_rate"));
         r.sampling_rate = Some(0.1);
         r.noise = Some(NoisePlacement::Central);
-        assert!(r.plan(5, &train(), true).is_err());
+        assert!(r.plan(5, &train(), true, None).is_err());
     }
 
     /// Calibrated for 5 rounds: exactly 5 charges fit, the 6th is refused,
@@ -251,8 +384,8 @@ mod tests {
     #[test]
     fn calibrated_budget_stops_at_the_right_round() {
         for unit in [PrivacyUnit::Record, PrivacyUnit::Client] {
-            let plan = cfg(unit).plan(5, &train(), true).unwrap();
-            let mut st = PrivacyState::new(plan, &[]).unwrap();
+            let plan = cfg(unit).plan(5, &train(), true, None).unwrap();
+            let mut st = PrivacyState::new(plan, &[], None).unwrap();
             let mut last = 0.0;
             for _ in 0..5 {
                 let e = st.charge().unwrap();
@@ -267,10 +400,52 @@ mod tests {
     }
 
     #[test]
+    fn poisson_cohorts_amplify_the_client_unit_only() {
+        let full = cfg(PrivacyUnit::Client).plan(5, &train(), true, None).unwrap();
+        let sampled = cfg(PrivacyUnit::Client).plan(5, &train(), true, Some(0.1)).unwrap();
+        assert_eq!(sampled.spend.sampling_rate, 0.1);
+        assert!(sampled.settings.noise_multiplier < full.settings.noise_multiplier, "amplification buys less noise");
+        let record = cfg(PrivacyUnit::Record).plan(5, &train(), true, Some(0.1)).unwrap();
+        assert_eq!(record.spend.sampling_rate, 0.1, "the record unit keeps its DP-SGD rate");
+    }
+
+    #[test]
+    fn adaptive_clip_settings_and_updates() {
+        let mut c = cfg(PrivacyUnit::Client);
+        c.adaptive_clipping = Some(AdaptiveClipConfig { target_quantile: 0.5, learning_rate: 0.2, count_noise: None });
+        let plan = c.plan(5, &train(), true, None).unwrap();
+        let z = plan.settings.noise_multiplier;
+        let mut st = PrivacyState::new(plan.clone(), &[], None).unwrap();
+        let dp = st.round_settings(40).unwrap();
+        tessera_privacy::plan::validate(&dp).unwrap();
+        let a = dp.adaptive.clone().unwrap();
+        assert_eq!(a.update_clip, 1.0);
+        // sigma_b = max(40 / 20, z); the update's own multiplier is z_delta.
+        let sb = 2.0f64.max(z);
+        let zd = tessera_privacy::split_noise_multiplier(z, sb).unwrap();
+        assert!((z * dp.clip_norm / a.update_clip - zd).abs() < 1e-5 * zd);
+        // Every contributor unclipped (mean bit = +scale/2): the clip shrinks
+        // by exp(-0.2 * 0.5); none unclipped: it grows by exp(0.2 * 0.5).
+        let step = st.observe_unclipped(a.bit_scale / 2.0, &dp, 10).unwrap().unwrap();
+        assert!((step.unclipped_fraction - 1.0).abs() < 1e-12);
+        assert!((step.next_clip_norm - (-0.1f64).exp()).abs() < 1e-12);
+        let dp2 = st.round_settings(40).unwrap();
+        st.observe_unclipped(-dp2.adaptive.as_ref().unwrap().bit_scale / 2.0, &dp2, 10).unwrap();
+        assert!((st.status().adaptive_clip.unwrap() - 1.0).abs() < 1e-12);
+        // Resumed with a learned clip.
+        let resumed = PrivacyState::new(plan, &[], Some(0.25)).unwrap();
+        assert_eq!(resumed.round_settings(40).unwrap().adaptive.unwrap().update_clip, 0.25);
+        // Record unit refuses it.
+        let mut r = cfg(PrivacyUnit::Record);
+        r.adaptive_clipping = c.adaptive_clipping.clone();
+        assert!(r.plan(5, &train(), true, None).is_err());
+    }
+
+    #[test]
     fn resumed_spend_counts() {
-        let plan = cfg(PrivacyUnit::Client).plan(5, &train(), true).unwrap();
+        let plan = cfg(PrivacyUnit::Client).plan(5, &train(), true, None).unwrap();
         let spent = vec![plan.spend; 4];
-        let mut st = PrivacyState::new(plan, &spent).unwrap();
+        let mut st = PrivacyState::new(plan, &spent, None).unwrap();
         assert!(st.status().epsilon_spent > 1.5);
         st.charge().unwrap();
         assert!(st.charge().is_err());

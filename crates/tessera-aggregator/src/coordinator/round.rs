@@ -61,6 +61,11 @@ pub struct RoundOutcome {
     /// Cumulative privacy spend after this round, when the run is private.
     pub epsilon: Option<f64>,
     pub delta: Option<f64>,
+    /// Adaptive clipping: the update clip this round used, the noisy
+    /// fraction of unclipped updates, and the clip of the next round.
+    pub clip_norm: Option<f64>,
+    pub unclipped_fraction: Option<f64>,
+    pub next_clip_norm: Option<f64>,
 }
 
 /// A plaintext upload being received (research mode only).
@@ -119,7 +124,9 @@ impl RoundState {
         global: &Arc<ModelParams>,
         out: &mut VecDeque<Output>,
     ) -> Result<Self, String> {
-        let layout = global.layout();
+        // What members upload: the trainable parameters, plus the adaptive
+        // clip's bit when the round adapts its clip.
+        let layout = settings.update_layout(&global.layout());
         let (agg, phase) = match &settings.secagg {
             Some(s) => {
                 let ctx = encoding::secagg_context(cfg.run_id, round, &cohort, s, &layout)
@@ -347,6 +354,22 @@ impl RoundState {
             Phase::Plain => {
                 self.next_phase(now_ms, Phase::Evaluate, cfg.phase_timeout_ms);
                 let Aggregation::Plain { done, .. } = &mut self.agg else { unreachable!("plain phase") };
+                if let Some(rule) = &cfg.robust {
+                    // Research mode: unweighted individual updates, party order.
+                    let mut updates = Vec::new();
+                    for (party, up) in std::mem::take(done) {
+                        if !self.alive.contains(&party) || up.weight <= 0.0 {
+                            continue;
+                        }
+                        let w = up.weight as f32;
+                        updates.push(up.values.into_iter().map(|v| v / w).collect::<Vec<f32>>());
+                        self.contributors.insert(party);
+                    }
+                    let mean = rule
+                        .aggregate(&updates)
+                        .and_then(|v| ModelParams::from_flat(&self.layout, &v).map_err(|e| e.to_string()));
+                    return Step::Aggregated(mean);
+                }
                 let mut sums = vec![0f64; self.layout.numel()];
                 let mut weight = 0f64;
                 // Party order, whatever the arrival order.
@@ -459,7 +482,14 @@ impl RoundState {
             finished_ms: now_ms,
             epsilon: None,
             delta: None,
+            clip_norm: None,
+            unclipped_fraction: None,
+            next_clip_norm: None,
         }
+    }
+
+    pub(super) fn settings(&self) -> &RoundSettings {
+        &self.settings
     }
 
     /// Members whose update is in the aggregate (known once aggregated).

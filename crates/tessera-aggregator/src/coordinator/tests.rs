@@ -38,6 +38,7 @@ fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
         chunk_values: 5,
         stream_slots: 2,
         unhealthy_after: 2,
+        robust: None,
     }
 }
 
@@ -385,3 +386,4 @@ fn members_refuse_unsafe_rounds() {
 }
 
 mod dp;
+mod robust;

@@ -29,6 +29,7 @@ fn record(round: u64, acc: f64, eps: Option<f64>) -> RoundRecord {
         seconds: 1.0,
         epsilon: eps,
         delta: eps.map(|_| 1e-5),
+        ..Default::default()
     }
 }
 

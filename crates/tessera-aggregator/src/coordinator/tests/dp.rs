@@ -17,6 +17,7 @@ fn dp_config(unit: PrivacyUnit, noise: Option<NoisePlacement>, z: f64) -> Privac
         clip_norm: 0.5,
         noise_multiplier: Some(z),
         sampling_rate: (unit == PrivacyUnit::Record).then_some(0.25),
+        adaptive_clipping: None,
         test_seeded_noise: true,
     }
 }
@@ -151,7 +152,7 @@ fn resumed_spend_shortens_the_run() {
         h.finished.len()
     };
     let spend = GaussianSpend { noise_multiplier: 2.0, sampling_rate: 1.0, steps: 1 };
-    let resume = Resume { next_round: 100, completed_rounds: 2, spent: vec![spend; 2] };
+    let resume = Resume { next_round: 100, completed_rounds: 2, spent: vec![spend; 2], clip_norm: None };
     let mut h = Harness::new(4, c.clone());
     h.coord = Coordinator::new(c, initial(), None, resume).unwrap();
     h.connect_all();
@@ -223,4 +224,82 @@ fn member_budget_and_dp_requirement_are_enforced_by_the_member() {
     assert_eq!(h.finished.len(), 2);
     assert!(h.finished.iter().all(|o| !o.contributors.contains(&"m3".to_string())));
     assert!(h.sent["m3"].iter().all(|m| !matches!(m, ClientMsg::MaskedStart { .. })));
+}
+
+/// Adaptive clipping through whole secure rounds with distributed noise:
+/// member i's update has norm 0.1·(i+1)·sqrt(12), so the median norm of 10
+/// members lies between members 4 and 5 (1.73 and 2.08). From a clip of 0.2
+/// the clip climbs geometrically, each round's noisy unclipped fraction
+/// tracks the true one, and the clip settles around the median.
+#[test]
+fn adaptive_clip_learns_the_median_update_norm_inside_the_secure_sum() {
+    let mut c = cfg(6, true);
+    c.rounds = 60;
+    let mut p = dp_config(PrivacyUnit::Client, None, 0.1);
+    p.clip_norm = 0.2;
+    p.adaptive_clipping = Some(AdaptiveClipConfig { target_quantile: 0.5, learning_rate: 0.2, count_noise: Some(0.3) });
+    c.dp = Some(p);
+    let mut h = Harness::new(10, c);
+    h.connect_all();
+    h.run(60 * 12);
+    assert_eq!(h.finished.len(), 60, "aborted: {:?}", h.aborted);
+    let norm = |i: usize| 0.1 * (i as f64 + 1.0) * 12f64.sqrt();
+    let mut clip = 0.2;
+    for o in &h.finished {
+        let used = o.clip_norm.expect("adaptive rounds report their clip");
+        assert!((used - clip).abs() < 1e-12, "each round uses the previous round's next clip");
+        let truth = (0..10).filter(|i| norm(*i) <= used).count() as f64 / 10.0;
+        let got = o.unclipped_fraction.unwrap();
+        // Count noise sigma_b = 0.3 members over 10: 5 sigma = 0.15.
+        assert!((got - truth).abs() < 0.15, "round {}: unclipped {got}, truly {truth}", o.round);
+        clip = o.next_clip_norm.unwrap();
+    }
+    assert!(h.finished[10].clip_norm.unwrap() > 0.5, "the clip grows while every update is clipped");
+    let last: Vec<f64> = h.finished[40..].iter().map(|o| o.clip_norm.unwrap()).collect();
+    assert!(last.iter().all(|c| (1.2..2.8).contains(c)), "settles near the median norm: {last:?}");
+    // Members saw the adapted clip, and the bound covering update and bit.
+    let dp = h.train_dp.iter().flatten().count();
+    assert_eq!(dp, 0, "client-unit DP is applied by the participant, not in training");
+}
+
+/// Poisson cohorts: every online member joins independently at rate q; the
+/// client-level accountant charges each round at sampling rate q; a draw
+/// below `min_clients` aborts that attempt, keeps its charge, and the retry
+/// draws a new cohort.
+#[test]
+fn poisson_cohorts_vary_in_size_and_are_charged_at_their_rate() {
+    let mut c = cfg(3, true);
+    c.rounds = 20;
+    c.cohort = CohortSelection::Poisson { rate: 0.5 };
+    c.max_round_retries = 10;
+    c.dp = Some(dp_config(PrivacyUnit::Client, None, 1.0));
+    let mut h = Harness::new(20, c);
+    h.connect_all();
+    h.run(20 * 12);
+    assert_eq!(h.finished.len(), 20, "aborted: {:?}", h.aborted);
+    assert_eq!(h.coord.privacy_plan().unwrap().spend.sampling_rate, 0.5);
+    let sizes: Vec<usize> = h.finished.iter().map(|o| o.cohort.len()).collect();
+    let total: usize = sizes.iter().sum();
+    // 400 independent draws at 1/2: 200 +- 4 sigma (sigma = 10).
+    assert!((160..=240).contains(&total), "cohort sizes {sizes:?}");
+    assert!(sizes.iter().min() != sizes.iter().max(), "Poisson cohorts vary in size: {sizes:?}");
+    let mut acc = RdpAccountant::default();
+    acc.compose_poisson_gaussian(1.0, 0.5, 20 + h.aborted.len() as u64).unwrap();
+    let eps = h.coord.privacy_status().unwrap().epsilon_spent;
+    assert!((eps - acc.epsilon(1e-5).unwrap().0).abs() < 1e-9, "every attempt is charged at q = 0.5");
+
+    // Expected cohort of 0.5 members: draws fall below the minimum, abort
+    // without sending anything, and the run gives up after its retries.
+    let mut c = cfg(3, true);
+    c.cohort = CohortSelection::Poisson { rate: 0.05 };
+    c.max_round_retries = 3;
+    let mut h = Harness::new(10, c);
+    h.connect_all();
+    h.run(50);
+    assert!(h.finished.len() < 2);
+    assert!(h.aborted.iter().any(|(_, why)| why.contains("cohort draw")), "{:?}", h.aborted);
+    // Bad rates are refused up front.
+    let mut bad = cfg(3, true);
+    bad.cohort = CohortSelection::Poisson { rate: 1.5 };
+    assert!(Coordinator::new(bad, initial(), None, Resume::default()).is_err());
 }

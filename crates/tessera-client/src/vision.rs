@@ -1,0 +1,510 @@
+//! The member's local model for images: a `tessera-vision` network behind
+//! the driver's [`LocalModel`] interface, trained on the member's own
+//! train split and evaluated on its own test split.
+//!
+//! Two shapes of model: a frozen EfficientNet-Lite0 backbone (pretrained,
+//! or seeded-random) with a trainable linear head, optionally with the last
+//! `k` blocks unfrozen; or a SmallCnn trained end to end. Only the trainable
+//! tensors are exchanged. With the backbone fully frozen and no
+//! augmentation, each example's embedding is computed once per site and
+//! reused across epochs and rounds; the head then trains by plain SGD on
+//! the cached features, and record-level DP-SGD clips each example's head
+//! gradient in closed form and adds noise from tessera-privacy's exact
+//! sampler, exactly as the tabular model does. The SmallCnn's DP-SGD takes
+//! one backward pass per sampled example instead; unfrozen EfficientNet
+//! blocks refuse DP.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
+use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_core::{EvalMetrics, ModelParams, ParamTensor};
+use tessera_learn::dpsgd::DpSgdConfig;
+use tessera_vision::metrics::classification_metrics;
+use tessera_vision::{
+    Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, HeadWeights, ImageDataset, Preprocess, TrainConfig,
+    VisionError, evaluate_transfer, train_on_images,
+};
+
+use crate::driver::LocalModel;
+use crate::participant::TrainedUpdate;
+
+/// Separates the seeded noise stream from the sampling stream (test mode only).
+const NOISE_STREAM: u64 = 0x6e6f_6973_6500_0002;
+const HEAD_WEIGHT: &str = "head.weight";
+const HEAD_BIAS: &str = "head.bias";
+
+/// A member's image model over its own split.
+pub struct VisionModel {
+    cfg: VisionModelConfig,
+    net: VisionNet,
+    train: ImageDataset,
+    test: ImageDataset,
+    preprocess: Preprocess,
+    device: Device,
+    train_cache: Option<FeatureCache>,
+    test_cache: Option<FeatureCache>,
+    extractions: usize,
+    /// TEST ONLY: derive DP-SGD sampling and noise from the round seed so
+    /// runs are reproducible. Predictable noise protects nothing.
+    seeded_noise: bool,
+    /// DP-SGD's noise mechanism, built once for the run's settings.
+    noise: tessera_privacy::MechanismCache,
+}
+
+/// Shows shapes and counts only, never an example.
+impl std::fmt::Debug for VisionModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VisionModel")
+            .field("kind", &self.cfg.kind)
+            .field("train_examples", &self.train.len())
+            .field("test_examples", &self.test.len())
+            .field("feature_extractions", &self.extractions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VisionModel {
+    /// Wraps `net` (from [`VisionNet::build`] with the same `cfg`) around
+    /// the member's train and test splits, checking that their classes are
+    /// the ones the run expects.
+    pub fn new(
+        net: VisionNet,
+        cfg: &VisionModelConfig,
+        train: ImageDataset,
+        test: ImageDataset,
+    ) -> Result<Self, VisionError> {
+        cfg.validate()?;
+        for (split, data) in [("train", &train), ("test", &test)] {
+            if data.num_classes() != cfg.num_classes {
+                return Err(VisionError::InvalidConfig(format!(
+                    "the {split} split has {} classes, the run's model expects {}",
+                    data.num_classes(),
+                    cfg.num_classes
+                )));
+            }
+        }
+        if train.class_names() != test.class_names() {
+            return Err(VisionError::InvalidConfig("train and test splits name their classes differently".into()));
+        }
+        let device = Device::flex();
+        Ok(Self {
+            preprocess: cfg.preprocess(),
+            cfg: cfg.clone(),
+            net,
+            train,
+            test,
+            device,
+            train_cache: None,
+            test_cache: None,
+            extractions: 0,
+            seeded_noise: false,
+            noise: Default::default(),
+        })
+    }
+
+    /// Builds the network and the model in one go (loads the checkpoint).
+    pub fn from_config(cfg: &VisionModelConfig, train: ImageDataset, test: ImageDataset) -> Result<Self, VisionError> {
+        let net = VisionNet::build(cfg, &Device::flex())?;
+        Self::new(net, cfg, train, test)
+    }
+
+    /// See the field: for simulations and tests that must be bit-reproducible.
+    pub fn with_seeded_noise(mut self, seeded: bool) -> Self {
+        self.seeded_noise = seeded;
+        self
+    }
+
+    pub fn net(&self) -> &VisionNet {
+        &self.net
+    }
+
+    pub fn num_train_examples(&self) -> u64 {
+        self.train.len() as u64
+    }
+
+    /// How many times a split's features went through the backbone: with
+    /// caching on this stays at one per split however many rounds run.
+    pub fn feature_extractions(&self) -> usize {
+        self.extractions
+    }
+
+    fn install(&mut self, params: &ModelParams) -> Result<(), VisionError> {
+        self.net = self.net.clone().with_trainable_params(params)?;
+        Ok(())
+    }
+
+    fn backbone(&self) -> Result<&EfficientNetLite0, VisionError> {
+        match &self.net {
+            VisionNet::Transfer(m) => Ok(&m.backbone),
+            VisionNet::Cnn(_) => Err(VisionError::InvalidConfig("the SmallCnn has no backbone".into())),
+        }
+    }
+
+    fn cache(&mut self, test: bool) -> Result<&FeatureCache, VisionError> {
+        let slot_empty = if test { self.test_cache.is_none() } else { self.train_cache.is_none() };
+        if slot_empty {
+            let data = if test { &self.test } else { &self.train };
+            let cache =
+                FeatureCache::extract(self.backbone()?, data, &self.preprocess, self.cfg.feature_batch, &self.device)?;
+            self.extractions += 1;
+            *(if test { &mut self.test_cache } else { &mut self.train_cache }) = Some(cache);
+        }
+        Ok(if test { self.test_cache.as_ref() } else { self.train_cache.as_ref() }.expect("filled above"))
+    }
+
+    /// Head inputs for the training examples `rows`: cached features, or a
+    /// fresh augmented view of each example through the frozen backbone.
+    fn head_inputs(
+        &mut self,
+        rows: &[usize],
+        augment: Option<&Augmenter>,
+        epoch: u64,
+    ) -> Result<Vec<f32>, VisionError> {
+        let Some(a) = augment else {
+            return Ok(self.cache(false)?.gather(rows));
+        };
+        let shape = self.train.image_shape();
+        let views: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|&i| a.augment(self.train.image(i).ok_or(VisionError::EmptyDataset)?, shape, epoch, i as u64))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
+        let x = self.preprocess.batch_from(&refs, shape, &self.device)?;
+        self.backbone()?
+            .features(x)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| VisionError::Tensor(format!("{e:?}")))
+    }
+
+    fn labels_of(&self, rows: &[usize]) -> Vec<usize> {
+        rows.iter().map(|&i| self.train.labels()[i]).collect()
+    }
+
+    /// The DP-SGD configuration and its two random streams: noise and
+    /// Poisson sampling, from the OS unless test mode seeds them.
+    fn dp_setup(&self, s: &TrainSettings, dp: &DpSettings) -> Result<(DpSgdConfig, ChaCha20Rng, ChaCha8Rng), String> {
+        let mut cfg = DpSgdConfig::from_settings(dp);
+        check_dp(&cfg)?;
+        let noise_rng = if self.seeded_noise {
+            cfg.sampling_seed = Some(s.seed);
+            ChaCha20Rng::seed_from_u64(s.seed ^ NOISE_STREAM)
+        } else {
+            ChaCha20Rng::from_entropy()
+        };
+        let sampler = match cfg.sampling_seed {
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+            None => ChaCha8Rng::from_entropy(),
+        };
+        Ok((cfg, noise_rng, sampler))
+    }
+
+    /// DP-SGD for the SmallCnn, whose per-example gradients have no closed
+    /// form: one backward pass per sampled example, each gradient clipped
+    /// to C, then noise and the step exactly as for the head.
+    fn train_cnn_dp(&mut self, s: &TrainSettings, dp: &DpSettings) -> Result<(), String> {
+        let err = |e: VisionError| e.to_string();
+        let VisionNet::Cnn(net) = &self.net else {
+            return Err("per-example DP-SGD through autodiff is implemented for the SmallCnn".into());
+        };
+        let mut model = (**net).clone();
+        let start = model.params().map_err(err)?;
+        let (layout, anchor) = (start.layout(), start.to_flat());
+        let mut flat = anchor.clone();
+        let (cfg, mut noise_rng, mut sampler) = self.dp_setup(s, dp)?;
+        let augment = self.cfg.augmenter(s.seed).map_err(err)?;
+        let n = self.train.len();
+        let inv_expected = (1.0 / (cfg.sampling_rate * n as f64).max(f64::MIN_POSITIVE)) as f32;
+        let steps = (1.0 / cfg.sampling_rate).ceil() as u64;
+        let ad = self.device.clone().autodiff();
+        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+        let shape = self.train.image_shape();
+        for epoch in 0..u64::from(s.local_epochs) {
+            for _ in 0..steps {
+                let tracked = model.clone().fork(&ad).train();
+                let mut sum = vec![0.0f32; flat.len()];
+                for i in (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)) {
+                    let image = self.train.image(i).ok_or(VisionError::EmptyDataset).map_err(err)?;
+                    let view = match &augment {
+                        Some(a) => a.augment(image, shape, epoch, i as u64).map_err(err)?,
+                        None => image.to_vec(),
+                    };
+                    let x = self.preprocess.batch_from(&[view.as_slice()], shape, &ad).map_err(err)?;
+                    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![self.train.labels()[i] as i64], [1]), &ad);
+                    let grads = loss_fn.forward(tracked.forward(x), y).backward();
+                    let g = flat_grads(&tracked, &grads)?;
+                    let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                    if !norm.is_finite() {
+                        return Err("DP-SGD: non-finite per-example gradient".into());
+                    }
+                    let c = (cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
+                    sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
+                }
+                let mechanism = self
+                    .noise
+                    .get(cfg.noise_multiplier, cfg.clip_norm, sum.len())
+                    .map_err(|e| format!("DP-SGD noise: {e}"))?;
+                mechanism.add_to(&mut sum, &mut noise_rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
+                if sum.iter().any(|v| !v.is_finite()) {
+                    return Err("DP-SGD: non-finite noised gradient".into());
+                }
+                let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
+                for ((p, g), a) in flat.iter_mut().zip(&sum).zip(&anchor) {
+                    *p -= lr * (inv_expected * g + mu * (*p - a));
+                }
+                let params = ModelParams::from_flat(&layout, &flat).map_err(|e| e.to_string())?;
+                model = model.with_params(&params).map_err(err)?;
+            }
+        }
+        self.net = VisionNet::Cnn(Box::new(model));
+        Ok(())
+    }
+
+    /// Plain SGD (non-private) or DP-SGD on the head. Returns the mean loss
+    /// (0 under DP: it would be an unprivatized statistic).
+    fn train_head(&mut self, s: &TrainSettings, dp: Option<&DpSettings>) -> Result<f64, String> {
+        let start = self.net.trainable_params().map_err(|e| e.to_string())?;
+        let mut head = head_weights(&start)?;
+        let anchor = head.clone();
+        let augment = self.cfg.augmenter(s.seed).map_err(|e| e.to_string())?;
+        let n = self.train.len();
+        let mut mean_loss = 0.0;
+        match dp {
+            None => {
+                let (mut loss_sum, mut seen) = (0.0, 0usize);
+                for epoch in 0..u64::from(s.local_epochs) {
+                    let mut order: Vec<usize> = (0..n).collect();
+                    order.shuffle(&mut ChaCha8Rng::seed_from_u64(s.seed.wrapping_add(epoch)));
+                    for rows in order.chunks(s.batch_size as usize) {
+                        let x = self.head_inputs(rows, augment.as_ref(), epoch).map_err(|e| e.to_string())?;
+                        let g = head.gradient_sum(&x, &self.labels_of(rows), None, &self.device);
+                        let g = g.map_err(|e| e.to_string())?;
+                        loss_sum += g.loss_sum;
+                        seen += rows.len();
+                        sgd_step(&mut head, &anchor, &g.weight, &g.bias, 1.0 / rows.len() as f32, s);
+                    }
+                }
+                mean_loss = loss_sum / seen.max(1) as f64;
+            }
+            Some(dp) => {
+                let (cfg, mut noise_rng, mut sampler) = self.dp_setup(s, dp)?;
+                let inv_expected = (1.0 / (cfg.sampling_rate * n as f64).max(f64::MIN_POSITIVE)) as f32;
+                let steps = (1.0 / cfg.sampling_rate).ceil() as u64;
+                let split = head.weight.len();
+                for epoch in 0..u64::from(s.local_epochs) {
+                    for _ in 0..steps {
+                        let rows: Vec<usize> = (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)).collect();
+                        let mut flat = vec![0.0f32; split + head.bias.len()];
+                        if !rows.is_empty() {
+                            let x = self.head_inputs(&rows, augment.as_ref(), epoch).map_err(|e| e.to_string())?;
+                            let g = head.gradient_sum(&x, &self.labels_of(&rows), Some(cfg.clip_norm), &self.device);
+                            let g = g.map_err(|e| e.to_string())?;
+                            flat[..split].copy_from_slice(&g.weight);
+                            flat[split..].copy_from_slice(&g.bias);
+                        }
+                        // A step whose noise failed must not be applied, let alone released.
+                        let mechanism = self
+                            .noise
+                            .get(cfg.noise_multiplier, cfg.clip_norm, flat.len())
+                            .map_err(|e| format!("DP-SGD noise: {e}"))?;
+                        mechanism.add_to(&mut flat, &mut noise_rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
+                        if flat.iter().any(|v| !v.is_finite()) {
+                            return Err("DP-SGD: non-finite noised gradient".into());
+                        }
+                        let (w, b) = flat.split_at(split);
+                        sgd_step(&mut head, &anchor, w, b, inv_expected, s);
+                    }
+                }
+            }
+        }
+        let params = head_params(&start, head);
+        params.check_finite().map_err(|_| "local training diverged (non-finite head)".to_string())?;
+        self.install(&params).map_err(|e| e.to_string())?;
+        Ok(mean_loss)
+    }
+
+    /// End-to-end training (trainable backbone blocks or the SmallCnn) with
+    /// the crate's Adam trainers; no DP and no FedProx on this path.
+    fn train_end_to_end(&mut self, s: &TrainSettings) -> Result<f64, String> {
+        let err = |e: VisionError| e.to_string();
+        let augment = self.cfg.augmenter(s.seed).map_err(err)?;
+        let mut tc = TrainConfig {
+            epochs: s.local_epochs as usize,
+            batch_size: s.batch_size as usize,
+            learning_rate: s.learning_rate,
+            seed: s.seed,
+        };
+        let curve = match self.net.clone() {
+            VisionNet::Transfer(m) => {
+                let (m, curve) =
+                    train_on_images(*m, &self.train, &self.preprocess, augment.as_ref(), &tc, &self.device)
+                        .map_err(err)?;
+                self.net = VisionNet::Transfer(Box::new(m));
+                curve
+            }
+            VisionNet::Cnn(m) => {
+                let mut m = *m;
+                // SmallCnn::fit takes no augmenter: one epoch per fresh view.
+                let mut curve = Vec::new();
+                match &augment {
+                    None => (m, curve) = m.fit(&self.train, &self.preprocess, &tc, &self.device).map_err(err)?,
+                    Some(a) => {
+                        let epochs = tc.epochs;
+                        tc.epochs = 1;
+                        for epoch in 0..epochs as u64 {
+                            let view = a.augment_dataset(&self.train, epoch).map_err(err)?;
+                            tc.seed = s.seed.wrapping_add(epoch);
+                            let (next, c) = m.fit(&view, &self.preprocess, &tc, &self.device).map_err(err)?;
+                            m = next;
+                            curve.extend(c);
+                        }
+                    }
+                }
+                self.net = VisionNet::Cnn(Box::new(m));
+                curve
+            }
+        };
+        Ok(curve.iter().sum::<f64>() / curve.len().max(1) as f64)
+    }
+}
+
+/// Every parameter's gradient in module order (the order of
+/// `ModelParams::to_flat` for the same module), zeros where there is none.
+fn flat_grads<M: Module>(module: &M, grads: &Gradients) -> Result<Vec<f32>, String> {
+    struct Collect<'a> {
+        grads: &'a Gradients,
+        out: Vec<f32>,
+        error: Option<String>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            let n = t.shape().num_elements();
+            match t.grad(self.grads).map(|g| g.into_data().try_into_vec::<f32>()) {
+                Some(Ok(v)) if v.len() == n => self.out.extend(v),
+                Some(_) => {
+                    self.error.get_or_insert_with(|| "unreadable parameter gradient".into());
+                }
+                None => self.out.extend(std::iter::repeat_n(0.0, n)),
+            }
+        }
+    }
+    let mut c = Collect { grads, out: Vec::new(), error: None };
+    module.visit(&mut c);
+    match c.error {
+        Some(e) => Err(e),
+        None => Ok(c.out),
+    }
+}
+
+fn check_settings(s: &TrainSettings) -> Result<(), String> {
+    if s.local_epochs == 0 || s.batch_size == 0 {
+        return Err("local epochs and batch size must be positive".into());
+    }
+    if !(s.learning_rate.is_finite() && s.learning_rate > 0.0) {
+        return Err("learning rate must be positive and finite".into());
+    }
+    if !(s.proximal_mu.is_finite() && s.proximal_mu >= 0.0) {
+        return Err("proximal mu must be non-negative and finite".into());
+    }
+    Ok(())
+}
+
+fn check_dp(cfg: &DpSgdConfig) -> Result<(), String> {
+    let ok = cfg.clip_norm.is_finite()
+        && cfg.clip_norm > 0.0
+        && cfg.noise_multiplier.is_finite()
+        && cfg.noise_multiplier >= 0.0
+        && cfg.sampling_rate > 0.0
+        && cfg.sampling_rate <= 1.0;
+    if ok { Ok(()) } else { Err("DP-SGD needs C > 0, sigma >= 0 and 0 < q <= 1".into()) }
+}
+
+/// The head tensors of an exchanged model.
+fn head_weights(params: &ModelParams) -> Result<HeadWeights, String> {
+    let (Some(w), Some(b)) = (params.get(HEAD_WEIGHT), params.get(HEAD_BIAS)) else {
+        return Err("the model has no `head.weight`/`head.bias`".into());
+    };
+    let classes = b.data.len();
+    HeadWeights::new(w.data.len() / classes.max(1), classes, w.data.clone(), b.data.clone()).map_err(|e| e.to_string())
+}
+
+fn head_params(like: &ModelParams, head: HeadWeights) -> ModelParams {
+    let shape = |name: &str| like.get(name).map(|t| t.shape.clone()).unwrap_or_default();
+    ModelParams::new(vec![
+        ParamTensor { name: HEAD_WEIGHT.into(), shape: shape(HEAD_WEIGHT), data: head.weight },
+        ParamTensor { name: HEAD_BIAS.into(), shape: shape(HEAD_BIAS), data: head.bias },
+    ])
+}
+
+/// `w -= lr * (scale * g + mu (w - anchor))`, the tabular model's update.
+fn sgd_step(head: &mut HeadWeights, anchor: &HeadWeights, gw: &[f32], gb: &[f32], scale: f32, s: &TrainSettings) {
+    let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
+    for (p, (g, a)) in head.weight.iter_mut().zip(gw.iter().zip(&anchor.weight)) {
+        *p -= lr * (scale * g + mu * (*p - a));
+    }
+    for (p, (g, a)) in head.bias.iter_mut().zip(gb.iter().zip(&anchor.bias)) {
+        *p -= lr * (scale * g + mu * (*p - a));
+    }
+}
+
+impl LocalModel for VisionModel {
+    fn train(
+        &mut self,
+        model: &ModelParams,
+        settings: &TrainSettings,
+        dp: Option<&DpSettings>,
+    ) -> Result<TrainedUpdate, String> {
+        check_settings(settings)?;
+        self.install(model).map_err(|e| e.to_string())?;
+        let mean_loss = if self.net.head_only() {
+            self.train_head(settings, dp)?
+        } else if let (Some(dp), VisionNet::Cnn(_)) = (dp, &self.net) {
+            self.train_cnn_dp(settings, dp)?;
+            0.0
+        } else if dp.is_some() {
+            return Err("record-level DP-SGD on EfficientNet-Lite0 needs a fully frozen backbone \
+                        (trainable_blocks = 0): per-example clipping is implemented for the linear head \
+                        and the SmallCnn"
+                .into());
+        } else if settings.proximal_mu > 0.0 {
+            return Err("FedProx (proximal_mu > 0) is supported for the head-only image model only".into());
+        } else {
+            self.train_end_to_end(settings)?
+        };
+        let params = self.net.trainable_params().map_err(|e| e.to_string())?;
+        params.check_finite().map_err(|_| "local training diverged (non-finite parameter)".to_string())?;
+        Ok(TrainedUpdate { params, num_examples: self.num_train_examples(), mean_loss })
+    }
+
+    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, String> {
+        self.install(model).map_err(|e| e.to_string())?;
+        let err = |e: VisionError| e.to_string();
+        if self.net.head_only() {
+            let head = head_weights(model)?;
+            if head.dim != FEATURE_DIM {
+                return Err(format!("head takes {} features, the backbone gives {FEATURE_DIM}", head.dim));
+            }
+            let device = self.device.clone();
+            let cache = self.cache(true).map_err(err)?;
+            let probs = head.probabilities(cache.features(), &device).map_err(err)?;
+            return classification_metrics(&probs, cache.labels(), head.classes).map_err(err);
+        }
+        match &self.net {
+            VisionNet::Transfer(m) => {
+                evaluate_transfer(m, &self.test, &self.preprocess, self.cfg.feature_batch, &self.device).map_err(err)
+            }
+            VisionNet::Cnn(m) => m.evaluate(&self.test, &self.preprocess, &self.device).map_err(err),
+        }
+    }
+}
+
+mod setup;
+#[cfg(test)]
+mod tests;
+
+pub use setup::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet, load_member_images};

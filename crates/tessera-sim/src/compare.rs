@@ -1,0 +1,145 @@
+//! `tessera-sim compare`: the same data and model as a scenario, four ways.
+//! Centralized (all members' training rows pooled, no privacy), local only
+//! (each member alone on its own rows), federated without DP and federated
+//! with DP at the scenario's budget. Centralized and local train the same
+//! model with `tessera-learn` directly for `rounds × local_epochs` epochs;
+//! the federated rows are full simulator runs.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::Context;
+use tessera_client::LocalModel;
+use tessera_client::tabular::TabularModel;
+use tessera_core::EvalMetrics;
+use tessera_learn::TabularData;
+use tessera_learn::data::SplitIndices;
+
+use crate::run::{SimOptions, member_splits, run_scenario, scenario_partition, table_spec};
+use crate::scenario::Scenario;
+
+/// One row of the comparison table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    pub setting: String,
+    pub accuracy: f64,
+    pub auc: f64,
+    pub epsilon: Option<f64>,
+    /// Bytes each member sent over the run (federated rows only).
+    pub bytes_per_client: Option<u64>,
+    pub wall_seconds: f64,
+}
+
+/// Train `data` alone from the scenario's initial model, evaluate on its test split.
+fn train_alone(s: &Scenario, data: TabularData, opts: &SimOptions) -> anyhow::Result<EvalMetrics> {
+    let mut model = TabularModel::new(data, s.tabular_model()?, opts.backend)?;
+    let mut params = tessera_learn::spec::initial_trainable_params(s.tabular_model()?)?;
+    let mut settings = s.train.settings();
+    for round in 1..=s.rounds {
+        settings.seed = tessera_aggregator::coordinator::derive_seed(s.seed, round, b"compare");
+        params = model.train(&params, &settings, None).map_err(anyhow::Error::msg)?.params;
+    }
+    model.evaluate(&params).map_err(anyhow::Error::msg)
+}
+
+/// Run the four settings; each federated run writes its own run directory
+/// under `opts.out` (`federated`, `federated-dp`).
+pub fn compare(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::Result<Vec<Row>> {
+    let spec = table_spec(s);
+    let table = crate::data::load_table(s)?;
+    let parts = scenario_partition(s, &table)?;
+    let splits = member_splits(s, &table, &parts)?;
+    let mut rows = Vec::new();
+
+    let t = Instant::now();
+    let union = |f: fn(&SplitIndices) -> &Vec<usize>| splits.iter().flat_map(|x| f(x).iter().copied()).collect();
+    let pooled =
+        SplitIndices { train: union(|x| &x.train), validation: union(|x| &x.validation), test: union(|x| &x.test) };
+    let shared = crate::run::shared_schema(s, &table);
+    let m = train_alone(s, crate::run::encode(&table, &spec, &pooled, shared.as_ref())?, opts)?;
+    rows.push(Row {
+        setting: "centralized (pooled, no privacy)".into(),
+        accuracy: m.accuracy,
+        auc: m.auc,
+        epsilon: None,
+        bytes_per_client: None,
+        wall_seconds: t.elapsed().as_secs_f64(),
+    });
+
+    let t = Instant::now();
+    let mut local = Vec::new();
+    for (k, data) in crate::run::member_data(s, &table, &parts)?.into_iter().enumerate() {
+        local.push(train_alone(s, data, opts).with_context(|| format!("client {k} alone"))?);
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let n = local.len() as f64;
+    rows.push(Row {
+        setting: "local only (mean over members)".into(),
+        accuracy: local.iter().map(|m| m.accuracy).sum::<f64>() / n,
+        auc: local.iter().map(|m| m.auc).sum::<f64>() / n,
+        epsilon: None,
+        bytes_per_client: None,
+        wall_seconds: wall,
+    });
+    let worst = local.iter().min_by(|a, b| a.accuracy.total_cmp(&b.accuracy)).context("no members")?;
+    rows.push(Row {
+        setting: "local only (worst member)".into(),
+        accuracy: worst.accuracy,
+        auc: worst.auc,
+        epsilon: None,
+        bytes_per_client: None,
+        wall_seconds: wall,
+    });
+
+    let mut last_run = None;
+    let mut federated = |name: &str, dir: &str, sc: &Scenario| -> anyhow::Result<()> {
+        let o = SimOptions { out: opts.out.join(dir), ..opts.clone() };
+        let r = run_scenario(sc, scenario_text, &o).with_context(|| name.to_string())?;
+        let last = r.records.iter().rev().find(|x| x.accepted).cloned().unwrap_or_default();
+        rows.push(Row {
+            setting: name.into(),
+            accuracy: last.accuracy,
+            auc: last.auc,
+            epsilon: last.epsilon,
+            bytes_per_client: Some(r.records.iter().map(|x| x.bytes_up).sum::<u64>() / sc.clients as u64),
+            wall_seconds: r.wall_seconds,
+        });
+        last_run = Some((sc.clone(), r, o.out));
+        Ok(())
+    };
+    let plain = Scenario { privacy: None, ..s.clone() };
+    federated("federated, secure aggregation, no DP", "federated", &plain)?;
+    if let Some(p) = &s.privacy {
+        let name = format!("federated, secure aggregation, DP (epsilon {})", p.epsilon);
+        federated(&name, "federated-dp", s)?;
+    }
+    // The table goes into compare.md and into the report of the scenario's
+    // own setting (the last federated run).
+    let text = format!("## Baselines (`tessera-sim compare`)\n\n{}", self::table(&rows));
+    std::fs::create_dir_all(&opts.out)?;
+    std::fs::write(opts.out.join("compare.md"), &text)?;
+    std::fs::write(opts.out.join("compare.json"), serde_json::to_string_pretty(&rows)?)?;
+    if let Some((sc, r, dir)) = last_run {
+        crate::report::write_report(&dir, &sc, &r, Some(&text))?;
+    }
+    Ok(rows)
+}
+
+/// The comparison as a Markdown table (also what the CLI prints).
+pub fn table(rows: &[Row]) -> String {
+    let mut m = String::from("| setting | accuracy | AUC | epsilon | bytes sent per member | wall time (s) |\n");
+    m.push_str("|---|---|---|---|---|---|\n");
+    for r in rows {
+        let _ = writeln!(
+            m,
+            "| {} | {:.4} | {:.4} | {} | {} | {:.2} |",
+            r.setting,
+            r.accuracy,
+            r.auc,
+            r.epsilon.map_or("-".into(), |e| format!("{e:.3}")),
+            r.bytes_per_client.map_or("-".into(), |b| b.to_string()),
+            r.wall_seconds
+        );
+    }
+    m
+}

@@ -1,0 +1,246 @@
+//! Dropout and latency models. Every decision is a pure function of the
+//! scenario seed, the member and the round, so a run with dropouts and
+//! stragglers is as reproducible as one without.
+//!
+//! Members leave a round through the client driver's fault hook
+//! ([`tessera_client::driver::Fault::Withdraw`]): instead of the message
+//! that opens a protocol phase they send `Decline`, and the aggregator
+//! drops them from the round at once, exactly as when a member disconnects
+//! (its masks are recovered from the others' shares). Withdrawing in-band
+//! rather than closing the connection keeps the next round's cohort
+//! independent of how fast a reconnect happens.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+use tessera_aggregator::coordinator::derive_seed;
+use tessera_client::driver::Fault;
+
+/// The protocol phases a member can drop out before, in round order.
+pub const PHASES: [&str; 4] = ["before_keys", "before_shares", "before_masked_input", "before_unmask"];
+
+/// Probability that a member still in the round drops right before each
+/// phase (conditional on having reached it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DropoutSection {
+    pub before_keys: f64,
+    pub before_shares: f64,
+    pub before_masked_input: f64,
+    pub before_unmask: f64,
+}
+
+impl DropoutSection {
+    fn probabilities(&self) -> [f64; 4] {
+        [self.before_keys, self.before_shares, self.before_masked_input, self.before_unmask]
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, p) in PHASES.iter().zip(self.probabilities()) {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("dropout.{name} must lie in [0, 1], got {p}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Simulated time: how long each member takes for a round, and the round
+/// deadline after which it counts as a straggler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LatencySection {
+    /// Compute time per training example per local epoch at speed 1.
+    pub compute_ms_per_example: f64,
+    /// Members' speed factors are log-normal with median 1 and this sigma
+    /// (0: all equally fast). Drawn once per member.
+    pub speed_sigma: f64,
+    /// Network time per round (model down and update up), fixed part.
+    pub network_ms: f64,
+    /// Plus a uniform draw in [0, network_jitter_ms) per member and round.
+    pub network_jitter_ms: f64,
+    /// Members whose simulated round time exceeds this are stragglers: they
+    /// drop before their masked input. `None`: no deadline.
+    pub deadline_ms: Option<f64>,
+}
+
+impl Default for LatencySection {
+    fn default() -> Self {
+        Self {
+            compute_ms_per_example: 0.0,
+            speed_sigma: 0.0,
+            network_ms: 0.0,
+            network_jitter_ms: 0.0,
+            deadline_ms: None,
+        }
+    }
+}
+
+impl LatencySection {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !(ok(self.compute_ms_per_example)
+            && ok(self.speed_sigma)
+            && ok(self.network_ms)
+            && ok(self.network_jitter_ms)
+            && self.deadline_ms.is_none_or(|d| ok(d) && d > 0.0))
+        {
+            return Err("latency values must be finite and non-negative (deadline_ms positive)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Observed counts, for the summary and the dropout test.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FaultStats {
+    /// Per phase (see [`PHASES`]): members that reached it, and that dropped there.
+    pub reached: [u64; 4],
+    pub dropped: [u64; 4],
+    /// Members dropped for missing the deadline.
+    pub stragglers: u64,
+    /// Per round: members that left before their masked input (dropouts
+    /// and stragglers), i.e. those the aggregate lacks because of faults.
+    pub left_before_input: BTreeMap<u64, u32>,
+}
+
+/// The run's fault plan, shared by every member's hook.
+pub struct FaultPlan {
+    seed: u64,
+    dropout: Option<DropoutSection>,
+    latency: Option<LatencySection>,
+    /// Per member: local training examples and speed factor.
+    examples: Vec<u64>,
+    speed: Vec<f64>,
+    epochs: u32,
+    stats: Mutex<FaultStats>,
+}
+
+impl FaultPlan {
+    pub fn new(
+        seed: u64,
+        dropout: Option<DropoutSection>,
+        latency: Option<LatencySection>,
+        examples: Vec<u64>,
+        epochs: u32,
+    ) -> Self {
+        let sigma = latency.as_ref().map_or(0.0, |l| l.speed_sigma);
+        let speed = (0..examples.len())
+            .map(|k| {
+                let mut rng = ChaCha20Rng::seed_from_u64(derive_seed(seed, k as u64, b"speed"));
+                (sigma * crate::partition::standard_normal(&mut rng)).exp()
+            })
+            .collect();
+        Self { seed, dropout, latency, examples, speed, epochs, stats: Mutex::default() }
+    }
+
+    /// Whether the hook is needed at all.
+    pub fn active(&self) -> bool {
+        self.dropout.is_some() || self.latency.as_ref().is_some_and(|l| l.deadline_ms.is_some())
+    }
+
+    pub fn speed(&self, member: usize) -> f64 {
+        self.speed[member]
+    }
+
+    /// Member `k`'s draws for `round`: a uniform per phase, then jitter.
+    fn draws(&self, member: usize, round: u64) -> ([f64; 4], f64) {
+        let mut label = b"faults/".to_vec();
+        label.extend_from_slice(&(member as u64).to_le_bytes());
+        let mut rng = ChaCha20Rng::seed_from_u64(derive_seed(self.seed, round, &label));
+        let u = [rng.r#gen(), rng.r#gen(), rng.r#gen(), rng.r#gen()];
+        (u, rng.r#gen())
+    }
+
+    /// Simulated milliseconds member `k` needs for `round` (0 without a latency model).
+    pub fn member_ms(&self, member: usize, round: u64) -> f64 {
+        let Some(l) = &self.latency else { return 0.0 };
+        let (_, jitter) = self.draws(member, round);
+        let compute = self.epochs as f64 * self.examples[member] as f64 * l.compute_ms_per_example / self.speed[member];
+        compute + l.network_ms + jitter * l.network_jitter_ms
+    }
+
+    /// Simulated length of a round: the slowest contributor, capped at the deadline.
+    pub fn round_seconds(&self, contributors: &[usize], round: u64) -> f64 {
+        let slowest = contributors.iter().map(|k| self.member_ms(*k, round)).fold(0.0, f64::max);
+        let capped = self.latency.as_ref().and_then(|l| l.deadline_ms).map_or(slowest, |d| slowest.min(d));
+        capped / 1000.0
+    }
+
+    /// The hook's decision for member `k` about to send `kind` in `round`.
+    pub fn decide(&self, member: usize, round: u64, kind: &str) -> Fault {
+        let phase = match kind {
+            "advertise_keys" => 0,
+            "share_keys" => 1,
+            "masked_start" | "plain_start" => 2,
+            "unmask_shares" => 3,
+            _ => return Fault::Pass,
+        };
+        let (u, _) = self.draws(member, round);
+        let mut stats = self.stats.lock().expect("fault stats");
+        stats.reached[phase] += 1;
+        if let Some(d) = &self.dropout
+            && u[phase] < d.probabilities()[phase]
+        {
+            stats.dropped[phase] += 1;
+            if phase <= 2 {
+                *stats.left_before_input.entry(round).or_default() += 1;
+            }
+            return Fault::Withdraw;
+        }
+        if phase == 2
+            && let Some(deadline) = self.latency.as_ref().and_then(|l| l.deadline_ms)
+            && self.member_ms(member, round) > deadline
+        {
+            stats.stragglers += 1;
+            *stats.left_before_input.entry(round).or_default() += 1;
+            return Fault::Withdraw;
+        }
+        Fault::Pass
+    }
+
+    pub fn stats(&self) -> FaultStats {
+        self.stats.lock().expect("fault stats").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_a_function_of_seed_member_and_round() {
+        let d = DropoutSection { before_keys: 0.3, before_masked_input: 0.3, ..Default::default() };
+        let a = FaultPlan::new(5, Some(d.clone()), None, vec![10; 20], 1);
+        let b = FaultPlan::new(5, Some(d), None, vec![10; 20], 1);
+        for k in 0..20 {
+            for r in 1..30 {
+                for kind in ["advertise_keys", "masked_start", "masked_chunk"] {
+                    assert_eq!(a.decide(k, r, kind), b.decide(k, r, kind));
+                }
+            }
+        }
+        assert_eq!(a.stats(), b.stats());
+        assert_eq!(a.decide(0, 1, "masked_chunk"), Fault::Pass);
+    }
+
+    #[test]
+    fn stragglers_miss_the_deadline_and_set_the_round_time() {
+        let l = LatencySection {
+            compute_ms_per_example: 1.0,
+            network_ms: 10.0,
+            deadline_ms: Some(500.0),
+            ..Default::default()
+        };
+        // 100 examples: 110 ms; 1000 examples: 1010 ms > deadline.
+        let p = FaultPlan::new(1, None, Some(l), vec![100, 1000], 1);
+        assert_eq!(p.decide(0, 1, "masked_start"), Fault::Pass);
+        assert_eq!(p.decide(1, 1, "masked_start"), Fault::Withdraw);
+        assert_eq!(p.stats().stragglers, 1);
+        assert!((p.round_seconds(&[0], 1) - 0.110).abs() < 1e-12);
+        assert!((p.round_seconds(&[0, 1], 1) - 0.5).abs() < 1e-12, "capped at the deadline");
+    }
+}

@@ -1,0 +1,299 @@
+//! End-to-end simulator runs on the real WDBC data: reproducibility across
+//! worker counts, the dropout model against its configuration, aborted
+//! rounds, and the latency model's simulated time.
+
+use std::path::{Path, PathBuf};
+
+use tessera_sim::{Scenario, SimOptions, TransportKind, run_scenario};
+
+fn wdbc() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/wdbc.csv").canonicalize().unwrap()
+}
+
+/// A small WDBC scenario; `extra` is appended (dropout, latency, privacy…).
+fn scenario(dir: &Path, name: &str, clients: usize, rounds: u64, min_clients: u32, extra: &str) -> (Scenario, String) {
+    let text = format!(
+        r#"
+name = "{name}"
+seed = 11
+clients = {clients}
+rounds = {rounds}
+min_clients = {min_clients}
+max_round_retries = 100
+
+[data]
+path = "{data}"
+label = "diagnosis"
+classes = ["benign", "malignant"]
+
+[model]
+num_features = 30
+num_classes = 2
+hidden = [4]
+trainable = {{ kind = "all" }}
+init_seed = 7
+
+[train]
+local_epochs = 1
+batch_size = 32
+learning_rate = 0.1
+
+[secure]
+threshold_fraction = 0.5
+{extra}
+"#,
+        data = wdbc().display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, &text).unwrap();
+    (Scenario::load(&path).unwrap(), text)
+}
+
+fn opts(out: PathBuf, workers: usize) -> SimOptions {
+    SimOptions {
+        out,
+        transport: TransportKind::Memory,
+        workers,
+        progress: false,
+        backend: tessera_learn::DEFAULT_BACKEND,
+        report: true,
+    }
+}
+
+#[test]
+fn metrics_are_bit_identical_whatever_the_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[dropout]
+before_keys = 0.1
+before_masked_input = 0.1
+
+[latency]
+compute_ms_per_example = 2.0
+speed_sigma = 0.5
+network_ms = 40.0
+network_jitter_ms = 30.0
+deadline_ms = 400.0
+
+[privacy]
+unit = "record"
+epsilon = 4.0
+delta = 1e-5
+clip_norm = 1.0
+sampling_rate = 0.2
+"#;
+    let (s, text) = scenario(dir.path(), "repro", 6, 4, 3, extra);
+    let a = run_scenario(&s, &text, &opts(dir.path().join("a"), 1)).unwrap();
+    let b = run_scenario(&s, &text, &opts(dir.path().join("b"), 2)).unwrap();
+    let ma = std::fs::read(dir.path().join("a/metrics.jsonl")).unwrap();
+    let mb = std::fs::read(dir.path().join("b/metrics.jsonl")).unwrap();
+    assert!(!ma.is_empty());
+    assert_eq!(ma, mb, "metrics.jsonl differs between 1 and 2 workers");
+    assert_eq!(a.final_model.digest_hex(), b.final_model.digest_hex());
+    assert_eq!(a.faults, b.faults);
+    // Simulated time, not wall time: positive and at most the deadline.
+    assert!(a.records.iter().all(|r| r.seconds > 0.0 && r.seconds <= 0.4), "{:?}", a.records);
+    assert!(a.noise_multiplier.is_some_and(|z| z > 0.0));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a/summary.json")).unwrap()).unwrap();
+    assert!(summary["config"]["wall_seconds"].as_f64().unwrap() > 0.0);
+    assert!(summary["config"]["noise_multiplier"].as_f64().unwrap() > 0.0);
+
+    // The report references every plot, and each is a real PNG of the
+    // expected size.
+    let report = std::fs::read_to_string(dir.path().join("a/report.md")).unwrap();
+    for name in tessera_sim::report::PLOTS {
+        assert!(report.contains(&format!("({name})")), "report.md lacks {name}");
+        let img = image::open(dir.path().join("a").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((img.width(), img.height()), (800, 480));
+        // Something was drawn: not a blank canvas.
+        let rgb = img.to_rgb8();
+        assert!(rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000, "{name} is blank");
+    }
+    assert!(report.contains("noise multiplier"));
+}
+
+#[test]
+fn observed_dropout_matches_the_model_and_short_rounds_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 members, 40 rounds; 15% leave before their keys, 10% before their
+    // masked input. A round needs 8 contributions, so some rounds abort.
+    let extra = r#"
+[dropout]
+before_keys = 0.15
+before_masked_input = 0.10
+"#;
+    let (s, text) = scenario(dir.path(), "dropout", 10, 40, 8, extra);
+    let r = run_scenario(&s, &text, &opts(dir.path().join("run"), 2)).unwrap();
+    let f = &r.faults;
+    // Every member reaches the first phase in every attempted round.
+    let attempts = r.records.len() as u64;
+    assert_eq!(f.reached[0], 10 * attempts);
+    // Tolerance: 0.06 absolute, over 3.5 binomial standard deviations at
+    // these counts (>= 400 and >= 300 trials).
+    for (phase, p) in [(0, 0.15), (2, 0.10)] {
+        let rate = f.dropped[phase] as f64 / f.reached[phase] as f64;
+        assert!((rate - p).abs() < 0.06, "phase {phase}: observed {rate}, configured {p}");
+    }
+    assert_eq!(f.dropped[1] + f.dropped[3], 0, "phases without dropout");
+    // The coordinator saw exactly the injected dropouts.
+    let accepted: Vec<_> = r.records.iter().filter(|x| x.accepted).collect();
+    assert_eq!(accepted.len(), 40);
+    for rec in &accepted {
+        let injected = f.left_before_input.get(&rec.round).copied().unwrap_or(0);
+        assert_eq!(rec.dropped, injected, "round {}", rec.round);
+        assert_eq!(rec.participants + rec.dropped, 10);
+        assert!(rec.participants >= 8);
+    }
+    // Rounds with fewer than 8 contributions were aborted and reported.
+    let aborted: Vec<_> = r.records.iter().filter(|x| !x.accepted).collect();
+    assert!(!aborted.is_empty(), "with these rates some rounds fall below 8");
+    assert_eq!(aborted.len() as u64, r.aborted);
+    for rec in &aborted {
+        assert!(f.left_before_input.get(&rec.round).copied().unwrap_or(0) > 2, "round {} aborted", rec.round);
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["aborted_rounds"].as_u64(), Some(r.aborted));
+    let lines = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().filter(|l| l.contains("\"accepted\":false")).count() as u64, r.aborted);
+}
+
+#[test]
+fn compare_runs_the_four_settings_and_writes_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[privacy]
+unit = "record"
+epsilon = 4.0
+delta = 1e-5
+clip_norm = 1.0
+sampling_rate = 0.2
+"#;
+    let (s, text) = scenario(dir.path(), "compare", 4, 3, 3, extra);
+    let rows = tessera_sim::compare::compare(&s, &text, &opts(dir.path().join("cmp"), 2)).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.setting.as_str()).collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names[0].starts_with("centralized") && names[1].contains("mean") && names[2].contains("worst"));
+    // WDBC is easy: pooled training must learn it; the worst member is no
+    // better than the mean.
+    assert!(rows[0].accuracy > 0.85, "centralized accuracy {}", rows[0].accuracy);
+    assert!(rows[2].accuracy <= rows[1].accuracy);
+    assert!(rows[3].epsilon.is_none() && rows[3].bytes_per_client.unwrap() > 0);
+    let eps = rows[4].epsilon.unwrap();
+    assert!(eps > 3.0 && eps <= 4.0 + 1e-9, "DP run spends (about) its budget, not more: {eps}");
+    let md = std::fs::read_to_string(dir.path().join("cmp/compare.md")).unwrap();
+    assert!(md.contains("| centralized (pooled, no privacy) |"));
+    let report = std::fs::read_to_string(dir.path().join("cmp/federated-dp/report.md")).unwrap();
+    assert!(report.contains("## Baselines") && report.contains("local only (worst member)"));
+}
+
+/// The shipped cross-device scenario (1,000 members, SecAgg+, client-level
+/// DP, ~10% dropout), cut to one round to fit the default suite; the full
+/// three rounds run with `--ignored` (timings in docs/benchmarks.md).
+fn cross_device(rounds: u64) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../simulations/cross-device-1000.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut s = Scenario::load(&path).unwrap();
+    s.rounds = rounds;
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_scenario(&s, &text, &opts(dir.path().join("run"), 2)).unwrap();
+    assert_eq!(r.end.completed_rounds, rounds);
+    for rec in r.records.iter().filter(|x| x.accepted) {
+        assert_eq!(rec.participants + rec.dropped, 1000);
+        // About 10% dropout (binomial sd ~1%: 5 sd either side).
+        assert!((50..=150).contains(&rec.dropped), "round {}: {} dropped", rec.round, rec.dropped);
+        assert!(rec.epsilon.is_some());
+    }
+    assert!(r.noise_multiplier.is_some_and(|z| z > 0.0));
+}
+
+#[test]
+fn cross_device_1000_runs_a_round() {
+    cross_device(1);
+}
+
+#[test]
+#[ignore = "full cross-device-1000 (3 rounds, ~25 s in the optimized dev profile)"]
+fn cross_device_1000_full() {
+    cross_device(3);
+}
+
+#[test]
+fn natural_column_partition_follows_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let credit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/germancredit.csv");
+    let write = |clients: usize| {
+        let text = format!(
+            r#"
+name = "by-housing"
+seed = 1
+clients = {clients}
+rounds = 1
+[data]
+path = "{}"
+label = "creditability"
+categorical = ["status_of_existing_checking_account", "credit_history", "purpose",
+  "savings_account_and_bonds", "present_employment_since", "personal_status_and_sex",
+  "other_debtors_or_guarantors", "property", "other_installment_plans", "job", "telephone", "foreign_worker"]
+[partition]
+kind = "column"
+column = "housing"
+[model]
+num_features = 2
+num_classes = 2
+"#,
+            credit.canonicalize().unwrap().display()
+        );
+        let path = dir.path().join(format!("c{clients}.toml"));
+        std::fs::write(&path, text).unwrap();
+        Scenario::load(&path).unwrap()
+    };
+    let s = write(3);
+    let table = tessera_sim::data::load_table(&s).unwrap();
+    assert!(table.columns.iter().all(|c| c.name() != "housing"), "the id column is not a feature");
+    let parts = tessera_sim::run::scenario_partition(&s, &table).unwrap();
+    // Members in sorted value order: "for free", "own", "rent".
+    assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![108, 713, 179]);
+    let mut all: Vec<usize> = parts.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..1000).collect::<Vec<_>>());
+    let e = tessera_sim::run::scenario_partition(&write(4), &table).unwrap_err().to_string();
+    assert!(e.contains("3 distinct values") && e.contains("4 members"), "{e}");
+}
+
+/// EfficientNet-Lite0 transfer across 10 sites (needs the checkpoint in
+/// `.weights/`, see docs/transfer-learning.md; about 15 s).
+#[test]
+#[ignore = "needs the EfficientNet-Lite0 checkpoint in .weights/; ~15 s"]
+fn fashion_transfer_learns_across_sites() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../simulations/fashion-transfer.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let s = Scenario::load(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_scenario(&s, &text, &opts(dir.path().join("run"), 2)).unwrap();
+    assert_eq!(r.end.completed_rounds, s.rounds);
+    let (first, last) = (&r.records[0], r.records.last().unwrap());
+    assert_eq!(last.participants, 10);
+    // Ten classes: chance is 0.1. The frozen backbone's features carry it well above.
+    assert!(last.accuracy > 0.6 && last.accuracy > first.accuracy, "{} -> {}", first.accuracy, last.accuracy);
+    assert_eq!(r.label_counts.iter().flatten().sum::<usize>(), 3000);
+}
+
+/// Robust rules need the individual updates: refused unless the scenario is
+/// in the plaintext research mode; there, multi-Krum trains the real model.
+#[test]
+fn robust_rules_run_only_in_the_plaintext_research_mode() {
+    use tessera_aggregator::coordinator::RobustRule;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, text) = scenario(dir.path(), "robust", 5, 3, 4, "");
+    s.robust = Some(RobustRule::Krum { byzantine: 1, select: 3 });
+    let why = s.validate().unwrap_err();
+    assert!(why.contains("insecure_plaintext"), "{why}");
+    s.insecure_plaintext = true;
+    s.validate().unwrap();
+    let r = run_scenario(&s, &text, &opts(dir.path().join("out"), 2)).unwrap();
+    assert_eq!(r.end.completed_rounds, 3, "{}", r.end.reason);
+    let last = r.records.last().unwrap();
+    assert!(last.accuracy > 0.85, "accuracy {}", last.accuracy);
+}
