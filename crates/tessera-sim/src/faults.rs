@@ -20,7 +20,7 @@ use tessera_aggregator::coordinator::derive_seed;
 use tessera_client::driver::Fault;
 
 /// The protocol phases a member can drop out before, in round order.
-pub const PHASES: [&str; 4] = ["before_keys", "before_shares", "before_masked_input", "before_unmask"];
+pub const PHASES: [&str; 5] = ["before_keys", "before_shares", "before_masked_input", "before_unmask", "before_eval"];
 
 /// Probability that a member still in the round drops right before each
 /// phase (conditional on having reached it).
@@ -31,11 +31,14 @@ pub struct DropoutSection {
     pub before_shares: f64,
     pub before_masked_input: f64,
     pub before_unmask: f64,
+    /// Leaves before reporting its evaluation of the new model (its update
+    /// is already in the aggregate; the round's metrics lack its report).
+    pub before_eval: f64,
 }
 
 impl DropoutSection {
-    fn probabilities(&self) -> [f64; 4] {
-        [self.before_keys, self.before_shares, self.before_masked_input, self.before_unmask]
+    fn probabilities(&self) -> [f64; 5] {
+        [self.before_keys, self.before_shares, self.before_masked_input, self.before_unmask, self.before_eval]
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -98,8 +101,8 @@ impl LatencySection {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct FaultStats {
     /// Per phase (see [`PHASES`]): members that reached it, and that dropped there.
-    pub reached: [u64; 4],
-    pub dropped: [u64; 4],
+    pub reached: [u64; 5],
+    pub dropped: [u64; 5],
     /// Members dropped for missing the deadline.
     pub stragglers: u64,
     /// Per round: members that left before their masked input (dropouts
@@ -146,13 +149,16 @@ impl FaultPlan {
         self.speed[member]
     }
 
-    /// Member `k`'s draws for `round`: a uniform per phase, then jitter.
-    fn draws(&self, member: usize, round: u64) -> ([f64; 4], f64) {
+    /// Member `k`'s draws for `round`: a uniform per phase, then jitter
+    /// (the evaluation phase's draw comes last, so adding it left the
+    /// other draws, and earlier runs' metrics, unchanged).
+    fn draws(&self, member: usize, round: u64) -> ([f64; 5], f64) {
         let mut label = b"faults/".to_vec();
         label.extend_from_slice(&(member as u64).to_le_bytes());
         let mut rng = ChaCha20Rng::seed_from_u64(derive_seed(self.seed, round, &label));
-        let u = [rng.r#gen(), rng.r#gen(), rng.r#gen(), rng.r#gen()];
-        (u, rng.r#gen())
+        let u: [f64; 4] = [rng.r#gen(), rng.r#gen(), rng.r#gen(), rng.r#gen()];
+        let jitter = rng.r#gen();
+        ([u[0], u[1], u[2], u[3], rng.r#gen()], jitter)
     }
 
     /// Simulated milliseconds member `k` needs for `round` (0 without a latency model).
@@ -177,6 +183,7 @@ impl FaultPlan {
             "share_keys" => 1,
             "masked_start" | "plain_start" => 2,
             "unmask_shares" => 3,
+            "eval_report" => 4,
             _ => return Fault::Pass,
         };
         let (u, _) = self.draws(member, round);

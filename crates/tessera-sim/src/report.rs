@@ -96,8 +96,8 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
     if let Some(d) = &s.dropout {
         let _ = writeln!(
             m,
-            "| dropout | before keys {}, shares {}, masked input {}, unmask {} |",
-            d.before_keys, d.before_shares, d.before_masked_input, d.before_unmask
+            "| dropout | before keys {}, shares {}, masked input {}, unmask {}, eval {} |",
+            d.before_keys, d.before_shares, d.before_masked_input, d.before_unmask, d.before_eval
         );
     }
     if let Some(l) = &s.latency {

@@ -218,6 +218,13 @@ impl RoundState {
             self.reports.insert(member.to_string(), metrics);
             return Ok(Handled::Done);
         }
+        if let ClientMsg::Decline { .. } = msg
+            && self.phase == Phase::Evaluate
+            && self.evaluators.remove(member)
+        {
+            // An evaluator that cannot evaluate: the round stops waiting for it.
+            return Ok(Handled::Done);
+        }
         let party = self.party_of(member).ok_or(Violation::NotInCohort)?;
         if !self.alive.contains(&party) {
             // Dropped earlier in this round (deadline or violation): late.

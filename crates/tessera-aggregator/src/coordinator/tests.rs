@@ -327,6 +327,40 @@ fn hostile_messages_are_rejected_and_the_round_goes_on() {
     assert!(h.violations.iter().any(|(m, _)| m == "m3"));
 }
 
+/// A straggler past the round deadline is excluded and the round completes
+/// without it; its late message for that round is rejected (no effect on the
+/// next round); failing rounds in a row marks it unhealthy, yet it keeps its
+/// place in later cohorts.
+#[test]
+fn stragglers_are_excluded_late_messages_rejected_and_unhealthy_members_kept() {
+    let mut c = cfg(3, true);
+    c.rounds = 3;
+    let mut h = Harness::new(4, c);
+    h.stall_before.insert("m3".into(), "masked_start");
+    h.connect_all();
+    for _ in 0..20 {
+        while h.pump() {}
+        if !h.finished.is_empty() {
+            break;
+        }
+        h.now = h.coord.next_deadline().unwrap_or(h.now) + 1;
+        h.coord.tick(h.now);
+    }
+    let first = h.finished[0].clone();
+    assert_eq!(first.contributors, vec!["m0", "m1", "m2"], "the straggler is not in the aggregate");
+    assert!(first.dropped.contains(&"m3".to_string()));
+    let late = h.coord.handle(h.now, "m3", ClientMsg::MaskedStart { round: first.round, len: 13 });
+    assert!(matches!(late, Err(Violation::WrongRound { got, .. }) if got == first.round), "{late:?}");
+    h.run(50);
+    assert_eq!(h.finished.len(), 3, "{:?}", h.aborted);
+    for o in &h.finished {
+        assert!(o.cohort.contains(&"m3".to_string()), "an unhealthy member keeps its place");
+        assert!(!o.contributors.contains(&"m3".to_string()));
+    }
+    assert!(h.trace.iter().any(|t| t == "event:MemberUnhealthy"), "{:?}", h.trace);
+    assert_global(&h, 3, &[0, 1, 2], 1e-4);
+}
+
 #[test]
 fn second_update_in_a_round_is_a_violation() {
     let mut c = cfg(2, false);

@@ -1,0 +1,147 @@
+//! How the simulator's protocol cost grows with the number of members: one
+//! securely aggregated round (SecAgg+ above 64 members, as the simulator
+//! plans it) of N members over the in-memory network, through the same
+//! drivers `tessera-sim` runs (`tessera_client::run`, `driver::serve`), with
+//! a synthetic model of `D` values and no training, so that what is measured
+//! is masking, key agreement, share relay, unmasking and evaluation, not
+//! burn. Members are tasks, not threads. Prints wall time and the process's
+//! peak RSS (`VmHWM`); run one N per process so the peak is that N's.
+//!
+//! ```sh
+//! cargo build --workspace --examples --profile dev
+//! for n in 10 100 1000 10000; do target/debug/examples/sim_scale $n 100; done
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tessera_aggregator::coordinator::{
+    CohortSelection, Coordinator, CoordinatorConfig, Resume, RoundOutcome, SecureConfig,
+};
+use tessera_aggregator::driver::{DriverOptions, RunObserver, serve};
+use tessera_aggregator::strategy::StrategyConfig;
+use tessera_client::{ClientOptions, EgressLedger, LocalModel, Participant, Policy, TrainedUpdate};
+use tessera_core::codec::Limits;
+use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_core::{EvalMetrics, ModelParams, ParamTensor, RoundRecord, RunId};
+use tessera_transport::{AdmitAll, MemoryNetwork};
+
+/// Moves every value by a member-specific step; reports fixed metrics.
+struct Synthetic {
+    step: f32,
+}
+
+impl LocalModel for Synthetic {
+    fn train(
+        &mut self,
+        m: &ModelParams,
+        _s: &TrainSettings,
+        _dp: Option<&DpSettings>,
+    ) -> Result<TrainedUpdate, String> {
+        let mut params = m.clone();
+        params.values_mut().for_each(|v| *v += self.step);
+        Ok(TrainedUpdate { params, num_examples: 10, mean_loss: 0.5 })
+    }
+
+    fn evaluate(&mut self, _m: &ModelParams) -> Result<EvalMetrics, String> {
+        Ok(EvalMetrics {
+            num_examples: 4,
+            accuracy: 0.75,
+            confusion: vec![vec![2, 1], vec![0, 1]],
+            ..Default::default()
+        })
+    }
+}
+
+struct Quiet {
+    finished: Option<RoundOutcome>,
+}
+
+impl RunObserver for Quiet {
+    fn round_finished(&mut self, o: &RoundOutcome, _r: &RoundRecord, _c: &Coordinator) {
+        self.finished = Some(o.clone());
+    }
+
+    fn round_aborted(&mut self, round: u64, reason: &str, _dropped: &[String]) {
+        eprintln!("round {round} aborted: {reason}");
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+    let d: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let started = Instant::now();
+    let outcome = rt.block_on(async move {
+        let initial = ModelParams::new(vec![ParamTensor::new("w", vec![d], vec![0.0; d]).unwrap()]);
+        let cfg = CoordinatorConfig {
+            run_id: RunId([9; 16]),
+            rounds: 1,
+            min_clients: (n * 2 / 3).max(2) as u32,
+            start_quorum: n as u32,
+            cohort: CohortSelection::All,
+            train: TrainSettings {
+                local_epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.1,
+                proximal_mu: 0.0,
+                seed: 0,
+                example_weight_cap: 10,
+            },
+            secure: Some(SecureConfig::default()),
+            dp: None,
+            strategy: StrategyConfig::FedAvg { server_lr: 1.0 },
+            round_deadline_ms: 3_600_000,
+            phase_timeout_ms: 3_600_000,
+            max_round_retries: 0,
+            seed: 5,
+            chunk_values: Limits::default().chunk_values,
+            stream_slots: 1,
+            unhealthy_after: 3,
+            robust: None,
+        };
+        let coordinator = Coordinator::new(cfg, initial, None, Resume::default()).unwrap();
+        let net = MemoryNetwork::new();
+        let listener = net.listen(Arc::new(AdmitAll), Limits::default()).unwrap();
+        let workers = Arc::new(tokio::sync::Semaphore::new(2));
+        let mut members = Vec::with_capacity(n);
+        for i in 0..n {
+            let name = format!("member-{i:05}");
+            let dialer = tessera_transport::Dialer::Memory { network: net.clone(), member: name.clone() };
+            let policy = Policy { mask_threads: std::num::NonZeroUsize::MIN, ..Policy::default() };
+            let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
+            members.push(tokio::spawn(async move {
+                let mut p = Participant::new(name, policy, ChaCha20Rng::seed_from_u64(i as u64));
+                let mut egress = EgressLedger::in_memory();
+                let model = Arc::new(Mutex::new(Synthetic { step: 0.001 * (i % 7) as f32 }));
+                tessera_client::run(dialer, &mut p, model, &mut egress, opts).await
+            }));
+        }
+        let mut observer = Quiet { finished: None };
+        let (_c, end) = serve(listener, coordinator, &mut observer, DriverOptions::default()).await;
+        for m in members {
+            let _ = tokio::time::timeout(Duration::from_secs(60), m).await;
+        }
+        (observer.finished, end)
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let (finished, end) = outcome;
+    let o = finished.unwrap_or_else(|| panic!("the round did not complete: {}", end.reason));
+    println!(
+        "members {n}, values {d}: round with {} contributors in {secs:.2} s, peak RSS {:.0} MiB",
+        o.contributors.len(),
+        peak_rss_mib()
+    );
+}
