@@ -530,6 +530,7 @@ impl Coordinator {
 
     fn abort_round(&mut self, now_ms: u64, reason: String) {
         let r = self.current.take().expect("round in progress");
+        self.clip_step = None;
         let dropped: Vec<String> = r.dropped_members();
         self.update_health(&r.cohort, &[]);
         for m in &r.cohort {
