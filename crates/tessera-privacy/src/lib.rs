@@ -1,5 +1,6 @@
 //! `tessera-privacy` owns the differential-privacy mathematics of Tessera:
-//! L2 clipping ([`clip`]), exact discrete Gaussian noise ([`noise`]) and its
+//! L2 clipping ([`clip`]), exact discrete Gaussian noise ([`noise`]), the
+//! Gaussian mechanism on f32 values ([`mechanism`]), the noise's
 //! sizing for distributed noise under secure aggregation ([`distributed`]),
 //! Rényi-DP accounting of the subsampled Gaussian mechanism ([`accountant`],
 //! with an OpenDP zCDP cross-check in [`zcdp`]) and budgets enforced by a
@@ -15,6 +16,7 @@ mod cdt;
 pub mod clip;
 pub mod distributed;
 mod exact;
+pub mod mechanism;
 pub mod noise;
 pub mod plan;
 pub mod zcdp;
@@ -29,10 +31,8 @@ pub use clip::{
     split_noise_multiplier,
 };
 pub use distributed::{distributed_share_sigma, quantized_l2_sensitivity};
-pub use noise::{
-    DiscreteGaussian, GaussianMechanism, MAX_TABLE_SIGMA, MechanismCache, add_gaussian_noise_f32,
-    fill_discrete_gaussian,
-};
+pub use mechanism::{GaussianMechanism, MechanismCache};
+pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
 pub use plan::{DistributedPlan, member_spend, round_spend};
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 

@@ -141,7 +141,7 @@ impl DiscreteGaussian {
         self.table().map(CdtTable::tv_log2)
     }
 
-    fn table(&self) -> Option<&CdtTable> {
+    pub(crate) fn table(&self) -> Option<&CdtTable> {
         self.table
             .get_or_init(|| {
                 // The build walks ~13.7 sigma terms (to 2^-136) and keeps ~11.3 sigma.
@@ -151,7 +151,7 @@ impl DiscreteGaussian {
             .as_ref()
     }
 
-    fn sample_with<R: CryptoRngCore + ?Sized>(&self, rng: &mut R, signs: &mut SignBits) -> i64 {
+    pub(crate) fn sample_with<R: CryptoRngCore + ?Sized>(&self, rng: &mut R, signs: &mut SignBits) -> i64 {
         if self.sigma == 0.0 {
             return 0;
         }
@@ -240,7 +240,7 @@ impl DiscreteGaussian {
 }
 
 /// A signed draw from the table: |X| from the CDT, then a fair sign for |X| > 0.
-fn table_draw<R: CryptoRngCore + ?Sized>(table: &CdtTable, rng: &mut R, signs: &mut SignBits) -> i64 {
+pub(crate) fn table_draw<R: CryptoRngCore + ?Sized>(table: &CdtTable, rng: &mut R, signs: &mut SignBits) -> i64 {
     let m = table.magnitude(rng) as i64;
     if m != 0 && signs.next(rng) { -m } else { m }
 }
@@ -255,7 +255,7 @@ fn ceil_small(a: f64) -> f64 {
 
 /// Sign bits taken 64 at a time from one draw.
 #[derive(Default)]
-struct SignBits {
+pub(crate) struct SignBits {
     word: u64,
     left: u32,
 }
@@ -328,180 +328,9 @@ pub fn add_gaussian_noise_f32<R: CryptoRngCore + ?Sized>(
     Ok(grid)
 }
 
-/// The Gaussian mechanism on f32 values, calibrated for the table sampler.
-///
-/// [`add_gaussian_noise_f32`] rounds to a grid 2^-20 below sigma, which
-/// forces the (slow) rejection sampler. For a release of `dim` values of
-/// L2 sensitivity `sensitivity` at noise multiplier `z`, this picks the
-/// coarsest grid for which rounding costs at most about 3 % more noise (at
-/// least 2^10 below sigma, so sigma/g <= [`MAX_TABLE_SIGMA`] and draws come
-/// from the table), and raises sigma until it covers the rounding:
-/// `sigma >= z · (sensitivity + g·sqrt(dim)/2)`, the L2 sensitivity of the
-/// rounded values. The guarantee is therefore exactly that of multiplier `z`
-/// (plus the table's certified distance; see the module docs). Where no
-/// table grid keeps the inflation small (huge `z·sqrt(dim)`), it falls back
-/// to the 2^-20 grid and the rejection sampler. Build it once per run:
-/// clones share the table.
-#[derive(Clone, Debug)]
-pub struct GaussianMechanism {
-    sigma: f64,
-    grid: f64,
-    dg: DiscreteGaussian,
-}
-
-/// `y.round()` for |y| < 2^52 without the libm call `f64::round` becomes on
-/// baseline x86-64: truncate, then correct by the (exact) fractional part.
-fn round_half_away(y: f64) -> i64 {
-    let t = y as i64;
-    let frac = y - t as f64;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
-    } else {
-        t
-    }
-}
-
-/// Keeps one [`GaussianMechanism`] while its parameters stay the same (they
-/// do for a whole run), so the table is built once, not every round.
-#[derive(Clone, Debug, Default)]
-pub struct MechanismCache {
-    key: Option<(u64, u64, usize)>,
-    mechanism: Option<GaussianMechanism>,
-}
-
-impl MechanismCache {
-    pub fn get(&mut self, z: f64, sensitivity: f64, dim: usize) -> Result<&GaussianMechanism, PrivacyError> {
-        let key = (z.to_bits(), sensitivity.to_bits(), dim);
-        if self.key != Some(key) || self.mechanism.is_none() {
-            self.mechanism = Some(GaussianMechanism::new(z, sensitivity, dim)?);
-            self.key = Some(key);
-        }
-        Ok(self.mechanism.as_ref().expect("set above"))
-    }
-}
-
-/// Most extra noise the grid's rounding may cost [`GaussianMechanism`].
-const INFLATION: f64 = 0.03;
-
-/// Coarsest table grid: sigma/g in [2^10, 2^11).
-const MECHANISM_MIN_BITS: i32 = 10;
-/// Finest grid the table still covers: sigma/g < 2^14 = [`MAX_TABLE_SIGMA`].
-const MECHANISM_MAX_TABLE_BITS: i32 = 13;
-
-impl GaussianMechanism {
-    pub fn new(z: f64, sensitivity: f64, dim: usize) -> Result<Self, PrivacyError> {
-        if !(z.is_finite() && z > 0.0 && sensitivity.is_finite() && sensitivity > 0.0 && dim > 0) {
-            return Err(PrivacyError::InvalidParameter("z and sensitivity must be finite and > 0, dim > 0"));
-        }
-        let root_d = (dim as f64).sqrt();
-        // Rounding inflation z·g·sqrt(d)/2 <= 3 % of sigma, with g <= sigma·2^-bits:
-        // 2^(bits+1) >= z·sqrt(d)/0.03. Coarser grids keep the table small
-        // (it must stay in cache: a table draw is then ~12 ns).
-        let want = ((z * root_d / INFLATION).log2().ceil() as i32 - 1).max(MECHANISM_MIN_BITS);
-        let bits = if want <= MECHANISM_MAX_TABLE_BITS { want } else { GRID_BITS };
-        let mut sigma = z * sensitivity;
-        for _ in 0..64 {
-            let grid = 2f64.powi(sigma.log2().floor() as i32 - bits);
-            let needed = z * (sensitivity + grid * root_d / 2.0);
-            if needed <= sigma {
-                let dg = DiscreteGaussian::new(sigma / grid)?;
-                return Ok(Self { sigma, grid, dg });
-            }
-            sigma = needed;
-        }
-        Err(PrivacyError::Unreachable("rounding to the noise grid outgrows the noise"))
-    }
-
-    /// The noise standard deviation actually added (>= z · sensitivity).
-    pub fn sigma(&self) -> f64 {
-        self.sigma
-    }
-
-    pub fn grid(&self) -> f64 {
-        self.grid
-    }
-
-    /// Round `values` to the grid and add the noise (as [`add_gaussian_noise_f32`]).
-    /// Calls for parts of one release must together cover at most `dim` values.
-    pub fn add_to<R: CryptoRngCore + ?Sized>(&self, values: &mut [f32], rng: &mut R) -> Result<(), PrivacyError> {
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(PrivacyError::NonFinite);
-        }
-        let mut signs = SignBits::default();
-        let table = self.dg.table();
-        // The grid is a power of two: scaling by its inverse is exact.
-        let inv_grid = 1.0 / self.grid;
-        for v in values.iter_mut() {
-            let y = f64::from(*v) * inv_grid;
-            if y.abs() >= (1u64 << 52) as f64 {
-                return Err(PrivacyError::InvalidParameter("value too large for the noise grid"));
-            }
-            let z = match table {
-                Some(t) => table_draw(t, rng, &mut signs),
-                None => self.dg.sample_with(rng, &mut signs),
-            };
-            *v = ((round_half_away(y) + z) as f64 * self.grid) as f32;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mechanism_covers_rounding_and_uses_the_table() {
-        // WDBC's MLP, an EfficientNet head, a scalar.
-        for &(z, c, d) in &[(1.1, 1.0, 530usize), (0.8, 0.5, 12_810), (1.0, 1.0, 1)] {
-            let m = GaussianMechanism::new(z, c, d).unwrap();
-            // The rounded values' sensitivity is covered at multiplier z ...
-            assert!(m.sigma() >= z * (c + m.grid() * (d as f64).sqrt() / 2.0) * (1.0 - 1e-12));
-            // ... at a cost of at most about 3 % more noise, from the table.
-            assert!(m.sigma() <= z * c * 1.031, "{z} {c} {d}: {}", m.sigma() / (z * c));
-            assert!(m.sigma() / m.grid() <= MAX_TABLE_SIGMA && m.dg.table_tv_log2().is_some());
-        }
-        // Large z·sqrt(d): the fine grid and the exact rejection sampler, still covered.
-        for &(z, d) in &[(2.0, 1_000_000usize), (50.0, 100_000_000)] {
-            let m = GaussianMechanism::new(z, 1.0, d).unwrap();
-            assert!(m.sigma() / m.grid() > MAX_TABLE_SIGMA);
-            assert!(m.sigma() >= z * (1.0 + m.grid() * (d as f64).sqrt() / 2.0) * (1.0 - 1e-12));
-        }
-        assert!(GaussianMechanism::new(0.0, 1.0, 3).is_err());
-    }
-
-    #[test]
-    fn fast_rounding_matches_round() {
-        use rand_core::RngCore;
-        let mut rng = ChaCha20Rng::seed_from_u64(4);
-        let specials = [0.5, -0.5, 1.5, -1.5, 2.4999999999999996, -0.49999999999999994, 4503599627370495.5, 0.0, -0.0];
-        for y in specials.into_iter().chain((0..100_000).map(|_| {
-            let u = rng.next_u64();
-            (u as i64 as f64) / 2f64.powi((u % 60) as i32)
-        })) {
-            if y.abs() < (1u64 << 52) as f64 {
-                assert_eq!(round_half_away(y), y.round() as i64, "{y}");
-            }
-        }
-    }
-
-    #[test]
-    fn mechanism_noise_has_the_stated_moments() {
-        let m = GaussianMechanism::new(1.3, 0.7, 200_000).unwrap();
-        let mut rng = ChaCha20Rng::seed_from_u64(21);
-        let mut v = vec![0.25f32; 200_000];
-        m.add_to(&mut v, &mut rng).unwrap();
-        let n = v.len() as f64;
-        let mean = v.iter().map(|x| f64::from(*x) - 0.25).sum::<f64>() / n;
-        let var = v.iter().map(|x| (f64::from(*x) - 0.25 - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        let sd = m.sigma();
-        assert!(mean.abs() < 5.0 * sd / n.sqrt(), "mean {mean}");
-        assert!((var.sqrt() / sd - 1.0).abs() < 0.01, "std {} vs {sd}", var.sqrt());
-        let mut bad = vec![f32::NAN];
-        assert!(m.add_to(&mut bad, &mut rng).is_err());
-    }
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 

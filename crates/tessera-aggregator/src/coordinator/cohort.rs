@@ -1,0 +1,69 @@
+//! How each round's cohort is drawn from the members online: all of them, a
+//! count or fraction sampled uniformly, or Poisson sampling (what the
+//! client-level DP accountant's amplification by sampling assumes).
+
+use std::collections::BTreeSet;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+
+/// How a round's cohort is drawn from the members online.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CohortSelection {
+    /// Every member online.
+    All,
+    /// A uniformly random subset of this size (all, if fewer are online).
+    Count { count: u32 },
+    /// A uniformly random fraction of those online (at least `min_clients`).
+    Fraction { fraction: f64 },
+    /// Poisson sampling: each member online joins independently with
+    /// probability `rate`, which the client-level DP accountant turns into
+    /// amplification by sampling. A draw below `min_clients` aborts that
+    /// attempt (its privacy spend stays charged) and the retry draws anew.
+    Poisson { rate: f64 },
+}
+
+impl CohortSelection {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        match *self {
+            CohortSelection::Fraction { fraction } if !(fraction > 0.0 && fraction <= 1.0) => {
+                Err("cohort.fraction must lie in (0, 1]".into())
+            }
+            CohortSelection::Poisson { rate } if !(rate > 0.0 && rate <= 1.0) => {
+                Err("cohort.rate must lie in (0, 1]".into())
+            }
+            CohortSelection::Count { count: 0 } => Err("cohort.count must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The Poisson rate, when cohorts are Poisson-sampled.
+    pub fn poisson_rate(&self) -> Option<f64> {
+        match *self {
+            CohortSelection::Poisson { rate } => Some(rate),
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn select_cohort(online: &BTreeSet<String>, how: &CohortSelection, min: u32, seed: u64) -> Vec<String> {
+    let all: Vec<String> = online.iter().cloned().collect();
+    let want = match how {
+        CohortSelection::All => all.len(),
+        CohortSelection::Count { count } => *count as usize,
+        CohortSelection::Fraction { fraction } => ((fraction * all.len() as f64).ceil() as usize).max(min as usize),
+        CohortSelection::Poisson { rate } => {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            // One independent draw per member, in name order.
+            return all.into_iter().filter(|_| rng.gen_range(0.0..1.0) < *rate).collect();
+        }
+    }
+    .min(all.len());
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut chosen: Vec<String> =
+        rand::seq::index::sample(&mut rng, all.len(), want).into_iter().map(|i| all[i].clone()).collect();
+    chosen.sort();
+    chosen
+}
