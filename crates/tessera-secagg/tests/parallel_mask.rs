@@ -5,31 +5,14 @@ mod common;
 
 use std::num::NonZeroUsize;
 
-use common::{Dropouts, context, run_round, settings};
+use common::{Dropouts, context, run_round, settings, up_to_masking};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tessera_secagg::{ClientSession, ServerSession, default_mask_threads};
+use tessera_secagg::{ClientSession, default_mask_threads};
 
 /// Member 0 of a 4-member round, keys agreed, ready to mask.
 fn masking_member(d: u64) -> ClientSession {
-    let ctx = context(4, settings(3, 24, None), d);
-    let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let mut server = ServerSession::new(ctx.clone());
-    let mut clients = Vec::new();
-    for p in 0..4 {
-        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
-        server.on_advertise(p, keys).unwrap();
-        clients.push(c);
-    }
-    for (p, keys) in server.close_advertise().unwrap() {
-        let shares = clients[p as usize].on_cohort_keys(&keys, &mut rng).unwrap();
-        server.on_shares(p, shares).unwrap();
-    }
-    let mut me = clients.swap_remove(0);
-    let forwarded = server.close_shares().unwrap();
-    let (_, mine) = forwarded.into_iter().find(|(p, _)| *p == 0).unwrap();
-    me.on_forwarded_shares(&mine).unwrap();
-    me
+    up_to_masking(&context(4, settings(3, 24, None), d), 5).clients.swap_remove(0)
 }
 
 #[test]

@@ -3,44 +3,12 @@
 
 mod common;
 
-use common::{Dropouts, context, run_round, settings};
+use common::{Dropouts, context, run_round, settings, up_to_masking, up_to_shares};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::RunId;
-use tessera_core::message::{EncryptedShare, PublicKeys, ShareReveal};
+use tessera_core::message::{PublicKeys, ShareReveal};
 use tessera_secagg::{ClientSession, RoundContext, SecAggError, ServerSession};
-
-/// Sessions driven up to the masked-input step, nobody dropped.
-struct Ready {
-    clients: Vec<ClientSession>,
-    server: ServerSession,
-    forwarded: Vec<(u32, Vec<EncryptedShare>)>,
-}
-
-fn up_to_shares(ctx: &RoundContext, seed: u64) -> Ready {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut server = ServerSession::new(ctx.clone());
-    let mut clients = Vec::new();
-    for p in 0..ctx.cohort_size() {
-        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
-        server.on_advertise(p, keys).unwrap();
-        clients.push(c);
-    }
-    for (p, keys) in server.close_advertise().unwrap() {
-        let shares = clients[p as usize].on_cohort_keys(&keys, &mut rng).unwrap();
-        server.on_shares(p, shares).unwrap();
-    }
-    let forwarded = server.close_shares().unwrap();
-    Ready { clients, server, forwarded }
-}
-
-fn up_to_masking(ctx: &RoundContext, seed: u64) -> Ready {
-    let mut r = up_to_shares(ctx, seed);
-    for (p, shares) in &r.forwarded {
-        r.clients[*p as usize].on_forwarded_shares(shares).unwrap();
-    }
-    r
-}
 
 #[test]
 fn fewer_survivors_than_threshold_abort() {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use tessera_core::message::EncryptedShare;
 use tessera_core::round::SecAggSettings;
 use tessera_core::{PartyId, RunId};
 use tessera_secagg::{AggregateSum, ClientSession, RoundContext, SecAggError, ServerSession};
@@ -166,4 +167,36 @@ fn drive(
         server.on_unmask(p, reveals).expect("server accepts reveals");
     }
     server.finish()
+}
+
+/// Sessions driven up to the masked-input step, nobody dropped.
+pub struct Ready {
+    pub clients: Vec<ClientSession>,
+    pub server: ServerSession,
+    pub forwarded: Vec<(u32, Vec<EncryptedShare>)>,
+}
+
+pub fn up_to_shares(ctx: &RoundContext, seed: u64) -> Ready {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut server = ServerSession::new(ctx.clone());
+    let mut clients = Vec::new();
+    for p in 0..ctx.cohort_size() {
+        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
+        server.on_advertise(p, keys).unwrap();
+        clients.push(c);
+    }
+    for (p, keys) in server.close_advertise().unwrap() {
+        let shares = clients[p as usize].on_cohort_keys(&keys, &mut rng).unwrap();
+        server.on_shares(p, shares).unwrap();
+    }
+    let forwarded = server.close_shares().unwrap();
+    Ready { clients, server, forwarded }
+}
+
+pub fn up_to_masking(ctx: &RoundContext, seed: u64) -> Ready {
+    let mut r = up_to_shares(ctx, seed);
+    for (p, shares) in &r.forwarded {
+        r.clients[*p as usize].on_forwarded_shares(shares).unwrap();
+    }
+    r
 }
