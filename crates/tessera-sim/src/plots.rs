@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::Context;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const W: u32 = 800;
@@ -59,6 +60,13 @@ pub fn color(i: usize) -> RGBColor {
 fn save(path: &Path, buf: &[u8]) -> anyhow::Result<()> {
     image::save_buffer_with_format(path, buf, W, H, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The boxed legend both chart kinds draw.
+fn draw_legend<'a, 'b: 'a>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> anyhow::Result<()> {
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err)
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -119,12 +127,7 @@ pub fn lines(path: &Path, title: &str, series: &[Series], y: Option<Range<f64>>)
             chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, c.filled()))).map_err(plot_err)?;
         }
         if text && series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(plot_err)?;
+            draw_legend(&mut chart)?;
         }
         root.present().map_err(plot_err)?;
     }
@@ -169,12 +172,7 @@ pub fn label_distribution(path: &Path, counts: &[Vec<usize>], class_names: &[Str
             }
         }
         if text {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(plot_err)?;
+            draw_legend(&mut chart)?;
         }
         root.present().map_err(plot_err)?;
     }
