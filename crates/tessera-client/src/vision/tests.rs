@@ -1,6 +1,8 @@
 //! The image model through the driver's `LocalModel` interface, on the
 //! shipped Fashion-MNIST subset. The backbone is the pretrained one when
-//! scripts/fetch-weights.sh has run, else a seeded random one; both learn.
+//! scripts/fetch-weights.sh has run, else a seeded random one. Both learn,
+//! the random one less (its 1280 features are random projections), so the
+//! accuracy bars depend on which backbone was loaded.
 
 use std::path::Path;
 
@@ -23,6 +25,15 @@ fn head_cfg() -> VisionModelConfig {
         feature_batch: 100,
         ..VisionModelConfig::efficientnet_head(10, 32)
     }
+}
+
+/// Whether `head_cfg` loads the ImageNet checkpoint (else a random backbone).
+fn pretrained() -> bool {
+    let found = head_cfg().weights_path().is_file();
+    if !found {
+        eprintln!("no pretrained weights (scripts/fetch-weights.sh); testing a random backbone with lower bars");
+    }
+    found
 }
 
 fn member(cfg: &VisionModelConfig) -> VisionModel {
@@ -76,8 +87,10 @@ fn head_training_improves_accuracy_and_touches_only_the_head() {
     assert!(up.mean_loss.is_finite() && up.mean_loss > 0.0);
     let after = m.evaluate(&up.params).unwrap();
     eprintln!("head only: test accuracy {:.3} -> {:.3}", before.accuracy, after.accuracy);
+    // Measured: pretrained 0.14 -> 0.72, random 0.05 -> 0.36 (chance 0.1).
+    let (bar, gain) = if pretrained() { (0.55, 0.3) } else { (0.3, 0.2) };
     assert!(
-        after.accuracy >= 0.55 && after.accuracy > before.accuracy + 0.3,
+        after.accuracy >= bar && after.accuracy > before.accuracy + gain,
         "accuracy {} -> {}",
         before.accuracy,
         after.accuracy
@@ -126,7 +139,9 @@ fn dp_sgd_clips_noises_and_is_reproducible_only_in_test_mode() {
     let learned = m.train(&start, &settings(5, 0.5, 5), Some(&dp(1.0, 0.5))).unwrap();
     let acc = m.evaluate(&learned.params).unwrap().accuracy;
     eprintln!("DP-SGD (sigma 0.5, q 0.1, 5 epochs): test accuracy {acc:.3}");
-    assert!(acc > 0.4, "DP-SGD accuracy {acc}");
+    // Measured: pretrained above 0.4, random 0.19 (chance 0.1).
+    let bar = if pretrained() { 0.4 } else { 0.15 };
+    assert!(acc > bar, "DP-SGD accuracy {acc}");
     // Invalid DP settings are refused before anything is trained.
     assert!(m.train(&start, &s, Some(&dp(0.0, 1.0))).unwrap_err().contains("DP-SGD"));
 }
