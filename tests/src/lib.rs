@@ -72,7 +72,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             max_round_retries: 3,
             unhealthy_after: 3,
         },
-        model: wdbc_model(),
+        model: ModelSection::Tabular(wdbc_model()),
         train: TrainSection {
             local_epochs: 3,
             batch_size: 16,

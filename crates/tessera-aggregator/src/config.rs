@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tessera_core::config::ModelConfig;
 use tessera_core::round::TrainSettings;
+use tessera_vision::spec::ModelSection;
 
 use crate::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
 use crate::strategy::StrategyConfig;
@@ -172,7 +172,9 @@ pub struct StatusSection {
 pub struct AggregatorConfig {
     pub server: ServerSection,
     pub run: RunSection,
-    pub model: ModelConfig,
+    /// The tabular MLP (no `kind`) or an image network (`kind = "small_cnn"`
+    /// or `"efficientnet_lite0"`): the same section every member has.
+    pub model: ModelSection,
     #[serde(default)]
     pub train: TrainSection,
     #[serde(default)]
@@ -198,7 +200,11 @@ impl AggregatorConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.server.pki_dir = base.join(&cfg.server.pki_dir);
         cfg.server.run_dir = base.join(&cfg.server.run_dir);
-        if let Some(p) = cfg.model.pretrained.as_mut() {
+        let pretrained = match &mut cfg.model {
+            ModelSection::Tabular(m) => m.pretrained.as_mut(),
+            ModelSection::Vision(m) => m.weights.as_mut(),
+        };
+        if let Some(p) = pretrained {
             *p = base.join(&*p);
         }
         if let Some(p) = cfg.state.path.as_mut() {

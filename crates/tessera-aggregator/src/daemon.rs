@@ -11,6 +11,7 @@ use rand::RngCore;
 use tessera_core::{ModelParams, RunId};
 use tessera_privacy::GaussianSpend;
 use tessera_transport::{Admission, Listener, QuicListenerConfig, Refusal};
+use tessera_vision::spec::ModelSection;
 
 use crate::config::AggregatorConfig;
 use crate::coordinator::{Coordinator, CoordinatorConfig, Resume};
@@ -28,6 +29,8 @@ pub enum DaemonError {
     Transport(#[from] tessera_transport::TransportError),
     #[error("model: {0}")]
     Model(#[from] tessera_learn::LearnError),
+    #[error("image model: {0}")]
+    Vision(#[from] tessera_vision::VisionError),
     #[error("run directory: {0}")]
     Report(#[from] crate::report::ReportError),
     #[error("revocation list {path}: {source}")]
@@ -38,6 +41,19 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("state: {0}")]
     State(String),
+}
+
+/// The run's starting point: the trainable tensors of the network `[model]`
+/// describes. For an image network this builds it (loading the public
+/// pretrained checkpoint where configured) only to read those tensors.
+fn initial_model(model: &ModelSection) -> Result<ModelParams, DaemonError> {
+    Ok(match model {
+        ModelSection::Tabular(m) => tessera_learn::spec::initial_trainable_params(m)?,
+        ModelSection::Vision(m) => {
+            let device = tessera_learn::DEFAULT_BACKEND.training_device();
+            tessera_vision::VisionNet::build(m, &device)?.trainable_params()?
+        }
+    })
 }
 
 /// Name of the revocation list inside the PKI directory: one member per line.
@@ -119,7 +135,7 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
     let mut store = StateStore::open(&state_path)?;
     let now = now_ms();
     let config_json = serde_json::to_string(&cfg).map_err(|e| DaemonError::State(e.to_string()))?;
-    let initial = tessera_learn::spec::initial_trainable_params(&cfg.model)?;
+    let initial = initial_model(&cfg.model)?;
     let (run_id, seed) = match store.run_info()? {
         Some(info) => {
             check_resumable(&cfg, &store, info.seed)?;

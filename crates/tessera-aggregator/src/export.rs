@@ -22,6 +22,7 @@ use tessera_core::ModelParams;
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_learn::model::Field;
 use tessera_learn::{DEFAULT_BACKEND, TabularMlp, load_backbone};
+use tessera_vision::spec::ModelSection;
 
 use crate::store::StateStore;
 
@@ -145,11 +146,23 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<ExportTensor>, String> {
 pub fn export_safetensors(store: &StateStore, out: &Path) -> Result<ExportReport, ExportError> {
     let config = store.latest_config()?.ok_or(ExportError::NoConfig)?;
     let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| ExportError::Config(e.to_string()))?;
-    let model_cfg: ModelConfig =
+    let model_cfg: ModelSection =
         serde_json::from_value(config["model"].clone()).map_err(|e| ExportError::Config(e.to_string()))?;
     let cp = store.latest_checkpoint()?.ok_or(ExportError::NoCheckpoint)?;
     let run_id = store.run_info()?.map(|r| r.run_id.to_hex()).unwrap_or_default();
-    let (tensors, architecture) = full_model(&model_cfg, &cp.model)?;
+    let (tensors, architecture) = match &model_cfg {
+        ModelSection::Tabular(m) => full_model(m, &cp.model)?,
+        // The frozen backbone is the public checkpoint every member loads;
+        // what the federation trained is the exchanged part, exported as is.
+        ModelSection::Vision(m) => (
+            cp.model
+                .tensors
+                .iter()
+                .map(|t| ExportTensor { name: t.name.clone(), shape: t.shape.clone(), data: t.data.clone() })
+                .collect(),
+            format!("{:?} trainable part ({} classes, {} trainable blocks)", m.kind, m.num_classes, m.trainable_blocks),
+        ),
+    };
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("tessera.architecture".to_string(), architecture.clone()),

@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use tessera_core::config::ModelConfig;
 use tessera_learn::{ComputeBackend, SplitConfig, TabularSpec};
 
-use crate::vision::VisionModelConfig;
+pub use tessera_vision::spec::ModelSection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -149,32 +148,6 @@ impl DataConfig {
         match self {
             Self::Csv(d) => Ok(d),
             Self::Images(_) => anyhow::bail!("this member's [data] holds images, not a CSV table"),
-        }
-    }
-}
-
-/// `[model]`: the tabular MLP (no `kind`) or an image model (`kind =
-/// "efficientnet_lite0"` or `"small_cnn"`, see [`VisionModelConfig`]).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum ModelSection {
-    Tabular(ModelConfig),
-    Vision(VisionModelConfig),
-}
-
-impl<'de> Deserialize<'de> for ModelSection {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = toml::Table::deserialize(d)?;
-        if v.contains_key("kind") { v.try_into().map(Self::Vision) } else { v.try_into().map(Self::Tabular) }
-            .map_err(|e| serde::de::Error::custom(format!("[model]: {}", e.message())))
-    }
-}
-
-impl ModelSection {
-    pub fn tabular(&self) -> anyhow::Result<&ModelConfig> {
-        match self {
-            Self::Tabular(m) => Ok(m),
-            Self::Vision(_) => anyhow::bail!("this member's [model] is an image model, not the tabular MLP"),
         }
     }
 }

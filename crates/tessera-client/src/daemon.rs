@@ -69,7 +69,8 @@ pub fn vision_model(cfg: &ClientConfig) -> anyhow::Result<VisionModel> {
         test = test.len(),
         "local images loaded (they never leave this site)"
     );
-    Ok(VisionModel::from_config(model, train, test)?.with_seeded_noise(cfg.testing.seeded_randomness))
+    Ok(VisionModel::from_config_on(model, train, test, cfg.backend.into())?
+        .with_seeded_noise(cfg.testing.seeded_randomness))
 }
 
 /// Everything `tessera-client run` does: load the data, open the ledgers,

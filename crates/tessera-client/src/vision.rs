@@ -23,6 +23,7 @@ use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{EvalMetrics, ModelParams, ParamTensor};
 use tessera_learn::dpsgd::DpSgdConfig;
+use tessera_learn::{ComputeBackend, DEFAULT_BACKEND};
 use tessera_vision::metrics::classification_metrics;
 use tessera_vision::{
     Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, HeadWeights, ImageDataset, Preprocess, TrainConfig,
@@ -68,14 +69,15 @@ impl std::fmt::Debug for VisionModel {
 }
 
 impl VisionModel {
-    /// Wraps `net` (from [`VisionNet::build`] with the same `cfg`) around
-    /// the member's train and test splits, checking that their classes are
-    /// the ones the run expects.
+    /// Wraps `net` (from [`VisionNet::build`] with the same `cfg`, on
+    /// `device`) around the member's train and test splits, checking that
+    /// their classes are the ones the run expects.
     pub fn new(
         net: VisionNet,
         cfg: &VisionModelConfig,
         train: ImageDataset,
         test: ImageDataset,
+        device: Device,
     ) -> Result<Self, VisionError> {
         cfg.validate()?;
         for (split, data) in [("train", &train), ("test", &test)] {
@@ -90,7 +92,6 @@ impl VisionModel {
         if train.class_names() != test.class_names() {
             return Err(VisionError::InvalidConfig("train and test splits name their classes differently".into()));
         }
-        let device = Device::flex();
         Ok(Self {
             preprocess: cfg.preprocess(),
             cfg: cfg.clone(),
@@ -106,10 +107,23 @@ impl VisionModel {
         })
     }
 
-    /// Builds the network and the model in one go (loads the checkpoint).
+    /// Builds the network and the model in one go (loads the checkpoint),
+    /// on the default CPU backend.
     pub fn from_config(cfg: &VisionModelConfig, train: ImageDataset, test: ImageDataset) -> Result<Self, VisionError> {
-        let net = VisionNet::build(cfg, &Device::flex())?;
-        Self::new(net, cfg, train, test)
+        Self::from_config_on(cfg, train, test, DEFAULT_BACKEND)
+    }
+
+    /// Like [`Self::from_config`], on the given compute backend (the
+    /// member's `backend` setting).
+    pub fn from_config_on(
+        cfg: &VisionModelConfig,
+        train: ImageDataset,
+        test: ImageDataset,
+        backend: ComputeBackend,
+    ) -> Result<Self, VisionError> {
+        let device = backend.device();
+        let net = VisionNet::build(cfg, &device)?;
+        Self::new(net, cfg, train, test, device)
     }
 
     /// See the field: for simulations and tests that must be bit-reproducible.

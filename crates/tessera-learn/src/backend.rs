@@ -23,13 +23,18 @@ pub const DEFAULT_BACKEND: ComputeBackend = ComputeBackend::Flex;
 impl ComputeBackend {
     /// An autodiff-enabled device of this backend.
     pub fn training_device(self) -> Device {
+        self.device().autodiff()
+    }
+
+    /// A plain (inference) device of this backend.
+    pub fn device(self) -> Device {
         match self {
-            ComputeBackend::Flex => Device::flex().autodiff(),
+            ComputeBackend::Flex => Device::flex(),
             // Deprecated upstream in favour of flex; kept for the measured comparison.
             #[allow(deprecated)]
-            ComputeBackend::NdArray => Device::ndarray().autodiff(),
+            ComputeBackend::NdArray => Device::ndarray(),
             #[cfg(feature = "wgpu")]
-            ComputeBackend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::default()).autodiff(),
+            ComputeBackend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::default()),
         }
     }
 

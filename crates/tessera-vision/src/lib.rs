@@ -22,6 +22,7 @@ pub mod head;
 pub mod idx;
 pub mod metrics;
 pub mod params;
+pub mod spec;
 pub mod train;
 pub mod transfer;
 
@@ -33,6 +34,7 @@ pub use error::VisionError;
 pub use folder::{FolderOptions, load_image_folder};
 pub use head::{HeadGradSum, HeadWeights};
 pub use idx::{FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_dataset};
+pub use spec::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet};
 pub use train::{
     FeatureCache, TrainConfig, evaluate_head, evaluate_transfer, fit_transfer, train_head, train_on_images,
 };

@@ -242,3 +242,24 @@ fn bad_updates_and_bad_configs_are_errors() {
     };
     assert!(matches!(VisionNet::build(&missing, &Device::flex()), Err(VisionError::WeightsMissing { .. })));
 }
+
+/// The member's `backend` setting reaches the image model: the same head
+/// trained on ndarray matches flex up to float rounding (the two backends
+/// sum in different orders).
+#[test]
+fn the_configured_backend_trains_the_same_head() {
+    let cfg = head_cfg();
+    let on = |backend| {
+        VisionModel::from_config_on(&cfg, fashion("train", 2), fashion("t10k", 1), backend)
+            .unwrap()
+            .with_seeded_noise(true)
+    };
+    let (mut flex, mut nd) = (on(tessera_learn::ComputeBackend::Flex), on(tessera_learn::ComputeBackend::NdArray));
+    let start = flex.net().trainable_params().unwrap();
+    assert_eq!(nd.net().trainable_params().unwrap(), start, "same seeded initial head");
+    let a = flex.train(&start, &settings(2, 0.05, 1), None).unwrap();
+    let b = nd.train(&start, &settings(2, 0.05, 1), None).unwrap();
+    let moved = distance(&a.params, &start);
+    let apart = distance(&a.params, &b.params);
+    assert!(moved > 0.0 && apart < 1e-3 * moved.max(1.0), "moved {moved}, flex vs ndarray {apart}");
+}
