@@ -1,13 +1,12 @@
 //! Thin, named wrappers over vetted primitives: X25519 agreement
-//! (x25519-dalek), HKDF-SHA256 key derivation, AES-256-GCM for shares and the
-//! AES-256-CTR keystream (`aes` + `ctr`) used as the mask PRG. Nothing here is
-//! a primitive of its own; every derived key is bound to the round (see
-//! `RoundContext::binding`).
+//! (x25519-dalek), HKDF-SHA256 key derivation, AES-256-GCM for shares
+//! (aes-gcm) and the AES-256-CTR keystream (AWS-LC, through `aws-lc-rs`)
+//! used as the mask PRG. Nothing here is a primitive of its own; every
+//! derived key is bound to the round (see `RoundContext::binding`).
 
-use aes::Aes256;
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
-use ctr::cipher::{Block, KeyIvInit, StreamCipherCore, StreamCipherSeekCore};
+use aws_lc_rs::cipher::{AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use tessera_core::PartyId;
@@ -88,9 +87,36 @@ pub(crate) fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizin
     cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).ok().map(Zeroizing::new)
 }
 
-/// The mask PRG's block function: AES-256 in counter mode (NIST SP 800-38A,
-/// 128-bit big-endian counter from zero).
-type MaskCore = ctr::CtrCore<Aes256, ctr::flavors::Ctr128BE>;
+/// One key's mask stream: AES-256 in counter mode (NIST SP 800-38A, 128-bit
+/// big-endian counter from zero), positioned at a block. AWS-LC's CTR code
+/// interleaves eight blocks with AES-NI/VAES: 1.4-1.7x the `aes` crate's
+/// keystream on this machine (docs/benchmarks.md), bit for bit the same
+/// stream (`tests::matches_the_reference_stream_cipher`).
+struct MaskStream {
+    key: EncryptingKey,
+    next_block: u128,
+}
+
+impl MaskStream {
+    fn new(key: &[u8; 32], first_block: u128) -> Self {
+        let key = UnboundCipherKey::new(&AES_256, key)
+            .and_then(EncryptingKey::ctr)
+            .expect("a 32-byte key is a valid AES-256 key");
+        Self { key, next_block: first_block }
+    }
+
+    /// Overwrites `out` (a whole number of blocks) with the next keystream
+    /// bytes: CTR encryption of zeros.
+    fn write_keystream(&mut self, out: &mut [u8]) {
+        debug_assert_eq!(out.len() % BLOCK_BYTES, 0);
+        out.fill(0);
+        let iv = EncryptionContext::Iv128(self.next_block.to_be_bytes().into());
+        self.key.less_safe_encrypt(out, iv).expect("AES-CTR accepts any length and a 128-bit counter block");
+        self.next_block += (out.len() / BLOCK_BYTES) as u128;
+    }
+}
+
+const BLOCK_BYTES: usize = 16;
 
 /// Words of keystream generated per key and tile: the tile of values and
 /// the keystream buffer (4 KiB each) both stay in L1 while every key's
@@ -98,10 +124,8 @@ type MaskCore = ctr::CtrCore<Aes256, ctr::flavors::Ctr128BE>;
 const TILE_WORDS: usize = 1024;
 /// One AES block is four words.
 const WORDS_PER_BLOCK: usize = 4;
-const TILE_BLOCKS: usize = TILE_WORDS / WORDS_PER_BLOCK;
 /// Words combined at once: enough for the compiler to vectorize.
 const GROUP_WORDS: usize = 16;
-const GROUP_BLOCKS: usize = GROUP_WORDS / WORDS_PER_BLOCK;
 
 /// How [`apply_prg`] combines the keystream with the values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +143,8 @@ pub enum MaskOp {
 /// starting at zero (every key is derived for one round and one purpose, so
 /// no key/counter pair ever repeats); word `i` of the stream is keystream
 /// bytes `4i..4i+4` read little endian, so any chunk can be masked on its
-/// own. AES-NI makes it about twice as fast as ChaCha20 (AVX2) on x86-64; see
+/// own. With AES-NI it is about twice as fast as ChaCha20 (AVX2) on x86-64,
+/// and AWS-LC's CTR code 1.4-1.7x the `aes` crate's; see
 /// `docs/benchmarks.md`. Panics if the stream would run past
 /// [`crate::MAX_VECTOR_LEN`] words.
 pub fn apply_prg(key: &[u8; 32], offset: u64, values: &mut [u32], op: MaskOp) {
@@ -137,36 +162,29 @@ pub(crate) fn apply_prgs(keys: &[(&[u8; 32], MaskOp)], offset: u64, values: &mut
         return;
     }
     let first_block = u128::from(offset / WORDS_PER_BLOCK as u64);
-    let mut prgs: Vec<(MaskCore, MaskOp)> = keys
-        .iter()
-        .map(|(key, op)| {
-            let mut core = MaskCore::new((*key).into(), &Default::default());
-            core.set_block_pos(first_block);
-            (core, *op)
-        })
-        .collect();
-    let mut buf = [Block::<MaskCore>::default(); TILE_BLOCKS];
+    let mut prgs: Vec<(MaskStream, MaskOp)> =
+        keys.iter().map(|(key, op)| (MaskStream::new(key, first_block), *op)).collect();
+    let mut buf = Zeroizing::new([0u8; 4 * TILE_WORDS]);
     // A partly used first block: its words from `skip` on.
     let skip = (offset % WORDS_PER_BLOCK as u64) as usize;
     let head_len = if skip == 0 { 0 } else { (WORDS_PER_BLOCK - skip).min(values.len()) };
     let (head, rest) = values.split_at_mut(head_len);
     if !head.is_empty() {
-        for (core, op) in &mut prgs {
-            core.write_keystream_block(&mut buf[0]);
-            combine(head, &buf[0][4 * skip..4 * (skip + head.len())], *op);
+        for (stream, op) in &mut prgs {
+            stream.write_keystream(&mut buf[..BLOCK_BYTES]);
+            combine(head, &buf[4 * skip..4 * (skip + head.len())], *op);
         }
     }
     for tile in rest.chunks_mut(TILE_WORDS) {
-        let blocks = &mut buf[..tile.len().div_ceil(WORDS_PER_BLOCK)];
-        for (core, op) in &mut prgs {
-            core.write_keystream_blocks(blocks);
+        let bytes = &mut buf[..tile.len().div_ceil(WORDS_PER_BLOCK) * BLOCK_BYTES];
+        for (stream, op) in &mut prgs {
+            stream.write_keystream(bytes);
             match op {
-                MaskOp::Add => combine_tile::<true>(tile, blocks),
-                MaskOp::Subtract => combine_tile::<false>(tile, blocks),
+                MaskOp::Add => combine_tile::<true>(tile, bytes),
+                MaskOp::Subtract => combine_tile::<false>(tile, bytes),
             }
         }
     }
-    buf.iter_mut().for_each(|b| b.fill(0));
 }
 
 /// Words below which another worker does not pay for itself: spawning and
@@ -217,19 +235,19 @@ pub(crate) fn apply_prgs_parallel(
 /// `tile[i] (+|-)= keystream word i`, 16 words at a time through
 /// fixed-size arrays so that the compiler vectorizes it.
 #[inline(always)]
-fn combine_tile<const ADD: bool>(tile: &mut [u32], blocks: &[Block<MaskCore>]) {
+fn combine_tile<const ADD: bool>(tile: &mut [u32], bytes: &[u8]) {
     let full = tile.len() / GROUP_WORDS;
     let (whole, tail) = tile.split_at_mut(full * GROUP_WORDS);
-    let (keystream, tail_blocks) = blocks.split_at(full * GROUP_BLOCKS);
-    for (values, group) in whole.chunks_exact_mut(GROUP_WORDS).zip(keystream.chunks_exact(GROUP_BLOCKS)) {
+    let (keystream, tail_bytes) = bytes.split_at(full * GROUP_WORDS * 4);
+    for (values, group) in whole.chunks_exact_mut(GROUP_WORDS).zip(keystream.chunks_exact(GROUP_WORDS * 4)) {
         let (Ok(values), Ok(group)) =
-            (<&mut [u32; GROUP_WORDS]>::try_from(values), <&[_; GROUP_BLOCKS]>::try_from(group))
+            (<&mut [u32; GROUP_WORDS]>::try_from(values), <&[u8; GROUP_WORDS * 4]>::try_from(group))
         else {
             unreachable!("chunks_exact yields whole groups");
         };
         let words: [u32; GROUP_WORDS] = std::array::from_fn(|i| {
-            let (b, j): (&Block<MaskCore>, usize) = (&group[i / WORDS_PER_BLOCK], 4 * (i % WORDS_PER_BLOCK));
-            u32::from_le_bytes([b[j], b[j + 1], b[j + 2], b[j + 3]])
+            let j = 4 * i;
+            u32::from_le_bytes([group[j], group[j + 1], group[j + 2], group[j + 3]])
         });
         if ADD {
             values.iter_mut().zip(words).for_each(|(v, k)| *v = v.wrapping_add(k));
@@ -238,10 +256,7 @@ fn combine_tile<const ADD: bool>(tile: &mut [u32], blocks: &[Block<MaskCore>]) {
         }
     }
     // The vector's last, short group.
-    let op = if ADD { MaskOp::Add } else { MaskOp::Subtract };
-    for (values, block) in tail.chunks_mut(WORDS_PER_BLOCK).zip(tail_blocks) {
-        combine(values, block, op);
-    }
+    combine(tail, tail_bytes, if ADD { MaskOp::Add } else { MaskOp::Subtract });
 }
 
 /// `values[i] (+|-)= keystream word i`, wrapping; `bytes` holds at least
@@ -279,14 +294,14 @@ mod tests {
         assert_ne!(other, whole[..16]);
     }
 
-    /// The tiled core-level PRG is exactly AES-256-CTR's keystream (as the
-    /// `ctr` crate's own `StreamCipher` produces it, checked against the
-    /// NIST SP 800-38A F.5.5 vector below), for any offset and length, with
-    /// several keys in one pass.
+    /// The tiled PRG (AWS-LC) is exactly AES-256-CTR's keystream as an
+    /// independent implementation produces it (RustCrypto's `ctr` + `aes`,
+    /// checked against the NIST SP 800-38A F.5.5 vector below), for any
+    /// offset and length, with several keys in one pass.
     #[test]
     fn matches_the_reference_stream_cipher() {
-        use ctr::cipher::{StreamCipher, StreamCipherSeek};
-        type Aes256Ctr = ctr::Ctr128BE<Aes256>;
+        use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+        type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
         let reference = |key: &[u8; 32], offset: u64, len: usize| -> Vec<u32> {
             let mut c = Aes256Ctr::new(key.into(), &Default::default());
             c.seek(offset * 4);
