@@ -271,6 +271,11 @@ fn throughput(c: &mut Criterion) {
         g.bench_function(format!("efficientnet_lite0_forward_{px}px_b32"), |b| {
             b.iter(|| black_box(bb.features(x.clone()).into_data()))
         });
+        // What feature extraction runs: batch norms folded into the convolutions.
+        let folded = tessera_vision::FoldedEfficientNet::new(&bb);
+        g.bench_function(format!("efficientnet_lite0_forward_folded_{px}px_b32"), |b| {
+            b.iter(|| black_box(folded.features(x.clone()).into_data()))
+        });
     }
     let y: Vec<i64> = idx.iter().map(|&i| images.labels()[i] as i64).collect();
     let x96 = Preprocess::new((96, 96), 3, Normalization::LITE).batch(&images, &idx, &ad).unwrap();

@@ -26,8 +26,8 @@ use tessera_learn::dpsgd::DpSgdConfig;
 use tessera_learn::{ComputeBackend, DEFAULT_BACKEND};
 use tessera_vision::metrics::classification_metrics;
 use tessera_vision::{
-    Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, HeadWeights, ImageDataset, Preprocess, TrainConfig,
-    VisionError, evaluate_transfer, train_on_images,
+    Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, FoldedEfficientNet, HeadWeights, ImageDataset, Preprocess,
+    TrainConfig, VisionError, evaluate_transfer, train_on_images,
 };
 
 use crate::driver::LocalModel;
@@ -188,7 +188,7 @@ impl VisionModel {
             .collect::<Result<_, _>>()?;
         let refs: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
         let x = self.preprocess.batch_from(&refs, shape, &self.device)?;
-        self.backbone()?
+        FoldedEfficientNet::new(self.backbone()?)
             .features(x)
             .into_data()
             .try_into_vec::<f32>()
