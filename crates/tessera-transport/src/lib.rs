@@ -20,6 +20,7 @@ mod frame;
 mod memory;
 pub mod pki;
 mod quic;
+mod udp;
 
 pub use admission::{Admission, AdmitAll, MemberList, Refusal};
 pub use backoff::{BackoffPolicy, connect_with_backoff};

@@ -1,0 +1,128 @@
+//! The UDP socket under quinn, with GSO batches kept under the UDP limit.
+//!
+//! quinn 0.11 asks the socket how many datagrams one send may carry and then
+//! hands it up to that many segments of the path's current MTU, without
+//! capping the total. A GSO send is one UDP datagram to the kernel until it
+//! is segmented, so its payload must fit in 65,507 bytes (IPv4): once MTU
+//! discovery climbs past ~6,500 bytes (loopback, jumbo frames), a batch of
+//! ten is refused whole and reads as heavy loss. [`GsoCappedSocket`] splits
+//! such a batch into sends that fit, which lets discovery go up to 64 KiB
+//! with segmentation offload still on for ordinary 1,500-byte paths.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+
+/// Largest UDP payload of one send over IPv4 (65,535 minus the IP and UDP
+/// headers); IPv6 allows 20 bytes more, so this bound is safe for both.
+pub(crate) const MAX_SEND_PAYLOAD: usize = 65_507;
+
+/// Delegates to quinn's runtime socket, splitting oversize GSO batches.
+pub(crate) struct GsoCappedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+}
+
+impl GsoCappedSocket {
+    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
+        Self { inner }
+    }
+}
+
+impl fmt::Debug for GsoCappedSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GsoCappedSocket").field("inner", &self.inner).finish()
+    }
+}
+
+/// The byte ranges of `transmit` to send one by one: each a whole number of
+/// segments and at most [`MAX_SEND_PAYLOAD`] bytes (a single segment larger
+/// than that is passed on as it is, for the kernel to refuse).
+fn split_points(len: usize, segment: usize) -> impl Iterator<Item = (usize, usize)> {
+    let per_send = (MAX_SEND_PAYLOAD / segment.max(1)).max(1) * segment.max(1);
+    (0..len).step_by(per_send).map(move |start| (start, (start + per_send).min(len)))
+}
+
+impl AsyncUdpSocket for GsoCappedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let Some(segment) = transmit.segment_size else {
+            return self.inner.try_send(transmit);
+        };
+        if transmit.contents.len() <= MAX_SEND_PAYLOAD {
+            return self.inner.try_send(transmit);
+        }
+        for (i, (start, end)) in split_points(transmit.contents.len(), segment).enumerate() {
+            let contents = &transmit.contents[start..end];
+            let part = Transmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents,
+                segment_size: (contents.len() > segment).then_some(segment),
+                src_ip: transmit.src_ip,
+            };
+            match self.inner.try_send(&part) {
+                Ok(()) => {}
+                // Nothing sent yet: quinn waits for writability and retries
+                // the whole batch.
+                Err(e) if i == 0 => return Err(e),
+                // Part of the batch is out; retrying would resend it. The
+                // rest counts as lost and QUIC's recovery resends it.
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_on_segment_boundaries_under_the_udp_limit() {
+        // Ten 9,000-byte segments (the last one short): sends of 7 and 3.
+        let parts: Vec<_> = split_points(9 * 9_000 + 500, 9_000).collect();
+        assert_eq!(parts, vec![(0, 63_000), (63_000, 81_500)]);
+        for (s, e) in &parts {
+            assert!(e - s <= MAX_SEND_PAYLOAD);
+            assert_eq!(s % 9_000, 0);
+        }
+        // 64 KiB-class datagrams go one per send.
+        let parts: Vec<_> = split_points(3 * 65_000, 65_000).collect();
+        assert_eq!(parts, vec![(0, 65_000), (65_000, 130_000), (130_000, 195_000)]);
+    }
+}
