@@ -10,18 +10,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
 use tessera_core::RoundRecord;
 
 const ROUNDS: u64 = 5;
-
-fn client_binary() -> Option<PathBuf> {
-    let p = Path::new(BIN).with_file_name("tessera-client");
-    p.is_file().then_some(p)
-}
 
 fn fashion(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist").join(file)
@@ -104,18 +99,6 @@ seeded_randomness = true
     p
 }
 
-fn spawn_client(bin: &Path, config: &Path) -> Child {
-    let log = std::fs::File::create(config.with_extension("log")).unwrap();
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,quinn=warn,rustls=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tessera-client")
-}
-
 #[test]
 fn three_image_daemons_train_a_shared_head_over_quic() {
     let Some(client_bin) = client_binary() else {
@@ -128,7 +111,8 @@ fn three_image_daemons_train_a_shared_head_over_quic() {
     let port = free_udp_port();
     let config = aggregator_toml(&dir, port);
     let mut agg = spawn_aggregator(&config, None);
-    let mut members: Vec<Child> = (0..3).map(|i| spawn_client(&client_bin, &member_toml(&dir, i, port))).collect();
+    let mut members: Vec<Child> =
+        (0..3).map(|i| spawn_client(&client_bin, &member_toml(&dir, i, port), &format!("{}.log", NAMES[i]))).collect();
 
     let ok = wait_exit(&mut agg, Duration::from_secs(300));
     let log = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();

@@ -12,8 +12,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,23 +21,6 @@ use tessera_aggregator::store::StateStore;
 use tessera_privacy::{FileLedgerStore, LedgerEntry, LedgerStore};
 
 const ROUNDS: u64 = 5;
-
-fn client_binary() -> Option<PathBuf> {
-    let p = Path::new(BIN).with_file_name("tessera-client");
-    p.is_file().then_some(p)
-}
-
-fn spawn_client(bin: &Path, config: &Path, log: &str) -> Child {
-    let log = std::fs::File::create(config.with_file_name(log)).unwrap();
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,quinn=warn,rustls=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tessera-client")
-}
 
 fn ledger(path: &Path) -> Vec<LedgerEntry> {
     if !path.exists() {

@@ -164,6 +164,27 @@ pub fn spawn_aggregator(config: &Path, stall_after: Option<u64>) -> Child {
     cmd.spawn().expect("start tessera-aggregator")
 }
 
+/// The real `tessera-client` binary next to the aggregator's, which
+/// `cargo test --workspace` builds (the client package has integration
+/// tests of its binary); `None` when a narrower build left it out.
+pub fn client_binary() -> Option<PathBuf> {
+    let p = Path::new(BIN).with_file_name("tessera-client");
+    p.is_file().then_some(p)
+}
+
+/// Start `tessera-client run --config <config>`, its log in `<config dir>/<log>`.
+pub fn spawn_client(bin: &Path, config: &Path, log: &str) -> Child {
+    let log = std::fs::File::create(config.with_file_name(log)).unwrap();
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info,quinn=warn,rustls=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start tessera-client")
+}
+
 /// SIGKILL (no chance to clean up) and reap.
 pub fn sigkill(mut child: Child) {
     child.kill().expect("SIGKILL the aggregator");
