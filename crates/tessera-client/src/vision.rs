@@ -48,6 +48,10 @@ pub struct VisionModel {
     device: Device,
     train_cache: Option<FeatureCache>,
     test_cache: Option<FeatureCache>,
+    /// The frozen backbone with its batch norms folded in, built on the
+    /// first augmented batch; head-only training never changes the backbone,
+    /// so it stays valid for the model's lifetime.
+    folded: Option<FoldedEfficientNet>,
     extractions: usize,
     /// TEST ONLY: derive DP-SGD sampling and noise from the round seed so
     /// runs are reproducible. Predictable noise protects nothing.
@@ -101,6 +105,7 @@ impl VisionModel {
             device,
             train_cache: None,
             test_cache: None,
+            folded: None,
             extractions: 0,
             seeded_noise: false,
             noise: Default::default(),
@@ -188,7 +193,12 @@ impl VisionModel {
             .collect::<Result<_, _>>()?;
         let refs: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
         let x = self.preprocess.batch_from(&refs, shape, &self.device)?;
-        FoldedEfficientNet::new(self.backbone()?)
+        if self.folded.is_none() {
+            self.folded = Some(FoldedEfficientNet::new(self.backbone()?));
+        }
+        self.folded
+            .as_ref()
+            .expect("filled above")
             .features(x)
             .into_data()
             .try_into_vec::<f32>()
