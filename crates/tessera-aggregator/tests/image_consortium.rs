@@ -147,6 +147,25 @@ fn three_image_daemons_train_a_shared_head_over_quic() {
     // rounds 1..5: pretrained 0.67 -> 0.69, random backbone 0.43 -> 0.48.
     let bar = if pretrained { 0.6 } else { 0.3 };
     assert!(last >= bar, "accuracy {first} -> {last} (bar {bar})");
+    // `export` writes the trained exchanged tensors (the head) as they are:
+    // exactly the run's final model.
+    let out = dir.join("head.safetensors");
+    let st = std::process::Command::new(BIN)
+        .args(["export", "--format", "safetensors", "--state"])
+        .arg(state_db(&config))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "export failed: {}", String::from_utf8_lossy(&st.stderr));
+    let exported = tessera_aggregator::export::read_safetensors(&std::fs::read(&out).unwrap()).unwrap();
+    let model: tessera_core::ModelParams =
+        serde_json::from_slice(&std::fs::read(dir.join("out/model.json")).unwrap()).unwrap();
+    assert_eq!(exported.len(), model.tensors.len());
+    for t in &model.tensors {
+        let e = exported.iter().find(|e| e.name == t.name).unwrap_or_else(|| panic!("{} not exported", t.name));
+        assert_eq!((&e.shape, &e.data), (&t.shape, &t.data), "{}", t.name);
+    }
     // Members kept every image at home: their egress holds only protocol
     // messages, and the masked update is the head's size, not the data's.
     for name in NAMES {
