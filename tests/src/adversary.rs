@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use tessera_client::participant::Output;
 use tessera_client::{LocalModel, Participant, Policy};
-use tessera_core::codec::{Limits, decode_payload, encode_frame};
+use tessera_core::codec::{Limits, encode_frame};
 use tessera_core::{AggregatorMsg, ClientMsg};
 use tessera_transport::{QuicDialConfig, TransportError, connect};
 
@@ -84,7 +84,7 @@ where
             }
         }
         match rx.recv().await {
-            Ok(Some(payload)) => match decode_payload::<AggregatorMsg>(&payload) {
+            Ok(Some(payload)) => match payload.decode::<AggregatorMsg>() {
                 Ok(msg) => {
                     let _ = p.handle(msg);
                 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::codec::{Limits, decode_payload, encode_frame};
+use tessera_core::codec::{Limits, encode_frame};
 use tessera_core::message::{EncryptedShare, ModelPurpose, PublicKeys};
 use tessera_core::round::{RoundSettings, SecAggSettings, TrainSettings};
 use tessera_core::stream::model_messages;
@@ -77,13 +77,13 @@ impl MemberLink {
             .expect("the member answers within 60 s")
             .expect("connection open")
             .expect("member did not close");
-        decode_payload(&frame).expect("member sends decodable frames")
+        frame.decode().expect("member sends decodable frames")
     }
 
     /// Next message, or `None` if nothing arrives within `wait`.
     pub async fn recv_within(&mut self, wait: Duration) -> Option<ClientMsg> {
         match tokio::time::timeout(wait, self.rx.recv()).await {
-            Ok(Ok(Some(frame))) => Some(decode_payload(&frame).expect("decodable")),
+            Ok(Ok(Some(frame))) => Some(frame.decode().expect("decodable")),
             _ => None,
         }
     }

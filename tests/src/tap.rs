@@ -74,7 +74,7 @@ async fn pump(mut rx: FrameReceiver, mut tx: FrameSender, record: Option<(String
                 let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
                 frame.push(PROTOCOL_VERSION);
                 frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                frame.extend_from_slice(&payload);
+                payload.chunks().iter().for_each(|c| frame.extend_from_slice(c));
                 if let Some((member, tapped)) = &record {
                     tapped.0.lock().unwrap().push((member.clone(), frame.clone()));
                 }

@@ -336,7 +336,7 @@ fn spawn_connection(
     tokio::spawn(async move {
         let error = loop {
             match rx.recv().await {
-                Ok(Some(payload)) => match codec::decode_payload::<ClientMsg>(&payload) {
+                Ok(Some(payload)) => match payload.decode::<ClientMsg>() {
                     Ok(msg) => {
                         let (ack, acked) = oneshot::channel();
                         let bytes = (payload.len() + codec::HEADER_LEN) as u64;

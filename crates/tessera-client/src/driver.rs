@@ -122,7 +122,7 @@ where
         while lost.is_none() && shutdown.is_none() {
             tokio::select! {
                 frame = rx.recv() => match frame {
-                    Ok(Some(payload)) => match codec::decode_payload::<AggregatorMsg>(&payload) {
+                    Ok(Some(payload)) => match payload.decode::<AggregatorMsg>() {
                         Ok(msg) => { let _ = participant.handle(msg); }
                         Err(e) => lost = Some(format!("undecodable frame from the aggregator: {e}")),
                     },

@@ -13,6 +13,9 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod payload;
+pub use payload::Payload;
+
 /// Version byte at the head of every frame. Bumped on any incompatible
 /// change to the message enums.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -82,7 +85,8 @@ pub fn frame_len<T: Serialize>(msg: &T) -> Result<usize, CodecError> {
     Ok(HEADER_LEN + counter.bytes_written)
 }
 
-/// Decode one frame's payload (the bytes after the header).
+/// Decode one frame's payload (the bytes after the header). A payload
+/// received from a transport is a [`Payload`]; see [`Payload::decode`].
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
     let (msg, used) = bincode::serde::decode_from_slice::<T, _>(payload, config())
         .map_err(|e| CodecError::Undecodable(e.to_string()))?;

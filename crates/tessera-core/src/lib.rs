@@ -16,7 +16,7 @@ pub mod params;
 pub mod round;
 pub mod stream;
 
-pub use codec::{CodecError, FrameDecoder, Limits, PROTOCOL_VERSION};
+pub use codec::{CodecError, FrameDecoder, Limits, PROTOCOL_VERSION, Payload};
 pub use message::{AggregatorMsg, ClientMsg};
 pub use metrics::{EvalMetrics, RoundRecord};
 pub use params::{ModelParams, ParamLayout, ParamTensor, ParamsError};

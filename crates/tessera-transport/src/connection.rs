@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tessera_core::Payload;
 use tessera_core::codec::Limits;
 
 use crate::error::TransportError;
@@ -139,13 +140,13 @@ pub struct FrameReceiver {
 }
 
 impl FrameReceiver {
-    /// The next frame's payload (header stripped), ready for
-    /// `tessera_core::codec::decode_payload`. `Ok(None)` means the peer
+    /// The next frame's payload (header stripped), in the buffers it arrived
+    /// in; [`Payload::decode`] reads the message. `Ok(None)` means the peer
     /// finished cleanly. A malformed, oversize or truncated frame closes the
     /// connection and returns [`TransportError::Frame`], now and on every
     /// later call. Cancel-safe: it may be raced against a deadline in
     /// `tokio::select!` without losing or splitting frames.
-    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+    pub async fn recv(&mut self) -> Result<Option<Payload>, TransportError> {
         let payload = match &mut self.inner {
             ReceiverInner::Quic(r) => r.recv().await?,
             ReceiverInner::Memory(r) => r.recv().await?,
@@ -253,7 +254,7 @@ impl Connection {
     }
 
     /// See [`FrameReceiver::recv`].
-    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+    pub async fn recv(&mut self) -> Result<Option<Payload>, TransportError> {
         self.receiver.recv().await
     }
 

@@ -6,8 +6,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use tessera_core::CodecError;
+use bytes::Bytes;
 use tessera_core::codec::{HEADER_LEN, Limits};
+use tessera_core::{CodecError, Payload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{info, warn};
 
@@ -135,7 +136,7 @@ pub(crate) struct MemoryReceiver {
 }
 
 impl MemoryReceiver {
-    pub(crate) async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+    pub(crate) async fn recv(&mut self) -> Result<Option<Payload>, TransportError> {
         if let Some(e) = &self.failed {
             return Err(TransportError::Frame(e.clone()));
         }
@@ -148,7 +149,7 @@ impl MemoryReceiver {
             m = self.rx.recv() => m,
             e = self.end.wait_closed() => return Err(e),
         };
-        let Some((mut frame, _window)) = msg else {
+        let Some((frame, _window)) = msg else {
             return match self.end.closed_error() {
                 Some(e) => Err(e),
                 None => Ok(None),
@@ -160,8 +161,8 @@ impl MemoryReceiver {
             self.failed = Some(e.clone());
             return Err(TransportError::Frame(e));
         }
-        frame.drain(..HEADER_LEN);
-        Ok(Some(frame))
+        // A view past the header: no shift of the payload.
+        Ok(Some(Payload::from(Bytes::from(frame).slice(HEADER_LEN..))))
     }
 }
 

@@ -17,8 +17,8 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tessera_core::CodecError;
 use tessera_core::codec::{HEADER_LEN, Limits};
+use tessera_core::{CodecError, Payload};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -518,8 +518,8 @@ const CHUNKS_PER_READ: usize = 32;
 /// Reads header then exactly the announced payload, so an oversize frame is
 /// refused before a byte of its payload is kept. Chunks come from quinn in
 /// batches (`read_chunks`) and are kept as they arrived until the frame is
-/// complete, then copied once into the payload: memory held is what the
-/// peer actually sent, however large the frame it announced. All progress
+/// complete: memory held is what the peer actually sent, however large the frame it announced. The frame is
+/// handed over in those chunks (a [`Payload`]), never gathered. All progress
 /// lives in `self` and quinn's `read_chunks` consumes nothing unless it
 /// completes, so `recv` is cancel-safe: a driver may race it against a deadline.
 pub(crate) struct QuicReceiver {
@@ -568,7 +568,7 @@ impl QuicReceiver {
         if front.len() > max { Some(front.split_to(max)) } else { self.pending.pop_front() }
     }
 
-    pub(crate) async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+    pub(crate) async fn recv(&mut self) -> Result<Option<Payload>, TransportError> {
         if let Some(e) = &self.failed {
             return Err(TransportError::Frame(e.clone()));
         }
@@ -612,10 +612,8 @@ impl QuicReceiver {
                 None => return Err(self.fail(CodecError::Truncated { buffered: HEADER_LEN + got })),
             }
         }
-        let mut payload = Vec::with_capacity(len);
-        chunks.iter().for_each(|c| payload.extend_from_slice(c));
         self.header_filled = 0;
-        Ok(Some(payload))
+        Ok(Some(Payload::from_chunks(chunks)))
     }
 
     fn fail(&mut self, e: CodecError) -> TransportError {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use tessera_core::codec::{Limits, PROTOCOL_VERSION, decode_payload, encode_frame};
+use tessera_core::codec::{Limits, PROTOCOL_VERSION, encode_frame};
 use tessera_core::{CodecError, message::ClientMsg};
 
 use crate::pki::{self, InitOptions};
@@ -99,12 +99,12 @@ async fn round_trip(mut h: Harness) {
     }
     for i in 0..5 {
         let payload = server.recv().await.unwrap().unwrap();
-        assert_eq!(decode_payload::<ClientMsg>(&payload).unwrap(), msg(i, 100 * i as usize));
+        assert_eq!(payload.decode::<ClientMsg>().unwrap(), msg(i, 100 * i as usize));
     }
     let reply = encode_frame(&msg(9, 3), &SMALL).unwrap();
     let down = reply.len() as u64;
     server.send(reply).await.unwrap();
-    assert_eq!(decode_payload::<ClientMsg>(&client.recv().await.unwrap().unwrap()).unwrap(), msg(9, 3));
+    assert_eq!(client.recv().await.unwrap().unwrap().decode::<ClientMsg>().unwrap(), msg(9, 3));
 
     let (ct, st) = (client.traffic(), server.traffic());
     assert_eq!((ct.bytes_sent(), ct.bytes_received()), (up, down));
@@ -114,7 +114,7 @@ async fn round_trip(mut h: Harness) {
     let (mut ctx, mut crx) = client.split();
     let echo = tokio::spawn(async move {
         while let Some(p) = server.recv().await.unwrap() {
-            let m: ClientMsg = decode_payload(&p).unwrap();
+            let m: ClientMsg = p.decode().unwrap();
             server.send(encode_frame(&m, &SMALL).unwrap()).await.unwrap();
         }
         server.finish().await.unwrap();
@@ -122,7 +122,7 @@ async fn round_trip(mut h: Harness) {
     let reader = tokio::spawn(async move {
         let mut got = 0;
         while let Some(p) = crx.recv().await.unwrap() {
-            assert_eq!(decode_payload::<ClientMsg>(&p).unwrap(), msg(got, 50));
+            assert_eq!(p.decode::<ClientMsg>().unwrap(), msg(got, 50));
             got += 1;
         }
         got
@@ -213,7 +213,7 @@ async fn malformed_frames(mut h: Harness) {
     // The listener keeps serving.
     let (mut client, mut server) = connect_pair(&mut h, "bob").await;
     client.send(encode_frame(&msg(2, 2), &SMALL).unwrap()).await.unwrap();
-    assert_eq!(decode_payload::<ClientMsg>(&server.recv().await.unwrap().unwrap()).unwrap(), msg(2, 2));
+    assert_eq!(server.recv().await.unwrap().unwrap().decode::<ClientMsg>().unwrap(), msg(2, 2));
 }
 
 #[tokio::test]
@@ -233,7 +233,7 @@ async fn invalid_outgoing_is_not_sent(mut h: Harness) {
     assert!(matches!(client.send(vec![PROTOCOL_VERSION, 1]).await, Err(TransportError::InvalidOutgoing(_))));
     assert_eq!(client.traffic().bytes_sent(), 0);
     client.send(encode_frame(&msg(3, 3), &SMALL).unwrap()).await.unwrap();
-    assert_eq!(decode_payload::<ClientMsg>(&server.recv().await.unwrap().unwrap()).unwrap(), msg(3, 3));
+    assert_eq!(server.recv().await.unwrap().unwrap().decode::<ClientMsg>().unwrap(), msg(3, 3));
 }
 
 /// Racing `recv` against a short deadline must never lose or split a frame.
@@ -255,7 +255,7 @@ async fn recv_is_cancel_safe(mut h: Harness, limits: Limits, expect_race: bool) 
             Ok(r) => match r.unwrap() {
                 Some(p) => {
                     let n = [3, 40_000, 1, 300_000, 17, 1_000_000][got as usize];
-                    assert_eq!(decode_payload::<ClientMsg>(&p).unwrap(), msg(got, n));
+                    assert_eq!(p.decode::<ClientMsg>().unwrap(), msg(got, n));
                     got += 1;
                 }
                 None => break,

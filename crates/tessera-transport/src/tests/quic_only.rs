@@ -163,7 +163,7 @@ async fn quic_bulk_transfer() {
     });
     let mut values = 0usize;
     while let Some(p) = server.recv().await.unwrap() {
-        let ClientMsg::MaskedChunk { offset, values: v, .. } = decode_payload(&p).unwrap() else { panic!("kind") };
+        let ClientMsg::MaskedChunk { offset, values: v, .. } = p.decode().unwrap() else { panic!("kind") };
         assert_eq!(offset as usize, values);
         assert!(v.iter().enumerate().all(|(i, x)| *x as usize == values + i));
         values += v.len();
