@@ -276,6 +276,11 @@ fn throughput(c: &mut Criterion) {
         g.bench_function(format!("efficientnet_lite0_forward_folded_{px}px_b32"), |b| {
             b.iter(|| black_box(folded.features(x.clone()).into_data()))
         });
+        // What feature extraction runs on a CPU device: the folded trunk channels-last.
+        let frozen = tessera_vision::FrozenEfficientNet::from_folded(&folded).unwrap();
+        g.bench_function(format!("efficientnet_lite0_forward_frozen_nhwc_{px}px_b32"), |b| {
+            b.iter(|| black_box(frozen.features(x.clone()).unwrap()))
+        });
     }
     let y: Vec<i64> = idx.iter().map(|&i| images.labels()[i] as i64).collect();
     let x96 = Preprocess::new((96, 96), 3, Normalization::LITE).batch(&images, &idx, &ad).unwrap();
@@ -285,6 +290,26 @@ fn throughput(c: &mut Criterion) {
         backbone: BackboneInit::PretrainedIfPresent,
         ..VisionModelConfig::efficientnet_head(10, 96)
     };
+    // Head-only training as a member runs it when features cannot be cached
+    // (augmentation): the frozen trunk channels-last, then an Adam step on
+    // the new 1280 -> 10 head. PyTorch's head-only figure runs the same
+    // (frozen backbone, no graph through it).
+    {
+        let frozen = tessera_vision::FeatureExtractor::new(&bb, &device).unwrap();
+        let mut head = LinearConfig::new(tessera_vision::FEATURE_DIM, 10).init(&ad);
+        let mut adam = AdamConfig::new().init();
+        let x = Preprocess::new((96, 96), 3, Normalization::LITE).batch(&images, &idx, &device).unwrap();
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function("efficientnet_lite0_train_head_only_frozen_nhwc_96px_b32", |b| {
+            b.iter(|| {
+                let f = frozen.features(x.clone()).unwrap();
+                let f = Tensor::<2>::from_data(TensorData::new(f, [BATCH, tessera_vision::FEATURE_DIM]), &ad);
+                let loss = loss_fn.forward(head.forward(f), y96.clone());
+                let grads = GradientsParams::from_grads(loss.backward(), &head);
+                head = adam.step(1e-3, head.clone(), grads);
+            })
+        });
+    }
     for (name, blocks) in [("head_only", 0), ("all_blocks", NUM_BLOCKS)] {
         let VisionNet::Transfer(net) =
             VisionNet::build(&VisionModelConfig { trainable_blocks: blocks, ..cfg.clone() }, &device).unwrap()

@@ -12,6 +12,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tessera_core::codec::{HEADER_LEN, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOTAL: usize = 256 << 20;
 const FRAME: usize = 4 << 20;
 

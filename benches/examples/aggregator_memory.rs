@@ -29,6 +29,10 @@ use tessera_core::codec::Limits;
 use tessera_core::round::SecAggSettings;
 use tessera_core::{ParamLayout, PartyId};
 
+/// The daemons' allocator (see `tessera-aggregator`'s main.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -10,6 +10,14 @@ use tessera_aggregator::status::StatusSnapshot;
 use tessera_aggregator::store::{self, StateStore};
 use tessera_aggregator::{daemon, export};
 
+/// mimalloc instead of glibc's allocator: large frames and datagram buffers
+/// are allocated and freed continuously, and glibc trims and regrows its
+/// heap under that pattern, paying a page fault and a page clear for every
+/// 4 KiB it hands back out (a fifth of the QUIC receive path's time, see
+/// docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tessera-aggregator", version, about = "Tessera aggregator: rounds, secure aggregation, PKI")]
 struct Cli {

@@ -8,6 +8,14 @@ use clap::{Parser, Subcommand};
 use tessera_client::config::ClientConfig;
 use tessera_client::{ClientExit, ClientOptions, EgressLedger, egress};
 
+/// mimalloc instead of glibc's allocator: large frames and datagram buffers
+/// are allocated and freed continuously, and glibc trims and regrows its
+/// heap under that pattern, paying a page fault and a page clear for every
+/// 4 KiB it hands back out (a fifth of the QUIC receive path's time, see
+/// docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tessera-client", version, about = "Tessera member daemon: local training, masked updates")]
 struct Cli {

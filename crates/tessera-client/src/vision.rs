@@ -26,7 +26,7 @@ use tessera_learn::dpsgd::DpSgdConfig;
 use tessera_learn::{ComputeBackend, DEFAULT_BACKEND};
 use tessera_vision::metrics::classification_metrics;
 use tessera_vision::{
-    Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, FoldedEfficientNet, HeadWeights, ImageDataset, Preprocess,
+    Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, FeatureExtractor, HeadWeights, ImageDataset, Preprocess,
     TrainConfig, VisionError, evaluate_transfer, train_on_images,
 };
 
@@ -51,7 +51,7 @@ pub struct VisionModel {
     /// The frozen backbone with its batch norms folded in, built on the
     /// first augmented batch; head-only training never changes the backbone,
     /// so it stays valid for the model's lifetime.
-    folded: Option<FoldedEfficientNet>,
+    folded: Option<FeatureExtractor>,
     extractions: usize,
     /// TEST ONLY: derive DP-SGD sampling and noise from the round seed so
     /// runs are reproducible. Predictable noise protects nothing.
@@ -194,15 +194,9 @@ impl VisionModel {
         let refs: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
         let x = self.preprocess.batch_from(&refs, shape, &self.device)?;
         if self.folded.is_none() {
-            self.folded = Some(FoldedEfficientNet::new(self.backbone()?));
+            self.folded = Some(FeatureExtractor::new(self.backbone()?, &self.device)?);
         }
-        self.folded
-            .as_ref()
-            .expect("filled above")
-            .features(x)
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| VisionError::Tensor(format!("{e:?}")))
+        self.folded.as_ref().expect("filled above").features(x)
     }
 
     fn labels_of(&self, rows: &[usize]) -> Vec<usize> {

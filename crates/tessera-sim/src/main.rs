@@ -9,6 +9,14 @@ use tessera_sim::partition::histogram;
 use tessera_sim::run::scenario_partition;
 use tessera_sim::{Scenario, SimOptions, TransportKind, run_scenario};
 
+/// mimalloc instead of glibc's allocator: large frames and datagram buffers
+/// are allocated and freed continuously, and glibc trims and regrows its
+/// heap under that pattern, paying a page fault and a page clear for every
+/// 4 KiB it hands back out (a fifth of the QUIC receive path's time, see
+/// docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tessera-sim", version, about = "Simulate a Tessera consortium on one machine")]
 struct Cli {

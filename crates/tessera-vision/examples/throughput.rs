@@ -1,11 +1,12 @@
 //! EfficientNet-Lite0 forward throughput (inference, batch 32, 96x96) on the
-//! burn-flex and burn-ndarray CPU backends.
+//! burn-flex and burn-ndarray CPU backends, and through the channels-last
+//! frozen trunk that feature extraction runs on a CPU (`FrozenEfficientNet`).
 //!
 //!     cargo run --release -p tessera-vision --example throughput [-- ITERATIONS]
 
 use burn::tensor::{Device, Tensor, TensorData};
 use std::time::Instant;
-use tessera_vision::{EfficientNetLite0, default_weights_path, transfer::TransferModel};
+use tessera_vision::{EfficientNetLite0, FrozenEfficientNet, default_weights_path, transfer::TransferModel};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let iterations: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
@@ -33,6 +34,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{name}: {:.1} img/s ({iterations} x batch {batch} at {size}px in {secs:.2}s)",
             (iterations * batch) as f64 / secs
         );
+        if name == "flex" {
+            let frozen = FrozenEfficientNet::new(&backbone)?;
+            let _ = frozen.features(input.clone())?;
+            let start = Instant::now();
+            for _ in 0..iterations {
+                let _ = frozen.features(input.clone())?;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "frozen channels-last: {:.1} img/s ({iterations} x batch {batch} at {size}px in {secs:.2}s)",
+                (iterations * batch) as f64 / secs
+            );
+        }
     }
     Ok(())
 }

@@ -21,17 +21,17 @@ use crate::efficientnet::{EfficientNetLite0, MbConvBlock};
 /// Convolutions with their batch norms folded in; no trainable state.
 #[derive(Clone, Debug)]
 pub struct FoldedEfficientNet {
-    stem: Conv2d,
-    blocks: Vec<FoldedBlock>,
-    head: Conv2d,
+    pub(crate) stem: Conv2d,
+    pub(crate) blocks: Vec<FoldedBlock>,
+    pub(crate) head: Conv2d,
 }
 
 #[derive(Clone, Debug)]
-struct FoldedBlock {
-    expand: Option<Conv2d>,
-    depthwise: Conv2d,
-    project: Conv2d,
-    residual: bool,
+pub(crate) struct FoldedBlock {
+    pub(crate) expand: Option<Conv2d>,
+    pub(crate) depthwise: Conv2d,
+    pub(crate) project: Conv2d,
+    pub(crate) residual: bool,
 }
 
 /// `bn(conv(x))` as one convolution: weights scaled by `gamma / sqrt(var +

@@ -16,7 +16,7 @@ use crate::augment::Augmenter;
 use crate::dataset::{ImageDataset, Preprocess};
 use crate::efficientnet::{EfficientNetLite0, FEATURE_DIM};
 use crate::error::{Result, VisionError};
-use crate::folded::FoldedEfficientNet;
+use crate::frozen::FeatureExtractor;
 use crate::metrics::classification_metrics;
 use crate::transfer::TransferModel;
 
@@ -69,17 +69,12 @@ impl FeatureCache {
         if batch_size == 0 {
             return Err(VisionError::InvalidConfig("batch_size must be positive".into()));
         }
-        // Batch norms folded into the convolutions: same features, fewer passes.
-        let backbone = FoldedEfficientNet::new(&backbone.valid());
+        // Batch norms folded into the convolutions; channels-last kernels on a CPU.
+        let backbone = FeatureExtractor::new(&backbone.valid(), device)?;
         let mut features = Vec::with_capacity(data.len() * FEATURE_DIM);
         for batch in data.batches(batch_size, None)? {
             let x = preprocess.batch(data, &batch, device)?;
-            let f = backbone
-                .features(x)
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| VisionError::Tensor(format!("{e:?}")))?;
-            features.extend(f);
+            features.extend(backbone.features(x)?);
         }
         Ok(Self { features, labels: data.labels().to_vec(), num_classes: data.num_classes() })
     }

@@ -4,7 +4,9 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use std::path::{Path, PathBuf};
-use tessera_vision::{ImagenetClassifier, TransferModel, VisionError, default_weights_path};
+use tessera_vision::{
+    FEATURE_DIM, FrozenEfficientNet, ImagenetClassifier, TransferModel, VisionError, default_weights_path,
+};
 
 const SIZE: usize = 96;
 
@@ -53,6 +55,26 @@ fn logits_match_pytorch_reference() {
     let logits = model.forward(input(&device)).into_data().try_into_vec::<f32>().unwrap();
     let diff = max_abs_diff(&logits, &floats(&reference["logits"]));
     eprintln!("max |logit - reference| = {diff:e}");
+    assert!(diff < 1e-4, "logits differ from PyTorch by {diff}");
+}
+
+/// The channels-last trunk that feature extraction runs on a CPU, with the
+/// checkpoint's ImageNet layer on top, against the same PyTorch reference.
+#[test]
+fn channels_last_trunk_matches_pytorch_reference() {
+    let Some(path) = weights() else { return };
+    let device = Device::flex();
+    let model = ImagenetClassifier::load_pretrained(&path, &device).unwrap();
+    let reference = reference();
+    let frozen = FrozenEfficientNet::new(&model.backbone).unwrap();
+    let features = frozen.features(input(&device)).unwrap();
+    let feat_diff = max_abs_diff(&features[..32], &floats(&reference["features_first_32"]));
+    assert!(feat_diff < 1e-4, "pooled features differ by {feat_diff}");
+
+    let pooled = Tensor::<2>::from_data(TensorData::new(features, [1, FEATURE_DIM]), &device);
+    let logits = model.fc.forward(pooled).into_data().try_into_vec::<f32>().unwrap();
+    let diff = max_abs_diff(&logits, &floats(&reference["logits"]));
+    eprintln!("channels-last: max |logit - reference| = {diff:e}");
     assert!(diff < 1e-4, "logits differ from PyTorch by {diff}");
 }
 
