@@ -331,28 +331,33 @@ fn grow(buf: &mut Vec<f32>, len: usize) {
     }
 }
 
-fn stem(conv: &Conv, src: &[f32], x: Shape, dst: &mut Vec<f32>) -> Shape {
-    let (oh, pad_t) = same(x.h, conv.kernel, conv.stride);
-    let (ow, pad_l) = same(x.w, conv.kernel, conv.stride);
-    let out = Shape { n: x.n, h: oh, w: ow, c: conv.c_out };
+/// A "same"-padded k×k convolution of `x` with `c_out` output channels into
+/// `dst`, one output row (of all images' rows) at a time by `row_kernel`.
+fn windowed(
+    x: Shape,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    dst: &mut Vec<f32>,
+    row_kernel: impl Fn(&Geometry, usize, &mut [f32]),
+) -> Shape {
+    let (oh, pad_t) = same(x.h, kernel, stride);
+    let (ow, pad_l) = same(x.w, kernel, stride);
+    let out = Shape { n: x.n, h: oh, w: ow, c: c_out };
     grow(dst, out.len());
-    let geometry = Geometry { x, out, kernel: conv.kernel, stride: conv.stride, pad_t, pad_l };
-    for (row, out_row) in dst[..out.len()].chunks_exact_mut(ow * conv.c_out).enumerate() {
-        kernels::conv_row(conv, src, &geometry, row, out_row);
+    let geometry = Geometry { x, out, kernel, stride, pad_t, pad_l };
+    for (row, out_row) in dst[..out.len()].chunks_exact_mut(ow * c_out).enumerate() {
+        row_kernel(&geometry, row, out_row);
     }
     out
 }
 
+fn stem(conv: &Conv, src: &[f32], x: Shape, dst: &mut Vec<f32>) -> Shape {
+    windowed(x, conv.c_out, conv.kernel, conv.stride, dst, |g, row, out| kernels::conv_row(conv, src, g, row, out))
+}
+
 fn depthwise(dw: &Depthwise, src: &[f32], x: Shape, dst: &mut Vec<f32>) -> Shape {
-    let (oh, pad_t) = same(x.h, dw.kernel, dw.stride);
-    let (ow, pad_l) = same(x.w, dw.kernel, dw.stride);
-    let out = Shape { n: x.n, h: oh, w: ow, c: dw.channels };
-    grow(dst, out.len());
-    let geometry = Geometry { x, out, kernel: dw.kernel, stride: dw.stride, pad_t, pad_l };
-    for (row, out_row) in dst[..out.len()].chunks_exact_mut(ow * dw.channels).enumerate() {
-        kernels::depthwise_row(dw, src, &geometry, row, out_row);
-    }
-    out
+    windowed(x, dw.channels, dw.kernel, dw.stride, dst, |g, row, out| kernels::depthwise_row(dw, src, g, row, out))
 }
 
 /// `dst = act(src × W + bias [+ residual])` over all of the group's pixels.
