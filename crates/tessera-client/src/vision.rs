@@ -48,9 +48,10 @@ pub struct VisionModel {
     device: Device,
     train_cache: Option<FeatureCache>,
     test_cache: Option<FeatureCache>,
-    /// The frozen backbone with its batch norms folded in, built on the
-    /// first augmented batch; head-only training never changes the backbone,
-    /// so it stays valid for the model's lifetime.
+    /// The frozen backbone prepared for feature extraction (batch norms
+    /// folded in; channels-last on a CPU device), built on the first
+    /// augmented batch; head-only training never changes the backbone, so
+    /// it stays valid for the model's lifetime.
     folded: Option<FeatureExtractor>,
     extractions: usize,
     /// TEST ONLY: derive DP-SGD sampling and noise from the round seed so

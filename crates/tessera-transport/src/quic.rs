@@ -518,8 +518,9 @@ const CHUNKS_PER_READ: usize = 32;
 /// Reads header then exactly the announced payload, so an oversize frame is
 /// refused before a byte of its payload is kept. Chunks come from quinn in
 /// batches (`read_chunks`) and are kept as they arrived until the frame is
-/// complete: memory held is what the peer actually sent, however large the frame it announced. The frame is
-/// handed over in those chunks (a [`Payload`]), never gathered. All progress
+/// complete: memory held is what the peer actually sent, however large the
+/// frame it announced. The frame is handed over in those chunks (a
+/// [`Payload`]), never gathered into one buffer. All progress
 /// lives in `self` and quinn's `read_chunks` consumes nothing unless it
 /// completes, so `recv` is cancel-safe: a driver may race it against a deadline.
 pub(crate) struct QuicReceiver {
