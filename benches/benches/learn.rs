@@ -43,7 +43,7 @@ use tessera_learn::{ComputeBackend, SplitConfig, TabularData, TabularSpec};
 use tessera_vision::efficientnet::NUM_BLOCKS;
 use tessera_vision::{
     AugmentConfig, EfficientNetLite0, FeatureCache, HeadWeights, ImageDataset, Normalization, Preprocess,
-    TransferModel, default_weights_path, load_fashion_mnist,
+    TransferModel, TransferTrainer, default_weights_path, load_fashion_mnist,
 };
 
 const BATCH: usize = 32;
@@ -325,6 +325,23 @@ fn throughput(c: &mut Criterion) {
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = adam.step(1e-3, model.clone(), grads);
             })
+        });
+    }
+    // What a member runs when it fine-tunes backbone blocks on a CPU: the
+    // trunk's forward and backward channels-last (tessera_vision::tune),
+    // burn for the head, the loss and Adam.
+    let x = Preprocess::new((96, 96), 3, Normalization::LITE).batch(&images, &idx, &device).unwrap();
+    let labels: Vec<usize> = idx.iter().map(|&i| images.labels()[i]).collect();
+    for (name, blocks) in [("last_4_blocks", 4), ("all_blocks", NUM_BLOCKS)] {
+        let VisionNet::Transfer(net) =
+            VisionNet::build(&VisionModelConfig { trainable_blocks: blocks, ..cfg.clone() }, &device).unwrap()
+        else {
+            unreachable!("an EfficientNet config builds a transfer model")
+        };
+        let mut trainer = TransferTrainer::new(*net, &device).unwrap();
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(format!("efficientnet_lite0_train_{name}_channels_last_96px_b32"), |b| {
+            b.iter(|| black_box(trainer.step(x.clone(), &labels, 1e-3).unwrap()))
         });
     }
     g.finish();

@@ -16,8 +16,9 @@
 //! one pass over each product's output while it is still in cache, and a
 //! depthwise kernel compiled for AVX2+FMA, chosen at run time when the CPU
 //! has them. Groups of images run in parallel on rayon's pool. It has no
-//! trainable state and no autodiff: training through backbone layers
-//! (unfrozen blocks, LoRA) keeps the burn modules, and so does a GPU device.
+//! trainable state and no autodiff; fine-tuning the last blocks runs their
+//! forward and backward in [`crate::tune`], which uses this for the frozen
+//! prefix. A GPU device keeps burn's modules.
 //! Features agree with [`FoldedEfficientNet::features`] to float rounding
 //! (tested below).
 
@@ -30,6 +31,7 @@ use rayon::prelude::*;
 use crate::efficientnet::{EfficientNetLite0, FEATURE_DIM};
 use crate::error::{Result, VisionError};
 use crate::folded::FoldedEfficientNet;
+use crate::nhwc::{Geometry, Shape, grow, same, tensor_values, weights_of};
 
 /// Largest activation (in f32 values) one image group may produce: the
 /// group's working set then stays within a core's L2 and the shared L3.
@@ -130,44 +132,6 @@ struct Scratch {
     d: Vec<f32>,
 }
 
-/// A group's activation: `n` images of `h × w` pixels with `c` channels, NHWC.
-#[derive(Clone, Copy, Debug)]
-struct Shape {
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-}
-
-impl Shape {
-    fn len(self) -> usize {
-        self.n * self.h * self.w * self.c
-    }
-}
-
-/// TensorFlow/burn "same" padding: output `ceil(size / stride)`, the extra
-/// pad (if odd) at the end. Returns (output size, pad before).
-fn same(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = size.div_ceil(stride);
-    let total = ((out - 1) * stride + kernel).saturating_sub(size);
-    (out, total / 2)
-}
-
-fn tensor_values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data().try_into_vec::<f32>().map_err(|e| VisionError::Tensor(format!("{e:?}")))
-}
-
-/// Folded weight and bias of a burn convolution, as `[c_out, c_in/g * k * k]` and `[c_out]`.
-fn weights_of(conv: &Conv2d) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
-    let dims = conv.weight.dims();
-    let weight = tensor_values(conv.weight.val())?;
-    let bias = match &conv.bias {
-        Some(b) => tensor_values(b.val())?,
-        None => vec![0.0; dims[0]],
-    };
-    Ok((weight, bias, dims))
-}
-
 impl Conv {
     fn new(conv: &Conv2d) -> Result<Self> {
         let (w, bias, [c_out, c_in, k, _]) = weights_of(conv)?;
@@ -239,7 +203,42 @@ impl FrozenEfficientNet {
     }
 
     /// As [`features`](Self::features), from channels-first values.
-    pub fn features_nchw(&self, images: &[f32], [n, c, h, w]: [usize; 4]) -> Result<Vec<f32>> {
+    pub fn features_nchw(&self, images: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
+        self.check_input(images, dims)?;
+        let [n, _, h, w] = dims;
+        let mut out = vec![0.0; n * FEATURE_DIM];
+        self.for_groups(images, dims, &mut out, FEATURE_DIM, |pixels, group, s, features| {
+            let x = self.run_trunk(pixels, group, h, w, self.blocks.len(), s);
+            self.pool_head(x, s, features);
+        });
+        Ok(out)
+    }
+
+    /// The stem and the first `blocks` blocks only: their output, channels-last
+    /// `[n, h', w', c']` and contiguous, with its shape. What fine-tuning the
+    /// remaining blocks starts from.
+    pub(crate) fn prefix_nhwc(&self, images: &[f32], dims: [usize; 4], blocks: usize) -> Result<(Vec<f32>, Shape)> {
+        self.check_input(images, dims)?;
+        let [n, _, h, w] = dims;
+        let blocks = blocks.min(self.blocks.len());
+        let (mut oh, mut ow) =
+            (same(h, self.stem.kernel, self.stem.stride).0, same(w, self.stem.kernel, self.stem.stride).0);
+        let mut c = self.stem.c_out;
+        for b in &self.blocks[..blocks] {
+            oh = same(oh, b.depthwise.kernel, b.depthwise.stride).0;
+            ow = same(ow, b.depthwise.kernel, b.depthwise.stride).0;
+            c = b.project.c_out;
+        }
+        let shape = Shape { n, h: oh, w: ow, c };
+        let mut out = vec![0.0; shape.len()];
+        self.for_groups(images, dims, &mut out, oh * ow * c, |pixels, group, s, dst| {
+            let x = self.run_trunk(pixels, group, h, w, blocks, s);
+            dst.copy_from_slice(&s.x[..x.len()]);
+        });
+        Ok((out, shape))
+    }
+
+    fn check_input(&self, images: &[f32], [n, c, h, w]: [usize; 4]) -> Result<()> {
         if c != self.stem.c_in || images.len() != n * c * h * w || h == 0 || w == 0 {
             return Err(VisionError::InvalidConfig(format!(
                 "backbone input must be [n, {}, h, w] with h, w > 0, got [{n}, {c}, {h}, {w}] holding {} values",
@@ -247,21 +246,31 @@ impl FrozenEfficientNet {
                 images.len()
             )));
         }
-        let mut out = vec![0.0; n * FEATURE_DIM];
+        Ok(())
+    }
+
+    /// Splits the batch into groups of images that fit [`GROUP_BUDGET`] and
+    /// runs `run(pixels, images in group, scratch, out)` on each in parallel,
+    /// `out` being the group's `per_image`-sized rows of `out`.
+    fn for_groups(
+        &self,
+        images: &[f32],
+        [n, c, h, w]: [usize; 4],
+        out: &mut [f32],
+        per_image: usize,
+        run: impl Fn(&[f32], usize, &mut Scratch, &mut [f32]) + Sync,
+    ) {
         if n == 0 {
-            return Ok(out);
+            return;
         }
-        let per_image = self.largest_activation(h, w);
-        let group = (GROUP_BUDGET / per_image).clamp(1, n.div_ceil(rayon::current_num_threads()));
+        let largest = self.largest_activation(h, w);
+        let group = (GROUP_BUDGET / largest).clamp(1, n.div_ceil(rayon::current_num_threads()));
         let image_len = c * h * w;
-        out.par_chunks_mut(group * FEATURE_DIM).zip(images.par_chunks(group * image_len)).for_each(
-            |(features, pixels)| {
-                let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
-                self.run_group(pixels, features.len() / FEATURE_DIM, h, w, &mut scratch, features);
-                self.scratch.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
-            },
-        );
-        Ok(out)
+        out.par_chunks_mut(group * per_image).zip(images.par_chunks(group * image_len)).for_each(|(dst, pixels)| {
+            let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+            run(pixels, dst.len() / per_image, &mut scratch, dst);
+            self.scratch.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
+        });
     }
 
     /// Values of the largest activation one image produces at `h × w`.
@@ -278,8 +287,9 @@ impl FrozenEfficientNet {
         largest.max(h * w * self.head.c_out)
     }
 
-    /// One group of `n` images through the whole trunk into `features`.
-    fn run_group(&self, nchw: &[f32], n: usize, h: usize, w: usize, s: &mut Scratch, features: &mut [f32]) {
+    /// One group of `n` images through the stem and the first `blocks`
+    /// blocks; the output is left in `s.x`.
+    fn run_trunk(&self, nchw: &[f32], n: usize, h: usize, w: usize, blocks: usize, s: &mut Scratch) -> Shape {
         let c = self.stem.c_in;
         // Channels-last input, in `d` (free until the first depthwise).
         let input = Shape { n, h, w, c };
@@ -293,7 +303,7 @@ impl FrozenEfficientNet {
             }
         }
         let mut x = stem(&self.stem, &s.d[..input.len()], input, &mut s.x);
-        for b in &self.blocks {
+        for b in &self.blocks[..blocks] {
             let expanded = match &b.expand {
                 Some(pw) => {
                     pointwise(pw, &s.x[..x.len()], x, &mut s.e, None, true);
@@ -311,6 +321,12 @@ impl FrozenEfficientNet {
             x = Shape { c: b.project.c_out, ..d };
             std::mem::swap(&mut s.x, &mut s.e);
         }
+        x
+    }
+
+    /// The head convolution over the trunk's output in `s.x`, then global
+    /// average pooling into `features` (one row per image).
+    fn pool_head(&self, x: Shape, s: &mut Scratch, features: &mut [f32]) {
         pointwise(&self.head, &s.x[..x.len()], x, &mut s.e, None, true);
         // Global average pool per image.
         let pixels = x.h * x.w;
@@ -325,12 +341,6 @@ impl FrozenEfficientNet {
     }
 }
 
-fn grow(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-}
-
 /// A "same"-padded k×k convolution of `x` with `c_out` output channels into
 /// `dst`, one output row (of all images' rows) at a time by `row_kernel`.
 fn windowed(
@@ -341,12 +351,10 @@ fn windowed(
     dst: &mut Vec<f32>,
     row_kernel: impl Fn(&Geometry, usize, &mut [f32]),
 ) -> Shape {
-    let (oh, pad_t) = same(x.h, kernel, stride);
-    let (ow, pad_l) = same(x.w, kernel, stride);
-    let out = Shape { n: x.n, h: oh, w: ow, c: c_out };
+    let geometry = Geometry::new(x, c_out, kernel, stride);
+    let out = geometry.out;
     grow(dst, out.len());
-    let geometry = Geometry { x, out, kernel, stride, pad_t, pad_l };
-    for (row, out_row) in dst[..out.len()].chunks_exact_mut(ow * c_out).enumerate() {
+    for (row, out_row) in dst[..out.len()].chunks_exact_mut(out.w * c_out).enumerate() {
         row_kernel(&geometry, row, out_row);
     }
     out
@@ -411,59 +419,14 @@ fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32
     }
 }
 
-/// Where a windowed convolution reads from: input and output shapes and
-/// the "same" padding before the first row and column.
-struct Geometry {
-    x: Shape,
-    out: Shape,
-    kernel: usize,
-    stride: usize,
-    pad_t: usize,
-    pad_l: usize,
-}
-
-impl Geometry {
-    /// Input pixel index (image-major) under tap `(ky, kx)` of output `(img, oy, ox)`, if inside the image.
-    #[inline(always)]
-    fn input_pixel(&self, img: usize, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
-        let iy = (oy * self.stride + ky).checked_sub(self.pad_t).filter(|&y| y < self.x.h)?;
-        let ix = (ox * self.stride + kx).checked_sub(self.pad_l).filter(|&x| x < self.x.w)?;
-        Some((img * self.x.h + iy) * self.x.w + ix)
-    }
-}
-
-/// The inner loops, compiled twice: for AVX2+FMA (used when the CPU has
-/// them) and for the baseline target. Both are safe Rust; the only unsafe
-/// step is calling the AVX2 build after checking the CPU supports it.
+/// The inner loops, compiled twice (see [`crate::simd`]).
 mod kernels {
     use super::{Conv, Depthwise, Geometry};
+    use crate::simd::{dispatch, madd};
 
-    macro_rules! dispatch {
-        ($name:ident => $generic:ident ( $($arg:ident : $ty:ty),* )) => {
-            pub(super) fn $name($($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn fast($($arg: $ty),*) {
-                        $generic::<true>($($arg),*)
-                    }
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { fast($($arg),*) };
-                }
-                $generic::<false>($($arg),*)
-            }
-        };
-    }
-
-    dispatch!(epilogue => epilogue_impl(d: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu6: bool));
-    dispatch!(depthwise_row => depthwise_row_impl(dw: &Depthwise, src: &[f32], g: &Geometry, row: usize, out: &mut [f32]));
-    dispatch!(conv_row => conv_row_impl(conv: &Conv, src: &[f32], g: &Geometry, row: usize, out: &mut [f32]));
-
-    /// `acc + a * b`, fused when the build has FMA.
-    #[inline(always)]
-    fn madd<const FMA: bool>(a: f32, b: f32, acc: f32) -> f32 {
-        if FMA { a.mul_add(b, acc) } else { acc + a * b }
-    }
+    dispatch!(pub(super) epilogue => epilogue_impl(d: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu6: bool));
+    dispatch!(pub(super) depthwise_row => depthwise_row_impl(dw: &Depthwise, src: &[f32], g: &Geometry, row: usize, out: &mut [f32]));
+    dispatch!(pub(super) conv_row => conv_row_impl(conv: &Conv, src: &[f32], g: &Geometry, row: usize, out: &mut [f32]));
 
     #[inline(always)]
     fn clamp6(v: &mut [f32]) {

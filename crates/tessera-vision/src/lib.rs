@@ -23,10 +23,13 @@ pub mod frozen;
 pub mod head;
 pub mod idx;
 pub mod metrics;
+mod nhwc;
 pub mod params;
+mod simd;
 pub mod spec;
 pub mod train;
 pub mod transfer;
+pub mod tune;
 
 pub use augment::{AugmentConfig, Augmenter, write_png_grid};
 pub use cnn::SmallCnn;
@@ -40,9 +43,11 @@ pub use head::{HeadGradSum, HeadWeights};
 pub use idx::{FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_dataset};
 pub use spec::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet};
 pub use train::{
-    FeatureCache, TrainConfig, evaluate_head, evaluate_transfer, fit_transfer, train_head, train_on_images,
+    FeatureCache, TrainConfig, TransferTrainer, evaluate_head, evaluate_transfer, fit_transfer, train_head,
+    train_on_images,
 };
 pub use transfer::TransferModel;
+pub use tune::HostFineTuner;
 
 /// File name of the pretrained weights installed by `scripts/fetch-weights.sh`.
 pub const WEIGHTS_FILE: &str = "efficientnet-lite0-57934424.pth";

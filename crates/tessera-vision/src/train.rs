@@ -5,8 +5,9 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
+use burn::nn::loss::CrossEntropyLoss;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -16,9 +17,11 @@ use crate::augment::Augmenter;
 use crate::dataset::{ImageDataset, Preprocess};
 use crate::efficientnet::{EfficientNetLite0, FEATURE_DIM};
 use crate::error::{Result, VisionError};
-use crate::frozen::FeatureExtractor;
+use crate::frozen::{FeatureExtractor, is_host_device};
 use crate::metrics::classification_metrics;
+use crate::nhwc::tensor_values;
 use crate::transfer::TransferModel;
+use crate::tune::{HostFineTuner, Tape};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -181,6 +184,77 @@ pub fn evaluate_head(head: &Linear, cache: &FeatureCache, device: &Device) -> Re
     classification_metrics(&probs, &cache.labels, cache.num_classes)
 }
 
+/// Adam steps on a [`TransferModel`], one batch of images at a time. On a
+/// CPU device the trunk's part of each step runs in [`HostFineTuner`]
+/// (channels-last, by hand) and burn does the head, the loss and Adam; on
+/// any other device the whole step is burn autodiff. Both compute the same
+/// gradients (`tune::tests`).
+pub struct TransferTrainer {
+    /// The model on the autodiff device.
+    model: TransferModel,
+    optim: ModuleOptimizer,
+    loss_fn: CrossEntropyLoss,
+    device: Device,
+    host: Option<(HostFineTuner, Tape)>,
+}
+
+impl TransferTrainer {
+    pub fn new(model: TransferModel, device: &Device) -> Result<Self> {
+        let host = if is_host_device(device) { Some((HostFineTuner::new(&model)?, Tape::default())) } else { None };
+        let ad = device.clone().autodiff();
+        Ok(Self {
+            model: model.fork(&ad).train(),
+            optim: AdamConfig::new().init(),
+            loss_fn: CrossEntropyLossConfig::new().init(&ad),
+            device: device.clone(),
+            host,
+        })
+    }
+
+    /// One Adam step on `images` (`[n, c, h, w]`, on the trainer's device)
+    /// with `labels`; returns the batch's mean loss.
+    pub fn step(&mut self, images: Tensor<4>, labels: &[usize], learning_rate: f64) -> Result<f64> {
+        let n = labels.len();
+        if images.dims()[0] != n || n == 0 {
+            return Err(VisionError::InvalidConfig(format!("{} images with {n} labels", images.dims()[0])));
+        }
+        let ad = self.device.clone().autodiff();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect(), [n]), &ad);
+        let model = self.model.clone();
+        let (loss, grads) = match &mut self.host {
+            Some((tuner, tape)) => {
+                let dims = images.dims();
+                let features = tuner.forward(&tensor_values(images)?, dims, tape)?;
+                let f = Tensor::<2>::from_data(TensorData::new(features, [n, FEATURE_DIM]), &ad).require_grad();
+                let loss = self.loss_fn.forward(model.head.forward(f.clone()), y);
+                let mut grads = loss.backward();
+                let df = f
+                    .grad_remove(&mut grads)
+                    .ok_or_else(|| VisionError::Tensor("no gradient at the pooled features".into()))?;
+                let mut params = GradientsParams::from_grads(grads, &model.head);
+                tuner.backward(tape, &tensor_values(df)?)?.register(&mut params, &self.device);
+                (loss, params)
+            }
+            None => {
+                let loss = self.loss_fn.forward(model.forward(images.autodiff()), y);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                (loss, grads)
+            }
+        };
+        let mean = scalar(&loss)?;
+        self.model = self.optim.step(learning_rate, model, grads);
+        if let Some((tuner, _)) = &mut self.host {
+            tuner.refresh(&self.model)?;
+        }
+        Ok(mean)
+    }
+
+    /// The trained model, on the trainer's device, without autodiff.
+    pub fn into_model(self) -> TransferModel {
+        self.model.valid()
+    }
+}
+
 /// Trains a transfer model on images, end to end through its trainable
 /// blocks; `augment` (when given) draws a fresh view of every example each
 /// epoch. Without trainable blocks and without augmentation prefer
@@ -194,10 +268,7 @@ pub fn train_on_images(
     device: &Device,
 ) -> Result<(TransferModel, Vec<f64>)> {
     cfg.validate()?;
-    let ad = device.clone().autodiff();
-    let mut model = model.fork(&ad).train();
-    let mut optim = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut trainer = TransferTrainer::new(model, device)?;
     let shape = data.image_shape();
     let mut curve = Vec::with_capacity(cfg.epochs);
     for epoch in 0..cfg.epochs {
@@ -214,19 +285,13 @@ pub fn train_on_images(
                 })
                 .collect::<Result<_>>()?;
             let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
-            let x = preprocess.batch_from(&refs, shape, &ad)?;
-            let y = Tensor::<1, Int>::from_data(
-                TensorData::new(batch.iter().map(|&i| data.labels()[i] as i64).collect::<Vec<_>>(), [batch.len()]),
-                &ad,
-            );
-            let loss = loss_fn.forward(model.forward(x), y);
-            total += scalar(&loss)? * batch.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.learning_rate, model, grads);
+            let x = preprocess.batch_from(&refs, shape, device)?;
+            let labels: Vec<usize> = batch.iter().map(|&i| data.labels()[i]).collect();
+            total += trainer.step(x, &labels, cfg.learning_rate)? * batch.len() as f64;
         }
         curve.push(total / data.len() as f64);
     }
-    Ok((model.valid(), curve))
+    Ok((trainer.into_model(), curve))
 }
 
 /// Trains the trainable part of `model`, choosing the path: cached features

@@ -1,0 +1,434 @@
+//! Fine-tuning EfficientNet-Lite0's last blocks on the CPU, channels-last.
+//!
+//! Training unfrozen backbone blocks through burn's autodiff runs every
+//! convolution channels-first, forward and backward; on a CPU that was 0.3×
+//! PyTorch's speed, nearly all of it in burn-flex's depthwise convolutions
+//! and their transposes (docs/benchmarks.md). [`HostFineTuner`] computes the
+//! trunk's part of a training step itself, channels-last, with the kernels
+//! of [`crate::frozen`]: the frozen prefix (stem and frozen blocks, batch
+//! norms folded) runs forward only; the trainable blocks and the head
+//! convolution run forward keeping what their backward pass needs (a
+//! [`Tape`]), then backward by hand — every 1×1 convolution and its two
+//! gradients are matrix products, the depthwise ones direct loops over
+//! contiguous channels.
+//!
+//! burn still owns the model and everything else: the classification head,
+//! the loss and its gradient, and the optimizer. [`TrunkGrads::register`]
+//! puts the trunk's gradients into burn's `GradientsParams` under the
+//! parameters' own ids, so the optimizer step is burn's and cannot tell the
+//! difference. Batch norm stays in inference mode, as in
+//! [`TransferModel`]: its `gamma` and `beta` train, its statistics do not.
+//! The gradients agree with burn autodiff's (tested in `tests.rs`).
+
+mod ops;
+#[cfg(test)]
+mod tests;
+
+use burn::module::ParamId;
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::efficientnet::{FEATURE_DIM, MbConvBlock, NUM_BLOCKS};
+use crate::error::{Result, VisionError};
+use crate::frozen::FrozenEfficientNet;
+use crate::nhwc::{Geometry, Shape, tensor_values, weights_of};
+use crate::transfer::TransferModel;
+use ops::Affine;
+
+/// The trunk of a [`TransferModel`] prepared for fine-tuning on a CPU.
+#[derive(Debug)]
+pub struct HostFineTuner {
+    /// Folded stem and blocks; runs the frozen prefix.
+    prefix: FrozenEfficientNet,
+    frozen_blocks: usize,
+    blocks: Vec<TuneBlock>,
+    /// The head convolution; `None` when the whole trunk is frozen.
+    head: Option<TunePointwise>,
+}
+
+/// Parameter ids of a convolution and the batch norm after it.
+#[derive(Clone, Copy, Debug)]
+struct Ids {
+    weight: ParamId,
+    gamma: ParamId,
+    beta: ParamId,
+}
+
+/// A 1×1 convolution and its batch norm: weight `[c_in, c_out]`.
+#[derive(Debug)]
+struct TunePointwise {
+    weight: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    bn: Affine,
+    ids: Ids,
+}
+
+/// A depthwise k×k convolution and its batch norm: weight `[k*k, c]`.
+#[derive(Debug)]
+struct TuneDepthwise {
+    weight: Vec<f32>,
+    channels: usize,
+    kernel: usize,
+    stride: usize,
+    bn: Affine,
+    ids: Ids,
+}
+
+#[derive(Debug)]
+struct TuneBlock {
+    expand: Option<TunePointwise>,
+    depthwise: TuneDepthwise,
+    project: TunePointwise,
+    residual: bool,
+}
+
+/// What one forward pass keeps for its backward pass. Reused across steps
+/// (its buffers only grow), so a training loop allocates once.
+#[derive(Debug, Default)]
+pub struct Tape {
+    images: usize,
+    blocks: Vec<BlockTape>,
+    /// Input of the head convolution (the last block's output) and its shape.
+    head_x: Vec<f32>,
+    head_shape: Option<Shape>,
+    /// Head convolution output before its batch norm.
+    head_z: Vec<f32>,
+    head_a: Vec<f32>,
+}
+
+#[derive(Debug, Default)]
+struct BlockTape {
+    /// Block input, `x_shape`.
+    x: Vec<f32>,
+    x_shape: Option<Shape>,
+    /// Expand convolution output before its batch norm, and after its ReLU6.
+    expand_z: Vec<f32>,
+    expand_a: Vec<f32>,
+    /// Depthwise output before its batch norm, and after its ReLU6.
+    dw_z: Vec<f32>,
+    dw_a: Vec<f32>,
+    /// Project convolution output before its batch norm.
+    project_z: Vec<f32>,
+}
+
+/// Gradients of the trainable trunk tensors, in burn's layouts.
+#[derive(Debug, Default)]
+pub struct TrunkGrads {
+    grads: Vec<ParamGrad>,
+}
+
+#[derive(Debug)]
+struct ParamGrad {
+    id: ParamId,
+    dims: Vec<usize>,
+    values: Vec<f32>,
+}
+
+/// `buf` resized to `len` (grown when needed, never shrunk in capacity),
+/// without clearing: callers overwrite every value.
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+fn affine_of(bn: &BatchNorm) -> Result<Affine> {
+    Ok(Affine::new(
+        &tensor_values(bn.gamma.val())?,
+        &tensor_values(bn.beta.val())?,
+        tensor_values(bn.running_mean.value())?,
+        &tensor_values(bn.running_var.value())?,
+        bn.epsilon,
+    ))
+}
+
+fn ids_of(conv: &Conv2d, bn: &BatchNorm) -> Ids {
+    Ids { weight: conv.weight.id, gamma: bn.gamma.id, beta: bn.beta.id }
+}
+
+impl TunePointwise {
+    fn new(conv: &Conv2d, bn: &BatchNorm) -> Result<Self> {
+        let (w, _, [c_out, c_in, ..]) = weights_of(conv)?;
+        // [co][ci] -> [ci][co]
+        let mut weight = vec![0.0; w.len()];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                weight[ci * c_out + co] = w[co * c_in + ci];
+            }
+        }
+        Ok(Self { weight, c_in, c_out, bn: affine_of(bn)?, ids: ids_of(conv, bn) })
+    }
+
+    /// `z = x × W`, `a = act(bn(z) [+ residual])`; returns the output shape.
+    fn forward(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        residual: Option<&[f32]>,
+        relu6: bool,
+        z: &mut Vec<f32>,
+        a: &mut Vec<f32>,
+    ) -> Shape {
+        let out = Shape { c: self.c_out, ..shape };
+        let z = sized(z, out.len());
+        ops::matmul(x, self.c_in, &self.weight, self.c_out, z);
+        ops::affine_forward(z, &self.bn, residual, relu6, sized(a, out.len()));
+        out
+    }
+
+    /// From `g` (the gradient at the output, consumed) to the gradient at
+    /// the input when `want_input`; the parameters' gradients go to `out`.
+    fn backward(
+        &self,
+        x: &[f32],
+        z: &[f32],
+        mut g: Vec<f32>,
+        relu6: bool,
+        want_input: bool,
+        out: &mut TrunkGrads,
+    ) -> Option<Vec<f32>> {
+        let (mut dgamma, mut dbeta) = (vec![0.0; self.c_out], vec![0.0; self.c_out]);
+        ops::affine_backward(&mut g, z, &self.bn, relu6, &mut dgamma, &mut dbeta);
+        let mut dw = vec![0.0; self.c_in * self.c_out];
+        ops::weight_grad(x, self.c_in, &g, self.c_out, &mut dw);
+        // [ci][co] -> burn's [co][ci][1][1]
+        let mut burn_dw = vec![0.0; dw.len()];
+        for ci in 0..self.c_in {
+            for co in 0..self.c_out {
+                burn_dw[co * self.c_in + ci] = dw[ci * self.c_out + co];
+            }
+        }
+        out.push(self.ids, vec![self.c_out, self.c_in, 1, 1], burn_dw, dgamma, dbeta);
+        want_input.then(|| {
+            let mut dx = vec![0.0; x.len()];
+            ops::matmul_transposed(&g, self.c_out, &self.weight, self.c_in, &mut dx);
+            dx
+        })
+    }
+}
+
+impl TuneDepthwise {
+    fn new(conv: &Conv2d, bn: &BatchNorm) -> Result<Self> {
+        let (w, _, [c, _, k, _]) = weights_of(conv)?;
+        let mut weight = vec![0.0; w.len()];
+        for ch in 0..c {
+            for tap in 0..k * k {
+                weight[tap * c + ch] = w[ch * k * k + tap];
+            }
+        }
+        Ok(Self { weight, channels: c, kernel: k, stride: conv.stride[0], bn: affine_of(bn)?, ids: ids_of(conv, bn) })
+    }
+
+    fn geometry(&self, x: Shape) -> Geometry {
+        Geometry::new(x, self.channels, self.kernel, self.stride)
+    }
+
+    fn backward(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        z: &[f32],
+        mut g: Vec<f32>,
+        want_input: bool,
+        out: &mut TrunkGrads,
+    ) -> Option<Vec<f32>> {
+        let geometry = self.geometry(shape);
+        let c = self.channels;
+        let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
+        ops::affine_backward(&mut g, z, &self.bn, true, &mut dgamma, &mut dbeta);
+        let mut dw = vec![0.0; self.weight.len()];
+        ops::depthwise_weight_grad(&g, &geometry, x, &mut dw);
+        // [tap][c] -> burn's [c][1][k][k]
+        let taps = self.kernel * self.kernel;
+        let mut burn_dw = vec![0.0; dw.len()];
+        for tap in 0..taps {
+            for ch in 0..c {
+                burn_dw[ch * taps + tap] = dw[tap * c + ch];
+            }
+        }
+        out.push(self.ids, vec![c, 1, self.kernel, self.kernel], burn_dw, dgamma, dbeta);
+        want_input.then(|| {
+            let mut dx = vec![0.0; shape.len()];
+            ops::depthwise_input_grad(&g, &geometry, &self.weight, &mut dx);
+            dx
+        })
+    }
+}
+
+impl TuneBlock {
+    fn new(b: &MbConvBlock) -> Result<Self> {
+        let expand = match (&b.expand_conv, &b.bn0) {
+            (Some(conv), Some(bn)) => Some(TunePointwise::new(conv, bn)?),
+            _ => None,
+        };
+        Ok(Self {
+            expand,
+            depthwise: TuneDepthwise::new(&b.depthwise_conv, &b.bn1)?,
+            project: TunePointwise::new(&b.project_conv, &b.bn2)?,
+            residual: b.residual,
+        })
+    }
+
+    /// Runs the block on `t.x` (already filled, `x` its shape); returns the
+    /// output shape, the output itself in `out`.
+    fn forward(&self, t: &mut BlockTape, x: Shape, out: &mut Vec<f32>) -> Shape {
+        t.x_shape = Some(x);
+        let x_len = x.len();
+        let hidden = match &self.expand {
+            Some(pw) => pw.forward(&t.x[..x_len], x, None, true, &mut t.expand_z, &mut t.expand_a),
+            None => x,
+        };
+        let dw_in: &[f32] = if self.expand.is_some() { &t.expand_a[..hidden.len()] } else { &t.x[..x_len] };
+        let geometry = self.depthwise.geometry(hidden);
+        let d = geometry.out;
+        ops::depthwise_forward(&self.depthwise.weight, &geometry, dw_in, sized(&mut t.dw_z, d.len()));
+        ops::affine_forward(&t.dw_z[..d.len()], &self.depthwise.bn, None, true, sized(&mut t.dw_a, d.len()));
+        let residual = self.residual.then_some(&t.x[..x_len]);
+        self.project.forward(&t.dw_a[..d.len()], d, residual, false, &mut t.project_z, out)
+    }
+
+    /// From the gradient at the block's output to the one at its input (when `want_input`).
+    fn backward(&self, t: &BlockTape, g: Vec<f32>, want_input: bool, out: &mut TrunkGrads) -> Option<Vec<f32>> {
+        let x = t.x_shape.expect("the tape holds this block's forward pass");
+        let hidden = Shape { c: self.depthwise.channels, ..x };
+        let d = self.depthwise.geometry(hidden).out;
+        let skip = (self.residual && want_input).then(|| g.clone());
+        let g = self.project.backward(
+            &t.dw_a[..d.len()],
+            &t.project_z[..self.project.c_out * d.n * d.h * d.w],
+            g,
+            false,
+            true,
+            out,
+        )?;
+        let dx = match &self.expand {
+            Some(pw) => {
+                let (e, z) = (&t.expand_a[..hidden.len()], &t.dw_z[..d.len()]);
+                let g = self.depthwise.backward(e, hidden, z, g, true, out)?;
+                pw.backward(&t.x[..x.len()], &t.expand_z[..hidden.len()], g, true, want_input, out)
+            }
+            None => self.depthwise.backward(&t.x[..x.len()], hidden, &t.dw_z[..d.len()], g, want_input, out),
+        };
+        match (dx, skip) {
+            (Some(mut dx), Some(skip)) => {
+                ops::add_into(&mut dx, &skip);
+                Some(dx)
+            }
+            (dx, _) => dx,
+        }
+    }
+}
+
+impl TrunkGrads {
+    fn push(&mut self, ids: Ids, weight_dims: Vec<usize>, weight: Vec<f32>, gamma: Vec<f32>, beta: Vec<f32>) {
+        let c = gamma.len();
+        self.grads.push(ParamGrad { id: ids.weight, dims: weight_dims, values: weight });
+        self.grads.push(ParamGrad { id: ids.gamma, dims: vec![c], values: gamma });
+        self.grads.push(ParamGrad { id: ids.beta, dims: vec![c], values: beta });
+    }
+
+    /// Number of parameter tensors with a gradient.
+    pub fn len(&self) -> usize {
+        self.grads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+
+    /// The gradient of the parameter `id`, as burn-layout values.
+    pub fn get(&self, id: ParamId) -> Option<&[f32]> {
+        self.grads.iter().find(|g| g.id == id).map(|g| g.values.as_slice())
+    }
+
+    /// Adds every gradient to `grads` (as tensors on `device`, burn's
+    /// non-autodiff device of the model), for the optimizer to apply.
+    pub fn register(self, grads: &mut GradientsParams, device: &Device) {
+        for g in self.grads {
+            match g.dims.len() {
+                4 => grads.register::<4>(g.id, Tensor::from_data(TensorData::new(g.values, g.dims), device)),
+                _ => grads.register::<1>(g.id, Tensor::from_data(TensorData::new(g.values, g.dims), device)),
+            }
+        }
+    }
+}
+
+impl HostFineTuner {
+    /// Prepares `model`'s trunk: the frozen prefix folded, the trainable
+    /// blocks (the last `model.trainable_blocks`) and head convolution as
+    /// they are now.
+    pub fn new(model: &TransferModel) -> Result<Self> {
+        let frozen_blocks = NUM_BLOCKS - model.trainable_blocks.min(NUM_BLOCKS);
+        let mut tuner =
+            Self { prefix: FrozenEfficientNet::new(&model.backbone)?, frozen_blocks, blocks: Vec::new(), head: None };
+        tuner.refresh(model)?;
+        Ok(tuner)
+    }
+
+    /// Reloads the trainable tensors from `model` (after an optimizer step).
+    pub fn refresh(&mut self, model: &TransferModel) -> Result<()> {
+        if model.trainable_blocks.min(NUM_BLOCKS) != NUM_BLOCKS - self.frozen_blocks {
+            return Err(VisionError::InvalidConfig("the model's trainable blocks changed under the fine-tuner".into()));
+        }
+        if self.frozen_blocks == NUM_BLOCKS {
+            return Ok(());
+        }
+        let bb = &model.backbone;
+        self.blocks = bb.blocks[self.frozen_blocks..].iter().map(TuneBlock::new).collect::<Result<_>>()?;
+        self.head = Some(TunePointwise::new(&bb.conv_head, &bb.bn1)?);
+        Ok(())
+    }
+
+    /// Pooled features `[n, 1280]` of images `[n, c, h, w]` (channels-first
+    /// values), keeping in `tape` what [`backward`](Self::backward) needs.
+    pub fn forward(&self, images: &[f32], dims: [usize; 4], tape: &mut Tape) -> Result<Vec<f32>> {
+        let Some(head) = &self.head else {
+            tape.images = dims[0];
+            return self.prefix.features_nchw(images, dims);
+        };
+        let (x0, mut x) = self.prefix.prefix_nhwc(images, dims, self.frozen_blocks)?;
+        tape.images = dims[0];
+        tape.blocks.resize_with(self.blocks.len(), BlockTape::default);
+        let mut input = x0;
+        for (b, t) in self.blocks.iter().zip(tape.blocks.iter_mut()) {
+            std::mem::swap(&mut t.x, &mut input);
+            x = b.forward(t, x, &mut input);
+        }
+        std::mem::swap(&mut tape.head_x, &mut input);
+        tape.head_shape = Some(x);
+        let h = head.forward(&tape.head_x[..x.len()], x, None, true, &mut tape.head_z, &mut tape.head_a);
+        let mut features = vec![0.0; dims[0] * FEATURE_DIM];
+        ops::pool(&tape.head_a[..h.len()], h, &mut features);
+        Ok(features)
+    }
+
+    /// Gradients of the trainable trunk tensors, from `dfeatures`, the
+    /// loss gradient at the pooled features of the `tape`'s forward pass.
+    pub fn backward(&self, tape: &Tape, dfeatures: &[f32]) -> Result<TrunkGrads> {
+        let mut out = TrunkGrads::default();
+        let Some(head) = &self.head else { return Ok(out) };
+        let (Some(x), true) = (tape.head_shape, tape.blocks.len() == self.blocks.len()) else {
+            return Err(VisionError::InvalidConfig("backward without a matching forward pass".into()));
+        };
+        if dfeatures.len() != tape.images * FEATURE_DIM {
+            return Err(VisionError::InvalidConfig(format!(
+                "feature gradient holds {} values, the forward pass had {} images",
+                dfeatures.len(),
+                tape.images
+            )));
+        }
+        let h = Shape { c: FEATURE_DIM, ..x };
+        let mut g = vec![0.0; h.len()];
+        ops::spread_pooled(dfeatures, h, &mut g);
+        let mut g = head.backward(&tape.head_x[..x.len()], &tape.head_z[..h.len()], g, true, true, &mut out);
+        for (i, (b, t)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
+            let want_input = i > 0;
+            g = b.backward(t, g.expect("a later layer asked for this gradient"), want_input, &mut out);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,369 @@
+//! The forward and backward operations of fine-tuning, channels-last, over a
+//! whole batch. Activations are `[rows, c]` row-major, a row being one
+//! pixel of one image. Each operation is parallel on rayon's pool: matrix
+//! products over panels of rows, reductions over row chunks with one
+//! partial sum per chunk (added in a fixed order, so results do not depend
+//! on scheduling).
+
+use rayon::prelude::*;
+
+use crate::nhwc::{Geometry, Shape};
+use crate::simd::{dispatch, madd};
+
+/// Rows per matrix-product panel: a panel's product is still in L2 when the
+/// next pass reads it.
+const PANEL: usize = 256;
+
+/// Per-channel batch norm in inference mode, as fine-tuning sees it:
+/// `y = gamma * (z - mean) * inv_std + beta = scale * z + shift`.
+#[derive(Clone, Debug)]
+pub(crate) struct Affine {
+    pub(crate) mean: Vec<f32>,
+    pub(crate) inv_std: Vec<f32>,
+    pub(crate) scale: Vec<f32>,
+    pub(crate) shift: Vec<f32>,
+}
+
+impl Affine {
+    pub(crate) fn new(gamma: &[f32], beta: &[f32], mean: Vec<f32>, var: &[f32], eps: f64) -> Self {
+        let inv_std: Vec<f32> = var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect();
+        let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
+        let shift = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        Self { mean, inv_std, scale, shift }
+    }
+
+    pub(crate) fn channels(&self) -> usize {
+        self.scale.len()
+    }
+}
+
+/// `dst = lhs × rhs`, `m × n` row-major, where `lhs` is `m × k` and `rhs`
+/// `k × n`, each given with its (column, row) strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    (lhs_cs, lhs_rs): (usize, usize),
+    rhs: &[f32],
+    (rhs_cs, rhs_rs): (usize, usize),
+    dst: &mut [f32],
+) {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
+    assert!(
+        dst.len() == m * n
+            && (m * k == 0 || (last(m, lhs_rs, k, lhs_cs) < lhs.len() && last(k, rhs_rs, n, rhs_cs) < rhs.len())),
+        "gemm operand sizes"
+    );
+    if m * n == 0 {
+        return;
+    }
+    // SAFETY: every element the strides address lies inside its slice
+    // (asserted above: the largest offset of each operand is in bounds),
+    // and `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `z = x × w`: `x` is `[rows, k]`, `w` is `[k, n]`, `z` is `[rows, n]`.
+pub(crate) fn matmul(x: &[f32], k: usize, w: &[f32], n: usize, z: &mut [f32]) {
+    z.par_chunks_mut(PANEL * n)
+        .zip(x.par_chunks(PANEL * k))
+        .for_each(|(d, s)| gemm(d.len() / n, n, k, s, (1, k), w, (1, n), d));
+}
+
+/// `dx = dz × wᵀ`: `dz` is `[rows, n]`, `w` is `[k, n]`, `dx` is `[rows, k]`.
+pub(crate) fn matmul_transposed(dz: &[f32], n: usize, w: &[f32], k: usize, dx: &mut [f32]) {
+    dx.par_chunks_mut(PANEL * k)
+        .zip(dz.par_chunks(PANEL * n))
+        .for_each(|(d, g)| gemm(d.len() / k, k, n, g, (1, n), w, (n, 1), d));
+}
+
+/// Row chunks for a reduction over `rows`: about two per thread, at least a panel each.
+fn reduction_chunk(rows: usize) -> usize {
+    rows.div_ceil(2 * rayon::current_num_threads()).max(PANEL)
+}
+
+/// Adds the chunks' partial sums into `acc`, in chunk order.
+fn add_partials(acc: &mut [f32], partials: Vec<Vec<f32>>) {
+    for p in partials {
+        acc.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+    }
+}
+
+/// `dw += xᵀ × dz`, summed over all rows: `x` is `[rows, k]`, `dz` is
+/// `[rows, n]`, `dw` is `[k, n]`.
+pub(crate) fn weight_grad(x: &[f32], k: usize, dz: &[f32], n: usize, dw: &mut [f32]) {
+    let chunk = reduction_chunk(x.len() / k.max(1));
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(chunk * k)
+        .zip(dz.par_chunks(chunk * n))
+        .map(|(x, g)| {
+            let mut part = vec![0.0; k * n];
+            gemm(k, n, x.len() / k, x, (k, 1), g, (1, n), &mut part);
+            part
+        })
+        .collect();
+    add_partials(dw, partials);
+}
+
+/// `out = act(scale * z + shift [+ residual])`, ReLU6 when `relu6`.
+pub(crate) fn affine_forward(z: &[f32], bn: &Affine, residual: Option<&[f32]>, relu6: bool, out: &mut [f32]) {
+    let c = bn.channels();
+    let chunk = 64 * c;
+    match residual {
+        Some(r) => out
+            .par_chunks_mut(chunk)
+            .zip(z.par_chunks(chunk))
+            .zip(r.par_chunks(chunk))
+            .for_each(|((o, z), r)| kernels::affine_rows(o, z, Some(r), &bn.scale, &bn.shift, relu6)),
+        None => out
+            .par_chunks_mut(chunk)
+            .zip(z.par_chunks(chunk))
+            .for_each(|(o, z)| kernels::affine_rows(o, z, None, &bn.scale, &bn.shift, relu6)),
+    }
+}
+
+/// Backward of [`affine_forward`] (without the residual, whose gradient is
+/// the output's): on entry `g` holds the loss gradient with respect to the
+/// output, on exit with respect to `z`. Adds the batch norm's gradients to
+/// `dgamma` and `dbeta`. ReLU6 passes the gradient where `0 < y < 6`, `y`
+/// recomputed from `z` exactly as the forward pass computed it.
+pub(crate) fn affine_backward(
+    g: &mut [f32],
+    z: &[f32],
+    bn: &Affine,
+    relu6: bool,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let c = bn.channels();
+    let chunk = reduction_chunk(z.len() / c) * c;
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks_mut(chunk)
+        .zip(z.par_chunks(chunk))
+        .map(|(g, z)| {
+            // [dgamma | dbeta]
+            let mut part = vec![0.0; 2 * c];
+            kernels::affine_backward_rows(g, z, bn, relu6, &mut part);
+            part
+        })
+        .collect();
+    for p in partials {
+        dgamma.iter_mut().zip(&p[..c]).for_each(|(a, v)| *a += v);
+        dbeta.iter_mut().zip(&p[c..]).for_each(|(a, v)| *a += v);
+    }
+}
+
+/// Depthwise "same" convolution without bias: `z` gets `g.out`.
+pub(crate) fn depthwise_forward(w: &[f32], g: &Geometry, x: &[f32], z: &mut [f32]) {
+    let row = g.out.w * g.out.c;
+    z.par_chunks_mut(row).enumerate().for_each(|(r, out)| kernels::depthwise_row(w, g, x, r, out));
+}
+
+/// `dw += ∂L/∂w` of a depthwise convolution: `dz` is the gradient at its
+/// output, `x` its input, `dw` is `[k*k, c]`.
+pub(crate) fn depthwise_weight_grad(dz: &[f32], g: &Geometry, x: &[f32], dw: &mut [f32]) {
+    let row = g.out.w * g.out.c;
+    let rows = g.out.n * g.out.h;
+    let chunk = rows.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let partials: Vec<Vec<f32>> = dz
+        .par_chunks(chunk * row)
+        .enumerate()
+        .map(|(i, dz)| {
+            let mut part = vec![0.0; dw.len()];
+            for (j, dz_row) in dz.chunks_exact(row).enumerate() {
+                kernels::depthwise_weight_row(dz_row, g, x, i * chunk + j, &mut part);
+            }
+            part
+        })
+        .collect();
+    add_partials(dw, partials);
+}
+
+/// `dx = ∂L/∂x` of a depthwise convolution (overwritten), gathered per input
+/// row so that rows can run in parallel without write conflicts.
+pub(crate) fn depthwise_input_grad(dz: &[f32], g: &Geometry, w: &[f32], dx: &mut [f32]) {
+    let row = g.x.w * g.x.c;
+    dx.par_chunks_mut(row).enumerate().for_each(|(r, out)| kernels::depthwise_input_row(dz, g, w, r, out));
+}
+
+/// Pooling backward: every pixel of image `i` gets `df[i] / pixels`.
+pub(crate) fn spread_pooled(df: &[f32], x: Shape, g: &mut [f32]) {
+    let pixels = x.h * x.w;
+    let scale = 1.0 / pixels as f32;
+    g.par_chunks_mut(pixels * x.c).zip(df.par_chunks(x.c)).for_each(|(g, df)| {
+        for px in g.chunks_exact_mut(x.c) {
+            px.iter_mut().zip(df).for_each(|(a, d)| *a = d * scale);
+        }
+    });
+}
+
+/// Global average pool `[n, h*w, c] -> [n, c]`.
+pub(crate) fn pool(a: &[f32], x: Shape, out: &mut [f32]) {
+    let pixels = x.h * x.w;
+    let scale = 1.0 / pixels as f32;
+    out.par_chunks_mut(x.c).zip(a.par_chunks(pixels * x.c)).for_each(|(f, img)| {
+        f.fill(0.0);
+        for px in img.chunks_exact(x.c) {
+            f.iter_mut().zip(px).for_each(|(s, v)| *s += v);
+        }
+        f.iter_mut().for_each(|s| *s *= scale);
+    });
+}
+
+/// `acc += add`, elementwise.
+pub(crate) fn add_into(acc: &mut [f32], add: &[f32]) {
+    acc.par_chunks_mut(1 << 14).zip(add.par_chunks(1 << 14)).for_each(|(a, b)| {
+        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    });
+}
+
+/// Inner loops, compiled for AVX2+FMA and for the baseline (see [`crate::simd`]).
+mod kernels {
+    use super::{Affine, Geometry, dispatch, madd};
+
+    dispatch!(pub(super) affine_rows => affine_rows_impl(out: &mut [f32], z: &[f32], residual: Option<&[f32]>, scale: &[f32], shift: &[f32], relu6: bool));
+    dispatch!(pub(super) affine_backward_rows => affine_backward_rows_impl(g: &mut [f32], z: &[f32], bn: &Affine, relu6: bool, part: &mut [f32]));
+    dispatch!(pub(super) depthwise_row => depthwise_row_impl(w: &[f32], g: &Geometry, x: &[f32], row: usize, out: &mut [f32]));
+    dispatch!(pub(super) depthwise_weight_row => depthwise_weight_row_impl(dz: &[f32], g: &Geometry, x: &[f32], row: usize, dw: &mut [f32]));
+    dispatch!(pub(super) depthwise_input_row => depthwise_input_row_impl(dz: &[f32], g: &Geometry, w: &[f32], row: usize, dx: &mut [f32]));
+
+    /// The batch norm's output before the activation; shared by both passes
+    /// so that the ReLU6 mask of the backward pass is the forward's exactly.
+    #[inline(always)]
+    fn affine<const FMA: bool>(z: f32, scale: f32, shift: f32) -> f32 {
+        madd::<FMA>(z, scale, shift)
+    }
+
+    #[inline(always)]
+    fn affine_rows_impl<const FMA: bool>(
+        out: &mut [f32],
+        z: &[f32],
+        residual: Option<&[f32]>,
+        scale: &[f32],
+        shift: &[f32],
+        relu6: bool,
+    ) {
+        let c = scale.len();
+        for (i, (o, z)) in out.chunks_exact_mut(c).zip(z.chunks_exact(c)).enumerate() {
+            o.iter_mut()
+                .zip(z)
+                .zip(scale.iter().zip(shift))
+                .for_each(|((o, &z), (&s, &t))| *o = affine::<FMA>(z, s, t));
+            if let Some(r) = residual {
+                o.iter_mut().zip(&r[i * c..][..c]).for_each(|(o, r)| *o += r);
+            }
+            if relu6 {
+                o.iter_mut().for_each(|o| *o = o.clamp(0.0, 6.0));
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn affine_backward_rows_impl<const FMA: bool>(
+        g: &mut [f32],
+        z: &[f32],
+        bn: &Affine,
+        relu6: bool,
+        part: &mut [f32],
+    ) {
+        let c = bn.channels();
+        let (dgamma, dbeta) = part.split_at_mut(c);
+        for (g, z) in g.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+            for ch in 0..c {
+                let mut dy = g[ch];
+                if relu6 {
+                    let y = affine::<FMA>(z[ch], bn.scale[ch], bn.shift[ch]);
+                    if !(y > 0.0 && y < 6.0) {
+                        dy = 0.0;
+                    }
+                }
+                dbeta[ch] += dy;
+                dgamma[ch] = madd::<FMA>(dy, (z[ch] - bn.mean[ch]) * bn.inv_std[ch], dgamma[ch]);
+                g[ch] = dy * bn.scale[ch];
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn depthwise_row_impl<const FMA: bool>(w: &[f32], g: &Geometry, x: &[f32], row: usize, out: &mut [f32]) {
+        let c = g.out.c;
+        let (img, oy) = (row / g.out.h, row % g.out.h);
+        for (ox, acc) in out.chunks_exact_mut(c).enumerate() {
+            acc.fill(0.0);
+            for ky in 0..g.kernel {
+                for kx in 0..g.kernel {
+                    let Some(px) = g.input_pixel(img, oy, ox, ky, kx) else { continue };
+                    let input = &x[px * c..][..c];
+                    let weight = &w[(ky * g.kernel + kx) * c..][..c];
+                    acc.iter_mut().zip(input).zip(weight).for_each(|((a, &x), &w)| *a = madd::<FMA>(x, w, *a));
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn depthwise_weight_row_impl<const FMA: bool>(dz: &[f32], g: &Geometry, x: &[f32], row: usize, dw: &mut [f32]) {
+        let c = g.out.c;
+        let (img, oy) = (row / g.out.h, row % g.out.h);
+        for (ox, d) in dz.chunks_exact(c).enumerate() {
+            for ky in 0..g.kernel {
+                for kx in 0..g.kernel {
+                    let Some(px) = g.input_pixel(img, oy, ox, ky, kx) else { continue };
+                    let input = &x[px * c..][..c];
+                    let acc = &mut dw[(ky * g.kernel + kx) * c..][..c];
+                    acc.iter_mut().zip(input).zip(d).for_each(|((a, &x), &d)| *a = madd::<FMA>(x, d, *a));
+                }
+            }
+        }
+    }
+
+    /// Output coordinate that tap `k` of a window with `stride` and `pad`
+    /// maps input coordinate `i` to, if any: `o * stride + k - pad == i`.
+    #[inline(always)]
+    fn source(i: usize, k: usize, pad: usize, stride: usize, size: usize) -> Option<usize> {
+        let t = (i + pad).checked_sub(k)?;
+        (t % stride == 0 && t / stride < size).then_some(t / stride)
+    }
+
+    #[inline(always)]
+    fn depthwise_input_row_impl<const FMA: bool>(dz: &[f32], g: &Geometry, w: &[f32], row: usize, dx: &mut [f32]) {
+        let c = g.x.c;
+        let (img, iy) = (row / g.x.h, row % g.x.h);
+        for (ix, acc) in dx.chunks_exact_mut(c).enumerate() {
+            acc.fill(0.0);
+            for ky in 0..g.kernel {
+                let Some(oy) = source(iy, ky, g.pad_t, g.stride, g.out.h) else { continue };
+                for kx in 0..g.kernel {
+                    let Some(ox) = source(ix, kx, g.pad_l, g.stride, g.out.w) else { continue };
+                    let d = &dz[((img * g.out.h + oy) * g.out.w + ox) * c..][..c];
+                    let weight = &w[(ky * g.kernel + kx) * c..][..c];
+                    acc.iter_mut().zip(d).zip(weight).for_each(|((a, &d), &w)| *a = madd::<FMA>(d, w, *a));
+                }
+            }
+        }
+    }
+}
