@@ -19,6 +19,8 @@
 //! completes if enough survive, otherwise it is aborted and retried.
 
 mod cohort;
+mod config;
+mod output;
 mod privacy;
 mod robust;
 mod round;
@@ -28,184 +30,19 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use serde::{Deserialize, Serialize};
-use tessera_core::message::ModelPurpose;
-use tessera_core::round::{DpSettings, NoisePlacement, RoundSettings, SecAggSettings, TrainSettings, UNCLIPPED_TENSOR};
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, RunId};
-use tessera_privacy::GaussianSpend;
+use tessera_core::round::{DpSettings, NoisePlacement, RoundSettings, SecAggSettings, UNCLIPPED_TENSOR};
+use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams};
 
-use crate::strategy::{ServerOptimizer, StrategyConfig};
+use crate::strategy::ServerOptimizer;
 pub use cohort::CohortSelection;
 use cohort::select_cohort;
+pub use config::{CoordinatorConfig, Resume, SecureConfig};
+pub use output::{Event, Output, Violation};
 use privacy::PrivacyState;
 pub use privacy::{AdaptiveClipConfig, ClipStep, PrivacyConfig, PrivacyPlan, PrivacyStatus};
 pub use robust::RobustRule;
 use round::RoundState;
 pub use round::{Handled, RoundOutcome};
-
-/// Secure-aggregation parameters of a run; per-round values derive from it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SecureConfig {
-    /// Bits of the ring the masked vector lives in.
-    pub modulus_bits: u32,
-    /// Update coordinates are clipped to ±clip_range before quantizing.
-    pub clip_range: f32,
-    /// Threshold as a fraction of the cohort (default 2/3).
-    pub threshold_fraction: f64,
-    /// Cohorts larger than this use SecAgg+ (sparse neighbour graph).
-    pub secagg_plus_above: u32,
-}
-
-impl Default for SecureConfig {
-    fn default() -> Self {
-        Self { modulus_bits: 32, clip_range: 1.0, threshold_fraction: 2.0 / 3.0, secagg_plus_above: 64 }
-    }
-}
-
-/// Everything the coordinator needs to run rounds.
-#[derive(Clone, Debug)]
-pub struct CoordinatorConfig {
-    pub run_id: RunId,
-    pub rounds: u64,
-    /// No round starts with fewer members online, and no round is accepted
-    /// with fewer contributions.
-    pub min_clients: u32,
-    /// Members that must be online before a round starts (at least
-    /// `min_clients`); lets an operator wait for the whole consortium.
-    pub start_quorum: u32,
-    pub cohort: CohortSelection,
-    pub train: TrainSettings,
-    /// `None` is the simulator's research-only `insecure_plaintext` mode.
-    pub secure: Option<SecureConfig>,
-    /// Differential privacy of the run; `None` releases updates without DP
-    /// (secure aggregation still hides individual updates).
-    pub dp: Option<PrivacyConfig>,
-    pub strategy: StrategyConfig,
-    /// Deadline for the training + masked-input phase, from round start.
-    pub round_deadline_ms: u64,
-    /// Deadline for each short phase (keys, shares, unmasking, evaluation).
-    pub phase_timeout_ms: u64,
-    /// Consecutive aborted attempts before the run gives up.
-    pub max_round_retries: u32,
-    /// Seed for cohort sampling, graph seeds and per-member training seeds.
-    pub seed: u64,
-    pub chunk_values: usize,
-    /// Masked streams staged at once (each a vector-sized buffer); more
-    /// members wait, with transport backpressure, for a free slot.
-    pub stream_slots: u32,
-    /// Members failing this many rounds in a row are reported unhealthy.
-    pub unhealthy_after: u32,
-    /// Research only: a Byzantine-robust rule instead of the mean. Needs the
-    /// individual updates, so only with `secure: None` and without DP.
-    pub robust: Option<RobustRule>,
-}
-
-/// What the driver must do.
-#[derive(Clone, Debug)]
-pub enum Output {
-    Send {
-        to: String,
-        msg: AggregatorMsg,
-    },
-    /// Stream `model` to `to` (ModelStart, chunks, ModelEnd) lazily, so the
-    /// model is shared rather than copied per member.
-    SendModel {
-        to: String,
-        round: u64,
-        purpose: ModelPurpose,
-        model: Arc<ModelParams>,
-    },
-    /// Close the member's connection; it violated the protocol.
-    Disconnect {
-        member: String,
-        reason: String,
-    },
-    Event(Event),
-}
-
-/// Things worth logging or persisting.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Event {
-    RoundStarted {
-        round: u64,
-        cohort: Vec<String>,
-        cohort_seed: u64,
-    },
-    /// The round's privacy spend, charged before any of its messages is
-    /// sent. Drivers must make it durable before sending anything further
-    /// (write-ahead): a crash then never forgets a release.
-    PrivacyReserved {
-        round: u64,
-        spend: GaussianSpend,
-        /// Cumulative epsilon at `delta` once this round is counted.
-        epsilon: f64,
-        delta: f64,
-    },
-    RoundFinished(Box<RoundOutcome>),
-    RoundAborted {
-        round: u64,
-        reason: String,
-        dropped: Vec<String>,
-    },
-    /// A member misbehaved; the message was rejected.
-    Rejected {
-        member: String,
-        error: String,
-    },
-    MemberUnhealthy {
-        member: String,
-        failed_rounds: u32,
-    },
-    RunFinished {
-        reason: String,
-    },
-}
-
-/// Protocol violations by one member. The member is disconnected; the
-/// round goes on with the others.
-#[derive(Debug, thiserror::Error, Clone, PartialEq)]
-pub enum Violation {
-    #[error("message `{kind}` for round {got} during round {expected:?}")]
-    WrongRound { kind: &'static str, got: u64, expected: Option<u64> },
-    #[error("member is not in this round's cohort")]
-    NotInCohort,
-    #[error("message `{kind}` is not expected in phase {phase}")]
-    UnexpectedMessage { kind: &'static str, phase: &'static str },
-    #[error("second `{kind}` in the same round")]
-    Duplicate { kind: &'static str },
-    #[error("update vector: {0}")]
-    BadVector(String),
-    #[error("secure aggregation: {0}")]
-    SecAgg(String),
-    #[error("evaluation report is inconsistent: {0}")]
-    BadReport(String),
-    #[error("plaintext updates are refused: this run uses secure aggregation")]
-    PlaintextRefused,
-}
-
-/// Where a run picks up: a fresh run is `Resume::default()`.
-///
-/// Round numbers on the wire identify attempts and are never reused
-/// (`next_round` must exceed every number a previous process started), while
-/// seeds derive from the logical round `completed_rounds + 1`, so a resumed
-/// run repeats the rounds an uninterrupted run would have run.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Resume {
-    pub next_round: u64,
-    pub completed_rounds: u64,
-    /// Every privacy spend charged so far, aborted attempts included.
-    pub spent: Vec<GaussianSpend>,
-    /// The adaptive clip the next round uses (the last completed round's
-    /// `next_clip_norm`), when clipping is adaptive.
-    pub clip_norm: Option<f64>,
-}
-
-impl Default for Resume {
-    fn default() -> Self {
-        Self { next_round: 1, completed_rounds: 0, spent: Vec::new(), clip_norm: None }
-    }
-}
 
 #[derive(Debug, Default, Clone)]
 struct MemberHealth {

@@ -8,10 +8,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_client::participant::{self, Participant, Policy, TrainedUpdate};
 use tessera_core::message::ModelPurpose;
+use tessera_core::round::TrainSettings;
 use tessera_core::stream::model_messages;
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, RunId};
 
 use super::*;
+use crate::strategy::StrategyConfig;
 
 fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
     CoordinatorConfig {
