@@ -128,6 +128,18 @@ impl VisionModel {
         backend: ComputeBackend,
     ) -> Result<Self, VisionError> {
         let device = backend.device();
+        if cfg.kind == VisionArchitecture::EfficientnetLite0
+            && cfg.backbone == BackboneInit::PretrainedIfPresent
+            && !cfg.weights_path().is_file()
+        {
+            // Members on different backbones would federate one head over
+            // different features; say so where an operator will see it.
+            tracing::warn!(
+                weights = %cfg.weights_path().display(),
+                "pretrained weights not found: backbone = \"pretrained_if_present\" falls back to the seeded random \
+                 backbone; every member of the run must do the same"
+            );
+        }
         let net = VisionNet::build(cfg, &device)?;
         Self::new(net, cfg, train, test, device)
     }
