@@ -10,13 +10,12 @@
 //! reused across epochs and rounds; the head then trains by plain SGD on
 //! the cached features, and record-level DP-SGD clips each example's head
 //! gradient in closed form and adds noise from tessera-privacy's exact
-//! sampler, exactly as the tabular model does. The SmallCnn's DP-SGD takes
-//! one backward pass per sampled example instead; unfrozen EfficientNet
-//! blocks refuse DP.
+//! sampler, exactly as the tabular model does. The SmallCnn's DP-SGD, and
+//! that of EfficientNet-Lite0 with unfrozen blocks (on a CPU backend), take
+//! one backward pass per sampled example instead (`dp`).
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
+use burn::tensor::{Device, Gradients, Tensor};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
@@ -24,6 +23,7 @@ use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{EvalMetrics, ModelParams, ParamTensor};
 use tessera_learn::dpsgd::DpSgdConfig;
 use tessera_learn::{ComputeBackend, DEFAULT_BACKEND};
+use tessera_vision::frozen::is_host_device;
 use tessera_vision::metrics::classification_metrics;
 use tessera_vision::{
     Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, FeatureExtractor, HeadWeights, ImageDataset, Preprocess,
@@ -234,64 +234,29 @@ impl VisionModel {
         Ok((cfg, noise_rng, sampler))
     }
 
-    /// DP-SGD for the SmallCnn, whose per-example gradients have no closed
-    /// form: one backward pass per sampled example, each gradient clipped
-    /// to C, then noise and the step exactly as for the head.
-    fn train_cnn_dp(&mut self, s: &TrainSettings, dp: &DpSettings) -> Result<(), String> {
-        let err = |e: VisionError| e.to_string();
-        let VisionNet::Cnn(net) = &self.net else {
-            return Err("per-example DP-SGD through autodiff is implemented for the SmallCnn".into());
-        };
-        let mut model = (**net).clone();
-        let start = model.params().map_err(err)?;
-        let (layout, anchor) = (start.layout(), start.to_flat());
-        let mut flat = anchor.clone();
-        let (cfg, mut noise_rng, mut sampler) = self.dp_setup(s, dp)?;
-        let augment = self.cfg.augmenter(s.seed).map_err(err)?;
-        let n = self.train.len();
-        let inv_expected = (1.0 / (cfg.sampling_rate * n as f64).max(f64::MIN_POSITIVE)) as f32;
-        let steps = (1.0 / cfg.sampling_rate).ceil() as u64;
-        let ad = self.device.clone().autodiff();
-        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    /// DP-SGD for models whose per-example gradients need a backward pass
+    /// each (see [`dp`]): the SmallCnn, and EfficientNet-Lite0 with
+    /// unfrozen blocks on a CPU backend.
+    fn train_dp_per_example(&mut self, s: &TrainSettings, dp: &DpSettings) -> Result<(), String> {
+        let start = self.net.trainable_params().map_err(|e| e.to_string())?;
         let shape = self.train.image_shape();
-        for epoch in 0..u64::from(s.local_epochs) {
-            for _ in 0..steps {
-                let tracked = model.clone().fork(&ad).train();
-                let mut sum = vec![0.0f32; flat.len()];
-                for i in (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)) {
-                    let image = self.train.image(i).ok_or(VisionError::EmptyDataset).map_err(err)?;
-                    let view = match &augment {
-                        Some(a) => a.augment(image, shape, epoch, i as u64).map_err(err)?,
-                        None => image.to_vec(),
-                    };
-                    let x = self.preprocess.batch_from(&[view.as_slice()], shape, &ad).map_err(err)?;
-                    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![self.train.labels()[i] as i64], [1]), &ad);
-                    let grads = loss_fn.forward(tracked.forward(x), y).backward();
-                    let g = flat_grads(&tracked, &grads)?;
-                    let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-                    if !norm.is_finite() {
-                        return Err("DP-SGD: non-finite per-example gradient".into());
-                    }
-                    let c = (cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
-                    sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
+        match self.net.clone() {
+            VisionNet::Cnn(net) => {
+                let mut examples = dp::CnnExamples::new(*net, &self.device, self.preprocess, shape);
+                dp::dp_sgd(self, s, dp, &start, &mut examples)?;
+                self.net = VisionNet::Cnn(Box::new(examples.model));
+            }
+            VisionNet::Transfer(net) => {
+                if !is_host_device(&self.device) {
+                    return Err("record-level DP-SGD with unfrozen EfficientNet-Lite0 blocks runs on a CPU backend \
+                                (flex or ndarray); use trainable_blocks = 0 or client-level DP on this backend"
+                        .into());
                 }
-                let mechanism = self
-                    .noise
-                    .get(cfg.noise_multiplier, cfg.clip_norm, sum.len())
-                    .map_err(|e| format!("DP-SGD noise: {e}"))?;
-                mechanism.add_to(&mut sum, &mut noise_rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
-                if sum.iter().any(|v| !v.is_finite()) {
-                    return Err("DP-SGD: non-finite noised gradient".into());
-                }
-                let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
-                for ((p, g), a) in flat.iter_mut().zip(&sum).zip(&anchor) {
-                    *p -= lr * (inv_expected * g + mu * (*p - a));
-                }
-                let params = ModelParams::from_flat(&layout, &flat).map_err(|e| e.to_string())?;
-                model = model.with_params(&params).map_err(err)?;
+                let mut examples = dp::TransferExamples::new(*net, self.preprocess, shape)?;
+                dp::dp_sgd(self, s, dp, &start, &mut examples)?;
+                self.net = VisionNet::Transfer(Box::new(examples.model));
             }
         }
-        self.net = VisionNet::Cnn(Box::new(model));
         Ok(())
     }
 
@@ -494,14 +459,9 @@ impl LocalModel for VisionModel {
         self.install(model).map_err(|e| e.to_string())?;
         let mean_loss = if self.net.head_only() {
             self.train_head(settings, dp)?
-        } else if let (Some(dp), VisionNet::Cnn(_)) = (dp, &self.net) {
-            self.train_cnn_dp(settings, dp)?;
+        } else if let Some(dp) = dp {
+            self.train_dp_per_example(settings, dp)?;
             0.0
-        } else if dp.is_some() {
-            return Err("record-level DP-SGD on EfficientNet-Lite0 needs a fully frozen backbone \
-                        (trainable_blocks = 0): per-example clipping is implemented for the linear head \
-                        and the SmallCnn"
-                .into());
         } else if settings.proximal_mu > 0.0 {
             return Err("FedProx (proximal_mu > 0) is supported for the head-only image model only".into());
         } else {
@@ -534,6 +494,7 @@ impl LocalModel for VisionModel {
     }
 }
 
+mod dp;
 mod setup;
 #[cfg(test)]
 mod tests;

@@ -47,7 +47,7 @@ pub use train::{
     train_on_images,
 };
 pub use transfer::TransferModel;
-pub use tune::HostFineTuner;
+pub use tune::{ExampleGradients, HostFineTuner};
 
 /// File name of the pretrained weights installed by `scripts/fetch-weights.sh`.
 pub const WEIGHTS_FILE: &str = "efficientnet-lite0-57934424.pth";

@@ -3,7 +3,7 @@
 //! Paths come from the module tree itself, so they are stable as long as the
 //! field names are.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use std::collections::HashMap;
 use tessera_core::{ModelParams, ParamTensor};
@@ -67,6 +67,35 @@ pub fn collect_params<M: Module>(module: &M, keep: &dyn Fn(&str) -> bool) -> Res
         Some(e) => Err(e),
         None => Ok(ModelParams::new(v.out)),
     }
+}
+
+struct Ids<'a> {
+    path: PathStack,
+    keep: &'a dyn Fn(&str) -> bool,
+    out: Vec<(String, ParamId)>,
+}
+
+impl ModuleVisitor for Ids<'_> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, container: &str) {
+        self.path.exit(container);
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let name = self.path.path();
+        if (self.keep)(&name) {
+            self.out.push((name, param.id));
+        }
+    }
+}
+
+/// Path and parameter id of every float tensor of `module` whose path
+/// satisfies `keep`, in module order (the order of [`collect_params`]).
+pub fn param_ids<M: Module>(module: &M, keep: &dyn Fn(&str) -> bool) -> Vec<(String, ParamId)> {
+    let mut v = Ids { path: PathStack::default(), keep, out: Vec::new() };
+    module.visit(&mut v);
+    v.out
 }
 
 struct Assign<'a> {

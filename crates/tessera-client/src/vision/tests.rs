@@ -208,14 +208,57 @@ fn small_cnn_dp_sgd_sums_clipped_per_example_gradients() {
     assert!(moved > 0.0 && moved <= 0.1 * clip * 1.001, "moved {moved}");
 }
 
+/// Record-level DP-SGD through unfrozen blocks (per-example gradients by
+/// the channels-last fine-tuner): with every example in the one step, a
+/// clip far above any gradient and negligible noise it is exactly one
+/// full-batch gradient step, checked against burn autodiff; a tiny clip
+/// bounds the step by lr * C; frozen tensors never move.
 #[test]
-fn dp_on_unfrozen_blocks_is_refused() {
+fn dp_sgd_through_unfrozen_blocks_sums_clipped_per_example_gradients() {
+    use burn::module::Module;
+    use burn::optim::GradientsParams;
+    use tessera_vision::params::param_ids;
+
     let cfg = VisionModelConfig { trainable_blocks: 1, ..head_cfg() };
-    let mut m = VisionModel::from_config(&cfg, fashion("train", 2), fashion("t10k", 2)).unwrap();
+    let data = fashion("train", 1);
+    let n = data.len();
+    let mut m = VisionModel::from_config(&cfg, data.clone(), fashion("t10k", 1)).unwrap().with_seeded_noise(true);
+    let VisionNet::Transfer(net) = VisionNet::build(&cfg, &Device::flex()).unwrap() else { unreachable!() };
+    let frozen = net.frozen_params().unwrap();
     let start = m.net().trainable_params().unwrap();
     assert!(start.tensors.iter().any(|t| t.name.starts_with("backbone.blocks.15.")));
-    let err = m.train(&start, &settings(1, 1e-3, 1), Some(&dp(1.0, 1.0))).unwrap_err();
-    assert!(err.contains("fully frozen backbone"), "{err}");
+    let all = DpSettings { sampling_rate: 1.0, ..dp(1e6, 1e-12) };
+    let up = m.train(&start, &settings(1, 0.1, 1), Some(&all)).unwrap();
+    assert_eq!(up.params.layout(), start.layout());
+    let VisionNet::Transfer(after) = m.net() else { unreachable!() };
+    assert_eq!(after.frozen_params().unwrap(), frozen, "frozen tensors bit-identical");
+
+    // The same step by burn autodiff: mean cross-entropy over the n examples.
+    let ad = Device::flex().autodiff();
+    let tracked = (*net).clone().fork(&ad).train();
+    let x = cfg.preprocess().batch(&data, &(0..n).collect::<Vec<_>>(), &ad).unwrap();
+    let labels: Vec<i64> = data.labels().iter().map(|&l| l as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &ad);
+    let loss = CrossEntropyLossConfig::new().init(&ad).forward(tracked.forward(x), y);
+    let grads = GradientsParams::from_grads(loss.backward(), &tracked);
+    let mut g = Vec::new();
+    for ((_, id), t) in param_ids(&*net, &|p| net.is_trainable(p)).into_iter().zip(&start.tensors) {
+        let values = match t.shape.len() {
+            4 => grads.get::<4>(id).map(|t| t.into_data()),
+            2 => grads.get::<2>(id).map(|t| t.into_data()),
+            _ => grads.get::<1>(id).map(|t| t.into_data()),
+        };
+        g.extend(values.unwrap().try_to_vec::<f32>().unwrap());
+    }
+    let want: Vec<f32> = start.to_flat().iter().zip(&g).map(|(p, g)| p - 0.1 * g).collect();
+    let step = g.iter().map(|v| (0.1 * v).abs()).fold(0.0f32, f32::max);
+    let err = up.params.to_flat().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(step > 0.0 && err <= 1e-3 * step + 1e-6, "max error {err} against a step of {step}");
+
+    let clip = 1e-3;
+    let tiny = m.train(&start, &settings(1, 0.1, 1), Some(&DpSettings { sampling_rate: 1.0, ..dp(clip, 1e-9) }));
+    let moved = distance(&tiny.unwrap().params, &start);
+    assert!(moved > 0.0 && moved <= 0.1 * clip * 1.001, "moved {moved}");
 }
 
 #[test]

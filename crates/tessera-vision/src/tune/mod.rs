@@ -20,9 +20,12 @@
 //! [`TransferModel`]: its `gamma` and `beta` train, its statistics do not.
 //! The gradients agree with burn autodiff's (tested in `tests.rs`).
 
+mod example;
 mod ops;
 #[cfg(test)]
 mod tests;
+
+pub use example::ExampleGradients;
 
 use burn::module::ParamId;
 use burn::nn::BatchNorm;

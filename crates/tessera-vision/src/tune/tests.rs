@@ -148,3 +148,34 @@ fn a_frozen_trunk_has_no_gradients_and_bad_calls_are_errors() {
     let three = TransferModel::new(random_net(&device, 3), 2, 3, 1, &device).unwrap();
     assert!(other.refresh(&three).is_err(), "a model with other trainable blocks");
 }
+
+/// One example's flat gradient (trunk by hand, head in closed form) equals
+/// burn autodiff's on a batch of that one image, tensor by tensor, in the
+/// order of `trainable_params`.
+#[test]
+fn example_gradient_matches_burn_autodiff_in_trainable_order() {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let image = uniform(&mut rng, vec![1, 3, 33, 29], -1.0, 1.0);
+    let model = TransferModel::new(random_net(&device, 4), 5, 3, 6, &device).unwrap();
+    let burn_model = model.clone().fork(&ad).train();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64], [1]), &ad);
+    let loss = loss_fn.forward(burn_model.forward(Tensor::<4>::from_data(image.clone(), &ad)), y);
+    let want = GradientsParams::from_grads(loss.backward(), &burn_model);
+
+    let mut grads = ExampleGradients::new(&model).unwrap();
+    let flat = grads.gradient(&image.try_to_vec::<f32>().unwrap(), [3, 33, 29], 2).unwrap();
+    let layout = model.trainable_layout().unwrap();
+    assert_eq!(flat.len(), grads.len());
+    let ids = crate::params::param_ids(&model, &|p| model.is_trainable(p));
+    let mut offset = 0;
+    for ((name, shape), (_, id)) in layout.entries.iter().zip(&ids) {
+        let n: usize = shape.iter().product();
+        assert_close(name, &grad_values(&want, *id, shape.len()), &flat[offset..offset + n]);
+        offset += n;
+    }
+    assert_eq!(offset, flat.len());
+    assert!(grads.gradient(&[0.0; 3 * 33 * 29], [3, 33, 29], 5).is_err(), "label outside the classes");
+}

@@ -1,0 +1,153 @@
+//! Record-level DP-SGD for image models whose per-example gradients need a
+//! backward pass each: the SmallCnn (burn autodiff on a batch of one) and
+//! EfficientNet-Lite0 with unfrozen blocks
+//! ([`tessera_vision::ExampleGradients`]: the trunk by hand, channels-last,
+//! on a CPU backend). Both run the same loop: Poisson-sampled steps, each
+//! sampled example's gradient clipped to C on its own, the sum noised by
+//! tessera-privacy's exact sampler, then an SGD step (with FedProx's
+//! proximal term when asked), exactly as the linear head does in closed form.
+
+use burn::module::Module;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::Rng;
+use tessera_core::ModelParams;
+use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_vision::{ExampleGradients, Preprocess, SmallCnn, TransferModel, VisionError};
+
+use super::{VisionModel, flat_grads};
+
+/// One sampled example's gradient, flat in the layout of the exchanged tensors.
+pub(super) trait PerExample {
+    /// Makes `params` the model's exchanged tensors for the next step.
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), String>;
+    /// The loss gradient of one raw (not yet preprocessed) image with `label`.
+    fn gradient(&mut self, image: &[f32], label: usize) -> Result<Vec<f32>, String>;
+}
+
+fn err(e: VisionError) -> String {
+    e.to_string()
+}
+
+/// The SmallCnn through burn autodiff.
+pub(super) struct CnnExamples {
+    pub(super) model: SmallCnn,
+    tracked: SmallCnn,
+    ad: Device,
+    loss_fn: CrossEntropyLoss,
+    preprocess: Preprocess,
+    shape: (usize, usize, usize),
+}
+
+impl CnnExamples {
+    pub(super) fn new(model: SmallCnn, device: &Device, preprocess: Preprocess, shape: (usize, usize, usize)) -> Self {
+        let ad = device.clone().autodiff();
+        let tracked = model.clone().fork(&ad).train();
+        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+        Self { model, tracked, ad, loss_fn, preprocess, shape }
+    }
+}
+
+impl PerExample for CnnExamples {
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), String> {
+        self.model = self.model.clone().with_params(params).map_err(err)?;
+        self.tracked = self.model.clone().fork(&self.ad).train();
+        Ok(())
+    }
+
+    fn gradient(&mut self, image: &[f32], label: usize) -> Result<Vec<f32>, String> {
+        let x = self.preprocess.batch_from(&[image], self.shape, &self.ad).map_err(err)?;
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![label as i64], [1]), &self.ad);
+        let grads = self.loss_fn.forward(self.tracked.forward(x), y).backward();
+        flat_grads(&self.tracked, &grads)
+    }
+}
+
+/// EfficientNet-Lite0 with unfrozen blocks, channels-last on the CPU.
+pub(super) struct TransferExamples {
+    pub(super) model: TransferModel,
+    grads: ExampleGradients,
+    preprocess: Preprocess,
+    shape: (usize, usize, usize),
+    buf: Vec<f32>,
+}
+
+impl TransferExamples {
+    pub(super) fn new(
+        model: TransferModel,
+        preprocess: Preprocess,
+        shape: (usize, usize, usize),
+    ) -> Result<Self, String> {
+        let grads = ExampleGradients::new(&model).map_err(err)?;
+        Ok(Self { model, grads, preprocess, shape, buf: Vec::new() })
+    }
+}
+
+impl PerExample for TransferExamples {
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), String> {
+        self.model = self.model.clone().with_trainable_params(params).map_err(err)?;
+        self.grads.refresh(&self.model).map_err(err)
+    }
+
+    fn gradient(&mut self, image: &[f32], label: usize) -> Result<Vec<f32>, String> {
+        self.buf.clear();
+        self.preprocess.apply_into(image, self.shape, &mut self.buf).map_err(err)?;
+        let (h, w) = self.preprocess.size;
+        self.grads.gradient(&self.buf, [self.preprocess.channels, h, w], label).map_err(err)
+    }
+}
+
+/// Runs DP-SGD from `start` over `model`'s train split with `examples`
+/// supplying per-example gradients; returns the trained exchanged tensors.
+pub(super) fn dp_sgd(
+    model: &mut VisionModel,
+    s: &TrainSettings,
+    dp: &DpSettings,
+    start: &ModelParams,
+    examples: &mut dyn PerExample,
+) -> Result<ModelParams, String> {
+    let (layout, anchor) = (start.layout(), start.to_flat());
+    let mut flat = anchor.clone();
+    let (cfg, mut noise_rng, mut sampler) = model.dp_setup(s, dp)?;
+    let augment = model.cfg.augmenter(s.seed).map_err(err)?;
+    let n = model.train.len();
+    let inv_expected = (1.0 / (cfg.sampling_rate * n as f64).max(f64::MIN_POSITIVE)) as f32;
+    let steps = (1.0 / cfg.sampling_rate).ceil() as u64;
+    let shape = model.train.image_shape();
+    for epoch in 0..u64::from(s.local_epochs) {
+        for _ in 0..steps {
+            let mut sum = vec![0.0f32; flat.len()];
+            for i in (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)) {
+                let image = model.train.image(i).ok_or(VisionError::EmptyDataset).map_err(err)?;
+                let view = match &augment {
+                    Some(a) => a.augment(image, shape, epoch, i as u64).map_err(err)?,
+                    None => image.to_vec(),
+                };
+                let g = examples.gradient(&view, model.train.labels()[i])?;
+                if g.len() != sum.len() {
+                    return Err(format!("DP-SGD: a gradient of {} values for {} parameters", g.len(), sum.len()));
+                }
+                let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                if !norm.is_finite() {
+                    return Err("DP-SGD: non-finite per-example gradient".into());
+                }
+                let c = (cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
+                sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
+            }
+            let mechanism = model
+                .noise
+                .get(cfg.noise_multiplier, cfg.clip_norm, sum.len())
+                .map_err(|e| format!("DP-SGD noise: {e}"))?;
+            mechanism.add_to(&mut sum, &mut noise_rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
+            if sum.iter().any(|v| !v.is_finite()) {
+                return Err("DP-SGD: non-finite noised gradient".into());
+            }
+            let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
+            for ((p, g), a) in flat.iter_mut().zip(&sum).zip(&anchor) {
+                *p -= lr * (inv_expected * g + mu * (*p - a));
+            }
+            examples.set_params(&ModelParams::from_flat(&layout, &flat).map_err(|e| e.to_string())?)?;
+        }
+    }
+    ModelParams::from_flat(&layout, &flat).map_err(|e| e.to_string())
+}
