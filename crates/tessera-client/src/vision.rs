@@ -234,6 +234,19 @@ impl VisionModel {
         Ok((cfg, noise_rng, sampler))
     }
 
+    /// Adds DP-SGD's Gaussian noise to a clipped gradient sum. An error
+    /// (a failed draw, a non-finite result) means the step must not be
+    /// applied, let alone released.
+    fn add_dp_noise(&mut self, cfg: &DpSgdConfig, sum: &mut [f32], rng: &mut ChaCha20Rng) -> Result<(), String> {
+        let mechanism =
+            self.noise.get(cfg.noise_multiplier, cfg.clip_norm, sum.len()).map_err(|e| format!("DP-SGD noise: {e}"))?;
+        mechanism.add_to(sum, rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
+        if sum.iter().any(|v| !v.is_finite()) {
+            return Err("DP-SGD: non-finite noised gradient".into());
+        }
+        Ok(())
+    }
+
     /// DP-SGD for models whose per-example gradients need a backward pass
     /// each (see [`dp`]): the SmallCnn, and EfficientNet-Lite0 with
     /// unfrozen blocks on a CPU backend.
@@ -302,15 +315,7 @@ impl VisionModel {
                             flat[..split].copy_from_slice(&g.weight);
                             flat[split..].copy_from_slice(&g.bias);
                         }
-                        // A step whose noise failed must not be applied, let alone released.
-                        let mechanism = self
-                            .noise
-                            .get(cfg.noise_multiplier, cfg.clip_norm, flat.len())
-                            .map_err(|e| format!("DP-SGD noise: {e}"))?;
-                        mechanism.add_to(&mut flat, &mut noise_rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
-                        if flat.iter().any(|v| !v.is_finite()) {
-                            return Err("DP-SGD: non-finite noised gradient".into());
-                        }
+                        self.add_dp_noise(&cfg, &mut flat, &mut noise_rng)?;
                         let (w, b) = flat.split_at(split);
                         sgd_step(&mut head, &anchor, w, b, inv_expected, s);
                     }

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use crate::efficientnet::{EfficientNetLite0, FEATURE_DIM};
 use crate::error::{Result, VisionError};
 use crate::folded::FoldedEfficientNet;
-use crate::nhwc::{Geometry, Shape, grow, same, tensor_values, weights_of};
+use crate::nhwc::{Geometry, Shape, gemm, grow, same, tensor_values, weights_of};
 
 /// Largest activation (in f32 values) one image group may produce: the
 /// group's working set then stays within a core's L2 and the shared L3.
@@ -382,40 +382,9 @@ fn pointwise(pw: &Pointwise, src: &[f32], x: Shape, dst: &mut Vec<f32>, residual
         .enumerate()
     {
         let m = d.len() / pw.c_out;
-        matmul(m, pw.c_out, pw.c_in, s, &pw.weight, d);
+        gemm(m, pw.c_out, pw.c_in, s, (1, pw.c_in), &pw.weight, (1, pw.c_out), d);
         let r = residual.map(|r| &r[panel * PANEL * pw.c_out..][..d.len()]);
         kernels::epilogue(d, &pw.bias, r, relu6);
-    }
-}
-
-/// `dst[m×n] = lhs[m×k] × rhs[k×n]`, all row-major and contiguous.
-fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) {
-    assert!(lhs.len() == m * k && rhs.len() == k * n && dst.len() == m * n, "matmul operand sizes");
-    // SAFETY: the three slices hold exactly the m×k, k×n and m×n row-major
-    // matrices the pointers and strides describe (asserted above), and `dst`
-    // is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 

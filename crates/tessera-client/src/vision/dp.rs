@@ -134,14 +134,7 @@ pub(super) fn dp_sgd(
                 let c = (cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
                 sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
             }
-            let mechanism = model
-                .noise
-                .get(cfg.noise_multiplier, cfg.clip_norm, sum.len())
-                .map_err(|e| format!("DP-SGD noise: {e}"))?;
-            mechanism.add_to(&mut sum, &mut noise_rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
-            if sum.iter().any(|v| !v.is_finite()) {
-                return Err("DP-SGD: non-finite noised gradient".into());
-            }
+            model.add_dp_noise(&cfg, &mut sum, &mut noise_rng)?;
             let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
             for ((p, g), a) in flat.iter_mut().zip(&sum).zip(&anchor) {
                 *p -= lr * (inv_expected * g + mu * (*p - a));

@@ -177,6 +177,20 @@ fn small_cnn_trains_every_tensor() {
     assert!(after > before + 0.2, "accuracy {before} -> {after}");
 }
 
+/// `up` (DP-SGD with q = 1, no effective clip, negligible noise, lr 0.1)
+/// is one SGD step along the full-batch gradient `g` from `start`; and a
+/// tiny clip bounds the step by lr * C (one step, every example at most C, / N).
+fn assert_dp_step(m: &mut VisionModel, up: &ModelParams, start: &ModelParams, g: &[f32]) {
+    let want: Vec<f32> = start.to_flat().iter().zip(g).map(|(p, g)| p - 0.1 * g).collect();
+    let step = g.iter().map(|v| (0.1 * v).abs()).fold(0.0f32, f32::max);
+    let err = up.to_flat().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(step > 0.0 && err <= 1e-3 * step + 1e-6, "max error {err} against a step of {step}");
+    let clip = 1e-3;
+    let tiny = m.train(start, &settings(1, 0.1, 1), Some(&DpSettings { sampling_rate: 1.0, ..dp(clip, 1e-9) }));
+    let moved = distance(&tiny.unwrap().params, start);
+    assert!(moved > 0.0 && moved <= 0.1 * clip * 1.001, "moved {moved}");
+}
+
 #[test]
 fn small_cnn_dp_sgd_sums_clipped_per_example_gradients() {
     let cfg = cnn_cfg();
@@ -197,15 +211,7 @@ fn small_cnn_dp_sgd_sums_clipped_per_example_gradients() {
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &ad);
     let grads = CrossEntropyLossConfig::new().init(&ad).forward(tracked.forward(x), y).backward();
     let g = flat_grads(&tracked, &grads).unwrap();
-    let want: Vec<f32> = start.to_flat().iter().zip(&g).map(|(p, g)| p - 0.1 * g).collect();
-    let step = g.iter().map(|v| (0.1 * v).abs()).fold(0.0f32, f32::max);
-    let err = up.params.to_flat().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(step > 0.0 && err <= 1e-3 * step + 1e-6, "max error {err} against a step of {step}");
-    // A tiny clip bounds the step by lr * C (one step, every example at most C, / N).
-    let clip = 1e-3;
-    let tiny = m.train(&start, &settings(1, 0.1, 1), Some(&DpSettings { sampling_rate: 1.0, ..dp(clip, 1e-9) }));
-    let moved = distance(&tiny.unwrap().params, &start);
-    assert!(moved > 0.0 && moved <= 0.1 * clip * 1.001, "moved {moved}");
+    assert_dp_step(&mut m, &up.params, &start, &g);
 }
 
 /// Record-level DP-SGD through unfrozen blocks (per-example gradients by
@@ -250,15 +256,7 @@ fn dp_sgd_through_unfrozen_blocks_sums_clipped_per_example_gradients() {
         };
         g.extend(values.unwrap().try_to_vec::<f32>().unwrap());
     }
-    let want: Vec<f32> = start.to_flat().iter().zip(&g).map(|(p, g)| p - 0.1 * g).collect();
-    let step = g.iter().map(|v| (0.1 * v).abs()).fold(0.0f32, f32::max);
-    let err = up.params.to_flat().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(step > 0.0 && err <= 1e-3 * step + 1e-6, "max error {err} against a step of {step}");
-
-    let clip = 1e-3;
-    let tiny = m.train(&start, &settings(1, 0.1, 1), Some(&DpSettings { sampling_rate: 1.0, ..dp(clip, 1e-9) }));
-    let moved = distance(&tiny.unwrap().params, &start);
-    assert!(moved > 0.0 && moved <= 0.1 * clip * 1.001, "moved {moved}");
+    assert_dp_step(&mut m, &up.params, &start, &g);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::nhwc::{Geometry, Shape};
+use crate::nhwc::{Geometry, Shape, gemm};
 use crate::simd::{dispatch, madd};
 
 /// Rows per matrix-product panel: a panel's product is still in L2 when the
@@ -34,56 +34,6 @@ impl Affine {
 
     pub(crate) fn channels(&self) -> usize {
         self.scale.len()
-    }
-}
-
-/// `dst = lhs × rhs`, `m × n` row-major, where `lhs` is `m × k` and `rhs`
-/// `k × n`, each given with its (column, row) strides.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: &[f32],
-    (lhs_cs, lhs_rs): (usize, usize),
-    rhs: &[f32],
-    (rhs_cs, rhs_rs): (usize, usize),
-    dst: &mut [f32],
-) {
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
-    assert!(
-        dst.len() == m * n
-            && (m * k == 0 || (last(m, lhs_rs, k, lhs_cs) < lhs.len() && last(k, rhs_rs, n, rhs_cs) < rhs.len())),
-        "gemm operand sizes"
-    );
-    if m * n == 0 {
-        return;
-    }
-    // SAFETY: every element the strides address lies inside its slice
-    // (asserted above: the largest offset of each operand is in bounds),
-    // and `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
