@@ -5,7 +5,8 @@
 //!   sampler) against one non-private epoch at batch 32, for the WDBC MLP
 //!   (30-64-2, `TabularModel`) and the image head on a frozen
 //!   EfficientNet-Lite0 (`VisionModel`, cached features, and augmented
-//!   views through the backbone at every step). Both arms take ceil(N/32)
+//!   views through the backbone at every step; and with the last block
+//!   trainable, per-example passes through it). Both arms take ceil(N/32)
 //!   steps; throughput is counted in steps. `noise_only_epoch` times the
 //!   noise draws of a DP epoch alone, to attribute the overhead.
 //! - `feature_cache/*`: one head epoch on a frozen backbone with cached
@@ -149,6 +150,19 @@ fn dp_overhead(c: &mut Criterion) {
         b.iter(|| black_box(image.train(&start, &settings(0.05), None).unwrap()))
     });
     g.bench_function("image_head_augmented_32px/dp_sgd_epoch", |b| {
+        b.iter(|| black_box(image.train(&start, &settings(0.05), Some(&dps)).unwrap()))
+    });
+
+    // The last block, the head convolution and the head trainable: the
+    // non-private epoch is the batched channels-last fine-tuner (Adam), the
+    // DP epoch one forward and backward pass per sampled example.
+    let last = VisionModelConfig { trainable_blocks: 1, augment: None, ..aug };
+    let mut image = VisionModel::from_config(&last, fashion("train", 20), fashion("t10k", 10)).unwrap();
+    let start = image.net().trainable_params().unwrap();
+    g.bench_function("last_block_32px/non_private_epoch", |b| {
+        b.iter(|| black_box(image.train(&start, &settings(0.05), None).unwrap()))
+    });
+    g.bench_function("last_block_32px/dp_sgd_epoch", |b| {
         b.iter(|| black_box(image.train(&start, &settings(0.05), Some(&dps)).unwrap()))
     });
     g.finish();

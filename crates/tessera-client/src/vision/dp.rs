@@ -21,8 +21,14 @@ use super::{VisionModel, flat_grads};
 pub(super) trait PerExample {
     /// Makes `params` the model's exchanged tensors for the next step.
     fn set_params(&mut self, params: &ModelParams) -> Result<(), String>;
-    /// The loss gradient of one raw (not yet preprocessed) image with `label`.
-    fn gradient(&mut self, image: &[f32], label: usize) -> Result<Vec<f32>, String>;
+    /// Sees a step's sampled raw images before their gradients are asked
+    /// for (work shared by all of them goes here).
+    fn prepare(&mut self, _images: &[Vec<f32>]) -> Result<(), String> {
+        Ok(())
+    }
+    /// The loss gradient of the step's `index`-th image (`image`, raw, not
+    /// yet preprocessed) with `label`.
+    fn gradient(&mut self, index: usize, image: &[f32], label: usize) -> Result<Vec<f32>, String>;
 }
 
 fn err(e: VisionError) -> String {
@@ -55,7 +61,7 @@ impl PerExample for CnnExamples {
         Ok(())
     }
 
-    fn gradient(&mut self, image: &[f32], label: usize) -> Result<Vec<f32>, String> {
+    fn gradient(&mut self, _index: usize, image: &[f32], label: usize) -> Result<Vec<f32>, String> {
         let x = self.preprocess.batch_from(&[image], self.shape, &self.ad).map_err(err)?;
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![label as i64], [1]), &self.ad);
         let grads = self.loss_fn.forward(self.tracked.forward(x), y).backward();
@@ -89,11 +95,18 @@ impl PerExample for TransferExamples {
         self.grads.refresh(&self.model).map_err(err)
     }
 
-    fn gradient(&mut self, image: &[f32], label: usize) -> Result<Vec<f32>, String> {
+    /// The frozen prefix once for all of the step's images.
+    fn prepare(&mut self, images: &[Vec<f32>]) -> Result<(), String> {
         self.buf.clear();
-        self.preprocess.apply_into(image, self.shape, &mut self.buf).map_err(err)?;
+        for image in images {
+            self.preprocess.apply_into(image, self.shape, &mut self.buf).map_err(err)?;
+        }
         let (h, w) = self.preprocess.size;
-        self.grads.gradient(&self.buf, [self.preprocess.channels, h, w], label).map_err(err)
+        self.grads.prepare(&self.buf, [images.len(), self.preprocess.channels, h, w]).map_err(err)
+    }
+
+    fn gradient(&mut self, index: usize, _image: &[f32], label: usize) -> Result<Vec<f32>, String> {
+        self.grads.gradient(index, label).map_err(err)
     }
 }
 
@@ -117,13 +130,23 @@ pub(super) fn dp_sgd(
     for epoch in 0..u64::from(s.local_epochs) {
         for _ in 0..steps {
             let mut sum = vec![0.0f32; flat.len()];
-            for i in (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)) {
-                let image = model.train.image(i).ok_or(VisionError::EmptyDataset).map_err(err)?;
-                let view = match &augment {
-                    Some(a) => a.augment(image, shape, epoch, i as u64).map_err(err)?,
-                    None => image.to_vec(),
-                };
-                let g = examples.gradient(&view, model.train.labels()[i])?;
+            let sampled: Vec<usize> = (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)).collect();
+            let views = sampled
+                .iter()
+                .map(|&i| {
+                    let image = model.train.image(i).ok_or(VisionError::EmptyDataset)?;
+                    match &augment {
+                        Some(a) => a.augment(image, shape, epoch, i as u64),
+                        None => Ok(image.to_vec()),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            if !views.is_empty() {
+                examples.prepare(&views)?;
+            }
+            for (j, (&i, view)) in sampled.iter().zip(&views).enumerate() {
+                let g = examples.gradient(j, view, model.train.labels()[i])?;
                 if g.len() != sum.len() {
                     return Err(format!("DP-SGD: a gradient of {} values for {} parameters", g.len(), sum.len()));
                 }

@@ -1,17 +1,23 @@
 //! One example's gradient of a [`TransferModel`] with trainable blocks.
 //!
 //! Record-level DP-SGD clips each sampled example's gradient on its own
-//! before summing, so that gradient must exist on its own. The trunk's part
-//! comes from [`HostFineTuner`] on a batch of one image, the new head's in
-//! closed form (softmax cross-entropy, as in [`crate::head`]). The result
-//! is flat, in the order and layout of [`TransferModel::trainable_params`]:
-//! what DP-SGD clips, sums and steps.
+//! before summing, so that gradient must exist on its own. The frozen
+//! prefix runs once per step for all sampled images ([`prepare`]); the
+//! trainable blocks then run forward and backward per image in
+//! [`HostFineTuner`] (batch norm in inference mode keeps images
+//! independent), and the new head's part is in closed form (softmax
+//! cross-entropy, as in [`crate::head`]). The result is flat, in the order
+//! and layout of [`TransferModel::trainable_params`]: what DP-SGD clips,
+//! sums and steps.
+//!
+//! [`prepare`]: ExampleGradients::prepare
 
 use burn::module::ParamId;
 
 use super::{HostFineTuner, Tape};
 use crate::efficientnet::FEATURE_DIM;
 use crate::error::{Result, VisionError};
+use crate::nhwc::Shape;
 use crate::nhwc::tensor_values;
 use crate::params::param_ids;
 use crate::transfer::TransferModel;
@@ -27,10 +33,21 @@ pub struct ExampleGradients {
     /// Head weight `[1280, classes]` row-major, and bias.
     head_weight: Vec<f32>,
     head_bias: Vec<f32>,
+    /// The prepared images' frozen-prefix output and the shape of one image's.
+    prefix: Vec<f32>,
+    prefix_shape: Option<Shape>,
 }
 
 impl ExampleGradients {
+    /// For a model with trainable blocks; a head-only model has its
+    /// per-example gradients in closed form ([`crate::HeadWeights`]).
     pub fn new(model: &TransferModel) -> Result<Self> {
+        if model.backbone_frozen() {
+            return Err(VisionError::InvalidConfig(
+                "per-example gradients through the trunk need trainable blocks; a head-only model uses HeadWeights"
+                    .into(),
+            ));
+        }
         let layout = model.trainable_layout()?;
         let ids = param_ids(model, &|p| model.is_trainable(p));
         if ids.len() != layout.entries.len() || ids.iter().zip(&layout.entries).any(|((a, _), (b, _))| a != b) {
@@ -46,6 +63,8 @@ impl ExampleGradients {
             head_ids: (model.head.weight.id, bias.id),
             head_weight: tensor_values(model.head.weight.val())?,
             head_bias: tensor_values(bias.val())?,
+            prefix: Vec::new(),
+            prefix_shape: None,
         })
     }
 
@@ -68,14 +87,28 @@ impl ExampleGradients {
         self.len() == 0
     }
 
-    /// The cross-entropy loss gradient of one preprocessed image (`[c, h, w]`,
-    /// channels-first values) with `label`, flat in trainable-tensor order.
-    pub fn gradient(&mut self, image: &[f32], [c, h, w]: [usize; 3], label: usize) -> Result<Vec<f32>> {
+    /// Runs the frozen prefix over a step's preprocessed images
+    /// (`[n, c, h, w]`, channels-first values), for [`gradient`](Self::gradient).
+    pub fn prepare(&mut self, images: &[f32], dims: [usize; 4]) -> Result<()> {
+        let (prefix, shape) = self.tuner.frozen_prefix(images, dims)?;
+        self.prefix = prefix;
+        self.prefix_shape = Some(Shape { n: 1, ..shape });
+        Ok(())
+    }
+
+    /// The cross-entropy loss gradient of prepared image `index` with
+    /// `label`, flat in trainable-tensor order.
+    pub fn gradient(&mut self, index: usize, label: usize) -> Result<Vec<f32>> {
         let classes = self.head_bias.len();
         if label >= classes {
             return Err(VisionError::InvalidConfig(format!("label {label} outside the head's {classes} classes")));
         }
-        let features = self.tuner.forward(image, [1, c, h, w], &mut self.tape)?;
+        let one = self.prefix_shape.ok_or_else(|| VisionError::InvalidConfig("no images prepared".into()))?;
+        let x0 = self
+            .prefix
+            .get(index * one.len()..(index + 1) * one.len())
+            .ok_or_else(|| VisionError::InvalidConfig(format!("image {index} was not prepared")))?;
+        let features = self.tuner.forward_trainable(x0.to_vec(), one, &mut self.tape)?;
         // Logits, then g = softmax - onehot (the loss gradient at the logits).
         let mut g = self.head_bias.clone();
         for (f, row) in features.iter().zip(self.head_weight.chunks_exact(classes)) {

@@ -389,12 +389,33 @@ impl HostFineTuner {
     /// Pooled features `[n, 1280]` of images `[n, c, h, w]` (channels-first
     /// values), keeping in `tape` what [`backward`](Self::backward) needs.
     pub fn forward(&self, images: &[f32], dims: [usize; 4], tape: &mut Tape) -> Result<Vec<f32>> {
-        let Some(head) = &self.head else {
+        if self.head.is_none() {
             tape.images = dims[0];
             return self.prefix.features_nchw(images, dims);
+        }
+        let (x0, x) = self.frozen_prefix(images, dims)?;
+        self.forward_trainable(x0, x, tape)
+    }
+
+    /// The frozen prefix's output for images `[n, c, h, w]`: channels-last,
+    /// image after image, with its shape. It does not depend on the
+    /// trainable tensors, so it can be computed once for many steps or examples.
+    pub(crate) fn frozen_prefix(&self, images: &[f32], dims: [usize; 4]) -> Result<(Vec<f32>, Shape)> {
+        self.prefix.prefix_nhwc(images, dims, self.frozen_blocks)
+    }
+
+    /// The trainable part's forward pass from the frozen prefix's output `x0`
+    /// (of shape `x`); pooled features, keeping the tape.
+    pub(crate) fn forward_trainable(&self, x0: Vec<f32>, mut x: Shape, tape: &mut Tape) -> Result<Vec<f32>> {
+        let Some(head) = &self.head else {
+            return Err(VisionError::InvalidConfig(
+                "the whole trunk is frozen: nothing to run after the prefix".into(),
+            ));
         };
-        let (x0, mut x) = self.prefix.prefix_nhwc(images, dims, self.frozen_blocks)?;
-        tape.images = dims[0];
+        if x0.len() != x.len() {
+            return Err(VisionError::InvalidConfig("prefix output and shape disagree".into()));
+        }
+        tape.images = x.n;
         tape.blocks.resize_with(self.blocks.len(), BlockTape::default);
         let mut input = x0;
         for (b, t) in self.blocks.iter().zip(tape.blocks.iter_mut()) {
@@ -404,7 +425,7 @@ impl HostFineTuner {
         std::mem::swap(&mut tape.head_x, &mut input);
         tape.head_shape = Some(x);
         let h = head.forward(&tape.head_x[..x.len()], x, None, true, &mut tape.head_z, &mut tape.head_a);
-        let mut features = vec![0.0; dims[0] * FEATURE_DIM];
+        let mut features = vec![0.0; x.n * FEATURE_DIM];
         ops::pool(&tape.head_a[..h.len()], h, &mut features);
         Ok(features)
     }

@@ -165,8 +165,12 @@ fn example_gradient_matches_burn_autodiff_in_trainable_order() {
     let loss = loss_fn.forward(burn_model.forward(Tensor::<4>::from_data(image.clone(), &ad)), y);
     let want = GradientsParams::from_grads(loss.backward(), &burn_model);
 
+    // Prepared among other images: the gradient of the second of three is that image's alone.
     let mut grads = ExampleGradients::new(&model).unwrap();
-    let flat = grads.gradient(&image.try_to_vec::<f32>().unwrap(), [3, 33, 29], 2).unwrap();
+    let other = uniform(&mut rng, vec![3 * 33 * 29], -1.0, 1.0).try_to_vec::<f32>().unwrap();
+    let batch: Vec<f32> = [&other[..], &image.try_to_vec::<f32>().unwrap()[..], &other[..]].concat();
+    grads.prepare(&batch, [3, 3, 33, 29]).unwrap();
+    let flat = grads.gradient(1, 2).unwrap();
     let layout = model.trainable_layout().unwrap();
     assert_eq!(flat.len(), grads.len());
     let ids = crate::params::param_ids(&model, &|p| model.is_trainable(p));
@@ -177,5 +181,8 @@ fn example_gradient_matches_burn_autodiff_in_trainable_order() {
         offset += n;
     }
     assert_eq!(offset, flat.len());
-    assert!(grads.gradient(&[0.0; 3 * 33 * 29], [3, 33, 29], 5).is_err(), "label outside the classes");
+    assert!(grads.gradient(0, 5).is_err(), "label outside the classes");
+    assert!(grads.gradient(3, 0).is_err(), "only three images prepared");
+    let head_only = TransferModel::new(random_net(&device, 4), 5, 0, 6, &device).unwrap();
+    assert!(ExampleGradients::new(&head_only).is_err(), "a head-only model has a closed form");
 }
