@@ -17,6 +17,9 @@ use tessera_vision::{ExampleGradients, Preprocess, SmallCnn, TransferModel, Visi
 
 use super::{VisionModel, flat_grads};
 
+/// Sampled images prepared together (their frozen-prefix outputs held at once).
+const PREPARE_GROUP: usize = 32;
+
 /// One sampled example's gradient, flat in the layout of the exchanged tensors.
 pub(super) trait PerExample {
     /// Makes `params` the model's exchanged tensors for the next step.
@@ -131,31 +134,32 @@ pub(super) fn dp_sgd(
         for _ in 0..steps {
             let mut sum = vec![0.0f32; flat.len()];
             let sampled: Vec<usize> = (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)).collect();
-            let views = sampled
-                .iter()
-                .map(|&i| {
-                    let image = model.train.image(i).ok_or(VisionError::EmptyDataset)?;
-                    match &augment {
-                        Some(a) => a.augment(image, shape, epoch, i as u64),
-                        None => Ok(image.to_vec()),
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
-            if !views.is_empty() {
+            // Prepared in bounded groups, so memory does not grow with q * N.
+            for group in sampled.chunks(PREPARE_GROUP) {
+                let views = group
+                    .iter()
+                    .map(|&i| {
+                        let image = model.train.image(i).ok_or(VisionError::EmptyDataset)?;
+                        match &augment {
+                            Some(a) => a.augment(image, shape, epoch, i as u64),
+                            None => Ok(image.to_vec()),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(err)?;
                 examples.prepare(&views)?;
-            }
-            for (j, (&i, view)) in sampled.iter().zip(&views).enumerate() {
-                let g = examples.gradient(j, view, model.train.labels()[i])?;
-                if g.len() != sum.len() {
-                    return Err(format!("DP-SGD: a gradient of {} values for {} parameters", g.len(), sum.len()));
+                for (j, (&i, view)) in group.iter().zip(&views).enumerate() {
+                    let g = examples.gradient(j, view, model.train.labels()[i])?;
+                    if g.len() != sum.len() {
+                        return Err(format!("DP-SGD: a gradient of {} values for {} parameters", g.len(), sum.len()));
+                    }
+                    let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                    if !norm.is_finite() {
+                        return Err("DP-SGD: non-finite per-example gradient".into());
+                    }
+                    let c = (cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
+                    sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
                 }
-                let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-                if !norm.is_finite() {
-                    return Err("DP-SGD: non-finite per-example gradient".into());
-                }
-                let c = (cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
-                sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
             }
             model.add_dp_noise(&cfg, &mut sum, &mut noise_rng)?;
             let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);

@@ -226,7 +226,8 @@ fn dp_sgd_through_unfrozen_blocks_sums_clipped_per_example_gradients() {
     use tessera_vision::params::param_ids;
 
     let cfg = VisionModelConfig { trainable_blocks: 1, ..head_cfg() };
-    let data = fashion("train", 1);
+    // 40 examples: two prepared groups (32 + 8) in the one step.
+    let data = fashion("train", 4);
     let n = data.len();
     let mut m = VisionModel::from_config(&cfg, data.clone(), fashion("t10k", 1)).unwrap().with_seeded_noise(true);
     let VisionNet::Transfer(net) = VisionNet::build(&cfg, &Device::flex()).unwrap() else { unreachable!() };
