@@ -5,8 +5,7 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::nn::loss::CrossEntropyLoss;
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};

@@ -2,7 +2,7 @@
 //!
 //! Record-level DP-SGD clips each sampled example's gradient on its own
 //! before summing, so that gradient must exist on its own. The frozen
-//! prefix runs once per step for all sampled images ([`prepare`]); the
+//! prefix runs once for a group of sampled images ([`prepare`]); the
 //! trainable blocks then run forward and backward per image in
 //! [`HostFineTuner`] (batch norm in inference mode keeps images
 //! independent), and the new head's part is in closed form (softmax
@@ -17,8 +17,7 @@ use burn::module::ParamId;
 use super::{HostFineTuner, Tape};
 use crate::efficientnet::FEATURE_DIM;
 use crate::error::{Result, VisionError};
-use crate::nhwc::Shape;
-use crate::nhwc::tensor_values;
+use crate::nhwc::{Shape, tensor_values};
 use crate::params::param_ids;
 use crate::transfer::TransferModel;
 

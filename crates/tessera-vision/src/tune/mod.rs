@@ -302,7 +302,7 @@ impl TuneBlock {
         let skip = (self.residual && want_input).then(|| g.clone());
         let g = self.project.backward(
             &t.dw_a[..d.len()],
-            &t.project_z[..self.project.c_out * d.n * d.h * d.w],
+            &t.project_z[..Shape { c: self.project.c_out, ..d }.len()],
             g,
             false,
             true,
