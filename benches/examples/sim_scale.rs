@@ -17,15 +17,16 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_aggregator::coordinator::{
-    CohortSelection, Coordinator, CoordinatorConfig, Resume, RoundOutcome, SecureConfig,
-};
 use tessera_aggregator::driver::{DriverOptions, RunObserver, serve};
-use tessera_aggregator::strategy::StrategyConfig;
-use tessera_client::{ClientOptions, EgressLedger, LocalModel, Participant, Policy, TrainedUpdate};
+use tessera_client::{ClientOptions, EgressLedger, LocalModel};
 use tessera_core::codec::Limits;
 use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{EvalMetrics, ModelParams, ParamTensor, RoundRecord, RunId};
+use tessera_protocol::StrategyConfig;
+use tessera_protocol::coordinator::{
+    CohortSelection, Coordinator, CoordinatorConfig, Resume, RoundOutcome, SecureConfig,
+};
+use tessera_protocol::{Participant, Policy, TrainedUpdate};
 use tessera_transport::{AdmitAll, MemoryNetwork};
 
 /// Moves every value by a member-specific step; reports fixed metrics.

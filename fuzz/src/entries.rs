@@ -321,8 +321,8 @@ struct Script {
 pub fn participant(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let me = "m1";
-    let policy = tessera_client::Policy { chunk_values: CHUNK, max_model_values: 1 << 16, ..Default::default() };
-    let mut p = tessera_client::Participant::new(me, policy, ChaCha20Rng::seed_from_u64(7));
+    let policy = tessera_protocol::Policy { chunk_values: CHUNK, max_model_values: 1 << 16, ..Default::default() };
+    let mut p = tessera_protocol::Participant::new(me, policy, ChaCha20Rng::seed_from_u64(7));
     let mut audit = MemberAudit::default();
     let mut script: Option<Script> = None;
     p.hello();
@@ -424,7 +424,7 @@ pub fn participant(data: &[u8]) {
                     TrainResult::Ok(n) => Ok(trained(&base, 0.05, u64::from(n))),
                     TrainResult::Err => Err("training failed".to_string()),
                     TrainResult::NonFinite => Ok(trained(&base, f32::NAN, 10)),
-                    TrainResult::OtherLayout => Ok(tessera_client::TrainedUpdate {
+                    TrainResult::OtherLayout => Ok(tessera_protocol::TrainedUpdate {
                         params: ModelParams::new(vec![ParamTensor::new("x", vec![1], vec![1.0]).unwrap()]),
                         num_examples: 3,
                         mean_loss: 0.5,
@@ -459,11 +459,11 @@ pub fn participant(data: &[u8]) {
 }
 
 fn drain_member(
-    p: &mut tessera_client::Participant<ChaCha20Rng>,
+    p: &mut tessera_protocol::Participant<ChaCha20Rng>,
     audit: &mut MemberAudit,
     script: &mut Option<Script>,
 ) {
-    use tessera_client::participant::Output;
+    use tessera_protocol::member::Output;
     for _ in 0..10_000 {
         match p.poll_output() {
             None => return,
@@ -481,10 +481,10 @@ fn drain_member(
     panic!("the member produced outputs without end");
 }
 
-fn trained(base: &ModelParams, step: f32, examples: u64) -> tessera_client::TrainedUpdate {
+fn trained(base: &ModelParams, step: f32, examples: u64) -> tessera_protocol::TrainedUpdate {
     let mut params = base.clone();
     params.values_mut().for_each(|v| *v += step);
-    tessera_client::TrainedUpdate { params, num_examples: examples, mean_loss: 0.3 }
+    tessera_protocol::TrainedUpdate { params, num_examples: examples, mean_loss: 0.3 }
 }
 
 fn metrics(n: u64) -> EvalMetrics {
@@ -622,8 +622,8 @@ const MEMBERS: usize = 4;
 /// The aggregator's state machine with three honest members (the real
 /// `Participant`) and one hostile member whose messages come from the input.
 pub fn coordinator(data: &[u8]) {
-    use tessera_aggregator::coordinator::{Coordinator, Event, Output, Resume};
-    use tessera_client::participant::Output as MemberOut;
+    use tessera_protocol::coordinator::{Coordinator, Event, Output, Resume};
+    use tessera_protocol::member::Output as MemberOut;
 
     let mut u = Unstructured::new(data);
     let cfg = coordinator_config();
@@ -633,12 +633,12 @@ pub fn coordinator(data: &[u8]) {
     };
     let names: Vec<String> = (0..MEMBERS).map(member_name).collect();
     let hostile = names[MEMBERS - 1].clone();
-    let mut members: BTreeMap<String, tessera_client::Participant<ChaCha20Rng>> = names[..MEMBERS - 1]
+    let mut members: BTreeMap<String, tessera_protocol::Participant<ChaCha20Rng>> = names[..MEMBERS - 1]
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let policy = tessera_client::Policy { chunk_values: CHUNK, ..Default::default() };
-            (n.clone(), tessera_client::Participant::new(n.clone(), policy, ChaCha20Rng::seed_from_u64(i as u64)))
+            let policy = tessera_protocol::Policy { chunk_values: CHUNK, ..Default::default() };
+            (n.clone(), tessera_protocol::Participant::new(n.clone(), policy, ChaCha20Rng::seed_from_u64(i as u64)))
         })
         .collect();
     let mut online: BTreeSet<String> = BTreeSet::new();
@@ -855,7 +855,7 @@ pub fn coordinator(data: &[u8]) {
 }
 
 /// The coordinator settings of the daemon, from an `aggregator.toml`.
-fn coordinator_config() -> tessera_aggregator::coordinator::CoordinatorConfig {
+fn coordinator_config() -> tessera_protocol::coordinator::CoordinatorConfig {
     const TOML: &str = r#"
         [server]
         listen = "127.0.0.1:0"
@@ -949,7 +949,7 @@ pub fn config(data: &[u8]) {
 }
 
 fn start_a_round(cfg: &tessera_aggregator::config::AggregatorConfig) {
-    use tessera_aggregator::coordinator::{Coordinator, Resume};
+    use tessera_protocol::coordinator::{Coordinator, Resume};
     let cc = tessera_aggregator::daemon::coordinator_config(cfg, RUN, 1);
     let Ok(mut c) = Coordinator::new(cc, tiny_model(0.0), None, Resume::default()) else { return };
     for (i, m) in cfg.server.members.iter().take(64).enumerate() {

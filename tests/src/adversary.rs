@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::SeedableRng;
-use tessera_client::participant::Output;
-use tessera_client::{LocalModel, Participant, Policy};
+use tessera_client::LocalModel;
 use tessera_core::codec::{Limits, encode_frame};
 use tessera_core::{AggregatorMsg, ClientMsg};
+use tessera_protocol::member::Output;
+use tessera_protocol::{Participant, Policy};
 use tessera_transport::{QuicDialConfig, TransportError, connect};
 
 /// What happened to the attacker's one connection.
@@ -61,7 +62,7 @@ where
                             outcome.closed_by = Some(e);
                             return outcome;
                         }
-                        outcome.sent.push(m.kind());
+                        outcome.sent.push(m.kind().as_str());
                     }
                 }
                 Output::Train { round, model: params, settings, dp } => {
@@ -79,7 +80,7 @@ where
                         .expect("evaluation task");
                     p.evaluation_done(round, r);
                 }
-                Output::Event(tessera_client::participant::Event::Shutdown { .. }) => return outcome,
+                Output::Event(tessera_protocol::member::Event::Shutdown { .. }) => return outcome,
                 Output::Event(_) => {}
             }
         }

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tessera_aggregator::config::{AggregatorConfig, RunSection, ServerSection, TrainSection};
-use tessera_aggregator::coordinator::{CohortSelection, SecureConfig};
-use tessera_aggregator::strategy::StrategyConfig;
 use tessera_client::config::{
     AggregatorSection, BackendChoice, ClientConfig, DataConfig, DataSection, ModelSection, StateSection,
 };
 use tessera_client::tabular::TabularModel;
 use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::config::{ModelConfig, TrainableConfig};
+use tessera_protocol::StrategyConfig;
+use tessera_protocol::coordinator::{CohortSelection, SecureConfig};
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig};
 
 /// The shipped WDBC file.
@@ -176,7 +176,7 @@ impl<M: LocalModel> LocalModel for GatedModel<M> {
         model: &tessera_core::ModelParams,
         settings: &tessera_core::round::TrainSettings,
         dp: Option<&tessera_core::round::DpSettings>,
-    ) -> Result<tessera_client::TrainedUpdate, String> {
+    ) -> Result<tessera_protocol::TrainedUpdate, String> {
         self.gate.recv().map_err(|_| "training stopped".to_string())?;
         self.inner.train(model, settings, dp)
     }

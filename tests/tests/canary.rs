@@ -111,7 +111,7 @@ async fn planted_markers_never_leave_the_member() {
         assert_eq!(hex::encode(Sha256::digest(frame)), entry.sha256);
         assert_eq!(frame.len() as u64, entry.bytes);
         let msg: ClientMsg = decode_payload(&frame[HEADER_LEN..]).unwrap();
-        assert_eq!(msg.kind(), entry.kind);
+        assert_eq!(msg.kind().as_str(), entry.kind);
     }
     let kinds: std::collections::BTreeSet<_> = sent.iter().map(|e| e.kind.as_str()).collect();
     for k in ["hello", "advertise_keys", "share_keys", "masked_chunk", "unmask_shares", "eval_report"] {

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tessera_aggregator::daemon;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel, Participant, Policy, TrainedUpdate};
+use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{EvalMetrics, ModelParams};
 use tessera_e2e::proc_stats::{MIB, open_fds, peak_rss_bytes, rss_bytes};
 use tessera_e2e::*;
+use tessera_protocol::{Participant, Policy, TrainedUpdate};
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig, pki};
 
 /// A model with 6 trainable values; training moves every value by a step

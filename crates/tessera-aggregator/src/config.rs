@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tessera_core::round::TrainSettings;
 use tessera_vision::spec::ModelSection;
 
-use crate::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
-use crate::strategy::StrategyConfig;
+use tessera_protocol::StrategyConfig;
+use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -14,14 +14,14 @@ use tessera_transport::{Admission, Listener, QuicListenerConfig, Refusal};
 use tessera_vision::spec::ModelSection;
 
 use crate::config::AggregatorConfig;
-use crate::coordinator::{Coordinator, CoordinatorConfig, Resume};
 use crate::driver::{DriverOptions, RunEnd, serve};
 use crate::http::SharedStatus;
 use crate::observer::{DaemonObserver, SharedStore, lock, lock_status, point};
 use crate::report::{RunDir, Summary};
 use crate::status::{MemberStatus, RunState, StatusSnapshot};
 use crate::store::{StateStore, now_ms};
-use crate::strategy::ServerOptimizer;
+use tessera_protocol::ServerOptimizer;
+use tessera_protocol::coordinator::{Coordinator, CoordinatorConfig, Resume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

@@ -16,7 +16,7 @@ use tessera_transport::{FrameReceiver, FrameSender, Listener, close_code};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::coordinator::{Coordinator, Event, Handled, Output, RoundOutcome};
+use tessera_protocol::coordinator::{Coordinator, Event, Handled, Output, RoundOutcome};
 
 /// Commands for one connection's writer task.
 enum WriterCmd {

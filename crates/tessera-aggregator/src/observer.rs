@@ -7,16 +7,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tessera_core::RoundRecord;
 use tessera_privacy::GaussianSpend;
 
-use crate::coordinator::{Coordinator, RoundOutcome};
 use crate::driver::RunObserver;
 use crate::http::SharedStatus;
 use crate::report::{RunDir, round_line};
 use crate::status::{RoundPoint, RunState, StatusSnapshot};
 use crate::store::{FinishedRound, StateStore, now_ms};
+use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
 
 /// Test-only fault injection: after the completion of this many rounds has
 /// been committed, the daemon stops making progress (as if hung), so a test
-/// can SIGKILL it at exactly that point. Never set it in production.
+/// can SIGKILL it at exactly that point. Read only in builds with the
+/// `fault-injection` feature, which only the workspace's test crate turns
+/// on (as a dev-dependency, so `cargo build --release` leaves it off).
 pub const STALL_ENV: &str = "TESSERA_TEST_STALL_AFTER_ROUND";
 
 pub type SharedStore = Arc<Mutex<StateStore>>;
@@ -47,7 +49,8 @@ pub struct DaemonObserver {
 
 impl DaemonObserver {
     pub fn new(store: SharedStore, run: RunDir, status: SharedStatus, keep: u32, completed: u64) -> Self {
-        let stall_after = std::env::var(STALL_ENV).ok().and_then(|v| v.parse().ok());
+        let stall_after =
+            cfg!(feature = "fault-injection").then(|| std::env::var(STALL_ENV).ok()?.parse().ok()).flatten();
         Self { store, run, status, keep, completed, failed: None, stall_after, last_status_write: 0 }
     }
 

@@ -5,33 +5,29 @@ use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use rand_core::{CryptoRng, RngCore};
 use tessera_learn::TabularData;
 use tessera_privacy::PrivacyBudget;
+use tessera_protocol::member::{MemberRng, Participant, Policy};
 use tessera_transport::{Dialer, QuicDialConfig};
 
 use crate::config::{ClientConfig, DataConfig, ModelSection};
 use crate::driver::{ClientExit, ClientOptions, LocalModel};
 use crate::egress::EgressLedger;
-use crate::participant::{Participant, Policy};
 use crate::privacy::LedgerGuard;
 use crate::tabular::TabularModel;
 use crate::vision::{VisionModel, load_member_images};
 
 /// The member's protocol state machine with its policy, its own privacy
 /// budget (when configured) and its randomness.
-pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<ChaCha20Rng>> {
+pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRandomness>> {
     let rng = if cfg.testing.seeded_randomness {
         tracing::warn!(member = %cfg.member, "TEST MODE: seeded randomness; masks and noise are predictable");
-        ChaCha20Rng::seed_from_u64(crate::driver::member_seed(0x7e55_e7a0, &cfg.member))
+        MemberRandomness::Seeded(ChaCha20Rng::seed_from_u64(crate::driver::member_seed(SEEDED, &cfg.member)))
     } else {
-        ChaCha20Rng::from_entropy()
+        MemberRandomness::Os(ChaCha20Rng::from_entropy())
     };
     let mut p = Participant::new(cfg.member.clone(), Policy::default(), rng);
-    if cfg.testing.seeded_randomness {
-        p = p.with_round_reseed(|member, seed| {
-            ChaCha20Rng::seed_from_u64(crate::driver::member_seed(seed ^ 0x7e55_e7a0, member))
-        });
-    }
     if let Some(privacy) = &cfg.privacy {
         let budget = PrivacyBudget { epsilon: privacy.epsilon, delta: privacy.delta };
         let guard = LedgerGuard::open(&privacy.ledger, budget)
@@ -94,4 +90,51 @@ async fn drive<M: LocalModel>(cfg: &ClientConfig, model: M, opts: ClientOptions)
     let mut p = participant(cfg)?;
     let model = Arc::new(Mutex::new(model));
     Ok(crate::driver::run(Dialer::Quic(Arc::new(dial)), &mut p, model, &mut egress, opts).await?)
+}
+
+/// Salt of the seeded test mode's per-member streams.
+const SEEDED: u64 = 0x7e55_e7a0;
+
+/// The daemon's randomness: a CSPRNG seeded from the OS, or, in the seeded
+/// test mode (`[testing] seeded_randomness`), streams derived from the
+/// member's name and each round's seed, so that a retried or resumed round
+/// draws exactly what an uninterrupted run drew.
+pub enum MemberRandomness {
+    /// Production: seeded once from the OS.
+    Os(ChaCha20Rng),
+    /// Test mode: predictable masks and noise.
+    Seeded(ChaCha20Rng),
+}
+
+impl MemberRandomness {
+    fn inner(&mut self) -> &mut ChaCha20Rng {
+        match self {
+            MemberRandomness::Os(r) | MemberRandomness::Seeded(r) => r,
+        }
+    }
+}
+
+impl RngCore for MemberRandomness {
+    fn next_u32(&mut self) -> u32 {
+        self.inner().next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.inner().next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.inner().fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.inner().try_fill_bytes(dest)
+    }
+}
+
+impl CryptoRng for MemberRandomness {}
+
+impl MemberRng for MemberRandomness {
+    fn round_started(&mut self, member: &str, round_seed: u64) {
+        if let MemberRandomness::Seeded(r) = self {
+            *r = ChaCha20Rng::seed_from_u64(crate::driver::member_seed(round_seed ^ SEEDED, member));
+        }
+    }
 }

@@ -1,19 +1,19 @@
-//! The thin async driver around a [`Participant`]: dial out (with backoff),
+//! The thin async driver around a member state machine
+//! ([`tessera_protocol::Participant`], or a wrapper of one): dial out (with backoff),
 //! move frames, run training and evaluation on a bounded worker pool, record
 //! every outgoing frame in the egress ledger before it leaves, and reconnect
 //! after a network loss or an aggregator restart.
 
 use std::sync::{Arc, Mutex};
 
-use rand_core::{CryptoRng, RngCore};
 use tessera_core::codec::{self, Limits};
 use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams};
+use tessera_core::{AggregatorMsg, EvalMetrics, ModelParams};
 use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, connect_with_backoff};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::egress::{EgressError, EgressLedger};
-use crate::participant::{Event, Output, Participant, TrainedUpdate};
+use tessera_protocol::member::{Event, MemberMachine, Output, TrainedUpdate};
 
 /// What a member trains and evaluates. Implementations hold the private
 /// data; only parameters and aggregate metrics come out.
@@ -38,24 +38,7 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// Bounds concurrent local work across all members sharing it.
     pub workers: Arc<Semaphore>,
-    /// Simulator only: consulted with (round, message kind) before each
-    /// outgoing round message, to inject dropouts and stragglers.
-    pub fault: Option<FaultHook>,
 }
-
-/// What a fault-injection hook does to an outgoing message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// Send it.
-    Pass,
-    /// Leave the round in-band: send `Decline` instead and nothing further
-    /// of that round except evaluation reports. The aggregator drops the
-    /// member at once, so the outcome does not depend on timing.
-    Withdraw,
-}
-
-/// See [`ClientOptions::fault`].
-pub type FaultHook = Arc<dyn Fn(u64, &'static str) -> Fault + Send + Sync>;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -64,7 +47,6 @@ impl Default for ClientOptions {
             backoff: BackoffPolicy::default(),
             reconnect: true,
             workers: Arc::new(Semaphore::new(1)),
-            fault: None,
         }
     }
 }
@@ -73,10 +55,13 @@ impl Default for ClientOptions {
 pub enum ClientError {
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    /// Nothing may leave unrecorded, so a ledger that cannot be written
+    /// (a full disk, a read-only mount) stops the member; reconnecting
+    /// would not fix it.
     #[error("egress ledger: {0}")]
     Egress(#[from] EgressError),
     #[error("could not encode an outgoing message: {0}")]
-    Encode(String),
+    Encode(#[from] codec::CodecError),
 }
 
 /// How the member's run ended.
@@ -93,144 +78,153 @@ enum Work {
     Evaluated(u64, Result<EvalMetrics, String>),
 }
 
+/// Why a connection's loop stopped, other than the run's end.
+enum Stop {
+    /// The connection is gone: reconnect (daemon) or stop (simulator).
+    Lost(String),
+    /// The member cannot go on on any connection.
+    Fatal(ClientError),
+}
+
+impl From<ClientError> for Stop {
+    fn from(e: ClientError) -> Self {
+        Stop::Fatal(e)
+    }
+}
+
+/// Everything the driver carries across connections besides the
+/// participant: where local work runs, where egress is recorded, and what
+/// the run's last messages said.
+struct Member<'a, M> {
+    model: Arc<Mutex<M>>,
+    egress: &'a mut EgressLedger,
+    opts: ClientOptions,
+    work_tx: mpsc::UnboundedSender<Work>,
+    /// The aggregator ended the run, with this reason.
+    shutdown: Option<String>,
+}
+
 /// Run the member until the aggregator shuts the run down.
-pub async fn run<R, M>(
+pub async fn run<P, M>(
     dialer: Dialer,
-    participant: &mut Participant<R>,
+    participant: &mut P,
     model: Arc<Mutex<M>>,
     egress: &mut EgressLedger,
     opts: ClientOptions,
 ) -> Result<ClientExit, ClientError>
 where
-    R: RngCore + CryptoRng,
+    P: MemberMachine,
     M: LocalModel,
 {
     let (work_tx, mut work_rx) = mpsc::unbounded_channel::<Work>();
-    let mut withdrawn = None;
+    let mut member = Member { model, egress, opts, work_tx, shutdown: None };
     loop {
-        let conn = connect_with_backoff(&dialer, &opts.backoff).await?;
+        let conn = connect_with_backoff(&dialer, &member.opts.backoff).await?;
         let (mut tx, mut rx) = conn.split();
         tracing::info!(member = participant.member(), "connected to the aggregator");
         participant.hello();
-        let mut shutdown = None;
-        let mut lost: Option<String> = None;
-        if let Err(e) =
-            flush(participant, &mut tx, egress, &model, &work_tx, &opts, &mut shutdown, &mut withdrawn).await
-        {
-            lost = Some(e);
-        }
-        while lost.is_none() && shutdown.is_none() {
+        let mut stop = member.flush(participant, &mut tx).await.err();
+        while stop.is_none() && member.shutdown.is_none() {
             tokio::select! {
                 frame = rx.recv() => match frame {
                     Ok(Some(payload)) => match payload.decode::<AggregatorMsg>() {
                         Ok(msg) => { let _ = participant.handle(msg); }
-                        Err(e) => lost = Some(format!("undecodable frame from the aggregator: {e}")),
+                        Err(e) => stop = Some(Stop::Lost(format!("undecodable frame from the aggregator: {e}"))),
                     },
-                    Ok(None) => lost = Some("aggregator closed the connection".into()),
-                    Err(e) => lost = Some(e.to_string()),
+                    Ok(None) => stop = Some(Stop::Lost("aggregator closed the connection".into())),
+                    Err(e) => stop = Some(Stop::Lost(e.to_string())),
                 },
                 Some(done) = work_rx.recv() => match done {
                     Work::Trained(round, r) => participant.training_done(round, r),
                     Work::Evaluated(round, r) => participant.evaluation_done(round, r),
                 },
             }
-            if let Err(e) =
-                flush(participant, &mut tx, egress, &model, &work_tx, &opts, &mut shutdown, &mut withdrawn).await
-            {
-                lost = Some(e);
+            if stop.is_none() {
+                stop = member.flush(participant, &mut tx).await.err();
             }
         }
-        if let Some(reason) = shutdown {
+        if let Some(reason) = member.shutdown.take() {
             let _ = tx.finish().await;
             return Ok(ClientExit::Shutdown { reason });
         }
-        let reason = lost.unwrap_or_default();
+        let reason = match stop {
+            Some(Stop::Fatal(e)) => {
+                let _ = tx.finish().await;
+                return Err(e);
+            }
+            Some(Stop::Lost(reason)) => reason,
+            None => String::new(),
+        };
         tracing::warn!(member = participant.member(), %reason, "connection lost");
-        if !opts.reconnect {
+        if !member.opts.reconnect {
             return Ok(ClientExit::Disconnected { reason });
         }
     }
 }
 
-/// Carry out everything the participant asked for. Returns a transport
-/// error as text (the caller reconnects); egress failures are fatal because
-/// nothing may leave unrecorded.
-#[allow(clippy::too_many_arguments)]
-async fn flush<R, M>(
-    participant: &mut Participant<R>,
-    tx: &mut FrameSender,
-    egress: &mut EgressLedger,
-    model: &Arc<Mutex<M>>,
-    work_tx: &mpsc::UnboundedSender<Work>,
-    opts: &ClientOptions,
-    shutdown: &mut Option<String>,
-    withdrawn: &mut Option<u64>,
-) -> Result<(), String>
-where
-    R: RngCore + CryptoRng,
-    M: LocalModel,
-{
-    while let Some(out) = participant.poll_output() {
-        match out {
-            Output::Send(mut msg) => {
-                if let (Some(hook), Some(round)) = (&opts.fault, msg.round()) {
-                    let report = matches!(msg, ClientMsg::EvalReport { .. });
-                    if *withdrawn == Some(round) && !report {
-                        continue;
+impl<M: LocalModel> Member<'_, M> {
+    /// Carry out everything the participant asked for. A transport error
+    /// loses the connection; an egress or encoding failure is fatal.
+    async fn flush<P: MemberMachine>(&mut self, participant: &mut P, tx: &mut FrameSender) -> Result<(), Stop> {
+        while let Some(out) = participant.poll_output() {
+            match out {
+                Output::Send(msg) => {
+                    let frame = codec::encode_frame(&msg, &self.opts.limits).map_err(ClientError::from)?;
+                    self.egress.record(msg.round(), msg.kind().as_str(), &frame).map_err(ClientError::from)?;
+                    tx.send(frame).await.map_err(|e| Stop::Lost(e.to_string()))?;
+                }
+                Output::Train { round, model: params, mut settings, dp } => {
+                    settings.seed = member_seed(settings.seed, participant.member());
+                    self.spawn_work(
+                        move |m| Work::Trained(round, m.train(&params, &settings, dp.as_ref())),
+                        move |e| Work::Trained(round, Err(format!("training task failed: {e}"))),
+                    );
+                }
+                Output::Evaluate { round, model: params } => {
+                    self.spawn_work(
+                        move |m| Work::Evaluated(round, m.evaluate(&params)),
+                        move |e| Work::Evaluated(round, Err(format!("evaluation task failed: {e}"))),
+                    );
+                }
+                Output::Event(ev) => match ev {
+                    Event::Refused { round, reason } => {
+                        tracing::warn!(member = participant.member(), ?round, %reason, "refused an aggregator request");
+                        self.egress.record_refusal(round, &reason).map_err(ClientError::from)?;
                     }
-                    if hook(round, msg.kind()) == Fault::Withdraw {
-                        *withdrawn = Some(round);
-                        msg = ClientMsg::Decline { round, reason: "simulated dropout".into() };
+                    Event::Shutdown { reason } => {
+                        tracing::info!(member = participant.member(), %reason, "run finished");
+                        self.shutdown = Some(reason);
                     }
-                }
-                let frame = codec::encode_frame(&msg, &opts.limits).map_err(|e| e.to_string())?;
-                egress.record(msg.round(), msg.kind(), &frame).map_err(|e| format!("egress ledger: {e}"))?;
-                tx.send(frame).await.map_err(|e| e.to_string())?;
+                    Event::RoundEnded { round, accepted, reason } => {
+                        tracing::info!(member = participant.member(), round, accepted, %reason, "round ended")
+                    }
+                    other => tracing::debug!(member = participant.member(), event = ?other),
+                },
             }
-            Output::Train { round, model: params, mut settings, dp } => {
-                settings.seed = member_seed(settings.seed, participant.member());
-                let (m, w, workers) = (model.clone(), work_tx.clone(), opts.workers.clone());
-                tokio::spawn(async move {
-                    let _permit = workers.acquire_owned().await;
-                    let r = tokio::task::spawn_blocking(move || {
-                        let mut m = m.lock().map_err(|_| "local model poisoned by an earlier panic".to_string())?;
-                        m.train(&params, &settings, dp.as_ref())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("training task failed: {e}")));
-                    let _ = w.send(Work::Trained(round, r));
-                });
-            }
-            Output::Evaluate { round, model: params } => {
-                let (m, w, workers) = (model.clone(), work_tx.clone(), opts.workers.clone());
-                tokio::spawn(async move {
-                    let _permit = workers.acquire_owned().await;
-                    let r = tokio::task::spawn_blocking(move || {
-                        let mut m = m.lock().map_err(|_| "local model poisoned by an earlier panic".to_string())?;
-                        m.evaluate(&params)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("evaluation task failed: {e}")));
-                    let _ = w.send(Work::Evaluated(round, r));
-                });
-            }
-            Output::Event(ev) => match ev {
-                Event::Refused { round, reason } => {
-                    tracing::warn!(member = participant.member(), ?round, %reason, "refused an aggregator request");
-                    egress.record_refusal(round, &reason).map_err(|e| format!("egress ledger: {e}"))?;
-                }
-                Event::Shutdown { reason } => {
-                    tracing::info!(member = participant.member(), %reason, "run finished");
-                    *shutdown = Some(reason);
-                }
-                Event::RoundEnded { round, accepted, reason } => {
-                    tracing::info!(member = participant.member(), round, accepted, %reason, "round ended")
-                }
-                other => tracing::debug!(member = participant.member(), event = ?other),
-            },
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Run `job` on the local model on a blocking worker, bounded by the
+    /// shared worker pool, and hand its result back to the run loop.
+    fn spawn_work(
+        &self,
+        job: impl FnOnce(&mut M) -> Work + Send + 'static,
+        failed: impl FnOnce(String) -> Work + Send + 'static,
+    ) {
+        let (m, w, workers) = (self.model.clone(), self.work_tx.clone(), self.opts.workers.clone());
+        tokio::spawn(async move {
+            let _permit = workers.acquire_owned().await;
+            let done = tokio::task::spawn_blocking(move || match m.lock() {
+                Ok(mut m) => Ok(job(&mut m)),
+                Err(_) => Err("local model poisoned by an earlier panic".to_string()),
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let _ = w.send(done.unwrap_or_else(failed));
+        });
+    }
 }
 
 /// Each member shuffles and samples with its own stream, derived from the

@@ -3,8 +3,8 @@
 //! the aggregator asks, and releases only a clipped, privatized, securely
 //! masked update and aggregate evaluation metrics.
 //!
-//! [`participant`] is the sans-IO protocol state machine (no sockets, no
-//! clocks, no training); [`driver`] dials out, moves frames and runs local
+//! The protocol state machine is `tessera_protocol::member::Participant`
+//! (no sockets, no clocks, no training); [`driver`] dials out, moves frames and runs local
 //! work; [`egress`] records every byte that leaves. This crate must never
 //! send, log or return a record or a per-example value, and never accept a
 //! round without secure aggregation unless its policy is the simulator's
@@ -14,7 +14,6 @@ pub mod config;
 pub mod daemon;
 pub mod driver;
 pub mod egress;
-pub mod participant;
 pub mod privacy;
 pub mod progress;
 pub mod tabular;
@@ -22,5 +21,4 @@ pub mod vision;
 
 pub use driver::{ClientExit, ClientOptions, LocalModel, run};
 pub use egress::EgressLedger;
-pub use participant::{Participant, Policy, PrivacyGuard, TrainedUpdate};
 pub use privacy::LedgerGuard;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tessera_privacy::{FileLedgerStore, GaussianSpend, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger};
 
-use crate::participant::PrivacyGuard;
+use tessera_protocol::member::PrivacyGuard;
 
 /// A [`PrivacyLedger`] as the participant's [`PrivacyGuard`].
 pub struct LedgerGuard<S: LedgerStore> {

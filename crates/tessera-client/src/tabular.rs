@@ -13,7 +13,7 @@ use tessera_core::{EvalMetrics, ModelParams};
 use tessera_learn::{ComputeBackend, LearnError, Split, TabularData, TabularTask};
 
 use crate::driver::LocalModel;
-use crate::participant::TrainedUpdate;
+use tessera_protocol::member::TrainedUpdate;
 
 pub struct TabularModel {
     task: TabularTask,

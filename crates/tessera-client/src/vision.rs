@@ -31,7 +31,7 @@ use tessera_vision::{
 };
 
 use crate::driver::LocalModel;
-use crate::participant::TrainedUpdate;
+use tessera_protocol::member::TrainedUpdate;
 
 /// Separates the seeded noise stream from the sampling stream (test mode only).
 const NOISE_STREAM: u64 = 0x6e6f_6973_6500_0002;

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod evaluate;
 pub mod message;
 pub mod metrics;
 pub mod params;
@@ -17,7 +18,7 @@ pub mod round;
 pub mod stream;
 
 pub use codec::{CodecError, FrameDecoder, Limits, PROTOCOL_VERSION, Payload};
-pub use message::{AggregatorMsg, ClientMsg};
+pub use message::{AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind};
 pub use metrics::{EvalMetrics, RoundRecord};
 pub use params::{ModelParams, ParamLayout, ParamTensor, ParamsError};
 pub use round::{RoundSettings, RunId};

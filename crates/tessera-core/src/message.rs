@@ -172,22 +172,65 @@ pub enum ClientMsg {
     },
 }
 
-impl ClientMsg {
-    /// Short name for logs and the egress ledger.
-    pub fn kind(&self) -> &'static str {
+/// The kind of a member's message, as logs, the egress ledger and the simulator's
+/// dropout model name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientMsgKind {
+    Hello,
+    AdvertiseKeys,
+    ShareKeys,
+    MaskedStart,
+    MaskedChunk,
+    MaskedEnd,
+    UnmaskShares,
+    PlainStart,
+    PlainChunk,
+    PlainEnd,
+    EvalReport,
+    Decline,
+}
+
+impl ClientMsgKind {
+    /// The short name written to logs and the egress ledger.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            ClientMsg::Hello { .. } => "hello",
-            ClientMsg::AdvertiseKeys { .. } => "advertise_keys",
-            ClientMsg::ShareKeys { .. } => "share_keys",
-            ClientMsg::MaskedStart { .. } => "masked_start",
-            ClientMsg::MaskedChunk { .. } => "masked_chunk",
-            ClientMsg::MaskedEnd { .. } => "masked_end",
-            ClientMsg::UnmaskShares { .. } => "unmask_shares",
-            ClientMsg::PlainStart { .. } => "plain_start",
-            ClientMsg::PlainChunk { .. } => "plain_chunk",
-            ClientMsg::PlainEnd { .. } => "plain_end",
-            ClientMsg::EvalReport { .. } => "eval_report",
-            ClientMsg::Decline { .. } => "decline",
+            ClientMsgKind::Hello => "hello",
+            ClientMsgKind::AdvertiseKeys => "advertise_keys",
+            ClientMsgKind::ShareKeys => "share_keys",
+            ClientMsgKind::MaskedStart => "masked_start",
+            ClientMsgKind::MaskedChunk => "masked_chunk",
+            ClientMsgKind::MaskedEnd => "masked_end",
+            ClientMsgKind::UnmaskShares => "unmask_shares",
+            ClientMsgKind::PlainStart => "plain_start",
+            ClientMsgKind::PlainChunk => "plain_chunk",
+            ClientMsgKind::PlainEnd => "plain_end",
+            ClientMsgKind::EvalReport => "eval_report",
+            ClientMsgKind::Decline => "decline",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientMsgKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl ClientMsg {
+    /// What kind of message this is.
+    pub fn kind(&self) -> ClientMsgKind {
+        match self {
+            ClientMsg::Hello { .. } => ClientMsgKind::Hello,
+            ClientMsg::AdvertiseKeys { .. } => ClientMsgKind::AdvertiseKeys,
+            ClientMsg::ShareKeys { .. } => ClientMsgKind::ShareKeys,
+            ClientMsg::MaskedStart { .. } => ClientMsgKind::MaskedStart,
+            ClientMsg::MaskedChunk { .. } => ClientMsgKind::MaskedChunk,
+            ClientMsg::MaskedEnd { .. } => ClientMsgKind::MaskedEnd,
+            ClientMsg::UnmaskShares { .. } => ClientMsgKind::UnmaskShares,
+            ClientMsg::PlainStart { .. } => ClientMsgKind::PlainStart,
+            ClientMsg::PlainChunk { .. } => ClientMsgKind::PlainChunk,
+            ClientMsg::PlainEnd { .. } => ClientMsgKind::PlainEnd,
+            ClientMsg::EvalReport { .. } => ClientMsgKind::EvalReport,
+            ClientMsg::Decline { .. } => ClientMsgKind::Decline,
         }
     }
 
@@ -210,6 +253,44 @@ impl ClientMsg {
     }
 }
 
+/// The kind of an aggregator's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AggregatorMsgKind {
+    Welcome,
+    RoundStart,
+    ModelStart,
+    ModelChunk,
+    ModelEnd,
+    CohortKeys,
+    ForwardShares,
+    UnmaskRequest,
+    RoundEnd,
+    Shutdown,
+}
+
+impl AggregatorMsgKind {
+    /// The short name written to logs and the egress ledger.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AggregatorMsgKind::Welcome => "welcome",
+            AggregatorMsgKind::RoundStart => "round_start",
+            AggregatorMsgKind::ModelStart => "model_start",
+            AggregatorMsgKind::ModelChunk => "model_chunk",
+            AggregatorMsgKind::ModelEnd => "model_end",
+            AggregatorMsgKind::CohortKeys => "cohort_keys",
+            AggregatorMsgKind::ForwardShares => "forward_shares",
+            AggregatorMsgKind::UnmaskRequest => "unmask_request",
+            AggregatorMsgKind::RoundEnd => "round_end",
+            AggregatorMsgKind::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for AggregatorMsgKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 impl AggregatorMsg {
     /// The round a message belongs to (`None` for Welcome and Shutdown).
     pub fn round(&self) -> Option<u64> {
@@ -226,18 +307,19 @@ impl AggregatorMsg {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    /// What kind of message this is.
+    pub fn kind(&self) -> AggregatorMsgKind {
         match self {
-            AggregatorMsg::Welcome { .. } => "welcome",
-            AggregatorMsg::RoundStart { .. } => "round_start",
-            AggregatorMsg::ModelStart { .. } => "model_start",
-            AggregatorMsg::ModelChunk { .. } => "model_chunk",
-            AggregatorMsg::ModelEnd { .. } => "model_end",
-            AggregatorMsg::CohortKeys { .. } => "cohort_keys",
-            AggregatorMsg::ForwardShares { .. } => "forward_shares",
-            AggregatorMsg::UnmaskRequest { .. } => "unmask_request",
-            AggregatorMsg::RoundEnd { .. } => "round_end",
-            AggregatorMsg::Shutdown { .. } => "shutdown",
+            AggregatorMsg::Welcome { .. } => AggregatorMsgKind::Welcome,
+            AggregatorMsg::RoundStart { .. } => AggregatorMsgKind::RoundStart,
+            AggregatorMsg::ModelStart { .. } => AggregatorMsgKind::ModelStart,
+            AggregatorMsg::ModelChunk { .. } => AggregatorMsgKind::ModelChunk,
+            AggregatorMsg::ModelEnd { .. } => AggregatorMsgKind::ModelEnd,
+            AggregatorMsg::CohortKeys { .. } => AggregatorMsgKind::CohortKeys,
+            AggregatorMsg::ForwardShares { .. } => AggregatorMsgKind::ForwardShares,
+            AggregatorMsg::UnmaskRequest { .. } => AggregatorMsgKind::UnmaskRequest,
+            AggregatorMsg::RoundEnd { .. } => AggregatorMsgKind::RoundEnd,
+            AggregatorMsg::Shutdown { .. } => AggregatorMsgKind::Shutdown,
         }
     }
 }

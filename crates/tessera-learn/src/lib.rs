@@ -1,7 +1,7 @@
 //! `tessera-learn` owns everything a member does with its own data: loading
 //! and preprocessing tabular files, the tabular MLP and its trainable part
 //! (head, last layers, LoRA adapters), local training with FedProx and
-//! record-level DP-SGD, evaluation metrics, and backbone pretraining
+//! record-level DP-SGD, evaluation (metrics from `tessera_core::evaluate`), and backbone pretraining
 //! checkpoints. It converts the trainable part to and from
 //! [`tessera_core::ModelParams`], the only thing that leaves the member.
 //!
@@ -14,7 +14,6 @@ pub mod backend;
 pub mod data;
 pub mod dpsgd;
 pub mod error;
-pub mod metrics;
 pub mod model;
 pub mod pretrain;
 pub mod spec;

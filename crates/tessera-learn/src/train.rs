@@ -9,8 +9,8 @@ use tessera_core::{EvalMetrics, ModelParams};
 use crate::backend::ComputeBackend;
 use crate::data::{Dataset, Split, TabularData};
 use crate::error::LearnError;
-use crate::metrics::eval_metrics;
 use crate::model::{Field, MlpConfig, TabularMlp, TrainablePart, export_slots, import_slots, tensor2, to_vec};
+use tessera_core::evaluate::eval_metrics;
 
 /// Model choice for a tabular task; input and output sizes come from the data.
 #[derive(Clone, Debug, PartialEq)]

@@ -22,7 +22,7 @@ pub enum SecretKind {
     MaskKey,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SecAggError {
     // Round configuration.
     #[error("invalid secure-aggregation settings: {0}")]

@@ -36,7 +36,7 @@ fn train_alone(s: &Scenario, data: TabularData, opts: &SimOptions) -> anyhow::Re
     let mut params = tessera_learn::spec::initial_trainable_params(s.tabular_model()?)?;
     let mut settings = s.train.settings();
     for round in 1..=s.rounds {
-        settings.seed = tessera_aggregator::coordinator::derive_seed(s.seed, round, b"compare");
+        settings.seed = tessera_protocol::derive_seed(s.seed, round, b"compare");
         params = model.train(&params, &settings, None).map_err(anyhow::Error::msg)?.params;
     }
     model.evaluate(&params).map_err(anyhow::Error::msg)

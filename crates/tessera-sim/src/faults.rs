@@ -2,8 +2,9 @@
 //! scenario seed, the member and the round, so a run with dropouts and
 //! stragglers is as reproducible as one without.
 //!
-//! Members leave a round through the client driver's fault hook
-//! ([`tessera_client::driver::Fault::Withdraw`]): instead of the message
+//! Members leave a round through [`Faulty`], a wrapper around the member's
+//! state machine that the client driver drives like any member
+//! ([`Fault::Withdraw`]): instead of the message
 //! that opens a protocol phase they send `Decline`, and the aggregator
 //! drops them from the round at once, exactly as when a member disconnects
 //! (its masks are recovered from the others' shares). Withdrawing in-band
@@ -11,13 +12,85 @@
 //! independent of how fast a reconnect happens.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
-use tessera_aggregator::coordinator::derive_seed;
-use tessera_client::driver::Fault;
+use tessera_core::{AggregatorMsg, ClientMsg, ClientMsgKind, EvalMetrics};
+use tessera_protocol::derive_seed;
+use tessera_protocol::member::{MemberMachine, Output, Refusal, TrainedUpdate};
+
+/// What the fault plan does to a member's outgoing message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Send it.
+    Pass,
+    /// Leave the round in-band: send `Decline` instead and nothing further
+    /// of that round except evaluation reports. The aggregator drops the
+    /// member at once, so the outcome does not depend on timing.
+    Withdraw,
+}
+
+/// A member whose outgoing round messages pass through the run's
+/// [`FaultPlan`] before the driver sends them.
+pub struct Faulty<P> {
+    inner: P,
+    plan: Option<Arc<FaultPlan>>,
+    /// The member's index in the scenario.
+    index: usize,
+    /// The round the plan withdrew this member from.
+    withdrawn: Option<u64>,
+}
+
+impl<P> Faulty<P> {
+    /// Member `index` of the scenario; without a plan every message passes.
+    pub fn new(inner: P, plan: Option<Arc<FaultPlan>>, index: usize) -> Self {
+        Self { inner, plan, index, withdrawn: None }
+    }
+
+    /// What the plan makes of an outgoing message; `None` drops it.
+    fn apply(&mut self, msg: ClientMsg) -> Option<ClientMsg> {
+        let (Some(plan), Some(round)) = (&self.plan, msg.round()) else { return Some(msg) };
+        if self.withdrawn == Some(round) && !matches!(msg, ClientMsg::EvalReport { .. }) {
+            return None;
+        }
+        if plan.decide(self.index, round, msg.kind()) == Fault::Withdraw {
+            self.withdrawn = Some(round);
+            return Some(ClientMsg::Decline { round, reason: "simulated dropout".into() });
+        }
+        Some(msg)
+    }
+}
+
+impl<P: MemberMachine> MemberMachine for Faulty<P> {
+    fn member(&self) -> &str {
+        self.inner.member()
+    }
+    fn hello(&mut self) {
+        self.inner.hello()
+    }
+    fn handle(&mut self, msg: AggregatorMsg) -> Result<(), Refusal> {
+        self.inner.handle(msg)
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        loop {
+            match self.inner.poll_output()? {
+                Output::Send(msg) => match self.apply(msg) {
+                    Some(msg) => return Some(Output::Send(msg)),
+                    None => continue,
+                },
+                other => return Some(other),
+            }
+        }
+    }
+    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, String>) {
+        self.inner.training_done(round, result)
+    }
+    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, String>) {
+        self.inner.evaluation_done(round, metrics)
+    }
+}
 
 /// The protocol phases a member can drop out before, in round order.
 pub const PHASES: [&str; 5] = ["before_keys", "before_shares", "before_masked_input", "before_unmask", "before_eval"];
@@ -177,13 +250,13 @@ impl FaultPlan {
     }
 
     /// The hook's decision for member `k` about to send `kind` in `round`.
-    pub fn decide(&self, member: usize, round: u64, kind: &str) -> Fault {
+    pub fn decide(&self, member: usize, round: u64, kind: ClientMsgKind) -> Fault {
         let phase = match kind {
-            "advertise_keys" => 0,
-            "share_keys" => 1,
-            "masked_start" | "plain_start" => 2,
-            "unmask_shares" => 3,
-            "eval_report" => 4,
+            ClientMsgKind::AdvertiseKeys => 0,
+            ClientMsgKind::ShareKeys => 1,
+            ClientMsgKind::MaskedStart | ClientMsgKind::PlainStart => 2,
+            ClientMsgKind::UnmaskShares => 3,
+            ClientMsgKind::EvalReport => 4,
             _ => return Fault::Pass,
         };
         let (u, _) = self.draws(member, round);
@@ -225,13 +298,13 @@ mod tests {
         let b = FaultPlan::new(5, Some(d), None, vec![10; 20], 1);
         for k in 0..20 {
             for r in 1..30 {
-                for kind in ["advertise_keys", "masked_start", "masked_chunk"] {
+                for kind in [ClientMsgKind::AdvertiseKeys, ClientMsgKind::MaskedStart, ClientMsgKind::MaskedChunk] {
                     assert_eq!(a.decide(k, r, kind), b.decide(k, r, kind));
                 }
             }
         }
         assert_eq!(a.stats(), b.stats());
-        assert_eq!(a.decide(0, 1, "masked_chunk"), Fault::Pass);
+        assert_eq!(a.decide(0, 1, ClientMsgKind::MaskedChunk), Fault::Pass);
     }
 
     #[test]
@@ -244,8 +317,8 @@ mod tests {
         };
         // 100 examples: 110 ms; 1000 examples: 1010 ms > deadline.
         let p = FaultPlan::new(1, None, Some(l), vec![100, 1000], 1);
-        assert_eq!(p.decide(0, 1, "masked_start"), Fault::Pass);
-        assert_eq!(p.decide(1, 1, "masked_start"), Fault::Withdraw);
+        assert_eq!(p.decide(0, 1, ClientMsgKind::MaskedStart), Fault::Pass);
+        assert_eq!(p.decide(1, 1, ClientMsgKind::MaskedStart), Fault::Withdraw);
         assert_eq!(p.stats().stragglers, 1);
         assert!((p.round_seconds(&[0], 1) - 0.110).abs() < 1e-12);
         assert!((p.round_seconds(&[0, 1], 1) - 0.5).abs() < 1e-12, "capped at the deadline");

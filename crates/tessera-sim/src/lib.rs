@@ -4,7 +4,8 @@
 //! network or real QUIC on loopback.
 //!
 //! It owns scenarios, partitioners, the dropout and latency models (faults
-//! enter only through the client driver's fault hook), run orchestration,
+//! enter only through `faults::Faulty`, a wrapper around each member's state
+//! machine; the client driver and the participant have no fault switch), run orchestration,
 //! reports with plots and the `compare` baselines. It must not re-implement
 //! any protocol step: a result here is a result the daemons would produce.
 //! Runs are reproducible: metrics depend on the scenario and seed only,

@@ -12,14 +12,11 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_aggregator::coordinator::{
-    Coordinator, CoordinatorConfig, PrivacyConfig, Resume, RoundOutcome, derive_seed,
-};
 use tessera_aggregator::driver::{DriverOptions, RunEnd, RunObserver, serve};
 use tessera_aggregator::report::{RunDir, Summary, round_line};
 use tessera_client::tabular::TabularModel;
 use tessera_client::vision::VisionModel;
-use tessera_client::{ClientOptions, EgressLedger, LocalModel, Participant, Policy, TrainedUpdate};
+use tessera_client::{ClientOptions, EgressLedger, LocalModel};
 use tessera_core::EvalMetrics;
 use tessera_core::codec::Limits;
 use tessera_core::round::{DpSettings, TrainSettings};
@@ -27,10 +24,12 @@ use tessera_core::{ModelParams, RoundRecord, RunId};
 use tessera_learn::data::Split;
 use tessera_learn::data::{Preprocessor, RawTable, SplitConfig, SplitIndices, load_csv, stratified_split};
 use tessera_learn::{ComputeBackend, TabularData, TabularSpec};
+use tessera_protocol::coordinator::{Coordinator, CoordinatorConfig, PrivacyConfig, Resume, RoundOutcome};
+use tessera_protocol::{Participant, Policy, TrainedUpdate, derive_seed};
 use tessera_transport::{AdmitAll, Dialer, MemoryNetwork, QuicDialConfig, QuicListenerConfig};
 use tokio::sync::Semaphore;
 
-use crate::faults::{FaultPlan, FaultStats};
+use crate::faults::{FaultPlan, FaultStats, Faulty};
 use crate::partition::{Partitioner, partition, partition_by_groups};
 use crate::scenario::Scenario;
 
@@ -406,13 +405,10 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
                 ..Policy::default()
             };
             let rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, k as u64, b"member"));
-            let fault: Option<tessera_client::driver::FaultHook> = plan.active().then(|| {
-                let plan = plan.clone();
-                Arc::new(move |round: u64, kind: &'static str| plan.decide(k, round, kind)) as _
-            });
-            let opts = ClientOptions { reconnect: false, workers: workers.clone(), fault, ..ClientOptions::default() };
+            let plan = plan.active().then(|| plan.clone());
+            let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
             clients.push(tokio::spawn(async move {
-                let mut p = Participant::new(name, policy, rng);
+                let mut p = Faulty::new(Participant::new(name, policy, rng), plan, k);
                 let mut egress = EgressLedger::in_memory();
                 tessera_client::run(dialer, &mut p, Arc::new(Mutex::new(model)), &mut egress, opts).await
             }));

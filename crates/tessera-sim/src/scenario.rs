@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::config::TrainSection;
-use tessera_aggregator::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
-use tessera_aggregator::strategy::StrategyConfig;
 use tessera_client::vision::VisionModelConfig;
 use tessera_core::config::ModelConfig;
+use tessera_protocol::StrategyConfig;
+use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
 
 use crate::faults::{DropoutSection, LatencySection};
 use crate::partition::Partitioner;

@@ -4,8 +4,8 @@
 //! learning: a frozen pretrained backbone and a trained head).
 
 use anyhow::Context;
-use tessera_aggregator::coordinator::derive_seed;
 use tessera_client::vision::{VisionModel, VisionModelConfig};
+use tessera_protocol::derive_seed;
 use tessera_vision::ImageDataset;
 
 use crate::partition::partition;

@@ -292,7 +292,7 @@ fn fashion_transfer_learns_across_sites() {
 /// in the plaintext research mode; there, multi-Krum trains the real model.
 #[test]
 fn robust_rules_run_only_in_the_plaintext_research_mode() {
-    use tessera_aggregator::coordinator::RobustRule;
+    use tessera_protocol::coordinator::RobustRule;
     let dir = tempfile::tempdir().unwrap();
     let (mut s, text) = scenario(dir.path(), "robust", 5, 3, 4, "");
     s.robust = Some(RobustRule::Krum { byzantine: 1, select: 3 });

@@ -16,7 +16,7 @@ use tessera_core::{ModelParams, ParamLayout, RoundRecord};
 use tessera_privacy::{GaussianSpend, LedgerEntry, LedgerError, LedgerStore};
 
 use super::{Result, StateStore, append_audit};
-use crate::strategy::{ServerOptimizer, StrategyConfig};
+use tessera_protocol::{ServerOptimizer, StrategyConfig};
 
 /// One round attempt as stored.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

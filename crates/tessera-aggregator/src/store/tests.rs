@@ -2,7 +2,7 @@ use tessera_core::{ModelParams, ParamTensor, RoundRecord, RunId};
 use tessera_privacy::{GaussianSpend, PrivacyBudget, PrivacyLedger, RdpAccountant};
 
 use super::*;
-use crate::strategy::{AdaptiveConfig, ServerOptimizer, StrategyConfig};
+use tessera_protocol::{AdaptiveConfig, ServerOptimizer, StrategyConfig};
 
 const SPEND: GaussianSpend = GaussianSpend { noise_multiplier: 1.2, sampling_rate: 1.0, steps: 1 };
 

@@ -15,8 +15,10 @@ use tessera_core::message::ModelPurpose;
 use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings, UNCLIPPED_TENSOR};
 use tessera_core::stream::{ModelAssembler, StreamError};
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, PartyId, RunId};
-use tessera_privacy::{DiscreteGaussian, DistributedPlan, GaussianSpend};
+use tessera_privacy::{DiscreteGaussian, GaussianSpend};
 use tessera_secagg::update::ValueCoding;
+
+use crate::derive;
 
 /// What the member's policy allows, independent of what the aggregator says.
 #[derive(Clone, Debug)]
@@ -51,6 +53,21 @@ impl Default for Policy {
     }
 }
 
+/// The member's randomness: a CSPRNG that is told when a round starts,
+/// before anything of the round is drawn. A daemon's CSPRNG, seeded from the
+/// OS, ignores the notice. A bit-reproducible run may reseed from the
+/// member and the round's seed, so a retried or resumed round draws exactly
+/// what an uninterrupted run drew; that choice is the driver's, made by the
+/// type it picks, and the participant has no switch for it.
+pub trait MemberRng: RngCore + CryptoRng {
+    /// A round with training seed `round_seed` was joined by `member`.
+    fn round_started(&mut self, member: &str, round_seed: u64) {
+        let _ = (member, round_seed);
+    }
+}
+
+impl MemberRng for rand_chacha::ChaCha20Rng {}
+
 /// The member's own privacy budget, whatever the aggregator says. `charge`
 /// must make the spend durable before returning `Ok` (write-ahead): the
 /// participant produces nothing trained from private data until it has.
@@ -64,53 +81,80 @@ pub trait PrivacyGuard: Send {
 pub struct TrainedUpdate {
     /// Trainable parameters after local training.
     pub params: ModelParams,
+    /// Training examples on the member (weights the update outside DP).
     pub num_examples: u64,
+    /// Mean training loss, for the member's own log (0 under DP).
     pub mean_loss: f64,
 }
 
+/// What the participant asks its driver to do.
 #[derive(Clone, Debug)]
 pub enum Output {
+    /// Record `msg` in the egress ledger, then send it.
     Send(ClientMsg),
     /// Train on `model` with `settings` and call `training_done`.
     Train {
+        /// The round the result belongs to.
         round: u64,
+        /// The starting point: the global model's trainable tensors.
         model: ModelParams,
+        /// The round's training settings.
         settings: TrainSettings,
         /// Record-level DP: train with DP-SGD under these settings.
         dp: Option<DpSettings>,
     },
     /// Evaluate `model` on the held-out split and call `evaluation_done`.
     Evaluate {
+        /// The round the report belongs to.
         round: u64,
+        /// The model to evaluate.
         model: ModelParams,
     },
+    /// Log or record this.
     Event(Event),
 }
 
+/// What happened, for the member's log and egress ledger.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// The aggregator admitted the member to a run.
     Welcomed {
+        /// The run.
         run_id: RunId,
     },
+    /// The member joined a round.
     RoundJoined {
+        /// The wire round number.
         round: u64,
+        /// Members in the round's cohort.
         cohort_size: usize,
     },
+    /// The member's whole (masked) update has been handed out.
     UpdateSent {
+        /// The wire round number.
         round: u64,
+        /// Values in the uploaded vector.
         values: u64,
     },
     /// The member refused something the aggregator asked; see `Refusal`.
     Refused {
+        /// The round concerned, if any.
         round: Option<u64>,
+        /// Why, as the member logs and records it.
         reason: String,
     },
+    /// The aggregator closed a round.
     RoundEnded {
+        /// The wire round number.
         round: u64,
+        /// Whether the round's aggregate was accepted.
         accepted: bool,
+        /// The aggregator's reason.
         reason: String,
     },
+    /// The aggregator ended the run.
     Shutdown {
+        /// The aggregator's reason.
         reason: String,
     },
 }
@@ -119,22 +163,40 @@ pub enum Event {
 /// member does not take part in the affected round.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum Refusal {
+    /// A round number not above the last one seen: a replay, or a confused aggregator.
     #[error("round {got} is not newer than round {last} already seen (replay?)")]
-    Replay { got: u64, last: u64 },
+    Replay {
+        /// The round number received.
+        got: u64,
+        /// The last round number seen.
+        last: u64,
+    },
+    /// A message (or a step of one) out of order.
     #[error("message `{kind}` is not expected now")]
-    Unexpected { kind: &'static str },
+    Unexpected {
+        /// What arrived.
+        kind: &'static str,
+    },
+    /// A plaintext round, which this member's policy refuses.
     #[error("round is not securely aggregated and this member requires it")]
     PlaintextRefused,
+    /// The cohort breaks the member's policy (too small, threshold too low,
+    /// the member misplaced in it).
     #[error("cohort is unusable: {0}")]
     BadCohort(String),
+    /// The model stream was malformed, too large or failed its digest.
     #[error("model stream: {0}")]
     Model(#[from] StreamError),
+    /// Secure aggregation refused a step (keys, shares, an unmask request).
     #[error("secure aggregation: {0}")]
-    SecAgg(String),
+    SecAgg(#[from] tessera_secagg::SecAggError),
+    /// Local training failed or produced an unusable update.
     #[error("local update: {0}")]
     Update(String),
+    /// A round message before the run's Welcome.
     #[error("message before Welcome")]
     NotWelcomed,
+    /// The round's privacy settings break the member's policy or budget.
     #[error("differential privacy: {0}")]
     Privacy(String),
 }
@@ -175,6 +237,7 @@ enum UploadBody {
     Plain { delta: ModelParams, weight: f64 },
 }
 
+/// The member's side of the protocol: see the module documentation.
 pub struct Participant<R> {
     member: String,
     upload: Option<Upload>,
@@ -188,13 +251,9 @@ pub struct Participant<R> {
     assembler: Option<ModelAssembler>,
     out: VecDeque<Output>,
     guard: Option<Box<dyn PrivacyGuard>>,
-    /// TEST ONLY: re-seed the randomness at each round start from the
-    /// member and the round's seed, so a retried or resumed round draws
-    /// exactly what an uninterrupted run drew.
-    reseed: Option<fn(&str, u64) -> R>,
 }
 
-impl<R: RngCore + CryptoRng> Participant<R> {
+impl<R: MemberRng> Participant<R> {
     /// `rng` must be a CSPRNG: it draws key pairs, self-mask seeds and the
     /// stochastic rounding of the update.
     pub fn new(member: impl Into<String>, policy: Policy, rng: R) -> Self {
@@ -210,14 +269,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             assembler: None,
             out: VecDeque::new(),
             guard: None,
-            reseed: None,
         }
-    }
-
-    /// See the `reseed` field: for bit-reproducible tests only.
-    pub fn with_round_reseed(mut self, reseed: fn(&str, u64) -> R) -> Self {
-        self.reseed = Some(reseed);
-        self
     }
 
     /// Enforce the member's own privacy budget (and require DP in every round).
@@ -233,6 +285,8 @@ impl<R: RngCore + CryptoRng> Participant<R> {
         self.out.push_back(Output::Send(msg));
     }
 
+    /// The next thing for the driver to do. Masked chunks are produced
+    /// here, one at a time, so the masked vector never exists in full.
     pub fn poll_output(&mut self) -> Option<Output> {
         if self.before_upload > 0 {
             self.before_upload -= 1;
@@ -297,7 +351,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
                     tessera_secagg::update::add_ring_noise(&mut values[..k], &z, bits)
                         .map_err(|e| Refusal::Update(e.to_string()))?;
                 }
-                session.mask_chunk(offset, &mut values).map_err(|e| Refusal::SecAgg(e.to_string()))?;
+                session.mask_chunk(offset, &mut values)?;
                 Ok(Some(ClientMsg::MaskedChunk { round, offset, values }))
             }
             UploadBody::Plain { delta, weight } => {
@@ -309,6 +363,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
         }
     }
 
+    /// The member's name.
     pub fn member(&self) -> &str {
         &self.member
     }
@@ -330,7 +385,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
     }
 
     fn dispatch(&mut self, msg: AggregatorMsg) -> Result<(), Refusal> {
-        let kind = msg.kind();
+        let kind = msg.kind().as_str();
         match msg {
             AggregatorMsg::Welcome { run_id, .. } => {
                 if self.run_id.is_some_and(|r| r != run_id) {
@@ -356,9 +411,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
                     self.out.push_back(Output::Send(ClientMsg::Decline { round, reason: e.to_string() }));
                     return Err(e);
                 }
-                if let Some(f) = self.reseed {
-                    self.rng = f(&self.member, settings.train.seed);
-                }
+                self.rng.round_started(&self.member, settings.train.seed);
                 self.out.push_back(Output::Event(Event::RoundJoined { round, cohort_size: cohort.len() }));
                 self.round = Some(ActiveRound {
                     round,
@@ -399,15 +452,14 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             AggregatorMsg::CohortKeys { round, keys } => {
                 let r = active(&mut self.round, round, kind)?;
                 let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-                let shares =
-                    session.on_cohort_keys(&keys, &mut self.rng).map_err(|e| Refusal::SecAgg(e.to_string()))?;
+                let shares = session.on_cohort_keys(&keys, &mut self.rng)?;
                 self.out.push_back(Output::Send(ClientMsg::ShareKeys { round, shares }));
                 Ok(())
             }
             AggregatorMsg::ForwardShares { round, shares } => {
                 let r = active(&mut self.round, round, kind)?;
                 let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-                session.on_forwarded_shares(&shares).map_err(|e| Refusal::SecAgg(e.to_string()))?;
+                session.on_forwarded_shares(&shares)?;
                 r.shares_received = true;
                 self.maybe_send_update()
             }
@@ -417,8 +469,7 @@ impl<R: RngCore + CryptoRng> Participant<R> {
                     return Err(Refusal::Unexpected { kind });
                 }
                 let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-                let reveals =
-                    session.on_unmask_request(&survivors, &dropped).map_err(|e| Refusal::SecAgg(e.to_string()))?;
+                let reveals = session.on_unmask_request(&survivors, &dropped)?;
                 self.out.push_back(Output::Send(ClientMsg::UnmaskShares { round, reveals }));
                 Ok(())
             }
@@ -500,11 +551,8 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             return Err(Refusal::Unexpected { kind: "second training model" });
         }
         if let Some(s) = &r.settings.secagg {
-            let len = tessera_secagg::update::vector_len(&r.settings.update_layout(&model.layout()));
-            let ctx = tessera_secagg::RoundContext::new(run_id, round, &r.cohort, s.clone(), len)
-                .map_err(|e| Refusal::SecAgg(e.to_string()))?;
-            let (mut session, keys) = tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng)
-                .map_err(|e| Refusal::SecAgg(e.to_string()))?;
+            let ctx = derive::round_context(run_id, round, &r.cohort, s, &r.settings.update_layout(&model.layout()))?;
+            let (mut session, keys) = tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng)?;
             session.set_mask_threads(self.policy.mask_threads);
             r.secagg = Some(session);
             self.out.push_back(Output::Send(ClientMsg::AdvertiseKeys { round, keys }));
@@ -569,10 +617,10 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             weight = 1.0;
             if dp.unit == PrivacyUnit::Client {
                 privatize_update(&mut delta, dp, &mut self.rng)?;
-                if let Some(plan) = DistributedPlan::for_round(&r.settings, delta.numel() as u64, cohort)
-                    .map_err(|e| Refusal::Privacy(e.to_string()))?
-                {
-                    coding = ValueCoding::Centered { gamma: plan.gamma, max_level: plan.max_level };
+                let agreed = derive::update_coding(&r.settings, delta.numel() as u64, cohort)
+                    .map_err(|e| Refusal::Privacy(e.to_string()))?;
+                coding = agreed.coding;
+                if let Some(plan) = agreed.plan {
                     share = Some(DiscreteGaussian::new(plan.share_sigma).map_err(|e| Refusal::Privacy(e.to_string()))?);
                 }
             }
@@ -599,6 +647,46 @@ impl<R: RngCore + CryptoRng> Participant<R> {
             r.sent = true;
         }
         Ok(())
+    }
+}
+
+/// What a member driver drives: the member's state machine as seen from
+/// outside. [`Participant`] implements it; so may a wrapper around one (the
+/// simulator's dropout model withdraws members by wrapping their outputs),
+/// which keeps fault injection out of the participant and the driver.
+pub trait MemberMachine {
+    /// The member's name, as in its certificate.
+    fn member(&self) -> &str;
+    /// A connection to the aggregator opened: say hello.
+    fn hello(&mut self);
+    /// A message from the aggregator; `Err` says why it was refused.
+    fn handle(&mut self, msg: AggregatorMsg) -> Result<(), Refusal>;
+    /// The next thing to send, run or record.
+    fn poll_output(&mut self) -> Option<Output>;
+    /// Local training for `round` finished.
+    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, String>);
+    /// Local evaluation for `round` finished.
+    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, String>);
+}
+
+impl<R: MemberRng> MemberMachine for Participant<R> {
+    fn member(&self) -> &str {
+        Participant::member(self)
+    }
+    fn hello(&mut self) {
+        Participant::hello(self)
+    }
+    fn handle(&mut self, msg: AggregatorMsg) -> Result<(), Refusal> {
+        Participant::handle(self, msg)
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        Participant::poll_output(self)
+    }
+    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, String>) {
+        Participant::training_done(self, round, result)
+    }
+    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, String>) {
+        Participant::evaluation_done(self, round, metrics)
     }
 }
 

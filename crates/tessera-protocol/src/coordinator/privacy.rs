@@ -29,6 +29,7 @@ pub struct PrivacyConfig {
     pub noise: Option<NoisePlacement>,
     /// Target (epsilon, delta) for the whole run.
     pub epsilon: f64,
+    /// Target delta (default 1e-5).
     #[serde(default = "default_delta")]
     pub delta: f64,
     /// L2 clip norm: per example (record) or per update (client).
@@ -91,10 +92,13 @@ fn default_delta() -> f64 {
 pub struct PrivacyPlan {
     /// What members are told (min_contributors is filled in per round).
     pub settings: DpSettings,
+    /// The run's (epsilon, delta) budget.
     pub budget: PrivacyBudget,
     /// What one round charges.
     pub spend: GaussianSpend,
+    /// Test only: members derive DP noise from the round seed.
     pub test_seeded_noise: bool,
+    /// Adaptive clipping, when configured.
     pub adaptive: Option<AdaptiveClipConfig>,
 }
 
@@ -173,9 +177,13 @@ impl PrivacyConfig {
 /// Epsilon spent and the budget, for status displays.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrivacyStatus {
+    /// Epsilon charged so far, aborted attempts included.
     pub epsilon_spent: f64,
+    /// The run's delta.
     pub delta: f64,
+    /// The run's epsilon budget.
     pub epsilon_budget: f64,
+    /// The noise multiplier z every round uses.
     pub noise_multiplier: f64,
     /// The adaptive clip the next round uses, when clipping is adaptive.
     pub adaptive_clip: Option<f64>,

@@ -33,6 +33,7 @@ use rand_chacha::ChaCha20Rng;
 use tessera_core::round::{DpSettings, NoisePlacement, RoundSettings, SecAggSettings, UNCLIPPED_TENSOR};
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams};
 
+use crate::derive::derive_seed;
 use crate::strategy::ServerOptimizer;
 pub use cohort::CohortSelection;
 use cohort::select_cohort;
@@ -137,26 +138,32 @@ impl Coordinator {
         self.privacy.as_ref().map(|p| &p.plan)
     }
 
+    /// The configuration the run started with.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.cfg
     }
 
+    /// The current global model (its trainable tensors).
     pub fn global(&self) -> &Arc<ModelParams> {
         &self.global
     }
 
+    /// The server optimizer and its state, for checkpoints.
     pub fn optimizer(&self) -> &ServerOptimizer {
         &self.optimizer
     }
 
+    /// The next wire round number this coordinator will use.
     pub fn next_round(&self) -> u64 {
         self.next_round
     }
 
+    /// Whether the run is over.
     pub fn is_finished(&self) -> bool {
         self.finished
     }
 
+    /// The members connected now.
     pub fn online(&self) -> impl Iterator<Item = &String> {
         self.online.iter()
     }
@@ -172,6 +179,7 @@ impl Coordinator {
         self.stop_reason = Some(reason.into());
     }
 
+    /// The next thing for the driver to do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
@@ -508,17 +516,6 @@ fn secagg_shape(s: &SecureConfig, n: u32, min_clients: u32) -> (Option<u32>, u32
             .min(n);
         (None, t)
     }
-}
-
-/// Derive a sub-seed from the run seed, a round and a purpose label.
-pub fn derive_seed(seed: u64, round: u64, label: &[u8]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(seed.to_le_bytes());
-    h.update(round.to_le_bytes());
-    h.update(label);
-    let d = h.finalize();
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

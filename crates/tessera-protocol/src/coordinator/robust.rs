@@ -18,13 +18,18 @@ pub enum RobustRule {
     Median,
     /// Coordinate-wise mean after dropping the `trim` fraction of largest
     /// and of smallest values (rounded down) at each coordinate.
-    TrimmedMean { trim: f64 },
+    TrimmedMean {
+        /// Fraction trimmed at each end, in [0, 0.5).
+        trim: f64,
+    },
     /// Krum with at most `byzantine` faulty members: the update whose
     /// `n - byzantine - 2` nearest neighbours are closest (squared L2);
     /// with `select = m > 1`, the mean of the m best-scoring updates
     /// (multi-Krum).
     Krum {
+        /// Faulty members tolerated.
         byzantine: u32,
+        /// Updates averaged (1: plain Krum).
         #[serde(default = "one")]
         select: u32,
     },
@@ -35,6 +40,7 @@ fn one() -> u32 {
 }
 
 impl RobustRule {
+    /// Whether the rule's parameters are usable.
     pub fn validate(&self) -> Result<(), String> {
         match *self {
             RobustRule::TrimmedMean { trim } if !(0.0..0.5).contains(&trim) => {
@@ -45,6 +51,7 @@ impl RobustRule {
         }
     }
 
+    /// The rule's name in configs and reports.
     pub fn name(&self) -> &'static str {
         match self {
             RobustRule::Median => "median",

@@ -31,7 +31,9 @@ impl Default for SecureConfig {
 /// Everything the coordinator needs to run rounds.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
+    /// The run's identity, bound into every round's secure-aggregation context.
     pub run_id: RunId,
+    /// Rounds to complete.
     pub rounds: u64,
     /// No round starts with fewer members online, and no round is accepted
     /// with fewer contributions.
@@ -39,13 +41,16 @@ pub struct CoordinatorConfig {
     /// Members that must be online before a round starts (at least
     /// `min_clients`); lets an operator wait for the whole consortium.
     pub start_quorum: u32,
+    /// How each round's cohort is drawn.
     pub cohort: CohortSelection,
+    /// Local training settings sent with every round (its seed is set per round).
     pub train: TrainSettings,
     /// `None` is the simulator's research-only `insecure_plaintext` mode.
     pub secure: Option<SecureConfig>,
     /// Differential privacy of the run; `None` releases updates without DP
     /// (secure aggregation still hides individual updates).
     pub dp: Option<PrivacyConfig>,
+    /// The server optimizer.
     pub strategy: StrategyConfig,
     /// Deadline for the training + masked-input phase, from round start.
     pub round_deadline_ms: u64,
@@ -55,6 +60,7 @@ pub struct CoordinatorConfig {
     pub max_round_retries: u32,
     /// Seed for cohort sampling, graph seeds and per-member training seeds.
     pub seed: u64,
+    /// Values per streamed model chunk.
     pub chunk_values: usize,
     /// Masked streams staged at once (each a vector-sized buffer); more
     /// members wait, with transport backpressure, for a free slot.
@@ -74,7 +80,9 @@ pub struct CoordinatorConfig {
 /// run repeats the rounds an uninterrupted run would have run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resume {
+    /// The first wire round number this process may use.
     pub next_round: u64,
+    /// Rounds already completed.
     pub completed_rounds: u64,
     /// Every privacy spend charged so far, aborted attempts included.
     pub spent: Vec<GaussianSpend>,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tessera_core::message::ModelPurpose;
-use tessera_core::{AggregatorMsg, ModelParams};
+use tessera_core::{AggregatorMsg, ClientMsgKind, ModelParams};
 use tessera_privacy::GaussianSpend;
 
 use super::RoundOutcome;
@@ -12,60 +12,90 @@ use super::RoundOutcome;
 /// What the driver must do.
 #[derive(Clone, Debug)]
 pub enum Output {
+    /// Send `msg` to member `to`.
     Send {
+        /// The member's name.
         to: String,
+        /// The message.
         msg: AggregatorMsg,
     },
     /// Stream `model` to `to` (ModelStart, chunks, ModelEnd) lazily, so the
     /// model is shared rather than copied per member.
     SendModel {
+        /// The member's name.
         to: String,
+        /// The round the model belongs to.
         round: u64,
+        /// Train on it, or evaluate it.
         purpose: ModelPurpose,
+        /// The trainable tensors, shared by every member's stream.
         model: Arc<ModelParams>,
     },
     /// Close the member's connection; it violated the protocol.
     Disconnect {
+        /// The member's name.
         member: String,
+        /// Why, for the log and the audit trail.
         reason: String,
     },
+    /// Log or persist this.
     Event(Event),
 }
 
 /// Things worth logging or persisting.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// A round started with this cohort.
     RoundStarted {
+        /// The wire round number (fresh for every attempt).
         round: u64,
+        /// The cohort, sorted.
         cohort: Vec<String>,
+        /// The seed the cohort was drawn with.
         cohort_seed: u64,
     },
     /// The round's privacy spend, charged before any of its messages is
     /// sent. Drivers must make it durable before sending anything further
     /// (write-ahead): a crash then never forgets a release.
     PrivacyReserved {
+        /// The wire round number.
         round: u64,
+        /// What the round releases.
         spend: GaussianSpend,
         /// Cumulative epsilon at `delta` once this round is counted.
         epsilon: f64,
+        /// The run's delta.
         delta: f64,
     },
+    /// A round completed: the new global model and its metrics.
     RoundFinished(Box<RoundOutcome>),
+    /// A round was abandoned; it is retried under a new round number.
     RoundAborted {
+        /// The wire round number.
         round: u64,
+        /// Why.
         reason: String,
+        /// The members that dropped out of it.
         dropped: Vec<String>,
     },
     /// A member misbehaved; the message was rejected.
     Rejected {
+        /// The member's name.
         member: String,
+        /// What was wrong with the message.
         error: String,
     },
+    /// A member failed `failed_rounds` rounds in a row and is left out of
+    /// cohorts until it completes one.
     MemberUnhealthy {
+        /// The member's name.
         member: String,
+        /// Consecutive rounds it dropped out of.
         failed_rounds: u32,
     },
+    /// The run is over.
     RunFinished {
+        /// Why it ended.
         reason: String,
     },
 }
@@ -74,20 +104,43 @@ pub enum Event {
 /// round goes on with the others.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum Violation {
+    /// A message for another round than the one running.
     #[error("message `{kind}` for round {got} during round {expected:?}")]
-    WrongRound { kind: &'static str, got: u64, expected: Option<u64> },
+    WrongRound {
+        /// The message's kind.
+        kind: ClientMsgKind,
+        /// The round it names.
+        got: u64,
+        /// The round running, if any.
+        expected: Option<u64>,
+    },
+    /// The sender is not in the running round's cohort.
     #[error("member is not in this round's cohort")]
     NotInCohort,
+    /// A message the round's phase does not take.
     #[error("message `{kind}` is not expected in phase {phase}")]
-    UnexpectedMessage { kind: &'static str, phase: &'static str },
+    UnexpectedMessage {
+        /// The message's kind.
+        kind: ClientMsgKind,
+        /// The round's phase.
+        phase: &'static str,
+    },
+    /// A message the member already sent this round.
     #[error("second `{kind}` in the same round")]
-    Duplicate { kind: &'static str },
+    Duplicate {
+        /// The message's kind.
+        kind: ClientMsgKind,
+    },
+    /// An update stream of the wrong length or shape.
     #[error("update vector: {0}")]
     BadVector(String),
+    /// Secure aggregation rejected what the member sent.
     #[error("secure aggregation: {0}")]
-    SecAgg(String),
+    SecAgg(#[from] tessera_secagg::SecAggError),
+    /// An evaluation report that does not add up.
     #[error("evaluation report is inconsistent: {0}")]
     BadReport(String),
+    /// A plaintext update in a securely aggregated run.
     #[error("plaintext updates are refused: this run uses secure aggregation")]
     PlaintextRefused,
 }

@@ -1,5 +1,7 @@
-//! Classification metrics from predicted class probabilities. Pure
-//! functions on plain slices, so they are easy to check by hand.
+//! Classification metrics from predicted class probabilities: the one
+//! implementation every model (tabular and image) reports through, since the
+//! aggregator averages these numbers across members. Pure functions on
+//! plain slices, so they are easy to check by hand.
 //!
 //! Conventions: AUC is the exact rank statistic (Mann-Whitney U) with ties
 //! counted as one half; for more than two classes it is the macro average of
@@ -9,7 +11,7 @@
 //! over classes present in the labels; macro F1 averages over classes present
 //! in the labels or the predictions.
 
-use tessera_core::EvalMetrics;
+use crate::EvalMetrics;
 
 /// Binary ROC AUC of `scores` against `positive`; `None` without both classes.
 pub fn roc_auc_binary(scores: &[f64], positive: &[bool]) -> Option<f64> {
@@ -188,5 +190,25 @@ mod tests {
         assert!((m.balanced_accuracy - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
         assert!((m.auc - 1.0).abs() < 1e-12);
         assert_eq!(m.loss, 0.25);
+    }
+
+    #[test]
+    fn auc_without_a_scorable_class_is_chance_level() {
+        // One class only: no positive/negative pair exists for any class.
+        assert_eq!(roc_auc(&[0.2, 0.8, 0.6, 0.4], &[1, 1], 2), 0.5);
+        assert_eq!(roc_auc(&[0.2, 0.5, 0.3, 0.1, 0.1, 0.8], &[2, 2], 3), 0.5);
+    }
+
+    #[test]
+    fn macro_f1_averages_over_classes_in_labels_or_predictions() {
+        // Class 2 appears in neither the labels nor the predictions: it is
+        // left out of the average (as scikit-learn's macro F1 does), not
+        // counted as a zero.
+        let m = confusion_matrix(&[0, 1, 1], &[0, 1, 0], 3);
+        let (f0, f1) = (2.0 * 1.0 / (2.0 + 1.0), 2.0 * 1.0 / (1.0 + 2.0));
+        assert!((macro_f1(&m) - (f0 + f1) / 2.0).abs() < 1e-12);
+        // A class predicted but never true counts, with F1 = 0.
+        let m = confusion_matrix(&[2, 1], &[0, 1], 3);
+        assert!((macro_f1(&m) - (0.0 + 1.0 + 0.0) / 3.0).abs() < 1e-12);
     }
 }

@@ -15,14 +15,23 @@ pub enum CohortSelection {
     /// Every member online.
     All,
     /// A uniformly random subset of this size (all, if fewer are online).
-    Count { count: u32 },
+    Count {
+        /// Members per round.
+        count: u32,
+    },
     /// A uniformly random fraction of those online (at least `min_clients`).
-    Fraction { fraction: f64 },
+    Fraction {
+        /// Share of the members online, in (0, 1].
+        fraction: f64,
+    },
     /// Poisson sampling: each member online joins independently with
     /// probability `rate`, which the client-level DP accountant turns into
     /// amplification by sampling. A draw below `min_clients` aborts that
     /// attempt (its privacy spend stays charged) and the retry draws anew.
-    Poisson { rate: f64 },
+    Poisson {
+        /// Each member's inclusion probability, in (0, 1].
+        rate: f64,
+    },
 }
 
 impl CohortSelection {

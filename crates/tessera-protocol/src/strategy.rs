@@ -16,18 +16,24 @@ use tessera_core::{ModelParams, ParamsError};
 pub enum StrategyConfig {
     /// x ← x + η Δ.
     FedAvg {
+        /// Server learning rate η.
         #[serde(default = "one")]
         server_lr: f32,
     },
     /// m ← β m + Δ; x ← x + η m.
     FedAvgM {
+        /// Server learning rate η.
         #[serde(default = "one")]
         server_lr: f32,
+        /// Momentum β.
         #[serde(default = "default_momentum")]
         momentum: f32,
     },
+    /// Adagrad on the pseudo-gradient: v ← v + Δ².
     FedAdagrad(AdaptiveConfig),
+    /// Adam on the pseudo-gradient: v ← β2 v + (1 − β2) Δ².
     FedAdam(AdaptiveConfig),
+    /// Yogi on the pseudo-gradient: v ← v − (1 − β2) Δ² sign(v − Δ²).
     FedYogi(AdaptiveConfig),
 }
 
@@ -35,12 +41,16 @@ pub enum StrategyConfig {
 /// paper's recommended grid centre (η = 1e-2, β1 = 0.9, β2 = 0.99, τ = 1e-3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveConfig {
+    /// Server learning rate η.
     #[serde(default = "default_adaptive_lr")]
     pub server_lr: f32,
+    /// First-moment decay β1.
     #[serde(default = "default_beta1")]
     pub beta1: f32,
+    /// Second-moment decay β2.
     #[serde(default = "default_beta2")]
     pub beta2: f32,
+    /// Adaptivity τ, added to √v.
     #[serde(default = "default_tau")]
     pub tau: f32,
 }
@@ -80,12 +90,14 @@ impl Default for AdaptiveConfig {
 /// sized on the first step.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerOptimizer {
+    /// Which optimizer, with its hyper-parameters.
     pub config: StrategyConfig,
     m: Vec<f32>,
     v: Vec<f32>,
 }
 
 impl ServerOptimizer {
+    /// A fresh optimizer (no moments yet).
     pub fn new(config: StrategyConfig) -> Self {
         Self { config, m: Vec::new(), v: Vec::new() }
     }

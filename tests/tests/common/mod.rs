@@ -1,4 +1,4 @@
-//! A consortium on loopback for the aggregator's process-level tests: a PKI,
+//! A consortium on loopback for the daemons' process-level tests: a PKI,
 //! three members with a share of the shipped WDBC data each (run in this
 //! process through the real client library, seeded test mode), and the real
 //! `tessera-aggregator` binary started and SIGKILLed as a child process.
@@ -7,18 +7,32 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tessera_client::config::ClientConfig;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel, TrainedUpdate};
+use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{EvalMetrics, ModelParams};
+use tessera_protocol::TrainedUpdate;
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig, pki};
 
 pub const NAMES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
-pub const BIN: &str = env!("CARGO_BIN_EXE_tessera-aggregator");
+/// The real `tessera-aggregator` binary (see [`daemon_binary`]).
+pub static BIN: LazyLock<PathBuf> = LazyLock::new(|| daemon_binary("tessera-aggregator"));
+
+/// A daemon binary from this test's target directory. `cargo test
+/// --workspace` builds both: each daemon package has integration tests of
+/// its own binary, which makes cargo build it. A missing binary fails the
+/// test rather than skipping it.
+pub fn daemon_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let p = exe.parent().and_then(Path::parent).expect("target directory").join(name);
+    assert!(p.is_file(), "{} is not built; run `cargo test --workspace`", p.display());
+    p
+}
 
 /// The directory every test consortium lives in.
 pub struct Site {
@@ -51,7 +65,7 @@ impl Site {
 
 /// Split the shipped WDBC file into one CSV per member (row i to member i mod 3).
 fn write_member_csvs(dir: &Path) -> Vec<PathBuf> {
-    let wdbc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/wdbc.csv");
+    let wdbc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/wdbc.csv");
     let text = std::fs::read_to_string(wdbc).expect("shipped WDBC");
     let mut lines = text.lines();
     let header = lines.next().unwrap();
@@ -154,7 +168,7 @@ pub fn spawn_aggregator(config: &Path, stall_after: Option<u64>) -> Child {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("serve-"))
         .count();
     let log = std::fs::File::create(dir.join(format!("serve-{n}.log"))).unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&*BIN);
     cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null()).stderr(log);
     cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
     match stall_after {
@@ -164,12 +178,9 @@ pub fn spawn_aggregator(config: &Path, stall_after: Option<u64>) -> Child {
     cmd.spawn().expect("start tessera-aggregator")
 }
 
-/// The real `tessera-client` binary next to the aggregator's, which
-/// `cargo test --workspace` builds (the client package has integration
-/// tests of its binary); `None` when a narrower build left it out.
-pub fn client_binary() -> Option<PathBuf> {
-    let p = Path::new(BIN).with_file_name("tessera-client");
-    p.is_file().then_some(p)
+/// The real `tessera-client` binary next to the aggregator's.
+pub fn client_binary() -> PathBuf {
+    daemon_binary("tessera-client")
 }
 
 /// Start `tessera-client run --config <config>`, its log in `<config dir>/<log>`.
@@ -380,7 +391,7 @@ pub async fn http_get(port: u16, path: &str) -> String {
 
 /// Run the aggregator binary with arguments; returns (success, stdout + stderr).
 pub fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = Command::new(&*BIN).args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }

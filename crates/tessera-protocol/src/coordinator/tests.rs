@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::member::{self as participant, Participant, Policy, TrainedUpdate};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_client::participant::{self, Participant, Policy, TrainedUpdate};
 use tessera_core::message::ModelPurpose;
 use tessera_core::round::TrainSettings;
 use tessera_core::stream::model_messages;
@@ -186,12 +186,12 @@ impl Harness {
                 moved = true;
                 match out {
                     participant::Output::Send(msg) => {
-                        if self.kill_before.get(&name) == Some(&msg.kind()) {
+                        if self.kill_before.get(&name) == Some(&msg.kind().as_str()) {
                             self.dead.insert(name.clone());
                             self.coord.member_disconnected(self.now, &name);
                             break;
                         }
-                        if self.stall_before.get(&name) == Some(&msg.kind()) {
+                        if self.stall_before.get(&name) == Some(&msg.kind().as_str()) {
                             self.dead.insert(name.clone());
                             break;
                         }

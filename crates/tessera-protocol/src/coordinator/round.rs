@@ -10,7 +10,7 @@ use tessera_core::round::RoundSettings;
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, PartyId};
 
 use super::{CoordinatorConfig, Output, Violation};
-use crate::encoding;
+use crate::derive;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -48,23 +48,33 @@ pub(super) enum Step {
 /// The record of a completed round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoundOutcome {
+    /// The wire round number.
     pub round: u64,
+    /// The cohort the round started with.
     pub cohort: Vec<String>,
     /// Members whose update is in the aggregate.
     pub contributors: Vec<String>,
+    /// Cohort members that dropped out.
     pub dropped: Vec<String>,
+    /// The evaluators' reports, weighted by their example counts.
     pub metrics: EvalMetrics,
+    /// Members whose evaluation report arrived.
     pub evaluators: u32,
+    /// SHA-256 of the new global model, hex.
     pub model_digest: String,
+    /// When the round started (driver's clock, ms).
     pub started_ms: u64,
+    /// When it finished.
     pub finished_ms: u64,
     /// Cumulative privacy spend after this round, when the run is private.
     pub epsilon: Option<f64>,
+    /// The run's delta, when the run is private.
     pub delta: Option<f64>,
-    /// Adaptive clipping: the update clip this round used, the noisy
-    /// fraction of unclipped updates, and the clip of the next round.
+    /// Adaptive clipping: the update clip this round used.
     pub clip_norm: Option<f64>,
+    /// Adaptive clipping: the noisy fraction of unclipped updates.
     pub unclipped_fraction: Option<f64>,
+    /// Adaptive clipping: the clip of the next round.
     pub next_clip_norm: Option<f64>,
 }
 
@@ -87,6 +97,7 @@ enum Aggregation {
 /// Whether a message was consumed.
 #[derive(Debug)]
 pub enum Handled {
+    /// Consumed.
     Done,
     /// Not consumed now (all masked-stream slots are busy): hand the same
     /// message in again later. Nothing changed.
@@ -129,7 +140,7 @@ impl RoundState {
         let layout = settings.update_layout(&global.layout());
         let (agg, phase) = match &settings.secagg {
             Some(s) => {
-                let ctx = encoding::secagg_context(cfg.run_id, round, &cohort, s, &layout)
+                let ctx = derive::round_context(cfg.run_id, round, &cohort, s, &layout)
                     .map_err(|e| format!("secure aggregation cannot start: {e}"))?;
                 let session = tessera_secagg::ServerSession::new(ctx).with_stream_slots(cfg.stream_slots);
                 (Aggregation::Secure(Box::new(session)), Phase::AdvertiseKeys)
@@ -238,33 +249,33 @@ impl RoundState {
         let wrong = || Violation::UnexpectedMessage { kind, phase: phase.name() };
         match (&mut self.agg, msg) {
             (Aggregation::Secure(s), ClientMsg::AdvertiseKeys { keys, .. }) if phase == Phase::AdvertiseKeys => {
-                s.on_advertise(party, keys).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                s.on_advertise(party, keys).map_err(Violation::SecAgg)?;
                 self.answered.insert(party);
             }
             (Aggregation::Secure(s), ClientMsg::ShareKeys { shares, .. }) if phase == Phase::ShareKeys => {
-                s.on_shares(party, shares).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                s.on_shares(party, shares).map_err(Violation::SecAgg)?;
                 self.answered.insert(party);
             }
             (Aggregation::Secure(s), msg @ ClientMsg::MaskedStart { .. }) if phase == Phase::Masked => {
                 let ClientMsg::MaskedStart { len, .. } = msg else { unreachable!("matched above") };
-                let expected = encoding::vector_len(&self.layout);
+                let expected = derive::update_vector_len(&self.layout);
                 if len != expected {
                     return Err(Violation::BadVector(format!("announced {len} values, round needs {expected}")));
                 }
                 match s.on_masked_start(party, len) {
                     Err(tessera_secagg::SecAggError::StreamSlotsBusy(_)) => return Ok(Handled::Busy(msg)),
-                    r => r.map_err(|e| Violation::SecAgg(e.to_string()))?,
+                    r => r.map_err(Violation::SecAgg)?,
                 }
             }
             (Aggregation::Secure(s), ClientMsg::MaskedChunk { offset, values, .. }) if phase == Phase::Masked => {
-                s.on_masked_chunk(party, offset, &values).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                s.on_masked_chunk(party, offset, &values).map_err(Violation::SecAgg)?;
             }
             (Aggregation::Secure(s), ClientMsg::MaskedEnd { .. }) if phase == Phase::Masked => {
-                s.on_masked_end(party).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                s.on_masked_end(party).map_err(Violation::SecAgg)?;
                 self.answered.insert(party);
             }
             (Aggregation::Secure(s), ClientMsg::UnmaskShares { reveals, .. }) if phase == Phase::Unmask => {
-                s.on_unmask(party, reveals).map_err(|e| Violation::SecAgg(e.to_string()))?;
+                s.on_unmask(party, reveals).map_err(Violation::SecAgg)?;
                 self.answered.insert(party);
             }
             (
@@ -390,7 +401,7 @@ impl RoundState {
                     weight += up.weight;
                     self.contributors.insert(party);
                 }
-                Step::Aggregated(encoding::mean_from_plain(&self.layout, &sums, weight))
+                Step::Aggregated(derive::mean_from_plain(&self.layout, &sums, weight).map_err(|e| e.to_string()))
             }
             Phase::AdvertiseKeys => self.secure_step(now_ms, cfg, out),
             Phase::ShareKeys | Phase::Masked | Phase::Unmask => self.secure_step(now_ms, cfg, out),
@@ -442,7 +453,9 @@ impl RoundState {
                         self.contributors = sum.survivors.iter().copied().collect();
                         self.next_phase(now_ms, Phase::Evaluate, cfg.phase_timeout_ms);
                         let n = self.cohort.len() as u32;
-                        Step::Aggregated(encoding::mean_from_secure(&self.layout, &self.settings, n, &sum))
+                        Step::Aggregated(
+                            derive::mean_from_secure(&self.layout, &self.settings, n, &sum).map_err(|e| e.to_string()),
+                        )
                     }
                 }
             }

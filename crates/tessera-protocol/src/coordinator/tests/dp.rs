@@ -2,7 +2,7 @@
 //! carries, the budget stop, the write-ahead order of the charge, and the
 //! member's own budget.
 
-use tessera_client::participant::PrivacyGuard;
+use crate::member::PrivacyGuard;
 use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit};
 use tessera_privacy::{DistributedPlan, GaussianSpend, RdpAccountant};
 

@@ -1,0 +1,31 @@
+//! `tessera-protocol` is Tessera's protocol as deterministic state machines
+//! that do no I/O: the member's side ([`member::Participant`]), the
+//! aggregator's side ([`coordinator::Coordinator`]), the server optimizers
+//! and robust rules, and every value both sides must derive alike (the
+//! round's secure-aggregation context, the coding of update values, the
+//! decoding of the sum, sub-seeds), one function each.
+//!
+//! Time comes in as `now_ms` and randomness as an injected CSPRNG, so a run
+//! is a pure function of its inputs. The daemons (`tessera-client`,
+//! `tessera-aggregator`) and the simulator are thin drivers over this
+//! crate. It must never reach tokio, burn, SQLite or hyper, never train,
+//! and never read a clock or the OS's randomness; a test over `cargo
+//! metadata` (tests/tests/dependency_edges.rs) enforces the first.
+//!
+//! The joint harness that drives real members against a real coordinator
+//! lives in this crate's unit tests (`coordinator::tests`).
+
+#![warn(missing_docs)]
+
+pub mod coordinator;
+mod derive;
+pub mod member;
+mod strategy;
+
+pub use coordinator::Coordinator;
+pub use derive::{
+    DeriveError, UpdateCoding, derive_seed, mean_from_plain, mean_from_secure, round_context, update_coding,
+    update_vector_len,
+};
+pub use member::{Participant, Policy, PrivacyGuard, TrainedUpdate};
+pub use strategy::{AdaptiveConfig, ServerOptimizer, StrategyConfig};
