@@ -36,16 +36,17 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_client::LocalModel;
-use tessera_client::vision::{BackboneInit, VisionModel, VisionModelConfig, VisionNet};
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
-use tessera_learn::data::shipped_data_path;
-use tessera_learn::{ComputeBackend, SplitConfig, TabularData, TabularSpec};
+use tessera_learn::ComputeBackend;
+use tessera_tabular::data::shipped_data_path;
+use tessera_tabular::{SplitConfig, TabularData, TabularSpec};
 use tessera_vision::efficientnet::NUM_BLOCKS;
 use tessera_vision::{
     AugmentConfig, EfficientNetLite0, FeatureCache, HeadWeights, ImageDataset, Normalization, Preprocess,
     TransferModel, TransferTrainer, default_weights_path, load_fashion_mnist,
 };
+use tessera_vision::{BackboneInit, VisionModel, VisionModelConfig, VisionNet};
 
 const BATCH: usize = 32;
 
@@ -105,8 +106,8 @@ fn dp_overhead(c: &mut Criterion) {
         init_seed: 1,
         pretrained: None,
     };
-    let mut mlp = tessera_client::tabular::TabularModel::new(data, &model_cfg, ComputeBackend::Flex).unwrap();
-    let start = tessera_learn::spec::initial_trainable_params(&model_cfg).unwrap();
+    let mut mlp = tessera_tabular::TabularModel::new(data, &model_cfg, ComputeBackend::Flex).unwrap();
+    let start = tessera_tabular::spec::initial_trainable_params(&model_cfg).unwrap();
     g.throughput(Throughput::Elements(n.div_ceil(BATCH) as u64));
     g.bench_function("wdbc_mlp/non_private_epoch", |b| {
         b.iter(|| black_box(mlp.train(&start, &settings(0.05), None).unwrap()))

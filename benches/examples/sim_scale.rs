@@ -40,13 +40,13 @@ impl LocalModel for Synthetic {
         m: &ModelParams,
         _s: &TrainSettings,
         _dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, String> {
+    ) -> Result<TrainedUpdate, tessera_learn::LocalError> {
         let mut params = m.clone();
         params.values_mut().for_each(|v| *v += self.step);
         Ok(TrainedUpdate { params, num_examples: 10, mean_loss: 0.5 })
     }
 
-    fn evaluate(&mut self, _m: &ModelParams) -> Result<EvalMetrics, String> {
+    fn evaluate(&mut self, _m: &ModelParams) -> Result<EvalMetrics, tessera_learn::LocalError> {
         Ok(EvalMetrics {
             num_examples: 4,
             accuracy: 0.75,

@@ -71,14 +71,14 @@ where
                         tokio::task::spawn_blocking(move || m.lock().unwrap().train(&params, &settings, dp.as_ref()))
                             .await
                             .expect("training task");
-                    p.training_done(round, r);
+                    p.training_done(round, r.map_err(|e| e.to_string()));
                 }
                 Output::Evaluate { round, model: params } => {
                     let m = model.clone();
                     let r = tokio::task::spawn_blocking(move || m.lock().unwrap().evaluate(&params))
                         .await
                         .expect("evaluation task");
-                    p.evaluation_done(round, r);
+                    p.evaluation_done(round, r.map_err(|e| e.to_string()));
                 }
                 Output::Event(tessera_protocol::member::Event::Shutdown { .. }) => return outcome,
                 Output::Event(_) => {}

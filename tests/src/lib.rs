@@ -9,11 +9,11 @@ use tessera_aggregator::config::{AggregatorConfig, RunSection, ServerSection, Tr
 use tessera_client::config::{
     AggregatorSection, BackendChoice, ClientConfig, DataConfig, DataSection, ModelSection, StateSection,
 };
-use tessera_client::tabular::TabularModel;
 use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, SecureConfig};
+use tessera_tabular::TabularModel;
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig};
 
 /// The shipped WDBC file.
@@ -176,12 +176,15 @@ impl<M: LocalModel> LocalModel for GatedModel<M> {
         model: &tessera_core::ModelParams,
         settings: &tessera_core::round::TrainSettings,
         dp: Option<&tessera_core::round::DpSettings>,
-    ) -> Result<tessera_protocol::TrainedUpdate, String> {
-        self.gate.recv().map_err(|_| "training stopped".to_string())?;
+    ) -> Result<tessera_protocol::TrainedUpdate, tessera_learn::LocalError> {
+        self.gate.recv().map_err(|_| tessera_learn::LocalError::Unsupported("training stopped".into()))?;
         self.inner.train(model, settings, dp)
     }
 
-    fn evaluate(&mut self, model: &tessera_core::ModelParams) -> Result<tessera_core::EvalMetrics, String> {
+    fn evaluate(
+        &mut self,
+        model: &tessera_core::ModelParams,
+    ) -> Result<tessera_core::EvalMetrics, tessera_learn::LocalError> {
         self.inner.evaluate(model)
     }
 }

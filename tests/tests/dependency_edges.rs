@@ -1,8 +1,9 @@
 //! The workspace's intended dependency edges, checked over `cargo metadata`
 //! (docs/architecture.md): the protocol crate stays deterministic and free
 //! of I/O stacks, the two daemons never depend on each other (not even for
-//! tests), secure aggregation and privacy never reach the transport, and
-//! the core never reaches burn. An edge that breaks one of these fails here.
+//! tests), the member daemon does not use burn directly (its models sit
+//! behind `tessera_learn::LocalModel`), secure aggregation and privacy never
+//! reach the transport, and the core never reaches burn. An edge that breaks one of these fails here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -88,6 +89,10 @@ fn the_workspace_keeps_its_intended_dependency_edges() {
     }
     // The core stays at the bottom.
     broken.extend(g.forbidden("tessera-core", &["burn", "tokio", "tessera-secagg", "tessera-privacy"]));
+    // The member daemon reaches models only through tessera-learn's contract.
+    if g.links.get("tessera-client").is_some_and(|d| d.contains("burn")) {
+        broken.push("tessera-client -> burn (directly)".into());
+    }
     // The two daemons never depend on each other, not even for tests.
     for (a, b) in [("tessera-client", "tessera-aggregator"), ("tessera-aggregator", "tessera-client")] {
         if g.reaches(a).contains(b) || g.dev.get(a).is_some_and(|d| d.contains(b)) {

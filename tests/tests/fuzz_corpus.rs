@@ -9,7 +9,7 @@
 //! corpus, not a replacement for `scripts/fuzz.sh` (libFuzzer). Runs with a
 //! plain `cargo test`; no nightly flags, no libFuzzer.
 
-#[path = "../../fuzz/src/entries.rs"]
+#[path = "../../fuzz/src/entries/mod.rs"]
 mod entries;
 
 use std::path::{Path, PathBuf};

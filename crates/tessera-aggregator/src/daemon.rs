@@ -28,7 +28,7 @@ pub enum DaemonError {
     #[error("transport: {0}")]
     Transport(#[from] tessera_transport::TransportError),
     #[error("model: {0}")]
-    Model(#[from] tessera_learn::LearnError),
+    Model(#[from] tessera_tabular::LearnError),
     #[error("image model: {0}")]
     Vision(#[from] tessera_vision::VisionError),
     #[error("run directory: {0}")]
@@ -48,7 +48,7 @@ pub enum DaemonError {
 /// pretrained checkpoint where configured) only to read those tensors.
 fn initial_model(model: &ModelSection) -> Result<ModelParams, DaemonError> {
     Ok(match model {
-        ModelSection::Tabular(m) => tessera_learn::spec::initial_trainable_params(m)?,
+        ModelSection::Tabular(m) => tessera_tabular::spec::initial_trainable_params(m)?,
         ModelSection::Vision(m) => {
             let device = tessera_learn::DEFAULT_BACKEND.training_device();
             tessera_vision::VisionNet::build(m, &device)?.trainable_params()?

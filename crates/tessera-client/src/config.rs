@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use tessera_learn::{ComputeBackend, SplitConfig, TabularSpec};
+use tessera_learn::ComputeBackend;
+use tessera_tabular::{SplitConfig, TabularSpec};
 
 pub use tessera_vision::spec::ModelSection;
 

@@ -6,17 +6,19 @@ use std::sync::{Arc, Mutex};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore};
-use tessera_learn::TabularData;
 use tessera_privacy::PrivacyBudget;
 use tessera_protocol::member::{MemberRng, Participant, Policy};
+use tessera_tabular::TabularData;
 use tessera_transport::{Dialer, QuicDialConfig};
 
 use crate::config::{ClientConfig, DataConfig, ModelSection};
-use crate::driver::{ClientExit, ClientOptions, LocalModel};
+use crate::driver::{ClientExit, ClientOptions};
 use crate::egress::EgressLedger;
+use crate::images::load_member_images;
 use crate::privacy::LedgerGuard;
-use crate::tabular::TabularModel;
-use crate::vision::{VisionModel, load_member_images};
+use tessera_learn::LocalModel;
+use tessera_tabular::TabularModel;
+use tessera_vision::VisionModel;
 
 /// The member's protocol state machine with its policy, its own privacy
 /// budget (when configured) and its randomness.

@@ -7,27 +7,13 @@
 use std::sync::{Arc, Mutex};
 
 use tessera_core::codec::{self, Limits};
-use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{AggregatorMsg, EvalMetrics, ModelParams};
+use tessera_core::{AggregatorMsg, EvalMetrics};
+use tessera_learn::LocalModel;
 use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, connect_with_backoff};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::egress::{EgressError, EgressLedger};
 use tessera_protocol::member::{Event, MemberMachine, Output, TrainedUpdate};
-
-/// What a member trains and evaluates. Implementations hold the private
-/// data; only parameters and aggregate metrics come out.
-pub trait LocalModel: Send + 'static {
-    /// Train from `model`. With `dp` (record-level DP), train with DP-SGD
-    /// under those settings: the result must already be private.
-    fn train(
-        &mut self,
-        model: &ModelParams,
-        settings: &TrainSettings,
-        dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, String>;
-    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, String>;
-}
 
 #[derive(Clone)]
 pub struct ClientOptions {
@@ -176,13 +162,15 @@ impl<M: LocalModel> Member<'_, M> {
                 Output::Train { round, model: params, mut settings, dp } => {
                     settings.seed = member_seed(settings.seed, participant.member());
                     self.spawn_work(
-                        move |m| Work::Trained(round, m.train(&params, &settings, dp.as_ref())),
+                        move |m| {
+                            Work::Trained(round, m.train(&params, &settings, dp.as_ref()).map_err(|e| e.to_string()))
+                        },
                         move |e| Work::Trained(round, Err(format!("training task failed: {e}"))),
                     );
                 }
                 Output::Evaluate { round, model: params } => {
                     self.spawn_work(
-                        move |m| Work::Evaluated(round, m.evaluate(&params)),
+                        move |m| Work::Evaluated(round, m.evaluate(&params).map_err(|e| e.to_string())),
                         move |e| Work::Evaluated(round, Err(format!("evaluation task failed: {e}"))),
                     );
                 }

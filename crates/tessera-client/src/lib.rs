@@ -14,11 +14,12 @@ pub mod config;
 pub mod daemon;
 pub mod driver;
 pub mod egress;
+pub mod images;
 pub mod privacy;
 pub mod progress;
-pub mod tabular;
-pub mod vision;
 
-pub use driver::{ClientExit, ClientOptions, LocalModel, run};
+pub use driver::{ClientExit, ClientOptions, run};
 pub use egress::EgressLedger;
 pub use privacy::LedgerGuard;
+/// The driver's contract with the member's model (`tessera-learn`).
+pub use tessera_learn::LocalModel;

@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tessera_learn::{Progress, ProgressFn};
+use tessera_tabular::{Progress, ProgressFn};
 
 /// A callback for `TabularTask::set_progress` drawing one bar per round on
 /// stderr, or `None` when stderr is not a terminal (a service's log stays

@@ -16,12 +16,14 @@ pub mod metrics;
 pub mod params;
 pub mod round;
 pub mod stream;
+pub mod update;
 
 pub use codec::{CodecError, FrameDecoder, Limits, PROTOCOL_VERSION, Payload};
 pub use message::{AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind};
 pub use metrics::{EvalMetrics, RoundRecord};
 pub use params::{ModelParams, ParamLayout, ParamTensor, ParamsError};
 pub use round::{RoundSettings, RunId};
+pub use update::TrainedUpdate;
 
 /// Position of a member within one round's cohort. Cohort lists are sorted,
 /// so the same member set always yields the same indices.

@@ -15,7 +15,7 @@ pub enum ComputeBackend {
     Wgpu,
 }
 
-/// The CPU default, chosen by measurement: `cargo run -p tessera-learn
+/// The CPU default, chosen by measurement: `cargo run -p tessera-tabular
 /// --example backend_bench` (WDBC, MLP 30-64-32-2, batch 32, shared 2-core
 /// machine) gave flex 176-258k examples/s vs ndarray 97-109k examples/s.
 pub const DEFAULT_BACKEND: ComputeBackend = ComputeBackend::Flex;
@@ -38,6 +38,7 @@ impl ComputeBackend {
         }
     }
 
+    /// The name the `backend` setting uses.
     pub fn name(self) -> &'static str {
         match self {
             ComputeBackend::Flex => "flex",

@@ -1,28 +1,32 @@
-//! `tessera-learn` owns everything a member does with its own data: loading
-//! and preprocessing tabular files, the tabular MLP and its trainable part
-//! (head, last layers, LoRA adapters), local training with FedProx and
-//! record-level DP-SGD, evaluation (metrics from `tessera_core::evaluate`), and backbone pretraining
-//! checkpoints. It converts the trainable part to and from
-//! [`tessera_core::ModelParams`], the only thing that leaves the member.
+//! `tessera-learn` is the learning contract every local model of Tessera
+//! follows, and the parts all of them share. The member's driver calls a
+//! model only through [`LocalModel`]; `tessera-tabular` (tables) and
+//! `tessera-vision` (images) implement it on top of what is here:
 //!
-//! It must NOT touch the network, masks or privacy accounting, and must never
-//! print, log or put a record or per-example value into an error: errors name
-//! files, lines, columns and tensors only. Backends are chosen at run time
-//! through burn 0.22's `Device` ([`ComputeBackend`]).
+//! - the compute backend, chosen at run time ([`ComputeBackend`]);
+//! - the validation of a round's training settings and of DP-SGD's
+//!   ([`validate_train_settings`], [`DpSgdConfig::validate`]);
+//! - the Poisson sampler of DP-SGD's steps ([`PoissonSampler`]);
+//! - the SGD step with FedProx's proximal pull ([`fedprox_step`]);
+//! - DP-SGD's noise, from tessera-privacy's exact sampler, with its random
+//!   streams for one round ([`DpNoise`], [`DpRound`]);
+//! - the DP-SGD loop for models whose per-example gradients need a
+//!   backward pass each ([`dp_sgd`] over [`PerExampleGradients`]).
+//!
+//! Metrics come from `tessera_core::evaluate`, the one implementation every
+//! model reports through.
+//!
+//! It must NOT touch the network, masks or privacy accounting, and must
+//! never log, return or put into an error a record or a per-example value.
 
-pub mod backend;
-pub mod data;
-pub mod dpsgd;
-pub mod error;
-pub mod model;
-pub mod pretrain;
-pub mod spec;
-pub mod train;
+#![warn(missing_docs)]
+
+mod backend;
+mod dp;
+mod local;
+mod sgd;
 
 pub use backend::{ComputeBackend, DEFAULT_BACKEND};
-pub use data::{Dataset, Split, SplitConfig, TabularData, TabularSpec};
-pub use dpsgd::DpSgdConfig;
-pub use error::{DataError, LearnError};
-pub use model::{MlpConfig, TabularMlp, TrainablePart};
-pub use pretrain::{PretrainReport, TensorMapping, load_backbone, pretrain_backbone, save_backbone};
-pub use train::{ModelSpec, Progress, ProgressFn, TabularTask, TrainReport};
+pub use dp::{DpNoise, DpRound, DpSgdConfig, PREPARE_GROUP, PerExampleGradients, dp_sgd};
+pub use local::{LocalError, LocalModel};
+pub use sgd::{PoissonSampler, fedprox_step, validate_train_settings};

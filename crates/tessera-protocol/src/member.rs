@@ -76,16 +76,10 @@ pub trait PrivacyGuard: Send {
     fn charge(&mut self, round: u64, spend: &GaussianSpend) -> Result<(), String>;
 }
 
-/// The result of local training the driver hands back.
-#[derive(Clone, Debug)]
-pub struct TrainedUpdate {
-    /// Trainable parameters after local training.
-    pub params: ModelParams,
-    /// Training examples on the member (weights the update outside DP).
-    pub num_examples: u64,
-    /// Mean training loss, for the member's own log (0 under DP).
-    pub mean_loss: f64,
-}
+/// The result of local training the driver hands back (defined in
+/// `tessera-core`, so that the learning crates can return it without
+/// depending on the protocol).
+pub use tessera_core::TrainedUpdate;
 
 /// What the participant asks its driver to do.
 #[derive(Clone, Debug)]

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tessera_client::LocalModel;
-use tessera_client::tabular::TabularModel;
 use tessera_core::EvalMetrics;
-use tessera_learn::TabularData;
-use tessera_learn::data::SplitIndices;
+use tessera_tabular::TabularData;
+use tessera_tabular::TabularModel;
+use tessera_tabular::data::SplitIndices;
 
 use crate::run::{SimOptions, member_splits, run_scenario, scenario_partition, table_spec};
 use crate::scenario::Scenario;
@@ -33,7 +33,7 @@ pub struct Row {
 /// Train `data` alone from the scenario's initial model, evaluate on its test split.
 fn train_alone(s: &Scenario, data: TabularData, opts: &SimOptions) -> anyhow::Result<EvalMetrics> {
     let mut model = TabularModel::new(data, s.tabular_model()?, opts.backend)?;
-    let mut params = tessera_learn::spec::initial_trainable_params(s.tabular_model()?)?;
+    let mut params = tessera_tabular::spec::initial_trainable_params(s.tabular_model()?)?;
     let mut settings = s.train.settings();
     for round in 1..=s.rounds {
         settings.seed = tessera_protocol::derive_seed(s.seed, round, b"compare");

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use tessera_learn::data::{RawColumn, RawTable, load_csv};
+use tessera_tabular::data::{RawColumn, RawTable, load_csv};
 
 use crate::scenario::{DataKind, Scenario};
 

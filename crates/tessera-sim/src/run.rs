@@ -14,19 +14,20 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_aggregator::driver::{DriverOptions, RunEnd, RunObserver, serve};
 use tessera_aggregator::report::{RunDir, Summary, round_line};
-use tessera_client::tabular::TabularModel;
-use tessera_client::vision::VisionModel;
 use tessera_client::{ClientOptions, EgressLedger, LocalModel};
 use tessera_core::EvalMetrics;
 use tessera_core::codec::Limits;
 use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{ModelParams, RoundRecord, RunId};
-use tessera_learn::data::Split;
-use tessera_learn::data::{Preprocessor, RawTable, SplitConfig, SplitIndices, load_csv, stratified_split};
-use tessera_learn::{ComputeBackend, TabularData, TabularSpec};
+use tessera_learn::ComputeBackend;
 use tessera_protocol::coordinator::{Coordinator, CoordinatorConfig, PrivacyConfig, Resume, RoundOutcome};
 use tessera_protocol::{Participant, Policy, TrainedUpdate, derive_seed};
+use tessera_tabular::TabularModel;
+use tessera_tabular::data::Split;
+use tessera_tabular::data::{Preprocessor, RawTable, SplitConfig, SplitIndices, load_csv, stratified_split};
+use tessera_tabular::{TabularData, TabularSpec};
 use tessera_transport::{AdmitAll, Dialer, MemoryNetwork, QuicDialConfig, QuicListenerConfig};
+use tessera_vision::VisionModel;
 use tokio::sync::Semaphore;
 
 use crate::faults::{FaultPlan, FaultStats, Faulty};
@@ -278,14 +279,14 @@ impl LocalModel for SimModel {
         model: &ModelParams,
         settings: &TrainSettings,
         dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, String> {
+    ) -> Result<TrainedUpdate, tessera_learn::LocalError> {
         match self {
             SimModel::Tabular(m) => m.train(model, settings, dp),
             SimModel::Vision(m) => m.train(model, settings, dp),
         }
     }
 
-    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, String> {
+    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, tessera_learn::LocalError> {
         match self {
             SimModel::Tabular(m) => m.evaluate(model),
             SimModel::Vision(m) => m.evaluate(model),
@@ -327,7 +328,7 @@ fn tabular_members(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Members> {
     }
     Ok(Members {
         models,
-        initial: tessera_learn::spec::initial_trainable_params(s.tabular_model()?)?,
+        initial: tessera_tabular::spec::initial_trainable_params(s.tabular_model()?)?,
         examples,
         label_counts: label_counts(&parts, &table.labels, table.num_classes()),
         class_names: table.class_names.clone(),

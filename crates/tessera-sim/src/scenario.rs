@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::config::TrainSection;
-use tessera_client::vision::VisionModelConfig;
 use tessera_core::config::ModelConfig;
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
+use tessera_vision::VisionModelConfig;
 
 use crate::faults::{DropoutSection, LatencySection};
 use crate::partition::Partitioner;
@@ -103,7 +103,7 @@ pub struct Scenario {
     /// The tabular model (`[model]`); exactly one of it and `[vision_model]`.
     #[serde(default)]
     pub model: Option<ModelConfig>,
-    /// An image model (`tessera_client::vision`), with `kind = "fashion_mnist_images"` data.
+    /// An image model (`tessera_vision::VisionModel`), with `kind = "fashion_mnist_images"` data.
     #[serde(default)]
     pub vision_model: Option<VisionModelConfig>,
     #[serde(default)]

@@ -1,12 +1,12 @@
 //! Image members: the shipped Fashion-MNIST training images split across
 //! members by the scenario's partitioner, each member a
-//! `tessera_client::vision::VisionModel` (e.g. EfficientNet-Lite0 transfer
+//! `tessera_vision::VisionModel` (e.g. EfficientNet-Lite0 transfer
 //! learning: a frozen pretrained backbone and a trained head).
 
 use anyhow::Context;
-use tessera_client::vision::{VisionModel, VisionModelConfig};
 use tessera_protocol::derive_seed;
 use tessera_vision::ImageDataset;
+use tessera_vision::{VisionModel, VisionModelConfig};
 
 use crate::partition::partition;
 use crate::run::{Members, SimModel, label_counts};

@@ -3,12 +3,16 @@
 //! folders), stratified splits and batching, seeded augmentation, a small CNN,
 //! and an EfficientNet-Lite0 backbone that loads the PyTorch ImageNet
 //! checkpoint for transfer learning, with feature caching and a head
-//! training loop. The trainable part of a model converts to and from
-//! [`tessera_core::ModelParams`] under stable, module-path names.
+//! training loop, and [`VisionModel`], the member's image model behind
+//! `tessera_learn::LocalModel`. The trainable part of a model converts to
+//! and from [`tessera_core::ModelParams`] under stable, module-path names.
+//! What every model shares (backend, settings checks, the Poisson sampler,
+//! DP-SGD's configuration, noise and loop) comes from `tessera-learn`.
 //!
-//! It must NOT talk to the network, aggregate, add privacy noise or know
-//! about rounds: it turns local images into parameters and metrics, nothing
-//! more. It must never log, return in an error or otherwise expose a single
+//! It must NOT talk to the network, aggregate or know about rounds beyond
+//! the settings it is handed, and draws DP-SGD noise only through
+//! `tessera-learn`: it turns local images into parameters and metrics,
+//! nothing more. It must never log, return in an error or otherwise expose a single
 //! example (pixels, a label, a per-example loss); only aggregates leave it.
 //! Bad input yields a typed [`VisionError`], never a panic.
 
@@ -22,6 +26,7 @@ pub mod folder;
 pub mod frozen;
 pub mod head;
 pub mod idx;
+mod local;
 pub mod metrics;
 mod nhwc;
 pub mod params;
@@ -41,6 +46,7 @@ pub use folder::{FolderOptions, load_image_folder};
 pub use frozen::{FeatureExtractor, FrozenEfficientNet};
 pub use head::{HeadGradSum, HeadWeights};
 pub use idx::{FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_dataset};
+pub use local::VisionModel;
 pub use spec::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet};
 pub use train::{
     FeatureCache, TrainConfig, TransferTrainer, evaluate_head, evaluate_transfer, fit_transfer, train_head,

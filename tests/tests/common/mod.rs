@@ -288,12 +288,12 @@ impl<M: LocalModel> LocalModel for Held<M> {
         model: &ModelParams,
         settings: &TrainSettings,
         dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, String> {
+    ) -> Result<TrainedUpdate, tessera_learn::LocalError> {
         self.gates.pass(&self.gates.train);
         self.inner.train(model, settings, dp)
     }
 
-    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, String> {
+    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, tessera_learn::LocalError> {
         self.gates.pass(&self.gates.evaluate);
         self.inner.evaluate(model)
     }

@@ -1,6 +1,6 @@
 //! The member's local model for images: a `tessera-vision` network behind
-//! the driver's [`LocalModel`] interface, trained on the member's own
-//! train split and evaluated on its own test split.
+//! `tessera_learn::LocalModel`, trained on the member's own train split and
+//! evaluated on its own test split.
 //!
 //! Two shapes of model: a frozen EfficientNet-Lite0 backbone (pretrained,
 //! or seeded-random) with a trainable linear head, optionally with the last
@@ -9,29 +9,30 @@
 //! augmentation, each example's embedding is computed once per site and
 //! reused across epochs and rounds; the head then trains by plain SGD on
 //! the cached features, and record-level DP-SGD clips each example's head
-//! gradient in closed form and adds noise from tessera-privacy's exact
-//! sampler, exactly as the tabular model does. The SmallCnn's DP-SGD, and
-//! that of EfficientNet-Lite0 with unfrozen blocks (on a CPU backend), take
-//! one backward pass per sampled example instead (`dp`).
+//! gradient in closed form and adds `tessera_learn`'s DP-SGD noise, exactly
+//! as the tabular model does. The SmallCnn's DP-SGD, and that of
+//! EfficientNet-Lite0 with unfrozen blocks (on a CPU backend), run
+//! `tessera_learn::dp_sgd` with one backward pass per sampled example
+//! (`dp`).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Gradients, Tensor};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
+use rand_chacha::ChaCha8Rng;
 use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{EvalMetrics, ModelParams, ParamTensor};
-use tessera_learn::dpsgd::DpSgdConfig;
-use tessera_learn::{ComputeBackend, DEFAULT_BACKEND};
-use tessera_vision::frozen::is_host_device;
-use tessera_vision::metrics::classification_metrics;
-use tessera_vision::{
+use tessera_core::{EvalMetrics, ModelParams, ParamTensor, TrainedUpdate};
+use tessera_learn::{
+    ComputeBackend, DEFAULT_BACKEND, DpNoise, LocalError, LocalModel, fedprox_step, validate_train_settings,
+};
+
+use crate::frozen::is_host_device;
+use crate::metrics::classification_metrics;
+use crate::spec::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet};
+use crate::{
     Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, FeatureExtractor, HeadWeights, ImageDataset, Preprocess,
     TrainConfig, VisionError, evaluate_transfer, train_on_images,
 };
-
-use crate::driver::LocalModel;
-use tessera_protocol::member::TrainedUpdate;
 
 /// Separates the seeded noise stream from the sampling stream (test mode only).
 const NOISE_STREAM: u64 = 0x6e6f_6973_6500_0002;
@@ -54,11 +55,8 @@ pub struct VisionModel {
     /// it stays valid for the model's lifetime.
     folded: Option<FeatureExtractor>,
     extractions: usize,
-    /// TEST ONLY: derive DP-SGD sampling and noise from the round seed so
-    /// runs are reproducible. Predictable noise protects nothing.
-    seeded_noise: bool,
-    /// DP-SGD's noise mechanism, built once for the run's settings.
-    noise: tessera_privacy::MechanismCache,
+    /// DP-SGD's noise, built once for the run's settings.
+    noise: DpNoise,
 }
 
 /// Shows shapes and counts only, never an example.
@@ -108,8 +106,7 @@ impl VisionModel {
             test_cache: None,
             folded: None,
             extractions: 0,
-            seeded_noise: false,
-            noise: Default::default(),
+            noise: DpNoise::new(),
         })
     }
 
@@ -144,16 +141,20 @@ impl VisionModel {
         Self::new(net, cfg, train, test, device)
     }
 
-    /// See the field: for simulations and tests that must be bit-reproducible.
+    /// TEST ONLY: derive DP-SGD sampling and noise from the round seed, for
+    /// simulations and tests that must be bit-reproducible. Predictable
+    /// noise protects nothing.
     pub fn with_seeded_noise(mut self, seeded: bool) -> Self {
-        self.seeded_noise = seeded;
+        self.noise = if seeded { DpNoise::seeded(NOISE_STREAM) } else { DpNoise::new() };
         self
     }
 
+    /// The network, with the trainable tensors last installed.
     pub fn net(&self) -> &VisionNet {
         &self.net
     }
 
+    /// Training examples on this member.
     pub fn num_train_examples(&self) -> u64 {
         self.train.len() as u64
     }
@@ -216,70 +217,59 @@ impl VisionModel {
         rows.iter().map(|&i| self.train.labels()[i]).collect()
     }
 
-    /// The DP-SGD configuration and its two random streams: noise and
-    /// Poisson sampling, from the OS unless test mode seeds them.
-    fn dp_setup(&self, s: &TrainSettings, dp: &DpSettings) -> Result<(DpSgdConfig, ChaCha20Rng, ChaCha8Rng), String> {
-        let mut cfg = DpSgdConfig::from_settings(dp);
-        check_dp(&cfg)?;
-        let noise_rng = if self.seeded_noise {
-            cfg.sampling_seed = Some(s.seed);
-            ChaCha20Rng::seed_from_u64(s.seed ^ NOISE_STREAM)
-        } else {
-            ChaCha20Rng::from_entropy()
-        };
-        let sampler = match cfg.sampling_seed {
-            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
-            None => ChaCha8Rng::from_entropy(),
-        };
-        Ok((cfg, noise_rng, sampler))
-    }
-
-    /// Adds DP-SGD's Gaussian noise to a clipped gradient sum. An error
-    /// (a failed draw, a non-finite result) means the step must not be
-    /// applied, let alone released.
-    fn add_dp_noise(&mut self, cfg: &DpSgdConfig, sum: &mut [f32], rng: &mut ChaCha20Rng) -> Result<(), String> {
-        let mechanism =
-            self.noise.get(cfg.noise_multiplier, cfg.clip_norm, sum.len()).map_err(|e| format!("DP-SGD noise: {e}"))?;
-        mechanism.add_to(sum, rng).map_err(|e| format!("DP-SGD noise: {e}"))?;
-        if sum.iter().any(|v| !v.is_finite()) {
-            return Err("DP-SGD: non-finite noised gradient".into());
-        }
-        Ok(())
-    }
-
     /// DP-SGD for models whose per-example gradients need a backward pass
     /// each (see [`dp`]): the SmallCnn, and EfficientNet-Lite0 with
     /// unfrozen blocks on a CPU backend.
-    fn train_dp_per_example(&mut self, s: &TrainSettings, dp: &DpSettings) -> Result<(), String> {
-        let start = self.net.trainable_params().map_err(|e| e.to_string())?;
+    fn train_dp_per_example(&mut self, s: &TrainSettings, dp: &DpSettings) -> Result<(), LocalError> {
+        let start = self.net.trainable_params().map_err(LocalError::model)?;
         let shape = self.train.image_shape();
+        let n = self.train.len();
         match self.net.clone() {
             VisionNet::Cnn(net) => {
-                let mut examples = dp::CnnExamples::new(*net, &self.device, self.preprocess, shape);
-                dp::dp_sgd(self, s, dp, &start, &mut examples)?;
-                self.net = VisionNet::Cnn(Box::new(examples.model));
+                let inner = dp::CnnExamples::new(*net, &self.device, self.preprocess, shape);
+                self.net = VisionNet::Cnn(Box::new(self.run_dp_sgd(s, dp, &start, n, inner)?.model));
             }
             VisionNet::Transfer(net) => {
                 if !is_host_device(&self.device) {
-                    return Err("record-level DP-SGD with unfrozen EfficientNet-Lite0 blocks runs on a CPU backend \
-                                (flex or ndarray); use trainable_blocks = 0 or client-level DP on this backend"
-                        .into());
+                    return Err(LocalError::Unsupported(
+                        "record-level DP-SGD with unfrozen EfficientNet-Lite0 blocks runs on a CPU backend \
+                         (flex or ndarray); use trainable_blocks = 0 or client-level DP on this backend"
+                            .into(),
+                    ));
                 }
-                let mut examples = dp::TransferExamples::new(*net, self.preprocess, shape)?;
-                dp::dp_sgd(self, s, dp, &start, &mut examples)?;
-                self.net = VisionNet::Transfer(Box::new(examples.model));
+                let inner = dp::TransferExamples::new(*net, self.preprocess, shape).map_err(LocalError::model)?;
+                self.net = VisionNet::Transfer(Box::new(self.run_dp_sgd(s, dp, &start, n, inner)?.model));
             }
         }
         Ok(())
+    }
+
+    /// `tessera_learn::dp_sgd` over this member's (augmented) training
+    /// images, with `inner` computing each one's gradient; hands `inner`
+    /// back holding the trained model.
+    fn run_dp_sgd<E: dp::PerImage>(
+        &mut self,
+        s: &TrainSettings,
+        dp: &DpSettings,
+        start: &ModelParams,
+        n: usize,
+        inner: E,
+    ) -> Result<E, LocalError> {
+        let mut round = self.noise.round(dp, s.seed, start.numel())?;
+        let augment = self.cfg.augmenter(s.seed).map_err(LocalError::model)?;
+        let mut examples = dp::Sampled::new(&self.train, augment.as_ref(), inner);
+        tessera_learn::dp_sgd(start, s, n, &mut round, &mut examples)?;
+        Ok(examples.into_inner())
     }
 
     /// Plain SGD (non-private) or DP-SGD on the head. Returns the mean loss
     /// (0 under DP: it would be an unprivatized statistic).
-    fn train_head(&mut self, s: &TrainSettings, dp: Option<&DpSettings>) -> Result<f64, String> {
-        let start = self.net.trainable_params().map_err(|e| e.to_string())?;
+    fn train_head(&mut self, s: &TrainSettings, dp: Option<&DpSettings>) -> Result<f64, LocalError> {
+        let err = |e: VisionError| LocalError::model(e);
+        let start = self.net.trainable_params().map_err(err)?;
         let mut head = head_weights(&start)?;
         let anchor = head.clone();
-        let augment = self.cfg.augmenter(s.seed).map_err(|e| e.to_string())?;
+        let augment = self.cfg.augmenter(s.seed).map_err(err)?;
         let n = self.train.len();
         let mut mean_loss = 0.0;
         match dp {
@@ -289,9 +279,8 @@ impl VisionModel {
                     let mut order: Vec<usize> = (0..n).collect();
                     order.shuffle(&mut ChaCha8Rng::seed_from_u64(s.seed.wrapping_add(epoch)));
                     for rows in order.chunks(s.batch_size as usize) {
-                        let x = self.head_inputs(rows, augment.as_ref(), epoch).map_err(|e| e.to_string())?;
-                        let g = head.gradient_sum(&x, &self.labels_of(rows), None, &self.device);
-                        let g = g.map_err(|e| e.to_string())?;
+                        let x = self.head_inputs(rows, augment.as_ref(), epoch).map_err(err)?;
+                        let g = head.gradient_sum(&x, &self.labels_of(rows), None, &self.device).map_err(err)?;
                         loss_sum += g.loss_sum;
                         seen += rows.len();
                         sgd_step(&mut head, &anchor, &g.weight, &g.bias, 1.0 / rows.len() as f32, s);
@@ -300,22 +289,23 @@ impl VisionModel {
                 mean_loss = loss_sum / seen.max(1) as f64;
             }
             Some(dp) => {
-                let (cfg, mut noise_rng, mut sampler) = self.dp_setup(s, dp)?;
-                let inv_expected = (1.0 / (cfg.sampling_rate * n as f64).max(f64::MIN_POSITIVE)) as f32;
-                let steps = (1.0 / cfg.sampling_rate).ceil() as u64;
+                let mut round = self.noise.round(dp, s.seed, start.numel())?;
+                let inv_expected = round.sampler.inverse_expected_batch(n);
+                let steps = round.sampler.steps_per_epoch();
                 let split = head.weight.len();
                 for epoch in 0..u64::from(s.local_epochs) {
                     for _ in 0..steps {
-                        let rows: Vec<usize> = (0..n).filter(|_| sampler.gen_bool(cfg.sampling_rate)).collect();
+                        let rows = round.sampler.sample(n);
                         let mut flat = vec![0.0f32; split + head.bias.len()];
                         if !rows.is_empty() {
-                            let x = self.head_inputs(&rows, augment.as_ref(), epoch).map_err(|e| e.to_string())?;
-                            let g = head.gradient_sum(&x, &self.labels_of(&rows), Some(cfg.clip_norm), &self.device);
-                            let g = g.map_err(|e| e.to_string())?;
+                            let x = self.head_inputs(&rows, augment.as_ref(), epoch).map_err(err)?;
+                            let labels = self.labels_of(&rows);
+                            let g = head.gradient_sum(&x, &labels, Some(round.cfg.clip_norm), &self.device);
+                            let g = g.map_err(err)?;
                             flat[..split].copy_from_slice(&g.weight);
                             flat[split..].copy_from_slice(&g.bias);
                         }
-                        self.add_dp_noise(&cfg, &mut flat, &mut noise_rng)?;
+                        round.add_noise(&mut flat)?;
                         let (w, b) = flat.split_at(split);
                         sgd_step(&mut head, &anchor, w, b, inv_expected, s);
                     }
@@ -323,15 +313,15 @@ impl VisionModel {
             }
         }
         let params = head_params(&start, head);
-        params.check_finite().map_err(|_| "local training diverged (non-finite head)".to_string())?;
-        self.install(&params).map_err(|e| e.to_string())?;
+        params.check_finite().map_err(|_| LocalError::Diverged("head parameter"))?;
+        self.install(&params).map_err(err)?;
         Ok(mean_loss)
     }
 
     /// End-to-end training (trainable backbone blocks or the SmallCnn) with
     /// the crate's Adam trainers; no DP and no FedProx on this path.
-    fn train_end_to_end(&mut self, s: &TrainSettings) -> Result<f64, String> {
-        let err = |e: VisionError| e.to_string();
+    fn train_end_to_end(&mut self, s: &TrainSettings) -> Result<f64, LocalError> {
+        let err = |e: VisionError| LocalError::model(e);
         let augment = self.cfg.augmenter(s.seed).map_err(err)?;
         let mut tc = TrainConfig {
             epochs: s.local_epochs as usize,
@@ -375,7 +365,7 @@ impl VisionModel {
 
 /// Every parameter's gradient in module order (the order of
 /// `ModelParams::to_flat` for the same module), zeros where there is none.
-fn flat_grads<M: Module>(module: &M, grads: &Gradients) -> Result<Vec<f32>, String> {
+pub(crate) fn flat_grads<M: Module>(module: &M, grads: &Gradients) -> Result<Vec<f32>, String> {
     struct Collect<'a> {
         grads: &'a Gradients,
         out: Vec<f32>,
@@ -402,36 +392,13 @@ fn flat_grads<M: Module>(module: &M, grads: &Gradients) -> Result<Vec<f32>, Stri
     }
 }
 
-fn check_settings(s: &TrainSettings) -> Result<(), String> {
-    if s.local_epochs == 0 || s.batch_size == 0 {
-        return Err("local epochs and batch size must be positive".into());
-    }
-    if !(s.learning_rate.is_finite() && s.learning_rate > 0.0) {
-        return Err("learning rate must be positive and finite".into());
-    }
-    if !(s.proximal_mu.is_finite() && s.proximal_mu >= 0.0) {
-        return Err("proximal mu must be non-negative and finite".into());
-    }
-    Ok(())
-}
-
-fn check_dp(cfg: &DpSgdConfig) -> Result<(), String> {
-    let ok = cfg.clip_norm.is_finite()
-        && cfg.clip_norm > 0.0
-        && cfg.noise_multiplier.is_finite()
-        && cfg.noise_multiplier >= 0.0
-        && cfg.sampling_rate > 0.0
-        && cfg.sampling_rate <= 1.0;
-    if ok { Ok(()) } else { Err("DP-SGD needs C > 0, sigma >= 0 and 0 < q <= 1".into()) }
-}
-
 /// The head tensors of an exchanged model.
-fn head_weights(params: &ModelParams) -> Result<HeadWeights, String> {
+fn head_weights(params: &ModelParams) -> Result<HeadWeights, LocalError> {
     let (Some(w), Some(b)) = (params.get(HEAD_WEIGHT), params.get(HEAD_BIAS)) else {
-        return Err("the model has no `head.weight`/`head.bias`".into());
+        return Err(LocalError::Unsupported("the model has no `head.weight`/`head.bias`".into()));
     };
     let classes = b.data.len();
-    HeadWeights::new(w.data.len() / classes.max(1), classes, w.data.clone(), b.data.clone()).map_err(|e| e.to_string())
+    HeadWeights::new(w.data.len() / classes.max(1), classes, w.data.clone(), b.data.clone()).map_err(LocalError::model)
 }
 
 fn head_params(like: &ModelParams, head: HeadWeights) -> ModelParams {
@@ -442,15 +409,11 @@ fn head_params(like: &ModelParams, head: HeadWeights) -> ModelParams {
     ])
 }
 
-/// `w -= lr * (scale * g + mu (w - anchor))`, the tabular model's update.
+/// The shared FedProx step on the head's weight and bias.
 fn sgd_step(head: &mut HeadWeights, anchor: &HeadWeights, gw: &[f32], gb: &[f32], scale: f32, s: &TrainSettings) {
     let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
-    for (p, (g, a)) in head.weight.iter_mut().zip(gw.iter().zip(&anchor.weight)) {
-        *p -= lr * (scale * g + mu * (*p - a));
-    }
-    for (p, (g, a)) in head.bias.iter_mut().zip(gb.iter().zip(&anchor.bias)) {
-        *p -= lr * (scale * g + mu * (*p - a));
-    }
+    fedprox_step(&mut head.weight, &anchor.weight, gw, scale, lr, mu);
+    fedprox_step(&mut head.bias, &anchor.bias, gb, scale, lr, mu);
 }
 
 impl LocalModel for VisionModel {
@@ -459,31 +422,36 @@ impl LocalModel for VisionModel {
         model: &ModelParams,
         settings: &TrainSettings,
         dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, String> {
-        check_settings(settings)?;
-        self.install(model).map_err(|e| e.to_string())?;
+    ) -> Result<TrainedUpdate, LocalError> {
+        validate_train_settings(settings)?;
+        self.install(model).map_err(LocalError::model)?;
         let mean_loss = if self.net.head_only() {
             self.train_head(settings, dp)?
         } else if let Some(dp) = dp {
             self.train_dp_per_example(settings, dp)?;
             0.0
         } else if settings.proximal_mu > 0.0 {
-            return Err("FedProx (proximal_mu > 0) is supported for the head-only image model only".into());
+            return Err(LocalError::Unsupported(
+                "FedProx (proximal_mu > 0) is supported for the head-only image model only".into(),
+            ));
         } else {
             self.train_end_to_end(settings)?
         };
-        let params = self.net.trainable_params().map_err(|e| e.to_string())?;
-        params.check_finite().map_err(|_| "local training diverged (non-finite parameter)".to_string())?;
+        let params = self.net.trainable_params().map_err(LocalError::model)?;
+        params.check_finite().map_err(|_| LocalError::Diverged("parameter"))?;
         Ok(TrainedUpdate { params, num_examples: self.num_train_examples(), mean_loss })
     }
 
-    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, String> {
-        self.install(model).map_err(|e| e.to_string())?;
-        let err = |e: VisionError| e.to_string();
+    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, LocalError> {
+        self.install(model).map_err(LocalError::model)?;
+        let err = |e: VisionError| LocalError::model(e);
         if self.net.head_only() {
             let head = head_weights(model)?;
             if head.dim != FEATURE_DIM {
-                return Err(format!("head takes {} features, the backbone gives {FEATURE_DIM}", head.dim));
+                return Err(LocalError::Unsupported(format!(
+                    "head takes {} features, the backbone gives {FEATURE_DIM}",
+                    head.dim
+                )));
             }
             let device = self.device.clone();
             let cache = self.cache(true).map_err(err)?;
@@ -500,8 +468,5 @@ impl LocalModel for VisionModel {
 }
 
 mod dp;
-mod setup;
 #[cfg(test)]
 mod tests;
-
-pub use setup::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet, load_member_images};

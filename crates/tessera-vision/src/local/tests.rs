@@ -1,4 +1,4 @@
-//! The image model through the driver's `LocalModel` interface, on the
+//! The image model through `tessera_learn::LocalModel`, on the
 //! shipped Fashion-MNIST subset. The backbone is the pretrained one when
 //! scripts/fetch-weights.sh has run, else a seeded random one. Both learn,
 //! the random one less (its 1280 features are random projections), so the
@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
+use crate::{AugmentConfig, ImageDataset, load_fashion_mnist};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Int, Tensor, TensorData};
 use tessera_core::ModelParams;
 use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
-use tessera_vision::{AugmentConfig, ImageDataset, load_fashion_mnist};
 
 use super::*;
 
@@ -143,7 +143,7 @@ fn dp_sgd_clips_noises_and_is_reproducible_only_in_test_mode() {
     let bar = if pretrained() { 0.4 } else { 0.15 };
     assert!(acc > bar, "DP-SGD accuracy {acc}");
     // Invalid DP settings are refused before anything is trained.
-    assert!(m.train(&start, &s, Some(&dp(0.0, 1.0))).unwrap_err().contains("DP-SGD"));
+    assert!(m.train(&start, &s, Some(&dp(0.0, 1.0))).unwrap_err().to_string().contains("DP-SGD"));
 }
 
 #[test]
@@ -221,9 +221,9 @@ fn small_cnn_dp_sgd_sums_clipped_per_example_gradients() {
 /// bounds the step by lr * C; frozen tensors never move.
 #[test]
 fn dp_sgd_through_unfrozen_blocks_sums_clipped_per_example_gradients() {
+    use crate::params::param_ids;
     use burn::module::Module;
     use burn::optim::GradientsParams;
-    use tessera_vision::params::param_ids;
 
     let cfg = VisionModelConfig { trainable_blocks: 1, ..head_cfg() };
     // 40 examples: two prepared groups (32 + 8) in the one step.

@@ -2,11 +2,10 @@
 //! exchanged, and LoRA shrinks the update by the factor its shapes predict.
 
 use tessera_core::round::TrainSettings;
-use tessera_learn::data::shipped_data_path;
-use tessera_learn::model::Field;
-use tessera_learn::{
-    ComputeBackend, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart,
-};
+use tessera_learn::ComputeBackend;
+use tessera_tabular::data::shipped_data_path;
+use tessera_tabular::model::Field;
+use tessera_tabular::{ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart};
 
 fn task(hidden: Vec<usize>, trainable: TrainablePart) -> TabularTask {
     let data =

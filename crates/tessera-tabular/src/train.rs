@@ -6,11 +6,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use tessera_core::round::TrainSettings;
 use tessera_core::{EvalMetrics, ModelParams};
 
-use crate::backend::ComputeBackend;
 use crate::data::{Dataset, Split, TabularData};
 use crate::error::LearnError;
 use crate::model::{Field, MlpConfig, TabularMlp, TrainablePart, export_slots, import_slots, tensor2, to_vec};
 use tessera_core::evaluate::eval_metrics;
+use tessera_learn::ComputeBackend;
 
 /// Model choice for a tabular task; input and output sizes come from the data.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,17 +72,9 @@ pub(crate) fn one_hot(labels: &[u32], num_classes: usize, device: &Device) -> Te
     tensor2(v, labels.len(), num_classes, device)
 }
 
+/// The shared check of `tessera_learn`, in this crate's error type.
 pub(crate) fn check_settings(s: &TrainSettings) -> Result<(), LearnError> {
-    if s.batch_size == 0 {
-        return Err(LearnError::Settings("batch size must be positive".into()));
-    }
-    if !(s.learning_rate.is_finite() && s.learning_rate > 0.0) {
-        return Err(LearnError::Settings("learning rate must be positive and finite".into()));
-    }
-    if !(s.proximal_mu.is_finite() && s.proximal_mu >= 0.0) {
-        return Err(LearnError::Settings("proximal mu must be non-negative and finite".into()));
-    }
-    Ok(())
+    tessera_learn::validate_train_settings(s).map_err(LearnError::from_local)
 }
 
 impl TabularTask {

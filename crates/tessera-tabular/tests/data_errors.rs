@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use tessera_learn::data::{Preprocessor, SplitConfig, load_csv, stratified_split};
-use tessera_learn::{DataError, TabularData, TabularSpec};
+use tessera_tabular::data::{Preprocessor, SplitConfig, load_csv, stratified_split};
+use tessera_tabular::{DataError, TabularData, TabularSpec};
 
 fn write_csv(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(name);

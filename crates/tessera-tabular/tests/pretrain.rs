@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use tessera_core::round::TrainSettings;
-use tessera_learn::data::{load_csv, shipped_data_path};
-use tessera_learn::model::Field;
-use tessera_learn::pretrain::public_private_rows;
-use tessera_learn::{
-    ComputeBackend, LearnError, MlpConfig, ModelSpec, SplitConfig, TabularData, TabularMlp, TabularSpec, TabularTask,
-    TensorMapping, TrainablePart, load_backbone, pretrain_backbone,
+use tessera_learn::ComputeBackend;
+use tessera_tabular::data::{load_csv, shipped_data_path};
+use tessera_tabular::model::Field;
+use tessera_tabular::pretrain::public_private_rows;
+use tessera_tabular::{
+    LearnError, MlpConfig, ModelSpec, SplitConfig, TabularData, TabularMlp, TabularSpec, TabularTask, TensorMapping,
+    TrainablePart, load_backbone, pretrain_backbone,
 };
 
 fn fixture_dir() -> PathBuf {
@@ -121,7 +122,7 @@ fn pretrained_backbone_round_trips_and_serves_a_frozen_head_task() {
     assert!(report.validation.accuracy > 0.85, "{}", report.validation.accuracy);
 
     // A member's head-only task on the private rows starts from the pretrained backbone.
-    let private_table = tessera_learn::pretrain::subset(&table, &private);
+    let private_table = tessera_tabular::pretrain::subset(&table, &private);
     let data = TabularData::from_table(&private_table, &TabularSpec::wdbc(), &SplitConfig::default()).unwrap();
     let spec = ModelSpec { hidden: vec![16], trainable: TrainablePart::HeadOnly, init_seed: 5 };
     let mut task = TabularTask::new(data, &spec, ComputeBackend::default()).unwrap();
@@ -129,10 +130,10 @@ fn pretrained_backbone_round_trips_and_serves_a_frozen_head_task() {
     let loaded = task.model().read_slot(0, Field::Weight).unwrap();
     // Save again and compare bit for bit.
     let again = tmp.path().join("again.safetensors");
-    tessera_learn::save_backbone(task.model(), &again).unwrap();
+    tessera_tabular::save_backbone(task.model(), &again).unwrap();
     let mut other = TabularTask::new(task.data().clone(), &spec, ComputeBackend::default()).unwrap();
     other.load_backbone(&again, &[]).unwrap();
     assert_eq!(other.model().read_slot(0, Field::Weight).unwrap(), loaded);
     task.train_round(&TrainSettings { seed: 3, ..s }, None).unwrap();
-    assert!(task.evaluate(tessera_learn::Split::Test).unwrap().accuracy > 0.9);
+    assert!(task.evaluate(tessera_tabular::Split::Test).unwrap().accuracy > 0.9);
 }

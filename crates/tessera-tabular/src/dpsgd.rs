@@ -12,55 +12,14 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tessera_core::ModelParams;
-use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_core::round::TrainSettings;
+
+use tessera_learn::{DpSgdConfig, PoissonSampler};
 
 use crate::error::LearnError;
 use crate::model::{Field, TabularMlp, tensor2, to_vec};
 use crate::train::{Progress, TabularTask, TrainReport, apply_sgd, check_settings, one_hot};
-
-/// DP-SGD parameters for one round.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DpSgdConfig {
-    /// Per-example L2 clip norm C.
-    pub clip_norm: f64,
-    /// Noise std as a multiple of C; the noise sampler must use `noise_multiplier * clip_norm`.
-    pub noise_multiplier: f64,
-    /// Poisson sampling rate q per step.
-    pub sampling_rate: f64,
-    /// Seed of the Poisson sampling, for tests only. `None` (the default)
-    /// draws it from the OS: the round seed is known to the aggregator, and
-    /// privacy amplification by sampling needs the sample to be secret.
-    pub sampling_seed: Option<u64>,
-}
-
-impl DpSgdConfig {
-    pub fn from_settings(dp: &DpSettings) -> Self {
-        Self {
-            clip_norm: dp.clip_norm,
-            noise_multiplier: dp.noise_multiplier,
-            sampling_rate: dp.sampling_rate,
-            sampling_seed: None,
-        }
-    }
-
-    /// Standard deviation the noise sampler must add to each summed coordinate.
-    pub fn noise_std(&self) -> f64 {
-        self.noise_multiplier * self.clip_norm
-    }
-
-    fn check(&self) -> Result<(), LearnError> {
-        let ok = self.clip_norm.is_finite()
-            && self.clip_norm > 0.0
-            && self.noise_multiplier.is_finite()
-            && self.noise_multiplier >= 0.0
-            && self.sampling_rate > 0.0
-            && self.sampling_rate <= 1.0;
-        if ok { Ok(()) } else { Err(LearnError::Settings("DP-SGD needs C > 0, sigma >= 0 and 0 < q <= 1".into())) }
-    }
-}
 
 /// Sum over the batch of per-example gradients, each clipped to L2 norm
 /// `clip`, for the slots `slots` (values as inner, non-autodiff tensors).
@@ -169,22 +128,19 @@ impl TabularTask {
         prox_anchor: Option<&ModelParams>,
     ) -> Result<TrainReport, LearnError> {
         check_settings(s)?;
-        dp.check()?;
+        dp.validate().map_err(LearnError::from_local)?;
         if self.data.train.is_empty() {
             return Err(LearnError::EmptySplit("train"));
         }
         let anchor = if s.proximal_mu > 0.0 { Some(self.prox_anchor_tensors(prox_anchor)?) } else { None };
         let n = self.data.train.len();
         let expected_batch = (dp.sampling_rate * n as f64).max(f64::MIN_POSITIVE);
-        let steps_per_epoch = (1.0 / dp.sampling_rate).ceil() as u64;
-        let mut rng = match dp.sampling_seed {
-            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
-            None => ChaCha8Rng::from_entropy(),
-        };
+        let mut sampler = PoissonSampler::new(dp.sampling_rate, dp.sampling_seed);
+        let steps_per_epoch = sampler.steps_per_epoch();
         let (mut seen, mut steps) = (0u64, 0u64);
         for epoch in 0..s.local_epochs {
             for step in 0..steps_per_epoch {
-                let rows: Vec<usize> = (0..n).filter(|_| rng.gen_bool(dp.sampling_rate)).collect();
+                let rows = sampler.sample(n);
                 let sums = if rows.is_empty() {
                     self.slots
                         .iter()
@@ -246,7 +202,9 @@ mod tests {
     use crate::data::{SplitConfig, TabularData, TabularSpec, shipped_data_path};
     use crate::model::TrainablePart;
     use crate::train::{ModelSpec, TabularTask};
-    use crate::{ComputeBackend, Split};
+    use tessera_learn::ComputeBackend;
+
+    use crate::Split;
 
     fn task(trainable: TrainablePart) -> TabularTask {
         let data =

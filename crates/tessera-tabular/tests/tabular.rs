@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use tessera_core::round::TrainSettings;
 use tessera_core::{ModelParams, ParamTensor};
-use tessera_learn::data::shipped_data_path;
-use tessera_learn::{
-    ComputeBackend, LearnError, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart,
+use tessera_learn::ComputeBackend;
+use tessera_tabular::data::shipped_data_path;
+use tessera_tabular::{
+    LearnError, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart,
 };
 
 fn wdbc() -> TabularData {

@@ -6,10 +6,10 @@
 use tessera_core::ModelParams;
 use tessera_core::config::{ModelConfig, TrainableConfig};
 
-use crate::backend::DEFAULT_BACKEND;
 use crate::error::LearnError;
 use crate::model::{MlpConfig, TabularMlp, TrainablePart, export_slots};
 use crate::train::ModelSpec;
+use tessera_learn::DEFAULT_BACKEND;
 
 impl From<&TrainableConfig> for TrainablePart {
     fn from(t: &TrainableConfig) -> Self {

@@ -13,11 +13,11 @@ use tessera_core::EvalMetrics;
 use tessera_core::round::TrainSettings;
 
 use crate::Split;
-use crate::backend::ComputeBackend;
 use crate::data::{RawTable, SplitConfig, SplitIndices, TabularData, TabularSpec, load_csv, stratified_split};
 use crate::error::{DataError, LearnError};
 use crate::model::{Field, TabularMlp, TrainablePart};
 use crate::train::{ModelSpec, TabularTask};
+use tessera_learn::ComputeBackend;
 
 /// Where one model tensor comes from in a checkpoint file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,9 +1,8 @@
-//! What a member's image model is built from: the `[model]` section for
-//! images and the network it describes live in `tessera_vision::spec`
-//! (shared with the aggregator); here, the member's images as `[data]`
-//! describes them.
+//! A member's images as its `[data]` section describes them. The `[model]`
+//! section for images and the network it describes live in
+//! `tessera_vision::spec` (shared with the aggregator); the model in
+//! `tessera_vision::VisionModel`.
 
-pub use tessera_vision::spec::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet};
 use tessera_vision::{FolderOptions, ImageDataset, VisionError, load_idx_dataset, load_image_folder};
 
 use crate::config::{ImageDataKind, ImageDataSection};

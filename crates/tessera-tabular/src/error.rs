@@ -62,3 +62,13 @@ pub enum LearnError {
     #[error("checkpoint {file}: {reason}")]
     Checkpoint { file: PathBuf, reason: String },
 }
+
+impl LearnError {
+    /// A failed check of `tessera_learn` (settings), in this crate's terms.
+    pub fn from_local(e: tessera_learn::LocalError) -> Self {
+        match e {
+            tessera_learn::LocalError::Settings(reason) => LearnError::Settings(reason.into()),
+            other => LearnError::Config(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Record-level DP-SGD's shared half: the validated configuration, the
+//! round's random streams and noise, and the loop for models whose
+//! per-example gradients need a backward pass each. Models with a cheaper
+//! way to clip (the tabular MLP's ghost clipping, the frozen-backbone
+//! head's closed form) use the same configuration, sampler and noise.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tessera_core::ModelParams;
+use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_privacy::{GaussianMechanism, MechanismCache};
+
+use crate::{LocalError, PoissonSampler, fedprox_step};
+
+/// Sampled examples prepared together (e.g. their frozen-prefix outputs
+/// held at once), so memory does not grow with `q * N`.
+pub const PREPARE_GROUP: usize = 32;
+
+/// DP-SGD parameters for one round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DpSgdConfig {
+    /// Per-example L2 clip norm C.
+    pub clip_norm: f64,
+    /// Noise std as a multiple of C; the noise sampler must use `noise_multiplier * clip_norm`.
+    pub noise_multiplier: f64,
+    /// Poisson sampling rate q per step.
+    pub sampling_rate: f64,
+    /// Seed of the Poisson sampling, for tests only. `None` (the default)
+    /// draws it from the OS: the round seed is known to the aggregator, and
+    /// privacy amplification by sampling needs the sample to be secret.
+    pub sampling_seed: Option<u64>,
+}
+
+impl DpSgdConfig {
+    /// The round's record-level settings, sampled from the OS.
+    pub fn from_settings(dp: &DpSettings) -> Self {
+        Self {
+            clip_norm: dp.clip_norm,
+            noise_multiplier: dp.noise_multiplier,
+            sampling_rate: dp.sampling_rate,
+            sampling_seed: None,
+        }
+    }
+
+    /// Standard deviation the noise sampler must add to each summed coordinate.
+    pub fn noise_std(&self) -> f64 {
+        self.noise_multiplier * self.clip_norm
+    }
+
+    /// The one check every model runs before DP-SGD.
+    pub fn validate(&self) -> Result<(), LocalError> {
+        let ok = self.clip_norm.is_finite()
+            && self.clip_norm > 0.0
+            && self.noise_multiplier.is_finite()
+            && self.noise_multiplier >= 0.0
+            && self.sampling_rate > 0.0
+            && self.sampling_rate <= 1.0;
+        if ok { Ok(()) } else { Err(LocalError::Settings("DP-SGD needs C > 0, sigma >= 0 and 0 < q <= 1")) }
+    }
+}
+
+/// A model's DP-SGD noise across rounds: the Gaussian mechanism, built once
+/// for the run's settings, and where each round's random streams come from.
+#[derive(Default)]
+pub struct DpNoise {
+    mechanisms: MechanismCache,
+    /// Test only: derive sampling and noise from the round seed, the noise
+    /// stream salted with this value. Predictable noise protects nothing.
+    seeded: Option<u64>,
+}
+
+impl DpNoise {
+    /// Noise and sampling from the OS.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// TEST ONLY: derive sampling and noise from the round seed, the noise
+    /// stream salted with `stream` (so it differs from the sampling stream),
+    /// for simulations and tests that must be bit-reproducible.
+    pub fn seeded(stream: u64) -> Self {
+        Self { seeded: Some(stream), ..Self::default() }
+    }
+
+    /// Whether sampling and noise derive from the round seed.
+    pub fn is_seeded(&self) -> bool {
+        self.seeded.is_some()
+    }
+
+    /// The streams and mechanism of one round of DP-SGD over `dim` summed
+    /// values with settings `dp` (validated here) and round seed `round_seed`.
+    pub fn round(&mut self, dp: &DpSettings, round_seed: u64, dim: usize) -> Result<DpRound, LocalError> {
+        let mut cfg = DpSgdConfig::from_settings(dp);
+        cfg.validate()?;
+        let rng = match self.seeded {
+            Some(stream) => {
+                cfg.sampling_seed = Some(round_seed);
+                ChaCha20Rng::seed_from_u64(round_seed ^ stream)
+            }
+            None => ChaCha20Rng::from_entropy(),
+        };
+        // The sum of clipped gradients (sensitivity C) over `dim` values,
+        // noised at multiplier z, rounding covered.
+        let mechanism = self.mechanisms.get(cfg.noise_multiplier, cfg.clip_norm, dim)?.clone();
+        let sampler = PoissonSampler::new(cfg.sampling_rate, cfg.sampling_seed);
+        Ok(DpRound { cfg, sampler, rng, mechanism })
+    }
+}
+
+/// One round of DP-SGD: its settings, its secret sample and its noise.
+pub struct DpRound {
+    /// The round's validated settings.
+    pub cfg: DpSgdConfig,
+    /// The steps' Poisson sample.
+    pub sampler: PoissonSampler,
+    rng: ChaCha20Rng,
+    mechanism: GaussianMechanism,
+}
+
+impl DpRound {
+    /// Add DP-SGD's noise to a clipped gradient sum. An error (a failed
+    /// draw, a non-finite result) means the step must not be applied, let
+    /// alone released.
+    pub fn add_noise(&mut self, sum: &mut [f32]) -> Result<(), LocalError> {
+        self.mechanism.add_to(sum, &mut self.rng)?;
+        if sum.iter().any(|v| !v.is_finite()) {
+            return Err(LocalError::Diverged("noised gradient"));
+        }
+        Ok(())
+    }
+}
+
+/// One sampled example's gradient at a time, flat in the layout of the
+/// exchanged tensors, for [`dp_sgd`].
+pub trait PerExampleGradients {
+    /// Make `params` the model's exchanged tensors for the next step.
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), LocalError>;
+    /// See a group of a step's sampled training rows (at most
+    /// [`PREPARE_GROUP`]) before their gradients are asked for; work shared
+    /// by all of them goes here. `epoch` seeds per-epoch augmentation.
+    fn prepare(&mut self, rows: &[usize], epoch: u64) -> Result<(), LocalError>;
+    /// The loss gradient of the group's `index`-th row.
+    fn gradient(&mut self, index: usize) -> Result<Vec<f32>, LocalError>;
+}
+
+/// DP-SGD from `start` over `n` training examples: each of `local_epochs *
+/// ceil(1/q)` steps Poisson-samples its rows, clips each sampled example's
+/// gradient to C on its own, adds the round's noise to the sum and takes an
+/// SGD step scaled by one over the expected batch size (with FedProx's
+/// proximal term when asked). Returns the trained exchanged tensors.
+pub fn dp_sgd(
+    start: &ModelParams,
+    s: &TrainSettings,
+    n: usize,
+    dp: &mut DpRound,
+    examples: &mut dyn PerExampleGradients,
+) -> Result<ModelParams, LocalError> {
+    let (layout, anchor) = (start.layout(), start.to_flat());
+    let mut flat = anchor.clone();
+    let inv_expected = dp.sampler.inverse_expected_batch(n);
+    let steps = dp.sampler.steps_per_epoch();
+    let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
+    let params = |flat: &[f32]| ModelParams::from_flat(&layout, flat).map_err(LocalError::model);
+    for epoch in 0..u64::from(s.local_epochs) {
+        for _ in 0..steps {
+            let mut sum = vec![0.0f32; flat.len()];
+            let sampled = dp.sampler.sample(n);
+            for group in sampled.chunks(PREPARE_GROUP) {
+                examples.prepare(group, epoch)?;
+                for j in 0..group.len() {
+                    let g = examples.gradient(j)?;
+                    if g.len() != sum.len() {
+                        return Err(LocalError::Unsupported(format!(
+                            "DP-SGD: a gradient of {} values for {} parameters",
+                            g.len(),
+                            sum.len()
+                        )));
+                    }
+                    let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                    if !norm.is_finite() {
+                        return Err(LocalError::Diverged("per-example gradient"));
+                    }
+                    let c = (dp.cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
+                    sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
+                }
+            }
+            dp.add_noise(&mut sum)?;
+            fedprox_step(&mut flat, &anchor, &sum, inv_expected, lr, mu);
+            examples.set_params(&params(&flat)?)?;
+        }
+    }
+    params(&flat)
+}

@@ -1,0 +1,156 @@
+//! Per-example gradients for record-level DP-SGD of image models whose
+//! gradients need a backward pass each: the SmallCnn (burn autodiff on a
+//! batch of one) and EfficientNet-Lite0 with unfrozen blocks
+//! ([`crate::ExampleGradients`]: the trunk by hand, channels-last, on a CPU
+//! backend). [`Sampled`] feeds either to `tessera_learn::dp_sgd`, the loop
+//! (Poisson-sampled steps, per-example clipping, noise, FedProx step) every
+//! model shares.
+
+use burn::module::Module;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use tessera_core::ModelParams;
+use tessera_learn::{LocalError, PerExampleGradients};
+
+use super::flat_grads;
+use crate::{Augmenter, ExampleGradients, ImageDataset, Preprocess, SmallCnn, TransferModel, VisionError};
+
+/// One sampled image's gradient, flat in the layout of the exchanged tensors.
+pub(super) trait PerImage {
+    /// Makes `params` the model's exchanged tensors for the next step.
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), LocalError>;
+    /// Sees a group of a step's sampled raw images before their gradients
+    /// are asked for (work shared by all of them goes here).
+    fn prepare(&mut self, _images: &[Vec<f32>]) -> Result<(), LocalError> {
+        Ok(())
+    }
+    /// The loss gradient of the group's `index`-th image (`image`, raw, not
+    /// yet preprocessed) with `label`.
+    fn gradient(&mut self, index: usize, image: &[f32], label: usize) -> Result<Vec<f32>, LocalError>;
+}
+
+/// The member's training images, augmented per epoch, through a [`PerImage`].
+pub(super) struct Sampled<'a, E> {
+    train: &'a ImageDataset,
+    augment: Option<&'a Augmenter>,
+    rows: Vec<usize>,
+    views: Vec<Vec<f32>>,
+    inner: E,
+}
+
+impl<'a, E: PerImage> Sampled<'a, E> {
+    pub(super) fn new(train: &'a ImageDataset, augment: Option<&'a Augmenter>, inner: E) -> Self {
+        Self { train, augment, rows: Vec::new(), views: Vec::new(), inner }
+    }
+
+    pub(super) fn into_inner(self) -> E {
+        self.inner
+    }
+}
+
+impl<E: PerImage> PerExampleGradients for Sampled<'_, E> {
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), LocalError> {
+        self.inner.set_params(params)
+    }
+
+    fn prepare(&mut self, rows: &[usize], epoch: u64) -> Result<(), LocalError> {
+        let shape = self.train.image_shape();
+        self.views = rows
+            .iter()
+            .map(|&i| {
+                let image = self.train.image(i).ok_or(VisionError::EmptyDataset)?;
+                match self.augment {
+                    Some(a) => a.augment(image, shape, epoch, i as u64),
+                    None => Ok(image.to_vec()),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LocalError::model)?;
+        self.rows = rows.to_vec();
+        self.inner.prepare(&self.views)
+    }
+
+    fn gradient(&mut self, index: usize) -> Result<Vec<f32>, LocalError> {
+        let label = self.train.labels()[self.rows[index]];
+        self.inner.gradient(index, &self.views[index], label)
+    }
+}
+
+fn err(e: VisionError) -> LocalError {
+    LocalError::model(e)
+}
+
+/// The SmallCnn through burn autodiff.
+pub(super) struct CnnExamples {
+    pub(super) model: SmallCnn,
+    tracked: SmallCnn,
+    ad: Device,
+    loss_fn: CrossEntropyLoss,
+    preprocess: Preprocess,
+    shape: (usize, usize, usize),
+}
+
+impl CnnExamples {
+    pub(super) fn new(model: SmallCnn, device: &Device, preprocess: Preprocess, shape: (usize, usize, usize)) -> Self {
+        let ad = device.clone().autodiff();
+        let tracked = model.clone().fork(&ad).train();
+        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+        Self { model, tracked, ad, loss_fn, preprocess, shape }
+    }
+}
+
+impl PerImage for CnnExamples {
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), LocalError> {
+        self.model = self.model.clone().with_params(params).map_err(err)?;
+        self.tracked = self.model.clone().fork(&self.ad).train();
+        Ok(())
+    }
+
+    fn gradient(&mut self, _index: usize, image: &[f32], label: usize) -> Result<Vec<f32>, LocalError> {
+        let x = self.preprocess.batch_from(&[image], self.shape, &self.ad).map_err(err)?;
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![label as i64], [1]), &self.ad);
+        let grads = self.loss_fn.forward(self.tracked.forward(x), y).backward();
+        flat_grads(&self.tracked, &grads).map_err(|e| LocalError::Unsupported(format!("SmallCnn gradient: {e}")))
+    }
+}
+
+/// EfficientNet-Lite0 with unfrozen blocks, channels-last on the CPU.
+pub(super) struct TransferExamples {
+    pub(super) model: TransferModel,
+    grads: ExampleGradients,
+    preprocess: Preprocess,
+    shape: (usize, usize, usize),
+    buf: Vec<f32>,
+}
+
+impl TransferExamples {
+    pub(super) fn new(
+        model: TransferModel,
+        preprocess: Preprocess,
+        shape: (usize, usize, usize),
+    ) -> Result<Self, LocalError> {
+        let grads = ExampleGradients::new(&model).map_err(err)?;
+        Ok(Self { model, grads, preprocess, shape, buf: Vec::new() })
+    }
+}
+
+impl PerImage for TransferExamples {
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), LocalError> {
+        self.model = self.model.clone().with_trainable_params(params).map_err(err)?;
+        self.grads.refresh(&self.model).map_err(err)
+    }
+
+    /// The frozen prefix once for all of the step's images.
+    fn prepare(&mut self, images: &[Vec<f32>]) -> Result<(), LocalError> {
+        self.buf.clear();
+        for image in images {
+            self.preprocess.apply_into(image, self.shape, &mut self.buf).map_err(err)?;
+        }
+        let (h, w) = self.preprocess.size;
+        self.grads.prepare(&self.buf, [images.len(), self.preprocess.channels, h, w]).map_err(err)
+    }
+
+    fn gradient(&mut self, index: usize, _image: &[f32], label: usize) -> Result<Vec<f32>, LocalError> {
+        self.grads.gradient(index, label).map_err(err)
+    }
+}
