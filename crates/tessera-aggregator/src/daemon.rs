@@ -35,8 +35,8 @@ pub enum DaemonError {
     Report(#[from] crate::report::ReportError),
     #[error("revocation list {path}: {source}")]
     Revocations { path: PathBuf, source: std::io::Error },
-    #[error("privacy policy: {0}")]
-    Privacy(String),
+    #[error("run configuration: {0}")]
+    Config(#[from] tessera_protocol::coordinator::ConfigError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("state: {0}")]
@@ -45,8 +45,9 @@ pub enum DaemonError {
 
 /// The run's starting point: the trainable tensors of the network `[model]`
 /// describes. For an image network this builds it (loading the public
-/// pretrained checkpoint where configured) only to read those tensors.
-fn initial_model(model: &ModelSection) -> Result<ModelParams, DaemonError> {
+/// pretrained checkpoint where configured) only to read those tensors. The
+/// daemon and the simulator both start from this one function.
+pub fn initial_params(model: &ModelSection) -> Result<ModelParams, DaemonError> {
     Ok(match model {
         ModelSection::Tabular(m) => tessera_tabular::spec::initial_trainable_params(m)?,
         ModelSection::Vision(m) => {
@@ -135,7 +136,7 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
     let mut store = StateStore::open(&state_path)?;
     let now = now_ms();
     let config_json = serde_json::to_string(&cfg).map_err(|e| DaemonError::State(e.to_string()))?;
-    let initial = initial_model(&cfg.model)?;
+    let initial = initial_params(&cfg.model)?;
     let (run_id, seed) = match store.run_info()? {
         Some(info) => {
             check_resumable(&cfg, &store, info.seed)?;
@@ -180,8 +181,7 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
             spent,
             clip_norm: records.last().and_then(|r| r.next_clip_norm),
         },
-    )
-    .map_err(DaemonError::Privacy)?;
+    )?;
 
     let status: SharedStatus = Arc::new(RwLock::new(initial_status(&cfg, &store, &coordinator, run_id, &records)?));
     let store: SharedStore = Arc::new(Mutex::new(store));

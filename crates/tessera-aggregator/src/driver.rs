@@ -18,6 +18,8 @@ use tokio::time::Instant;
 
 use tessera_protocol::coordinator::{Coordinator, Event, Handled, Output, RoundOutcome};
 
+use crate::store::StoreError;
+
 /// Commands for one connection's writer task.
 enum WriterCmd {
     Msg(AggregatorMsg),
@@ -56,7 +58,7 @@ pub trait RunObserver: Send {
     /// Called when a round starts, before any message of it is sent.
     /// Persist the round number here; an `Err` stops the run before
     /// anything of the round leaves.
-    fn round_started(&mut self, _round: u64, _cohort: &[String], _cohort_seed: u64) -> Result<(), String> {
+    fn round_started(&mut self, _round: u64, _cohort: &[String], _cohort_seed: u64) -> Result<(), StoreError> {
         Ok(())
     }
     /// Called once per turn of the driver loop, after the coordinator's
@@ -68,7 +70,13 @@ pub trait RunObserver: Send {
     /// A round's privacy spend was charged; called before any message of
     /// the round is sent. Persist it durably before returning (write-ahead);
     /// an `Err` stops the run before anything is released.
-    fn privacy_reserved(&mut self, round: u64, spend: &GaussianSpend, epsilon: f64, delta: f64) -> Result<(), String> {
+    fn privacy_reserved(
+        &mut self,
+        round: u64,
+        spend: &GaussianSpend,
+        epsilon: f64,
+        delta: f64,
+    ) -> Result<(), StoreError> {
         tracing::info!(round, epsilon, delta, steps = spend.steps, "privacy spend charged");
         Ok(())
     }
@@ -107,119 +115,36 @@ pub struct RunEnd {
 /// `listener`.
 pub async fn serve(
     mut listener: Listener,
-    mut coordinator: Coordinator,
+    coordinator: Coordinator,
     observer: &mut dyn RunObserver,
     opts: DriverOptions,
 ) -> (Coordinator, RunEnd) {
-    let start = Instant::now();
-    let now_ms = |start: Instant| start.elapsed().as_millis() as u64;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<CoreEvent>();
-    let mut writers: BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)> = BTreeMap::new();
+    let mut d = Driver {
+        start: Instant::now(),
+        coordinator,
+        observer,
+        connections: Connections::default(),
+        traffic: Traffic::default(),
+        deferred: Vec::new(),
+        limits: opts.limits,
+    };
     let mut next_conn = 0u64;
-    // Application bytes (frames, headers included) per round, counted from
-    // the messages themselves so that figures do not depend on timing.
-    let mut round_bytes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    let mut end_reason: Option<String> = None;
     let mut accepting = true;
-    let mut deferred: Vec<(String, u64, ClientMsg, oneshot::Sender<()>)> = Vec::new();
-
     loop {
-        // Let the observer stop the run before a new round starts.
-        if coordinator.progress().is_none()
-            && !coordinator.is_finished()
-            && let Some(reason) = observer.veto_next_round(&coordinator)
-        {
-            coordinator.stop_before_next_round(reason);
-            coordinator.tick(now_ms(start));
-        }
-        while let Some(out) = coordinator.poll_output() {
-            match out {
-                Output::Send { to, msg } => {
-                    if writers.contains_key(&to)
-                        && let Some(round) = msg.round()
-                    {
-                        round_bytes.entry(round).or_default().1 += codec::frame_len(&msg).unwrap_or(0) as u64;
-                    }
-                    send(&writers, &to, WriterCmd::Msg(msg))
-                }
-                Output::SendModel { to, round, purpose, model } => {
-                    if writers.contains_key(&to) {
-                        let len: usize = model_messages(round, purpose, &model, opts.limits.chunk_values)
-                            .map(|m| codec::frame_len(&m).unwrap_or(0))
-                            .sum();
-                        round_bytes.entry(round).or_default().1 += len as u64;
-                    }
-                    send(&writers, &to, WriterCmd::Model(round, purpose, model))
-                }
-                Output::Disconnect { member, reason } => {
-                    // The entry stays until the reader reports the close, so
-                    // the coordinator hears of the disconnect exactly once.
-                    if let Some((_, w)) = writers.get(&member) {
-                        let _ = w.send(WriterCmd::Close(reason));
-                    }
-                }
-                Output::Event(ev) => match ev {
-                    Event::RoundStarted { round, cohort, cohort_seed } => {
-                        tracing::info!(round, cohort = cohort.len(), "round started");
-                        if let Err(e) = observer.round_started(round, &cohort, cohort_seed) {
-                            tracing::error!(round, error = %e, "cannot record the round start; stopping before it is sent");
-                            return stop_now(coordinator, writers, format!("run state write failed: {e}"));
-                        }
-                    }
-                    Event::RoundFinished(outcome) => {
-                        let (up, down) = round_bytes.remove(&outcome.round).unwrap_or_default();
-                        let record = RoundRecord {
-                            round: outcome.round,
-                            participants: outcome.contributors.len() as u32,
-                            dropped: outcome.dropped.len() as u32,
-                            accepted: true,
-                            loss: outcome.metrics.loss,
-                            accuracy: outcome.metrics.accuracy,
-                            balanced_accuracy: outcome.metrics.balanced_accuracy,
-                            auc: outcome.metrics.auc,
-                            f1: outcome.metrics.f1,
-                            bytes_up: up,
-                            bytes_down: down,
-                            seconds: (outcome.finished_ms - outcome.started_ms) as f64 / 1000.0,
-                            epsilon: outcome.epsilon,
-                            delta: outcome.delta,
-                            clip_norm: outcome.clip_norm,
-                            unclipped_fraction: outcome.unclipped_fraction,
-                            next_clip_norm: outcome.next_clip_norm,
-                        };
-                        observer.round_finished(&outcome, &record, &coordinator);
-                    }
-                    Event::PrivacyReserved { round, spend, epsilon, delta } => {
-                        if let Err(e) = observer.privacy_reserved(round, &spend, epsilon, delta) {
-                            // Nothing of this round has been sent yet: stop here.
-                            tracing::error!(round, error = %e, "cannot record the privacy spend; stopping before the release");
-                            return stop_now(coordinator, writers, format!("privacy ledger write failed: {e}"));
-                        }
-                    }
-                    Event::RoundAborted { round, reason, dropped } => {
-                        round_bytes.remove(&round);
-                        tracing::warn!(round, %reason, "round aborted");
-                        observer.round_aborted(round, &reason, &dropped);
-                    }
-                    Event::Rejected { member, error } => observer.rejected(&member, &error),
-                    Event::MemberUnhealthy { member, failed_rounds } => {
-                        tracing::warn!(member, failed_rounds, "member marked unhealthy")
-                    }
-                    Event::RunFinished { reason } => end_reason = Some(reason),
-                },
+        match d.drain_outputs() {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                tracing::info!(%reason, "run finished");
+                // Let writers flush the Shutdown messages, then close.
+                drop(d.connections);
+                tokio::time::sleep(opts.linger).await;
+                return finished(d.coordinator, reason);
             }
+            // Nothing of the round has been sent: queued messages are dropped unsent.
+            Err(reason) => return finished(d.coordinator, reason),
         }
-        observer.state_changed(&coordinator);
-        if let Some(reason) = end_reason.take() {
-            tracing::info!(%reason, "run finished");
-            // Let writers flush the Shutdown messages, then close.
-            drop(writers);
-            tokio::time::sleep(opts.linger).await;
-            let completed_rounds = coordinator.completed();
-            return (coordinator, RunEnd { reason, completed_rounds });
-        }
-
-        let deadline = coordinator.next_deadline().map(|d| start + Duration::from_millis(d));
+        let deadline = d.coordinator.next_deadline().map(|ms| d.start + Duration::from_millis(ms));
         tokio::select! {
             accepted = listener.accept(), if accepting => match accepted {
                 Some((peer, conn)) => {
@@ -229,56 +154,231 @@ pub async fn serve(
                 }
                 None => accepting = false,
             },
-            Some(ev) = events_rx.recv() => match ev {
-                CoreEvent::Connected { member, conn, writer } => {
-                    if let Some((_, old)) = writers.insert(member.clone(), (conn, writer)) {
-                        let _ = old.send(WriterCmd::Close("replaced by a newer connection".into()));
-                    }
-                    tracing::info!(member, "member connected");
-                    coordinator.member_connected(now_ms(start), &member);
-                }
-                CoreEvent::Message { member, conn, msg, bytes, ack } => {
-                    if let Some(round) = msg.round() {
-                        round_bytes.entry(round).or_default().0 += bytes;
-                    }
-                    if writers.get(&member).is_some_and(|(c, _)| *c == conn)
-                        && let Ok(Handled::Busy(msg)) = coordinator.handle(now_ms(start), &member, msg)
-                    {
-                        deferred.push((member, conn, msg, ack));
-                    }
-                }
-                CoreEvent::Disconnected { member, conn, error } => {
-                    if writers.get(&member).is_some_and(|(c, _)| *c == conn) {
-                        writers.remove(&member);
-                        match error {
-                            Some(e) => tracing::warn!(member, error = %e, "member disconnected"),
-                            None => tracing::info!(member, "member disconnected"),
-                        }
-                        coordinator.member_disconnected(now_ms(start), &member);
-                    }
-                }
-            },
-            _ = sleep_until(deadline) => coordinator.tick(now_ms(start)),
+            Some(ev) = events_rx.recv() => d.on_event(ev),
+            _ = sleep_until(deadline) => d.coordinator.tick(d.now_ms()),
         }
-        // Retry held-back messages in arrival order; a slot may have freed.
-        for (member, conn, msg, ack) in std::mem::take(&mut deferred) {
-            if writers.get(&member).is_none_or(|(c, _)| *c != conn) {
+        d.retry_deferred();
+    }
+}
+
+/// The coordinator's task: the coordinator, what it reports to, and the
+/// connections it talks through.
+struct Driver<'a> {
+    start: Instant,
+    coordinator: Coordinator,
+    observer: &'a mut dyn RunObserver,
+    connections: Connections,
+    traffic: Traffic,
+    /// Messages the coordinator could not take yet, in arrival order.
+    deferred: Vec<(String, u64, ClientMsg, oneshot::Sender<()>)>,
+    limits: Limits,
+}
+
+impl Driver<'_> {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Carry out everything the coordinator asked for. `Ok(Some(reason))`:
+    /// the run finished; `Err(reason)`: a write-ahead record failed and the
+    /// run must stop before anything more is sent.
+    fn drain_outputs(&mut self) -> Result<Option<String>, String> {
+        // Let the observer stop the run before a new round starts.
+        if self.coordinator.progress().is_none()
+            && !self.coordinator.is_finished()
+            && let Some(reason) = self.observer.veto_next_round(&self.coordinator)
+        {
+            self.coordinator.stop_before_next_round(reason);
+            self.coordinator.tick(self.now_ms());
+        }
+        let mut end = None;
+        while let Some(out) = self.coordinator.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    if self.connections.has(&to)
+                        && let Some(round) = msg.round()
+                    {
+                        self.traffic.down(round, codec::frame_len(&msg).unwrap_or(0) as u64);
+                    }
+                    self.connections.send(&to, WriterCmd::Msg(msg))
+                }
+                Output::SendModel { to, round, purpose, model } => {
+                    if self.connections.has(&to) {
+                        let len: usize = model_messages(round, purpose, &model, self.limits.chunk_values)
+                            .map(|m| codec::frame_len(&m).unwrap_or(0))
+                            .sum();
+                        self.traffic.down(round, len as u64);
+                    }
+                    self.connections.send(&to, WriterCmd::Model(round, purpose, model))
+                }
+                // The entry stays until the reader reports the close, so the
+                // coordinator hears of the disconnect exactly once.
+                Output::Disconnect { member, reason } => self.connections.send(&member, WriterCmd::Close(reason)),
+                Output::Event(Event::RunFinished { reason }) => end = Some(reason),
+                Output::Event(ev) => self.on_coordinator_event(ev)?,
+            }
+        }
+        self.observer.state_changed(&self.coordinator);
+        Ok(end)
+    }
+
+    fn on_coordinator_event(&mut self, ev: Event) -> Result<(), String> {
+        match ev {
+            Event::RoundStarted { round, cohort, cohort_seed } => {
+                tracing::info!(round, cohort = cohort.len(), "round started");
+                if let Err(e) = self.observer.round_started(round, &cohort, cohort_seed) {
+                    tracing::error!(round, error = %e, "cannot record the round start; stopping before it is sent");
+                    return Err(format!("run state write failed: {e}"));
+                }
+            }
+            Event::RoundFinished(outcome) => {
+                let record = round_record(&outcome, self.traffic.take(outcome.round));
+                self.observer.round_finished(&outcome, &record, &self.coordinator);
+            }
+            Event::PrivacyReserved { round, spend, epsilon, delta } => {
+                if let Err(e) = self.observer.privacy_reserved(round, &spend, epsilon, delta) {
+                    // Nothing of this round has been sent yet: stop here.
+                    tracing::error!(round, error = %e, "cannot record the privacy spend; stopping before the release");
+                    return Err(format!("privacy ledger write failed: {e}"));
+                }
+            }
+            Event::RoundAborted { round, reason, dropped } => {
+                self.traffic.take(round);
+                tracing::warn!(round, %reason, "round aborted");
+                self.observer.round_aborted(round, &reason, &dropped);
+            }
+            Event::Rejected { member, error } => self.observer.rejected(&member, &error),
+            Event::MemberUnhealthy { member, failed_rounds } => {
+                tracing::warn!(member, failed_rounds, "member marked unhealthy")
+            }
+            Event::RunFinished { .. } => unreachable!("handled by drain_outputs"),
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: CoreEvent) {
+        match ev {
+            CoreEvent::Connected { member, conn, writer } => {
+                self.connections.open(member.clone(), conn, writer);
+                tracing::info!(member, "member connected");
+                self.coordinator.member_connected(self.now_ms(), &member);
+            }
+            CoreEvent::Message { member, conn, msg, bytes, ack } => {
+                if let Some(round) = msg.round() {
+                    self.traffic.up(round, bytes);
+                }
+                if self.connections.is_current(&member, conn)
+                    && let Ok(Handled::Busy(msg)) = self.coordinator.handle(self.now_ms(), &member, msg)
+                {
+                    self.deferred.push((member, conn, msg, ack));
+                }
+            }
+            CoreEvent::Disconnected { member, conn, error } => {
+                if self.connections.remove_if_current(&member, conn) {
+                    match error {
+                        Some(e) => tracing::warn!(member, error = %e, "member disconnected"),
+                        None => tracing::info!(member, "member disconnected"),
+                    }
+                    self.coordinator.member_disconnected(self.now_ms(), &member);
+                }
+            }
+        }
+    }
+
+    /// Retry held-back messages in arrival order; a slot may have freed.
+    fn retry_deferred(&mut self) {
+        for (member, conn, msg, ack) in std::mem::take(&mut self.deferred) {
+            if !self.connections.is_current(&member, conn) {
                 continue;
             }
-            if let Ok(Handled::Busy(msg)) = coordinator.handle(now_ms(start), &member, msg) {
-                deferred.push((member, conn, msg, ack));
+            if let Ok(Handled::Busy(msg)) = self.coordinator.handle(self.now_ms(), &member, msg) {
+                self.deferred.push((member, conn, msg, ack));
             }
         }
     }
 }
 
-/// End the run at once: queued messages are dropped unsent.
-fn stop_now(
-    coordinator: Coordinator,
-    writers: BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)>,
-    reason: String,
-) -> (Coordinator, RunEnd) {
-    drop(writers);
+/// Each member's live connection (its id and writer). A newer connection of
+/// the same member replaces the older one, whose late messages and close
+/// are then ignored.
+#[derive(Default)]
+struct Connections(BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)>);
+
+impl Connections {
+    fn open(&mut self, member: String, conn: u64, writer: mpsc::UnboundedSender<WriterCmd>) {
+        if let Some((_, old)) = self.0.insert(member, (conn, writer)) {
+            let _ = old.send(WriterCmd::Close("replaced by a newer connection".into()));
+        }
+    }
+
+    fn has(&self, member: &str) -> bool {
+        self.0.contains_key(member)
+    }
+
+    fn is_current(&self, member: &str, conn: u64) -> bool {
+        self.0.get(member).is_some_and(|(c, _)| *c == conn)
+    }
+
+    /// Forget `member`'s connection if `conn` is its current one.
+    fn remove_if_current(&mut self, member: &str, conn: u64) -> bool {
+        let current = self.is_current(member, conn);
+        if current {
+            self.0.remove(member);
+        }
+        current
+    }
+
+    fn send(&self, to: &str, cmd: WriterCmd) {
+        if let Some((_, w)) = self.0.get(to) {
+            let _ = w.send(cmd);
+        }
+    }
+}
+
+/// Application bytes (frames, headers included) per round, up and down,
+/// counted from the messages themselves so that figures do not depend on
+/// timing.
+#[derive(Default)]
+struct Traffic(BTreeMap<u64, (u64, u64)>);
+
+impl Traffic {
+    fn up(&mut self, round: u64, bytes: u64) {
+        self.0.entry(round).or_default().0 += bytes;
+    }
+
+    fn down(&mut self, round: u64, bytes: u64) {
+        self.0.entry(round).or_default().1 += bytes;
+    }
+
+    fn take(&mut self, round: u64) -> (u64, u64) {
+        self.0.remove(&round).unwrap_or_default()
+    }
+}
+
+/// The `metrics.jsonl` line of a finished round.
+fn round_record(outcome: &RoundOutcome, (up, down): (u64, u64)) -> RoundRecord {
+    RoundRecord {
+        round: outcome.round,
+        participants: outcome.contributors.len() as u32,
+        dropped: outcome.dropped.len() as u32,
+        accepted: true,
+        loss: outcome.metrics.loss,
+        accuracy: outcome.metrics.accuracy,
+        balanced_accuracy: outcome.metrics.balanced_accuracy,
+        auc: outcome.metrics.auc,
+        f1: outcome.metrics.f1,
+        bytes_up: up,
+        bytes_down: down,
+        seconds: (outcome.finished_ms - outcome.started_ms) as f64 / 1000.0,
+        epsilon: outcome.epsilon,
+        delta: outcome.delta,
+        clip_norm: outcome.clip_norm,
+        unclipped_fraction: outcome.unclipped_fraction,
+        next_clip_norm: outcome.next_clip_norm,
+    }
+}
+
+fn finished(coordinator: Coordinator, reason: String) -> (Coordinator, RunEnd) {
     let completed_rounds = coordinator.completed();
     (coordinator, RunEnd { reason, completed_rounds })
 }
@@ -287,12 +387,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-fn send(writers: &BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)>, to: &str, cmd: WriterCmd) {
-    if let Some((_, w)) = writers.get(to) {
-        let _ = w.send(cmd);
     }
 }
 

@@ -11,7 +11,7 @@ use crate::driver::RunObserver;
 use crate::http::SharedStatus;
 use crate::report::{RunDir, round_line};
 use crate::status::{RoundPoint, RunState, StatusSnapshot};
-use crate::store::{FinishedRound, StateStore, now_ms};
+use crate::store::{FinishedRound, StateStore, StoreError, now_ms};
 use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
 
 /// Test-only fault injection: after the completion of this many rounds has
@@ -114,14 +114,14 @@ impl DaemonObserver {
 }
 
 impl RunObserver for DaemonObserver {
-    fn round_started(&mut self, round: u64, cohort: &[String], cohort_seed: u64) -> Result<(), String> {
+    fn round_started(&mut self, round: u64, cohort: &[String], cohort_seed: u64) -> Result<(), StoreError> {
         let logical = self.completed + 1;
         let now = now_ms();
         let mut store = lock(&self.store);
         if let Err(e) = store.round_started(round, logical, cohort, cohort_seed, now) {
             drop(store);
             self.fail("recording a round start", &e);
-            return Err(e.to_string());
+            return Err(e);
         }
         match store.members_seen(cohort, now) {
             Ok(first) => {
@@ -148,8 +148,14 @@ impl RunObserver for DaemonObserver {
         self.refresh(coordinator, false);
     }
 
-    fn privacy_reserved(&mut self, round: u64, spend: &GaussianSpend, epsilon: f64, delta: f64) -> Result<(), String> {
-        lock(&self.store).privacy_reserved(round, spend, epsilon, delta, now_ms()).map_err(|e| e.to_string())?;
+    fn privacy_reserved(
+        &mut self,
+        round: u64,
+        spend: &GaussianSpend,
+        epsilon: f64,
+        delta: f64,
+    ) -> Result<(), StoreError> {
+        lock(&self.store).privacy_reserved(round, spend, epsilon, delta, now_ms())?;
         tracing::info!(round, epsilon, delta, "privacy spend reserved in the ledger");
         let mut s = lock_status(&self.status);
         s.epsilon_spent = Some(epsilon);

@@ -15,7 +15,8 @@ use tessera_tabular::TabularData;
 use tessera_tabular::TabularModel;
 use tessera_tabular::data::SplitIndices;
 
-use crate::run::{SimOptions, member_splits, run_scenario, scenario_partition, table_spec};
+use crate::data::{member_splits, scenario_partition, table_spec};
+use crate::run::{SimOptions, run_scenario};
 use crate::scenario::Scenario;
 
 /// One row of the comparison table.
@@ -33,7 +34,7 @@ pub struct Row {
 /// Train `data` alone from the scenario's initial model, evaluate on its test split.
 fn train_alone(s: &Scenario, data: TabularData, opts: &SimOptions) -> anyhow::Result<EvalMetrics> {
     let mut model = TabularModel::new(data, s.tabular_model()?, opts.backend)?;
-    let mut params = tessera_tabular::spec::initial_trainable_params(s.tabular_model()?)?;
+    let mut params = tessera_aggregator::daemon::initial_params(&s.model_section()?)?;
     let mut settings = s.train.settings();
     for round in 1..=s.rounds {
         settings.seed = tessera_protocol::derive_seed(s.seed, round, b"compare");
@@ -55,8 +56,8 @@ pub fn compare(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::
     let union = |f: fn(&SplitIndices) -> &Vec<usize>| splits.iter().flat_map(|x| f(x).iter().copied()).collect();
     let pooled =
         SplitIndices { train: union(|x| &x.train), validation: union(|x| &x.validation), test: union(|x| &x.test) };
-    let shared = crate::run::shared_schema(s, &table);
-    let m = train_alone(s, crate::run::encode(&table, &spec, &pooled, shared.as_ref())?, opts)?;
+    let shared = crate::data::shared_schema(s, &table);
+    let m = train_alone(s, crate::data::encode(&table, &spec, &pooled, shared.as_ref())?, opts)?;
     rows.push(Row {
         setting: "centralized (pooled, no privacy)".into(),
         accuracy: m.accuracy,
@@ -68,7 +69,7 @@ pub fn compare(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::
 
     let t = Instant::now();
     let mut local = Vec::new();
-    for (k, data) in crate::run::member_data(s, &table, &parts)?.into_iter().enumerate() {
+    for (k, data) in crate::data::member_data(s, &table, &parts)?.into_iter().enumerate() {
         local.push(train_alone(s, data, opts).with_context(|| format!("client {k} alone"))?);
     }
     let wall = t.elapsed().as_secs_f64();

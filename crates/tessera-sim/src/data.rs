@@ -1,20 +1,25 @@
-//! Loading a scenario's data set as one table: a CSV file (the default), or
-//! the shipped Fashion-MNIST subset as pixel features (both of its splits
-//! pooled, average-pooled to a small grid) for cross-device scale runs with
-//! a small MLP.
+//! A scenario's tabular data: loading it as one table (a CSV file, the
+//! default, or the shipped Fashion-MNIST subset as pixel features, both of
+//! its splits pooled and average-pooled to a small grid, for cross-device
+//! scale runs with a small MLP), partitioning it among the members, and
+//! each member's encoded splits.
 
 use std::path::Path;
 
 use anyhow::Context;
-use tessera_tabular::data::{RawColumn, RawTable, load_csv};
+use tessera_protocol::derive_seed;
+use tessera_tabular::data::{Preprocessor, RawColumn, RawTable, SplitConfig, SplitIndices, load_csv, stratified_split};
+use tessera_tabular::{TabularData, TabularSpec};
 
+use crate::partition::{Partitioner, partition, partition_by_groups};
 use crate::scenario::{DataKind, Scenario};
 
 /// The whole data set the members' partitions come from.
 pub fn load_table(s: &Scenario) -> anyhow::Result<RawTable> {
     match s.data.kind {
-        DataKind::Csv => load_csv(&s.data.path, &crate::run::table_spec(s))
-            .with_context(|| format!("loading {}", s.data.path.display())),
+        DataKind::Csv => {
+            load_csv(&s.data.path, &table_spec(s)).with_context(|| format!("loading {}", s.data.path.display()))
+        }
         DataKind::FashionMnistPixels => fashion_pixels(&s.data.path, s.data.pool, s.data.positive_classes.as_deref()),
         DataKind::FashionMnistImages => anyhow::bail!("image data is not a table (use the scenario's vision members)"),
     }
@@ -60,4 +65,113 @@ fn fashion_pixels(dir: &Path, pool: usize, positive: Option<&[usize]>) -> anyhow
     let columns =
         cols.into_iter().enumerate().map(|(i, values)| RawColumn::Numeric { name: format!("px{i}"), values }).collect();
     Ok(RawTable { file: dir.to_path_buf(), columns, labels, class_names })
+}
+
+/// The table spec a scenario's data section describes. A natural id
+/// column is never a feature (a member's own id says nothing).
+pub fn table_spec(s: &Scenario) -> TabularSpec {
+    let mut ignore = s.data.ignore.clone();
+    if let Partitioner::Column { column } = &s.partition
+        && !ignore.contains(column)
+    {
+        ignore.push(column.clone());
+    }
+    TabularSpec {
+        label: s.data.label.clone(),
+        features: None,
+        ignore,
+        categorical: s.data.categorical.clone(),
+        classes: s.data.classes.clone(),
+        missing_indicators: true,
+    }
+}
+
+/// Example indices of each member's partition of `table`.
+pub fn scenario_partition(s: &Scenario, table: &RawTable) -> anyhow::Result<Vec<Vec<usize>>> {
+    match &s.partition {
+        Partitioner::Column { column } => {
+            // Read the id column as if it were the label: its distinct
+            // values, sorted, are the members.
+            let spec = TabularSpec {
+                label: column.clone(),
+                features: Some(vec![s.data.label.clone()]),
+                ignore: vec![],
+                categorical: vec![s.data.label.clone()],
+                classes: None,
+                missing_indicators: false,
+            };
+            let ids = load_csv(&s.data.path, &spec).with_context(|| format!("reading id column `{column}`"))?;
+            Ok(partition_by_groups(column, &ids.labels, ids.num_classes(), s.clients)?)
+        }
+        how => Ok(partition(how, &table.labels, table.num_classes(), s.clients, s.seed)?),
+    }
+}
+
+/// Each member's train/validation/test rows (indices into the table).
+pub fn member_splits(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<SplitIndices>> {
+    let mut out = Vec::with_capacity(parts.len());
+    for (k, rows) in parts.iter().enumerate() {
+        let local: Vec<u32> = rows.iter().map(|i| table.labels[*i]).collect();
+        let cfg = SplitConfig {
+            validation: s.data.validation,
+            test: s.data.test,
+            seed: derive_seed(s.seed, k as u64, b"split"),
+        };
+        let idx = stratified_split(&local, table.num_classes(), &cfg).with_context(|| format!("client {k}"))?;
+        let global = |v: &[usize]| v.iter().map(|i| rows[*i]).collect::<Vec<_>>();
+        out.push(SplitIndices {
+            train: global(&idx.train),
+            validation: global(&idx.validation),
+            test: global(&idx.test),
+        });
+    }
+    Ok(out)
+}
+
+/// The encoding fitted on the pooled data, when the scenario shares its schema.
+pub fn shared_schema(s: &Scenario, table: &RawTable) -> Option<Preprocessor> {
+    s.data.shared_schema.then(|| Preprocessor::fit(table, &(0..table.len()).collect::<Vec<_>>(), true))
+}
+
+/// Rows `idx` of `table` as a member's data: encoded with `shared` or, by
+/// default, with statistics of its own training rows.
+pub fn encode(
+    table: &RawTable,
+    spec: &TabularSpec,
+    idx: &SplitIndices,
+    shared: Option<&Preprocessor>,
+) -> anyhow::Result<TabularData> {
+    Ok(match shared {
+        None => TabularData::from_indices(table, spec, idx)?,
+        Some(pre) => TabularData {
+            train: pre.transform(table, &idx.train),
+            validation: pre.transform(table, &idx.validation),
+            test: pre.transform(table, &idx.test),
+            preprocessor: pre.clone(),
+            class_names: table.class_names.clone(),
+        },
+    })
+}
+
+/// Each simulated member's local splits, from its partition `parts` of the table.
+pub fn member_data(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<TabularData>> {
+    let spec = table_spec(s);
+    let shared = shared_schema(s, table);
+    member_splits(s, table, parts)?
+        .iter()
+        .enumerate()
+        .map(|(k, idx)| encode(table, &spec, idx, shared.as_ref()).with_context(|| format!("client {k}")))
+        .collect()
+}
+
+/// Examples per class in each part.
+pub fn label_counts(parts: &[Vec<usize>], labels: &[u32], classes: usize) -> Vec<Vec<usize>> {
+    parts
+        .iter()
+        .map(|p| {
+            let mut c = vec![0usize; classes];
+            p.iter().for_each(|i| c[labels[*i] as usize] += 1);
+            c
+        })
+        .collect()
 }

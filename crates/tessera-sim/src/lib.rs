@@ -15,12 +15,13 @@
 pub mod compare;
 pub mod data;
 pub mod faults;
+pub mod members;
+mod observer;
 pub mod partition;
 pub mod plots;
 pub mod report;
 pub mod run;
 pub mod scenario;
-pub mod vision;
 
 pub use run::{SimOptions, SimResult, TransportKind, run_scenario};
 pub use scenario::Scenario;

@@ -12,26 +12,21 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_aggregator::driver::{DriverOptions, RunEnd, RunObserver, serve};
-use tessera_aggregator::report::{RunDir, Summary, round_line};
-use tessera_client::{ClientOptions, EgressLedger, LocalModel};
-use tessera_core::EvalMetrics;
+use tessera_aggregator::daemon::initial_params;
+use tessera_aggregator::driver::{DriverOptions, RunEnd, serve};
+use tessera_aggregator::report::{RunDir, Summary};
+use tessera_client::{ClientOptions, EgressLedger};
 use tessera_core::codec::Limits;
-use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{ModelParams, RoundRecord, RunId};
 use tessera_learn::ComputeBackend;
-use tessera_protocol::coordinator::{Coordinator, CoordinatorConfig, PrivacyConfig, Resume, RoundOutcome};
-use tessera_protocol::{Participant, Policy, TrainedUpdate, derive_seed};
-use tessera_tabular::TabularModel;
-use tessera_tabular::data::Split;
-use tessera_tabular::data::{Preprocessor, RawTable, SplitConfig, SplitIndices, load_csv, stratified_split};
-use tessera_tabular::{TabularData, TabularSpec};
+use tessera_protocol::coordinator::{Coordinator, CoordinatorConfig, PrivacyConfig, Resume};
+use tessera_protocol::{Participant, Policy, derive_seed};
 use tessera_transport::{AdmitAll, Dialer, MemoryNetwork, QuicDialConfig, QuicListenerConfig};
-use tessera_vision::VisionModel;
 use tokio::sync::Semaphore;
 
 use crate::faults::{FaultPlan, FaultStats, Faulty};
-use crate::partition::{Partitioner, partition, partition_by_groups};
+use crate::members::{Members, image_members, member_name, tabular_members};
+use crate::observer::SimObserver;
 use crate::scenario::Scenario;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,108 +64,6 @@ pub struct SimResult {
     pub class_names: Vec<String>,
 }
 
-/// The table spec a scenario's data section describes. A natural id
-/// column is never a feature (a member's own id says nothing).
-pub fn table_spec(s: &Scenario) -> TabularSpec {
-    let mut ignore = s.data.ignore.clone();
-    if let Partitioner::Column { column } = &s.partition
-        && !ignore.contains(column)
-    {
-        ignore.push(column.clone());
-    }
-    TabularSpec {
-        label: s.data.label.clone(),
-        features: None,
-        ignore,
-        categorical: s.data.categorical.clone(),
-        classes: s.data.classes.clone(),
-        missing_indicators: true,
-    }
-}
-
-/// Example indices of each member's partition of `table`.
-pub fn scenario_partition(s: &Scenario, table: &RawTable) -> anyhow::Result<Vec<Vec<usize>>> {
-    match &s.partition {
-        Partitioner::Column { column } => {
-            // Read the id column as if it were the label: its distinct
-            // values, sorted, are the members.
-            let spec = TabularSpec {
-                label: column.clone(),
-                features: Some(vec![s.data.label.clone()]),
-                ignore: vec![],
-                categorical: vec![s.data.label.clone()],
-                classes: None,
-                missing_indicators: false,
-            };
-            let ids = load_csv(&s.data.path, &spec).with_context(|| format!("reading id column `{column}`"))?;
-            Ok(partition_by_groups(column, &ids.labels, ids.num_classes(), s.clients)?)
-        }
-        how => Ok(partition(how, &table.labels, table.num_classes(), s.clients, s.seed)?),
-    }
-}
-
-/// Each member's train/validation/test rows (indices into the table).
-pub fn member_splits(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<SplitIndices>> {
-    let mut out = Vec::with_capacity(parts.len());
-    for (k, rows) in parts.iter().enumerate() {
-        let local: Vec<u32> = rows.iter().map(|i| table.labels[*i]).collect();
-        let cfg = SplitConfig {
-            validation: s.data.validation,
-            test: s.data.test,
-            seed: derive_seed(s.seed, k as u64, b"split"),
-        };
-        let idx = stratified_split(&local, table.num_classes(), &cfg).with_context(|| format!("client {k}"))?;
-        let global = |v: &[usize]| v.iter().map(|i| rows[*i]).collect::<Vec<_>>();
-        out.push(SplitIndices {
-            train: global(&idx.train),
-            validation: global(&idx.validation),
-            test: global(&idx.test),
-        });
-    }
-    Ok(out)
-}
-
-/// The encoding fitted on the pooled data, when the scenario shares its schema.
-pub fn shared_schema(s: &Scenario, table: &RawTable) -> Option<Preprocessor> {
-    s.data.shared_schema.then(|| Preprocessor::fit(table, &(0..table.len()).collect::<Vec<_>>(), true))
-}
-
-/// Rows `idx` of `table` as a member's data: encoded with `shared` or, by
-/// default, with statistics of its own training rows.
-pub fn encode(
-    table: &RawTable,
-    spec: &TabularSpec,
-    idx: &SplitIndices,
-    shared: Option<&Preprocessor>,
-) -> anyhow::Result<TabularData> {
-    Ok(match shared {
-        None => TabularData::from_indices(table, spec, idx)?,
-        Some(pre) => TabularData {
-            train: pre.transform(table, &idx.train),
-            validation: pre.transform(table, &idx.validation),
-            test: pre.transform(table, &idx.test),
-            preprocessor: pre.clone(),
-            class_names: table.class_names.clone(),
-        },
-    })
-}
-
-/// Each simulated member's local splits, from its partition `parts` of the table.
-pub fn member_data(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<TabularData>> {
-    let spec = table_spec(s);
-    let shared = shared_schema(s, table);
-    member_splits(s, table, parts)?
-        .iter()
-        .enumerate()
-        .map(|(k, idx)| encode(table, &spec, idx, shared.as_ref()).with_context(|| format!("client {k}")))
-        .collect()
-}
-
-pub fn member_name(k: usize, n: usize) -> String {
-    let width = n.saturating_sub(1).to_string().len();
-    format!("client-{k:0width$}")
-}
-
 /// The coordinator settings of a scenario: generous deadlines, since
 /// simulated members never straggle unless a latency model says so.
 pub fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
@@ -198,148 +91,12 @@ pub fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
     }
 }
 
-struct SimObserver {
-    run: RunDir,
-    bar: Option<ProgressBar>,
-    plan: Arc<FaultPlan>,
-    index: BTreeMap<String, usize>,
-    cohorts: BTreeMap<u64, Vec<usize>>,
-    failed: Option<String>,
-}
-
-impl SimObserver {
-    fn members(&self, names: &[String]) -> Vec<usize> {
-        names.iter().filter_map(|n| self.index.get(n).copied()).collect()
-    }
-
-    fn write(&mut self, record: &RoundRecord) {
-        if let Err(e) = self.run.append(record) {
-            tracing::error!(error = %e, "could not write metrics.jsonl");
-            self.failed = Some(e.to_string());
-        }
-    }
-}
-
-impl RunObserver for SimObserver {
-    fn round_started(&mut self, round: u64, cohort: &[String], _seed: u64) -> Result<(), String> {
-        let members = self.members(cohort);
-        self.cohorts.insert(round, members);
-        Ok(())
-    }
-
-    fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, _c: &Coordinator) {
-        // Simulated time from the latency model, never wall time: metrics
-        // must not depend on the machine or the number of workers.
-        let mut record = record.clone();
-        record.seconds = self.plan.round_seconds(&self.members(&outcome.contributors), outcome.round);
-        self.cohorts.remove(&outcome.round);
-        let line = round_line(&record);
-        match &self.bar {
-            Some(b) => {
-                b.inc(1);
-                b.println(line);
-            }
-            None => tracing::info!("{line}"),
-        }
-        self.write(&record);
-    }
-
-    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]) {
-        self.run.aborted += 1;
-        // Reported in metrics.jsonl too, as a record that produced nothing.
-        let cohort = self.cohorts.remove(&round).unwrap_or_default();
-        let record = RoundRecord {
-            round,
-            participants: 0,
-            dropped: dropped.len() as u32,
-            accepted: false,
-            seconds: self.plan.round_seconds(&cohort, round),
-            epsilon: self.run.records.iter().rev().find_map(|r| r.epsilon),
-            delta: self.run.records.iter().rev().find_map(|r| r.delta),
-            ..RoundRecord::default()
-        };
-        self.write(&record);
-        let line = format!("round {round} aborted: {reason}");
-        match &self.bar {
-            Some(b) => b.println(line),
-            None => tracing::warn!("{line}"),
-        }
-    }
-}
-
-/// A simulated member's model: tabular, or an image model.
-pub enum SimModel {
-    Tabular(Box<TabularModel>),
-    Vision(Box<VisionModel>),
-}
-
-impl LocalModel for SimModel {
-    fn train(
-        &mut self,
-        model: &ModelParams,
-        settings: &TrainSettings,
-        dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, tessera_learn::LocalError> {
-        match self {
-            SimModel::Tabular(m) => m.train(model, settings, dp),
-            SimModel::Vision(m) => m.train(model, settings, dp),
-        }
-    }
-
-    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, tessera_learn::LocalError> {
-        match self {
-            SimModel::Tabular(m) => m.evaluate(model),
-            SimModel::Vision(m) => m.evaluate(model),
-        }
-    }
-}
-
-/// Everything the run needs about its members, whatever the data kind.
-pub struct Members {
-    pub models: Vec<SimModel>,
-    pub initial: ModelParams,
-    /// Training examples per member (latency model).
-    pub examples: Vec<u64>,
-    pub label_counts: Vec<Vec<usize>>,
-    pub class_names: Vec<String>,
-}
-
-/// Examples per class in each part.
-pub fn label_counts(parts: &[Vec<usize>], labels: &[u32], classes: usize) -> Vec<Vec<usize>> {
-    parts
-        .iter()
-        .map(|p| {
-            let mut c = vec![0usize; classes];
-            p.iter().for_each(|i| c[labels[*i] as usize] += 1);
-            c
-        })
-        .collect()
-}
-
-fn tabular_members(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Members> {
-    let table = crate::data::load_table(s)?;
-    let parts = scenario_partition(s, &table)?;
-    let datas = member_data(s, &table, &parts)?;
-    let examples = datas.iter().map(|d| d.split(Split::Train).len() as u64).collect();
-    let mut models = Vec::with_capacity(datas.len());
-    for (k, d) in datas.into_iter().enumerate() {
-        let model = TabularModel::new(d, s.tabular_model()?, opts.backend).with_context(|| format!("client {k}"))?;
-        models.push(SimModel::Tabular(Box::new(model.with_seeded_noise(true))));
-    }
-    Ok(Members {
-        models,
-        initial: tessera_tabular::spec::initial_trainable_params(s.tabular_model()?)?,
-        examples,
-        label_counts: label_counts(&parts, &table.labels, table.num_classes()),
-        class_names: table.class_names.clone(),
-    })
-}
-
 /// Run a scenario to completion and write its run directory.
 pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::Result<SimResult> {
     let started = Instant::now();
-    let Members { models, initial, examples, label_counts, class_names } = match &s.vision_model {
-        Some(cfg) => crate::vision::members(s, cfg)?,
+    let initial = initial_params(&s.model_section()?).context("the initial model")?;
+    let Members { models, examples, label_counts, class_names } = match &s.vision_model {
+        Some(cfg) => image_members(s, cfg)?,
         None => tabular_members(s, opts)?,
     };
     let plan = Arc::new(FaultPlan::new(

@@ -10,6 +10,7 @@ use tessera_core::config::ModelConfig;
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
 use tessera_vision::VisionModelConfig;
+use tessera_vision::spec::ModelSection;
 
 use crate::faults::{DropoutSection, LatencySection};
 use crate::partition::Partitioner;
@@ -209,6 +210,14 @@ impl Scenario {
     /// The tabular `[model]` (an error for image scenarios).
     pub fn tabular_model(&self) -> anyhow::Result<&ModelConfig> {
         self.model.as_ref().ok_or_else(|| anyhow::anyhow!("scenario {}: this needs a tabular [model]", self.name))
+    }
+
+    /// The scenario's model as the daemons' shared `[model]` section.
+    pub fn model_section(&self) -> anyhow::Result<ModelSection> {
+        Ok(match &self.vision_model {
+            Some(cfg) => ModelSection::Vision(cfg.clone()),
+            None => ModelSection::Tabular(self.tabular_model()?.clone()),
+        })
     }
 
     /// The effective minimum number of contributions.

@@ -255,13 +255,13 @@ num_classes = 2
     let s = write(3);
     let table = tessera_sim::data::load_table(&s).unwrap();
     assert!(table.columns.iter().all(|c| c.name() != "housing"), "the id column is not a feature");
-    let parts = tessera_sim::run::scenario_partition(&s, &table).unwrap();
+    let parts = tessera_sim::data::scenario_partition(&s, &table).unwrap();
     // Members in sorted value order: "for free", "own", "rent".
     assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![108, 713, 179]);
     let mut all: Vec<usize> = parts.concat();
     all.sort_unstable();
     assert_eq!(all, (0..1000).collect::<Vec<_>>());
-    let e = tessera_sim::run::scenario_partition(&write(4), &table).unwrap_err().to_string();
+    let e = tessera_sim::data::scenario_partition(&write(4), &table).unwrap_err().to_string();
     assert!(e.contains("3 distinct values") && e.contains("4 members"), "{e}");
 }
 

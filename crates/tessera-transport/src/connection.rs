@@ -13,19 +13,8 @@ use tessera_core::codec::Limits;
 use crate::error::TransportError;
 use crate::frame::check_frame;
 use crate::memory::{self, MemoryListener, MemoryNetwork};
+use crate::peer::Peer;
 use crate::quic::{self, QuicDialConfig};
-
-/// The authenticated identity at the other end of a connection. On the
-/// aggregator side this is the member name from the client's certificate;
-/// on the member side it is always [`Peer::AGGREGATOR`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Peer {
-    pub member: String,
-}
-
-impl Peer {
-    pub const AGGREGATOR: &'static str = "aggregator";
-}
 
 /// Frame bytes (headers included) sent and received on one connection. A
 /// cheap clone that stays readable after the connection is gone.

@@ -18,15 +18,17 @@ mod connection;
 mod error;
 mod frame;
 mod memory;
+mod peer;
 pub mod pki;
 mod quic;
 mod udp;
 
 pub use admission::{Admission, AdmitAll, MemberList, Refusal};
 pub use backoff::{BackoffPolicy, connect_with_backoff};
-pub use connection::{Connection, Dialer, FrameReceiver, FrameSender, Listener, Peer, Traffic};
+pub use connection::{Connection, Dialer, FrameReceiver, FrameSender, Listener, Traffic};
 pub use error::{TransportError, close_code};
 pub use memory::MemoryNetwork;
+pub use peer::Peer;
 pub use quic::{ALPN, QuicDialConfig, QuicListenerConfig, QuicTuning, connect};
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::admission::Admission;
-use crate::connection::{Connection, Listener, Peer};
+use crate::connection::{Connection, Listener};
 use crate::error::{TransportError, close_code};
 use crate::frame::check_frame;
+use crate::peer::Peer;
 use crate::pki;
 
 /// Bytes in flight per direction before `send` waits: the memory analogue

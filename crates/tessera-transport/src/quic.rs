@@ -23,9 +23,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
-use crate::connection::{Connection, Listener, Peer};
+use crate::connection::{Connection, Listener};
 use crate::error::{TransportError, close_code, from_quinn};
 use crate::frame::{check_version, payload_len};
+use crate::peer::Peer;
 use crate::pki;
 use crate::udp::GsoCappedSocket;
 

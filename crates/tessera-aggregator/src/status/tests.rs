@@ -1,3 +1,4 @@
+use super::prometheus::prom_label;
 use super::*;
 
 fn sample() -> StatusSnapshot {

@@ -38,7 +38,7 @@ use crate::strategy::ServerOptimizer;
 pub use cohort::CohortSelection;
 use cohort::select_cohort;
 pub use config::{CoordinatorConfig, Resume, SecureConfig};
-pub use output::{Event, Output, Violation};
+pub use output::{ConfigError, Event, Output, Violation};
 use privacy::PrivacyState;
 pub use privacy::{AdaptiveClipConfig, ClipStep, PrivacyConfig, PrivacyPlan, PrivacyStatus};
 pub use robust::RobustRule;
@@ -77,36 +77,31 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Start a run (or resume one from a checkpoint) with the given global
-    /// model and optimizer state. Fails only on an unusable privacy policy.
+    /// model and optimizer state. Fails on a configuration no run can use.
     pub fn new(
         cfg: CoordinatorConfig,
         global: ModelParams,
         optimizer: Option<ServerOptimizer>,
         resume: Resume,
-    ) -> Result<Self, String> {
-        cfg.cohort.validate()?;
+    ) -> Result<Self, ConfigError> {
+        cfg.cohort.validate().map_err(ConfigError::Cohort)?;
         if let Some(rule) = &cfg.robust {
-            rule.validate()?;
+            rule.validate().map_err(ConfigError::Robust)?;
             if cfg.secure.is_some() {
-                return Err(format!(
-                    "the robust rule {} needs individual updates, which secure aggregation hides: \
-                     only the simulator's insecure_plaintext research mode offers it",
-                    rule.name()
-                ));
+                return Err(ConfigError::RobustUnderSecureAggregation { rule: rule.name() });
             }
             if cfg.dp.is_some() {
-                return Err(format!(
-                    "the robust rule {} is not covered by the privacy accounting (it is not a clipped sum)",
-                    rule.name()
-                ));
+                return Err(ConfigError::RobustUnderPrivacy { rule: rule.name() });
             }
         }
         let optimizer = optimizer.unwrap_or_else(|| ServerOptimizer::new(cfg.strategy.clone()));
         let privacy = match &cfg.dp {
             None => None,
             Some(p) => {
-                let plan = p.plan(cfg.rounds, &cfg.train, cfg.secure.is_some(), cfg.cohort.poisson_rate())?;
-                Some(PrivacyState::new(plan, &resume.spent, resume.clip_norm)?)
+                let plan = p
+                    .plan(cfg.rounds, &cfg.train, cfg.secure.is_some(), cfg.cohort.poisson_rate())
+                    .map_err(ConfigError::Privacy)?;
+                Some(PrivacyState::new(plan, &resume.spent, resume.clip_norm).map_err(ConfigError::Privacy)?)
             }
         };
         Ok(Self {

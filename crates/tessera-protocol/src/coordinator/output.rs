@@ -144,3 +144,32 @@ pub enum Violation {
     #[error("plaintext updates are refused: this run uses secure aggregation")]
     PlaintextRefused,
 }
+
+/// A coordinator configuration no run can use.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ConfigError {
+    /// The cohort selection's parameters are out of range.
+    #[error("{0}")]
+    Cohort(String),
+    /// The robust rule's parameters are out of range.
+    #[error("{0}")]
+    Robust(String),
+    /// A robust rule needs the individual updates secure aggregation hides.
+    #[error(
+        "the robust rule {rule} needs individual updates, which secure aggregation hides: \
+         only the simulator's insecure_plaintext research mode offers it"
+    )]
+    RobustUnderSecureAggregation {
+        /// The rule's name.
+        rule: &'static str,
+    },
+    /// A robust rule is not a clipped sum, so DP accounting does not cover it.
+    #[error("the robust rule {rule} is not covered by the privacy accounting (it is not a clipped sum)")]
+    RobustUnderPrivacy {
+        /// The rule's name.
+        rule: &'static str,
+    },
+    /// The privacy policy cannot be planned or resumed.
+    #[error("{0}")]
+    Privacy(String),
+}

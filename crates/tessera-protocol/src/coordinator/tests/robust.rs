@@ -32,7 +32,8 @@ fn robust_rules_are_refused_under_secure_aggregation_or_dp() {
     let mut c = cfg(3, true);
     c.robust = Some(RobustRule::Median);
     let why = Coordinator::new(c, initial(), None, Resume::default()).err().unwrap();
-    assert!(why.contains("secure aggregation"), "{why}");
+    assert!(matches!(why, ConfigError::RobustUnderSecureAggregation { .. }), "{why}");
+    assert!(why.to_string().contains("secure aggregation"), "{why}");
     let mut c = cfg(3, false);
     c.robust = Some(RobustRule::Median);
     c.dp = Some(PrivacyConfig {

@@ -1,0 +1,69 @@
+//! The plain-text status `tessera-aggregator status` prints.
+
+use std::fmt::Write as _;
+
+use super::{MemberStatus, RunState, StatusSnapshot};
+use crate::store::utc;
+
+impl StatusSnapshot {
+    /// Plain text for `tessera-aggregator status`.
+    pub fn render_text(&self, now_ms: i64) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "run {}", self.run_id);
+        let _ = writeln!(s, "state: {} - {}", self.state.name(), self.round_line());
+        if let Some(r) = &self.stop_reason {
+            let _ = writeln!(s, "stop reason: {r}");
+        }
+        let age = (now_ms - self.updated_ms).max(0) / 1000;
+        let stale = if self.state != RunState::Finished && age > 30 {
+            " - stale: the aggregator may not be running"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "updated: {} ({age} s ago, pid {}){stale}", utc(self.updated_ms), self.pid);
+        let names = |f: &dyn Fn(&MemberStatus) -> bool| {
+            let v: Vec<&str> = self.members.iter().filter(|m| f(m)).map(|m| m.name.as_str()).collect();
+            if v.is_empty() { "none".to_string() } else { v.join(", ") }
+        };
+        let _ = writeln!(
+            s,
+            "members online: {} of {} ({}); offline: {}; revoked: {}",
+            self.members_online(),
+            self.members.iter().filter(|m| !m.revoked).count(),
+            names(&|m| m.online),
+            names(&|m| !m.online && !m.revoked),
+            names(&|m| m.revoked)
+        );
+        match (self.epsilon_spent, self.epsilon_budget) {
+            (spent, Some(budget)) => {
+                let _ = writeln!(
+                    s,
+                    "privacy: epsilon spent {:.4} of {budget:.4} (delta {:e}); left {:.4}",
+                    spent.unwrap_or(0.0),
+                    self.delta.unwrap_or(0.0),
+                    self.epsilon_left().unwrap_or(0.0)
+                );
+            }
+            (Some(spent), None) => {
+                let _ = writeln!(s, "privacy: epsilon spent {spent:.4} (delta {:e})", self.delta.unwrap_or(0.0));
+            }
+            (None, None) => {
+                let _ = writeln!(s, "privacy: no differential privacy configured");
+            }
+        }
+        match self.last() {
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "last accuracy: {:.4} (completed round {}, wire round {}), loss {:.4}",
+                    p.accuracy, p.logical, p.round, p.loss
+                );
+            }
+            None => {
+                let _ = writeln!(s, "last accuracy: no round completed yet");
+            }
+        }
+        let _ = writeln!(s, "aborted or interrupted attempts: {}", self.aborted_rounds);
+        s
+    }
+}

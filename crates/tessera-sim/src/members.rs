@@ -1,0 +1,109 @@
+//! The simulated members: one model per member over its share of the
+//! scenario's data, tabular (the scenario's table, partitioned and split)
+//! or images (the shipped Fashion-MNIST training images, each member a
+//! `tessera_vision::VisionModel`, e.g. EfficientNet-Lite0 transfer learning:
+//! a frozen pretrained backbone and a trained head).
+
+use anyhow::Context;
+use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_core::{EvalMetrics, ModelParams, TrainedUpdate};
+use tessera_learn::{LocalError, LocalModel};
+use tessera_protocol::derive_seed;
+use tessera_tabular::TabularModel;
+use tessera_tabular::data::Split;
+use tessera_vision::{ImageDataset, VisionModel, VisionModelConfig};
+
+use crate::data::{label_counts, member_data, scenario_partition};
+use crate::partition::partition;
+use crate::run::SimOptions;
+use crate::scenario::Scenario;
+
+pub fn member_name(k: usize, n: usize) -> String {
+    let width = n.saturating_sub(1).to_string().len();
+    format!("client-{k:0width$}")
+}
+
+/// A simulated member's model: tabular, or an image model.
+pub enum SimModel {
+    Tabular(Box<TabularModel>),
+    Vision(Box<VisionModel>),
+}
+
+impl LocalModel for SimModel {
+    fn train(
+        &mut self,
+        model: &ModelParams,
+        settings: &TrainSettings,
+        dp: Option<&DpSettings>,
+    ) -> Result<TrainedUpdate, LocalError> {
+        match self {
+            SimModel::Tabular(m) => m.train(model, settings, dp),
+            SimModel::Vision(m) => m.train(model, settings, dp),
+        }
+    }
+
+    fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, LocalError> {
+        match self {
+            SimModel::Tabular(m) => m.evaluate(model),
+            SimModel::Vision(m) => m.evaluate(model),
+        }
+    }
+}
+
+/// Everything the run needs about its members, whatever the data kind.
+pub struct Members {
+    pub models: Vec<SimModel>,
+    /// Training examples per member (latency model).
+    pub examples: Vec<u64>,
+    pub label_counts: Vec<Vec<usize>>,
+    pub class_names: Vec<String>,
+}
+
+pub(crate) fn tabular_members(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Members> {
+    let table = crate::data::load_table(s)?;
+    let parts = scenario_partition(s, &table)?;
+    let datas = member_data(s, &table, &parts)?;
+    let examples = datas.iter().map(|d| d.split(Split::Train).len() as u64).collect();
+    let mut models = Vec::with_capacity(datas.len());
+    for (k, d) in datas.into_iter().enumerate() {
+        let model = TabularModel::new(d, s.tabular_model()?, opts.backend).with_context(|| format!("client {k}"))?;
+        models.push(SimModel::Tabular(Box::new(model.with_seeded_noise(true))));
+    }
+    Ok(Members {
+        models,
+        examples,
+        label_counts: label_counts(&parts, &table.labels, table.num_classes()),
+        class_names: table.class_names.clone(),
+    })
+}
+
+/// The images, their labels and each member's image indices.
+pub fn partition_images(s: &Scenario) -> anyhow::Result<(ImageDataset, Vec<u32>, Vec<Vec<usize>>)> {
+    let data = tessera_vision::load_fashion_mnist(&s.data.path, "train")
+        .with_context(|| format!("loading {}", s.data.path.display()))?;
+    let labels: Vec<u32> = data.labels().iter().map(|l| *l as u32).collect();
+    let parts = partition(&s.partition, &labels, data.num_classes(), s.clients, s.seed)?;
+    Ok((data, labels, parts))
+}
+
+/// Build the members of an image scenario (`[data] kind = "fashion_mnist_images"`).
+pub fn image_members(s: &Scenario, cfg: &VisionModelConfig) -> anyhow::Result<Members> {
+    let (data, labels, parts) = partition_images(s)?;
+    let mut models = Vec::with_capacity(parts.len());
+    let mut examples = Vec::with_capacity(parts.len());
+    for (k, rows) in parts.iter().enumerate() {
+        let local = data.select(rows).with_context(|| format!("client {k}"))?;
+        let (train, test) = local
+            .stratified_split(s.data.test, derive_seed(s.seed, k as u64, b"split"))
+            .with_context(|| format!("client {k}: every member needs examples of every class"))?;
+        examples.push(train.len() as u64);
+        let model = VisionModel::from_config(cfg, train, test).with_context(|| format!("client {k}"))?;
+        models.push(SimModel::Vision(Box::new(model.with_seeded_noise(true))));
+    }
+    Ok(Members {
+        models,
+        examples,
+        label_counts: label_counts(&parts, &labels, data.num_classes()),
+        class_names: data.class_names().to_vec(),
+    })
+}

@@ -1,0 +1,85 @@
+//! What the simulator records of a run: each round's line in
+//! `metrics.jsonl` (simulated time from the latency model, never wall
+//! time), aborted attempts, and the progress bar.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use indicatif::ProgressBar;
+use tessera_aggregator::driver::RunObserver;
+use tessera_aggregator::report::{RunDir, round_line};
+use tessera_aggregator::store::StoreError;
+use tessera_core::RoundRecord;
+use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
+
+use crate::faults::FaultPlan;
+
+/// The simulator's [`RunObserver`].
+pub(crate) struct SimObserver {
+    pub(crate) run: RunDir,
+    pub(crate) bar: Option<ProgressBar>,
+    pub(crate) plan: Arc<FaultPlan>,
+    pub(crate) index: BTreeMap<String, usize>,
+    pub(crate) cohorts: BTreeMap<u64, Vec<usize>>,
+    pub(crate) failed: Option<String>,
+}
+
+impl SimObserver {
+    fn members(&self, names: &[String]) -> Vec<usize> {
+        names.iter().filter_map(|n| self.index.get(n).copied()).collect()
+    }
+
+    fn write(&mut self, record: &RoundRecord) {
+        if let Err(e) = self.run.append(record) {
+            tracing::error!(error = %e, "could not write metrics.jsonl");
+            self.failed = Some(e.to_string());
+        }
+    }
+}
+
+impl RunObserver for SimObserver {
+    fn round_started(&mut self, round: u64, cohort: &[String], _seed: u64) -> Result<(), StoreError> {
+        let members = self.members(cohort);
+        self.cohorts.insert(round, members);
+        Ok(())
+    }
+
+    fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, _c: &Coordinator) {
+        // Simulated time from the latency model, never wall time: metrics
+        // must not depend on the machine or the number of workers.
+        let mut record = record.clone();
+        record.seconds = self.plan.round_seconds(&self.members(&outcome.contributors), outcome.round);
+        self.cohorts.remove(&outcome.round);
+        let line = round_line(&record);
+        match &self.bar {
+            Some(b) => {
+                b.inc(1);
+                b.println(line);
+            }
+            None => tracing::info!("{line}"),
+        }
+        self.write(&record);
+    }
+
+    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]) {
+        self.run.aborted += 1;
+        // Reported in metrics.jsonl too, as a record that produced nothing.
+        let cohort = self.cohorts.remove(&round).unwrap_or_default();
+        let record = RoundRecord {
+            round,
+            participants: 0,
+            dropped: dropped.len() as u32,
+            accepted: false,
+            seconds: self.plan.round_seconds(&cohort, round),
+            epsilon: self.run.records.iter().rev().find_map(|r| r.epsilon),
+            delta: self.run.records.iter().rev().find_map(|r| r.delta),
+            ..RoundRecord::default()
+        };
+        self.write(&record);
+        let line = format!("round {round} aborted: {reason}");
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => tracing::warn!("{line}"),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Who is at the other end of a connection: a leaf type that the
+//! connection, the QUIC and the in-memory transports all name, so none of
+//! them imports another for it.
+
+/// The authenticated identity at the other end of a connection. On the
+/// aggregator side this is the member name from the client's certificate;
+/// on the member side it is always [`Peer::AGGREGATOR`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub member: String,
+}
+
+impl Peer {
+    pub const AGGREGATOR: &'static str = "aggregator";
+}
