@@ -65,24 +65,7 @@ impl Site {
 
 /// Split the shipped WDBC file into one CSV per member (row i to member i mod 3).
 fn write_member_csvs(dir: &Path) -> Vec<PathBuf> {
-    let wdbc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/wdbc.csv");
-    let text = std::fs::read_to_string(wdbc).expect("shipped WDBC");
-    let mut lines = text.lines();
-    let header = lines.next().unwrap();
-    let mut bodies = vec![format!("{header}\n"); NAMES.len()];
-    for (i, l) in lines.enumerate() {
-        bodies[i % NAMES.len()].push_str(l);
-        bodies[i % NAMES.len()].push('\n');
-    }
-    NAMES
-        .iter()
-        .zip(bodies)
-        .map(|(n, b)| {
-            let p = dir.join(format!("{n}.csv"));
-            std::fs::write(&p, b).unwrap();
-            p
-        })
-        .collect()
+    tessera_e2e::write_member_csvs(dir, &NAMES)
 }
 
 /// A free loopback port (UDP for QUIC, TCP for HTTP); released before use,
