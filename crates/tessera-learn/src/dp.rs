@@ -82,11 +82,6 @@ impl DpNoise {
         Self { seeded: Some(stream), ..Self::default() }
     }
 
-    /// Whether sampling and noise derive from the round seed.
-    pub fn is_seeded(&self) -> bool {
-        self.seeded.is_some()
-    }
-
     /// The streams and mechanism of one round of DP-SGD over `dim` summed
     /// values with settings `dp` (validated here) and round seed `round_seed`.
     pub fn round(&mut self, dp: &DpSettings, round_seed: u64, dim: usize) -> Result<DpRound, LocalError> {
