@@ -38,15 +38,16 @@ use rand_chacha::ChaCha20Rng;
 use tessera_client::LocalModel;
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
+use tessera_core::{AugmentConfig, BackboneInit, VisionModelConfig};
 use tessera_learn::ComputeBackend;
 use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::{SplitConfig, TabularData, TabularSpec};
 use tessera_vision::efficientnet::NUM_BLOCKS;
 use tessera_vision::{
-    AugmentConfig, EfficientNetLite0, FeatureCache, HeadWeights, ImageDataset, Normalization, Preprocess,
-    TransferModel, TransferTrainer, default_weights_path, load_fashion_mnist,
+    EfficientNetLite0, FeatureCache, HeadWeights, ImageDataset, Normalization, Preprocess, TransferModel,
+    TransferTrainer, default_weights_path, load_fashion_mnist,
 };
-use tessera_vision::{BackboneInit, VisionModel, VisionModelConfig, VisionNet};
+use tessera_vision::{VisionModel, VisionNet};
 
 const BATCH: usize = 32;
 

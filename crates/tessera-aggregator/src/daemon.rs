@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rand::RngCore;
+use tessera_core::ModelSection;
 use tessera_core::{ModelParams, RunId};
 use tessera_privacy::GaussianSpend;
 use tessera_transport::{Admission, Listener, QuicListenerConfig, Refusal};
-use tessera_vision::spec::ModelSection;
 
 use crate::config::AggregatorConfig;
 use crate::driver::{DriverOptions, RunEnd, serve};

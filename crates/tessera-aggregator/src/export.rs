@@ -19,11 +19,11 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tessera_core::ModelParams;
+use tessera_core::ModelSection;
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_learn::DEFAULT_BACKEND;
 use tessera_tabular::model::Field;
 use tessera_tabular::{TabularMlp, load_backbone};
-use tessera_vision::spec::ModelSection;
 
 use crate::store::StateStore;
 

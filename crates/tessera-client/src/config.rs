@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tessera_learn::ComputeBackend;
 use tessera_tabular::{SplitConfig, TabularSpec};
 
-pub use tessera_vision::spec::ModelSection;
+pub use tessera_core::ModelSection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

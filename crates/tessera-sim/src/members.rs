@@ -5,13 +5,14 @@
 //! a frozen pretrained backbone and a trained head).
 
 use anyhow::Context;
+use tessera_core::VisionModelConfig;
 use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{EvalMetrics, ModelParams, TrainedUpdate};
 use tessera_learn::{LocalError, LocalModel};
 use tessera_protocol::derive_seed;
 use tessera_tabular::TabularModel;
 use tessera_tabular::data::Split;
-use tessera_vision::{ImageDataset, VisionModel, VisionModelConfig};
+use tessera_vision::{ImageDataset, VisionModel};
 
 use crate::data::{label_counts, member_data, scenario_partition};
 use crate::partition::partition;

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::config::TrainSection;
+use tessera_core::ModelSection;
+use tessera_core::VisionModelConfig;
 use tessera_core::config::ModelConfig;
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
-use tessera_vision::VisionModelConfig;
-use tessera_vision::spec::ModelSection;
 
 use crate::faults::{DropoutSection, LatencySection};
 use crate::partition::Partitioner;

@@ -5,105 +5,12 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+use tessera_core::AugmentConfig;
 
 use crate::dataset::ImageDataset;
 use crate::error::{Result, VisionError};
-
-/// Ranges of the random transforms; zero (or `false`) disables one.
-/// Unset keys default to "off" when read from a configuration file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AugmentConfig {
-    /// Rotation drawn from `[-d, d]` degrees.
-    pub rotation_degrees: f32,
-    /// Horizontal shift drawn from `[-f, f]` of the width.
-    pub width_shift: f32,
-    /// Vertical shift drawn from `[-f, f]` of the height.
-    pub height_shift: f32,
-    /// Shear angle drawn from `[-d, d]` degrees.
-    pub shear_degrees: f32,
-    /// Scale drawn independently per axis from `[1 - z, 1 + z]`.
-    pub zoom: f32,
-    /// Mirror left-right with probability 1/2.
-    pub horizontal_flip: bool,
-    /// Mirror top-bottom with probability 1/2.
-    pub vertical_flip: bool,
-    /// Brightness factor drawn from `[1 - b, 1 + b]`; results are clipped to `[0, 1]`.
-    pub brightness: f32,
-    /// Value of pixels that come from outside the source image.
-    pub fill: f32,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        Self::none()
-    }
-}
-
-impl AugmentConfig {
-    /// No augmentation at all.
-    pub fn none() -> Self {
-        Self {
-            rotation_degrees: 0.0,
-            width_shift: 0.0,
-            height_shift: 0.0,
-            shear_degrees: 0.0,
-            zoom: 0.0,
-            horizontal_flip: false,
-            vertical_flip: false,
-            brightness: 0.0,
-            fill: 0.0,
-        }
-    }
-
-    /// A moderate setting suited to small natural or product images.
-    pub fn light() -> Self {
-        Self {
-            rotation_degrees: 15.0,
-            width_shift: 0.1,
-            height_shift: 0.1,
-            shear_degrees: 10.0,
-            zoom: 0.1,
-            horizontal_flip: true,
-            vertical_flip: false,
-            brightness: 0.2,
-            fill: 0.0,
-        }
-    }
-
-    pub fn is_identity(&self) -> bool {
-        self.rotation_degrees == 0.0
-            && self.width_shift == 0.0
-            && self.height_shift == 0.0
-            && self.shear_degrees == 0.0
-            && self.zoom == 0.0
-            && !self.horizontal_flip
-            && !self.vertical_flip
-            && self.brightness == 0.0
-    }
-
-    fn validate(&self) -> Result<()> {
-        let checks = [
-            ("rotation_degrees", self.rotation_degrees, 180.0),
-            ("width_shift", self.width_shift, 1.0),
-            ("height_shift", self.height_shift, 1.0),
-            ("shear_degrees", self.shear_degrees, 80.0),
-            ("zoom", self.zoom, 0.99),
-            ("brightness", self.brightness, 1.0),
-        ];
-        for (name, v, max) in checks {
-            if !(v.is_finite() && (0.0..=max).contains(&v)) {
-                return Err(VisionError::InvalidConfig(format!("augmentation `{name}` must lie in [0, {max}]")));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.fill) {
-            return Err(VisionError::InvalidConfig("augmentation `fill` must lie in [0, 1]".into()));
-        }
-        Ok(())
-    }
-}
 
 /// A validated configuration plus the seed of its random streams.
 #[derive(Clone, Debug, PartialEq)]
@@ -278,7 +185,10 @@ mod tests {
             AugmentConfig { rotation_degrees: f32::NAN, ..AugmentConfig::none() },
             AugmentConfig { brightness: -0.1, ..AugmentConfig::none() },
         ] {
-            assert!(matches!(Augmenter::new(cfg, 0), Err(VisionError::InvalidConfig(_))));
+            assert!(matches!(
+                Augmenter::new(cfg, 0),
+                Err(VisionError::Model(tessera_core::ModelConfigError::AugmentRange { .. }))
+            ));
         }
         let a = Augmenter::new(AugmentConfig::light(), 0).unwrap();
         assert!(a.augment(&[0.0; 5], (1, 2, 2), 0, 0).is_err());

@@ -27,6 +27,8 @@ pub enum VisionError {
     LabelOutOfRange { label: usize, num_classes: usize },
     #[error("invalid setting: {0}")]
     InvalidConfig(String),
+    #[error("invalid [model] section: {0}")]
+    Model(#[from] tessera_core::ModelConfigError),
     #[error("weights file `{path}` not found; run scripts/fetch-weights.sh")]
     WeightsMissing { path: PathBuf },
     #[error("weights file `{path}` cannot be read: {reason}")]

@@ -36,7 +36,7 @@ pub mod train;
 pub mod transfer;
 pub mod tune;
 
-pub use augment::{AugmentConfig, Augmenter, write_png_grid};
+pub use augment::{Augmenter, write_png_grid};
 pub use cnn::SmallCnn;
 pub use dataset::{ImageDataset, Normalization, Preprocess};
 pub use efficientnet::{EfficientNetLite0, FEATURE_DIM, ImagenetClassifier};
@@ -47,7 +47,7 @@ pub use frozen::{FeatureExtractor, FrozenEfficientNet};
 pub use head::{HeadGradSum, HeadWeights};
 pub use idx::{FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_dataset};
 pub use local::VisionModel;
-pub use spec::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet};
+pub use spec::{VisionNet, augmenter, preprocess, weights_path};
 pub use train::{
     FeatureCache, TrainConfig, TransferTrainer, evaluate_head, evaluate_transfer, fit_transfer, train_head,
     train_on_images,

@@ -28,7 +28,9 @@ use tessera_learn::{
 
 use crate::frozen::is_host_device;
 use crate::metrics::classification_metrics;
-use crate::spec::{BackboneInit, VisionArchitecture, VisionModelConfig, VisionNet};
+use tessera_core::{BackboneInit, VisionArchitecture, VisionModelConfig};
+
+use crate::spec::{self, VisionNet};
 use crate::{
     Augmenter, EfficientNetLite0, FEATURE_DIM, FeatureCache, FeatureExtractor, HeadWeights, ImageDataset, Preprocess,
     TrainConfig, VisionError, evaluate_transfer, train_on_images,
@@ -96,7 +98,7 @@ impl VisionModel {
             return Err(VisionError::InvalidConfig("train and test splits name their classes differently".into()));
         }
         Ok(Self {
-            preprocess: cfg.preprocess(),
+            preprocess: spec::preprocess(cfg),
             cfg: cfg.clone(),
             net,
             train,
@@ -127,12 +129,12 @@ impl VisionModel {
         let device = backend.device();
         if cfg.kind == VisionArchitecture::EfficientnetLite0
             && cfg.backbone == BackboneInit::PretrainedIfPresent
-            && !cfg.weights_path().is_file()
+            && !spec::weights_path(cfg).is_file()
         {
             // Members on different backbones would federate one head over
             // different features; say so where an operator will see it.
             tracing::warn!(
-                weights = %cfg.weights_path().display(),
+                weights = %spec::weights_path(cfg).display(),
                 "pretrained weights not found: backbone = \"pretrained_if_present\" falls back to the seeded random \
                  backbone; every member of the run must do the same"
             );
@@ -256,7 +258,7 @@ impl VisionModel {
         inner: E,
     ) -> Result<E, LocalError> {
         let mut round = self.noise.round(dp, s.seed, start.numel())?;
-        let augment = self.cfg.augmenter(s.seed).map_err(LocalError::model)?;
+        let augment = spec::augmenter(&self.cfg, s.seed).map_err(LocalError::model)?;
         let mut examples = dp::Sampled::new(&self.train, augment.as_ref(), inner);
         tessera_learn::dp_sgd(start, s, n, &mut round, &mut examples)?;
         Ok(examples.into_inner())
@@ -269,7 +271,7 @@ impl VisionModel {
         let start = self.net.trainable_params().map_err(err)?;
         let mut head = head_weights(&start)?;
         let anchor = head.clone();
-        let augment = self.cfg.augmenter(s.seed).map_err(err)?;
+        let augment = spec::augmenter(&self.cfg, s.seed).map_err(err)?;
         let n = self.train.len();
         let mut mean_loss = 0.0;
         match dp {
@@ -322,7 +324,7 @@ impl VisionModel {
     /// the crate's Adam trainers; no DP and no FedProx on this path.
     fn train_end_to_end(&mut self, s: &TrainSettings) -> Result<f64, LocalError> {
         let err = |e: VisionError| LocalError::model(e);
-        let augment = self.cfg.augmenter(s.seed).map_err(err)?;
+        let augment = spec::augmenter(&self.cfg, s.seed).map_err(err)?;
         let mut tc = TrainConfig {
             epochs: s.local_epochs as usize,
             batch_size: s.batch_size as usize,

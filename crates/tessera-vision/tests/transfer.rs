@@ -2,11 +2,11 @@
 //! randomly initialised backbone and tiny synthetic images (no weights needed).
 
 use burn::tensor::Device;
-use tessera_core::ModelParams;
+use tessera_core::{AugmentConfig, ModelParams};
 use tessera_vision::efficientnet::NUM_BLOCKS;
 use tessera_vision::{
-    AugmentConfig, Augmenter, EfficientNetLite0, FeatureCache, ImageDataset, Normalization, Preprocess, SmallCnn,
-    TrainConfig, TransferModel, VisionError, evaluate_head, fit_transfer, train_head,
+    Augmenter, EfficientNetLite0, FeatureCache, ImageDataset, Normalization, Preprocess, SmallCnn, TrainConfig,
+    TransferModel, VisionError, evaluate_head, fit_transfer, train_head,
 };
 
 /// Two classes that differ in where a bright bar sits: 16 images of 1x16x16.

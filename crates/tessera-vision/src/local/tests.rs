@@ -6,7 +6,9 @@
 
 use std::path::Path;
 
-use crate::{AugmentConfig, ImageDataset, load_fashion_mnist};
+use tessera_core::AugmentConfig;
+
+use crate::{ImageDataset, load_fashion_mnist};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Int, Tensor, TensorData};
 use tessera_core::ModelParams;
@@ -29,7 +31,7 @@ fn head_cfg() -> VisionModelConfig {
 
 /// Whether `head_cfg` loads the ImageNet checkpoint (else a random backbone).
 fn pretrained() -> bool {
-    let found = head_cfg().weights_path().is_file();
+    let found = crate::weights_path(&head_cfg()).is_file();
     if !found {
         eprintln!("no pretrained weights (scripts/fetch-weights.sh); testing a random backbone with lower bars");
     }
@@ -206,7 +208,7 @@ fn small_cnn_dp_sgd_sums_clipped_per_example_gradients() {
     let VisionNet::Cnn(net) = VisionNet::build(&cfg, &Device::flex()).unwrap() else { unreachable!() };
     let ad = Device::flex().autodiff();
     let tracked = (*net).fork(&ad).train();
-    let x = cfg.preprocess().batch(&data, &(0..n).collect::<Vec<_>>(), &ad).unwrap();
+    let x = crate::preprocess(&cfg).batch(&data, &(0..n).collect::<Vec<_>>(), &ad).unwrap();
     let labels: Vec<i64> = data.labels().iter().map(|&l| l as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &ad);
     let grads = CrossEntropyLossConfig::new().init(&ad).forward(tracked.forward(x), y).backward();
@@ -243,7 +245,7 @@ fn dp_sgd_through_unfrozen_blocks_sums_clipped_per_example_gradients() {
     // The same step by burn autodiff: mean cross-entropy over the n examples.
     let ad = Device::flex().autodiff();
     let tracked = (*net).clone().fork(&ad).train();
-    let x = cfg.preprocess().batch(&data, &(0..n).collect::<Vec<_>>(), &ad).unwrap();
+    let x = crate::preprocess(&cfg).batch(&data, &(0..n).collect::<Vec<_>>(), &ad).unwrap();
     let labels: Vec<i64> = data.labels().iter().map(|&l| l as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &ad);
     let loss = CrossEntropyLossConfig::new().init(&ad).forward(tracked.forward(x), y);
