@@ -60,7 +60,6 @@ async fn record_level_dp_over_quic_stops_at_the_budget_and_members_keep_ledgers(
         noise_multiplier: Some(z),
         sampling_rate: Some(q),
         adaptive_clipping: None,
-        test_seeded_noise: false,
     });
     let expected = affordable_rounds(z, q, 4, epsilon, 1e-5);
     assert_eq!(expected, 4);

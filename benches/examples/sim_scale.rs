@@ -113,7 +113,14 @@ fn main() {
             unhealthy_after: 3,
             robust: None,
         };
-        let coordinator = Coordinator::new(cfg, initial, None, Resume::default()).unwrap();
+        let coordinator = Coordinator::new(
+            cfg,
+            initial,
+            None,
+            Resume::default(),
+            tessera_protocol::coordinator::CentralNoise::reproducible(0),
+        )
+        .unwrap();
         let net = MemoryNetwork::new();
         let listener = net.listen(Arc::new(AdmitAll), Limits::default()).unwrap();
         let workers = Arc::new(tokio::sync::Semaphore::new(2));

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use tessera_client::LocalModel;
 use tessera_core::codec::{Limits, encode_frame};
 use tessera_core::{AggregatorMsg, ClientMsg};
-use tessera_protocol::member::Output;
+use tessera_protocol::member::{LocalFailure, Output};
 use tessera_protocol::{Participant, Policy};
 use tessera_transport::{QuicDialConfig, TransportError, connect};
 
@@ -71,14 +71,14 @@ where
                         tokio::task::spawn_blocking(move || m.lock().unwrap().train(&params, &settings, dp.as_ref()))
                             .await
                             .expect("training task");
-                    p.training_done(round, r.map_err(|e| e.to_string()));
+                    p.training_done(round, r.map_err(|e| LocalFailure::from_error(&e)));
                 }
                 Output::Evaluate { round, model: params } => {
                     let m = model.clone();
                     let r = tokio::task::spawn_blocking(move || m.lock().unwrap().evaluate(&params))
                         .await
                         .expect("evaluation task");
-                    p.evaluation_done(round, r.map_err(|e| e.to_string()));
+                    p.evaluation_done(round, r.map_err(|e| LocalFailure::from_error(&e)));
                 }
                 Output::Event(tessera_protocol::member::Event::Shutdown { .. }) => return outcome,
                 Output::Event(_) => {}

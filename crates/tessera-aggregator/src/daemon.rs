@@ -21,7 +21,7 @@ use crate::report::{RunDir, Summary};
 use crate::status::{MemberStatus, RunState, StatusSnapshot};
 use crate::store::{StateStore, now_ms};
 use tessera_protocol::ServerOptimizer;
-use tessera_protocol::coordinator::{Coordinator, CoordinatorConfig, Resume};
+use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -181,6 +181,7 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
             spent,
             clip_norm: records.last().and_then(|r| r.next_clip_norm),
         },
+        central_noise_key(),
     )?;
 
     let status: SharedStatus = Arc::new(RwLock::new(initial_status(&cfg, &store, &coordinator, run_id, &records)?));
@@ -384,4 +385,12 @@ async fn heartbeat(store: SharedStore, status: SharedStatus, revoked_path: PathB
             tracing::warn!(error = %e, "could not write the status row");
         }
     }
+}
+
+/// The central DP noise's key, fresh from the OS for every process: it is
+/// never stored, so not even the operator's disk can subtract the noise.
+fn central_noise_key() -> CentralNoise {
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    CentralNoise::secret(key)
 }

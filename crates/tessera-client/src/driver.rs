@@ -13,7 +13,7 @@ use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, conn
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::egress::{EgressError, EgressLedger};
-use tessera_protocol::member::{Event, MemberMachine, Output, TrainedUpdate};
+use tessera_protocol::member::{Event, LocalFailure, MemberMachine, Output, TrainedUpdate};
 
 #[derive(Clone)]
 pub struct ClientOptions {
@@ -60,8 +60,8 @@ pub enum ClientExit {
 }
 
 enum Work {
-    Trained(u64, Result<TrainedUpdate, String>),
-    Evaluated(u64, Result<EvalMetrics, String>),
+    Trained(u64, Result<TrainedUpdate, LocalFailure>),
+    Evaluated(u64, Result<EvalMetrics, LocalFailure>),
 }
 
 /// Why a connection's loop stopped, other than the run's end.
@@ -163,15 +163,18 @@ impl<M: LocalModel> Member<'_, M> {
                     settings.seed = member_seed(settings.seed, participant.member());
                     self.spawn_work(
                         move |m| {
-                            Work::Trained(round, m.train(&params, &settings, dp.as_ref()).map_err(|e| e.to_string()))
+                            Work::Trained(
+                                round,
+                                m.train(&params, &settings, dp.as_ref()).map_err(|e| LocalFailure::from_error(&e)),
+                            )
                         },
-                        move |e| Work::Trained(round, Err(format!("training task failed: {e}"))),
+                        move |e| Work::Trained(round, Err(LocalFailure::new(format!("training task failed: {e}")))),
                     );
                 }
                 Output::Evaluate { round, model: params } => {
                     self.spawn_work(
-                        move |m| Work::Evaluated(round, m.evaluate(&params).map_err(|e| e.to_string())),
-                        move |e| Work::Evaluated(round, Err(format!("evaluation task failed: {e}"))),
+                        move |m| Work::Evaluated(round, m.evaluate(&params).map_err(|e| LocalFailure::from_error(&e))),
+                        move |e| Work::Evaluated(round, Err(LocalFailure::new(format!("evaluation task failed: {e}")))),
                     );
                 }
                 Output::Event(ev) => match ev {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tessera_privacy::{FileLedgerStore, GaussianSpend, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger};
 
-use tessera_protocol::member::PrivacyGuard;
+use tessera_protocol::member::{BudgetRefusal, PrivacyGuard};
 
 /// A [`PrivacyLedger`] as the participant's [`PrivacyGuard`].
 pub struct LedgerGuard<S: LedgerStore> {
@@ -35,22 +35,26 @@ impl<S: LedgerStore> LedgerGuard<S> {
 }
 
 impl<S: LedgerStore + Send> PrivacyGuard for LedgerGuard<S> {
-    fn charge(&mut self, _round: u64, spend: &GaussianSpend) -> Result<(), String> {
+    fn charge(&mut self, _round: u64, spend: &GaussianSpend) -> Result<(), BudgetRefusal> {
         // Entries are keyed by a local sequence number: round numbers restart
         // with every run, but the member's budget spans all of them.
         let key = self.ledger.last_round().map_or(1, |r| r + 1);
-        let reservation = self.ledger.reserve(key, *spend).map_err(|e| match e {
-            LedgerError::BudgetExceeded => format!(
-                "this member's privacy budget (epsilon {}, delta {:e}) cannot afford the round; {} spent",
-                self.ledger.budget().epsilon,
-                self.ledger.budget().delta,
-                self.ledger.spent().map_or_else(|_| "?".into(), |b| format!("{:.4}", b.epsilon)),
-            ),
-            other => format!("privacy ledger: {other}"),
-        })?;
+        let ledger_failed = |e: LedgerError| BudgetRefusal::Ledger(e.to_string());
+        let reservation = match self.ledger.reserve(key, *spend) {
+            Err(LedgerError::BudgetExceeded) => {
+                let budget = self.ledger.budget();
+                let spent = self.ledger.spent().map_err(ledger_failed)?;
+                return Err(BudgetRefusal::Exhausted {
+                    epsilon: budget.epsilon,
+                    delta: budget.delta,
+                    spent_epsilon: spent.epsilon,
+                });
+            }
+            other => other.map_err(ledger_failed)?,
+        };
         // The spend is durable now; the release may follow. It stays
         // counted whether or not the round completes.
-        self.ledger.commit(reservation).map_err(|e| format!("privacy ledger: {e}"))
+        self.ledger.commit(reservation).map_err(ledger_failed)
     }
 }
 
@@ -84,6 +88,7 @@ mod tests {
         let again = LedgerGuard::open(&path, budget).unwrap();
         assert_eq!(again.ledger().spent().unwrap().epsilon, spent);
         let err = LedgerGuard::open(&path, budget).unwrap().charge(7, &spend()).unwrap_err();
-        assert!(err.contains("cannot afford"), "{err}");
+        assert!(matches!(err, BudgetRefusal::Exhausted { spent_epsilon, .. } if spent_epsilon == spent), "{err:?}");
+        assert!(err.to_string().contains("cannot afford"), "{err}");
     }
 }

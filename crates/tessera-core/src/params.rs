@@ -69,7 +69,7 @@ pub struct ModelParams {
     pub tensors: Vec<ParamTensor>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum ParamsError {
     #[error("tensor `{name}`: shape holds {expected} values but {actual} were given")]
     ShapeMismatch { name: String, expected: usize, actual: usize },

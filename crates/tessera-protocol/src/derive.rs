@@ -9,7 +9,7 @@ use tessera_secagg::update::ValueCoding;
 use tessera_secagg::{AggregateSum, RoundContext, SecAggError};
 
 /// Why an agreed value could not be derived, or an aggregate not decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum DeriveError {
     /// A secure sum arrived for a round whose settings have no secure aggregation.
     #[error("secure sum in a plaintext round")]

@@ -27,5 +27,5 @@ pub use derive::{
     DeriveError, UpdateCoding, derive_seed, mean_from_plain, mean_from_secure, round_context, update_coding,
     update_vector_len,
 };
-pub use member::{Participant, Policy, PrivacyGuard, TrainedUpdate};
+pub use member::{Participant, Policy, PrivacyGuard, Refusal, TrainedUpdate};
 pub use strategy::{AdaptiveConfig, ServerOptimizer, StrategyConfig};

@@ -19,7 +19,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use tessera_core::{AggregatorMsg, ClientMsg, ClientMsgKind, EvalMetrics};
 use tessera_protocol::derive_seed;
-use tessera_protocol::member::{MemberMachine, Output, Refusal, TrainedUpdate};
+use tessera_protocol::member::{LocalFailure, MemberMachine, Output, Refusal, TrainedUpdate};
 
 /// What the fault plan does to a member's outgoing message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,10 +84,10 @@ impl<P: MemberMachine> MemberMachine for Faulty<P> {
             }
         }
     }
-    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, String>) {
+    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, LocalFailure>) {
         self.inner.training_done(round, result)
     }
-    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, String>) {
+    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>) {
         self.inner.evaluation_done(round, metrics)
     }
 }

@@ -19,7 +19,7 @@ use tessera_client::{ClientOptions, EgressLedger};
 use tessera_core::codec::Limits;
 use tessera_core::{ModelParams, RoundRecord, RunId};
 use tessera_learn::ComputeBackend;
-use tessera_protocol::coordinator::{Coordinator, CoordinatorConfig, PrivacyConfig, Resume};
+use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
 use tessera_protocol::{Participant, Policy, derive_seed};
 use tessera_transport::{AdmitAll, Dialer, MemoryNetwork, QuicDialConfig, QuicListenerConfig};
 use tokio::sync::Semaphore;
@@ -78,7 +78,7 @@ pub fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
         train: s.train.settings(),
         secure: (!s.insecure_plaintext).then(|| s.secure.clone()),
         // Simulations are reproducible by design, noise included.
-        dp: s.privacy.clone().map(|p| PrivacyConfig { test_seeded_noise: true, ..p }),
+        dp: s.privacy.clone(),
         strategy: s.strategy.clone(),
         round_deadline_ms: 3_600_000,
         phase_timeout_ms: 3_600_000,
@@ -106,7 +106,10 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         examples,
         s.train.settings().local_epochs,
     ));
-    let coordinator = Coordinator::new(coordinator_config(s), initial, None, Resume::default())
+    // Central noise derives from the scenario seed: a simulation reproduces
+    // bit for bit, and its noise protects nothing (nor does it need to).
+    let noise = CentralNoise::reproducible(s.seed);
+    let coordinator = Coordinator::new(coordinator_config(s), initial, None, Resume::default(), noise)
         .map_err(|e| anyhow::anyhow!("scenario {}: {e}", s.name))?;
     // A simulation starts afresh (RunDir appends, for resumed daemon runs).
     match std::fs::remove_file(opts.out.join("metrics.jsonl")) {

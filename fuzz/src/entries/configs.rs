@@ -26,7 +26,15 @@ pub fn config(data: &[u8]) {
 pub(super) fn start_a_round(cfg: &tessera_aggregator::config::AggregatorConfig) {
     use tessera_protocol::coordinator::{Coordinator, Resume};
     let cc = tessera_aggregator::daemon::coordinator_config(cfg, RUN, 1);
-    let Ok(mut c) = Coordinator::new(cc, tiny_model(0.0), None, Resume::default()) else { return };
+    let Ok(mut c) = Coordinator::new(
+        cc,
+        tiny_model(0.0),
+        None,
+        Resume::default(),
+        tessera_protocol::coordinator::CentralNoise::reproducible(0),
+    ) else {
+        return;
+    };
     for (i, m) in cfg.server.members.iter().take(64).enumerate() {
         c.member_connected(i as u64, m);
     }

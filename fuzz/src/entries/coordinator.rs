@@ -88,7 +88,13 @@ pub fn coordinator(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let cfg = coordinator_config();
     let min_clients = cfg.min_clients as usize;
-    let Ok(mut coord) = Coordinator::new(cfg, tiny_model(0.0), None, Resume::default()) else {
+    let Ok(mut coord) = Coordinator::new(
+        cfg,
+        tiny_model(0.0),
+        None,
+        Resume::default(),
+        tessera_protocol::coordinator::CentralNoise::reproducible(0),
+    ) else {
         panic!("the fixed coordinator config is valid")
     };
     let names: Vec<String> = (0..MEMBERS).map(member_name).collect();

@@ -221,7 +221,7 @@ pub fn participant(data: &[u8]) {
                 let base = tiny_model(0.0);
                 let update = match result {
                     TrainResult::Ok(n) => Ok(trained(&base, 0.05, u64::from(n))),
-                    TrainResult::Err => Err("training failed".to_string()),
+                    TrainResult::Err => Err(tessera_protocol::member::LocalFailure::new("training failed")),
                     TrainResult::NonFinite => Ok(trained(&base, f32::NAN, 10)),
                     TrainResult::OtherLayout => Ok(tessera_protocol::TrainedUpdate {
                         params: ModelParams::new(vec![ParamTensor::new("x", vec![1], vec![1.0]).unwrap()]),
@@ -233,7 +233,11 @@ pub fn participant(data: &[u8]) {
                 vec![]
             }
             ToMember::Evaluated { round, ok } => {
-                let m = if ok { Ok(metrics(20)) } else { Err("evaluation failed".to_string()) };
+                let m = if ok {
+                    Ok(metrics(20))
+                } else {
+                    Err(tessera_protocol::member::LocalFailure::new("evaluation failed"))
+                };
                 p.evaluation_done(u64::from(round), m);
                 vec![]
             }

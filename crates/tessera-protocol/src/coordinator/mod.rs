@@ -40,7 +40,7 @@ use cohort::select_cohort;
 pub use config::{CoordinatorConfig, Resume, SecureConfig};
 pub use output::{ConfigError, Event, Output, Violation};
 use privacy::PrivacyState;
-pub use privacy::{AdaptiveClipConfig, ClipStep, PrivacyConfig, PrivacyPlan, PrivacyStatus};
+pub use privacy::{AdaptiveClipConfig, CentralNoise, ClipStep, PrivacyConfig, PrivacyPlan, PrivacyStatus};
 pub use robust::RobustRule;
 use round::RoundState;
 pub use round::{Handled, RoundOutcome};
@@ -73,16 +73,19 @@ pub struct Coordinator {
     started_any: bool,
     /// What adaptive clipping learned in the round being finished.
     clip_step: Option<ClipStep>,
+    noise: CentralNoise,
 }
 
 impl Coordinator {
     /// Start a run (or resume one from a checkpoint) with the given global
-    /// model and optimizer state. Fails on a configuration no run can use.
+    /// model and optimizer state. `noise` keys the central DP noise, the
+    /// coordinator's only randomness. Fails on a configuration no run can use.
     pub fn new(
         cfg: CoordinatorConfig,
         global: ModelParams,
         optimizer: Option<ServerOptimizer>,
         resume: Resume,
+        noise: CentralNoise,
     ) -> Result<Self, ConfigError> {
         cfg.cohort.validate().map_err(ConfigError::Cohort)?;
         if let Some(rule) = &cfg.robust {
@@ -120,6 +123,7 @@ impl Coordinator {
             privacy,
             started_any: false,
             clip_step: None,
+            noise,
         })
     }
 
@@ -290,8 +294,8 @@ impl Coordinator {
     ) -> Result<ModelParams, String> {
         if let (Some(p), Some(dp)) = (self.privacy.as_mut(), dp) {
             if dp.noise == NoisePlacement::Central {
-                let noise_seed = derive_seed(self.cfg.seed, self.completed + 1, b"central-noise");
-                p.add_central_noise(&mut delta, contributors, noise_seed, dp)?;
+                let stream = derive_seed(self.cfg.seed, self.completed + 1, b"central-noise");
+                p.add_central_noise(&mut delta, contributors, &self.noise, stream, dp)?;
             }
             if dp.adaptive.is_some() {
                 let at = delta.tensors.iter().position(|t| t.name == UNCLIPPED_TENSOR);

@@ -4,7 +4,7 @@
 //! see `Event::PrivacyReserved`), refuses a round the budget cannot afford,
 //! and, for the `central` placement only, adds the noise to the aggregate.
 
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use tessera_core::ModelParams;
@@ -45,10 +45,6 @@ pub struct PrivacyConfig {
     /// Adaptive clipping (client unit only): `clip_norm` is the initial clip.
     #[serde(default)]
     pub adaptive_clipping: Option<AdaptiveClipConfig>,
-    /// TEST ONLY: derive central noise from the run seed so that runs are
-    /// bit-reproducible. Predictable noise protects nothing.
-    #[serde(default)]
-    pub test_seeded_noise: bool,
 }
 
 /// Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021): the clip
@@ -96,8 +92,6 @@ pub struct PrivacyPlan {
     pub budget: PrivacyBudget,
     /// What one round charges.
     pub spend: GaussianSpend,
-    /// Test only: members derive DP noise from the round seed.
-    pub test_seeded_noise: bool,
     /// Adaptive clipping, when configured.
     pub adaptive: Option<AdaptiveClipConfig>,
 }
@@ -168,9 +162,47 @@ impl PrivacyConfig {
             spend: round_spend(&settings, train),
             settings,
             budget: PrivacyBudget { epsilon: self.epsilon, delta: self.delta },
-            test_seeded_noise: self.test_seeded_noise,
             adaptive: self.adaptive_clipping.clone(),
         })
+    }
+}
+
+/// The secret behind the central DP noise: the coordinator's only random
+/// draw, taken as an input so the state machine stays deterministic. Each
+/// round's noise comes from ChaCha20 keyed by it, on a stream derived from
+/// the round, so a resumed run never repeats a round's noise by accident.
+/// Whoever knows the key can subtract the noise: the daemon draws it from
+/// the OS at start and never stores or logs it; a simulator derives it from
+/// its scenario seed to reproduce a run bit for bit.
+#[derive(Clone)]
+pub struct CentralNoise {
+    key: [u8; 32],
+}
+
+impl CentralNoise {
+    /// A secret key (the daemon's, from the OS).
+    pub fn secret(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+
+    /// A key anyone with `seed` can recompute: reproducible simulations only,
+    /// since predictable noise protects nothing.
+    pub fn reproducible(seed: u64) -> Self {
+        let mut key = [0u8; 32];
+        ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut key);
+        Self { key }
+    }
+
+    fn round_rng(&self, stream: u64) -> ChaCha20Rng {
+        let mut rng = ChaCha20Rng::from_seed(self.key);
+        rng.set_stream(stream);
+        rng
+    }
+}
+
+impl std::fmt::Debug for CentralNoise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CentralNoise(..)")
     }
 }
 
@@ -306,24 +338,17 @@ impl PrivacyState {
         &self,
         mean: &mut ModelParams,
         contributors: usize,
-        seed: u64,
+        noise: &CentralNoise,
+        stream: u64,
         dp: &DpSettings,
     ) -> Result<(), String> {
         // The mean of n clipped vectors has sensitivity C / n.
         let n = contributors.max(1) as f64;
         let m = tessera_privacy::GaussianMechanism::new(dp.noise_multiplier, dp.clip_norm / n, mean.numel())
             .map_err(|e| e.to_string())?;
-        let mut os;
-        let mut seeded;
-        let rng: &mut dyn rand_core::CryptoRngCore = if self.plan.test_seeded_noise {
-            seeded = ChaCha20Rng::seed_from_u64(seed);
-            &mut seeded
-        } else {
-            os = rand::rngs::OsRng;
-            &mut os
-        };
+        let mut rng = noise.round_rng(stream);
         for t in &mut mean.tensors {
-            m.add_to(&mut t.data, rng).map_err(|e| e.to_string())?;
+            m.add_to(&mut t.data, &mut rng).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -361,7 +386,6 @@ mod tests {
             noise_multiplier: None,
             sampling_rate: if unit == PrivacyUnit::Record { Some(0.1) } else { None },
             adaptive_clipping: None,
-            test_seeded_noise: false,
         }
     }
 

@@ -93,7 +93,7 @@ impl Harness {
         }
         Self {
             now: 0,
-            coord: Coordinator::new(cfg, initial(), None, Resume::default()).unwrap(),
+            coord: Coordinator::new(cfg, initial(), None, Resume::default(), CentralNoise::reproducible(7)).unwrap(),
             members,
             dead: BTreeSet::new(),
             kill_before: BTreeMap::new(),
@@ -109,7 +109,7 @@ impl Harness {
 
     fn with_initial(mut self, initial: ModelParams) -> Self {
         let cfg = self.coord.config().clone();
-        self.coord = Coordinator::new(cfg, initial, None, Resume::default()).unwrap();
+        self.coord = Coordinator::new(cfg, initial, None, Resume::default(), CentralNoise::reproducible(7)).unwrap();
         self
     }
 

@@ -2,7 +2,7 @@
 //! carries, the budget stop, the write-ahead order of the charge, and the
 //! member's own budget.
 
-use crate::member::PrivacyGuard;
+use crate::member::{BudgetRefusal, PrivacyGuard};
 use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit};
 use tessera_privacy::{DistributedPlan, GaussianSpend, RdpAccountant};
 
@@ -18,7 +18,6 @@ fn dp_config(unit: PrivacyUnit, noise: Option<NoisePlacement>, z: f64) -> Privac
         noise_multiplier: Some(z),
         sampling_rate: (unit == PrivacyUnit::Record).then_some(0.25),
         adaptive_clipping: None,
-        test_seeded_noise: true,
     }
 }
 
@@ -154,7 +153,7 @@ fn resumed_spend_shortens_the_run() {
     let spend = GaussianSpend { noise_multiplier: 2.0, sampling_rate: 1.0, steps: 1 };
     let resume = Resume { next_round: 100, completed_rounds: 2, spent: vec![spend; 2], clip_norm: None };
     let mut h = Harness::new(4, c.clone());
-    h.coord = Coordinator::new(c, initial(), None, resume).unwrap();
+    h.coord = Coordinator::new(c, initial(), None, resume, CentralNoise::reproducible(7)).unwrap();
     h.connect_all();
     h.run(400);
     assert_eq!(h.finished.len(), fresh - 2);
@@ -187,9 +186,9 @@ struct Stingy {
 }
 
 impl PrivacyGuard for Stingy {
-    fn charge(&mut self, _round: u64, _spend: &GaussianSpend) -> Result<(), String> {
+    fn charge(&mut self, _round: u64, _spend: &GaussianSpend) -> Result<(), BudgetRefusal> {
         if self.left == 0 {
-            return Err("budget spent".into());
+            return Err(BudgetRefusal::Exhausted { epsilon: 1.0, delta: 1e-5, spent_epsilon: 1.0 });
         }
         self.left -= 1;
         Ok(())
@@ -301,5 +300,5 @@ fn poisson_cohorts_vary_in_size_and_are_charged_at_their_rate() {
     // Bad rates are refused up front.
     let mut bad = cfg(3, true);
     bad.cohort = CohortSelection::Poisson { rate: 1.5 };
-    assert!(Coordinator::new(bad, initial(), None, Resume::default()).is_err());
+    assert!(Coordinator::new(bad, initial(), None, Resume::default(), CentralNoise::reproducible(7)).is_err());
 }

@@ -31,7 +31,7 @@ fn robust_rules_combine_unweighted_plaintext_updates() {
 fn robust_rules_are_refused_under_secure_aggregation_or_dp() {
     let mut c = cfg(3, true);
     c.robust = Some(RobustRule::Median);
-    let why = Coordinator::new(c, initial(), None, Resume::default()).err().unwrap();
+    let why = Coordinator::new(c, initial(), None, Resume::default(), CentralNoise::reproducible(7)).err().unwrap();
     assert!(matches!(why, ConfigError::RobustUnderSecureAggregation { .. }), "{why}");
     assert!(why.to_string().contains("secure aggregation"), "{why}");
     let mut c = cfg(3, false);
@@ -45,9 +45,8 @@ fn robust_rules_are_refused_under_secure_aggregation_or_dp() {
         noise_multiplier: None,
         sampling_rate: None,
         adaptive_clipping: None,
-        test_seeded_noise: false,
     });
-    assert!(Coordinator::new(c, initial(), None, Resume::default()).is_err());
+    assert!(Coordinator::new(c, initial(), None, Resume::default(), CentralNoise::reproducible(7)).is_err());
     // Too few updates for Krum's assumption: the round aborts, nothing panics.
     let mut c = cfg(3, false);
     c.rounds = 1;

@@ -12,13 +12,19 @@ use std::collections::VecDeque;
 
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::message::ModelPurpose;
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings, UNCLIPPED_TENSOR};
-use tessera_core::stream::{ModelAssembler, StreamError};
+use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, UNCLIPPED_TENSOR};
+use tessera_core::stream::ModelAssembler;
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, PartyId, RunId};
 use tessera_privacy::{DiscreteGaussian, GaussianSpend};
 use tessera_secagg::update::ValueCoding;
 
 use crate::derive;
+
+mod output;
+mod refusal;
+
+pub use output::{Event, Output};
+pub use refusal::{BudgetRefusal, CohortProblem, LocalFailure, PrivacyRefusal, Refusal, UpdateError};
 
 /// What the member's policy allows, independent of what the aggregator says.
 #[derive(Clone, Debug)]
@@ -73,127 +79,13 @@ impl MemberRng for rand_chacha::ChaCha20Rng {}
 /// participant produces nothing trained from private data until it has.
 pub trait PrivacyGuard: Send {
     /// Charge `spend` for `round`, or say why the budget refuses it.
-    fn charge(&mut self, round: u64, spend: &GaussianSpend) -> Result<(), String>;
+    fn charge(&mut self, round: u64, spend: &GaussianSpend) -> Result<(), BudgetRefusal>;
 }
 
 /// The result of local training the driver hands back (defined in
 /// `tessera-core`, so that the learning crates can return it without
 /// depending on the protocol).
 pub use tessera_core::TrainedUpdate;
-
-/// What the participant asks its driver to do.
-#[derive(Clone, Debug)]
-pub enum Output {
-    /// Record `msg` in the egress ledger, then send it.
-    Send(ClientMsg),
-    /// Train on `model` with `settings` and call `training_done`.
-    Train {
-        /// The round the result belongs to.
-        round: u64,
-        /// The starting point: the global model's trainable tensors.
-        model: ModelParams,
-        /// The round's training settings.
-        settings: TrainSettings,
-        /// Record-level DP: train with DP-SGD under these settings.
-        dp: Option<DpSettings>,
-    },
-    /// Evaluate `model` on the held-out split and call `evaluation_done`.
-    Evaluate {
-        /// The round the report belongs to.
-        round: u64,
-        /// The model to evaluate.
-        model: ModelParams,
-    },
-    /// Log or record this.
-    Event(Event),
-}
-
-/// What happened, for the member's log and egress ledger.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Event {
-    /// The aggregator admitted the member to a run.
-    Welcomed {
-        /// The run.
-        run_id: RunId,
-    },
-    /// The member joined a round.
-    RoundJoined {
-        /// The wire round number.
-        round: u64,
-        /// Members in the round's cohort.
-        cohort_size: usize,
-    },
-    /// The member's whole (masked) update has been handed out.
-    UpdateSent {
-        /// The wire round number.
-        round: u64,
-        /// Values in the uploaded vector.
-        values: u64,
-    },
-    /// The member refused something the aggregator asked; see `Refusal`.
-    Refused {
-        /// The round concerned, if any.
-        round: Option<u64>,
-        /// Why, as the member logs and records it.
-        reason: String,
-    },
-    /// The aggregator closed a round.
-    RoundEnded {
-        /// The wire round number.
-        round: u64,
-        /// Whether the round's aggregate was accepted.
-        accepted: bool,
-        /// The aggregator's reason.
-        reason: String,
-    },
-    /// The aggregator ended the run.
-    Shutdown {
-        /// The aggregator's reason.
-        reason: String,
-    },
-}
-
-/// Why the member refused a message. Each is logged and recorded; the
-/// member does not take part in the affected round.
-#[derive(Debug, thiserror::Error, Clone, PartialEq)]
-pub enum Refusal {
-    /// A round number not above the last one seen: a replay, or a confused aggregator.
-    #[error("round {got} is not newer than round {last} already seen (replay?)")]
-    Replay {
-        /// The round number received.
-        got: u64,
-        /// The last round number seen.
-        last: u64,
-    },
-    /// A message (or a step of one) out of order.
-    #[error("message `{kind}` is not expected now")]
-    Unexpected {
-        /// What arrived.
-        kind: &'static str,
-    },
-    /// A plaintext round, which this member's policy refuses.
-    #[error("round is not securely aggregated and this member requires it")]
-    PlaintextRefused,
-    /// The cohort breaks the member's policy (too small, threshold too low,
-    /// the member misplaced in it).
-    #[error("cohort is unusable: {0}")]
-    BadCohort(String),
-    /// The model stream was malformed, too large or failed its digest.
-    #[error("model stream: {0}")]
-    Model(#[from] StreamError),
-    /// Secure aggregation refused a step (keys, shares, an unmask request).
-    #[error("secure aggregation: {0}")]
-    SecAgg(#[from] tessera_secagg::SecAggError),
-    /// Local training failed or produced an unusable update.
-    #[error("local update: {0}")]
-    Update(String),
-    /// A round message before the run's Welcome.
-    #[error("message before Welcome")]
-    NotWelcomed,
-    /// The round's privacy settings break the member's policy or budget.
-    #[error("differential privacy: {0}")]
-    Privacy(String),
-}
 
 /// State of the round the member is part of.
 struct ActiveRound {
@@ -335,7 +227,7 @@ impl<R: MemberRng> Participant<R> {
                     }
                 };
                 let mut values = vec![0u32; n];
-                encoder.encode(offset, &mut values, &mut self.rng).map_err(|e| Refusal::Update(e.to_string()))?;
+                encoder.encode(offset, &mut values, &mut self.rng).map_err(UpdateError::Encoding)?;
                 if let Some(dg) = noise {
                     // Noise goes on the update values only, not on the weight.
                     let k = (encoder.value_len().saturating_sub(offset) as usize).min(n);
@@ -343,14 +235,14 @@ impl<R: MemberRng> Participant<R> {
                     dg.fill(&mut z, &mut self.rng);
                     let bits = session.context().settings().modulus_bits;
                     tessera_secagg::update::add_ring_noise(&mut values[..k], &z, bits)
-                        .map_err(|e| Refusal::Update(e.to_string()))?;
+                        .map_err(UpdateError::Encoding)?;
                 }
                 session.mask_chunk(offset, &mut values)?;
                 Ok(Some(ClientMsg::MaskedChunk { round, offset, values }))
             }
             UploadBody::Plain { delta, weight } => {
                 let mut values = vec![0f32; n];
-                delta.read_flat(offset as usize, &mut values).map_err(|e| Refusal::Update(e.to_string()))?;
+                delta.read_flat(offset as usize, &mut values).map_err(UpdateError::Params)?;
                 values.iter_mut().for_each(|v| *v *= *weight as f32);
                 Ok(Some(ClientMsg::PlainChunk { round, offset, values }))
             }
@@ -484,10 +376,10 @@ impl<R: MemberRng> Participant<R> {
 
     fn check_cohort(&self, settings: &RoundSettings, cohort: &[String], party: PartyId) -> Result<(), Refusal> {
         if cohort.get(party as usize).is_none_or(|m| m != &self.member) {
-            return Err(Refusal::BadCohort("this member is not at its announced position".into()));
+            return Err(CohortProblem::Misplaced.into());
         }
         if cohort.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Refusal::BadCohort("member list is not sorted and unique".into()));
+            return Err(CohortProblem::NotSortedUnique.into());
         }
         match &settings.secagg {
             None if !self.policy.allow_plaintext => Err(Refusal::PlaintextRefused),
@@ -495,14 +387,11 @@ impl<R: MemberRng> Participant<R> {
             Some(s) => {
                 let n = cohort.len() as u32;
                 if n < self.policy.min_cohort {
-                    return Err(Refusal::BadCohort(format!("{n} members, policy minimum {}", self.policy.min_cohort)));
+                    return Err(CohortProblem::TooSmall { members: n, minimum: self.policy.min_cohort }.into());
                 }
                 let neighbourhood = s.neighbours.map_or(n, |k| (k + 1).min(n));
                 if s.threshold > neighbourhood || s.threshold < tessera_secagg::min_threshold(neighbourhood) {
-                    return Err(Refusal::BadCohort(format!(
-                        "threshold {} is unsafe for a neighbourhood of {neighbourhood}",
-                        s.threshold
-                    )));
+                    return Err(CohortProblem::UnsafeThreshold { threshold: s.threshold, neighbourhood }.into());
                 }
                 Ok(())
             }
@@ -514,26 +403,20 @@ impl<R: MemberRng> Participant<R> {
     /// cannot account for, and charge its own budget before any training.
     fn check_privacy(&mut self, round: u64, settings: &RoundSettings) -> Result<(), Refusal> {
         let Some(dp) = &settings.dp else {
-            return if self.policy.require_dp {
-                Err(Refusal::Privacy("the round is not differentially private and this member requires it".into()))
-            } else {
-                Ok(())
-            };
+            return if self.policy.require_dp { Err(PrivacyRefusal::NotPrivate.into()) } else { Ok(()) };
         };
-        tessera_privacy::plan::validate(dp).map_err(|e| Refusal::Privacy(e.to_string()))?;
+        tessera_privacy::plan::validate(dp).map_err(PrivacyRefusal::Settings)?;
         if dp.noise == NoisePlacement::Central && self.policy.require_dp {
             // Central noise trusts the operator with the exact sum; a member
             // enforcing its own budget does not accept that.
-            return Err(Refusal::Privacy(
-                "central noise trusts the aggregator; this member requires local or distributed noise".into(),
-            ));
+            return Err(PrivacyRefusal::CentralNoise.into());
         }
         if dp.noise == NoisePlacement::Distributed && settings.secagg.is_none() {
-            return Err(Refusal::Privacy("distributed noise without secure aggregation".into()));
+            return Err(PrivacyRefusal::DistributedWithoutSecAgg.into());
         }
         if let Some(g) = self.guard.as_mut() {
             let spend = tessera_privacy::member_spend(dp, &settings.train);
-            g.charge(round, &spend).map_err(Refusal::Privacy)?;
+            g.charge(round, &spend).map_err(PrivacyRefusal::Budget)?;
         }
         Ok(())
     }
@@ -560,9 +443,9 @@ impl<R: MemberRng> Participant<R> {
     }
 
     /// The driver finished local training for `round`.
-    pub fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, String>) {
+    pub fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, LocalFailure>) {
         let outcome = match result {
-            Err(e) => Err(Refusal::Update(e)),
+            Err(e) => Err(UpdateError::Training(e).into()),
             Ok(update) => match self.round.as_mut() {
                 Some(r) if r.round == round => {
                     r.trained = Some(update);
@@ -581,10 +464,10 @@ impl<R: MemberRng> Participant<R> {
     }
 
     /// The driver finished evaluating the model sent for `round`.
-    pub fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, String>) {
+    pub fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>) {
         match metrics {
             Ok(metrics) => self.out.push_back(Output::Send(ClientMsg::EvalReport { round, metrics })),
-            Err(e) => self.out.push_back(Output::Event(Event::Refused { round: Some(round), reason: e })),
+            Err(e) => self.out.push_back(Output::Event(Event::Refused { round: Some(round), reason: e.to_string() })),
         }
     }
 
@@ -597,8 +480,8 @@ impl<R: MemberRng> Participant<R> {
         }
         let trained = r.trained.take().expect("checked above");
         let base = r.base.as_ref().ok_or(Refusal::Unexpected { kind: "update" })?;
-        let mut delta = trained.params.delta_from(base).map_err(|e| Refusal::Update(e.to_string()))?;
-        delta.check_finite().map_err(|e| Refusal::Update(e.to_string()))?;
+        let mut delta = trained.params.delta_from(base).map_err(UpdateError::Params)?;
+        delta.check_finite().map_err(UpdateError::Params)?;
         let mut weight =
             tessera_secagg::update::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
         let round = r.round;
@@ -612,10 +495,10 @@ impl<R: MemberRng> Participant<R> {
             if dp.unit == PrivacyUnit::Client {
                 privatize_update(&mut delta, dp, &mut self.rng)?;
                 let agreed = derive::update_coding(&r.settings, delta.numel() as u64, cohort)
-                    .map_err(|e| Refusal::Privacy(e.to_string()))?;
+                    .map_err(PrivacyRefusal::Settings)?;
                 coding = agreed.coding;
                 if let Some(plan) = agreed.plan {
-                    share = Some(DiscreteGaussian::new(plan.share_sigma).map_err(|e| Refusal::Privacy(e.to_string()))?);
+                    share = Some(DiscreteGaussian::new(plan.share_sigma).map_err(PrivacyRefusal::Settings)?);
                 }
             }
         }
@@ -623,7 +506,7 @@ impl<R: MemberRng> Participant<R> {
             (Some(s), Some(_)) => UploadBody::Masked(
                 Box::new(
                     tessera_secagg::update::UpdateEncoder::with_coding(s, cohort, &delta, weight, coding)
-                        .map_err(|e| Refusal::Update(e.to_string()))?,
+                        .map_err(UpdateError::Encoding)?,
                 ),
                 share,
             ),
@@ -658,9 +541,9 @@ pub trait MemberMachine {
     /// The next thing to send, run or record.
     fn poll_output(&mut self) -> Option<Output>;
     /// Local training for `round` finished.
-    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, String>);
+    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, LocalFailure>);
     /// Local evaluation for `round` finished.
-    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, String>);
+    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>);
 }
 
 impl<R: MemberRng> MemberMachine for Participant<R> {
@@ -676,10 +559,10 @@ impl<R: MemberRng> MemberMachine for Participant<R> {
     fn poll_output(&mut self) -> Option<Output> {
         Participant::poll_output(self)
     }
-    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, String>) {
+    fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, LocalFailure>) {
         Participant::training_done(self, round, result)
     }
-    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, String>) {
+    fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>) {
         Participant::evaluation_done(self, round, metrics)
     }
 }
@@ -695,7 +578,7 @@ fn privatize_update<R: RngCore + CryptoRng>(
     dp: &DpSettings,
     rng: &mut R,
 ) -> Result<(), Refusal> {
-    let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(e.to_string());
+    let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(PrivacyRefusal::Settings(e));
     match &dp.adaptive {
         None => {
             tessera_privacy::clip_params_l2(delta, dp.clip_norm).map_err(privacy)?;
@@ -704,7 +587,7 @@ fn privatize_update<R: RngCore + CryptoRng>(
             let norm = tessera_privacy::clip_params_l2(delta, a.update_clip).map_err(privacy)?;
             let bit = if norm <= a.update_clip { 0.5 } else { -0.5 };
             let t = ParamTensor::new(UNCLIPPED_TENSOR, vec![1], vec![(a.bit_scale * bit) as f32])
-                .map_err(|e| Refusal::Update(e.to_string()))?;
+                .map_err(UpdateError::Params)?;
             delta.tensors.push(t);
         }
     }
