@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tessera_core::round::TrainSettings;
+use tessera_core::TrainSettings;
 use tessera_vision::spec::ModelSection;
 
 use tessera_protocol::StrategyConfig;

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use serde::{Deserialize, Deserializer, Serialize};
-use tessera_core::ModelParams;
-use tessera_core::config::ModelConfig;
+use tessera_core::{ModelConfig, ModelParams};
 
 use crate::{
     AugmentConfig, Augmenter, EfficientNetLite0, Normalization, Preprocess, SmallCnn, TransferModel, VisionError,
