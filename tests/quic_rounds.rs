@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use tessera_aggregator::daemon;
-use tessera_core::codec::{Limits, encode_frame};
-use tessera_core::{ClientMsg, PROTOCOL_VERSION};
+use tessera_core::{ClientMsg, Limits, PROTOCOL_VERSION, encode_frame};
 use tessera_e2e::*;
 use tessera_transport::{QuicDialConfig, TransportError, connect, pki};
 

@@ -36,9 +36,10 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_client::LocalModel;
-use tessera_core::config::{ModelConfig, TrainableConfig};
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
-use tessera_core::{AugmentConfig, BackboneInit, VisionModelConfig};
+use tessera_core::{
+    AugmentConfig, BackboneInit, DpSettings, ModelConfig, NoisePlacement, PrivacyUnit, TrainSettings, TrainableConfig,
+    VisionModelConfig,
+};
 use tessera_learn::ComputeBackend;
 use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::{SplitConfig, TabularData, TabularSpec};

@@ -34,8 +34,7 @@ use tessera_benches::secagg_round::{
     AggregatorTime, Graph, MaskedCache, Point, aggregate, client_bits, fill_input, masking_client, prepare_round,
     size_label,
 };
-use tessera_core::PartyId;
-use tessera_core::codec::Limits;
+use tessera_core::{Limits, PartyId};
 use tessera_secagg::{MaskOp, Quantizer, RoundContext, apply_prg, default_mask_threads};
 
 const SIZES: [u64; 2] = [100_000, 1_000_000];

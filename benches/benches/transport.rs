@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tessera_core::codec::{HEADER_LEN, PROTOCOL_VERSION};
+use tessera_core::{HEADER_LEN, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[global_allocator]

@@ -25,9 +25,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use tessera_benches::secagg_round::{Graph, Point, client_bits, fill_input, prepare_round};
-use tessera_core::codec::Limits;
-use tessera_core::round::SecAggSettings;
-use tessera_core::{ParamLayout, PartyId};
+use tessera_core::{Limits, ParamLayout, PartyId, SecAggSettings};
 
 /// The daemons' allocator (see `tessera-aggregator`'s main.rs).
 #[global_allocator]

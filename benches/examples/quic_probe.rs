@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use tessera_core::codec::{HEADER_LEN, PROTOCOL_VERSION};
+use tessera_core::{HEADER_LEN, PROTOCOL_VERSION};
 use tessera_transport::QuicTuning;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

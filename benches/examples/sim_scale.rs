@@ -19,9 +19,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_aggregator::driver::{DriverOptions, RunObserver, serve};
 use tessera_client::{ClientOptions, EgressLedger, LocalModel};
-use tessera_core::codec::Limits;
-use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{EvalMetrics, ModelParams, ParamTensor, RoundRecord, RunId};
+use tessera_core::{DpSettings, EvalMetrics, Limits, ModelParams, ParamTensor, RoundRecord, RunId, TrainSettings};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{
     CohortSelection, Coordinator, CoordinatorConfig, Resume, RoundOutcome, SecureConfig,

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::round::SecAggSettings;
-use tessera_core::{PartyId, RunId};
+use tessera_core::{PartyId, RunId, SecAggSettings};
 use tessera_secagg::{ClientSession, NeighbourGraph, RoundContext, ServerSession, default_threshold, min_threshold};
 
 /// Ring width of the benches: the widest the protocol allows, as a deployment would use.

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use tessera_client::LocalModel;
-use tessera_core::codec::{Limits, encode_frame};
-use tessera_core::{AggregatorMsg, ClientMsg};
+use tessera_core::{AggregatorMsg, ClientMsg, Limits, encode_frame};
 use tessera_protocol::member::{LocalFailure, Output};
 use tessera_protocol::{Participant, Policy};
 use tessera_transport::{QuicDialConfig, TransportError, connect};

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::codec::{Limits, encode_frame};
-use tessera_core::message::{EncryptedShare, ModelPurpose, PublicKeys};
-use tessera_core::round::{RoundSettings, SecAggSettings, TrainSettings};
-use tessera_core::stream::model_messages;
-use tessera_core::{AggregatorMsg, ClientMsg, ModelParams, PartyId, RunId};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, EncryptedShare, Limits, ModelParams, ModelPurpose, PartyId, PublicKeys, RoundSettings,
+    RunId, SecAggSettings, TrainSettings, encode_frame, model_messages,
+};
 use tessera_transport::{AdmitAll, FrameReceiver, FrameSender, Listener, QuicListenerConfig};
 
 /// The listening side; accept one member at a time.

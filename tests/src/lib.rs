@@ -10,7 +10,7 @@ use tessera_client::config::{
     AggregatorSection, BackendChoice, ClientConfig, DataConfig, DataSection, ModelSection, StateSection,
 };
 use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
-use tessera_core::config::{ModelConfig, TrainableConfig};
+use tessera_core::{ModelConfig, TrainableConfig};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, SecureConfig};
 use tessera_tabular::TabularModel;
@@ -174,8 +174,8 @@ impl<M: LocalModel> LocalModel for GatedModel<M> {
     fn train(
         &mut self,
         model: &tessera_core::ModelParams,
-        settings: &tessera_core::round::TrainSettings,
-        dp: Option<&tessera_core::round::DpSettings>,
+        settings: &tessera_core::TrainSettings,
+        dp: Option<&tessera_core::DpSettings>,
     ) -> Result<tessera_protocol::TrainedUpdate, tessera_learn::LocalError> {
         self.gate.recv().map_err(|_| tessera_learn::LocalError::Unsupported("training stopped".into()))?;
         self.inner.train(model, settings, dp)

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tessera_core::codec::{HEADER_LEN, PROTOCOL_VERSION};
+use tessera_core::{HEADER_LEN, PROTOCOL_VERSION};
 use tessera_transport::{AdmitAll, FrameReceiver, FrameSender, QuicDialConfig, QuicListenerConfig};
 
 /// Frames as (member, bytes), in the order each member sent them.

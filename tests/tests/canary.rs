@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tessera_aggregator::daemon;
-use tessera_core::ClientMsg;
-use tessera_core::codec::{HEADER_LEN, Limits, decode_payload, encode_frame};
+use tessera_core::{ClientMsg, HEADER_LEN, Limits, decode_payload, encode_frame};
 use tessera_e2e::log_capture::{capture_logs, captured_logs};
 use tessera_e2e::tap::start_tap;
 use tessera_e2e::*;

@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tessera_aggregator::daemon;
-use tessera_core::codec::{HEADER_LEN, Limits, PROTOCOL_VERSION, encode_frame};
-use tessera_core::{ClientMsg, PROTOCOL_VERSION as V};
+use tessera_core::{ClientMsg, HEADER_LEN, Limits, PROTOCOL_VERSION, PROTOCOL_VERSION as V, encode_frame};
 use tessera_e2e::proc_stats::{MIB, open_fds, peak_growth_since, reset_peak_rss, rss_bytes};
 use tessera_e2e::raw_quic::raw_connect;
 use tessera_e2e::*;

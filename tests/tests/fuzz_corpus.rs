@@ -145,11 +145,10 @@ replay_tests!(
 #[test]
 #[ignore = "writes into fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
-    use tessera_core::codec::{Limits, encode_frame, to_bytes};
-    use tessera_core::message::{EncryptedShare, ModelPurpose, PublicKeys, ShareReveal};
-    use tessera_core::params::ParamLayout;
-    use tessera_core::round::{RoundSettings, SecAggSettings, TrainSettings};
-    use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, RunId};
+    use tessera_core::{
+        AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, Limits, ModelPurpose, ParamLayout, PublicKeys,
+        RoundSettings, RunId, SecAggSettings, ShareReveal, TrainSettings, encode_frame, to_bytes,
+    };
 
     let write = |target: &str, name: &str, bytes: &[u8]| {
         let dir = fuzz_dir().join("corpus").join(target);

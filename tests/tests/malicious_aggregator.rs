@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use tessera_client::egress::EgressEntry;
 use tessera_client::{ClientExit, EgressLedger};
-use tessera_core::message::ModelPurpose;
-use tessera_core::params::ParamLayout;
-use tessera_core::{AggregatorMsg, ClientMsg, ModelParams, RunId};
+use tessera_core::{AggregatorMsg, ClientMsg, ModelParams, ModelPurpose, ParamLayout, RunId};
 use tessera_e2e::fake_aggregator::{FakeAggregator, FakePeers, MemberLink, secure_settings};
 use tessera_e2e::log_capture::{capture_logs, captured_logs};
 use tessera_e2e::*;

@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tessera_core::ModelSection;
-use tessera_core::round::TrainSettings;
+use tessera_core::{ModelSection, TrainSettings};
 
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};

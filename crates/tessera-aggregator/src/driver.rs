@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::codec::{self, Limits};
-use tessera_core::stream::model_messages;
-use tessera_core::{AggregatorMsg, ClientMsg, RoundRecord};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, HEADER_LEN, Limits, RoundRecord, encode_frame, frame_len, model_messages,
+};
 use tessera_privacy::GaussianSpend;
 use tessera_transport::{FrameReceiver, FrameSender, Listener, close_code};
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +23,7 @@ use crate::store::StoreError;
 /// Commands for one connection's writer task.
 enum WriterCmd {
     Msg(AggregatorMsg),
-    Model(u64, tessera_core::message::ModelPurpose, Arc<tessera_core::ModelParams>),
+    Model(u64, tessera_core::ModelPurpose, Arc<tessera_core::ModelParams>),
     Close(String),
 }
 
@@ -198,14 +198,14 @@ impl Driver<'_> {
                     if self.connections.has(&to)
                         && let Some(round) = msg.round()
                     {
-                        self.traffic.down(round, codec::frame_len(&msg).unwrap_or(0) as u64);
+                        self.traffic.down(round, frame_len(&msg).unwrap_or(0) as u64);
                     }
                     self.connections.send(&to, WriterCmd::Msg(msg))
                 }
                 Output::SendModel { to, round, purpose, model } => {
                     if self.connections.has(&to) {
                         let len: usize = model_messages(round, purpose, &model, self.limits.chunk_values)
-                            .map(|m| codec::frame_len(&m).unwrap_or(0))
+                            .map(|m| frame_len(&m).unwrap_or(0))
                             .sum();
                         self.traffic.down(round, len as u64);
                     }
@@ -433,7 +433,7 @@ fn spawn_connection(
                 Ok(Some(payload)) => match payload.decode::<ClientMsg>() {
                     Ok(msg) => {
                         let (ack, acked) = oneshot::channel();
-                        let bytes = (payload.len() + codec::HEADER_LEN) as u64;
+                        let bytes = (payload.len() + HEADER_LEN) as u64;
                         if events.send(CoreEvent::Message { member: member.clone(), conn, msg, bytes, ack }).is_err() {
                             break None;
                         }
@@ -454,6 +454,6 @@ fn spawn_connection(
 }
 
 async fn write(tx: &mut FrameSender, msg: &AggregatorMsg, limits: &Limits) -> Result<(), String> {
-    let frame = codec::encode_frame(msg, limits).map_err(|e| e.to_string())?;
+    let frame = encode_frame(msg, limits).map_err(|e| e.to_string())?;
     tx.send(frame).await.map_err(|e| e.to_string())
 }

@@ -18,9 +18,7 @@ use std::path::Path;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use tessera_core::ModelParams;
-use tessera_core::ModelSection;
-use tessera_core::config::{ModelConfig, TrainableConfig};
+use tessera_core::{ModelConfig, ModelParams, ModelSection, TrainableConfig};
 use tessera_learn::DEFAULT_BACKEND;
 use tessera_tabular::model::Field;
 use tessera_tabular::{TabularMlp, load_backbone};

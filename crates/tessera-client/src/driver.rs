@@ -6,8 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tessera_core::codec::{self, Limits};
-use tessera_core::{AggregatorMsg, EvalMetrics};
+use tessera_core::{AggregatorMsg, CodecError, EvalMetrics, Limits, encode_frame};
 use tessera_learn::LocalModel;
 use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, connect_with_backoff};
 use tokio::sync::{Semaphore, mpsc};
@@ -47,7 +46,7 @@ pub enum ClientError {
     #[error("egress ledger: {0}")]
     Egress(#[from] EgressError),
     #[error("could not encode an outgoing message: {0}")]
-    Encode(#[from] codec::CodecError),
+    Encode(#[from] CodecError),
 }
 
 /// How the member's run ended.
@@ -155,7 +154,7 @@ impl<M: LocalModel> Member<'_, M> {
         while let Some(out) = participant.poll_output() {
             match out {
                 Output::Send(msg) => {
-                    let frame = codec::encode_frame(&msg, &self.opts.limits).map_err(ClientError::from)?;
+                    let frame = encode_frame(&msg, &self.opts.limits).map_err(ClientError::from)?;
                     self.egress.record(msg.round(), msg.kind().as_str(), &frame).map_err(ClientError::from)?;
                     tx.send(frame).await.map_err(|e| Stop::Lost(e.to_string()))?;
                 }

@@ -26,12 +26,14 @@ pub const HEADER_LEN: usize = 5;
 /// Hard ceiling compiled into the bincode config; `Limits` may only be lower.
 const BINCODE_LIMIT: usize = 256 << 20;
 
-/// Size limits, agreed by configuration on both sides.
+/// Size limits, agreed by configuration on both sides. Defaults: 8 MiB
+/// frames and chunks of 2^20 values (4 MiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest payload accepted in one frame.
+    /// Largest payload accepted in one frame, in bytes (header excluded).
     pub max_frame_bytes: usize,
-    /// Values per chunk when a vector is streamed.
+    /// Values per chunk when a vector is streamed. Values take 4 bytes on
+    /// the wire, so `4 * chunk_values` must stay below `max_frame_bytes`.
     pub chunk_values: usize,
 }
 
@@ -42,18 +44,43 @@ impl Default for Limits {
     }
 }
 
+/// Why bytes could not become a message, or a message bytes. A decoding
+/// error ends the stream: after one, a [`FrameDecoder`] cannot resynchronise.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum CodecError {
+    /// The frame's version byte is not [`PROTOCOL_VERSION`]: the peer runs an
+    /// incompatible build.
     #[error("unknown protocol version {found} (this build speaks {expected})")]
-    UnknownVersion { found: u8, expected: u8 },
+    UnknownVersion {
+        /// Version byte the frame carried.
+        found: u8,
+        /// [`PROTOCOL_VERSION`] of this build.
+        expected: u8,
+    },
+    /// The payload (as a header announced it, or as encoded) is larger than
+    /// [`Limits::max_frame_bytes`].
     #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
-    Oversize { len: usize, limit: usize },
+    Oversize {
+        /// Payload length in bytes.
+        len: usize,
+        /// The limit it exceeds, in bytes.
+        limit: usize,
+    },
+    /// The stream ended with part of a frame buffered.
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// Bytes left in the buffer, header included.
+        buffered: usize,
+    },
+    /// The payload is not a valid encoding of the expected message; carries
+    /// bincode's description.
     #[error("frame payload could not be decoded: {0}")]
     Undecodable(String),
+    /// A message decoded but bytes were left over (count given): a frame
+    /// holds exactly one message.
     #[error("frame payload has {0} trailing bytes")]
     TrailingBytes(usize),
+    /// The value could not be serialised; carries bincode's description.
     #[error("message could not be encoded: {0}")]
     Unencodable(String),
 }
@@ -96,15 +123,11 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecErr
     Ok(msg)
 }
 
-/// Encode a value with the wire encoding but no frame header; used for
-/// things that are hashed or stored (audit entries, checkpoints).
+/// Encode a value with the wire encoding but no frame header: the payload
+/// a frame would carry, which [`decode_payload`] reads back (the fuzz
+/// corpus is written this way).
 pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Unencodable(e.to_string()))
-}
-
-/// Inverse of [`to_bytes`].
-pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    decode_payload(bytes)
 }
 
 /// Incremental frame decoder. Buffers at most one frame.
@@ -116,6 +139,7 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// An empty decoder that refuses any frame larger than `limits` allows.
     pub fn new(limits: Limits) -> Self {
         Self { limits, buf: Vec::new(), failed: None }
     }
@@ -165,7 +189,8 @@ impl FrameDecoder {
         Ok(Some(frame))
     }
 
-    /// Next complete message.
+    /// Next complete message, decoded as `T`; `Ok(None)` if more bytes are
+    /// needed. A payload that does not decode fails the decoder too.
     pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
         match self.next_payload()? {
             None => Ok(None),

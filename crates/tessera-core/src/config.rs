@@ -12,11 +12,19 @@ pub enum TrainableConfig {
     /// Only the head; the backbone is a frozen feature extractor.
     HeadOnly,
     /// The head plus the last `layers` backbone layers.
-    LastLayers { layers: usize },
+    LastLayers {
+        /// Backbone layers, counted back from the head, that train too.
+        layers: usize,
+    },
     /// Every tensor (no frozen backbone).
     All,
     /// Low-rank adapters on the backbone's linear layers, plus the head.
-    Lora { rank: usize, alpha: f32 },
+    Lora {
+        /// Rank r of each adapter's two factors.
+        rank: usize,
+        /// Scale of the adapter's output is `alpha / rank`.
+        alpha: f32,
+    },
 }
 
 /// The model every party builds.
@@ -28,10 +36,12 @@ pub struct ModelConfig {
     pub hidden: Vec<usize>,
     /// Input features after preprocessing (one-hot columns included).
     pub num_features: usize,
+    /// Output classes of the classifier.
     pub num_classes: usize,
+    /// What trains and is exchanged; default [`TrainableConfig::All`].
     #[serde(default = "default_trainable")]
     pub trainable: TrainableConfig,
-    /// Seed of the initial weights (all parties must share it).
+    /// Seed of the initial weights (all parties must share it); default 1.
     #[serde(default = "default_init_seed")]
     pub init_seed: u64,
     /// Pretrained backbone (safetensors), for transfer learning.

@@ -1,20 +1,13 @@
 //! Classification metrics from predicted class probabilities: the one
 //! implementation every model (tabular and image) reports through, since the
 //! aggregator averages these numbers across members. Pure functions on
-//! plain slices, so they are easy to check by hand.
-//!
-//! Conventions: AUC is the exact rank statistic (Mann-Whitney U) with ties
-//! counted as one half; for more than two classes it is the macro average of
-//! one-vs-rest AUCs over the classes that have both positives and negatives.
-//! When no class qualifies (a single-class split) AUC is reported as 0.5,
-//! chance level, so aggregates stay finite. Balanced accuracy averages recall
-//! over classes present in the labels; macro F1 averages over classes present
-//! in the labels or the predictions.
+//! plain slices, so they are easy to check by hand; [`eval_metrics`] is the
+//! one entry point and states the conventions.
 
 use crate::EvalMetrics;
 
 /// Binary ROC AUC of `scores` against `positive`; `None` without both classes.
-pub fn roc_auc_binary(scores: &[f64], positive: &[bool]) -> Option<f64> {
+fn roc_auc_binary(scores: &[f64], positive: &[bool]) -> Option<f64> {
     let n_pos = positive.iter().filter(|&&p| p).count();
     let n_neg = positive.len() - n_pos;
     if n_pos == 0 || n_neg == 0 {
@@ -39,7 +32,7 @@ pub fn roc_auc_binary(scores: &[f64], positive: &[bool]) -> Option<f64> {
 }
 
 /// One-vs-rest macro AUC from row-major `probs` (`labels.len() x num_classes`).
-pub fn roc_auc(probs: &[f32], labels: &[u32], num_classes: usize) -> f64 {
+fn roc_auc(probs: &[f32], labels: &[u32], num_classes: usize) -> f64 {
     let scores_of = |c: usize| -> Vec<f64> { probs.chunks(num_classes).map(|r| r[c] as f64).collect() };
     if num_classes == 2 {
         let pos: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
@@ -55,7 +48,7 @@ pub fn roc_auc(probs: &[f32], labels: &[u32], num_classes: usize) -> f64 {
 }
 
 /// Row = true class, column = predicted class.
-pub fn confusion_matrix(predicted: &[u32], labels: &[u32], num_classes: usize) -> Vec<Vec<u64>> {
+fn confusion_matrix(predicted: &[u32], labels: &[u32], num_classes: usize) -> Vec<Vec<u64>> {
     let mut m = vec![vec![0u64; num_classes]; num_classes];
     for (&p, &t) in predicted.iter().zip(labels) {
         m[t as usize][p as usize] += 1;
@@ -63,13 +56,13 @@ pub fn confusion_matrix(predicted: &[u32], labels: &[u32], num_classes: usize) -
     m
 }
 
-pub fn accuracy(confusion: &[Vec<u64>]) -> f64 {
+fn accuracy(confusion: &[Vec<u64>]) -> f64 {
     let total: u64 = confusion.iter().flatten().sum();
     let correct: u64 = (0..confusion.len()).map(|i| confusion[i][i]).sum();
     if total == 0 { 0.0 } else { correct as f64 / total as f64 }
 }
 
-pub fn balanced_accuracy(confusion: &[Vec<u64>]) -> f64 {
+fn balanced_accuracy(confusion: &[Vec<u64>]) -> f64 {
     let recalls: Vec<f64> = confusion
         .iter()
         .enumerate()
@@ -81,7 +74,7 @@ pub fn balanced_accuracy(confusion: &[Vec<u64>]) -> f64 {
     if recalls.is_empty() { 0.0 } else { recalls.iter().sum::<f64>() / recalls.len() as f64 }
 }
 
-pub fn macro_f1(confusion: &[Vec<u64>]) -> f64 {
+fn macro_f1(confusion: &[Vec<u64>]) -> f64 {
     let k = confusion.len();
     let f1s: Vec<f64> = (0..k)
         .filter_map(|c| {
@@ -98,7 +91,7 @@ pub fn macro_f1(confusion: &[Vec<u64>]) -> f64 {
 }
 
 /// Index of the largest probability per row; ties go to the lower class.
-pub fn argmax_rows(probs: &[f32], num_classes: usize) -> Vec<u32> {
+fn argmax_rows(probs: &[f32], num_classes: usize) -> Vec<u32> {
     probs
         .chunks(num_classes)
         .map(|r| {
@@ -113,7 +106,18 @@ pub fn argmax_rows(probs: &[f32], num_classes: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Fill [`EvalMetrics`] from probabilities, labels and an already computed mean loss.
+/// Fill [`EvalMetrics`] from probabilities, labels and an already computed
+/// mean loss. `probs` is row-major, `labels.len() x num_classes`; labels are
+/// class indices below `num_classes`. The predicted class is the most
+/// probable one (ties go to the lower class).
+///
+/// Conventions: AUC is the exact rank statistic (Mann-Whitney U) with ties
+/// counted as one half; for more than two classes it is the macro average of
+/// one-vs-rest AUCs over the classes that have both positives and negatives.
+/// When no class qualifies (a single-class split) AUC is reported as 0.5,
+/// chance level, so aggregates stay finite. Balanced accuracy averages recall
+/// over classes present in the labels; macro F1 averages over classes present
+/// in the labels or the predictions.
 pub fn eval_metrics(probs: &[f32], labels: &[u32], num_classes: usize, mean_loss: f64) -> EvalMetrics {
     let predicted = argmax_rows(probs, num_classes);
     let confusion = confusion_matrix(&predicted, labels, num_classes);

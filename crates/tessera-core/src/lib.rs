@@ -4,27 +4,63 @@
 //!
 //! It owns the wire format and nothing else: no sockets, no clocks, no
 //! cryptography, no training. Everything here is deterministic and safe to
-//! feed hostile bytes: decoding returns a typed [`codec::CodecError`], never
-//! panics. bincode is an implementation detail of [`codec`]; no other crate
+//! feed hostile bytes: decoding returns a typed [`CodecError`], never
+//! panics. bincode is an implementation detail of the codec; no other crate
 //! names it, so the format can be swapped without touching callers.
+//!
+//! # Contents
+//!
+//! - **Parameters**: [`ModelParams`], the trainable tensors ([`ParamTensor`])
+//!   of a model in a fixed order, and their [`ParamLayout`] (names and
+//!   shapes, no values), which both sides agree on before values move.
+//! - **Messages**: [`AggregatorMsg`] and [`ClientMsg`], every message of a
+//!   round, with the secure-aggregation payloads they carry ([`PublicKeys`],
+//!   [`EncryptedShare`], [`ShareReveal`]) and their kinds as logs and the
+//!   egress ledger name them ([`AggregatorMsgKind`], [`ClientMsgKind`]).
+//! - **Codec**: frames of `[version][u32 length][bincode payload]`
+//!   ([`encode_frame`], [`FrameDecoder`], a received [`Payload`]) bounded by
+//!   [`Limits`], and [`chunk_ranges`] for vectors larger than a frame.
+//! - **Streaming**: [`model_messages`] sends a model as bounded chunks and
+//!   [`ModelAssembler`] rebuilds it in place, checking order and digest.
+//! - **Round settings**: [`RoundSettings`] (training, secure aggregation,
+//!   differential privacy), what a member is told when a round starts.
+//! - **Configuration**: the `[model]` section every party builds from, as
+//!   plain data ([`ModelSection`]: the tabular [`ModelConfig`] or an image
+//!   [`VisionModelConfig`]).
+//! - **Results**: a member's [`TrainedUpdate`], its [`EvalMetrics`] (computed
+//!   once for every model by [`eval_metrics`]), and the aggregator's
+//!   per-round [`RoundRecord`].
 
-pub mod codec;
-pub mod config;
-pub mod evaluate;
-pub mod message;
-pub mod metrics;
+#![warn(missing_docs)]
+
+mod codec;
+mod config;
+mod evaluate;
+mod message;
+mod metrics;
 mod model;
-pub mod params;
-pub mod round;
-pub mod stream;
-pub mod update;
+mod params;
+mod round;
+mod stream;
+mod update;
 
-pub use codec::{CodecError, FrameDecoder, Limits, PROTOCOL_VERSION, Payload};
-pub use message::{AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind};
+pub use codec::{
+    CodecError, FrameDecoder, HEADER_LEN, Limits, PROTOCOL_VERSION, Payload, chunk_ranges, decode_payload,
+    encode_frame, frame_len, to_bytes,
+};
+pub use config::{ModelConfig, TrainableConfig};
+pub use evaluate::eval_metrics;
+pub use message::{
+    AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose, PublicKeys, ShareReveal,
+};
 pub use metrics::{EvalMetrics, RoundRecord};
 pub use model::{AugmentConfig, BackboneInit, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig};
 pub use params::{ModelParams, ParamLayout, ParamTensor, ParamsError};
-pub use round::{RoundSettings, RunId};
+pub use round::{
+    AdaptiveClipSettings, DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, RunId, SecAggSettings, TrainSettings,
+    UNCLIPPED_TENSOR,
+};
+pub use stream::{ModelAssembler, StreamError, model_messages};
 pub use update::TrainedUpdate;
 
 /// Position of a member within one round's cohort. Cohort lists are sorted,

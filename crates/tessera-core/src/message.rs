@@ -24,8 +24,11 @@ pub struct PublicKeys {
 /// a key only the two of them can derive. The aggregator relays it blind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncryptedShare {
+    /// The member that dealt the shares.
     pub from: PartyId,
+    /// The member that holds them.
     pub to: PartyId,
+    /// AES-256-GCM ciphertext of the share bundle; opaque to the aggregator.
     pub ciphertext: Vec<u8>,
 }
 
@@ -34,9 +37,19 @@ pub struct EncryptedShare {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShareReveal {
     /// The peer survived: its self-mask seed share.
-    SelfMask { peer: PartyId, share: Vec<u8> },
+    SelfMask {
+        /// The peer the share belongs to.
+        peer: PartyId,
+        /// This member's Shamir share of the peer's self-mask seed.
+        share: Vec<u8>,
+    },
     /// The peer dropped: its mask secret-key share.
-    MaskKey { peer: PartyId, share: Vec<u8> },
+    MaskKey {
+        /// The peer the share belongs to.
+        peer: PartyId,
+        /// This member's Shamir share of the peer's mask secret key.
+        share: Vec<u8>,
+    },
 }
 
 /// Why a model is being sent.
@@ -53,57 +66,83 @@ pub enum ModelPurpose {
 pub enum AggregatorMsg {
     /// Sent once after the TLS handshake admitted the member.
     Welcome {
+        /// The run the member joined.
         run_id: RunId,
+        /// The name the member was admitted under (from its certificate).
         member: String,
     },
     /// Selects the member into a round's cohort. `cohort` is the sorted list
     /// of member names; the member's `PartyId` is its index in it.
     RoundStart {
+        /// The round number; must exceed every round the member saw before.
         round: u64,
+        /// How to train, mask and privatize this round's update.
         settings: RoundSettings,
+        /// Names of the members selected, sorted.
         cohort: Vec<String>,
+        /// This member's index in `cohort`.
         party: PartyId,
     },
     /// Header of a streamed model; `ModelChunk`s follow, then `ModelEnd`.
     ModelStart {
+        /// The round the model belongs to.
         round: u64,
+        /// Whether to train on it or evaluate it.
         purpose: ModelPurpose,
+        /// Names and shapes of the tensors that follow.
         layout: ParamLayout,
     },
+    /// A run of consecutive model values.
     ModelChunk {
+        /// The round the model belongs to.
         round: u64,
+        /// Index of the first value in the flat model, in values.
         offset: u64,
+        /// At most [`Limits::chunk_values`](crate::Limits) values.
         values: Vec<f32>,
     },
-    /// `digest` is the SHA-256 of the model (see `ModelParams::digest`).
+    /// The model is complete.
     ModelEnd {
+        /// The round the model belongs to.
         round: u64,
+        /// SHA-256 of the model (see [`ModelParams::digest`](crate::ModelParams::digest)).
         digest: [u8; 32],
     },
     /// SecAgg step 1 result: the public keys of this member's neighbours.
     CohortKeys {
+        /// The round.
         round: u64,
+        /// Each neighbour's party index and advertised keys.
         keys: Vec<(PartyId, PublicKeys)>,
     },
     /// SecAgg step 2 result: the share ciphertexts addressed to this member.
     ForwardShares {
+        /// The round.
         round: u64,
+        /// Every share bundle whose `to` is this member.
         shares: Vec<EncryptedShare>,
     },
     /// SecAgg step 4: which neighbours sent masked input and which dropped.
     UnmaskRequest {
+        /// The round.
         round: u64,
+        /// Neighbours whose masked input arrived.
         survivors: Vec<PartyId>,
+        /// Neighbours that dropped before their masked input arrived.
         dropped: Vec<PartyId>,
     },
     /// The round ended; `accepted` says whether an aggregate was produced.
     RoundEnd {
+        /// The round.
         round: u64,
+        /// Whether an aggregate was produced.
         accepted: bool,
+        /// Why, for the member's log.
         reason: String,
     },
     /// The run is over (rounds done or budget spent); the client may exit.
     Shutdown {
+        /// Why, for the member's log.
         reason: String,
     },
 }
@@ -114,60 +153,91 @@ pub enum ClientMsg {
     /// First message on a connection. The member's identity comes from its
     /// certificate, never from this message; `member` is only cross-checked.
     Hello {
+        /// The name the member believes it has.
         member: String,
+        /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) of the member's build.
         protocol_version: u8,
     },
-    /// SecAgg step 1.
+    /// SecAgg step 1: this member's public keys for the round.
     AdvertiseKeys {
+        /// The round.
         round: u64,
+        /// Fresh keys for this round only.
         keys: PublicKeys,
     },
-    /// SecAgg step 2.
+    /// SecAgg step 2: the member's shares, one bundle per neighbour.
     ShareKeys {
+        /// The round.
         round: u64,
+        /// One bundle per neighbour, for the aggregator to forward.
         shares: Vec<EncryptedShare>,
     },
     /// SecAgg step 3 header: `len` ring elements follow in chunks.
     MaskedStart {
+        /// The round.
         round: u64,
+        /// Length of the masked vector, in ring elements.
         len: u64,
     },
+    /// A run of consecutive masked values.
     MaskedChunk {
+        /// The round.
         round: u64,
+        /// Index of the first element in the masked vector.
         offset: u64,
+        /// Masked elements of Z_{2^k}, k =
+        /// [`SecAggSettings::modulus_bits`](crate::SecAggSettings::modulus_bits).
         values: Vec<u32>,
     },
+    /// The masked vector is complete.
     MaskedEnd {
+        /// The round.
         round: u64,
     },
-    /// SecAgg step 4.
+    /// SecAgg step 4: the secrets that let the aggregator unmask the sum.
     UnmaskShares {
+        /// The round.
         round: u64,
+        /// One reveal per neighbour named in the `UnmaskRequest`.
         reveals: Vec<ShareReveal>,
     },
     /// Research-only plaintext update (simulator `insecure_plaintext`).
     PlainStart {
+        /// The round.
         round: u64,
+        /// Length of the update, in values.
         len: u64,
+        /// The member's FedAvg weight; the values that follow are already
+        /// multiplied by it.
         weight: f64,
     },
+    /// A run of consecutive plaintext update values.
     PlainChunk {
+        /// The round.
         round: u64,
+        /// Index of the first value in the update.
         offset: u64,
+        /// Weighted update values.
         values: Vec<f32>,
     },
+    /// The plaintext update is complete.
     PlainEnd {
+        /// The round.
         round: u64,
     },
     /// Metrics on the member's own held-out split, for `ModelPurpose::Evaluate`.
     EvalReport {
+        /// The round whose model was evaluated.
         round: u64,
+        /// Aggregates only, never a per-example value.
         metrics: EvalMetrics,
     },
     /// The member will not take part in this round (e.g. its own privacy
     /// budget is spent, or the aggregator asked for something it refuses).
     Decline {
+        /// The round declined.
         round: u64,
+        /// Why, for the aggregator's log.
         reason: String,
     },
 }
@@ -176,17 +246,29 @@ pub enum ClientMsg {
 /// dropout model name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClientMsgKind {
+    /// [`ClientMsg::Hello`].
     Hello,
+    /// [`ClientMsg::AdvertiseKeys`].
     AdvertiseKeys,
+    /// [`ClientMsg::ShareKeys`].
     ShareKeys,
+    /// [`ClientMsg::MaskedStart`].
     MaskedStart,
+    /// [`ClientMsg::MaskedChunk`].
     MaskedChunk,
+    /// [`ClientMsg::MaskedEnd`].
     MaskedEnd,
+    /// [`ClientMsg::UnmaskShares`].
     UnmaskShares,
+    /// [`ClientMsg::PlainStart`].
     PlainStart,
+    /// [`ClientMsg::PlainChunk`].
     PlainChunk,
+    /// [`ClientMsg::PlainEnd`].
     PlainEnd,
+    /// [`ClientMsg::EvalReport`].
     EvalReport,
+    /// [`ClientMsg::Decline`].
     Decline,
 }
 
@@ -256,15 +338,25 @@ impl ClientMsg {
 /// The kind of an aggregator's message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AggregatorMsgKind {
+    /// [`AggregatorMsg::Welcome`].
     Welcome,
+    /// [`AggregatorMsg::RoundStart`].
     RoundStart,
+    /// [`AggregatorMsg::ModelStart`].
     ModelStart,
+    /// [`AggregatorMsg::ModelChunk`].
     ModelChunk,
+    /// [`AggregatorMsg::ModelEnd`].
     ModelEnd,
+    /// [`AggregatorMsg::CohortKeys`].
     CohortKeys,
+    /// [`AggregatorMsg::ForwardShares`].
     ForwardShares,
+    /// [`AggregatorMsg::UnmaskRequest`].
     UnmaskRequest,
+    /// [`AggregatorMsg::RoundEnd`].
     RoundEnd,
+    /// [`AggregatorMsg::Shutdown`].
     Shutdown,
 }
 

@@ -7,9 +7,13 @@ use serde::{Deserialize, Serialize};
 /// Metrics of one model on one member's held-out split.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
+    /// Held-out examples evaluated; the weight in [`Self::weighted_mean`].
     pub num_examples: u64,
+    /// Mean loss per held-out example, as the model computes it.
     pub loss: f64,
+    /// Fraction of examples classified correctly, in [0, 1].
     pub accuracy: f64,
+    /// Mean recall over the classes present in the labels, in [0, 1].
     pub balanced_accuracy: f64,
     /// ROC AUC (one-vs-rest macro average for more than two classes).
     pub auc: f64,
@@ -55,6 +59,7 @@ impl EvalMetrics {
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
+    /// The round number, as on the wire.
     pub round: u64,
     /// Members whose contribution is in the aggregate.
     pub participants: u32,
@@ -62,10 +67,16 @@ pub struct RoundRecord {
     pub dropped: u32,
     /// Whether an aggregate was produced (false: aborted below threshold).
     pub accepted: bool,
+    /// The new global model's [`EvalMetrics::loss`] over the evaluating
+    /// members, example-weighted (0 when the round was aborted).
     pub loss: f64,
+    /// Example-weighted [`EvalMetrics::accuracy`], as `loss`.
     pub accuracy: f64,
+    /// Example-weighted [`EvalMetrics::balanced_accuracy`], as `loss`.
     pub balanced_accuracy: f64,
+    /// Example-weighted [`EvalMetrics::auc`], as `loss`.
     pub auc: f64,
+    /// Example-weighted [`EvalMetrics::f1`], as `loss`.
     pub f1: f64,
     /// Frame bytes (header included) of this round's messages from members,
     /// counted from the messages, so independent of transport and timing;
@@ -73,17 +84,24 @@ pub struct RoundRecord {
     pub bytes_up: u64,
     /// Frame bytes of this round's messages to members, counted the same way.
     pub bytes_down: u64,
+    /// Duration of the round in seconds, start to end (the simulator's
+    /// modelled duration in a simulation).
     pub seconds: f64,
+    /// Cumulative epsilon spent once this round is counted, at `delta`;
+    /// `None` when the run is not private.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// The run's delta; `None` when the run is not private.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<f64>,
-    /// Adaptive clipping: the update clip of this round, the noisy fraction
-    /// of contributors left unclipped, and the clip the next round uses.
+    /// Adaptive clipping: the update clip (L2) this round used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_norm: Option<f64>,
+    /// Adaptive clipping: the noisy estimate of the fraction of
+    /// contributors whose update needed no clipping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unclipped_fraction: Option<f64>,
+    /// Adaptive clipping: the update clip the next round uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_clip_norm: Option<f64>,
 }

@@ -7,12 +7,17 @@ use sha2::{Digest, Sha256};
 /// One named tensor of f32 values in row-major order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamTensor {
+    /// Dotted path of the tensor in the model; layouts match by it.
     pub name: String,
+    /// Dimensions; their product is `data.len()`.
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub data: Vec<f32>,
 }
 
 impl ParamTensor {
+    /// A tensor, refused when `data` does not hold exactly the values
+    /// `shape` describes.
     pub fn new(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Result<Self, ParamsError> {
         let name = name.into();
         let expected: usize = shape.iter().product();
@@ -22,6 +27,7 @@ impl ParamTensor {
         Ok(Self { name, shape, data })
     }
 
+    /// Number of values.
     pub fn numel(&self) -> usize {
         self.data.len()
     }
@@ -32,10 +38,13 @@ impl ParamTensor {
 /// offsets into the flat vector.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamLayout {
+    /// Name and shape of each tensor, in parameter-set order.
     pub entries: Vec<(String, Vec<usize>)>,
 }
 
 impl ParamLayout {
+    /// Total number of values; panics on overflow in debug builds, so use
+    /// [`Self::checked_numel`] on a layout a peer sent.
     pub fn numel(&self) -> usize {
         self.entries.iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
@@ -66,30 +75,55 @@ impl ParamLayout {
 /// A full set of trainable parameters, in a fixed order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelParams {
+    /// The tensors, in the order the layout and the flat vector use.
     pub tensors: Vec<ParamTensor>,
 }
 
+/// Why parameters could not be built or combined. Names a tensor at most,
+/// never a value.
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum ParamsError {
+    /// A tensor's shape and value count disagree.
     #[error("tensor `{name}`: shape holds {expected} values but {actual} were given")]
-    ShapeMismatch { name: String, expected: usize, actual: usize },
+    ShapeMismatch {
+        /// The tensor.
+        name: String,
+        /// Values the shape describes.
+        expected: usize,
+        /// Values given.
+        actual: usize,
+    },
+    /// A flat vector or flat range does not fit the layout.
     #[error("flat vector has {actual} values, layout needs {expected}")]
-    FlatLength { expected: usize, actual: usize },
+    FlatLength {
+        /// Values the layout holds.
+        expected: usize,
+        /// Values given (or the end of the range asked for).
+        actual: usize,
+    },
+    /// Two parameter sets differ in tensor names, shapes or order.
     #[error("parameter layouts differ")]
     LayoutMismatch,
+    /// A tensor holds a NaN or an infinity.
     #[error("tensor `{name}` holds a non-finite value")]
-    NonFinite { name: String },
+    NonFinite {
+        /// The first such tensor.
+        name: String,
+    },
 }
 
 impl ModelParams {
+    /// A parameter set of `tensors`, in that order.
     pub fn new(tensors: Vec<ParamTensor>) -> Self {
         Self { tensors }
     }
 
+    /// Names and shapes, without values.
     pub fn layout(&self) -> ParamLayout {
         ParamLayout { entries: self.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect() }
     }
 
+    /// Total number of values across all tensors.
     pub fn numel(&self) -> usize {
         self.tensors.iter().map(|t| t.numel()).sum()
     }
@@ -99,6 +133,7 @@ impl ModelParams {
         self.numel() * 4
     }
 
+    /// The tensor called `name`, if any.
     pub fn get(&self, name: &str) -> Option<&ParamTensor> {
         self.tensors.iter().find(|t| t.name == name)
     }
@@ -119,14 +154,18 @@ impl ModelParams {
         self.tensors.iter().flat_map(|t| t.data.iter())
     }
 
+    /// Iterate mutably over all values in layout order.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut f32> {
         self.tensors.iter_mut().flat_map(|t| t.data.iter_mut())
     }
 
+    /// All values in layout order, as one vector (a full copy).
     pub fn to_flat(&self) -> Vec<f32> {
         self.values().copied().collect()
     }
 
+    /// Split a flat vector into tensors as `layout` says; its length must
+    /// match the layout exactly.
     pub fn from_flat(layout: &ParamLayout, flat: &[f32]) -> Result<Self, ParamsError> {
         let expected = layout.numel();
         if flat.len() != expected {
@@ -215,16 +254,19 @@ impl ModelParams {
         Ok(out)
     }
 
+    /// `self *= alpha`.
     pub fn scale(&mut self, alpha: f32) {
         for v in self.values_mut() {
             *v *= alpha;
         }
     }
 
+    /// L2 norm over all values, accumulated in f64.
     pub fn l2_norm(&self) -> f64 {
         self.values().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt()
     }
 
+    /// Refuse a parameter set holding a NaN or an infinity.
     pub fn check_finite(&self) -> Result<(), ParamsError> {
         for t in &self.tensors {
             if t.data.iter().any(|v| !v.is_finite()) {
@@ -247,6 +289,7 @@ impl ModelParams {
         h.finalize().into()
     }
 
+    /// [`Self::digest`] as lower-case hex.
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest())
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct RunId(pub [u8; 16]);
 
 impl RunId {
+    /// Lower-case hex of the 16 bytes (also its `Display`).
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -24,8 +25,11 @@ impl std::fmt::Display for RunId {
 /// Local training settings for one round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
+    /// Passes over the member's training split.
     pub local_epochs: u32,
+    /// Examples per local step.
     pub batch_size: u32,
+    /// Step size of the member's local SGD.
     pub learning_rate: f64,
     /// FedProx proximal term; 0 disables it.
     pub proximal_mu: f64,
@@ -43,7 +47,9 @@ pub struct TrainSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrivacyUnit {
+    /// Example-level DP: one record's presence is hidden (DP-SGD on the member).
     Record,
+    /// Member-level DP: a whole member's data is hidden (clipped updates).
     Client,
 }
 
@@ -51,15 +57,20 @@ pub enum PrivacyUnit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NoisePlacement {
+    /// Each member adds the full noise itself, before anything leaves it.
     Local,
+    /// Each member adds a share, so the secure sum carries the full noise.
     Distributed,
+    /// The aggregator adds the noise to the sum (trusts the aggregator).
     Central,
 }
 
 /// The privacy mechanism a client must apply before its update leaves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DpSettings {
+    /// What the guarantee protects: a record or a whole member.
     pub unit: PrivacyUnit,
+    /// Who adds the Gaussian noise.
     pub noise: NoisePlacement,
     /// L2 clip: per example (record unit) or per update (client unit).
     pub clip_norm: f64,
@@ -70,8 +81,9 @@ pub struct DpSettings {
     pub sampling_rate: f64,
     /// Minimum number of contributions the distributed noise is sized for.
     pub min_contributors: u32,
-    /// Epsilon the aggregator's accountant says this round spends, at `delta`;
-    /// the client checks its own budget against its own accountant.
+    /// The delta of the run's (epsilon, delta) guarantee. Each side's
+    /// accountant reports epsilon at this delta; the client checks its own
+    /// budget with its own accountant rather than trusting the aggregator's.
     pub delta: f64,
     /// Adaptive clipping (client unit only): the member clips its update to
     /// `update_clip` and appends its scaled unclipped bit as one more
@@ -125,8 +137,10 @@ pub struct SecAggSettings {
 /// Everything a member is told when a round starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoundSettings {
+    /// How to train locally.
     pub train: TrainSettings,
     /// `None` only in the simulator's `insecure_plaintext` research mode.
     pub secagg: Option<SecAggSettings>,
+    /// The privacy mechanism to apply before the update leaves; `None`: no DP.
     pub dp: Option<DpSettings>,
 }

@@ -13,18 +13,49 @@ use crate::params::{ModelParams, ParamLayout};
 /// never the values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum StreamError {
+    /// A chunk or end marker names another round than the header did.
     #[error("chunk for round {got} while assembling round {expected}")]
-    WrongRound { expected: u64, got: u64 },
+    WrongRound {
+        /// The round being assembled.
+        expected: u64,
+        /// The round the message named.
+        got: u64,
+    },
+    /// A chunk does not start where the previous one ended (a gap, a
+    /// repeat or a reordering).
     #[error("chunk at offset {got}, expected offset {expected}")]
-    OutOfOrder { expected: u64, got: u64 },
+    OutOfOrder {
+        /// Offset, in values, the next chunk must start at.
+        expected: u64,
+        /// Offset the chunk started at.
+        got: u64,
+    },
+    /// A chunk runs past the end of the announced layout.
     #[error("chunk of {len} values at offset {offset} overruns the {total}-value vector")]
-    Overrun { offset: u64, len: u64, total: u64 },
+    Overrun {
+        /// Offset of the chunk, in values.
+        offset: u64,
+        /// Values in the chunk.
+        len: u64,
+        /// Values the layout holds.
+        total: u64,
+    },
+    /// The end marker came before every value did.
     #[error("stream ended after {got} of {total} values")]
-    Incomplete { got: u64, total: u64 },
+    Incomplete {
+        /// Values received.
+        got: u64,
+        /// Values the layout holds.
+        total: u64,
+    },
+    /// The assembled model's SHA-256 differs from the one in `ModelEnd`.
     #[error("assembled model does not match the announced digest")]
     DigestMismatch,
+    /// The model holds a NaN or an infinity in the named tensor.
     #[error("model holds a non-finite value in `{0}`")]
     NonFinite(String),
+    /// The layout holds more values (given) than the receiver accepts, or
+    /// its size overflows (reported as `u64::MAX`).
     #[error("layout too large: {0} values")]
     TooLarge(u64),
 }
@@ -74,14 +105,18 @@ impl ModelAssembler {
         Ok(Self { round, purpose, params: ModelParams::zeros(layout), next_offset: 0, total })
     }
 
+    /// The round the model belongs to.
     pub fn round(&self) -> u64 {
         self.round
     }
 
+    /// Why the model is being sent.
     pub fn purpose(&self) -> ModelPurpose {
         self.purpose
     }
 
+    /// Write one `ModelChunk` in place; chunks must arrive in order, with
+    /// no gap or overlap.
     pub fn chunk(&mut self, round: u64, offset: u64, values: &[f32]) -> Result<(), StreamError> {
         if round != self.round {
             return Err(StreamError::WrongRound { expected: self.round, got: round });
@@ -102,6 +137,8 @@ impl ModelAssembler {
         Ok(())
     }
 
+    /// Take the `ModelEnd`: the model, once every value arrived, all are
+    /// finite and the digest matches.
     pub fn finish(self, round: u64, digest: &[u8; 32]) -> Result<ModelParams, StreamError> {
         if round != self.round {
             return Err(StreamError::WrongRound { expected: self.round, got: round });

@@ -6,8 +6,7 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::ModelParams;
-use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_core::{DpSettings, ModelParams, TrainSettings};
 use tessera_privacy::{GaussianMechanism, MechanismCache};
 
 use crate::{LocalError, PoissonSampler, fedprox_step};

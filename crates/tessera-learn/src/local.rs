@@ -1,7 +1,6 @@
 //! The one interface between a member's driver and its local model.
 
-use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{EvalMetrics, ModelParams, TrainedUpdate};
+use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings, TrainedUpdate};
 use tessera_privacy::PrivacyError;
 
 /// What a member trains and evaluates. Implementations hold the private

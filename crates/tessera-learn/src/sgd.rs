@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tessera_core::round::TrainSettings;
+use tessera_core::TrainSettings;
 
 use crate::LocalError;
 

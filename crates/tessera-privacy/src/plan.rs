@@ -6,7 +6,7 @@
 //! discrete Gaussian share from public parameters only, so the aggregator
 //! can decode the sum and a member can check the noise it is asked to add.
 
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings};
+use tessera_core::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, TrainSettings};
 
 use crate::PrivacyError;
 use crate::budget::GaussianSpend;
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn adaptive_clip_must_fit_the_vector_bound() {
-        use tessera_core::round::AdaptiveClipSettings;
+        use tessera_core::AdaptiveClipSettings;
         let mut c = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
         c.adaptive = Some(AdaptiveClipSettings { update_clip: 0.4, bit_scale: 0.6 });
         c.clip_norm = 0.5; // = hypot(0.4, 0.3)

@@ -2,8 +2,7 @@
 //! function each. If the two sides computed these separately, a change on
 //! one side would make rounds stop unmasking; here both call the same code.
 
-use tessera_core::round::{RoundSettings, SecAggSettings};
-use tessera_core::{ModelParams, ParamLayout, ParamsError, RunId};
+use tessera_core::{ModelParams, ParamLayout, ParamsError, RoundSettings, RunId, SecAggSettings};
 use tessera_privacy::{DistributedPlan, PrivacyError};
 use tessera_secagg::update::ValueCoding;
 use tessera_secagg::{AggregateSum, RoundContext, SecAggError};

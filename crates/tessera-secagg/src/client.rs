@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
 
 use rand_core::CryptoRngCore;
-use tessera_core::PartyId;
-use tessera_core::message::{EncryptedShare, PublicKeys, ShareReveal};
+use tessera_core::{EncryptedShare, PartyId, PublicKeys, ShareReveal};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 

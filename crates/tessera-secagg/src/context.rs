@@ -4,8 +4,7 @@
 //! that differ in any of these derive unrelated keys, so nothing replays.
 
 use sha2::{Digest, Sha256};
-use tessera_core::round::SecAggSettings;
-use tessera_core::{PartyId, RunId};
+use tessera_core::{PartyId, RunId, SecAggSettings};
 
 use crate::error::SecAggError;
 use crate::graph::NeighbourGraph;

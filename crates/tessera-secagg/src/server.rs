@@ -23,8 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use curve25519_dalek::Scalar;
-use tessera_core::PartyId;
-use tessera_core::message::{EncryptedShare, PublicKeys, ShareReveal};
+use tessera_core::{EncryptedShare, PartyId, PublicKeys, ShareReveal};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::context::RoundContext;

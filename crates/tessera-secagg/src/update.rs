@@ -10,8 +10,7 @@
 //! where the weight itself must not depend on one member's data).
 
 use rand_core::CryptoRngCore;
-use tessera_core::round::SecAggSettings;
-use tessera_core::{ModelParams, ParamLayout};
+use tessera_core::{ModelParams, ParamLayout, SecAggSettings};
 
 use crate::error::SecAggError;
 use crate::quantize::Quantizer;

@@ -6,8 +6,7 @@ mod common;
 use common::{Dropouts, context, run_round, settings, up_to_masking, up_to_shares};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::RunId;
-use tessera_core::message::{PublicKeys, ShareReveal};
+use tessera_core::{PublicKeys, RunId, ShareReveal};
 use tessera_secagg::{ClientSession, RoundContext, SecAggError, ServerSession};
 
 #[test]

@@ -4,8 +4,7 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::RunId;
-use tessera_core::round::SecAggSettings;
+use tessera_core::{RunId, SecAggSettings};
 use tessera_secagg::{ClientSession, RoundContext, ServerSession};
 
 /// Upper 0.1% quantile of chi-square with 255 degrees of freedom

@@ -5,9 +5,7 @@
 //! a frozen pretrained backbone and a trained head).
 
 use anyhow::Context;
-use tessera_core::VisionModelConfig;
-use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{EvalMetrics, ModelParams, TrainedUpdate};
+use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings, TrainedUpdate, VisionModelConfig};
 use tessera_learn::{LocalError, LocalModel};
 use tessera_protocol::derive_seed;
 use tessera_tabular::TabularModel;

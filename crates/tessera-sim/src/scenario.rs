@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::config::TrainSection;
-use tessera_core::ModelSection;
-use tessera_core::VisionModelConfig;
-use tessera_core::config::ModelConfig;
+use tessera_core::{ModelConfig, ModelSection, VisionModelConfig};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use tessera_core::round::TrainSettings;
+use tessera_core::TrainSettings;
 use tessera_learn::{ComputeBackend, DpSgdConfig};
 use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::{ModelSpec, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart};

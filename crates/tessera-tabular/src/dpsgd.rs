@@ -12,8 +12,7 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
-use tessera_core::ModelParams;
-use tessera_core::round::TrainSettings;
+use tessera_core::{ModelParams, TrainSettings};
 
 use tessera_learn::{DpSgdConfig, PoissonSampler};
 

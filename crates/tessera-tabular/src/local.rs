@@ -2,9 +2,7 @@
 //! `tessera_learn::LocalModel`, trained on the member's own train split and
 //! evaluated on its own test split.
 
-use tessera_core::config::ModelConfig;
-use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{EvalMetrics, ModelParams, TrainedUpdate};
+use tessera_core::{DpSettings, EvalMetrics, ModelConfig, ModelParams, TrainSettings, TrainedUpdate};
 use tessera_learn::{ComputeBackend, DpNoise, LocalError, LocalModel};
 
 use crate::{LearnError, Split, TabularData, TabularTask};

@@ -9,8 +9,7 @@
 use std::path::Path;
 
 use burn::store::{ModuleSnapshot, ModuleStore, SafetensorsStore, bridge};
-use tessera_core::EvalMetrics;
-use tessera_core::round::TrainSettings;
+use tessera_core::{EvalMetrics, TrainSettings};
 
 use crate::Split;
 use crate::data::{RawTable, SplitConfig, SplitIndices, TabularData, TabularSpec, load_csv, stratified_split};

@@ -3,8 +3,7 @@
 //! seed the global model; members build the same architecture around their
 //! data and check that it agrees.
 
-use tessera_core::ModelParams;
-use tessera_core::config::{ModelConfig, TrainableConfig};
+use tessera_core::{ModelConfig, ModelParams, TrainableConfig};
 
 use crate::error::LearnError;
 use crate::model::{MlpConfig, TabularMlp, TrainablePart, export_slots};

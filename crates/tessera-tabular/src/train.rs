@@ -3,13 +3,11 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
-use tessera_core::round::TrainSettings;
-use tessera_core::{EvalMetrics, ModelParams};
+use tessera_core::{EvalMetrics, ModelParams, TrainSettings, eval_metrics};
 
 use crate::data::{Dataset, Split, TabularData};
 use crate::error::LearnError;
 use crate::model::{Field, MlpConfig, TabularMlp, TrainablePart, export_slots, import_slots, tensor2, to_vec};
-use tessera_core::evaluate::eval_metrics;
 use tessera_learn::ComputeBackend;
 
 /// Model choice for a tabular task; input and output sizes come from the data.

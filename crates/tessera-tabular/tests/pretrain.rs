@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_core::round::TrainSettings;
+use tessera_core::TrainSettings;
 use tessera_learn::ComputeBackend;
 use tessera_tabular::data::{load_csv, shipped_data_path};
 use tessera_tabular::model::Field;

@@ -3,8 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tessera_core::round::TrainSettings;
-use tessera_core::{ModelParams, ParamTensor};
+use tessera_core::{ModelParams, ParamTensor, TrainSettings};
 use tessera_learn::ComputeBackend;
 use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::{

@@ -1,7 +1,7 @@
 //! Trainable parts: frozen tensors never move, only trainable tensors are
 //! exchanged, and LoRA shrinks the update by the factor its shapes predict.
 
-use tessera_core::round::TrainSettings;
+use tessera_core::TrainSettings;
 use tessera_learn::ComputeBackend;
 use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::model::Field;

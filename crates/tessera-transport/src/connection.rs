@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tessera_core::Payload;
-use tessera_core::codec::Limits;
+use tessera_core::{Limits, Payload};
 
 use crate::error::TransportError;
 use crate::frame::check_frame;
@@ -141,7 +140,7 @@ impl FrameReceiver {
             ReceiverInner::Memory(r) => r.recv().await?,
         };
         if let Some(p) = &payload {
-            self.traffic.add_received(p.len() + tessera_core::codec::HEADER_LEN);
+            self.traffic.add_received(p.len() + tessera_core::HEADER_LEN);
         }
         Ok(payload)
     }

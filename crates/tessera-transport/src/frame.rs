@@ -1,8 +1,7 @@
 //! Frame header checks shared by both transports. The header layout is
 //! `tessera_core::codec`'s: `[version: u8][length: u32 LE]`.
 
-use tessera_core::CodecError;
-use tessera_core::codec::{HEADER_LEN, Limits, PROTOCOL_VERSION};
+use tessera_core::{CodecError, HEADER_LEN, Limits, PROTOCOL_VERSION};
 
 /// Check the version byte before anything else, as the codec's decoder does.
 pub(crate) fn check_version(byte: u8) -> Result<(), CodecError> {
@@ -45,7 +44,7 @@ pub(crate) fn check_frame(frame: &[u8], limits: &Limits) -> Result<(), CodecErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_core::codec::encode_frame;
+    use tessera_core::encode_frame;
 
     #[test]
     fn frame_checks() {

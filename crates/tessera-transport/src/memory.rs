@@ -7,8 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tessera_core::codec::{HEADER_LEN, Limits};
-use tessera_core::{CodecError, Payload};
+use tessera_core::{CodecError, HEADER_LEN, Limits, Payload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{info, warn};
 

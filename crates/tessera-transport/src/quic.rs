@@ -17,8 +17,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tessera_core::codec::{HEADER_LEN, Limits};
-use tessera_core::{CodecError, Payload};
+use tessera_core::{CodecError, HEADER_LEN, Limits, Payload};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 

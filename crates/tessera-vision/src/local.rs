@@ -20,8 +20,7 @@ use burn::tensor::{Device, Gradients, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{EvalMetrics, ModelParams, ParamTensor, TrainedUpdate};
+use tessera_core::{DpSettings, EvalMetrics, ModelParams, ParamTensor, TrainSettings, TrainedUpdate};
 use tessera_learn::{
     ComputeBackend, DEFAULT_BACKEND, DpNoise, LocalError, LocalModel, fedprox_step, validate_train_settings,
 };

@@ -2,8 +2,7 @@
 //! every metric from `tessera_core::evaluate`, the one implementation the
 //! tabular models report through too. Only aggregates leave this module.
 
-use tessera_core::EvalMetrics;
-use tessera_core::evaluate::eval_metrics;
+use tessera_core::{EvalMetrics, eval_metrics};
 
 use crate::error::{Result, VisionError};
 

@@ -238,7 +238,7 @@ pub fn coordinator(data: &[u8]) {
                     }
                     FromHostile::Replay { index, flip } => {
                         honest_sent.get(usize::from(index) % honest_sent.len().max(1)).and_then(|m| {
-                            let mut bytes = tessera_core::codec::to_bytes(m).ok()?;
+                            let mut bytes = tessera_core::to_bytes(m).ok()?;
                             if let Some((at, bit)) = flip
                                 && !bytes.is_empty()
                             {

@@ -18,12 +18,11 @@ use std::path::Path;
 use arbitrary::{Arbitrary, Unstructured};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::codec::{FrameDecoder, HEADER_LEN, Limits, decode_payload, encode_frame};
-use tessera_core::message::{EncryptedShare, ModelPurpose, PublicKeys, ShareReveal};
-use tessera_core::params::{ModelParams, ParamLayout, ParamTensor};
-use tessera_core::round::{RoundSettings, SecAggSettings, TrainSettings};
-use tessera_core::stream::model_messages;
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, PartyId, RunId};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, FrameDecoder, HEADER_LEN, Limits, ModelParams, ModelPurpose,
+    ParamLayout, ParamTensor, PartyId, PublicKeys, RoundSettings, RunId, SecAggSettings, ShareReveal, TrainSettings,
+    decode_payload, encode_frame, model_messages,
+};
 
 mod codec;
 mod configs;

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use tessera_client::config::ClientConfig;
 use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
-use tessera_core::round::{DpSettings, TrainSettings};
-use tessera_core::{EvalMetrics, ModelParams};
+use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings};
 use tessera_protocol::TrainedUpdate;
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig, pki};
 

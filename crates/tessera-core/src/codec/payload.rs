@@ -33,6 +33,7 @@ impl Payload {
         self.len
     }
 
+    /// Whether the payload has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -1,8 +1,7 @@
 //! The coordinator's configuration, and where a resumed run picks up.
 
 use serde::{Deserialize, Serialize};
-use tessera_core::RunId;
-use tessera_core::round::TrainSettings;
+use tessera_core::{RunId, TrainSettings};
 use tessera_privacy::GaussianSpend;
 
 use super::{CohortSelection, PrivacyConfig, RobustRule};

@@ -30,8 +30,10 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tessera_core::round::{DpSettings, NoisePlacement, RoundSettings, SecAggSettings, UNCLIPPED_TENSOR};
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, DpSettings, EvalMetrics, ModelParams, NoisePlacement, RoundSettings, SecAggSettings,
+    UNCLIPPED_TENSOR,
+};
 
 use crate::derive::derive_seed;
 use crate::strategy::ServerOptimizer;

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use tessera_core::message::ModelPurpose;
-use tessera_core::{AggregatorMsg, ClientMsgKind, ModelParams};
+use tessera_core::{AggregatorMsg, ClientMsgKind, ModelParams, ModelPurpose};
 use tessera_privacy::GaussianSpend;
 
 use super::RoundOutcome;

@@ -7,8 +7,7 @@
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
-use tessera_core::ModelParams;
-use tessera_core::round::{AdaptiveClipSettings, DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
+use tessera_core::{AdaptiveClipSettings, DpSettings, ModelParams, NoisePlacement, PrivacyUnit, TrainSettings};
 use tessera_privacy::{
     AdaptiveClip, GaussianSpend, PrivacyBudget, RdpAccountant, adaptive_release, calibrate_noise_multiplier,
     round_spend,

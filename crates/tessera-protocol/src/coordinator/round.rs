@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use tessera_core::message::ModelPurpose;
-use tessera_core::round::RoundSettings;
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, PartyId};
+use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings};
 
 use super::{CoordinatorConfig, Output, Violation};
 use crate::derive;

@@ -7,10 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::member::{self as participant, Participant, Policy, TrainedUpdate};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::message::ModelPurpose;
-use tessera_core::round::TrainSettings;
-use tessera_core::stream::model_messages;
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, RunId};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, ParamTensor, RunId, TrainSettings, model_messages,
+};
 
 use super::*;
 use crate::strategy::StrategyConfig;
@@ -74,7 +73,7 @@ struct Harness {
     /// Coordinator outputs in order, as short labels ("event:..." or "send:kind").
     trace: Vec<String>,
     /// The DP settings each Train request carried.
-    train_dp: Vec<Option<tessera_core::round::DpSettings>>,
+    train_dp: Vec<Option<tessera_core::DpSettings>>,
 }
 
 impl Harness {
@@ -383,8 +382,8 @@ fn members_refuse_unsafe_rounds() {
     p.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m0".into() }).unwrap();
     let mut settings = cfg(2, true);
     settings.secure = None;
-    let plain = tessera_core::round::RoundSettings { train: settings.train.clone(), secagg: None, dp: None };
-    let start = |round, s: tessera_core::round::RoundSettings, cohort: Vec<&str>| AggregatorMsg::RoundStart {
+    let plain = tessera_core::RoundSettings { train: settings.train.clone(), secagg: None, dp: None };
+    let start = |round, s: tessera_core::RoundSettings, cohort: Vec<&str>| AggregatorMsg::RoundStart {
         round,
         settings: s,
         cohort: cohort.into_iter().map(String::from).collect(),
@@ -394,7 +393,7 @@ fn members_refuse_unsafe_rounds() {
     assert_eq!(p.handle(start(1, plain.clone(), vec!["m0", "m1"])), Err(participant::Refusal::PlaintextRefused));
     // A threshold below a strict majority is refused.
     let mut s = plain.clone();
-    s.secagg = Some(tessera_core::round::SecAggSettings {
+    s.secagg = Some(tessera_core::SecAggSettings {
         threshold: 1,
         modulus_bits: 32,
         clip_range: 1.0,

@@ -11,10 +11,10 @@
 use std::collections::VecDeque;
 
 use rand_core::{CryptoRng, RngCore};
-use tessera_core::message::ModelPurpose;
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, UNCLIPPED_TENSOR};
-use tessera_core::stream::ModelAssembler;
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, PartyId, RunId};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, DpSettings, EvalMetrics, ModelAssembler, ModelParams, ModelPurpose, NoisePlacement,
+    ParamTensor, PartyId, PrivacyUnit, RoundSettings, RunId, UNCLIPPED_TENSOR,
+};
 use tessera_privacy::{DiscreteGaussian, GaussianSpend};
 use tessera_secagg::update::ValueCoding;
 

@@ -1,7 +1,6 @@
 //! What the participant hands its driver: outputs to act on and events to record.
 
-use tessera_core::message::ClientMsg;
-use tessera_core::round::{DpSettings, TrainSettings};
+use tessera_core::{ClientMsg, DpSettings, TrainSettings};
 use tessera_core::{ModelParams, RunId};
 
 /// What the participant asks its driver to do.

@@ -4,7 +4,7 @@
 //! records and sends in its `Decline`.
 
 use tessera_core::ParamsError;
-use tessera_core::stream::StreamError;
+use tessera_core::StreamError;
 use tessera_privacy::PrivacyError;
 use tessera_secagg::SecAggError;
 

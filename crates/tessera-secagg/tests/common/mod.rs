@@ -7,9 +7,7 @@ use std::collections::BTreeSet;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::message::EncryptedShare;
-use tessera_core::round::SecAggSettings;
-use tessera_core::{PartyId, RunId};
+use tessera_core::{EncryptedShare, PartyId, RunId, SecAggSettings};
 use tessera_secagg::{AggregateSum, ClientSession, RoundContext, SecAggError, ServerSession};
 
 pub fn cohort(n: u32) -> Vec<String> {

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use tessera_core::codec::{Limits, PROTOCOL_VERSION, encode_frame};
-use tessera_core::{CodecError, message::ClientMsg};
+use tessera_core::{ClientMsg, CodecError, Limits, PROTOCOL_VERSION, encode_frame};
 
 use crate::pki::{self, InitOptions};
 use crate::*;

@@ -151,7 +151,7 @@ async fn quic_bulk_transfer() {
     let (mut tx, _rx) = client.split();
     let traffic = tx.traffic();
     let sender = tokio::spawn(async move {
-        for (i, (off, len)) in tessera_core::codec::chunk_ranges(total / 4, frame / 4).enumerate() {
+        for (i, (off, len)) in tessera_core::chunk_ranges(total / 4, frame / 4).enumerate() {
             let values = (off as u32..(off + len) as u32).collect();
             tx.send(
                 encode_frame(&ClientMsg::MaskedChunk { round: i as u64, offset: off as u64, values }, &limits).unwrap(),

@@ -11,8 +11,7 @@ use tessera_core::AugmentConfig;
 use crate::{ImageDataset, load_fashion_mnist};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Int, Tensor, TensorData};
-use tessera_core::ModelParams;
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
+use tessera_core::{DpSettings, ModelParams, NoisePlacement, PrivacyUnit, TrainSettings};
 
 use super::*;
 

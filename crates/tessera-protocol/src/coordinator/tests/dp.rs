@@ -3,7 +3,7 @@
 //! member's own budget.
 
 use crate::member::{BudgetRefusal, PrivacyGuard};
-use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit};
+use tessera_core::{DpSettings, NoisePlacement, PrivacyUnit};
 use tessera_privacy::{DistributedPlan, GaussianSpend, RdpAccountant};
 
 use super::*;

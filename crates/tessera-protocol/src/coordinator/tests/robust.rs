@@ -37,7 +37,7 @@ fn robust_rules_are_refused_under_secure_aggregation_or_dp() {
     let mut c = cfg(3, false);
     c.robust = Some(RobustRule::Median);
     c.dp = Some(PrivacyConfig {
-        unit: tessera_core::round::PrivacyUnit::Client,
+        unit: tessera_core::PrivacyUnit::Client,
         noise: None,
         epsilon: 1.0,
         delta: 1e-5,
