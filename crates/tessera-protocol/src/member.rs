@@ -16,7 +16,7 @@ use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings
 use tessera_core::stream::{ModelAssembler, StreamError};
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ParamTensor, PartyId, RunId};
 use tessera_privacy::{DiscreteGaussian, GaussianSpend};
-use tessera_secagg::update::ValueCoding;
+use tessera_secagg::ValueCoding;
 
 use crate::derive;
 
@@ -226,7 +226,7 @@ struct Upload {
 enum UploadBody {
     /// The encoder, and the member's discrete Gaussian share under
     /// distributed DP (added to every value element before masking).
-    Masked(Box<tessera_secagg::update::UpdateEncoder>, Option<DiscreteGaussian>),
+    Masked(Box<tessera_secagg::UpdateEncoder>, Option<DiscreteGaussian>),
     /// Research mode: `weight · Δ` in plaintext.
     Plain { delta: ModelParams, weight: f64 },
 }
@@ -342,7 +342,7 @@ impl<R: MemberRng> Participant<R> {
                     let mut z = vec![0i64; k];
                     dg.fill(&mut z, &mut self.rng);
                     let bits = session.context().settings().modulus_bits;
-                    tessera_secagg::update::add_ring_noise(&mut values[..k], &z, bits)
+                    tessera_secagg::add_ring_noise(&mut values[..k], &z, bits)
                         .map_err(|e| Refusal::Update(e.to_string()))?;
                 }
                 session.mask_chunk(offset, &mut values)?;
@@ -520,7 +520,7 @@ impl<R: MemberRng> Participant<R> {
                 Ok(())
             };
         };
-        tessera_privacy::plan::validate(dp).map_err(|e| Refusal::Privacy(e.to_string()))?;
+        tessera_privacy::validate(dp).map_err(|e| Refusal::Privacy(e.to_string()))?;
         if dp.noise == NoisePlacement::Central && self.policy.require_dp {
             // Central noise trusts the operator with the exact sum; a member
             // enforcing its own budget does not accept that.
@@ -599,8 +599,7 @@ impl<R: MemberRng> Participant<R> {
         let base = r.base.as_ref().ok_or(Refusal::Unexpected { kind: "update" })?;
         let mut delta = trained.params.delta_from(base).map_err(|e| Refusal::Update(e.to_string()))?;
         delta.check_finite().map_err(|e| Refusal::Update(e.to_string()))?;
-        let mut weight =
-            tessera_secagg::update::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
+        let mut weight = tessera_secagg::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
         let round = r.round;
         let cohort = r.cohort.len() as u32;
         let mut coding = ValueCoding::Offset;
@@ -622,7 +621,7 @@ impl<R: MemberRng> Participant<R> {
         let body = match (&r.settings.secagg, &r.secagg) {
             (Some(s), Some(_)) => UploadBody::Masked(
                 Box::new(
-                    tessera_secagg::update::UpdateEncoder::with_coding(s, cohort, &delta, weight, coding)
+                    tessera_secagg::UpdateEncoder::with_coding(s, cohort, &delta, weight, coding)
                         .map_err(|e| Refusal::Update(e.to_string()))?,
                 ),
                 share,

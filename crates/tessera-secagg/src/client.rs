@@ -31,6 +31,9 @@ struct HeldShares {
     mask_key: SecretShare,
 }
 
+/// One member's secure-aggregation state for one round: its key pairs, the
+/// shares it holds for its neighbours, and the masks it applies. Secrets are
+/// zeroized on drop.
 pub struct ClientSession {
     ctx: RoundContext,
     me: PartyId,
@@ -87,6 +90,7 @@ impl ClientSession {
         Ok((session, public))
     }
 
+    /// This member's index in the sorted cohort.
     pub fn party(&self) -> PartyId {
         self.me
     }
@@ -96,6 +100,7 @@ impl ClientSession {
         self.step
     }
 
+    /// The round this session belongs to.
     pub fn context(&self) -> &RoundContext {
         &self.ctx
     }
@@ -107,6 +112,7 @@ impl ClientSession {
         self.mask_threads = threads;
     }
 
+    /// Threads [`Self::mask_chunk`] may use now.
     pub fn mask_threads(&self) -> NonZeroUsize {
         self.mask_threads
     }

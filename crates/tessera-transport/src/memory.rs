@@ -191,6 +191,7 @@ pub struct MemoryNetwork {
 }
 
 impl MemoryNetwork {
+    /// An empty network, with no listener yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -11,6 +11,7 @@ use tempfile::TempDir;
 use tessera_core::codec::{Limits, PROTOCOL_VERSION, encode_frame};
 use tessera_core::{CodecError, message::ClientMsg};
 
+use crate::admission::MemberList;
 use crate::pki::{self, InitOptions};
 use crate::*;
 
