@@ -130,7 +130,7 @@ fn child(config: &str, params: u64, members: u32) {
             let settings: SecAggSettings = ctx.settings().clone();
             let layout = ParamLayout { entries: vec![("w".into(), vec![params as usize])] };
             let (mean, peak) =
-                phase(base, || tessera_secagg::update::mean_update(&layout, &settings, members, &sum.sum, members));
+                phase(base, || tessera_secagg::mean_update(&layout, &settings, members, &sum.sum, members));
             drop(mean);
             phases.push(("round end (mean_update, sum still held)", peak));
         }

@@ -135,7 +135,7 @@ impl FakePeers {
     ) -> (Self, Vec<(PartyId, PublicKeys)>) {
         let mut rng = ChaCha20Rng::seed_from_u64(round);
         let s = settings.secagg.clone().expect("secure round");
-        let len = tessera_secagg::update::vector_len(&model.layout());
+        let len = tessera_secagg::vector_len(&model.layout());
         let mut sessions = Vec::new();
         let mut keys = Vec::new();
         for p in (0..cohort.len() as PartyId).filter(|p| *p != target) {

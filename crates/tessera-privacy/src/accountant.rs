@@ -18,7 +18,7 @@ use crate::PrivacyError;
 /// Orders the accountant tracks by default: the same grid as `dp_accounting`
 /// (`DEFAULT_RDP_ORDERS`, rdp_privacy_accountant.py line 985 at commit b5b0286:
 /// `1 + x/10` for x in 1..100, the integers 11..63, then 128..1024).
-pub fn default_orders() -> Vec<f64> {
+pub(crate) fn default_orders() -> Vec<f64> {
     let mut orders: Vec<f64> = (1..100).map(|x| 1.0 + x as f64 / 10.0).collect();
     orders.extend((11..64).map(|x| x as f64));
     orders.extend([128.0, 256.0, 512.0, 1024.0]);
@@ -49,6 +49,7 @@ impl RdpAccountant {
         Ok(Self { rdp: vec![0.0; orders.len()], orders })
     }
 
+    /// The Rényi orders tracked, matching [`RdpAccountant::rdp`] one to one.
     pub fn orders(&self) -> &[f64] {
         &self.orders
     }
@@ -87,7 +88,7 @@ impl RdpAccountant {
 }
 
 /// RDP of one step of the Poisson-subsampled Gaussian mechanism at each order.
-pub fn rdp_poisson_gaussian(noise_multiplier: f64, q: f64, orders: &[f64]) -> Result<Vec<f64>, PrivacyError> {
+pub(crate) fn rdp_poisson_gaussian(noise_multiplier: f64, q: f64, orders: &[f64]) -> Result<Vec<f64>, PrivacyError> {
     if !(0.0..=1.0).contains(&q) {
         return Err(PrivacyError::InvalidParameter("sampling rate must lie in [0, 1]"));
     }
@@ -206,7 +207,7 @@ fn check_conversion_inputs(orders: &[f64], rdp: &[f64]) -> Result<(), PrivacyErr
 
 /// RDP -> (epsilon, delta): eps = rdp + log1p(-1/a) - (log delta + log a) / (a - 1),
 /// minimised over orders and clamped at 0 (Canonne-Kamath-Steinke 2020, Prop. 12).
-pub fn epsilon_from_rdp(orders: &[f64], rdp: &[f64], delta: f64) -> Result<(f64, f64), PrivacyError> {
+pub(crate) fn epsilon_from_rdp(orders: &[f64], rdp: &[f64], delta: f64) -> Result<(f64, f64), PrivacyError> {
     check_conversion_inputs(orders, rdp)?;
     if !(delta > 0.0 && delta < 1.0) {
         return Err(PrivacyError::InvalidParameter("delta must lie in (0, 1)"));
@@ -229,7 +230,7 @@ pub fn epsilon_from_rdp(orders: &[f64], rdp: &[f64], delta: f64) -> Result<(f64,
 }
 
 /// The inverse conversion: smallest delta at `epsilon` over the orders.
-pub fn delta_from_rdp(orders: &[f64], rdp: &[f64], epsilon: f64) -> Result<(f64, f64), PrivacyError> {
+pub(crate) fn delta_from_rdp(orders: &[f64], rdp: &[f64], epsilon: f64) -> Result<(f64, f64), PrivacyError> {
     check_conversion_inputs(orders, rdp)?;
     if epsilon.is_nan() || epsilon < 0.0 {
         return Err(PrivacyError::InvalidParameter("epsilon must be >= 0"));

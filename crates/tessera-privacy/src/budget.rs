@@ -20,7 +20,9 @@ use crate::accountant::RdpAccountant;
 /// An (epsilon, delta) guarantee: a target to stay within, or an amount spent.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PrivacyBudget {
+    /// The epsilon of (epsilon, delta)-DP (natural log of the likelihood ratio bound).
     pub epsilon: f64,
+    /// The delta of (epsilon, delta)-DP: the probability mass the epsilon bound may miss.
     pub delta: f64,
 }
 
@@ -28,8 +30,11 @@ pub struct PrivacyBudget {
 /// A client-level round with full participation is `steps = 1, sampling_rate = 1`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GaussianSpend {
+    /// Noise standard deviation over L2 sensitivity.
     pub noise_multiplier: f64,
+    /// Poisson sampling rate q in (0, 1]; 1 means no amplification.
     pub sampling_rate: f64,
+    /// Releases composed in the round.
     pub steps: u64,
 }
 
@@ -37,25 +42,60 @@ pub struct GaussianSpend {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum LedgerEntry {
-    Reserved { round: u64, spend: GaussianSpend },
-    Committed { round: u64 },
-    Aborted { round: u64 },
+    /// `spend` is set aside for `round` before its release; counts as spent
+    /// unless an `Aborted` for the round follows.
+    Reserved {
+        /// The round the spend is for.
+        round: u64,
+        /// What the release costs.
+        spend: GaussianSpend,
+    },
+    /// The round's release went out.
+    Committed {
+        /// The reserved round.
+        round: u64,
+    },
+    /// Nothing was released for the round; its spend is returned.
+    Aborted {
+        /// The reserved round.
+        round: u64,
+    },
 }
 
+/// Why the ledger refused a spend or could not keep its log.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
+    /// The store could not write, sync or read.
     #[error("ledger storage failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored record does not parse.
     #[error("ledger record {line} is unreadable")]
-    Corrupt { line: usize },
+    Corrupt {
+        /// 1-based record number.
+        line: usize,
+    },
+    /// A stored record breaks the reserve-then-commit-or-abort order.
     #[error("ledger record {line} contradicts the records before it")]
-    Inconsistent { line: usize },
+    Inconsistent {
+        /// 1-based record number.
+        line: usize,
+    },
+    /// The round was reserved before.
     #[error("round {round} already has a reservation")]
-    DuplicateRound { round: u64 },
+    DuplicateRound {
+        /// The round asked for.
+        round: u64,
+    },
+    /// Commit or abort of a round without a pending reservation.
     #[error("round {round} has no open reservation")]
-    NotReserved { round: u64 },
+    NotReserved {
+        /// The round asked for.
+        round: u64,
+    },
+    /// The spend would take the total past the budget; nothing was recorded.
     #[error("spending this would exceed the privacy budget")]
     BudgetExceeded,
+    /// The accounting itself failed (e.g. an invalid spend).
     #[error(transparent)]
     Privacy(#[from] crate::PrivacyError),
 }
@@ -63,16 +103,20 @@ pub enum LedgerError {
 /// Durable storage of ledger entries. `append` must not return `Ok` before
 /// the entry would survive a crash; `load` returns every entry appended.
 pub trait LedgerStore {
+    /// Durably record `entry` after every earlier one.
     fn append(&mut self, entry: &LedgerEntry) -> Result<(), LedgerError>;
+    /// Every entry appended so far, oldest first.
     fn load(&mut self) -> Result<Vec<LedgerEntry>, LedgerError>;
 }
 
-/// A store that lives as long as the process; for tests and simulations.
+/// A store that lives as long as the process; for tests.
+#[cfg(test)]
 #[derive(Clone, Debug, Default)]
-pub struct MemoryLedgerStore {
+pub(crate) struct MemoryLedgerStore {
     entries: Vec<LedgerEntry>,
 }
 
+#[cfg(test)]
 impl LedgerStore for MemoryLedgerStore {
     fn append(&mut self, entry: &LedgerEntry) -> Result<(), LedgerError> {
         self.entries.push(entry.clone());
@@ -109,6 +153,7 @@ impl FileLedgerStore {
         Ok(store)
     }
 
+    /// Where the log lives.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -168,9 +213,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The round reserved for.
     pub fn round(&self) -> u64 {
         self.round
     }
+    /// The spend set aside.
     pub fn spend(&self) -> GaussianSpend {
         self.spend
     }
@@ -224,6 +271,7 @@ impl<S: LedgerStore> PrivacyLedger<S> {
         Ok(acc)
     }
 
+    /// The budget the ledger enforces.
     pub fn budget(&self) -> PrivacyBudget {
         self.budget
     }
@@ -306,6 +354,7 @@ impl<S: LedgerStore> PrivacyLedger<S> {
         }
     }
 
+    /// Give the store back (to reopen it, as after a restart).
     pub fn into_store(self) -> S {
         self.store
     }

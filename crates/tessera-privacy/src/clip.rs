@@ -22,7 +22,7 @@ fn check_clip_norm(clip_norm: f64) -> Result<(), PrivacyError> {
 }
 
 /// L2 norm accumulated in f64; errors on any non-finite value.
-pub fn l2_norm<'a>(values: impl IntoIterator<Item = &'a f32>) -> Result<f64, PrivacyError> {
+pub(crate) fn l2_norm<'a>(values: impl IntoIterator<Item = &'a f32>) -> Result<f64, PrivacyError> {
     let mut sum = 0.0f64;
     for v in values {
         if !v.is_finite() {
@@ -35,7 +35,7 @@ pub fn l2_norm<'a>(values: impl IntoIterator<Item = &'a f32>) -> Result<f64, Pri
 
 /// The factor min(1, C / norm) that brings a vector of L2 norm `norm` within
 /// `clip_norm`; a zero vector needs no scaling.
-pub fn clip_factor(norm: f64, clip_norm: f64) -> Result<f64, PrivacyError> {
+pub(crate) fn clip_factor(norm: f64, clip_norm: f64) -> Result<f64, PrivacyError> {
     check_clip_norm(clip_norm)?;
     if !norm.is_finite() || norm < 0.0 {
         return Err(PrivacyError::NonFinite);
@@ -45,13 +45,15 @@ pub fn clip_factor(norm: f64, clip_norm: f64) -> Result<f64, PrivacyError> {
 
 /// Per-example clipping: given each example's gradient norm, the factor to
 /// scale that example's gradient by before summing.
-pub fn clip_factors(norms: &[f64], clip_norm: f64) -> Result<Vec<f64>, PrivacyError> {
+#[cfg(test)]
+pub(crate) fn clip_factors(norms: &[f64], clip_norm: f64) -> Result<Vec<f64>, PrivacyError> {
     norms.iter().map(|n| clip_factor(*n, clip_norm)).collect()
 }
 
 /// Scale `values` in place so their L2 norm is at most `clip_norm`.
 /// Returns the norm before clipping.
-pub fn clip_l2(values: &mut [f32], clip_norm: f64) -> Result<f64, PrivacyError> {
+#[cfg(test)]
+pub(crate) fn clip_l2(values: &mut [f32], clip_norm: f64) -> Result<f64, PrivacyError> {
     let norm = l2_norm(values.iter())?;
     let factor = clip_factor(norm, clip_norm)?;
     if factor < 1.0 {
@@ -115,6 +117,8 @@ pub struct AdaptiveClip {
 }
 
 impl AdaptiveClip {
+    /// Start at `initial_clip` (> 0), tracking the `target_quantile` (gamma,
+    /// in [0, 1]) of update norms with step `learning_rate` (eta, >= 0).
     pub fn new(initial_clip: f64, target_quantile: f64, learning_rate: f64) -> Result<Self, PrivacyError> {
         check_clip_norm(initial_clip)?;
         if !((0.0..=1.0).contains(&target_quantile) && learning_rate.is_finite() && learning_rate >= 0.0) {
@@ -123,6 +127,7 @@ impl AdaptiveClip {
         Ok(Self { clip_norm: initial_clip, target_quantile, learning_rate })
     }
 
+    /// The current clip norm C.
     pub fn clip_norm(&self) -> f64 {
         self.clip_norm
     }
@@ -150,8 +155,9 @@ impl AdaptiveClip {
 /// unclipped updates plus exact discrete Gaussian noise of std `sigma_b`
 /// (the count has sensitivity 1, so sigma_b is also its noise multiplier).
 /// In the distributed placement each client instead adds its share of this
-/// noise to its own bit, sized with [`crate::distributed_share_sigma`].
-pub fn noisy_unclipped_count<R: rand_core::CryptoRngCore + ?Sized>(
+/// noise to its own bit, sized with `distributed_share_sigma`.
+#[cfg(test)]
+pub(crate) fn noisy_unclipped_count<R: rand_core::CryptoRngCore + ?Sized>(
     unclipped: u64,
     sigma_b: f64,
     rng: &mut R,

@@ -12,7 +12,7 @@ use crate::PrivacyError;
 /// Exact variance of N_Z(0, s^2) by direct summation; it is slightly below
 /// s^2 for small s (CKS20, Sec. 2.3) and indistinguishable from it in f64
 /// once s >= 2.
-pub fn discrete_gaussian_variance(s: f64) -> f64 {
+pub(crate) fn discrete_gaussian_variance(s: f64) -> f64 {
     if s <= 0.0 {
         return 0.0;
     }
@@ -31,7 +31,7 @@ pub fn discrete_gaussian_variance(s: f64) -> f64 {
 
 /// Per-client discrete Gaussian sigma such that the sum of any
 /// `min_contributors` independent shares has variance >= `target_sigma^2`.
-pub fn distributed_share_sigma(target_sigma: f64, min_contributors: u32) -> Result<f64, PrivacyError> {
+pub(crate) fn distributed_share_sigma(target_sigma: f64, min_contributors: u32) -> Result<f64, PrivacyError> {
     if !(target_sigma.is_finite() && target_sigma >= 0.0) {
         return Err(PrivacyError::InvalidParameter("target sigma must be finite and >= 0"));
     }
@@ -58,7 +58,13 @@ pub fn distributed_share_sigma(target_sigma: f64, min_contributors: u32) -> Resu
 ///   Delta_2^2 = min( c^2/g^2 + d/4 + sqrt(2 ln(1/beta)) (c/g + sqrt(d)/2),  (c/g + sqrt(d))^2 ).
 /// The second term is the deterministic worst case (every coordinate moves
 /// by < 1); the first holds with probability >= 1 - beta.
-pub fn quantized_l2_sensitivity(clip_norm: f64, granularity: f64, dim: u64, beta: f64) -> Result<f64, PrivacyError> {
+#[cfg(test)]
+pub(crate) fn quantized_l2_sensitivity(
+    clip_norm: f64,
+    granularity: f64,
+    dim: u64,
+    beta: f64,
+) -> Result<f64, PrivacyError> {
     if !(clip_norm.is_finite() && clip_norm >= 0.0 && granularity.is_finite() && granularity > 0.0) {
         return Err(PrivacyError::InvalidParameter("clip norm must be >= 0 and granularity > 0"));
     }

@@ -1,51 +1,65 @@
 //! `tessera-privacy` owns the differential-privacy mathematics of Tessera:
-//! L2 clipping ([`clip`]), exact discrete Gaussian noise ([`noise`]), the
-//! Gaussian mechanism on f32 values ([`mechanism`]), the noise's
-//! sizing for distributed noise under secure aggregation ([`distributed`]),
-//! Rényi-DP accounting of the subsampled Gaussian mechanism ([`accountant`],
-//! with an OpenDP zCDP cross-check in [`zcdp`]) and budgets enforced by a
-//! write-ahead ledger ([`budget`]).
+//!
+//! - Settings: [`validate`] checks a run's `DpSettings`; [`round_spend`] and
+//!   [`member_spend`] turn them into the [`GaussianSpend`] the aggregator and
+//!   each member charge; [`DistributedPlan`] sizes distributed noise under
+//!   secure aggregation from public parameters only.
+//! - Clipping: [`clip_params_l2`] bounds an update's L2 norm; [`AdaptiveClip`],
+//!   [`adaptive_release`] and [`split_noise_multiplier`] let the clip norm
+//!   follow a quantile of update norms inside one accounted release.
+//! - Noise: [`DiscreteGaussian`] samples N_Z(0, sigma^2) exactly (a certified
+//!   table up to [`MAX_TABLE_SIGMA`]); [`GaussianMechanism`] (kept per run
+//!   by [`MechanismCache`]) adds it to f32 values on a grid.
+//! - Accounting: [`RdpAccountant`] composes subsampled Gaussian releases in
+//!   Rényi DP (an OpenDP zCDP cross-check runs in the tests);
+//!   [`calibrate_noise_multiplier`] inverts it.
+//! - Budgets: [`PrivacyLedger`] enforces a [`PrivacyBudget`] with a
+//!   write-ahead log kept by a [`LedgerStore`] ([`FileLedgerStore`] on
+//!   disk): a [`Reservation`] is durable before a release leaves.
 //!
 //! It must NOT do I/O beyond the ledger's own file store, run async code,
 //! train models, or sample noise from floating-point Gaussians. Errors are
 //! typed and never carry a record or a per-example value.
 
-pub mod accountant;
-pub mod budget;
-mod cdt;
-pub mod clip;
-pub mod distributed;
-mod exact;
-pub mod mechanism;
-pub mod noise;
-pub mod plan;
-pub mod zcdp;
+#![warn(missing_docs)]
 
-pub use accountant::{RdpAccountant, calibrate_noise_multiplier, default_orders};
+mod accountant;
+mod budget;
+mod cdt;
+mod clip;
+mod distributed;
+mod exact;
+mod mechanism;
+mod noise;
+mod plan;
+#[cfg(test)]
+mod zcdp;
+
+pub use accountant::{RdpAccountant, calibrate_noise_multiplier};
 pub use budget::{
-    FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, MemoryLedgerStore, PrivacyBudget,
-    PrivacyLedger, Reservation,
+    FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger, Reservation,
 };
-pub use clip::{
-    AdaptiveClip, adaptive_release, clip_factors, clip_l2, clip_params_l2, noisy_unclipped_count,
-    split_noise_multiplier,
-};
-pub use distributed::{distributed_share_sigma, quantized_l2_sensitivity};
+pub use clip::{AdaptiveClip, adaptive_release, clip_params_l2, split_noise_multiplier};
 pub use mechanism::{GaussianMechanism, MechanismCache};
-pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
-pub use plan::{DistributedPlan, member_spend, round_spend};
-pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
+pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA};
+pub use plan::{DistributedPlan, member_spend, round_spend, validate};
 
 /// Errors of the privacy mathematics. Messages name the parameter at fault,
 /// never a data value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PrivacyError {
+    /// A parameter is out of its domain; the text names the rule.
     #[error("invalid parameter: {0}")]
     InvalidParameter(&'static str),
+    /// An input vector holds NaN or an infinity; nothing was modified, and
+    /// the input must not be released.
     #[error("input holds a non-finite value")]
     NonFinite,
+    /// No parameter meets the target, e.g. an epsilon no noise multiplier
+    /// in the search range reaches.
     #[error("target cannot be met: {0}")]
     Unreachable(&'static str),
+    /// OpenDP refused a conversion (the zCDP cross-check).
     #[error("OpenDP rejected the request: {0}")]
     OpenDp(String),
 }

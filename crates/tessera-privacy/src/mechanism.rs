@@ -10,7 +10,7 @@ use crate::noise::{DiscreteGaussian, GRID_BITS, SignBits, table_draw};
 
 /// The Gaussian mechanism on f32 values, calibrated for the table sampler.
 ///
-/// [`crate::noise::add_gaussian_noise_f32`] rounds to a grid 2^-20 below sigma, which
+/// A fixed grid 2^-20 below sigma (the plain float path of the noise module)
 /// forces the (slow) rejection sampler. For a release of `dim` values of
 /// L2 sensitivity `sensitivity` at noise multiplier `z`, this picks the
 /// coarsest grid for which rounding costs at most about 3 % more noise (at
@@ -52,6 +52,8 @@ pub struct MechanismCache {
 }
 
 impl MechanismCache {
+    /// The mechanism for these parameters: the kept one if they match the
+    /// last call bit for bit, else a new one (see [`GaussianMechanism::new`]).
     pub fn get(&mut self, z: f64, sensitivity: f64, dim: usize) -> Result<&GaussianMechanism, PrivacyError> {
         let key = (z.to_bits(), sensitivity.to_bits(), dim);
         if self.key != Some(key) || self.mechanism.is_none() {
@@ -71,6 +73,9 @@ const MECHANISM_MIN_BITS: i32 = 10;
 const MECHANISM_MAX_TABLE_BITS: i32 = 13;
 
 impl GaussianMechanism {
+    /// The mechanism for `dim` values of L2 sensitivity `sensitivity` at
+    /// noise multiplier `z` (all > 0). The noise table, where the grid allows
+    /// one, is built by the first [`GaussianMechanism::add_to`].
     pub fn new(z: f64, sensitivity: f64, dim: usize) -> Result<Self, PrivacyError> {
         if !(z.is_finite() && z > 0.0 && sensitivity.is_finite() && sensitivity > 0.0 && dim > 0) {
             return Err(PrivacyError::InvalidParameter("z and sensitivity must be finite and > 0, dim > 0"));
@@ -99,11 +104,12 @@ impl GaussianMechanism {
         self.sigma
     }
 
+    /// The rounding grid g, a power of two, in value units.
     pub fn grid(&self) -> f64 {
         self.grid
     }
 
-    /// Round `values` to the grid and add the noise (as [`crate::noise::add_gaussian_noise_f32`]).
+    /// Round `values` to the grid and add the noise (on the grid, then scaled back).
     /// Calls for parts of one release must together cover at most `dim` values.
     pub fn add_to<R: CryptoRngCore + ?Sized>(&self, values: &mut [f32], rng: &mut R) -> Result<(), PrivacyError> {
         if values.iter().any(|v| !v.is_finite()) {

@@ -56,7 +56,7 @@ use crate::exact::LazyUniform;
 
 /// Largest sigma accepted: keeps every candidate within i64 and the f64
 /// fast path meaningful.
-pub const MAX_SIGMA: f64 = (1u64 << 40) as f64;
+pub(crate) const MAX_SIGMA: f64 = (1u64 << 40) as f64;
 
 /// Largest sigma that gets a table: about 185,000 entries (2.8 MiB), built
 /// once per sampler (see `benches/noise.rs` for the time).
@@ -86,6 +86,7 @@ pub struct DiscreteGaussian {
 }
 
 impl DiscreteGaussian {
+    /// A sampler for standard deviation `sigma` in [0, 2^40]; 0 always draws 0.
     pub fn new(sigma: f64) -> Result<Self, PrivacyError> {
         if !(sigma.is_finite() && (0.0..=MAX_SIGMA).contains(&sigma)) {
             return Err(PrivacyError::InvalidParameter("sigma must be finite and in [0, 2^40]"));
@@ -105,6 +106,8 @@ impl DiscreteGaussian {
         })
     }
 
+    /// The standard deviation asked for (that of the continuous Gaussian the
+    /// discrete one is built from).
     pub fn sigma(&self) -> f64 {
         self.sigma
     }
@@ -277,7 +280,8 @@ impl SignBits {
 /// table only when the batch repays it (about 2 us per entry, 11.3 sigma
 /// entries, against ~90 ns saved per draw: at least 256 sigma draws); keep a
 /// [`DiscreteGaussian`] to reuse one across calls.
-pub fn fill_discrete_gaussian<R: CryptoRngCore + ?Sized>(
+#[cfg(test)]
+pub(crate) fn fill_discrete_gaussian<R: CryptoRngCore + ?Sized>(
     out: &mut [i64],
     sigma: f64,
     rng: &mut R,
@@ -293,7 +297,7 @@ pub fn fill_discrete_gaussian<R: CryptoRngCore + ?Sized>(
 
 /// Bits of grid resolution below sigma for float noise: the grid step is
 /// sigma * 2^-GRID_BITS rounded down to a power of two.
-pub const GRID_BITS: i32 = 20;
+pub(crate) const GRID_BITS: i32 = 20;
 
 /// Add Gaussian-shaped noise of standard deviation ~`sigma` to f32 values
 /// without a float Gaussian: each value is rounded to the grid
@@ -302,8 +306,10 @@ pub const GRID_BITS: i32 = 20;
 /// back (exact in f64, then rounded to f32 as post-processing). This is
 /// OpenDP's approach for floats. Rounding to the grid moves each coordinate
 /// by at most g/2, so the L2 sensitivity to budget for is Delta + g sqrt(d) / 2.
-/// Returns the grid step g.
-pub fn add_gaussian_noise_f32<R: CryptoRngCore + ?Sized>(
+/// Returns the grid step g. [`GaussianMechanism`](crate::GaussianMechanism)
+/// is the released path; this plain form backs the tests.
+#[cfg(test)]
+pub(crate) fn add_gaussian_noise_f32<R: CryptoRngCore + ?Sized>(
     values: &mut [f32],
     sigma: f64,
     rng: &mut R,

@@ -66,7 +66,7 @@ pub fn member_spend(dp: &DpSettings, train: &TrainSettings) -> GaussianSpend {
 }
 
 /// DP-SGD steps one member takes in a round: `ceil(1/q)` per local epoch.
-pub fn dpsgd_steps(dp: &DpSettings, train: &TrainSettings) -> u64 {
+pub(crate) fn dpsgd_steps(dp: &DpSettings, train: &TrainSettings) -> u64 {
     u64::from(train.local_epochs) * (1.0 / dp.sampling_rate).ceil() as u64
 }
 

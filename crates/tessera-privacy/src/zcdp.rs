@@ -9,7 +9,7 @@
 //! conversion of CKS20 Prop. 12/Cor. 13) followed by `make_fix_delta`; both
 //! are behind OpenDP's `contrib` feature, which this crate enables (it adds
 //! code, not dependencies; see docs/privacy.md). Subsampled rounds must use
-//! [`crate::accountant::RdpAccountant`] instead: zCDP does not amplify.
+//! [`crate::RdpAccountant`] instead: zCDP does not amplify.
 
 use opendp::combinators::{make_fix_delta, make_zCDP_to_approxDP};
 use opendp::core::{Function, Measurement, PrivacyMap};

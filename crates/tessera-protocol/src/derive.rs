@@ -4,8 +4,7 @@
 
 use tessera_core::{ModelParams, ParamLayout, ParamsError, RoundSettings, RunId, SecAggSettings};
 use tessera_privacy::{DistributedPlan, PrivacyError};
-use tessera_secagg::update::ValueCoding;
-use tessera_secagg::{AggregateSum, RoundContext, SecAggError};
+use tessera_secagg::{AggregateSum, RoundContext, SecAggError, ValueCoding};
 
 /// Why an agreed value could not be derived, or an aggregate not decoded.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -30,7 +29,7 @@ pub enum DeriveError {
 /// Length of the masked vector for an update of `layout`: every value plus
 /// the weight coordinate.
 pub fn update_vector_len(layout: &ParamLayout) -> u64 {
-    tessera_secagg::update::vector_len(layout)
+    tessera_secagg::vector_len(layout)
 }
 
 /// The secure-aggregation context of one round. `update_layout` is what
@@ -81,7 +80,7 @@ pub fn mean_from_secure(
     let s = settings.secagg.as_ref().ok_or(DeriveError::NotSecure)?;
     let coding = update_coding(settings, layout.numel() as u64, cohort_size)?.coding;
     let contributors = sum.survivors.len() as u32;
-    Ok(tessera_secagg::update::mean_update_with(layout, s, cohort_size, &sum.sum, contributors, coding)?)
+    Ok(tessera_secagg::mean_update_with(layout, s, cohort_size, &sum.sum, contributors, coding)?)
 }
 
 /// Research mode: `sums` holds `Σ w_i Δ_i` in f64, `weight` is `Σ w_i`.

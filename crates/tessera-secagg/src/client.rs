@@ -30,6 +30,9 @@ struct HeldShares {
     mask_key: SecretShare,
 }
 
+/// One member's secure-aggregation state for one round: its key pairs, the
+/// shares it holds for its neighbours, and the masks it applies. Secrets are
+/// zeroized on drop.
 pub struct ClientSession {
     ctx: RoundContext,
     me: PartyId,
@@ -86,6 +89,7 @@ impl ClientSession {
         Ok((session, public))
     }
 
+    /// This member's index in the sorted cohort.
     pub fn party(&self) -> PartyId {
         self.me
     }
@@ -95,6 +99,7 @@ impl ClientSession {
         self.step
     }
 
+    /// The round this session belongs to.
     pub fn context(&self) -> &RoundContext {
         &self.ctx
     }
@@ -106,6 +111,7 @@ impl ClientSession {
         self.mask_threads = threads;
     }
 
+    /// Threads [`Self::mask_chunk`] may use now.
     pub fn mask_threads(&self) -> NonZeroUsize {
         self.mask_threads
     }

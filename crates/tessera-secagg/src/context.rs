@@ -13,11 +13,11 @@ use crate::graph::NeighbourGraph;
 /// any model, it keeps every offset arithmetic well inside u64 and each mask
 /// key's AES-256-CTR stream (one vector per key) at 2^34 blocks, far below
 /// the 2^64-block birthday bound of a 128-bit block cipher.
-pub const MAX_VECTOR_LEN: u64 = 1 << 36;
+pub(crate) const MAX_VECTOR_LEN: u64 = 1 << 36;
 
 /// Below this many members SecAgg+ saves nothing worth its weaker guarantee,
 /// so [`default_plan`] uses the complete graph.
-pub const FULL_GRAPH_MAX_COHORT: u32 = 32;
+pub(crate) const FULL_GRAPH_MAX_COHORT: u32 = 32;
 
 /// Neighbour count and threshold for a cohort size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +42,8 @@ pub fn default_threshold(neighbourhood_size: u32) -> u32 {
 }
 
 /// Defaults for a cohort of `n`: the complete graph up to
-/// [`FULL_GRAPH_MAX_COHORT`] members, else `2 * ceil(log2 n)` neighbours
+/// 32 members (below that SecAgg+ saves nothing worth its weaker
+/// guarantee), else `2 * ceil(log2 n)` neighbours
 /// (Bell et al.: logarithmic degree); threshold `ceil(2m/3)` of the
 /// neighbourhood size `m`.
 pub fn default_plan(cohort_size: u32) -> SecAggPlan {
@@ -55,7 +56,7 @@ pub fn default_plan(cohort_size: u32) -> SecAggPlan {
 }
 
 /// Digest of the sorted cohort member names, as `RoundStart` lists them.
-pub fn cohort_digest(cohort: &[String]) -> [u8; 32] {
+pub(crate) fn cohort_digest(cohort: &[String]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"tessera-secagg/v1/cohort");
     h.update((cohort.len() as u64).to_le_bytes());
@@ -99,7 +100,7 @@ impl RoundContext {
     }
 
     /// Same as [`RoundContext::new`] when only the cohort size and its digest are at hand.
-    pub fn from_digest(
+    pub(crate) fn from_digest(
         run_id: RunId,
         round: u64,
         cohort_size: u32,
@@ -176,30 +177,39 @@ impl RoundContext {
         h.finalize().into()
     }
 
+    /// The run the round belongs to.
     pub fn run_id(&self) -> RunId {
         self.run_id
     }
+    /// The round number.
     pub fn round(&self) -> u64 {
         self.round
     }
+    /// Members in the cohort; party ids run from 0 to this minus 1.
     pub fn cohort_size(&self) -> u32 {
         self.cohort_size
     }
+    /// The round's secure-aggregation settings.
     pub fn settings(&self) -> &SecAggSettings {
         &self.settings
     }
+    /// Ring elements in each member's masked vector.
     pub fn vector_len(&self) -> u64 {
         self.vector_len
     }
+    /// Shamir threshold per neighbourhood.
     pub fn threshold(&self) -> u32 {
         self.settings.threshold
     }
+    /// k of the ring Z_{2^k}.
     pub fn modulus_bits(&self) -> u32 {
         self.settings.modulus_bits
     }
+    /// Survivors below which the round aborts (see [`Self::with_min_survivors`]).
     pub fn min_survivors(&self) -> u32 {
         self.min_survivors
     }
+    /// Who exchanges masks with whom.
     pub fn graph(&self) -> &NeighbourGraph {
         &self.graph
     }

@@ -130,7 +130,9 @@ const GROUP_WORDS: usize = 16;
 /// How [`apply_prg`] combines the keystream with the values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaskOp {
+    /// `value + keystream` (a member masking its input).
     Add,
+    /// `value - keystream` (removing a mask from the sum).
     Subtract,
 }
 
@@ -145,8 +147,8 @@ pub enum MaskOp {
 /// bytes `4i..4i+4` read little endian, so any chunk can be masked on its
 /// own. With AES-NI it is about twice as fast as ChaCha20 (AVX2) on x86-64,
 /// and AWS-LC's CTR code 1.4-1.7x the `aes` crate's; see
-/// `docs/benchmarks.md`. Panics if the stream would run past
-/// [`crate::MAX_VECTOR_LEN`] words.
+/// `docs/benchmarks.md`. Panics if the stream would run past 2^36 words,
+/// the longest vector a round may mask.
 pub fn apply_prg(key: &[u8; 32], offset: u64, values: &mut [u32], op: MaskOp) {
     apply_prgs(&[(key, op)], offset, values);
 }
@@ -157,7 +159,7 @@ pub fn apply_prg(key: &[u8; 32], offset: u64, values: &mut [u32], op: MaskOp) {
 /// XOR, no intermediate vector).
 pub(crate) fn apply_prgs(keys: &[(&[u8; 32], MaskOp)], offset: u64, values: &mut [u32]) {
     let end = offset.checked_add(values.len() as u64);
-    assert!(end.is_some_and(|e| e <= crate::MAX_VECTOR_LEN), "PRG stream beyond 2^36 words");
+    assert!(end.is_some_and(|e| e <= crate::context::MAX_VECTOR_LEN), "PRG stream beyond 2^36 words");
     if values.is_empty() {
         return;
     }
@@ -207,7 +209,7 @@ pub(crate) fn apply_prgs_parallel(
     finish: &(dyn Fn(&mut [u32]) + Sync),
 ) {
     let end = offset.checked_add(values.len() as u64);
-    assert!(end.is_some_and(|e| e <= crate::MAX_VECTOR_LEN), "PRG stream beyond 2^36 words");
+    assert!(end.is_some_and(|e| e <= crate::context::MAX_VECTOR_LEN), "PRG stream beyond 2^36 words");
     let workers = workers.min(values.len() / min_words.max(1)).max(1);
     if workers == 1 {
         apply_prgs(keys, offset, values);
@@ -269,8 +271,9 @@ fn combine(values: &mut [u32], bytes: &[u8], op: MaskOp) {
     }
 }
 
-/// The PRG stream itself, for benches and tests: `out[i]` = word `offset + i`.
-pub fn keystream_u32(key: &[u8; 32], offset: u64, out: &mut [u32]) {
+/// The PRG stream itself, for the tests: `out[i]` = word `offset + i`.
+#[cfg(test)]
+pub(crate) fn keystream_u32(key: &[u8; 32], offset: u64, out: &mut [u32]) {
     out.fill(0);
     apply_prg(key, offset, out, MaskOp::Add);
 }
@@ -331,11 +334,12 @@ mod tests {
         let mut block = h("6bc1bee22e409f96e93d7e117393172a");
         Aes256Ctr::new(&key.into(), &iv.into()).apply_keystream(&mut block);
         assert_eq!(block, h("601ec313775789a5b7a7f504bbf3d228"));
-        let near_end = crate::MAX_VECTOR_LEN - 100;
+        let near_end = crate::context::MAX_VECTOR_LEN - 100;
         let mut got = vec![0u32; 100];
         keystream_u32(&keys[0], near_end, &mut got);
         assert_eq!(got, reference(&keys[0], near_end, 100));
-        let past = std::panic::catch_unwind(|| keystream_u32(&keys[0], crate::MAX_VECTOR_LEN - 16, &mut [0u32; 17]));
+        let past =
+            std::panic::catch_unwind(|| keystream_u32(&keys[0], crate::context::MAX_VECTOR_LEN - 16, &mut [0u32; 17]));
         assert!(past.is_err());
     }
 

@@ -8,83 +8,178 @@ use tessera_core::PartyId;
 /// needs and the one the session is at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Each member publishes its two public keys.
     AdvertiseKeys,
+    /// Each member sends encrypted Shamir shares to its neighbours.
     ShareKeys,
+    /// Each member streams its masked vector.
     MaskedInput,
+    /// Survivors reveal the shares that remove the masks.
     Unmask,
+    /// The session has answered its last message.
     Done,
 }
 
 /// Which of the two Shamir-shared secrets a reveal concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretKind {
+    /// The seed of a member's own mask, revealed for survivors.
     SelfMask,
+    /// The key-agreement secret behind pairwise masks, revealed for dropouts.
     MaskKey,
 }
 
+/// Everything that can go wrong in a round, on either side. A member that
+/// gets one stops taking part; the aggregator drops or blames the party named.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SecAggError {
     // Round configuration.
+    /// The round's settings cannot work (modulus, threshold, neighbours, vector length).
     #[error("invalid secure-aggregation settings: {0}")]
     InvalidSettings(&'static str),
+    /// `RoundContext::new` got a cohort that is not strictly ascending.
     #[error("cohort member list must be sorted and free of duplicates")]
     CohortNotSorted,
+    /// The quantizer's range, modulus or cohort size leaves no room for the sum.
     #[error("quantizer cannot be built: {0}")]
     InvalidQuantizer(&'static str),
 
     // Protocol order.
+    /// A message arrived out of order.
     #[error("call belongs to step {expected:?} but the session is at step {actual:?}")]
-    WrongStep { expected: Step, actual: Step },
+    WrongStep {
+        /// The step the call belongs to.
+        expected: Step,
+        /// The step the session is at.
+        actual: Step,
+    },
 
     // Who may say what.
+    /// A party id outside the cohort.
     #[error("party {0} is not a member of this cohort")]
     UnknownParty(PartyId),
+    /// A message concerns a pair that the neighbour graph does not join.
     #[error("party {peer} is not a neighbour of party {of}")]
-    NotNeighbour { of: PartyId, peer: PartyId },
+    NotNeighbour {
+        /// The party whose neighbourhood was asked about.
+        of: PartyId,
+        /// The party outside it.
+        peer: PartyId,
+    },
+    /// A party sent the same step twice.
     #[error("party {0} already submitted this step")]
     Duplicate(PartyId),
+    /// A party skipped the previous step, so it may not take this one.
     #[error("party {0} did not move on at the previous step")]
     NotInStep(PartyId),
+    /// Two members advertised the same key (a replay or a copied identity).
     #[error("two cohort members advertised the same public key")]
     RepeatedPublicKey,
+    /// A peer's key would make the pairwise mask predictable.
     #[error("key agreement with party {0} is not contributory (low-order public key)")]
     WeakPublicKey(PartyId),
 
     // Shares.
+    /// A share fails authentication: tampered, or from another round.
     #[error("share from party {from} to party {to} failed to decrypt or is bound to another round")]
-    ShareDecryption { from: PartyId, to: PartyId },
+    ShareDecryption {
+        /// The sender.
+        from: PartyId,
+        /// The recipient.
+        to: PartyId,
+    },
+    /// A share decrypted but does not parse.
     #[error("share from party {0} is malformed")]
     MalformedShare(PartyId),
+    /// A share reached a member it was not encrypted for.
     #[error("share from party {from} is addressed to party {to}, not to this member")]
-    Misaddressed { from: PartyId, to: PartyId },
+    Misaddressed {
+        /// The sender.
+        from: PartyId,
+        /// The recipient named inside the share.
+        to: PartyId,
+    },
+    /// A neighbour's share bundle lacks one for this recipient.
     #[error("party {missing} sent no share to party {to}")]
-    MissingShare { missing: PartyId, to: PartyId },
+    MissingShare {
+        /// The party whose share is absent.
+        missing: PartyId,
+        /// The recipient left without it.
+        to: PartyId,
+    },
 
     // Unmasking.
+    /// The aggregator asked for both secrets of one party, which would
+    /// unmask its input; the member refuses.
     #[error("asked to reveal both the self-mask share and the mask-key share of party {0}")]
     BothSecretsRequested(PartyId),
+    /// An unmask request (or its answer) names a party inconsistently with
+    /// the survivor and dropout lists.
     #[error("unmask request names party {0} inconsistently with what this member knows")]
     InconsistentUnmaskRequest(PartyId),
+    /// A reveal of the other secret than the one asked for.
     #[error("reveal for party {peer} from party {from} has the wrong kind {kind:?}")]
-    WrongRevealKind { from: PartyId, peer: PartyId, kind: SecretKind },
+    WrongRevealKind {
+        /// The revealing survivor.
+        from: PartyId,
+        /// The party whose secret it is.
+        peer: PartyId,
+        /// The kind revealed.
+        kind: SecretKind,
+    },
+    /// Shares of one secret disagree, so at least one is forged.
     #[error("the revealed shares of party {0} do not recombine to a valid secret")]
     InconsistentShares(PartyId),
+    /// Too few members are left for the round to produce a sum.
     #[error("{have} survivors but the threshold is {threshold}")]
-    BelowThreshold { have: u32, threshold: u32 },
+    BelowThreshold {
+        /// Members still in the round.
+        have: u32,
+        /// The Shamir threshold.
+        threshold: u32,
+    },
+    /// A secret needed to remove a mask got fewer shares than the threshold.
     #[error("only {have} shares of party {peer}'s secret reached the aggregator, {threshold} are needed")]
-    CannotReconstruct { peer: PartyId, have: u32, threshold: u32 },
+    CannotReconstruct {
+        /// The party whose secret is needed.
+        peer: PartyId,
+        /// Shares received.
+        have: u32,
+        /// The Shamir threshold.
+        threshold: u32,
+    },
 
     // Masked input stream.
+    /// A masked chunk does not continue where the previous one ended.
     #[error("masked stream of party {from}: expected offset {expected}, got {actual}")]
-    StreamOffset { from: PartyId, expected: u64, actual: u64 },
+    StreamOffset {
+        /// The streaming party.
+        from: PartyId,
+        /// The next offset due.
+        expected: u64,
+        /// The offset received.
+        actual: u64,
+    },
+    /// A range runs past the round's vector.
     #[error("vector range [{offset}, {offset}+{len}) lies outside the {vector_len}-element vector")]
-    OutOfRange { offset: u64, len: u64, vector_len: u64 },
+    OutOfRange {
+        /// Start of the range, in ring elements.
+        offset: u64,
+        /// Its length, in ring elements.
+        len: u64,
+        /// The round's vector length.
+        vector_len: u64,
+    },
+    /// An element is not reduced mod 2^modulus_bits.
     #[error("element at offset {0} is not below 2^modulus_bits")]
     ValueOutOfRing(u64),
+    /// The stream ended short of the vector length.
     #[error("masked stream of party {0} ended before the whole vector arrived")]
     StreamIncomplete(PartyId),
+    /// A chunk or end for a party with no stream open.
     #[error("no masked stream of party {0} is open")]
     NoStream(PartyId),
+    /// Every staging slot holds an open stream; back-pressure, not a fault.
     #[error("all {0} staging slots are busy; hold the stream back until one finishes")]
     StreamSlotsBusy(u32),
 }

@@ -10,6 +10,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::PartyId;
 
+/// Which members exchange pairwise masks and hold each other's shares:
+/// a ring-shaped Harary graph, or the complete graph of plain SecAgg.
 #[derive(Clone, Debug)]
 pub struct NeighbourGraph {
     /// Ring position of every party.
@@ -39,10 +41,12 @@ impl NeighbourGraph {
         Self { position, ring, half }
     }
 
+    /// Parties in the graph.
     pub fn cohort_size(&self) -> u32 {
         self.ring.len() as u32
     }
 
+    /// Whether every party neighbours every other (plain SecAgg).
     pub fn is_complete(&self) -> bool {
         self.half.is_none()
     }

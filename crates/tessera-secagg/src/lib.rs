@@ -6,7 +6,22 @@
 //! SecAgg+ of Bell et al. (CCS 2020): a [`ClientSession`] per member and a
 //! [`ServerSession`] for the aggregator, both fed with the `tessera-core`
 //! message payloads and answering with the payloads to send. It also owns the
-//! fixed-point [`quantize`] step between f32 updates and the ring Z_{2^k}.
+//! fixed-point [`Quantizer`] between f32 values and the ring Z_{2^k}, and the
+//! layout of a model update in the masked vector ([`UpdateEncoder`] on the
+//! member, [`mean_update`] on the aggregator).
+//!
+//! - Round setup: [`RoundContext`] binds run, round, cohort and settings;
+//!   [`default_plan`] (a [`SecAggPlan`]), [`default_threshold`] and
+//!   [`min_threshold`] size the [`NeighbourGraph`] and Shamir threshold.
+//! - Sessions: [`ClientSession`] and [`ServerSession`] step through the
+//!   protocol ([`Step`], [`Phase`]); the server's only output is an
+//!   [`AggregateSum`]; everything fails with a [`SecAggError`].
+//! - Updates: [`vector_len`], [`example_weight`], [`ValueCoding`],
+//!   [`add_ring_noise`] and [`mean_update_with`] map model deltas to ring
+//!   vectors and back.
+//! - Masking: [`apply_prg`] with a [`MaskOp`] is the PRG the benches
+//!   measure; [`default_mask_threads`] is what
+//!   [`ClientSession::set_mask_threads`] starts from.
 //!
 //! It must NOT do I/O, read clocks, keep threads or pick its own
 //! randomness: every random draw comes from the caller's
@@ -20,23 +35,25 @@
 //! AES-256-CTR, a ChaCha20 RNG); this crate only composes them. See
 //! `docs/secure-aggregation.md`.
 
+#![warn(missing_docs)]
+
 mod client;
 mod context;
 mod crypto;
 mod error;
 mod graph;
-pub mod quantize;
+mod quantize;
 mod server;
 mod shamir;
-pub mod update;
+mod update;
 
 pub use client::{ClientSession, default_mask_threads};
-pub use context::{
-    FULL_GRAPH_MAX_COHORT, MAX_VECTOR_LEN, RoundContext, SecAggPlan, cohort_digest, default_plan, default_threshold,
-    min_threshold,
-};
-pub use crypto::{MaskOp, apply_prg, keystream_u32};
+pub use context::{RoundContext, SecAggPlan, default_plan, default_threshold, min_threshold};
+pub use crypto::{MaskOp, apply_prg};
 pub use error::{SecAggError, SecretKind, Step};
 pub use graph::NeighbourGraph;
 pub use quantize::Quantizer;
 pub use server::{AggregateSum, DEFAULT_STREAM_SLOTS, Phase, ServerSession};
+pub use update::{
+    UpdateEncoder, ValueCoding, add_ring_noise, example_weight, mean_update, mean_update_with, vector_len,
+};

@@ -31,6 +31,8 @@ use rand_core::CryptoRngCore;
 use crate::context::RoundContext;
 use crate::error::SecAggError;
 
+/// Fixed-point coding of f32 values over `[lo, hi]` into levels that `n`
+/// members can sum in Z_{2^k} without wrapping (stochastic, unbiased rounding).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quantizer {
     lo: f64,
@@ -128,6 +130,7 @@ impl Quantizer {
         Ok(())
     }
 
+    /// The clipping range `(lo, hi)`.
     pub fn range(&self) -> (f64, f64) {
         (self.lo, self.hi)
     }

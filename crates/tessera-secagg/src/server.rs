@@ -71,6 +71,7 @@ pub struct AggregateSum {
     pub sum: Vec<u32>,
     /// Whose inputs the sum holds (sorted); its length is the contributor count.
     pub survivors: Vec<PartyId>,
+    /// k of the ring Z_{2^k} the sum lives in.
     pub modulus_bits: u32,
 }
 
@@ -85,6 +86,9 @@ struct Asked {
     dropped: BTreeSet<PartyId>,
 }
 
+/// The aggregator's secure-aggregation state for one round: it relays keys
+/// and shares, sums masked streams, and removes the masks once enough
+/// survivors answer. It never holds one member's unmasked input.
 pub struct ServerSession {
     ctx: RoundContext,
     phase: Phase,
@@ -108,6 +112,7 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
+    /// A session at [`Phase::Advertise`] with [`DEFAULT_STREAM_SLOTS`].
     pub fn new(ctx: RoundContext) -> Self {
         Self {
             ctx,
@@ -133,10 +138,12 @@ impl ServerSession {
         self
     }
 
+    /// Which messages the session is collecting.
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
+    /// The round this session belongs to.
     pub fn context(&self) -> &RoundContext {
         &self.ctx
     }

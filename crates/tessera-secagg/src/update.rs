@@ -41,7 +41,12 @@ pub enum ValueCoding {
     /// complement mod 2^k; the sum is read back by centred lifting. Used when
     /// members add integer noise (distributed DP), which an offset form could
     /// push below zero.
-    Centered { gamma: f64, max_level: i64 },
+    Centered {
+        /// Grid step: one integer unit is `gamma` in update units.
+        gamma: f64,
+        /// Largest magnitude a coordinate may take, in grid units.
+        max_level: i64,
+    },
 }
 
 /// Produces the quantized (not yet masked) vector chunk by chunk, so the
@@ -56,10 +61,13 @@ pub struct UpdateEncoder {
 }
 
 impl UpdateEncoder {
+    /// An encoder in the [`ValueCoding::Offset`] form: `delta` scaled by
+    /// `weight` (in [0, 1]), then the weight itself.
     pub fn new(s: &SecAggSettings, cohort_size: u32, delta: &ModelParams, weight: f64) -> Result<Self, SecAggError> {
         Self::with_coding(s, cohort_size, delta, weight, ValueCoding::Offset)
     }
 
+    /// [`Self::new`] with an explicit value coding.
     pub fn with_coding(
         s: &SecAggSettings,
         cohort_size: u32,
@@ -77,10 +85,12 @@ impl UpdateEncoder {
         Ok(Self { delta, weight: weight as f32, coding, modulus_bits: s.modulus_bits, values, weights })
     }
 
+    /// Ring elements in the whole vector ([`vector_len`]).
     pub fn len(&self) -> u64 {
         vector_len(&self.delta.layout())
     }
 
+    /// Never true: the weight element is always there.
     pub fn is_empty(&self) -> bool {
         false
     }

@@ -1,7 +1,9 @@
 //! Admission: after the certificate chain is verified, the aggregator asks
 //! its caller whether the named member may connect right now.
 
+#[cfg(test)]
 use std::collections::HashSet;
+#[cfg(test)]
 use std::sync::RwLock;
 
 use crate::error::close_code;
@@ -9,13 +11,16 @@ use crate::error::close_code;
 /// Why a member was turned away; carried to the client as the close reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// The certificate is valid but its name is not a member of the consortium.
     NotMember,
+    /// The member's access was withdrawn.
     Revoked,
     /// Any other policy reason; keep it short and free of record data.
     Other(String),
 }
 
 impl Refusal {
+    /// The QUIC application close code the client sees ([`crate::close_code`]).
     pub fn code(&self) -> u32 {
         match self {
             Refusal::NotMember => close_code::NOT_MEMBER,
@@ -24,6 +29,7 @@ impl Refusal {
         }
     }
 
+    /// The close reason sent to the client: short, never record data.
     pub fn reason(&self) -> &str {
         match self {
             Refusal::NotMember => "not a member",
@@ -37,6 +43,8 @@ impl Refusal {
 /// may connect. Called once per connection, after the TLS handshake; the
 /// aggregator implements it over its database.
 pub trait Admission: Send + Sync + 'static {
+    /// `Ok` lets `member` in; a [`Refusal`] closes its connection with that
+    /// code and reason. Runs on a blocking thread, so it may query a database.
     fn admit(&self, member: &str) -> Result<(), Refusal>;
 }
 
@@ -59,35 +67,35 @@ impl Admission for AdmitAll {
     }
 }
 
-/// An in-memory member list with revocation, changeable while serving.
+/// An in-memory member list with revocation, changeable while serving
+/// (the tests' admission; the aggregator admits from its database).
+#[cfg(test)]
 #[derive(Debug, Default)]
-pub struct MemberList {
+pub(crate) struct MemberList {
     inner: RwLock<Lists>,
 }
 
+#[cfg(test)]
 #[derive(Debug, Default)]
 struct Lists {
     members: HashSet<String>,
     revoked: HashSet<String>,
 }
 
+#[cfg(test)]
 impl MemberList {
-    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(members: I) -> Self {
+    pub(crate) fn new<I: IntoIterator<Item = S>, S: Into<String>>(members: I) -> Self {
         let members = members.into_iter().map(Into::into).collect();
         Self { inner: RwLock::new(Lists { members, revoked: HashSet::new() }) }
     }
 
-    pub fn add(&self, member: &str) {
-        let mut l = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        l.members.insert(member.to_owned());
-    }
-
-    pub fn revoke(&self, member: &str) {
+    pub(crate) fn revoke(&self, member: &str) {
         let mut l = self.inner.write().unwrap_or_else(|p| p.into_inner());
         l.revoked.insert(member.to_owned());
     }
 }
 
+#[cfg(test)]
 impl Admission for MemberList {
     fn admit(&self, member: &str) -> Result<(), Refusal> {
         let l = self.inner.read().unwrap_or_else(|p| p.into_inner());

@@ -14,8 +14,12 @@ use crate::error::TransportError;
 /// spreads members that all lost the aggregator at the same moment.
 #[derive(Clone, Debug)]
 pub struct BackoffPolicy {
+    /// Ceiling of the first delay (default 200 ms).
     pub initial: Duration,
+    /// Largest ceiling any delay reaches (default 30 s).
     pub max: Duration,
+    /// Growth of the ceiling per failed attempt; values below 1 count as 1
+    /// (default 2).
     pub multiplier: f64,
     /// Total dial attempts; `None` retries forever.
     pub max_attempts: Option<u32>,

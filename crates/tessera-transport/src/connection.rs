@@ -27,10 +27,12 @@ struct Counters {
 }
 
 impl Traffic {
+    /// Frame bytes sent so far, headers included.
     pub fn bytes_sent(&self) -> u64 {
         self.0.sent.load(Ordering::Relaxed)
     }
 
+    /// Frame bytes received so far, headers included.
     pub fn bytes_received(&self) -> u64 {
         self.0.received.load(Ordering::Relaxed)
     }
@@ -110,6 +112,7 @@ impl FrameSender {
         self.control.close(code, reason);
     }
 
+    /// This connection's byte counters (shared with the receiving half).
     pub fn traffic(&self) -> Traffic {
         self.traffic.clone()
     }
@@ -150,6 +153,7 @@ impl FrameReceiver {
         self.control.close(code, reason);
     }
 
+    /// This connection's byte counters (shared with the sending half).
     pub fn traffic(&self) -> Traffic {
         self.traffic.clone()
     }
@@ -213,6 +217,7 @@ impl Connection {
         }
     }
 
+    /// Who is at the other end, as authenticated by the handshake.
     pub fn peer(&self) -> &Peer {
         &self.peer
     }
@@ -309,8 +314,15 @@ impl Listener {
 /// How a member reaches the aggregator; cloned into reconnect loops.
 #[derive(Clone)]
 pub enum Dialer {
+    /// QUIC with mutual TLS to the configured aggregator.
     Quic(Arc<QuicDialConfig>),
-    Memory { network: MemoryNetwork, member: String },
+    /// The in-process network of the simulator and tests.
+    Memory {
+        /// The network the aggregator listens on.
+        network: MemoryNetwork,
+        /// The member name to connect as (a certificate's stand-in).
+        member: String,
+    },
 }
 
 impl std::fmt::Debug for Dialer {

@@ -24,6 +24,8 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 0x21;
 }
 
+/// Why a transport operation failed. [`TransportError::is_retryable`] tells
+/// a reconnect loop whether dialling again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The peer sent a bad frame; the connection has been closed.
@@ -34,10 +36,20 @@ pub enum TransportError {
     InvalidOutgoing(CodecError),
     /// The aggregator's admission check refused this member.
     #[error("refused by the aggregator: {reason}")]
-    Refused { code: u32, reason: String },
+    Refused {
+        /// The [`close_code`] the aggregator closed with.
+        code: u32,
+        /// Its short, human-readable reason.
+        reason: String,
+    },
     /// The peer closed the connection with an application code.
     #[error("connection closed by peer (code {code}): {reason}")]
-    ClosedByPeer { code: u64, reason: String },
+    ClosedByPeer {
+        /// The application close (or stream reset) code; 64 bits as QUIC carries it.
+        code: u64,
+        /// The peer's reason, lossily decoded as UTF-8.
+        reason: String,
+    },
     /// This side already closed the connection.
     #[error("connection closed locally")]
     Closed,
@@ -47,16 +59,32 @@ pub enum TransportError {
     /// The connection broke (timeout, reset, transport error).
     #[error("connection lost: {0}")]
     Lost(String),
+    /// An operation did not finish within its configured limit.
     #[error("{what} timed out after {after:?}")]
-    Timeout { what: &'static str, after: Duration },
+    Timeout {
+        /// The operation, e.g. "connecting to the aggregator".
+        what: &'static str,
+        /// The limit that ran out.
+        after: Duration,
+    },
+    /// The aggregator's `host:port` did not resolve to an address.
     #[error("cannot resolve {addr:?}: {detail}")]
-    Resolve { addr: String, detail: String },
+    Resolve {
+        /// The address as configured.
+        addr: String,
+        /// The resolver's answer.
+        detail: String,
+    },
+    /// The memory network has no live listener (the aggregator is down).
     #[error("no listener on the memory network")]
     NoListener,
+    /// The settings cannot work: bad certificate set, server name, timeout, or no runtime.
     #[error("transport configuration: {0}")]
     Config(String),
+    /// A certificate or key file could not be read, or a name is invalid.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The UDP socket could not be bound or wrapped.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -190,6 +190,7 @@ pub struct MemoryNetwork {
 }
 
 impl MemoryNetwork {
+    /// An empty network, with no listener yet.
     pub fn new() -> Self {
         Self::default()
     }

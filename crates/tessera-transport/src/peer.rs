@@ -7,9 +7,13 @@
 /// on the member side it is always [`Peer::AGGREGATOR`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
+    /// The member name the certificate proves (validated), or
+    /// [`Peer::AGGREGATOR`] for the aggregator.
     pub member: String,
 }
 
 impl Peer {
+    /// The name members give the aggregator; no member may take it, since
+    /// `aggregator` is a reserved member name.
     pub const AGGREGATOR: &'static str = "aggregator";
 }

@@ -2,8 +2,12 @@
 //! certificate per member. Everything is written as PEM into a single
 //! directory; private keys are created with mode 0600 from the start.
 //!
-//! Identity comes from certificates, never from messages: [`member_name`]
-//! reads the name a peer proved with its handshake.
+//! Identity comes from certificates, never from messages: the listener reads
+//! the member name a peer proved with its handshake from its certificate.
+//!
+//! Operators call [`init`] once per consortium and [`issue`] once per member;
+//! the transports read the files back with [`load_certs`] and [`load_key`].
+//! Member names pass [`validate_member_name`] wherever they enter.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -19,14 +23,17 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// File names inside a PKI directory.
+/// File name of the consortium CA's certificate inside a PKI directory; every
+/// member needs a copy to authenticate the aggregator.
 pub const CA_CERT: &str = "ca.pem";
-pub const CA_KEY: &str = "ca.key";
-pub const AGGREGATOR_CERT: &str = "aggregator.pem";
-pub const AGGREGATOR_KEY: &str = "aggregator.key";
+/// The CA's private key; only [`issue`] reads it.
+pub(crate) const CA_KEY: &str = "ca.key";
+/// The aggregator's certificate and key, read by its listener.
+pub(crate) const AGGREGATOR_CERT: &str = "aggregator.pem";
+pub(crate) const AGGREGATOR_KEY: &str = "aggregator.key";
 
 /// Longest member name; also keeps file names and log lines short.
-pub const MAX_MEMBER_NAME: usize = 64;
+pub(crate) const MAX_MEMBER_NAME: usize = 64;
 
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const LEAF_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
@@ -36,28 +43,61 @@ const BACKDATE: Duration = Duration::from_secs(3600);
 /// Names reserved for the consortium's own files.
 const RESERVED_NAMES: [&str; 2] = ["ca", "aggregator"];
 
+/// Why a PKI file could not be created, read or trusted. Every variant names
+/// the file or the name at fault, never key material.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// [`init`] found a CA certificate or key already there.
     #[error("a consortium CA already exists at {0}; refusing to overwrite it")]
     CaExists(PathBuf),
+    /// A file to be written exists; nothing is ever overwritten.
     #[error("{0} already exists; refusing to overwrite it")]
     AlreadyExists(PathBuf),
+    /// A file to be read is absent.
     #[error("{0} does not exist")]
     Missing(PathBuf),
+    /// The file holds no PEM block of the `expected` kind.
     #[error("{path} holds no PEM {expected}")]
-    NotPem { path: PathBuf, expected: &'static str },
+    NotPem {
+        /// The file read.
+        path: PathBuf,
+        /// The PEM label looked for, e.g. `CERTIFICATE`.
+        expected: &'static str,
+    },
+    /// The file parsed but its content is unusable.
     #[error("{path}: {detail}")]
-    Invalid { path: PathBuf, detail: String },
+    Invalid {
+        /// The file read.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A member name fails [`validate_member_name`].
     #[error("invalid member name {name:?}: {why}")]
-    InvalidName { name: String, why: &'static str },
+    InvalidName {
+        /// The name, cut to the longest allowed length.
+        name: String,
+        /// The rule it breaks.
+        why: &'static str,
+    },
+    /// An aggregator name in [`InitOptions`] is neither an IP address nor a
+    /// DNS name (or the list is empty).
     #[error("invalid aggregator host name {0:?}")]
     InvalidHostname(String),
+    /// rcgen could not create a key or sign a certificate.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A peer's certificate proves no valid member name.
     #[error("certificate carries no usable member name: {0}")]
     NoIdentity(String),
+    /// Any other file-system error.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 /// Options for [`init`].
@@ -79,7 +119,9 @@ impl Default for InitOptions {
 /// Files produced by [`init`] or [`issue`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedFiles {
+    /// The certificate (PEM, mode 0644).
     pub cert: PathBuf,
+    /// Its private key (PEM, mode 0600); never leaves the owner's site.
     pub key: PathBuf,
 }
 
@@ -209,7 +251,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
 
 /// The member name a certificate proves: its common name, which must agree
 /// with its DNS subject alternative name when it has one.
-pub fn member_name(cert: &CertificateDer<'_>) -> Result<String, PkiError> {
+pub(crate) fn member_name(cert: &CertificateDer<'_>) -> Result<String, PkiError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| PkiError::NoIdentity(e.to_string()))?;
     let cn = x509.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);

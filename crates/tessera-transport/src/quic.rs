@@ -56,11 +56,18 @@ const ACCEPT_QUEUE: usize = 64;
 ///   fatter paths.
 #[derive(Clone, Debug)]
 pub struct QuicTuning {
+    /// Bytes the peer may send on the one stream ahead of our reads (4 MiB).
     pub stream_receive_window: u32,
+    /// Bytes the peer may send on the whole connection ahead of our reads (6 MiB).
     pub receive_window: u32,
+    /// Bytes we keep unacknowledged in flight (6 MiB).
     pub send_window: u64,
+    /// A connection silent this long is dropped (30 s).
     pub idle_timeout: Duration,
+    /// Ping interval that keeps an idle but healthy connection alive (5 s);
+    /// must stay below `idle_timeout`.
     pub keep_alive: Duration,
+    /// UDP payload size used before MTU discovery (1,200 bytes, QUIC's minimum).
     pub initial_mtu: u16,
     /// Largest UDP payload MTU discovery may probe for; paths that drop
     /// large datagrams simply stay at the lower size. At most 65,507.
@@ -163,12 +170,15 @@ fn tls_err(e: rustls::Error) -> TransportError {
 /// Aggregator-side settings.
 #[derive(Clone)]
 pub struct QuicListenerConfig {
+    /// UDP address to listen on.
     pub bind: SocketAddr,
     /// Connections (handshaking or established) beyond this are refused.
     pub max_connections: usize,
     /// Handshake, admission and stream setup must finish within this.
     pub handshake_timeout: Duration,
+    /// Frame size limits; a larger frame closes the connection.
     pub limits: Limits,
+    /// QUIC transport parameters.
     pub tuning: QuicTuning,
     crypto: Arc<QuicServerConfig>,
 }
@@ -184,6 +194,8 @@ impl QuicListenerConfig {
         Self::new(bind, &dir.join(pki::CA_CERT), &dir.join(pki::AGGREGATOR_CERT), &dir.join(pki::AGGREGATOR_KEY))
     }
 
+    /// Build from certificates already in memory (DER): the CA(s) clients
+    /// must chain to, the aggregator's chain and its key. TLS 1.3 only.
     pub fn from_der(
         bind: SocketAddr,
         ca: &[CertificateDer<'static>],
@@ -355,7 +367,9 @@ pub struct QuicDialConfig {
     pub server_name: Option<String>,
     /// Resolution, handshake, admission and stream setup must finish within this.
     pub connect_timeout: Duration,
+    /// Frame size limits; a larger frame closes the connection.
     pub limits: Limits,
+    /// QUIC transport parameters.
     pub tuning: QuicTuning,
     crypto: Arc<QuicClientConfig>,
 }
@@ -372,6 +386,8 @@ impl QuicDialConfig {
         Self::new(server, &dir.join(pki::CA_CERT), &files.cert, &files.key)
     }
 
+    /// Build from certificates already in memory (DER): the consortium CA
+    /// (the only trusted root), the member's chain and its key. TLS 1.3 only.
     pub fn from_der(
         server: impl Into<String>,
         ca: &[CertificateDer<'static>],

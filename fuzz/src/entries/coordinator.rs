@@ -162,7 +162,7 @@ pub fn coordinator(data: &[u8]) {
                     coord.member_connected(now, &hostile);
                 }
                 let at = |off: i8| current_round.saturating_add_signed(i64::from(off % 3));
-                let len = tessera_secagg::update::vector_len(&tiny_model(0.0).layout());
+                let len = tessera_secagg::vector_len(&tiny_model(0.0).layout());
                 let msg = match h {
                     FromHostile::Hello => Some(ClientMsg::Hello { member: hostile.clone(), protocol_version: 1 }),
                     FromHostile::AdvertiseKeys { round, a, b } => Some(ClientMsg::AdvertiseKeys {

@@ -163,7 +163,7 @@ pub fn participant(data: &[u8]) {
                 };
                 let party = PartyId::from(party % 7);
                 let round = u64::from(round);
-                let len = tessera_secagg::update::vector_len(&tiny_model(0.0).layout());
+                let len = tessera_secagg::vector_len(&tiny_model(0.0).layout());
                 let peers = settings.secagg.as_ref().and_then(|s| HonestPeers::new(round, &names, s, len, party));
                 let msg = AggregatorMsg::RoundStart { round, settings, cohort: names.clone(), party };
                 script = Some(Script { round, cohort: names, party, peers, member_keys: None });

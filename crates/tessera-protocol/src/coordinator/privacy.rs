@@ -150,7 +150,7 @@ impl PrivacyConfig {
             delta: self.delta,
             adaptive: None,
         };
-        tessera_privacy::plan::validate(&settings).map_err(|e| format!("privacy: {e}"))?;
+        tessera_privacy::validate(&settings).map_err(|e| format!("privacy: {e}"))?;
         let per_round = round_spend(&settings, train);
         if self.noise_multiplier.is_none() {
             let steps = per_round.steps.saturating_mul(rounds.max(1));
@@ -448,7 +448,7 @@ mod tests {
         let z = plan.settings.noise_multiplier;
         let mut st = PrivacyState::new(plan.clone(), &[], None).unwrap();
         let dp = st.round_settings(40).unwrap();
-        tessera_privacy::plan::validate(&dp).unwrap();
+        tessera_privacy::validate(&dp).unwrap();
         let a = dp.adaptive.clone().unwrap();
         assert_eq!(a.update_clip, 1.0);
         // sigma_b = max(40 / 20, z); the update's own multiplier is z_delta.

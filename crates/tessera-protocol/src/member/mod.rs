@@ -16,7 +16,7 @@ use tessera_core::{
     ParamTensor, PartyId, PrivacyUnit, RoundSettings, RunId, UNCLIPPED_TENSOR,
 };
 use tessera_privacy::{DiscreteGaussian, GaussianSpend};
-use tessera_secagg::update::ValueCoding;
+use tessera_secagg::ValueCoding;
 
 use crate::derive;
 
@@ -118,7 +118,7 @@ struct Upload {
 enum UploadBody {
     /// The encoder, and the member's discrete Gaussian share under
     /// distributed DP (added to every value element before masking).
-    Masked(Box<tessera_secagg::update::UpdateEncoder>, Option<DiscreteGaussian>),
+    Masked(Box<tessera_secagg::UpdateEncoder>, Option<DiscreteGaussian>),
     /// Research mode: `weight · Δ` in plaintext.
     Plain { delta: ModelParams, weight: f64 },
 }
@@ -234,7 +234,7 @@ impl<R: MemberRng> Participant<R> {
                     let mut z = vec![0i64; k];
                     dg.fill(&mut z, &mut self.rng);
                     let bits = session.context().settings().modulus_bits;
-                    tessera_secagg::update::add_ring_noise(&mut values[..k], &z, bits)
+                    tessera_secagg::add_ring_noise(&mut values[..k], &z, bits)
                         .map_err(UpdateError::Encoding)?;
                 }
                 session.mask_chunk(offset, &mut values)?;
@@ -405,7 +405,7 @@ impl<R: MemberRng> Participant<R> {
         let Some(dp) = &settings.dp else {
             return if self.policy.require_dp { Err(PrivacyRefusal::NotPrivate.into()) } else { Ok(()) };
         };
-        tessera_privacy::plan::validate(dp).map_err(PrivacyRefusal::Settings)?;
+        tessera_privacy::validate(dp).map_err(PrivacyRefusal::Settings)?;
         if dp.noise == NoisePlacement::Central && self.policy.require_dp {
             // Central noise trusts the operator with the exact sum; a member
             // enforcing its own budget does not accept that.
@@ -483,7 +483,7 @@ impl<R: MemberRng> Participant<R> {
         let mut delta = trained.params.delta_from(base).map_err(UpdateError::Params)?;
         delta.check_finite().map_err(UpdateError::Params)?;
         let mut weight =
-            tessera_secagg::update::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
+            tessera_secagg::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
         let round = r.round;
         let cohort = r.cohort.len() as u32;
         let mut coding = ValueCoding::Offset;
@@ -505,7 +505,7 @@ impl<R: MemberRng> Participant<R> {
         let body = match (&r.settings.secagg, &r.secagg) {
             (Some(s), Some(_)) => UploadBody::Masked(
                 Box::new(
-                    tessera_secagg::update::UpdateEncoder::with_coding(s, cohort, &delta, weight, coding)
+                    tessera_secagg::UpdateEncoder::with_coding(s, cohort, &delta, weight, coding)
                         .map_err(UpdateError::Encoding)?,
                 ),
                 share,

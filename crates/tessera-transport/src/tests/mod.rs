@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tessera_core::{ClientMsg, CodecError, Limits, PROTOCOL_VERSION, encode_frame};
 
+use crate::admission::MemberList;
 use crate::pki::{self, InitOptions};
 use crate::*;
 
