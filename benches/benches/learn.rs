@@ -43,7 +43,7 @@ use tessera_core::{
 use tessera_learn::ComputeBackend;
 use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::{SplitConfig, TabularData, TabularSpec};
-use tessera_vision::efficientnet::NUM_BLOCKS;
+use tessera_vision::NUM_BLOCKS;
 use tessera_vision::{
     EfficientNetLite0, FeatureCache, HeadWeights, ImageDataset, Normalization, Preprocess, TransferModel,
     TransferTrainer, default_weights_path, load_fashion_mnist,

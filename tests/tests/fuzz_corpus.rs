@@ -256,9 +256,7 @@ fn write_seed_corpus() {
     write("csv_loader", "wdbc-head", &csv);
     // IDX: a tiny image stack, and the shipped (gzipped) label file.
     let mut idx = vec![0u8];
-    idx.extend(
-        tessera_vision::idx::encode_idx(&[2, 3, 2], &[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]).unwrap(),
-    );
+    idx.extend(tessera_vision::encode_idx(&[2, 3, 2], &[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]).unwrap());
     write("idx_loader", "images", &idx);
     let mut gz = vec![1u8];
     gz.extend(std::fs::read(fuzz_dir().join("../examples/data/fashion-mnist/t10k-labels-idx1-ubyte.gz")).unwrap());

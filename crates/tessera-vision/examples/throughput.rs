@@ -6,7 +6,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use std::time::Instant;
-use tessera_vision::{EfficientNetLite0, FrozenEfficientNet, default_weights_path, transfer::TransferModel};
+use tessera_vision::{EfficientNetLite0, FrozenEfficientNet, TransferModel, default_weights_path};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let iterations: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);

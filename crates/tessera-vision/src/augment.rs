@@ -5,7 +5,6 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::Path;
 
 use tessera_core::AugmentConfig;
 
@@ -20,12 +19,15 @@ pub struct Augmenter {
 }
 
 impl Augmenter {
+    /// Checks `config`'s ranges (e.g. rotation at most 180 degrees, zoom at
+    /// most 0.99). `seed` keys every draw: the same seed, epoch and example
+    /// index always give the same image.
     pub fn new(config: AugmentConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         Ok(Self { config, seed })
     }
 
-    pub fn config(&self) -> &AugmentConfig {
+    pub(crate) fn config(&self) -> &AugmentConfig {
         &self.config
     }
 
@@ -36,7 +38,13 @@ impl Augmenter {
     }
 
     /// One augmented copy of `image` (`c x h x w`, values in `[0, 1]`).
-    pub fn augment(&self, image: &[f32], shape: (usize, usize, usize), epoch: u64, index: u64) -> Result<Vec<f32>> {
+    pub(crate) fn augment(
+        &self,
+        image: &[f32],
+        shape: (usize, usize, usize),
+        epoch: u64,
+        index: u64,
+    ) -> Result<Vec<f32>> {
         let (c, h, w) = shape;
         if image.len() != c * h * w || h == 0 || w == 0 {
             return Err(VisionError::InvalidConfig(format!("image buffer does not hold {c}x{h}x{w} values")));
@@ -78,7 +86,7 @@ impl Augmenter {
     }
 
     /// The whole data set augmented for one epoch (labels unchanged).
-    pub fn augment_dataset(&self, data: &ImageDataset, epoch: u64) -> Result<ImageDataset> {
+    pub(crate) fn augment_dataset(&self, data: &ImageDataset, epoch: u64) -> Result<ImageDataset> {
         let shape = data.image_shape();
         let mut pixels = Vec::with_capacity(data.len() * shape.0 * shape.1 * shape.2);
         for i in 0..data.len() {
@@ -108,8 +116,15 @@ fn sample_bilinear(plane: &[f32], h: usize, w: usize, x: f32, y: f32, fill: f32)
 }
 
 /// Writes images (`c x h x w`, `c` 1 or 3, values in `[0, 1]`) as one PNG
-/// grid with `columns` tiles per row and a 1-pixel gap.
-pub fn write_png_grid(path: &Path, images: &[Vec<f32>], shape: (usize, usize, usize), columns: usize) -> Result<()> {
+/// grid with `columns` tiles per row and a 1-pixel gap. Only the tests
+/// look at augmented images this way.
+#[cfg(test)]
+fn write_png_grid(
+    path: &std::path::Path,
+    images: &[Vec<f32>],
+    shape: (usize, usize, usize),
+    columns: usize,
+) -> Result<()> {
     let (c, h, w) = shape;
     if images.is_empty() {
         return Err(VisionError::EmptyDataset);

@@ -22,14 +22,15 @@ use crate::metrics::classification_metrics;
 use crate::params::{assign_params, collect_params};
 use crate::train::{TrainConfig, scalar};
 
+/// The from-scratch image classifier; every tensor is trainable and exchanged.
 #[derive(Module, Debug)]
 pub struct SmallCnn {
-    pub conv1: Conv2d,
-    pub conv2: Conv2d,
-    pub pool: MaxPool2d,
-    pub gap: AdaptiveAvgPool2d,
-    pub fc1: Linear,
-    pub fc2: Linear,
+    conv1: Conv2d,
+    conv2: Conv2d,
+    pool: MaxPool2d,
+    gap: AdaptiveAvgPool2d,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 impl SmallCnn {
@@ -50,7 +51,8 @@ impl SmallCnn {
         Ok(seeded_he_uniform(model, &mut ChaCha8Rng::seed_from_u64(seed), true))
     }
 
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+    /// Logits `[n, classes]` of images `[n, c, h, w]`.
+    pub(crate) fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self.pool.forward(relu(self.conv1.forward(images)));
         let x = self.pool.forward(relu(self.conv2.forward(x)));
         let x = self.gap.forward(x);
@@ -64,6 +66,7 @@ impl SmallCnn {
         collect_params(self, &|_| true)
     }
 
+    /// Installs `params`, which must have exactly [`Self::params`]' layout.
     pub fn with_params(self, params: &ModelParams) -> Result<Self> {
         if params.layout() != self.params()?.layout() {
             return Err(VisionError::InvalidConfig("parameter layout differs from SmallCnn's".into()));
@@ -101,6 +104,7 @@ impl SmallCnn {
         Ok((model.valid(), curve))
     }
 
+    /// Loss and classification metrics over `data` (inference mode, batches of 256).
     pub fn evaluate(&self, data: &ImageDataset, preprocess: &Preprocess, device: &Device) -> Result<EvalMetrics> {
         let model = self.valid();
         let mut probs = Vec::with_capacity(data.len() * data.num_classes());

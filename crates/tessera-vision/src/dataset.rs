@@ -51,10 +51,12 @@ impl ImageDataset {
         Ok(ds)
     }
 
+    /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Never true for a data set built by [`Self::new`], which rejects empty ones.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -64,14 +66,17 @@ impl ImageDataset {
         (self.channels, self.height, self.width)
     }
 
+    /// Number of classes (every one has at least one example).
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
     }
 
+    /// Class names in label order: label `i` is `class_names()[i]`.
     pub fn class_names(&self) -> &[String] {
         &self.class_names
     }
 
+    /// The label of every example, in `0..num_classes()`.
     pub fn labels(&self) -> &[usize] {
         &self.labels
     }
@@ -82,7 +87,7 @@ impl ImageDataset {
         self.pixels.get(index * n..(index + 1) * n)
     }
 
-    pub fn class_counts(&self) -> Vec<usize> {
+    pub(crate) fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.num_classes()];
         for &l in &self.labels {
             counts[l] += 1;
@@ -159,7 +164,7 @@ impl ImageDataset {
     }
 
     /// Index batches covering the data set once; shuffled when `seed` is given.
-    pub fn batches(&self, batch_size: usize, seed: Option<u64>) -> Result<Vec<Vec<usize>>> {
+    pub(crate) fn batches(&self, batch_size: usize, seed: Option<u64>) -> Result<Vec<Vec<usize>>> {
         if batch_size == 0 {
             return Err(VisionError::InvalidConfig("batch_size must be positive".into()));
         }
@@ -174,7 +179,9 @@ impl ImageDataset {
 /// Per-channel normalisation applied after resizing: `(x - mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalization {
+    /// Subtracted per output channel (a one-channel output uses the first value).
     pub mean: [f32; 3],
+    /// Divides per channel after the mean is subtracted.
     pub std: [f32; 3],
 }
 
@@ -182,7 +189,7 @@ impl Normalization {
     /// What the TensorFlow EfficientNet-Lite checkpoints were trained with:
     /// `(255 x - 127) / 128`.
     pub const LITE: Self = Self { mean: [127.0 / 255.0; 3], std: [128.0 / 255.0; 3] };
-    pub const IMAGENET: Self = Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    /// The identity: values stay in `[0, 1]`.
     pub const NONE: Self = Self { mean: [0.0; 3], std: [1.0; 3] };
 }
 
@@ -193,16 +200,18 @@ pub struct Preprocess {
     pub size: (usize, usize),
     /// Output channels: 1 or 3. Grayscale is replicated to 3 for ImageNet backbones.
     pub channels: usize,
+    /// Applied after resizing; EfficientNet-Lite0 expects [`Normalization::LITE`].
     pub normalization: Normalization,
 }
 
 impl Preprocess {
+    /// Resize to `size` (height, width), map to `channels`, then normalise.
     pub fn new(size: (usize, usize), channels: usize, normalization: Normalization) -> Self {
         Self { size, channels, normalization }
     }
 
     /// One image `c x h x w` in `[0, 1]` to the model's layout, appended to `out`.
-    pub fn apply_into(&self, image: &[f32], shape: (usize, usize, usize), out: &mut Vec<f32>) -> Result<()> {
+    pub(crate) fn apply_into(&self, image: &[f32], shape: (usize, usize, usize), out: &mut Vec<f32>) -> Result<()> {
         let (c, h, w) = shape;
         if image.len() != c * h * w || h == 0 || w == 0 {
             return Err(VisionError::InvalidConfig(format!("image buffer does not hold {c}x{h}x{w} values")));
@@ -242,7 +251,12 @@ impl Preprocess {
     }
 
     /// Raw images (all of `shape`) as one `[n, c, h, w]` tensor.
-    pub fn batch_from(&self, images: &[&[f32]], shape: (usize, usize, usize), device: &Device) -> Result<Tensor<4>> {
+    pub(crate) fn batch_from(
+        &self,
+        images: &[&[f32]],
+        shape: (usize, usize, usize),
+        device: &Device,
+    ) -> Result<Tensor<4>> {
         if images.is_empty() {
             return Err(VisionError::EmptyDataset);
         }
@@ -257,7 +271,7 @@ impl Preprocess {
 
 /// Bilinear resampling of one plane with pixel centres aligned
 /// (`align_corners = false`), edges clamped.
-pub fn resize_bilinear(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+pub(crate) fn resize_bilinear(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
     if (h, w) == (oh, ow) {
         return src.to_vec();
     }

@@ -20,7 +20,7 @@ pub const FEATURE_DIM: usize = 1280;
 /// Number of MBConv blocks.
 pub const NUM_BLOCKS: usize = 16;
 /// Classes of the ImageNet classifier shipped with the pretrained weights.
-pub const IMAGENET_CLASSES: usize = 1000;
+const IMAGENET_CLASSES: usize = 1000;
 /// TensorFlow's batch-norm epsilon, kept by the PyTorch port.
 const BN_EPS: f64 = 1e-3;
 
@@ -39,7 +39,7 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
 /// Checkpoint key (regex) -> field path in [`ImagenetClassifier`]. The
 /// transfer model uses the same table: its backbone lives under `backbone.`
 /// too, and the ImageNet `fc` is simply left unused there.
-pub const PYTORCH_KEY_MAP: [(&str, &str); 11] = [
+const PYTORCH_KEY_MAP: [(&str, &str); 11] = [
     (r"^_conv_stem\.", "backbone.conv_stem."),
     (r"^_bn0\.", "backbone.bn0."),
     (r"^_blocks\.(\d+)\._expand_conv\.", "backbone.blocks.$1.expand_conv."),
@@ -71,15 +71,15 @@ fn bn(channels: usize, device: &Device) -> BatchNorm {
 
 /// Inverted-residual block: 1x1 expand, depthwise kxk, 1x1 project.
 #[derive(Module, Debug)]
-pub struct MbConvBlock {
-    pub expand_conv: Option<Conv2d>,
-    pub bn0: Option<BatchNorm>,
-    pub depthwise_conv: Conv2d,
-    pub bn1: BatchNorm,
-    pub project_conv: Conv2d,
-    pub bn2: BatchNorm,
+pub(crate) struct MbConvBlock {
+    pub(crate) expand_conv: Option<Conv2d>,
+    pub(crate) bn0: Option<BatchNorm>,
+    pub(crate) depthwise_conv: Conv2d,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) project_conv: Conv2d,
+    pub(crate) bn2: BatchNorm,
     /// Identity shortcut (stride 1 and equal channel counts).
-    pub residual: bool,
+    pub(crate) residual: bool,
 }
 
 impl MbConvBlock {
@@ -101,7 +101,7 @@ impl MbConvBlock {
         }
     }
 
-    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let (Some(conv), Some(bn)) = (&self.expand_conv, &self.bn0) {
             x = relu6(bn.forward(conv.forward(x)));
@@ -115,16 +115,16 @@ impl MbConvBlock {
 /// The convolutional trunk up to the pooled 1280-d feature vector.
 #[derive(Module, Debug)]
 pub struct EfficientNetLite0 {
-    pub conv_stem: Conv2d,
-    pub bn0: BatchNorm,
-    pub blocks: Vec<MbConvBlock>,
-    pub conv_head: Conv2d,
-    pub bn1: BatchNorm,
+    pub(crate) conv_stem: Conv2d,
+    pub(crate) bn0: BatchNorm,
+    pub(crate) blocks: Vec<MbConvBlock>,
+    pub(crate) conv_head: Conv2d,
+    pub(crate) bn1: BatchNorm,
 }
 
 impl EfficientNetLite0 {
     /// Freshly initialised (untrained) network.
-    pub fn new(device: &Device) -> Self {
+    pub(crate) fn new(device: &Device) -> Self {
         let mut blocks = Vec::with_capacity(NUM_BLOCKS);
         for (repeats, kernel, stride, expand, c_in, c_out) in STAGES {
             for r in 0..repeats {
@@ -149,7 +149,7 @@ impl EfficientNetLite0 {
     }
 
     /// Feature map after the head convolution: `[n, 1280, h/32, w/32]`.
-    pub fn feature_map(&self, images: Tensor<4>) -> Tensor<4> {
+    fn feature_map(&self, images: Tensor<4>) -> Tensor<4> {
         let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
         for block in &self.blocks {
             x = block.forward(x);
@@ -168,12 +168,14 @@ impl EfficientNetLite0 {
 /// Backbone plus the 1000-way ImageNet layer, exactly the checkpoint's content.
 #[derive(Module, Debug)]
 pub struct ImagenetClassifier {
+    /// The pretrained trunk.
     pub backbone: EfficientNetLite0,
+    /// The 1280 -> 1000 ImageNet layer (`_fc` in the checkpoint).
     pub fc: Linear,
 }
 
 impl ImagenetClassifier {
-    pub fn new(device: &Device) -> Self {
+    fn new(device: &Device) -> Self {
         Self {
             backbone: EfficientNetLite0::new(device),
             fc: LinearConfig::new(FEATURE_DIM, IMAGENET_CLASSES).init(device),
@@ -187,6 +189,8 @@ impl ImagenetClassifier {
         Ok(model)
     }
 
+    /// ImageNet logits `[n, 1000]` of images `[n, 3, h, w]` (normalised with
+    /// [`crate::Normalization::LITE`]).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.fc.forward(self.backbone.features(images))
     }

@@ -3,50 +3,137 @@
 
 use std::path::PathBuf;
 
+/// Why loading, preprocessing, training or a parameter exchange failed.
+/// Each variant says what was wrong with which file, tensor or setting.
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
+    /// A file or directory could not be read.
     #[error("cannot read `{path}`: {source}")]
     Io {
+        /// What was being read.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// An IDX file is truncated, gzip-corrupt or not unsigned bytes.
     #[error("`{path}` is not a valid IDX file: {reason}")]
-    BadIdx { path: PathBuf, reason: String },
+    BadIdx {
+        /// The file.
+        path: PathBuf,
+        /// What the header or body got wrong.
+        reason: String,
+    },
+    /// An image file could not be decoded.
     #[error("cannot decode image `{path}`: {reason}")]
-    BadImage { path: PathBuf, reason: String },
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// An image has another size and the folder options forbid resizing.
     #[error("image `{path}` is {actual:?} (w, h), expected {expected:?}")]
-    WrongImageSize { path: PathBuf, expected: (u32, u32), actual: (u32, u32) },
+    WrongImageSize {
+        /// The file.
+        path: PathBuf,
+        /// Required `(width, height)` in pixels.
+        expected: (u32, u32),
+        /// The file's `(width, height)` in pixels.
+        actual: (u32, u32),
+    },
+    /// A data set, batch or folder holds no example.
     #[error("data set is empty")]
     EmptyDataset,
+    /// A class has no example (every class must have one).
     #[error("class `{class}` has no examples")]
-    EmptyClass { class: String },
+    EmptyClass {
+        /// The class's name.
+        class: String,
+    },
+    /// Image and label counts differ.
     #[error("{images} images but {labels} labels")]
-    LabelCountMismatch { images: usize, labels: usize },
+    LabelCountMismatch {
+        /// Number of images.
+        images: usize,
+        /// Number of labels.
+        labels: usize,
+    },
+    /// A label names no class.
     #[error("label {label} is outside 0..{num_classes}")]
-    LabelOutOfRange { label: usize, num_classes: usize },
+    LabelOutOfRange {
+        /// The offending label.
+        label: usize,
+        /// Number of classes; labels lie in `0..num_classes`.
+        num_classes: usize,
+    },
+    /// A setting or an argument is out of range; the message names it.
     #[error("invalid setting: {0}")]
     InvalidConfig(String),
+    /// The `[model]` section describes no network.
     #[error("invalid [model] section: {0}")]
     Model(#[from] tessera_core::ModelConfigError),
+    /// The pretrained checkpoint is not where it was expected.
     #[error("weights file `{path}` not found; run scripts/fetch-weights.sh")]
-    WeightsMissing { path: PathBuf },
+    WeightsMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The checkpoint exists but is not a readable PyTorch file.
     #[error("weights file `{path}` cannot be read: {reason}")]
-    WeightsUnreadable { path: PathBuf, reason: String },
+    WeightsUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The reader's message.
+        reason: String,
+    },
+    /// The checkpoint lacks a tensor the model needs.
     #[error("pretrained weights lack tensor `{name}`")]
-    MissingTensor { name: String },
+    MissingTensor {
+        /// The model's path of the tensor.
+        name: String,
+    },
+    /// A checkpoint tensor has the wrong shape or type for the model.
     #[error("pretrained tensor `{name}` does not fit the model: {reason}")]
-    TensorMismatch { name: String, reason: String },
+    TensorMismatch {
+        /// The tensor's name.
+        name: String,
+        /// The loader's message.
+        reason: String,
+    },
+    /// An exchanged parameter has the wrong shape.
     #[error("parameter `{name}`: expected shape {expected:?}, got {actual:?}")]
-    ParamShape { name: String, expected: Vec<usize>, actual: Vec<usize> },
+    ParamShape {
+        /// The parameter's module path.
+        name: String,
+        /// The model's shape.
+        expected: Vec<usize>,
+        /// The update's shape.
+        actual: Vec<usize>,
+    },
+    /// An update names a tensor that is frozen or does not exist.
     #[error("parameter `{name}` is not part of the trainable set")]
-    UnknownParam { name: String },
+    UnknownParam {
+        /// The name in the update.
+        name: String,
+    },
+    /// An update lacks one of the trainable tensors.
     #[error("trainable parameter `{name}` is missing from the update")]
-    MissingParam { name: String },
+    MissingParam {
+        /// The missing tensor's module path.
+        name: String,
+    },
+    /// Tensor data could not be read back, or a computed value was not finite.
     #[error("tensor data: {0}")]
     Tensor(String),
+    /// A file could not be written.
     #[error("cannot write `{path}`: {reason}")]
-    Write { path: PathBuf, reason: String },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The encoder's or operating system's message.
+        reason: String,
+    },
 }
 
 impl VisionError {
@@ -55,4 +142,4 @@ impl VisionError {
     }
 }
 
-pub type Result<T> = std::result::Result<T, VisionError>;
+pub(crate) type Result<T> = std::result::Result<T, VisionError>;

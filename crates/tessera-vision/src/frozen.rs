@@ -39,7 +39,7 @@ const GROUP_BUDGET: usize = 1 << 20;
 
 /// `true` when `device` is one of burn's CPU backends, where this module's
 /// kernels beat burn's own; a GPU device keeps the burn path.
-pub fn is_host_device(device: &Device) -> bool {
+pub(crate) fn is_host_device(device: &Device) -> bool {
     let device = device.clone().inner();
     // ndarray is deprecated in burn 0.22 but still a configurable backend here.
     #[allow(deprecated)]
@@ -51,11 +51,14 @@ pub fn is_host_device(device: &Device) -> bool {
 /// [`FrozenEfficientNet`] on a CPU device, burn's folded modules elsewhere.
 #[derive(Debug)]
 pub enum FeatureExtractor {
+    /// A CPU device: the channels-last kernels of this module.
     Host(FrozenEfficientNet),
+    /// Any other device (a GPU): burn's modules, batch norms folded.
     Burn(Box<FoldedEfficientNet>),
 }
 
 impl FeatureExtractor {
+    /// Folds `net`'s batch norms and picks the variant for `device`.
     pub fn new(net: &EfficientNetLite0, device: &Device) -> Result<Self> {
         let folded = FoldedEfficientNet::new(net);
         Ok(if is_host_device(device) {
@@ -180,6 +183,8 @@ impl FrozenEfficientNet {
         Self::from_folded(&FoldedEfficientNet::new(net))
     }
 
+    /// Lays an already folded network out channels-last (what [`Self::new`] does
+    /// after folding).
     pub fn from_folded(net: &FoldedEfficientNet) -> Result<Self> {
         let blocks = net
             .blocks
@@ -203,7 +208,7 @@ impl FrozenEfficientNet {
     }
 
     /// As [`features`](Self::features), from channels-first values.
-    pub fn features_nchw(&self, images: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
+    pub(crate) fn features_nchw(&self, images: &[f32], dims: [usize; 4]) -> Result<Vec<f32>> {
         self.check_input(images, dims)?;
         let [n, _, h, w] = dims;
         let mut out = vec![0.0; n * FEATURE_DIM];

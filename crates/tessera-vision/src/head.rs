@@ -19,9 +19,13 @@ use crate::error::{Result, VisionError};
 /// (burn's `Linear` layout, `[d_in, d_out]`), `bias` has `classes` values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeadWeights {
+    /// Input width: [`crate::FEATURE_DIM`] behind EfficientNet-Lite0.
     pub dim: usize,
+    /// Number of classes (outputs), at least 2.
     pub classes: usize,
+    /// `dim x classes` values, row-major.
     pub weight: Vec<f32>,
+    /// `classes` values.
     pub bias: Vec<f32>,
 }
 
@@ -29,12 +33,16 @@ pub struct HeadWeights {
 /// the batch's summed loss (an aggregate, for the non-private path only).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeadGradSum {
+    /// Summed weight gradient, laid out as [`HeadWeights::weight`].
     pub weight: Vec<f32>,
+    /// Summed bias gradient, laid out as [`HeadWeights::bias`].
     pub bias: Vec<f32>,
+    /// Summed cross-entropy (nats) over the batch; divide by its size for the mean.
     pub loss_sum: f64,
 }
 
 impl HeadWeights {
+    /// Checks that `weight` holds `dim x classes` values and `bias` `classes`.
     pub fn new(dim: usize, classes: usize, weight: Vec<f32>, bias: Vec<f32>) -> Result<Self> {
         if dim == 0 || classes < 2 || weight.len() != dim * classes || bias.len() != classes {
             return Err(VisionError::InvalidConfig(format!(
@@ -65,7 +73,7 @@ impl HeadWeights {
     }
 
     /// Class probabilities, `n x classes` row-major.
-    pub fn probabilities(&self, features: &[f32], device: &Device) -> Result<Vec<f32>> {
+    pub(crate) fn probabilities(&self, features: &[f32], device: &Device) -> Result<Vec<f32>> {
         let n = features.len() / self.dim.max(1);
         self.check_batch(features, n)?;
         to_vec(log_softmax(self.logits(features, n, device), 1).exp())

@@ -17,7 +17,9 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] =
 /// A decoded IDX array of unsigned bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdxArray {
+    /// The header's dimensions, outermost first (e.g. `[n, rows, cols]`).
     pub dims: Vec<usize>,
+    /// The values, row-major; exactly the product of `dims` of them.
     pub data: Vec<u8>,
 }
 
@@ -66,6 +68,7 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     Ok(IdxArray { dims, data: body.to_vec() })
 }
 
+/// Reads and parses an IDX file, gunzipping it when its name ends in `.gz`.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     parse_idx(&read_bytes(path)?, path)
 }

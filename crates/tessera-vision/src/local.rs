@@ -162,7 +162,8 @@ impl VisionModel {
 
     /// How many times a split's features went through the backbone: with
     /// caching on this stays at one per split however many rounds run.
-    pub fn feature_extractions(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn feature_extractions(&self) -> usize {
         self.extractions
     }
 

@@ -7,7 +7,7 @@ use tessera_core::{EvalMetrics, eval_metrics};
 use crate::error::{Result, VisionError};
 
 /// `probs` is `n x k` row-major (rows sum to one), `labels` in `0..k`.
-pub fn classification_metrics(probs: &[f32], labels: &[usize], num_classes: usize) -> Result<EvalMetrics> {
+pub(crate) fn classification_metrics(probs: &[f32], labels: &[usize], num_classes: usize) -> Result<EvalMetrics> {
     let n = labels.len();
     let k = num_classes;
     if n == 0 {

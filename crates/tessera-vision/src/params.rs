@@ -60,7 +60,7 @@ impl ModuleVisitor for Collect<'_> {
 }
 
 /// Every float tensor of `module` whose path satisfies `keep`, in module order.
-pub fn collect_params<M: Module>(module: &M, keep: &dyn Fn(&str) -> bool) -> Result<ModelParams> {
+pub(crate) fn collect_params<M: Module>(module: &M, keep: &dyn Fn(&str) -> bool) -> Result<ModelParams> {
     let mut v = Collect { path: PathStack::default(), keep, out: Vec::new(), error: None };
     module.visit(&mut v);
     match v.error {
@@ -92,7 +92,7 @@ impl ModuleVisitor for Ids<'_> {
 
 /// Path and parameter id of every float tensor of `module` whose path
 /// satisfies `keep`, in module order (the order of [`collect_params`]).
-pub fn param_ids<M: Module>(module: &M, keep: &dyn Fn(&str) -> bool) -> Vec<(String, ParamId)> {
+pub(crate) fn param_ids<M: Module>(module: &M, keep: &dyn Fn(&str) -> bool) -> Vec<(String, ParamId)> {
     let mut v = Ids { path: PathStack::default(), keep, out: Vec::new() };
     module.visit(&mut v);
     v.out
@@ -133,7 +133,7 @@ impl ModuleMapper for Assign<'_> {
 
 /// Writes `params` into the tensors of `module` with the same paths.
 /// Every name in `params` must exist in the module with the same shape.
-pub fn assign_params<M: Module>(module: M, params: &ModelParams) -> Result<M> {
+pub(crate) fn assign_params<M: Module>(module: M, params: &ModelParams) -> Result<M> {
     let values: HashMap<&str, &ParamTensor> = params.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut m = Assign { path: PathStack::default(), values, used: 0, error: None };
     let module = module.map(&mut m);

@@ -22,10 +22,14 @@ use crate::nhwc::tensor_values;
 use crate::transfer::TransferModel;
 use crate::tune::{HostFineTuner, Tape};
 
+/// Settings of the crate's own Adam training loops (not a federated round's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Passes over the data; at least 1.
     pub epochs: usize,
+    /// Examples per Adam step; the last batch of an epoch may be smaller.
     pub batch_size: usize,
+    /// Adam's step size; positive and finite.
     pub learning_rate: f64,
     /// Seeds the batch order (epoch `e` uses `seed + e`).
     pub seed: u64,
@@ -81,16 +85,14 @@ impl FeatureCache {
         Ok(Self { features, labels: data.labels().to_vec(), num_classes: data.num_classes() })
     }
 
+    /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether no example was extracted.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
-    }
-
-    pub fn num_classes(&self) -> usize {
-        self.num_classes
     }
 
     /// All pooled features, `len() x FEATURE_DIM` row-major.
@@ -98,12 +100,13 @@ impl FeatureCache {
         &self.features
     }
 
+    /// The label of every example, in the data set's order.
     pub fn labels(&self) -> &[usize] {
         &self.labels
     }
 
     /// The features of the examples at `indices`, in that order.
-    pub fn gather(&self, indices: &[usize]) -> Vec<f32> {
+    pub(crate) fn gather(&self, indices: &[usize]) -> Vec<f32> {
         let mut x = Vec::with_capacity(indices.len() * FEATURE_DIM);
         for &i in indices {
             x.extend_from_slice(&self.features[i * FEATURE_DIM..(i + 1) * FEATURE_DIM]);
@@ -184,7 +187,7 @@ pub fn evaluate_head(head: &Linear, cache: &FeatureCache, device: &Device) -> Re
 }
 
 /// Adam steps on a [`TransferModel`], one batch of images at a time. On a
-/// CPU device the trunk's part of each step runs in [`HostFineTuner`]
+/// CPU device the trunk's part of each step runs in the crate's own kernels
 /// (channels-last, by hand) and burn does the head, the loss and Adam; on
 /// any other device the whole step is burn autodiff. Both compute the same
 /// gradients (`tune::tests`).
@@ -198,6 +201,8 @@ pub struct TransferTrainer {
 }
 
 impl TransferTrainer {
+    /// Moves `model` to the autodiff device and prepares Adam; on a CPU
+    /// device also the channels-last kernels that compute the trunk's part.
     pub fn new(model: TransferModel, device: &Device) -> Result<Self> {
         let host = if is_host_device(device) { Some((HostFineTuner::new(&model)?, Tape::default())) } else { None };
         let ad = device.clone().autodiff();

@@ -30,12 +30,16 @@ pub fn seeded_head(num_classes: usize, seed: u64, device: &Device) -> Result<Lin
     Ok(head)
 }
 
+/// EfficientNet-Lite0 with a new classification head; see the module docs
+/// for which tensors train.
 #[derive(Module, Debug)]
 pub struct TransferModel {
+    /// The trunk; frozen except its last `trainable_blocks` blocks.
     pub backbone: EfficientNetLite0,
+    /// `Linear(1280 -> classes)`, always trainable.
     pub head: Linear,
     /// How many of the last MBConv blocks are trainable (0: backbone fully frozen).
-    pub trainable_blocks: usize,
+    pub(crate) trainable_blocks: usize,
 }
 
 impl TransferModel {
@@ -78,22 +82,19 @@ impl TransferModel {
         Ok(model)
     }
 
-    pub fn num_classes(&self) -> usize {
-        self.head.weight.val().dims()[1]
-    }
-
     /// Whether features can be cached: nothing before the head trains.
-    pub fn backbone_frozen(&self) -> bool {
+    pub(crate) fn backbone_frozen(&self) -> bool {
         self.trainable_blocks == 0
     }
 
+    /// Logits `[n, classes]` of images `[n, 3, h, w]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.head.forward(self.backbone.features(images))
     }
 
     /// Is the tensor at `path` part of the trainable set? Batch-norm running
     /// statistics never are.
-    pub fn is_trainable(&self, path: &str) -> bool {
+    pub(crate) fn is_trainable(&self, path: &str) -> bool {
         if path.ends_with("running_mean") || path.ends_with("running_var") {
             return false;
         }
@@ -117,7 +118,7 @@ impl TransferModel {
         collect_params(self, &|p| self.is_trainable(p))
     }
 
-    pub fn trainable_layout(&self) -> Result<ParamLayout> {
+    pub(crate) fn trainable_layout(&self) -> Result<ParamLayout> {
         Ok(self.trainable_params()?.layout())
     }
 

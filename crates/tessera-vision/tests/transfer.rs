@@ -3,7 +3,7 @@
 
 use burn::tensor::Device;
 use tessera_core::{AugmentConfig, ModelParams};
-use tessera_vision::efficientnet::NUM_BLOCKS;
+use tessera_vision::NUM_BLOCKS;
 use tessera_vision::{
     Augmenter, EfficientNetLite0, FeatureCache, ImageDataset, Normalization, Preprocess, SmallCnn, TrainConfig,
     TransferModel, VisionError, evaluate_head, fit_transfer, train_head,
@@ -106,7 +106,7 @@ fn cached_head_learns_separable_features() {
     let data = bars(12);
     let cache = FeatureCache::extract(&backbone, &data, &pre(), 8, &device).unwrap();
     assert_eq!(cache.len(), 24);
-    let head = tessera_vision::transfer::seeded_head(2, 3, &device).unwrap();
+    let head = tessera_vision::seeded_head(2, 3, &device).unwrap();
     let before = evaluate_head(&head, &cache, &device).unwrap();
     let cfg = TrainConfig { epochs: 60, batch_size: 8, learning_rate: 1e-2, seed: 2 };
     let (head, curve) = train_head(head, &cache, &cfg, &device).unwrap();

@@ -25,10 +25,10 @@ pub fn csv_loader(data: &[u8]) {
 /// The IDX decoder (MNIST / Fashion-MNIST files), plain and gzip-wrapped.
 pub fn idx_loader(data: &[u8]) {
     let Some((&head, body)) = data.split_first() else { return };
-    let _ = tessera_vision::idx::parse_idx(body, Path::new("fuzz.idx"));
+    let _ = tessera_vision::parse_idx(body, Path::new("fuzz.idx"));
     if head & 1 == 1 {
         let f = scratch_file("fuzz-idx.gz", body);
-        let _ = tessera_vision::idx::read_idx(f.path());
+        let _ = tessera_vision::read_idx(f.path());
     }
 }
 
@@ -37,11 +37,11 @@ pub fn idx_loader(data: &[u8]) {
 pub fn image_loader(data: &[u8]) {
     let Some((&head, body)) = data.split_first() else { return };
     let name = if head & 1 == 0 { "image.png" } else { "image.jpg" };
-    let opts = tessera_vision::folder::FolderOptions {
+    let opts = tessera_vision::FolderOptions {
         size: (usize::from(head >> 4) + 1, usize::from(head >> 4) + 2),
         channels: if head & 2 == 0 { 1 } else { 3 },
         require_exact_size: head & 4 != 0,
     };
     let f = scratch_file(name, body);
-    let _ = tessera_vision::folder::load_image(f.path(), &opts);
+    let _ = tessera_vision::load_image(f.path(), &opts);
 }

@@ -234,8 +234,7 @@ impl<R: MemberRng> Participant<R> {
                     let mut z = vec![0i64; k];
                     dg.fill(&mut z, &mut self.rng);
                     let bits = session.context().settings().modulus_bits;
-                    tessera_secagg::add_ring_noise(&mut values[..k], &z, bits)
-                        .map_err(UpdateError::Encoding)?;
+                    tessera_secagg::add_ring_noise(&mut values[..k], &z, bits).map_err(UpdateError::Encoding)?;
                 }
                 session.mask_chunk(offset, &mut values)?;
                 Ok(Some(ClientMsg::MaskedChunk { round, offset, values }))
@@ -482,8 +481,7 @@ impl<R: MemberRng> Participant<R> {
         let base = r.base.as_ref().ok_or(Refusal::Unexpected { kind: "update" })?;
         let mut delta = trained.params.delta_from(base).map_err(UpdateError::Params)?;
         delta.check_finite().map_err(UpdateError::Params)?;
-        let mut weight =
-            tessera_secagg::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
+        let mut weight = tessera_secagg::example_weight(trained.num_examples, r.settings.train.example_weight_cap);
         let round = r.round;
         let cohort = r.cohort.len() as u32;
         let mut coding = ValueCoding::Offset;

@@ -13,7 +13,8 @@ use tessera_core::ModelParams;
 use tessera_learn::{LocalError, PerExampleGradients};
 
 use super::flat_grads;
-use crate::{Augmenter, ExampleGradients, ImageDataset, Preprocess, SmallCnn, TransferModel, VisionError};
+use crate::tune::ExampleGradients;
+use crate::{Augmenter, ImageDataset, Preprocess, SmallCnn, TransferModel, VisionError};
 
 /// One sampled image's gradient, flat in the layout of the exchanged tensors.
 pub(super) trait PerImage {

@@ -23,7 +23,7 @@ use crate::transfer::TransferModel;
 
 /// Per-example gradients of one model's trainable tensors.
 #[derive(Debug)]
-pub struct ExampleGradients {
+pub(crate) struct ExampleGradients {
     tuner: HostFineTuner,
     tape: Tape,
     /// The trainable tensors in `trainable_params` order: id and length.
@@ -80,10 +80,6 @@ impl ExampleGradients {
     /// Number of values of the flat gradient.
     pub fn len(&self) -> usize {
         self.order.iter().map(|(_, n)| n).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Runs the frozen prefix over a step's preprocessed images

@@ -25,7 +25,7 @@ mod ops;
 #[cfg(test)]
 mod tests;
 
-pub use example::ExampleGradients;
+pub(crate) use example::ExampleGradients;
 
 use burn::module::ParamId;
 use burn::nn::BatchNorm;
@@ -42,7 +42,7 @@ use ops::Affine;
 
 /// The trunk of a [`TransferModel`] prepared for fine-tuning on a CPU.
 #[derive(Debug)]
-pub struct HostFineTuner {
+pub(crate) struct HostFineTuner {
     /// Folded stem and blocks; runs the frozen prefix.
     prefix: FrozenEfficientNet,
     frozen_blocks: usize,
@@ -91,7 +91,7 @@ struct TuneBlock {
 /// What one forward pass keeps for its backward pass. Reused across steps
 /// (its buffers only grow), so a training loop allocates once.
 #[derive(Debug, Default)]
-pub struct Tape {
+pub(crate) struct Tape {
     images: usize,
     blocks: Vec<BlockTape>,
     /// Input of the head convolution (the last block's output) and its shape.
@@ -119,7 +119,7 @@ struct BlockTape {
 
 /// Gradients of the trainable trunk tensors, in burn's layouts.
 #[derive(Debug, Default)]
-pub struct TrunkGrads {
+pub(crate) struct TrunkGrads {
     grads: Vec<ParamGrad>,
 }
 
@@ -335,11 +335,14 @@ impl TrunkGrads {
     }
 
     /// Number of parameter tensors with a gradient.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.grads.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// No trainable trunk tensor (a head-only model).
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.grads.is_empty()
     }
 
