@@ -11,8 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tessera_client::egress::EgressEntry;
-use tessera_client::{ClientExit, EgressLedger};
+use tessera_client::{ClientExit, EgressEntry, EgressLedger};
 use tessera_core::message::ModelPurpose;
 use tessera_core::params::ParamLayout;
 use tessera_core::{AggregatorMsg, ClientMsg, ModelParams, RunId};
