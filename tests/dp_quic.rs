@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tessera_aggregator::daemon;
-use tessera_client::config::PrivacySection;
+use tessera_client::PrivacySection;
 use tessera_core::PrivacyUnit;
 use tessera_e2e::*;
 use tessera_privacy::{FileLedgerStore, LedgerEntry, LedgerStore, RdpAccountant};

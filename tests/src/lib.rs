@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tessera_aggregator::config::{AggregatorConfig, RunSection, ServerSection, TrainSection};
-use tessera_client::config::{
-    AggregatorSection, BackendChoice, ClientConfig, DataConfig, DataSection, ModelSection, StateSection,
+use tessera_client::{
+    AggregatorSection, BackendChoice, ClientConfig, ClientExit, ClientOptions, DataConfig, DataSection, EgressLedger,
+    LocalModel, ModelSection, StateSection,
 };
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::{ModelConfig, TrainableConfig};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, SecureConfig};
@@ -127,12 +127,12 @@ pub async fn run_member_with<M: LocalModel>(
     cfg: ClientConfig,
     wrap: impl FnOnce(TabularModel) -> M,
 ) -> anyhow::Result<ClientExit> {
-    let model = wrap(tessera_client::daemon::tabular_model(&cfg)?);
+    let model = wrap(tessera_client::tabular_model(&cfg)?);
     let mut dial =
         QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();
     let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
-    let mut p = tessera_client::daemon::participant(&cfg)?;
+    let mut p = tessera_client::participant(&cfg)?;
     let opts = ClientOptions {
         backoff: BackoffPolicy {
             initial: std::time::Duration::from_millis(50),

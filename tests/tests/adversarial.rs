@@ -47,7 +47,7 @@ where
         honest.push(tokio::spawn(run_member(client_config(dir.path(), &pki_dir, n, csv, &addr))));
     }
     let mcfg = client_config(dir.path(), &pki_dir, MALLORY, &csvs[3], &addr);
-    let model = tessera_client::daemon::tabular_model(&mcfg).unwrap();
+    let model = tessera_client::tabular_model(&mcfg).unwrap();
     let mut dial = QuicDialConfig::from_pki_dir(&pki_dir, MALLORY, addr.clone()).unwrap();
     dial.server_name = Some("localhost".into());
     let outcome = tokio::time::timeout(Duration::from_secs(240), run_tampering_member(&dial, MALLORY, model, tamper))

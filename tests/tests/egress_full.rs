@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tessera_aggregator::daemon;
-use tessera_client::driver::ClientError;
+use tessera_client::ClientError;
 use tessera_e2e::*;
 use tessera_transport::pki;
 

@@ -83,7 +83,7 @@ async fn one_round(n: usize) -> f64 {
     let run_dir = dir.path().join("run");
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut cfg = aggregator_config(&pki_dir, &run_dir, &refs, 1, (n * 2 / 3) as u32);
-    cfg.model = tessera_client::config::ModelSection::Tabular(tiny_model_config());
+    cfg.model = tessera_client::ModelSection::Tabular(tiny_model_config());
     cfg.run.start_quorum = Some(n as u32);
     cfg.run.phase_timeout_secs = 120.0;
     cfg.run.round_deadline_secs = 120.0;

@@ -11,8 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tessera_client::egress::EgressEntry;
-use tessera_client::{ClientExit, EgressLedger};
+use tessera_client::{ClientExit, EgressEntry, EgressLedger};
 use tessera_core::{AggregatorMsg, ClientMsg, ModelParams, ModelPurpose, ParamLayout, RunId};
 use tessera_e2e::fake_aggregator::{FakeAggregator, FakePeers, MemberLink, secure_settings};
 use tessera_e2e::log_capture::{capture_logs, captured_logs};

@@ -9,14 +9,30 @@ use tessera_tabular::{SplitConfig, TabularSpec};
 
 pub use tessera_core::ModelSection;
 
+/// Why `client.toml` could not be loaded; both variants name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file as given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (an unknown
+    /// key, a missing one, a wrong type); `message` names the section and key.
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file as given.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
 }
 
+/// `[aggregator]`: where to dial and the member's mutual-TLS identity.
+/// The PEM paths are relative to `client.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregatorSection {
@@ -25,8 +41,11 @@ pub struct AggregatorSection {
     /// Name on the aggregator's certificate; defaults to the host of `address`.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// The consortium CA certificate (PEM) the aggregator's certificate must chain to.
     pub ca: PathBuf,
+    /// This member's certificate (PEM), issued by the consortium CA for its name.
     pub cert: PathBuf,
+    /// This member's private key (PEM); it never leaves the site.
     pub key: PathBuf,
 }
 
@@ -34,22 +53,29 @@ pub struct AggregatorSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// The CSV file (with a header row), relative to `client.toml`.
     pub path: PathBuf,
+    /// The label column.
     pub label: String,
     /// Feature columns; all but the label and `ignore` when absent.
     #[serde(default)]
     pub features: Option<Vec<String>>,
+    /// Columns never used as features (ids, free text).
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// Columns one-hot encoded rather than read as numbers.
     #[serde(default)]
     pub categorical: Vec<String>,
     /// Class labels in class-index order (must agree across members).
     #[serde(default)]
     pub classes: Option<Vec<String>>,
+    /// Fraction of each class held out for validation (default 0.15).
     #[serde(default = "default_validation")]
     pub validation: f64,
+    /// Fraction of each class held out as the test split that global models are evaluated on (default 0.2).
     #[serde(default = "default_test")]
     pub test: f64,
+    /// Seed of the stratified split; fixed, so the split is the same every run.
     #[serde(default)]
     pub split_seed: u64,
 }
@@ -62,6 +88,7 @@ fn default_test() -> f64 {
 }
 
 impl DataSection {
+    /// How `tessera-tabular` reads the file: these columns, with missing-value indicators.
     pub fn spec(&self) -> TabularSpec {
         TabularSpec {
             label: self.label.clone(),
@@ -73,6 +100,7 @@ impl DataSection {
         }
     }
 
+    /// The train/validation/test split these fractions and seed describe.
     pub fn split(&self) -> SplitConfig {
         SplitConfig { validation: self.validation, test: self.test, seed: self.split_seed }
     }
@@ -92,6 +120,7 @@ pub enum ImageDataKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageDataSection {
+    /// How the images are stored.
     pub kind: ImageDataKind,
     /// `idx`: the images file; `image_folder`: the root folder.
     pub path: PathBuf,
@@ -110,8 +139,10 @@ pub struct ImageDataSection {
     /// Keep at most this many examples of each class (stratified, by `split_seed`).
     #[serde(default)]
     pub per_class: Option<usize>,
+    /// Fraction of each class held out as the test split that global models are evaluated on (default 0.2).
     #[serde(default = "default_test")]
     pub test: f64,
+    /// Seed of the stratified sample and split.
     #[serde(default)]
     pub split_seed: u64,
 }
@@ -124,7 +155,9 @@ fn default_image_channels() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum DataConfig {
+    /// A CSV table.
     Csv(DataSection),
+    /// Images (IDX files or class folders).
     Images(ImageDataSection),
 }
 
@@ -153,6 +186,7 @@ impl DataConfig {
     }
 }
 
+/// `[state]`: where the member keeps what it must remember across restarts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSection {
@@ -171,17 +205,19 @@ impl Default for StateSection {
     }
 }
 
-/// CPU backend for local training.
-/// The institution's own privacy budget. With it, the member refuses every
+/// `[privacy]`: the institution's own privacy budget. With it, the member refuses every
 /// round whose release is not differentially private, every round that
 /// would take its spend over the budget, and central noise (which trusts
 /// the operator). The ledger is written before any training (write-ahead).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacySection {
+    /// Total epsilon this member will spend, over all runs.
     pub epsilon: f64,
+    /// The delta the epsilon is stated at (default 1e-5).
     #[serde(default = "default_delta")]
     pub delta: f64,
+    /// The write-ahead spend ledger (JSON lines), relative to `client.toml`.
     #[serde(default = "default_ledger")]
     pub ledger: PathBuf,
 }
@@ -194,7 +230,7 @@ fn default_ledger() -> PathBuf {
     PathBuf::from("state/privacy-ledger.jsonl")
 }
 
-/// Knobs for tests only; the daemon warns loudly when any is on.
+/// `[testing]`: knobs for tests only; the daemon warns loudly when any is on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestingSection {
@@ -205,11 +241,14 @@ pub struct TestingSection {
     pub seeded_randomness: bool,
 }
 
+/// `backend`: the CPU backend for local training.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
+    /// burn-flex (the default).
     #[default]
     Flex,
+    /// burn's ndarray backend.
     Ndarray,
 }
 
@@ -222,25 +261,36 @@ impl From<BackendChoice> for ComputeBackend {
     }
 }
 
+/// A member's `client.toml`: who it is, where the aggregator is, its data
+/// and the model the consortium agreed on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// This member's name; must match its certificate.
     pub member: String,
+    /// `[aggregator]`.
     pub aggregator: AggregatorSection,
+    /// `[data]`.
     pub data: DataConfig,
+    /// `[model]`, the same section the aggregator reads.
     pub model: ModelSection,
+    /// `[state]`.
     #[serde(default)]
     pub state: StateSection,
+    /// `backend`.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// `[privacy]`: the member's own budget; none when absent.
     #[serde(default)]
     pub privacy: Option<PrivacySection>,
+    /// `[testing]`.
     #[serde(default)]
     pub testing: TestingSection,
 }
 
 impl ClientConfig {
+    /// Read and check `path`, and resolve every relative path in it
+    /// against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut c: Self =

@@ -56,7 +56,7 @@ pub fn tabular_model(cfg: &ClientConfig) -> anyhow::Result<TabularModel> {
 
 /// Load the member's images and build its image model (the checkpoint is
 /// read here; data stays in this process). Runs on burn-flex.
-pub fn vision_model(cfg: &ClientConfig) -> anyhow::Result<VisionModel> {
+pub(crate) fn vision_model(cfg: &ClientConfig) -> anyhow::Result<VisionModel> {
     let (DataConfig::Images(section), ModelSection::Vision(model)) = (&cfg.data, &cfg.model) else {
         anyhow::bail!("an image model needs image data and an image [model] (`kind` in both sections)");
     };

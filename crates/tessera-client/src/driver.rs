@@ -14,14 +14,18 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::egress::{EgressError, EgressLedger};
 use tessera_protocol::member::{Event, LocalFailure, MemberMachine, Output, TrainedUpdate};
 
+/// How the driver runs a member; the daemon uses the defaults.
 #[derive(Clone)]
 pub struct ClientOptions {
+    /// Frame and chunk size limits for encoding outgoing messages.
     pub limits: Limits,
+    /// Delays between dial attempts (at start and after a lost connection).
     pub backoff: BackoffPolicy,
     /// Reconnect after the connection drops (daemon); the simulator's
     /// members simply stop.
     pub reconnect: bool,
-    /// Bounds concurrent local work across all members sharing it.
+    /// Bounds concurrent local work (training, evaluation) across all
+    /// members sharing it: one permit each (the default holds one).
     pub workers: Arc<Semaphore>,
 }
 
@@ -36,8 +40,12 @@ impl Default for ClientOptions {
     }
 }
 
+/// Why the member stopped with an error rather than a [`ClientExit`].
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Dialing failed for good: at once on an admission refusal, a
+    /// certificate failure or a bad configuration, otherwise once the
+    /// backoff policy's attempts are spent.
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
     /// Nothing may leave unrecorded, so a ledger that cannot be written
@@ -45,6 +53,7 @@ pub enum ClientError {
     /// would not fix it.
     #[error("egress ledger: {0}")]
     Egress(#[from] EgressError),
+    /// An outgoing message exceeds the limits; sending part of it is not an option.
     #[error("could not encode an outgoing message: {0}")]
     Encode(#[from] CodecError),
 }
@@ -53,9 +62,15 @@ pub enum ClientError {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientExit {
     /// The aggregator said the run is over.
-    Shutdown { reason: String },
+    Shutdown {
+        /// The aggregator's reason.
+        reason: String,
+    },
     /// The connection closed and reconnecting is off.
-    Disconnected { reason: String },
+    Disconnected {
+        /// What closed it.
+        reason: String,
+    },
 }
 
 enum Work {
@@ -89,7 +104,12 @@ struct Member<'a, M> {
     shutdown: Option<String>,
 }
 
-/// Run the member until the aggregator shuts the run down.
+/// Run the member until the aggregator shuts the run down: dial with
+/// `opts.backoff`, hand every frame to `participant`, run the training and
+/// evaluation it asks for on `model` (one [`ClientOptions::workers`] permit
+/// each), and record every outgoing frame in `egress` before sending it.
+/// After a lost connection it dials again when `opts.reconnect` is set and
+/// returns [`ClientExit::Disconnected`] otherwise.
 pub async fn run<P, M>(
     dialer: Dialer,
     participant: &mut P,
@@ -219,7 +239,7 @@ impl<M: LocalModel> Member<'_, M> {
 
 /// Each member shuffles and samples with its own stream, derived from the
 /// round seed the aggregator chose and the member's name.
-pub fn member_seed(round_seed: u64, member: &str) -> u64 {
+pub(crate) fn member_seed(round_seed: u64, member: &str) -> u64 {
     use sha2::{Digest, Sha256};
     let d = Sha256::new().chain_update(round_seed.to_le_bytes()).chain_update(member.as_bytes()).finalize();
     u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))

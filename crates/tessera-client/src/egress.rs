@@ -16,9 +16,13 @@ use sha2::{Digest, Sha256};
 pub struct EgressEntry {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The round the message belongs to; none for messages outside a round (`Hello`).
     pub round: Option<u64>,
+    /// The message kind in snake case (`masked_chunk`), or `refusal`.
     pub kind: String,
+    /// Size of the encoded frame, header included; 0 for a refusal.
     pub bytes: u64,
+    /// SHA-256 of the encoded frame, hex; empty for a refusal.
     pub sha256: String,
     /// Set when the member refused an aggregator request (the refusal is
     /// recorded in the same ledger so the evidence is in one place).
@@ -26,12 +30,25 @@ pub struct EgressEntry {
     pub note: Option<String>,
 }
 
+/// Why the ledger could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
+    /// Creating, writing, flushing or reading the file failed.
     #[error("egress ledger {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The ledger file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line is not an [`EgressEntry`].
     #[error("egress ledger {path}, line {line}: not a ledger entry")]
-    Corrupt { path: PathBuf, line: usize },
+    Corrupt {
+        /// The ledger file.
+        path: PathBuf,
+        /// The line, counting from 1.
+        line: usize,
+    },
 }
 
 /// Append-only ledger file (JSON lines). Each entry is flushed before the
@@ -44,6 +61,8 @@ pub struct EgressLedger {
 }
 
 impl EgressLedger {
+    /// Open `path` for appending (creating it and its folders); entries
+    /// already there stay.
     pub fn open(path: &Path) -> Result<Self, EgressError> {
         let io = |source| EgressError::Io { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent() {
@@ -58,6 +77,8 @@ impl EgressLedger {
         Self { path: PathBuf::from("<memory>"), file: None, keep: Some(Vec::new()) }
     }
 
+    /// The entries recorded through this ledger, when it keeps them in
+    /// memory ([`EgressLedger::in_memory`]); `None` for a file ledger.
     pub fn entries(&self) -> Option<&[EgressEntry]> {
         self.keep.as_deref()
     }

@@ -9,7 +9,7 @@ use crate::config::{ImageDataKind, ImageDataSection};
 
 /// Loads a member's images as `[data]` describes them and splits them
 /// (stratified, by `split_seed`) into its own train and test sets.
-pub fn load_member_images(d: &ImageDataSection) -> Result<(ImageDataset, ImageDataset), VisionError> {
+pub(crate) fn load_member_images(d: &ImageDataSection) -> Result<(ImageDataset, ImageDataset), VisionError> {
     let data = match d.kind {
         ImageDataKind::Idx => {
             let labels = d

@@ -3,23 +3,47 @@
 //! the aggregator asks, and releases only a clipped, privatized, securely
 //! masked update and aggregate evaluation metrics.
 //!
-//! The protocol state machine is `tessera_protocol::member::Participant`
-//! (no sockets, no clocks, no training); [`driver`] dials out, moves frames and runs local
-//! work; [`egress`] records every byte that leaves. This crate must never
-//! send, log or return a record or a per-example value, and never accept a
-//! round without secure aggregation unless its policy is the simulator's
-//! explicit research mode.
+//! What it holds, in the order a member meets it:
+//!
+//! - [`ClientConfig`]: `client.toml` and its sections (unknown keys are
+//!   errors that name the file).
+//! - [`run_daemon`]: everything `tessera-client run` does; [`participant`]
+//!   and [`tabular_model`] are its steps, shared with the end-to-end tests
+//!   so they run exactly what the daemon runs.
+//! - [`run`]: the async driver around a member state machine
+//!   (`tessera_protocol::member::Participant`, which has no sockets, clocks
+//!   or training, or any `MemberMachine` wrapping one, as the simulator's
+//!   fault injection does): it dials out, moves frames, runs local work on
+//!   a bounded worker pool and reconnects.
+//! - [`EgressLedger`]: a record of every byte that leaves, written before
+//!   the frame is sent; [`egress::render`] prints it.
+//! - [`LedgerGuard`]: the member's own privacy budget, charged before any
+//!   training (write-ahead).
+//!
+//! Models are reached only through [`LocalModel`] (`tessera-learn`); this
+//! crate does not depend on burn. It must never send, log or return a
+//! record or a per-example value, and never accept a round without secure
+//! aggregation unless its policy is the simulator's explicit research mode.
 
-pub mod config;
-pub mod daemon;
-pub mod driver;
+#![warn(missing_docs)]
+
+mod config;
+mod daemon;
+mod driver;
+// Public as a namespace: `egress::render` says what it renders; a bare
+// `tessera_client::render` would not.
 pub mod egress;
-pub mod images;
-pub mod privacy;
-pub mod progress;
+mod images;
+mod privacy;
+mod progress;
 
-pub use driver::{ClientExit, ClientOptions, run};
-pub use egress::EgressLedger;
+pub use config::{
+    AggregatorSection, BackendChoice, ClientConfig, ConfigError, DataConfig, DataSection, ImageDataKind,
+    ImageDataSection, ModelSection, PrivacySection, StateSection, TestingSection,
+};
+pub use daemon::{MemberRandomness, participant, run_daemon, tabular_model};
+pub use driver::{ClientError, ClientExit, ClientOptions, run};
+pub use egress::{EgressEntry, EgressError, EgressLedger};
 pub use privacy::LedgerGuard;
 /// The driver's contract with the member's model (`tessera-learn`).
 pub use tessera_learn::LocalModel;

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tessera_client::config::ClientConfig;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, egress};
+use tessera_client::{ClientConfig, ClientExit, ClientOptions, EgressLedger, egress};
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
 /// are allocated and freed continuously, and glibc trims and regrows its
@@ -65,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = ClientConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
-            let exit = rt.block_on(tessera_client::daemon::run_daemon(&cfg, ClientOptions::default()))?;
+            let exit = rt.block_on(tessera_client::run_daemon(&cfg, ClientOptions::default()))?;
             match exit {
                 ClientExit::Shutdown { reason } => eprintln!("run finished: {reason}"),
                 ClientExit::Disconnected { reason } => eprintln!("disconnected: {reason}"),

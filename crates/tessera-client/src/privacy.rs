@@ -9,7 +9,9 @@ use tessera_privacy::{FileLedgerStore, GaussianSpend, LedgerError, LedgerStore, 
 
 use tessera_protocol::member::{BudgetRefusal, PrivacyGuard};
 
-/// A [`PrivacyLedger`] as the participant's [`PrivacyGuard`].
+/// A [`PrivacyLedger`] as the participant's [`PrivacyGuard`]: each DP
+/// round's spend is reserved and committed (durably) before training
+/// starts, and a round the remaining budget cannot afford is refused.
 pub struct LedgerGuard<S: LedgerStore> {
     ledger: PrivacyLedger<S>,
 }
@@ -25,10 +27,12 @@ impl LedgerGuard<FileLedgerStore> {
 }
 
 impl<S: LedgerStore> LedgerGuard<S> {
+    /// A guard over an already opened ledger (any store).
     pub fn new(ledger: PrivacyLedger<S>) -> Self {
         Self { ledger }
     }
 
+    /// The ledger, to read what has been spent.
     pub fn ledger(&self) -> &PrivacyLedger<S> {
         &self.ledger
     }

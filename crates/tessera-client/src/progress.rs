@@ -10,7 +10,7 @@ use tessera_tabular::{Progress, ProgressFn};
 /// A callback for `TabularTask::set_progress` drawing one bar per round on
 /// stderr, or `None` when stderr is not a terminal (a service's log stays
 /// free of bar redraws).
-pub fn terminal_training_bar() -> Option<ProgressFn> {
+pub(crate) fn terminal_training_bar() -> Option<ProgressFn> {
     std::io::stderr()
         .is_terminal()
         .then(|| training_bar(ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())))

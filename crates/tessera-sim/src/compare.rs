@@ -22,12 +22,18 @@ use crate::scenario::Scenario;
 /// One row of the comparison table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Row {
+    /// Which baseline, in words.
     pub setting: String,
+    /// Accuracy on the members' test splits (for federated rows, the last
+    /// accepted round's).
     pub accuracy: f64,
+    /// ROC AUC on the same examples.
     pub auc: f64,
+    /// Privacy spent (federated with DP only).
     pub epsilon: Option<f64>,
     /// Bytes each member sent over the run (federated rows only).
     pub bytes_per_client: Option<u64>,
+    /// Wall-clock seconds the setting took.
     pub wall_seconds: f64,
 }
 

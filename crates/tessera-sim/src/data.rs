@@ -69,7 +69,7 @@ fn fashion_pixels(dir: &Path, pool: usize, positive: Option<&[usize]>) -> anyhow
 
 /// The table spec a scenario's data section describes. A natural id
 /// column is never a feature (a member's own id says nothing).
-pub fn table_spec(s: &Scenario) -> TabularSpec {
+pub(crate) fn table_spec(s: &Scenario) -> TabularSpec {
     let mut ignore = s.data.ignore.clone();
     if let Partitioner::Column { column } = &s.partition
         && !ignore.contains(column)
@@ -129,13 +129,13 @@ pub fn member_splits(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> an
 }
 
 /// The encoding fitted on the pooled data, when the scenario shares its schema.
-pub fn shared_schema(s: &Scenario, table: &RawTable) -> Option<Preprocessor> {
+pub(crate) fn shared_schema(s: &Scenario, table: &RawTable) -> Option<Preprocessor> {
     s.data.shared_schema.then(|| Preprocessor::fit(table, &(0..table.len()).collect::<Vec<_>>(), true))
 }
 
 /// Rows `idx` of `table` as a member's data: encoded with `shared` or, by
 /// default, with statistics of its own training rows.
-pub fn encode(
+pub(crate) fn encode(
     table: &RawTable,
     spec: &TabularSpec,
     idx: &SplitIndices,
@@ -154,7 +154,7 @@ pub fn encode(
 }
 
 /// Each simulated member's local splits, from its partition `parts` of the table.
-pub fn member_data(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<TabularData>> {
+pub(crate) fn member_data(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<TabularData>> {
     let spec = table_spec(s);
     let shared = shared_schema(s, table);
     member_splits(s, table, parts)?
@@ -165,7 +165,7 @@ pub fn member_data(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyh
 }
 
 /// Examples per class in each part.
-pub fn label_counts(parts: &[Vec<usize>], labels: &[u32], classes: usize) -> Vec<Vec<usize>> {
+pub(crate) fn label_counts(parts: &[Vec<usize>], labels: &[u32], classes: usize) -> Vec<Vec<usize>> {
     parts
         .iter()
         .map(|p| {

@@ -23,7 +23,7 @@ use tessera_protocol::member::{LocalFailure, MemberMachine, Output, Refusal, Tra
 
 /// What the fault plan does to a member's outgoing message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Send it.
     Pass,
     /// Leave the round in-band: send `Decline` instead and nothing further
@@ -34,7 +34,7 @@ pub enum Fault {
 
 /// A member whose outgoing round messages pass through the run's
 /// [`FaultPlan`] before the driver sends them.
-pub struct Faulty<P> {
+pub(crate) struct Faulty<P> {
     inner: P,
     plan: Option<Arc<FaultPlan>>,
     /// The member's index in the scenario.
@@ -93,16 +93,22 @@ impl<P: MemberMachine> MemberMachine for Faulty<P> {
 }
 
 /// The protocol phases a member can drop out before, in round order.
-pub const PHASES: [&str; 5] = ["before_keys", "before_shares", "before_masked_input", "before_unmask", "before_eval"];
+pub(crate) const PHASES: [&str; 5] =
+    ["before_keys", "before_shares", "before_masked_input", "before_unmask", "before_eval"];
 
 /// Probability that a member still in the round drops right before each
 /// phase (conditional on having reached it).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DropoutSection {
+    /// Leaves before advertising its keys.
     pub before_keys: f64,
+    /// Leaves before sending its encrypted key shares.
     pub before_shares: f64,
+    /// Leaves before sending its masked update (the aggregator recovers its
+    /// pairwise masks from the others' shares).
     pub before_masked_input: f64,
+    /// Leaves before sending its unmasking shares (its update is in the sum).
     pub before_unmask: f64,
     /// Leaves before reporting its evaluation of the new model (its update
     /// is already in the aggregate; the round's metrics lack its report).
@@ -114,6 +120,7 @@ impl DropoutSection {
         [self.before_keys, self.before_shares, self.before_masked_input, self.before_unmask, self.before_eval]
     }
 
+    /// Every probability lies in [0, 1]; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         for (name, p) in PHASES.iter().zip(self.probabilities()) {
             if !(0.0..=1.0).contains(&p) {
@@ -156,6 +163,7 @@ impl Default for LatencySection {
 }
 
 impl LatencySection {
+    /// Every value is finite and non-negative, and a deadline is positive.
     pub fn validate(&self) -> Result<(), String> {
         let ok = |x: f64| x.is_finite() && x >= 0.0;
         if !(ok(self.compute_ms_per_example)
@@ -173,8 +181,11 @@ impl LatencySection {
 /// Observed counts, for the summary and the dropout test.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct FaultStats {
-    /// Per phase (see [`PHASES`]): members that reached it, and that dropped there.
+    /// Per phase, in `[dropout]` key order (`before_keys`, `before_shares`,
+    /// `before_masked_input`, `before_unmask`, `before_eval`): members that
+    /// reached it.
     pub reached: [u64; 5],
+    /// Per phase, in the same order: members that dropped there.
     pub dropped: [u64; 5],
     /// Members dropped for missing the deadline.
     pub stragglers: u64,
@@ -184,7 +195,7 @@ pub struct FaultStats {
 }
 
 /// The run's fault plan, shared by every member's hook.
-pub struct FaultPlan {
+pub(crate) struct FaultPlan {
     seed: u64,
     dropout: Option<DropoutSection>,
     latency: Option<LatencySection>,
@@ -196,6 +207,8 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
+    /// The plan for a run: `examples` training examples per member (the
+    /// latency model's compute time), `epochs` local epochs per round.
     pub fn new(
         seed: u64,
         dropout: Option<DropoutSection>,
@@ -216,10 +229,6 @@ impl FaultPlan {
     /// Whether the hook is needed at all.
     pub fn active(&self) -> bool {
         self.dropout.is_some() || self.latency.as_ref().is_some_and(|l| l.deadline_ms.is_some())
-    }
-
-    pub fn speed(&self, member: usize) -> f64 {
-        self.speed[member]
     }
 
     /// Member `k`'s draws for `round`: a uniform per phase, then jitter
@@ -282,6 +291,7 @@ impl FaultPlan {
         Fault::Pass
     }
 
+    /// The counts so far.
     pub fn stats(&self) -> FaultStats {
         self.stats.lock().expect("fault stats").clone()
     }

@@ -3,25 +3,48 @@
 //! drivers the daemons use (secure aggregation included), over an in-memory
 //! network or real QUIC on loopback.
 //!
-//! It owns scenarios, partitioners, the dropout and latency models (faults
-//! enter only through `faults::Faulty`, a wrapper around each member's state
-//! machine; the client driver and the participant have no fault switch), run orchestration,
-//! reports with plots and the `compare` baselines. It must not re-implement
-//! any protocol step: a result here is a result the daemons would produce.
-//! Runs are reproducible: metrics depend on the scenario and seed only,
-//! never on timing or worker count. Plaintext aggregation exists only as the
-//! explicitly named `insecure_plaintext` research option.
+//! What it holds:
+//!
+//! - [`Scenario`]: a scenario file (`simulations/*.toml`): the data set, the
+//!   [`Partitioner`] that splits it across members, the dropout and latency
+//!   models ([`DropoutSection`], [`LatencySection`]) and the same model,
+//!   training, secure-aggregation and strategy sections an operator writes.
+//! - [`run_scenario`]: one run, returning a [`SimResult`] and writing
+//!   `metrics.jsonl`, `summary.json` and (optionally) `report.md` with its
+//!   plots ([`PLOTS`]).
+//! - [`load_table`], [`scenario_partition`], [`member_splits`],
+//!   [`partition_images`] and [`histogram`]: the partition on its own, to
+//!   look at it before a run or hand it to another framework.
+//! - [`compare`]: the centralized, local-only and federated baselines.
+//!
+//! Faults enter only through a wrapper around each member's state machine
+//! (`faults::Faulty`, driven by the client driver like any
+//! `MemberMachine`); the client driver and the participant have no fault
+//! switch. This crate must not re-implement any protocol step: a result here
+//! is a result the daemons would produce. Runs are reproducible: metrics
+//! depend on the scenario and seed only, never on timing or worker count.
+//! Plaintext aggregation exists only as the explicitly named
+//! `insecure_plaintext` research option.
 
+#![warn(missing_docs)]
+
+// Public as a namespace: `compare::compare`, `compare::table` and
+// `compare::Row` say what they are only under it.
 pub mod compare;
-pub mod data;
-pub mod faults;
-pub mod members;
+mod data;
+mod faults;
+mod members;
 mod observer;
-pub mod partition;
-pub mod plots;
-pub mod report;
-pub mod run;
-pub mod scenario;
+mod partition;
+mod plots;
+mod report;
+mod run;
+mod scenario;
 
+pub use data::{load_table, member_splits, scenario_partition};
+pub use faults::{DropoutSection, FaultStats, LatencySection};
+pub use members::partition_images;
+pub use partition::{Partitioner, histogram};
+pub use report::PLOTS;
 pub use run::{SimOptions, SimResult, TransportKind, run_scenario};
-pub use scenario::Scenario;
+pub use scenario::{DataKind, DataSection, Scenario, ScenarioError};

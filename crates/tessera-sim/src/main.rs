@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tessera_sim::data::scenario_partition;
-use tessera_sim::partition::histogram;
-use tessera_sim::{Scenario, SimOptions, TransportKind, run_scenario};
+use tessera_sim::{Scenario, SimOptions, TransportKind, histogram, run_scenario, scenario_partition};
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
 /// are allocated and freed continuously, and glibc trims and regrows its
@@ -155,14 +153,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partition { scenario, indices } => {
             let s = Scenario::load(&scenario)?;
             if s.vision_model.is_some() {
-                let (data, labels, parts) = tessera_sim::members::partition_images(&s)?;
+                let (data, labels, parts) = tessera_sim::partition_images(&s)?;
                 print!("{}", histogram(&parts, &labels, data.class_names()));
                 return Ok(());
             }
-            let table = tessera_sim::data::load_table(&s)?;
+            let table = tessera_sim::load_table(&s)?;
             let parts = scenario_partition(&s, &table)?;
             if let Some(path) = indices {
-                let splits = tessera_sim::data::member_splits(&s, &table, &parts)?;
+                let splits = tessera_sim::member_splits(&s, &table, &parts)?;
                 let json: Vec<_> = splits
                     .iter()
                     .map(|x| serde_json::json!({"train": x.train, "validation": x.validation, "test": x.test}))

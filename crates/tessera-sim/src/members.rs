@@ -17,13 +17,14 @@ use crate::partition::partition;
 use crate::run::SimOptions;
 use crate::scenario::Scenario;
 
-pub fn member_name(k: usize, n: usize) -> String {
+/// Member `k` of `n`'s name, zero-padded so names sort in index order.
+pub(crate) fn member_name(k: usize, n: usize) -> String {
     let width = n.saturating_sub(1).to_string().len();
     format!("client-{k:0width$}")
 }
 
 /// A simulated member's model: tabular, or an image model.
-pub enum SimModel {
+pub(crate) enum SimModel {
     Tabular(Box<TabularModel>),
     Vision(Box<VisionModel>),
 }
@@ -50,12 +51,12 @@ impl LocalModel for SimModel {
 }
 
 /// Everything the run needs about its members, whatever the data kind.
-pub struct Members {
-    pub models: Vec<SimModel>,
+pub(crate) struct Members {
+    pub(crate) models: Vec<SimModel>,
     /// Training examples per member (latency model).
-    pub examples: Vec<u64>,
-    pub label_counts: Vec<Vec<usize>>,
-    pub class_names: Vec<String>,
+    pub(crate) examples: Vec<u64>,
+    pub(crate) label_counts: Vec<Vec<usize>>,
+    pub(crate) class_names: Vec<String>,
 }
 
 pub(crate) fn tabular_members(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Members> {
@@ -76,7 +77,8 @@ pub(crate) fn tabular_members(s: &Scenario, opts: &SimOptions) -> anyhow::Result
     })
 }
 
-/// The images, their labels and each member's image indices.
+/// An image scenario's partition: the shipped Fashion-MNIST training
+/// images, their labels and each member's image indices.
 pub fn partition_images(s: &Scenario) -> anyhow::Result<(ImageDataset, Vec<u32>, Vec<Vec<usize>>)> {
     let data = tessera_vision::load_fashion_mnist(&s.data.path, "train")
         .with_context(|| format!("loading {}", s.data.path.display()))?;
@@ -86,7 +88,7 @@ pub fn partition_images(s: &Scenario) -> anyhow::Result<(ImageDataset, Vec<u32>,
 }
 
 /// Build the members of an image scenario (`[data] kind = "fashion_mnist_images"`).
-pub fn image_members(s: &Scenario, cfg: &VisionModelConfig) -> anyhow::Result<Members> {
+pub(crate) fn image_members(s: &Scenario, cfg: &VisionModelConfig) -> anyhow::Result<Members> {
     let (data, labels, parts) = partition_images(s)?;
     let mut models = Vec::with_capacity(parts.len());
     let mut examples = Vec::with_capacity(parts.len());

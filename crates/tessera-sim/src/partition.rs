@@ -8,6 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
+/// `[partition]`: how a scenario's examples are split across its members
+/// (`kind = "iid"` by default).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Partitioner {
@@ -15,18 +17,31 @@ pub enum Partitioner {
     Iid,
     /// Per class, member shares drawn from Dirichlet(alpha): small alpha,
     /// strong label skew.
-    Dirichlet { alpha: f64 },
+    Dirichlet {
+        /// Concentration, positive: 0.1 leaves most members with a few
+        /// classes; 100 is close to IID.
+        alpha: f64,
+    },
     /// Each member receives examples of `labels_per_client` classes.
-    Shards { labels_per_client: usize },
+    Shards {
+        /// Classes per member, 1 up to the number of classes.
+        labels_per_client: usize,
+    },
     /// IID labels, member sizes drawn from Dirichlet(alpha).
-    Quantity { alpha: f64 },
+    Quantity {
+        /// Concentration, positive: small values give very unequal sizes.
+        alpha: f64,
+    },
     /// The data's natural split: one member per distinct value of
     /// `column` (e.g. the site a record came from), in sorted value order.
-    Column { column: String },
+    Column {
+        /// The id column; never a feature. Needs as many distinct values as members.
+        column: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PartitionError {
+pub(crate) enum PartitionError {
     #[error("alpha must be positive and finite, got {0}")]
     BadAlpha(f64),
     #[error("{clients} members but only {examples} examples")]
@@ -42,7 +57,7 @@ pub enum PartitionError {
 }
 
 /// Assign example indices to `clients` members.
-pub fn partition(
+pub(crate) fn partition(
     how: &Partitioner,
     labels: &[u32],
     num_classes: usize,
@@ -127,7 +142,7 @@ pub fn partition(
 
 /// Natural partition: member k holds the examples whose group (the index of
 /// their id-column value) is k.
-pub fn partition_by_groups(
+pub(crate) fn partition_by_groups(
     column: &str,
     groups: &[u32],
     num_groups: usize,

@@ -43,7 +43,7 @@ fn fonts() -> bool {
 }
 
 /// Palette for series and classes.
-pub fn color(i: usize) -> RGBColor {
+pub(crate) fn color(i: usize) -> RGBColor {
     const C: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -74,13 +74,13 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// One named line of (x, y) points.
-pub struct Series<'a> {
-    pub name: &'a str,
-    pub points: Vec<(f64, f64)>,
+pub(crate) struct Series<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 /// Lines over rounds, with a legend.
-pub fn lines(path: &Path, title: &str, series: &[Series], y: Option<Range<f64>>) -> anyhow::Result<()> {
+pub(crate) fn lines(path: &Path, title: &str, series: &[Series], y: Option<Range<f64>>) -> anyhow::Result<()> {
     let text = fonts();
     let mut buf = vec![255u8; (W * H * 3) as usize];
     {
@@ -135,7 +135,7 @@ pub fn lines(path: &Path, title: &str, series: &[Series], y: Option<Range<f64>>)
 }
 
 /// Stacked bars: for each member, its examples per class.
-pub fn label_distribution(path: &Path, counts: &[Vec<usize>], class_names: &[String]) -> anyhow::Result<()> {
+pub(crate) fn label_distribution(path: &Path, counts: &[Vec<usize>], class_names: &[String]) -> anyhow::Result<()> {
     let text = fonts();
     let mut buf = vec![255u8; (W * H * 3) as usize];
     {

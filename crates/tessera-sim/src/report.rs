@@ -14,7 +14,7 @@ pub const PLOTS: [&str; 5] = ["accuracy.png", "loss.png", "epsilon.png", "partic
 
 /// Draw the plots and write `report.md` into `dir`. `extra` (e.g. the
 /// `compare` table) is appended as is.
-pub fn write_report(dir: &Path, s: &Scenario, r: &SimResult, extra: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn write_report(dir: &Path, s: &Scenario, r: &SimResult, extra: Option<&str>) -> anyhow::Result<()> {
     let accepted: Vec<_> = r.records.iter().filter(|x| x.accepted).collect();
     let by_round = |f: fn(&tessera_core::RoundRecord) -> f64| -> Vec<(f64, f64)> {
         accepted.iter().map(|x| (x.round as f64, f(x))).collect()

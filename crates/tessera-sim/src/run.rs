@@ -28,19 +28,27 @@ use crate::members::{Members, image_members, member_name, tabular_members};
 use crate::observer::SimObserver;
 use crate::scenario::Scenario;
 
+/// What carries the frames between the simulated members and the coordinator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportKind {
+    /// The in-memory network: the same frames, no sockets.
     Memory,
+    /// QUIC with mutual TLS on loopback, with a temporary PKI.
     Quic,
 }
 
+/// How to run a scenario (none of it changes the metrics).
 #[derive(Clone, Debug)]
 pub struct SimOptions {
+    /// The run directory (`metrics.jsonl`, `summary.json`, `report.md`).
     pub out: PathBuf,
+    /// The network the frames cross.
     pub transport: TransportKind,
     /// Concurrent local-training jobs (default: the machine's cores).
     pub workers: usize,
+    /// Draw a progress bar on stderr (round lines go to the log otherwise).
     pub progress: bool,
+    /// The compute backend of the members' local training.
     pub backend: ComputeBackend,
     /// Write `report.md` and its plots (benches turn it off).
     pub report: bool,
@@ -50,22 +58,28 @@ pub struct SimOptions {
 pub struct SimResult {
     /// One record per round attempt, aborted ones (`accepted: false`) included.
     pub records: Vec<RoundRecord>,
+    /// The global model after the last accepted round.
     pub final_model: ModelParams,
+    /// Rounds completed and why the run stopped.
     pub end: RunEnd,
+    /// Round attempts aborted (too few members left, a phase timed out).
     pub aborted: u64,
     /// Dropouts and stragglers the fault plan injected.
     pub faults: FaultStats,
     /// The calibrated DP noise multiplier, when the run is private.
     pub noise_multiplier: Option<f64>,
+    /// Wall-clock time of the run; kept out of `metrics.jsonl`, which must
+    /// not depend on the machine.
     pub wall_seconds: f64,
     /// Examples per class of each member's partition (for the report).
     pub label_counts: Vec<Vec<usize>>,
+    /// Class names in class-index order.
     pub class_names: Vec<String>,
 }
 
 /// The coordinator settings of a scenario: generous deadlines, since
 /// simulated members never straggle unless a latency model says so.
-pub fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
+fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
     let mut run_id = [0u8; 16];
     run_id[..8].copy_from_slice(&derive_seed(s.seed, 0, b"run-id").to_le_bytes());
     CoordinatorConfig {
@@ -90,7 +104,8 @@ pub fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
     }
 }
 
-/// Run a scenario to completion and write its run directory.
+/// Run a scenario to completion and write its run directory. `scenario_text`
+/// is the file as written, copied into the run directory as `scenario.toml`.
 pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::Result<SimResult> {
     let started = Instant::now();
     let initial = initial_params(&s.model_section()?).context("the initial model")?;

@@ -13,12 +13,25 @@ use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, 
 use crate::faults::{DropoutSection, LatencySection};
 use crate::partition::Partitioner;
 
+/// Why a scenario file could not be loaded; both variants name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
+    /// The file could not be read.
     #[error("cannot read scenario {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file as given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, not the schema, or inconsistent settings ([`Scenario::validate`]).
     #[error("scenario {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// What `[data] path` points at.
@@ -38,6 +51,7 @@ pub enum DataKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// What `path` points at (default: a CSV file).
     #[serde(default)]
     pub kind: DataKind,
     /// CSV file (or IDX directory), relative to the scenario file.
@@ -57,15 +71,19 @@ pub struct DataSection {
     /// fashion_mnist_pixels: these classes against the rest (binary task).
     #[serde(default)]
     pub positive_classes: Option<Vec<usize>>,
+    /// CSV columns to one-hot encode.
     #[serde(default)]
     pub categorical: Vec<String>,
+    /// CSV columns never used as features.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// Class labels in class-index order (CSV; default: sorted label values).
     #[serde(default)]
     pub classes: Option<Vec<String>>,
     /// Fraction of each member's examples held out for its evaluation.
     #[serde(default = "default_test")]
     pub test: f64,
+    /// Fraction of each member's examples held out for validation (default 0).
     #[serde(default = "default_validation")]
     pub validation: f64,
 }
@@ -80,14 +98,21 @@ fn default_validation() -> f64 {
     0.0
 }
 
+/// A scenario file: a consortium to simulate. Unknown keys are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// Names the default run directory (`runs/<name>`).
     pub name: String,
+    /// Free text for the report.
     #[serde(default)]
     pub description: String,
+    /// The one seed every draw derives from (partition, members' streams,
+    /// cohorts, faults, DP noise): same seed, same metrics.
     pub seed: u64,
+    /// Number of simulated members, at least 2.
     pub clients: usize,
+    /// Rounds to complete.
     pub rounds: u64,
     /// Fewest contributions a round accepts (default: 2/3 of the members).
     #[serde(default)]
@@ -96,7 +121,9 @@ pub struct Scenario {
     /// daemons refuse this; robust aggregation rules need it.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// `[data]`.
     pub data: DataSection,
+    /// `[partition]` (default: IID).
     #[serde(default = "default_partition")]
     pub partition: Partitioner,
     /// The tabular model (`[model]`); exactly one of it and `[vision_model]`.
@@ -105,12 +132,16 @@ pub struct Scenario {
     /// An image model (`tessera_vision::VisionModel`), with `kind = "fashion_mnist_images"` data.
     #[serde(default)]
     pub vision_model: Option<VisionModelConfig>,
+    /// `[train]`, as in the aggregator's config.
     #[serde(default)]
     pub train: TrainSection,
+    /// `[secure]`: secure aggregation settings (ignored with `insecure_plaintext`).
     #[serde(default)]
     pub secure: SecureConfig,
+    /// `[strategy]`: the server optimizer.
     #[serde(default)]
     pub strategy: StrategyConfig,
+    /// `[cohort]`: which members each round asks (default: all).
     #[serde(default = "default_cohort")]
     pub cohort: CohortSelection,
     /// Differential privacy, as in the aggregator's `[privacy]` section.
@@ -145,6 +176,8 @@ fn default_cohort() -> CohortSelection {
 }
 
 impl Scenario {
+    /// Read, parse and [`validate`](Scenario::validate) `path`; relative
+    /// paths in it are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.into(), source })?;
         let mut s: Self =
@@ -158,6 +191,8 @@ impl Scenario {
         Ok(s)
     }
 
+    /// Check the settings against each other (member counts, fractions, one
+    /// model for the data kind, research-only combinations, fault models).
     pub fn validate(&self) -> Result<(), String> {
         if self.clients < 2 {
             return Err("clients must be at least 2".into());

@@ -102,7 +102,7 @@ sampling_rate = 0.2
     // The report references every plot, and each is a real PNG of the
     // expected size.
     let report = std::fs::read_to_string(dir.path().join("a/report.md")).unwrap();
-    for name in tessera_sim::report::PLOTS {
+    for name in tessera_sim::PLOTS {
         assert!(report.contains(&format!("({name})")), "report.md lacks {name}");
         let img = image::open(dir.path().join("a").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!((img.width(), img.height()), (800, 480));
@@ -253,15 +253,15 @@ num_classes = 2
         Scenario::load(&path).unwrap()
     };
     let s = write(3);
-    let table = tessera_sim::data::load_table(&s).unwrap();
+    let table = tessera_sim::load_table(&s).unwrap();
     assert!(table.columns.iter().all(|c| c.name() != "housing"), "the id column is not a feature");
-    let parts = tessera_sim::data::scenario_partition(&s, &table).unwrap();
+    let parts = tessera_sim::scenario_partition(&s, &table).unwrap();
     // Members in sorted value order: "for free", "own", "rent".
     assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![108, 713, 179]);
     let mut all: Vec<usize> = parts.concat();
     all.sort_unstable();
     assert_eq!(all, (0..1000).collect::<Vec<_>>());
-    let e = tessera_sim::data::scenario_partition(&write(4), &table).unwrap_err().to_string();
+    let e = tessera_sim::scenario_partition(&write(4), &table).unwrap_err().to_string();
     assert!(e.contains("3 distinct values") && e.contains("4 members"), "{e}");
 }
 

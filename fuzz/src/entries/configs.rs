@@ -15,10 +15,10 @@ pub fn config(data: &[u8]) {
             }
         }
         1 => {
-            let _ = tessera_client::config::ClientConfig::load(f.path());
+            let _ = tessera_client::ClientConfig::load(f.path());
         }
         _ => {
-            let _ = tessera_sim::scenario::Scenario::load(f.path());
+            let _ = tessera_sim::Scenario::load(f.path());
         }
     }
 }

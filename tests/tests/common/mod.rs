@@ -11,8 +11,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use tessera_client::config::ClientConfig;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
+use tessera_client::{ClientConfig, ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings};
 use tessera_protocol::TrainedUpdate;
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig, pki};
@@ -317,7 +316,7 @@ seeded_randomness = true
 /// Run one member until the aggregator shuts the run down, reconnecting
 /// through aggregator restarts.
 pub async fn run_member(cfg: ClientConfig, gates: Arc<Gates>) -> anyhow::Result<ClientExit> {
-    let model = Held { inner: tessera_client::daemon::tabular_model(&cfg)?, gates };
+    let model = Held { inner: tessera_client::tabular_model(&cfg)?, gates };
     let mut dial =
         QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();
@@ -327,7 +326,7 @@ pub async fn run_member(cfg: ClientConfig, gates: Arc<Gates>) -> anyhow::Result<
     dial.tuning.idle_timeout = Duration::from_secs(2);
     dial.tuning.keep_alive = Duration::from_millis(500);
     let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
-    let mut p = tessera_client::daemon::participant(&cfg)?;
+    let mut p = tessera_client::participant(&cfg)?;
     let opts = ClientOptions {
         backoff: BackoffPolicy {
             initial: Duration::from_millis(50),
