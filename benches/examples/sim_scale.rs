@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_aggregator::driver::{DriverOptions, RunObserver, serve};
+use tessera_aggregator::{DriverOptions, RunObserver, serve};
 use tessera_client::{ClientOptions, EgressLedger, LocalModel};
 use tessera_core::{DpSettings, EvalMetrics, Limits, ModelParams, ParamTensor, RoundRecord, RunId, TrainSettings};
 use tessera_protocol::StrategyConfig;

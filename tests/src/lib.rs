@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tessera_aggregator::config::{AggregatorConfig, RunSection, ServerSection, TrainSection};
+use tessera_aggregator::{AggregatorConfig, RunSection, ServerSection, TrainSection};
 use tessera_client::{
     AggregatorSection, BackendChoice, ClientConfig, ClientExit, ClientOptions, DataConfig, DataSection, EgressLedger,
     LocalModel, ModelSection, StateSection,

@@ -155,7 +155,7 @@ fn three_image_daemons_train_a_shared_head_over_quic() {
         .output()
         .unwrap();
     assert!(st.status.success(), "export failed: {}", String::from_utf8_lossy(&st.stderr));
-    let exported = tessera_aggregator::export::read_safetensors(&std::fs::read(&out).unwrap()).unwrap();
+    let exported = tessera_aggregator::read_safetensors(&std::fs::read(&out).unwrap()).unwrap();
     let model: tessera_core::ModelParams =
         serde_json::from_slice(&std::fs::read(dir.join("out/model.json")).unwrap()).unwrap();
     assert_eq!(exported.len(), model.tensors.len());

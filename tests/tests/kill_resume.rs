@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use tessera_aggregator::store::StateStore;
+use tessera_aggregator::StateStore;
 use tessera_privacy::{LedgerEntry, PrivacyBudget, PrivacyLedger, RdpAccountant};
 
 const ROUNDS: u64 = 3;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tessera_aggregator::store::StateStore;
+use tessera_aggregator::StateStore;
 use tessera_privacy::{FileLedgerStore, LedgerEntry, LedgerStore};
 
 const ROUNDS: u64 = 5;

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tessera_aggregator::export::{full_model, read_safetensors};
-use tessera_aggregator::store::StateStore;
+use tessera_aggregator::{StateStore, full_model, read_safetensors};
 
 const MINUTE: Duration = Duration::from_secs(60);
 

@@ -4,28 +4,34 @@
 //! the chain at a nameable place. A separate head record (last sequence
 //! number and hash) makes deleting the newest entries visible too.
 //!
-//! Storage lives in [`crate::store`]; this module only computes and checks.
+//! Storage lives in [`crate::StateStore`]; this module only computes and
+//! checks.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// The "previous hash" of the first entry.
-pub const GENESIS: [u8; 32] = [0; 32];
+pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
 /// One stored audit entry, as read back from the database.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
+    /// Position in the chain, from 1 with no gaps.
     pub seq: u64,
+    /// When it was written, milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// What happened, e.g. `round_finished`, `member_revoked`.
     pub kind: String,
     /// JSON object; hashed byte for byte as stored.
     pub body: String,
+    /// The previous entry's `hash` (all zeros for the first), hex.
     pub prev_hash: String,
+    /// SHA-256 over (previous hash, seq, time, kind, body), hex.
     pub hash: String,
 }
 
 /// The hash of an entry, binding it to its predecessor.
-pub fn entry_hash(prev: &[u8; 32], seq: u64, at_ms: i64, kind: &str, body: &str) -> [u8; 32] {
+pub(crate) fn entry_hash(prev: &[u8; 32], seq: u64, at_ms: i64, kind: &str, body: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"tessera-audit-v1");
     h.update(prev);
@@ -41,18 +47,54 @@ pub fn entry_hash(prev: &[u8; 32], seq: u64, at_ms: i64, kind: &str, body: &str)
 /// Where the chain is broken; the first problem found, in chain order.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuditBreak {
+    /// A sequence number is skipped: an entry was deleted.
     #[error("audit entry {seq} is missing (the next stored entry is {next})")]
-    Missing { seq: u64, next: u64 },
+    Missing {
+        /// The missing entry.
+        seq: u64,
+        /// The entry stored where it should be.
+        next: u64,
+    },
+    /// An entry's contents no longer hash to its stored hash.
     #[error("audit entry {seq} ({kind}) was altered: its contents do not match its stored hash")]
-    Altered { seq: u64, kind: String },
+    Altered {
+        /// The altered entry.
+        seq: u64,
+        /// Its kind.
+        kind: String,
+    },
+    /// Entry `next` links to a hash other than entry `seq`'s: one of the
+    /// two was altered and re-hashed.
     #[error(
         "audit entry {seq} ({kind}) does not match the hash entry {next} recorded for it: one of the two was altered"
     )]
-    Unlinked { seq: u64, kind: String, next: u64 },
+    Unlinked {
+        /// The entry whose hash its successor does not record.
+        seq: u64,
+        /// Its kind.
+        kind: String,
+        /// The successor.
+        next: u64,
+    },
+    /// The newest entries were deleted: the head counts more than remain.
     #[error("audit entry {seq} is missing: the head records {head} entries but only {stored} are stored")]
-    Truncated { seq: u64, head: u64, stored: u64 },
+    Truncated {
+        /// The first missing entry.
+        seq: u64,
+        /// Entries the head record counts.
+        head: u64,
+        /// Entries stored.
+        stored: u64,
+    },
+    /// The newest entry is not the one the head record names (altered and
+    /// re-hashed, or the head itself edited).
     #[error("audit entry {seq} ({kind}) is not the entry the head records as the newest")]
-    HeadMismatch { seq: u64, kind: String },
+    HeadMismatch {
+        /// The entry the head disagrees with.
+        seq: u64,
+        /// Its kind.
+        kind: String,
+    },
 }
 
 impl AuditBreak {
@@ -70,7 +112,7 @@ impl AuditBreak {
 
 /// Check a chain read in sequence order against its head `(seq, hash)`.
 /// Returns the number of entries on success.
-pub fn verify(entries: &[AuditEntry], head: Option<(u64, String)>) -> Result<u64, AuditBreak> {
+pub(crate) fn verify(entries: &[AuditEntry], head: Option<(u64, String)>) -> Result<u64, AuditBreak> {
     let mut prev_hash = GENESIS;
     let mut prev: Option<&AuditEntry> = None;
     for (i, e) in entries.iter().enumerate() {

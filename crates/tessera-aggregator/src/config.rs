@@ -11,16 +11,36 @@ use tessera_core::{ModelSection, TrainSettings};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
 
+/// Why `aggregator.toml` was refused; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for [`AggregatorConfig`] (unknown keys included).
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with the offending key or line.
+        message: String,
+    },
+    /// Well-formed but unusable values (see [`AggregatorConfig::validate`]).
     #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Which value is wrong and why.
+        message: String,
+    },
 }
 
+/// `[server]`: where the aggregator listens and whom it admits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
@@ -39,10 +59,15 @@ fn default_run_dir() -> PathBuf {
     PathBuf::from("runs/aggregator")
 }
 
+/// `[run]`: how many rounds, with how many members, under which deadlines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSection {
+    /// Rounds to complete (at least 1).
     pub rounds: u64,
+    /// No round starts with fewer members online, and none is accepted with
+    /// fewer contributions; at least 2, since the secure sum of one member
+    /// is its update.
     pub min_clients: u32,
     /// Members online before the first round starts (default: min_clients).
     #[serde(default)]
@@ -50,14 +75,22 @@ pub struct RunSection {
     /// Fixed seed for reproducible cohorts and graph seeds; random if absent.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// How each round's cohort is drawn (default: every member online).
     #[serde(default = "default_cohort")]
     pub cohort: CohortSelection,
+    /// Seconds from round start for training and the masked upload
+    /// (default 600).
     #[serde(default = "default_round_deadline")]
     pub round_deadline_secs: f64,
+    /// Seconds allowed for each short phase: keys, shares, unmasking,
+    /// evaluation (default 60).
     #[serde(default = "default_phase_timeout")]
     pub phase_timeout_secs: f64,
+    /// Consecutive aborted attempts before the run gives up (default 3).
     #[serde(default = "default_retries")]
     pub max_round_retries: u32,
+    /// Rounds a member may fail in a row before it is reported unhealthy
+    /// (default 3).
     #[serde(default = "default_unhealthy")]
     pub unhealthy_after: u32,
 }
@@ -78,15 +111,21 @@ fn default_unhealthy() -> u32 {
     3
 }
 
+/// `[train]`: the local training every member runs each round (sent to
+/// them in `RoundStart`; members refuse settings outside their policy).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
+    /// Passes over the member's training split per round (default 1).
     #[serde(default = "default_epochs")]
     pub local_epochs: u32,
+    /// Examples per SGD step (default 32).
     #[serde(default = "default_batch")]
     pub batch_size: u32,
+    /// Local SGD step size (default 0.05).
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
+    /// FedProx proximal term; 0 (the default) is plain FedAvg training.
     #[serde(default)]
     pub proximal_mu: f64,
     /// FedAvg weight cap (examples); 0 weighs every member equally.
@@ -108,6 +147,8 @@ fn default_weight_cap() -> u64 {
 }
 
 impl TrainSection {
+    /// The round's training settings; the per-member `seed` is left 0 for
+    /// the coordinator to derive.
     pub fn settings(&self) -> TrainSettings {
         TrainSettings {
             local_epochs: self.local_epochs,
@@ -132,7 +173,7 @@ impl Default for TrainSection {
     }
 }
 
-/// `[state]`: the aggregator's durable state (see `crate::store`).
+/// `[state]`: the aggregator's durable state (see [`crate::StateStore`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSection {
@@ -169,28 +210,39 @@ pub struct StatusSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregatorConfig {
+    /// `[server]`: listener, PKI and members.
     pub server: ServerSection,
+    /// `[run]`: rounds, quorum, deadlines.
     pub run: RunSection,
     /// The tabular MLP (no `kind`) or an image network (`kind = "small_cnn"`
     /// or `"efficientnet_lite0"`): the same section every member has.
     pub model: ModelSection,
+    /// `[train]`: members' local training.
     #[serde(default)]
     pub train: TrainSection,
+    /// `[secure]`: secure-aggregation parameters (modulus, clip range,
+    /// threshold).
     #[serde(default)]
     pub secure: SecureConfig,
+    /// `[strategy]`: the server optimizer (default FedAvg, server_lr 1).
     #[serde(default)]
     pub strategy: StrategyConfig,
     /// Differential privacy of the run; absent: no DP (secure aggregation
     /// still hides each member's update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyConfig>,
+    /// `[state]`: the state database.
     #[serde(default)]
     pub state: StateSection,
+    /// `[status]`: the optional status endpoint.
     #[serde(default)]
     pub status: StatusSection,
 }
 
 impl AggregatorConfig {
+    /// Read, parse and validate `path`. Relative paths inside it (PKI,
+    /// run directory, pretrained weights, state database) are resolved
+    /// against the file's directory, not the working directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut cfg: Self =
@@ -213,6 +265,8 @@ impl AggregatorConfig {
         Ok(cfg)
     }
 
+    /// Check values TOML cannot express (ranges, member names, a quorum the
+    /// member list can meet); the message names the offending key.
     pub fn validate(&self) -> Result<(), String> {
         if self.run.rounds == 0 {
             return Err("run.rounds must be at least 1".into());

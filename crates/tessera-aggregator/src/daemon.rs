@@ -1,7 +1,13 @@
 //! `tessera-aggregator serve`: config → state database (resume point) →
 //! QUIC listener with mTLS admission → coordinator → database, run
 //! directory and status endpoint. Kept in the library so end-to-end tests
-//! run the very same code in-process.
+//! run the very same code in-process: [`listen`], then [`run`].
+//!
+//! [`initial_params`] (the run's starting model) and [`coordinator_config`]
+//! (what a config means to the coordinator) are the daemon's own
+//! derivations, shared so the simulator and the fuzz targets cannot drift
+//! from it. Revocation is a plain file, [`REVOKED_FILE`], read by
+//! [`read_revoked`] at every connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,22 +29,38 @@ use crate::store::{StateStore, now_ms};
 use tessera_protocol::ServerOptimizer;
 use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
 
+/// Why the daemon could not start or finish a run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// Binding the QUIC endpoint or loading the PKI failed.
     #[error("transport: {0}")]
     Transport(#[from] tessera_transport::TransportError),
+    /// The tabular `[model]` could not be built.
     #[error("model: {0}")]
     Model(#[from] tessera_tabular::LearnError),
+    /// The image `[model]` could not be built (or its weights loaded).
     #[error("image model: {0}")]
     Vision(#[from] tessera_vision::VisionError),
+    /// The run directory could not be written.
     #[error("run directory: {0}")]
     Report(#[from] crate::report::ReportError),
+    /// The revocation list exists but could not be read.
     #[error("revocation list {path}: {source}")]
-    Revocations { path: PathBuf, source: std::io::Error },
+    Revocations {
+        /// `<pki_dir>/revoked.txt`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The coordinator refused the settings the config implies.
     #[error("run configuration: {0}")]
     Config(#[from] tessera_protocol::coordinator::ConfigError),
+    /// The state database failed.
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// The stored run cannot be resumed under this config (model, seed or
+    /// strategy changed, checkpoint inconsistent), or the status endpoint
+    /// could not bind.
     #[error("state: {0}")]
     State(String),
 }
@@ -62,13 +84,13 @@ pub const REVOKED_FILE: &str = "revoked.txt";
 
 /// Members admitted by the config's member list minus the revocation list,
 /// re-read at every connection so `pki revoke` takes effect immediately.
-pub struct ConsortiumAdmission {
+struct ConsortiumAdmission {
     members: Vec<String>,
     revoked_path: PathBuf,
 }
 
 impl ConsortiumAdmission {
-    pub fn new(members: Vec<String>, pki_dir: &Path) -> Self {
+    fn new(members: Vec<String>, pki_dir: &Path) -> Self {
         Self { members, revoked_path: pki_dir.join(REVOKED_FILE) }
     }
 }

@@ -66,6 +66,8 @@ pub trait RunObserver: Send {
     fn state_changed(&mut self, _coordinator: &Coordinator) {}
     /// A round completed; `record` has traffic and timing filled in.
     fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, coordinator: &Coordinator);
+    /// A round attempt was abandoned (`dropped`: the members that failed
+    /// it); the coordinator retries under a new wire round number.
     fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]);
     /// A round's privacy spend was charged; called before any message of
     /// the round is sent. Persist it durably before returning (write-ahead);
@@ -80,6 +82,8 @@ pub trait RunObserver: Send {
         tracing::info!(round, epsilon, delta, steps = spend.steps, "privacy spend charged");
         Ok(())
     }
+    /// A member's message was refused (and the member told so); logged by
+    /// default.
     fn rejected(&mut self, member: &str, error: &str) {
         tracing::warn!(member, error, "rejected a message");
     }
@@ -93,6 +97,8 @@ pub trait RunObserver: Send {
 /// How the driver runs.
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
+    /// Frame size and chunk limits for encoding and decoding; both ends
+    /// must agree on `chunk_values`.
     pub limits: Limits,
     /// Time allowed after the run finished for final messages to flush.
     pub linger: Duration,
@@ -107,12 +113,17 @@ impl Default for DriverOptions {
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct RunEnd {
+    /// Why the run stopped (all rounds done, budget exhausted, retries
+    /// exhausted, a state write failed), as logged and audited.
     pub reason: String,
+    /// Rounds completed and counted toward the run.
     pub completed_rounds: u64,
 }
 
 /// Run the coordinator until the run finishes, accepting connections from
-/// `listener`.
+/// `listener`, and hand it back with how the run ended. Every round event
+/// goes to `observer` first; an `Err` from its write-ahead hooks stops the
+/// run before the round's messages leave.
 pub async fn serve(
     mut listener: Listener,
     coordinator: Coordinator,

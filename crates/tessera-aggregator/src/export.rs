@@ -25,41 +25,62 @@ use tessera_tabular::{TabularMlp, load_backbone};
 
 use crate::store::StateStore;
 
+/// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    /// The state database could not be read.
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// Rebuilding the model (backbone, import, pretrained file) failed.
     #[error("model: {0}")]
     Learn(#[from] tessera_tabular::LearnError),
+    /// No round has completed, so there is no trained model.
     #[error("the state database holds no completed round yet: nothing to export")]
     NoCheckpoint,
+    /// The database has no run in it.
     #[error("the state database holds no run configuration")]
     NoConfig,
+    /// The stored configuration's `[model]` does not parse.
     #[error("stored run configuration unreadable: {0}")]
     Config(String),
+    /// The output file could not be written.
     #[error("writing {path}: {message}")]
-    Write { path: std::path::PathBuf, message: String },
+    Write {
+        /// The output file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// One exported tensor, row-major f32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportTensor {
+    /// State-dict key, e.g. `"2.weight"`.
     pub name: String,
+    /// Dimensions, outermost first (`[out_features, in_features]` for a
+    /// linear weight).
     pub shape: Vec<usize>,
+    /// Values in row-major order; `shape`'s product long.
     pub data: Vec<f32>,
 }
 
 /// What `export` wrote.
 #[derive(Clone, Debug)]
 pub struct ExportReport {
+    /// The tensors in the file, in the order written.
     pub tensors: Vec<ExportTensor>,
+    /// Rounds completed when the exported checkpoint was taken.
     pub completed_rounds: u64,
+    /// SHA-256 of the trained (exchanged) part, as in the audit log, hex.
     pub model_sha256: String,
+    /// Human-readable architecture, e.g. `Sequential(Linear(30, 8), ReLU(), Linear(8, 2))`.
     pub architecture: String,
 }
 
-/// The whole model after training: backbone (initial or pretrained) with
-/// the trained part imported and adapters merged, as PyTorch linear layers.
+/// The whole tabular model after training: backbone (initial or
+/// pretrained) with the trained part imported and adapters merged, as
+/// PyTorch linear layers, with its architecture string.
 pub fn full_model(cfg: &ModelConfig, trained: &ModelParams) -> Result<(Vec<ExportTensor>, String), ExportError> {
     let mlp = tessera_tabular::spec::mlp_config(cfg);
     let device = DEFAULT_BACKEND.training_device();
@@ -107,7 +128,7 @@ pub fn full_model(cfg: &ModelConfig, trained: &ModelParams) -> Result<(Vec<Expor
 }
 
 /// Write `tensors` to `path` as safetensors (f32, little-endian).
-pub fn write_safetensors(
+pub(crate) fn write_safetensors(
     path: &Path,
     tensors: &[ExportTensor],
     metadata: HashMap<String, String>,
@@ -123,7 +144,8 @@ pub fn write_safetensors(
     safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| werr(e.to_string()))
 }
 
-/// Read a safetensors file back (f32 tensors only), for checks.
+/// Read a safetensors file back (f32 tensors only), sorted by name, for
+/// checks; any other dtype is an error.
 pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<ExportTensor>, String> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let mut out: Vec<ExportTensor> = st
@@ -141,7 +163,9 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<ExportTensor>, String> {
     Ok(out)
 }
 
-/// Export the newest checkpoint in `store` to `out`.
+/// Export the newest checkpoint in `store` to `out`: a tabular MLP as the
+/// whole `torch.nn.Sequential` state dict, an image network as its trained
+/// part (the frozen backbone is the public checkpoint every member loads).
 pub fn export_safetensors(store: &StateStore, out: &Path) -> Result<ExportReport, ExportError> {
     let config = store.latest_config()?.ok_or(ExportError::NoConfig)?;
     let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| ExportError::Config(e.to_string()))?;

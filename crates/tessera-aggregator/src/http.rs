@@ -24,11 +24,11 @@ use tokio::task::JoinHandle;
 use crate::status::StatusSnapshot;
 
 /// The snapshot the daemon updates and the endpoint serves.
-pub type SharedStatus = Arc<RwLock<StatusSnapshot>>;
+pub(crate) type SharedStatus = Arc<RwLock<StatusSnapshot>>;
 
 /// Bind `addr` now (so a taken port is reported at startup) and serve in a
 /// background task on the current tokio runtime. Returns the bound address.
-pub fn spawn(addr: SocketAddr, status: SharedStatus) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+pub(crate) fn spawn(addr: SocketAddr, status: SharedStatus) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;

@@ -4,21 +4,49 @@
 //! optimizer, and writes what happened to the run directory.
 //!
 //! The protocol lives in `tessera_protocol::coordinator`, a sans-IO state
-//! machine with no sockets, clocks or tasks; [`driver`] is the thin async
-//! loop that feeds it from any `tessera-transport` listener (QUIC in the
-//! daemon, memory in the simulator). This crate must never see an individual member's update in
-//! the clear outside the simulator's explicitly named research mode, and
-//! must never log one.
+//! machine with no sockets, clocks or tasks. This crate is what runs it:
+//!
+//! - [`serve`] is the thin async loop that feeds the coordinator from any
+//!   `tessera-transport` listener (QUIC in the daemon, memory in the
+//!   simulator) and reports each round to a [`RunObserver`];
+//! - [`daemon`] is `tessera-aggregator serve` as a library: the
+//!   [`AggregatorConfig`] (`aggregator.toml`) → state database → mTLS
+//!   listener → [`serve`], plus the run's starting point
+//!   ([`daemon::initial_params`]), which the simulator shares;
+//! - [`StateStore`] is the durable state (SQLite): run, rounds, privacy
+//!   ledger, checkpoints and the hash-chained audit log ([`AuditEntry`],
+//!   [`AuditBreak`]) that crash recovery and the operator tools read;
+//! - [`RunDir`] is the run directory every run leaves (`metrics.jsonl`,
+//!   `summary.json`), daemon and simulator alike;
+//! - [`StatusSnapshot`] is what the status command, page and Prometheus
+//!   endpoint show;
+//! - [`export_safetensors`] writes the final model for PyTorch users.
+//!
+//! This crate must never see an individual member's update in the clear
+//! outside the simulator's explicitly named research mode, and must never
+//! log one.
 
-pub mod audit;
-pub mod config;
+#![warn(missing_docs)]
+
+mod audit;
+mod config;
+// A namespace: `daemon::run` and `daemon::listen` would read as a second
+// `serve` at the crate root.
 pub mod daemon;
-pub mod driver;
-pub mod export;
-pub mod http;
-pub mod observer;
-pub mod report;
-pub mod status;
-pub mod store;
+mod driver;
+mod export;
+mod http;
+mod observer;
+mod report;
+mod status;
+mod store;
 
+pub use audit::{AuditBreak, AuditEntry};
+pub use config::{AggregatorConfig, ConfigError, RunSection, ServerSection, StateSection, StatusSection, TrainSection};
+pub use daemon::DaemonError;
 pub use driver::{DriverOptions, RunEnd, RunObserver, serve};
+pub use export::{ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors};
+pub use observer::STALL_ENV;
+pub use report::{ReportError, RunDir, Summary, round_line};
+pub use status::{MemberStatus, RoundPoint, RunState, StatusSnapshot};
+pub use store::{Checkpoint, LedgerRow, RoundRow, StateStore, StoreError, now_ms, utc};

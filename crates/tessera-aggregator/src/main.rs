@@ -5,10 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tessera_aggregator::config::AggregatorConfig;
-use tessera_aggregator::status::StatusSnapshot;
-use tessera_aggregator::store::{self, StateStore};
-use tessera_aggregator::{daemon, export};
+use tessera_aggregator::{AggregatorConfig, StateStore, StatusSnapshot, daemon, export_safetensors, now_ms, utc};
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
 /// are allocated and freed continuously, and glibc trims and regrows its
@@ -153,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&snapshot)?);
             } else {
-                print!("{}", snapshot.render_text(store::now_ms()));
+                print!("{}", snapshot.render_text(now_ms()));
             }
             Ok(())
         }
@@ -170,13 +167,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command: AuditCommand::Show { state } } => {
             let store = StateStore::open_existing(&state)?;
             for e in store.audit_entries()? {
-                println!("{:>6}  {}  {:<18} {}", e.seq, store::utc(e.at_ms), e.kind, e.body);
+                println!("{:>6}  {}  {:<18} {}", e.seq, utc(e.at_ms), e.kind, e.body);
             }
             Ok(())
         }
         Command::Export { format: ExportFormat::Safetensors, state, out } => {
             let store = StateStore::open_existing(&state)?;
-            let report = export::export_safetensors(&store, &out)?;
+            let report = export_safetensors(&store, &out)?;
             println!(
                 "wrote {} ({}; {} tensors) after {} completed rounds, trained part sha256 {}",
                 out.display(),

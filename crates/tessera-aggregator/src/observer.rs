@@ -21,34 +21,34 @@ use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
 /// on (as a dev-dependency, so `cargo build --release` leaves it off).
 pub const STALL_ENV: &str = "TESSERA_TEST_STALL_AFTER_ROUND";
 
-pub type SharedStore = Arc<Mutex<StateStore>>;
+pub(crate) type SharedStore = Arc<Mutex<StateStore>>;
 
 /// Lock the store; a panic elsewhere while holding it leaves it usable
 /// (every write is a transaction).
-pub fn lock(store: &SharedStore) -> MutexGuard<'_, StateStore> {
+pub(crate) fn lock(store: &SharedStore) -> MutexGuard<'_, StateStore> {
     store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn lock_status(status: &SharedStatus) -> std::sync::RwLockWriteGuard<'_, StatusSnapshot> {
+pub(crate) fn lock_status(status: &SharedStatus) -> std::sync::RwLockWriteGuard<'_, StatusSnapshot> {
     status.write().unwrap_or_else(|p| p.into_inner())
 }
 
-pub struct DaemonObserver {
-    pub store: SharedStore,
-    pub run: RunDir,
-    pub status: SharedStatus,
+pub(crate) struct DaemonObserver {
+    store: SharedStore,
+    pub(crate) run: RunDir,
+    status: SharedStatus,
     /// Checkpoints kept.
-    pub keep: u32,
+    keep: u32,
     /// Completed rounds so far (the next round is the `completed + 1`-th).
-    pub completed: u64,
+    completed: u64,
     /// The first failed database write; the run stops before the next round.
-    pub failed: Option<String>,
-    pub stall_after: Option<u64>,
+    failed: Option<String>,
+    stall_after: Option<u64>,
     last_status_write: i64,
 }
 
 impl DaemonObserver {
-    pub fn new(store: SharedStore, run: RunDir, status: SharedStatus, keep: u32, completed: u64) -> Self {
+    pub(crate) fn new(store: SharedStore, run: RunDir, status: SharedStatus, keep: u32, completed: u64) -> Self {
         let stall_after =
             cfg!(feature = "fault-injection").then(|| std::env::var(STALL_ENV).ok()?.parse().ok()).flatten();
         Self { store, run, status, keep, completed, failed: None, stall_after, last_status_write: 0 }
@@ -61,7 +61,7 @@ impl DaemonObserver {
 
     /// Update the live snapshot from the coordinator and store it (at most
     /// once a second unless `force`).
-    pub fn refresh(&mut self, coordinator: &Coordinator, force: bool) {
+    pub(crate) fn refresh(&mut self, coordinator: &Coordinator, force: bool) {
         let now = now_ms();
         {
             let mut s = lock_status(&self.status);
@@ -101,7 +101,7 @@ impl DaemonObserver {
     }
 
     /// Persist the snapshot for `tessera-aggregator status`.
-    pub fn write_status(&mut self) {
+    pub(crate) fn write_status(&mut self) {
         let (json, now) = {
             let s = self.status.read().unwrap_or_else(|p| p.into_inner());
             (serde_json::to_string(&*s).unwrap_or_default(), s.updated_ms)
@@ -216,7 +216,7 @@ impl RunObserver for DaemonObserver {
 }
 
 /// A completed round as a chart point.
-pub fn point(logical: u64, r: &RoundRecord) -> RoundPoint {
+pub(crate) fn point(logical: u64, r: &RoundRecord) -> RoundPoint {
     RoundPoint {
         logical,
         round: r.round,

@@ -10,25 +10,45 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tessera_core::RoundRecord;
 
+/// Why the run directory could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// Creating, writing or renaming a file failed.
     #[error("run directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A record or the summary did not serialise.
     #[error("could not serialise the summary: {0}")]
     Json(#[from] serde_json::Error),
 }
 
 /// Final values of a run, written to `summary.json`.
+///
+/// `C` is the configuration as run: `aggregator.toml` for the daemon, the
+/// scenario for the simulator.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary<C: Serialize> {
+    /// The run id, hex.
     pub run_id: String,
+    /// Rounds completed and counted toward the run.
     pub completed_rounds: u64,
+    /// Round attempts abandoned (and retried).
     pub aborted_rounds: u64,
+    /// Why the run stopped.
     pub stop_reason: String,
+    /// The last completed round's metrics, if any round completed.
     pub final_round: Option<RoundRecord>,
+    /// SHA-256 of the final global model's trainable part, hex.
     pub final_model_sha256: String,
+    /// Privacy spent over the whole run, when it ran under DP.
     pub epsilon: Option<f64>,
+    /// The delta that `epsilon` is stated at.
     pub delta: Option<f64>,
+    /// The configuration the run used.
     pub config: C,
 }
 
@@ -36,7 +56,10 @@ pub struct Summary<C: Serialize> {
 pub struct RunDir {
     dir: PathBuf,
     metrics: BufWriter<File>,
+    /// Every record appended (or resumed from), in order.
     pub records: Vec<RoundRecord>,
+    /// Round attempts abandoned so far; the observer counts them here for
+    /// the summary.
     pub aborted: u64,
 }
 
@@ -54,7 +77,7 @@ impl RunDir {
     /// the state database): `metrics.jsonl` is rewritten to exactly those
     /// lines first (atomically), so a crash between the database commit and
     /// the file append neither loses nor repeats a round.
-    pub fn resume(dir: &Path, records: &[RoundRecord]) -> Result<Self, ReportError> {
+    pub(crate) fn resume(dir: &Path, records: &[RoundRecord]) -> Result<Self, ReportError> {
         let io = |source| ReportError::Io { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut text = String::new();
@@ -70,10 +93,8 @@ impl RunDir {
         Ok(run)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
+    /// Append one round's line to `metrics.jsonl` and flush it, so a crash
+    /// loses nothing already reported.
     pub fn append(&mut self, record: &RoundRecord) -> Result<(), ReportError> {
         let io = |source| ReportError::Io { path: self.dir.join("metrics.jsonl"), source };
         let line = serde_json::to_string(record)?;
@@ -83,6 +104,7 @@ impl RunDir {
         Ok(())
     }
 
+    /// Write (or replace) `summary.json`.
     pub fn write_summary<C: Serialize>(&self, summary: &Summary<C>) -> Result<(), ReportError> {
         let path = self.dir.join("summary.json");
         let json = serde_json::to_string_pretty(summary)?;

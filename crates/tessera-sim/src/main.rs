@@ -107,7 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{}: {} members, {} rounds, {:?} transport", s.name, s.clients, s.rounds, transport);
             let r = run_scenario(&s, &text, &opts)?;
             if let Some(last) = r.records.last() {
-                println!("final: {}", tessera_aggregator::report::round_line(last));
+                println!("final: {}", tessera_aggregator::round_line(last));
             }
             println!("{} rounds completed ({} aborted): {}", r.end.completed_rounds, r.aborted, r.end.reason);
             if let Some(p) = &s.privacy {

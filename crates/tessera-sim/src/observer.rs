@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use indicatif::ProgressBar;
-use tessera_aggregator::driver::RunObserver;
-use tessera_aggregator::report::{RunDir, round_line};
-use tessera_aggregator::store::StoreError;
+use tessera_aggregator::{RunDir, RunObserver, StoreError, round_line};
 use tessera_core::RoundRecord;
 use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
 

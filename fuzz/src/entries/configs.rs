@@ -10,7 +10,7 @@ pub fn config(data: &[u8]) {
     let f = scratch_file("config.toml", body);
     match head % 3 {
         0 => {
-            if let Ok(cfg) = tessera_aggregator::config::AggregatorConfig::load(f.path()) {
+            if let Ok(cfg) = tessera_aggregator::AggregatorConfig::load(f.path()) {
                 start_a_round(&cfg);
             }
         }
@@ -23,7 +23,7 @@ pub fn config(data: &[u8]) {
     }
 }
 
-pub(super) fn start_a_round(cfg: &tessera_aggregator::config::AggregatorConfig) {
+pub(super) fn start_a_round(cfg: &tessera_aggregator::AggregatorConfig) {
     use tessera_protocol::coordinator::{Coordinator, Resume};
     let cc = tessera_aggregator::daemon::coordinator_config(cfg, RUN, 1);
     let Ok(mut c) = Coordinator::new(

@@ -340,7 +340,7 @@ pub(super) fn coordinator_config() -> tessera_protocol::coordinator::Coordinator
         [train]
         example_weight_cap = 100
     "#;
-    let cfg: tessera_aggregator::config::AggregatorConfig = toml::from_str(TOML).expect("valid config");
+    let cfg: tessera_aggregator::AggregatorConfig = toml::from_str(TOML).expect("valid config");
     cfg.validate().expect("valid config");
     tessera_aggregator::daemon::coordinator_config(&cfg, RUN, 7)
 }

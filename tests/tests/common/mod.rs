@@ -153,8 +153,8 @@ pub fn spawn_aggregator(config: &Path, stall_after: Option<u64>) -> Child {
     cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null()).stderr(log);
     cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
     match stall_after {
-        Some(k) => cmd.env(tessera_aggregator::observer::STALL_ENV, k.to_string()),
-        None => cmd.env_remove(tessera_aggregator::observer::STALL_ENV),
+        Some(k) => cmd.env(tessera_aggregator::STALL_ENV, k.to_string()),
+        None => cmd.env_remove(tessera_aggregator::STALL_ENV),
     };
     cmd.spawn().expect("start tessera-aggregator")
 }

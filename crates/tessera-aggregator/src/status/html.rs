@@ -8,7 +8,7 @@ use crate::store::utc;
 impl StatusSnapshot {
     /// The read-only status page: no script, no external resource; it
     /// reloads itself every 5 seconds.
-    pub fn html(&self) -> String {
+    pub(crate) fn html(&self) -> String {
         let mut s = String::new();
         let _ = write!(
             s,

@@ -18,12 +18,14 @@ pub enum RunState {
     /// Waiting for enough members to start a round.
     #[default]
     Waiting,
+    /// A round is in progress.
     Running,
+    /// The run ended; `stop_reason` says why.
     Finished,
 }
 
 impl RunState {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             RunState::Waiting => "waiting",
             RunState::Running => "running",
@@ -32,10 +34,14 @@ impl RunState {
     }
 }
 
+/// One consortium member as the status shows it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemberStatus {
+    /// The member's certificate name.
     pub name: String,
+    /// Connected now.
     pub online: bool,
+    /// On the revocation list (refused at its next connection).
     pub revoked: bool,
 }
 
@@ -46,44 +52,64 @@ pub struct RoundPoint {
     pub logical: u64,
     /// Wire round number (attempt id).
     pub round: u64,
+    /// The cohort's example-weighted evaluation accuracy, in [0, 1].
     pub accuracy: f64,
+    /// The cohort's example-weighted evaluation loss.
     pub loss: f64,
+    /// Members whose update is in the sum.
     pub participants: u32,
+    /// Cohort members that dropped out of the round.
     pub dropped: u32,
+    /// Cumulative epsilon after the round, under DP.
     pub epsilon: Option<f64>,
 }
 
 /// Everything the status displays show.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusSnapshot {
+    /// The run id, hex.
     pub run_id: String,
+    /// The daemon's process id.
     pub pid: u32,
+    /// Last refresh, milliseconds since the Unix epoch; the daemon's
+    /// heartbeat moves it every 2 s, so an old value means a dead daemon.
     pub updated_ms: i64,
+    /// Where the run stands.
     pub state: RunState,
+    /// Why the run stopped, once it has.
     pub stop_reason: Option<String>,
+    /// `[run] rounds`.
     pub rounds_planned: u64,
+    /// Rounds completed and counted toward the run.
     pub completed_rounds: u64,
+    /// Round attempts abandoned or cut short by a restart.
     pub aborted_rounds: u64,
     /// Wire number of the round in progress.
     pub current_round: Option<u64>,
+    /// The round's protocol phase, e.g. `masked_input`.
     pub phase: Option<String>,
+    /// Every configured member, plus any other seen online.
     pub members: Vec<MemberStatus>,
+    /// Cumulative epsilon spent, under DP.
     pub epsilon_spent: Option<f64>,
+    /// The run's epsilon budget, under DP.
     pub epsilon_budget: Option<f64>,
+    /// The delta both epsilons are stated at.
     pub delta: Option<f64>,
+    /// Completed rounds, oldest first, for the charts.
     pub history: Vec<RoundPoint>,
 }
 
 impl StatusSnapshot {
-    pub fn members_online(&self) -> usize {
+    pub(crate) fn members_online(&self) -> usize {
         self.members.iter().filter(|m| m.online).count()
     }
 
-    pub fn epsilon_left(&self) -> Option<f64> {
+    pub(crate) fn epsilon_left(&self) -> Option<f64> {
         Some((self.epsilon_budget? - self.epsilon_spent.unwrap_or(0.0)).max(0.0))
     }
 
-    pub fn last(&self) -> Option<&RoundPoint> {
+    pub(crate) fn last(&self) -> Option<&RoundPoint> {
         self.history.last()
     }
 

@@ -6,7 +6,7 @@ use super::{RunState, StatusSnapshot};
 
 impl StatusSnapshot {
     /// Prometheus text exposition format (version 0.0.4).
-    pub fn prometheus(&self) -> String {
+    pub(crate) fn prometheus(&self) -> String {
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");

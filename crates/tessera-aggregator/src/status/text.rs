@@ -6,7 +6,9 @@ use super::{MemberStatus, RunState, StatusSnapshot};
 use crate::store::utc;
 
 impl StatusSnapshot {
-    /// Plain text for `tessera-aggregator status`.
+    /// Plain text for `tessera-aggregator status`. `now_ms` (milliseconds
+    /// since the Unix epoch) ages the snapshot: one more than 30 s old, of
+    /// a run not finished, is flagged as possibly dead.
     pub fn render_text(&self, now_ms: i64) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "run {}", self.run_id);

@@ -21,19 +21,38 @@ use tessera_core::RunId;
 
 use crate::audit::{self, AuditBreak, AuditEntry};
 
-pub use rounds::{Checkpoint, FinishedRound, LedgerRow, RoundRow};
+pub(crate) use rounds::FinishedRound;
+pub use rounds::{Checkpoint, LedgerRow, RoundRow};
 
+/// Why the state database failed; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite refused a statement (I/O, lock timeout, a trigger).
     #[error("state database {path}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The contents are not what this aggregator wrote or understands (a
+    /// newer schema, a checkpoint that fails its digest, unreadable JSON).
     #[error("state database {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An operator tool was pointed at a file that does not exist.
     #[error("state database {path}: no such file (has the aggregator run with this state path?)")]
-    Missing { path: PathBuf },
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -118,7 +137,7 @@ CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT
 
 /// What identifies a run across restarts.
 #[derive(Clone, Debug, PartialEq)]
-pub struct RunInfo {
+pub(crate) struct RunInfo {
     pub run_id: RunId,
     pub seed: u64,
     pub created_ms: i64,
@@ -127,14 +146,17 @@ pub struct RunInfo {
 
 /// One member as the database knows it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct MemberRow {
+pub(crate) struct MemberRow {
     pub name: String,
     pub first_admitted_ms: Option<i64>,
     pub last_seen_ms: Option<i64>,
     pub revoked_ms: Option<i64>,
 }
 
-/// The aggregator's state database.
+/// The aggregator's state database. The daemon is its only writer;
+/// outside this crate it is opened with [`StateStore::open_existing`] and
+/// read (operator tools, tests), or handed to `tessera_privacy`'s
+/// `PrivacyLedger`, which replays the ledger through `LedgerStore`.
 pub struct StateStore {
     conn: Connection,
     path: PathBuf,
@@ -143,7 +165,7 @@ pub struct StateStore {
 impl StateStore {
     /// Open the database at `path`, creating it (and its directory) if needed
     /// and applying any pending schema migrations.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Invalid {
                 path: path.to_path_buf(),
@@ -157,7 +179,8 @@ impl StateStore {
         Ok(store)
     }
 
-    /// Open a database that must already exist (operator tools).
+    /// Open a database that must already exist (operator tools, tests);
+    /// [`StoreError::Missing`] otherwise, instead of creating an empty one.
     pub fn open_existing(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(StoreError::Missing { path: path.to_path_buf() });
@@ -165,7 +188,7 @@ impl StateStore {
         Self::open(path)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -219,7 +242,7 @@ impl StateStore {
 
     // ---- the run -------------------------------------------------------
 
-    pub fn run_info(&self) -> Result<Option<RunInfo>> {
+    pub(crate) fn run_info(&self) -> Result<Option<RunInfo>> {
         let row = self
             .conn
             .query_row("SELECT run_id, seed, created_ms, stop_reason FROM run WHERE id = 1", [], |r| {
@@ -236,7 +259,7 @@ impl StateStore {
     }
 
     /// Record a new run and the configuration it starts with.
-    pub fn create_run(&mut self, run_id: RunId, seed: u64, config_json: &str, at_ms: i64) -> Result<()> {
+    pub(crate) fn create_run(&mut self, run_id: RunId, seed: u64, config_json: &str, at_ms: i64) -> Result<()> {
         let sha = sha256_hex(config_json.as_bytes());
         self.write(|tx| {
             tx.execute(
@@ -263,7 +286,7 @@ impl StateStore {
     /// Record the configuration a restart runs under. When it differs from
     /// the last one, returns the top-level sections that changed (also
     /// written to the audit log).
-    pub fn record_config(&mut self, config_json: &str, at_ms: i64) -> Result<Option<Vec<String>>> {
+    pub(crate) fn record_config(&mut self, config_json: &str, at_ms: i64) -> Result<Option<Vec<String>>> {
         let previous = self.latest_config()?;
         if previous.as_deref() == Some(config_json) {
             return Ok(None);
@@ -287,7 +310,7 @@ impl StateStore {
     }
 
     /// The run ended (all rounds done, budget exhausted, or given up).
-    pub fn finish_run(&mut self, reason: &str, completed: u64, model_sha256: &str, at_ms: i64) -> Result<()> {
+    pub(crate) fn finish_run(&mut self, reason: &str, completed: u64, model_sha256: &str, at_ms: i64) -> Result<()> {
         self.write(|tx| {
             tx.execute("UPDATE run SET finished_ms = ?1, stop_reason = ?2 WHERE id = 1", params![at_ms, reason])?;
             let body =
@@ -297,7 +320,7 @@ impl StateStore {
     }
 
     /// A process started serving this run (first start or a restart).
-    pub fn record_start(&mut self, resumed_from: u64, next_round: u64, at_ms: i64) -> Result<()> {
+    pub(crate) fn record_start(&mut self, resumed_from: u64, next_round: u64, at_ms: i64) -> Result<()> {
         self.write(|tx| {
             let body = serde_json::json!({
                 "completed_rounds": resumed_from,
@@ -310,7 +333,7 @@ impl StateStore {
 
     // ---- members --------------------------------------------------------
 
-    pub fn members(&self) -> Result<Vec<MemberRow>> {
+    pub(crate) fn members(&self) -> Result<Vec<MemberRow>> {
         let mut st = self
             .conn
             .prepare("SELECT name, first_admitted_ms, last_seen_ms, revoked_ms FROM members ORDER BY name")
@@ -330,7 +353,7 @@ impl StateStore {
 
     /// Members seen online now. A member's first admission is audited.
     /// Returns the names admitted for the first time.
-    pub fn members_seen(&mut self, names: &[String], at_ms: i64) -> Result<Vec<String>> {
+    pub(crate) fn members_seen(&mut self, names: &[String], at_ms: i64) -> Result<Vec<String>> {
         self.write(|tx| {
             let mut first = Vec::new();
             for name in names {
@@ -355,7 +378,7 @@ impl StateStore {
 
     /// Bring the recorded revocations in line with the operator's list.
     /// Returns (newly revoked, reinstated); each change is audited.
-    pub fn sync_revocations(&mut self, revoked: &[String], at_ms: i64) -> Result<(Vec<String>, Vec<String>)> {
+    pub(crate) fn sync_revocations(&mut self, revoked: &[String], at_ms: i64) -> Result<(Vec<String>, Vec<String>)> {
         let recorded: Vec<String> =
             self.members()?.into_iter().filter(|m| m.revoked_ms.is_some()).map(|m| m.name).collect();
         let new: Vec<String> = revoked.iter().filter(|r| !recorded.contains(r)).cloned().collect();
@@ -383,7 +406,7 @@ impl StateStore {
 
     // ---- status ---------------------------------------------------------
 
-    pub fn write_status(&mut self, json: &str, at_ms: i64) -> Result<()> {
+    pub(crate) fn write_status(&mut self, json: &str, at_ms: i64) -> Result<()> {
         self.conn
             .execute(
                 "INSERT INTO status (id, updated_ms, json) VALUES (1, ?1, ?2)
@@ -394,6 +417,8 @@ impl StateStore {
         Ok(())
     }
 
+    /// The daemon's latest status row: `(updated_ms, StatusSnapshot as
+    /// JSON)`; `None` before the first start.
     pub fn read_status(&self) -> Result<Option<(i64, String)>> {
         self.conn
             .query_row("SELECT updated_ms, json FROM status WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -403,11 +428,7 @@ impl StateStore {
 
     // ---- audit ------------------------------------------------------------
 
-    /// Append an audit entry on its own (events outside a round).
-    pub fn audit(&mut self, kind: &str, body: &Value, at_ms: i64) -> Result<()> {
-        self.write(|tx| append_audit(tx, at_ms, kind, body))
-    }
-
+    /// The whole audit log, in chain order.
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
         let mut st = self
             .conn
@@ -439,8 +460,9 @@ impl StateStore {
         Ok(audit::verify(&entries, head.map(|(s, h)| (s as u64, h))))
     }
 
-    /// Direct access for operator tooling and tests (e.g. simulating tampering).
-    pub fn connection(&self) -> &Connection {
+    /// Direct access for tests (e.g. simulating tampering).
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }
 }
@@ -472,7 +494,7 @@ pub(crate) fn append_audit(tx: &Transaction<'_>, at_ms: i64, kind: &str, body: &
     Ok(())
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

@@ -25,45 +25,70 @@ pub struct RoundRow {
     pub round: u64,
     /// Index of the completed round this attempt would become (1-based).
     pub logical: u64,
+    /// `started`, `completed`, `aborted` or `interrupted` (started before a
+    /// crash and never finished).
     pub status: String,
+    /// Start time, milliseconds since the Unix epoch.
     pub started_ms: i64,
+    /// End time (completed, aborted or found interrupted), same clock.
     pub finished_ms: Option<i64>,
+    /// The members drawn for the round, sorted.
     pub cohort: Vec<String>,
+    /// The seed the cohort was drawn with.
     pub cohort_seed: u64,
+    /// Members whose update is in the sum (completed rounds).
     pub contributors: Option<Vec<String>>,
+    /// Members that dropped out.
     pub dropped: Option<Vec<String>>,
+    /// Why the attempt was aborted or interrupted.
     pub reason: Option<String>,
+    /// SHA-256 of the global model after the round (completed rounds), hex.
     pub model_sha256: Option<String>,
+    /// The `metrics.jsonl` line (completed rounds).
     pub record: Option<RoundRecord>,
+    /// Cumulative epsilon after the round, under DP.
     pub epsilon: Option<f64>,
+    /// The delta `epsilon` is stated at.
     pub delta: Option<f64>,
 }
 
 /// The global model and optimizer after `completed` rounds.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
+    /// Completed rounds it follows.
     pub completed: u64,
+    /// Wire number of the round that produced it.
     pub round: u64,
+    /// When it was written, milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The global model's trainable part.
     pub model: ModelParams,
+    /// SHA-256 of `model` (checked on load), hex.
     pub model_sha256: String,
+    /// The server optimizer with its moments, so a resumed run continues
+    /// bit for bit.
     pub optimizer: ServerOptimizer,
 }
 
 /// One privacy-ledger record.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LedgerRow {
+    /// Position in the ledger, increasing.
     pub seq: u64,
+    /// When it was written, milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The wire round it concerns.
     pub round: u64,
+    /// Reserved, committed or aborted, as `tessera_privacy` replays it.
     pub entry: LedgerEntry,
     /// Cumulative epsilon after this reservation (reservations only).
     pub epsilon_after: Option<f64>,
+    /// The delta `epsilon_after` is stated at.
     pub delta: Option<f64>,
 }
 
 /// What a completed round leaves behind.
-pub struct FinishedRound<'a> {
+pub(crate) struct FinishedRound<'a> {
     pub round: u64,
     pub logical: u64,
     pub contributors: &'a [String],
@@ -93,7 +118,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 
 impl StateStore {
     /// A round attempt starts; called before any of its messages is sent.
-    pub fn round_started(
+    pub(crate) fn round_started(
         &mut self,
         round: u64,
         logical: u64,
@@ -115,7 +140,7 @@ impl StateStore {
     }
 
     /// Durably reserve a round's privacy spend (write-ahead: before release).
-    pub fn privacy_reserved(
+    pub(crate) fn privacy_reserved(
         &mut self,
         round: u64,
         spend: &GaussianSpend,
@@ -135,7 +160,7 @@ impl StateStore {
 
     /// A round completed: its row, checkpoint (keeping the newest `keep`),
     /// ledger commit and audit entry in one transaction.
-    pub fn round_finished(&mut self, f: &FinishedRound<'_>, keep: u32, at_ms: i64) -> Result<()> {
+    pub(crate) fn round_finished(&mut self, f: &FinishedRound<'_>, keep: u32, at_ms: i64) -> Result<()> {
         let model_sha = f.model.digest_hex();
         let (m, v) = f.optimizer.moments();
         let reserved = self.open_reservation(f.round)?;
@@ -193,7 +218,7 @@ impl StateStore {
     }
 
     /// A round attempt was abandoned; its spend (if any) stays counted.
-    pub fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String], at_ms: i64) -> Result<()> {
+    pub(crate) fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String], at_ms: i64) -> Result<()> {
         self.write(|tx| {
             tx.execute(
                 "UPDATE rounds SET status = 'aborted', finished_ms = ?2, reason = ?3, dropped = ?4
@@ -207,7 +232,7 @@ impl StateStore {
 
     /// After a restart: rounds that started but never finished were cut
     /// short by the crash. Returns their numbers.
-    pub fn interrupt_open_rounds(&mut self, at_ms: i64) -> Result<Vec<u64>> {
+    pub(crate) fn interrupt_open_rounds(&mut self, at_ms: i64) -> Result<Vec<u64>> {
         let open: Vec<u64> = self.rounds()?.into_iter().filter(|r| r.status == "started").map(|r| r.round).collect();
         if open.is_empty() {
             return Ok(open);
@@ -228,12 +253,13 @@ impl StateStore {
     }
 
     /// The largest wire round number ever started (0 if none).
-    pub fn max_round(&self) -> Result<u64> {
+    pub(crate) fn max_round(&self) -> Result<u64> {
         let m: Option<i64> =
             self.conn.query_row("SELECT MAX(round) FROM rounds", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         Ok(m.unwrap_or(0) as u64)
     }
 
+    /// Every round attempt, by wire round number.
     pub fn rounds(&self) -> Result<Vec<RoundRow>> {
         let mut st = self
             .conn
@@ -316,7 +342,8 @@ impl StateStore {
     }
 
     /// `(completed rounds, model SHA-256)` of every checkpoint kept.
-    pub fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+    #[cfg(test)]
+    pub(crate) fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
         let mut st = self
             .conn
             .prepare("SELECT completed, model_sha256 FROM checkpoints ORDER BY completed")
@@ -325,6 +352,7 @@ impl StateStore {
         rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
     }
 
+    /// The privacy ledger, in write order.
     pub fn ledger(&self) -> Result<Vec<LedgerRow>> {
         let mut st = self
             .conn
