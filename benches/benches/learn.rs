@@ -39,8 +39,7 @@ use tessera_client::LocalModel;
 use tessera_core::config::{ModelConfig, TrainableConfig};
 use tessera_core::round::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
 use tessera_learn::ComputeBackend;
-use tessera_tabular::data::shipped_data_path;
-use tessera_tabular::{SplitConfig, TabularData, TabularSpec};
+use tessera_tabular::{SplitConfig, TabularData, TabularSpec, shipped_data_path};
 use tessera_vision::efficientnet::NUM_BLOCKS;
 use tessera_vision::{
     AugmentConfig, EfficientNetLite0, FeatureCache, HeadWeights, ImageDataset, Normalization, Preprocess,
@@ -107,7 +106,7 @@ fn dp_overhead(c: &mut Criterion) {
         pretrained: None,
     };
     let mut mlp = tessera_tabular::TabularModel::new(data, &model_cfg, ComputeBackend::Flex).unwrap();
-    let start = tessera_tabular::spec::initial_trainable_params(&model_cfg).unwrap();
+    let start = tessera_tabular::initial_trainable_params(&model_cfg).unwrap();
     g.throughput(Throughput::Elements(n.div_ceil(BATCH) as u64));
     g.bench_function("wdbc_mlp/non_private_epoch", |b| {
         b.iter(|| black_box(mlp.train(&start, &settings(0.05), None).unwrap()))

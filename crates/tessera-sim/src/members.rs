@@ -9,8 +9,7 @@ use tessera_core::round::{DpSettings, TrainSettings};
 use tessera_core::{EvalMetrics, ModelParams, TrainedUpdate};
 use tessera_learn::{LocalError, LocalModel};
 use tessera_protocol::derive_seed;
-use tessera_tabular::TabularModel;
-use tessera_tabular::data::Split;
+use tessera_tabular::{Split, TabularModel};
 use tessera_vision::{ImageDataset, VisionModel, VisionModelConfig};
 
 use crate::data::{label_counts, member_data, scenario_partition};

@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use tessera_core::round::TrainSettings;
 use tessera_core::{ModelParams, ParamTensor};
 use tessera_learn::ComputeBackend;
-use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::{
-    LearnError, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart,
+    LearnError, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart, shipped_data_path,
 };
 
 fn wdbc() -> TabularData {
