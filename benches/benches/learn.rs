@@ -41,8 +41,7 @@ use tessera_core::{
     VisionModelConfig,
 };
 use tessera_learn::ComputeBackend;
-use tessera_tabular::data::shipped_data_path;
-use tessera_tabular::{SplitConfig, TabularData, TabularSpec};
+use tessera_tabular::{SplitConfig, TabularData, TabularSpec, shipped_data_path};
 use tessera_vision::NUM_BLOCKS;
 use tessera_vision::{
     EfficientNetLite0, FeatureCache, HeadWeights, ImageDataset, Normalization, Preprocess, TransferModel,
@@ -109,7 +108,7 @@ fn dp_overhead(c: &mut Criterion) {
         pretrained: None,
     };
     let mut mlp = tessera_tabular::TabularModel::new(data, &model_cfg, ComputeBackend::Flex).unwrap();
-    let start = tessera_tabular::spec::initial_trainable_params(&model_cfg).unwrap();
+    let start = tessera_tabular::initial_trainable_params(&model_cfg).unwrap();
     g.throughput(Throughput::Elements(n.div_ceil(BATCH) as u64));
     g.bench_function("wdbc_mlp/non_private_epoch", |b| {
         b.iter(|| black_box(mlp.train(&start, &settings(0.05), None).unwrap()))

@@ -58,7 +58,7 @@ impl Member {
 }
 
 fn initial_model() -> ModelParams {
-    tessera_tabular::spec::initial_trainable_params(&wdbc_model()).unwrap()
+    tessera_tabular::initial_trainable_params(&wdbc_model()).unwrap()
 }
 
 fn cohort(names: &[&str]) -> Vec<String> {

@@ -71,7 +71,7 @@ pub enum DaemonError {
 /// daemon and the simulator both start from this one function.
 pub fn initial_params(model: &ModelSection) -> Result<ModelParams, DaemonError> {
     Ok(match model {
-        ModelSection::Tabular(m) => tessera_tabular::spec::initial_trainable_params(m)?,
+        ModelSection::Tabular(m) => tessera_tabular::initial_trainable_params(m)?,
         ModelSection::Vision(m) => {
             let device = tessera_learn::DEFAULT_BACKEND.training_device();
             tessera_vision::VisionNet::build(m, &device)?.trainable_params()?

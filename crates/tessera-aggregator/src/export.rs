@@ -20,8 +20,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tessera_core::{ModelConfig, ModelParams, ModelSection, TrainableConfig};
 use tessera_learn::DEFAULT_BACKEND;
-use tessera_tabular::model::Field;
-use tessera_tabular::{TabularMlp, load_backbone};
+use tessera_tabular::{Field, TabularMlp, load_backbone};
 
 use crate::store::StateStore;
 
@@ -82,14 +81,14 @@ pub struct ExportReport {
 /// pretrained) with the trained part imported and adapters merged, as
 /// PyTorch linear layers, with its architecture string.
 pub fn full_model(cfg: &ModelConfig, trained: &ModelParams) -> Result<(Vec<ExportTensor>, String), ExportError> {
-    let mlp = tessera_tabular::spec::mlp_config(cfg);
+    let mlp = tessera_tabular::mlp_config(cfg);
     let device = DEFAULT_BACKEND.training_device();
     let mut model = TabularMlp::new(&mlp, &device)?;
     if let Some(p) = &cfg.pretrained {
         load_backbone(&mut model, p, &[])?;
     }
     let slots = model.trainable_slots(&mlp.trainable);
-    tessera_tabular::model::import_slots(&mut model, &slots, trained)?;
+    tessera_tabular::import_slots(&mut model, &slots, trained)?;
     let lora_scale = match cfg.trainable {
         TrainableConfig::Lora { rank, alpha } => alpha / rank as f32,
         _ => 0.0,
@@ -210,7 +209,7 @@ mod tests {
     #[test]
     fn full_model_is_the_backbone_plus_the_trained_head_in_torch_layout() {
         let c = cfg(TrainableConfig::HeadOnly);
-        let initial = tessera_tabular::spec::initial_trainable_params(&c).unwrap();
+        let initial = tessera_tabular::initial_trainable_params(&c).unwrap();
         let mut trained = initial.clone();
         for v in trained.values_mut() {
             *v += 1.0;
@@ -229,7 +228,7 @@ mod tests {
         }
         assert_eq!(tensors[3].data, trained.get("head.bias").unwrap().data);
         // The frozen backbone is the deterministic initialisation.
-        let all = tessera_tabular::spec::initial_trainable_params(&cfg(TrainableConfig::All)).unwrap();
+        let all = tessera_tabular::initial_trainable_params(&cfg(TrainableConfig::All)).unwrap();
         let bw = all.get("backbone.layers.0.weight").unwrap();
         assert_eq!(tensors[0].data[0], bw.data[0]);
         assert_eq!(tensors[0].data[1], bw.data[4], "row 0 of [out, in] is column 0 of [in, out]");
@@ -238,7 +237,7 @@ mod tests {
     #[test]
     fn lora_adapters_are_merged() {
         let c = cfg(TrainableConfig::Lora { rank: 2, alpha: 4.0 });
-        let initial = tessera_tabular::spec::initial_trainable_params(&c).unwrap();
+        let initial = tessera_tabular::initial_trainable_params(&c).unwrap();
         let mut tensors = Vec::new();
         for t in &initial.tensors {
             let data = if t.name.ends_with("lora_b") { vec![0.5; t.data.len()] } else { t.data.clone() };

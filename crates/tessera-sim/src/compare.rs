@@ -11,9 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tessera_client::LocalModel;
 use tessera_core::EvalMetrics;
-use tessera_tabular::TabularData;
-use tessera_tabular::TabularModel;
-use tessera_tabular::data::SplitIndices;
+use tessera_tabular::{SplitIndices, TabularData, TabularModel};
 
 use crate::data::{member_splits, scenario_partition, table_spec};
 use crate::run::{SimOptions, run_scenario};

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use tessera_protocol::derive_seed;
-use tessera_tabular::data::{Preprocessor, RawColumn, RawTable, SplitConfig, SplitIndices, load_csv, stratified_split};
-use tessera_tabular::{TabularData, TabularSpec};
+use tessera_tabular::{
+    Preprocessor, RawColumn, RawTable, SplitConfig, SplitIndices, TabularData, TabularSpec, load_csv, stratified_split,
+};
 
 use crate::partition::{Partitioner, partition, partition_by_groups};
 use crate::scenario::{DataKind, Scenario};

@@ -8,8 +8,7 @@ use anyhow::Context;
 use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings, TrainedUpdate, VisionModelConfig};
 use tessera_learn::{LocalError, LocalModel};
 use tessera_protocol::derive_seed;
-use tessera_tabular::TabularModel;
-use tessera_tabular::data::Split;
+use tessera_tabular::{Split, TabularModel};
 use tessera_vision::{ImageDataset, VisionModel};
 
 use crate::data::{label_counts, member_data, scenario_partition};

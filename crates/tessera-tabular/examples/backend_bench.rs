@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use tessera_core::TrainSettings;
 use tessera_learn::{ComputeBackend, DpSgdConfig};
-use tessera_tabular::data::shipped_data_path;
-use tessera_tabular::{ModelSpec, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart};
+use tessera_tabular::{
+    ModelSpec, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart, shipped_data_path,
+};
 
 const EPOCHS: u32 = 20;
 

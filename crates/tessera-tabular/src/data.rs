@@ -27,18 +27,24 @@ use crate::error::DataError;
 /// Which columns of a CSV file to use and how.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TabularSpec {
+    /// The label column.
     pub label: String,
     /// Feature columns; `None` means every column except the label and `ignore`.
     pub features: Option<Vec<String>>,
+    /// Columns left out when `features` is `None` (identifiers, leakage).
     pub ignore: Vec<String>,
     /// Columns to one-hot encode; every other feature must be numeric.
     pub categorical: Vec<String>,
     /// Expected class labels, in class-index order.
     pub classes: Option<Vec<String>>,
+    /// Append a 0/1 "was missing" feature to each numeric column that has a
+    /// missing value in the training split.
     pub missing_indicators: bool,
 }
 
 impl TabularSpec {
+    /// Defaults around the label column `label`: every other column a
+    /// numeric feature, classes read from the file, missing-value indicators on.
     pub fn new(label: impl Into<String>) -> Self {
         Self {
             label: label.into(),
@@ -84,11 +90,24 @@ impl TabularSpec {
 /// One loaded feature column, before any fitting.
 #[derive(Clone, Debug)]
 pub enum RawColumn {
-    Numeric { name: String, values: Vec<Option<f64>> },
-    Categorical { name: String, values: Vec<Option<String>> },
+    /// A numeric column; `None` is a missing value.
+    Numeric {
+        /// The header name.
+        name: String,
+        /// One value per row, finite.
+        values: Vec<Option<f64>>,
+    },
+    /// A categorical column; `None` is a missing value.
+    Categorical {
+        /// The header name.
+        name: String,
+        /// One category per row, trimmed.
+        values: Vec<Option<String>>,
+    },
 }
 
 impl RawColumn {
+    /// The column's header name.
     pub fn name(&self) -> &str {
         match self {
             RawColumn::Numeric { name, .. } | RawColumn::Categorical { name, .. } => name,
@@ -99,21 +118,28 @@ impl RawColumn {
 /// A parsed CSV file: typed feature columns and class indices.
 #[derive(Clone, Debug)]
 pub struct RawTable {
+    /// The file it was read from, for error messages.
     pub file: PathBuf,
+    /// The feature columns, in configured (or header) order.
     pub columns: Vec<RawColumn>,
+    /// Each row's class index into `class_names`.
     pub labels: Vec<u32>,
+    /// Class names in class-index order.
     pub class_names: Vec<String>,
 }
 
 impl RawTable {
+    /// Rows in the table.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the table has no rows.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
+    /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
     }
@@ -161,7 +187,10 @@ fn csv_error(file: &Path, e: csv::Error, expected: usize) -> DataError {
     }
 }
 
-/// Read and type-check a CSV file with a header row.
+/// Read and type-check a CSV file with a header row: columns are resolved
+/// by name (a misspelled one gets a suggestion), numeric cells parsed,
+/// labels mapped to class indices. Errors name the line and column, never
+/// the value.
 pub fn load_csv(path: &Path, spec: &TabularSpec) -> Result<RawTable, DataError> {
     let file = path.to_path_buf();
     let handle = std::fs::File::open(path).map_err(|source| match source.kind() {
@@ -274,8 +303,11 @@ pub fn load_csv(path: &Path, spec: &TabularSpec) -> Result<RawTable, DataError> 
 /// Fractions of each class that go to validation and test; the rest trains.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SplitConfig {
+    /// Fraction for validation, in `[0, 1)`.
     pub validation: f64,
+    /// Fraction for test, in `[0, 1)`; with `validation`, below 1.
     pub test: f64,
+    /// Seed of the per-class shuffle.
     pub seed: u64,
 }
 
@@ -288,8 +320,11 @@ impl Default for SplitConfig {
 /// Row indices of the three splits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitIndices {
+    /// Training rows, ascending.
     pub train: Vec<usize>,
+    /// Validation rows, ascending.
     pub validation: Vec<usize>,
+    /// Test rows, ascending.
     pub test: Vec<usize>,
 }
 
@@ -371,6 +406,7 @@ impl Preprocessor {
         Self { encoders, num_features }
     }
 
+    /// Width of an encoded row (numeric columns, indicators, one-hot blocks).
     pub fn num_features(&self) -> usize {
         self.num_features
     }
@@ -415,21 +451,28 @@ impl Preprocessor {
 /// Dense, encoded examples: `features` is row-major `len() x num_features`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
+    /// Encoded features, row-major.
     pub features: Vec<f32>,
+    /// Class index of each row.
     pub labels: Vec<u32>,
+    /// Width of a row.
     pub num_features: usize,
+    /// Number of classes, including any absent from this split.
     pub num_classes: usize,
 }
 
 impl Dataset {
+    /// Examples in the split.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the split has no examples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
+    /// The encoded features of row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.features[i * self.num_features..(i + 1) * self.num_features]
     }
@@ -445,7 +488,7 @@ impl Dataset {
 
     /// A shuffled partition of the row indices into batches of at most
     /// `batch_size` (the last one may be smaller); the order depends only on `seed`.
-    pub fn batches(&self, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
+    pub(crate) fn batches(&self, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
@@ -464,23 +507,31 @@ impl Dataset {
 /// A split of a loaded table, preprocessed with the training split's statistics.
 #[derive(Clone, Debug)]
 pub struct TabularData {
+    /// The local training split; the preprocessing was fitted on it alone.
     pub train: Dataset,
+    /// The validation split.
     pub validation: Dataset,
+    /// The test split, on which a member reports its metrics.
     pub test: Dataset,
+    /// The fitted preprocessing, to encode further rows the same way.
     pub preprocessor: Preprocessor,
+    /// Class names in class-index order.
     pub class_names: Vec<String>,
 }
 
 /// The three local splits of a member's data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
+    /// The rows local training uses.
     Train,
+    /// Rows held out for model selection.
     Validation,
+    /// Rows held out for the reported metrics.
     Test,
 }
 
 impl Split {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Validation => "validation",
@@ -496,11 +547,14 @@ impl TabularData {
         Self::from_table(&table, spec, split)
     }
 
+    /// Split an already loaded table by `split` and preprocess it.
     pub fn from_table(table: &RawTable, spec: &TabularSpec, split: &SplitConfig) -> Result<Self, DataError> {
         let idx = stratified_split(&table.labels, table.num_classes(), split)?;
         Self::from_indices(table, spec, &idx)
     }
 
+    /// Preprocess a table split by given row indices (a simulator's
+    /// partition); every class must appear in the training rows.
     pub fn from_indices(table: &RawTable, spec: &TabularSpec, idx: &SplitIndices) -> Result<Self, DataError> {
         let pre = Preprocessor::fit(table, &idx.train, spec.missing_indicators);
         let train = pre.transform(table, &idx.train);
@@ -519,6 +573,7 @@ impl TabularData {
         })
     }
 
+    /// One of the three splits.
     pub fn split(&self, split: Split) -> &Dataset {
         match split {
             Split::Train => &self.train,

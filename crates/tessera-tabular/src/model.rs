@@ -30,32 +30,47 @@ pub enum TrainablePart {
     LastLayers(usize),
     /// Every tensor.
     All,
-    /// Low-rank adapters on every backbone layer, plus the head.
-    Lora { rank: usize, alpha: f32 },
+    /// Low-rank adapters on every backbone layer, plus the head; the
+    /// backbone's own weights stay frozen.
+    Lora {
+        /// Inner dimension of each adapter, at least 1.
+        rank: usize,
+        /// Scale numerator: the adapter's output is multiplied by `alpha / rank`.
+        alpha: f32,
+    },
 }
 
 /// Shape of the MLP. No hidden layers gives logistic regression.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlpConfig {
+    /// Width of an encoded input row.
     pub num_features: usize,
+    /// Widths of the hidden layers, input side first.
     pub hidden: Vec<usize>,
+    /// Number of classes (outputs), at least 2.
     pub num_classes: usize,
+    /// The part that trains and is exchanged.
     pub trainable: TrainablePart,
     /// Seed of the initial weights; members of one run share it.
     pub init_seed: u64,
 }
 
-/// The tensors of one dense layer.
+/// The tensors of one dense layer; with a layer index, the address of one
+/// tensor of a [`TabularMlp`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
+    /// `weight`, `[in, out]`.
     Weight,
+    /// `bias`, `[out]` on the wire.
     Bias,
+    /// `lora_a`, `[in, rank]` (LoRA only).
     LoraA,
+    /// `lora_b`, `[rank, out]`, zero at initialization (LoRA only).
     LoraB,
 }
 
 impl Field {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Field::Weight => "weight",
             Field::Bias => "bias",
@@ -67,25 +82,28 @@ impl Field {
 
 /// A dense layer with optional LoRA adapters.
 #[derive(Module, Debug)]
-pub struct Dense {
-    pub weight: Param<Tensor<2>>,
-    pub bias: Param<Tensor<2>>,
-    pub lora_a: Option<Param<Tensor<2>>>,
-    pub lora_b: Option<Param<Tensor<2>>>,
+pub(crate) struct Dense {
+    pub(crate) weight: Param<Tensor<2>>,
+    pub(crate) bias: Param<Tensor<2>>,
+    pub(crate) lora_a: Option<Param<Tensor<2>>>,
+    pub(crate) lora_b: Option<Param<Tensor<2>>>,
     #[module(skip)]
-    pub lora_scale: f32,
+    pub(crate) lora_scale: f32,
 }
 
 /// Hidden layers, ReLU after each.
 #[derive(Module, Debug)]
-pub struct Backbone {
-    pub layers: Vec<Dense>,
+pub(crate) struct Backbone {
+    pub(crate) layers: Vec<Dense>,
 }
 
+/// The tabular MLP: hidden dense layers with ReLU (the backbone), then a
+/// dense head producing logits. Field names are the checkpoint's and the
+/// wire's tensor names (`backbone.layers.{i}.weight`, `head.bias`).
 #[derive(Module, Debug)]
 pub struct TabularMlp {
-    pub backbone: Backbone,
-    pub head: Dense,
+    pub(crate) backbone: Backbone,
+    pub(crate) head: Dense,
 }
 
 /// What a traced forward pass keeps per layer: enough to form per-example
@@ -126,15 +144,15 @@ impl Dense {
         Self { weight, bias, lora_a, lora_b, lora_scale }
     }
 
-    pub fn d_in(&self) -> usize {
+    pub(crate) fn d_in(&self) -> usize {
         self.weight.dims()[0]
     }
 
-    pub fn d_out(&self) -> usize {
+    pub(crate) fn d_out(&self) -> usize {
         self.weight.dims()[1]
     }
 
-    pub fn field(&self, f: Field) -> Option<&Param<Tensor<2>>> {
+    pub(crate) fn field(&self, f: Field) -> Option<&Param<Tensor<2>>> {
         match f {
             Field::Weight => Some(&self.weight),
             Field::Bias => Some(&self.bias),
@@ -143,7 +161,7 @@ impl Dense {
         }
     }
 
-    pub fn field_mut(&mut self, f: Field) -> Option<&mut Param<Tensor<2>>> {
+    pub(crate) fn field_mut(&mut self, f: Field) -> Option<&mut Param<Tensor<2>>> {
         match f {
             Field::Weight => Some(&mut self.weight),
             Field::Bias => Some(&mut self.bias),
@@ -210,30 +228,33 @@ impl TabularMlp {
         Ok(model)
     }
 
+    /// Hidden layers; the head's layer index.
     pub fn num_backbone_layers(&self) -> usize {
         self.backbone.layers.len()
     }
 
     /// Layer `i` in forward order; index `num_backbone_layers()` is the head.
-    pub fn layer(&self, i: usize) -> &Dense {
+    pub(crate) fn layer(&self, i: usize) -> &Dense {
         self.backbone.layers.get(i).unwrap_or(&self.head)
     }
 
-    pub fn layer_mut(&mut self, i: usize) -> &mut Dense {
+    pub(crate) fn layer_mut(&mut self, i: usize) -> &mut Dense {
         let n = self.backbone.layers.len();
         if i < n { &mut self.backbone.layers[i] } else { &mut self.head }
     }
 
+    /// Tensor `field` of layer `layer` (the head is layer
+    /// [`num_backbone_layers`](Self::num_backbone_layers)), if the layer has it.
     pub fn param(&self, layer: usize, field: Field) -> Option<&Param<Tensor<2>>> {
         self.layer(layer).field(field)
     }
 
-    pub fn param_mut(&mut self, layer: usize, field: Field) -> Option<&mut Param<Tensor<2>>> {
+    pub(crate) fn param_mut(&mut self, layer: usize, field: Field) -> Option<&mut Param<Tensor<2>>> {
         self.layer_mut(layer).field_mut(field)
     }
 
     /// Stable dotted name of a tensor, as used on the wire and in checkpoints.
-    pub fn slot_name(&self, layer: usize, field: Field) -> String {
+    pub(crate) fn slot_name(&self, layer: usize, field: Field) -> String {
         if layer == self.num_backbone_layers() {
             format!("head.{}", field.name())
         } else {
@@ -287,7 +308,7 @@ impl TabularMlp {
         (h, traces)
     }
 
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.forward_traced(x, &[]).0
     }
 
@@ -303,7 +324,7 @@ impl TabularMlp {
     }
 
     /// Replace a tensor's values, keeping its id and trainability.
-    pub fn write_slot(&mut self, layer: usize, field: Field, data: Vec<f32>) -> Result<(), LearnError> {
+    pub(crate) fn write_slot(&mut self, layer: usize, field: Field, data: Vec<f32>) -> Result<(), LearnError> {
         let p = self.param_mut(layer, field).ok_or_else(|| LearnError::Config("no such tensor".into()))?;
         let dims = p.dims();
         if data.len() != dims[0] * dims[1] {
@@ -322,11 +343,13 @@ pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, LearnErro
 }
 
 /// Export the given slots as a parameter set, in slot order.
-pub fn export_slots(model: &TabularMlp, slots: &[(usize, Field)]) -> Result<ModelParams, LearnError> {
+pub(crate) fn export_slots(model: &TabularMlp, slots: &[(usize, Field)]) -> Result<ModelParams, LearnError> {
     Ok(ModelParams::new(slots.iter().map(|&(l, f)| model.read_slot(l, f)).collect::<Result<_, _>>()?))
 }
 
-/// Import a parameter set that must match `slots` exactly (names, order, shapes, finite values).
+/// Import a parameter set that must match `slots` exactly (names, order,
+/// shapes, finite values); on any mismatch nothing is written, so a bad
+/// set never leaves the model half updated.
 pub fn import_slots(model: &mut TabularMlp, slots: &[(usize, Field)], p: &ModelParams) -> Result<(), LearnError> {
     if p.tensors.len() != slots.len() {
         return Err(LearnError::ParamMismatch(format!("expected {} tensors, got {}", slots.len(), p.tensors.len())));

@@ -37,7 +37,8 @@ pub fn public_private_rows(table: &RawTable, fraction: f64, seed: u64) -> Result
     Ok((test, train))
 }
 
-/// Restrict a table to some rows.
+/// The rows `rows` of `table`, in that order, as a table of their own with
+/// the same columns and classes.
 pub fn subset(table: &RawTable, rows: &[usize]) -> RawTable {
     use crate::data::RawColumn;
     let columns = table
@@ -63,6 +64,7 @@ pub fn subset(table: &RawTable, rows: &[usize]) -> RawTable {
 /// What the CLI's `pretrain` command reports.
 #[derive(Clone, Debug)]
 pub struct PretrainReport {
+    /// Rows in the public part (training and held-out together).
     pub public_examples: usize,
     /// Metrics of the pretrained model on a held-out part of the public split.
     pub validation: EvalMetrics,

@@ -21,7 +21,8 @@ impl From<&TrainableConfig> for TrainablePart {
     }
 }
 
-/// The MLP shape a model configuration describes.
+/// The MLP shape a `[model]` section describes; the aggregator builds the
+/// same network from it for export.
 pub fn mlp_config(m: &ModelConfig) -> MlpConfig {
     MlpConfig {
         num_features: m.num_features,
@@ -33,11 +34,13 @@ pub fn mlp_config(m: &ModelConfig) -> MlpConfig {
 }
 
 /// The per-member model choice (sizes come from the member's data).
-pub fn model_spec(m: &ModelConfig) -> ModelSpec {
+pub(crate) fn model_spec(m: &ModelConfig) -> ModelSpec {
     ModelSpec { hidden: m.hidden.clone(), trainable: (&m.trainable).into(), init_seed: m.init_seed }
 }
 
-/// The trainable parameters every party starts from.
+/// The trainable parameters every party starts from. The initial weights
+/// are drawn from the section's `init_seed`, so every party that calls this
+/// gets the same values.
 pub fn initial_trainable_params(m: &ModelConfig) -> Result<ModelParams, LearnError> {
     let cfg = mlp_config(m);
     let device = DEFAULT_BACKEND.training_device();

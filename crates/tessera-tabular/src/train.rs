@@ -1,8 +1,8 @@
-//! Local training and evaluation of one member's tabular task: the object the
-//! client daemon drives each round.
+//! Local training and evaluation of one member's tabular task: what
+//! `TabularModel` drives each round.
 
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use tessera_core::{EvalMetrics, ModelParams, TrainSettings, eval_metrics};
 
 use crate::data::{Dataset, Split, TabularData};
@@ -13,8 +13,11 @@ use tessera_learn::ComputeBackend;
 /// Model choice for a tabular task; input and output sizes come from the data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
+    /// Widths of the hidden layers, input side first; empty for logistic regression.
     pub hidden: Vec<usize>,
+    /// The part that trains and is exchanged.
     pub trainable: TrainablePart,
+    /// Seed of the initial weights; members of one run share it.
     pub init_seed: u64,
 }
 
@@ -30,12 +33,16 @@ impl ModelSpec {
 pub struct Progress {
     /// 0-based epoch of `epochs`.
     pub epoch: u32,
+    /// Epochs in the round.
     pub epochs: u32,
     /// 1-based step within the epoch, of `steps_per_epoch`.
     pub step: u64,
+    /// Optimizer steps per epoch (batches, or `ceil(1/q)` Poisson samples under DP-SGD).
     pub steps_per_epoch: u64,
 }
 
+/// Called with [`Progress`] after every optimizer step (see
+/// [`TabularTask::set_progress`]); `Send` so training can run on a worker thread.
 pub type ProgressFn = Box<dyn FnMut(Progress) + Send>;
 
 /// What one round of local training did.
@@ -45,6 +52,7 @@ pub struct TrainReport {
     pub num_examples: u64,
     /// Example-weighted mean training loss over the round (without the proximal term).
     pub mean_loss: f64,
+    /// Optimizer steps taken.
     pub steps: u64,
 }
 
@@ -76,6 +84,8 @@ pub(crate) fn check_settings(s: &TrainSettings) -> Result<(), LearnError> {
 }
 
 impl TabularTask {
+    /// Build the network `spec` describes around `data` (input and output
+    /// sizes come from the data) on `backend`'s training device.
     pub fn new(data: TabularData, spec: &ModelSpec, backend: ComputeBackend) -> Result<Self, LearnError> {
         let device = backend.training_device();
         let cfg = MlpConfig {
@@ -106,20 +116,14 @@ impl TabularTask {
         self.progress = f;
     }
 
+    /// The member's preprocessed splits.
     pub fn data(&self) -> &TabularData {
         &self.data
     }
 
+    /// The network, trainable and frozen parts.
     pub fn model(&self) -> &TabularMlp {
         &self.model
-    }
-
-    pub fn model_mut(&mut self) -> &mut TabularMlp {
-        &mut self.model
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// Size of the local training split: the member's FedAvg weight.
@@ -257,7 +261,7 @@ pub(crate) fn apply_sgd(
 }
 
 /// Forward a whole split in chunks and compute metrics; no gradients kept.
-pub fn evaluate_model(model: &TabularMlp, ds: &Dataset, device: &Device) -> Result<EvalMetrics, LearnError> {
+pub(crate) fn evaluate_model(model: &TabularMlp, ds: &Dataset, device: &Device) -> Result<EvalMetrics, LearnError> {
     const CHUNK: usize = 4096;
     let c = ds.num_classes;
     let mut probs = Vec::with_capacity(ds.len() * c);
@@ -276,9 +280,4 @@ pub fn evaluate_model(model: &TabularMlp, ds: &Dataset, device: &Device) -> Resu
         return Err(LearnError::Diverged { what: "prediction" });
     }
     Ok(eval_metrics(&probs, &ds.labels, c, nll / ds.len() as f64))
-}
-
-/// Build a tensor from row-major data on `device` (re-exported for tests and tools).
-pub fn batch_tensor(x: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(x, [rows, cols]), device)
 }

@@ -3,8 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use tessera_tabular::data::{Preprocessor, SplitConfig, load_csv, stratified_split};
-use tessera_tabular::{DataError, TabularData, TabularSpec};
+use tessera_tabular::{DataError, Preprocessor, SplitConfig, TabularData, TabularSpec, load_csv, stratified_split};
 
 fn write_csv(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(name);

@@ -5,12 +5,9 @@ use std::path::{Path, PathBuf};
 
 use tessera_core::TrainSettings;
 use tessera_learn::ComputeBackend;
-use tessera_tabular::data::{load_csv, shipped_data_path};
-use tessera_tabular::model::Field;
-use tessera_tabular::pretrain::public_private_rows;
 use tessera_tabular::{
-    LearnError, MlpConfig, ModelSpec, SplitConfig, TabularData, TabularMlp, TabularSpec, TabularTask, TensorMapping,
-    TrainablePart, load_backbone, pretrain_backbone,
+    Field, LearnError, MlpConfig, ModelSpec, SplitConfig, TabularData, TabularMlp, TabularSpec, TabularTask,
+    TensorMapping, TrainablePart, load_backbone, load_csv, pretrain_backbone, public_private_rows, shipped_data_path,
 };
 
 fn fixture_dir() -> PathBuf {
@@ -122,7 +119,7 @@ fn pretrained_backbone_round_trips_and_serves_a_frozen_head_task() {
     assert!(report.validation.accuracy > 0.85, "{}", report.validation.accuracy);
 
     // A member's head-only task on the private rows starts from the pretrained backbone.
-    let private_table = tessera_tabular::pretrain::subset(&table, &private);
+    let private_table = tessera_tabular::subset(&table, &private);
     let data = TabularData::from_table(&private_table, &TabularSpec::wdbc(), &SplitConfig::default()).unwrap();
     let spec = ModelSpec { hidden: vec![16], trainable: TrainablePart::HeadOnly, init_seed: 5 };
     let mut task = TabularTask::new(data, &spec, ComputeBackend::default()).unwrap();

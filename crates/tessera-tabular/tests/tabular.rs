@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use tessera_core::{ModelParams, ParamTensor, TrainSettings};
 use tessera_learn::ComputeBackend;
-use tessera_tabular::data::shipped_data_path;
 use tessera_tabular::{
-    LearnError, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart,
+    LearnError, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart, shipped_data_path,
 };
 
 fn wdbc() -> TabularData {

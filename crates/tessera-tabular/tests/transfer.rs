@@ -3,9 +3,9 @@
 
 use tessera_core::TrainSettings;
 use tessera_learn::ComputeBackend;
-use tessera_tabular::data::shipped_data_path;
-use tessera_tabular::model::Field;
-use tessera_tabular::{ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart};
+use tessera_tabular::{
+    Field, ModelSpec, Split, SplitConfig, TabularData, TabularSpec, TabularTask, TrainablePart, shipped_data_path,
+};
 
 fn task(hidden: Vec<usize>, trainable: TrainablePart) -> TabularTask {
     let data =

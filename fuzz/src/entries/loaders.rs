@@ -5,7 +5,7 @@ use super::*;
 /// The tabular CSV loader and the preprocessing that follows it. The first
 /// byte picks the table spec.
 pub fn csv_loader(data: &[u8]) {
-    use tessera_tabular::data::{SplitConfig, TabularSpec, load_csv};
+    use tessera_tabular::{SplitConfig, TabularSpec, load_csv};
     let Some((&head, body)) = data.split_first() else { return };
     let spec = TabularSpec {
         label: if head & 1 == 0 { "label".into() } else { "y".into() },
