@@ -132,6 +132,8 @@ replay_tests!(
     aggregator_msg,
     participant,
     coordinator,
+    member_inputs,
+    coordinator_inputs,
     csv_loader,
     idx_loader,
     image_loader,

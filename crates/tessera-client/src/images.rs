@@ -1,7 +1,7 @@
 //! A member's images as its `[data]` section describes them. The `[model]`
-//! section for images and the network it describes live in
-//! `tessera_vision::spec` (shared with the aggregator); the model in
-//! `tessera_vision::VisionModel`.
+//! section for images is `tessera_core::VisionModelConfig` (shared with the
+//! aggregator); the network it describes is built by `tessera_vision`, and
+//! the model is `tessera_vision::VisionModel`.
 
 use tessera_vision::{FolderOptions, ImageDataset, VisionError, load_idx_dataset, load_image_folder};
 

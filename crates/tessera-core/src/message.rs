@@ -12,6 +12,7 @@ use crate::params::ParamLayout;
 use crate::round::{RoundSettings, RunId};
 
 /// The two X25519 public keys a cohort member advertises.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeys {
     /// Used for key agreement that encrypts Shamir shares.
@@ -22,6 +23,7 @@ pub struct PublicKeys {
 
 /// A Shamir share bundle from one member to another, AES-GCM encrypted under
 /// a key only the two of them can derive. The aggregator relays it blind.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncryptedShare {
     /// The member that dealt the shares.
@@ -34,6 +36,7 @@ pub struct EncryptedShare {
 
 /// What a survivor reveals about one peer in the unmasking step: exactly one
 /// of the two secrets, chosen by whether that peer survived.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShareReveal {
     /// The peer survived: its self-mask seed share.
@@ -53,6 +56,7 @@ pub enum ShareReveal {
 }
 
 /// Why a model is being sent.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ModelPurpose {
     /// Train on it and answer with an update.
@@ -62,6 +66,7 @@ pub enum ModelPurpose {
 }
 
 /// Messages from the aggregator to a client.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AggregatorMsg {
     /// Sent once after the TLS handshake admitted the member.
@@ -148,6 +153,7 @@ pub enum AggregatorMsg {
 }
 
 /// Messages from a client to the aggregator.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// First message on a connection. The member's identity comes from its

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Metrics of one model on one member's held-out split.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
     /// Held-out examples evaluated; the weight in [`Self::weighted_mean`].

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// One named tensor of f32 values in row-major order.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamTensor {
     /// Dotted path of the tensor in the model; layouts match by it.
@@ -36,6 +37,7 @@ impl ParamTensor {
 /// The ordered names and shapes of a parameter set, without values. Both
 /// sides agree on it before any values move, so that chunks carry only
 /// offsets into the flat vector.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamLayout {
     /// Name and shape of each tensor, in parameter-set order.
@@ -73,6 +75,7 @@ impl ParamLayout {
 }
 
 /// A full set of trainable parameters, in a fixed order.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelParams {
     /// The tensors, in the order the layout and the flat vector use.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Identifies one federated run. Bound into every secure-aggregation key
 /// derivation so that nothing from one run can be replayed into another.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RunId(pub [u8; 16]);
 
@@ -23,6 +24,7 @@ impl std::fmt::Display for RunId {
 }
 
 /// Local training settings for one round.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
     /// Passes over the member's training split.
@@ -44,6 +46,7 @@ pub struct TrainSettings {
 }
 
 /// Which unit a differential-privacy guarantee protects.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrivacyUnit {
@@ -54,6 +57,7 @@ pub enum PrivacyUnit {
 }
 
 /// Where the Gaussian noise is added.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NoisePlacement {
@@ -66,6 +70,7 @@ pub enum NoisePlacement {
 }
 
 /// The privacy mechanism a client must apply before its update leaves.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DpSettings {
     /// What the guarantee protects: a record or a whole member.
@@ -93,6 +98,7 @@ pub struct DpSettings {
 }
 
 /// One round of adaptive clipping (Andrew et al. 2021), as members apply it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveClipSettings {
     /// L2 clip of the model update this round (the adapted C_t).
@@ -120,6 +126,7 @@ impl RoundSettings {
 }
 
 /// Secure-aggregation parameters for one round.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SecAggSettings {
     /// Shamir threshold t: at least this many survivors or the round aborts.
@@ -135,6 +142,7 @@ pub struct SecAggSettings {
 }
 
 /// Everything a member is told when a round starts.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoundSettings {
     /// How to train locally.

@@ -3,6 +3,7 @@
 use crate::ModelParams;
 
 /// The result of local training the driver hands back.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug)]
 pub struct TrainedUpdate {
     /// Trainable parameters after local training.

@@ -45,15 +45,13 @@ pub(crate) fn clip_factor(norm: f64, clip_norm: f64) -> Result<f64, PrivacyError
 
 /// Per-example clipping: given each example's gradient norm, the factor to
 /// scale that example's gradient by before summing.
-#[cfg(test)]
-pub(crate) fn clip_factors(norms: &[f64], clip_norm: f64) -> Result<Vec<f64>, PrivacyError> {
+pub fn clip_factors(norms: &[f64], clip_norm: f64) -> Result<Vec<f64>, PrivacyError> {
     norms.iter().map(|n| clip_factor(*n, clip_norm)).collect()
 }
 
 /// Scale `values` in place so their L2 norm is at most `clip_norm`.
 /// Returns the norm before clipping.
-#[cfg(test)]
-pub(crate) fn clip_l2(values: &mut [f32], clip_norm: f64) -> Result<f64, PrivacyError> {
+pub fn clip_l2(values: &mut [f32], clip_norm: f64) -> Result<f64, PrivacyError> {
     let norm = l2_norm(values.iter())?;
     let factor = clip_factor(norm, clip_norm)?;
     if factor < 1.0 {
@@ -156,8 +154,7 @@ impl AdaptiveClip {
 /// (the count has sensitivity 1, so sigma_b is also its noise multiplier).
 /// In the distributed placement each client instead adds its share of this
 /// noise to its own bit, sized with `distributed_share_sigma`.
-#[cfg(test)]
-pub(crate) fn noisy_unclipped_count<R: rand_core::CryptoRngCore + ?Sized>(
+pub fn noisy_unclipped_count<R: rand_core::CryptoRngCore + ?Sized>(
     unclipped: u64,
     sigma_b: f64,
     rng: &mut R,

@@ -58,13 +58,7 @@ pub(crate) fn distributed_share_sigma(target_sigma: f64, min_contributors: u32) 
 ///   Delta_2^2 = min( c^2/g^2 + d/4 + sqrt(2 ln(1/beta)) (c/g + sqrt(d)/2),  (c/g + sqrt(d))^2 ).
 /// The second term is the deterministic worst case (every coordinate moves
 /// by < 1); the first holds with probability >= 1 - beta.
-#[cfg(test)]
-pub(crate) fn quantized_l2_sensitivity(
-    clip_norm: f64,
-    granularity: f64,
-    dim: u64,
-    beta: f64,
-) -> Result<f64, PrivacyError> {
+pub fn quantized_l2_sensitivity(clip_norm: f64, granularity: f64, dim: u64, beta: f64) -> Result<f64, PrivacyError> {
     if !(clip_norm.is_finite() && clip_norm >= 0.0 && granularity.is_finite() && granularity > 0.0) {
         return Err(PrivacyError::InvalidParameter("clip norm must be >= 0 and granularity > 0"));
     }

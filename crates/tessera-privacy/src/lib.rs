@@ -32,17 +32,21 @@ mod exact;
 mod mechanism;
 mod noise;
 mod plan;
-#[cfg(test)]
 mod zcdp;
 
 pub use accountant::{RdpAccountant, calibrate_noise_multiplier};
 pub use budget::{
     FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger, Reservation,
 };
-pub use clip::{AdaptiveClip, adaptive_release, clip_params_l2, split_noise_multiplier};
+pub use clip::{
+    AdaptiveClip, adaptive_release, clip_factors, clip_l2, clip_params_l2, noisy_unclipped_count,
+    split_noise_multiplier,
+};
+pub use distributed::quantized_l2_sensitivity;
 pub use mechanism::{GaussianMechanism, MechanismCache};
-pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA};
+pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
 pub use plan::{DistributedPlan, member_spend, round_spend, validate};
+pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 
 /// Errors of the privacy mathematics. Messages name the parameter at fault,
 /// never a data value.

@@ -280,8 +280,7 @@ impl SignBits {
 /// table only when the batch repays it (about 2 us per entry, 11.3 sigma
 /// entries, against ~90 ns saved per draw: at least 256 sigma draws); keep a
 /// [`DiscreteGaussian`] to reuse one across calls.
-#[cfg(test)]
-pub(crate) fn fill_discrete_gaussian<R: CryptoRngCore + ?Sized>(
+pub fn fill_discrete_gaussian<R: CryptoRngCore + ?Sized>(
     out: &mut [i64],
     sigma: f64,
     rng: &mut R,
@@ -308,8 +307,7 @@ pub(crate) const GRID_BITS: i32 = 20;
 /// by at most g/2, so the L2 sensitivity to budget for is Delta + g sqrt(d) / 2.
 /// Returns the grid step g. [`GaussianMechanism`](crate::GaussianMechanism)
 /// is the released path; this plain form backs the tests.
-#[cfg(test)]
-pub(crate) fn add_gaussian_noise_f32<R: CryptoRngCore + ?Sized>(
+pub fn add_gaussian_noise_f32<R: CryptoRngCore + ?Sized>(
     values: &mut [f32],
     sigma: f64,
     rng: &mut R,

@@ -26,6 +26,7 @@ pub struct ZcdpAccountant {
 }
 
 impl ZcdpAccountant {
+    /// The rho composed so far (zero-concentrated DP).
     pub fn rho(&self) -> f64 {
         self.rho
     }

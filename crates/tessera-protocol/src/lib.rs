@@ -13,12 +13,15 @@
 //! metadata` (tests/tests/dependency_edges.rs) enforces the first.
 //!
 //! The joint harness that drives real members against a real coordinator
-//! lives in this crate's unit tests (`coordinator::tests`).
+//! lives in this crate's unit tests (`coordinator::tests`). The `arbitrary`
+//! feature adds `fuzzing`: whole inputs for both machines, for fuzz targets.
 
 #![warn(missing_docs)]
 
 pub mod coordinator;
 mod derive;
+#[cfg(feature = "arbitrary")]
+pub mod fuzzing;
 pub mod member;
 mod strategy;
 

@@ -220,7 +220,7 @@ impl Scenario {
             return Err("data.label is required for CSV data".into());
         }
         if let Some(rule) = &self.robust {
-            rule.validate()?;
+            rule.validate().map_err(|e| e.to_string())?;
             if !self.insecure_plaintext {
                 return Err(format!(
                     "robust rule {} needs the individual updates: set insecure_plaintext = true (research only)",

@@ -76,7 +76,7 @@ pub struct FrameSender {
 }
 
 impl FrameSender {
-    /// Send one complete frame as produced by `tessera_core::codec::encode_frame`.
+    /// Send one complete frame as produced by `tessera_core::encode_frame`.
     /// The frame is checked against the limits first, so a local bug cannot
     /// get this member disconnected. The buffer is handed over without a copy.
     ///

@@ -24,7 +24,8 @@
 //!   record-level DP-SGD;
 //! - the member's model: [`VisionModel`], behind
 //!   `tessera_learn::LocalModel`, over a [`VisionNet`] built from the
-//!   `[model]` section's `VisionModelConfig` ([`spec`]).
+//!   `[model]` section's `tessera_core::VisionModelConfig` (plain data) with
+//!   [`preprocess`], [`weights_path`] and [`augmenter`].
 //!
 //! The trainable part of a model converts to and from
 //! [`tessera_core::ModelParams`] under stable, module-path names. What every
@@ -55,10 +56,7 @@ mod metrics;
 mod nhwc;
 mod params;
 mod simd;
-// A real namespace for now: callers name `spec::ModelSection`. Its config
-// types move to tessera-core (#16), where they are documented.
-#[allow(missing_docs)]
-pub mod spec;
+mod spec;
 mod train;
 mod transfer;
 mod tune;

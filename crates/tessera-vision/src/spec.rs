@@ -36,7 +36,9 @@ pub fn augmenter(cfg: &VisionModelConfig, seed: u64) -> Result<Option<Augmenter>
 /// can load the checkpoint once and hand a clone to every member.
 #[derive(Clone, Debug)]
 pub enum VisionNet {
+    /// EfficientNet-Lite0 backbone plus a linear head.
     Transfer(Box<TransferModel>),
+    /// The small CNN.
     Cnn(Box<SmallCnn>),
 }
 

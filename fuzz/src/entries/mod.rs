@@ -30,12 +30,14 @@ mod coordinator;
 mod loaders;
 mod participant;
 mod shared;
+mod structured;
 
 pub use codec::{aggregator_msg, client_msg, frame_decoder};
 pub use configs::config;
 pub use coordinator::coordinator;
 pub use loaders::{csv_loader, idx_loader, image_loader};
 pub use participant::participant;
+pub use structured::{coordinator_inputs, member_inputs};
 
 use participant::*;
 use shared::*;
@@ -50,6 +52,8 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("aggregator_msg", aggregator_msg),
     ("participant", participant),
     ("coordinator", coordinator),
+    ("member_inputs", member_inputs),
+    ("coordinator_inputs", coordinator_inputs),
     ("csv_loader", csv_loader),
     ("idx_loader", idx_loader),
     ("image_loader", image_loader),

@@ -8,6 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+
 /// How a round's cohort is drawn from the members online.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -35,15 +37,14 @@ pub enum CohortSelection {
 }
 
 impl CohortSelection {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, rule| Err(ConfigError::Cohort { key, rule });
         match *self {
             CohortSelection::Fraction { fraction } if !(fraction > 0.0 && fraction <= 1.0) => {
-                Err("cohort.fraction must lie in (0, 1]".into())
+                bad("fraction", "lie in (0, 1]")
             }
-            CohortSelection::Poisson { rate } if !(rate > 0.0 && rate <= 1.0) => {
-                Err("cohort.rate must lie in (0, 1]".into())
-            }
-            CohortSelection::Count { count: 0 } => Err("cohort.count must be at least 1".into()),
+            CohortSelection::Poisson { rate } if !(rate > 0.0 && rate <= 1.0) => bad("rate", "lie in (0, 1]"),
+            CohortSelection::Count { count: 0 } => bad("count", "be at least 1"),
             _ => Ok(()),
         }
     }

@@ -40,10 +40,12 @@ use crate::strategy::ServerOptimizer;
 pub use cohort::CohortSelection;
 use cohort::select_cohort;
 pub use config::{CoordinatorConfig, Resume, SecureConfig};
-pub use output::{ConfigError, Event, Output, Violation};
+pub use output::{ConfigError, Event, Output, ReportProblem, VectorProblem, Violation};
 use privacy::PrivacyState;
-pub use privacy::{AdaptiveClipConfig, CentralNoise, ClipStep, PrivacyConfig, PrivacyPlan, PrivacyStatus};
-pub use robust::RobustRule;
+pub use privacy::{
+    AdaptiveClipConfig, CentralNoise, ClipStep, PrivacyConfig, PrivacyConfigError, PrivacyPlan, PrivacyStatus,
+};
+pub use robust::{RobustError, RobustRule};
 use round::RoundState;
 pub use round::{Handled, RoundOutcome};
 
@@ -89,9 +91,9 @@ impl Coordinator {
         resume: Resume,
         noise: CentralNoise,
     ) -> Result<Self, ConfigError> {
-        cfg.cohort.validate().map_err(ConfigError::Cohort)?;
+        cfg.cohort.validate()?;
         if let Some(rule) = &cfg.robust {
-            rule.validate().map_err(ConfigError::Robust)?;
+            rule.validate()?;
             if cfg.secure.is_some() {
                 return Err(ConfigError::RobustUnderSecureAggregation { rule: rule.name() });
             }

@@ -132,27 +132,82 @@ pub enum Violation {
     },
     /// An update stream of the wrong length or shape.
     #[error("update vector: {0}")]
-    BadVector(String),
+    BadVector(#[from] VectorProblem),
     /// Secure aggregation rejected what the member sent.
     #[error("secure aggregation: {0}")]
     SecAgg(#[from] tessera_secagg::SecAggError),
     /// An evaluation report that does not add up.
     #[error("evaluation report is inconsistent: {0}")]
-    BadReport(String),
+    BadReport(#[from] ReportProblem),
     /// A plaintext update in a securely aggregated run.
     #[error("plaintext updates are refused: this run uses secure aggregation")]
     PlaintextRefused,
+}
+
+/// What is wrong with an uploaded update stream.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum VectorProblem {
+    /// The announced length is not the round's.
+    #[error("announced {announced} values, the round needs {expected}")]
+    Length {
+        /// Values announced.
+        announced: u64,
+        /// Values the round's layout needs.
+        expected: u64,
+    },
+    /// A research-mode weight that is not a finite number in `[0, 1]`.
+    #[error("weight must be a finite number in [0, 1]")]
+    Weight,
+    /// A chunk out of order, or running past the announced length.
+    #[error("chunk at offset {offset} out of order or too long")]
+    Chunk {
+        /// The chunk's offset.
+        offset: u64,
+    },
+    /// A NaN or an infinity.
+    #[error("non-finite value")]
+    NonFinite,
+    /// The stream ended early.
+    #[error("{received} of {expected} values received")]
+    Incomplete {
+        /// Values received.
+        received: u64,
+        /// Values announced.
+        expected: u64,
+    },
+}
+
+/// What is wrong with an evaluation report.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ReportProblem {
+    /// A negative or non-finite loss.
+    #[error("loss")]
+    Loss,
+    /// A rate outside `[0, 1]`.
+    #[error("a rate outside [0, 1]")]
+    Rate,
+    /// A confusion matrix that is not square or too large.
+    #[error("confusion matrix shape")]
+    ConfusionShape,
+    /// A confusion matrix whose total is not `num_examples`.
+    #[error("confusion matrix does not add up to num_examples")]
+    ConfusionTotal,
 }
 
 /// A coordinator configuration no run can use.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ConfigError {
     /// The cohort selection's parameters are out of range.
-    #[error("{0}")]
-    Cohort(String),
+    #[error("cohort.{key} must {rule}")]
+    Cohort {
+        /// The `[cohort]` key.
+        key: &'static str,
+        /// What it must satisfy.
+        rule: &'static str,
+    },
     /// The robust rule's parameters are out of range.
-    #[error("{0}")]
-    Robust(String),
+    #[error(transparent)]
+    Robust(#[from] super::RobustError),
     /// A robust rule needs the individual updates secure aggregation hides.
     #[error(
         "the robust rule {rule} needs individual updates, which secure aggregation hides: \
@@ -169,6 +224,6 @@ pub enum ConfigError {
         rule: &'static str,
     },
     /// The privacy policy cannot be planned or resumed.
-    #[error("{0}")]
-    Privacy(String),
+    #[error(transparent)]
+    Privacy(#[from] super::PrivacyConfigError),
 }

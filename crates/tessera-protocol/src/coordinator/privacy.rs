@@ -9,8 +9,8 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use tessera_core::{AdaptiveClipSettings, DpSettings, ModelParams, NoisePlacement, PrivacyUnit, TrainSettings};
 use tessera_privacy::{
-    AdaptiveClip, GaussianSpend, PrivacyBudget, RdpAccountant, adaptive_release, calibrate_noise_multiplier,
-    round_spend,
+    AdaptiveClip, GaussianSpend, PrivacyBudget, PrivacyError, RdpAccountant, adaptive_release,
+    calibrate_noise_multiplier, round_spend,
 };
 
 /// The `[privacy]` section of a run's configuration.
@@ -105,9 +105,10 @@ impl PrivacyConfig {
         train: &TrainSettings,
         secure: bool,
         cohort_rate: Option<f64>,
-    ) -> Result<PrivacyPlan, String> {
+    ) -> Result<PrivacyPlan, PrivacyConfigError> {
+        let bad = |rule| Err(PrivacyConfigError::Invalid(rule));
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return Err("privacy.epsilon must be finite and > 0".into());
+            return bad("privacy.epsilon must be finite and > 0");
         }
         let noise = self.noise.unwrap_or(match (self.unit, secure) {
             (PrivacyUnit::Record, _) => NoisePlacement::Local,
@@ -115,29 +116,28 @@ impl PrivacyConfig {
             (PrivacyUnit::Client, false) => NoisePlacement::Central,
         });
         if noise == NoisePlacement::Distributed && !secure {
-            return Err("privacy.noise = \"distributed\" needs secure aggregation".into());
+            return bad("privacy.noise = \"distributed\" needs secure aggregation");
         }
         let sampling_rate = match (self.unit, self.sampling_rate) {
             (PrivacyUnit::Record, Some(q)) => q,
             (PrivacyUnit::Record, None) => {
-                return Err(
-                    "privacy.sampling_rate (Poisson rate per DP-SGD step) is required for unit = \"record\"".into()
-                );
+                return bad("privacy.sampling_rate (Poisson rate per DP-SGD step) is required for unit = \"record\"");
             }
             (PrivacyUnit::Client, None) => cohort_rate.unwrap_or(1.0),
             (PrivacyUnit::Client, Some(_)) => {
-                return Err("privacy.sampling_rate applies to the record unit only; for the client unit, sample cohorts with [cohort] kind = \"poisson\", rate = q".into());
+                return bad("privacy.sampling_rate applies to the record unit only; for the client unit, \
+                     sample cohorts with [cohort] kind = \"poisson\", rate = q");
             }
         };
         if let Some(a) = &self.adaptive_clipping {
             if self.unit != PrivacyUnit::Client {
-                return Err("privacy.adaptive_clipping applies to unit = \"client\" only".into());
+                return bad("privacy.adaptive_clipping applies to unit = \"client\" only");
             }
             if !((0.0..=1.0).contains(&a.target_quantile) && a.learning_rate.is_finite() && a.learning_rate >= 0.0) {
-                return Err("privacy.adaptive_clipping: target_quantile in [0, 1], learning_rate >= 0".into());
+                return bad("privacy.adaptive_clipping: target_quantile in [0, 1], learning_rate >= 0");
             }
             if a.count_noise.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
-                return Err("privacy.adaptive_clipping.count_noise must be finite and > 0".into());
+                return bad("privacy.adaptive_clipping.count_noise must be finite and > 0");
             }
         }
         let mut settings = DpSettings {
@@ -150,12 +150,12 @@ impl PrivacyConfig {
             delta: self.delta,
             adaptive: None,
         };
-        tessera_privacy::validate(&settings).map_err(|e| format!("privacy: {e}"))?;
+        tessera_privacy::validate(&settings).map_err(PrivacyConfigError::Settings)?;
         let per_round = round_spend(&settings, train);
         if self.noise_multiplier.is_none() {
             let steps = per_round.steps.saturating_mul(rounds.max(1));
             settings.noise_multiplier = calibrate_noise_multiplier(self.epsilon, self.delta, sampling_rate, steps)
-                .map_err(|e| format!("privacy: cannot calibrate the noise: {e}"))?;
+                .map_err(PrivacyConfigError::Calibration)?;
         }
         Ok(PrivacyPlan {
             spend: round_spend(&settings, train),
@@ -246,18 +246,22 @@ const BUDGET_TOLERANCE: f64 = 1e-9;
 
 impl PrivacyState {
     /// `clip_norm`: the adaptive clip to resume from (else the configured one).
-    pub fn new(plan: PrivacyPlan, already: &[GaussianSpend], clip_norm: Option<f64>) -> Result<Self, String> {
+    pub fn new(
+        plan: PrivacyPlan,
+        already: &[GaussianSpend],
+        clip_norm: Option<f64>,
+    ) -> Result<Self, PrivacyConfigError> {
         let mut accountant = RdpAccountant::default();
         for s in already {
             accountant
                 .compose_poisson_gaussian(s.noise_multiplier, s.sampling_rate, s.steps)
-                .map_err(|e| e.to_string())?;
+                .map_err(PrivacyConfigError::Ledger)?;
         }
-        let spent_epsilon = epsilon_of(&accountant, plan.budget.delta)?;
+        let spent_epsilon = epsilon_of(&accountant, plan.budget.delta).map_err(PrivacyConfigError::Ledger)?;
         let clip = match &plan.adaptive {
             Some(a) => Some(
                 AdaptiveClip::new(clip_norm.unwrap_or(plan.settings.clip_norm), a.target_quantile, a.learning_rate)
-                    .map_err(|e| format!("privacy.adaptive_clipping: {e}"))?,
+                    .map_err(PrivacyConfigError::AdaptiveClipping)?,
             ),
             None => None,
         };
@@ -308,7 +312,7 @@ impl PrivacyState {
         let s = self.plan.spend;
         let mut next = self.accountant.clone();
         next.compose_poisson_gaussian(s.noise_multiplier, s.sampling_rate, s.steps).map_err(|e| e.to_string())?;
-        let eps = epsilon_of(&next, self.plan.budget.delta)?;
+        let eps = epsilon_of(&next, self.plan.budget.delta).map_err(|e| e.to_string())?;
         if eps > self.plan.budget.epsilon * (1.0 + BUDGET_TOLERANCE) {
             return Err(format!(
                 "privacy budget exhausted: epsilon {:.4} of {} spent (delta {:e}); one more round would reach {eps:.4}",
@@ -353,11 +357,32 @@ impl PrivacyState {
     }
 }
 
-fn epsilon_of(acc: &RdpAccountant, delta: f64) -> Result<f64, String> {
+fn epsilon_of(acc: &RdpAccountant, delta: f64) -> Result<f64, PrivacyError> {
     if acc.rdp().iter().all(|r| *r == 0.0) {
         return Ok(0.0);
     }
-    acc.epsilon(delta).map(|(e, _)| e).map_err(|e| e.to_string())
+    acc.epsilon(delta).map(|(e, _)| e)
+}
+
+/// Why a `[privacy]` section cannot be planned, or a run's privacy state
+/// not resumed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum PrivacyConfigError {
+    /// A key breaks its rule; the text names both.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The resolved per-round settings are out of range.
+    #[error("privacy: {0}")]
+    Settings(PrivacyError),
+    /// No noise multiplier reaches the target budget.
+    #[error("privacy: cannot calibrate the noise: {0}")]
+    Calibration(PrivacyError),
+    /// The adaptive clip cannot start from these values.
+    #[error("privacy.adaptive_clipping: {0}")]
+    AdaptiveClipping(PrivacyError),
+    /// The spends already recorded cannot be composed.
+    #[error("privacy ledger: {0}")]
+    Ledger(PrivacyError),
 }
 
 #[cfg(test)]
@@ -401,10 +426,10 @@ mod tests {
         );
         let mut c = cfg(PrivacyUnit::Client);
         c.noise = Some(NoisePlacement::Distributed);
-        assert!(c.plan(5, &train(), false, None).unwrap_err().contains("secure aggregation"));
+        assert!(c.plan(5, &train(), false, None).unwrap_err().to_string().contains("secure aggregation"));
         let mut r = cfg(PrivacyUnit::Record);
         r.sampling_rate = None;
-        assert!(r.plan(5, &train(), true, None).unwrap_err().contains("sampling_rate"));
+        assert!(r.plan(5, &train(), true, None).unwrap_err().to_string().contains("sampling_rate"));
         r.sampling_rate = Some(0.1);
         r.noise = Some(NoisePlacement::Central);
         assert!(r.plan(5, &train(), true, None).is_err());

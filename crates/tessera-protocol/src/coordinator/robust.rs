@@ -39,14 +39,55 @@ fn one() -> u32 {
     1
 }
 
+/// Why a robust rule cannot be configured or cannot run on a round's updates.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RobustError {
+    /// `robust.trim` outside `[0, 0.5)`.
+    #[error("robust.trim must lie in [0, 0.5)")]
+    Trim,
+    /// `robust.select = 0`.
+    #[error("robust.select must be at least 1")]
+    SelectNone,
+    /// No update arrived.
+    #[error("no updates to aggregate")]
+    NoUpdates,
+    /// The updates are not all of one length.
+    #[error("updates differ in length")]
+    Lengths,
+    /// The trim leaves no update.
+    #[error("trimmed mean: trimming {trimmed} of {updates} updates from each side leaves none")]
+    TrimmedAll {
+        /// Updates trimmed from each side.
+        trimmed: usize,
+        /// Updates received.
+        updates: usize,
+    },
+    /// Krum needs `2f + 3` updates.
+    #[error("Krum with {byzantine} Byzantine members needs at least 2f + 3 updates, got {updates}")]
+    KrumTooFew {
+        /// The configured `f`.
+        byzantine: usize,
+        /// Updates received.
+        updates: usize,
+    },
+    /// Multi-Krum cannot select more than `n - f` updates.
+    #[error("multi-Krum cannot select {select} of {updates} updates with {byzantine} Byzantine")]
+    KrumSelect {
+        /// The configured selection.
+        select: usize,
+        /// Updates received.
+        updates: usize,
+        /// The configured `f`.
+        byzantine: usize,
+    },
+}
+
 impl RobustRule {
     /// Whether the rule's parameters are usable.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RobustError> {
         match *self {
-            RobustRule::TrimmedMean { trim } if !(0.0..0.5).contains(&trim) => {
-                Err("robust.trim must lie in [0, 0.5)".into())
-            }
-            RobustRule::Krum { select: 0, .. } => Err("robust.select must be at least 1".into()),
+            RobustRule::TrimmedMean { trim } if !(0.0..0.5).contains(&trim) => Err(RobustError::Trim),
+            RobustRule::Krum { select: 0, .. } => Err(RobustError::SelectNone),
             _ => Ok(()),
         }
     }
@@ -62,14 +103,14 @@ impl RobustRule {
 
     /// Combine equally long update vectors into one. Errors (never panics)
     /// when the rule cannot run on this many updates.
-    pub fn aggregate(&self, updates: &[Vec<f32>]) -> Result<Vec<f32>, String> {
+    pub fn aggregate(&self, updates: &[Vec<f32>]) -> Result<Vec<f32>, RobustError> {
         let n = updates.len();
         let d = updates.first().map_or(0, Vec::len);
         if n == 0 {
-            return Err("no updates to aggregate".into());
+            return Err(RobustError::NoUpdates);
         }
         if updates.iter().any(|u| u.len() != d) {
-            return Err("updates differ in length".into());
+            return Err(RobustError::Lengths);
         }
         match *self {
             RobustRule::Median => Ok(per_coordinate(updates, |col| {
@@ -79,7 +120,7 @@ impl RobustRule {
             RobustRule::TrimmedMean { trim } => {
                 let k = (trim * n as f64).floor() as usize;
                 if 2 * k >= n {
-                    return Err(format!("trimmed mean: trimming {k} of {n} updates from each side leaves none"));
+                    return Err(RobustError::TrimmedAll { trimmed: k, updates: n });
                 }
                 Ok(per_coordinate(updates, |col| {
                     let kept = &col[k..col.len() - k];
@@ -106,13 +147,13 @@ fn per_coordinate(updates: &[Vec<f32>], f: impl Fn(&[f64]) -> f64) -> Vec<f32> {
         .collect()
 }
 
-fn krum(updates: &[Vec<f32>], f: usize, select: usize) -> Result<Vec<f32>, String> {
+fn krum(updates: &[Vec<f32>], f: usize, select: usize) -> Result<Vec<f32>, RobustError> {
     let n = updates.len();
     if n < 2 * f + 3 {
-        return Err(format!("Krum with {f} Byzantine members needs at least {} updates, got {n}", 2 * f + 3));
+        return Err(RobustError::KrumTooFew { byzantine: f, updates: n });
     }
     if select > n - f {
-        return Err(format!("multi-Krum cannot select {select} of {n} updates with {f} Byzantine"));
+        return Err(RobustError::KrumSelect { select, updates: n, byzantine: f });
     }
     let dist =
         |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings};
 
-use super::{CoordinatorConfig, Output, Violation};
+use super::{CoordinatorConfig, Output, ReportProblem, VectorProblem, Violation};
 use crate::derive;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,7 +258,7 @@ impl RoundState {
                 let ClientMsg::MaskedStart { len, .. } = msg else { unreachable!("matched above") };
                 let expected = derive::update_vector_len(&self.layout);
                 if len != expected {
-                    return Err(Violation::BadVector(format!("announced {len} values, round needs {expected}")));
+                    return Err(VectorProblem::Length { announced: len, expected }.into());
                 }
                 match s.on_masked_start(party, len) {
                     Err(tessera_secagg::SecAggError::StreamSlotsBusy(_)) => return Ok(Handled::Busy(msg)),
@@ -287,16 +287,16 @@ impl RoundState {
             {
                 let expected = self.layout.numel() as u64;
                 if len != expected {
-                    return Err(Violation::BadVector(format!("announced {len} values, model has {expected}")));
+                    return Err(VectorProblem::Length { announced: len, expected }.into());
                 }
                 if !weight.is_finite() || weight < 0.0 {
-                    return Err(Violation::BadVector("weight must be finite and non-negative".into()));
+                    return Err(VectorProblem::Weight.into());
                 }
                 if uploads.contains_key(&party) || self.answered.contains(&party) {
                     return Err(Violation::Duplicate { kind });
                 }
                 if weight > 1.0 {
-                    return Err(Violation::BadVector("weight must lie in [0, 1]".into()));
+                    return Err(VectorProblem::Weight.into());
                 }
                 uploads.insert(party, PlainUpload { weight, values: Vec::new() });
             }
@@ -305,10 +305,10 @@ impl RoundState {
             {
                 let up = uploads.get_mut(&party).ok_or_else(wrong)?;
                 if offset != up.values.len() as u64 || up.values.len() + values.len() > self.layout.numel() {
-                    return Err(Violation::BadVector(format!("chunk at offset {offset} out of order or too long")));
+                    return Err(VectorProblem::Chunk { offset }.into());
                 }
                 if values.iter().any(|v| !v.is_finite()) {
-                    return Err(Violation::BadVector("non-finite value".into()));
+                    return Err(VectorProblem::NonFinite.into());
                 }
                 up.values.extend_from_slice(&values);
             }
@@ -316,7 +316,9 @@ impl RoundState {
                 let up = uploads.remove(&party).ok_or_else(wrong)?;
                 let numel = self.layout.numel();
                 if up.values.len() != numel {
-                    return Err(Violation::BadVector(format!("{} of {numel} values received", up.values.len())));
+                    return Err(
+                        VectorProblem::Incomplete { received: up.values.len() as u64, expected: numel as u64 }.into()
+                    );
                 }
                 done.insert(party, up);
                 self.answered.insert(party);
@@ -383,6 +385,7 @@ impl RoundState {
                     }
                     let mean = rule
                         .aggregate(&updates)
+                        .map_err(|e| e.to_string())
                         .and_then(|v| ModelParams::from_flat(&self.layout, &v).map_err(|e| e.to_string()));
                     return Step::Aggregated(mean);
                 }
@@ -521,18 +524,18 @@ impl RoundState {
 fn check_report(m: &EvalMetrics) -> Result<(), Violation> {
     let unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
     if !(m.loss.is_finite() && m.loss >= 0.0) {
-        return Err(Violation::BadReport("loss".into()));
+        return Err(ReportProblem::Loss.into());
     }
     if !(unit(m.accuracy) && unit(m.balanced_accuracy) && unit(m.auc) && unit(m.f1)) {
-        return Err(Violation::BadReport("a rate outside [0, 1]".into()));
+        return Err(ReportProblem::Rate.into());
     }
     let classes = m.confusion.len();
     if classes > 4096 || m.confusion.iter().any(|r| r.len() != classes) {
-        return Err(Violation::BadReport("confusion matrix shape".into()));
+        return Err(ReportProblem::ConfusionShape.into());
     }
     let total: u64 = m.confusion.iter().flatten().fold(0u64, |a, b| a.saturating_add(*b));
     if classes > 0 && total != m.num_examples {
-        return Err(Violation::BadReport("confusion matrix does not add up to num_examples".into()));
+        return Err(ReportProblem::ConfusionTotal.into());
     }
     Ok(())
 }

@@ -136,6 +136,7 @@ pub enum BudgetRefusal {
 /// Local work (training or evaluation) failed. The driver's error arrives
 /// rendered: the learning crates' error types would bring a training backend
 /// into a crate that must not link one, and the participant only reports it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[error("{0}")]
 pub struct LocalFailure(String);
