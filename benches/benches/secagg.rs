@@ -39,7 +39,7 @@ use tessera_secagg::{MaskOp, Quantizer, RoundContext, apply_prg, default_mask_th
 
 const SIZES: [u64; 2] = [100_000, 1_000_000];
 const COHORTS: [u32; 3] = [10, 100, 1000];
-const DROPOUTS: [u32; 3] = [0, 10, 30];
+const DROPOUTS: [u32; 3] = [0, 10, 20];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Grid {
@@ -84,7 +84,7 @@ fn aggregator_points(g: Grid) -> Vec<Point> {
         Grid::Headline => vec![
             sparse(100, 1_000_000, 10),
             sparse(100, 1_000_000, 0),
-            sparse(100, 1_000_000, 30),
+            sparse(100, 1_000_000, 20),
             complete(100, 1_000_000, 10),
             complete(10, 1_000_000, 10),
         ],

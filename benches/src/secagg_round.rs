@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{PartyId, RunId, SecAggSettings};
-use tessera_secagg::{ClientSession, NeighbourGraph, RoundContext, ServerSession, default_threshold, min_threshold};
+use tessera_secagg::{ClientSession, NeighbourGraph, RoundContext, ServerSession, default_threshold};
 
 /// Ring width of the benches: the widest the protocol allows, as a deployment would use.
 pub const MODULUS_BITS: u32 = 32;
@@ -50,8 +50,8 @@ impl Point {
         }
     }
 
-    /// The round context with threshold `t` (`None`: the default `ceil(2m/3)`
-    /// of the neighbourhood size `m`).
+    /// The round context with threshold `t` (`None`: the default, the
+    /// smallest safe threshold `floor(2m/3) + 1` of the neighbourhood size `m`).
     pub fn context_with(&self, threshold: Option<u32>) -> RoundContext {
         let graph_seed = [42; 32];
         let m = NeighbourGraph::new(self.n, self.neighbours(), graph_seed).neighbourhood_size();
@@ -71,16 +71,12 @@ impl Point {
     }
 
     /// The context and the dropout set of this point. Every neighbourhood
-    /// must keep `t` survivors or the round aborts; with the default
-    /// `t = ceil(2m/3)` a neighbourhood tolerates a third of dropouts, which
-    /// 30 % spread over a sparse graph often exceeds somewhere, so then the
-    /// smallest allowed threshold (a strict majority) is used instead.
+    /// must keep `t` survivors or the round aborts. A safe threshold
+    /// (`t > 2m/3`) leaves a neighbourhood fewer than a third of dropouts, so
+    /// the grids stop at 20 %: 30 % spread over a sparse graph exceeds that
+    /// somewhere, and such a round aborts by design.
     pub fn round(&self, seed: u64) -> (RoundContext, BTreeSet<PartyId>) {
         let ctx = self.context();
-        if let Some(dropped) = choose_dropouts(&ctx, self.dropouts(), seed) {
-            return (ctx, dropped);
-        }
-        let ctx = self.context_with(Some(min_threshold(ctx.graph().neighbourhood_size())));
         let dropped = choose_dropouts(&ctx, self.dropouts(), seed)
             .unwrap_or_else(|| panic!("{}: no dropout set keeps every neighbourhood at threshold", self.label()));
         (ctx, dropped)
@@ -351,7 +347,7 @@ mod tests {
     #[test]
     fn small_rounds_unmask_exactly() {
         for graph in [Graph::Complete, Graph::Sparse] {
-            for dropout_pct in [0, 10, 30] {
+            for dropout_pct in [0, 10, 20] {
                 let point = Point { n: 24, d: 600, graph, dropout_pct };
                 let (ctx, dropped) = point.round(1);
                 assert_eq!(dropped.len() as u32, point.dropouts());

@@ -28,17 +28,36 @@ pub struct SecAggPlan {
     pub threshold: u32,
 }
 
-/// Smallest threshold accepted for a neighbourhood of `m` share holders: a
-/// strict majority (so an aggregator cannot split honest members into two
-/// disjoint groups of `t` and learn both secrets of one member) and at least 2
-/// (so a sum is never one member's value).
+/// Smallest threshold accepted for a neighbourhood of `m` share holders:
+/// more than two thirds of it (`t > 2m/3`), and at least 2 (so a sum is never
+/// one member's value).
+///
+/// Why two thirds: an aggregator that shows different dropout views to two
+/// disjoint groups of honest share holders learns both secrets of a member
+/// when each group, with the `c` colluding members it controls, reaches `t`:
+/// that needs `2(t - c) + c <= m`, i.e. `t <= (m + c) / 2`. With `t > 2m/3`
+/// it fails for any `c < m/3` colluders in the neighbourhood
+/// (docs/secure-aggregation.md, "Thresholds").
 pub fn min_threshold(neighbourhood_size: u32) -> u32 {
-    (neighbourhood_size / 2 + 1).max(2)
+    (2 * u64::from(neighbourhood_size) / 3 + 1).max(2) as u32
 }
 
-/// `ceil(2m/3)`, never below [`min_threshold`].
+/// The threshold a plan uses: the smallest safe one ([`min_threshold`]),
+/// which tolerates the most dropouts.
 pub fn default_threshold(neighbourhood_size: u32) -> u32 {
-    (2 * neighbourhood_size).div_ceil(3).max(min_threshold(neighbourhood_size))
+    min_threshold(neighbourhood_size)
+}
+
+/// Fewest neighbours a member accepts in a SecAgg+ cohort of `n`: the
+/// logarithmic degree of Bell et al. (2020), `2 * ceil(log2 n)`, capped at the
+/// complete graph. A smaller degree lets a few colluders make up a whole
+/// neighbourhood, so a member refuses it whatever the aggregator announces.
+pub fn min_neighbours(cohort_size: u32) -> u32 {
+    if cohort_size < 2 {
+        return 0;
+    }
+    let log2 = u32::BITS - (cohort_size - 1).leading_zeros(); // ceil(log2 n) for n >= 2
+    (2 * log2).min(cohort_size - 1)
 }
 
 /// Defaults for a cohort of `n`: the complete graph up to
@@ -50,8 +69,7 @@ pub fn default_plan(cohort_size: u32) -> SecAggPlan {
     if cohort_size <= FULL_GRAPH_MAX_COHORT {
         return SecAggPlan { neighbours: None, threshold: default_threshold(cohort_size) };
     }
-    let log2 = u32::BITS - (cohort_size - 1).leading_zeros(); // ceil(log2 n) for n >= 2
-    let k = 2 * log2;
+    let k = min_neighbours(cohort_size);
     SecAggPlan { neighbours: Some(k), threshold: default_threshold(k + 1) }
 }
 
@@ -126,7 +144,7 @@ impl RoundContext {
         let graph = NeighbourGraph::new(cohort_size, settings.neighbours, settings.graph_seed);
         let m = graph.neighbourhood_size();
         if settings.threshold < min_threshold(m) || settings.threshold > m {
-            return Err(SecAggError::InvalidSettings("threshold must be a strict majority of the neighbourhood"));
+            return Err(SecAggError::InvalidSettings("threshold must exceed two thirds of the neighbourhood"));
         }
         let mut ctx = Self {
             run_id,
@@ -254,10 +272,17 @@ mod tests {
 
     #[test]
     fn defaults_follow_cohort_size() {
-        assert_eq!(default_plan(3), SecAggPlan { neighbours: None, threshold: 2 });
-        assert_eq!(default_plan(30), SecAggPlan { neighbours: None, threshold: 20 });
-        // n = 1000: ceil(log2) = 10, k = 20, m = 21, t = 14.
-        assert_eq!(default_plan(1000), SecAggPlan { neighbours: Some(20), threshold: 14 });
+        // t = floor(2m/3) + 1: more than two thirds of the neighbourhood.
+        assert_eq!(default_plan(3), SecAggPlan { neighbours: None, threshold: 3 });
+        assert_eq!(default_plan(30), SecAggPlan { neighbours: None, threshold: 21 });
+        // n = 1000: ceil(log2) = 10, k = 20, m = 21, t = 15.
+        assert_eq!(default_plan(1000), SecAggPlan { neighbours: Some(20), threshold: 15 });
+        for m in 2..500u32 {
+            let t = min_threshold(m);
+            assert!(3 * t > 2 * m && (t == 2 || 3 * (t - 1) <= 2 * m), "m = {m}, t = {t}");
+        }
+        assert_eq!(min_neighbours(1000), 20);
+        assert_eq!(min_neighbours(5), 4);
         assert_eq!(default_plan(1024).neighbours, Some(20));
         assert_eq!(default_plan(1025).neighbours, Some(22));
         for n in 2..3000 {
@@ -271,16 +296,17 @@ mod tests {
     fn rejects_bad_settings() {
         let c = cohort(10);
         let id = RunId([0; 16]);
-        assert!(RoundContext::new(id, 0, &c, settings(5, None), 1).is_err()); // not a majority
+        assert!(RoundContext::new(id, 0, &c, settings(6, None), 1).is_err()); // not above 2/3
+        assert!(RoundContext::new(id, 0, &c, settings(7, None), 1).is_ok());
         assert!(RoundContext::new(id, 0, &c, settings(11, None), 1).is_err());
-        assert!(RoundContext::new(id, 0, &c, settings(6, None), 0).is_err());
-        let mut s = settings(6, None);
+        assert!(RoundContext::new(id, 0, &c, settings(7, None), 0).is_err());
+        let mut s = settings(7, None);
         s.modulus_bits = 33;
         assert!(RoundContext::new(id, 0, &c, s, 1).is_err());
         let mut unsorted = c.clone();
         unsorted.swap(0, 1);
         assert_eq!(
-            RoundContext::new(id, 0, &unsorted, settings(6, None), 1).unwrap_err(),
+            RoundContext::new(id, 0, &unsorted, settings(7, None), 1).unwrap_err(),
             SecAggError::CohortNotSorted
         );
         assert!(RoundContext::new(id, 0, &c[..1], settings(2, None), 1).is_err());
@@ -289,14 +315,14 @@ mod tests {
     #[test]
     fn binding_covers_every_field() {
         let c = cohort(10);
-        let base = RoundContext::new(RunId([0; 16]), 1, &c, settings(6, None), 8).unwrap();
+        let base = RoundContext::new(RunId([0; 16]), 1, &c, settings(7, None), 8).unwrap();
         let others = [
-            RoundContext::new(RunId([1; 16]), 1, &c, settings(6, None), 8).unwrap(),
-            RoundContext::new(RunId([0; 16]), 2, &c, settings(6, None), 8).unwrap(),
-            RoundContext::new(RunId([0; 16]), 1, &cohort(11), settings(6, None), 8).unwrap(),
-            RoundContext::new(RunId([0; 16]), 1, &c, settings(7, None), 8).unwrap(),
-            RoundContext::new(RunId([0; 16]), 1, &c, settings(3, Some(4)), 8).unwrap(),
-            RoundContext::new(RunId([0; 16]), 1, &c, settings(6, None), 9).unwrap(),
+            RoundContext::new(RunId([1; 16]), 1, &c, settings(7, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 2, &c, settings(7, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &cohort(9), settings(7, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &c, settings(8, None), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &c, settings(4, Some(4)), 8).unwrap(),
+            RoundContext::new(RunId([0; 16]), 1, &c, settings(7, None), 9).unwrap(),
             base.clone().with_min_survivors(8).unwrap(),
         ];
         for o in &others {

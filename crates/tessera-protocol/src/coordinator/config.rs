@@ -15,7 +15,9 @@ pub struct SecureConfig {
     pub modulus_bits: u32,
     /// Update coordinates are clipped to ±clip_range before quantizing.
     pub clip_range: f32,
-    /// Threshold as a fraction of the cohort (default 2/3).
+    /// Threshold as a fraction of the neighbourhood (the cohort under the
+    /// complete graph). It only raises the threshold: members refuse one at
+    /// or below two thirds, so the coordinator never announces one.
     pub threshold_fraction: f64,
     /// Cohorts larger than this use SecAgg+ (sparse neighbour graph).
     pub secagg_plus_above: u32,

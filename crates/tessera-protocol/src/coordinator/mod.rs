@@ -504,14 +504,16 @@ impl Coordinator {
 }
 
 /// Threshold and neighbour count for a cohort: the complete graph with
-/// t = ⌈f·n⌉ for small cohorts; SecAgg+ with k = 2·⌈log2 n⌉ neighbours and
-/// t = ⌈2(k+1)/3⌉ above the configured size. Never below the strict
-/// majority `min_threshold` nor below `min_clients`.
+/// t = ⌈f·n⌉ for small cohorts; SecAgg+ with k = 2·⌈log2 n⌉ neighbours
+/// (`min_neighbours`) above the configured size. The threshold is never at
+/// or below two thirds of the neighbourhood (`min_threshold`: members refuse
+/// it) nor below `min_clients`.
 fn secagg_shape(s: &SecureConfig, n: u32, min_clients: u32) -> (Option<u32>, u32) {
     if n > s.secagg_plus_above && n > 3 {
-        let log2 = u32::BITS - (n - 1).leading_zeros();
-        let k = (2 * log2).min(n - 1);
-        (Some(k), tessera_secagg::default_threshold(k + 1))
+        let k = tessera_secagg::min_neighbours(n);
+        let m = k + 1;
+        let t = ((s.threshold_fraction * f64::from(m)).ceil() as u32).max(tessera_secagg::min_threshold(m)).min(m);
+        (Some(k), t)
     } else {
         let t = ((s.threshold_fraction * n as f64).ceil() as u32)
             .max(tessera_secagg::min_threshold(n))

@@ -405,7 +405,7 @@ fn members_refuse_unsafe_rounds() {
     assert!(matches!(p.handle(start(1, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::Replay { .. })));
     // A model with NaN is refused.
     if let Some(sa) = s.secagg.as_mut() {
-        sa.threshold = 2;
+        sa.threshold = 3;
     }
     p.handle(start(3, s, vec!["m0", "m1", "m2"])).unwrap();
     let mut nan = initial();

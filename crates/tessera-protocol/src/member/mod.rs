@@ -36,6 +36,10 @@ pub struct Policy {
     pub max_model_values: u64,
     /// Smallest cohort the member will mask its update in.
     pub min_cohort: u32,
+    /// Refuse a Shamir threshold at or below this fraction of the
+    /// neighbourhood. Values under 2/3 do not lower the floor: a threshold at
+    /// or below two thirds is always refused (`tessera_secagg::min_threshold`).
+    pub min_threshold_fraction: f64,
     /// Values per streamed chunk.
     pub chunk_values: usize,
     /// Refuse rounds whose release is not differentially private.
@@ -52,6 +56,7 @@ impl Default for Policy {
             allow_plaintext: false,
             max_model_values: 1 << 31,
             min_cohort: 2,
+            min_threshold_fraction: 2.0 / 3.0,
             chunk_values: 1 << 20,
             require_dp: false,
             mask_threads: tessera_secagg::default_mask_threads(),
@@ -388,8 +393,19 @@ impl<R: MemberRng> Participant<R> {
                 if n < self.policy.min_cohort {
                     return Err(CohortProblem::TooSmall { members: n, minimum: self.policy.min_cohort }.into());
                 }
+                if let Some(k) = s.neighbours {
+                    let minimum = tessera_secagg::min_neighbours(n);
+                    if k < minimum {
+                        return Err(CohortProblem::DegreeTooLow { neighbours: k, minimum }.into());
+                    }
+                }
                 let neighbourhood = s.neighbours.map_or(n, |k| (k + 1).min(n));
-                if s.threshold > neighbourhood || s.threshold < tessera_secagg::min_threshold(neighbourhood) {
+                let at_or_below_policy =
+                    f64::from(s.threshold) <= self.policy.min_threshold_fraction * f64::from(neighbourhood);
+                if s.threshold > neighbourhood
+                    || s.threshold < tessera_secagg::min_threshold(neighbourhood)
+                    || at_or_below_policy
+                {
                     return Err(CohortProblem::UnsafeThreshold { threshold: s.threshold, neighbourhood }.into());
                 }
                 Ok(())

@@ -67,13 +67,22 @@ pub enum CohortProblem {
         /// The policy's `min_cohort`.
         minimum: u32,
     },
-    /// A reconstruction threshold outside what is safe for the neighbourhood.
-    #[error("threshold {threshold} is unsafe for a neighbourhood of {neighbourhood}")]
+    /// A reconstruction threshold at or below two thirds of the
+    /// neighbourhood (or the member's stricter policy), or above it.
+    #[error("threshold {threshold} is unsafe for a neighbourhood of {neighbourhood} (it must exceed two thirds)")]
     UnsafeThreshold {
         /// The announced threshold.
         threshold: u32,
         /// Members whose shares the member holds or hands out (itself included).
         neighbourhood: u32,
+    },
+    /// A SecAgg+ degree below what the cohort size needs.
+    #[error("{neighbours} neighbours is below the {minimum} a cohort of this size needs")]
+    DegreeTooLow {
+        /// The announced neighbour count.
+        neighbours: u32,
+        /// `tessera_secagg::min_neighbours` of the cohort size.
+        minimum: u32,
     },
 }
 
