@@ -108,6 +108,7 @@ fn main() {
             seed: 5,
             chunk_values: Limits::default().chunk_values,
             stream_slots: 1,
+            stream_idle_ms: 3_600_000,
             unhealthy_after: 3,
             robust: None,
         };

@@ -42,11 +42,11 @@ fn ceil_log2(n: u32) -> u32 {
 }
 
 impl Point {
-    /// SecAgg+ degree `2 * ceil(log2 n)` (Bell et al.), as `default_plan` picks above 32 members.
+    /// SecAgg+ degree `4 * ceil(log2 n)`, as `default_plan` picks above 32 members.
     pub fn neighbours(&self) -> Option<u32> {
         match self.graph {
             Graph::Complete => None,
-            Graph::Sparse => Some(2 * ceil_log2(self.n)),
+            Graph::Sparse => Some(tessera_secagg::default_neighbours(self.n)),
         }
     }
 

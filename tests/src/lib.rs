@@ -69,6 +69,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             cohort: CohortSelection::All,
             round_deadline_secs: 60.0,
             phase_timeout_secs: 20.0,
+            stream_idle_secs: 5.0,
             max_round_retries: 3,
             unhealthy_after: 3,
         },

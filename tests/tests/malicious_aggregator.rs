@@ -100,8 +100,8 @@ async fn member_refuses_to_reveal_both_secrets_of_a_peer() {
     let mut m = member(name).await;
     let model = initial_model();
     let cohort = cohort(&[name, "peer-1", "peer-2"]);
-    let settings = secure_settings(2);
-    start_round(&mut m.link, 1, &cohort, 2, &model).await;
+    let settings = secure_settings(3);
+    start_round(&mut m.link, 1, &cohort, 3, &model).await;
     let ClientMsg::AdvertiseKeys { round: 1, keys } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
 
     // Play the two other members honestly up to the masked input.
@@ -146,14 +146,17 @@ async fn member_refuses_cohorts_below_a_safe_threshold() {
     let mut m = member(name).await;
     let model = initial_model();
     let three = cohort(&[name, "peer-1", "peer-2"]);
-    // A threshold above the cohort, a threshold below a strict majority,
-    // and a cohort of one: each would let the aggregator unmask one update.
+    // A threshold above the cohort, a threshold of exactly two thirds (a
+    // strict majority, yet an aggregator showing two dropout views to two
+    // groups that each reach it with one colluder learns both secrets of a
+    // member), and a cohort of one: each would let the aggregator unmask one
+    // update.
     start_round(&mut m.link, 1, &three, 4, &model).await;
-    start_round(&mut m.link, 2, &three, 1, &model).await;
+    start_round(&mut m.link, 2, &three, 2, &model).await;
     start_round(&mut m.link, 3, &cohort(&[name]), 1, &model).await;
     // A sound round afterwards. Before its keys the member may only have
     // declined the refused rounds.
-    start_round(&mut m.link, 4, &three, 2, &model).await;
+    start_round(&mut m.link, 4, &three, 3, &model).await;
     loop {
         match m.link.recv().await {
             ClientMsg::Decline { round: 1..=3, .. } => continue,
@@ -163,7 +166,7 @@ async fn member_refuses_cohorts_below_a_safe_threshold() {
     }
     let ledger = m.finish().await;
     assert!(refusals(&ledger, Some(1)).iter().any(|n| n.contains("threshold 4 is unsafe for a neighbourhood of 3")));
-    assert!(refusals(&ledger, Some(2)).iter().any(|n| n.contains("threshold 1 is unsafe for a neighbourhood of 3")));
+    assert!(refusals(&ledger, Some(2)).iter().any(|n| n.contains("threshold 2 is unsafe for a neighbourhood of 3")));
     assert!(refusals(&ledger, Some(3)).iter().any(|n| n.contains("1 members, policy minimum 2")));
     for r in 1..=3 {
         assert!(
@@ -180,11 +183,11 @@ async fn member_refuses_replayed_rounds_even_after_reconnecting() {
     let mut m = member(name).await;
     let model = initial_model();
     let three = cohort(&[name, "peer-1", "peer-2"]);
-    start_round(&mut m.link, 5, &three, 2, &model).await;
+    start_round(&mut m.link, 5, &three, 3, &model).await;
     assert!(matches!(m.link.recv().await, ClientMsg::AdvertiseKeys { round: 5, .. }));
     // The same RoundStart again: the member abandons round 5 rather than
     // run it twice (a second set of keys for one round).
-    start_round(&mut m.link, 5, &three, 2, &model).await;
+    start_round(&mut m.link, 5, &three, 3, &model).await;
     match m.link.recv().await {
         ClientMsg::Decline { round: 5, reason } => assert!(reason.contains("not newer than round 5"), "{reason}"),
         other => panic!("expected a Decline, got {}", other.kind()),
@@ -193,8 +196,8 @@ async fn member_refuses_replayed_rounds_even_after_reconnecting() {
     drop(m.link);
     m.link = m.fake.accept().await;
     m.link.send(AggregatorMsg::Welcome { run_id: RUN, member: name.into() }).await;
-    start_round(&mut m.link, 4, &three, 2, &model).await;
-    start_round(&mut m.link, 6, &three, 2, &model).await;
+    start_round(&mut m.link, 4, &three, 3, &model).await;
+    start_round(&mut m.link, 6, &three, 3, &model).await;
     match m.link.recv().await {
         ClientMsg::AdvertiseKeys { round: 6, .. } => {}
         other => panic!("the member answered a replayed round: {} {:?}", other.kind(), other.round()),
@@ -226,7 +229,7 @@ async fn member_refuses_models_with_nan_or_an_impossible_size() {
     let mut inf = model.clone();
     inf.tensors[1].data[0] = f32::INFINITY;
     // NaN in a model to train, with a digest that matches it.
-    start_round(&mut m.link, 1, &three, 2, &nan).await;
+    start_round(&mut m.link, 1, &three, 3, &nan).await;
     match m.link.recv().await {
         ClientMsg::Decline { round: 1, reason } => assert!(reason.contains("non-finite"), "{reason}"),
         other => panic!("expected a Decline, got {}", other.kind()),
@@ -243,7 +246,7 @@ async fn member_refuses_models_with_nan_or_an_impossible_size() {
             })
             .await;
     }
-    start_round(&mut m.link, 2, &three, 2, &model).await;
+    start_round(&mut m.link, 2, &three, 3, &model).await;
     match m.link.recv().await {
         ClientMsg::AdvertiseKeys { round: 2, .. } => {}
         other => panic!("the member answered a refused model: {} {:?}", other.kind(), other.round()),

@@ -1,4 +1,4 @@
-//! Network faults on real network stacks: the aggregator daemon and three
+//! Network faults on real network stacks: the aggregator daemon and four
 //! member daemons (the real binaries) each run in their own Linux network
 //! namespace, joined by veth pairs. Mid-run one member's link is cut (`ip
 //! link set down`), the other links get loss and delay (`tc netem`; where
@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use tessera_e2e::write_member_csvs;
 use tessera_transport::pki;
 
-const MEMBERS: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+// Four: a safe threshold (more than two thirds of the cohort) lets a cohort
+// of four finish without one member; a cohort of three needs all three.
+const MEMBERS: [&str; 4] = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"];
 /// The member whose link is cut.
 const CUT: usize = 2;
 /// Enough rounds that the cut member, whose QUIC connection resumes only
@@ -144,7 +146,7 @@ fn write_configs(dir: &Path, pki_dir: &Path, csvs: &[PathBuf]) {
         dir.join("aggregator.toml"),
         format!(
             "[server]\nlisten = \"0.0.0.0:{PORT}\"\npki_dir = \"{}\"\nmembers = [{members}]\nrun_dir = \"{}\"\n\n\
-             [run]\nrounds = {ROUNDS}\nmin_clients = 2\nstart_quorum = 3\nseed = 5\n\
+             [run]\nrounds = {ROUNDS}\nmin_clients = 2\nstart_quorum = 4\nseed = 5\n\
              round_deadline_secs = 4\nphase_timeout_secs = 2\nmax_round_retries = 10\n\n{model}\n\
              [train]\nlocal_epochs = 20\nbatch_size = 16\nlearning_rate = 0.05\nexample_weight_cap = 200\n",
             pki_dir.display(),
@@ -318,6 +320,6 @@ fn link_cut_and_netem_across_namespaces() {
     assert_eq!(records.len() as u64, ROUNDS, "{records:?}");
     assert!(records.iter().all(|r| r.participants >= 2), "{records:?}");
     let during = &records[cut_at..restored_at];
-    assert!(during.iter().skip(1).all(|r| r.participants == 2), "rounds during the cut: {during:?}");
-    assert!(records[restored_at..].iter().any(|r| r.participants == 3), "{records:?}");
+    assert!(during.iter().skip(1).all(|r| r.participants == 3), "rounds during the cut: {during:?}");
+    assert!(records[restored_at..].iter().any(|r| r.participants == 4), "{records:?}");
 }

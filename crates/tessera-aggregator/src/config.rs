@@ -86,6 +86,11 @@ pub struct RunSection {
     /// evaluation (default 60).
     #[serde(default = "default_phase_timeout")]
     pub phase_timeout_secs: f64,
+    /// A masked stream with no progress for this long is abandoned and its
+    /// member dropped from the round, so one stalled upload cannot hold the
+    /// daemon's single stream slot until the deadline.
+    #[serde(default = "default_stream_idle")]
+    pub stream_idle_secs: f64,
     /// Consecutive aborted attempts before the run gives up (default 3).
     #[serde(default = "default_retries")]
     pub max_round_retries: u32,
@@ -101,6 +106,10 @@ fn default_cohort() -> CohortSelection {
 fn default_round_deadline() -> f64 {
     600.0
 }
+fn default_stream_idle() -> f64 {
+    5.0
+}
+
 fn default_phase_timeout() -> f64 {
     60.0
 }
@@ -284,7 +293,8 @@ impl AggregatorConfig {
         for m in &self.server.members {
             tessera_transport::pki::validate_member_name(m).map_err(|e| format!("server.members: {e}"))?;
         }
-        if !(self.run.round_deadline_secs > 0.0 && self.run.phase_timeout_secs > 0.0) {
+        if !(self.run.round_deadline_secs > 0.0 && self.run.phase_timeout_secs > 0.0 && self.run.stream_idle_secs > 0.0)
+        {
             return Err("run deadlines must be positive".into());
         }
         if !(1..=32).contains(&self.secure.modulus_bits) {

@@ -139,6 +139,7 @@ pub fn coordinator_config(cfg: &AggregatorConfig, run_id: RunId, seed: u64) -> C
         seed,
         chunk_values: tessera_core::Limits::default().chunk_values,
         stream_slots: 1,
+        stream_idle_ms: (cfg.run.stream_idle_secs * 1000.0) as u64,
         unhealthy_after: cfg.run.unhealthy_after,
         robust: None,
     }

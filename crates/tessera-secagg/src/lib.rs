@@ -48,7 +48,9 @@ mod shamir;
 mod update;
 
 pub use client::{ClientSession, default_mask_threads};
-pub use context::{RoundContext, SecAggPlan, default_plan, default_threshold, min_neighbours, min_threshold};
+pub use context::{
+    RoundContext, SecAggPlan, default_neighbours, default_plan, default_threshold, min_neighbours, min_threshold,
+};
 pub use crypto::{MaskOp, apply_prg};
 pub use error::{SecAggError, SecretKind, Step};
 pub use graph::NeighbourGraph;

@@ -12,19 +12,19 @@ use tessera_secagg::{ClientSession, RoundContext, SecAggError, ServerSession};
 #[test]
 fn fewer_survivors_than_threshold_abort() {
     let n = 6;
-    let ctx = context(n, settings(4, 16, None), 8);
+    let ctx = context(n, settings(5, 16, None), 8);
     let inputs: Vec<Vec<u32>> = (0..n).map(|p| vec![p; 8]).collect();
 
-    // Three drop before masked input: 3 < t = 4 survivors, no unmask request goes out.
+    // Three drop before masked input: 3 < t = 5 survivors, no unmask request goes out.
     let drops = Dropouts { before_masked: [0, 2, 4].into(), ..Default::default() };
     let out = run_round(&ctx, &inputs, &drops, 3, 2, 1);
-    assert_eq!(out.result.unwrap_err(), SecAggError::BelowThreshold { have: 3, threshold: 4 });
+    assert_eq!(out.result.unwrap_err(), SecAggError::BelowThreshold { have: 3, threshold: 5 });
 
     // Three advertise nothing: abort before any share is made.
     let drops = Dropouts { before_advertise: [1, 2, 3].into(), ..Default::default() };
     assert!(matches!(run_round(&ctx, &inputs, &drops, 3, 2, 1).result, Err(SecAggError::BelowThreshold { .. })));
 
-    // Five survive masking but only three answer: secrets cannot be rebuilt.
+    // Five survive masking but only three answer (t = 5): secrets cannot be rebuilt.
     let drops = Dropouts { before_masked: [5].into(), before_unmask: [0, 1].into(), ..Default::default() };
     assert!(matches!(run_round(&ctx, &inputs, &drops, 3, 2, 1).result, Err(SecAggError::CannotReconstruct { .. })));
 
@@ -73,7 +73,7 @@ fn client_refuses_both_secrets_and_small_survivor_sets() {
 
 #[test]
 fn server_refuses_a_reveal_of_the_wrong_kind() {
-    let ctx = context(5, settings(3, 16, None), 4);
+    let ctx = context(5, settings(4, 16, None), 4);
     let mut r = up_to_masking(&ctx, 11);
     for p in 0..5u32 {
         r.server.on_masked_start(p, 4).unwrap();
@@ -98,7 +98,7 @@ fn server_refuses_a_reveal_of_the_wrong_kind() {
 
 #[test]
 fn tampered_and_misrouted_shares_are_rejected() {
-    let ctx = context(5, settings(3, 16, None), 4);
+    let ctx = context(5, settings(4, 16, None), 4);
     let mut r = up_to_shares(&ctx, 3);
     let (p, shares) = r.forwarded[0].clone();
 

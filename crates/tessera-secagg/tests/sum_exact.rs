@@ -84,7 +84,7 @@ fn default_plan_at_scale() {
 #[test]
 fn unfinished_streams_leave_the_sum_exact() {
     let n = 8;
-    let ctx = context(n, settings(5, 24, None), 100);
+    let ctx = context(n, settings(6, 24, None), 100);
     let inputs: Vec<Vec<u32>> = (0..n).map(|p| (0..100).map(|i| (p * 1000 + i) << 4).collect()).collect();
     // Parties 2 and 3 send their first 30-element chunk and vanish; 2 is
     // abandoned by the daemon, 3 is still open at close_masked.

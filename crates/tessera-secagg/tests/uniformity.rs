@@ -25,7 +25,7 @@ fn chi_square(values: &[u32], bucket_of: impl Fn(u32) -> usize) -> f64 {
 fn masked_constant(modulus_bits: u32, d: usize, input: u32, seed: u64) -> Vec<u32> {
     let n = 5;
     let cohort: Vec<String> = (0..n).map(|i| format!("bank-{i}")).collect();
-    let s = SecAggSettings { threshold: 3, modulus_bits, clip_range: 1.0, neighbours: None, graph_seed: [0; 32] };
+    let s = SecAggSettings { threshold: 4, modulus_bits, clip_range: 1.0, neighbours: None, graph_seed: [0; 32] };
     let ctx = RoundContext::new(RunId([4; 16]), 1, &cohort, s, d as u64).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut server = ServerSession::new(ctx.clone());

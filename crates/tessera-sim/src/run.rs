@@ -98,6 +98,8 @@ fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
         seed: s.seed,
         chunk_values: Limits::default().chunk_values,
         stream_slots: 1,
+        // Simulated time has no idle members: a slow one is only slow.
+        stream_idle_ms: 3_600_000,
         unhealthy_after: 3,
         robust: s.robust.clone(),
     }

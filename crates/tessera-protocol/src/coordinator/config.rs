@@ -66,6 +66,11 @@ pub struct CoordinatorConfig {
     /// Masked streams staged at once (each a vector-sized buffer); more
     /// members wait, with transport backpressure, for a free slot.
     pub stream_slots: u32,
+    /// A staged masked stream with no new chunk for this long is abandoned:
+    /// its member counts as dropped and is disconnected, and the slot goes
+    /// to the next upload. Without it one member that sends `MaskedStart`
+    /// and stops would hold a slot until the round's deadline.
+    pub stream_idle_ms: u64,
     /// Members failing this many rounds in a row are reported unhealthy.
     pub unhealthy_after: u32,
     /// Research only: a Byzantine-robust rule instead of the mean. Needs the

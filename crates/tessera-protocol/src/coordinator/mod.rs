@@ -226,19 +226,28 @@ impl Coordinator {
         res
     }
 
-    /// Time passed; phase deadlines are checked.
+    /// Time passed; phase deadlines and idle masked streams are checked.
     pub fn tick(&mut self, now_ms: u64) {
-        if let Some(r) = self.current.as_mut()
-            && now_ms >= r.phase_deadline_ms
-        {
-            r.deadline_passed = true;
+        if let Some(r) = self.current.as_mut() {
+            if now_ms >= r.phase_deadline_ms {
+                r.deadline_passed = true;
+            }
+            let idle_ms = self.cfg.stream_idle_ms;
+            for member in r.idle_streams(now_ms, idle_ms) {
+                r.mark_gone(&member);
+                let reason = format!("its masked stream made no progress for {idle_ms} ms");
+                self.out.push_back(Output::Event(Event::Rejected { member: member.clone(), error: reason.clone() }));
+                self.out.push_back(Output::Disconnect { member, reason });
+            }
         }
         self.advance(now_ms);
     }
 
     /// The earliest time at which `tick` has something to do.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.current.as_ref().map(|r| r.phase_deadline_ms)
+        let r = self.current.as_ref()?;
+        let idle = r.next_idle_deadline(self.cfg.stream_idle_ms);
+        Some(idle.map_or(r.phase_deadline_ms, |i| i.min(r.phase_deadline_ms)))
     }
 
     fn dispatch(&mut self, now_ms: u64, member: &str, msg: ClientMsg) -> Result<Handled, Violation> {
@@ -269,6 +278,7 @@ impl Coordinator {
                 round::Step::Wait => return,
                 round::Step::Continue => continue,
                 round::Step::Aggregated(mean_delta) => {
+                    let round = r.round;
                     let contributors = r.contributor_count();
                     let dp = r.settings().dp.clone();
                     let ok = mean_delta.and_then(|d| self.server_step(d, contributors, dp.as_ref()));
@@ -278,7 +288,18 @@ impl Coordinator {
                             let r = self.current.as_mut().expect("round in progress");
                             r.start_eval(now_ms, &self.cfg, &self.online, &self.global, &mut self.out);
                         }
-                        Err(reason) => self.abort_round(now_ms, reason),
+                        Err(reason) => {
+                            // The sum exists now. A retry would train the same
+                            // model again with another cohort, and two sums over
+                            // cohorts one member apart reveal that member's
+                            // update (issue #17), so the run stops instead.
+                            self.stop_before_next_round(format!(
+                                "round {round}'s aggregate was produced but cannot be applied ({reason}); \
+                                 the run stops rather than re-run the round on the same model, \
+                                 where two sums over different cohorts would reveal one member's update"
+                            ));
+                            self.abort_round(now_ms, reason);
+                        }
                     }
                 }
                 round::Step::Abort(reason) => self.abort_round(now_ms, reason),
@@ -504,13 +525,14 @@ impl Coordinator {
 }
 
 /// Threshold and neighbour count for a cohort: the complete graph with
-/// t = ⌈f·n⌉ for small cohorts; SecAgg+ with k = 2·⌈log2 n⌉ neighbours
-/// (`min_neighbours`) above the configured size. The threshold is never at
+/// t = ⌈f·n⌉ for small cohorts; SecAgg+ with k = 4·⌈log2 n⌉ neighbours
+/// (`default_neighbours`: twice the floor members accept) above the
+/// configured size. The threshold is never at
 /// or below two thirds of the neighbourhood (`min_threshold`: members refuse
 /// it) nor below `min_clients`.
 fn secagg_shape(s: &SecureConfig, n: u32, min_clients: u32) -> (Option<u32>, u32) {
     if n > s.secagg_plus_above && n > 3 {
-        let k = tessera_secagg::min_neighbours(n);
+        let k = tessera_secagg::default_neighbours(n);
         let m = k + 1;
         let t = ((s.threshold_fraction * f64::from(m)).ceil() as u32).max(tessera_secagg::min_threshold(m)).min(m);
         (Some(k), t)

@@ -121,6 +121,8 @@ pub(super) struct RoundState {
     gone: BTreeSet<String>,
     evaluators: BTreeSet<String>,
     reports: BTreeMap<String, EvalMetrics>,
+    /// Staged masked streams and when each last made progress.
+    streaming: BTreeMap<PartyId, u64>,
 }
 
 impl RoundState {
@@ -180,6 +182,7 @@ impl RoundState {
             gone: BTreeSet::new(),
             evaluators: BTreeSet::new(),
             reports: BTreeMap::new(),
+            streaming: BTreeMap::new(),
         })
     }
 
@@ -191,6 +194,7 @@ impl RoundState {
         self.gone.insert(member.to_string());
         if let Some(p) = self.party_of(member) {
             self.alive.remove(&p);
+            self.streaming.remove(&p);
             if let Aggregation::Secure(s) = &mut self.agg {
                 s.abandon_stream(p);
             }
@@ -207,9 +211,20 @@ impl RoundState {
             .collect()
     }
 
+    /// Members whose staged stream has made no progress for `idle_ms`.
+    pub(super) fn idle_streams(&self, now_ms: u64, idle_ms: u64) -> Vec<String> {
+        let idle = self.streaming.iter().filter(|(_, last)| now_ms.saturating_sub(**last) >= idle_ms);
+        idle.map(|(p, _)| self.cohort[*p as usize].clone()).collect()
+    }
+
+    /// When the first staged stream goes idle, if one is staged.
+    pub(super) fn next_idle_deadline(&self, idle_ms: u64) -> Option<u64> {
+        self.streaming.values().min().map(|last| last.saturating_add(idle_ms))
+    }
+
     pub(super) fn on_message(
         &mut self,
-        _now_ms: u64,
+        now_ms: u64,
         member: &str,
         msg: ClientMsg,
         cfg: &CoordinatorConfig,
@@ -264,12 +279,15 @@ impl RoundState {
                     Err(tessera_secagg::SecAggError::StreamSlotsBusy(_)) => return Ok(Handled::Busy(msg)),
                     r => r.map_err(Violation::SecAgg)?,
                 }
+                self.streaming.insert(party, now_ms);
             }
             (Aggregation::Secure(s), ClientMsg::MaskedChunk { offset, values, .. }) if phase == Phase::Masked => {
                 s.on_masked_chunk(party, offset, &values).map_err(Violation::SecAgg)?;
+                self.streaming.insert(party, now_ms);
             }
             (Aggregation::Secure(s), ClientMsg::MaskedEnd { .. }) if phase == Phase::Masked => {
                 s.on_masked_end(party).map_err(Violation::SecAgg)?;
+                self.streaming.remove(&party);
                 self.answered.insert(party);
             }
             (Aggregation::Secure(s), ClientMsg::UnmaskShares { reveals, .. }) if phase == Phase::Unmask => {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::member::{self as participant, Participant, Policy, TrainedUpdate};
+use crate::member::{self as participant, CohortProblem, Participant, Policy, TrainedUpdate};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{
@@ -38,6 +38,7 @@ fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
         seed: 99,
         chunk_values: 5,
         stream_slots: 2,
+        stream_idle_ms: 2_000,
         unhealthy_after: 2,
         robust: None,
     }
@@ -74,6 +75,15 @@ struct Harness {
     trace: Vec<String>,
     /// The DP settings each Train request carried.
     train_dp: Vec<Option<tessera_core::DpSettings>>,
+    /// Messages the coordinator answered `Busy` (no free stream slot), and
+    /// everything that member sent after them: a driver holds the member's
+    /// connection until the slot frees, so order is kept.
+    held: BTreeMap<String, std::collections::VecDeque<ClientMsg>>,
+    /// When each round finished, in harness time.
+    finished_at: Vec<u64>,
+    /// Members report zero training examples, so the round's total weight
+    /// is zero and its aggregate cannot be turned into a mean.
+    zero_examples: bool,
 }
 
 impl Harness {
@@ -103,7 +113,39 @@ impl Harness {
             sent: BTreeMap::new(),
             trace: vec![],
             train_dp: vec![],
+            held: BTreeMap::new(),
+            finished_at: vec![],
+            zero_examples: false,
         }
+    }
+
+    /// Hand `msg` to the coordinator as a driver would: behind anything of
+    /// the same member still held, and held itself when the answer is Busy.
+    fn deliver_to_coordinator(&mut self, name: &str, msg: ClientMsg) {
+        let queue = self.held.entry(name.to_string()).or_default();
+        if !queue.is_empty() {
+            queue.push_back(msg);
+            return;
+        }
+        if let Ok(Handled::Busy(msg)) = self.coord.handle(self.now, name, msg) {
+            self.held.entry(name.to_string()).or_default().push_back(msg);
+        }
+    }
+
+    /// Retry held messages in order; true if any went through.
+    fn release_held(&mut self) -> bool {
+        let mut moved = false;
+        let names: Vec<String> = self.held.keys().cloned().collect();
+        for name in names {
+            while let Some(msg) = self.held.get_mut(&name).and_then(|q| q.pop_front()) {
+                if let Ok(Handled::Busy(msg)) = self.coord.handle(self.now, &name, msg) {
+                    self.held.get_mut(&name).unwrap().push_front(msg);
+                    break;
+                }
+                moved = true;
+            }
+        }
+        moved
     }
 
     fn with_initial(mut self, initial: ModelParams) -> Self {
@@ -145,7 +187,7 @@ impl Harness {
     }
 
     fn pump(&mut self) -> bool {
-        let mut moved = false;
+        let mut moved = self.release_held();
         while let Some(out) = self.coord.poll_output() {
             moved = true;
             match out {
@@ -159,7 +201,10 @@ impl Harness {
                     }
                 }
                 Output::Disconnect { member, reason } => self.violations.push((member, reason)),
-                Output::Event(Event::RoundFinished(o)) => self.finished.push(*o),
+                Output::Event(Event::RoundFinished(o)) => {
+                    self.finished.push(*o);
+                    self.finished_at.push(self.now);
+                }
                 Output::Event(Event::RoundAborted { round, reason, .. }) => self.aborted.push((round, reason)),
                 Output::Event(e) => {
                     let label = match &e {
@@ -195,13 +240,14 @@ impl Harness {
                             break;
                         }
                         self.sent.entry(name.clone()).or_default().push(msg.clone());
-                        let _ = self.coord.handle(self.now, &name, msg);
+                        self.deliver_to_coordinator(&name, msg);
                     }
                     participant::Output::Train { round, model, dp, .. } => {
                         self.train_dp.push(dp);
                         let mut params = model.clone();
                         params.values_mut().for_each(|v| *v += member_delta(i));
-                        let up = TrainedUpdate { params, num_examples: 10 * (i as u64 + 1), mean_loss: 0.5 };
+                        let num_examples = if self.zero_examples { 0 } else { 10 * (i as u64 + 1) };
+                        let up = TrainedUpdate { params, num_examples, mean_loss: 0.5 };
                         self.members.get_mut(&name).unwrap().training_done(round, Ok(up));
                     }
                     participant::Output::Evaluate { round, .. } => {
@@ -376,6 +422,53 @@ fn second_update_in_a_round_is_a_violation() {
     assert!(r.is_err(), "replayed update accepted in round {round}");
 }
 
+/// Issue #17, retry differencing: when the step after the secure sum
+/// failed, the round was retried on the same model and training seed with a
+/// new cohort, and two sums over cohorts one member apart give that member's
+/// update. Any member could force the failure (here: a total weight of
+/// zero). Now no second round trains on that model: the run stops, saying why.
+#[test]
+fn a_sum_that_cannot_be_applied_stops_the_run_instead_of_a_retry() {
+    let mut h = Harness::new(3, cfg(2, true));
+    h.zero_examples = true;
+    h.connect_all();
+    h.run(20);
+    assert!(h.finished.is_empty());
+    assert_eq!(h.aborted.len(), 1, "{:?}", h.aborted);
+    assert!(h.aborted[0].1.contains("weight"), "{:?}", h.aborted);
+    let starts = h.trace.iter().filter(|t| *t == "send:round_start").count();
+    assert_eq!(starts, 3, "a second round started on the same model: {:?}", h.trace);
+    assert!(h.coord.is_finished());
+    let stop = h.trace.iter().find(|t| t.starts_with("event:run_finished")).expect("the run stops");
+    assert!(stop.contains("cannot be applied") && stop.contains("same model"), "{stop}");
+}
+
+/// Issue #17: one member that sends `MaskedStart` and then goes silent
+/// (connected, so no disconnect tells the coordinator) held the only stream
+/// slot until the round's deadline, and every other upload with it. Its
+/// stream is now abandoned after `stream_idle_ms`: it counts as dropped and
+/// the others stream, well before the deadline.
+#[test]
+fn a_stalled_masked_stream_is_abandoned_and_the_others_upload() {
+    let mut c = cfg(4, true);
+    c.stream_slots = 1;
+    c.rounds = 1;
+    let mut h = Harness::new(5, c);
+    // m0 streams first (members are pumped in name order), then stalls.
+    h.stall_before.insert("m0".into(), "masked_chunk");
+    h.connect_all();
+    h.run(40);
+    assert_eq!(h.finished.len(), 1, "aborted: {:?}", h.aborted);
+    let round = &h.finished[0];
+    assert_eq!(round.contributors, vec!["m1", "m2", "m3", "m4"]);
+    assert!(round.dropped.contains(&"m0".to_string()), "{:?}", round.dropped);
+    assert!(h.violations.iter().any(|(m, why)| m == "m0" && why.contains("no progress")), "{:?}", h.violations);
+    // Finished by the idle timeout, not by the round's deadline.
+    let idle = h.coord.config().stream_idle_ms;
+    assert!(h.finished_at[0] < h.coord.config().round_deadline_ms, "finished at {} ms", h.finished_at[0]);
+    assert!(h.finished_at[0] >= idle, "finished at {} ms, before the stall could be noticed", h.finished_at[0]);
+}
+
 #[test]
 fn members_refuse_unsafe_rounds() {
     let mut p = Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(1));
@@ -403,6 +496,43 @@ fn members_refuse_unsafe_rounds() {
     assert!(matches!(p.handle(start(2, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::BadCohort(_))));
     // A replayed (old) round is refused.
     assert!(matches!(p.handle(start(1, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::Replay { .. })));
+    // Exactly two thirds of the neighbourhood is a strict majority but not
+    // safe against split dropout views: refused, with the typed reason.
+    let mut two_thirds = s.clone();
+    if let Some(sa) = two_thirds.secagg.as_mut() {
+        sa.threshold = 2;
+    }
+    let mut p23 = Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(4));
+    p23.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m0".into() }).unwrap();
+    assert_eq!(
+        p23.handle(start(1, two_thirds, vec!["m0", "m1", "m2"])),
+        Err(CohortProblem::UnsafeThreshold { threshold: 2, neighbourhood: 3 }.into())
+    );
+    // A SecAgg+ degree a few colluders could fill: refused even with a
+    // threshold that is safe for the announced neighbourhood.
+    let forty: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+    let mut sparse = s.clone();
+    if let Some(sa) = sparse.secagg.as_mut() {
+        sa.neighbours = Some(2);
+        sa.threshold = 3;
+    }
+    let mut p40 = Participant::new("m00", Policy::default(), ChaCha20Rng::seed_from_u64(2));
+    p40.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m00".into() }).unwrap();
+    let forty_start = AggregatorMsg::RoundStart { round: 1, settings: sparse.clone(), cohort: forty.clone(), party: 0 };
+    assert_eq!(p40.handle(forty_start), Err(CohortProblem::DegreeTooLow { neighbours: 2, minimum: 12 }.into()));
+    // The member's own policy can ask for more than two thirds.
+    let strict = Policy { min_threshold_fraction: 0.9, ..Policy::default() };
+    let mut p_strict = Participant::new("m00", strict, ChaCha20Rng::seed_from_u64(3));
+    p_strict.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m00".into() }).unwrap();
+    if let Some(sa) = sparse.secagg.as_mut() {
+        sa.neighbours = Some(12);
+        sa.threshold = 10; // > 2/3 of 13, but not > 0.9 of it
+    }
+    let strict_start = AggregatorMsg::RoundStart { round: 1, settings: sparse, cohort: forty, party: 0 };
+    assert_eq!(
+        p_strict.handle(strict_start),
+        Err(CohortProblem::UnsafeThreshold { threshold: 10, neighbourhood: 13 }.into())
+    );
     // A model with NaN is refused.
     if let Some(sa) = s.secagg.as_mut() {
         sa.threshold = 3;
