@@ -114,6 +114,7 @@ pub fn client_config(dir: &Path, pki: &Path, name: &str, csv: &Path, addr: &str)
         state: StateSection { egress_ledger: dir.join(format!("{name}-egress.jsonl")) },
         backend: BackendChoice::Flex,
         privacy: None,
+        policy: Default::default(),
         testing: Default::default(),
     }
 }

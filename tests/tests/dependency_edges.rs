@@ -4,6 +4,8 @@
 //! tests), the member daemon does not use burn directly (its models sit
 //! behind `tessera_learn::LocalModel`), secure aggregation and privacy never
 //! reach the transport, and the core never reaches burn. An edge that breaks one of these fails here.
+//! The daemons' test-only features are turned on only by this test crate, as
+//! dev-dependencies, so no release build carries them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -100,4 +102,63 @@ fn the_workspace_keeps_its_intended_dependency_edges() {
         }
     }
     assert!(broken.is_empty(), "forbidden dependency edges:\n{}", broken.join("\n"));
+}
+
+/// Test-only features of the daemons, each a switch that must never reach a
+/// release build: the aggregator's fault injection and the member's seeded
+/// randomness (every key derived from the member's name).
+const TEST_ONLY_FEATURES: [(&str, &str); 2] =
+    [("tessera-aggregator", "fault-injection"), ("tessera-client", "test-seeded-randomness")];
+
+/// A release build of either daemon refuses its test-only switches because
+/// only this test crate turns those features on, and only as a
+/// dev-dependency: no normal dependency, no default feature and no feature of
+/// another package enables them. With an edge that broke this, `cargo build
+/// --release` would ship a daemon that accepts `[testing] seeded_randomness`.
+#[test]
+fn test_only_features_are_enabled_only_by_the_tests_crate_as_dev_dependencies() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let out = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline", "--no-deps"])
+        .args(["--manifest-path", root])
+        .output()
+        .expect("run cargo metadata");
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+    let mut broken = Vec::new();
+    let mut dev_edges = 0;
+    for package in meta["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        for dep in package["dependencies"].as_array().unwrap() {
+            let dep_name = dep["name"].as_str().unwrap();
+            let features: Vec<&str> = dep["features"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+            for (crate_name, feature) in TEST_ONLY_FEATURES {
+                if dep_name != crate_name || !features.contains(&feature) {
+                    continue;
+                }
+                if name == "tessera-e2e" && dep["kind"].as_str() == Some("dev") {
+                    dev_edges += 1;
+                } else {
+                    let kind = dep["kind"].as_str().unwrap_or("normal");
+                    broken.push(format!("{name} enables {crate_name}/{feature} as a {kind} dependency"));
+                }
+            }
+        }
+        // A feature table entry that forwards to one (`x = ["tessera-client/…"]`),
+        // or a crate's own default that includes it.
+        for (feature_name, enables) in package["features"].as_object().unwrap() {
+            for e in enables.as_array().unwrap().iter().filter_map(Value::as_str) {
+                for (crate_name, feature) in TEST_ONLY_FEATURES {
+                    let forwards =
+                        e.strip_prefix(crate_name).and_then(|r| r.strip_prefix('/').or(r.strip_prefix("?/")));
+                    if forwards == Some(feature) || (name == crate_name && feature_name == "default" && e == feature) {
+                        broken.push(format!("{name}'s feature `{feature_name}` enables {crate_name}/{feature}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "test-only features reachable outside the test crate:\n{}", broken.join("\n"));
+    assert_eq!(dev_edges, TEST_ONLY_FEATURES.len(), "tessera-e2e turns on each test-only feature as a dev-dependency");
 }

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use tessera_learn::ComputeBackend;
+use tessera_protocol::member::Policy;
 use tessera_tabular::{SplitConfig, TabularSpec};
 
 pub use tessera_core::ModelSection;
 
-/// Why `client.toml` could not be loaded; both variants name the file.
+/// Why `client.toml` could not be loaded; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -29,6 +30,53 @@ pub enum ConfigError {
         /// The parser's message.
         message: String,
     },
+    /// The file parsed but asks for something this member must not do
+    /// (see [`ClientConfig::validate`]).
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file as given.
+        path: PathBuf,
+        /// Which value is refused and why.
+        source: ConfigProblem,
+    },
+}
+
+/// A `client.toml` that parsed but is refused: a policy weaker than the
+/// protocol's safe floor, or a test-only switch in a build that does not
+/// allow it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigProblem {
+    /// `[policy]` is below what the member needs to stay safe.
+    #[error("[policy]: {0}")]
+    Policy(#[from] PolicyError),
+    /// `[testing] seeded_randomness` in a build without the test-only
+    /// `test-seeded-randomness` feature (every release build).
+    #[error(
+        "[testing] seeded_randomness = true is refused: it derives every masking key and all noise from \
+         the member's name, so anyone who knows the name can unmask this member's update; only test builds \
+         (tessera-client's `test-seeded-randomness` feature) accept it"
+    )]
+    SeededRandomnessRefused,
+}
+
+/// A `[policy]` value that would weaken what the member accepts below the
+/// safe floor, or that no round could ever satisfy.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// Secure aggregation over one member is that member's update.
+    #[error("min_cohort = {0} is below 2: the secure sum of one member is its update")]
+    MinCohort(u32),
+    /// Outside `[2/3, 1)`: a threshold at or below two thirds of a
+    /// neighbourhood lets an aggregator that splits the survivors' views
+    /// unmask a member, and at 1 or above every threshold is refused.
+    #[error(
+        "min_threshold_fraction = {0} must be at least 2/3 (a lower threshold lets an aggregator unmask a \
+         member by splitting the dropout views) and below 1 (at 1 every threshold is refused)"
+    )]
+    ThresholdFraction(f64),
+    /// A model of no values cannot be received.
+    #[error("max_model_values = 0 refuses every model")]
+    MaxModelValues,
 }
 
 /// `[aggregator]`: where to dial and the member's mutual-TLS identity.
@@ -230,7 +278,79 @@ fn default_ledger() -> PathBuf {
     PathBuf::from("state/privacy-ledger.jsonl")
 }
 
-/// `[testing]`: knobs for tests only; the daemon warns loudly when any is on.
+/// `[policy]`: what this member accepts, whatever the aggregator announces.
+/// The protocol's own floor (a threshold above two thirds of the
+/// neighbourhood, a logarithmic SecAgg+ degree) holds whatever is set here;
+/// these keys can only make the member stricter. Absent keys take
+/// [`Policy::default`]'s values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySection {
+    /// Smallest cohort the member masks its update in (at least 2). Against
+    /// an aggregator that fills a cohort with members it controls, a larger
+    /// cohort needs more of them (docs/threat-model.md).
+    pub min_cohort: u32,
+    /// Refuse a Shamir threshold at or below this fraction of the
+    /// neighbourhood, in `[2/3, 1)`.
+    pub min_threshold_fraction: f64,
+    /// Largest model, in values, the member agrees to receive (at least 1);
+    /// it bounds the memory a malicious aggregator can make the member allocate.
+    pub max_model_values: u64,
+    /// Refuse rounds whose release is not differentially private. A
+    /// `[privacy]` section turns this on whatever it says here.
+    pub require_dp: bool,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let p = Policy::default();
+        Self {
+            min_cohort: p.min_cohort,
+            min_threshold_fraction: p.min_threshold_fraction,
+            max_model_values: p.max_model_values,
+            require_dp: p.require_dp,
+        }
+    }
+}
+
+impl PolicySection {
+    /// Refuse values below the protocol's safe defaults and values no round
+    /// could satisfy.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.min_cohort < 2 {
+            return Err(PolicyError::MinCohort(self.min_cohort));
+        }
+        // Written so that NaN fails too.
+        if !(self.min_threshold_fraction >= 2.0 / 3.0 && self.min_threshold_fraction < 1.0) {
+            return Err(PolicyError::ThresholdFraction(self.min_threshold_fraction));
+        }
+        if self.max_model_values == 0 {
+            return Err(PolicyError::MaxModelValues);
+        }
+        Ok(())
+    }
+
+    /// The participant's policy: these keys over [`Policy::default`] (the
+    /// daemon never accepts plaintext rounds). `[privacy]` still forces
+    /// `require_dp` when the participant gets its budget guard.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            min_cohort: self.min_cohort,
+            min_threshold_fraction: self.min_threshold_fraction,
+            max_model_values: self.max_model_values,
+            require_dp: self.require_dp,
+            ..Policy::default()
+        }
+    }
+}
+
+/// Whether this build accepts `[testing] seeded_randomness`: only with the
+/// test-only `test-seeded-randomness` feature, which the workspace's test
+/// crate turns on as a dev-dependency and no release build has.
+const SEEDED_RANDOMNESS_BUILD: bool = cfg!(feature = "test-seeded-randomness");
+
+/// `[testing]`: knobs for tests only. A release build refuses them; a test
+/// build (feature `test-seeded-randomness`) warns loudly when one is on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestingSection {
@@ -239,6 +359,17 @@ pub struct TestingSection {
     /// Predictable noise and keys protect nothing.
     #[serde(default)]
     pub seeded_randomness: bool,
+}
+
+impl TestingSection {
+    /// Refuse seeded randomness unless `build_allows_seeded` (the build's
+    /// test-only feature; a parameter so the refusal is tested in every build).
+    fn validate(&self, build_allows_seeded: bool) -> Result<(), ConfigProblem> {
+        if self.seeded_randomness && !build_allows_seeded {
+            return Err(ConfigProblem::SeededRandomnessRefused);
+        }
+        Ok(())
+    }
 }
 
 /// `backend`: the CPU backend for local training.
@@ -283,18 +414,22 @@ pub struct ClientConfig {
     /// `[privacy]`: the member's own budget; none when absent.
     #[serde(default)]
     pub privacy: Option<PrivacySection>,
+    /// `[policy]`: what the member accepts from the aggregator.
+    #[serde(default)]
+    pub policy: PolicySection,
     /// `[testing]`.
     #[serde(default)]
     pub testing: TestingSection,
 }
 
 impl ClientConfig {
-    /// Read and check `path`, and resolve every relative path in it
-    /// against the file's folder.
+    /// Read and check `path` ([`ClientConfig::validate`]), and resolve every
+    /// relative path in it against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut c: Self =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        c.validate().map_err(|source| ConfigError::Invalid { path: path.into(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.aggregator.ca, &mut c.aggregator.cert, &mut c.aggregator.key, &mut c.state.egress_ledger] {
             *p = base.join(&*p);
@@ -324,6 +459,15 @@ impl ClientConfig {
             }
         }
         Ok(c)
+    }
+
+    /// Refuse what parses but must not run: a `[policy]` below the safe
+    /// floor, and `[testing] seeded_randomness` outside a test build. The
+    /// daemon's builders check this again, so a configuration assembled in
+    /// code cannot skip it.
+    pub fn validate(&self) -> Result<(), ConfigProblem> {
+        self.policy.validate()?;
+        self.testing.validate(SEEDED_RANDOMNESS_BUILD)
     }
 }
 
@@ -359,6 +503,122 @@ num_classes = 2
         assert_eq!(c.state.egress_ledger, dir.path().join("state/egress.jsonl"));
         std::fs::write(&p, "member = 3").unwrap();
         assert!(ClientConfig::load(&p).unwrap_err().to_string().contains("client.toml"));
+    }
+
+    /// A minimal valid `client.toml` followed by `extra`, loaded.
+    fn load_with(extra: &str) -> Result<ClientConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("client.toml");
+        let text = format!(
+            "{PKI}[data]\npath = \"d.csv\"\nlabel = \"y\"\n[model]\nnum_features = 3\nnum_classes = 2\n{extra}"
+        );
+        std::fs::write(&p, text).unwrap();
+        ClientConfig::load(&p)
+    }
+
+    fn invalid(extra: &str) -> ConfigProblem {
+        match load_with(extra) {
+            Err(ConfigError::Invalid { path, source }) => {
+                assert!(path.ends_with("client.toml"), "the error names the file: {}", path.display());
+                source
+            }
+            other => panic!("expected a refused value for {extra:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn policy_defaults_are_the_protocol_defaults() {
+        let c = load_with("").unwrap();
+        assert_eq!(c.policy, PolicySection::default());
+        let (ours, protocol) = (c.policy.policy(), Policy::default());
+        assert_eq!(
+            (ours.min_cohort, ours.min_threshold_fraction, ours.max_model_values, ours.require_dp),
+            (protocol.min_cohort, protocol.min_threshold_fraction, protocol.max_model_values, protocol.require_dp)
+        );
+        assert!(!ours.allow_plaintext, "the daemon never accepts plaintext rounds");
+        // An empty section is the defaults too.
+        assert_eq!(load_with("[policy]\n").unwrap().policy, PolicySection::default());
+    }
+
+    #[test]
+    fn policy_keys_set_the_participants_policy() {
+        let c = load_with(
+            "[policy]\nmin_cohort = 10\nmin_threshold_fraction = 0.75\nmax_model_values = 1000\nrequire_dp = true\n",
+        )
+        .unwrap();
+        let p = c.policy.policy();
+        assert_eq!((p.min_cohort, p.min_threshold_fraction, p.max_model_values, p.require_dp), (10, 0.75, 1000, true));
+        // Exactly two thirds (the default, spelled out) is accepted.
+        assert!(load_with("[policy]\nmin_threshold_fraction = 0.6666666666666666\n").is_ok());
+        // The section takes no other keys.
+        let err = load_with("[policy]\nallow_plaintext = true\n").unwrap_err();
+        assert!(matches!(&err, ConfigError::Parse { message, .. } if message.contains("allow_plaintext")), "{err}");
+    }
+
+    #[test]
+    fn policy_below_the_safe_floor_is_refused_with_a_typed_error() {
+        use PolicyError::*;
+        for (extra, expected) in [
+            ("min_cohort = 1", MinCohort(1)),
+            ("min_cohort = 0", MinCohort(0)),
+            ("min_threshold_fraction = 0.5", ThresholdFraction(0.5)),
+            ("min_threshold_fraction = 0.666", ThresholdFraction(0.666)),
+            ("min_threshold_fraction = 1.0", ThresholdFraction(1.0)),
+            ("min_threshold_fraction = 1.5", ThresholdFraction(1.5)),
+            ("max_model_values = 0", MaxModelValues),
+        ] {
+            assert_eq!(invalid(&format!("[policy]\n{extra}\n")), ConfigProblem::Policy(expected), "{extra}");
+        }
+        // NaN compares false with everything; it is refused all the same.
+        let nan = invalid("[policy]\nmin_threshold_fraction = nan\n");
+        assert!(matches!(nan, ConfigProblem::Policy(ThresholdFraction(f)) if f.is_nan()), "{nan:?}");
+        // The message says which key and why.
+        let msg = load_with("[policy]\nmin_cohort = 1\n").unwrap_err().to_string();
+        assert!(msg.contains("client.toml") && msg.contains("[policy]") && msg.contains("min_cohort = 1"), "{msg}");
+    }
+
+    #[test]
+    fn a_configuration_built_in_code_is_checked_by_the_daemons_builders() {
+        let mut c = load_with("").unwrap();
+        c.policy.min_cohort = 1;
+        assert_eq!(c.validate(), Err(ConfigProblem::Policy(PolicyError::MinCohort(1))));
+        let err = crate::daemon::participant(&c).err().expect("participant refuses").to_string();
+        assert!(err.contains("min_cohort"), "{err}");
+        assert!(crate::daemon::tabular_model(&c).is_err());
+    }
+
+    #[test]
+    fn seeded_randomness_is_refused_unless_the_build_allows_it() {
+        let seeded = TestingSection { seeded_randomness: true };
+        assert_eq!(seeded.validate(false), Err(ConfigProblem::SeededRandomnessRefused));
+        assert_eq!(seeded.validate(true), Ok(()));
+        assert_eq!(TestingSection::default().validate(false), Ok(()));
+        let why = ConfigProblem::SeededRandomnessRefused.to_string();
+        assert!(why.contains("seeded_randomness") && why.contains("test-seeded-randomness"), "{why}");
+    }
+
+    /// The release daemon (no test-only feature) refuses the key when it
+    /// loads the file. `cargo test --workspace` builds this crate with the
+    /// feature (the test crate's dev-dependency turns it on for the whole
+    /// build), so this runs under `cargo test -p tessera-client`; the
+    /// parameterised check above runs in every build, and
+    /// `tests/tests/dependency_edges.rs` checks that nothing else turns the
+    /// feature on.
+    #[cfg(not(feature = "test-seeded-randomness"))]
+    #[test]
+    fn release_build_refuses_seeded_randomness() {
+        assert_eq!(invalid("[testing]\nseeded_randomness = true\n"), ConfigProblem::SeededRandomnessRefused);
+        let mut c = load_with("").unwrap();
+        c.testing.seeded_randomness = true;
+        assert!(crate::daemon::participant(&c).is_err(), "a configuration built in code is refused too");
+        assert!(load_with("[testing]\nseeded_randomness = false\n").is_ok());
+    }
+
+    /// A test build (the workspace's test crate) accepts the key.
+    #[cfg(feature = "test-seeded-randomness")]
+    #[test]
+    fn test_build_accepts_seeded_randomness() {
+        assert!(load_with("[testing]\nseeded_randomness = true\n").unwrap().testing.seeded_randomness);
     }
 
     const PKI: &str = r#"

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore};
 use tessera_privacy::PrivacyBudget;
-use tessera_protocol::member::{MemberRng, Participant, Policy};
+use tessera_protocol::member::{MemberRng, Participant};
 use tessera_tabular::TabularData;
 use tessera_transport::{Dialer, QuicDialConfig};
 
@@ -20,16 +20,27 @@ use tessera_learn::LocalModel;
 use tessera_tabular::TabularModel;
 use tessera_vision::VisionModel;
 
-/// The member's protocol state machine with its policy, its own privacy
-/// budget (when configured) and its randomness.
+/// The member's protocol state machine with its policy (`[policy]`), its own
+/// privacy budget (when configured, which also makes it require DP) and its
+/// randomness. Refuses a configuration that [`ClientConfig::validate`] refuses.
 pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRandomness>> {
+    cfg.validate()?;
     let rng = if cfg.testing.seeded_randomness {
         tracing::warn!(member = %cfg.member, "TEST MODE: seeded randomness; masks and noise are predictable");
         MemberRandomness::Seeded(ChaCha20Rng::seed_from_u64(crate::driver::member_seed(SEEDED, &cfg.member)))
     } else {
         MemberRandomness::Os(ChaCha20Rng::from_entropy())
     };
-    let mut p = Participant::new(cfg.member.clone(), Policy::default(), rng);
+    let policy = &cfg.policy;
+    tracing::info!(
+        member = %cfg.member,
+        min_cohort = policy.min_cohort,
+        min_threshold_fraction = policy.min_threshold_fraction,
+        max_model_values = policy.max_model_values,
+        require_dp = policy.require_dp || cfg.privacy.is_some(),
+        "member policy"
+    );
+    let mut p = Participant::new(cfg.member.clone(), policy.policy(), rng);
     if let Some(privacy) = &cfg.privacy {
         let budget = PrivacyBudget { epsilon: privacy.epsilon, delta: privacy.delta };
         let guard = LedgerGuard::open(&privacy.ledger, budget)
@@ -43,6 +54,7 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRando
 
 /// Load the member's data and build its model (data stays in this process).
 pub fn tabular_model(cfg: &ClientConfig) -> anyhow::Result<TabularModel> {
+    cfg.validate()?;
     let (section, model) = (cfg.data.csv()?, cfg.model.tabular()?);
     let data = TabularData::load(&section.path, &section.spec(), &section.split())?;
     tracing::info!(
@@ -57,6 +69,7 @@ pub fn tabular_model(cfg: &ClientConfig) -> anyhow::Result<TabularModel> {
 /// Load the member's images and build its image model (the checkpoint is
 /// read here; data stays in this process). Runs on burn-flex.
 pub(crate) fn vision_model(cfg: &ClientConfig) -> anyhow::Result<VisionModel> {
+    cfg.validate()?;
     let (DataConfig::Images(section), ModelSection::Vision(model)) = (&cfg.data, &cfg.model) else {
         anyhow::bail!("an image model needs image data and an image [model] (`kind` in both sections)");
     };
@@ -98,7 +111,8 @@ async fn drive<M: LocalModel>(cfg: &ClientConfig, model: M, opts: ClientOptions)
 const SEEDED: u64 = 0x7e55_e7a0;
 
 /// The daemon's randomness: a CSPRNG seeded from the OS, or, in the seeded
-/// test mode (`[testing] seeded_randomness`), streams derived from the
+/// test mode (`[testing] seeded_randomness`, accepted only by builds with the
+/// test-only `test-seeded-randomness` feature), streams derived from the
 /// member's name and each round's seed, so that a retried or resumed round
 /// draws exactly what an uninterrupted run drew.
 pub enum MemberRandomness {

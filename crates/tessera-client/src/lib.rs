@@ -6,7 +6,8 @@
 //! What it holds, in the order a member meets it:
 //!
 //! - [`ClientConfig`]: `client.toml` and its sections (unknown keys are
-//!   errors that name the file).
+//!   errors that name the file), among them the member's own
+//!   [`PolicySection`], checked against the protocol's safe floor.
 //! - [`run_daemon`]: everything `tessera-client run` does; [`participant`]
 //!   and [`tabular_model`] are its steps, shared with the end-to-end tests
 //!   so they run exactly what the daemon runs.
@@ -38,8 +39,8 @@ mod privacy;
 mod progress;
 
 pub use config::{
-    AggregatorSection, BackendChoice, ClientConfig, ConfigError, DataConfig, DataSection, ImageDataKind,
-    ImageDataSection, ModelSection, PrivacySection, StateSection, TestingSection,
+    AggregatorSection, BackendChoice, ClientConfig, ConfigError, ConfigProblem, DataConfig, DataSection, ImageDataKind,
+    ImageDataSection, ModelSection, PolicyError, PolicySection, PrivacySection, StateSection, TestingSection,
 };
 pub use daemon::{MemberRandomness, participant, run_daemon, tabular_model};
 pub use driver::{ClientError, ClientExit, ClientOptions, run};

@@ -50,6 +50,28 @@ fn egress_prints_every_recorded_message_with_its_digest() {
     assert!(text.contains(&format!("3 messages, {total} bytes in total")), "{text}");
 }
 
+/// The release daemon refuses the test-only seeded mode before it reads any
+/// data or dials anything, and says why. Runs where this package is built
+/// without its `test-seeded-randomness` feature (`cargo test -p
+/// tessera-client`); `cargo test --workspace` turns the feature on for the
+/// whole build, and `tests/tests/dependency_edges.rs` checks that only the
+/// test crate does.
+#[cfg(not(feature = "test-seeded-randomness"))]
+#[test]
+fn the_release_daemon_refuses_seeded_randomness() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("member.toml");
+    write_config(&config, &dir.path().join("egress.jsonl"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[testing]\nseeded_randomness = true\n");
+    std::fs::write(&config, text).unwrap();
+    let out = client().args(["run", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("member.toml") && err.contains("seeded_randomness = true is refused"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 fn write_config(path: &Path, ledger: &Path) {
     let text = format!(
         "member = \"hospital-a\"\n\n[aggregator]\naddress = \"127.0.0.1:4433\"\nserver_name = \"localhost\"\n\
