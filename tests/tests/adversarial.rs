@@ -50,7 +50,7 @@ where
     let model = tessera_client::tabular_model(&mcfg).unwrap();
     let mut dial = QuicDialConfig::from_pki_dir(&pki_dir, MALLORY, addr.clone()).unwrap();
     dial.server_name = Some("localhost".into());
-    let outcome = tokio::time::timeout(Duration::from_secs(240), run_tampering_member(&dial, MALLORY, model, tamper))
+    let outcome = tokio::time::timeout(Duration::from_secs(240), run_tampering_member(&dial, &pki_dir, MALLORY, model, tamper))
         .await
         .expect("mallory's connection ends");
 

@@ -22,6 +22,8 @@ const RUN: RunId = RunId([3; 16]);
 
 struct Member {
     _dir: tempfile::TempDir,
+    /// The consortium PKI (the fake aggregator issues its fake peers' certificates here).
+    pki_dir: PathBuf,
     ledger: PathBuf,
     task: tokio::task::JoinHandle<anyhow::Result<ClientExit>>,
     link: MemberLink,
@@ -43,7 +45,7 @@ async fn member(name: &str) -> Member {
     let mut link = fake.accept().await;
     assert_eq!(link.member, name, "identity comes from the certificate");
     link.send(AggregatorMsg::Welcome { run_id: RUN, member: name.into() }).await;
-    Member { _dir: dir, ledger, task, link, fake }
+    Member { _dir: dir, pki_dir, ledger, task, link, fake }
 }
 
 impl Member {
@@ -102,14 +104,14 @@ async fn member_refuses_to_reveal_both_secrets_of_a_peer() {
     let cohort = cohort(&[name, "peer-1", "peer-2"]);
     let settings = secure_settings(2);
     start_round(&mut m.link, 1, &cohort, 2, &model).await;
-    let ClientMsg::AdvertiseKeys { round: 1, keys } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
+    let ClientMsg::AdvertiseKeys { round: 1, advert } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
 
     // Play the two other members honestly up to the masked input.
-    let (mut peers, peer_keys) = FakePeers::new(RUN, 1, &cohort, &settings, &model, 0);
-    m.link.send(AggregatorMsg::CohortKeys { round: 1, keys: peer_keys.clone() }).await;
+    let (mut peers, peer_keys) = FakePeers::new(RUN, 1, &cohort, &settings, &model, 0, &m.pki_dir);
+    m.link.send(AggregatorMsg::CohortKeys { round: 1, adverts: peer_keys.clone() }).await;
     let ClientMsg::ShareKeys { round: 1, shares } = m.link.recv().await else { panic!("expected ShareKeys") };
     assert_eq!(shares.len(), 2);
-    let mut all_keys = vec![(0, keys)];
+    let mut all_keys = vec![(0, advert)];
     all_keys.extend(peer_keys);
     let forwarded = peers.shares_for(0, &all_keys);
     m.link.send(AggregatorMsg::ForwardShares { round: 1, shares: forwarded }).await;
