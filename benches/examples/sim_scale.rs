@@ -133,7 +133,8 @@ fn main() {
             let policy = Policy { mask_threads: std::num::NonZeroUsize::MIN, ..Policy::default() };
             let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
             members.push(tokio::spawn(async move {
-                let mut p = Participant::new(name, policy, ChaCha20Rng::seed_from_u64(i as u64)).with_identity(identity);
+                let mut p =
+                    Participant::new(name, policy, ChaCha20Rng::seed_from_u64(i as u64)).with_identity(identity);
                 let mut egress = EgressLedger::in_memory();
                 let model = Arc::new(Mutex::new(Synthetic { step: 0.001 * (i % 7) as f32 }));
                 tessera_client::run(dialer, &mut p, model, &mut egress, opts).await

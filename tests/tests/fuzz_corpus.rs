@@ -148,8 +148,8 @@ replay_tests!(
 #[ignore = "writes into fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
     use tessera_core::{
-        Advertisement, AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, Limits, ModelPurpose, ParamLayout, PublicKeys,
-        RoundSettings, RunId, SecAggSettings, ShareReveal, TrainSettings, encode_frame, to_bytes,
+        Advertisement, AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, Limits, ModelPurpose, ParamLayout,
+        PublicKeys, RoundSettings, RunId, SecAggSettings, ShareReveal, TrainSettings, encode_frame, to_bytes,
     };
 
     let write = |target: &str, name: &str, bytes: &[u8]| {

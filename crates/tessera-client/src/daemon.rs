@@ -29,9 +29,8 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRando
     } else {
         MemberRandomness::Os(ChaCha20Rng::from_entropy())
     };
-    let identity =
-        crate::identity::load_member_identity(&cfg.aggregator.cert, &cfg.aggregator.key, &cfg.aggregator.ca)
-            .map_err(|e| anyhow::anyhow!("member identity for signed key advertisements: {e}"))?;
+    let identity = crate::identity::load_member_identity(&cfg.aggregator.cert, &cfg.aggregator.key, &cfg.aggregator.ca)
+        .map_err(|e| anyhow::anyhow!("member identity for signed key advertisements: {e}"))?;
     let mut p = Participant::new(cfg.member.clone(), Policy::default(), rng).with_identity(identity);
     if let Some(privacy) = &cfg.privacy {
         let budget = PrivacyBudget { epsilon: privacy.epsilon, delta: privacy.delta };

@@ -51,7 +51,8 @@ pub use codec::{
 pub use config::{ModelConfig, TrainableConfig};
 pub use evaluate::eval_metrics;
 pub use message::{
-    Advertisement, AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose, PublicKeys, ShareReveal,
+    Advertisement, AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose,
+    PublicKeys, ShareReveal,
 };
 pub use metrics::{EvalMetrics, RoundRecord};
 pub use model::{AugmentConfig, BackboneInit, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig};

@@ -121,7 +121,8 @@ pub fn participant(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let me = "m1";
     let policy = tessera_protocol::Policy { chunk_values: CHUNK, max_model_values: 1 << 16, ..Default::default() };
-    let mut p = tessera_protocol::Participant::new(me, policy, ChaCha20Rng::seed_from_u64(7)).with_identity(identity(me));
+    let mut p =
+        tessera_protocol::Participant::new(me, policy, ChaCha20Rng::seed_from_u64(7)).with_identity(identity(me));
     let mut audit = MemberAudit::default();
     let mut script: Option<Script> = None;
     p.hello();

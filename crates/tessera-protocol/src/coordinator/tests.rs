@@ -384,7 +384,8 @@ fn second_update_in_a_round_is_a_violation() {
 #[test]
 fn members_refuse_unsafe_rounds() {
     let pki = participant::test_pki::TestPki::new("c");
-    let mut p = Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(1)).with_identity(pki.identity("m0"));
+    let mut p =
+        Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(1)).with_identity(pki.identity("m0"));
     p.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m0".into() }).unwrap();
     let mut settings = cfg(2, true);
     settings.secure = None;
@@ -428,3 +429,4 @@ fn members_refuse_unsafe_rounds() {
 
 mod dp;
 mod robust;
+mod signed;

@@ -108,7 +108,8 @@ impl MemberIdentity {
         let anchor = webpki::anchor_from_trusted_cert(&ca)
             .map_err(|e| AdvertProblem::UntrustedCertificate(format!("consortium CA: {e}")))?;
         let der = CertificateDer::from(advert.certificate.as_slice());
-        let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| AdvertProblem::UntrustedCertificate(e.to_string()))?;
+        let cert =
+            webpki::EndEntityCert::try_from(&der).map_err(|e| AdvertProblem::UntrustedCertificate(e.to_string()))?;
         let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs((self.clock)()));
         cert.verify_for_usage(
             &[webpki::ring::ECDSA_P256_SHA256],
@@ -192,6 +193,9 @@ pub(crate) mod test_pki {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             p.use_authority_key_identifier_extension = true;
+            // A fixed window (the transport issues for two years from now).
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2045, 1, 1);
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let cert = p.signed_by(&key, &Issuer::from_params(&self.params, &self.key)).unwrap();
             (cert.der().to_vec(), key)

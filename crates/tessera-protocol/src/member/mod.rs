@@ -306,10 +306,12 @@ impl<R: MemberRng> Participant<R> {
                 // need not wait for this member's deadline.
                 if let Err(e) = self
                     .check_cohort(&settings, &cohort, party)
-                    .and_then(|()| if settings.secagg.is_some() && self.identity.is_none() {
-                        Err(Refusal::NoIdentity)
-                    } else {
-                        Ok(())
+                    .and_then(|()| {
+                        if settings.secagg.is_some() && self.identity.is_none() {
+                            Err(Refusal::NoIdentity)
+                        } else {
+                            Ok(())
+                        }
                     })
                     .and_then(|()| self.check_privacy(round, &settings))
                 {
@@ -362,7 +364,8 @@ impl<R: MemberRng> Participant<R> {
                 let binding = *session.context().binding();
                 let mut keys = Vec::with_capacity(adverts.len());
                 for (party, advert) in &adverts {
-                    let message = tessera_secagg::advert_message(&binding, *party, &advert.keys, &advert.seed_commitment);
+                    let message =
+                        tessera_secagg::advert_message(&binding, *party, &advert.keys, &advert.seed_commitment);
                     identity
                         .verify(&r.cohort, *party, &message, advert)
                         .map_err(|problem| Refusal::Advertisement { party: *party, problem })?;

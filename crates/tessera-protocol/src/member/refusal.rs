@@ -4,9 +4,9 @@
 //! records and sends in its `Decline`.
 
 use tessera_core::ParamsError;
+use tessera_core::PartyId;
 use tessera_core::StreamError;
 use tessera_privacy::PrivacyError;
-use tessera_core::PartyId;
 use tessera_secagg::SecAggError;
 
 use super::identity::{AdvertProblem, SignError};
