@@ -4,12 +4,13 @@
 //! certificate-to-name mapping, and the system clock for certificate validity.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use tessera_protocol::member::{AdvertSigner, MemberIdentity, SignError};
 
 /// Signs advertisements with the member's PKCS#8 ECDSA P-256 key (the key
-/// `pki issue` writes and the QUIC dialer presents). ECDSA's per-signature
-/// nonce comes from AWS-LC's own CSPRNG.
+/// `pki issue` writes and the QUIC dialer presents). Signatures are the
+/// fixed-length `r ‖ s` form (64 bytes), so advertisements have one size.
+/// ECDSA's per-signature nonce comes from AWS-LC's own CSPRNG.
 pub struct EcdsaSigner {
     key: EcdsaKeyPair,
     rng: SystemRandom,
@@ -18,7 +19,7 @@ pub struct EcdsaSigner {
 impl EcdsaSigner {
     /// A signer over a PKCS#8 (DER) ECDSA P-256 private key.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, SignError> {
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der)
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
             .map_err(|e| SignError(format!("member key is not a PKCS#8 ECDSA P-256 key: {e}")))?;
         Ok(Self { key, rng: SystemRandom::new() })
     }

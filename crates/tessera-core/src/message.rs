@@ -39,7 +39,8 @@ pub struct Advertisement {
     pub seed_commitment: [u8; 32],
     /// The member's consortium certificate (DER).
     pub certificate: Vec<u8>,
-    /// ECDSA P-256 / SHA-256 signature (ASN.1 DER) over the signed message.
+    /// ECDSA P-256 / SHA-256 signature over the signed message, fixed-length
+    /// `r ‖ s` (64 bytes), so every advertisement has the same size.
     pub signature: Vec<u8>,
 }
 

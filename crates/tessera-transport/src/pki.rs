@@ -320,13 +320,33 @@ impl MemoryPki {
         &self.ca_cert
     }
 
-    /// Issues a member certificate exactly as [`issue`] does.
+    /// Issues a member certificate with the parameters [`issue`] uses.
+    ///
+    /// Its length depends only on the name: the CA's ECDSA signature is
+    /// drawn again until its DER form takes the full 72 bytes, and the key
+    /// until the serial number (derived from it) takes the full 20. A
+    /// simulation then counts the same traffic on every run, although every
+    /// run has fresh keys.
     pub fn issue(&self, name: &str) -> Result<MemberCredentials, PkiError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
         validate_member_name(name)?;
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert = member_params(name)?.signed_by(&key, &issuer)?;
-        Ok(MemberCredentials { cert: cert.der().to_vec(), key: key.serialize_der() })
+        let params = member_params(name)?;
+        for _ in 0..256 {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            for _ in 0..64 {
+                let cert = params.signed_by(&key, &issuer)?;
+                let (_, x509) = X509Certificate::from_der(cert.der())
+                    .map_err(|e| PkiError::NoIdentity(format!("issued certificate does not parse: {e}")))?;
+                if x509.tbs_certificate.raw_serial().len() != 20 {
+                    break; // a shorter serial: another key
+                }
+                if x509.signature_value.data.len() == 72 {
+                    return Ok(MemberCredentials { cert: cert.der().to_vec(), key: key.serialize_der() });
+                }
+            }
+        }
+        Err(PkiError::NoIdentity("no full-length certificate after many draws".into()))
     }
 }
 

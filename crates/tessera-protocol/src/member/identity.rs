@@ -22,7 +22,9 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use tessera_core::{Advertisement, PartyId};
 
 /// Signs a member's advertisement with the private key of its consortium
-/// certificate (ECDSA P-256 with SHA-256, ASN.1 DER signature). The daemon
+/// certificate: ECDSA P-256 with SHA-256, fixed-length `r ‖ s` (64 bytes,
+/// IEEE P1363) rather than ASN.1 DER, so that every advertisement has the
+/// same size. The daemon
 /// implements it over its `key.pem`; tests and the simulator over keys from
 /// an in-memory PKI.
 pub trait AdvertSigner: Send {
@@ -90,13 +92,15 @@ pub enum AdvertProblem {
 
 impl MemberIdentity {
     /// Signs this member's advertisement message.
-    pub(crate) fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+    pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         self.signer.sign(message)
     }
 
     /// Checks one forwarded advertisement of `party`, whose signed message is
-    /// `message`, against the CA, the cohort entry and the signature.
-    pub(crate) fn verify(
+    /// `message` ([`tessera_secagg::advert_message`]), against the CA, the
+    /// cohort entry and the signature. The participant calls it for every
+    /// entry of `CohortKeys`; public for benchmarks and other drivers.
+    pub fn verify(
         &self,
         cohort: &[String],
         party: PartyId,
@@ -125,7 +129,13 @@ impl MemberIdentity {
         if &found != expected {
             return Err(AdvertProblem::WrongMember { expected: expected.clone(), found });
         }
-        cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, &advert.signature)
+        // The advertisement's signature is fixed-length r ‖ s (64 bytes), so
+        // every advertisement has one size and traffic counts stay exact; it
+        // is checked by AWS-LC under the certificate's (already validated)
+        // subject public key.
+        let spki = cert.subject_public_key_info();
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, spki.as_ref())
+            .verify(message, &advert.signature)
             .map_err(|_| AdvertProblem::BadSignature)
     }
 }
@@ -142,12 +152,16 @@ pub(crate) mod test_pki {
 
     use super::{AdvertSigner, MemberIdentity, SignError};
 
-    /// Signs with an rcgen key pair (ECDSA P-256, ASN.1 DER signatures).
+    /// Signs with an rcgen key pair's PKCS#8 key (ECDSA P-256, fixed `r ‖ s`).
     pub(crate) struct KeySigner(pub(crate) KeyPair);
 
     impl AdvertSigner for KeySigner {
         fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-            rcgen::SigningKey::sign(&self.0, message).map_err(|e| SignError(e.to_string()))
+            use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+            let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &self.0.serialize_der())
+                .map_err(|e| SignError(e.to_string()))?;
+            let sig = key.sign(&aws_lc_rs::rand::SystemRandom::new(), message).map_err(|e| SignError(e.to_string()))?;
+            Ok(sig.as_ref().to_vec())
         }
     }
 
