@@ -124,13 +124,18 @@ fn main() {
         let listener = net.listen(Arc::new(AdmitAll), Limits::default()).unwrap();
         let workers = Arc::new(tokio::sync::Semaphore::new(2));
         let mut members = Vec::with_capacity(n);
+        // Every member signs its key advertisements, as in a deployment.
+        let pki = tessera_transport::pki::MemoryPki::new("sim-scale consortium").unwrap();
         for i in 0..n {
             let name = format!("member-{i:05}");
+            let creds = pki.issue(&name).unwrap();
+            let identity = tessera_client::member_identity(creds.cert, &creds.key, pki.ca_cert().to_vec()).unwrap();
             let dialer = tessera_transport::Dialer::Memory { network: net.clone(), member: name.clone() };
             let policy = Policy { mask_threads: std::num::NonZeroUsize::MIN, ..Policy::default() };
             let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
             members.push(tokio::spawn(async move {
-                let mut p = Participant::new(name, policy, ChaCha20Rng::seed_from_u64(i as u64));
+                let mut p =
+                    Participant::new(name, policy, ChaCha20Rng::seed_from_u64(i as u64)).with_identity(identity);
                 let mut egress = EgressLedger::in_memory();
                 let model = Arc::new(Mutex::new(Synthetic { step: 0.001 * (i % 7) as f32 }));
                 tessera_client::run(dialer, &mut p, model, &mut egress, opts).await

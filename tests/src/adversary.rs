@@ -30,14 +30,26 @@ pub struct AttackOutcome {
 /// each outgoing message goes through `tamper` first: it returns the
 /// messages to send instead (empty = drop) and whether it changed anything.
 /// Returns when the aggregator closes the connection or shuts the run down.
-pub async fn run_tampering_member<M, F>(dial: &QuicDialConfig, member: &str, model: M, mut tamper: F) -> AttackOutcome
+/// It signs its key advertisements with its consortium certificate, as the
+/// daemon does (`pki_dir` holds its certificate, key and the CA).
+pub async fn run_tampering_member<M, F>(
+    dial: &QuicDialConfig,
+    pki_dir: &std::path::Path,
+    member: &str,
+    model: M,
+    mut tamper: F,
+) -> AttackOutcome
 where
     M: LocalModel,
     F: FnMut(ClientMsg) -> (Vec<ClientMsg>, bool),
 {
     let limits = Limits::default();
     let model = Arc::new(Mutex::new(model));
-    let mut p = Participant::new(member, Policy::default(), rand_chacha::ChaCha20Rng::from_entropy());
+    let files = tessera_transport::pki::member_files(pki_dir, member);
+    let ca = pki_dir.join(tessera_transport::pki::CA_CERT);
+    let identity = tessera_client::load_member_identity(&files.cert, &files.key, &ca).expect("member identity");
+    let mut p =
+        Participant::new(member, Policy::default(), rand_chacha::ChaCha20Rng::from_entropy()).with_identity(identity);
     let mut outcome = AttackOutcome { sent: Vec::new(), tampered: 0, closed_by: None };
     let conn = match connect(dial).await {
         Ok(c) => c,

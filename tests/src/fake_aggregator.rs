@@ -12,9 +12,10 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{
-    AggregatorMsg, ClientMsg, EncryptedShare, Limits, ModelParams, ModelPurpose, PartyId, PublicKeys, RoundSettings,
-    RunId, SecAggSettings, TrainSettings, encode_frame, model_messages,
+    Advertisement, AggregatorMsg, ClientMsg, EncryptedShare, Limits, ModelParams, ModelPurpose, PartyId, PublicKeys,
+    RoundSettings, RunId, SecAggSettings, TrainSettings, encode_frame, model_messages,
 };
+use tessera_protocol::member::AdvertSigner;
 use tessera_transport::{AdmitAll, FrameReceiver, FrameSender, Listener, QuicListenerConfig};
 
 /// The listening side; accept one member at a time.
@@ -117,6 +118,32 @@ pub fn secure_settings(threshold: u32) -> RoundSettings {
     }
 }
 
+/// A member's certificate (DER) and signer from the PKI in `pki_dir`,
+/// issuing the certificate first if the member has none yet.
+pub fn member_signer(pki_dir: &Path, name: &str) -> (Vec<u8>, tessera_client::EcdsaSigner) {
+    let files = tessera_transport::pki::member_files(pki_dir, name);
+    if !files.cert.exists() {
+        tessera_transport::pki::issue(pki_dir, name).unwrap();
+    }
+    let cert = tessera_transport::pki::load_certs(&files.cert).unwrap().remove(0).to_vec();
+    let key = match tessera_transport::pki::load_key(&files.key).unwrap() {
+        rustls_pki_types::PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+        _ => panic!("pki issue writes PKCS#8 keys"),
+    };
+    (cert, tessera_client::EcdsaSigner::from_pkcs8(&key).unwrap())
+}
+
+/// The advertisement `session` sends, signed by `signer` with `certificate`.
+pub fn sign_advert(
+    session: &tessera_secagg::ClientSession,
+    keys: PublicKeys,
+    certificate: Vec<u8>,
+    signer: &mut dyn AdvertSigner,
+) -> Advertisement {
+    let signature = signer.sign(&session.advert_message()).unwrap();
+    Advertisement { keys, seed_commitment: session.seed_commitment(), certificate, signature }
+}
+
 /// Honest secure-aggregation sessions for the cohort members the fake
 /// aggregator plays itself (every party but `target`).
 pub struct FakePeers {
@@ -132,7 +159,8 @@ impl FakePeers {
         settings: &RoundSettings,
         model: &ModelParams,
         target: PartyId,
-    ) -> (Self, Vec<(PartyId, PublicKeys)>) {
+        pki_dir: &Path,
+    ) -> (Self, Vec<(PartyId, Advertisement)>) {
         let mut rng = ChaCha20Rng::seed_from_u64(round);
         let s = settings.secagg.clone().expect("secure round");
         let len = tessera_secagg::vector_len(&model.layout());
@@ -141,18 +169,20 @@ impl FakePeers {
         for p in (0..cohort.len() as PartyId).filter(|p| *p != target) {
             let ctx = tessera_secagg::RoundContext::new(run_id, round, cohort, s.clone(), len).unwrap();
             let (session, k) = tessera_secagg::ClientSession::new(ctx, p, &mut rng).unwrap();
+            // Each fake peer signs with its own consortium certificate, as a real member does.
+            let (cert, mut signer) = member_signer(pki_dir, &cohort[p as usize]);
+            keys.push((p, sign_advert(&session, k, cert, &mut signer)));
             sessions.push((p, session));
-            keys.push((p, k));
         }
         (Self { sessions, rng }, keys)
     }
 
     /// Feed everyone's keys to the fake peers; returns the share ciphertexts
     /// they address to `target`.
-    pub fn shares_for(&mut self, target: PartyId, all_keys: &[(PartyId, PublicKeys)]) -> Vec<EncryptedShare> {
+    pub fn shares_for(&mut self, target: PartyId, all_keys: &[(PartyId, Advertisement)]) -> Vec<EncryptedShare> {
         let mut out = Vec::new();
         for (p, s) in &mut self.sessions {
-            let theirs: Vec<_> = all_keys.iter().filter(|(q, _)| q != p).copied().collect();
+            let theirs: Vec<_> = all_keys.iter().filter(|(q, _)| q != p).map(|(q, a)| (*q, a.keys)).collect();
             let shares = s.on_cohort_keys(&theirs, &mut self.rng).unwrap();
             out.extend(shares.into_iter().filter(|sh| sh.to == target));
         }

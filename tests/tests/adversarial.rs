@@ -50,9 +50,10 @@ where
     let model = tessera_client::tabular_model(&mcfg).unwrap();
     let mut dial = QuicDialConfig::from_pki_dir(&pki_dir, MALLORY, addr.clone()).unwrap();
     dial.server_name = Some("localhost".into());
-    let outcome = tokio::time::timeout(Duration::from_secs(240), run_tampering_member(&dial, MALLORY, model, tamper))
-        .await
-        .expect("mallory's connection ends");
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(240), run_tampering_member(&dial, &pki_dir, MALLORY, model, tamper))
+            .await
+            .expect("mallory's connection ends");
 
     let end = tokio::time::timeout(Duration::from_secs(240), aggregator).await.expect("run finishes").unwrap().unwrap();
     assert_eq!(end.completed_rounds, 1, "the honest round must complete: {}", end.reason);

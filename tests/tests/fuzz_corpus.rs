@@ -148,8 +148,8 @@ replay_tests!(
 #[ignore = "writes into fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
     use tessera_core::{
-        AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, Limits, ModelPurpose, ParamLayout, PublicKeys,
-        RoundSettings, RunId, SecAggSettings, ShareReveal, TrainSettings, encode_frame, to_bytes,
+        Advertisement, AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, Limits, ModelPurpose, ParamLayout,
+        PublicKeys, RoundSettings, RunId, SecAggSettings, ShareReveal, TrainSettings, encode_frame, to_bytes,
     };
 
     let write = |target: &str, name: &str, bytes: &[u8]| {
@@ -177,6 +177,7 @@ fn write_seed_corpus() {
         dp: None,
     };
     let keys = PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] };
+    let advert = Advertisement { keys, seed_commitment: [3; 32], certificate: vec![4; 300], signature: vec![5; 72] };
     let share = EncryptedShare { from: 0, to: 1, ciphertext: vec![9; 60] };
     let metrics = EvalMetrics {
         num_examples: 4,
@@ -188,8 +189,8 @@ fn write_seed_corpus() {
         confusion: vec![vec![2, 1], vec![0, 1]],
     };
     let client = vec![
-        ClientMsg::Hello { member: "m1".into(), protocol_version: 1 },
-        ClientMsg::AdvertiseKeys { round: 1, keys },
+        ClientMsg::Hello { member: "m1".into(), protocol_version: 2 },
+        ClientMsg::AdvertiseKeys { round: 1, advert: advert.clone() },
         ClientMsg::ShareKeys { round: 1, shares: vec![share.clone()] },
         ClientMsg::MaskedStart { round: 1, len: 10 },
         ClientMsg::MaskedChunk { round: 1, offset: 0, values: vec![1, 2, u32::MAX] },
@@ -216,7 +217,7 @@ fn write_seed_corpus() {
         },
         AggregatorMsg::ModelChunk { round: 1, offset: 0, values: vec![0.1, 0.2] },
         AggregatorMsg::ModelEnd { round: 1, digest: [3; 32] },
-        AggregatorMsg::CohortKeys { round: 1, keys: vec![(0, keys)] },
+        AggregatorMsg::CohortKeys { round: 1, adverts: vec![(0, advert)] },
         AggregatorMsg::ForwardShares { round: 1, shares: vec![share] },
         AggregatorMsg::UnmaskRequest { round: 1, survivors: vec![0, 1], dropped: vec![2] },
         AggregatorMsg::RoundEnd { round: 1, accepted: true, reason: String::new() },

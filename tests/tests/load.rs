@@ -117,8 +117,12 @@ async fn one_round(n: usize) -> f64 {
     let mut members = Vec::with_capacity(n);
     for (i, (name, dial)) in names.iter().zip(dials).enumerate() {
         let name = name.clone();
+        let files = pki::member_files(&pki_dir, &name);
+        let identity =
+            tessera_client::load_member_identity(&files.cert, &files.key, &pki_dir.join(pki::CA_CERT)).unwrap();
         members.push(tokio::spawn(async move {
-            let mut p = Participant::new(name, Policy::default(), rand_chacha::ChaCha20Rng::seed_from_u64(i as u64));
+            let mut p = Participant::new(name, Policy::default(), rand_chacha::ChaCha20Rng::seed_from_u64(i as u64))
+                .with_identity(identity);
             let mut egress = EgressLedger::in_memory();
             let model = Arc::new(Mutex::new(TinyModel { step: 0.001 * (i % 7) as f32 }));
             let opts = ClientOptions {

@@ -22,6 +22,8 @@ const RUN: RunId = RunId([3; 16]);
 
 struct Member {
     _dir: tempfile::TempDir,
+    /// The consortium PKI (the fake aggregator issues its fake peers' certificates here).
+    pki_dir: PathBuf,
     ledger: PathBuf,
     task: tokio::task::JoinHandle<anyhow::Result<ClientExit>>,
     link: MemberLink,
@@ -43,7 +45,7 @@ async fn member(name: &str) -> Member {
     let mut link = fake.accept().await;
     assert_eq!(link.member, name, "identity comes from the certificate");
     link.send(AggregatorMsg::Welcome { run_id: RUN, member: name.into() }).await;
-    Member { _dir: dir, ledger, task, link, fake }
+    Member { _dir: dir, pki_dir, ledger, task, link, fake }
 }
 
 impl Member {
@@ -102,14 +104,14 @@ async fn member_refuses_to_reveal_both_secrets_of_a_peer() {
     let cohort = cohort(&[name, "peer-1", "peer-2"]);
     let settings = secure_settings(3);
     start_round(&mut m.link, 1, &cohort, 3, &model).await;
-    let ClientMsg::AdvertiseKeys { round: 1, keys } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
+    let ClientMsg::AdvertiseKeys { round: 1, advert } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
 
     // Play the two other members honestly up to the masked input.
-    let (mut peers, peer_keys) = FakePeers::new(RUN, 1, &cohort, &settings, &model, 0);
-    m.link.send(AggregatorMsg::CohortKeys { round: 1, keys: peer_keys.clone() }).await;
+    let (mut peers, peer_keys) = FakePeers::new(RUN, 1, &cohort, &settings, &model, 0, &m.pki_dir);
+    m.link.send(AggregatorMsg::CohortKeys { round: 1, adverts: peer_keys.clone() }).await;
     let ClientMsg::ShareKeys { round: 1, shares } = m.link.recv().await else { panic!("expected ShareKeys") };
     assert_eq!(shares.len(), 2);
-    let mut all_keys = vec![(0, keys)];
+    let mut all_keys = vec![(0, advert)];
     all_keys.extend(peer_keys);
     let forwarded = peers.shares_for(0, &all_keys);
     m.link.send(AggregatorMsg::ForwardShares { round: 1, shares: forwarded }).await;
@@ -138,6 +140,85 @@ async fn member_refuses_to_reveal_both_secrets_of_a_peer() {
     assert!(ledger.iter().all(|e| e.kind != "unmask_shares"), "no share was revealed");
     assert!(ledger.iter().any(|e| e.kind == "decline" && e.round == Some(1)));
     assert_logged(name, "both the self-mask share");
+}
+
+/// The aggregator substitutes key pairs it made for the target's
+/// neighbours (issue #17, item 1): under a certificate from another CA, with
+/// a valid certificate of another member at the wrong party index, and with
+/// a neighbour's real certificate it cannot sign for. The real member daemon
+/// refuses each before dealing a share, names the party and the reason, and
+/// still takes part in an honest round afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_substituted_neighbour_keys() {
+    use tessera_e2e::fake_aggregator::sign_advert;
+    let name = "member-keys";
+    let mut m = member(name).await;
+    let model = initial_model();
+    let three = cohort(&[name, "peer-1", "peer-2"]);
+    let settings = secure_settings(3);
+    // A rogue CA with the same subject as the consortium's, and the key pair
+    // the aggregator made for "peer-1" under it.
+    let rogue = pki::MemoryPki::new("Tessera consortium").unwrap();
+    let forged = rogue.issue("peer-1").unwrap();
+    let mut forged_signer = tessera_client::EcdsaSigner::from_pkcs8(&forged.key).unwrap();
+
+    for round in 1..=3u64 {
+        start_round(&mut m.link, round, &three, 3, &model).await;
+        assert!(matches!(m.link.recv().await, ClientMsg::AdvertiseKeys { .. }));
+        let (_, mut adverts) = FakePeers::new(RUN, round, &three, &settings, &model, 0, &m.pki_dir);
+        // The aggregator's own session for party 1 (fresh keys it controls).
+        let ctx = tessera_protocol::round_context(
+            RUN,
+            round,
+            &three,
+            settings.secagg.as_ref().unwrap(),
+            &settings.update_layout(&model.layout()),
+        )
+        .unwrap();
+        let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(round + 100);
+        let (session, keys) = tessera_secagg::ClientSession::new(ctx, 1, &mut rng).unwrap();
+        adverts[0].1 = match round {
+            // 1. Keys it made, under a certificate for "peer-1" from the rogue CA.
+            1 => sign_advert(&session, keys, forged.cert.clone(), &mut forged_signer),
+            // 2. peer-2's genuine, validly signed advertisement at peer-1's index.
+            2 => adverts[1].1.clone(),
+            // 3. Keys it made with peer-1's real certificate, signed by a key it holds.
+            _ => sign_advert(&session, keys, adverts[0].1.certificate.clone(), &mut forged_signer),
+        };
+        m.link.send(AggregatorMsg::CohortKeys { round, adverts }).await;
+        match m.link.recv().await {
+            ClientMsg::Decline { round: r, reason } => {
+                assert_eq!(r, round);
+                assert!(reason.contains("advertisement of party 1"), "{reason}");
+            }
+            other => panic!("round {round}: expected a Decline, got {}", other.kind()),
+        }
+    }
+    // An honest round afterwards: the member deals its shares.
+    start_round(&mut m.link, 4, &three, 3, &model).await;
+    assert!(matches!(m.link.recv().await, ClientMsg::AdvertiseKeys { round: 4, .. }));
+    let (_, adverts) = FakePeers::new(RUN, 4, &three, &settings, &model, 0, &m.pki_dir);
+    m.link.send(AggregatorMsg::CohortKeys { round: 4, adverts }).await;
+    assert!(matches!(m.link.recv().await, ClientMsg::ShareKeys { round: 4, .. }));
+
+    let ledger = m.finish().await;
+    let expect = [
+        (1, "certificate is not issued by the consortium CA"),
+        (2, "certificate is \"peer-2\"'s, but the cohort entry is \"peer-1\""),
+        (3, "signature does not verify under the certificate's key"),
+    ];
+    for (round, reason) in expect {
+        let notes = refusals(&ledger, Some(round));
+        assert!(
+            notes.iter().any(|n| n.contains("advertisement of party 1") && n.contains(reason)),
+            "{round}: {notes:?}"
+        );
+        assert!(
+            ledger.iter().filter(|e| e.round == Some(round)).all(|e| e.kind != "share_keys"),
+            "round {round}: no share may leave after a refused advertisement"
+        );
+    }
+    assert_logged(name, "advertisement of party 1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

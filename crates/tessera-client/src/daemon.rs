@@ -40,7 +40,9 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRando
         require_dp = policy.require_dp || cfg.privacy.is_some(),
         "member policy"
     );
-    let mut p = Participant::new(cfg.member.clone(), policy.policy(), rng);
+    let identity = crate::identity::load_member_identity(&cfg.aggregator.cert, &cfg.aggregator.key, &cfg.aggregator.ca)
+        .map_err(|e| anyhow::anyhow!("member identity for signed key advertisements: {e}"))?;
+    let mut p = Participant::new(cfg.member.clone(), policy.policy(), rng).with_identity(identity);
     if let Some(privacy) = &cfg.privacy {
         let budget = PrivacyBudget { epsilon: privacy.epsilon, delta: privacy.delta };
         let guard = LedgerGuard::open(&privacy.ledger, budget)

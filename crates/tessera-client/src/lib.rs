@@ -31,6 +31,7 @@
 mod config;
 mod daemon;
 mod driver;
+mod identity;
 // Public as a namespace: `egress::render` says what it renders; a bare
 // `tessera_client::render` would not.
 pub mod egress;
@@ -45,6 +46,7 @@ pub use config::{
 pub use daemon::{MemberRandomness, participant, run_daemon, tabular_model};
 pub use driver::{ClientError, ClientExit, ClientOptions, run};
 pub use egress::{EgressEntry, EgressError, EgressLedger};
+pub use identity::{EcdsaSigner, load_member_identity, member_identity};
 pub use privacy::LedgerGuard;
 /// The driver's contract with the member's model (`tessera-learn`).
 pub use tessera_learn::LocalModel;

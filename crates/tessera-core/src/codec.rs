@@ -17,8 +17,10 @@ mod payload;
 pub use payload::Payload;
 
 /// Version byte at the head of every frame. Bumped on any incompatible
-/// change to the message enums.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// change to the message enums. Version 2: signed advertisements
+/// (`ClientMsg::AdvertiseKeys` and `AggregatorMsg::CohortKeys` carry an
+/// [`Advertisement`](crate::Advertisement) with certificate and signature).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of frame header: version byte plus u32 length.
 pub const HEADER_LEN: usize = 5;
@@ -50,7 +52,10 @@ impl Default for Limits {
 pub enum CodecError {
     /// The frame's version byte is not [`PROTOCOL_VERSION`]: the peer runs an
     /// incompatible build.
-    #[error("unknown protocol version {found} (this build speaks {expected})")]
+    #[error(
+        "peer speaks protocol version {found} but this build speaks version {expected}; \
+         upgrade the older side so both run the same Tessera protocol version"
+    )]
     UnknownVersion {
         /// Version byte the frame carried.
         found: u8,
@@ -228,7 +233,7 @@ pub fn chunk_ranges(total: usize, chunk: usize) -> impl Iterator<Item = (usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{AggregatorMsg, ClientMsg, PublicKeys};
+    use crate::message::{Advertisement, AggregatorMsg, ClientMsg, PublicKeys};
     use proptest::prelude::*;
 
     fn sample() -> ClientMsg {
@@ -239,11 +244,13 @@ mod tests {
     fn roundtrip_in_pieces() {
         let l = Limits::default();
         let a = encode_frame(&sample(), &l).unwrap();
-        let b = encode_frame(
-            &ClientMsg::AdvertiseKeys { round: 1, keys: PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] } },
-            &l,
-        )
-        .unwrap();
+        let advert = Advertisement {
+            keys: PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] },
+            seed_commitment: [3; 32],
+            certificate: vec![4; 300],
+            signature: vec![5; 72],
+        };
+        let b = encode_frame(&ClientMsg::AdvertiseKeys { round: 1, advert }, &l).unwrap();
         let mut all = a.clone();
         all.extend_from_slice(&b);
         let mut d = FrameDecoder::new(l);
@@ -267,6 +274,22 @@ mod tests {
             encode_frame(&ClientMsg::MaskedChunk { round: 0, offset: 0, values: vec![u32::MAX; 1000] }, &l).unwrap();
         assert_eq!(small.len(), big.len());
         assert!(small.len() < 4000 + 64);
+    }
+
+    /// A member built for version 1 (before signed advertisements) is told
+    /// both versions, whichever side reads the other's frame.
+    #[test]
+    fn previous_version_names_both_versions() {
+        assert_eq!(PROTOCOL_VERSION, 2);
+        let l = Limits::default();
+        let mut f = encode_frame(&ClientMsg::Hello { member: "m".into(), protocol_version: 1 }, &l).unwrap();
+        f[0] = 1;
+        let mut d = FrameDecoder::new(l);
+        d.push(&f);
+        let err = d.next_message::<ClientMsg>().unwrap_err();
+        assert_eq!(err, CodecError::UnknownVersion { found: 1, expected: 2 });
+        let text = err.to_string();
+        assert!(text.contains("version 1") && text.contains("version 2"), "{text}");
     }
 
     #[test]

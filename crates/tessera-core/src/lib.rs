@@ -14,7 +14,7 @@
 //!   of a model in a fixed order, and their [`ParamLayout`] (names and
 //!   shapes, no values), which both sides agree on before values move.
 //! - **Messages**: [`AggregatorMsg`] and [`ClientMsg`], every message of a
-//!   round, with the secure-aggregation payloads they carry ([`PublicKeys`],
+//!   round, with the secure-aggregation payloads they carry ([`PublicKeys`], [`Advertisement`],
 //!   [`EncryptedShare`], [`ShareReveal`]) and their kinds as logs and the
 //!   egress ledger name them ([`AggregatorMsgKind`], [`ClientMsgKind`]).
 //! - **Codec**: frames of `[version][u32 length][bincode payload]`
@@ -51,7 +51,8 @@ pub use codec::{
 pub use config::{ModelConfig, TrainableConfig};
 pub use evaluate::eval_metrics;
 pub use message::{
-    AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose, PublicKeys, ShareReveal,
+    Advertisement, AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose,
+    PublicKeys, ShareReveal,
 };
 pub use metrics::{EvalMetrics, RoundRecord};
 pub use model::{AugmentConfig, BackboneInit, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig};

@@ -21,6 +21,29 @@ pub struct PublicKeys {
     pub mask_pk: [u8; 32],
 }
 
+/// A member's signed advertisement for one round: its two public keys, a
+/// commitment to its self-mask seed, and an ECDSA P-256 signature over
+/// `tessera_secagg::advert_message` (round binding, party, both keys, the
+/// commitment) made with the private key of its consortium certificate.
+/// The aggregator forwards it untouched; every receiving member checks that
+/// the certificate chains to the consortium CA, names the cohort member at
+/// that party index, and that the signature verifies under its key. So an
+/// aggregator cannot substitute keys it made for a member's neighbours.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advertisement {
+    /// The round's fresh X25519 public keys.
+    pub keys: PublicKeys,
+    /// SHA-256 commitment to the member's self-mask seed (domain-separated,
+    /// bound to the round and party), so a rebuilt seed can be checked.
+    pub seed_commitment: [u8; 32],
+    /// The member's consortium certificate (DER).
+    pub certificate: Vec<u8>,
+    /// ECDSA P-256 / SHA-256 signature over the signed message, fixed-length
+    /// `r ‖ s` (64 bytes), so every advertisement has the same size.
+    pub signature: Vec<u8>,
+}
+
 /// A Shamir share bundle from one member to another, AES-GCM encrypted under
 /// a key only the two of them can derive. The aggregator relays it blind.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -113,12 +136,13 @@ pub enum AggregatorMsg {
         /// SHA-256 of the model (see [`ModelParams::digest`](crate::ModelParams::digest)).
         digest: [u8; 32],
     },
-    /// SecAgg step 1 result: the public keys of this member's neighbours.
+    /// SecAgg step 1 result: the signed advertisements of this member's
+    /// neighbours, forwarded as the members sent them.
     CohortKeys {
         /// The round.
         round: u64,
-        /// Each neighbour's party index and advertised keys.
-        keys: Vec<(PartyId, PublicKeys)>,
+        /// Each neighbour's party index and signed advertisement.
+        adverts: Vec<(PartyId, Advertisement)>,
     },
     /// SecAgg step 2 result: the share ciphertexts addressed to this member.
     ForwardShares {
@@ -164,12 +188,13 @@ pub enum ClientMsg {
         /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) of the member's build.
         protocol_version: u8,
     },
-    /// SecAgg step 1: this member's public keys for the round.
+    /// SecAgg step 1: this member's signed public keys for the round.
     AdvertiseKeys {
         /// The round.
         round: u64,
-        /// Fresh keys for this round only.
-        keys: PublicKeys,
+        /// Fresh keys for this round only, signed with the member's
+        /// certificate key.
+        advert: Advertisement,
     },
     /// SecAgg step 2: the member's shares, one bundle per neighbour.
     ShareKeys {

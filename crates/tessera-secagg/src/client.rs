@@ -99,6 +99,16 @@ impl ClientSession {
         self.step
     }
 
+    /// Commitment to this member's self-mask seed (see [`crate::seed_commitment`]).
+    pub fn seed_commitment(&self) -> [u8; 32] {
+        crate::advert::seed_commitment(self.ctx.binding(), self.me, &self.self_seed)
+    }
+
+    /// The bytes this member signs to advertise its keys (see [`crate::advert_message`]).
+    pub fn advert_message(&self) -> Vec<u8> {
+        crate::advert::advert_message(self.ctx.binding(), self.me, &self.public, &self.seed_commitment())
+    }
+
     /// The round this session belongs to.
     pub fn context(&self) -> &RoundContext {
         &self.ctx

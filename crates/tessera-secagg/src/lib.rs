@@ -13,6 +13,8 @@
 //! - Round setup: [`RoundContext`] binds run, round, cohort and settings;
 //!   [`default_plan`] (a [`SecAggPlan`]), [`default_threshold`] and
 //!   [`min_threshold`] size the [`NeighbourGraph`] and Shamir threshold.
+//! - Signed advertisements: [`advert_message`] is what a member signs (keys
+//!   and [`seed_commitment`]); signing and checking happen in the caller.
 //! - Sessions: [`ClientSession`] and [`ServerSession`] step through the
 //!   protocol ([`Step`], [`Phase`]); the server's only output is an
 //!   [`AggregateSum`]; everything fails with a [`SecAggError`].
@@ -37,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod advert;
 mod client;
 mod context;
 mod crypto;
@@ -47,6 +50,7 @@ mod server;
 mod shamir;
 mod update;
 
+pub use advert::{advert_message, seed_commitment};
 pub use client::{ClientSession, default_mask_threads};
 pub use context::{
     RoundContext, SecAggPlan, default_neighbours, default_plan, default_threshold, min_neighbours, min_threshold,

@@ -146,8 +146,16 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
     let (coordinator, end) = rt.block_on(async {
         let workers = Arc::new(Semaphore::new(opts.workers.max(1)));
         let _pki_dir; // keeps the temporary PKI alive for the QUIC run
+        // Every member signs its key advertisements for real: with a
+        // certificate of an in-memory consortium PKI, or of the QUIC run's.
+        let mut identities = Vec::with_capacity(names.len());
         let (listener, dialers): (_, Vec<Dialer>) = match opts.transport {
             TransportKind::Memory => {
+                let pki = tessera_transport::pki::MemoryPki::new("Tessera simulated consortium")?;
+                for n in &names {
+                    let c = pki.issue(n)?;
+                    identities.push(tessera_client::member_identity(c.cert, &c.key, pki.ca_cert().to_vec())?);
+                }
                 let net = MemoryNetwork::new();
                 let l = net.listen(Arc::new(AdmitAll), Limits::default())?;
                 (l, names.iter().map(|n| Dialer::Memory { network: net.clone(), member: n.clone() }).collect())
@@ -156,7 +164,9 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
                 let dir = tempfile::tempdir()?;
                 tessera_transport::pki::init(dir.path(), &Default::default())?;
                 for n in &names {
-                    tessera_transport::pki::issue(dir.path(), n)?;
+                    let files = tessera_transport::pki::issue(dir.path(), n)?;
+                    let ca = dir.path().join(tessera_transport::pki::CA_CERT);
+                    identities.push(tessera_client::load_member_identity(&files.cert, &files.key, &ca)?);
                 }
                 let l =
                     QuicListenerConfig::from_pki_dir(dir.path(), "127.0.0.1:0".parse()?)?.listen(Arc::new(AdmitAll))?;
@@ -172,7 +182,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
             }
         };
         let mut clients = Vec::new();
-        for ((k, model), dialer) in models.into_iter().enumerate().zip(dialers) {
+        for (((k, model), dialer), identity) in models.into_iter().enumerate().zip(dialers).zip(identities) {
             let name = names[k].clone();
             // Many members share the cores (and the worker pool): mask on one thread each.
             let policy = Policy {
@@ -184,7 +194,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
             let plan = plan.active().then(|| plan.clone());
             let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
             clients.push(tokio::spawn(async move {
-                let mut p = Faulty::new(Participant::new(name, policy, rng), plan, k);
+                let mut p = Faulty::new(Participant::new(name, policy, rng).with_identity(identity), plan, k);
                 let mut egress = EgressLedger::in_memory();
                 tessera_client::run(dialer, &mut p, Arc::new(Mutex::new(model)), &mut egress, opts).await
             }));

@@ -274,6 +274,104 @@ pub(crate) fn member_name(cert: &CertificateDer<'_>) -> Result<String, PkiError>
     Ok(name)
 }
 
+/// The member name a certificate (DER) proves, as admission reads it on the
+/// TLS handshake ([`member_name`]); `None` when it proves none. Members pass
+/// this to the protocol crate to check the certificates in signed key
+/// advertisements, so the handshake and the advertisement check agree.
+pub fn member_name_of(der: &[u8]) -> Option<String> {
+    member_name(&CertificateDer::from(der)).ok()
+}
+
+/// A consortium PKI held in memory (tests and the simulator): the CA, and
+/// one certificate and PKCS#8 key per member, made exactly as [`init`] and
+/// [`issue`] make them, without touching a disk.
+pub struct MemoryPki {
+    ca_key: KeyPair,
+    ca_params: CertificateParams,
+    ca_cert: Vec<u8>,
+}
+
+/// A member's certificate and key from a [`MemoryPki`].
+#[derive(Clone)]
+pub struct MemberCredentials {
+    /// The member's certificate (DER).
+    pub cert: Vec<u8>,
+    /// Its private key (PKCS#8 DER, ECDSA P-256).
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for MemberCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberCredentials").field("cert_bytes", &self.cert.len()).finish_non_exhaustive()
+    }
+}
+
+impl MemoryPki {
+    /// A fresh consortium CA named `consortium`.
+    pub fn new(consortium: &str) -> Result<Self, PkiError> {
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let ca_params = ca_params(consortium);
+        let ca_cert = ca_params.self_signed(&ca_key)?.der().to_vec();
+        Ok(Self { ca_key, ca_params, ca_cert })
+    }
+
+    /// The CA certificate (DER): the members' trust anchor.
+    pub fn ca_cert(&self) -> &[u8] {
+        &self.ca_cert
+    }
+
+    /// Issues a member certificate with the parameters [`issue`] uses.
+    ///
+    /// Its length depends only on the name: the CA's ECDSA signature is
+    /// drawn again until its DER form takes the full 72 bytes, and the key
+    /// until the serial number (derived from it) takes the full 20. A
+    /// simulation then counts the same traffic on every run, although every
+    /// run has fresh keys.
+    pub fn issue(&self, name: &str) -> Result<MemberCredentials, PkiError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        validate_member_name(name)?;
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let params = member_params(name)?;
+        for _ in 0..256 {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            for _ in 0..64 {
+                let cert = params.signed_by(&key, &issuer)?;
+                let (_, x509) = X509Certificate::from_der(cert.der())
+                    .map_err(|e| PkiError::NoIdentity(format!("issued certificate does not parse: {e}")))?;
+                if x509.tbs_certificate.raw_serial().len() != 20 {
+                    break; // a shorter serial: another key
+                }
+                if x509.signature_value.data.len() == 72 {
+                    return Ok(MemberCredentials { cert: cert.der().to_vec(), key: key.serialize_der() });
+                }
+            }
+        }
+        Err(PkiError::NoIdentity("no full-length certificate after many draws".into()))
+    }
+}
+
+/// The CA's parameters, as [`init`] sets them.
+fn ca_params(consortium: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(consortium);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut p, CA_VALIDITY);
+    p
+}
+
+/// A member certificate's parameters, as [`issue`] sets them.
+fn member_params(name: &str) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(name);
+    p.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    set_validity(&mut p, LEAF_VALIDITY);
+    Ok(p)
+}
+
 fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);

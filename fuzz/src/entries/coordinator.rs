@@ -104,7 +104,9 @@ pub fn coordinator(data: &[u8]) {
         .enumerate()
         .map(|(i, n)| {
             let policy = tessera_protocol::Policy { chunk_values: CHUNK, ..Default::default() };
-            (n.clone(), tessera_protocol::Participant::new(n.clone(), policy, ChaCha20Rng::seed_from_u64(i as u64)))
+            let p = tessera_protocol::Participant::new(n.clone(), policy, ChaCha20Rng::seed_from_u64(i as u64))
+                .with_identity(identity(n));
+            (n.clone(), p)
         })
         .collect();
     let mut online: BTreeSet<String> = BTreeSet::new();
@@ -167,16 +169,16 @@ pub fn coordinator(data: &[u8]) {
                     FromHostile::Hello => Some(ClientMsg::Hello { member: hostile.clone(), protocol_version: 1 }),
                     FromHostile::AdvertiseKeys { round, a, b } => Some(ClientMsg::AdvertiseKeys {
                         round: at(round),
-                        keys: PublicKeys { cipher_pk: a, mask_pk: b },
+                        advert: junk_advert(PublicKeys { cipher_pk: a, mask_pk: b }),
                     }),
                     FromHostile::CopyKeys { round, of } => honest_sent
                         .iter()
                         .filter_map(|m| match m {
-                            ClientMsg::AdvertiseKeys { keys, .. } => Some(*keys),
+                            ClientMsg::AdvertiseKeys { advert, .. } => Some(advert.clone()),
                             _ => None,
                         })
                         .nth(usize::from(of) % 4)
-                        .map(|keys| ClientMsg::AdvertiseKeys { round: at(round), keys }),
+                        .map(|advert| ClientMsg::AdvertiseKeys { round: at(round), advert }),
                     FromHostile::ShareKeys { round, shares } => Some(ClientMsg::ShareKeys {
                         round: at(round),
                         shares: shares

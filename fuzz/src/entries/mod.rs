@@ -19,9 +19,9 @@ use arbitrary::{Arbitrary, Unstructured};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{
-    AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, FrameDecoder, HEADER_LEN, Limits, ModelParams, ModelPurpose,
-    ParamLayout, ParamTensor, PartyId, PublicKeys, RoundSettings, RunId, SecAggSettings, ShareReveal, TrainSettings,
-    decode_payload, encode_frame, model_messages,
+    Advertisement, AggregatorMsg, ClientMsg, EncryptedShare, EvalMetrics, FrameDecoder, HEADER_LEN, Limits,
+    ModelParams, ModelPurpose, ParamLayout, ParamTensor, PartyId, PublicKeys, RoundSettings, RunId, SecAggSettings,
+    ShareReveal, TrainSettings, decode_payload, encode_frame, model_messages,
 };
 
 mod codec;

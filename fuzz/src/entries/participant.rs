@@ -121,7 +121,8 @@ pub fn participant(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let me = "m1";
     let policy = tessera_protocol::Policy { chunk_values: CHUNK, max_model_values: 1 << 16, ..Default::default() };
-    let mut p = tessera_protocol::Participant::new(me, policy, ChaCha20Rng::seed_from_u64(7));
+    let mut p =
+        tessera_protocol::Participant::new(me, policy, ChaCha20Rng::seed_from_u64(7)).with_identity(identity(me));
     let mut audit = MemberAudit::default();
     let mut script: Option<Script> = None;
     p.hello();
@@ -171,14 +172,14 @@ pub fn participant(data: &[u8]) {
             }
             ToMember::Model { round, evaluate, fault } => model_stream(u64::from(round), evaluate, fault),
             ToMember::CohortKeys { round, honest, junk } => {
-                let keys = match (&script, honest) {
+                let adverts = match (&script, honest) {
                     (Some(s), true) => s.peers.as_ref().map(|p| p.keys.clone()).unwrap_or_default(),
                     _ => junk
                         .into_iter()
-                        .map(|(p, a, b)| (PartyId::from(p % 8), PublicKeys { cipher_pk: a, mask_pk: b }))
+                        .map(|(p, a, b)| (PartyId::from(p % 8), junk_advert(PublicKeys { cipher_pk: a, mask_pk: b })))
                         .collect(),
                 };
-                vec![AggregatorMsg::CohortKeys { round: u64::from(round), keys }]
+                vec![AggregatorMsg::CohortKeys { round: u64::from(round), adverts }]
             }
             ToMember::ForwardShares { round, honest, flip, junk } => {
                 let mut shares = match (&mut script, honest) {
@@ -272,10 +273,10 @@ pub(super) fn drain_member(
             None => return,
             Some(Output::Send(msg)) => {
                 audit.check(&msg);
-                if let (ClientMsg::AdvertiseKeys { round, keys }, Some(s)) = (&msg, script.as_mut())
+                if let (ClientMsg::AdvertiseKeys { round, advert }, Some(s)) = (&msg, script.as_mut())
                     && *round == s.round
                 {
-                    s.member_keys = Some(*keys);
+                    s.member_keys = Some(advert.keys);
                 }
             }
             Some(_) => {}

@@ -29,10 +29,44 @@ pub(super) fn train_settings() -> TrainSettings {
     }
 }
 
+/// One in-memory consortium PKI for every fuzz input (issuing certificates
+/// per input would dominate the run time): members m0..m7 and a CA.
+fn fuzz_pki() -> &'static (Vec<u8>, BTreeMap<String, tessera_transport::pki::MemberCredentials>) {
+    static PKI: std::sync::OnceLock<(Vec<u8>, BTreeMap<String, tessera_transport::pki::MemberCredentials>)> =
+        std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let pki = tessera_transport::pki::MemoryPki::new("fuzz consortium").unwrap();
+        let creds = (0..8).map(member_name).map(|n| (n.clone(), pki.issue(&n).unwrap())).collect();
+        (pki.ca_cert().to_vec(), creds)
+    })
+}
+
+/// The identity member `name` signs and checks advertisements with.
+pub(super) fn identity(name: &str) -> tessera_protocol::member::MemberIdentity {
+    let (ca, creds) = fuzz_pki();
+    let c = &creds[name];
+    tessera_client::member_identity(c.cert.clone(), &c.key, ca.clone()).unwrap()
+}
+
+/// `session`'s advertisement, signed as member `name` does.
+pub(super) fn signed_advert(session: &tessera_secagg::ClientSession, keys: PublicKeys, name: &str) -> Advertisement {
+    use tessera_protocol::member::AdvertSigner;
+    let (_, creds) = fuzz_pki();
+    let c = &creds[name];
+    let mut signer = tessera_client::EcdsaSigner::from_pkcs8(&c.key).unwrap();
+    let signature = signer.sign(&session.advert_message()).unwrap();
+    Advertisement { keys, seed_commitment: session.seed_commitment(), certificate: c.cert.clone(), signature }
+}
+
+/// An advertisement with the given keys and no valid certificate or signature.
+pub(super) fn junk_advert(keys: PublicKeys) -> Advertisement {
+    Advertisement { keys, seed_commitment: [0; 32], certificate: Vec::new(), signature: Vec::new() }
+}
+
 /// Honest secure-aggregation sessions for every cohort member but one.
 pub(super) struct HonestPeers {
     pub(super) sessions: Vec<(PartyId, tessera_secagg::ClientSession)>,
-    pub(super) keys: Vec<(PartyId, PublicKeys)>,
+    pub(super) keys: Vec<(PartyId, Advertisement)>,
     pub(super) rng: ChaCha20Rng,
 }
 
@@ -44,14 +78,14 @@ impl HonestPeers {
         for p in (0..cohort.len() as PartyId).filter(|p| *p != except) {
             let ctx = tessera_secagg::RoundContext::new(RUN, round, cohort, s.clone(), len).ok()?;
             let (session, k) = tessera_secagg::ClientSession::new(ctx, p, &mut rng).ok()?;
+            keys.push((p, signed_advert(&session, k, &cohort[p as usize])));
             sessions.push((p, session));
-            keys.push((p, k));
         }
         Some(Self { sessions, keys, rng })
     }
 
     pub(super) fn shares_for(&mut self, target: PartyId, target_keys: PublicKeys) -> Vec<EncryptedShare> {
-        let mut all = self.keys.clone();
+        let mut all: Vec<(PartyId, PublicKeys)> = self.keys.iter().map(|(p, a)| (*p, a.keys)).collect();
         all.push((target, target_keys));
         let mut out = Vec::new();
         for (p, s) in &mut self.sessions {

@@ -18,7 +18,8 @@ const MAX_INPUTS: usize = 96;
 pub fn member_inputs(data: &[u8]) {
     let Ok(inputs) = Vec::<MemberInput>::arbitrary_take_rest(Unstructured::new(data)) else { return };
     let policy = Policy { max_model_values: 1 << 16, ..Policy::default() };
-    let mut p = Participant::new(member_name(1), policy, ChaCha20Rng::seed_from_u64(1));
+    let mut p = Participant::new(member_name(1), policy, ChaCha20Rng::seed_from_u64(1))
+        .with_identity(identity(&member_name(1)));
     p.hello();
     let mut outputs: Vec<MemberOut> = std::iter::from_fn(|| p.poll_output()).collect();
     assert!(matches!(outputs.as_slice(), [MemberOut::Send(ClientMsg::Hello { .. })]), "{outputs:?}");

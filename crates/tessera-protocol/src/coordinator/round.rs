@@ -114,6 +114,10 @@ pub(super) struct RoundState {
     agg: Aggregation,
     /// Members that answered the current phase.
     answered: BTreeSet<PartyId>,
+    /// Signed advertisements as the members sent them (secure rounds),
+    /// forwarded untouched in `CohortKeys`: the coordinator holds no key
+    /// and every member checks the signatures itself.
+    adverts: BTreeMap<PartyId, tessera_core::Advertisement>,
     /// Members still taking part (not dropped, not disconnected).
     alive: BTreeSet<PartyId>,
     /// Members whose input is in the aggregate.
@@ -177,6 +181,7 @@ impl RoundState {
             layout,
             agg,
             answered: BTreeSet::new(),
+            adverts: BTreeMap::new(),
             alive,
             contributors: BTreeSet::new(),
             gone: BTreeSet::new(),
@@ -261,8 +266,9 @@ impl RoundState {
         let phase = self.phase;
         let wrong = || Violation::UnexpectedMessage { kind, phase: phase.name() };
         match (&mut self.agg, msg) {
-            (Aggregation::Secure(s), ClientMsg::AdvertiseKeys { keys, .. }) if phase == Phase::AdvertiseKeys => {
-                s.on_advertise(party, keys).map_err(Violation::SecAgg)?;
+            (Aggregation::Secure(s), ClientMsg::AdvertiseKeys { advert, .. }) if phase == Phase::AdvertiseKeys => {
+                s.on_advertise(party, advert.keys).map_err(Violation::SecAgg)?;
+                self.adverts.insert(party, advert);
                 self.answered.insert(party);
             }
             (Aggregation::Secure(s), ClientMsg::ShareKeys { shares, .. }) if phase == Phase::ShareKeys => {
@@ -434,8 +440,11 @@ impl RoundState {
         let name = |p: PartyId| self.cohort[p as usize].clone();
         let res: Result<Phase, tessera_secagg::SecAggError> = (|| match self.phase {
             Phase::AdvertiseKeys => {
+                let adverts = &self.adverts;
                 for (p, keys) in s.close_advertise()? {
-                    out.push_back(Output::Send { to: name(p), msg: AggregatorMsg::CohortKeys { round, keys } });
+                    // The session picked the neighbours; forward their signed adverts.
+                    let adverts = keys.iter().filter_map(|(v, _)| adverts.get(v).map(|a| (*v, a.clone()))).collect();
+                    out.push_back(Output::Send { to: name(p), msg: AggregatorMsg::CohortKeys { round, adverts } });
                 }
                 Ok(Phase::ShareKeys)
             }

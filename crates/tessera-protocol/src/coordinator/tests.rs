@@ -57,6 +57,8 @@ fn member_delta(i: usize) -> f32 {
 }
 
 struct Harness {
+    /// The consortium PKI every member's identity comes from.
+    pki: participant::test_pki::TestPki,
     now: u64,
     coord: Coordinator,
     members: BTreeMap<String, Participant<ChaCha20Rng>>,
@@ -90,6 +92,7 @@ impl Harness {
     fn new(n: usize, mut cfg: CoordinatorConfig) -> Self {
         cfg.start_quorum = n as u32;
         let allow_plaintext = cfg.secure.is_none();
+        let pki = participant::test_pki::TestPki::new("joint harness consortium");
         let mut members = BTreeMap::new();
         for i in 0..n {
             let name = format!("m{i}");
@@ -97,10 +100,12 @@ impl Harness {
                 name.clone(),
                 Policy { allow_plaintext, chunk_values: 5, ..Policy::default() },
                 ChaCha20Rng::seed_from_u64(i as u64),
-            );
+            )
+            .with_identity(pki.identity(&name));
             members.insert(name, p);
         }
         Self {
+            pki,
             now: 0,
             coord: Coordinator::new(cfg, initial(), None, Resume::default(), CentralNoise::reproducible(7)).unwrap(),
             members,
@@ -471,7 +476,9 @@ fn a_stalled_masked_stream_is_abandoned_and_the_others_upload() {
 
 #[test]
 fn members_refuse_unsafe_rounds() {
-    let mut p = Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(1));
+    let pki = participant::test_pki::TestPki::new("c");
+    let mut p =
+        Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(1)).with_identity(pki.identity("m0"));
     p.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m0".into() }).unwrap();
     let mut settings = cfg(2, true);
     settings.secure = None;
@@ -552,3 +559,4 @@ fn members_refuse_unsafe_rounds() {
 
 mod dp;
 mod robust;
+mod signed;

@@ -20,9 +20,13 @@ use tessera_secagg::ValueCoding;
 
 use crate::derive;
 
+mod identity;
 mod output;
 mod refusal;
 
+#[cfg(test)]
+pub(crate) use identity::test_pki;
+pub use identity::{AdvertProblem, AdvertSigner, MemberIdentity, MemberNameOf, SignError};
 pub use output::{Event, Output};
 pub use refusal::{BudgetRefusal, CohortProblem, LocalFailure, PrivacyRefusal, Refusal, UpdateError};
 
@@ -142,6 +146,7 @@ pub struct Participant<R> {
     assembler: Option<ModelAssembler>,
     out: VecDeque<Output>,
     guard: Option<Box<dyn PrivacyGuard>>,
+    identity: Option<MemberIdentity>,
 }
 
 impl<R: MemberRng> Participant<R> {
@@ -160,7 +165,16 @@ impl<R: MemberRng> Participant<R> {
             assembler: None,
             out: VecDeque::new(),
             guard: None,
+            identity: None,
         }
+    }
+
+    /// The member's consortium identity: signs its key advertisements and
+    /// checks its neighbours'. Without one, the member refuses every
+    /// securely aggregated round ([`Refusal::NoIdentity`]).
+    pub fn with_identity(mut self, identity: MemberIdentity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// Enforce the member's own privacy budget (and require DP in every round).
@@ -295,8 +309,16 @@ impl<R: MemberRng> Participant<R> {
                 self.round = None;
                 // A refused round is declined at once, so the aggregator
                 // need not wait for this member's deadline.
-                if let Err(e) =
-                    self.check_cohort(&settings, &cohort, party).and_then(|()| self.check_privacy(round, &settings))
+                if let Err(e) = self
+                    .check_cohort(&settings, &cohort, party)
+                    .and_then(|()| {
+                        if settings.secagg.is_some() && self.identity.is_none() {
+                            Err(Refusal::NoIdentity)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|()| self.check_privacy(round, &settings))
                 {
                     self.out.push_back(Output::Send(ClientMsg::Decline { round, reason: e.to_string() }));
                     return Err(e);
@@ -339,9 +361,21 @@ impl<R: MemberRng> Participant<R> {
                 }
                 Ok(())
             }
-            AggregatorMsg::CohortKeys { round, keys } => {
+            AggregatorMsg::CohortKeys { round, adverts } => {
                 let r = active(&mut self.round, round, kind)?;
                 let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
+                let identity = self.identity.as_ref().ok_or(Refusal::NoIdentity)?;
+                // Every key is used only once its certificate and signature check out.
+                let binding = *session.context().binding();
+                let mut keys = Vec::with_capacity(adverts.len());
+                for (party, advert) in &adverts {
+                    let message =
+                        tessera_secagg::advert_message(&binding, *party, &advert.keys, &advert.seed_commitment);
+                    identity
+                        .verify(&r.cohort, *party, &message, advert)
+                        .map_err(|problem| Refusal::Advertisement { party: *party, problem })?;
+                    keys.push((*party, advert.keys));
+                }
                 let shares = session.on_cohort_keys(&keys, &mut self.rng)?;
                 self.out.push_back(Output::Send(ClientMsg::ShareKeys { round, shares }));
                 Ok(())
@@ -444,10 +478,18 @@ impl<R: MemberRng> Participant<R> {
         }
         if let Some(s) = &r.settings.secagg {
             let ctx = derive::round_context(run_id, round, &r.cohort, s, &r.settings.update_layout(&model.layout()))?;
+            let identity = self.identity.as_mut().ok_or(Refusal::NoIdentity)?;
             let (mut session, keys) = tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng)?;
             session.set_mask_threads(self.policy.mask_threads);
+            let signature = identity.sign(&session.advert_message())?;
+            let advert = tessera_core::Advertisement {
+                keys,
+                seed_commitment: session.seed_commitment(),
+                certificate: identity.certificate.clone(),
+                signature,
+            };
             r.secagg = Some(session);
-            self.out.push_back(Output::Send(ClientMsg::AdvertiseKeys { round, keys }));
+            self.out.push_back(Output::Send(ClientMsg::AdvertiseKeys { round, advert }));
         }
         let r = active(&mut self.round, round, "model_end")?;
         r.base = Some(model.clone());

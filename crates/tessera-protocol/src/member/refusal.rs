@@ -4,9 +4,12 @@
 //! records and sends in its `Decline`.
 
 use tessera_core::ParamsError;
+use tessera_core::PartyId;
 use tessera_core::StreamError;
 use tessera_privacy::PrivacyError;
 use tessera_secagg::SecAggError;
+
+use super::identity::{AdvertProblem, SignError};
 
 /// Why the member refused a message. Each is logged and recorded; the
 /// member does not take part in the affected round.
@@ -47,6 +50,22 @@ pub enum Refusal {
     /// The round's privacy settings break the member's policy or budget.
     #[error("differential privacy: {0}")]
     Privacy(#[from] PrivacyRefusal),
+    /// A forwarded advertisement failed its certificate or signature check:
+    /// the aggregator (or someone on its behalf) substituted keys.
+    #[error("advertisement of party {party}: {problem}")]
+    Advertisement {
+        /// The cohort party index whose advertisement was refused.
+        party: PartyId,
+        /// What was wrong with it.
+        problem: AdvertProblem,
+    },
+    /// A securely aggregated round, but the member has no consortium
+    /// identity to sign its keys and check its neighbours' with.
+    #[error("secure aggregation needs the member's certificate identity (none configured)")]
+    NoIdentity,
+    /// The member's own signer failed.
+    #[error("{0}")]
+    Sign(#[from] SignError),
 }
 
 /// What is wrong with an announced cohort.

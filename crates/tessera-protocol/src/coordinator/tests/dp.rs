@@ -204,6 +204,7 @@ fn member_budget_and_dp_requirement_are_enforced_by_the_member() {
     let mut h = Harness::new(5, c);
     *h.member_mut("m4") =
         Participant::new("m4", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(4))
+            .with_identity(h.pki.identity("m4"))
             .with_privacy_guard(Box::new(Stingy { left: 1 }));
     h.connect_all();
     h.run(20);
@@ -217,6 +218,7 @@ fn member_budget_and_dp_requirement_are_enforced_by_the_member() {
     let mut h = Harness::new(4, cfg(3, true));
     *h.member_mut("m3") =
         Participant::new("m3", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(3))
+            .with_identity(h.pki.identity("m3"))
             .with_privacy_guard(Box::new(Stingy { left: 9 }));
     h.connect_all();
     h.run(20);

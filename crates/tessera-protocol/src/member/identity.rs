@@ -1,0 +1,235 @@
+//! The member's consortium identity inside the protocol: how it signs its
+//! key advertisement and how it checks everyone else's.
+//!
+//! Without this a malicious aggregator could hand a member key pairs it made
+//! itself for every neighbour, open the member's share bundles and strip its
+//! mask. With it, every advertisement carries the sender's consortium
+//! certificate and an ECDSA P-256 signature over
+//! [`tessera_secagg::advert_message`] (round binding, party index, both
+//! public keys, the self-mask seed commitment), and a member uses a key only
+//! after checking that (1) the certificate chains to the consortium CA at the
+//! given time, (2) the member name it proves is the cohort entry at that
+//! party index, and (3) the signature verifies under the certificate's key.
+//!
+//! The crate stays sans-IO: the private key never enters it (the driver
+//! injects an [`AdvertSigner`]), the CA certificate arrives as bytes, the
+//! current time comes from the driver's [`MemberIdentity::clock`], and the
+//! certificate-to-name mapping is the transport's own admission function,
+//! injected so that the handshake and the advertisement check can never
+//! disagree about who a certificate names.
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tessera_core::{Advertisement, PartyId};
+
+/// Signs a member's advertisement with the private key of its consortium
+/// certificate: ECDSA P-256 with SHA-256, fixed-length `r ‖ s` (64 bytes,
+/// IEEE P1363) rather than ASN.1 DER, so that every advertisement has the
+/// same size. The daemon
+/// implements it over its `key.pem`; tests and the simulator over keys from
+/// an in-memory PKI.
+pub trait AdvertSigner: Send {
+    /// Signs `message` (the bytes of [`tessera_secagg::advert_message`]).
+    fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError>;
+}
+
+/// The signer could not sign (a key that does not parse, a failing token).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("signing the advertisement failed: {0}")]
+pub struct SignError(pub String);
+
+/// Maps a certificate (DER) to the member name it proves, or `None`. The
+/// drivers pass `tessera_transport::pki::member_name_of`, the function
+/// admission uses on the TLS handshake.
+pub type MemberNameOf = fn(&[u8]) -> Option<String>;
+
+/// What a member needs to sign its own advertisement and check others'.
+pub struct MemberIdentity {
+    /// Signs with the member's certificate key.
+    pub signer: Box<dyn AdvertSigner>,
+    /// The member's own certificate (DER), sent with its advertisement.
+    pub certificate: Vec<u8>,
+    /// The consortium CA's certificate (DER): the one trust anchor.
+    pub ca: Vec<u8>,
+    /// Certificate to member name, as admission reads it.
+    pub name_of: MemberNameOf,
+    /// Seconds since the Unix epoch, for certificate validity. The daemon
+    /// passes the system clock; the protocol crate never reads a clock.
+    pub clock: Box<dyn Fn() -> u64 + Send>,
+}
+
+impl std::fmt::Debug for MemberIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberIdentity").field("certificate_bytes", &self.certificate.len()).finish_non_exhaustive()
+    }
+}
+
+/// Why one forwarded advertisement was refused. The refusal
+/// ([`crate::member::Refusal::Advertisement`]) names the party.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AdvertProblem {
+    /// The certificate does not parse or does not chain to the consortium CA
+    /// (another CA, expired, wrong key usage); the webpki error says which.
+    #[error("certificate is not issued by the consortium CA: {0}")]
+    UntrustedCertificate(String),
+    /// The certificate proves no usable member name.
+    #[error("certificate names no member")]
+    NoMemberName,
+    /// A valid certificate of another member than the cohort entry at that index.
+    #[error("certificate is {found:?}'s, but the cohort entry is {expected:?}")]
+    WrongMember {
+        /// The cohort entry at the party index.
+        expected: String,
+        /// The name the certificate proves.
+        found: String,
+    },
+    /// The signature does not verify under the certificate's key.
+    #[error("signature does not verify under the certificate's key")]
+    BadSignature,
+    /// The party index lies outside the cohort.
+    #[error("party index outside the cohort")]
+    UnknownParty,
+}
+
+impl MemberIdentity {
+    /// Signs this member's advertisement message.
+    pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        self.signer.sign(message)
+    }
+
+    /// Checks one forwarded advertisement of `party`, whose signed message is
+    /// `message` ([`tessera_secagg::advert_message`]), against the CA, the
+    /// cohort entry and the signature. The participant calls it for every
+    /// entry of `CohortKeys`; public for benchmarks and other drivers.
+    pub fn verify(
+        &self,
+        cohort: &[String],
+        party: PartyId,
+        message: &[u8],
+        advert: &Advertisement,
+    ) -> Result<(), AdvertProblem> {
+        let expected = cohort.get(party as usize).ok_or(AdvertProblem::UnknownParty)?;
+        let ca = CertificateDer::from(self.ca.as_slice());
+        let anchor = webpki::anchor_from_trusted_cert(&ca)
+            .map_err(|e| AdvertProblem::UntrustedCertificate(format!("consortium CA: {e}")))?;
+        let der = CertificateDer::from(advert.certificate.as_slice());
+        let cert =
+            webpki::EndEntityCert::try_from(&der).map_err(|e| AdvertProblem::UntrustedCertificate(e.to_string()))?;
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs((self.clock)()));
+        cert.verify_for_usage(
+            &[webpki::ring::ECDSA_P256_SHA256],
+            &[anchor],
+            &[],
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| AdvertProblem::UntrustedCertificate(e.to_string()))?;
+        let found = (self.name_of)(&advert.certificate).ok_or(AdvertProblem::NoMemberName)?;
+        if &found != expected {
+            return Err(AdvertProblem::WrongMember { expected: expected.clone(), found });
+        }
+        // The advertisement's signature is fixed-length r ‖ s (64 bytes), so
+        // every advertisement has one size and traffic counts stay exact; it
+        // is checked by AWS-LC under the certificate's (already validated)
+        // subject public key.
+        let spki = cert.subject_public_key_info();
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, spki.as_ref())
+            .verify(message, &advert.signature)
+            .map_err(|_| AdvertProblem::BadSignature)
+    }
+}
+
+/// An in-memory consortium PKI for this crate's tests (the crate may not
+/// depend on the transport, which owns the real one): a CA and member
+/// certificates with the same parameters `tessera_transport::pki` uses.
+#[cfg(test)]
+pub(crate) mod test_pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+
+    use super::{AdvertSigner, MemberIdentity, SignError};
+
+    /// Signs with an rcgen key pair's PKCS#8 key (ECDSA P-256, fixed `r ‖ s`).
+    pub(crate) struct KeySigner(pub(crate) KeyPair);
+
+    impl AdvertSigner for KeySigner {
+        fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+            use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+            let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &self.0.serialize_der())
+                .map_err(|e| SignError(e.to_string()))?;
+            let sig = key.sign(&aws_lc_rs::rand::SystemRandom::new(), message).map_err(|e| SignError(e.to_string()))?;
+            Ok(sig.as_ref().to_vec())
+        }
+    }
+
+    /// Common name, which must equal the DNS SAN (the transport's rule).
+    pub(crate) fn name_of(der: &[u8]) -> Option<String> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, x509) = X509Certificate::from_der(der).ok()?;
+        let cn = x509.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+        let san = x509.subject_alternative_name().ok()??.value.general_names.iter().find_map(|g| match g {
+            GeneralName::DNSName(s) => Some((*s).to_owned()),
+            _ => None,
+        });
+        (san.as_deref() == Some(cn.as_str())).then_some(cn)
+    }
+
+    pub(crate) fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    /// A CA and the certificates it issues.
+    pub(crate) struct TestPki {
+        key: KeyPair,
+        params: CertificateParams,
+        ca: Vec<u8>,
+    }
+
+    impl TestPki {
+        pub(crate) fn new(consortium: &str) -> Self {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, consortium);
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            let ca = params.self_signed(&key).unwrap().der().to_vec();
+            Self { key, params, ca }
+        }
+
+        /// A member certificate (DER) and its key.
+        pub(crate) fn issue(&self, name: &str) -> (Vec<u8>, KeyPair) {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.subject_alt_names = vec![SanType::DnsName(name.try_into().unwrap())];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.use_authority_key_identifier_extension = true;
+            // A fixed window (the transport issues for two years from now).
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2045, 1, 1);
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let cert = p.signed_by(&key, &Issuer::from_params(&self.params, &self.key)).unwrap();
+            (cert.der().to_vec(), key)
+        }
+
+        /// The CA certificate (DER).
+        pub(crate) fn ca(&self) -> Vec<u8> {
+            self.ca.clone()
+        }
+
+        /// A member identity trusting this CA.
+        pub(crate) fn identity(&self, name: &str) -> MemberIdentity {
+            let (certificate, key) = self.issue(name);
+            MemberIdentity {
+                signer: Box::new(KeySigner(key)),
+                certificate,
+                ca: self.ca(),
+                name_of,
+                clock: Box::new(now),
+            }
+        }
+    }
+}
