@@ -89,7 +89,7 @@ pub(super) fn honest_round(round: u8, upto: u8) -> Vec<ToMember> {
             round,
             cohort: 2,
             party: 1,
-            threshold: 2,
+            threshold: 3,
             bits: 32,
             clip: 1.0,
             neighbours: None,

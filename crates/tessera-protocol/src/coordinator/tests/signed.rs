@@ -14,7 +14,7 @@ fn settings() -> RoundSettings {
     RoundSettings {
         train: cfg(2, true).train,
         secagg: Some(SecAggSettings {
-            threshold: 2,
+            threshold: 3,
             modulus_bits: 32,
             clip_range: 1.0,
             neighbours: None,
