@@ -6,8 +6,19 @@
 //! [`initial_params`] (the run's starting model) and [`coordinator_config`]
 //! (what a config means to the coordinator) are the daemon's own
 //! derivations, shared so the simulator and the fuzz targets cannot drift
-//! from it. Revocation is a plain file, [`REVOKED_FILE`], read by
-//! [`read_revoked`] at every connection.
+//! from it.
+//!
+//! Revocation is a plain file, [`REVOKED_FILE`] in the PKI directory (see
+//! [`RevocationList`] for its format). Admission re-reads it at every
+//! connection, so a revoked certificate or name cannot get in even between
+//! two polls. A watcher task polls it every [`REVOCATION_POLL`] (250 ms):
+//! a change is handed to the driver, which closes the live connections it
+//! now refuses with [`tessera_transport::close_code::REVOKED`] and a reason
+//! naming the entry, and is recorded (audited) in the state database. Why
+//! polling rather than inotify: it works the same whether the operator
+//! runs `pki revoke`, edits the file, or configuration management replaces
+//! it (new inode), on any file system; and a 250 ms read of a tiny file is
+//! free. Revocation takes effect within about 250 ms plus one round trip.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,13 +28,17 @@ use rand::RngCore;
 use tessera_core::ModelSection;
 use tessera_core::{ModelParams, RunId};
 use tessera_privacy::GaussianSpend;
+use tessera_transport::pki::CertFingerprint;
 use tessera_transport::{Admission, Listener, QuicListenerConfig, Refusal};
+use tokio::sync::watch;
 
 use crate::config::AggregatorConfig;
 use crate::driver::{DriverOptions, RunEnd, serve};
 use crate::http::SharedStatus;
 use crate::observer::{DaemonObserver, SharedStore, lock, lock_status, point};
 use crate::report::{RunDir, Summary};
+pub use crate::revocation::REVOKED_FILE;
+use crate::revocation::{RevocationError, RevocationList};
 use crate::status::{MemberStatus, RunState, StatusSnapshot};
 use crate::store::{StateStore, now_ms};
 use tessera_protocol::ServerOptimizer;
@@ -44,14 +59,9 @@ pub enum DaemonError {
     /// The run directory could not be written.
     #[error("run directory: {0}")]
     Report(#[from] crate::report::ReportError),
-    /// The revocation list exists but could not be read.
-    #[error("revocation list {path}: {source}")]
-    Revocations {
-        /// `<pki_dir>/revoked.txt`.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The revocation list exists but could not be read or parsed.
+    #[error(transparent)]
+    Revocations(#[from] RevocationError),
     /// The coordinator refused the settings the config implies.
     #[error("run configuration: {0}")]
     Config(#[from] tessera_protocol::coordinator::ConfigError),
@@ -79,8 +89,9 @@ pub fn initial_params(model: &ModelSection) -> Result<ModelParams, DaemonError> 
     })
 }
 
-/// Name of the revocation list inside the PKI directory: one member per line.
-pub const REVOKED_FILE: &str = "revoked.txt";
+/// How often the daemon re-reads the revocation list for changes that
+/// must reach live connections.
+pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
 
 /// Members admitted by the config's member list minus the revocation list,
 /// re-read at every connection so `pki revoke` takes effect immediately.
@@ -93,24 +104,15 @@ impl ConsortiumAdmission {
     fn new(members: Vec<String>, pki_dir: &Path) -> Self {
         Self { members, revoked_path: pki_dir.join(REVOKED_FILE) }
     }
-}
 
-/// Read the revocation list; a missing file means nobody is revoked.
-pub fn read_revoked(path: &Path) -> Result<Vec<String>, std::io::Error> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
-impl Admission for ConsortiumAdmission {
-    fn admit(&self, member: &str) -> Result<(), Refusal> {
-        // Fail closed: an unreadable revocation list admits nobody.
-        let revoked =
-            read_revoked(&self.revoked_path).map_err(|_| Refusal::Other("revocation list unreadable".into()))?;
-        if revoked.iter().any(|r| r == member) {
-            tracing::warn!(member, "refused: certificate revoked");
+    fn judge(&self, member: &str, certificate: Option<&CertFingerprint>) -> Result<(), Refusal> {
+        // Fail closed: an unreadable or malformed revocation list admits nobody.
+        let revoked = RevocationList::read(&self.revoked_path).map_err(|e| {
+            tracing::error!(member, error = %e, "refused: the revocation list cannot be read");
+            Refusal::Other("revocation list unreadable".into())
+        })?;
+        if let Some(by) = revoked.refuses(member, certificate) {
+            tracing::warn!(member, reason = %by, "refused");
             return Err(Refusal::Revoked);
         }
         if !self.members.iter().any(|m| m == member) {
@@ -118,6 +120,16 @@ impl Admission for ConsortiumAdmission {
             return Err(Refusal::NotMember);
         }
         Ok(())
+    }
+}
+
+impl Admission for ConsortiumAdmission {
+    fn admit(&self, member: &str) -> Result<(), Refusal> {
+        self.judge(member, None)
+    }
+
+    fn admit_certificate(&self, member: &str, fingerprint: &CertFingerprint) -> Result<(), Refusal> {
+        self.judge(member, Some(fingerprint))
     }
 }
 
@@ -178,9 +190,9 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
     };
     let interrupted = store.interrupt_open_rounds(now)?;
     let resume = resume_point(&cfg, &store, initial)?;
-    let revoked = read_revoked(&cfg.server.pki_dir.join(REVOKED_FILE))
-        .map_err(|source| DaemonError::Revocations { path: cfg.server.pki_dir.join(REVOKED_FILE), source })?;
-    store.sync_revocations(&revoked, now)?;
+    let revoked_path = cfg.server.pki_dir.join(REVOKED_FILE);
+    let revoked = RevocationList::read(&revoked_path)?;
+    record_revocations(&mut store, &revoked, now)?;
     store.record_start(resume.completed, resume.next_round, now)?;
     let records = store.completed_records()?;
     tracing::info!(
@@ -207,7 +219,8 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         central_noise_key(),
     )?;
 
-    let status: SharedStatus = Arc::new(RwLock::new(initial_status(&cfg, &store, &coordinator, run_id, &records)?));
+    let status: SharedStatus =
+        Arc::new(RwLock::new(initial_status(&cfg, &store, &coordinator, run_id, &records, &revoked)?));
     let store: SharedStore = Arc::new(Mutex::new(store));
     let server = match cfg.status.listen {
         Some(addr) => {
@@ -218,7 +231,16 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         }
         None => None,
     };
-    let heartbeat = tokio::spawn(heartbeat(store.clone(), status.clone(), cfg.server.pki_dir.join(REVOKED_FILE)));
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), status.clone()));
+    let (revocations_tx, revocations) = watch::channel(Arc::new(revoked.clone()));
+    let watcher = tokio::spawn(watch_revocations(
+        revoked_path,
+        cfg.server.pki_dir.clone(),
+        revoked,
+        store.clone(),
+        status.clone(),
+        revocations_tx,
+    ));
     let run_dir = RunDir::resume(&cfg.server.run_dir, &records)?;
     let mut observer =
         DaemonObserver::new(store.clone(), run_dir, status.clone(), cfg.state.keep_checkpoints, resume.completed);
@@ -232,9 +254,11 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         drop(listener);
         (coordinator, RunEnd { reason, completed_rounds: resume.completed })
     } else {
-        serve(listener, coordinator, &mut observer, DriverOptions::default()).await
+        let opts = DriverOptions { revocations: Some(revocations), ..DriverOptions::default() };
+        serve(listener, coordinator, &mut observer, opts).await
     };
     heartbeat.abort();
+    watcher.abort();
 
     let digest = coordinator.global().digest_hex();
     let finished = coordinator.is_finished() || already_done;
@@ -340,14 +364,17 @@ fn initial_status(
     coordinator: &Coordinator,
     run_id: RunId,
     records: &[tessera_core::RoundRecord],
+    revoked: &RevocationList,
 ) -> Result<StatusSnapshot, DaemonError> {
-    let revoked: Vec<String> =
-        store.members()?.into_iter().filter(|m| m.revoked_ms.is_some()).map(|m| m.name).collect();
     let members = cfg
         .server
         .members
         .iter()
-        .map(|m| MemberStatus { name: m.clone(), online: false, revoked: revoked.contains(m) })
+        .map(|m| MemberStatus {
+            name: m.clone(),
+            online: false,
+            revoked: member_revoked(revoked, &cfg.server.pki_dir, m),
+        })
         .collect();
     let aborted = store.rounds()?.iter().filter(|r| r.status == "aborted" || r.status == "interrupted").count();
     let privacy = coordinator.privacy_status();
@@ -370,41 +397,106 @@ fn initial_status(
     })
 }
 
-/// Every two seconds: record revocations from the operator's list (audited
-/// on change) and refresh the stored status row, so `status` can tell a
-/// live daemon from a dead one.
-async fn heartbeat(store: SharedStore, status: SharedStatus, revoked_path: PathBuf) {
+/// Whether the status should show `member` as revoked: its name is, or the
+/// certificate the PKI directory holds for it (its current one, as far as
+/// the operator's files say) is.
+fn member_revoked(list: &RevocationList, pki_dir: &Path, member: &str) -> bool {
+    let current = CertFingerprint::of_pem_file(&tessera_transport::pki::member_files(pki_dir, member).cert).ok();
+    list.refuses(member, current.as_ref()).is_some()
+}
+
+/// Record the list in the state database: names in `members`, certificates
+/// in `revoked_certificates`; every change is audited.
+fn record_revocations(store: &mut StateStore, list: &RevocationList, now: i64) -> Result<(), crate::store::StoreError> {
+    let names: Vec<String> = list.names().map(String::from).collect();
+    let (new, back) = store.sync_revocations(&names, now)?;
+    for m in new {
+        tracing::warn!(member = %m, "revocation of the member name recorded (audited)");
+    }
+    for m in back {
+        tracing::warn!(member = %m, "member name reinstated (audited)");
+    }
+    let certs: Vec<(String, Option<String>)> =
+        list.certificates().map(|(fp, m)| (fp.to_string(), m.map(String::from))).collect();
+    let (new, back) = store.sync_revoked_certificates(&certs, now)?;
+    for fp in new {
+        tracing::warn!(certificate = %fp, "revocation of a certificate recorded (audited)");
+    }
+    for fp in back {
+        tracing::warn!(certificate = %fp, "certificate reinstated (audited)");
+    }
+    Ok(())
+}
+
+/// Every [`REVOCATION_POLL`]: re-read the revocation list; on a change,
+/// hand it to the driver (which closes the live connections it refuses),
+/// update the status and record it in the database (audited). An
+/// unreadable or malformed list leaves live connections alone (admission
+/// refuses every new one meanwhile) and is logged once per failure spell.
+async fn watch_revocations(
+    path: PathBuf,
+    pki_dir: PathBuf,
+    mut current: RevocationList,
+    store: SharedStore,
+    status: SharedStatus,
+    tx: watch::Sender<Arc<RevocationList>>,
+) {
+    let mut tick = tokio::time::interval(REVOCATION_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let list = match RevocationList::read(&path) {
+            Ok(list) => list,
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "revocation list unreadable: every new connection is refused until it is fixed");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(path = %path.display(), "revocation list readable again");
+            failing = false;
+        }
+        if list == current {
+            continue;
+        }
+        tracing::warn!(
+            names = list.names().count(),
+            certificates = list.certificates().count(),
+            "revocation list changed; closing the live connections it refuses"
+        );
+        let _ = tx.send(Arc::new(list.clone()));
+        let now = now_ms();
+        {
+            let mut s = lock_status(&status);
+            for m in &mut s.members {
+                m.revoked = member_revoked(&list, &pki_dir, &m.name);
+            }
+            s.updated_ms = now;
+        }
+        if let Err(e) = record_revocations(&mut lock(&store), &list, now) {
+            tracing::warn!(error = %e, "could not record the revocations in the state database");
+        }
+        current = list;
+    }
+}
+
+/// Every two seconds: refresh the stored status row, so `status` can tell
+/// a live daemon from a dead one.
+async fn heartbeat(store: SharedStore, status: SharedStatus) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
         let now = now_ms();
-        let revoked = read_revoked(&revoked_path);
         let json = {
             let mut s = lock_status(&status);
-            if let Ok(revoked) = &revoked {
-                for m in &mut s.members {
-                    m.revoked = revoked.contains(&m.name);
-                }
-            }
             s.updated_ms = now;
             serde_json::to_string(&*s).unwrap_or_default()
         };
-        let mut db = lock(&store);
-        match revoked {
-            Ok(list) => match db.sync_revocations(&list, now) {
-                Ok((new, back)) => {
-                    for m in new {
-                        tracing::warn!(member = %m, "revocation recorded: refused at its next connection");
-                    }
-                    for m in back {
-                        tracing::warn!(member = %m, "member reinstated (removed from the revocation list)");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not record revocations"),
-            },
-            Err(e) => tracing::warn!(error = %e, "revocation list unreadable (every connection is refused)"),
-        }
-        if let Err(e) = db.write_status(&json, now) {
+        if let Err(e) = lock(&store).write_status(&json, now) {
             tracing::warn!(error = %e, "could not write the status row");
         }
     }

@@ -3,6 +3,12 @@
 //! reader task (frames in → decoded messages) and a writer task (outputs →
 //! frames out, models streamed lazily chunk by chunk). The same driver runs
 //! over QUIC in the daemon and over the in-memory network in the simulator.
+//!
+//! Revocation reaches live connections here: when the daemon's list changes
+//! ([`DriverOptions::revocations`]), every connection whose member name or
+//! certificate it now refuses is closed at once with
+//! [`close_code::REVOKED`], and the coordinator hears of it as a
+//! disconnect. The coordinator itself never reads the list.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +18,14 @@ use tessera_core::{
     AggregatorMsg, ClientMsg, HEADER_LEN, Limits, RoundRecord, encode_frame, frame_len, model_messages,
 };
 use tessera_privacy::GaussianSpend;
+use tessera_transport::pki::CertFingerprint;
 use tessera_transport::{FrameReceiver, FrameSender, Listener, close_code};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use tessera_protocol::coordinator::{Coordinator, Event, Handled, Output, RoundOutcome};
 
+use crate::revocation::RevocationList;
 use crate::store::StoreError;
 
 /// Commands for one connection's writer task.
@@ -27,11 +35,17 @@ enum WriterCmd {
     Close(String),
 }
 
+/// Closes a connection ahead of anything queued for its writer (a model
+/// half-streamed included): the close code and reason.
+type Kill = oneshot::Sender<(u32, String)>;
+
 enum CoreEvent {
     Connected {
         member: String,
         conn: u64,
+        certificate: Option<CertFingerprint>,
         writer: mpsc::UnboundedSender<WriterCmd>,
+        kill: Kill,
     },
     /// The reader waits for `ack` to be dropped before it reads the next
     /// frame: a message the coordinator cannot take yet (all masked-stream
@@ -102,11 +116,17 @@ pub struct DriverOptions {
     pub limits: Limits,
     /// Time allowed after the run finished for final messages to flush.
     pub linger: Duration,
+    /// The operator's revocation list, as the daemon last read it. Each
+    /// change closes the live connections it now refuses, within the time
+    /// the driver takes to notice (immediately); a connection admitted just
+    /// before a change is checked against it when the driver takes it on.
+    /// `None` (the simulator): nothing is ever revoked.
+    pub revocations: Option<watch::Receiver<Arc<RevocationList>>>,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        Self { limits: Limits::default(), linger: Duration::from_millis(200) }
+        Self { limits: Limits::default(), linger: Duration::from_millis(200), revocations: None }
     }
 }
 
@@ -131,6 +151,7 @@ pub async fn serve(
     opts: DriverOptions,
 ) -> (Coordinator, RunEnd) {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<CoreEvent>();
+    let mut revocations = opts.revocations.clone();
     let mut d = Driver {
         start: Instant::now(),
         coordinator,
@@ -139,6 +160,7 @@ pub async fn serve(
         traffic: Traffic::default(),
         deferred: Vec::new(),
         limits: opts.limits,
+        revoked: revocations.as_mut().map(|r| r.borrow_and_update().clone()).unwrap_or_default(),
     };
     let mut next_conn = 0u64;
     let mut accepting = true;
@@ -161,10 +183,14 @@ pub async fn serve(
                 Some((peer, conn)) => {
                     next_conn += 1;
                     let (tx, rx) = conn.split();
-                    spawn_connection(peer.member, next_conn, tx, rx, events_tx.clone(), opts.limits);
+                    spawn_connection(peer, next_conn, tx, rx, events_tx.clone(), opts.limits);
                 }
                 None => accepting = false,
             },
+            Some(list) = revocation_changed(&mut revocations) => {
+                d.revoked = list;
+                d.enforce_revocations();
+            }
             Some(ev) = events_rx.recv() => d.on_event(ev),
             _ = sleep_until(deadline) => d.coordinator.tick(d.now_ms()),
         }
@@ -183,6 +209,8 @@ struct Driver<'a> {
     /// Messages the coordinator could not take yet, in arrival order.
     deferred: Vec<(String, u64, ClientMsg, oneshot::Sender<()>)>,
     limits: Limits,
+    /// The revocation list in force.
+    revoked: Arc<RevocationList>,
 }
 
 impl Driver<'_> {
@@ -269,8 +297,14 @@ impl Driver<'_> {
 
     fn on_event(&mut self, ev: CoreEvent) {
         match ev {
-            CoreEvent::Connected { member, conn, writer } => {
-                self.connections.open(member.clone(), conn, writer);
+            CoreEvent::Connected { member, conn, certificate, writer, kill } => {
+                // Admitted before the latest change of the list reached us?
+                if let Some(by) = self.revoked.refuses(&member, certificate.as_ref()) {
+                    tracing::warn!(member, reason = %by, "closing a connection admitted just before its revocation");
+                    let _ = kill.send((close_code::REVOKED, by.to_string()));
+                    return;
+                }
+                self.connections.open(member.clone(), Live { conn, certificate, writer, kill: Some(kill) });
                 tracing::info!(member, "member connected");
                 self.coordinator.member_connected(self.now_ms(), &member);
             }
@@ -296,6 +330,20 @@ impl Driver<'_> {
         }
     }
 
+    /// Close every live connection the revocation list now refuses. The
+    /// coordinator hears of each as a disconnect here and now, not when the
+    /// reader notices the close: the reader may be held back on a deferred
+    /// message, and the member must stop counting at once. Its messages
+    /// still queued are dropped (the connection is no longer current).
+    fn enforce_revocations(&mut self) {
+        let now = self.now_ms();
+        for (member, by) in self.connections.refused_by(&self.revoked) {
+            tracing::warn!(member, reason = %by, "revoked: closing the member's live connection");
+            self.connections.kill(&member, close_code::REVOKED, by.to_string());
+            self.coordinator.member_disconnected(now, &member);
+        }
+    }
+
     /// Retry held-back messages in arrival order; a slot may have freed.
     fn retry_deferred(&mut self) {
         for (member, conn, msg, ack) in std::mem::take(&mut self.deferred) {
@@ -309,16 +357,42 @@ impl Driver<'_> {
     }
 }
 
-/// Each member's live connection (its id and writer). A newer connection of
-/// the same member replaces the older one, whose late messages and close
-/// are then ignored.
+/// One member's live connection.
+struct Live {
+    conn: u64,
+    /// The certificate it was admitted with (QUIC only).
+    certificate: Option<CertFingerprint>,
+    writer: mpsc::UnboundedSender<WriterCmd>,
+    kill: Option<Kill>,
+}
+
+/// Each member's live connection (its id, certificate and writer). A newer
+/// connection of the same member replaces the older one, whose late
+/// messages and close are then ignored.
 #[derive(Default)]
-struct Connections(BTreeMap<String, (u64, mpsc::UnboundedSender<WriterCmd>)>);
+struct Connections(BTreeMap<String, Live>);
 
 impl Connections {
-    fn open(&mut self, member: String, conn: u64, writer: mpsc::UnboundedSender<WriterCmd>) {
-        if let Some((_, old)) = self.0.insert(member, (conn, writer)) {
-            let _ = old.send(WriterCmd::Close("replaced by a newer connection".into()));
+    fn open(&mut self, member: String, live: Live) {
+        if let Some(old) = self.0.insert(member, live) {
+            let _ = old.writer.send(WriterCmd::Close("replaced by a newer connection".into()));
+        }
+    }
+
+    /// The members whose live connection `list` refuses, and why.
+    fn refused_by(&self, list: &RevocationList) -> Vec<(String, crate::revocation::RevokedBy)> {
+        self.0
+            .iter()
+            .filter_map(|(m, live)| list.refuses(m, live.certificate.as_ref()).map(|by| (m.clone(), by)))
+            .collect()
+    }
+
+    /// Close `member`'s connection now, ahead of its queued output, and forget it.
+    fn kill(&mut self, member: &str, code: u32, reason: String) {
+        if let Some(mut live) = self.0.remove(member)
+            && let Some(kill) = live.kill.take()
+        {
+            let _ = kill.send((code, reason));
         }
     }
 
@@ -327,7 +401,7 @@ impl Connections {
     }
 
     fn is_current(&self, member: &str, conn: u64) -> bool {
-        self.0.get(member).is_some_and(|(c, _)| *c == conn)
+        self.0.get(member).is_some_and(|l| l.conn == conn)
     }
 
     /// Forget `member`'s connection if `conn` is its current one.
@@ -340,8 +414,8 @@ impl Connections {
     }
 
     fn send(&self, to: &str, cmd: WriterCmd) {
-        if let Some((_, w)) = self.0.get(to) {
-            let _ = w.send(cmd);
+        if let Some(l) = self.0.get(to) {
+            let _ = l.writer.send(cmd);
         }
     }
 }
@@ -394,6 +468,29 @@ fn finished(coordinator: Coordinator, reason: String) -> (Coordinator, RunEnd) {
     (coordinator, RunEnd { reason, completed_rounds })
 }
 
+/// The next version of the revocation list; never ready without a list
+/// (or once the daemon's watcher is gone).
+async fn revocation_changed(rx: &mut Option<watch::Receiver<Arc<RevocationList>>>) -> Option<Arc<RevocationList>> {
+    if let Some(r) = rx
+        && r.changed().await.is_ok()
+    {
+        return Some(r.borrow_and_update().clone());
+    }
+    std::future::pending().await
+}
+
+/// The close a kill handle asks for; never ready once the driver has
+/// dropped the handle without using it (the connection then just ends).
+async fn kill_signal(kill: &mut Option<oneshot::Receiver<(u32, String)>>) -> (u32, String) {
+    if let Some(rx) = kill {
+        if let Ok(close) = rx.await {
+            return close;
+        }
+        *kill = None;
+    }
+    std::future::pending().await
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -402,38 +499,67 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn spawn_connection(
-    member: String,
+    peer: tessera_transport::Peer,
     conn: u64,
     mut tx: FrameSender,
     mut rx: FrameReceiver,
     events: mpsc::UnboundedSender<CoreEvent>,
     limits: Limits,
 ) {
+    let member = peer.member;
     let (wtx, mut wrx) = mpsc::unbounded_channel::<WriterCmd>();
-    let _ = events.send(CoreEvent::Connected { member: member.clone(), conn, writer: wtx });
+    let (kill, killed) = oneshot::channel::<(u32, String)>();
+    let _ = events.send(CoreEvent::Connected {
+        member: member.clone(),
+        conn,
+        certificate: peer.certificate,
+        writer: wtx,
+        kill,
+    });
     // Writer: encodes lazily so a model is never materialised per member.
+    // A kill wins over whatever it is doing: a send abandoned mid-frame is
+    // fine, since the connection closes with it.
     tokio::spawn(async move {
-        while let Some(cmd) = wrx.recv().await {
-            let result = match cmd {
-                WriterCmd::Msg(msg) => write(&mut tx, &msg, &limits).await,
-                WriterCmd::Model(round, purpose, model) => {
-                    let mut res = Ok(());
-                    for msg in model_messages(round, purpose, &model, limits.chunk_values) {
-                        res = write(&mut tx, &msg, &limits).await;
-                        if res.is_err() {
-                            break;
-                        }
-                    }
-                    res
-                }
-                WriterCmd::Close(reason) => {
-                    tx.close(close_code::PROTOCOL, &reason);
+        let mut killed = Some(killed);
+        loop {
+            let cmd = tokio::select! {
+                biased;
+                k = kill_signal(&mut killed) => Err(k),
+                cmd = wrx.recv() => Ok(cmd),
+            };
+            let cmd = match cmd {
+                Ok(Some(cmd)) => cmd,
+                Ok(None) => break,
+                Err((code, reason)) => {
+                    tx.close(code, &reason);
                     break;
                 }
             };
-            if result.is_err() {
-                break;
+            let work = async {
+                match cmd {
+                    WriterCmd::Msg(msg) => write(&mut tx, &msg, &limits).await.map(|()| None),
+                    WriterCmd::Model(round, purpose, model) => {
+                        for msg in model_messages(round, purpose, &model, limits.chunk_values) {
+                            write(&mut tx, &msg, &limits).await?;
+                        }
+                        Ok(None)
+                    }
+                    WriterCmd::Close(reason) => Ok(Some((close_code::PROTOCOL, reason))),
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                k = kill_signal(&mut killed) => Some(k),
+                r = work => match r {
+                    Ok(None) => continue,
+                    Ok(Some(close)) => Some(close),
+                    Err(_) => None,
+                },
+            };
+            if let Some((code, reason)) = next {
+                tx.close(code, &reason);
             }
+            break;
         }
         let _ = tx.finish().await;
     });

@@ -18,6 +18,9 @@
 //!   [`AuditBreak`]) that crash recovery and the operator tools read;
 //! - [`RunDir`] is the run directory every run leaves (`metrics.jsonl`,
 //!   `summary.json`), daemon and simulator alike;
+//! - [`RevocationList`] is the operator's `revoked.txt` (member names and
+//!   certificate fingerprints), which the daemon watches and enforces on
+//!   live connections;
 //! - [`StatusSnapshot`] is what the status command, page and Prometheus
 //!   endpoint show;
 //! - [`export_safetensors`] writes the final model for PyTorch users.
@@ -38,6 +41,7 @@ mod export;
 mod http;
 mod observer;
 mod report;
+mod revocation;
 mod status;
 mod store;
 
@@ -48,5 +52,6 @@ pub use driver::{DriverOptions, RunEnd, RunObserver, serve};
 pub use export::{ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors};
 pub use observer::STALL_ENV;
 pub use report::{ReportError, RunDir, Summary, round_line};
+pub use revocation::{REVOKED_FILE, RevocationError, RevocationList, RevokedBy};
 pub use status::{MemberStatus, RoundPoint, RunState, StatusSnapshot};
 pub use store::{Checkpoint, LedgerRow, RoundRow, StateStore, StoreError, now_ms, utc};

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tessera_aggregator::{AggregatorConfig, StateStore, StatusSnapshot, daemon, export_safetensors, now_ms, utc};
+use tessera_aggregator::{
+    AggregatorConfig, REVOKED_FILE, RevocationList, StateStore, StatusSnapshot, daemon, export_safetensors, now_ms, utc,
+};
+use tessera_transport::pki::CertFingerprint;
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
 /// are allocated and freed continuously, and glibc trims and regrows its
@@ -89,20 +92,61 @@ enum PkiCommand {
         #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
         names: Vec<String>,
     },
-    /// Issue a member certificate and key.
+    /// Issue a member certificate and key; prints the certificate's fingerprint.
     Issue {
+        /// The PKI directory (`pki init`'s).
         #[arg(long)]
         dir: PathBuf,
+        /// The member's name, as in `[server] members`.
         #[arg(long)]
         name: String,
     },
-    /// Refuse a member at its next connection.
+    /// Print the SHA-256 fingerprint of certificates (the identity `revoke --fingerprint` takes).
+    Fingerprint {
+        /// PEM certificate files; the first certificate of each is fingerprinted.
+        #[arg(required = true)]
+        certs: Vec<PathBuf>,
+    },
+    /// Withdraw a certificate or a member: a running aggregator closes the
+    /// live connections it refuses within about 250 ms, and refuses them at
+    /// every later connection.
     Revoke {
+        /// The PKI directory; the list is `<dir>/revoked.txt`.
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        target: Target,
     },
+    /// Undo a revocation. Reinstating a name leaves the certificates revoked
+    /// with it revoked (a stolen key stays out after re-keying).
+    Reinstate {
+        /// The PKI directory; the list is `<dir>/revoked.txt`.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the member certificates in the PKI directory and the revocation list.
+    List {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// What `revoke` and `reinstate` act on: exactly one of the two.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// A member name: `revoke` refuses every certificate naming it (and also
+    /// revokes the fingerprint of `<dir>/<name>.pem`); `reinstate` lifts the
+    /// name only.
+    #[arg(long)]
+    name: Option<String>,
+    /// One certificate, by the SHA-256 fingerprint `pki fingerprint` prints
+    /// (64 hex digits; colons and a `sha256:` prefix are accepted).
+    #[arg(long)]
+    fingerprint: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -198,21 +242,144 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
         }
         PkiCommand::Issue { dir, name } => {
             let files = pki::issue(&dir, &name)?;
+            let fp = CertFingerprint::of_pem_file(&files.cert)?;
             println!("issued {name}: {} and {} (key mode 0600)", files.cert.display(), files.key.display());
+            println!("certificate fingerprint (sha256): {fp}");
             println!("give the member these two files and {}", dir.join(pki::CA_CERT).display());
         }
-        PkiCommand::Revoke { dir, name } => {
-            pki::validate_member_name(&name)?;
-            let path = dir.join(daemon::REVOKED_FILE);
-            let mut revoked = daemon::read_revoked(&path)?;
-            if revoked.contains(&name) {
-                println!("{name} was already revoked");
-                return Ok(());
+        PkiCommand::Fingerprint { certs } => {
+            for path in certs {
+                let fp = CertFingerprint::of_pem_file(&path)?;
+                println!("{fp}  {}", path.display());
             }
-            revoked.push(name.clone());
-            std::fs::write(&path, revoked.join("\n") + "\n")?;
-            println!("revoked {name}: refused at its next connection");
+        }
+        PkiCommand::Revoke { dir, target } => {
+            let path = dir.join(REVOKED_FILE);
+            let mut list = RevocationList::read(&path)?;
+            match target.resolve()? {
+                Resolved::Name(name) => {
+                    let cert = pki::member_files(&dir, &name).cert;
+                    let fp = match CertFingerprint::of_pem_file(&cert) {
+                        Ok(fp) => fp,
+                        Err(pki::PkiError::Missing(_)) => anyhow::bail!(
+                            "no certificate was issued to {name} in {} ({} is missing); to revoke a \
+                             certificate held elsewhere, use --fingerprint",
+                            dir.display(),
+                            cert.display()
+                        ),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let named = list.revoke_name(&name);
+                    let certified = list.revoke_certificate(fp, Some(name.clone()));
+                    if !named && !certified {
+                        println!("{name} and its certificate {fp} were already revoked");
+                        return Ok(());
+                    }
+                    list.write(&path)?;
+                    println!("revoked member {name} (every certificate naming it) and its certificate {fp}");
+                }
+                Resolved::Certificate(fp) => {
+                    let owner = issued_to(&dir, &fp);
+                    if !list.revoke_certificate(fp, owner.clone()) {
+                        println!("certificate {fp} was already revoked");
+                        return Ok(());
+                    }
+                    list.write(&path)?;
+                    match owner {
+                        Some(m) => println!("revoked certificate {fp} (issued to {m})"),
+                        None => println!("revoked certificate {fp} (not among the certificates in {})", dir.display()),
+                    }
+                }
+            }
+            println!(
+                "a running aggregator closes its live connections within a second; {} refuses it from now on",
+                path.display()
+            );
+        }
+        PkiCommand::Reinstate { dir, target } => {
+            let path = dir.join(REVOKED_FILE);
+            let mut list = RevocationList::read(&path)?;
+            match target.resolve()? {
+                Resolved::Name(name) => {
+                    if !list.reinstate_name(&name) {
+                        anyhow::bail!("{name} is not revoked by name (see `pki list`)");
+                    }
+                    list.write(&path)?;
+                    println!("reinstated member {name}");
+                    let still: Vec<String> = list
+                        .certificates()
+                        .filter(|(_, m)| *m == Some(name.as_str()))
+                        .map(|(fp, _)| fp.to_string())
+                        .collect();
+                    if !still.is_empty() {
+                        println!("still revoked, issued to {name}: {}", still.join(", "));
+                    }
+                }
+                Resolved::Certificate(fp) => {
+                    if !list.reinstate_certificate(&fp) {
+                        anyhow::bail!("certificate {fp} is not revoked (see `pki list`)");
+                    }
+                    list.write(&path)?;
+                    println!("reinstated certificate {fp}");
+                }
+            }
+        }
+        PkiCommand::List { dir } => {
+            let list = RevocationList::read(&dir.join(REVOKED_FILE))?;
+            println!("member certificates in {}:", dir.display());
+            for (name, fp) in member_certificates(&dir) {
+                let state = match list.refuses(&name, Some(&fp)) {
+                    Some(by) => by.to_string(),
+                    None => "admitted".into(),
+                };
+                println!("  {name:<24} {fp}  {state}");
+            }
+            println!("revoked names: {}", list.names().collect::<Vec<_>>().join(", "));
+            println!("revoked certificates:");
+            for (fp, m) in list.certificates() {
+                println!("  {fp}  {}", m.unwrap_or("(owner not recorded)"));
+            }
         }
     }
     Ok(())
+}
+
+/// A [`Target`] checked: a valid member name or a well-formed fingerprint.
+enum Resolved {
+    Name(String),
+    Certificate(CertFingerprint),
+}
+
+impl Target {
+    fn resolve(self) -> anyhow::Result<Resolved> {
+        match (self.name, self.fingerprint) {
+            (Some(name), None) => {
+                tessera_transport::pki::validate_member_name(&name)?;
+                Ok(Resolved::Name(name))
+            }
+            (None, Some(fp)) => Ok(Resolved::Certificate(fp.parse()?)),
+            _ => anyhow::bail!("give exactly one of --name and --fingerprint"),
+        }
+    }
+}
+
+/// The member certificates `pki issue` left in `dir` (`<name>.pem`, CA and
+/// aggregator excluded), with their fingerprints.
+fn member_certificates(dir: &std::path::Path) -> Vec<(String, CertFingerprint)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(String, CertFingerprint)> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?.strip_suffix(".pem")?.to_owned();
+            tessera_transport::pki::validate_member_name(&name).ok()?;
+            Some((name, CertFingerprint::of_pem_file(&path).ok()?))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The member a certificate in `dir` with this fingerprint was issued to.
+fn issued_to(dir: &std::path::Path, fp: &CertFingerprint) -> Option<String> {
+    member_certificates(dir).into_iter().find(|(_, f)| f == fp).map(|(n, _)| n)
 }

@@ -86,6 +86,20 @@ enum Stop {
     Fatal(ClientError),
 }
 
+impl Stop {
+    /// A live connection's failure. The aggregator closing it as an
+    /// admission refusal (revoked, no longer a member) is final: dialling
+    /// again would only be refused, so the member stops with that error
+    /// instead of retrying forever.
+    fn from_transport(e: TransportError) -> Self {
+        if matches!(e, TransportError::Refused { .. }) {
+            Stop::Fatal(ClientError::Transport(e))
+        } else {
+            Stop::Lost(e.to_string())
+        }
+    }
+}
+
 impl From<ClientError> for Stop {
     fn from(e: ClientError) -> Self {
         Stop::Fatal(e)
@@ -137,7 +151,7 @@ where
                         Err(e) => stop = Some(Stop::Lost(format!("undecodable frame from the aggregator: {e}"))),
                     },
                     Ok(None) => stop = Some(Stop::Lost("aggregator closed the connection".into())),
-                    Err(e) => stop = Some(Stop::Lost(e.to_string())),
+                    Err(e) => stop = Some(Stop::from_transport(e)),
                 },
                 Some(done) = work_rx.recv() => match done {
                     Work::Trained(round, r) => participant.training_done(round, r),
@@ -154,6 +168,7 @@ where
         }
         let reason = match stop {
             Some(Stop::Fatal(e)) => {
+                tracing::error!(member = participant.member(), error = %e, "stopping; not reconnecting");
                 let _ = tx.finish().await;
                 return Err(e);
             }
@@ -176,7 +191,7 @@ impl<M: LocalModel> Member<'_, M> {
                 Output::Send(msg) => {
                     let frame = encode_frame(&msg, &self.opts.limits).map_err(ClientError::from)?;
                     self.egress.record(msg.round(), msg.kind().as_str(), &frame).map_err(ClientError::from)?;
-                    tx.send(frame).await.map_err(|e| Stop::Lost(e.to_string()))?;
+                    tx.send(frame).await.map_err(Stop::from_transport)?;
                 }
                 Output::Train { round, model: params, mut settings, dp } => {
                     settings.seed = member_seed(settings.seed, participant.member());

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::RwLock;
 
 use crate::error::close_code;
+use crate::pki::CertFingerprint;
 
 /// Why a member was turned away; carried to the client as the close reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +47,15 @@ pub trait Admission: Send + Sync + 'static {
     /// `Ok` lets `member` in; a [`Refusal`] closes its connection with that
     /// code and reason. Runs on a blocking thread, so it may query a database.
     fn admit(&self, member: &str) -> Result<(), Refusal>;
+
+    /// Like [`Admission::admit`], also given the SHA-256 fingerprint of the
+    /// certificate presented, so that one certificate can be refused while
+    /// the same member's other (re-issued) certificates are let in. The
+    /// QUIC listener calls this; the default judges by name alone.
+    fn admit_certificate(&self, member: &str, fingerprint: &CertFingerprint) -> Result<(), Refusal> {
+        let _ = fingerprint;
+        self.admit(member)
+    }
 }
 
 impl<F> Admission for F

@@ -231,14 +231,14 @@ impl MemoryNetwork {
         let (up_window, down_window) = (Arc::new(Semaphore::new(WINDOW_BYTES)), Arc::new(Semaphore::new(WINDOW_BYTES)));
         let (agg_end, member_end) = LinkEnd::pair();
         let agg = Connection::new_memory(
-            Peer { member: member.to_owned() },
+            Peer::named(member),
             MemorySender { tx: Some(down_tx), window: down_window, end: agg_end.clone() },
             MemoryReceiver { rx: up_rx, end: agg_end.clone(), limits, failed: None },
             agg_end,
             limits,
         );
         let mine = Connection::new_memory(
-            Peer { member: Peer::AGGREGATOR.into() },
+            Peer::named(Peer::AGGREGATOR),
             MemorySender { tx: Some(up_tx), window: up_window, end: member_end.clone() },
             MemoryReceiver { rx: down_rx, end: member_end.clone(), limits, failed: None },
             member_end,

@@ -8,6 +8,11 @@
 //! Operators call [`init`] once per consortium and [`issue`] once per member;
 //! the transports read the files back with [`load_certs`] and [`load_key`].
 //! Member names pass [`validate_member_name`] wherever they enter.
+//!
+//! A certificate is named for revocation by its [`CertFingerprint`], the
+//! SHA-256 of its DER encoding: a name outlives re-keying, a fingerprint
+//! names exactly one key, so revoking a stolen certificate by fingerprint
+//! keeps it out after the member has been issued a new one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -90,6 +95,9 @@ pub enum PkiError {
     /// A peer's certificate proves no valid member name.
     #[error("certificate carries no usable member name: {0}")]
     NoIdentity(String),
+    /// A certificate fingerprint is not 64 hexadecimal digits.
+    #[error("invalid certificate fingerprint {0:?}: expected 64 hex digits (SHA-256), optionally `sha256:`-prefixed")]
+    InvalidFingerprint(String),
     /// Any other file-system error.
     #[error("{path}: {source}")]
     Io {
@@ -236,6 +244,69 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError>
         return Err(PkiError::NotPem { path: path.to_path_buf(), expected: "CERTIFICATE" });
     }
     Ok(certs)
+}
+
+/// The SHA-256 of a certificate's DER encoding: the identity revocation
+/// names. Shown as 64 lowercase hex digits (what `openssl x509 -fingerprint
+/// -sha256` prints, without the colons); parsed from that, upper or lower
+/// case, with or without colons and a `sha256:` prefix.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CertFingerprint([u8; 32]);
+
+impl CertFingerprint {
+    /// The fingerprint of a DER-encoded certificate.
+    pub fn of_der(der: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(Sha256::digest(der).into())
+    }
+
+    /// The fingerprint of the first (leaf) certificate in a PEM file.
+    pub fn of_pem_file(path: &Path) -> Result<Self, PkiError> {
+        let certs = load_certs(path)?;
+        Ok(Self::of_der(certs[0].as_ref()))
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The first 16 hex digits, for log lines and close reasons.
+    pub fn short(&self) -> String {
+        self.to_string()[..16].to_owned()
+    }
+}
+
+impl std::fmt::Display for CertFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for CertFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{self}")
+    }
+}
+
+impl std::str::FromStr for CertFingerprint {
+    type Err = PkiError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || PkiError::InvalidFingerprint(s.chars().take(120).collect());
+        let t = s.trim();
+        let t = t.strip_prefix("sha256:").or_else(|| t.strip_prefix("SHA256:")).unwrap_or(t);
+        let digits: Vec<u8> = t.bytes().filter(|b| *b != b':').collect();
+        if digits.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
+            let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *o = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+        }
+        Ok(Self(out))
+    }
 }
 
 /// Load the first private key (PKCS#8, SEC1 or PKCS#1) in a PEM file.

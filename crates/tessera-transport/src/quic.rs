@@ -318,7 +318,7 @@ async fn accept_loop(endpoint: Endpoint, settings: Arc<AcceptSettings>, tx: mpsc
 /// Handshake, identify, admit, set up the stream.
 async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<Connection, TransportError> {
     let conn = incoming.accept().map_err(from_quinn)?.await.map_err(from_quinn)?;
-    let member = match peer_member(&conn) {
+    let (member, fingerprint) = match peer_member(&conn) {
         Ok(m) => m,
         Err(e) => {
             conn.close(close_code::REFUSED.into(), b"unusable certificate identity");
@@ -328,7 +328,7 @@ async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<C
     // The caller may consult a database: keep it off the async workers.
     let admission = settings.admission.clone();
     let name = member.clone();
-    let verdict = tokio::task::spawn_blocking(move || admission.admit(&name))
+    let verdict = tokio::task::spawn_blocking(move || admission.admit_certificate(&name, &fingerprint))
         .await
         .unwrap_or_else(|_| Err(Refusal::Other("admission check failed".into())));
     if let Err(refusal) = verdict {
@@ -345,16 +345,19 @@ async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<C
     }
     send.write_all(&[ADMITTED]).await.map_err(write_err)?;
     info!(%member, remote = %conn.remote_address(), "member connected");
-    Ok(Connection::new_quic(Peer { member }, conn.clone(), send, recv, settings.limits))
+    let peer = Peer { member, certificate: Some(fingerprint) };
+    Ok(Connection::new_quic(peer, conn.clone(), send, recv, settings.limits))
 }
 
-fn peer_member(conn: &quinn::Connection) -> Result<String, TransportError> {
+/// The member name the client's leaf certificate proves, and that
+/// certificate's fingerprint.
+fn peer_member(conn: &quinn::Connection) -> Result<(String, pki::CertFingerprint), TransportError> {
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or_else(|| TransportError::Handshake("no client certificate".into()))?;
     let leaf = certs.first().ok_or_else(|| TransportError::Handshake("empty client certificate chain".into()))?;
-    Ok(pki::member_name(leaf)?)
+    Ok((pki::member_name(leaf)?, pki::CertFingerprint::of_der(leaf.as_ref())))
 }
 
 /// Member-side settings.
@@ -478,7 +481,7 @@ async fn connect_inner(cfg: &QuicDialConfig) -> Result<Connection, TransportErro
         return Err(TransportError::Lost("bad admission ack".into()));
     }
     debug!(server = %cfg.server, "connected to the aggregator");
-    Ok(Connection::new_quic(Peer { member: Peer::AGGREGATOR.into() }, conn, send, recv, cfg.limits))
+    Ok(Connection::new_quic(Peer::named(Peer::AGGREGATOR), conn, send, recv, cfg.limits))
 }
 
 pub(crate) async fn write_frame(send: &mut quinn::SendStream, frame: Vec<u8>) -> Result<(), TransportError> {

@@ -41,7 +41,9 @@ pub struct MemberStatus {
     pub name: String,
     /// Connected now.
     pub online: bool,
-    /// On the revocation list (refused at its next connection).
+    /// Its name, or the certificate `pki/<name>.pem` holds, is on the
+    /// revocation list (its live connection was closed; refused at every
+    /// connection).
     pub revoked: bool,
 }
 

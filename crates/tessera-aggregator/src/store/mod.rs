@@ -55,7 +55,8 @@ pub enum StoreError {
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE run (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     run_id TEXT NOT NULL,
@@ -133,7 +134,15 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
-"#];
+"#,
+    r#"
+CREATE TABLE revoked_certificates (
+    fingerprint TEXT PRIMARY KEY,
+    member TEXT,
+    revoked_ms INTEGER NOT NULL
+);
+"#,
+];
 
 /// What identifies a run across restarts.
 #[derive(Clone, Debug, PartialEq)]
@@ -402,6 +411,43 @@ impl StateStore {
             Ok(())
         })?;
         Ok((new, back))
+    }
+
+    /// Bring the recorded certificate revocations (lowercase hex SHA-256,
+    /// with the member each was issued to where known) in line with the
+    /// operator's list. Returns (newly revoked, reinstated) fingerprints;
+    /// each change is audited (`certificate_revoked`, `certificate_reinstated`).
+    pub(crate) fn sync_revoked_certificates(
+        &mut self,
+        revoked: &[(String, Option<String>)],
+        at_ms: i64,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let recorded: Vec<String> = {
+            let mut st = self.conn.prepare("SELECT fingerprint FROM revoked_certificates").map_err(|e| self.err(e))?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))?
+        };
+        let new: Vec<&(String, Option<String>)> = revoked.iter().filter(|(fp, _)| !recorded.contains(fp)).collect();
+        let back: Vec<String> = recorded.iter().filter(|r| !revoked.iter().any(|(fp, _)| fp == *r)).cloned().collect();
+        if new.is_empty() && back.is_empty() {
+            return Ok((vec![], back));
+        }
+        self.write(|tx| {
+            for (fp, member) in &new {
+                tx.execute(
+                    "INSERT INTO revoked_certificates (fingerprint, member, revoked_ms) VALUES (?1, ?2, ?3)",
+                    params![fp, member, at_ms],
+                )?;
+                let body = serde_json::json!({ "fingerprint": fp, "member": member });
+                append_audit(tx, at_ms, "certificate_revoked", &body)?;
+            }
+            for fp in &back {
+                tx.execute("DELETE FROM revoked_certificates WHERE fingerprint = ?1", [fp])?;
+                append_audit(tx, at_ms, "certificate_reinstated", &serde_json::json!({ "fingerprint": fp }))?;
+            }
+            Ok(())
+        })?;
+        Ok((new.into_iter().map(|(fp, _)| fp.clone()).collect(), back))
     }
 
     // ---- status ---------------------------------------------------------

@@ -158,13 +158,26 @@ fn config_changes_and_membership_are_audited() {
     assert_eq!(s.sync_revocations(&["b".into()], 6).unwrap(), (vec!["b".to_string()], vec![]));
     assert_eq!(s.sync_revocations(&["b".into()], 7).unwrap(), (vec![], vec![]));
     assert_eq!(s.sync_revocations(&[], 8).unwrap(), (vec![], vec!["b".to_string()]));
+    let fp = ("ab".repeat(32), Some("b".to_string()));
+    assert_eq!(s.sync_revoked_certificates(std::slice::from_ref(&fp), 9).unwrap(), (vec![fp.0.clone()], vec![]));
+    assert_eq!(s.sync_revoked_certificates(std::slice::from_ref(&fp), 10).unwrap(), (vec![], vec![]));
+    assert_eq!(s.sync_revoked_certificates(&[], 11).unwrap(), (vec![], vec![fp.0.clone()]));
     let kinds: Vec<String> = s.audit_entries().unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds,
-        ["run_created", "config_changed", "member_admitted", "member_admitted", "member_revoked", "member_reinstated"]
+        [
+            "run_created",
+            "config_changed",
+            "member_admitted",
+            "member_admitted",
+            "member_revoked",
+            "member_reinstated",
+            "certificate_revoked",
+            "certificate_reinstated"
+        ]
     );
     assert_eq!(s.members().unwrap()[1].last_seen_ms, Some(5));
-    assert_eq!(s.verify_audit().unwrap(), Ok(6));
+    assert_eq!(s.verify_audit().unwrap(), Ok(8));
 }
 
 #[test]

@@ -64,3 +64,29 @@ fn aggregator_names_are_configurable() {
     let opts = InitOptions { aggregator_names: vec!["not a host".into()], ..Default::default() };
     assert!(matches!(pki::init(bad.path(), &opts), Err(pki::PkiError::InvalidHostname(_))));
 }
+
+#[test]
+fn fingerprints_name_one_certificate_and_parse_as_operators_copy_them() {
+    let dir = tempfile::tempdir().unwrap();
+    pki::init(dir.path(), &InitOptions::default()).unwrap();
+    let files = pki::issue(dir.path(), "alice").unwrap();
+    let fp = pki::CertFingerprint::of_pem_file(&files.cert).unwrap();
+    let der = pki::load_certs(&files.cert).unwrap().remove(0);
+    assert_eq!(fp, pki::CertFingerprint::of_der(der.as_ref()));
+    let hex = fp.to_string();
+    assert_eq!(hex.len(), 64);
+    assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    // As printed here, with a prefix, or as openssl prints it (colons, upper case).
+    let openssl: Vec<String> = hex.as_bytes().chunks(2).map(|p| String::from_utf8_lossy(p).to_uppercase()).collect();
+    for form in [hex.clone(), format!("sha256:{hex}"), openssl.join(":"), format!("  {hex}\n")] {
+        assert_eq!(form.parse::<pki::CertFingerprint>().unwrap(), fp, "{form}");
+    }
+    for bad in ["", "abcd", &hex[..63], &format!("{hex}00"), &hex.replace(&hex[..1], "g")] {
+        assert!(matches!(bad.parse::<pki::CertFingerprint>(), Err(pki::PkiError::InvalidFingerprint(_))), "{bad:?}");
+    }
+    // Re-issuing the same name gives another key, hence another fingerprint.
+    std::fs::remove_file(&files.cert).unwrap();
+    std::fs::remove_file(&files.key).unwrap();
+    pki::issue(dir.path(), "alice").unwrap();
+    assert_ne!(pki::CertFingerprint::of_pem_file(&files.cert).unwrap(), fp);
+}

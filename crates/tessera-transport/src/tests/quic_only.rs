@@ -258,3 +258,48 @@ async fn throughput_quic_vs_tcp() {
     let tcp = total as f64 / t.elapsed().as_secs_f64() / 1e6;
     println!("QUIC {quic:.0} MB/s, TCP {tcp:.0} MB/s, ratio {:.2}", quic / tcp);
 }
+
+/// Admission by certificate: the listener hands `admit_certificate` the
+/// SHA-256 of the leaf the member presented, refuses that one certificate,
+/// and admits the same name presenting another (a re-keyed member); the
+/// admitted peer carries the fingerprint for later revocation.
+#[tokio::test]
+async fn one_certificate_is_refused_and_the_reissued_one_admitted() {
+    struct RefuseCertificate(pki::CertFingerprint);
+    impl Admission for RefuseCertificate {
+        fn admit(&self, _member: &str) -> Result<(), Refusal> {
+            panic!("the QUIC listener must judge the certificate, not only the name")
+        }
+        fn admit_certificate(&self, _member: &str, fp: &pki::CertFingerprint) -> Result<(), Refusal> {
+            if *fp == self.0 { Err(Refusal::Revoked) } else { Ok(()) }
+        }
+    }
+    let dir = consortium();
+    let files = pki::member_files(dir.path(), "alice");
+    let stolen = pki::CertFingerprint::of_pem_file(&files.cert).unwrap();
+    let old = tempfile::tempdir().unwrap();
+    for (from, to) in [(&files.cert, "alice.pem"), (&files.key, "alice.key")] {
+        std::fs::rename(from, old.path().join(to)).unwrap();
+    }
+    pki::issue(dir.path(), "alice").unwrap();
+    let reissued = pki::CertFingerprint::of_pem_file(&files.cert).unwrap();
+    assert_ne!(stolen, reissued);
+
+    let mut listener = listener_config(dir.path(), loopback()).listen(Arc::new(RefuseCertificate(stolen))).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut thief = QuicDialConfig::new(
+        format!("localhost:{}", addr.port()),
+        &dir.path().join(pki::CA_CERT),
+        &old.path().join("alice.pem"),
+        &old.path().join("alice.key"),
+    )
+    .unwrap();
+    thief.connect_timeout = Duration::from_secs(5);
+    match connect(&thief).await {
+        Err(TransportError::Refused { code, .. }) => assert_eq!(code, close_code::REVOKED),
+        other => panic!("the stolen certificate must be refused, got {:?}", other.map(|c| c.peer().clone())),
+    }
+    let _client = connect(&dial_config(dir.path(), "alice", addr)).await.unwrap();
+    let (peer, _server) = listener.accept().await.unwrap();
+    assert_eq!(peer, Peer { member: "alice".into(), certificate: Some(reissued) });
+}
