@@ -29,4 +29,4 @@ mod sgd;
 pub use backend::{ComputeBackend, DEFAULT_BACKEND};
 pub use dp::{DpNoise, DpRound, DpSgdConfig, PREPARE_GROUP, PerExampleGradients, dp_sgd};
 pub use local::{LocalError, LocalModel};
-pub use sgd::{PoissonSampler, fedprox_step, validate_train_settings};
+pub use sgd::{PoissonSampler, fedprox_step, fedprox_tensor_step, validate_train_settings};

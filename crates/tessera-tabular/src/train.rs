@@ -239,7 +239,8 @@ impl TabularTask {
     }
 }
 
-/// Plain SGD on the trainable slots, plus the FedProx pull `mu (w - anchor)`.
+/// The shared FedProx SGD step (`tessera_learn::fedprox_tensor_step`) on
+/// every trainable slot, on the device.
 pub(crate) fn apply_sgd(
     model: &mut TabularMlp,
     slots: &[(usize, Field)],
@@ -247,15 +248,12 @@ pub(crate) fn apply_sgd(
     s: &TrainSettings,
     anchor: Option<&[Tensor<2>]>,
 ) {
-    let lr = s.learning_rate as f32;
+    let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
     for (k, (&(l, f), g)) in slots.iter().zip(grads).enumerate() {
         let p = model.param_mut(l, f).expect("slot exists");
         let w = p.val().inner();
-        let mut step = g;
-        if let Some(a) = anchor {
-            step = step + (w.clone() - a[k].clone()).mul_scalar(s.proximal_mu as f32);
-        }
-        let updated = Tensor::from_inner(w - step.mul_scalar(lr)).require_grad();
+        let next = tessera_learn::fedprox_tensor_step(w, g, anchor.map(|a| a[k].clone()), lr, mu);
+        let updated = Tensor::from_inner(next).require_grad();
         *p = burn::module::Param::initialized(p.id, updated).set_require_grad(true);
     }
 }
