@@ -16,16 +16,15 @@ mod common;
 
 use std::path::Path;
 use std::process::Child;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tessera_aggregator::StateStore;
-use tessera_client::{ClientConfig, ClientExit, ClientOptions, EgressLedger, LocalModel};
+use tessera_client::{ClientConfig, ClientExit, LocalModel};
 use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings};
 use tessera_protocol::TrainedUpdate;
-use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -120,23 +119,7 @@ impl<M: LocalModel> LocalModel for HeldAtSecond<M> {
 /// `common::run_member`, with the member held at its second training.
 async fn run_held_member(cfg: ClientConfig, gate: Arc<SecondTraining>) -> anyhow::Result<ClientExit> {
     let model = HeldAtSecond { inner: tessera_client::tabular_model(&cfg)?, trained: 0, gate };
-    let mut dial =
-        QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
-    dial.server_name = cfg.aggregator.server_name.clone();
-    dial.connect_timeout = Duration::from_secs(2);
-    let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
-    let mut p = tessera_client::participant(&cfg)?;
-    let opts = ClientOptions {
-        backoff: BackoffPolicy {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(300),
-            multiplier: 2.0,
-            max_attempts: Some(600),
-        },
-        ..ClientOptions::default()
-    };
-    Ok(tessera_client::run(Dialer::Quic(Arc::new(dial)), &mut p, Arc::new(Mutex::new(model)), &mut egress, opts)
-        .await?)
+    run_member_with(&cfg, model).await
 }
 
 fn read(path: &Path) -> String {

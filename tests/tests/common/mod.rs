@@ -317,6 +317,15 @@ seeded_randomness = true
 /// through aggregator restarts.
 pub async fn run_member(cfg: ClientConfig, gates: Arc<Gates>) -> anyhow::Result<ClientExit> {
     let model = Held { inner: tessera_client::tabular_model(&cfg)?, gates };
+    run_member_with(&cfg, model).await
+}
+
+/// [`run_member`] with any local model (a test's wrapper that holds or
+/// counts training, for example).
+pub async fn run_member_with<M: tessera_client::LocalModel + 'static>(
+    cfg: &ClientConfig,
+    model: M,
+) -> anyhow::Result<ClientExit> {
     let mut dial =
         QuicDialConfig::new(&cfg.aggregator.address, &cfg.aggregator.ca, &cfg.aggregator.cert, &cfg.aggregator.key)?;
     dial.server_name = cfg.aggregator.server_name.clone();
@@ -326,7 +335,7 @@ pub async fn run_member(cfg: ClientConfig, gates: Arc<Gates>) -> anyhow::Result<
     dial.tuning.idle_timeout = Duration::from_secs(2);
     dial.tuning.keep_alive = Duration::from_millis(500);
     let mut egress = EgressLedger::open(&cfg.state.egress_ledger)?;
-    let mut p = tessera_client::participant(&cfg)?;
+    let mut p = tessera_client::participant(cfg)?;
     let opts = ClientOptions {
         backoff: BackoffPolicy {
             initial: Duration::from_millis(50),
