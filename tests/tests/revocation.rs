@@ -37,18 +37,6 @@ fn fingerprint(cert: &Path) -> String {
     fp
 }
 
-/// Wait for a child process to exit; returns whether it succeeded.
-fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> bool {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.success();
-        }
-        assert!(t0.elapsed() < timeout, "{what} did not exit within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A child process killed (and reaped) when the test ends, passing or not.
 struct Proc(Child);
 

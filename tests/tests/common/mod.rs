@@ -183,15 +183,21 @@ pub fn sigkill(mut child: Child) {
     child.wait().unwrap();
 }
 
-/// Wait for the child to exit on its own and return whether it succeeded.
+/// Wait for the aggregator to exit on its own and return whether it succeeded.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
+    wait_child(child, timeout, "the aggregator")
+}
+
+/// Wait for a child process (`what`, for the failure message) to exit on its
+/// own and return whether it succeeded.
+pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> bool {
     let t0 = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             return st.success();
         }
-        assert!(t0.elapsed() < timeout, "the aggregator did not finish within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(t0.elapsed() < timeout, "{what} did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
