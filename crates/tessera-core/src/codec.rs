@@ -20,7 +20,10 @@ pub use payload::Payload;
 /// change to the message enums. Version 2: signed advertisements
 /// (`ClientMsg::AdvertiseKeys` and `AggregatorMsg::CohortKeys` carry an
 /// [`Advertisement`](crate::Advertisement) with certificate and signature).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Version 3: the neighbour graph is drawn by commit and reveal
+/// (`GraphRoster`, `RevealGraphSeed`) and the survivor set is signed before
+/// any share is revealed (`SurvivorSet`, `SignSurvivors`).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Bytes of frame header: version byte plus u32 length.
 pub const HEADER_LEN: usize = 5;
@@ -247,6 +250,7 @@ mod tests {
         let advert = Advertisement {
             keys: PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] },
             seed_commitment: [3; 32],
+            graph_commitment: [6; 32],
             certificate: vec![4; 300],
             signature: vec![5; 72],
         };

@@ -498,7 +498,6 @@ fn members_refuse_unsafe_rounds() {
         modulus_bits: 32,
         clip_range: 1.0,
         neighbours: None,
-        graph_seed: [0; 32],
     });
     assert!(matches!(p.handle(start(2, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::BadCohort(_))));
     // A replayed (old) round is refused.

@@ -1,5 +1,6 @@
 //! The member's consortium identity inside the protocol: how it signs its
-//! key advertisement and how it checks everyone else's.
+//! key advertisement and the survivor set, and how it checks everyone
+//! else's.
 //!
 //! Without this a malicious aggregator could hand a member key pairs it made
 //! itself for every neighbour, open the member's share bundles and strip its
@@ -28,7 +29,8 @@ use tessera_core::{Advertisement, PartyId};
 /// implements it over its `key.pem`; tests and the simulator over keys from
 /// an in-memory PKI.
 pub trait AdvertSigner: Send {
-    /// Signs `message` (the bytes of [`tessera_secagg::advert_message`]).
+    /// Signs `message` (the bytes of [`tessera_secagg::advert_message`] or
+    /// [`tessera_secagg::survivor_message`]).
     fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError>;
 }
 
@@ -90,6 +92,21 @@ pub enum AdvertProblem {
     UnknownParty,
 }
 
+/// A neighbour's certificate key, usable once its advertisement checked out
+/// (chain, name, signature): later signatures of the round (on the survivor
+/// set) are checked under it without re-validating the certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedKey(Vec<u8>);
+
+impl VerifiedKey {
+    /// Whether `signature` (fixed-length `r ‖ s`) signs `message` under this key.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, &self.0)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
 impl MemberIdentity {
     /// Signs this member's advertisement message.
     pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError> {
@@ -98,15 +115,16 @@ impl MemberIdentity {
 
     /// Checks one forwarded advertisement of `party`, whose signed message is
     /// `message` ([`tessera_secagg::advert_message`]), against the CA, the
-    /// cohort entry and the signature. The participant calls it for every
-    /// entry of `CohortKeys`; public for benchmarks and other drivers.
+    /// cohort entry and the signature, and returns the certificate's key. The
+    /// participant calls it for every entry of `CohortKeys`; public for
+    /// benchmarks and other drivers.
     pub fn verify(
         &self,
         cohort: &[String],
         party: PartyId,
         message: &[u8],
         advert: &Advertisement,
-    ) -> Result<(), AdvertProblem> {
+    ) -> Result<VerifiedKey, AdvertProblem> {
         let expected = cohort.get(party as usize).ok_or(AdvertProblem::UnknownParty)?;
         let ca = CertificateDer::from(self.ca.as_slice());
         let anchor = webpki::anchor_from_trusted_cert(&ca)
@@ -133,10 +151,8 @@ impl MemberIdentity {
         // every advertisement has one size and traffic counts stay exact; it
         // is checked by AWS-LC under the certificate's (already validated)
         // subject public key.
-        let spki = cert.subject_public_key_info();
-        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, spki.as_ref())
-            .verify(message, &advert.signature)
-            .map_err(|_| AdvertProblem::BadSignature)
+        let key = VerifiedKey(cert.subject_public_key_info().as_ref().to_vec());
+        if key.verifies(message, &advert.signature) { Ok(key) } else { Err(AdvertProblem::BadSignature) }
     }
 }
 

@@ -60,7 +60,6 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
             modulus_bits: 32,
             clip_range: 1.0,
             neighbours: None,
-            graph_seed: [0; 32],
         }),
         dp: Some(DpSettings { min_contributors: 4, ..dp }),
     };
