@@ -13,7 +13,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tessera_core::{Advertisement, PublicKeys};
-use tessera_protocol::member::MemberIdentity;
+use tessera_protocol::member::{CertificateCache, MemberIdentity};
 use tessera_transport::pki::MemoryPki;
 
 const N: usize = 100;
@@ -69,14 +69,28 @@ fn signed(c: &mut Criterion) {
             })
         });
     }
+    // From the second round on a member has validated its neighbours'
+    // certificates (cached for an hour): only names and signatures remain.
+    let mut cache = CertificateCache::default();
+    g.bench_function(format!("n100/verify_cached_k{k}"), |b| {
+        b.iter(|| {
+            for (i, (message, advert, _)) in s.adverts[..k].iter().enumerate() {
+                s.me.verify_cached(&mut cache, &s.cohort, i as u32 + 1, message, advert).unwrap();
+            }
+        })
+    });
     g.finish();
 
     // The consistency check (issue #17): one signature on the survivor set,
     // and the neighbours' signatures checked under keys already verified.
     let survivors: Vec<u32> = (0..N as u32).filter(|p| p % 10 != 3).collect();
     let set = tessera_secagg::survivor_message(&[7u8; 32], &survivors);
-    let keys: Vec<_> =
-        s.adverts.iter().enumerate().map(|(i, (m, a, _))| s.me.verify(&s.cohort, i as u32 + 1, m, a).unwrap()).collect();
+    let keys: Vec<_> = s
+        .adverts
+        .iter()
+        .enumerate()
+        .map(|(i, (m, a, _))| s.me.verify(&s.cohort, i as u32 + 1, m, a).unwrap())
+        .collect();
     let sigs: Vec<Vec<u8>> = s.adverts.iter_mut().map(|(_, _, id)| id.sign(&set).unwrap()).collect();
     let mut g = c.benchmark_group("survivor_set");
     g.bench_function("n100/sign", |b| b.iter(|| s.me.sign(&set).unwrap()));

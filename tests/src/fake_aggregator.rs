@@ -107,12 +107,7 @@ pub fn secure_settings(threshold: u32) -> RoundSettings {
             seed: 5,
             example_weight_cap: 200,
         },
-        secagg: Some(SecAggSettings {
-            threshold,
-            modulus_bits: 32,
-            clip_range: 1.0,
-            neighbours: None,
-        }),
+        secagg: Some(SecAggSettings { threshold, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
     }
 }

@@ -447,4 +447,3 @@ impl std::fmt::Debug for ClientSession {
 pub fn default_mask_threads() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
-

@@ -210,8 +210,10 @@ fn server_rejects_malformed_traffic() {
     let mut all_shares = Vec::new();
     for (p, nb) in &neighbours {
         assert_eq!(nb.len(), 4, "SecAgg+ member sees only its neighbours");
-        let keys: Vec<_> =
-            nb.iter().map(|v| (*v, clients[*v as usize].public_keys(), clients[*v as usize].graph_commitment())).collect();
+        let keys: Vec<_> = nb
+            .iter()
+            .map(|v| (*v, clients[*v as usize].public_keys(), clients[*v as usize].graph_commitment()))
+            .collect();
         all_shares.push((*p, clients[*p as usize].on_cohort_keys(&keys, &all_reveals, &mut rng).unwrap()));
     }
     let (p0, shares0) = all_shares[0].clone();

@@ -492,7 +492,10 @@ impl RoundState {
             }
             Phase::Consistency => {
                 for (p, signatures) in s.close_consistency()? {
-                    out.push_back(Output::Send { to: name(p), msg: AggregatorMsg::UnmaskRequest { round, signatures } });
+                    out.push_back(Output::Send {
+                        to: name(p),
+                        msg: AggregatorMsg::UnmaskRequest { round, signatures },
+                    });
                 }
                 Ok(Phase::Unmask)
             }

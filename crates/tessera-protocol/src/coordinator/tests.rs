@@ -502,12 +502,7 @@ fn members_refuse_unsafe_rounds() {
     assert_eq!(p.handle(start(1, plain.clone(), vec!["m0", "m1"])), Err(participant::Refusal::PlaintextRefused));
     // A threshold below a strict majority is refused.
     let mut s = plain.clone();
-    s.secagg = Some(tessera_core::SecAggSettings {
-        threshold: 1,
-        modulus_bits: 32,
-        clip_range: 1.0,
-        neighbours: None,
-    });
+    s.secagg = Some(tessera_core::SecAggSettings { threshold: 1, modulus_bits: 32, clip_range: 1.0, neighbours: None });
     assert!(matches!(p.handle(start(2, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::BadCohort(_))));
     // A replayed (old) round is refused.
     assert!(matches!(p.handle(start(1, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::Replay { .. })));

@@ -27,7 +27,10 @@ mod secure;
 
 #[cfg(test)]
 pub(crate) use identity::test_pki;
-pub use identity::{AdvertProblem, AdvertSigner, MemberIdentity, MemberNameOf, SignError, VerifiedKey};
+pub use identity::{
+    AdvertProblem, AdvertSigner, CERTIFICATE_CACHE_SECS, CertificateCache, MemberIdentity, MemberNameOf, SignError,
+    VerifiedKey,
+};
 pub use output::{Event, Output};
 pub use refusal::{BudgetRefusal, CohortProblem, LocalFailure, PrivacyRefusal, Refusal, UpdateError};
 
@@ -150,6 +153,8 @@ pub struct Participant<R> {
     out: VecDeque<Output>,
     guard: Option<Box<dyn PrivacyGuard>>,
     identity: Option<MemberIdentity>,
+    /// Neighbours' certificates validated in earlier rounds.
+    certificates: CertificateCache,
 }
 
 impl<R: MemberRng> Participant<R> {
@@ -169,6 +174,7 @@ impl<R: MemberRng> Participant<R> {
             out: VecDeque::new(),
             guard: None,
             identity: None,
+            certificates: CertificateCache::default(),
         }
     }
 

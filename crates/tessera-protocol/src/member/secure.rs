@@ -48,7 +48,7 @@ impl<R: MemberRng> Participant<R> {
                 &advert.graph_commitment,
             );
             let key = identity
-                .verify(&r.cohort, *party, &message, advert)
+                .verify_cached(&mut self.certificates, &r.cohort, *party, &message, advert)
                 .map_err(|problem| Refusal::Advertisement { party: *party, problem })?;
             verified.insert(*party, key);
             keys.push((*party, advert.keys, advert.graph_commitment));

@@ -131,7 +131,11 @@ pub fn sign_survivors(
         clients[p as usize].as_mut().expect("survivor exists").on_survivor_set(&survivors).expect("set accepted");
         server.on_survivor_signature(p, vec![0xA5; 64]).expect("signature accepted");
     }
-    Ok(server.close_consistency()?.into_iter().map(|(p, sigs)| (p, sigs.into_iter().map(|(v, _)| v).collect())).collect())
+    Ok(server
+        .close_consistency()?
+        .into_iter()
+        .map(|(p, sigs)| (p, sigs.into_iter().map(|(v, _)| v).collect()))
+        .collect())
 }
 
 fn drive(

@@ -55,12 +55,7 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
     // Rebuild the plan the round used (threshold of a cohort of 5 is 4).
     let settings = RoundSettings {
         train: c_train(),
-        secagg: Some(SecAggSettings {
-            threshold: 4,
-            modulus_bits: 32,
-            clip_range: 1.0,
-            neighbours: None,
-        }),
+        secagg: Some(SecAggSettings { threshold: 4, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: Some(DpSettings { min_contributors: 4, ..dp }),
     };
     let plan = DistributedPlan::for_round(&settings, d as u64, 5).unwrap().unwrap();

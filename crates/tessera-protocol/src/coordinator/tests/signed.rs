@@ -13,12 +13,7 @@ const RUN: RunId = RunId([7; 16]);
 fn settings() -> RoundSettings {
     RoundSettings {
         train: cfg(2, true).train,
-        secagg: Some(SecAggSettings {
-            threshold: 3,
-            modulus_bits: 32,
-            clip_range: 1.0,
-            neighbours: None,
-        }),
+        secagg: Some(SecAggSettings { threshold: 3, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
     }
 }
