@@ -178,9 +178,10 @@ fn prg(c: &mut Criterion) {
     g.finish();
 }
 
-/// Masked keystream words a member generates: its self mask plus one per neighbour.
-fn member_masks(ctx: &RoundContext, me: PartyId) -> u64 {
-    ctx.graph().neighbours(me).len() as u64 + 1
+/// Masked keystream words a member generates: its self mask plus one per
+/// neighbour (every member has the same degree).
+fn member_masks(ctx: &RoundContext, _me: PartyId) -> u64 {
+    ctx.neighbourhood_size().min(ctx.cohort_size()) as u64
 }
 
 fn client(c: &mut Criterion) {
@@ -241,8 +242,9 @@ fn cache_budget() -> u64 {
 /// dropout's pairwise mask with each surviving neighbour.
 fn server_expansions(ctx: &RoundContext, dropped: &BTreeSet<PartyId>) -> usize {
     let survivors = ctx.cohort_size() as usize - dropped.len();
+    let graph = ctx.graph().expect("a drawn graph");
     let pairs: usize =
-        dropped.iter().map(|v| ctx.graph().neighbours(*v).iter().filter(|u| !dropped.contains(u)).count()).sum();
+        dropped.iter().map(|v| graph.neighbours(*v).iter().filter(|u| !dropped.contains(u)).count()).sum();
     survivors + pairs
 }
 
@@ -251,7 +253,7 @@ fn aggregator(c: &mut Criterion) {
     let mut g = c.benchmark_group("secagg/aggregator");
     g.sample_size(10).sampling_mode(SamplingMode::Flat).warm_up_time(Duration::from_secs(1));
     for p in aggregator_points(grid()) {
-        let (ctx, dropped) = p.round(3);
+        let (ctx, dropped) = p.round(17);
         let survivors = u64::from(p.n) - dropped.len() as u64;
         let mut cache = (survivors * p.d * 4 <= cache_budget()).then(MaskedCache::new);
         let spent = RefCell::new(Vec::<AggregatorTime>::new());

@@ -4,11 +4,16 @@
 //! signature; rustls-webpki over ring): 14 neighbours under SecAgg+
 //! (`default_plan(100)`), 99 under the complete graph.
 //!
+//! Also the rest of what issue #17's malicious-aggregator defences cost a
+//! member: signing the survivor set and checking the neighbours'
+//! signatures on it (`survivor_set`), and drawing the graph from every
+//! reveal (`graph_draw`, n = 100 and 1000).
+//!
 //! `cargo bench -p tessera-benches --bench signed`
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tessera_core::{Advertisement, PublicKeys};
-use tessera_protocol::member::MemberIdentity;
+use tessera_protocol::member::{CertificateCache, MemberIdentity};
 use tessera_transport::pki::MemoryPki;
 
 const N: usize = 100;
@@ -16,7 +21,7 @@ const N: usize = 100;
 struct Setup {
     cohort: Vec<String>,
     me: MemberIdentity,
-    adverts: Vec<(Vec<u8>, Advertisement)>,
+    adverts: Vec<(Vec<u8>, Advertisement, MemberIdentity)>,
 }
 
 fn setup() -> Setup {
@@ -33,12 +38,17 @@ fn setup() -> Setup {
             let mut id = identity(&cohort[p]);
             let keys = PublicKeys { cipher_pk: [p as u8; 32], mask_pk: [p as u8 ^ 0xff; 32] };
             let commitment = [3u8; 32];
-            let message = tessera_secagg::advert_message(&binding, p as u32, &keys, &commitment);
+            let graph_commitment = [4u8; 32];
+            let message = tessera_secagg::advert_message(&binding, p as u32, &keys, &commitment, &graph_commitment);
             let signature = id.sign(&message).unwrap();
-            (
-                message,
-                Advertisement { keys, seed_commitment: commitment, certificate: id.certificate.clone(), signature },
-            )
+            let advert = Advertisement {
+                keys,
+                seed_commitment: commitment,
+                graph_commitment,
+                certificate: id.certificate.clone(),
+                signature,
+            };
+            (message, advert, id)
         })
         .collect();
     Setup { cohort, me, adverts }
@@ -53,9 +63,65 @@ fn signed(c: &mut Criterion) {
     for (label, count) in [(format!("n100/verify_k{k}"), k), ("n100/verify_complete99".to_string(), N - 1)] {
         g.bench_function(&label, |b| {
             b.iter(|| {
-                for (i, (message, advert)) in s.adverts[..count].iter().enumerate() {
+                for (i, (message, advert, _)) in s.adverts[..count].iter().enumerate() {
                     s.me.verify(&s.cohort, i as u32 + 1, message, advert).unwrap();
                 }
+            })
+        });
+    }
+    // From the second round on a member has validated its neighbours'
+    // certificates (cached for an hour): only names and signatures remain.
+    let mut cache = CertificateCache::default();
+    g.bench_function(format!("n100/verify_cached_k{k}"), |b| {
+        b.iter(|| {
+            for (i, (message, advert, _)) in s.adverts[..k].iter().enumerate() {
+                s.me.verify_cached(&mut cache, &s.cohort, i as u32 + 1, message, advert).unwrap();
+            }
+        })
+    });
+    g.finish();
+
+    // The consistency check (issue #17): one signature on the survivor set,
+    // and the neighbours' signatures checked under keys already verified.
+    let survivors: Vec<u32> = (0..N as u32).filter(|p| p % 10 != 3).collect();
+    let set = tessera_secagg::survivor_message(&[7u8; 32], &survivors);
+    let keys: Vec<_> = s
+        .adverts
+        .iter()
+        .enumerate()
+        .map(|(i, (m, a, _))| s.me.verify(&s.cohort, i as u32 + 1, m, a).unwrap())
+        .collect();
+    let sigs: Vec<Vec<u8>> = s.adverts.iter_mut().map(|(_, _, id)| id.sign(&set).unwrap()).collect();
+    let mut g = c.benchmark_group("survivor_set");
+    g.bench_function("n100/sign", |b| b.iter(|| s.me.sign(&set).unwrap()));
+    g.bench_function(format!("n100/verify_k{k}"), |b| {
+        b.iter(|| {
+            for (key, sig) in keys.iter().zip(&sigs).take(k) {
+                assert!(key.verifies(&set, sig));
+            }
+        })
+    });
+    g.finish();
+
+    // The graph draw: a member checks every reveal against the roster and
+    // hashes them into the seed, then draws the graph.
+    let mut g = c.benchmark_group("graph_draw");
+    for n in [100u32, 1000] {
+        let binding = [9u8; 32];
+        let roster: Vec<(u32, [u8; 32], [u8; 32])> = (0..n)
+            .map(|p| {
+                let reveal = [(p % 251) as u8; 32];
+                (p, tessera_secagg::graph_commitment(&binding, p, &reveal), reveal)
+            })
+            .collect();
+        let k = tessera_secagg::default_neighbours(n);
+        g.bench_function(format!("n{n}/member"), |b| {
+            b.iter(|| {
+                for (p, c, r) in &roster {
+                    assert_eq!(tessera_secagg::graph_commitment(&binding, *p, r), *c);
+                }
+                let seed = tessera_secagg::graph_seed(&binding, &roster);
+                tessera_secagg::NeighbourGraph::new(n, Some(k), seed).neighbours(0)
             })
         });
     }

@@ -118,9 +118,14 @@ fn child(config: &str, params: u64, members: u32) {
             });
             phases.push(("masked input (sum + slots)", peak));
             let (sum, peak) = phase(base, || {
-                let requests = round.server.close_masked().expect("close");
-                for (p, alive, gone) in requests {
-                    let reveals = round.clients[p as usize].on_unmask_request(&alive, &gone).expect("reveal");
+                let survivors = round.server.close_masked().expect("close");
+                for &p in &survivors {
+                    round.clients[p as usize].on_survivor_set(&survivors).expect("set accepted");
+                    round.server.on_survivor_signature(p, vec![0; 64]).expect("signature accepted");
+                }
+                for (p, signatures) in round.server.close_consistency().expect("consistency") {
+                    let signers = signatures.into_iter().map(|(v, _)| v).collect();
+                    let reveals = round.clients[p as usize].on_unmask_request(&signers).expect("reveal");
                     round.server.on_unmask(p, reveals).expect("accept");
                 }
                 round.server.finish().expect("finish")

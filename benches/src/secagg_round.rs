@@ -4,8 +4,11 @@
 //! streams, unmasking) checked against the survivors' plain sum every time.
 //!
 //! Every random draw comes from a ChaCha20 RNG seeded per call, so preparing
-//! the same point with the same seed twice yields the same keys and hence the
-//! same masked vectors; the benches rely on that to cache masked vectors.
+//! the same point with the same seed twice yields the same keys, the same
+//! neighbour graph (drawn by the members' commit and reveal) and hence the
+//! same masked vectors; the benches rely on that to cache masked vectors, and
+//! [`Point::round`] draws its dropouts on the graph `prepare_round` with the
+//! same seed draws.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::{PartyId, RunId, SecAggSettings};
+use tessera_core::{PartyId, PublicKeys, RunId, SecAggSettings};
 use tessera_secagg::{ClientSession, NeighbourGraph, RoundContext, ServerSession, default_threshold};
 
 /// Ring width of the benches: the widest the protocol allows, as a deployment would use.
@@ -53,14 +56,13 @@ impl Point {
     /// The round context with threshold `t` (`None`: the default, the
     /// smallest safe threshold `floor(2m/3) + 1` of the neighbourhood size `m`).
     pub fn context_with(&self, threshold: Option<u32>) -> RoundContext {
-        let graph_seed = [42; 32];
-        let m = NeighbourGraph::new(self.n, self.neighbours(), graph_seed).neighbourhood_size();
+        // The neighbourhood size is the graph's shape, whatever its seed.
+        let m = NeighbourGraph::new(self.n, self.neighbours(), [0; 32]).neighbourhood_size();
         let settings = SecAggSettings {
             threshold: threshold.unwrap_or_else(|| default_threshold(m)),
             modulus_bits: MODULUS_BITS,
             clip_range: 1.0,
             neighbours: self.neighbours(),
-            graph_seed,
         };
         let cohort: Vec<String> = (0..self.n).map(|i| format!("member-{i:05}")).collect();
         RoundContext::new(RunId([7; 16]), 1, &cohort, settings, self.d).expect("valid bench context")
@@ -75,8 +77,10 @@ impl Point {
     /// (`t > 2m/3`) leaves a neighbourhood fewer than a third of dropouts, so
     /// the grids stop at 20 %: 30 % spread over a sparse graph exceeds that
     /// somewhere, and such a round aborts by design.
+    /// The context comes with the graph that `prepare_round` with the same
+    /// `seed` draws.
     pub fn round(&self, seed: u64) -> (RoundContext, BTreeSet<PartyId>) {
-        let ctx = self.context();
+        let ctx = drawn_context(&self.context(), seed);
         let dropped = choose_dropouts(&ctx, self.dropouts(), seed)
             .unwrap_or_else(|| panic!("{}: no dropout set keeps every neighbourhood at threshold", self.label()));
         (ctx, dropped)
@@ -132,7 +136,7 @@ pub fn fill_input(p: PartyId, offset: u64, out: &mut [u32], client_bits: u32) {
 /// would abort rather than unmask. `None` if 64 tries find no such set.
 pub fn choose_dropouts(ctx: &RoundContext, count: u32, seed: u64) -> Option<BTreeSet<PartyId>> {
     let n = ctx.cohort_size();
-    let g = ctx.graph();
+    let g = ctx.graph().expect("a drawn graph (see drawn_context)");
     let t = ctx.threshold();
     let hood: Vec<Vec<PartyId>> = (0..n).map(|u| g.neighbours(u).into_iter().chain([u]).collect()).collect();
     for attempt in 0..64u64 {
@@ -158,26 +162,60 @@ pub fn choose_dropouts(ctx: &RoundContext, count: u32, seed: u64) -> Option<BTre
     None
 }
 
-/// A member of `ctx` that has completed key sharing with all its neighbours
-/// and is ready to mask: only its neighbourhood runs the protocol.
-pub fn masking_client(ctx: &RoundContext, me: PartyId, seed: u64) -> ClientSession {
+/// Every member of `ctx` after the graph draw: the server (at share
+/// collection, its context holding the graph), the sessions, each member's
+/// neighbours' keys with graph commitments, every reveal, and the RNG to go on with.
+pub struct GraphDrawn {
+    pub server: ServerSession,
+    pub clients: Vec<ClientSession>,
+    #[allow(clippy::type_complexity)]
+    pub cohort_keys: Vec<(PartyId, Vec<(PartyId, PublicKeys, [u8; 32])>)>,
+    pub reveals: Vec<(PartyId, [u8; 32])>,
+    pub rng: ChaCha20Rng,
+}
+
+/// Advertise, roster and reveal for every member of `ctx`, honestly.
+pub fn draw_graph(ctx: &RoundContext, slots: u32, seed: u64) -> GraphDrawn {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut server = ServerSession::new(ctx.clone());
-    let mut sessions: Vec<Option<ClientSession>> = Vec::with_capacity(ctx.cohort_size() as usize);
+    let mut server = ServerSession::new(ctx.clone()).with_stream_slots(slots);
+    let mut clients = Vec::with_capacity(ctx.cohort_size() as usize);
+    let mut adverts = Vec::with_capacity(ctx.cohort_size() as usize);
     for p in 0..ctx.cohort_size() {
         let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).expect("client starts");
-        server.on_advertise(p, keys).expect("keys accepted");
-        sessions.push(Some(c));
+        server.on_advertise(p, keys, c.seed_commitment(), c.graph_commitment()).expect("keys accepted");
+        adverts.push((keys, c.graph_commitment()));
+        clients.push(c);
     }
-    let cohort_keys = server.close_advertise().expect("enough members advertised");
-    let needed: BTreeSet<PartyId> = ctx.graph().neighbours(me).into_iter().chain([me]).collect();
+    let roster = server.close_advertise().expect("enough members advertised");
+    for c in &mut clients {
+        let reveal = c.on_roster(&roster).expect("roster accepted");
+        server.on_graph_reveal(c.party(), reveal).expect("reveal accepted");
+    }
+    let (reveals, neighbours) = server.close_reveal().expect("every member revealed");
+    let cohort_keys = neighbours
+        .into_iter()
+        .map(|(p, nb)| (p, nb.iter().map(|v| (*v, adverts[*v as usize].0, adverts[*v as usize].1)).collect()))
+        .collect();
+    GraphDrawn { server, clients, cohort_keys, reveals, rng }
+}
+
+/// `ctx` with the graph that a round prepared with `seed` draws.
+pub fn drawn_context(ctx: &RoundContext, seed: u64) -> RoundContext {
+    draw_graph(ctx, 1, seed).server.context().clone()
+}
+
+/// A member of `ctx` that has completed key sharing with all its neighbours
+/// and is ready to mask: only its neighbourhood deals shares.
+pub fn masking_client(ctx: &RoundContext, me: PartyId, seed: u64) -> ClientSession {
+    let mut g = draw_graph(ctx, 1, seed);
+    let graph = g.server.context().graph().expect("drawn").clone();
+    let needed: BTreeSet<PartyId> = graph.neighbours(me).into_iter().chain([me]).collect();
     let mut inbox = Vec::new();
-    for (p, keys) in cohort_keys.into_iter().filter(|(p, _)| needed.contains(p)) {
-        let c = sessions[p as usize].as_mut().expect("session exists");
-        let shares = c.on_cohort_keys(&keys, &mut rng).expect("shares made");
+    for (p, keys) in g.cohort_keys.iter().filter(|(p, _)| needed.contains(p)) {
+        let shares = g.clients[*p as usize].on_cohort_keys(keys, &g.reveals, &mut g.rng).expect("shares made");
         inbox.extend(shares.into_iter().filter(|s| s.to == me));
     }
-    let mut client = sessions[me as usize].take().expect("session exists");
+    let mut client = g.clients.swap_remove(me as usize);
     client.on_forwarded_shares(&inbox).expect("forwarded shares accepted");
     client
 }
@@ -190,16 +228,13 @@ pub struct Prepared {
 }
 
 pub fn prepare_round(ctx: &RoundContext, slots: u32, seed: u64) -> Prepared {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut server = ServerSession::new(ctx.clone()).with_stream_slots(slots);
-    let mut clients = Vec::with_capacity(ctx.cohort_size() as usize);
-    for p in 0..ctx.cohort_size() {
-        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).expect("client starts");
-        server.on_advertise(p, keys).expect("keys accepted");
-        clients.push(c);
+    let GraphDrawn { mut server, mut clients, cohort_keys, reveals, mut rng } = draw_graph(ctx, slots, seed);
+    if let (Some(expected), Some(drawn)) = (ctx.graph(), server.context().graph()) {
+        let same = (0..ctx.cohort_size()).all(|p| expected.neighbours(p) == drawn.neighbours(p));
+        assert!(same, "prepare_round must use the seed the context's graph was drawn with");
     }
-    for (p, keys) in server.close_advertise().expect("enough members advertised") {
-        let shares = clients[p as usize].on_cohort_keys(&keys, &mut rng).expect("shares made");
+    for (p, keys) in cohort_keys {
+        let shares = clients[p as usize].on_cohort_keys(&keys, &reveals, &mut rng).expect("shares made");
         server.on_shares(p, shares).expect("shares accepted");
     }
     for (p, shares) in server.close_shares().expect("enough members shared") {
@@ -311,12 +346,27 @@ pub fn aggregate(
             }
         }
     }
-    let (requests, wall, cpu_close) = clocked(|| round.server.close_masked());
-    let requests = requests.expect("enough survivors");
+    let (survivor_set, wall_close, cpu_close) = clocked(|| round.server.close_masked());
+    let survivor_set = survivor_set.expect("enough survivors");
+    // The consistency check: every survivor signs (the bench's signatures
+    // are placeholders; ECDSA is the members' cost, measured in `signed`).
+    for &p in &survivor_set {
+        round.clients[p as usize].on_survivor_set(&survivor_set).expect("set accepted");
+    }
+    let (requests, wall_sign, cpu_sign) = clocked(|| {
+        for &p in &survivor_set {
+            round.server.on_survivor_signature(p, vec![0; 64]).expect("signature accepted");
+        }
+        round.server.close_consistency()
+    });
+    let wall = wall_close + wall_sign;
+    let cpu_close = cpu_close.zip(cpu_sign).map(|(a, b)| a + b);
     let answers: Vec<_> = requests
+        .expect("every neighbourhood signed")
         .into_iter()
-        .map(|(p, alive, gone)| {
-            (p, round.clients[p as usize].on_unmask_request(&alive, &gone).expect("member reveals"))
+        .map(|(p, signatures)| {
+            let signers = signatures.into_iter().map(|(v, _)| v).collect();
+            (p, round.clients[p as usize].on_unmask_request(&signers).expect("member reveals"))
         })
         .collect();
     let mut server = round.server;
@@ -349,13 +399,13 @@ mod tests {
         for graph in [Graph::Complete, Graph::Sparse] {
             for dropout_pct in [0, 10, 20] {
                 let point = Point { n: 24, d: 600, graph, dropout_pct };
-                let (ctx, dropped) = point.round(1);
+                let (ctx, dropped) = point.round(5);
                 assert_eq!(dropped.len() as u32, point.dropouts());
                 let mut cache = MaskedCache::new();
                 for _ in 0..2 {
                     aggregate(&ctx, prepare_round(&ctx, 1, 5), &dropped, 250, Some(&mut cache));
                 }
-                aggregate(&ctx, prepare_round(&ctx, 1, 6), &dropped, 600, None);
+                aggregate(&ctx, prepare_round(&ctx, 1, 5), &dropped, 600, None);
             }
         }
     }

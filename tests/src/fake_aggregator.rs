@@ -107,13 +107,7 @@ pub fn secure_settings(threshold: u32) -> RoundSettings {
             seed: 5,
             example_weight_cap: 200,
         },
-        secagg: Some(SecAggSettings {
-            threshold,
-            modulus_bits: 32,
-            clip_range: 1.0,
-            neighbours: None,
-            graph_seed: [9; 32],
-        }),
+        secagg: Some(SecAggSettings { threshold, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
     }
 }
@@ -141,13 +135,22 @@ pub fn sign_advert(
     signer: &mut dyn AdvertSigner,
 ) -> Advertisement {
     let signature = signer.sign(&session.advert_message()).unwrap();
-    Advertisement { keys, seed_commitment: session.seed_commitment(), certificate, signature }
+    Advertisement {
+        keys,
+        seed_commitment: session.seed_commitment(),
+        graph_commitment: session.graph_commitment(),
+        certificate,
+        signature,
+    }
 }
 
 /// Honest secure-aggregation sessions for the cohort members the fake
-/// aggregator plays itself (every party but `target`).
+/// aggregator plays itself (every party but `target`), with their
+/// consortium signers.
 pub struct FakePeers {
     sessions: Vec<(PartyId, tessera_secagg::ClientSession)>,
+    signers: Vec<(PartyId, tessera_client::EcdsaSigner)>,
+    binding: [u8; 32],
     rng: ChaCha20Rng,
 }
 
@@ -164,28 +167,91 @@ impl FakePeers {
         let mut rng = ChaCha20Rng::seed_from_u64(round);
         let s = settings.secagg.clone().expect("secure round");
         let len = tessera_secagg::vector_len(&model.layout());
+        let ctx = tessera_secagg::RoundContext::new(run_id, round, cohort, s, len).unwrap();
+        let binding = *ctx.binding();
         let mut sessions = Vec::new();
+        let mut signers = Vec::new();
         let mut keys = Vec::new();
         for p in (0..cohort.len() as PartyId).filter(|p| *p != target) {
-            let ctx = tessera_secagg::RoundContext::new(run_id, round, cohort, s.clone(), len).unwrap();
-            let (session, k) = tessera_secagg::ClientSession::new(ctx, p, &mut rng).unwrap();
+            let (session, k) = tessera_secagg::ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
             // Each fake peer signs with its own consortium certificate, as a real member does.
             let (cert, mut signer) = member_signer(pki_dir, &cohort[p as usize]);
             keys.push((p, sign_advert(&session, k, cert, &mut signer)));
             sessions.push((p, session));
+            signers.push((p, signer));
         }
-        (Self { sessions, rng }, keys)
+        (Self { sessions, signers, binding, rng }, keys)
     }
 
-    /// Feed everyone's keys to the fake peers; returns the share ciphertexts
-    /// they address to `target`.
-    pub fn shares_for(&mut self, target: PartyId, all_keys: &[(PartyId, Advertisement)]) -> Vec<EncryptedShare> {
+    /// The honest `GraphRoster`: every advertised graph commitment, sorted.
+    pub fn roster(&self, target: PartyId, target_advert: &Advertisement) -> Vec<(PartyId, [u8; 32])> {
+        let mut roster: Vec<_> = self.sessions.iter().map(|(p, s)| (*p, s.graph_commitment())).collect();
+        roster.push((target, target_advert.graph_commitment));
+        roster.sort();
+        roster
+    }
+
+    /// Every reveal for `roster`: the peers' own and the target's.
+    pub fn reveals(
+        &mut self,
+        roster: &[(PartyId, [u8; 32])],
+        target: PartyId,
+        target_reveal: [u8; 32],
+    ) -> Vec<(PartyId, [u8; 32])> {
+        let mut out: Vec<_> = self.sessions.iter_mut().map(|(p, s)| (*p, s.on_roster(roster).unwrap())).collect();
+        out.push((target, target_reveal));
+        out.sort();
+        out
+    }
+
+    /// Feed everyone's keys and the reveals to the fake peers; returns the
+    /// share ciphertexts they address to `target`.
+    pub fn shares_for(
+        &mut self,
+        target: PartyId,
+        all_keys: &[(PartyId, Advertisement)],
+        reveals: &[(PartyId, [u8; 32])],
+    ) -> Vec<EncryptedShare> {
         let mut out = Vec::new();
         for (p, s) in &mut self.sessions {
-            let theirs: Vec<_> = all_keys.iter().filter(|(q, _)| q != p).map(|(q, a)| (*q, a.keys)).collect();
-            let shares = s.on_cohort_keys(&theirs, &mut self.rng).unwrap();
+            let theirs: Vec<_> =
+                all_keys.iter().filter(|(q, _)| q != p).map(|(q, a)| (*q, a.keys, a.graph_commitment)).collect();
+            let shares = s.on_cohort_keys(&theirs, reveals, &mut self.rng).unwrap();
             out.extend(shares.into_iter().filter(|sh| sh.to == target));
         }
         out
     }
+
+    /// Peer `party`'s genuine signature on `survivors`.
+    pub fn sign_survivors(&mut self, party: PartyId, survivors: &[PartyId]) -> Vec<u8> {
+        let message = tessera_secagg::survivor_message(&self.binding, survivors);
+        let (_, signer) = self.signers.iter_mut().find(|(p, _)| *p == party).expect("a fake peer");
+        signer.sign(&message).unwrap()
+    }
+}
+
+/// Plays an honest aggregator and the fake peers through the setup of a
+/// secure round (roster, reveals, keys, shares) for the member behind
+/// `link`, which advertised `advert` as party `target`. Afterwards the
+/// member streams its masked input.
+pub async fn honest_setup(
+    link: &mut MemberLink,
+    peers: &mut FakePeers,
+    round: u64,
+    target: PartyId,
+    advert: Advertisement,
+    peer_adverts: Vec<(PartyId, Advertisement)>,
+) {
+    let roster = peers.roster(target, &advert);
+    link.send(AggregatorMsg::GraphRoster { round, commitments: roster.clone() }).await;
+    let ClientMsg::RevealGraphSeed { round: r, reveal } = link.recv().await else { panic!("expected a reveal") };
+    assert_eq!(r, round);
+    let reveals = peers.reveals(&roster, target, reveal);
+    link.send(AggregatorMsg::CohortKeys { round, adverts: peer_adverts.clone(), reveals: reveals.clone() }).await;
+    let ClientMsg::ShareKeys { round: r, .. } = link.recv().await else { panic!("expected ShareKeys") };
+    assert_eq!(r, round);
+    let mut all = vec![(target, advert)];
+    all.extend(peer_adverts);
+    let forwarded = peers.shares_for(target, &all, &reveals);
+    link.send(AggregatorMsg::ForwardShares { round, shares: forwarded }).await;
 }

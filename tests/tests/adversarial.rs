@@ -158,7 +158,10 @@ async fn second_update_in_the_same_round_is_rejected() {
     .await;
     // A duplicate while the masked phase is open; out of phase if hers was
     // the last vector the phase waited for.
-    assert_rejected(&outcome, &["already submitted this step", "`masked_start` is not expected in phase unmasking"]);
+    assert_rejected(
+        &outcome,
+        &["already submitted this step", "`masked_start` is not expected in phase consistency_check"],
+    );
     // Her first vector is in the sum and is unmasked with the others; the
     // second never is.
     assert_honest_round(&records);

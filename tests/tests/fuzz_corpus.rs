@@ -167,17 +167,17 @@ fn write_seed_corpus() {
     };
     let settings = RoundSettings {
         train,
-        secagg: Some(SecAggSettings {
-            threshold: 2,
-            modulus_bits: 32,
-            clip_range: 1.0,
-            neighbours: None,
-            graph_seed: [4; 32],
-        }),
+        secagg: Some(SecAggSettings { threshold: 2, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
     };
     let keys = PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] };
-    let advert = Advertisement { keys, seed_commitment: [3; 32], certificate: vec![4; 300], signature: vec![5; 72] };
+    let advert = Advertisement {
+        keys,
+        seed_commitment: [3; 32],
+        graph_commitment: [8; 32],
+        certificate: vec![4; 300],
+        signature: vec![5; 72],
+    };
     let share = EncryptedShare { from: 0, to: 1, ciphertext: vec![9; 60] };
     let metrics = EvalMetrics {
         num_examples: 4,
@@ -189,12 +189,14 @@ fn write_seed_corpus() {
         confusion: vec![vec![2, 1], vec![0, 1]],
     };
     let client = vec![
-        ClientMsg::Hello { member: "m1".into(), protocol_version: 2 },
+        ClientMsg::Hello { member: "m1".into(), protocol_version: 3 },
         ClientMsg::AdvertiseKeys { round: 1, advert: advert.clone() },
+        ClientMsg::RevealGraphSeed { round: 1, reveal: [6; 32] },
         ClientMsg::ShareKeys { round: 1, shares: vec![share.clone()] },
         ClientMsg::MaskedStart { round: 1, len: 10 },
         ClientMsg::MaskedChunk { round: 1, offset: 0, values: vec![1, 2, u32::MAX] },
         ClientMsg::MaskedEnd { round: 1 },
+        ClientMsg::SignSurvivors { round: 1, signature: vec![7; 64] },
         ClientMsg::UnmaskShares {
             round: 1,
             reveals: vec![
@@ -217,9 +219,11 @@ fn write_seed_corpus() {
         },
         AggregatorMsg::ModelChunk { round: 1, offset: 0, values: vec![0.1, 0.2] },
         AggregatorMsg::ModelEnd { round: 1, digest: [3; 32] },
-        AggregatorMsg::CohortKeys { round: 1, adverts: vec![(0, advert)] },
+        AggregatorMsg::GraphRoster { round: 1, commitments: vec![(0, [8; 32]), (1, [9; 32])] },
+        AggregatorMsg::CohortKeys { round: 1, adverts: vec![(0, advert)], reveals: vec![(0, [6; 32]), (1, [5; 32])] },
         AggregatorMsg::ForwardShares { round: 1, shares: vec![share] },
-        AggregatorMsg::UnmaskRequest { round: 1, survivors: vec![0, 1], dropped: vec![2] },
+        AggregatorMsg::SurvivorSet { round: 1, survivors: vec![0, 1] },
+        AggregatorMsg::UnmaskRequest { round: 1, signatures: vec![(0, vec![7; 64])] },
         AggregatorMsg::RoundEnd { round: 1, accepted: true, reason: String::new() },
         AggregatorMsg::Shutdown { reason: "done".into() },
     ];

@@ -2,9 +2,10 @@
 //! plays the aggregator over real QUIC with the consortium's aggregator
 //! certificate and the real codec (`fake_aggregator`), and the member runs
 //! exactly as `tessera-client run` does, on its share of the WDBC data. For
-//! each request a member must refuse (both secrets of one peer, a cohort
-//! below a safe threshold, a replayed round, a model with NaN or an
-//! impossible size) the member sends nothing the request asked for,
+//! each request a member must refuse (a split survivor view, an unmask
+//! request with too few signatures, substituted keys, a cohort below a safe
+//! threshold, a replayed round, a model with NaN or an impossible size) the
+//! member sends nothing the request asked for,
 //! declines the round where it had joined one, keeps serving later rounds,
 //! and records the refusal both in its log and in its egress ledger.
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use tessera_client::{ClientExit, EgressEntry, EgressLedger};
 use tessera_core::{AggregatorMsg, ClientMsg, ModelParams, ModelPurpose, ParamLayout, RunId};
-use tessera_e2e::fake_aggregator::{FakeAggregator, FakePeers, MemberLink, secure_settings};
+use tessera_e2e::fake_aggregator::{FakeAggregator, FakePeers, MemberLink, honest_setup, secure_settings};
 use tessera_e2e::log_capture::{capture_logs, captured_logs};
 use tessera_e2e::*;
 use tessera_transport::pki;
@@ -96,50 +97,81 @@ fn assert_logged(member: &str, reason: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn member_refuses_to_reveal_both_secrets_of_a_peer() {
-    let name = "member-both";
-    let mut m = member(name).await;
-    let model = initial_model();
-    let cohort = cohort(&[name, "peer-1", "peer-2"]);
+/// Drives `round` honestly up to the end of the member's masked stream and
+/// the survivor set `[0, 1, 2]`; returns the fake peers.
+async fn up_to_signed_set(m: &mut Member, round: u64, cohort: &[String], model: &ModelParams) -> FakePeers {
     let settings = secure_settings(3);
-    start_round(&mut m.link, 1, &cohort, 3, &model).await;
-    let ClientMsg::AdvertiseKeys { round: 1, advert } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
-
-    // Play the two other members honestly up to the masked input.
-    let (mut peers, peer_keys) = FakePeers::new(RUN, 1, &cohort, &settings, &model, 0, &m.pki_dir);
-    m.link.send(AggregatorMsg::CohortKeys { round: 1, adverts: peer_keys.clone() }).await;
-    let ClientMsg::ShareKeys { round: 1, shares } = m.link.recv().await else { panic!("expected ShareKeys") };
-    assert_eq!(shares.len(), 2);
-    let mut all_keys = vec![(0, advert)];
-    all_keys.extend(peer_keys);
-    let forwarded = peers.shares_for(0, &all_keys);
-    m.link.send(AggregatorMsg::ForwardShares { round: 1, shares: forwarded }).await;
-    assert!(matches!(m.link.recv().await, ClientMsg::MaskedStart { round: 1, .. }));
+    start_round(&mut m.link, round, cohort, 3, model).await;
+    let ClientMsg::AdvertiseKeys { advert, .. } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
+    let (mut peers, peer_adverts) = FakePeers::new(RUN, round, cohort, &settings, model, 0, &m.pki_dir);
+    honest_setup(&mut m.link, &mut peers, round, 0, advert, peer_adverts).await;
+    assert!(matches!(m.link.recv().await, ClientMsg::MaskedStart { .. }));
     loop {
         match m.link.recv().await {
             ClientMsg::MaskedChunk { .. } => continue,
-            ClientMsg::MaskedEnd { round: 1 } => break,
+            ClientMsg::MaskedEnd { .. } => break,
             other => panic!("unexpected {}", other.kind()),
         }
     }
-
-    // Peer 1 both survived and dropped: answering would unmask its update.
-    m.link.send(AggregatorMsg::UnmaskRequest { round: 1, survivors: vec![0, 1, 2], dropped: vec![1] }).await;
+    m.link.send(AggregatorMsg::SurvivorSet { round, survivors: vec![0, 1, 2] }).await;
     match m.link.recv().await {
-        ClientMsg::Decline { round: 1, reason } => assert!(reason.contains("both"), "{reason}"),
+        ClientMsg::SignSurvivors { round: r, .. } => assert_eq!(r, round),
+        other => panic!("expected the member's signature, got {}", other.kind()),
+    }
+    peers
+}
+
+/// Split dropout views (issue #17, item 2): the aggregator shows the member
+/// (and peer-1) a survivor set in which peer-2 survived, and shows peer-2's
+/// other share holders a set in which it dropped, hoping to collect both of
+/// peer-2's secrets. The member reveals only once `t` members of its
+/// neighbourhood signed the very set it signed: peer-2's signature on the
+/// other view does not verify, and withholding it leaves too few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_a_split_survivor_view() {
+    let name = "member-split";
+    let mut m = member(name).await;
+    let model = initial_model();
+    let cohort = cohort(&[name, "peer-1", "peer-2"]);
+
+    // Round 1: peer-2's genuine signature, but on the view where it dropped.
+    let mut peers = up_to_signed_set(&mut m, 1, &cohort, &model).await;
+    let signatures = vec![(1, peers.sign_survivors(1, &[0, 1, 2])), (2, peers.sign_survivors(2, &[0, 1]))];
+    m.link.send(AggregatorMsg::UnmaskRequest { round: 1, signatures }).await;
+    match m.link.recv().await {
+        ClientMsg::Decline { round: 1, reason } => assert!(reason.contains("signature of party 2"), "{reason}"),
         other => panic!("expected a Decline, got {}", other.kind()),
     }
     assert!(m.link.recv_within(Duration::from_millis(500)).await.is_none(), "nothing may follow the refusal");
+
+    // Round 2: the other view's signature withheld: 2 of t = 3 signed.
+    let mut peers = up_to_signed_set(&mut m, 2, &cohort, &model).await;
+    let signatures = vec![(1, peers.sign_survivors(1, &[0, 1, 2]))];
+    m.link.send(AggregatorMsg::UnmaskRequest { round: 2, signatures }).await;
+    match m.link.recv().await {
+        ClientMsg::Decline { round: 2, reason } => assert!(reason.contains("only 2 members"), "{reason}"),
+        other => panic!("expected a Decline, got {}", other.kind()),
+    }
+
+    // Round 3: every neighbour signed the member's set: it reveals.
+    let mut peers = up_to_signed_set(&mut m, 3, &cohort, &model).await;
+    let signatures = vec![(1, peers.sign_survivors(1, &[0, 1, 2])), (2, peers.sign_survivors(2, &[0, 1, 2]))];
+    m.link.send(AggregatorMsg::UnmaskRequest { round: 3, signatures }).await;
+    assert!(matches!(m.link.recv().await, ClientMsg::UnmaskShares { round: 3, .. }));
+
     let ledger = m.finish().await;
     let notes = refusals(&ledger, Some(1));
-    assert!(
-        notes.iter().any(|n| n.contains("both the self-mask share and the mask-key share of party 1")),
-        "{notes:?}"
-    );
-    assert!(ledger.iter().all(|e| e.kind != "unmask_shares"), "no share was revealed");
-    assert!(ledger.iter().any(|e| e.kind == "decline" && e.round == Some(1)));
-    assert_logged(name, "both the self-mask share");
+    assert!(notes.iter().any(|n| n.contains("survivor-set signature of party 2 does not verify")), "{notes:?}");
+    let notes = refusals(&ledger, Some(2));
+    assert!(notes.iter().any(|n| n.contains("only 2 members of this neighbourhood signed")), "{notes:?}");
+    for round in [1, 2] {
+        assert!(
+            ledger.iter().filter(|e| e.round == Some(round)).all(|e| e.kind != "unmask_shares"),
+            "round {round}: no share was revealed"
+        );
+    }
+    assert!(ledger.iter().any(|e| e.kind == "unmask_shares" && e.round == Some(3)));
+    assert_logged(name, "signature of party 2");
 }
 
 /// The aggregator substitutes key pairs it made for the target's
@@ -185,7 +217,7 @@ async fn member_refuses_substituted_neighbour_keys() {
             // 3. Keys it made with peer-1's real certificate, signed by a key it holds.
             _ => sign_advert(&session, keys, adverts[0].1.certificate.clone(), &mut forged_signer),
         };
-        m.link.send(AggregatorMsg::CohortKeys { round, adverts }).await;
+        m.link.send(AggregatorMsg::CohortKeys { round, adverts, reveals: vec![] }).await;
         match m.link.recv().await {
             ClientMsg::Decline { round: r, reason } => {
                 assert_eq!(r, round);
@@ -196,10 +228,10 @@ async fn member_refuses_substituted_neighbour_keys() {
     }
     // An honest round afterwards: the member deals its shares.
     start_round(&mut m.link, 4, &three, 3, &model).await;
-    assert!(matches!(m.link.recv().await, ClientMsg::AdvertiseKeys { round: 4, .. }));
-    let (_, adverts) = FakePeers::new(RUN, 4, &three, &settings, &model, 0, &m.pki_dir);
-    m.link.send(AggregatorMsg::CohortKeys { round: 4, adverts }).await;
-    assert!(matches!(m.link.recv().await, ClientMsg::ShareKeys { round: 4, .. }));
+    let ClientMsg::AdvertiseKeys { round: 4, advert } = m.link.recv().await else { panic!("expected AdvertiseKeys") };
+    let (mut peers, adverts) = FakePeers::new(RUN, 4, &three, &settings, &model, 0, &m.pki_dir);
+    // honest_setup checks that the member deals its shares.
+    honest_setup(&mut m.link, &mut peers, 4, 0, advert, adverts).await;
 
     let ledger = m.finish().await;
     let expect = [

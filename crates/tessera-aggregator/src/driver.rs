@@ -101,6 +101,12 @@ pub trait RunObserver: Send {
     fn rejected(&mut self, member: &str, error: &str) {
         tracing::warn!(member, error, "rejected a message");
     }
+    /// Share holders whose revealed share failed its check in `round`
+    /// (the round completed without them); logged by default, audited by
+    /// the daemon.
+    fn bad_shares(&mut self, round: u64, members: &[String]) {
+        tracing::warn!(round, ?members, "revealed shares failed their check and were left out");
+    }
     /// Called before each new round may start; returning `Some(reason)`
     /// stops the run (e.g. the privacy budget cannot afford another round).
     fn veto_next_round(&mut self, _coordinator: &Coordinator) -> Option<String> {
@@ -287,6 +293,7 @@ impl Driver<'_> {
                 self.observer.round_aborted(round, &reason, &dropped);
             }
             Event::Rejected { member, error } => self.observer.rejected(&member, &error),
+            Event::BadShares { round, members } => self.observer.bad_shares(round, &members),
             Event::MemberUnhealthy { member, failed_rounds } => {
                 tracing::warn!(member, failed_rounds, "member marked unhealthy")
             }

@@ -210,6 +210,14 @@ impl RunObserver for DaemonObserver {
         s.phase = None;
     }
 
+    fn bad_shares(&mut self, round: u64, members: &[String]) {
+        tracing::warn!(round, ?members, "revealed shares failed their check and were left out");
+        let res = lock(&self.store).bad_shares(round, members, now_ms());
+        if let Err(e) = res {
+            self.fail("recording bad shares", e);
+        }
+    }
+
     fn veto_next_round(&mut self, _coordinator: &Coordinator) -> Option<String> {
         self.failed.as_ref().map(|f| format!("state database write failed ({f}); stopping"))
     }

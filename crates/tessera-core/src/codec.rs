@@ -20,7 +20,10 @@ pub use payload::Payload;
 /// change to the message enums. Version 2: signed advertisements
 /// (`ClientMsg::AdvertiseKeys` and `AggregatorMsg::CohortKeys` carry an
 /// [`Advertisement`](crate::Advertisement) with certificate and signature).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Version 3: the neighbour graph is drawn by commit and reveal
+/// (`GraphRoster`, `RevealGraphSeed`) and the survivor set is signed before
+/// any share is revealed (`SurvivorSet`, `SignSurvivors`).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Bytes of frame header: version byte plus u32 length.
 pub const HEADER_LEN: usize = 5;
@@ -247,6 +250,7 @@ mod tests {
         let advert = Advertisement {
             keys: PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] },
             seed_commitment: [3; 32],
+            graph_commitment: [6; 32],
             certificate: vec![4; 300],
             signature: vec![5; 72],
         };
@@ -276,20 +280,21 @@ mod tests {
         assert!(small.len() < 4000 + 64);
     }
 
-    /// A member built for version 1 (before signed advertisements) is told
-    /// both versions, whichever side reads the other's frame.
+    /// A member built for version 2 (before the graph draw and the
+    /// consistency check) is told both versions, whichever side reads the
+    /// other's frame.
     #[test]
     fn previous_version_names_both_versions() {
-        assert_eq!(PROTOCOL_VERSION, 2);
+        assert_eq!(PROTOCOL_VERSION, 3);
         let l = Limits::default();
-        let mut f = encode_frame(&ClientMsg::Hello { member: "m".into(), protocol_version: 1 }, &l).unwrap();
-        f[0] = 1;
+        let mut f = encode_frame(&ClientMsg::Hello { member: "m".into(), protocol_version: 2 }, &l).unwrap();
+        f[0] = 2;
         let mut d = FrameDecoder::new(l);
         d.push(&f);
         let err = d.next_message::<ClientMsg>().unwrap_err();
-        assert_eq!(err, CodecError::UnknownVersion { found: 1, expected: 2 });
+        assert_eq!(err, CodecError::UnknownVersion { found: 2, expected: 3 });
         let text = err.to_string();
-        assert!(text.contains("version 1") && text.contains("version 2"), "{text}");
+        assert!(text.contains("version 2") && text.contains("version 3"), "{text}");
     }
 
     #[test]

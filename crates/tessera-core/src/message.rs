@@ -37,6 +37,11 @@ pub struct Advertisement {
     /// SHA-256 commitment to the member's self-mask seed (domain-separated,
     /// bound to the round and party), so a rebuilt seed can be checked.
     pub seed_commitment: [u8; 32],
+    /// SHA-256 commitment to the member's contribution to the round's
+    /// neighbour-graph seed, revealed in [`ClientMsg::RevealGraphSeed`] only
+    /// after every member's commitment is fixed (commit, then reveal), so
+    /// no single party, the aggregator included, picks the graph.
+    pub graph_commitment: [u8; 32],
     /// The member's consortium certificate (DER).
     pub certificate: Vec<u8>,
     /// ECDSA P-256 / SHA-256 signature over the signed message, fixed-length
@@ -136,13 +141,27 @@ pub enum AggregatorMsg {
         /// SHA-256 of the model (see [`ModelParams::digest`](crate::ModelParams::digest)).
         digest: [u8; 32],
     },
-    /// SecAgg step 1 result: the signed advertisements of this member's
-    /// neighbours, forwarded as the members sent them.
+    /// SecAgg step 1 result, to every member that advertised (U1): every
+    /// advertised graph commitment, sorted by party. A member reveals its
+    /// own graph-seed contribution only after it has seen this list, so the
+    /// list is fixed before anyone can compute the graph.
+    GraphRoster {
+        /// The round.
+        round: u64,
+        /// `(party, graph_commitment)` for every member of U1, sorted by party.
+        commitments: Vec<(PartyId, [u8; 32])>,
+    },
+    /// SecAgg step 1b result: every revealed graph-seed contribution (from
+    /// which the member computes the graph itself) and the signed
+    /// advertisements of this member's neighbours under that graph,
+    /// forwarded as the members sent them.
     CohortKeys {
         /// The round.
         round: u64,
         /// Each neighbour's party index and signed advertisement.
         adverts: Vec<(PartyId, Advertisement)>,
+        /// `(party, reveal)` for every entry of the roster, in its order.
+        reveals: Vec<(PartyId, [u8; 32])>,
     },
     /// SecAgg step 2 result: the share ciphertexts addressed to this member.
     ForwardShares {
@@ -151,14 +170,25 @@ pub enum AggregatorMsg {
         /// Every share bundle whose `to` is this member.
         shares: Vec<EncryptedShare>,
     },
-    /// SecAgg step 4: which neighbours sent masked input and which dropped.
+    /// SecAgg step 4a (the consistency check of Bonawitz et al. 2017,
+    /// section 4): the survivor set U3, whose masked input is in the sum.
+    /// Every member of U3 signs it; the set decides which secret of each
+    /// neighbour a member reveals.
+    SurvivorSet {
+        /// The round.
+        round: u64,
+        /// Every member whose masked input is in the sum, sorted.
+        survivors: Vec<PartyId>,
+    },
+    /// SecAgg step 4b: reveal shares. Carries the signatures on the survivor
+    /// set made by this member's neighbours; the member reveals nothing
+    /// until at least `threshold` members of its neighbourhood (itself
+    /// included) have signed the very set it signed.
     UnmaskRequest {
         /// The round.
         round: u64,
-        /// Neighbours whose masked input arrived.
-        survivors: Vec<PartyId>,
-        /// Neighbours that dropped before their masked input arrived.
-        dropped: Vec<PartyId>,
+        /// `(party, signature)` of neighbours on the survivor set.
+        signatures: Vec<(PartyId, Vec<u8>)>,
     },
     /// The round ended; `accepted` says whether an aggregate was produced.
     RoundEnd {
@@ -196,6 +226,14 @@ pub enum ClientMsg {
         /// certificate key.
         advert: Advertisement,
     },
+    /// SecAgg step 1b: the member's graph-seed contribution, whose
+    /// commitment it advertised; sent only after the `GraphRoster`.
+    RevealGraphSeed {
+        /// The round.
+        round: u64,
+        /// The 32 random bytes behind the advertised `graph_commitment`.
+        reveal: [u8; 32],
+    },
     /// SecAgg step 2: the member's shares, one bundle per neighbour.
     ShareKeys {
         /// The round.
@@ -225,7 +263,16 @@ pub enum ClientMsg {
         /// The round.
         round: u64,
     },
-    /// SecAgg step 4: the secrets that let the aggregator unmask the sum.
+    /// SecAgg step 4a: the member's signature (ECDSA P-256, with its
+    /// certificate key) on the survivor set it was shown.
+    SignSurvivors {
+        /// The round.
+        round: u64,
+        /// Fixed-length `r ‖ s` signature over
+        /// `tessera_secagg::survivor_message`.
+        signature: Vec<u8>,
+    },
+    /// SecAgg step 4b: the secrets that let the aggregator unmask the sum.
     UnmaskShares {
         /// The round.
         round: u64,
@@ -281,6 +328,8 @@ pub enum ClientMsgKind {
     Hello,
     /// [`ClientMsg::AdvertiseKeys`].
     AdvertiseKeys,
+    /// [`ClientMsg::RevealGraphSeed`].
+    RevealGraphSeed,
     /// [`ClientMsg::ShareKeys`].
     ShareKeys,
     /// [`ClientMsg::MaskedStart`].
@@ -289,6 +338,8 @@ pub enum ClientMsgKind {
     MaskedChunk,
     /// [`ClientMsg::MaskedEnd`].
     MaskedEnd,
+    /// [`ClientMsg::SignSurvivors`].
+    SignSurvivors,
     /// [`ClientMsg::UnmaskShares`].
     UnmaskShares,
     /// [`ClientMsg::PlainStart`].
@@ -309,10 +360,12 @@ impl ClientMsgKind {
         match self {
             ClientMsgKind::Hello => "hello",
             ClientMsgKind::AdvertiseKeys => "advertise_keys",
+            ClientMsgKind::RevealGraphSeed => "reveal_graph_seed",
             ClientMsgKind::ShareKeys => "share_keys",
             ClientMsgKind::MaskedStart => "masked_start",
             ClientMsgKind::MaskedChunk => "masked_chunk",
             ClientMsgKind::MaskedEnd => "masked_end",
+            ClientMsgKind::SignSurvivors => "sign_survivors",
             ClientMsgKind::UnmaskShares => "unmask_shares",
             ClientMsgKind::PlainStart => "plain_start",
             ClientMsgKind::PlainChunk => "plain_chunk",
@@ -334,10 +387,12 @@ impl ClientMsg {
         match self {
             ClientMsg::Hello { .. } => ClientMsgKind::Hello,
             ClientMsg::AdvertiseKeys { .. } => ClientMsgKind::AdvertiseKeys,
+            ClientMsg::RevealGraphSeed { .. } => ClientMsgKind::RevealGraphSeed,
             ClientMsg::ShareKeys { .. } => ClientMsgKind::ShareKeys,
             ClientMsg::MaskedStart { .. } => ClientMsgKind::MaskedStart,
             ClientMsg::MaskedChunk { .. } => ClientMsgKind::MaskedChunk,
             ClientMsg::MaskedEnd { .. } => ClientMsgKind::MaskedEnd,
+            ClientMsg::SignSurvivors { .. } => ClientMsgKind::SignSurvivors,
             ClientMsg::UnmaskShares { .. } => ClientMsgKind::UnmaskShares,
             ClientMsg::PlainStart { .. } => ClientMsgKind::PlainStart,
             ClientMsg::PlainChunk { .. } => ClientMsgKind::PlainChunk,
@@ -352,6 +407,8 @@ impl ClientMsg {
         match self {
             ClientMsg::Hello { .. } => None,
             ClientMsg::AdvertiseKeys { round, .. }
+            | ClientMsg::RevealGraphSeed { round, .. }
+            | ClientMsg::SignSurvivors { round, .. }
             | ClientMsg::ShareKeys { round, .. }
             | ClientMsg::MaskedStart { round, .. }
             | ClientMsg::MaskedChunk { round, .. }
@@ -379,10 +436,14 @@ pub enum AggregatorMsgKind {
     ModelChunk,
     /// [`AggregatorMsg::ModelEnd`].
     ModelEnd,
+    /// [`AggregatorMsg::GraphRoster`].
+    GraphRoster,
     /// [`AggregatorMsg::CohortKeys`].
     CohortKeys,
     /// [`AggregatorMsg::ForwardShares`].
     ForwardShares,
+    /// [`AggregatorMsg::SurvivorSet`].
+    SurvivorSet,
     /// [`AggregatorMsg::UnmaskRequest`].
     UnmaskRequest,
     /// [`AggregatorMsg::RoundEnd`].
@@ -400,8 +461,10 @@ impl AggregatorMsgKind {
             AggregatorMsgKind::ModelStart => "model_start",
             AggregatorMsgKind::ModelChunk => "model_chunk",
             AggregatorMsgKind::ModelEnd => "model_end",
+            AggregatorMsgKind::GraphRoster => "graph_roster",
             AggregatorMsgKind::CohortKeys => "cohort_keys",
             AggregatorMsgKind::ForwardShares => "forward_shares",
+            AggregatorMsgKind::SurvivorSet => "survivor_set",
             AggregatorMsgKind::UnmaskRequest => "unmask_request",
             AggregatorMsgKind::RoundEnd => "round_end",
             AggregatorMsgKind::Shutdown => "shutdown",
@@ -423,7 +486,9 @@ impl AggregatorMsg {
             | AggregatorMsg::ModelStart { round, .. }
             | AggregatorMsg::ModelChunk { round, .. }
             | AggregatorMsg::ModelEnd { round, .. }
+            | AggregatorMsg::GraphRoster { round, .. }
             | AggregatorMsg::CohortKeys { round, .. }
+            | AggregatorMsg::SurvivorSet { round, .. }
             | AggregatorMsg::ForwardShares { round, .. }
             | AggregatorMsg::UnmaskRequest { round, .. }
             | AggregatorMsg::RoundEnd { round, .. } => Some(*round),
@@ -438,7 +503,9 @@ impl AggregatorMsg {
             AggregatorMsg::ModelStart { .. } => AggregatorMsgKind::ModelStart,
             AggregatorMsg::ModelChunk { .. } => AggregatorMsgKind::ModelChunk,
             AggregatorMsg::ModelEnd { .. } => AggregatorMsgKind::ModelEnd,
+            AggregatorMsg::GraphRoster { .. } => AggregatorMsgKind::GraphRoster,
             AggregatorMsg::CohortKeys { .. } => AggregatorMsgKind::CohortKeys,
+            AggregatorMsg::SurvivorSet { .. } => AggregatorMsgKind::SurvivorSet,
             AggregatorMsg::ForwardShares { .. } => AggregatorMsgKind::ForwardShares,
             AggregatorMsg::UnmaskRequest { .. } => AggregatorMsgKind::UnmaskRequest,
             AggregatorMsg::RoundEnd { .. } => AggregatorMsgKind::RoundEnd,

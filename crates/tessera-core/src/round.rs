@@ -136,9 +136,10 @@ pub struct SecAggSettings {
     /// Update values are clipped to [-clip_range, clip_range] before quantizing.
     pub clip_range: f32,
     /// Neighbours per member in SecAgg+; `None` means the complete graph.
+    /// Which members neighbour which is not a setting: the graph's seed is
+    /// drawn by the members themselves, by commit and reveal, during the
+    /// round (`AggregatorMsg::GraphRoster`).
     pub neighbours: Option<u32>,
-    /// Seed of the neighbour graph, chosen by the aggregator per round.
-    pub graph_seed: [u8; 32],
 }
 
 /// Everything a member is told when a round starts.

@@ -3,9 +3,11 @@
 //! daemon can report the error and drop out without corrupting anything.
 //!
 //! Steps: [`ClientSession::new`] (`AdvertiseKeys`) ->
+//! [`ClientSession::on_roster`] (`GraphRoster` in, `RevealGraphSeed` out) ->
 //! [`ClientSession::on_cohort_keys`] (`CohortKeys` in, `ShareKeys` out) ->
 //! [`ClientSession::on_forwarded_shares`] (`ForwardShares` in) ->
 //! [`ClientSession::mask_chunk`] for each `MaskedChunk` ->
+//! [`ClientSession::on_survivor_set`] (`SurvivorSet` in, `SignSurvivors` out) ->
 //! [`ClientSession::on_unmask_request`] (`UnmaskRequest` in, `UnmaskShares` out).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +43,12 @@ pub struct ClientSession {
     mask_sk: StaticSecret,
     public: PublicKeys,
     self_seed: Seed,
+    /// This member's contribution to the graph seed, revealed at `GraphRoster`.
+    graph_reveal: [u8; 32],
+    /// `(party, graph commitment)` of U1, from `GraphRoster`.
+    roster: Vec<(PartyId, [u8; 32])>,
+    /// U3 as this member signed it, from `SurvivorSet`.
+    survivors: BTreeSet<PartyId>,
     /// Neighbours that advertised keys (from `CohortKeys`).
     peers: BTreeMap<PartyId, PublicKeys>,
     /// Shares held per party, own included; filled at `ForwardShares`.
@@ -69,6 +77,8 @@ impl ClientSession {
         let mask_sk = fresh_secret();
         let mut self_seed = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(self_seed.as_mut());
+        let mut graph_reveal = [0u8; 32];
+        rng.fill_bytes(&mut graph_reveal);
         let public = PublicKeys {
             cipher_pk: PublicKey::from(&cipher_sk).to_bytes(),
             mask_pk: PublicKey::from(&mask_sk).to_bytes(),
@@ -81,12 +91,20 @@ impl ClientSession {
             mask_sk,
             public,
             self_seed,
+            graph_reveal,
+            roster: Vec::new(),
+            survivors: BTreeSet::new(),
             peers: BTreeMap::new(),
             held: BTreeMap::new(),
             masks: Vec::new(),
             mask_threads: default_mask_threads(),
         };
         Ok((session, public))
+    }
+
+    /// This round's public keys, as advertised.
+    pub fn public_keys(&self) -> PublicKeys {
+        self.public
     }
 
     /// This member's index in the sorted cohort.
@@ -104,9 +122,15 @@ impl ClientSession {
         crate::advert::seed_commitment(self.ctx.binding(), self.me, &self.self_seed)
     }
 
+    /// Commitment to this member's graph-seed contribution (see [`crate::graph_seed`]).
+    pub fn graph_commitment(&self) -> [u8; 32] {
+        crate::advert::graph_commitment(self.ctx.binding(), self.me, &self.graph_reveal)
+    }
+
     /// The bytes this member signs to advertise its keys (see [`crate::advert_message`]).
     pub fn advert_message(&self) -> Vec<u8> {
-        crate::advert::advert_message(self.ctx.binding(), self.me, &self.public, &self.seed_commitment())
+        let binding = self.ctx.binding();
+        crate::advert::advert_message(binding, self.me, &self.public, &self.seed_commitment(), &self.graph_commitment())
     }
 
     /// The round this session belongs to.
@@ -134,30 +158,91 @@ impl ClientSession {
     /// neighbourhood is the cohort, so the global floor applies too.
     fn check_count(&self, have: usize) -> Result<(), SecAggError> {
         let mut threshold = self.ctx.threshold();
-        if self.ctx.graph().is_complete() {
+        if self.ctx.is_complete_graph() {
             threshold = threshold.max(self.ctx.min_survivors());
         }
         let have = have as u32;
         if have < threshold { Err(SecAggError::BelowThreshold { have, threshold }) } else { Ok(()) }
     }
 
-    /// `CohortKeys`: checks the neighbours' keys, Shamir-shares the self-mask
-    /// seed and the mask secret key among them, and returns one encrypted
-    /// bundle per neighbour (`ShareKeys`).
+    /// `GraphRoster`: checks that the roster of graph commitments is sorted,
+    /// lies in the cohort, is no smaller than the survivor floor and holds
+    /// this member's own commitment; returns this member's reveal
+    /// (`RevealGraphSeed`). Revealing only now is what keeps the seed out of
+    /// anyone's hands: every commitment is fixed before it.
+    pub fn on_roster(&mut self, roster: &[(PartyId, [u8; 32])]) -> Result<[u8; 32], SecAggError> {
+        self.expect(Step::AdvertiseKeys)?;
+        if roster.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(SecAggError::BadRoster("not sorted by party, or a party twice"));
+        }
+        for (p, _) in roster {
+            self.ctx.check_party(*p)?;
+        }
+        match roster.iter().find(|(p, _)| *p == self.me) {
+            None => return Err(SecAggError::BadRoster("leaves this member out")),
+            Some((_, c)) if *c != self.graph_commitment() => {
+                return Err(SecAggError::BadRoster("lists another commitment for this member"));
+            }
+            Some(_) => {}
+        }
+        let (have, threshold) = (roster.len() as u32, self.ctx.min_survivors());
+        if have < threshold {
+            return Err(SecAggError::BelowThreshold { have, threshold });
+        }
+        self.roster = roster.to_vec();
+        self.step = Step::RevealGraph;
+        Ok(self.graph_reveal)
+    }
+
+    /// Draws the graph from the roster and every member's reveal.
+    fn draw_graph(&mut self, reveals: &[(PartyId, [u8; 32])]) -> Result<(), SecAggError> {
+        let binding = *self.ctx.binding();
+        let mut full = Vec::with_capacity(self.roster.len());
+        for (i, (p, commitment)) in self.roster.iter().enumerate() {
+            let (q, reveal) = reveals.get(i).ok_or(SecAggError::MissingGraphReveal(*p))?;
+            if q != p {
+                return Err(SecAggError::MissingGraphReveal(*p));
+            }
+            if crate::advert::graph_commitment(&binding, *p, reveal) != *commitment {
+                return Err(SecAggError::GraphRevealMismatch(*p));
+            }
+            full.push((*p, *commitment, *reveal));
+        }
+        if reveals.len() != self.roster.len() {
+            return Err(SecAggError::BadRoster("more reveals than roster entries"));
+        }
+        self.ctx.draw_graph(crate::advert::graph_seed(&binding, &full));
+        Ok(())
+    }
+
+    /// `CohortKeys`: draws the graph from every reveal, checks that the
+    /// neighbours' keys are exactly this member's neighbours in the roster
+    /// (each with the graph commitment the roster lists), Shamir-shares the
+    /// self-mask seed and the mask secret key among them, and returns one
+    /// encrypted bundle per neighbour (`ShareKeys`). `keys` holds each
+    /// neighbour's keys and graph commitment from its advertisement, whose
+    /// signature the caller has checked.
     pub fn on_cohort_keys<R: CryptoRngCore + ?Sized>(
         &mut self,
-        keys: &[(PartyId, PublicKeys)],
+        keys: &[(PartyId, PublicKeys, [u8; 32])],
+        reveals: &[(PartyId, [u8; 32])],
         rng: &mut R,
     ) -> Result<Vec<EncryptedShare>, SecAggError> {
-        self.expect(Step::AdvertiseKeys)?;
+        self.expect(Step::RevealGraph)?;
+        self.draw_graph(reveals)?;
         let binding = *self.ctx.binding();
+        let graph = self.ctx.drawn_graph()?;
         let mut peers = BTreeMap::new();
         let mut seen_keys: BTreeSet<[u8; 32]> = [self.public.cipher_pk, self.public.mask_pk].into();
         let mut share_keys = BTreeMap::new();
-        for (p, k) in keys {
+        for (p, k, graph_commitment) in keys {
             self.ctx.check_party(*p)?;
-            if !self.ctx.graph().are_neighbours(self.me, *p) {
+            if !graph.are_neighbours(self.me, *p) {
                 return Err(SecAggError::NotNeighbour { of: self.me, peer: *p });
+            }
+            match self.roster.binary_search_by_key(p, |(q, _)| *q) {
+                Ok(i) if self.roster[i].1 == *graph_commitment => {}
+                _ => return Err(SecAggError::RosterMismatch(*p)),
             }
             if peers.insert(*p, *k).is_some() {
                 return Err(SecAggError::Duplicate(*p));
@@ -170,6 +255,13 @@ impl ClientSession {
             let shared = crypto::agree(&self.cipher_sk, &k.cipher_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
             crypto::agree(&self.mask_sk, &k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
             share_keys.insert(*p, crypto::share_key(&shared, &binding, self.me, *p));
+        }
+        // A neighbour in the roster left out would shrink the neighbourhood
+        // the aggregator must answer for.
+        if let Some((p, _)) =
+            self.roster.iter().find(|(p, _)| graph.are_neighbours(self.me, *p) && !peers.contains_key(p))
+        {
+            return Err(SecAggError::WithheldNeighbour(*p));
         }
         self.check_count(peers.len() + 1)?;
 
@@ -269,41 +361,62 @@ impl ClientSession {
         Ok(())
     }
 
-    /// `UnmaskRequest`: for each party in its neighbourhood, reveals the
-    /// self-mask share if it survived or the mask-key share if it dropped,
-    /// never both. Refuses requests that name a party in both lists, name a
-    /// party it holds no share of, omit one, leave out this member itself, or
-    /// list fewer survivors than the threshold. Answers once.
-    pub fn on_unmask_request(
-        &mut self,
-        survivors: &[PartyId],
-        dropped: &[PartyId],
-    ) -> Result<Vec<ShareReveal>, SecAggError> {
+    /// `SurvivorSet`: checks the announced U3 (sorted, inside the roster,
+    /// holding this member, at least the survivor floor) and returns the
+    /// bytes to sign ([`crate::survivor_message`]). This member signs one
+    /// set per round: the session moves on and never signs another.
+    pub fn on_survivor_set(&mut self, survivors: &[PartyId]) -> Result<Vec<u8>, SecAggError> {
         self.expect(Step::MaskedInput)?;
-        let survivor_set: BTreeSet<PartyId> = survivors.iter().copied().collect();
-        let dropped_set: BTreeSet<PartyId> = dropped.iter().copied().collect();
-        if let Some(p) = survivor_set.intersection(&dropped_set).next() {
-            return Err(SecAggError::BothSecretsRequested(*p));
+        if survivors.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SecAggError::BadSurvivorSet("not sorted, or a party twice"));
         }
-        if survivor_set.len() != survivors.len() || dropped_set.len() != dropped.len() {
-            let dup = first_duplicate(survivors).or_else(|| first_duplicate(dropped)).unwrap_or(self.me);
-            return Err(SecAggError::InconsistentUnmaskRequest(dup));
+        if survivors.iter().any(|p| self.roster.binary_search_by_key(p, |(q, _)| *q).is_err()) {
+            return Err(SecAggError::BadSurvivorSet("names a party outside the roster"));
         }
-        if let Some(p) = survivor_set.iter().chain(&dropped_set).find(|p| !self.held.contains_key(p)) {
-            return Err(SecAggError::InconsistentUnmaskRequest(*p));
+        if survivors.binary_search(&self.me).is_err() {
+            return Err(SecAggError::BadSurvivorSet("leaves this member out"));
         }
-        if let Some(p) = self.held.keys().find(|p| !survivor_set.contains(p) && !dropped_set.contains(p)) {
-            return Err(SecAggError::InconsistentUnmaskRequest(*p));
+        let (have, threshold) = (survivors.len() as u32, self.ctx.min_survivors());
+        if have < threshold {
+            return Err(SecAggError::BelowThreshold { have, threshold });
         }
-        if !survivor_set.contains(&self.me) {
-            return Err(SecAggError::InconsistentUnmaskRequest(self.me));
+        self.survivors = survivors.iter().copied().collect();
+        self.step = Step::SignSurvivors;
+        Ok(crate::advert::survivor_message(self.ctx.binding(), survivors))
+    }
+
+    /// The survivor set this member signed, once it has (`None` before).
+    pub fn signed_survivors(&self) -> Option<Vec<PartyId>> {
+        (self.step == Step::SignSurvivors).then(|| self.survivors.iter().copied().collect())
+    }
+
+    /// `UnmaskRequest`: `signers` are the neighbours whose signature on the
+    /// survivor set this member signed the caller has verified. Reveals
+    /// nothing unless they and this member reach the threshold; then, for
+    /// each party it holds shares of, reveals the self-mask share if the
+    /// signed set has it and the mask-key share if not, never both. Answers
+    /// once.
+    pub fn on_unmask_request(&mut self, signers: &BTreeSet<PartyId>) -> Result<Vec<ShareReveal>, SecAggError> {
+        self.expect(Step::SignSurvivors)?;
+        let graph = self.ctx.drawn_graph()?;
+        for p in signers {
+            if !graph.are_neighbours(self.me, *p) {
+                return Err(SecAggError::NotNeighbour { of: self.me, peer: *p });
+            }
+            if !self.survivors.contains(p) {
+                return Err(SecAggError::BadSurvivorSet("a signer is not in the set it signed"));
+            }
         }
-        self.check_count(survivor_set.len())?;
+        let (have, threshold) = (signers.len() as u32 + 1, self.ctx.threshold());
+        if have < threshold {
+            return Err(SecAggError::TooFewSignatures { have, threshold });
+        }
+        self.check_count(self.held.keys().filter(|p| self.survivors.contains(p)).count())?;
         let reveals = self
             .held
             .iter()
             .map(|(peer, held)| {
-                if survivor_set.contains(peer) {
+                if self.survivors.contains(peer) {
                     ShareReveal::SelfMask { peer: *peer, share: held.self_mask.to_bytes().to_vec() }
                 } else {
                     ShareReveal::MaskKey { peer: *peer, share: held.mask_key.to_bytes().to_vec() }
@@ -333,9 +446,4 @@ impl std::fmt::Debug for ClientSession {
 /// thread count of [`ClientSession::mask_chunk`].
 pub fn default_mask_threads() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
-}
-
-fn first_duplicate(ids: &[PartyId]) -> Option<PartyId> {
-    let mut seen = BTreeSet::new();
-    ids.iter().find(|p| !seen.insert(**p)).copied()
 }

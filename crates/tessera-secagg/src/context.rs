@@ -2,6 +2,9 @@
 //! cohort, settings and vector length, folded into one `binding` digest that
 //! enters every key derivation and every AEAD associated data. Two rounds
 //! that differ in any of these derive unrelated keys, so nothing replays.
+//! The neighbour graph is not among them: its seed is drawn during the round
+//! (commit, then reveal; see [`crate::graph_seed`]) and set with
+//! [`RoundContext::draw_graph`].
 
 use sha2::{Digest, Sha256};
 use tessera_core::{PartyId, RunId, SecAggSettings};
@@ -105,7 +108,10 @@ pub struct RoundContext {
     settings: SecAggSettings,
     vector_len: u64,
     min_survivors: u32,
-    graph: NeighbourGraph,
+    /// `None` = the complete graph; else neighbours on each side of the ring.
+    half: Option<u32>,
+    /// Drawn once the graph seed is known.
+    graph: Option<NeighbourGraph>,
     binding: [u8; 32],
 }
 
@@ -151,8 +157,8 @@ impl RoundContext {
         if vector_len == 0 || vector_len > MAX_VECTOR_LEN {
             return Err(SecAggError::InvalidSettings("vector_len must lie in 1..=2^36"));
         }
-        let graph = NeighbourGraph::new(cohort_size, settings.neighbours, settings.graph_seed);
-        let m = graph.neighbourhood_size();
+        let half = NeighbourGraph::half_degree(cohort_size, settings.neighbours);
+        let m = half.map_or(cohort_size, |h| 2 * h + 1);
         if settings.threshold < min_threshold(m) || settings.threshold > m {
             return Err(SecAggError::InvalidSettings("threshold must exceed two thirds of the neighbourhood"));
         }
@@ -164,7 +170,8 @@ impl RoundContext {
             min_survivors: settings.threshold,
             settings,
             vector_len,
-            graph,
+            half,
+            graph: None,
             binding: [0; 32],
         };
         ctx.binding = ctx.compute_binding();
@@ -199,7 +206,6 @@ impl RoundContext {
             b[1..].copy_from_slice(&k.to_le_bytes());
             b
         }));
-        h.update(s.graph_seed);
         h.update(self.vector_len.to_le_bytes());
         h.update(self.min_survivors.to_le_bytes());
         h.finalize().into()
@@ -237,9 +243,27 @@ impl RoundContext {
     pub fn min_survivors(&self) -> u32 {
         self.min_survivors
     }
-    /// Who exchanges masks with whom.
-    pub fn graph(&self) -> &NeighbourGraph {
-        &self.graph
+    /// Who exchanges masks with whom, once drawn ([`Self::draw_graph`]).
+    pub fn graph(&self) -> Option<&NeighbourGraph> {
+        self.graph.as_ref()
+    }
+    /// Draws the neighbour graph from the round's agreed seed
+    /// ([`crate::graph_seed`]); both sides call it with the same seed.
+    pub fn draw_graph(&mut self, seed: [u8; 32]) {
+        self.graph = Some(NeighbourGraph::new(self.cohort_size, self.settings.neighbours, seed));
+    }
+    pub(crate) fn drawn_graph(&self) -> Result<&NeighbourGraph, SecAggError> {
+        self.graph.as_ref().ok_or(SecAggError::GraphNotDrawn)
+    }
+    /// Whether every member neighbours every other (plain SecAgg); known
+    /// before the graph is drawn.
+    pub fn is_complete_graph(&self) -> bool {
+        self.half.is_none()
+    }
+    /// Share holders per secret (the member and its neighbours); known
+    /// before the graph is drawn.
+    pub fn neighbourhood_size(&self) -> u32 {
+        self.half.map_or(self.cohort_size, |h| 2 * h + 1)
     }
     /// Digest bound into every key derivation and AEAD associated data.
     pub fn binding(&self) -> &[u8; 32] {
@@ -273,7 +297,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn settings(threshold: u32, neighbours: Option<u32>) -> SecAggSettings {
-        SecAggSettings { threshold, modulus_bits: 16, clip_range: 1.0, neighbours, graph_seed: [7; 32] }
+        SecAggSettings { threshold, modulus_bits: 16, clip_range: 1.0, neighbours }
     }
 
     fn cohort(n: usize) -> Vec<String> {

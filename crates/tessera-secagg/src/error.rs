@@ -8,12 +8,17 @@ use tessera_core::PartyId;
 /// needs and the one the session is at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Each member publishes its two public keys.
+    /// Each member publishes its two public keys and its commitments.
     AdvertiseKeys,
+    /// Each member reveals its graph-seed contribution, after the roster of
+    /// every commitment is fixed.
+    RevealGraph,
     /// Each member sends encrypted Shamir shares to its neighbours.
     ShareKeys,
     /// Each member streams its masked vector.
     MaskedInput,
+    /// Each survivor signs the survivor set (the consistency check).
+    SignSurvivors,
     /// Survivors reveal the shares that remove the masks.
     Unmask,
     /// The session has answered its last message.
@@ -108,14 +113,50 @@ pub enum SecAggError {
         to: PartyId,
     },
 
+    // Drawing the neighbour graph.
+    /// A call needs the neighbour graph before its seed was drawn.
+    #[error("the neighbour graph is not drawn yet")]
+    GraphNotDrawn,
+    /// The roster of graph commitments is malformed or does not hold this
+    /// member's own commitment.
+    #[error("graph roster refused: {0}")]
+    BadRoster(&'static str),
+    /// A revealed graph-seed contribution does not open its commitment.
+    #[error("the graph-seed reveal of party {0} does not match its commitment")]
+    GraphRevealMismatch(PartyId),
+    /// A roster member's graph-seed reveal is missing; the seed cannot be
+    /// computed without it (dropping it would let the aggregator choose).
+    #[error("the graph-seed reveal of party {0} is missing")]
+    MissingGraphReveal(PartyId),
+    /// A neighbour's signed advertisement commits to another graph-seed
+    /// contribution than the roster lists.
+    #[error("party {0}'s advertisement and the roster disagree on its graph commitment")]
+    RosterMismatch(PartyId),
+    /// The aggregator withheld the advertisement of a neighbour that is in
+    /// the roster.
+    #[error("the advertisement of neighbour {0}, who is in the roster, was withheld")]
+    WithheldNeighbour(PartyId),
+
+    // The consistency check.
+    /// The announced survivor set is malformed or leaves this member out.
+    #[error("survivor set refused: {0}")]
+    BadSurvivorSet(&'static str),
+    /// Fewer members of the neighbourhood than the threshold signed the
+    /// survivor set this member signed; revealing now could serve a split view.
+    #[error("only {have} members of this neighbourhood signed the survivor set, {threshold} are needed")]
+    TooFewSignatures {
+        /// Valid signatures, this member's own included.
+        have: u32,
+        /// The Shamir threshold.
+        threshold: u32,
+    },
+
     // Unmasking.
-    /// The aggregator asked for both secrets of one party, which would
-    /// unmask its input; the member refuses.
-    #[error("asked to reveal both the self-mask share and the mask-key share of party {0}")]
-    BothSecretsRequested(PartyId),
-    /// An unmask request (or its answer) names a party inconsistently with
-    /// the survivor and dropout lists.
-    #[error("unmask request names party {0} inconsistently with what this member knows")]
+    /// A member's answer to the unmask request names a party it was not
+    /// asked about, or leaves one out. (A member cannot be asked for both
+    /// secrets of a party: which one it reveals follows from the survivor
+    /// set it signed.)
+    #[error("unmask answer names party {0} inconsistently with the request")]
     InconsistentUnmaskRequest(PartyId),
     /// A reveal of the other secret than the one asked for.
     #[error("reveal for party {peer} from party {from} has the wrong kind {kind:?}")]

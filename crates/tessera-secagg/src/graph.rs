@@ -26,8 +26,7 @@ impl NeighbourGraph {
     /// `neighbours` is the requested degree; it is rounded up to the next
     /// even number, and the complete graph is used once that reaches `n - 1`.
     pub fn new(cohort_size: u32, neighbours: Option<u32>, graph_seed: [u8; 32]) -> Self {
-        let half =
-            neighbours.map(|k| k.div_ceil(2)).filter(|h| u64::from(*h) * 2 < u64::from(cohort_size).saturating_sub(1));
+        let half = Self::half_degree(cohort_size, neighbours);
         let mut ring: Vec<PartyId> = (0..cohort_size).collect();
         if half.is_some() {
             // A vetted CSPRNG (ChaCha20) keyed by the shared seed, so every
@@ -39,6 +38,12 @@ impl NeighbourGraph {
             position[*party as usize] = pos as u32;
         }
         Self { position, ring, half }
+    }
+
+    /// Neighbours on each side of the ring for a requested degree, `None`
+    /// for the complete graph: the shape, which does not depend on the seed.
+    pub(crate) fn half_degree(cohort_size: u32, neighbours: Option<u32>) -> Option<u32> {
+        neighbours.map(|k| k.div_ceil(2)).filter(|h| u64::from(*h) * 2 < u64::from(cohort_size).saturating_sub(1))
     }
 
     /// Parties in the graph.

@@ -13,11 +13,15 @@
 //! - Round setup: [`RoundContext`] binds run, round, cohort and settings;
 //!   [`default_plan`] (a [`SecAggPlan`]), [`default_threshold`] and
 //!   [`min_threshold`] size the [`NeighbourGraph`] and Shamir threshold.
-//! - Signed advertisements: [`advert_message`] is what a member signs (keys
-//!   and [`seed_commitment`]); signing and checking happen in the caller.
+//! - Signed advertisements: [`advert_message`] is what a member signs (keys,
+//!   [`seed_commitment`] and [`graph_commitment`]); [`survivor_message`] is
+//!   what every survivor signs in the consistency check; signing and
+//!   checking happen in the caller. [`graph_seed`] is the neighbour graph's
+//!   seed, drawn by the members by commit and reveal.
 //! - Sessions: [`ClientSession`] and [`ServerSession`] step through the
 //!   protocol ([`Step`], [`Phase`]); the server's only output is an
-//!   [`AggregateSum`]; everything fails with a [`SecAggError`].
+//!   [`AggregateSum`] (which also names members whose revealed share failed
+//!   the check); everything fails with a [`SecAggError`].
 //! - Updates: [`vector_len`], [`example_weight`], [`ValueCoding`],
 //!   [`add_ring_noise`] and [`mean_update_with`] map model deltas to ring
 //!   vectors and back.
@@ -46,11 +50,12 @@ mod crypto;
 mod error;
 mod graph;
 mod quantize;
+mod reconstruct;
 mod server;
 mod shamir;
 mod update;
 
-pub use advert::{advert_message, seed_commitment};
+pub use advert::{advert_message, graph_commitment, graph_seed, seed_commitment, survivor_message};
 pub use client::{ClientSession, default_mask_threads};
 pub use context::{
     RoundContext, SecAggPlan, default_neighbours, default_plan, default_threshold, min_neighbours, min_threshold,

@@ -1,8 +1,10 @@
 //! The aggregator's side of one round. It relays keys and share ciphertexts
-//! it cannot read, sums masked vectors, and at the end removes the masks
-//! from the sum only. Every `on_*` call that fails leaves the session as it
-//! was; a `close_*` call decides who moved on, and everyone else is a dropout
-//! of that step.
+//! it cannot read, relays the graph-seed commitments and reveals it cannot
+//! steer, sums masked vectors, relays the survivors' signatures on the
+//! survivor set, and at the end removes the masks from the sum only,
+//! checking every rebuilt secret against what its owner signed. Every
+//! `on_*` call that fails leaves the session as it was; a `close_*` call
+//! decides who moved on, and everyone else is a dropout of that step.
 //!
 //! # Masked streams and dropouts mid-stream
 //!
@@ -20,15 +22,15 @@
 //! [`SecAggError::StreamSlotsBusy`] and the daemon holds that stream back
 //! (stops reading it) until a slot frees up.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use curve25519_dalek::Scalar;
 use tessera_core::{EncryptedShare, PartyId, PublicKeys, ShareReveal};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::context::RoundContext;
 use crate::crypto::{self, MaskOp};
 use crate::error::{SecAggError, SecretKind, Step};
+use crate::reconstruct;
 use crate::shamir::{self, SecretShare};
 
 /// Staging slots for concurrent masked streams (see the module docs). One
@@ -36,6 +38,9 @@ use crate::shamir::{self, SecretShare};
 /// memory bound of issue #2; each further slot lets one more stream overlap
 /// at the cost of one more vector.
 pub const DEFAULT_STREAM_SLOTS: u32 = 1;
+
+/// Bytes of a survivor-set signature: ECDSA P-256 `r ‖ s`.
+const SURVIVOR_SIGNATURE_BYTES: usize = 64;
 
 /// Bytes of a share ciphertext: nonce, bundle (ids and two shares), GCM tag.
 const SHARE_CIPHERTEXT_BYTES: usize = crypto::NONCE_LEN + 8 + 2 * shamir::SHARE_BYTES + 16;
@@ -45,10 +50,14 @@ const SHARE_CIPHERTEXT_BYTES: usize = crypto::NONCE_LEN + 8 + 2 * shamir::SHARE_
 pub enum Phase {
     /// Collecting `AdvertiseKeys`.
     Advertise,
+    /// Collecting `RevealGraphSeed`.
+    Reveal,
     /// Collecting `ShareKeys`.
     Shares,
     /// Collecting masked streams.
     Masked,
+    /// Collecting `SignSurvivors`.
+    Consistency,
     /// Collecting `UnmaskShares`.
     Unmask,
 }
@@ -57,8 +66,10 @@ impl Phase {
     fn step(self) -> Step {
         match self {
             Phase::Advertise => Step::AdvertiseKeys,
+            Phase::Reveal => Step::RevealGraph,
             Phase::Shares => Step::ShareKeys,
             Phase::Masked => Step::MaskedInput,
+            Phase::Consistency => Step::SignSurvivors,
             Phase::Unmask => Step::Unmask,
         }
     }
@@ -73,6 +84,17 @@ pub struct AggregateSum {
     pub survivors: Vec<PartyId>,
     /// k of the ring Z_{2^k} the sum lives in.
     pub modulus_bits: u32,
+    /// Members whose revealed share failed the check against what its owner
+    /// signed (sorted): the round completed without them, and the caller
+    /// writes them to the audit log.
+    pub bad_shares: Vec<PartyId>,
+}
+
+/// What a member committed to in its signed advertisement.
+#[derive(Clone, Copy)]
+struct Commitments {
+    self_seed: [u8; 32],
+    graph: [u8; 32],
 }
 
 struct Stream {
@@ -95,6 +117,10 @@ pub struct ServerSession {
     stream_slots: u32,
     /// U1: who advertised keys.
     keys: BTreeMap<PartyId, PublicKeys>,
+    /// U1's signed commitments.
+    commitments: BTreeMap<PartyId, Commitments>,
+    /// Graph-seed reveals, checked against their commitments.
+    reveals: BTreeMap<PartyId, [u8; 32]>,
     /// Every public key advertised so far; none may repeat.
     seen_keys: HashSet<[u8; 32]>,
     /// U2 (after `close_shares`): who sent their share bundles, and the bundles until relayed.
@@ -104,6 +130,9 @@ pub struct ServerSession {
     spare: Vec<Vec<u32>>,
     /// U3: whose masked vector is in the sum.
     committed: BTreeSet<PartyId>,
+    /// U4: survivors that signed U3, with their signatures (checked by the
+    /// members, who hold the certificates).
+    signatures: BTreeMap<PartyId, Vec<u8>>,
     asked: BTreeMap<PartyId, Asked>,
     answered: BTreeSet<PartyId>,
     /// Revealed shares per secret owner: self-mask shares of survivors,
@@ -119,12 +148,15 @@ impl ServerSession {
             phase: Phase::Advertise,
             stream_slots: DEFAULT_STREAM_SLOTS,
             keys: BTreeMap::new(),
+            commitments: BTreeMap::new(),
+            reveals: BTreeMap::new(),
             seen_keys: HashSet::new(),
             shares: BTreeMap::new(),
             sum: Vec::new(),
             streams: BTreeMap::new(),
             spare: Vec::new(),
             committed: BTreeSet::new(),
+            signatures: BTreeMap::new(),
             asked: BTreeMap::new(),
             answered: BTreeSet::new(),
             revealed: BTreeMap::new(),
@@ -167,8 +199,15 @@ impl ServerSession {
         if have < threshold { Err(SecAggError::BelowThreshold { have, threshold }) } else { Ok(()) }
     }
 
-    /// `AdvertiseKeys` from `from`.
-    pub fn on_advertise(&mut self, from: PartyId, keys: PublicKeys) -> Result<(), SecAggError> {
+    /// `AdvertiseKeys` from `from`: its keys and the two commitments its
+    /// signed advertisement carries (the caller forwards the signature).
+    pub fn on_advertise(
+        &mut self,
+        from: PartyId,
+        keys: PublicKeys,
+        seed_commitment: [u8; 32],
+        graph_commitment: [u8; 32],
+    ) -> Result<(), SecAggError> {
         self.expect(Phase::Advertise)?;
         self.ctx.check_party(from)?;
         if self.keys.contains_key(&from) {
@@ -182,26 +221,55 @@ impl ServerSession {
         }
         self.seen_keys.extend([keys.cipher_pk, keys.mask_pk]);
         self.keys.insert(from, keys);
+        self.commitments.insert(from, Commitments { self_seed: seed_commitment, graph: graph_commitment });
         Ok(())
     }
 
-    /// Ends key advertisement; returns the `CohortKeys` for every member
-    /// that advertised: its neighbours' keys.
-    #[allow(clippy::type_complexity)]
-    pub fn close_advertise(&mut self) -> Result<Vec<(PartyId, Vec<(PartyId, PublicKeys)>)>, SecAggError> {
+    /// Ends key advertisement; returns the `GraphRoster` every member of U1
+    /// gets: each member's graph commitment, sorted by party.
+    pub fn close_advertise(&mut self) -> Result<Vec<(PartyId, [u8; 32])>, SecAggError> {
         self.expect(Phase::Advertise)?;
         self.check_floor(self.keys.len())?;
-        let graph = self.ctx.graph();
-        let out = self
+        self.phase = Phase::Reveal;
+        Ok(self.commitments.iter().map(|(p, c)| (*p, c.graph)).collect())
+    }
+
+    /// `RevealGraphSeed` from `from`: must open its graph commitment.
+    pub fn on_graph_reveal(&mut self, from: PartyId, reveal: [u8; 32]) -> Result<(), SecAggError> {
+        self.expect(Phase::Reveal)?;
+        let c = self.commitments.get(&from).ok_or(SecAggError::NotInStep(from))?;
+        if self.reveals.contains_key(&from) {
+            return Err(SecAggError::Duplicate(from));
+        }
+        if crate::advert::graph_commitment(self.ctx.binding(), from, &reveal) != c.graph {
+            return Err(SecAggError::GraphRevealMismatch(from));
+        }
+        self.reveals.insert(from, reveal);
+        Ok(())
+    }
+
+    /// Ends the reveal; draws the graph from every roster member's reveal and
+    /// returns all reveals (for every member to draw the graph itself) and,
+    /// for each member of U1, its neighbours in U1 (whose adverts its
+    /// `CohortKeys` carries). A missing reveal aborts the round: leaving it
+    /// out would let the aggregator choose among seeds.
+    #[allow(clippy::type_complexity)]
+    pub fn close_reveal(&mut self) -> Result<(Vec<(PartyId, [u8; 32])>, Vec<(PartyId, Vec<PartyId>)>), SecAggError> {
+        self.expect(Phase::Reveal)?;
+        if let Some(p) = self.keys.keys().find(|p| !self.reveals.contains_key(p)) {
+            return Err(SecAggError::MissingGraphReveal(*p));
+        }
+        let roster: Vec<(PartyId, [u8; 32], [u8; 32])> =
+            self.commitments.iter().map(|(p, c)| (*p, c.graph, self.reveals[p])).collect();
+        self.ctx.draw_graph(crate::advert::graph_seed(self.ctx.binding(), &roster));
+        let graph = self.ctx.drawn_graph()?;
+        let neighbours = self
             .keys
             .keys()
-            .map(|&u| {
-                let nb = graph.neighbours(u).into_iter().filter_map(|v| self.keys.get(&v).map(|k| (v, *k))).collect();
-                (u, nb)
-            })
+            .map(|&u| (u, graph.neighbours(u).into_iter().filter(|v| self.keys.contains_key(v)).collect()))
             .collect();
         self.phase = Phase::Shares;
-        Ok(out)
+        Ok((self.reveals.iter().map(|(p, r)| (*p, *r)).collect(), neighbours))
     }
 
     /// `ShareKeys` from `from`: exactly one bundle for each neighbour that advertised.
@@ -220,7 +288,7 @@ impl ServerSession {
                 return Err(SecAggError::Misaddressed { from: s.from, to: s.to });
             }
             self.ctx.check_party(s.to)?;
-            if !self.ctx.graph().are_neighbours(from, s.to) {
+            if !self.ctx.drawn_graph()?.are_neighbours(from, s.to) {
                 return Err(SecAggError::NotNeighbour { of: from, peer: s.to });
             }
             if !self.keys.contains_key(&s.to) {
@@ -242,8 +310,10 @@ impl ServerSession {
         Ok(())
     }
 
+    /// `u`'s neighbours that pass `keep`; none before the graph is drawn
+    /// (every caller runs after `close_reveal`).
     fn neighbours_in(&self, u: PartyId, keep: impl Fn(PartyId) -> bool) -> Vec<PartyId> {
-        self.ctx.graph().neighbours(u).into_iter().filter(|v| keep(*v)).collect()
+        self.ctx.graph().map(|g| g.neighbours(u)).unwrap_or_default().into_iter().filter(|v| keep(*v)).collect()
     }
 
     /// Ends share collection; returns the `ForwardShares` of every member
@@ -341,32 +411,73 @@ impl ServerSession {
         }
     }
 
-    /// Ends masked input; returns the `UnmaskRequest` of every survivor:
-    /// which of the parties it holds shares of survived and which dropped.
-    /// Aborts (revealing nothing) when fewer than `min_survivors` are left or
-    /// some neighbourhood has fewer than `threshold` survivors to answer.
-    #[allow(clippy::type_complexity)]
-    pub fn close_masked(&mut self) -> Result<Vec<(PartyId, Vec<PartyId>, Vec<PartyId>)>, SecAggError> {
+    /// Ends masked input; returns U3, the survivor set every survivor is
+    /// asked to sign (`SurvivorSet`). Aborts (revealing nothing) when fewer
+    /// than `min_survivors` are left or some neighbourhood has fewer than
+    /// `threshold` survivors to answer.
+    pub fn close_masked(&mut self) -> Result<Vec<PartyId>, SecAggError> {
         self.expect(Phase::Masked)?;
         self.check_floor(self.committed.len())?;
-        let t = self.ctx.threshold();
-        for &u in self.shares.keys() {
-            let have =
-                self.neighbours_in(u, |v| self.committed.contains(&v)).len() + usize::from(self.committed.contains(&u));
-            if (have as u32) < t {
-                return Err(SecAggError::CannotReconstruct { peer: u, have: have as u32, threshold: t });
-            }
-        }
+        self.check_holders(|v| self.committed.contains(&v))?;
         for (_, stream) in std::mem::take(&mut self.streams) {
             self.spare.push(stream.values);
         }
         self.spare.clear();
-        let mut out = Vec::with_capacity(self.committed.len());
-        for &w in &self.committed {
+        self.phase = Phase::Consistency;
+        Ok(self.survivors())
+    }
+
+    /// Every secret the sum needs (of each member of U2) has at least
+    /// `threshold` holders (itself included) that pass `keep`.
+    fn check_holders(&self, keep: impl Fn(PartyId) -> bool) -> Result<(), SecAggError> {
+        let t = self.ctx.threshold();
+        for &u in self.shares.keys() {
+            let have = self.neighbours_in(u, &keep).len() + usize::from(keep(u));
+            if (have as u32) < t {
+                return Err(SecAggError::CannotReconstruct { peer: u, have: have as u32, threshold: t });
+            }
+        }
+        Ok(())
+    }
+
+    /// `SignSurvivors` from survivor `from`: its signature on U3, kept for
+    /// its neighbours to check (the aggregator holds no certificate).
+    pub fn on_survivor_signature(&mut self, from: PartyId, signature: Vec<u8>) -> Result<(), SecAggError> {
+        self.expect(Phase::Consistency)?;
+        if !self.committed.contains(&from) {
+            return Err(SecAggError::NotInStep(from));
+        }
+        if self.signatures.contains_key(&from) {
+            return Err(SecAggError::Duplicate(from));
+        }
+        if signature.len() != SURVIVOR_SIGNATURE_BYTES {
+            return Err(SecAggError::MalformedShare(from));
+        }
+        self.signatures.insert(from, signature);
+        Ok(())
+    }
+
+    /// Ends the consistency check; returns the `UnmaskRequest` of every
+    /// signer that can be satisfied: the signatures of its neighbours that
+    /// signed. A signer with fewer than `threshold - 1` signing neighbours
+    /// would refuse, so it is not asked; the round aborts when some secret
+    /// is left with fewer than `threshold` holders to ask.
+    #[allow(clippy::type_complexity)]
+    pub fn close_consistency(&mut self) -> Result<Vec<(PartyId, Vec<(PartyId, Vec<u8>)>)>, SecAggError> {
+        self.expect(Phase::Consistency)?;
+        let t = self.ctx.threshold() as usize;
+        let signed = |v: PartyId| self.signatures.contains_key(&v);
+        let askable: BTreeSet<PartyId> =
+            self.signatures.keys().copied().filter(|&w| self.neighbours_in(w, signed).len() + 1 >= t).collect();
+        self.check_floor(askable.len())?;
+        self.check_holders(|v| askable.contains(&v))?;
+        let mut out = Vec::with_capacity(askable.len());
+        for &w in &askable {
+            let sigs = self.neighbours_in(w, signed).into_iter().map(|v| (v, self.signatures[&v].clone())).collect();
+            out.push((w, sigs));
             let holders = self.neighbours_in(w, |v| self.in_u2(v)).into_iter().chain([w]);
             let (survivors, dropped): (BTreeSet<PartyId>, BTreeSet<PartyId>) =
                 holders.partition(|v| self.committed.contains(v));
-            out.push((w, survivors.iter().copied().collect(), dropped.iter().copied().collect()));
             self.asked.insert(w, Asked { survivors, dropped });
         }
         self.phase = Phase::Unmask;
@@ -413,39 +524,42 @@ impl ServerSession {
     }
 
     /// Reconstructs the survivors' self-mask seeds and the dropouts' mask
-    /// keys, removes every mask from the sum and returns it. Aborts when too
-    /// few survivors remain or too few shares of some secret arrived.
+    /// keys, removes every mask from the sum and returns it. Each rebuilt
+    /// secret is checked against what its owner signed (seed commitment,
+    /// mask public key); a bad share is skipped by trying other subsets and
+    /// its holder is named in [`AggregateSum::bad_shares`]. Aborts when too
+    /// few survivors remain, too few shares of some secret arrived, or no
+    /// subset of them passes the check.
     pub fn finish(self) -> Result<AggregateSum, SecAggError> {
         self.expect(Phase::Unmask)?;
         self.check_floor(self.committed.len())?;
         let binding = *self.ctx.binding();
         let t = self.ctx.threshold() as usize;
-        let mut lagrange: HashMap<Vec<PartyId>, Vec<Scalar>> = HashMap::new();
-        let mut reconstruct = |peer: PartyId| -> Result<_, SecAggError> {
+        let mut suspects: BTreeSet<PartyId> = BTreeSet::new();
+        let mut rebuild = |peer: PartyId, check: &dyn Fn(&[u8; 32]) -> bool| -> Result<_, SecAggError> {
             let shares = self.revealed.get(&peer).map(Vec::as_slice).unwrap_or_default();
             if shares.len() < t {
                 return Err(SecAggError::CannotReconstruct { peer, have: shares.len() as u32, threshold: t as u32 });
             }
-            let used = &shares[..t];
-            let ids: Vec<PartyId> = used.iter().map(|(p, _)| *p).collect();
-            let coefficients = lagrange.entry(ids).or_insert_with_key(|ids| shamir::lagrange_at_zero(ids));
-            let refs: Vec<&SecretShare> = used.iter().map(|(_, s)| s).collect();
-            shamir::combine(coefficients, &refs).ok_or(SecAggError::InconsistentShares(peer))
+            let rebuilt =
+                reconstruct::rebuild(shares, t, &suspects, check).ok_or(SecAggError::InconsistentShares(peer))?;
+            suspects.extend(rebuilt.bad_holders);
+            Ok(rebuilt.secret)
         };
 
         // Rebuild every secret before touching the sum, so an abort leaves nothing half-done.
         let mut self_masks = Vec::with_capacity(self.committed.len());
         for &u in &self.committed {
-            let seed = reconstruct(u)?;
+            let commitment = self.commitments[&u].self_seed;
+            let seed = rebuild(u, &|s| crate::advert::seed_commitment(&binding, u, s) == commitment)?;
             self_masks.push(crypto::self_mask_key(&seed, &binding, u));
         }
         let mut pair_masks = Vec::new();
         for &v in self.shares.keys().filter(|v| !self.committed.contains(v)) {
-            let secret = StaticSecret::from(*reconstruct(v)?);
-            // The mask public key commits to the secret: a wrong share is caught here.
-            if PublicKey::from(&secret).to_bytes() != self.keys[&v].mask_pk {
-                return Err(SecAggError::InconsistentShares(v));
-            }
+            let mask_pk = self.keys[&v].mask_pk;
+            // The mask public key commits to the secret key.
+            let check = |s: &[u8; 32]| PublicKey::from(&StaticSecret::from(*s)).to_bytes() == mask_pk;
+            let secret = StaticSecret::from(*rebuild(v, &check)?);
             for u in self.neighbours_in(v, |u| self.committed.contains(&u)) {
                 let shared = crypto::agree(&secret, &self.keys[&u].mask_pk).ok_or(SecAggError::WeakPublicKey(u))?;
                 // Survivor u applied Add if u < v, so take the opposite off.
@@ -463,7 +577,12 @@ impl ServerSession {
         crypto::apply_prgs(&keys, 0, &mut sum);
         let ring = self.ctx.ring_mask();
         sum.iter_mut().for_each(|v| *v &= ring);
-        Ok(AggregateSum { sum, survivors: self.committed.into_iter().collect(), modulus_bits: self.ctx.modulus_bits() })
+        Ok(AggregateSum {
+            sum,
+            survivors: self.committed.into_iter().collect(),
+            modulus_bits: self.ctx.modulus_bits(),
+            bad_shares: suspects.into_iter().collect(),
+        })
     }
 }
 
@@ -474,9 +593,11 @@ impl std::fmt::Debug for ServerSession {
             .field("round", &self.ctx.round())
             .field("phase", &self.phase)
             .field("advertised", &self.keys.len())
+            .field("revealed_graph", &self.reveals.len())
             .field("shared", &self.shares.len())
             .field("open_streams", &self.streams.len())
             .field("survivors", &self.committed.len())
+            .field("signed", &self.signatures.len())
             .field("answered", &self.answered.len())
             .finish_non_exhaustive()
     }

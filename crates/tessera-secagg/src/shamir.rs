@@ -90,6 +90,17 @@ pub(crate) fn split<R: CryptoRngCore + ?Sized>(
 /// points of `parties` (distinct). Computed once per set and reused for every
 /// secret those parties hold shares of.
 pub(crate) fn lagrange_at_zero(parties: &[PartyId]) -> Vec<Scalar> {
+    lagrange_at(parties, Scalar::ZERO)
+}
+
+/// Lagrange coefficients that evaluate at party `target`'s point the
+/// polynomial through the points of `parties`: what `target`'s share must be
+/// if `parties`' shares are right. Used to name a holder whose share is bad.
+pub(crate) fn lagrange_at_party(parties: &[PartyId], target: PartyId) -> Vec<Scalar> {
+    lagrange_at(parties, x_of(target))
+}
+
+fn lagrange_at(parties: &[PartyId], at: Scalar) -> Vec<Scalar> {
     let xs: Vec<Scalar> = parties.iter().map(|p| x_of(*p)).collect();
     let mut numerators = Vec::with_capacity(xs.len());
     let mut denominators = Vec::with_capacity(xs.len());
@@ -98,7 +109,7 @@ pub(crate) fn lagrange_at_zero(parties: &[PartyId]) -> Vec<Scalar> {
         let mut den = Scalar::ONE;
         for (j, xj) in xs.iter().enumerate() {
             if i != j {
-                num *= xj;
+                num *= xj - at;
                 den *= xj - xi;
             }
         }
@@ -107,6 +118,18 @@ pub(crate) fn lagrange_at_zero(parties: &[PartyId]) -> Vec<Scalar> {
     }
     Scalar::batch_invert(&mut denominators);
     numerators.iter().zip(&denominators).map(|(n, d)| n * d).collect()
+}
+
+/// Whether `share` is what the polynomial through `shares` (with
+/// coefficients from [`lagrange_at_party`] for the share's holder) gives.
+pub(crate) fn share_matches(coefficients: &[Scalar], shares: &[&SecretShare], share: &SecretShare) -> bool {
+    let mut lo = Scalar::ZERO;
+    let mut hi = Scalar::ZERO;
+    for (l, s) in coefficients.iter().zip(shares) {
+        lo += l * s.lo;
+        hi += l * s.hi;
+    }
+    lo == share.lo && hi == share.hi
 }
 
 /// Recombines shares with coefficients from [`lagrange_at_zero`] for the same
@@ -152,6 +175,18 @@ mod tests {
             let coeffs = lagrange_at_zero(&ids);
             let got = combine(&coeffs, &pick.iter().map(|(_, s)| s).collect::<Vec<_>>()).unwrap();
             assert_eq!(*got, secret);
+        }
+    }
+
+    #[test]
+    fn a_share_is_predicted_by_any_t_others() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let shares = split(&[5u8; 32], 3, &[0, 2, 4, 6, 8], &mut rng);
+        let base: Vec<&SecretShare> = shares[..3].iter().map(|(_, s)| s).collect();
+        for (p, s) in &shares[3..] {
+            let c = lagrange_at_party(&[0, 2, 4], *p);
+            assert!(share_matches(&c, &base, s));
+            assert!(!share_matches(&c, &base, &shares[0].1));
         }
     }
 

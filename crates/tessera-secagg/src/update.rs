@@ -252,8 +252,7 @@ mod tests {
 
     #[test]
     fn weighted_mean_survives_the_ring() {
-        let s =
-            SecAggSettings { threshold: 2, modulus_bits: 32, clip_range: 1.0, neighbours: None, graph_seed: [0; 32] };
+        let s = SecAggSettings { threshold: 2, modulus_bits: 32, clip_range: 1.0, neighbours: None };
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let deltas = [vec![0.1f32, -0.2, 0.3], vec![-0.3, 0.4, 0.05], vec![0.0, 0.0, 0.9]];
         let weights = [1.0, 0.5, 0.25];
@@ -281,8 +280,7 @@ mod tests {
 
     #[test]
     fn centred_coding_carries_signed_noise_through_the_ring() {
-        let s =
-            SecAggSettings { threshold: 2, modulus_bits: 20, clip_range: 1.0, neighbours: None, graph_seed: [0; 32] };
+        let s = SecAggSettings { threshold: 2, modulus_bits: 20, clip_range: 1.0, neighbours: None };
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let gamma = 1e-3;
         let coding = ValueCoding::Centered { gamma, max_level: 1000 };

@@ -35,30 +35,44 @@ fn fewer_survivors_than_threshold_abort() {
     assert!(run_round(&two, &[vec![1; 4], vec![2; 4]], &drops, 4, 1, 3).result.is_err());
 }
 
+/// Streams every member's masked input (value p for party p).
+fn mask_all(r: &mut common::Ready, n: u32, d: u64) {
+    for p in 0..n {
+        r.server.on_masked_start(p, d).unwrap();
+        let mut v = vec![p; d as usize];
+        r.clients[p as usize].mask_chunk(0, &mut v).unwrap();
+        r.server.on_masked_chunk(p, 0, &v).unwrap();
+        r.server.on_masked_end(p).unwrap();
+    }
+}
+
 #[test]
-fn client_refuses_both_secrets_and_small_survivor_sets() {
+fn client_refuses_bad_survivor_sets_and_too_few_signatures() {
     let ctx = context(7, settings(5, 16, None), 4);
     let mut r = up_to_masking(&ctx, 7);
     let c = &mut r.clients[0];
-    let all: Vec<u32> = (0..7).collect();
-    // Party 3 named as survivor and as dropout.
-    assert_eq!(c.on_unmask_request(&all, &[3]).unwrap_err(), SecAggError::BothSecretsRequested(3));
-    // Four survivors < t = 5.
+    // Malformed, outside the cohort, without this member, below the floor.
+    let bad_set = |e: &SecAggError| matches!(e, SecAggError::BadSurvivorSet(_));
+    assert!(bad_set(&c.on_survivor_set(&[0, 2, 1, 3, 4]).unwrap_err()));
+    assert!(bad_set(&c.on_survivor_set(&[0, 1, 1, 2, 3, 4]).unwrap_err()));
+    assert!(matches!(c.on_survivor_set(&[0, 1, 2, 3, 9]), Err(SecAggError::BadSurvivorSet(_))));
+    assert!(bad_set(&c.on_survivor_set(&[1, 2, 3, 4, 5, 6]).unwrap_err()));
+    assert_eq!(c.on_survivor_set(&[0, 1, 2, 3]).unwrap_err(), SecAggError::BelowThreshold { have: 4, threshold: 5 });
+    // No reveal before a set is signed.
+    assert!(matches!(c.on_unmask_request(&[1, 2, 3, 4].into()), Err(SecAggError::WrongStep { .. })));
+    let message = c.on_survivor_set(&[0, 1, 2, 3, 4, 5]).unwrap();
+    assert_eq!(message, tessera_secagg::survivor_message(ctx.binding(), &[0, 1, 2, 3, 4, 5]));
+    // One set per round: a second one is refused.
+    assert!(matches!(c.on_survivor_set(&[0, 1, 2, 3, 4, 5, 6]), Err(SecAggError::WrongStep { .. })));
+    // Signers outside the signed set, or too few of them (3 + itself < t = 5).
+    assert!(matches!(c.on_unmask_request(&[1, 2, 3, 6].into()), Err(SecAggError::BadSurvivorSet(_))));
     assert_eq!(
-        c.on_unmask_request(&[0, 1, 2, 3], &[4, 5, 6]).unwrap_err(),
-        SecAggError::BelowThreshold { have: 4, threshold: 5 }
+        c.on_unmask_request(&[1, 2, 3].into()).unwrap_err(),
+        SecAggError::TooFewSignatures { have: 4, threshold: 5 }
     );
-    // Inconsistent: unknown party, a party left out, this member not a survivor, duplicates.
-    assert!(matches!(
-        c.on_unmask_request(&[0, 1, 2, 3, 4, 5, 6, 9], &[]),
-        Err(SecAggError::InconsistentUnmaskRequest(9))
-    ));
-    assert!(matches!(c.on_unmask_request(&[0, 1, 2, 3, 4, 5], &[]), Err(SecAggError::InconsistentUnmaskRequest(6))));
-    assert!(matches!(c.on_unmask_request(&[1, 2, 3, 4, 5, 6], &[0]), Err(SecAggError::InconsistentUnmaskRequest(0))));
-    assert!(c.on_unmask_request(&[0, 1, 1, 2, 3, 4, 5, 6], &[]).is_err());
-    // The refusals changed nothing: a consistent request is answered, once,
-    // with exactly one secret kind per party.
-    let reveals = c.on_unmask_request(&[0, 1, 2, 3, 4, 5], &[6]).unwrap();
+    // The refusals changed nothing: with enough signers the member reveals,
+    // once, exactly one secret kind per party, as the signed set says.
+    let reveals = c.on_unmask_request(&[1, 2, 3, 4].into()).unwrap();
     assert_eq!(reveals.len(), 7);
     for r in &reveals {
         match r {
@@ -66,7 +80,7 @@ fn client_refuses_both_secrets_and_small_survivor_sets() {
             ShareReveal::MaskKey { peer, .. } => assert_eq!(*peer, 6),
         }
     }
-    assert!(matches!(c.on_unmask_request(&all, &[]), Err(SecAggError::WrongStep { .. })));
+    assert!(matches!(c.on_unmask_request(&[1, 2, 3, 4].into()), Err(SecAggError::WrongStep { .. })));
     let mut v = [0u32; 4];
     assert!(c.mask_chunk(0, &mut v).is_err(), "no masking after revealing");
 }
@@ -75,17 +89,19 @@ fn client_refuses_both_secrets_and_small_survivor_sets() {
 fn server_refuses_a_reveal_of_the_wrong_kind() {
     let ctx = context(5, settings(4, 16, None), 4);
     let mut r = up_to_masking(&ctx, 11);
+    mask_all(&mut r, 5, 4);
+    let survivors = r.server.close_masked().unwrap();
+    assert_eq!(survivors, vec![0, 1, 2, 3, 4]);
     for p in 0..5u32 {
-        r.server.on_masked_start(p, 4).unwrap();
-        let mut v = [p; 4];
-        r.clients[p as usize].mask_chunk(0, &mut v).unwrap();
-        r.server.on_masked_chunk(p, 0, &v).unwrap();
-        r.server.on_masked_end(p).unwrap();
+        r.clients[p as usize].on_survivor_set(&survivors).unwrap();
+        r.server.on_survivor_signature(p, vec![1; 64]).unwrap();
     }
-    let requests = r.server.close_masked().unwrap();
-    let (p, survivors, dropped) = requests[0].clone();
-    assert!(dropped.is_empty());
-    let mut reveals = r.clients[p as usize].on_unmask_request(&survivors, &dropped).unwrap();
+    assert_eq!(r.server.on_survivor_signature(0, vec![1; 64]).unwrap_err(), SecAggError::Duplicate(0));
+    let requests = r.server.close_consistency().unwrap();
+    let (p, sigs) = requests[0].clone();
+    assert_eq!(sigs.len(), 4, "every neighbour's signature is forwarded");
+    let signers = sigs.iter().map(|(v, _)| *v).collect();
+    let mut reveals = r.clients[p as usize].on_unmask_request(&signers).unwrap();
     // A malicious member relabels a self-mask share as a mask-key share.
     let honest = reveals.clone();
     if let Some(ShareReveal::SelfMask { peer, share }) = reveals.pop() {
@@ -163,23 +179,45 @@ fn server_rejects_malformed_traffic() {
     let mut clients = Vec::new();
     for p in 0..40 {
         let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
-        server.on_advertise(p, keys).unwrap();
+        let (sc, gc) = (c.seed_commitment(), c.graph_commitment());
+        server.on_advertise(p, keys, sc, gc).unwrap();
         if p == 0 {
-            assert_eq!(server.on_advertise(0, keys).unwrap_err(), SecAggError::Duplicate(0));
-            assert_eq!(server.on_advertise(1, keys).unwrap_err(), SecAggError::RepeatedPublicKey);
+            assert_eq!(server.on_advertise(0, keys, sc, gc).unwrap_err(), SecAggError::Duplicate(0));
+            assert_eq!(server.on_advertise(1, keys, sc, gc).unwrap_err(), SecAggError::RepeatedPublicKey);
         }
         clients.push(c);
     }
     let stranger_keys = PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] };
-    assert_eq!(server.on_advertise(40, stranger_keys).unwrap_err(), SecAggError::UnknownParty(40));
-    let keys = server.close_advertise().unwrap();
+    assert_eq!(server.on_advertise(40, stranger_keys, [0; 32], [0; 32]).unwrap_err(), SecAggError::UnknownParty(40));
+    let roster = server.close_advertise().unwrap();
+    assert_eq!(roster.len(), 40);
+    let mut reveals = Vec::new();
+    for (p, _) in &roster {
+        reveals.push(clients[*p as usize].on_roster(&roster).unwrap());
+    }
+    // A reveal that does not open its commitment, or from a stranger.
+    assert_eq!(server.on_graph_reveal(0, reveals[1]).unwrap_err(), SecAggError::GraphRevealMismatch(0));
+    assert_eq!(server.on_graph_reveal(40, reveals[0]).unwrap_err(), SecAggError::NotInStep(40));
+    for (p, r) in reveals.iter().enumerate().skip(1) {
+        server.on_graph_reveal(p as u32, *r).unwrap();
+    }
+    // Without party 0's reveal there is no seed.
+    let mut early = ServerSession::new(ctx.clone());
+    assert!(matches!(early.close_reveal(), Err(SecAggError::WrongStep { .. })));
+    server.on_graph_reveal(0, reveals[0]).unwrap();
+    let (all_reveals, neighbours) = server.close_reveal().unwrap();
+    let graph = server.context().graph().unwrap().clone();
     let mut all_shares = Vec::new();
-    for (p, k) in &keys {
-        assert_eq!(k.len(), 4, "SecAgg+ member sees only its neighbours");
-        all_shares.push((*p, clients[*p as usize].on_cohort_keys(k, &mut rng).unwrap()));
+    for (p, nb) in &neighbours {
+        assert_eq!(nb.len(), 4, "SecAgg+ member sees only its neighbours");
+        let keys: Vec<_> = nb
+            .iter()
+            .map(|v| (*v, clients[*v as usize].public_keys(), clients[*v as usize].graph_commitment()))
+            .collect();
+        all_shares.push((*p, clients[*p as usize].on_cohort_keys(&keys, &all_reveals, &mut rng).unwrap()));
     }
     let (p0, shares0) = all_shares[0].clone();
-    let non_neighbour = (0..40).find(|v| *v != p0 && !ctx.graph().are_neighbours(p0, *v)).unwrap();
+    let non_neighbour = (0..40).find(|v| *v != p0 && !graph.are_neighbours(p0, *v)).unwrap();
     let mut bad = shares0.clone();
     bad[0].to = non_neighbour;
     assert!(matches!(server.on_shares(p0, bad), Err(SecAggError::NotNeighbour { .. })));
@@ -220,32 +258,58 @@ fn server_rejects_malformed_traffic() {
 }
 
 #[test]
-fn client_refuses_bad_cohort_keys() {
+fn client_refuses_bad_rosters_reveals_and_cohort_keys() {
     let ctx = context(40, settings(4, 16, Some(4)), 6);
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let mut server = ServerSession::new(ctx.clone());
     let mut clients = Vec::new();
     for p in 0..40 {
         let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
-        server.on_advertise(p, keys).unwrap();
+        server.on_advertise(p, keys, c.seed_commitment(), c.graph_commitment()).unwrap();
         clients.push(c);
     }
-    let all = server.close_advertise().unwrap();
-    let (p, keys) = all[0].clone();
+    let roster = server.close_advertise().unwrap();
+    // The roster must hold this member's own commitment, sorted, and reach the floor.
+    let bad_roster = |e: SecAggError| matches!(e, SecAggError::BadRoster(_));
+    assert!(bad_roster(clients[0].on_roster(&roster[1..]).unwrap_err()));
+    let mut swapped = roster.clone();
+    swapped[0].1 = swapped[1].1;
+    assert!(bad_roster(clients[0].on_roster(&swapped).unwrap_err()));
+    let mut unsorted = roster.clone();
+    unsorted.swap(2, 3);
+    assert!(bad_roster(clients[0].on_roster(&unsorted).unwrap_err()));
+    for (p, _) in &roster {
+        let reveal = clients[*p as usize].on_roster(&roster).unwrap();
+        server.on_graph_reveal(*p, reveal).unwrap();
+    }
+    let (reveals, neighbours) = server.close_reveal().unwrap();
+    let graph = server.context().graph().unwrap().clone();
+    let (p, nb) = neighbours[0].clone();
+    let keys: Vec<_> =
+        nb.iter().map(|v| (*v, clients[*v as usize].public_keys(), clients[*v as usize].graph_commitment())).collect();
     let c = &mut clients[p as usize];
-    let stranger = (0..40).find(|v| *v != p && !ctx.graph().are_neighbours(p, *v)).unwrap();
+    // Reveals that do not open the roster's commitments, or one withheld.
+    let mut forged = reveals.clone();
+    forged[5].1 = [0; 32];
+    assert_eq!(c.on_cohort_keys(&keys, &forged, &mut rng).unwrap_err(), SecAggError::GraphRevealMismatch(5));
+    assert_eq!(c.on_cohort_keys(&keys, &reveals[..39], &mut rng).unwrap_err(), SecAggError::MissingGraphReveal(39));
+    let stranger = (0..40).find(|v| *v != p && !graph.are_neighbours(p, *v)).unwrap();
     let mut bad = keys.clone();
     bad[0].0 = stranger;
-    assert!(matches!(c.on_cohort_keys(&bad, &mut rng), Err(SecAggError::NotNeighbour { .. })));
+    assert!(matches!(c.on_cohort_keys(&bad, &reveals, &mut rng), Err(SecAggError::NotNeighbour { .. })));
+    let mut bad = keys.clone();
+    bad[0].2 = [3; 32];
+    assert_eq!(c.on_cohort_keys(&bad, &reveals, &mut rng).unwrap_err(), SecAggError::RosterMismatch(bad[0].0));
     let mut bad = keys.clone();
     bad[1].1 = bad[0].1;
-    assert_eq!(c.on_cohort_keys(&bad, &mut rng).unwrap_err(), SecAggError::RepeatedPublicKey);
+    assert_eq!(c.on_cohort_keys(&bad, &reveals, &mut rng).unwrap_err(), SecAggError::RepeatedPublicKey);
     let mut bad = keys.clone();
     bad[0].1.mask_pk = [0; 32]; // low-order point
-    assert_eq!(c.on_cohort_keys(&bad, &mut rng).unwrap_err(), SecAggError::WeakPublicKey(bad[0].0));
-    assert!(matches!(
-        c.on_cohort_keys(&keys[..2], &mut rng),
-        Err(SecAggError::BelowThreshold { have: 3, threshold: 4 })
-    ));
-    assert_eq!(c.on_cohort_keys(&keys, &mut rng).unwrap().len(), 4);
+    assert_eq!(c.on_cohort_keys(&bad, &reveals, &mut rng).unwrap_err(), SecAggError::WeakPublicKey(bad[0].0));
+    // A neighbour in the roster cannot be left out.
+    assert_eq!(
+        c.on_cohort_keys(&keys[..3], &reveals, &mut rng).unwrap_err(),
+        SecAggError::WithheldNeighbour(keys[3].0)
+    );
+    assert_eq!(c.on_cohort_keys(&keys, &reveals, &mut rng).unwrap().len(), 4);
 }

@@ -2,10 +2,10 @@
 //! goodness-of-fit test over 256 buckets on the masked vector of a constant
 //! input, at significance level alpha = 0.001.
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
+mod common;
+
 use tessera_core::{RunId, SecAggSettings};
-use tessera_secagg::{ClientSession, RoundContext, ServerSession};
+use tessera_secagg::RoundContext;
 
 /// Upper 0.1% quantile of chi-square with 255 degrees of freedom
 /// (Wilson-Hilferty: 255 * (1 - 2/2295 + 3.0902 * sqrt(2/2295))^3 = 330.5).
@@ -25,23 +25,9 @@ fn chi_square(values: &[u32], bucket_of: impl Fn(u32) -> usize) -> f64 {
 fn masked_constant(modulus_bits: u32, d: usize, input: u32, seed: u64) -> Vec<u32> {
     let n = 5;
     let cohort: Vec<String> = (0..n).map(|i| format!("bank-{i}")).collect();
-    let s = SecAggSettings { threshold: 4, modulus_bits, clip_range: 1.0, neighbours: None, graph_seed: [0; 32] };
+    let s = SecAggSettings { threshold: 4, modulus_bits, clip_range: 1.0, neighbours: None };
     let ctx = RoundContext::new(RunId([4; 16]), 1, &cohort, s, d as u64).unwrap();
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut server = ServerSession::new(ctx.clone());
-    let mut clients = Vec::new();
-    for p in 0..n {
-        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
-        server.on_advertise(p, keys).unwrap();
-        clients.push(c);
-    }
-    for (p, keys) in server.close_advertise().unwrap() {
-        let shares = clients[p as usize].on_cohort_keys(&keys, &mut rng).unwrap();
-        server.on_shares(p, shares).unwrap();
-    }
-    for (p, shares) in server.close_shares().unwrap() {
-        clients[p as usize].on_forwarded_shares(&shares).unwrap();
-    }
+    let clients = common::up_to_masking(&ctx, seed).clients;
     let mut values = vec![input; d];
     // Masked chunk by chunk, as it would stream.
     for (i, chunk) in values.chunks_mut(4096).enumerate() {

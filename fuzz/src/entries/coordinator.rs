@@ -30,6 +30,14 @@ pub(super) enum FromHostile {
     MaskedEnd {
         round: i8,
     },
+    Reveal {
+        round: i8,
+        reveal: [u8; 32],
+    },
+    Sign {
+        round: i8,
+        signature: Vec<u8>,
+    },
     Unmask {
         round: i8,
         reveals: Vec<(bool, u8, Vec<u8>)>,
@@ -200,6 +208,12 @@ pub fn coordinator(data: &[u8]) {
                         values: values.into_iter().take(32).collect(),
                     }),
                     FromHostile::MaskedEnd { round } => Some(ClientMsg::MaskedEnd { round: at(round) }),
+                    FromHostile::Reveal { round, reveal } => {
+                        Some(ClientMsg::RevealGraphSeed { round: at(round), reveal })
+                    }
+                    FromHostile::Sign { round, signature } => {
+                        Some(ClientMsg::SignSurvivors { round: at(round), signature })
+                    }
                     FromHostile::Unmask { round, reveals } => Some(ClientMsg::UnmaskShares {
                         round: at(round),
                         reveals: reveals
@@ -264,9 +278,9 @@ pub fn coordinator(data: &[u8]) {
                 moved = true;
                 match out {
                     Output::Send { to, msg } => {
-                        if let AggregatorMsg::UnmaskRequest { survivors, dropped, .. } = &msg {
-                            let s: BTreeSet<_> = survivors.iter().collect();
-                            assert!(dropped.iter().all(|d| !s.contains(d)), "asked for both secrets of one party");
+                        if let AggregatorMsg::SurvivorSet { survivors, .. } = &msg {
+                            // Which secret each holder reveals follows from this one set.
+                            assert!(survivors.windows(2).all(|w| w[0] < w[1]), "a survivor set out of order");
                         }
                         if let AggregatorMsg::RoundStart { round, .. } = &msg {
                             current_round = *round;

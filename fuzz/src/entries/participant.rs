@@ -41,6 +41,11 @@ pub(super) enum ToMember {
         evaluate: bool,
         fault: ModelFault,
     },
+    Roster {
+        round: u8,
+        honest: bool,
+        junk: Vec<(u8, [u8; 32])>,
+    },
     CohortKeys {
         round: u8,
         honest: bool,
@@ -52,10 +57,14 @@ pub(super) enum ToMember {
         flip: Option<(u8, u8)>,
         junk: Vec<(u8, u8, Vec<u8>)>,
     },
-    Unmask {
+    SurvivorSet {
         round: u8,
         survivors: Vec<u8>,
-        dropped: Vec<u8>,
+        everyone: bool,
+    },
+    Unmask {
+        round: u8,
+        signers: Vec<u8>,
         everyone: bool,
     },
     Trained {
@@ -73,7 +82,7 @@ pub(super) enum ToMember {
     Shutdown,
     Raw(Vec<u8>),
     /// A well-formed secure round (cohort of 3, this member party 1) carried
-    /// out step by step, stopping before step `upto % 7`, so that deep
+    /// out step by step, stopping before step `upto % 10`, so that deep
     /// states are one input away.
     HonestRound {
         round: u8,
@@ -97,12 +106,14 @@ pub(super) fn honest_round(round: u8, upto: u8) -> Vec<ToMember> {
             unsorted: false,
         },
         ToMember::Model { round, evaluate: false, fault: ModelFault::None },
+        ToMember::Roster { round, honest: true, junk: vec![] },
         ToMember::CohortKeys { round, honest: true, junk: vec![] },
         ToMember::ForwardShares { round, honest: true, flip: None, junk: vec![] },
         ToMember::Trained { round, result: TrainResult::Ok(50) },
-        ToMember::Unmask { round, survivors: vec![], dropped: vec![], everyone: true },
+        ToMember::SurvivorSet { round, survivors: vec![], everyone: true },
+        ToMember::Unmask { round, signers: vec![], everyone: true },
     ];
-    steps.into_iter().take(usize::from(upto % 8)).collect()
+    steps.into_iter().take(usize::from(upto % 10)).collect()
 }
 
 /// What the fake aggregator remembers of the round it started last.
@@ -111,7 +122,11 @@ pub(super) struct Script {
     cohort: Vec<String>,
     party: PartyId,
     peers: Option<HonestPeers>,
-    member_keys: Option<PublicKeys>,
+    member_advert: Option<Advertisement>,
+    member_reveal: Option<[u8; 32]>,
+    /// Every reveal, once the honest roster went out and the member revealed.
+    reveals: Vec<(PartyId, [u8; 32])>,
+    survivors: Vec<PartyId>,
 }
 
 /// The member's state machine fed an arbitrary sequence of aggregator
@@ -158,7 +173,6 @@ pub fn participant(data: &[u8]) {
                         modulus_bits: u32::from(bits % 40),
                         clip_range: clip,
                         neighbours: neighbours.map(|k| u32::from(k % 6)),
-                        graph_seed: [round; 32],
                     }),
                     dp: None,
                 };
@@ -167,24 +181,52 @@ pub fn participant(data: &[u8]) {
                 let len = tessera_secagg::vector_len(&tiny_model(0.0).layout());
                 let peers = settings.secagg.as_ref().and_then(|s| HonestPeers::new(round, &names, s, len, party));
                 let msg = AggregatorMsg::RoundStart { round, settings, cohort: names.clone(), party };
-                script = Some(Script { round, cohort: names, party, peers, member_keys: None });
+                script = Some(Script {
+                    round,
+                    cohort: names,
+                    party,
+                    peers,
+                    member_advert: None,
+                    member_reveal: None,
+                    reveals: Vec::new(),
+                    survivors: Vec::new(),
+                });
                 vec![msg]
             }
             ToMember::Model { round, evaluate, fault } => model_stream(u64::from(round), evaluate, fault),
-            ToMember::CohortKeys { round, honest, junk } => {
-                let adverts = match (&script, honest) {
-                    (Some(s), true) => s.peers.as_ref().map(|p| p.keys.clone()).unwrap_or_default(),
-                    _ => junk
-                        .into_iter()
-                        .map(|(p, a, b)| (PartyId::from(p % 8), junk_advert(PublicKeys { cipher_pk: a, mask_pk: b })))
-                        .collect(),
+            ToMember::Roster { round, honest, junk } => {
+                let commitments = match (&script, honest) {
+                    (Some(s), true) => match (&s.peers, &s.member_advert) {
+                        (Some(peers), Some(a)) => peers.roster(s.party, a),
+                        _ => Vec::new(),
+                    },
+                    _ => junk.into_iter().map(|(p, c)| (PartyId::from(p % 8), c)).collect(),
                 };
-                vec![AggregatorMsg::CohortKeys { round: u64::from(round), adverts }]
+                vec![AggregatorMsg::GraphRoster { round: u64::from(round), commitments }]
+            }
+            ToMember::CohortKeys { round, honest, junk } => {
+                let (adverts, reveals) = match (&mut script, honest) {
+                    (Some(s), true) => {
+                        if let (Some(peers), Some(a), Some(r)) = (&mut s.peers, &s.member_advert, s.member_reveal) {
+                            s.reveals = peers.reveals(&peers.roster(s.party, a), s.party, r);
+                        }
+                        (s.peers.as_ref().map(|p| p.keys.clone()).unwrap_or_default(), s.reveals.clone())
+                    }
+                    _ => (
+                        junk.iter()
+                            .map(|(p, a, b)| {
+                                (PartyId::from(p % 8), junk_advert(PublicKeys { cipher_pk: *a, mask_pk: *b }))
+                            })
+                            .collect(),
+                        junk.iter().map(|(p, a, _)| (PartyId::from(p % 8), *a)).collect(),
+                    ),
+                };
+                vec![AggregatorMsg::CohortKeys { round: u64::from(round), adverts, reveals }]
             }
             ToMember::ForwardShares { round, honest, flip, junk } => {
                 let mut shares = match (&mut script, honest) {
-                    (Some(s), true) => match (&mut s.peers, s.member_keys) {
-                        (Some(peers), Some(k)) => peers.shares_for(s.party, k),
+                    (Some(s), true) => match (&mut s.peers, &s.member_advert) {
+                        (Some(peers), Some(a)) => peers.shares_for(s.party, a, &s.reveals),
                         _ => Vec::new(),
                     },
                     _ => junk
@@ -208,15 +250,33 @@ pub fn participant(data: &[u8]) {
                 }
                 vec![AggregatorMsg::ForwardShares { round: u64::from(round), shares }]
             }
-            ToMember::Unmask { round, survivors, dropped, everyone } => {
-                let (survivors, dropped) = match (&script, everyone) {
-                    (Some(s), true) => ((0..s.cohort.len() as PartyId).collect(), Vec::new()),
-                    _ => (
-                        survivors.into_iter().map(|p| PartyId::from(p % 8)).collect(),
-                        dropped.into_iter().map(|p| PartyId::from(p % 8)).collect(),
-                    ),
+            ToMember::SurvivorSet { round, survivors, everyone } => {
+                let survivors: Vec<PartyId> = match (&script, everyone) {
+                    (Some(s), true) => (0..s.cohort.len() as PartyId).collect(),
+                    _ => survivors.into_iter().map(|p| PartyId::from(p % 8)).collect(),
                 };
-                vec![AggregatorMsg::UnmaskRequest { round: u64::from(round), survivors, dropped }]
+                if let Some(s) = script.as_mut() {
+                    s.survivors = survivors.clone();
+                }
+                vec![AggregatorMsg::SurvivorSet { round: u64::from(round), survivors }]
+            }
+            ToMember::Unmask { round, signers, everyone } => {
+                let signatures = match &mut script {
+                    Some(s) => {
+                        let signers: Vec<PartyId> = if everyone {
+                            (0..s.cohort.len() as PartyId).filter(|p| *p != s.party).collect()
+                        } else {
+                            signers.into_iter().map(|p| PartyId::from(p % 8)).collect()
+                        };
+                        let survivors = s.survivors.clone();
+                        match &mut s.peers {
+                            Some(peers) => signers.into_iter().filter_map(|p| peers.sign(p, &survivors)).collect(),
+                            None => Vec::new(),
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                vec![AggregatorMsg::UnmaskRequest { round: u64::from(round), signatures }]
             }
             ToMember::Trained { round, result } => {
                 let base = tiny_model(0.0);
@@ -273,10 +333,14 @@ pub(super) fn drain_member(
             None => return,
             Some(Output::Send(msg)) => {
                 audit.check(&msg);
-                if let (ClientMsg::AdvertiseKeys { round, advert }, Some(s)) = (&msg, script.as_mut())
-                    && *round == s.round
-                {
-                    s.member_keys = Some(advert.keys);
+                match (&msg, script.as_mut()) {
+                    (ClientMsg::AdvertiseKeys { round, advert }, Some(s)) if *round == s.round => {
+                        s.member_advert = Some(advert.clone());
+                    }
+                    (ClientMsg::RevealGraphSeed { round, reveal }, Some(s)) if *round == s.round => {
+                        s.member_reveal = Some(*reveal);
+                    }
+                    _ => {}
                 }
             }
             Some(_) => {}

@@ -55,12 +55,24 @@ pub(super) fn signed_advert(session: &tessera_secagg::ClientSession, keys: Publi
     let c = &creds[name];
     let mut signer = tessera_client::EcdsaSigner::from_pkcs8(&c.key).unwrap();
     let signature = signer.sign(&session.advert_message()).unwrap();
-    Advertisement { keys, seed_commitment: session.seed_commitment(), certificate: c.cert.clone(), signature }
+    Advertisement {
+        keys,
+        seed_commitment: session.seed_commitment(),
+        graph_commitment: session.graph_commitment(),
+        certificate: c.cert.clone(),
+        signature,
+    }
 }
 
 /// An advertisement with the given keys and no valid certificate or signature.
 pub(super) fn junk_advert(keys: PublicKeys) -> Advertisement {
-    Advertisement { keys, seed_commitment: [0; 32], certificate: Vec::new(), signature: Vec::new() }
+    Advertisement {
+        keys,
+        seed_commitment: [0; 32],
+        graph_commitment: [0; 32],
+        certificate: Vec::new(),
+        signature: Vec::new(),
+    }
 }
 
 /// Honest secure-aggregation sessions for every cohort member but one.
@@ -84,17 +96,57 @@ impl HonestPeers {
         Some(Self { sessions, keys, rng })
     }
 
-    pub(super) fn shares_for(&mut self, target: PartyId, target_keys: PublicKeys) -> Vec<EncryptedShare> {
-        let mut all: Vec<(PartyId, PublicKeys)> = self.keys.iter().map(|(p, a)| (*p, a.keys)).collect();
-        all.push((target, target_keys));
+    /// The honest roster: every peer's graph commitment and the target's.
+    pub(super) fn roster(&self, target: PartyId, target_advert: &Advertisement) -> Vec<(PartyId, [u8; 32])> {
+        let mut roster: Vec<_> = self.keys.iter().map(|(p, a)| (*p, a.graph_commitment)).collect();
+        roster.push((target, target_advert.graph_commitment));
+        roster.sort();
+        roster
+    }
+
+    /// Every reveal for `roster` (the peers' and the target's); a peer that
+    /// refuses the roster reveals nothing.
+    pub(super) fn reveals(
+        &mut self,
+        roster: &[(PartyId, [u8; 32])],
+        target: PartyId,
+        target_reveal: [u8; 32],
+    ) -> Vec<(PartyId, [u8; 32])> {
+        let mut out: Vec<_> =
+            self.sessions.iter_mut().filter_map(|(p, s)| s.on_roster(roster).ok().map(|r| (*p, r))).collect();
+        out.push((target, target_reveal));
+        out.sort();
+        out
+    }
+
+    pub(super) fn shares_for(
+        &mut self,
+        target: PartyId,
+        target_advert: &Advertisement,
+        reveals: &[(PartyId, [u8; 32])],
+    ) -> Vec<EncryptedShare> {
+        let mut all: Vec<(PartyId, PublicKeys, [u8; 32])> =
+            self.keys.iter().map(|(p, a)| (*p, a.keys, a.graph_commitment)).collect();
+        all.push((target, target_advert.keys, target_advert.graph_commitment));
         let mut out = Vec::new();
         for (p, s) in &mut self.sessions {
-            let theirs: Vec<_> = all.iter().filter(|(q, _)| q != p).copied().collect();
-            if let Ok(shares) = s.on_cohort_keys(&theirs, &mut self.rng) {
+            let theirs: Vec<_> = all.iter().filter(|(q, _, _)| q != p).copied().collect();
+            if let Ok(shares) = s.on_cohort_keys(&theirs, reveals, &mut self.rng) {
                 out.extend(shares.into_iter().filter(|sh| sh.to == target));
             }
         }
         out
+    }
+
+    /// Peer `party`'s genuine signature on `survivors`, if it is a peer.
+    pub(super) fn sign(&mut self, party: PartyId, survivors: &[PartyId]) -> Option<(PartyId, Vec<u8>)> {
+        use tessera_protocol::member::AdvertSigner;
+        let (_, s) = self.sessions.iter().find(|(p, _)| *p == party)?;
+        let message = tessera_secagg::survivor_message(s.context().binding(), survivors);
+        let (_, creds) = fuzz_pki();
+        let name = member_name(party as usize);
+        let mut signer = tessera_client::EcdsaSigner::from_pkcs8(&creds.get(&name)?.key).ok()?;
+        Some((party, signer.sign(&message).ok()?))
     }
 }
 

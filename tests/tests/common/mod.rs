@@ -23,8 +23,14 @@ pub static BIN: LazyLock<PathBuf> = LazyLock::new(|| daemon_binary("tessera-aggr
 /// A daemon binary from this test's target directory. `cargo test
 /// --workspace` builds both: each daemon package has integration tests of
 /// its own binary, which makes cargo build it. A missing binary fails the
-/// test rather than skipping it.
+/// test rather than skipping it. `TESSERA_DAEMON_DIR` points elsewhere, for
+/// worktrees that share one target directory (and so one uplifted binary).
 pub fn daemon_binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("TESSERA_DAEMON_DIR") {
+        let p = PathBuf::from(dir).join(name);
+        assert!(p.is_file(), "{} is not there (TESSERA_DAEMON_DIR)", p.display());
+        return p;
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let p = exe.parent().and_then(Path::parent).expect("target directory").join(name);

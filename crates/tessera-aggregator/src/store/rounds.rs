@@ -230,6 +230,15 @@ impl StateStore {
         })
     }
 
+    /// Share holders whose revealed share failed its check (robust
+    /// reconstruction left them out): named in the audit log.
+    pub(crate) fn bad_shares(&mut self, round: u64, members: &[String], at_ms: i64) -> Result<()> {
+        self.write(|tx| {
+            let body = serde_json::json!({ "round": round, "members": members });
+            append_audit(tx, at_ms, "bad_shares", &body)
+        })
+    }
+
     /// After a restart: rounds that started but never finished were cut
     /// short by the crash. Returns their numbers.
     pub(crate) fn interrupt_open_rounds(&mut self, at_ms: i64) -> Result<Vec<u64>> {

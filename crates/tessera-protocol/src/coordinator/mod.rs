@@ -28,8 +28,6 @@ mod round;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use tessera_core::{
     AggregatorMsg, ClientMsg, DpSettings, EvalMetrics, ModelParams, NoisePlacement, RoundSettings, SecAggSettings,
     UNCLIPPED_TENSOR,
@@ -277,8 +275,11 @@ impl Coordinator {
             match r.try_advance(now_ms, &self.cfg, &self.online, &mut self.out) {
                 round::Step::Wait => return,
                 round::Step::Continue => continue,
-                round::Step::Aggregated(mean_delta) => {
+                round::Step::Aggregated(mean_delta, bad_shares) => {
                     let round = r.round;
+                    if !bad_shares.is_empty() {
+                        self.out.push_back(Output::Event(Event::BadShares { round, members: bad_shares }));
+                    }
                     let contributors = r.contributor_count();
                     let dp = r.settings().dp.clone();
                     let ok = mean_delta.and_then(|d| self.server_step(d, contributors, dp.as_ref()));
@@ -499,10 +500,8 @@ impl Coordinator {
     /// the wire round number, so retries and resumed runs are reproducible).
     fn round_settings(&self, logical: u64, cohort_size: u32) -> Result<RoundSettings, String> {
         let secagg = self.cfg.secure.as_ref().map(|s| {
-            let mut graph_seed = [0u8; 32];
-            ChaCha20Rng::seed_from_u64(derive_seed(self.cfg.seed, logical, b"graph")).fill(&mut graph_seed);
             let (neighbours, threshold) = secagg_shape(s, cohort_size, self.cfg.min_clients);
-            SecAggSettings { threshold, modulus_bits: s.modulus_bits, clip_range: s.clip_range, neighbours, graph_seed }
+            SecAggSettings { threshold, modulus_bits: s.modulus_bits, clip_range: s.clip_range, neighbours }
         });
         let mut train = self.cfg.train.clone();
         train.seed = derive_seed(self.cfg.seed, logical, b"train");

@@ -77,6 +77,15 @@ pub enum Event {
         /// The members that dropped out of it.
         dropped: Vec<String>,
     },
+    /// Members whose revealed Shamir share failed the check against what
+    /// its owner signed (seed commitment or mask public key). The round
+    /// completed without those shares; drivers write this to the audit log.
+    BadShares {
+        /// The wire round number.
+        round: u64,
+        /// The share holders named, sorted.
+        members: Vec<String>,
+    },
     /// A member misbehaved; the message was rejected.
     Rejected {
         /// The member's name.

@@ -13,8 +13,10 @@ use crate::derive;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
     AdvertiseKeys,
+    GraphReveal,
     ShareKeys,
     Masked,
+    Consistency,
     Unmask,
     Plain,
     Evaluate,
@@ -24,8 +26,10 @@ impl Phase {
     pub(super) fn name(&self) -> &'static str {
         match self {
             Phase::AdvertiseKeys => "advertise_keys",
+            Phase::GraphReveal => "graph_reveal",
             Phase::ShareKeys => "share_keys",
             Phase::Masked => "masked_input",
+            Phase::Consistency => "consistency_check",
             Phase::Unmask => "unmasking",
             Phase::Plain => "plaintext_update",
             Phase::Evaluate => "evaluate",
@@ -37,8 +41,9 @@ impl Phase {
 pub(super) enum Step {
     Wait,
     Continue,
-    /// The mean weighted delta (or why it could not be formed).
-    Aggregated(Result<ModelParams, String>),
+    /// The mean weighted delta (or why it could not be formed), and the
+    /// members whose revealed share failed its check.
+    Aggregated(Result<ModelParams, String>, Vec<String>),
     Abort(String),
     Done(Vec<EvalMetrics>),
 }
@@ -267,8 +272,17 @@ impl RoundState {
         let wrong = || Violation::UnexpectedMessage { kind, phase: phase.name() };
         match (&mut self.agg, msg) {
             (Aggregation::Secure(s), ClientMsg::AdvertiseKeys { advert, .. }) if phase == Phase::AdvertiseKeys => {
-                s.on_advertise(party, advert.keys).map_err(Violation::SecAgg)?;
+                s.on_advertise(party, advert.keys, advert.seed_commitment, advert.graph_commitment)
+                    .map_err(Violation::SecAgg)?;
                 self.adverts.insert(party, advert);
+                self.answered.insert(party);
+            }
+            (Aggregation::Secure(s), ClientMsg::RevealGraphSeed { reveal, .. }) if phase == Phase::GraphReveal => {
+                s.on_graph_reveal(party, reveal).map_err(Violation::SecAgg)?;
+                self.answered.insert(party);
+            }
+            (Aggregation::Secure(s), ClientMsg::SignSurvivors { signature, .. }) if phase == Phase::Consistency => {
+                s.on_survivor_signature(party, signature).map_err(Violation::SecAgg)?;
                 self.answered.insert(party);
             }
             (Aggregation::Secure(s), ClientMsg::ShareKeys { shares, .. }) if phase == Phase::ShareKeys => {
@@ -411,7 +425,7 @@ impl RoundState {
                         .aggregate(&updates)
                         .map_err(|e| e.to_string())
                         .and_then(|v| ModelParams::from_flat(&self.layout, &v).map_err(|e| e.to_string()));
-                    return Step::Aggregated(mean);
+                    return Step::Aggregated(mean, Vec::new());
                 }
                 let mut sums = vec![0f64; self.layout.numel()];
                 let mut weight = 0f64;
@@ -426,10 +440,13 @@ impl RoundState {
                     weight += up.weight;
                     self.contributors.insert(party);
                 }
-                Step::Aggregated(derive::mean_from_plain(&self.layout, &sums, weight).map_err(|e| e.to_string()))
+                let mean = derive::mean_from_plain(&self.layout, &sums, weight).map_err(|e| e.to_string());
+                Step::Aggregated(mean, Vec::new())
             }
-            Phase::AdvertiseKeys => self.secure_step(now_ms, cfg, out),
-            Phase::ShareKeys | Phase::Masked | Phase::Unmask => self.secure_step(now_ms, cfg, out),
+            Phase::AdvertiseKeys | Phase::GraphReveal | Phase::ShareKeys | Phase::Masked | Phase::Consistency => {
+                self.secure_step(now_ms, cfg, out)
+            }
+            Phase::Unmask => self.secure_step(now_ms, cfg, out),
             Phase::Evaluate => unreachable!("handled above"),
         }
     }
@@ -440,11 +457,22 @@ impl RoundState {
         let name = |p: PartyId| self.cohort[p as usize].clone();
         let res: Result<Phase, tessera_secagg::SecAggError> = (|| match self.phase {
             Phase::AdvertiseKeys => {
+                // Every commitment is fixed here, before anyone reveals.
+                let roster = s.close_advertise()?;
+                for (p, _) in &roster {
+                    let msg = AggregatorMsg::GraphRoster { round, commitments: roster.clone() };
+                    out.push_back(Output::Send { to: name(*p), msg });
+                }
+                Ok(Phase::GraphReveal)
+            }
+            Phase::GraphReveal => {
+                let (reveals, neighbours) = s.close_reveal()?;
                 let adverts = &self.adverts;
-                for (p, keys) in s.close_advertise()? {
-                    // The session picked the neighbours; forward their signed adverts.
-                    let adverts = keys.iter().filter_map(|(v, _)| adverts.get(v).map(|a| (*v, a.clone()))).collect();
-                    out.push_back(Output::Send { to: name(p), msg: AggregatorMsg::CohortKeys { round, adverts } });
+                for (p, nb) in neighbours {
+                    // Forward the neighbours' signed adverts untouched.
+                    let adverts = nb.iter().filter_map(|v| adverts.get(v).map(|a| (*v, a.clone()))).collect();
+                    let msg = AggregatorMsg::CohortKeys { round, adverts, reveals: reveals.clone() };
+                    out.push_back(Output::Send { to: name(p), msg });
                 }
                 Ok(Phase::ShareKeys)
             }
@@ -455,10 +483,18 @@ impl RoundState {
                 Ok(Phase::Masked)
             }
             Phase::Masked => {
-                for (p, survivors, dropped) in s.close_masked()? {
+                let survivors = s.close_masked()?;
+                for p in &survivors {
+                    let msg = AggregatorMsg::SurvivorSet { round, survivors: survivors.clone() };
+                    out.push_back(Output::Send { to: name(*p), msg });
+                }
+                Ok(Phase::Consistency)
+            }
+            Phase::Consistency => {
+                for (p, signatures) in s.close_consistency()? {
                     out.push_back(Output::Send {
                         to: name(p),
-                        msg: AggregatorMsg::UnmaskRequest { round, survivors, dropped },
+                        msg: AggregatorMsg::UnmaskRequest { round, signatures },
                     });
                 }
                 Ok(Phase::Unmask)
@@ -481,9 +517,10 @@ impl RoundState {
                         self.contributors = sum.survivors.iter().copied().collect();
                         self.next_phase(now_ms, Phase::Evaluate, cfg.phase_timeout_ms);
                         let n = self.cohort.len() as u32;
-                        Step::Aggregated(
-                            derive::mean_from_secure(&self.layout, &self.settings, n, &sum).map_err(|e| e.to_string()),
-                        )
+                        let bad = sum.bad_shares.iter().map(|p| self.cohort[*p as usize].clone()).collect();
+                        let mean =
+                            derive::mean_from_secure(&self.layout, &self.settings, n, &sum).map_err(|e| e.to_string());
+                        Step::Aggregated(mean, bad)
                     }
                 }
             }

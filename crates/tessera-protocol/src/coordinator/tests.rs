@@ -86,6 +86,10 @@ struct Harness {
     /// Members report zero training examples, so the round's total weight
     /// is zero and its aggregate cannot be turned into a mean.
     zero_examples: bool,
+    /// Members that reveal wrong (well-formed) shares when unmasking.
+    saboteurs: BTreeSet<String>,
+    /// The members each `Event::BadShares` named.
+    bad_shares: Vec<Vec<String>>,
 }
 
 impl Harness {
@@ -121,6 +125,8 @@ impl Harness {
             held: BTreeMap::new(),
             finished_at: vec![],
             zero_examples: false,
+            saboteurs: BTreeSet::new(),
+            bad_shares: vec![],
         }
     }
 
@@ -211,6 +217,7 @@ impl Harness {
                     self.finished_at.push(self.now);
                 }
                 Output::Event(Event::RoundAborted { round, reason, .. }) => self.aborted.push((round, reason)),
+                Output::Event(Event::BadShares { members, .. }) => self.bad_shares.push(members),
                 Output::Event(e) => {
                     let label = match &e {
                         Event::RoundStarted { .. } => "round_started".to_string(),
@@ -244,6 +251,7 @@ impl Harness {
                             self.dead.insert(name.clone());
                             break;
                         }
+                        let msg = if self.saboteurs.contains(&name) { secure::sabotage(msg) } else { msg };
                         self.sent.entry(name.clone()).or_default().push(msg.clone());
                         self.deliver_to_coordinator(&name, msg);
                     }
@@ -318,7 +326,7 @@ fn plaintext_mode_matches_secure_mode() {
 
 #[test]
 fn dropouts_at_every_phase_leave_the_sum_of_survivors() {
-    for kind in ["advertise_keys", "share_keys", "masked_start", "unmask_shares"] {
+    for kind in ["advertise_keys", "share_keys", "masked_start", "sign_survivors", "unmask_shares"] {
         let mut c = cfg(3, true);
         c.rounds = 1;
         let mut h = Harness::new(6, c);
@@ -327,8 +335,9 @@ fn dropouts_at_every_phase_leave_the_sum_of_survivors() {
         h.run(20);
         assert_eq!(h.finished.len(), 1, "dropout before {kind}: aborted {:?}", h.aborted);
         let contributors = &h.finished[0].contributors;
-        // Dying before unmasking still leaves the member's masked input in.
-        let expected: Vec<usize> = if kind == "unmask_shares" { vec![0, 1, 2, 3, 4, 5] } else { vec![0, 2, 3, 4, 5] };
+        // Dying after the masked input still leaves it in the sum.
+        let late = ["sign_survivors", "unmask_shares"].contains(&kind);
+        let expected: Vec<usize> = if late { vec![0, 1, 2, 3, 4, 5] } else { vec![0, 2, 3, 4, 5] };
         assert_eq!(contributors.len(), expected.len(), "dropout before {kind}");
         assert_global(&h, 1, &expected, 1e-5);
     }
@@ -493,13 +502,7 @@ fn members_refuse_unsafe_rounds() {
     assert_eq!(p.handle(start(1, plain.clone(), vec!["m0", "m1"])), Err(participant::Refusal::PlaintextRefused));
     // A threshold below a strict majority is refused.
     let mut s = plain.clone();
-    s.secagg = Some(tessera_core::SecAggSettings {
-        threshold: 1,
-        modulus_bits: 32,
-        clip_range: 1.0,
-        neighbours: None,
-        graph_seed: [0; 32],
-    });
+    s.secagg = Some(tessera_core::SecAggSettings { threshold: 1, modulus_bits: 32, clip_range: 1.0, neighbours: None });
     assert!(matches!(p.handle(start(2, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::BadCohort(_))));
     // A replayed (old) round is refused.
     assert!(matches!(p.handle(start(1, s.clone(), vec!["m0", "m1", "m2"])), Err(participant::Refusal::Replay { .. })));
@@ -559,4 +562,5 @@ fn members_refuse_unsafe_rounds() {
 
 mod dp;
 mod robust;
+mod secure;
 mod signed;

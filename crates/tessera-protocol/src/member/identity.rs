@@ -1,5 +1,6 @@
 //! The member's consortium identity inside the protocol: how it signs its
-//! key advertisement and how it checks everyone else's.
+//! key advertisement and the survivor set, and how it checks everyone
+//! else's.
 //!
 //! Without this a malicious aggregator could hand a member key pairs it made
 //! itself for every neighbour, open the member's share bundles and strip its
@@ -18,7 +19,10 @@
 //! injected so that the handshake and the advertisement check can never
 //! disagree about who a certificate names.
 
+use std::collections::HashMap;
+
 use rustls_pki_types::{CertificateDer, UnixTime};
+use sha2::{Digest, Sha256};
 use tessera_core::{Advertisement, PartyId};
 
 /// Signs a member's advertisement with the private key of its consortium
@@ -28,7 +32,8 @@ use tessera_core::{Advertisement, PartyId};
 /// implements it over its `key.pem`; tests and the simulator over keys from
 /// an in-memory PKI.
 pub trait AdvertSigner: Send {
-    /// Signs `message` (the bytes of [`tessera_secagg::advert_message`]).
+    /// Signs `message` (the bytes of [`tessera_secagg::advert_message`] or
+    /// [`tessera_secagg::survivor_message`]).
     fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError>;
 }
 
@@ -90,6 +95,37 @@ pub enum AdvertProblem {
     UnknownParty,
 }
 
+/// A neighbour's certificate key, usable once its advertisement checked out
+/// (chain, name, signature): later signatures of the round (on the survivor
+/// set) are checked under it without re-validating the certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedKey(Vec<u8>);
+
+impl VerifiedKey {
+    /// Whether `signature` (fixed-length `r ‖ s`) signs `message` under this key.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, &self.0)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// How long a validated certificate stays trusted without validating its
+/// chain again, in seconds of the member's clock. Members see the same
+/// neighbours' certificates round after round; re-validating each chain
+/// every round was most of a member's per-round signature cost
+/// (docs/benchmarks.md, "Signed advertisements"). An expiry is then noticed
+/// at most this late.
+pub const CERTIFICATE_CACHE_SECS: u64 = 3600;
+
+/// Certificates this member has validated (chain to the CA, usage, time),
+/// by SHA-256 of the DER, with the name they prove and their key. The
+/// signature of every advertisement is still checked every time.
+#[derive(Debug, Default)]
+pub struct CertificateCache {
+    valid: HashMap<[u8; 32], (String, VerifiedKey, u64)>,
+}
+
 impl MemberIdentity {
     /// Signs this member's advertisement message.
     pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignError> {
@@ -98,23 +134,61 @@ impl MemberIdentity {
 
     /// Checks one forwarded advertisement of `party`, whose signed message is
     /// `message` ([`tessera_secagg::advert_message`]), against the CA, the
-    /// cohort entry and the signature. The participant calls it for every
-    /// entry of `CohortKeys`; public for benchmarks and other drivers.
+    /// cohort entry and the signature, and returns the certificate's key. The
+    /// participant calls it for every entry of `CohortKeys`; public for
+    /// benchmarks and other drivers.
     pub fn verify(
         &self,
         cohort: &[String],
         party: PartyId,
         message: &[u8],
         advert: &Advertisement,
-    ) -> Result<(), AdvertProblem> {
+    ) -> Result<VerifiedKey, AdvertProblem> {
+        self.verify_cached(&mut CertificateCache::default(), cohort, party, message, advert)
+    }
+
+    /// [`Self::verify`], skipping the chain validation of a certificate
+    /// validated within [`CERTIFICATE_CACHE_SECS`] (the name and the
+    /// signature are checked every time).
+    pub fn verify_cached(
+        &self,
+        cache: &mut CertificateCache,
+        cohort: &[String],
+        party: PartyId,
+        message: &[u8],
+        advert: &Advertisement,
+    ) -> Result<VerifiedKey, AdvertProblem> {
         let expected = cohort.get(party as usize).ok_or(AdvertProblem::UnknownParty)?;
+        let now = (self.clock)();
+        let fingerprint: [u8; 32] = Sha256::digest(&advert.certificate).into();
+        let (found, key) = match cache.valid.get(&fingerprint) {
+            Some((name, key, at)) if now >= *at && now - at < CERTIFICATE_CACHE_SECS => (name.clone(), key.clone()),
+            _ => {
+                let (name, key) = self.validate(advert, now)?;
+                cache.valid.insert(fingerprint, (name.clone(), key.clone(), now));
+                (name, key)
+            }
+        };
+        if &found != expected {
+            return Err(AdvertProblem::WrongMember { expected: expected.clone(), found });
+        }
+        // The advertisement's signature is fixed-length r ‖ s (64 bytes), so
+        // every advertisement has one size and traffic counts stay exact; it
+        // is checked by AWS-LC under the certificate's (already validated)
+        // subject public key.
+        if key.verifies(message, &advert.signature) { Ok(key) } else { Err(AdvertProblem::BadSignature) }
+    }
+
+    /// Validates the certificate (chain to the CA, client-auth usage, time)
+    /// and returns the member name it proves and its key.
+    fn validate(&self, advert: &Advertisement, now: u64) -> Result<(String, VerifiedKey), AdvertProblem> {
         let ca = CertificateDer::from(self.ca.as_slice());
         let anchor = webpki::anchor_from_trusted_cert(&ca)
             .map_err(|e| AdvertProblem::UntrustedCertificate(format!("consortium CA: {e}")))?;
         let der = CertificateDer::from(advert.certificate.as_slice());
         let cert =
             webpki::EndEntityCert::try_from(&der).map_err(|e| AdvertProblem::UntrustedCertificate(e.to_string()))?;
-        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs((self.clock)()));
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
         cert.verify_for_usage(
             &[webpki::ring::ECDSA_P256_SHA256],
             &[anchor],
@@ -126,17 +200,7 @@ impl MemberIdentity {
         )
         .map_err(|e| AdvertProblem::UntrustedCertificate(e.to_string()))?;
         let found = (self.name_of)(&advert.certificate).ok_or(AdvertProblem::NoMemberName)?;
-        if &found != expected {
-            return Err(AdvertProblem::WrongMember { expected: expected.clone(), found });
-        }
-        // The advertisement's signature is fixed-length r ‖ s (64 bytes), so
-        // every advertisement has one size and traffic counts stay exact; it
-        // is checked by AWS-LC under the certificate's (already validated)
-        // subject public key.
-        let spki = cert.subject_public_key_info();
-        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, spki.as_ref())
-            .verify(message, &advert.signature)
-            .map_err(|_| AdvertProblem::BadSignature)
+        Ok((found, VerifiedKey(cert.subject_public_key_info().as_ref().to_vec())))
     }
 }
 
@@ -231,5 +295,58 @@ pub(crate) mod test_pki {
                 clock: Box::new(now),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::test_pki::{KeySigner, TestPki};
+    use super::*;
+    use tessera_core::PublicKeys;
+
+    /// A cached certificate skips chain validation for an hour of the
+    /// member's clock, never the name or the signature check; after that
+    /// it is validated again, so an expired certificate is refused.
+    #[test]
+    fn the_certificate_cache_keeps_name_and_signature_checks_and_expires() {
+        let pki = TestPki::new("consortium");
+        let clock = Arc::new(AtomicU64::new(test_pki::now()));
+        let mut me = pki.identity("m0");
+        let c = clock.clone();
+        me.clock = Box::new(move || c.load(Ordering::Relaxed));
+        let (cert, key) = pki.issue("m1");
+        let mut signer = KeySigner(key);
+        let keys = PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] };
+        let message = b"advert".to_vec();
+        let signature = signer.sign(&message).unwrap();
+        let advert =
+            Advertisement { keys, seed_commitment: [0; 32], graph_commitment: [0; 32], certificate: cert, signature };
+        let cohort = vec!["m0".to_string(), "m1".to_string()];
+        let mut cache = CertificateCache::default();
+        me.verify_cached(&mut cache, &cohort, 1, &message, &advert).unwrap();
+        assert_eq!(cache.valid.len(), 1);
+        // Cached: a wrong index or a wrong signature is still refused.
+        assert!(matches!(
+            me.verify_cached(&mut cache, &cohort, 0, &message, &advert),
+            Err(AdvertProblem::WrongMember { .. })
+        ));
+        assert_eq!(me.verify_cached(&mut cache, &cohort, 1, b"other", &advert), Err(AdvertProblem::BadSignature));
+        // 2070: long after the certificate expired (2045). Within the cache
+        // window of the last validation it is not re-validated...
+        let validated_at = clock.load(Ordering::Relaxed);
+        let future = 100 * 365 * 24 * 3600;
+        cache.valid.values_mut().for_each(|e| e.2 = future - 10);
+        clock.store(future, Ordering::Relaxed);
+        me.verify_cached(&mut cache, &cohort, 1, &message, &advert).unwrap();
+        // ...and past the window it is, and refused.
+        clock.store(future + CERTIFICATE_CACHE_SECS, Ordering::Relaxed);
+        assert!(matches!(
+            me.verify_cached(&mut cache, &cohort, 1, &message, &advert),
+            Err(AdvertProblem::UntrustedCertificate(e)) if e.contains("Expired")
+        ));
+        assert!(validated_at < future);
     }
 }

@@ -23,10 +23,14 @@ use crate::derive;
 mod identity;
 mod output;
 mod refusal;
+mod secure;
 
 #[cfg(test)]
 pub(crate) use identity::test_pki;
-pub use identity::{AdvertProblem, AdvertSigner, MemberIdentity, MemberNameOf, SignError};
+pub use identity::{
+    AdvertProblem, AdvertSigner, CERTIFICATE_CACHE_SECS, CertificateCache, MemberIdentity, MemberNameOf, SignError,
+    VerifiedKey,
+};
 pub use output::{Event, Output};
 pub use refusal::{BudgetRefusal, CohortProblem, LocalFailure, PrivacyRefusal, Refusal, UpdateError};
 
@@ -104,6 +108,8 @@ struct ActiveRound {
     party: PartyId,
     base: Option<ModelParams>,
     secagg: Option<tessera_secagg::ClientSession>,
+    /// Neighbours' certificate keys from their checked advertisements.
+    neighbour_keys: std::collections::BTreeMap<PartyId, VerifiedKey>,
     shares_received: bool,
     trained: Option<TrainedUpdate>,
     sent: bool,
@@ -147,6 +153,8 @@ pub struct Participant<R> {
     out: VecDeque<Output>,
     guard: Option<Box<dyn PrivacyGuard>>,
     identity: Option<MemberIdentity>,
+    /// Neighbours' certificates validated in earlier rounds.
+    certificates: CertificateCache,
 }
 
 impl<R: MemberRng> Participant<R> {
@@ -166,6 +174,7 @@ impl<R: MemberRng> Participant<R> {
             out: VecDeque::new(),
             guard: None,
             identity: None,
+            certificates: CertificateCache::default(),
         }
     }
 
@@ -333,6 +342,7 @@ impl<R: MemberRng> Participant<R> {
                     base: None,
                     model_received: false,
                     secagg: None,
+                    neighbour_keys: Default::default(),
                     shares_received: false,
                     trained: None,
                     sent: false,
@@ -361,25 +371,8 @@ impl<R: MemberRng> Participant<R> {
                 }
                 Ok(())
             }
-            AggregatorMsg::CohortKeys { round, adverts } => {
-                let r = active(&mut self.round, round, kind)?;
-                let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-                let identity = self.identity.as_ref().ok_or(Refusal::NoIdentity)?;
-                // Every key is used only once its certificate and signature check out.
-                let binding = *session.context().binding();
-                let mut keys = Vec::with_capacity(adverts.len());
-                for (party, advert) in &adverts {
-                    let message =
-                        tessera_secagg::advert_message(&binding, *party, &advert.keys, &advert.seed_commitment);
-                    identity
-                        .verify(&r.cohort, *party, &message, advert)
-                        .map_err(|problem| Refusal::Advertisement { party: *party, problem })?;
-                    keys.push((*party, advert.keys));
-                }
-                let shares = session.on_cohort_keys(&keys, &mut self.rng)?;
-                self.out.push_back(Output::Send(ClientMsg::ShareKeys { round, shares }));
-                Ok(())
-            }
+            AggregatorMsg::GraphRoster { round, commitments } => self.on_graph_roster(round, &commitments),
+            AggregatorMsg::CohortKeys { round, adverts, reveals } => self.on_cohort_keys(round, &adverts, &reveals),
             AggregatorMsg::ForwardShares { round, shares } => {
                 let r = active(&mut self.round, round, kind)?;
                 let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
@@ -387,16 +380,8 @@ impl<R: MemberRng> Participant<R> {
                 r.shares_received = true;
                 self.maybe_send_update()
             }
-            AggregatorMsg::UnmaskRequest { round, survivors, dropped } => {
-                let r = active(&mut self.round, round, kind)?;
-                if !r.sent {
-                    return Err(Refusal::Unexpected { kind });
-                }
-                let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-                let reveals = session.on_unmask_request(&survivors, &dropped)?;
-                self.out.push_back(Output::Send(ClientMsg::UnmaskShares { round, reveals }));
-                Ok(())
-            }
+            AggregatorMsg::SurvivorSet { round, survivors } => self.on_survivor_set(round, &survivors),
+            AggregatorMsg::UnmaskRequest { round, signatures } => self.on_unmask_request(round, &signatures),
             AggregatorMsg::RoundEnd { round, accepted, reason } => {
                 if self.round.as_ref().is_some_and(|r| r.round == round) {
                     self.round = None;
@@ -485,6 +470,7 @@ impl<R: MemberRng> Participant<R> {
             let advert = tessera_core::Advertisement {
                 keys,
                 seed_commitment: session.seed_commitment(),
+                graph_commitment: session.graph_commitment(),
                 certificate: identity.certificate.clone(),
                 signature,
             };

@@ -59,6 +59,14 @@ pub enum Refusal {
         /// What was wrong with it.
         problem: AdvertProblem,
     },
+    /// A forwarded signature on the survivor set does not verify under the
+    /// neighbour's certificate key: the aggregator forged or mixed up the
+    /// consistency check.
+    #[error("the survivor-set signature of party {party} does not verify")]
+    SurvivorSignature {
+        /// The neighbour whose signature was refused.
+        party: PartyId,
+    },
     /// A securely aggregated round, but the member has no consortium
     /// identity to sign its keys and check its neighbours' with.
     #[error("secure aggregation needs the member's certificate identity (none configured)")]

@@ -3,11 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tessera_core::{EncryptedShare, PartyId, RunId, SecAggSettings};
+use tessera_core::{EncryptedShare, PartyId, PublicKeys, RunId, SecAggSettings};
 use tessera_secagg::{AggregateSum, ClientSession, RoundContext, SecAggError, ServerSession};
 
 pub fn cohort(n: u32) -> Vec<String> {
@@ -15,7 +15,7 @@ pub fn cohort(n: u32) -> Vec<String> {
 }
 
 pub fn settings(threshold: u32, modulus_bits: u32, neighbours: Option<u32>) -> SecAggSettings {
-    SecAggSettings { threshold, modulus_bits, clip_range: 1.0, neighbours, graph_seed: [42; 32] }
+    SecAggSettings { threshold, modulus_bits, clip_range: 1.0, neighbours }
 }
 
 pub fn context(n: u32, s: SecAggSettings, d: u64) -> RoundContext {
@@ -31,7 +31,9 @@ pub struct Dropouts {
     pub before_shares: BTreeSet<PartyId>,
     /// Share keys, never finish the masked stream (some send part of it).
     pub before_masked: BTreeSet<PartyId>,
-    /// Send masked input, never answer `UnmaskRequest`.
+    /// Send masked input, never sign the survivor set.
+    pub before_sign: BTreeSet<PartyId>,
+    /// Sign the survivor set, never answer `UnmaskRequest`.
     pub before_unmask: BTreeSet<PartyId>,
 }
 
@@ -75,6 +77,67 @@ pub fn run_round(
     Outcome { result, expected }
 }
 
+/// What each member advertised: keys and graph commitment.
+pub type Adverts = BTreeMap<PartyId, (PublicKeys, [u8; 32])>;
+
+/// Advertise (everyone but `skip`), exchange the roster and reveals, and
+/// return each advertised member's `CohortKeys` input: its neighbours'
+/// keys with their graph commitments, and every reveal.
+#[allow(clippy::type_complexity)]
+pub fn setup_graph(
+    server: &mut ServerSession,
+    clients: &mut [Option<ClientSession>],
+    ctx: &RoundContext,
+    skip: &BTreeSet<PartyId>,
+    rng: &mut ChaCha20Rng,
+) -> Result<Vec<(PartyId, Vec<(PartyId, PublicKeys, [u8; 32])>, Vec<(PartyId, [u8; 32])>)>, SecAggError> {
+    let mut adverts = Adverts::new();
+    for p in 0..ctx.cohort_size() {
+        if skip.contains(&p) {
+            continue;
+        }
+        let (c, keys) = ClientSession::new(ctx.clone(), p, rng).expect("client starts");
+        server.on_advertise(p, keys, c.seed_commitment(), c.graph_commitment()).expect("server accepts keys");
+        adverts.insert(p, (keys, c.graph_commitment()));
+        clients[p as usize] = Some(c);
+    }
+    let roster = server.close_advertise()?;
+    for (p, _) in &roster {
+        let reveal = clients[*p as usize].as_mut().expect("advertised").on_roster(&roster).expect("roster accepted");
+        server.on_graph_reveal(*p, reveal).expect("reveal accepted");
+    }
+    let (reveals, neighbours) = server.close_reveal()?;
+    Ok(neighbours
+        .into_iter()
+        .map(|(p, nb)| {
+            let keys = nb.iter().map(|v| (*v, adverts[v].0, adverts[v].1)).collect();
+            (p, keys, reveals.clone())
+        })
+        .collect())
+}
+
+/// The consistency check, honest: every survivor not in `skip` signs, and
+/// each asked member gets its signing neighbours as verified signers.
+pub fn sign_survivors(
+    server: &mut ServerSession,
+    clients: &mut [Option<ClientSession>],
+    skip: &BTreeSet<PartyId>,
+) -> Result<Vec<(PartyId, BTreeSet<PartyId>)>, SecAggError> {
+    let survivors = server.close_masked()?;
+    for &p in &survivors {
+        if skip.contains(&p) {
+            continue;
+        }
+        clients[p as usize].as_mut().expect("survivor exists").on_survivor_set(&survivors).expect("set accepted");
+        server.on_survivor_signature(p, vec![0xA5; 64]).expect("signature accepted");
+    }
+    Ok(server
+        .close_consistency()?
+        .into_iter()
+        .map(|(p, sigs)| (p, sigs.into_iter().map(|(v, _)| v).collect()))
+        .collect())
+}
+
 fn drive(
     ctx: &RoundContext,
     inputs: &[Vec<u32>],
@@ -87,23 +150,15 @@ fn drive(
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut server = ServerSession::new(ctx.clone()).with_stream_slots(slots);
     let mut clients: Vec<Option<ClientSession>> = (0..n).map(|_| None).collect();
-    for p in 0..n {
-        if drops.before_advertise.contains(&p) {
-            continue;
-        }
-        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).expect("client starts");
-        server.on_advertise(p, keys).expect("server accepts keys");
-        clients[p as usize] = Some(c);
-    }
-    let cohort_keys = server.close_advertise()?;
+    let cohort_keys = setup_graph(&mut server, &mut clients, ctx, &drops.before_advertise, &mut rng)?;
     let mut sent_shares = Vec::new();
-    for (p, keys) in cohort_keys {
+    for (p, keys, reveals) in cohort_keys {
         if drops.before_shares.contains(&p) {
             continue;
         }
         let c = clients[p as usize].as_mut().expect("advertised client exists");
         // A client may refuse (e.g. its neighbourhood is too small): it drops out.
-        if let Ok(shares) = c.on_cohort_keys(&keys, &mut rng) {
+        if let Ok(shares) = c.on_cohort_keys(&keys, &reveals, &mut rng) {
             sent_shares.push((p, shares));
         }
     }
@@ -152,14 +207,14 @@ fn drive(
             }
         }
     }
-    let requests = server.close_masked()?;
+    let requests = sign_survivors(&mut server, &mut clients, &drops.before_sign)?;
     let mut answers = Vec::new();
-    for (p, survivors, dropped) in requests {
+    for (p, signers) in requests {
         if drops.before_unmask.contains(&p) {
             continue;
         }
         let c = clients[p as usize].as_mut().expect("client exists");
-        answers.push((p, c.on_unmask_request(&survivors, &dropped).expect("client reveals")));
+        answers.push((p, c.on_unmask_request(&signers).expect("client reveals")));
     }
     for (p, reveals) in answers {
         server.on_unmask(p, reveals).expect("server accepts reveals");
@@ -177,14 +232,11 @@ pub struct Ready {
 pub fn up_to_shares(ctx: &RoundContext, seed: u64) -> Ready {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut server = ServerSession::new(ctx.clone());
-    let mut clients = Vec::new();
-    for p in 0..ctx.cohort_size() {
-        let (c, keys) = ClientSession::new(ctx.clone(), p, &mut rng).unwrap();
-        server.on_advertise(p, keys).unwrap();
-        clients.push(c);
-    }
-    for (p, keys) in server.close_advertise().unwrap() {
-        let shares = clients[p as usize].on_cohort_keys(&keys, &mut rng).unwrap();
+    let mut slots: Vec<Option<ClientSession>> = (0..ctx.cohort_size()).map(|_| None).collect();
+    let cohort_keys = setup_graph(&mut server, &mut slots, ctx, &BTreeSet::new(), &mut rng).unwrap();
+    let mut clients: Vec<ClientSession> = slots.into_iter().map(|c| c.unwrap()).collect();
+    for (p, keys, reveals) in cohort_keys {
+        let shares = clients[p as usize].on_cohort_keys(&keys, &reveals, &mut rng).unwrap();
         server.on_shares(p, shares).unwrap();
     }
     let forwarded = server.close_shares().unwrap();

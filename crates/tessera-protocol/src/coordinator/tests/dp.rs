@@ -55,13 +55,7 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
     // Rebuild the plan the round used (threshold of a cohort of 5 is 4).
     let settings = RoundSettings {
         train: c_train(),
-        secagg: Some(SecAggSettings {
-            threshold: 4,
-            modulus_bits: 32,
-            clip_range: 1.0,
-            neighbours: None,
-            graph_seed: [0; 32],
-        }),
+        secagg: Some(SecAggSettings { threshold: 4, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: Some(DpSettings { min_contributors: 4, ..dp }),
     };
     let plan = DistributedPlan::for_round(&settings, d as u64, 5).unwrap().unwrap();
@@ -255,7 +249,11 @@ fn adaptive_clip_learns_the_median_update_norm_inside_the_secure_sum() {
         assert!((got - truth).abs() < 0.15, "round {}: unclipped {got}, truly {truth}", o.round);
         clip = o.next_clip_norm.unwrap();
     }
-    assert!(h.finished[10].clip_norm.unwrap() > 0.5, "the clip grows while every update is clipped");
+    // While every update is clipped the clip grows by exp(0.2 · 0.5) ≈ 1.105
+    // per round: 0.54 after ten rounds without noise. The count noise moves
+    // each step; 0.4 leaves room for it and still fails a clip that stalls.
+    let clips: Vec<f64> = h.finished[..11].iter().map(|o| o.clip_norm.unwrap()).collect();
+    assert!(clips[10] > 0.4, "the clip grows while every update is clipped: {clips:?}");
     let last: Vec<f64> = h.finished[40..].iter().map(|o| o.clip_norm.unwrap()).collect();
     assert!(last.iter().all(|c| (1.2..2.8).contains(c)), "settles near the median norm: {last:?}");
     // Members saw the adapted clip, and the bound covering update and bit.

@@ -13,13 +13,7 @@ const RUN: RunId = RunId([7; 16]);
 fn settings() -> RoundSettings {
     RoundSettings {
         train: cfg(2, true).train,
-        secagg: Some(SecAggSettings {
-            threshold: 3,
-            modulus_bits: 32,
-            clip_range: 1.0,
-            neighbours: None,
-            graph_seed: [0; 32],
-        }),
+        secagg: Some(SecAggSettings { threshold: 3, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
     }
 }
@@ -44,7 +38,33 @@ fn advert(
     signer: &mut dyn AdvertSigner,
 ) -> Advertisement {
     let signature = signer.sign(&session.advert_message()).unwrap();
-    Advertisement { keys, seed_commitment: session.seed_commitment(), certificate: cert, signature }
+    Advertisement {
+        keys,
+        seed_commitment: session.seed_commitment(),
+        graph_commitment: session.graph_commitment(),
+        certificate: cert,
+        signature,
+    }
+}
+
+/// The honest graph draw: m0 (which advertised `own`) and the two peers get
+/// the roster and reveal; returns every reveal, as `CohortKeys` carries them.
+fn draw_graph(
+    p: &mut Participant<ChaCha20Rng>,
+    round: u64,
+    own: &Advertisement,
+    peers: [&mut tessera_secagg::ClientSession; 2],
+) -> Vec<(PartyId, [u8; 32])> {
+    let [s1, s2] = peers;
+    let roster = vec![(0, own.graph_commitment), (1, s1.graph_commitment()), (2, s2.graph_commitment())];
+    p.handle(AggregatorMsg::GraphRoster { round, commitments: roster.clone() }).unwrap();
+    let reveal = std::iter::from_fn(|| p.poll_output())
+        .find_map(|o| match o {
+            Output::Send(ClientMsg::RevealGraphSeed { reveal, .. }) => Some(reveal),
+            _ => None,
+        })
+        .expect("m0 reveals after the roster");
+    vec![(0, reveal), (1, s1.on_roster(&roster).unwrap()), (2, s2.on_roster(&roster).unwrap())]
 }
 
 /// Start `round` for m0 (party 0) and return the advertisement it sends.
@@ -82,7 +102,7 @@ fn member_refuses_substituted_neighbour_keys() {
     p.handle(AggregatorMsg::Welcome { run_id: RUN, member: "m0".into() }).unwrap();
 
     let refuse = |p: &mut Participant<ChaCha20Rng>, round, adverts| {
-        let r = p.handle(AggregatorMsg::CohortKeys { round, adverts });
+        let r = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: vec![] });
         assert!(!shares_sent(p), "round {round}: no share may be dealt after a refused advertisement");
         r.unwrap_err()
     };
@@ -152,11 +172,12 @@ fn member_refuses_substituted_neighbour_keys() {
 
     // The same member accepts the honest advertisements and deals its shares.
     let round = 6;
-    start(&mut p, round);
-    let (s1, k1) = session(round, 1, 1);
-    let (s2, k2) = session(round, 2, 2);
+    let own = start(&mut p, round);
+    let (mut s1, k1) = session(round, 1, 1);
+    let (mut s2, k2) = session(round, 2, 2);
     let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1)), (2, advert(&s2, k2, m2_cert, &mut m2))];
-    p.handle(AggregatorMsg::CohortKeys { round, adverts }).unwrap();
+    let reveals = draw_graph(&mut p, round, &own, [&mut s1, &mut s2]);
+    p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals }).unwrap();
     assert!(shares_sent(&mut p), "honest advertisements are accepted");
 }
 
@@ -179,7 +200,7 @@ fn member_checks_certificate_validity_at_its_clock() {
         (1, advert(&s1, k1, m1_cert, &mut KeySigner(m1_key))),
         (2, advert(&s2, k2, m2_cert, &mut KeySigner(m2_key))),
     ];
-    let err = p.handle(AggregatorMsg::CohortKeys { round: 1, adverts }).unwrap_err();
+    let err = p.handle(AggregatorMsg::CohortKeys { round: 1, adverts, reveals: vec![] }).unwrap_err();
     assert!(
         matches!(&err, Refusal::Advertisement { party: 1, problem: AdvertProblem::UntrustedCertificate(e) } if e.contains("Expired")),
         "{err:?}"
