@@ -31,6 +31,28 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// The `--members A..B` ranges of one file's workers (one per array task or
+/// completion index) tile `0..N` without gap or overlap: each index picks
+/// its own contiguous range.
+fn assert_member_ranges_tile(file: &str, cmds: &[CommandLine]) {
+    let mut ranges: Vec<(u64, u64)> = cmds
+        .iter()
+        .filter_map(|c| c.argv.iter().position(|a| a == "--members").map(|i| &c.argv[i + 1]))
+        .map(|r| {
+            let (a, b) = r.split_once("..").unwrap_or_else(|| panic!("{file}: --members {r} is not A..B"));
+            let number =
+                |x: &str| x.parse().unwrap_or_else(|_| panic!("{file}: --members {r}: {x} is not a member number"));
+            (number(a), number(b))
+        })
+        .collect();
+    ranges.sort();
+    let mut next = 0;
+    for (a, b) in &ranges {
+        assert!(*a == next && b > a, "{file}: member ranges {ranges:?} do not tile 0..N");
+        next = *b;
+    }
+}
+
 /// Files a command line names exist in the repository: scenarios relative to
 /// the repository root, and the image's `/usr/share/tessera/<path>` copies.
 fn assert_referenced_files_exist(cmds: &[CommandLine]) {
@@ -177,6 +199,7 @@ fn kubernetes_manifests_keep_the_sandbox_and_run_accepted_command_lines() {
             }
         }
         assert_referenced_files_exist(&cmds);
+        assert_member_ranges_tile(&file, &cmds);
         check_all(&cmds, &not_yet_shipped(&text));
         seen.extend(cmds.iter().map(|c| format!("{} {}", c.argv[0], c.argv[1])));
     }
@@ -394,6 +417,7 @@ fn slurm_scripts_run_accepted_command_lines() {
         }
         // Scenario paths are relative to the submit directory, the repository root.
         assert_referenced_files_exist(&cmds);
+        assert_member_ranges_tile(&file, &cmds);
         check_all(&cmds, &not_yet_shipped(&text));
         seen.extend(cmds.iter().map(|c| format!("{} {}", c.argv[0], c.argv[1])));
     }

@@ -20,7 +20,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Held while writing an executable and while spawning a process. A child
+/// forked while another thread has a stand-in script open for writing
+/// inherits that descriptor until it execs, and executing the script then
+/// fails with "Text file busy" (ETXTBSY); tests run on parallel threads.
+static FORK: Mutex<()> = Mutex::new(());
 
 /// The binaries whose command lines are checked.
 pub const BINARIES: [&str; 3] = ["tessera-aggregator", "tessera-client", "tessera-sim"];
@@ -80,12 +87,13 @@ pub fn check(cmd: &CommandLine, pending: &BTreeSet<(String, String)>) -> Result<
     let name =
         binary_of(&cmd.argv[0]).ok_or_else(|| format!("{}: {:?} is not a Tessera binary", cmd.origin, cmd.argv))?;
     let args = &cmd.argv[1..];
-    let out = Command::new(binary_path(name))
-        .args(args)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: cannot run {name}: {e}", cmd.origin))?;
+    let mut command = Command::new(binary_path(name));
+    command.args(args).arg("--help").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = {
+        let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
+        command.spawn().map_err(|e| format!("{}: cannot run {name}: {e}", cmd.origin))?
+    };
+    let out = child.wait_with_output().map_err(|e| format!("{}: {name}: {e}", cmd.origin))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let shown = format!("{name} {}", args.join(" "));
     let sub = args.first().cloned().unwrap_or_default();
@@ -286,13 +294,17 @@ pub fn record_script(
                   { printf '%s\\0' \"$(basename \"$0\")\"; for a in \"$@\"; do printf '%s\\0' \"$a\"; done; } > \"$f\"\n";
     // srun's options are written `--key=value` in our scripts; drop them and run the step.
     let srun = "#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in -*) shift ;; *) break ;; esac; done\nexec \"$@\"\n";
-    for (name, body) in BINARIES.iter().map(|b| (*b, record)).chain([("srun", srun)]) {
-        let p = bin.join(name);
-        std::fs::write(&p, body).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    {
+        let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, body) in BINARIES.iter().map(|b| (*b, record)).chain([("srun", srun)]) {
+            let p = bin.join(name);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let mut child = Command::new(interpreter)
+    let mut command = Command::new(interpreter);
+    command
         .arg("-c")
         .arg(script)
         .arg(interpreter)
@@ -302,9 +314,11 @@ pub fn record_script(
         .current_dir(work)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    let mut child = {
+        let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
+        command.spawn().unwrap()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
