@@ -90,6 +90,8 @@ struct Harness {
     saboteurs: BTreeSet<String>,
     /// The members each `Event::BadShares` named.
     bad_shares: Vec<Vec<String>>,
+    /// A malicious aggregator's edit of every `RoundStart` on its way to the members.
+    tamper_round_start: Option<fn(&mut tessera_core::RoundSettings)>,
 }
 
 impl Harness {
@@ -127,6 +129,7 @@ impl Harness {
             zero_examples: false,
             saboteurs: BTreeSet::new(),
             bad_shares: vec![],
+            tamper_round_start: None,
         }
     }
 
@@ -177,9 +180,12 @@ impl Harness {
         }
     }
 
-    fn deliver_to_member(&mut self, to: &str, msg: AggregatorMsg) {
+    fn deliver_to_member(&mut self, to: &str, mut msg: AggregatorMsg) {
         if self.dead.contains(to) {
             return;
+        }
+        if let (Some(tamper), AggregatorMsg::RoundStart { settings, .. }) = (self.tamper_round_start, &mut msg) {
+            tamper(settings);
         }
         let _ = self.members.get_mut(to).unwrap().handle(msg);
     }

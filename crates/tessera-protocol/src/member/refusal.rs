@@ -139,6 +139,18 @@ pub enum PrivacyRefusal {
     /// Distributed noise sums to a DP release only under secure aggregation.
     #[error("distributed noise without secure aggregation")]
     DistributedWithoutSecAgg,
+    /// Fewer survivors than this member's distributed-noise share was sized
+    /// for: the sum would carry less noise than every ledger charged for.
+    #[error(
+        "only {survivors} survivors, but this member's noise share was sized for at least {planned}: \
+         revealing would release the sum with less noise than charged"
+    )]
+    NoiseFloor {
+        /// Members in the signed survivor set.
+        survivors: u32,
+        /// `min_contributors` the round's noise plan assumed (capped at the cohort).
+        planned: u32,
+    },
     /// The DP settings are out of range, or the mechanism cannot run.
     #[error(transparent)]
     Settings(#[from] PrivacyError),

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use tessera_core::{Advertisement, ClientMsg, PartyId};
+use tessera_core::{Advertisement, ClientMsg, NoisePlacement, PartyId, PrivacyUnit};
 
-use super::{MemberRng, Output, Participant, Refusal, active};
+use super::{MemberRng, Output, Participant, PrivacyRefusal, Refusal, active};
 
 impl<R: MemberRng> Participant<R> {
     /// `GraphRoster`: every member's graph commitment is now fixed, so the
@@ -60,13 +60,26 @@ impl<R: MemberRng> Participant<R> {
     }
 
     /// `SurvivorSet`: signs the announced set, once, after its own masked
-    /// input went out in full.
+    /// input went out in full. Under distributed noise the set must hold at
+    /// least the `min_contributors` this member's noise share was sized for
+    /// (issue #18): the sum is over exactly this set, and the member reveals
+    /// only once `t` neighbours signed it, so the aggregator is held to it.
     pub(super) fn on_survivor_set(&mut self, round: u64, survivors: &[PartyId]) -> Result<(), Refusal> {
         let kind = "survivor_set";
         let uploading = self.upload.as_ref().is_some_and(|u| u.round == round);
         let r = active(&mut self.round, round, kind)?;
         if !r.sent || uploading {
             return Err(Refusal::Unexpected { kind });
+        }
+        if let Some(dp) = &r.settings.dp
+            && dp.unit == PrivacyUnit::Client
+            && dp.noise == NoisePlacement::Distributed
+        {
+            let planned = dp.min_contributors.min(r.cohort.len() as u32);
+            if (survivors.len() as u32) < planned {
+                let survivors = survivors.len() as u32;
+                return Err(PrivacyRefusal::NoiseFloor { survivors, planned }.into());
+            }
         }
         let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
         let message = session.on_survivor_set(survivors)?;

@@ -68,6 +68,42 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
     assert!(mean.abs() < 5.0 * want / (d as f64).sqrt(), "noise is biased: {mean}");
 }
 
+/// The noise floor (issue #18): a malicious aggregator tells the members to
+/// size their distributed-noise shares for all 5 (`min_contributors = 5`)
+/// and then unmasks with 4 survivors, which would release the sum with 4/5
+/// of the planned variance while every ledger charged the full epsilon. The
+/// members refuse to sign a survivor set below their plan, so nothing is
+/// revealed; the honest plan (`min_contributors = 4`) completes with the
+/// same dropout.
+#[test]
+fn members_refuse_to_reveal_below_their_noise_floor() {
+    let run = |tamper: Option<fn(&mut RoundSettings)>| {
+        let mut c = cfg(3, true);
+        c.rounds = 1;
+        c.max_round_retries = 0;
+        c.dp = Some(dp_config(PrivacyUnit::Client, None, 0.8));
+        let mut h = Harness::new(5, c).with_initial(zeros(40));
+        h.tamper_round_start = tamper;
+        h.kill_before.insert("m4".into(), "masked_start");
+        h.connect_all();
+        h.run(20);
+        h
+    };
+    let honest = run(None);
+    assert_eq!(honest.finished.len(), 1, "aborted: {:?}", honest.aborted);
+    assert_eq!(honest.finished[0].contributors.len(), 4);
+
+    let h = run(Some(|s| s.dp.as_mut().unwrap().min_contributors = 5));
+    assert!(h.finished.is_empty(), "a round released below its noise floor");
+    let sent: Vec<&ClientMsg> = h.sent.values().flatten().collect();
+    assert!(sent.iter().all(|m| !matches!(m, ClientMsg::UnmaskShares { .. } | ClientMsg::SignSurvivors { .. })));
+    let refused = sent
+        .iter()
+        .filter(|m| matches!(m, ClientMsg::Decline { reason, .. } if reason.contains("sized for at least 5")))
+        .count();
+    assert_eq!(refused, 4, "every survivor declines, naming its plan");
+}
+
 fn c_train() -> TrainSettings {
     TrainSettings { example_weight_cap: 0, ..cfg(3, true).train }
 }
