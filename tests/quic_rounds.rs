@@ -43,6 +43,7 @@ async fn three_members_train_over_quic_and_outsiders_are_refused() {
         matches!(
             err,
             TransportError::CertificateRefusedByPeer { .. }
+                | TransportError::PeerCertificateRejected { .. }
                 | TransportError::Refused { .. }
                 | TransportError::ClosedByPeer { .. }
         ),
