@@ -42,7 +42,10 @@ async fn three_members_train_over_quic_and_outsiders_are_refused() {
     assert!(
         matches!(
             err,
-            TransportError::Handshake(_) | TransportError::Refused { .. } | TransportError::ClosedByPeer { .. }
+            TransportError::CertificateRefusedByPeer { .. }
+                | TransportError::PeerCertificateRejected { .. }
+                | TransportError::Refused { .. }
+                | TransportError::ClosedByPeer { .. }
         ),
         "{err}"
     );

@@ -3,7 +3,8 @@
 //! of I/O stacks, the two daemons never depend on each other (not even for
 //! tests), the member daemon does not use burn directly (its models sit
 //! behind `tessera_learn::LocalModel`), secure aggregation and privacy never
-//! reach the transport, and the core never reaches burn. An edge that breaks one of these fails here.
+//! reach the transport, the binaries' shared `tessera-cli` reaches no other
+//! Tessera crate, and the core never reaches burn. An edge that breaks one of these fails here.
 //! The daemons' test-only features are turned on only by this test crate, as
 //! dev-dependencies, so no release build carries them.
 
@@ -89,6 +90,12 @@ fn the_workspace_keeps_its_intended_dependency_edges() {
     for c in ["tessera-secagg", "tessera-privacy"] {
         broken.extend(g.forbidden(c, &["tessera-transport", "quinn", "tokio"]));
     }
+    // The binaries' shared conventions (logging, error reports) sit below
+    // every crate that may use them: no Tessera crate, no runtime.
+    let reached = g.reaches("tessera-cli");
+    broken.extend(
+        reached.iter().filter(|d| d.starts_with("tessera-") || *d == "tokio").map(|d| format!("tessera-cli -> {d}")),
+    );
     // The core stays at the bottom.
     broken.extend(g.forbidden("tessera-core", &["burn", "tokio", "tessera-secagg", "tessera-privacy"]));
     // The member daemon reaches models only through tessera-learn's contract.

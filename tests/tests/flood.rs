@@ -213,7 +213,11 @@ async fn flood_attacker() {
                     assert_eq!(code, close_code::NOT_MEMBER);
                     "refused: not a member"
                 }
-                Some(TransportError::Handshake(_)) => "TLS handshake failed",
+                Some(TransportError::CertificateRefusedByPeer { .. }) => "certificate refused in the TLS handshake",
+                // A foreigner trusting only its own CA rejects the aggregator first.
+                Some(TransportError::PeerCertificateRejected { .. }) => {
+                    "aggregator's certificate rejected in the TLS handshake"
+                }
                 Some(TransportError::ClosedByPeer { .. }) => "closed by the aggregator",
                 // The refusal's close packet can be lost; the dialer then gives up.
                 Some(TransportError::Timeout { .. }) => "timed out",

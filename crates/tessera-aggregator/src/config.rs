@@ -15,7 +15,7 @@ use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, SecureConfig
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The config file.
         path: PathBuf,

@@ -48,25 +48,25 @@ use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// Binding the QUIC endpoint or loading the PKI failed.
-    #[error("transport: {0}")]
+    #[error(transparent)]
     Transport(#[from] tessera_transport::TransportError),
     /// The tabular `[model]` could not be built.
-    #[error("model: {0}")]
+    #[error("model")]
     Model(#[from] tessera_tabular::LearnError),
     /// The image `[model]` could not be built (or its weights loaded).
-    #[error("image model: {0}")]
+    #[error("image model")]
     Vision(#[from] tessera_vision::VisionError),
     /// The run directory could not be written.
-    #[error("run directory: {0}")]
+    #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     /// The revocation list exists but could not be read or parsed.
     #[error(transparent)]
     Revocations(#[from] RevocationError),
     /// The coordinator refused the settings the config implies.
-    #[error("run configuration: {0}")]
+    #[error("run configuration")]
     Config(#[from] tessera_protocol::coordinator::ConfigError),
     /// The state database failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// The stored run cannot be resumed under this config (model, seed or
     /// strategy changed, checkpoint inconsistent), or the status endpoint
@@ -108,15 +108,15 @@ impl ConsortiumAdmission {
     fn judge(&self, member: &str, certificate: Option<&CertFingerprint>) -> Result<(), Refusal> {
         // Fail closed: an unreadable or malformed revocation list admits nobody.
         let revoked = RevocationList::read(&self.revoked_path).map_err(|e| {
-            tracing::error!(member, error = %e, "refused: the revocation list cannot be read");
+            tracing::error!(member = %member, error = %tessera_cli::ErrorChain(&e), "refused: the revocation list cannot be read");
             Refusal::Other("revocation list unreadable".into())
         })?;
         if let Some(by) = revoked.refuses(member, certificate) {
-            tracing::warn!(member, reason = %by, "refused");
+            tracing::warn!(member = %member, reason = %by, "refused");
             return Err(Refusal::Revoked);
         }
         if !self.members.iter().any(|m| m == member) {
-            tracing::warn!(member, "refused: valid certificate but not a member of the consortium");
+            tracing::warn!(member = %member, "refused: valid certificate but not a member of the consortium");
             return Err(Refusal::NotMember);
         }
         Ok(())
@@ -450,7 +450,7 @@ async fn watch_revocations(
             Ok(list) => list,
             Err(e) => {
                 if !failing {
-                    tracing::error!(error = %e, "revocation list unreadable: every new connection is refused until it is fixed");
+                    tracing::error!(error = %tessera_cli::ErrorChain(&e), "revocation list unreadable: every new connection is refused until it is fixed");
                 }
                 failing = true;
                 continue;
@@ -478,7 +478,7 @@ async fn watch_revocations(
             s.updated_ms = now;
         }
         if let Err(e) = record_revocations(&mut lock(&store), &list, now) {
-            tracing::warn!(error = %e, "could not record the revocations in the state database");
+            tracing::warn!(error = %tessera_cli::ErrorChain(&e), "could not record the revocations in the state database");
         }
         current = list;
     }
@@ -497,7 +497,7 @@ async fn heartbeat(store: SharedStore, status: SharedStatus) {
             serde_json::to_string(&*s).unwrap_or_default()
         };
         if let Err(e) = lock(&store).write_status(&json, now) {
-            tracing::warn!(error = %e, "could not write the status row");
+            tracing::warn!(error = %tessera_cli::ErrorChain(&e), "could not write the status row");
         }
     }
 }

@@ -99,7 +99,7 @@ pub trait RunObserver: Send {
     /// A member's message was refused (and the member told so); logged by
     /// default.
     fn rejected(&mut self, member: &str, error: &str) {
-        tracing::warn!(member, error, "rejected a message");
+        tracing::warn!(member = %member, error, "rejected a message");
     }
     /// Share holders whose revealed share failed its check in `round`
     /// (the round completed without them); logged by default, audited by
@@ -270,10 +270,9 @@ impl Driver<'_> {
     fn on_coordinator_event(&mut self, ev: Event) -> Result<(), String> {
         match ev {
             Event::RoundStarted { round, cohort, cohort_seed } => {
-                tracing::info!(round, cohort = cohort.len(), "round started");
                 if let Err(e) = self.observer.round_started(round, &cohort, cohort_seed) {
-                    tracing::error!(round, error = %e, "cannot record the round start; stopping before it is sent");
-                    return Err(format!("run state write failed: {e}"));
+                    tracing::error!(wire_round = round, error = %tessera_cli::ErrorChain(&e), "cannot record the round start; stopping before it is sent");
+                    return Err(format!("run state write failed: {}", tessera_cli::ErrorChain(&e)));
                 }
             }
             Event::RoundFinished(outcome) => {
@@ -283,19 +282,18 @@ impl Driver<'_> {
             Event::PrivacyReserved { round, spend, epsilon, delta } => {
                 if let Err(e) = self.observer.privacy_reserved(round, &spend, epsilon, delta) {
                     // Nothing of this round has been sent yet: stop here.
-                    tracing::error!(round, error = %e, "cannot record the privacy spend; stopping before the release");
-                    return Err(format!("privacy ledger write failed: {e}"));
+                    tracing::error!(wire_round = round, error = %tessera_cli::ErrorChain(&e), "cannot record the privacy spend; stopping before the release");
+                    return Err(format!("privacy ledger write failed: {}", tessera_cli::ErrorChain(&e)));
                 }
             }
             Event::RoundAborted { round, reason, dropped } => {
                 self.traffic.take(round);
-                tracing::warn!(round, %reason, "round aborted");
                 self.observer.round_aborted(round, &reason, &dropped);
             }
             Event::Rejected { member, error } => self.observer.rejected(&member, &error),
             Event::BadShares { round, members } => self.observer.bad_shares(round, &members),
             Event::MemberUnhealthy { member, failed_rounds } => {
-                tracing::warn!(member, failed_rounds, "member marked unhealthy")
+                tracing::warn!(member = %member, failed_rounds, "member marked unhealthy")
             }
             Event::RunFinished { .. } => unreachable!("handled by drain_outputs"),
         }
@@ -307,12 +305,12 @@ impl Driver<'_> {
             CoreEvent::Connected { member, conn, certificate, writer, kill } => {
                 // Admitted before the latest change of the list reached us?
                 if let Some(by) = self.revoked.refuses(&member, certificate.as_ref()) {
-                    tracing::warn!(member, reason = %by, "closing a connection admitted just before its revocation");
+                    tracing::warn!(member = %member, reason = %by, "closing a connection admitted just before its revocation");
                     let _ = kill.send((close_code::REVOKED, by.to_string()));
                     return;
                 }
                 self.connections.open(member.clone(), Live { conn, certificate, writer, kill: Some(kill) });
-                tracing::info!(member, "member connected");
+                tracing::info!(member = %member, "member connected");
                 self.coordinator.member_connected(self.now_ms(), &member);
             }
             CoreEvent::Message { member, conn, msg, bytes, ack } => {
@@ -328,8 +326,8 @@ impl Driver<'_> {
             CoreEvent::Disconnected { member, conn, error } => {
                 if self.connections.remove_if_current(&member, conn) {
                     match error {
-                        Some(e) => tracing::warn!(member, error = %e, "member disconnected"),
-                        None => tracing::info!(member, "member disconnected"),
+                        Some(e) => tracing::warn!(member = %member, error = %e, "member disconnected"),
+                        None => tracing::info!(member = %member, "member disconnected"),
                     }
                     self.coordinator.member_disconnected(self.now_ms(), &member);
                 }
@@ -345,7 +343,7 @@ impl Driver<'_> {
     fn enforce_revocations(&mut self) {
         let now = self.now_ms();
         for (member, by) in self.connections.refused_by(&self.revoked) {
-            tracing::warn!(member, reason = %by, "revoked: closing the member's live connection");
+            tracing::warn!(member = %member, reason = %by, "revoked: closing the member's live connection");
             self.connections.kill(&member, close_code::REVOKED, by.to_string());
             self.coordinator.member_disconnected(now, &member);
         }

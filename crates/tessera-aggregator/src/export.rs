@@ -28,10 +28,10 @@ use crate::store::StateStore;
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// The state database could not be read.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// Rebuilding the model (backbone, import, pretrained file) failed.
-    #[error("model: {0}")]
+    #[error("model")]
     Learn(#[from] tessera_tabular::LearnError),
     /// No round has completed, so there is no trained model.
     #[error("the state database holds no completed round yet: nothing to export")]

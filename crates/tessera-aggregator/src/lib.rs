@@ -53,5 +53,5 @@ pub use export::{ExportError, ExportReport, ExportTensor, export_safetensors, fu
 pub use observer::STALL_ENV;
 pub use report::{ReportError, RunDir, Summary, round_line};
 pub use revocation::{REVOKED_FILE, RevocationError, RevocationList, RevokedBy};
-pub use status::{MemberStatus, RoundPoint, RunState, StatusSnapshot};
+pub use status::{HEARTBEAT_STALE_MS, MemberStatus, RoundPoint, RunState, StatusSnapshot, process_alive};
 pub use store::{Checkpoint, LedgerRow, RoundRow, StateStore, StoreError, now_ms, utc};

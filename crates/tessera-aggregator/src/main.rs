@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::json;
 use tessera_aggregator::{
-    AggregatorConfig, REVOKED_FILE, RevocationList, StateStore, StatusSnapshot, daemon, export_safetensors, now_ms, utc,
+    AggregatorConfig, REVOKED_FILE, RevocationList, StateStore, StatusSnapshot, daemon, export_safetensors, now_ms,
+    process_alive, utc,
 };
+use tessera_cli::{LogArgs, rfc3339_ms};
 use tessera_transport::pki::CertFingerprint;
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
@@ -21,6 +24,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "tessera-aggregator", version, about = "Tessera aggregator: rounds, secure aggregation, PKI")]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +34,8 @@ struct Cli {
 enum Command {
     /// Run the federated run described by the config until it finishes.
     Serve {
+        /// The aggregator's configuration (`aggregator.toml`); relative
+        /// paths in it are relative to the file.
         #[arg(long)]
         config: PathBuf,
     },
@@ -37,12 +44,13 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
-    /// Where the run stands: members online, round and phase, epsilon, accuracy.
+    /// Where the run stands: whether the aggregator runs, members online,
+    /// round and phase, epsilon, accuracy.
     Status {
         /// The state database (`[state] path`).
         #[arg(long)]
         state: PathBuf,
-        /// Print the snapshot as JSON.
+        /// Print the snapshot as JSON (docs/operator-guide.md, section 6).
         #[arg(long)]
         json: bool,
     },
@@ -53,10 +61,13 @@ enum Command {
     },
     /// Write the final global model for use outside Tessera.
     Export {
+        /// The file format to write.
         #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
         format: ExportFormat,
+        /// The state database (`[state] path`) holding the run.
         #[arg(long)]
         state: PathBuf,
+        /// The file to write (refused if it exists).
         #[arg(long)]
         out: PathBuf,
     },
@@ -66,13 +77,33 @@ enum Command {
 enum AuditCommand {
     /// Verify the hash chain; names the first broken entry and exits non-zero.
     Verify {
+        /// The state database (`[state] path`).
         #[arg(long)]
         state: PathBuf,
+        /// Print the verdict as JSON: `{"intact", "entries"}` or
+        /// `{"intact": false, "broken_at", "problem"}`.
+        #[arg(long)]
+        json: bool,
     },
-    /// Print the audit log, one entry per line.
+    /// Print the audit log, one entry per line, each with its hash.
     Show {
+        /// The state database (`[state] path`).
         #[arg(long)]
         state: PathBuf,
+        /// Print a JSON array of entries: `seq`, `at` (RFC 3339), `at_ms`,
+        /// `kind`, `body` (a JSON object), `prev_hash`, `hash`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the head hash of the audit chain, to keep where the aggregator
+    /// cannot write: `audit verify` then proves nothing before it changed.
+    Head {
+        /// The state database (`[state] path`).
+        #[arg(long)]
+        state: PathBuf,
+        /// Print `{"seq", "hash"}` as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -86,6 +117,7 @@ enum ExportFormat {
 enum PkiCommand {
     /// Create the consortium CA and the aggregator's certificate.
     Init {
+        /// The PKI directory to create (`[server] pki_dir`).
         #[arg(long)]
         dir: PathBuf,
         /// DNS names or IP addresses the aggregator is reached by.
@@ -106,6 +138,9 @@ enum PkiCommand {
         /// PEM certificate files; the first certificate of each is fingerprinted.
         #[arg(required = true)]
         certs: Vec<PathBuf>,
+        /// Print a JSON array of `{"path", "fingerprint"}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Withdraw a certificate or a member: a running aggregator closes the
     /// live connections it refuses within about 250 ms, and refuses them at
@@ -131,6 +166,10 @@ enum PkiCommand {
         /// The PKI directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Print `{"members": [{"name", "fingerprint", "admitted", "revoked_by"}],
+        /// "revoked_names": [..], "revoked_certificates": [{"fingerprint", "member"}]}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -150,71 +189,23 @@ struct Target {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    tessera_cli::init_logging(cli.log.log_format, "info,quinn=warn,rustls=warn");
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tessera_cli::report_error(cli.log.log_format, e.as_ref());
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { config } => {
-            let cfg = AggregatorConfig::load(&config)?;
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async {
-                let listener = daemon::listen(&cfg)?;
-                eprintln!(
-                    "listening on {} (run directory {}, state {})",
-                    cfg.server.listen,
-                    cfg.server.run_dir.display(),
-                    cfg.state_path().display()
-                );
-                let end = daemon::run(cfg, listener).await?;
-                eprintln!("run finished after {} rounds: {}", end.completed_rounds, end.reason);
-                anyhow::Ok(())
-            })
-        }
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => serve(&config),
         Command::Pki { command } => pki(command),
-        Command::Status { state, json } => {
-            let store = StateStore::open_existing(&state)?;
-            let Some((_, text)) = store.read_status()? else {
-                anyhow::bail!("{}: no status recorded yet (the aggregator has not started)", state.display());
-            };
-            let snapshot: StatusSnapshot = serde_json::from_str(&text)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&snapshot)?);
-            } else {
-                print!("{}", snapshot.render_text(now_ms()));
-            }
-            Ok(())
-        }
-        Command::Audit { command: AuditCommand::Verify { state } } => {
-            let store = StateStore::open_existing(&state)?;
-            match store.verify_audit()? {
-                Ok(n) => {
-                    println!("audit log intact: {n} entries, hash chain and head verified");
-                    Ok(())
-                }
-                Err(broken) => anyhow::bail!("audit log BROKEN at entry {}: {broken}", broken.seq()),
-            }
-        }
-        Command::Audit { command: AuditCommand::Show { state } } => {
-            let store = StateStore::open_existing(&state)?;
-            for e in store.audit_entries()? {
-                println!("{:>6}  {}  {:<18} {}", e.seq, utc(e.at_ms), e.kind, e.body);
-            }
-            Ok(())
-        }
+        Command::Status { state, json } => status(&state, json),
+        Command::Audit { command } => audit(command),
         Command::Export { format: ExportFormat::Safetensors, state, out } => {
             let store = StateStore::open_existing(&state)?;
             let report = export_safetensors(&store, &out)?;
@@ -229,6 +220,92 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn serve(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = AggregatorConfig::load(config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = daemon::listen(&cfg)?;
+        tracing::info!(
+            listen = %cfg.server.listen,
+            run_dir = %cfg.server.run_dir.display(),
+            state = %cfg.state_path().display(),
+            "aggregator started"
+        );
+        // The driver logs how the run ended.
+        daemon::run(cfg, listener).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// `status`: the row the daemon keeps current, judged from outside: a
+/// daemon whose heartbeat is stale or whose process is gone is shown as not
+/// running, with nobody online.
+fn status(state: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let store = StateStore::open_existing(state)?;
+    let Some((_, text)) = store.read_status()? else {
+        anyhow::bail!("{}: no status recorded yet (the aggregator has not started)", state.display());
+    };
+    let snapshot: StatusSnapshot = serde_json::from_str(&text)?;
+    let now = now_ms();
+    let running = snapshot.daemon_running(now, process_alive(snapshot.pid));
+    let snapshot = snapshot.as_seen(running);
+    if json {
+        let mut v = serde_json::to_value(&snapshot)?;
+        v["aggregator_running"] = running.into();
+        v["updated"] = rfc3339_ms(snapshot.updated_ms).into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", snapshot.render_text(now, running));
+    }
+    Ok(())
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { state, json } => {
+            let verdict = StateStore::open_existing(&state)?.verify_audit()?;
+            match (verdict, json) {
+                (Ok(n), false) => println!("audit log intact: {n} entries, hash chain and head verified"),
+                (Ok(n), true) => println!("{}", json!({ "intact": true, "entries": n })),
+                (Err(broken), false) => anyhow::bail!("audit log BROKEN at entry {}: {broken}", broken.seq()),
+                (Err(broken), true) => {
+                    let v = json!({ "intact": false, "broken_at": broken.seq(), "problem": broken.to_string() });
+                    println!("{v}");
+                    anyhow::bail!("audit log BROKEN at entry {}: {broken}", broken.seq());
+                }
+            }
+        }
+        AuditCommand::Show { state, json: false } => {
+            for e in StateStore::open_existing(&state)?.audit_entries()? {
+                println!("{:>6}  {}  {}  {:<18} {}", e.seq, utc(e.at_ms), e.hash, e.kind, e.body);
+            }
+        }
+        AuditCommand::Show { state, json: true } => {
+            let entries: Vec<serde_json::Value> = StateStore::open_existing(&state)?
+                .audit_entries()?
+                .into_iter()
+                .map(|e| {
+                    let body: serde_json::Value = serde_json::from_str(&e.body).unwrap_or(e.body.into());
+                    json!({ "seq": e.seq, "at": rfc3339_ms(e.at_ms), "at_ms": e.at_ms, "kind": e.kind,
+                            "body": body, "prev_hash": e.prev_hash, "hash": e.hash })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&entries)?);
+        }
+        AuditCommand::Head { state, json } => {
+            let Some((seq, hash)) = StateStore::open_existing(&state)?.audit_head()? else {
+                anyhow::bail!("{}: the audit log is empty", state.display());
+            };
+            if json {
+                println!("{}", json!({ "seq": seq, "hash": hash }));
+            } else {
+                println!("{hash}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
@@ -247,10 +324,17 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
             println!("certificate fingerprint (sha256): {fp}");
             println!("give the member these two files and {}", dir.join(pki::CA_CERT).display());
         }
-        PkiCommand::Fingerprint { certs } => {
+        PkiCommand::Fingerprint { certs, json } => {
+            let mut rows = Vec::new();
             for path in certs {
                 let fp = CertFingerprint::of_pem_file(&path)?;
-                println!("{fp}  {}", path.display());
+                match json {
+                    true => rows.push(json!({ "path": path, "fingerprint": fp.to_string() })),
+                    false => println!("{fp}  {}", path.display()),
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             }
         }
         PkiCommand::Revoke { dir, target } => {
@@ -324,22 +408,41 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        PkiCommand::List { dir } => {
-            let list = RevocationList::read(&dir.join(REVOKED_FILE))?;
-            println!("member certificates in {}:", dir.display());
-            for (name, fp) in member_certificates(&dir) {
-                let state = match list.refuses(&name, Some(&fp)) {
-                    Some(by) => by.to_string(),
-                    None => "admitted".into(),
-                };
-                println!("  {name:<24} {fp}  {state}");
-            }
-            println!("revoked names: {}", list.names().collect::<Vec<_>>().join(", "));
-            println!("revoked certificates:");
-            for (fp, m) in list.certificates() {
-                println!("  {fp}  {}", m.unwrap_or("(owner not recorded)"));
-            }
-        }
+        PkiCommand::List { dir, json } => pki_list(&dir, json)?,
+    }
+    Ok(())
+}
+
+/// `pki list`: the member certificates in `dir` and the revocation list.
+fn pki_list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let list = RevocationList::read(&dir.join(REVOKED_FILE))?;
+    let members = member_certificates(dir);
+    if json {
+        let members: Vec<_> = members
+            .iter()
+            .map(|(name, fp)| {
+                let by = list.refuses(name, Some(fp)).map(|b| b.to_string());
+                json!({ "name": name, "fingerprint": fp.to_string(), "admitted": by.is_none(), "revoked_by": by })
+            })
+            .collect();
+        let certs: Vec<_> =
+            list.certificates().map(|(fp, m)| json!({ "fingerprint": fp.to_string(), "member": m })).collect();
+        let v = json!({ "members": members, "revoked_names": list.names().collect::<Vec<_>>(), "revoked_certificates": certs });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("member certificates in {}:", dir.display());
+    for (name, fp) in members {
+        let state = match list.refuses(&name, Some(&fp)) {
+            Some(by) => by.to_string(),
+            None => "admitted".into(),
+        };
+        println!("  {name:<24} {fp}  {state}");
+    }
+    println!("revoked names: {}", list.names().collect::<Vec<_>>().join(", "));
+    println!("revoked certificates:");
+    for (fp, m) in list.certificates() {
+        println!("  {fp}  {}", m.unwrap_or("(owner not recorded)"));
     }
     Ok(())
 }
@@ -382,4 +485,16 @@ fn member_certificates(dir: &std::path::Path) -> Vec<(String, CertFingerprint)> 
 /// The member a certificate in `dir` with this fingerprint was issued to.
 fn issued_to(dir: &std::path::Path, fp: &CertFingerprint) -> Option<String> {
     member_certificates(dir).into_iter().find(|(_, f)| f == fp).map(|(n, _)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_subcommand_has_a_help_line() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        assert_eq!(tessera_cli::missing_help(&cmd), Vec::<String>::new());
+    }
 }

@@ -9,7 +9,7 @@ use tessera_privacy::GaussianSpend;
 
 use crate::driver::RunObserver;
 use crate::http::SharedStatus;
-use crate::report::{RunDir, round_line};
+use crate::report::RunDir;
 use crate::status::{RoundPoint, RunState, StatusSnapshot};
 use crate::store::{FinishedRound, StateStore, StoreError, now_ms};
 use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
@@ -41,6 +41,9 @@ pub(crate) struct DaemonObserver {
     keep: u32,
     /// Completed rounds so far (the next round is the `completed + 1`-th).
     completed: u64,
+    /// Attempts at the logical round `completed + 1` started by this
+    /// process (the wire round number counts every attempt of the run).
+    attempt: u64,
     /// The first failed database write; the run stops before the next round.
     failed: Option<String>,
     stall_after: Option<u64>,
@@ -51,10 +54,11 @@ impl DaemonObserver {
     pub(crate) fn new(store: SharedStore, run: RunDir, status: SharedStatus, keep: u32, completed: u64) -> Self {
         let stall_after =
             cfg!(feature = "fault-injection").then(|| std::env::var(STALL_ENV).ok()?.parse().ok()).flatten();
-        Self { store, run, status, keep, completed, failed: None, stall_after, last_status_write: 0 }
+        Self { store, run, status, keep, completed, attempt: 0, failed: None, stall_after, last_status_write: 0 }
     }
 
-    fn fail(&mut self, what: &str, e: impl std::fmt::Display) {
+    fn fail(&mut self, what: &str, e: &(dyn std::error::Error + 'static)) {
+        let e = tessera_cli::ErrorChain(e);
         tracing::error!(error = %e, "state database: {what} failed; the run stops before the next round");
         self.failed.get_or_insert_with(|| format!("{what}: {e}"));
     }
@@ -108,7 +112,7 @@ impl DaemonObserver {
         };
         self.last_status_write = now;
         if let Err(e) = lock(&self.store).write_status(&json, now) {
-            tracing::warn!(error = %e, "could not write the status row");
+            tracing::warn!(error = %tessera_cli::ErrorChain(&e), "could not write the status row");
         }
     }
 }
@@ -116,6 +120,14 @@ impl DaemonObserver {
 impl RunObserver for DaemonObserver {
     fn round_started(&mut self, round: u64, cohort: &[String], cohort_seed: u64) -> Result<(), StoreError> {
         let logical = self.completed + 1;
+        self.attempt += 1;
+        tracing::info!(
+            round = logical,
+            attempt = self.attempt,
+            wire_round = round,
+            cohort = cohort.len(),
+            "round started"
+        );
         let now = now_ms();
         let mut store = lock(&self.store);
         if let Err(e) = store.round_started(round, logical, cohort, cohort_seed, now) {
@@ -129,7 +141,7 @@ impl RunObserver for DaemonObserver {
                     tracing::info!(member = %m, "first admission recorded in the audit log");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not record members seen"),
+            Err(e) => tracing::warn!(error = %tessera_cli::ErrorChain(&e), "could not record members seen"),
         }
         drop(store);
         let mut s = lock_status(&self.status);
@@ -156,7 +168,8 @@ impl RunObserver for DaemonObserver {
         delta: f64,
     ) -> Result<(), StoreError> {
         lock(&self.store).privacy_reserved(round, spend, epsilon, delta, now_ms())?;
-        tracing::info!(round, epsilon, delta, "privacy spend reserved in the ledger");
+        let logical = self.completed + 1;
+        tracing::info!(round = logical, wire_round = round, epsilon, delta, "privacy spend reserved in the ledger");
         let mut s = lock_status(&self.status);
         s.epsilon_spent = Some(epsilon);
         s.delta = Some(delta);
@@ -176,12 +189,27 @@ impl RunObserver for DaemonObserver {
         };
         let res = lock(&self.store).round_finished(&finished, self.keep, now_ms());
         if let Err(e) = res {
-            return self.fail("recording a completed round", e);
+            return self.fail("recording a completed round", &e);
         }
         self.completed = logical;
-        tracing::info!("{}", round_line(record));
+        let r = record;
+        tracing::info!(
+            round = logical,
+            attempt = std::mem::take(&mut self.attempt),
+            wire_round = r.round,
+            participants = r.participants,
+            dropped = r.dropped,
+            loss = r.loss,
+            accuracy = r.accuracy,
+            auc = r.auc,
+            bytes_up = r.bytes_up,
+            bytes_down = r.bytes_down,
+            seconds = r.seconds,
+            epsilon = r.epsilon,
+            "round completed"
+        );
         if let Err(e) = self.run.append(record) {
-            tracing::error!(error = %e, "could not write metrics.jsonl");
+            tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write metrics.jsonl");
         }
         {
             let mut s = lock_status(&self.status);
@@ -198,11 +226,18 @@ impl RunObserver for DaemonObserver {
     }
 
     fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]) {
-        tracing::warn!(round, reason, dropped = dropped.len(), "round abandoned; it will be retried");
+        tracing::warn!(
+            round = self.completed + 1,
+            attempt = self.attempt,
+            wire_round = round,
+            reason,
+            dropped = dropped.join(","),
+            "round attempt abandoned; it will be retried"
+        );
         self.run.aborted += 1;
         let res = lock(&self.store).round_aborted(round, reason, dropped, now_ms());
         if let Err(e) = res {
-            self.fail("recording an aborted round", e);
+            self.fail("recording an aborted round", &e);
         }
         let mut s = lock_status(&self.status);
         s.aborted_rounds += 1;

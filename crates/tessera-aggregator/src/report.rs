@@ -14,7 +14,7 @@ use tessera_core::RoundRecord;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// Creating, writing or renaming a file failed.
-    #[error("run directory {path}: {source}")]
+    #[error("run directory {path}")]
     Io {
         /// The directory or file.
         path: PathBuf,
@@ -22,7 +22,7 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// A record or the summary did not serialise.
-    #[error("could not serialise the summary: {0}")]
+    #[error("could not serialise the summary")]
     Json(#[from] serde_json::Error),
 }
 

@@ -48,7 +48,7 @@ pub const REVOKED_FILE: &str = "revoked.txt";
 #[derive(Debug, thiserror::Error)]
 pub enum RevocationError {
     /// The file exists but could not be read, or could not be written.
-    #[error("revocation list {path}: {source}")]
+    #[error("revocation list {path}")]
     Io {
         /// The file (or its temporary sibling).
         path: PathBuf,

@@ -14,7 +14,7 @@ pub use tessera_core::ModelSection;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file as given.
         path: PathBuf,
@@ -32,7 +32,7 @@ pub enum ConfigError {
     },
     /// The file parsed but asks for something this member must not do
     /// (see [`ClientConfig::validate`]).
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Invalid {
         /// The file as given.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ConfigProblem {
     /// `[policy]` is below what the member needs to stay safe.
-    #[error("[policy]: {0}")]
+    #[error("[policy]")]
     Policy(#[from] PolicyError),
     /// `[testing] seeded_randomness` in a build without the test-only
     /// `test-seeded-randomness` feature (every release build).
@@ -573,7 +573,7 @@ num_classes = 2
         let nan = invalid("[policy]\nmin_threshold_fraction = nan\n");
         assert!(matches!(nan, ConfigProblem::Policy(ThresholdFraction(f)) if f.is_nan()), "{nan:?}");
         // The message says which key and why.
-        let msg = load_with("[policy]\nmin_cohort = 1\n").unwrap_err().to_string();
+        let msg = tessera_cli::ErrorChain(&load_with("[policy]\nmin_cohort = 1\n").unwrap_err()).to_string();
         assert!(msg.contains("client.toml") && msg.contains("[policy]") && msg.contains("min_cohort = 1"), "{msg}");
     }
 
@@ -582,7 +582,8 @@ num_classes = 2
         let mut c = load_with("").unwrap();
         c.policy.min_cohort = 1;
         assert_eq!(c.validate(), Err(ConfigProblem::Policy(PolicyError::MinCohort(1))));
-        let err = crate::daemon::participant(&c).err().expect("participant refuses").to_string();
+        let err = crate::daemon::participant(&c).err().expect("participant refuses");
+        let err = tessera_cli::ErrorChain(err.as_ref()).to_string();
         assert!(err.contains("min_cohort"), "{err}");
         assert!(crate::daemon::tabular_model(&c).is_err());
     }

@@ -46,15 +46,15 @@ pub enum ClientError {
     /// Dialing failed for good: at once on an admission refusal, a
     /// certificate failure or a bad configuration, otherwise once the
     /// backoff policy's attempts are spent.
-    #[error("transport: {0}")]
+    #[error(transparent)]
     Transport(#[from] TransportError),
     /// Nothing may leave unrecorded, so a ledger that cannot be written
     /// (a full disk, a read-only mount) stops the member; reconnecting
     /// would not fix it.
-    #[error("egress ledger: {0}")]
+    #[error(transparent)]
     Egress(#[from] EgressError),
     /// An outgoing message exceeds the limits; sending part of it is not an option.
-    #[error("could not encode an outgoing message: {0}")]
+    #[error("could not encode an outgoing message")]
     Encode(#[from] CodecError),
 }
 
@@ -140,7 +140,7 @@ where
     loop {
         let conn = connect_with_backoff(&dialer, &member.opts.backoff).await?;
         let (mut tx, mut rx) = conn.split();
-        tracing::info!(member = participant.member(), "connected to the aggregator");
+        tracing::info!(member = %participant.member(), "connected to the aggregator");
         participant.hello();
         let mut stop = member.flush(participant, &mut tx).await.err();
         while stop.is_none() && member.shutdown.is_none() {
@@ -168,14 +168,14 @@ where
         }
         let reason = match stop {
             Some(Stop::Fatal(e)) => {
-                tracing::error!(member = participant.member(), error = %e, "stopping; not reconnecting");
+                tracing::error!(member = %participant.member(), error = %tessera_cli::ErrorChain(&e), "stopping; not reconnecting");
                 let _ = tx.finish().await;
                 return Err(e);
             }
             Some(Stop::Lost(reason)) => reason,
-            None => String::new(),
+            None => "the connection ended".to_string(),
         };
-        tracing::warn!(member = participant.member(), %reason, "connection lost");
+        tracing::warn!(member = %participant.member(), %reason, "connection lost");
         if !member.opts.reconnect {
             return Ok(ClientExit::Disconnected { reason });
         }
@@ -213,17 +213,23 @@ impl<M: LocalModel> Member<'_, M> {
                 }
                 Output::Event(ev) => match ev {
                     Event::Refused { round, reason } => {
-                        tracing::warn!(member = participant.member(), ?round, %reason, "refused an aggregator request");
+                        tracing::warn!(member = %participant.member(), round, %reason, "refused an aggregator request");
                         self.egress.record_refusal(round, &reason).map_err(ClientError::from)?;
                     }
                     Event::Shutdown { reason } => {
-                        tracing::info!(member = participant.member(), %reason, "run finished");
+                        tracing::info!(member = %participant.member(), %reason, "run finished");
                         self.shutdown = Some(reason);
                     }
                     Event::RoundEnded { round, accepted, reason } => {
-                        tracing::info!(member = participant.member(), round, accepted, %reason, "round ended")
+                        tracing::info!(
+                            member = %participant.member(),
+                            round,
+                            accepted,
+                            reason = (!reason.is_empty()).then_some(reason.as_str()),
+                            "round ended"
+                        )
                     }
-                    other => tracing::debug!(member = participant.member(), event = ?other),
+                    other => tracing::debug!(member = %participant.member(), event = ?other),
                 },
             }
         }

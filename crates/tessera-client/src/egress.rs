@@ -34,7 +34,7 @@ pub struct EgressEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
     /// Creating, writing, flushing or reading the file failed.
-    #[error("egress ledger {path}: {source}")]
+    #[error("egress ledger {path}")]
     Io {
         /// The ledger file.
         path: PathBuf,
@@ -143,18 +143,40 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Render the ledger as a table for `tessera-client egress`.
+/// Render the ledger as a table for `tessera-client egress`; times are
+/// RFC 3339 UTC with milliseconds.
 pub fn render(entries: &[EgressEntry]) -> String {
-    let mut s = format!("{:<14} {:>6} {:<16} {:>12} {}\n", "time_ms", "round", "kind", "bytes", "sha256 / note");
+    let mut s = format!("{:<24} {:>6} {:<16} {:>12} {}\n", "time (UTC)", "round", "kind", "bytes", "sha256 / note");
     let mut total = 0u64;
     for e in entries {
         total += e.bytes;
         let round = e.round.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
         let tail = e.note.clone().unwrap_or_else(|| e.sha256.clone());
-        s.push_str(&format!("{:<14} {:>6} {:<16} {:>12} {}\n", e.time_ms, round, e.kind, e.bytes, tail));
+        let time = tessera_cli::rfc3339_ms(e.time_ms as i64);
+        s.push_str(&format!("{time:<24} {round:>6} {:<16} {:>12} {tail}\n", e.kind, e.bytes));
     }
     s.push_str(&format!("{} messages, {} bytes in total\n", entries.len(), total));
     s
+}
+
+/// The ledger as `tessera-client egress --json` prints it: one object per
+/// entry with `time` (RFC 3339 UTC) beside the ledger's own fields
+/// (`time_ms`, `round`, `kind`, `bytes`, `sha256`, `note`).
+pub fn to_json(entries: &[EgressEntry]) -> serde_json::Value {
+    entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "time": tessera_cli::rfc3339_ms(e.time_ms as i64),
+                "time_ms": e.time_ms,
+                "round": e.round,
+                "kind": e.kind,
+                "bytes": e.bytes,
+                "sha256": e.sha256,
+                "note": e.note,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tessera_cli::LogArgs;
 use tessera_client::{ClientConfig, ClientExit, ClientOptions, EgressLedger, egress};
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
@@ -18,6 +19,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "tessera-client", version, about = "Tessera member daemon: local training, masked updates")]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,50 +29,65 @@ struct Cli {
 enum Command {
     /// Join the federation and take part in rounds until the run ends.
     Run {
+        /// The member's configuration (`client.toml`); relative paths in it
+        /// are relative to the file.
         #[arg(long)]
         config: PathBuf,
     },
     /// Print the egress ledger: every message that left this site.
     Egress {
+        /// The member's configuration; its `[state] egress_ledger` is read.
         #[arg(long)]
         config: PathBuf,
+        /// Print a JSON array of entries: `time` (RFC 3339), `time_ms`,
+        /// `round` (null outside a round), `kind`, `bytes`, `sha256`, `note`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    tessera_cli::init_logging(cli.log.log_format, "info,quinn=warn,rustls=warn");
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tessera_cli::report_error(cli.log.log_format, e.as_ref());
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Egress { config } => {
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Egress { config, json } => {
             let cfg = ClientConfig::load(&config)?;
             let entries = EgressLedger::read(&cfg.state.egress_ledger)?;
-            print!("{}", egress::render(&entries));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&egress::to_json(&entries))?);
+            } else {
+                print!("{}", egress::render(&entries));
+            }
             Ok(())
         }
         Command::Run { config } => {
             let cfg = ClientConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
-            let exit = rt.block_on(tessera_client::run_daemon(&cfg, ClientOptions::default()))?;
-            match exit {
-                ClientExit::Shutdown { reason } => eprintln!("run finished: {reason}"),
-                ClientExit::Disconnected { reason } => eprintln!("disconnected: {reason}"),
-            }
+            // The driver has logged how it ended ("run finished" or "connection lost").
+            let _: ClientExit = rt.block_on(tessera_client::run_daemon(&cfg, ClientOptions::default()))?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_subcommand_has_a_help_line() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        assert_eq!(tessera_cli::missing_help(&cmd), Vec::<String>::new());
     }
 }

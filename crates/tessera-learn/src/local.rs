@@ -31,7 +31,7 @@ pub enum LocalError {
     #[error("{0}")]
     Unsupported(String),
     /// DP-SGD's noise could not be drawn: nothing trained may be released.
-    #[error("DP-SGD noise: {0}")]
+    #[error("DP-SGD noise")]
     Noise(#[from] PrivacyError),
     /// A non-finite value appeared: the update is not released.
     #[error("local training diverged: a non-finite {0} appeared")]

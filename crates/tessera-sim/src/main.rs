@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tessera_cli::LogArgs;
 use tessera_sim::{Scenario, SimOptions, TransportKind, histogram, run_scenario, scenario_partition};
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
@@ -18,6 +19,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "tessera-sim", version, about = "Simulate a Tessera consortium on one machine")]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,10 +29,13 @@ struct Cli {
 enum Command {
     /// Run a scenario and write metrics.jsonl and summary.json.
     Run {
-        scenario: PathBuf,
+        #[command(flatten)]
+        scenario: ScenarioArg,
         /// Run directory (default: runs/<scenario name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How the simulated members reach the aggregator: in memory, or
+        /// real QUIC with mutual TLS on loopback.
         #[arg(long, value_enum, default_value = "memory")]
         transport: TransportKind,
         /// Concurrent local-training jobs (default: available cores).
@@ -44,7 +50,8 @@ enum Command {
     },
     /// Print each member's label histogram for a scenario's partition.
     Partition {
-        scenario: PathBuf,
+        #[command(flatten)]
+        scenario: ScenarioArg,
         /// Also write each member's train/validation/test row numbers (0 =
         /// first data row) as JSON, for running other frameworks on the
         /// same split (benches/flower_sim.py).
@@ -54,34 +61,51 @@ enum Command {
     /// Centralized, local-only, federated and federated-with-DP on the
     /// scenario's data: one table, printed and written to the run directory.
     Compare {
-        scenario: PathBuf,
+        #[command(flatten)]
+        scenario: ScenarioArg,
         /// Output directory (default: runs/<scenario name>-compare).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Concurrent local-training jobs (default: available cores).
         #[arg(long)]
         workers: Option<usize>,
     },
 }
 
+/// The scenario file: positional or `--config`, exactly one of them.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ScenarioArg {
+    /// The scenario file (docs/simulation.md), e.g. simulations/hospitals-wdbc.toml.
+    #[arg(value_name = "SCENARIO")]
+    scenario: Option<PathBuf>,
+    /// The scenario file, as the daemons take their configuration.
+    #[arg(long, value_name = "SCENARIO")]
+    config: Option<PathBuf>,
+}
+
+impl ScenarioArg {
+    fn path(self) -> PathBuf {
+        self.scenario.or(self.config).expect("clap requires one of the two")
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,tessera_sim=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    tessera_cli::init_logging(cli.log.log_format, "warn,tessera_sim=info");
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tessera_cli::report_error(cli.log.log_format, e.as_ref());
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run { scenario, out, transport, workers, epsilon, no_dp } => {
+            let scenario = scenario.path();
             let text = std::fs::read_to_string(&scenario)?;
             let mut s = Scenario::load(&scenario)?;
             if no_dp {
@@ -104,7 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 backend: tessera_learn::DEFAULT_BACKEND,
                 report: true,
             };
-            eprintln!("{}: {} members, {} rounds, {:?} transport", s.name, s.clients, s.rounds, transport);
+            tracing::info!(scenario = %s.name, members = s.clients, rounds = s.rounds, ?transport, "simulation started");
             let r = run_scenario(&s, &text, &opts)?;
             if let Some(last) = r.records.last() {
                 println!("final: {}", tessera_aggregator::round_line(last));
@@ -134,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Compare { scenario, out, workers } => {
+            let scenario = scenario.path();
             let text = std::fs::read_to_string(&scenario)?;
             let s = Scenario::load(&scenario)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-compare", s.name)));
@@ -151,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Partition { scenario, indices } => {
+            let scenario = scenario.path();
             let s = Scenario::load(&scenario)?;
             if s.vision_model.is_some() {
                 let (data, labels, parts) = tessera_sim::partition_images(&s)?;
@@ -170,5 +196,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", histogram(&parts, &table.labels, &table.class_names));
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn every_flag_and_subcommand_has_a_help_line() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        assert_eq!(tessera_cli::missing_help(&cmd), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_scenario_is_positional_or_config_exactly_once() {
+        for args in [&["tessera-sim", "run", "s.toml"][..], &["tessera-sim", "run", "--config", "s.toml"]] {
+            let Command::Run { scenario, .. } = Cli::try_parse_from(args).unwrap().command else { panic!() };
+            assert_eq!(scenario.path(), std::path::Path::new("s.toml"), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["tessera-sim", "run"]).is_err(), "one is required");
+        assert!(Cli::try_parse_from(["tessera-sim", "run", "a.toml", "--config", "b.toml"]).is_err(), "not both");
     }
 }

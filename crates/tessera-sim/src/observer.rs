@@ -29,7 +29,7 @@ impl SimObserver {
 
     fn write(&mut self, record: &RoundRecord) {
         if let Err(e) = self.run.append(record) {
-            tracing::error!(error = %e, "could not write metrics.jsonl");
+            tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write metrics.jsonl");
             self.failed = Some(e.to_string());
         }
     }

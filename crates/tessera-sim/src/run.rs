@@ -203,7 +203,9 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         for c in clients {
             match c.await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "a simulated member ended with an error"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %tessera_cli::ErrorChain(&e), "a simulated member ended with an error")
+                }
                 Err(e) => tracing::warn!(error = %e, "a simulated member panicked"),
             }
         }

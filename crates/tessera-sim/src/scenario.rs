@@ -17,7 +17,7 @@ use crate::partition::Partitioner;
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The file could not be read.
-    #[error("cannot read scenario {path}: {source}")]
+    #[error("cannot read scenario {path}")]
     Read {
         /// The file as given.
         path: PathBuf,

@@ -14,7 +14,7 @@ pub enum DataError {
         file: PathBuf,
     },
     /// The file exists but could not be read.
-    #[error("cannot read {file}: {source}")]
+    #[error("cannot read {file}")]
     Io {
         /// The file being read.
         file: PathBuf,

@@ -223,7 +223,7 @@ impl MemoryNetwork {
             (h.tx.clone(), h.admission.clone(), h.limits)
         };
         if let Err(refusal) = admission.admit(member) {
-            info!(%member, reason = refusal.reason(), "member refused");
+            info!(%member, reason = %refusal.reason(), "member refused");
             return Err(TransportError::Refused { code: refusal.code(), reason: refusal.reason().to_owned() });
         }
         let (up_tx, up_rx) = mpsc::unbounded_channel();

@@ -91,7 +91,7 @@ pub enum PkiError {
     InvalidHostname(String),
     /// rcgen could not create a key or sign a certificate.
     #[error("certificate generation failed: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     /// A peer's certificate proves no valid member name.
     #[error("certificate carries no usable member name: {0}")]
     NoIdentity(String),
@@ -99,13 +99,20 @@ pub enum PkiError {
     #[error("invalid certificate fingerprint {0:?}: expected 64 hex digits (SHA-256), optionally `sha256:`-prefixed")]
     InvalidFingerprint(String),
     /// Any other file-system error.
-    #[error("{path}: {source}")]
+    #[error("{path}: {detail}")]
     Io {
         /// The file or directory involved.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not a `source()`: PKI
+        /// errors, like the transport's, carry their cause in their text).
+        detail: std::io::Error,
     },
+}
+
+impl From<rcgen::Error> for PkiError {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Generate(e)
+    }
 }
 
 /// Options for [`init`].
@@ -146,7 +153,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<IssuedFiles, PkiError> {
     if opts.aggregator_names.is_empty() {
         return Err(PkiError::InvalidHostname(String::new()));
     }
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })?;
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), detail: source })?;
 
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut ca_params = CertificateParams::default();
@@ -469,13 +476,13 @@ fn read_text(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|source| match source.kind() {
         ErrorKind::NotFound => PkiError::Missing(path.to_path_buf()),
         ErrorKind::InvalidData => PkiError::NotPem { path: path.to_path_buf(), expected: "text" },
-        _ => PkiError::Io { path: path.to_path_buf(), source },
+        _ => PkiError::Io { path: path.to_path_buf(), detail: source },
     })
 }
 
 /// Create `path` with `mode` (never replacing a file) and write `bytes`.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let io = |detail| PkiError::Io { path: path.to_path_buf(), detail };
     let mut f: File = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
         if e.kind() == ErrorKind::AlreadyExists { PkiError::AlreadyExists(path.to_path_buf()) } else { io(e) }
     })?;

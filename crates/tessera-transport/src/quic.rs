@@ -127,7 +127,7 @@ fn endpoint(
     server: Option<quinn::ServerConfig>,
     tuning: &QuicTuning,
 ) -> Result<Endpoint, TransportError> {
-    let socket = std::net::UdpSocket::bind(addr)?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(|detail| TransportError::Bind { addr, detail })?;
     let state = quinn::udp::UdpSocketState::new((&socket).into())?;
     // Best effort: an unprivileged process may get less than it asked for.
     for (what, r) in [
@@ -240,7 +240,10 @@ impl QuicListenerConfig {
             admission,
         });
         runtime.spawn(accept_loop(endpoint.clone(), settings, tx));
-        info!(addr = ?local, "listening for members");
+        match local {
+            Some(addr) => info!(%addr, "listening for members"),
+            None => info!("listening for members"),
+        }
         Ok(Listener::from_quic(QuicListener { endpoint, rx }))
     }
 }
@@ -317,7 +320,8 @@ async fn accept_loop(endpoint: Endpoint, settings: Arc<AcceptSettings>, tx: mpsc
 
 /// Handshake, identify, admit, set up the stream.
 async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<Connection, TransportError> {
-    let conn = incoming.accept().map_err(from_quinn)?.await.map_err(from_quinn)?;
+    let member_side = |e| from_quinn(e).naming_peer("member");
+    let conn = incoming.accept().map_err(member_side)?.await.map_err(member_side)?;
     let (member, fingerprint) = match peer_member(&conn) {
         Ok(m) => m,
         Err(e) => {
@@ -332,7 +336,7 @@ async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<C
         .await
         .unwrap_or_else(|_| Err(Refusal::Other("admission check failed".into())));
     if let Err(refusal) = verdict {
-        info!(%member, reason = refusal.reason(), "member refused");
+        info!(%member, reason = %refusal.reason(), "member refused");
         conn.close(refusal.code().into(), refusal.reason().as_bytes());
         return Err(TransportError::Refused { code: refusal.code(), reason: refusal.reason().to_owned() });
     }
@@ -447,6 +451,7 @@ pub async fn connect(cfg: &QuicDialConfig) -> Result<Connection, TransportError>
     tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg))
         .await
         .map_err(|_| TransportError::Timeout { what: "connecting to the aggregator", after: cfg.connect_timeout })?
+        .map_err(|e| e.naming_peer("aggregator"))
 }
 
 async fn connect_inner(cfg: &QuicDialConfig) -> Result<Connection, TransportError> {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
     /// A file or directory could not be read.
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`")]
     Io {
         /// What was being read.
         path: PathBuf,
@@ -71,7 +71,7 @@ pub enum VisionError {
     #[error("invalid setting: {0}")]
     InvalidConfig(String),
     /// The `[model]` section describes no network.
-    #[error("invalid [model] section: {0}")]
+    #[error("invalid [model] section")]
     Model(#[from] tessera_core::ModelConfigError),
     /// The pretrained checkpoint is not where it was expected.
     #[error("weights file `{path}` not found; run scripts/fetch-weights.sh")]

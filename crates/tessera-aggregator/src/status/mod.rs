@@ -102,9 +102,38 @@ pub struct StatusSnapshot {
     pub history: Vec<RoundPoint>,
 }
 
+/// A snapshot whose heartbeat (`updated_ms`) is older than this belongs to
+/// an aggregator that is not running: the daemon moves it every 2 s.
+pub const HEARTBEAT_STALE_MS: i64 = 15_000;
+
 impl StatusSnapshot {
+    /// Members connected now and admitted: a revoked member's connection is
+    /// being closed and no longer counts.
     pub(crate) fn members_online(&self) -> usize {
-        self.members.iter().filter(|m| m.online).count()
+        self.members.iter().filter(|m| m.online && !m.revoked).count()
+    }
+
+    /// Whether the daemon that wrote this snapshot still runs, judged from
+    /// outside it at `now_ms`: its heartbeat is at most
+    /// [`HEARTBEAT_STALE_MS`] old, and its process is alive where that can
+    /// be checked (`pid_alive`: `Some` on the machine that runs it, from
+    /// [`process_alive`]).
+    pub fn daemon_running(&self, now_ms: i64, pid_alive: Option<bool>) -> bool {
+        now_ms - self.updated_ms <= HEARTBEAT_STALE_MS && pid_alive != Some(false)
+    }
+
+    /// The snapshot as an outside reader must present it: when the daemon
+    /// is not running, no member is online and no round is in progress,
+    /// whatever the last row written says.
+    pub fn as_seen(mut self, running: bool) -> Self {
+        if !running {
+            for m in &mut self.members {
+                m.online = false;
+            }
+            self.current_round = None;
+            self.phase = None;
+        }
+        self
     }
 
     pub(crate) fn epsilon_left(&self) -> Option<f64> {
@@ -127,9 +156,21 @@ impl StatusSnapshot {
                 self.rounds_planned,
                 self.phase.as_deref().unwrap_or("?")
             ),
-            _ => format!("waiting for members (completed {} of {} rounds)", self.completed_rounds, self.rounds_planned),
+            (RunState::Waiting, None) => {
+                format!("waiting for members (completed {} of {} rounds)", self.completed_rounds, self.rounds_planned)
+            }
+            (RunState::Running, None) => {
+                format!("no round in progress (completed {} of {} rounds)", self.completed_rounds, self.rounds_planned)
+            }
         }
     }
+}
+
+/// Whether process `pid` exists on this machine: `Some` where `/proc`
+/// answers (Linux), `None` elsewhere (then only the heartbeat decides).
+pub fn process_alive(pid: u32) -> Option<bool> {
+    let proc_root = std::path::Path::new("/proc/self");
+    proc_root.exists().then(|| std::path::Path::new("/proc").join(pid.to_string()).exists())
 }
 
 mod html;

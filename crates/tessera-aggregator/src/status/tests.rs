@@ -47,7 +47,7 @@ fn sample() -> StatusSnapshot {
 
 #[test]
 fn text_answers_the_operator_questions() {
-    let t = sample().render_text(1_005_000);
+    let t = sample().render_text(1_005_000, true);
     assert!(t.contains("round 4 in progress (completed 2 of 5), phase masked_input"), "{t}");
     assert!(
         t.contains("members online: 2 of 3 (hospital-a, hospital-b); offline: hospital-c; revoked: mallory"),
@@ -55,8 +55,27 @@ fn text_answers_the_operator_questions() {
     );
     assert!(t.contains("epsilon spent 1.5000 of 4.0000") && t.contains("left 2.5000"), "{t}");
     assert!(t.contains("last accuracy: 0.9000 (completed round 2, wire round 3)"), "{t}");
-    assert!(!t.contains("stale"), "{t}");
-    assert!(sample().render_text(1_000_000 + 60_000).contains("stale"));
+    assert!(t.contains("aggregator running: pid 42"), "{t}");
+}
+
+#[test]
+fn a_stopped_daemon_counts_nobody_online() {
+    let s = sample();
+    assert!(s.daemon_running(1_000_000 + HEARTBEAT_STALE_MS, None));
+    assert!(!s.daemon_running(1_000_000 + HEARTBEAT_STALE_MS + 1, None), "stale heartbeat");
+    assert!(!s.daemon_running(1_001_000, Some(false)), "its process is gone");
+    let t = s.as_seen(false).render_text(1_060_000, false);
+    assert!(t.contains("aggregator not running since 1970-01-01T00:16:40Z (60 s ago; last pid 42)"), "{t}");
+    assert!(t.contains("members online: 0 of 3 (none)"), "{t}");
+    assert!(t.contains("running - no round in progress (completed 2 of 5 rounds)"), "{t}");
+}
+
+#[test]
+fn a_revoked_member_still_connected_is_not_counted() {
+    let mut s = sample();
+    s.members[3].online = true; // mallory: revoked, connection not yet closed
+    let t = s.render_text(1_005_000, true);
+    assert!(t.contains("members online: 2 of 3 (hospital-a, hospital-b)"), "{t}");
 }
 
 #[test]

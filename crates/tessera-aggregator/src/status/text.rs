@@ -2,14 +2,16 @@
 
 use std::fmt::Write as _;
 
-use super::{MemberStatus, RunState, StatusSnapshot};
+use super::{MemberStatus, StatusSnapshot};
 use crate::store::utc;
 
 impl StatusSnapshot {
     /// Plain text for `tessera-aggregator status`. `now_ms` (milliseconds
-    /// since the Unix epoch) ages the snapshot: one more than 30 s old, of
-    /// a run not finished, is flagged as possibly dead.
-    pub fn render_text(&self, now_ms: i64) -> String {
+    /// since the Unix epoch) ages the snapshot; `running` is
+    /// [`StatusSnapshot::daemon_running`]'s verdict. A snapshot of a daemon
+    /// that is not running says so, with the time of its last heartbeat,
+    /// and counts nobody online (pass it through [`StatusSnapshot::as_seen`]).
+    pub fn render_text(&self, now_ms: i64, running: bool) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "run {}", self.run_id);
         let _ = writeln!(s, "state: {} - {}", self.state.name(), self.round_line());
@@ -17,12 +19,17 @@ impl StatusSnapshot {
             let _ = writeln!(s, "stop reason: {r}");
         }
         let age = (now_ms - self.updated_ms).max(0) / 1000;
-        let stale = if self.state != RunState::Finished && age > 30 {
-            " - stale: the aggregator may not be running"
+        if running {
+            let _ =
+                writeln!(s, "aggregator running: pid {}, heartbeat {} ({age} s ago)", self.pid, utc(self.updated_ms));
         } else {
-            ""
-        };
-        let _ = writeln!(s, "updated: {} ({age} s ago, pid {}){stale}", utc(self.updated_ms), self.pid);
+            let _ = writeln!(
+                s,
+                "aggregator not running since {} ({age} s ago; last pid {})",
+                utc(self.updated_ms),
+                self.pid
+            );
+        }
         let names = |f: &dyn Fn(&MemberStatus) -> bool| {
             let v: Vec<&str> = self.members.iter().filter(|m| f(m)).map(|m| m.name.as_str()).collect();
             if v.is_empty() { "none".to_string() } else { v.join(", ") }
@@ -32,7 +39,7 @@ impl StatusSnapshot {
             "members online: {} of {} ({}); offline: {}; revoked: {}",
             self.members_online(),
             self.members.iter().filter(|m| !m.revoked).count(),
-            names(&|m| m.online),
+            names(&|m| m.online && !m.revoked),
             names(&|m| !m.online && !m.revoked),
             names(&|m| m.revoked)
         );

@@ -28,7 +28,7 @@ pub use rounds::{Checkpoint, LedgerRow, RoundRow};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite refused a statement (I/O, lock timeout, a trigger).
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
@@ -495,15 +495,22 @@ impl StateStore {
         rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
     }
 
-    /// Check the whole chain; `Ok(n)` is the number of intact entries.
-    pub fn verify_audit(&self) -> Result<std::result::Result<u64, AuditBreak>> {
-        let entries = self.audit_entries()?;
+    /// The recorded head of the audit chain: the last entry's sequence
+    /// number and hash (hex), which an operator copies somewhere the
+    /// aggregator cannot write (`audit head`); `None` before the first entry.
+    pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
         let head: Option<(i64, String)> = self
             .conn
             .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(audit::verify(&entries, head.map(|(s, h)| (s as u64, h))))
+        Ok(head.map(|(s, h)| (s as u64, h)))
+    }
+
+    /// Check the whole chain; `Ok(n)` is the number of intact entries.
+    pub fn verify_audit(&self) -> Result<std::result::Result<u64, AuditBreak>> {
+        let entries = self.audit_entries()?;
+        Ok(audit::verify(&entries, self.audit_head()?))
     }
 
     /// Direct access for tests (e.g. simulating tampering).
@@ -563,18 +570,9 @@ pub fn now_ms() -> i64 {
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time in milliseconds (proleptic
 /// Gregorian, after Howard Hinnant's `civil_from_days`).
 pub fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    // RFC 3339 to the second: drop tessera-cli's milliseconds.
+    let t = tessera_cli::rfc3339_ms(ms.div_euclid(1000) * 1000);
+    format!("{}Z", &t[..19])
 }
 
 #[cfg(test)]

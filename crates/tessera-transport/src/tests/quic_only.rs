@@ -22,9 +22,13 @@ async fn client_from_another_ca_is_refused() {
     )
     .unwrap();
     cfg.connect_timeout = Duration::from_secs(5);
+    // The member's message puts the fault on its own certificate, not on the
+    // aggregator's.
     match connect(&cfg).await {
-        Err(TransportError::Handshake(_)) => {}
-        other => panic!("expected a handshake failure, got {:?}", other.map(|c| c.peer().clone())),
+        Err(e @ TransportError::CertificateRefusedByPeer { peer: "aggregator", .. }) => {
+            assert!(e.to_string().starts_with("the aggregator refused your certificate"), "{e}");
+        }
+        other => panic!("expected the aggregator to refuse the certificate, got {:?}", other.map(|c| c.peer().clone())),
     }
     let (mut client, mut server) = {
         let c = connect(&dial_config(dir.path(), "alice", addr)).await.unwrap();
@@ -41,9 +45,14 @@ async fn client_refuses_aggregator_from_another_ca() {
     pki::init(rogue.path(), &InitOptions::default()).unwrap();
     let mut rogue_listener = listener_config(rogue.path(), loopback()).listen(Arc::new(AdmitAll)).unwrap();
     let addr = rogue_listener.local_addr().unwrap();
+    // The member's message puts the fault on the aggregator's certificate.
     match connect(&dial_config(dir.path(), "alice", addr)).await {
-        Err(TransportError::Handshake(_)) => {}
-        other => panic!("expected a handshake failure, got {:?}", other.map(|c| c.peer().clone())),
+        Err(e @ TransportError::PeerCertificateRejected { peer: "aggregator", .. }) => {
+            assert!(e.to_string().starts_with("the aggregator's certificate is not signed by your ca.pem"), "{e}");
+        }
+        other => {
+            panic!("expected the aggregator's certificate to be rejected, got {:?}", other.map(|c| c.peer().clone()))
+        }
     }
     assert!(tokio::time::timeout(Duration::from_millis(200), rogue_listener.accept()).await.is_err());
 }
@@ -63,7 +72,10 @@ async fn certificates_are_bound_to_their_role() {
     )
     .unwrap();
     cfg.connect_timeout = Duration::from_secs(5);
-    assert!(matches!(connect(&cfg).await, Err(TransportError::Handshake(_))), "server cert used as client cert");
+    assert!(
+        matches!(connect(&cfg).await, Err(TransportError::CertificateRefusedByPeer { .. })),
+        "server cert used as client cert"
+    );
 
     let alice = pki::member_files(dir.path(), "alice");
     let rogue = QuicListenerConfig::new(loopback(), &dir.path().join(pki::CA_CERT), &alice.cert, &alice.key)
@@ -75,7 +87,7 @@ async fn certificates_are_bound_to_their_role() {
         let mut cfg = dial_config(dir.path(), "bob", rogue_addr);
         cfg.server_name = Some(server_name.into());
         assert!(
-            matches!(connect(&cfg).await, Err(TransportError::Handshake(_))),
+            matches!(connect(&cfg).await, Err(TransportError::PeerCertificateRejected { .. })),
             "member cert accepted as aggregator for {server_name}"
         );
     }
@@ -88,7 +100,8 @@ async fn aggregator_name_must_match() {
     let addr = listener.local_addr().unwrap();
     let mut cfg = dial_config(dir.path(), "alice", addr);
     cfg.server_name = Some("elsewhere.example".into());
-    assert!(matches!(connect(&cfg).await, Err(TransportError::Handshake(_))));
+    let err = connect(&cfg).await.err().expect("a wrong server name is refused");
+    assert!(err.to_string().contains("does not carry the name it was dialled by"), "{err}");
     // The IP SAN from `init` lets members dial by address too.
     let mut cfg = dial_config(dir.path(), "alice", addr);
     cfg.server = addr.to_string();
