@@ -249,7 +249,7 @@ impl RunObserver for DaemonObserver {
         tracing::warn!(round, ?members, "revealed shares failed their check and were left out");
         let res = lock(&self.store).bad_shares(round, members, now_ms());
         if let Err(e) = res {
-            self.fail("recording bad shares", e);
+            self.fail("recording bad shares", &e);
         }
     }
 
