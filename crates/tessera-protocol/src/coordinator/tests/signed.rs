@@ -215,3 +215,49 @@ fn member_without_identity_refuses_secure_rounds() {
     let r = p.handle(AggregatorMsg::RoundStart { round: 1, settings: settings(), cohort: cohort(), party: 0 });
     assert_eq!(r, Err(Refusal::NoIdentity));
 }
+
+/// A ground graph seed (issue #17, item 7): an aggregator that wants
+/// colluders next to m0 must fix the seed. It cannot leave m0's commitment
+/// out of the roster or swap it, and it cannot replace a reveal after the
+/// roster fixed the commitments (it would grind the seed that way): the
+/// real `Participant` refuses each, names the party, and deals no share.
+#[test]
+fn member_refuses_a_ground_graph_seed() {
+    let pki = TestPki::new("consortium");
+    let (m1_cert, m1_key) = pki.issue("m1");
+    let (m2_cert, m2_key) = pki.issue("m2");
+    let (mut m1, mut m2) = (KeySigner(m1_key), KeySigner(m2_key));
+    let mut p = Participant::new("m0", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(1))
+        .with_identity(pki.identity("m0"));
+    p.handle(AggregatorMsg::Welcome { run_id: RUN, member: "m0".into() }).unwrap();
+
+    // A roster without m0, and one with m0's commitment swapped.
+    for (round, swap) in [(1, false), (2, true)] {
+        let own = start(&mut p, round);
+        let (s1, _) = session(round, 1, 1);
+        let (s2, _) = session(round, 2, 2);
+        let mut roster = vec![(1, s1.graph_commitment()), (2, s2.graph_commitment())];
+        if swap {
+            roster.insert(0, (0, s1.graph_commitment()));
+        }
+        let err = p.handle(AggregatorMsg::GraphRoster { round, commitments: roster }).unwrap_err();
+        assert!(matches!(err, Refusal::SecAgg(tessera_secagg::SecAggError::BadRoster(_))), "{err:?}");
+        assert!(
+            std::iter::from_fn(|| p.poll_output())
+                .all(|o| !matches!(o, Output::Send(ClientMsg::RevealGraphSeed { .. })))
+        );
+        assert_ne!(own.graph_commitment, [0; 32]);
+    }
+
+    // An honest roster, then a reveal replaced after it.
+    let round = 3;
+    let own = start(&mut p, round);
+    let (mut s1, k1) = session(round, 1, 1);
+    let (mut s2, k2) = session(round, 2, 2);
+    let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1)), (2, advert(&s2, k2, m2_cert, &mut m2))];
+    let mut reveals = draw_graph(&mut p, round, &own, [&mut s1, &mut s2]);
+    reveals[2].1[0] ^= 1;
+    let err = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals }).unwrap_err();
+    assert_eq!(err, Refusal::SecAgg(tessera_secagg::SecAggError::GraphRevealMismatch(2)));
+    assert!(!shares_sent(&mut p), "no share may be dealt on a ground seed");
+}
