@@ -172,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = AggregatorConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
+                daemon::check_single_instance(&cfg)?;
                 let listener = daemon::listen(&cfg)?;
                 eprintln!(
                     "listening on {} (run directory {}, state {})",
