@@ -64,10 +64,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = ClientConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
-            let exit = rt.block_on(tessera_client::run_daemon(&cfg, ClientOptions::default()))?;
+            let exit = rt.block_on(async {
+                let opts = ClientOptions { stop: Some(tessera_client::stop_on_signals()?), ..ClientOptions::default() };
+                tessera_client::run_daemon(&cfg, opts).await
+            })?;
+            // A training task a stop interrupted is not waited for.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
             match exit {
                 ClientExit::Shutdown { reason } => eprintln!("run finished: {reason}"),
                 ClientExit::Disconnected { reason } => eprintln!("disconnected: {reason}"),
+                ClientExit::Stopped { reason } => eprintln!("stopped by {reason}; connection closed"),
             }
             Ok(())
         }
