@@ -72,6 +72,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             stream_idle_secs: 5.0,
             max_round_retries: 3,
             unhealthy_after: 3,
+            quorum_warning_secs: 60.0,
         },
         model: ModelSection::Tabular(wdbc_model()),
         train: TrainSection {

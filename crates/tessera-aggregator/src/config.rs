@@ -98,6 +98,11 @@ pub struct RunSection {
     /// (default 3).
     #[serde(default = "default_unhealthy")]
     pub unhealthy_after: u32,
+    /// Seconds between two quorum warnings (default 60): while the admitted
+    /// or the connected members cannot make up `min_clients`, the daemon
+    /// logs who is missing, the first time at once.
+    #[serde(default = "default_quorum_warning")]
+    pub quorum_warning_secs: f64,
 }
 
 fn default_cohort() -> CohortSelection {
@@ -115,6 +120,9 @@ fn default_phase_timeout() -> f64 {
 }
 fn default_retries() -> u32 {
     3
+}
+fn default_quorum_warning() -> f64 {
+    60.0
 }
 fn default_unhealthy() -> u32 {
     3
@@ -296,6 +304,9 @@ impl AggregatorConfig {
         if !(self.run.round_deadline_secs > 0.0 && self.run.phase_timeout_secs > 0.0 && self.run.stream_idle_secs > 0.0)
         {
             return Err("run deadlines must be positive".into());
+        }
+        if !(self.run.quorum_warning_secs > 0.0 && self.run.quorum_warning_secs.is_finite()) {
+            return Err("run.quorum_warning_secs must be a positive number of seconds".into());
         }
         if !(1..=32).contains(&self.secure.modulus_bits) {
             return Err("secure.modulus_bits must lie in 1..=32".into());

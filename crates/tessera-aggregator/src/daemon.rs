@@ -36,6 +36,7 @@ use crate::config::AggregatorConfig;
 use crate::driver::{DriverOptions, RunEnd, serve};
 use crate::http::SharedStatus;
 use crate::observer::{DaemonObserver, SharedStore, lock, lock_status, point};
+use crate::quorum::{QUORUM_GRACE, QuorumInputs, QuorumWatch, watch_quorum};
 use crate::report::{RunDir, Summary};
 pub use crate::revocation::REVOKED_FILE;
 use crate::revocation::{RevocationError, RevocationList};
@@ -68,6 +69,10 @@ pub enum DaemonError {
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Another daemon serves the same state database (or its lock file
+    /// could not be taken).
+    #[error(transparent)]
+    Lock(#[from] crate::instance::LockError),
     /// The stored run cannot be resumed under this config (model, seed or
     /// strategy changed, checkpoint inconsistent), or the status endpoint
     /// could not bind.
@@ -157,6 +162,14 @@ pub fn coordinator_config(cfg: &AggregatorConfig, run_id: RunId, seed: u64) -> C
     }
 }
 
+/// Refuse to start when another daemon serves the config's state database
+/// (its lock file names the holder's PID); `serve` asks this before it
+/// binds its port. [`run`] takes the lock itself and holds it until it
+/// returns, so this check is a courtesy, not the exclusion.
+pub fn check_single_instance(cfg: &AggregatorConfig) -> Result<(), DaemonError> {
+    Ok(crate::instance::check_unlocked(&cfg.state_path())?)
+}
+
 /// Bind the QUIC endpoint the config names.
 pub fn listen(cfg: &AggregatorConfig) -> Result<Listener, DaemonError> {
     let qcfg = QuicListenerConfig::from_pki_dir(&cfg.server.pki_dir, cfg.server.listen)?;
@@ -168,6 +181,8 @@ pub fn listen(cfg: &AggregatorConfig) -> Result<Listener, DaemonError> {
 /// then the run directory and, when configured, the status endpoint.
 pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, DaemonError> {
     let state_path = cfg.state_path();
+    // Held until this function returns: one daemon per state database.
+    let _instance = crate::instance::lock_state(&state_path)?;
     let mut store = StateStore::open(&state_path)?;
     let now = now_ms();
     let config_json = serde_json::to_string(&cfg).map_err(|e| DaemonError::State(e.to_string()))?;
@@ -232,6 +247,15 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         None => None,
     };
     let heartbeat = tokio::spawn(heartbeat(store.clone(), status.clone()));
+    let quorum = tokio::spawn(watch_quorum(
+        QuorumInputs {
+            members: cfg.server.members.clone(),
+            pki_dir: cfg.server.pki_dir.clone(),
+            revoked_path: revoked_path.clone(),
+            status: status.clone(),
+        },
+        QuorumWatch::new(cfg.run.min_clients, Duration::from_secs_f64(cfg.run.quorum_warning_secs), QUORUM_GRACE),
+    ));
     let (revocations_tx, revocations) = watch::channel(Arc::new(revoked.clone()));
     let watcher = tokio::spawn(watch_revocations(
         revoked_path,
@@ -258,6 +282,7 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         serve(listener, coordinator, &mut observer, opts).await
     };
     heartbeat.abort();
+    quorum.abort();
     watcher.abort();
 
     let digest = coordinator.global().digest_hex();

@@ -39,7 +39,9 @@ pub mod daemon;
 mod driver;
 mod export;
 mod http;
+mod instance;
 mod observer;
+mod quorum;
 mod report;
 mod revocation;
 mod status;
@@ -50,6 +52,7 @@ pub use config::{AggregatorConfig, ConfigError, RunSection, ServerSection, State
 pub use daemon::DaemonError;
 pub use driver::{DriverOptions, RunEnd, RunObserver, serve};
 pub use export::{ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors};
+pub use instance::LockError;
 pub use observer::STALL_ENV;
 pub use report::{ReportError, RunDir, Summary, round_line};
 pub use revocation::{REVOKED_FILE, RevocationError, RevocationList, RevokedBy};

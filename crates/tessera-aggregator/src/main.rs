@@ -226,6 +226,8 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
     let cfg = AggregatorConfig::load(config)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
+        // Before binding: a second serve names the holder, not a busy port.
+        daemon::check_single_instance(&cfg)?;
         let listener = daemon::listen(&cfg)?;
         tracing::info!(
             listen = %cfg.server.listen,

@@ -84,7 +84,11 @@ pub enum PolicyError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregatorSection {
-    /// `host:port` of the aggregator (UDP).
+    /// `host:port` of the aggregator (UDP); IPv6 literals in brackets
+    /// (`[2001:db8::1]:4433`). Checked when the file is read, so a missing
+    /// port is a configuration error pointing at the value, not a name that
+    /// never resolves.
+    #[serde(deserialize_with = "crate::address::host_port")]
     pub address: String,
     /// Name on the aggregator's certificate; defaults to the host of `address`.
     #[serde(default)]
@@ -430,7 +434,12 @@ impl ClientConfig {
         let mut c: Self =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         c.validate().map_err(|source| ConfigError::Invalid { path: path.into(), source })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so every path in a later message or log names the file
+        // the member actually read, whatever directory it was started in.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = &std::fs::canonicalize(parent)
+            .or_else(|_| std::path::absolute(parent))
+            .unwrap_or_else(|_| parent.to_path_buf());
         for p in [&mut c.aggregator.ca, &mut c.aggregator.cert, &mut c.aggregator.key, &mut c.state.egress_ledger] {
             *p = base.join(&*p);
         }
@@ -503,6 +512,43 @@ num_classes = 2
         assert_eq!(c.state.egress_ledger, dir.path().join("state/egress.jsonl"));
         std::fs::write(&p, "member = 3").unwrap();
         assert!(ClientConfig::load(&p).unwrap_err().to_string().contains("client.toml"));
+    }
+
+    #[test]
+    fn a_relative_config_path_resolves_to_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("client.toml"),
+            format!("{PKI}[data]\npath = \"data/d.csv\"\nlabel = \"y\"\n[model]\nnum_features = 3\nnum_classes = 2\n"),
+        )
+        .unwrap();
+        // The same file named relative to the working directory.
+        let cwd = std::env::current_dir().unwrap();
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let relative = up.join(dir.path().strip_prefix("/").unwrap()).join("client.toml");
+        assert!(relative.is_relative());
+        let c = ClientConfig::load(&relative).unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(c.aggregator.cert, real.join("pki/hospital-b.pem"));
+        assert_eq!(c.data.csv().unwrap().path, real.join("data/d.csv"));
+        assert_eq!(c.state.egress_ledger, real.join("state/egress.jsonl"));
+    }
+
+    #[test]
+    fn an_address_without_a_port_is_a_config_error_at_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("client.toml");
+        let text = PKI.replace("127.0.0.1:4433", "aggregator.example.org");
+        std::fs::write(
+            &p,
+            format!("{text}[data]\npath = \"d.csv\"\nlabel = \"y\"\n[model]\nnum_features = 3\nnum_classes = 2\n"),
+        )
+        .unwrap();
+        let err = ClientConfig::load(&p);
+        let Err(ConfigError::Parse { message, .. }) = err else { panic!("expected a parse error, got {err:?}") };
+        assert!(message.contains("has no port") && message.contains("aggregator.example.org:4433"), "{message}");
+        // The parser points at the value: its line, and a caret under it.
+        assert!(message.contains("line 4") && message.contains('^'), "{message}");
     }
 
     /// A minimal valid `client.toml` followed by `extra`, loaded.

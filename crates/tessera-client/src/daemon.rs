@@ -22,9 +22,12 @@ use tessera_vision::VisionModel;
 
 /// The member's protocol state machine with its policy (`[policy]`), its own
 /// privacy budget (when configured, which also makes it require DP) and its
-/// randomness. Refuses a configuration that [`ClientConfig::validate`] refuses.
+/// randomness. Refuses a configuration that [`ClientConfig::validate`]
+/// refuses, and a `member` that is not the name its certificate was issued
+/// to.
 pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRandomness>> {
     cfg.validate()?;
+    crate::identity::check_member_name(&cfg.member, &cfg.aggregator.cert)?;
     let rng = if cfg.testing.seeded_randomness {
         tracing::warn!(member = %cfg.member, "TEST MODE: seeded randomness; masks and noise are predictable");
         MemberRandomness::Seeded(ChaCha20Rng::seed_from_u64(crate::driver::member_seed(SEEDED, &cfg.member)))

@@ -5,11 +5,20 @@
 //! after a network loss or an aggregator restart.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tessera_core::{AggregatorMsg, CodecError, EvalMetrics, Limits, encode_frame};
 use tessera_learn::LocalModel;
-use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, connect_with_backoff};
+use tessera_transport::{BackoffPolicy, Dialer, FrameSender, TransportError, close_code, connect_with_backoff};
 use tokio::sync::{Semaphore, mpsc};
+
+use crate::signals::StopRequest;
+
+/// How long a stopping member waits for its close to leave (the endpoint
+/// to go idle) before it returns anyway. On a live path the close leaves
+/// within a round trip; the draining period after it is three probe
+/// timeouts, well under this on any working network.
+pub const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 use crate::egress::{EgressError, EgressLedger};
 use tessera_protocol::member::{Event, LocalFailure, MemberMachine, Output, TrainedUpdate};
@@ -27,6 +36,13 @@ pub struct ClientOptions {
     /// Bounds concurrent local work (training, evaluation) across all
     /// members sharing it: one permit each (the default holds one).
     pub workers: Arc<Semaphore>,
+    /// A stop request (the daemon's: SIGTERM or SIGINT, from
+    /// [`stop_on_signals`](crate::stop_on_signals)). When it turns `Some`,
+    /// the member closes its connection with [`close_code::NORMAL`], waits
+    /// up to [`CLOSE_FLUSH`] for the close to leave, and returns
+    /// [`ClientExit::Stopped`]; while dialling, it just returns. `None`:
+    /// never stopped from outside.
+    pub stop: Option<StopRequest>,
 }
 
 impl Default for ClientOptions {
@@ -36,6 +52,7 @@ impl Default for ClientOptions {
             backoff: BackoffPolicy::default(),
             reconnect: true,
             workers: Arc::new(Semaphore::new(1)),
+            stop: None,
         }
     }
 }
@@ -69,6 +86,12 @@ pub enum ClientExit {
     /// The connection closed and reconnecting is off.
     Disconnected {
         /// What closed it.
+        reason: String,
+    },
+    /// A stop request ([`ClientOptions::stop`]) ended the run on this side;
+    /// the connection was closed gracefully.
+    Stopped {
+        /// The request's reason (the signal's name).
         reason: String,
     },
 }
@@ -136,9 +159,13 @@ where
     M: LocalModel,
 {
     let (work_tx, mut work_rx) = mpsc::unbounded_channel::<Work>();
+    let mut stop_rx = opts.stop.clone();
     let mut member = Member { model, egress, opts, work_tx, shutdown: None };
     loop {
-        let conn = connect_with_backoff(&dialer, &member.opts.backoff).await?;
+        let conn = tokio::select! {
+            conn = connect_with_backoff(&dialer, &member.opts.backoff) => conn?,
+            reason = stop_requested(&mut stop_rx) => return Ok(ClientExit::Stopped { reason }),
+        };
         let (mut tx, mut rx) = conn.split();
         tracing::info!(member = %participant.member(), "connected to the aggregator");
         participant.hello();
@@ -157,6 +184,11 @@ where
                     Work::Trained(round, r) => participant.training_done(round, r),
                     Work::Evaluated(round, r) => participant.evaluation_done(round, r),
                 },
+                reason = stop_requested(&mut stop_rx) => {
+                    tracing::info!(member = participant.member(), %reason, "stopping; closing the connection");
+                    tx.close_gracefully(close_code::NORMAL, &format!("member stopping ({reason})"), CLOSE_FLUSH).await;
+                    return Ok(ClientExit::Stopped { reason });
+                }
             }
             if stop.is_none() {
                 stop = member.flush(participant, &mut tx).await.err();
@@ -256,6 +288,23 @@ impl<M: LocalModel> Member<'_, M> {
             let _ = w.send(done.unwrap_or_else(failed));
         });
     }
+}
+
+/// The reason of the stop request once there is one; never ready without
+/// a request channel (or once its sender is gone without a request).
+async fn stop_requested(rx: &mut Option<StopRequest>) -> String {
+    if let Some(r) = rx {
+        loop {
+            if let Some(reason) = r.borrow_and_update().clone() {
+                return reason;
+            }
+            if r.changed().await.is_err() {
+                break;
+            }
+        }
+        *rx = None;
+    }
+    std::future::pending().await
 }
 
 /// Each member shuffles and samples with its own stream, derived from the

@@ -71,3 +71,40 @@ pub fn load_member_identity(
     };
     Ok(member_identity(cert_der, &key_der, ca_der)?)
 }
+
+/// Refuse to start as `member` with a certificate issued to another name:
+/// the aggregator admits the certificate's name, not `member`, so the
+/// member would run (and keep its ledgers) under one name while the
+/// consortium knows it by another. The name is read exactly as the
+/// aggregator's admission reads it (`pki::member_name_of`).
+pub(crate) fn check_member_name(member: &str, cert: &std::path::Path) -> anyhow::Result<()> {
+    let der = tessera_transport::pki::load_certs(cert)?.swap_remove(0);
+    match tessera_transport::pki::member_name_of(&der) {
+        Some(name) if name == member => Ok(()),
+        Some(name) => anyhow::bail!(
+            "member = {member:?} in the configuration, but the certificate {} is issued to {name:?}: \
+             set member to the certificate's name, or point [aggregator] cert and key at {member:?}'s files",
+            cert.display()
+        ),
+        None => anyhow::bail!(
+            "the certificate {} names no member (no valid common name or DNS name), so it cannot be {member:?}'s",
+            cert.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_member_name;
+
+    #[test]
+    fn member_must_be_the_certificates_name() {
+        let dir = tempfile::tempdir().unwrap();
+        tessera_transport::pki::init(dir.path(), &Default::default()).unwrap();
+        let b = tessera_transport::pki::issue(dir.path(), "hospital-b").unwrap();
+        check_member_name("hospital-b", &b.cert).unwrap();
+        let msg = check_member_name("hospital-a", &b.cert).unwrap_err().to_string();
+        assert!(msg.contains("\"hospital-a\"") && msg.contains("issued to \"hospital-b\""), "{msg}");
+        assert!(msg.contains(&b.cert.display().to_string()), "{msg}");
+    }
+}

@@ -15,7 +15,8 @@
 //!   (`tessera_protocol::member::Participant`, which has no sockets, clocks
 //!   or training, or any `MemberMachine` wrapping one, as the simulator's
 //!   fault injection does): it dials out, moves frames, runs local work on
-//!   a bounded worker pool and reconnects.
+//!   a bounded worker pool and reconnects; [`stop_on_signals`] turns
+//!   SIGTERM and SIGINT into a graceful close of its connection.
 //! - [`EgressLedger`]: a record of every byte that leaves, written before
 //!   the frame is sent; [`egress::render`] prints it.
 //! - [`LedgerGuard`]: the member's own privacy budget, charged before any
@@ -28,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod address;
 mod config;
 mod daemon;
 mod driver;
@@ -38,15 +40,17 @@ pub mod egress;
 mod images;
 mod privacy;
 mod progress;
+mod signals;
 
 pub use config::{
     AggregatorSection, BackendChoice, ClientConfig, ConfigError, ConfigProblem, DataConfig, DataSection, ImageDataKind,
     ImageDataSection, ModelSection, PolicyError, PolicySection, PrivacySection, StateSection, TestingSection,
 };
 pub use daemon::{MemberRandomness, participant, run_daemon, tabular_model};
-pub use driver::{ClientError, ClientExit, ClientOptions, run};
+pub use driver::{CLOSE_FLUSH, ClientError, ClientExit, ClientOptions, run};
 pub use egress::{EgressEntry, EgressError, EgressLedger};
 pub use identity::{EcdsaSigner, load_member_identity, member_identity};
 pub use privacy::LedgerGuard;
+pub use signals::{StopRequest, stop_on_signals};
 /// The driver's contract with the member's model (`tessera-learn`).
 pub use tessera_learn::LocalModel;

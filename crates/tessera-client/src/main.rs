@@ -73,8 +73,17 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = ClientConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
-            // The driver has logged how it ended ("run finished" or "connection lost").
-            let _: ClientExit = rt.block_on(tessera_client::run_daemon(&cfg, ClientOptions::default()))?;
+            let exit = rt.block_on(async {
+                let opts = ClientOptions { stop: Some(tessera_client::stop_on_signals()?), ..ClientOptions::default() };
+                tessera_client::run_daemon(&cfg, opts).await
+            })?;
+            // A training task a stop interrupted is not waited for.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            // The driver has logged how a run ended ("run finished" or
+            // "connection lost"); a stop is this process's own doing.
+            if let ClientExit::Stopped { reason } = exit {
+                tracing::info!("stopped by {reason}; connection closed");
+            }
             Ok(())
         }
     }

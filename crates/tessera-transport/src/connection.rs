@@ -46,18 +46,29 @@ impl Traffic {
     }
 }
 
-/// Closes the whole connection from either half.
+/// Closes the whole connection from either half. A dialled QUIC
+/// connection also holds its own endpoint (one per dial), so that a
+/// graceful close can wait until the close has actually left.
 #[derive(Clone)]
 pub(crate) enum Control {
-    Quic(quinn::Connection),
+    Quic(quinn::Connection, Option<quinn::Endpoint>),
     Memory(memory::LinkEnd),
 }
 
 impl Control {
     pub(crate) fn close(&self, code: u32, reason: &str) {
         match self {
-            Control::Quic(c) => c.close(code.into(), reason.as_bytes()),
+            Control::Quic(c, _) => c.close(code.into(), reason.as_bytes()),
             Control::Memory(l) => l.close(code, reason),
+        }
+    }
+
+    /// Close, then wait (at most `within`) until the dialled endpoint is
+    /// idle: the close has been sent and its draining period is over.
+    async fn close_and_flush(&self, code: u32, reason: &str, within: std::time::Duration) {
+        self.close(code, reason);
+        if let Control::Quic(_, Some(endpoint)) = self {
+            let _ = tokio::time::timeout(within, endpoint.wait_idle()).await;
         }
     }
 }
@@ -110,6 +121,17 @@ impl FrameSender {
     /// Close the whole connection at once; unsent data is discarded.
     pub fn close(&self, code: u32, reason: &str) {
         self.control.close(code, reason);
+    }
+
+    /// Close the whole connection and wait, at most `within`, until the
+    /// close has left this host: on a dialled QUIC connection, until its
+    /// endpoint is idle (quinn's `Endpoint::wait_idle`). A process that
+    /// exits right after a plain [`FrameSender::close`] may never send the
+    /// close, and the peer then notices only at its idle timeout; after
+    /// this it hears of the close within a round trip. Unsent data is
+    /// discarded, as with `close`.
+    pub async fn close_gracefully(&self, code: u32, reason: &str, within: std::time::Duration) {
+        self.control.close_and_flush(code, reason, within).await;
     }
 
     /// This connection's byte counters (shared with the receiving half).
@@ -168,15 +190,18 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// `endpoint`: the connection's own endpoint when it was dialled (the
+    /// listener's endpoint is shared by every member and is not passed).
     pub(crate) fn new_quic(
         peer: Peer,
         conn: quinn::Connection,
+        endpoint: Option<quinn::Endpoint>,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         limits: Limits,
     ) -> Self {
         let traffic = Traffic::default();
-        let control = Control::Quic(conn.clone());
+        let control = Control::Quic(conn.clone(), endpoint);
         let remote_addr = Some(conn.remote_address());
         Connection {
             peer,
@@ -231,7 +256,7 @@ impl Connection {
     /// diagnostics; `None` on the memory transport.
     pub fn quic_stats(&self) -> Option<quinn::ConnectionStats> {
         match &self.sender.control {
-            Control::Quic(c) => Some(c.stats()),
+            Control::Quic(c, _) => Some(c.stats()),
             Control::Memory(_) => None,
         }
     }

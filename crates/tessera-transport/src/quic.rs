@@ -350,7 +350,7 @@ async fn admit(incoming: quinn::Incoming, settings: &AcceptSettings) -> Result<C
     send.write_all(&[ADMITTED]).await.map_err(write_err)?;
     info!(%member, remote = %conn.remote_address(), "member connected");
     let peer = Peer { member, certificate: Some(fingerprint) };
-    Ok(Connection::new_quic(peer, conn.clone(), send, recv, settings.limits))
+    Ok(Connection::new_quic(peer, conn.clone(), None, send, recv, settings.limits))
 }
 
 /// The member name the client's leaf certificate proves, and that
@@ -486,7 +486,7 @@ async fn connect_inner(cfg: &QuicDialConfig) -> Result<Connection, TransportErro
         return Err(TransportError::Lost("bad admission ack".into()));
     }
     debug!(server = %cfg.server, "connected to the aggregator");
-    Ok(Connection::new_quic(Peer::named(Peer::AGGREGATOR), conn, send, recv, cfg.limits))
+    Ok(Connection::new_quic(Peer::named(Peer::AGGREGATOR), conn, Some(endpoint), send, recv, cfg.limits))
 }
 
 pub(crate) async fn write_frame(send: &mut quinn::SendStream, frame: Vec<u8>) -> Result<(), TransportError> {

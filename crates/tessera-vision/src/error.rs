@@ -79,6 +79,17 @@ pub enum VisionError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// No `[model] weights` path was given and the checkpoint is in none of
+    /// the places searched (`weights_search_path`).
+    #[error(
+        "pretrained weights not found; searched: {}. Run scripts/fetch-weights.sh, set TESSERA_WEIGHTS_DIR, or \
+         set [model] weights",
+        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    WeightsNotFound {
+        /// Every place looked in, in order.
+        searched: Vec<PathBuf>,
+    },
     /// The checkpoint exists but is not a readable PyTorch file.
     #[error("weights file `{path}` cannot be read: {reason}")]
     WeightsUnreadable {

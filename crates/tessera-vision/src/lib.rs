@@ -60,6 +60,7 @@ mod spec;
 mod train;
 mod transfer;
 mod tune;
+mod weights;
 
 pub use augment::Augmenter;
 pub use cnn::SmallCnn;
@@ -79,14 +80,4 @@ pub use train::{
 };
 pub use transfer::{TransferModel, seeded_head};
 
-/// File name of the pretrained weights installed by `scripts/fetch-weights.sh`.
-const WEIGHTS_FILE: &str = "efficientnet-lite0-57934424.pth";
-
-/// Where the pretrained weights are expected: `$TESSERA_WEIGHTS_DIR`, else
-/// `.weights/` at the workspace root.
-pub fn default_weights_path() -> std::path::PathBuf {
-    match std::env::var_os("TESSERA_WEIGHTS_DIR") {
-        Some(dir) => std::path::PathBuf::from(dir).join(WEIGHTS_FILE),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.weights").join(WEIGHTS_FILE),
-    }
-}
+pub use weights::{WEIGHTS_FILE, default_weights_path, find_weights, weights_search_path};

@@ -10,7 +10,8 @@ use burn::tensor::Device;
 use tessera_core::{BackboneInit, ModelParams, VisionArchitecture, VisionModelConfig};
 
 use crate::{
-    Augmenter, EfficientNetLite0, Normalization, Preprocess, SmallCnn, TransferModel, VisionError, default_weights_path,
+    Augmenter, EfficientNetLite0, Normalization, Preprocess, SmallCnn, TransferModel, VisionError,
+    default_weights_path, find_weights,
 };
 
 /// The input pipeline every member applies before the network.
@@ -18,9 +19,19 @@ pub fn preprocess(cfg: &VisionModelConfig) -> Preprocess {
     Preprocess::new((cfg.image_size, cfg.image_size), cfg.input_channels, Normalization::LITE)
 }
 
-/// The checkpoint `cfg` reads: its `weights`, else [`default_weights_path`].
+/// The checkpoint `cfg` reads: its `weights`, else the first place of the
+/// run-time search that holds it ([`default_weights_path`]).
 pub fn weights_path(cfg: &VisionModelConfig) -> PathBuf {
     cfg.weights.clone().unwrap_or_else(default_weights_path)
+}
+
+/// The checkpoint `cfg` must load: its `weights`, else the search's find;
+/// the error lists every place searched.
+fn required_weights(cfg: &VisionModelConfig) -> Result<PathBuf, VisionError> {
+    match &cfg.weights {
+        Some(p) => Ok(p.clone()),
+        None => find_weights(),
+    }
 }
 
 /// The augmenter for one round, or `None` when augmentation is off.
@@ -58,6 +69,7 @@ impl VisionNet {
                     BackboneInit::PretrainedIfPresent => path.is_file(),
                 };
                 let model = if pretrained {
+                    let path = required_weights(cfg)?;
                     TransferModel::from_pretrained(&path, cfg.num_classes, cfg.trainable_blocks, cfg.init_seed, device)?
                 } else {
                     let backbone = EfficientNetLite0::random(device, cfg.init_seed);
