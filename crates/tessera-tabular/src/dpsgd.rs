@@ -198,7 +198,8 @@ impl TabularTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{SplitConfig, TabularData, TabularSpec, shipped_data_path};
+    use crate::data::{TabularData, TabularSpec, shipped_data_path};
+    use crate::split::SplitConfig;
     use crate::model::TrainablePart;
     use crate::train::{ModelSpec, TabularTask};
     use tessera_learn::ComputeBackend;

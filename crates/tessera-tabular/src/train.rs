@@ -104,7 +104,7 @@ impl TabularTask {
     pub fn from_csv(
         path: &std::path::Path,
         spec: &crate::data::TabularSpec,
-        split: &crate::data::SplitConfig,
+        split: &crate::split::SplitConfig,
         model: &ModelSpec,
         backend: ComputeBackend,
     ) -> Result<Self, LearnError> {
