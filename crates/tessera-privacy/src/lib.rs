@@ -39,8 +39,8 @@ pub use budget::{
     FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger, Reservation,
 };
 pub use clip::{
-    AdaptiveClip, adaptive_release, clip_factors, clip_l2, clip_params_l2, noisy_unclipped_count,
-    split_noise_multiplier,
+    AdaptiveClip, CLIP_SAFETY, adaptive_release, clip_factor, clip_factors, clip_l2, clip_params_l2,
+    noisy_unclipped_count, split_noise_multiplier,
 };
 pub use distributed::quantized_l2_sensitivity;
 pub use mechanism::{GaussianMechanism, MechanismCache};

@@ -54,6 +54,9 @@ pub struct TrainReport {
     pub mean_loss: f64,
     /// Optimizer steps taken.
     pub steps: u64,
+    /// DP-SGD only: sampled examples whose gradient was not finite and so
+    /// contributed zero. For the member's own report; never sent.
+    pub zeroed_gradients: u64,
 }
 
 /// One member's data, model and device.
@@ -195,7 +198,8 @@ impl TabularTask {
             }
         }
         self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
-        Ok(TrainReport { num_examples: seen, mean_loss: if seen == 0 { 0.0 } else { loss_sum / seen as f64 }, steps })
+        let mean_loss = if seen == 0 { 0.0 } else { loss_sum / seen as f64 };
+        Ok(TrainReport { num_examples: seen, mean_loss, steps, zeroed_gradients: 0 })
     }
 
     /// Mean cross-entropy of a batch, with autodiff gradients applied by SGD.
