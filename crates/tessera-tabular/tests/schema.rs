@@ -146,3 +146,30 @@ fn a_declared_schema_refuses_feature_lists_and_mismatched_files() {
     let err = load_schema(&bad).unwrap_err().to_string();
     assert!(err.contains("bad.schema.toml") && err.contains("max"), "{err}");
 }
+
+/// A member whose few rows all train (the hash split has no per-class
+/// quota) reports zero test examples instead of failing its evaluation.
+#[test]
+fn an_empty_test_split_reports_zero_examples() {
+    let spec = TabularSpec {
+        classes: Some(vec!["benign".into(), "malignant".into()]),
+        schema: SchemaSource::File(shipped_data_path("wdbc.schema.toml")),
+        ..TabularSpec::new("diagnosis")
+    };
+    let split = SplitConfig { validation: 0.0, test: 0.0, seed: 3 };
+    let data = TabularData::load(&shipped_data_path("wdbc.csv"), &spec, &split).unwrap();
+    assert!(data.test.is_empty());
+    let model = tessera_core::ModelConfig {
+        hidden: vec![4],
+        num_features: 30,
+        num_classes: 2,
+        trainable: tessera_core::TrainableConfig::All,
+        init_seed: 1,
+        pretrained: None,
+    };
+    let mut m = tessera_tabular::TabularModel::new(data, &model, tessera_learn::ComputeBackend::default()).unwrap();
+    let params = tessera_tabular::initial_trainable_params(&model).unwrap();
+    let r = tessera_learn::LocalModel::evaluate(&mut m, &params).unwrap();
+    assert_eq!((r.num_examples, r.confusion.iter().flatten().sum::<u64>()), (0, 0));
+    assert!(r.loss == 0.0 && [r.accuracy, r.balanced_accuracy, r.auc, r.f1].iter().all(|x| (0.0..=1.0).contains(x)));
+}
