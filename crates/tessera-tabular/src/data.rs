@@ -427,16 +427,6 @@ pub enum Split {
     Test,
 }
 
-impl Split {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Validation => "validation",
-            Split::Test => "test",
-        }
-    }
-}
-
 impl TabularData {
     /// Load, split and preprocess `path`; every class must appear in the training split.
     pub fn load(path: &Path, spec: &TabularSpec, split: &SplitConfig) -> Result<Self, DataError> {
