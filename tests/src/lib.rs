@@ -10,7 +10,7 @@ use tessera_client::{
     AggregatorSection, BackendChoice, ClientConfig, ClientExit, ClientOptions, DataConfig, DataSection, EgressLedger,
     LocalModel, ModelSection, StateSection,
 };
-use tessera_core::{ModelConfig, TrainableConfig};
+use tessera_core::{ModelConfig, SchemaSource, TrainableConfig};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, SecureConfig};
 use tessera_tabular::TabularModel;
@@ -19,6 +19,11 @@ use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig};
 /// The shipped WDBC file.
 pub fn wdbc() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/wdbc.csv")
+}
+
+/// The shipped WDBC feature schema, which every test member declares.
+pub fn wdbc_schema() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/wdbc.schema.toml")
 }
 
 /// Split WDBC into `n` member files (row i goes to member i mod n).
@@ -110,6 +115,7 @@ pub fn client_config(dir: &Path, pki: &Path, name: &str, csv: &Path, addr: &str)
             validation: 0.0,
             test: 0.25,
             split_seed: 1,
+            schema: Some(SchemaSource::File(wdbc_schema())),
         }),
         model: ModelSection::Tabular(wdbc_model()),
         state: StateSection { egress_ledger: dir.join(format!("{name}-egress.jsonl")) },

@@ -160,9 +160,10 @@ fn write_configs(dir: &Path, pki_dir: &Path, csvs: &[PathBuf]) {
             format!(
                 "member = \"{m}\"\n\n[aggregator]\naddress = \"10.77.{i}.1:{PORT}\"\nserver_name = \"localhost\"\n\
                  ca = \"{p}/ca.pem\"\ncert = \"{p}/{m}.pem\"\nkey = \"{p}/{m}.key\"\n\n\
-                 [data]\npath = \"{}\"\nlabel = \"diagnosis\"\nclasses = [\"benign\", \"malignant\"]\ntest = 0.25\n\n{model}\n\
-                 [state]\negress_ledger = \"{}\"\n",
+                 [data]\npath = \"{}\"\nlabel = \"diagnosis\"\nclasses = [\"benign\", \"malignant\"]\ntest = 0.25\n\
+                 schema = \"{}\"\n\n{model}\n[state]\negress_ledger = \"{}\"\n",
                 csv.display(),
+                tessera_e2e::wdbc_schema().display(),
                 dir.join(format!("{m}-egress.jsonl")).display(),
                 p = pki_dir.display(),
             ),

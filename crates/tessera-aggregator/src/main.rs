@@ -59,6 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The privacy calculator: epsilon, sigma and affordable rounds for a
+    /// planned run, by the RDP accountant and OpenDP's zCDP side by side.
+    Privacy(PrivacyArgs),
     /// Write the final global model for use outside Tessera.
     Export {
         /// The file format to write.
@@ -71,6 +74,62 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `privacy`: the calculator's options (the logic is `tessera_privacy::privacy_calculator`).
+#[derive(clap::Args)]
+struct PrivacyArgs {
+    /// Whom the guarantee protects.
+    #[arg(long, value_enum)]
+    unit: UnitArg,
+    /// Poisson sampling rate q per step (record: batch / local examples; client: cohort rate).
+    #[arg(long)]
+    sampling_rate: f64,
+    /// The noise multiplier sigma; without it, sigma is calibrated to --epsilon over --rounds.
+    #[arg(long)]
+    noise_multiplier: Option<f64>,
+    /// Target epsilon; with --noise-multiplier, the rounds it affords are printed.
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Rounds the run will take.
+    #[arg(long)]
+    rounds: Option<u64>,
+    /// Record unit: local epochs per round (steps per round = epochs · ceil(1/q)).
+    #[arg(long, default_value_t = 1)]
+    local_epochs: u64,
+    /// Gaussian releases per round, overriding the unit's default.
+    #[arg(long)]
+    steps_per_round: Option<u64>,
+    /// The delta every epsilon is stated at.
+    #[arg(long, default_value_t = 1e-5)]
+    delta: f64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UnitArg {
+    Record,
+    Client,
+}
+
+impl PrivacyArgs {
+    fn query(&self) -> tessera_privacy::CalculatorQuery {
+        let (unit, default_steps) = match self.unit {
+            UnitArg::Record => {
+                let per_epoch = if self.sampling_rate > 0.0 { (1.0 / self.sampling_rate).ceil() as u64 } else { 1 };
+                (tessera_core::PrivacyUnit::Record, self.local_epochs.saturating_mul(per_epoch))
+            }
+            UnitArg::Client => (tessera_core::PrivacyUnit::Client, 1),
+        };
+        tessera_privacy::CalculatorQuery {
+            unit,
+            sampling_rate: self.sampling_rate,
+            steps_per_round: self.steps_per_round.unwrap_or(default_steps),
+            noise_multiplier: self.noise_multiplier,
+            target_epsilon: self.epsilon,
+            rounds: self.rounds,
+            delta: self.delta,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -204,6 +263,10 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => serve(&config),
         Command::Pki { command } => pki(command),
+        Command::Privacy(args) => {
+            print!("{}", tessera_privacy::privacy_calculator(&args.query())?);
+            Ok(())
+        }
         Command::Status { state, json } => status(&state, json),
         Command::Audit { command } => audit(command),
         Command::Export { format: ExportFormat::Safetensors, state, out } => {

@@ -9,6 +9,7 @@ use tessera_protocol::member::Policy;
 use tessera_tabular::{SplitConfig, TabularSpec};
 
 pub use tessera_core::ModelSection;
+use tessera_core::SchemaSource;
 
 /// Why `client.toml` could not be loaded; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,23 @@ pub enum ConfigProblem {
          (tessera-client's `test-seeded-randomness` feature) accept it"
     )]
     SeededRandomnessRefused,
+    /// A CSV `[data]` section without `schema`.
+    #[error(
+        "[data] schema is missing: name the consortium's feature schema file (schema = \"<file>\", e.g. \
+         examples/data/wdbc.schema.toml){}",
+        if *.0 { "; with [privacy] the encoding must be declared" } else { ", or opt into the non-private schema = \"fit-locally\"" }
+    )]
+    SchemaMissing(bool),
+    /// `schema = "fit-locally"` beside `[privacy]`.
+    #[error(
+        "[data] schema = \"fit-locally\" is refused with [privacy]: means, scales, vocabularies and missing-value \
+         columns fitted on this member's records are not differentially private (one record would move every \
+         other record's features and can change the feature count); name the consortium's feature schema file"
+    )]
+    FitLocallyUnderPrivacy,
+    /// `features` or `categorical` beside a declared schema.
+    #[error("[data] features and categorical are refused beside a declared schema: the schema names the features")]
+    SchemaConflict,
 }
 
 /// A `[policy]` value that would weaken what the member accepts below the
@@ -127,9 +145,15 @@ pub struct DataSection {
     /// Fraction of each class held out as the test split that global models are evaluated on (default 0.2).
     #[serde(default = "default_test")]
     pub test: f64,
-    /// Seed of the stratified split; fixed, so the split is the same every run.
+    /// The key of the split: a row's side is a keyed hash of its content,
+    /// so the split is the same every run and one record never moves another.
     #[serde(default)]
     pub split_seed: u64,
+    /// The feature encoding: the consortium's schema file (relative to
+    /// `client.toml`), the schema inline, or `"fit-locally"` (not private;
+    /// refused with `[privacy]`). Required.
+    #[serde(default)]
+    pub schema: Option<SchemaSource>,
 }
 
 fn default_validation() -> f64 {
@@ -149,6 +173,21 @@ impl DataSection {
             categorical: self.categorical.clone(),
             classes: self.classes.clone(),
             missing_indicators: true,
+            // `ClientConfig::validate` refuses a section without one.
+            schema: self.schema.clone().unwrap_or(SchemaSource::FitLocally),
+        }
+    }
+
+    /// Refuse a missing schema, a locally fitted one under `[privacy]`, and
+    /// feature lists beside a declared one.
+    fn validate(&self, private: bool) -> Result<(), ConfigProblem> {
+        match &self.schema {
+            None => Err(ConfigProblem::SchemaMissing(private)),
+            Some(SchemaSource::FitLocally) if private => Err(ConfigProblem::FitLocallyUnderPrivacy),
+            Some(s) if s.is_declared() && (self.features.is_some() || !self.categorical.is_empty()) => {
+                Err(ConfigProblem::SchemaConflict)
+            }
+            Some(_) => Ok(()),
         }
     }
 
@@ -444,7 +483,12 @@ impl ClientConfig {
             *p = base.join(&*p);
         }
         match &mut c.data {
-            DataConfig::Csv(d) => d.path = base.join(&d.path),
+            DataConfig::Csv(d) => {
+                d.path = base.join(&d.path);
+                if let Some(SchemaSource::File(p)) = d.schema.as_mut() {
+                    *p = base.join(&*p);
+                }
+            }
             DataConfig::Images(d) => {
                 d.path = base.join(&d.path);
                 if let Some(l) = d.labels.as_mut() {
@@ -471,11 +515,15 @@ impl ClientConfig {
     }
 
     /// Refuse what parses but must not run: a `[policy]` below the safe
-    /// floor, and `[testing] seeded_randomness` outside a test build. The
-    /// daemon's builders check this again, so a configuration assembled in
-    /// code cannot skip it.
+    /// floor, a CSV `[data]` without a schema (or fitted locally under
+    /// `[privacy]`), and `[testing] seeded_randomness` outside a test build.
+    /// The daemon's builders check this again, so a configuration assembled
+    /// in code cannot skip it.
     pub fn validate(&self) -> Result<(), ConfigProblem> {
         self.policy.validate()?;
+        if let DataConfig::Csv(d) = &self.data {
+            d.validate(self.privacy.is_some())?;
+        }
         self.testing.validate(SEEDED_RANDOMNESS_BUILD)
     }
 }
@@ -500,6 +548,7 @@ key = "pki/hospital-a.key"
 [data]
 path = "data.csv"
 label = "diagnosis"
+schema = "wdbc.schema.toml"
 [model]
 num_features = 30
 num_classes = 2
@@ -508,6 +557,7 @@ num_classes = 2
         .unwrap();
         let c = ClientConfig::load(&p).unwrap();
         assert_eq!(c.data.csv().unwrap().path, dir.path().join("data.csv"));
+        assert_eq!(c.data.csv().unwrap().schema, Some(SchemaSource::File(dir.path().join("wdbc.schema.toml"))));
         assert_eq!(c.model.tabular().unwrap().num_features, 30);
         assert_eq!(c.state.egress_ledger, dir.path().join("state/egress.jsonl"));
         std::fs::write(&p, "member = 3").unwrap();
@@ -553,10 +603,15 @@ num_classes = 2
 
     /// A minimal valid `client.toml` followed by `extra`, loaded.
     fn load_with(extra: &str) -> Result<ClientConfig, ConfigError> {
+        load_with_data("schema = \"s.toml\"\n", extra)
+    }
+
+    /// As [`load_with`], with `data` appended to the `[data]` section (in place of its schema).
+    fn load_with_data(data: &str, extra: &str) -> Result<ClientConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("client.toml");
         let text = format!(
-            "{PKI}[data]\npath = \"d.csv\"\nlabel = \"y\"\n[model]\nnum_features = 3\nnum_classes = 2\n{extra}"
+            "{PKI}[data]\npath = \"d.csv\"\nlabel = \"y\"\n{data}[model]\nnum_features = 3\nnum_classes = 2\n{extra}"
         );
         std::fs::write(&p, text).unwrap();
         ClientConfig::load(&p)
@@ -631,6 +686,42 @@ num_classes = 2
         let err = crate::daemon::participant(&c).err().expect("participant refuses");
         let err = tessera_cli::ErrorChain(err.as_ref()).to_string();
         assert!(err.contains("min_cohort"), "{err}");
+        assert!(crate::daemon::tabular_model(&c).is_err());
+    }
+
+    #[test]
+    fn a_tabular_member_names_its_schema_and_fits_locally_only_without_privacy() {
+        let problem = |data: &str, extra: &str| match load_with_data(data, extra) {
+            Err(ConfigError::Invalid { source, .. }) => Some(source),
+            Ok(_) => None,
+            Err(other) => panic!("{other}"),
+        };
+        let privacy = "[privacy]\nepsilon = 1.0\n";
+        // No schema at all: refused either way, and the message names the key.
+        assert_eq!(problem("", ""), Some(ConfigProblem::SchemaMissing(false)));
+        assert_eq!(problem("", privacy), Some(ConfigProblem::SchemaMissing(true)));
+        let why = load_with_data("", privacy).unwrap_err().to_string();
+        assert!(why.contains("[data] schema") && why.contains("[privacy]"), "{why}");
+        assert!(ConfigProblem::SchemaMissing(false).to_string().contains("fit-locally"));
+        // Fitting locally is an explicit opt-in, and never under [privacy].
+        let fit = "schema = \"fit-locally\"\n";
+        assert_eq!(problem(fit, ""), None);
+        assert_eq!(problem(fit, privacy), Some(ConfigProblem::FitLocallyUnderPrivacy));
+        // A declared schema (file or inline) is fine under [privacy] ...
+        assert_eq!(problem("schema = \"s.toml\"\n", privacy), None);
+        let inline = "[data.schema]\nfeatures = [{ type = \"numeric\", name = \"x\", min = 0.0, max = 1.0, \
+                      center = 0.5, scale = 0.5 }]\n";
+        let c = load_with_data("", &format!("{inline}{privacy}")).unwrap();
+        assert!(matches!(&c.data.csv().unwrap().schema, Some(SchemaSource::Declared(s)) if s.width() == 1));
+        // ... but not beside feature lists that could contradict it.
+        let both = "schema = \"s.toml\"\ncategorical = [\"city\"]\n";
+        assert_eq!(problem(both, ""), Some(ConfigProblem::SchemaConflict));
+        // A configuration built in code is held to the same rules.
+        let mut c = load_with(privacy).unwrap();
+        if let DataConfig::Csv(d) = &mut c.data {
+            d.schema = Some(SchemaSource::FitLocally);
+        }
+        assert_eq!(c.validate(), Err(ConfigProblem::FitLocallyUnderPrivacy));
         assert!(crate::daemon::tabular_model(&c).is_err());
     }
 
@@ -752,7 +843,10 @@ horizontal_flip = true
         // `kind = "csv"` is the CSV section, spelled out.
         std::fs::write(
             &p,
-            format!("{PKI}[data]\nkind = \"csv\"\npath = \"d.csv\"\nlabel = \"y\"\n[model]\nnum_features = 3\nnum_classes = 2\n"),
+            format!(
+                "{PKI}[data]\nkind = \"csv\"\npath = \"d.csv\"\nlabel = \"y\"\nschema = \"fit-locally\"\n\
+                 [model]\nnum_features = 3\nnum_classes = 2\n"
+            ),
         )
         .unwrap();
         assert_eq!(ClientConfig::load(&p).unwrap().data.csv().unwrap().label, "y");

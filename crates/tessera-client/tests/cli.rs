@@ -76,8 +76,10 @@ fn write_config(path: &Path, ledger: &Path) {
     let text = format!(
         "member = \"hospital-a\"\n\n[aggregator]\naddress = \"127.0.0.1:4433\"\nserver_name = \"localhost\"\n\
          ca = \"pki/ca.pem\"\ncert = \"pki/hospital-a.pem\"\nkey = \"pki/hospital-a.key\"\n\n\
-         [data]\npath = \"data/hospital-a.csv\"\nlabel = \"diagnosis\"\nclasses = [\"benign\", \"malignant\"]\n\n\
+         [data]\npath = \"data/hospital-a.csv\"\nlabel = \"diagnosis\"\nclasses = [\"benign\", \"malignant\"]\n\
+         schema = \"{}\"\n\n\
          [model]\nnum_features = 30\nnum_classes = 2\nhidden = [16]\n\n[state]\negress_ledger = \"{}\"\n",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/wdbc.schema.toml").display(),
         ledger.display()
     );
     std::fs::write(path, text).unwrap();

@@ -26,7 +26,8 @@
 //!   differential privacy), what a member is told when a round starts.
 //! - **Configuration**: the `[model]` section every party builds from, as
 //!   plain data ([`ModelSection`]: the tabular [`ModelConfig`] or an image
-//!   [`VisionModelConfig`]).
+//!   [`VisionModelConfig`]), and a tabular run's declared feature encoding
+//!   ([`FeatureSchema`], chosen by a [`SchemaSource`]).
 //! - **Results**: a member's [`TrainedUpdate`], its [`EvalMetrics`] (computed
 //!   once for every model by [`eval_metrics`]), and the aggregator's
 //!   per-round [`RoundRecord`].
@@ -41,6 +42,7 @@ mod metrics;
 mod model;
 mod params;
 mod round;
+mod schema;
 mod stream;
 mod update;
 
@@ -61,6 +63,7 @@ pub use round::{
     AdaptiveClipSettings, DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, RunId, SecAggSettings, TrainSettings,
     UNCLIPPED_TENSOR,
 };
+pub use schema::{FIT_LOCALLY, FeatureDecl, FeatureSchema, SchemaError, SchemaSource};
 pub use stream::{ModelAssembler, StreamError, model_messages};
 pub use update::TrainedUpdate;
 

@@ -7,7 +7,7 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_core::{DpSettings, ModelParams, TrainSettings};
-use tessera_privacy::{GaussianMechanism, MechanismCache};
+use tessera_privacy::{GaussianMechanism, MechanismCache, clip_factor};
 
 use crate::{LocalError, PoissonSampler, fedprox_step};
 
@@ -97,7 +97,7 @@ impl DpNoise {
         // noised at multiplier z, rounding covered.
         let mechanism = self.mechanisms.get(cfg.noise_multiplier, cfg.clip_norm, dim)?.clone();
         let sampler = PoissonSampler::new(cfg.sampling_rate, cfg.sampling_seed);
-        Ok(DpRound { cfg, sampler, rng, mechanism })
+        Ok(DpRound { cfg, sampler, rng, mechanism, zeroed: 0 })
     }
 }
 
@@ -109,9 +109,38 @@ pub struct DpRound {
     pub sampler: PoissonSampler,
     rng: ChaCha20Rng,
     mechanism: GaussianMechanism,
+    zeroed: u64,
 }
 
 impl DpRound {
+    /// Per-example gradients this round replaced by zero because they held
+    /// a NaN or an infinity. For the member's own log only: the count is a
+    /// statistic of its data and is never sent.
+    pub fn zeroed_gradients(&self) -> u64 {
+        self.zeroed
+    }
+
+    /// Count `k` more zeroed per-example gradients (models that clip on
+    /// their own, like ghost clipping, report theirs here).
+    pub fn count_zeroed(&mut self, k: u64) {
+        self.zeroed += k;
+    }
+
+    /// The factor that clips one example's gradient of L2 norm `norm` to
+    /// C (with `tessera_privacy::CLIP_SAFETY`'s f32 margin), or `None` when
+    /// the norm is not finite: that example then contributes zero and is
+    /// counted. Declining the round instead would release whether some
+    /// record makes training diverge, unnoised.
+    pub fn example_clip(&mut self, norm: f64) -> Option<f32> {
+        match clip_factor(norm, self.cfg.clip_norm) {
+            Ok(c) => Some(c as f32),
+            Err(_) => {
+                self.zeroed += 1;
+                None
+            }
+        }
+    }
+
     /// Add DP-SGD's noise to a clipped gradient sum. An error (a failed
     /// draw, a non-finite result) means the step must not be applied, let
     /// alone released.
@@ -139,7 +168,8 @@ pub trait PerExampleGradients {
 
 /// DP-SGD from `start` over `n` training examples: each of `local_epochs *
 /// ceil(1/q)` steps Poisson-samples its rows, clips each sampled example's
-/// gradient to C on its own, adds the round's noise to the sum and takes an
+/// gradient to C on its own (a non-finite one becomes zero, see
+/// [`DpRound::example_clip`]), adds the round's noise to the sum and takes an
 /// SGD step scaled by one over the expected batch size (with FedProx's
 /// proximal term when asked). Returns the trained exchanged tensors.
 pub fn dp_sgd(
@@ -171,11 +201,10 @@ pub fn dp_sgd(
                         )));
                     }
                     let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-                    if !norm.is_finite() {
-                        return Err(LocalError::Diverged("per-example gradient"));
+                    // A non-finite gradient contributes zero (counted, never sent).
+                    if let Some(c) = dp.example_clip(norm) {
+                        sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
                     }
-                    let c = (dp.cfg.clip_norm / norm.max(1e-12)).min(1.0) as f32;
-                    sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
                 }
             }
             dp.add_noise(&mut sum)?;
@@ -184,4 +213,74 @@ pub fn dp_sgd(
         }
     }
     params(&flat)
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::{NoisePlacement, ParamTensor, PrivacyUnit};
+    use tessera_privacy::CLIP_SAFETY;
+
+    use super::*;
+
+    fn settings(clip_norm: f64) -> DpSettings {
+        DpSettings {
+            unit: PrivacyUnit::Record,
+            noise: NoisePlacement::Local,
+            clip_norm,
+            noise_multiplier: 1.0,
+            sampling_rate: 1.0,
+            min_contributors: 1,
+            delta: 1e-5,
+            adaptive: None,
+        }
+    }
+
+    /// Example 1's gradient is NaN; the others are finite and large.
+    struct OneBad {
+        rows: Vec<usize>,
+    }
+
+    impl PerExampleGradients for OneBad {
+        fn set_params(&mut self, _: &ModelParams) -> Result<(), LocalError> {
+            Ok(())
+        }
+        fn prepare(&mut self, rows: &[usize], _: u64) -> Result<(), LocalError> {
+            self.rows = rows.to_vec();
+            Ok(())
+        }
+        fn gradient(&mut self, index: usize) -> Result<Vec<f32>, LocalError> {
+            Ok(if self.rows[index] == 1 { vec![f32::NAN, 1.0] } else { vec![30.0, 40.0] })
+        }
+    }
+
+    #[test]
+    fn a_non_finite_example_gradient_is_zeroed_and_counted_not_fatal() {
+        let start = ModelParams::new(vec![ParamTensor::new("w", vec![2], vec![0.0, 0.0]).unwrap()]);
+        let s = TrainSettings {
+            local_epochs: 2,
+            batch_size: 4,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 5,
+            example_weight_cap: 0,
+        };
+        let mut round = DpNoise::seeded(3).round(&settings(1.0), 9, 2).unwrap();
+        let out = dp_sgd(&start, &s, 4, &mut round, &mut OneBad { rows: vec![] }).unwrap();
+        assert!(out.check_finite().is_ok());
+        // q = 1: every step samples every example, so the bad one once per step.
+        assert_eq!(round.zeroed_gradients(), 2 * round.sampler.steps_per_epoch());
+    }
+
+    #[test]
+    fn per_example_clipping_keeps_the_same_f32_margin_as_whole_updates() {
+        let mut round = DpNoise::seeded(1).round(&settings(1.0), 1, 2).unwrap();
+        let c = round.example_clip(50.0).unwrap();
+        let clipped = [30.0f32 * c, 40.0f32 * c];
+        let norm = clipped.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        // Without the margin the clipped norm would be 1 (to f32 rounding).
+        assert!(norm <= CLIP_SAFETY * (1.0 + 2e-7), "{norm}");
+        assert_eq!(round.example_clip(0.5), Some(1.0));
+        assert_eq!(round.example_clip(f64::INFINITY), None);
+        assert_eq!(round.zeroed_gradients(), 1);
+    }
 }

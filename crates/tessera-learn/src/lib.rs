@@ -30,3 +30,7 @@ pub use backend::{ComputeBackend, DEFAULT_BACKEND};
 pub use dp::{DpNoise, DpRound, DpSgdConfig, PREPARE_GROUP, PerExampleGradients, dp_sgd};
 pub use local::{LocalError, LocalModel};
 pub use sgd::{PoissonSampler, fedprox_step, fedprox_tensor_step, validate_train_settings};
+/// The f32 margin every clip keeps below C (`tessera_privacy`'s), for
+/// models that clip per example on their own (ghost clipping, the head's
+/// closed form).
+pub use tessera_privacy::CLIP_SAFETY;

@@ -11,7 +11,9 @@ use crate::PrivacyError;
 
 /// Clipped vectors are scaled a hair below C so that f32 rounding of each
 /// coordinate (relative error <= 2^-24) can never push the norm above C.
-const CLIP_SAFETY: f64 = 1.0 - 1.0 / (1u64 << 20) as f64;
+/// Every clip in Tessera (whole updates here, per-example gradients in the
+/// learning crates) scales by `C · CLIP_SAFETY / norm`.
+pub const CLIP_SAFETY: f64 = 1.0 - 1.0 / (1u64 << 20) as f64;
 
 fn check_clip_norm(clip_norm: f64) -> Result<(), PrivacyError> {
     if clip_norm.is_finite() && clip_norm > 0.0 {
@@ -33,9 +35,10 @@ pub(crate) fn l2_norm<'a>(values: impl IntoIterator<Item = &'a f32>) -> Result<f
     Ok(sum.sqrt())
 }
 
-/// The factor min(1, C / norm) that brings a vector of L2 norm `norm` within
-/// `clip_norm`; a zero vector needs no scaling.
-pub(crate) fn clip_factor(norm: f64, clip_norm: f64) -> Result<f64, PrivacyError> {
+/// The factor that brings a vector of L2 norm `norm` within `clip_norm`:
+/// 1 when it is already within, else `C · CLIP_SAFETY / norm`. A non-finite
+/// norm is an error: such a vector must be dropped, not scaled.
+pub fn clip_factor(norm: f64, clip_norm: f64) -> Result<f64, PrivacyError> {
     check_clip_norm(clip_norm)?;
     if !norm.is_finite() || norm < 0.0 {
         return Err(PrivacyError::NonFinite);

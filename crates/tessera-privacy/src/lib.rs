@@ -12,7 +12,9 @@
 //!   by [`MechanismCache`]) adds it to f32 values on a grid.
 //! - Accounting: [`RdpAccountant`] composes subsampled Gaussian releases in
 //!   Rényi DP (an OpenDP zCDP cross-check runs in the tests);
-//!   [`calibrate_noise_multiplier`] inverts it.
+//!   [`calibrate_noise_multiplier`] inverts it; [`ZcdpAccountant`] converts
+//!   zCDP through OpenDP. [`privacy_calculator`] answers an operator's
+//!   [`CalculatorQuery`] with both accountants' figures side by side.
 //! - Budgets: [`PrivacyLedger`] enforces a [`PrivacyBudget`] with a
 //!   write-ahead log kept by a [`LedgerStore`] ([`FileLedgerStore`] on
 //!   disk): a [`Reservation`] is durable before a release leaves.
@@ -25,6 +27,7 @@
 
 mod accountant;
 mod budget;
+mod calculator;
 mod cdt;
 mod clip;
 mod distributed;
@@ -38,9 +41,10 @@ pub use accountant::{RdpAccountant, calibrate_noise_multiplier};
 pub use budget::{
     FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger, Reservation,
 };
+pub use calculator::{CalculatorError, CalculatorQuery, CalculatorReport, privacy_calculator};
 pub use clip::{
-    AdaptiveClip, adaptive_release, clip_factors, clip_l2, clip_params_l2, noisy_unclipped_count,
-    split_noise_multiplier,
+    AdaptiveClip, CLIP_SAFETY, adaptive_release, clip_factor, clip_factors, clip_l2, clip_params_l2,
+    noisy_unclipped_count, split_noise_multiplier,
 };
 pub use distributed::quantized_l2_sensitivity;
 pub use mechanism::{GaussianMechanism, MechanismCache};

@@ -16,8 +16,10 @@ use crate::noise::{DiscreteGaussian, GRID_BITS, SignBits, table_draw};
 /// coarsest grid for which rounding costs at most about 3 % more noise (at
 /// least 2^10 below sigma, so sigma/g <= [`MAX_TABLE_SIGMA`] and draws come
 /// from the table), and raises sigma until it covers the rounding:
-/// `sigma >= z · (sensitivity + g·sqrt(dim)/2)`, the L2 sensitivity of the
-/// rounded values. The guarantee is therefore exactly that of multiplier `z`
+/// `sigma >= z · (sensitivity + g·sqrt(dim))`, the L2 sensitivity of the
+/// rounded values. Both neighbouring inputs are rounded, each coordinate of
+/// each by up to g/2, so their rounded difference can exceed the raw one by
+/// g·sqrt(dim) (g·sqrt(dim)/2 would cover the rounding of one input only). The guarantee is therefore exactly that of multiplier `z`
 /// (plus the table's certified distance; see the module docs). Where no
 /// table grid keeps the inflation small (huge `z·sqrt(dim)`), it falls back
 /// to the 2^-20 grid and the rejection sampler. Build it once per run:
@@ -81,15 +83,16 @@ impl GaussianMechanism {
             return Err(PrivacyError::InvalidParameter("z and sensitivity must be finite and > 0, dim > 0"));
         }
         let root_d = (dim as f64).sqrt();
-        // Rounding inflation z·g·sqrt(d)/2 <= 3 % of sigma, with g <= sigma·2^-bits:
-        // 2^(bits+1) >= z·sqrt(d)/0.03. Coarser grids keep the table small
+        // Rounding inflation z·g·sqrt(d) <= 3 % of sigma, with g <= sigma·2^-bits:
+        // 2^bits >= z·sqrt(d)/0.03. Coarser grids keep the table small
         // (it must stay in cache: a table draw is then ~12 ns).
-        let want = ((z * root_d / INFLATION).log2().ceil() as i32 - 1).max(MECHANISM_MIN_BITS);
+        let want = ((z * root_d / INFLATION).log2().ceil() as i32).max(MECHANISM_MIN_BITS);
         let bits = if want <= MECHANISM_MAX_TABLE_BITS { want } else { GRID_BITS };
         let mut sigma = z * sensitivity;
         for _ in 0..64 {
             let grid = 2f64.powi(sigma.log2().floor() as i32 - bits);
-            let needed = z * (sensitivity + grid * root_d / 2.0);
+            // Both neighbours are rounded: the rounded difference grows by up to g·sqrt(d).
+            let needed = z * (sensitivity + grid * root_d);
             if needed <= sigma {
                 let dg = DiscreteGaussian::new(sigma / grid)?;
                 return Ok(Self { sigma, grid, dg });
@@ -147,8 +150,9 @@ mod tests {
         // WDBC's MLP, an EfficientNet head, a scalar.
         for &(z, c, d) in &[(1.1, 1.0, 530usize), (0.8, 0.5, 12_810), (1.0, 1.0, 1)] {
             let m = GaussianMechanism::new(z, c, d).unwrap();
-            // The rounded values' sensitivity is covered at multiplier z ...
-            assert!(m.sigma() >= z * (c + m.grid() * (d as f64).sqrt() / 2.0) * (1.0 - 1e-12));
+            // The rounded values' sensitivity, Δ + g·sqrt(d) (both neighbours
+            // rounded), is covered at multiplier z ...
+            assert!(m.sigma() >= z * (c + m.grid() * (d as f64).sqrt()) * (1.0 - 1e-12));
             // ... at a cost of at most about 3 % more noise, from the table.
             assert!(m.sigma() <= z * c * 1.031, "{z} {c} {d}: {}", m.sigma() / (z * c));
             assert!(m.sigma() / m.grid() <= MAX_TABLE_SIGMA && m.dg.table_tv_log2().is_some());
@@ -157,9 +161,31 @@ mod tests {
         for &(z, d) in &[(2.0, 1_000_000usize), (50.0, 100_000_000)] {
             let m = GaussianMechanism::new(z, 1.0, d).unwrap();
             assert!(m.sigma() / m.grid() > MAX_TABLE_SIGMA);
-            assert!(m.sigma() >= z * (1.0 + m.grid() * (d as f64).sqrt() / 2.0) * (1.0 - 1e-12));
+            assert!(m.sigma() >= z * (1.0 + m.grid() * (d as f64).sqrt()) * (1.0 - 1e-12));
         }
         assert!(GaussianMechanism::new(0.0, 1.0, 3).is_err());
+    }
+
+    /// Two neighbouring inputs exactly Δ apart whose rounded values lie
+    /// Δ + g·sqrt(d) apart: every coordinate of x sits on the half step
+    /// +g/2 (rounded up, away from zero) and x' = x − Δ/sqrt(d) on a half
+    /// step below zero (rounded down). sigma must cover that distance at
+    /// multiplier z; Δ + g·sqrt(d)/2 (the old bound) does not.
+    #[test]
+    fn sigma_covers_the_rounded_distance_of_two_neighbours() {
+        // Powers of two, so Δ/sqrt(d) is a whole number of grid steps.
+        for &(z, c, d) in &[(1.0, 1.0, 1usize), (1.1, 1.0, 4), (0.8, 0.5, 16), (2.0, 0.25, 64)] {
+            let m = GaussianMechanism::new(z, c, d).unwrap();
+            let g = m.grid();
+            let per = c / (d as f64).sqrt();
+            assert_eq!((per / g).fract(), 0.0, "the construction needs Δ/sqrt(d) on the grid");
+            let (x, x2) = (0.5 * g, 0.5 * g - per);
+            assert!(((x - x2) * (d as f64).sqrt() - c).abs() <= 1e-12 * c, "neighbours at distance Δ");
+            let gap = (round_half_away(x / g) - round_half_away(x2 / g)) as f64 * g;
+            let rounded = gap * (d as f64).sqrt();
+            assert!((rounded - (c + g * (d as f64).sqrt())).abs() <= 1e-9 * c, "rounding stretches Δ by g·sqrt(d)");
+            assert!(m.sigma() >= z * rounded * (1.0 - 1e-12), "{z} {c} {d}: sigma {} < z·{rounded}", m.sigma());
+        }
     }
 
     #[test]

@@ -304,7 +304,8 @@ pub(crate) const GRID_BITS: i32 = 20;
 /// noise N_Z(0, (sigma/g)^2) is added on the grid, and the sum is converted
 /// back (exact in f64, then rounded to f32 as post-processing). This is
 /// OpenDP's approach for floats. Rounding to the grid moves each coordinate
-/// by at most g/2, so the L2 sensitivity to budget for is Delta + g sqrt(d) / 2.
+/// by at most g/2; both neighbouring inputs are rounded, so the L2
+/// sensitivity to budget for is Delta + g sqrt(d).
 /// Returns the grid step g. [`GaussianMechanism`](crate::GaussianMechanism)
 /// is the released path; this plain form backs the tests.
 pub fn add_gaussian_noise_f32<R: CryptoRngCore + ?Sized>(

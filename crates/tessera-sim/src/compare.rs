@@ -60,8 +60,7 @@ pub fn compare(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::
     let union = |f: fn(&SplitIndices) -> &Vec<usize>| splits.iter().flat_map(|x| f(x).iter().copied()).collect();
     let pooled =
         SplitIndices { train: union(|x| &x.train), validation: union(|x| &x.validation), test: union(|x| &x.test) };
-    let shared = crate::data::shared_schema(s, &table);
-    let m = train_alone(s, crate::data::encode(&table, &spec, &pooled, shared.as_ref())?, opts)?;
+    let m = train_alone(s, crate::data::encode(&table, &spec, &pooled)?, opts)?;
     rows.push(Row {
         setting: "centralized (pooled, no privacy)".into(),
         accuracy: m.accuracy,

@@ -7,9 +7,10 @@
 use std::path::Path;
 
 use anyhow::Context;
+use tessera_core::SchemaSource;
 use tessera_protocol::derive_seed;
 use tessera_tabular::{
-    Preprocessor, RawColumn, RawTable, SplitConfig, SplitIndices, TabularData, TabularSpec, load_csv, stratified_split,
+    RawColumn, RawTable, SplitConfig, SplitIndices, TabularData, TabularSpec, hashed_split, load_csv,
 };
 
 use crate::partition::{Partitioner, partition, partition_by_groups};
@@ -84,6 +85,8 @@ pub(crate) fn table_spec(s: &Scenario) -> TabularSpec {
         categorical: s.data.categorical.clone(),
         classes: s.data.classes.clone(),
         missing_indicators: true,
+        // `Scenario::validate` refuses a tabular scenario without one.
+        schema: s.data.schema.clone().unwrap_or(SchemaSource::FitLocally),
     }
 }
 
@@ -100,6 +103,7 @@ pub fn scenario_partition(s: &Scenario, table: &RawTable) -> anyhow::Result<Vec<
                 categorical: vec![s.data.label.clone()],
                 classes: None,
                 missing_indicators: false,
+                schema: SchemaSource::FitLocally,
             };
             let ids = load_csv(&s.data.path, &spec).with_context(|| format!("reading id column `{column}`"))?;
             Ok(partition_by_groups(column, &ids.labels, ids.num_classes(), s.clients)?)
@@ -108,60 +112,35 @@ pub fn scenario_partition(s: &Scenario, table: &RawTable) -> anyhow::Result<Vec<
     }
 }
 
-/// Each member's train/validation/test rows (indices into the table).
+/// Each member's train/validation/test rows (indices into the table), split
+/// as a member splits its own file: by a keyed hash of each row.
 pub fn member_splits(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<SplitIndices>> {
-    let mut out = Vec::with_capacity(parts.len());
-    for (k, rows) in parts.iter().enumerate() {
-        let local: Vec<u32> = rows.iter().map(|i| table.labels[*i]).collect();
-        let cfg = SplitConfig {
-            validation: s.data.validation,
-            test: s.data.test,
-            seed: derive_seed(s.seed, k as u64, b"split"),
-        };
-        let idx = stratified_split(&local, table.num_classes(), &cfg).with_context(|| format!("client {k}"))?;
-        let global = |v: &[usize]| v.iter().map(|i| rows[*i]).collect::<Vec<_>>();
-        out.push(SplitIndices {
-            train: global(&idx.train),
-            validation: global(&idx.validation),
-            test: global(&idx.test),
-        });
-    }
-    Ok(out)
+    parts
+        .iter()
+        .enumerate()
+        .map(|(k, rows)| {
+            let cfg = SplitConfig {
+                validation: s.data.validation,
+                test: s.data.test,
+                seed: derive_seed(s.seed, k as u64, b"split"),
+            };
+            hashed_split(table, rows, &cfg).with_context(|| format!("client {k}"))
+        })
+        .collect()
 }
 
-/// The encoding fitted on the pooled data, when the scenario shares its schema.
-pub(crate) fn shared_schema(s: &Scenario, table: &RawTable) -> Option<Preprocessor> {
-    s.data.shared_schema.then(|| Preprocessor::fit(table, &(0..table.len()).collect::<Vec<_>>(), true))
-}
-
-/// Rows `idx` of `table` as a member's data: encoded with `shared` or, by
-/// default, with statistics of its own training rows.
-pub(crate) fn encode(
-    table: &RawTable,
-    spec: &TabularSpec,
-    idx: &SplitIndices,
-    shared: Option<&Preprocessor>,
-) -> anyhow::Result<TabularData> {
-    Ok(match shared {
-        None => TabularData::from_indices(table, spec, idx)?,
-        Some(pre) => TabularData {
-            train: pre.transform(table, &idx.train),
-            validation: pre.transform(table, &idx.validation),
-            test: pre.transform(table, &idx.test),
-            preprocessor: pre.clone(),
-            class_names: table.class_names.clone(),
-        },
-    })
+/// Rows `idx` of `table` as a member's data, encoded as the scenario's schema says.
+pub(crate) fn encode(table: &RawTable, spec: &TabularSpec, idx: &SplitIndices) -> anyhow::Result<TabularData> {
+    Ok(TabularData::from_indices(table, spec, idx)?)
 }
 
 /// Each simulated member's local splits, from its partition `parts` of the table.
 pub(crate) fn member_data(s: &Scenario, table: &RawTable, parts: &[Vec<usize>]) -> anyhow::Result<Vec<TabularData>> {
     let spec = table_spec(s);
-    let shared = shared_schema(s, table);
     member_splits(s, table, parts)?
         .iter()
         .enumerate()
-        .map(|(k, idx)| encode(table, &spec, idx, shared.as_ref()).with_context(|| format!("client {k}")))
+        .map(|(k, idx)| encode(table, &spec, idx).with_context(|| format!("client {k}")))
         .collect()
 }
 

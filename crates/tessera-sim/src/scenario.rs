@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::TrainSection;
-use tessera_core::{ModelConfig, ModelSection, VisionModelConfig};
+use tessera_core::{ModelConfig, ModelSection, SchemaSource, VisionModelConfig};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
 
@@ -62,12 +62,13 @@ pub struct DataSection {
     /// Pixel pooling factor (fashion_mnist_pixels: 4 turns 28x28 into 7x7).
     #[serde(default = "default_pool")]
     pub pool: usize,
-    /// Fit the feature encoding (one-hot vocabulary, scaling) on the pooled
-    /// data instead of each member's own training rows: the schema a
-    /// consortium agrees in advance. Needed when members would otherwise
-    /// see different category sets (and so different feature counts).
+    /// Tabular data: the feature encoding every member uses, as a member's
+    /// `[data] schema` says it: a schema file (relative to the scenario
+    /// file), the schema inline, or `"fit-locally"` (each member fits on
+    /// its own training rows; not private, refused with `[privacy]`).
+    /// Required: there is no silent default.
     #[serde(default)]
-    pub shared_schema: bool,
+    pub schema: Option<SchemaSource>,
     /// fashion_mnist_pixels: these classes against the rest (binary task).
     #[serde(default)]
     pub positive_classes: Option<Vec<usize>>,
@@ -184,6 +185,9 @@ impl Scenario {
             toml::from_str(&text).map_err(|e| ScenarioError::Invalid { path: path.into(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         s.data.path = base.join(&s.data.path);
+        if let Some(SchemaSource::File(p)) = s.data.schema.as_mut() {
+            *p = base.join(&*p);
+        }
         if let Some(p) = s.model.as_mut().and_then(|m| m.pretrained.as_mut()) {
             *p = base.join(&*p);
         }
@@ -219,6 +223,9 @@ impl Scenario {
         if self.data.kind == DataKind::Csv && self.data.label.is_empty() {
             return Err("data.label is required for CSV data".into());
         }
+        if !images {
+            self.check_schema()?;
+        }
         if let Some(rule) = &self.robust {
             rule.validate().map_err(|e| e.to_string())?;
             if !self.insecure_plaintext {
@@ -238,6 +245,32 @@ impl Scenario {
             l.validate()?;
         }
         Ok(())
+    }
+
+    /// A tabular scenario names its encoding; under `[privacy]` it must be
+    /// declared, since an encoding fitted on a member's rows is not private.
+    fn check_schema(&self) -> Result<(), String> {
+        match &self.data.schema {
+            None => Err(format!(
+                "data.schema is missing: name a feature schema file (schema = \"<file>\", see \
+                 examples/data/*.schema.toml){}",
+                if self.privacy.is_some() {
+                    "; with [privacy] the encoding must be declared, not fitted on members' data"
+                } else {
+                    ", or opt into the non-private schema = \"fit-locally\""
+                }
+            )),
+            Some(SchemaSource::FitLocally) if self.privacy.is_some() => {
+                Err("data.schema = \"fit-locally\" is refused with [privacy]: imputation, scaling and vocabularies \
+                 fitted on a member's rows are not differentially private; name a feature schema file"
+                    .into())
+            }
+            Some(s) if s.is_declared() && !self.data.categorical.is_empty() => Err(
+                "data.categorical is refused beside a declared schema: the schema says which features are categorical"
+                    .into(),
+            ),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The tabular `[model]` (an error for image scenarios).

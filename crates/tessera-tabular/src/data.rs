@@ -1,19 +1,16 @@
-//! Tabular data: CSV loading, stratified splits, preprocessing fitted on the
-//! local training split only, and seeded batching.
+//! Tabular data: CSV loading, a member's splits and their encoding
+//! (`split.rs`, `encode.rs`), and seeded batching.
 //!
 //! Policies, stated once:
 //! - Missing values are empty cells and the markers `NA`, `N/A`, `NaN`, `?`
 //!   (case-insensitive, surrounding spaces ignored).
-//! - Numeric columns: a missing value is imputed with the training mean; if
-//!   the training split has any missing value in that column (and
-//!   [`TabularSpec::missing_indicators`] is on) a 0/1 "was missing" feature
-//!   is appended. Standardization (z-score) uses training mean and standard
-//!   deviation; a constant column is centred but not scaled.
-//! - Categorical columns are one-hot encoded over the categories seen in the
-//!   training split, sorted; "missing" is a category of its own. A category
-//!   never seen in training encodes as the all-zero vector.
+//! - The feature columns and their kinds come from the declared schema
+//!   ([`TabularSpec::schema`]) or, when fitting locally, from `features`,
+//!   `ignore` and `categorical`.
 //! - Classes are the configured [`TabularSpec::classes`] in that order, or
 //!   the sorted distinct labels of the file.
+//! - A member's rows are split by [`crate::hashed_split`]: each row's side
+//!   depends on its own content only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,8 +18,11 @@ use std::path::{Path, PathBuf};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use tessera_core::{FeatureDecl, FeatureSchema, SchemaSource};
 
+use crate::encode::Preprocessor;
 use crate::error::DataError;
+use crate::split::{SplitConfig, SplitIndices, hashed_split};
 
 /// Which columns of a CSV file to use and how.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,14 +37,19 @@ pub struct TabularSpec {
     pub categorical: Vec<String>,
     /// Expected class labels, in class-index order.
     pub classes: Option<Vec<String>>,
-    /// Append a 0/1 "was missing" feature to each numeric column that has a
-    /// missing value in the training split.
+    /// Fitting locally only: append a 0/1 "was missing" feature to each
+    /// numeric column that has a missing value in the training split.
     pub missing_indicators: bool,
+    /// Where the encoding comes from. A declared schema also names the
+    /// feature columns and their kinds; `features` and `categorical` must
+    /// then be left empty.
+    pub schema: SchemaSource,
 }
 
 impl TabularSpec {
     /// Defaults around the label column `label`: every other column a
-    /// numeric feature, classes read from the file, missing-value indicators on.
+    /// numeric feature, classes read from the file, the encoding fitted
+    /// locally with missing-value indicators (not private; see [`SchemaSource`]).
     pub fn new(label: impl Into<String>) -> Self {
         Self {
             label: label.into(),
@@ -53,6 +58,17 @@ impl TabularSpec {
             categorical: Vec::new(),
             classes: None,
             missing_indicators: true,
+            schema: SchemaSource::FitLocally,
+        }
+    }
+
+    /// The declared schema (read from its file if it names one), or `None`
+    /// when the encoding is fitted locally.
+    pub fn declared_schema(&self) -> Result<Option<FeatureSchema>, DataError> {
+        match &self.schema {
+            SchemaSource::FitLocally => Ok(None),
+            SchemaSource::Declared(s) => Ok(Some(s.clone())),
+            SchemaSource::File(path) => load_schema(path).map(Some),
         }
     }
 
@@ -87,7 +103,17 @@ impl TabularSpec {
     }
 }
 
-/// One loaded feature column, before any fitting.
+/// Read and check a schema file (`[[features]]` tables, see
+/// [`FeatureSchema`]); errors name the file.
+pub fn load_schema(path: &Path) -> Result<FeatureSchema, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => DataError::FileNotFound { file: path.to_path_buf() },
+        _ => DataError::Io { file: path.to_path_buf(), source },
+    })?;
+    FeatureSchema::from_toml(&text).map_err(|source| DataError::Schema { file: path.to_path_buf(), source })
+}
+
+/// One loaded feature column, before any encoding.
 #[derive(Clone, Debug)]
 pub enum RawColumn {
     /// A numeric column; `None` is a missing value.
@@ -214,12 +240,31 @@ pub fn load_csv(path: &Path, spec: &TabularSpec) -> Result<RawTable, DataError> 
         })
     };
     let label_idx = find(&spec.label)?;
-    for name in spec.ignore.iter().chain(&spec.categorical) {
+    let schema = spec.declared_schema()?;
+    if schema.is_some() && (spec.features.is_some() || !spec.categorical.is_empty()) {
+        return Err(DataError::SchemaMismatch {
+            file,
+            reason: "with a declared schema, the features and their kinds come from the schema alone \
+                     (leave `features` and `categorical` out)"
+                .into(),
+        });
+    }
+    let categorical: Vec<String> = match &schema {
+        Some(s) => s
+            .features
+            .iter()
+            .filter(|f| matches!(f, FeatureDecl::Categorical { .. }))
+            .map(|f| f.name().to_string())
+            .collect(),
+        None => spec.categorical.clone(),
+    };
+    for name in spec.ignore.iter().chain(&categorical) {
         find(name)?;
     }
-    let feature_names: Vec<String> = match &spec.features {
-        Some(list) => list.clone(),
-        None => header.iter().filter(|h| **h != spec.label && !spec.ignore.contains(h)).cloned().collect(),
+    let feature_names: Vec<String> = match (&schema, &spec.features) {
+        (Some(s), _) => s.names().map(str::to_string).collect(),
+        (None, Some(list)) => list.clone(),
+        (None, None) => header.iter().filter(|h| **h != spec.label && !spec.ignore.contains(h)).cloned().collect(),
     };
     if feature_names.is_empty() {
         return Err(DataError::NoFeatures { file });
@@ -235,7 +280,7 @@ pub fn load_csv(path: &Path, spec: &TabularSpec) -> Result<RawTable, DataError> 
     let mut columns: Vec<RawColumn> = feature_names
         .iter()
         .map(|name| {
-            if spec.categorical.contains(name) {
+            if categorical.contains(name) {
                 RawColumn::Categorical { name: name.clone(), values: Vec::new() }
             } else {
                 RawColumn::Numeric { name: name.clone(), values: Vec::new() }
@@ -300,154 +345,6 @@ pub fn load_csv(path: &Path, spec: &TabularSpec) -> Result<RawTable, DataError> 
     Ok(RawTable { file, columns, labels, class_names })
 }
 
-/// Fractions of each class that go to validation and test; the rest trains.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SplitConfig {
-    /// Fraction for validation, in `[0, 1)`.
-    pub validation: f64,
-    /// Fraction for test, in `[0, 1)`; with `validation`, below 1.
-    pub test: f64,
-    /// Seed of the per-class shuffle.
-    pub seed: u64,
-}
-
-impl Default for SplitConfig {
-    fn default() -> Self {
-        Self { validation: 0.15, test: 0.2, seed: 0 }
-    }
-}
-
-/// Row indices of the three splits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SplitIndices {
-    /// Training rows, ascending.
-    pub train: Vec<usize>,
-    /// Validation rows, ascending.
-    pub validation: Vec<usize>,
-    /// Test rows, ascending.
-    pub test: Vec<usize>,
-}
-
-/// Stratified split: each class is shuffled by `seed` and cut by the
-/// fractions, so every split keeps the class proportions.
-pub fn stratified_split(labels: &[u32], num_classes: usize, cfg: &SplitConfig) -> Result<SplitIndices, DataError> {
-    let ok = |f: f64| (0.0..1.0).contains(&f);
-    if !ok(cfg.validation) || !ok(cfg.test) || cfg.validation + cfg.test >= 1.0 {
-        return Err(DataError::InvalidSplit { reason: "validation and test must be in [0, 1) and sum below 1" });
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut out = SplitIndices { train: Vec::new(), validation: Vec::new(), test: Vec::new() };
-    for class in 0..num_classes as u32 {
-        let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
-        rows.shuffle(&mut rng);
-        let n = rows.len() as f64;
-        let n_test = (n * cfg.test).round() as usize;
-        let n_val = ((n * cfg.validation).round() as usize).min(rows.len() - n_test);
-        out.test.extend_from_slice(&rows[..n_test]);
-        out.validation.extend_from_slice(&rows[n_test..n_test + n_val]);
-        out.train.extend_from_slice(&rows[n_test + n_val..]);
-    }
-    for v in [&mut out.train, &mut out.validation, &mut out.test] {
-        v.sort_unstable();
-    }
-    Ok(out)
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum ColumnEncoder {
-    Numeric {
-        mean: f64,
-        scale: f64,
-        indicator: bool,
-    },
-    /// Sorted training categories; `None` is the "missing" category.
-    Categorical {
-        categories: Vec<Option<String>>,
-    },
-}
-
-/// Imputation, standardization and one-hot encoding, fitted on one split.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Preprocessor {
-    encoders: Vec<ColumnEncoder>,
-    num_features: usize,
-}
-
-impl Preprocessor {
-    /// Fit on the rows `fit_rows` of `table` (the local training split).
-    pub fn fit(table: &RawTable, fit_rows: &[usize], missing_indicators: bool) -> Self {
-        let encoders: Vec<ColumnEncoder> = table
-            .columns
-            .iter()
-            .map(|col| match col {
-                RawColumn::Numeric { values, .. } => {
-                    let present: Vec<f64> = fit_rows.iter().filter_map(|&r| values[r]).collect();
-                    let any_missing = present.len() < fit_rows.len();
-                    let n = present.len().max(1) as f64;
-                    let mean = present.iter().sum::<f64>() / n;
-                    let var = present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                    let std = var.sqrt();
-                    let scale = if std > 1e-12 { std } else { 1.0 };
-                    ColumnEncoder::Numeric { mean, scale, indicator: missing_indicators && any_missing }
-                }
-                RawColumn::Categorical { values, .. } => {
-                    let set: BTreeSet<Option<String>> = fit_rows.iter().map(|&r| values[r].clone()).collect();
-                    ColumnEncoder::Categorical { categories: set.into_iter().collect() }
-                }
-            })
-            .collect();
-        let num_features = encoders
-            .iter()
-            .map(|e| match e {
-                ColumnEncoder::Numeric { indicator, .. } => 1 + usize::from(*indicator),
-                ColumnEncoder::Categorical { categories } => categories.len(),
-            })
-            .sum();
-        Self { encoders, num_features }
-    }
-
-    /// Width of an encoded row (numeric columns, indicators, one-hot blocks).
-    pub fn num_features(&self) -> usize {
-        self.num_features
-    }
-
-    /// Encode the rows `rows` of `table` into a dense data set.
-    pub fn transform(&self, table: &RawTable, rows: &[usize]) -> Dataset {
-        let d = self.num_features;
-        let mut features = vec![0f32; rows.len() * d];
-        for (out_row, &r) in features.chunks_mut(d.max(1)).zip(rows) {
-            let mut k = 0;
-            for (enc, col) in self.encoders.iter().zip(&table.columns) {
-                match (enc, col) {
-                    (ColumnEncoder::Numeric { mean, scale, indicator }, RawColumn::Numeric { values, .. }) => {
-                        let v = values[r];
-                        out_row[k] = ((v.unwrap_or(*mean) - mean) / scale) as f32;
-                        k += 1;
-                        if *indicator {
-                            out_row[k] = if v.is_none() { 1.0 } else { 0.0 };
-                            k += 1;
-                        }
-                    }
-                    (ColumnEncoder::Categorical { categories }, RawColumn::Categorical { values, .. }) => {
-                        if let Ok(pos) = categories.binary_search(&values[r]) {
-                            out_row[k + pos] = 1.0;
-                        }
-                        k += categories.len();
-                    }
-                    // Encoders are fitted from the same table's columns, in order.
-                    _ => unreachable!("encoder kind always matches its column"),
-                }
-            }
-        }
-        Dataset {
-            features,
-            labels: rows.iter().map(|&r| table.labels[r]).collect(),
-            num_features: d,
-            num_classes: table.num_classes(),
-        }
-    }
-}
-
 /// Dense, encoded examples: `features` is row-major `len() x num_features`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
@@ -504,16 +401,16 @@ impl Dataset {
     }
 }
 
-/// A split of a loaded table, preprocessed with the training split's statistics.
+/// A member's three splits of a loaded table, encoded.
 #[derive(Clone, Debug)]
 pub struct TabularData {
-    /// The local training split; the preprocessing was fitted on it alone.
+    /// The local training split (when fitting locally, the encoding was fitted on it alone).
     pub train: Dataset,
     /// The validation split.
     pub validation: Dataset,
     /// The test split, on which a member reports its metrics.
     pub test: Dataset,
-    /// The fitted preprocessing, to encode further rows the same way.
+    /// The encoding, to encode further rows the same way.
     pub preprocessor: Preprocessor,
     /// Class names in class-index order.
     pub class_names: Vec<String>,
@@ -530,16 +427,6 @@ pub enum Split {
     Test,
 }
 
-impl Split {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Validation => "validation",
-            Split::Test => "test",
-        }
-    }
-}
-
 impl TabularData {
     /// Load, split and preprocess `path`; every class must appear in the training split.
     pub fn load(path: &Path, spec: &TabularSpec, split: &SplitConfig) -> Result<Self, DataError> {
@@ -547,18 +434,27 @@ impl TabularData {
         Self::from_table(&table, spec, split)
     }
 
-    /// Split an already loaded table by `split` and preprocess it.
+    /// Split an already loaded table by a keyed hash of each row
+    /// ([`hashed_split`], keyed by `split.seed`) and encode it.
     pub fn from_table(table: &RawTable, spec: &TabularSpec, split: &SplitConfig) -> Result<Self, DataError> {
-        let idx = stratified_split(&table.labels, table.num_classes(), split)?;
+        let idx = hashed_split(table, &(0..table.len()).collect::<Vec<_>>(), split)?;
         Self::from_indices(table, spec, &idx)
     }
 
-    /// Preprocess a table split by given row indices (a simulator's
-    /// partition); every class must appear in the training rows.
+    /// Encode a table split by given row indices (a simulator's
+    /// partition) as `spec.schema` says: the declared schema, or statistics
+    /// of the training rows when fitting locally. Every class must appear
+    /// in the training rows when fitting locally.
     pub fn from_indices(table: &RawTable, spec: &TabularSpec, idx: &SplitIndices) -> Result<Self, DataError> {
-        let pre = Preprocessor::fit(table, &idx.train, spec.missing_indicators);
+        let pre = match spec.declared_schema()? {
+            Some(schema) => Preprocessor::from_schema(&schema, table)?,
+            None => Preprocessor::fit(table, &idx.train, spec.missing_indicators),
+        };
         let train = pre.transform(table, &idx.train);
-        if let Some(c) = train.class_counts().iter().position(|&n| n == 0) {
+        // Only when fitting locally: under a declared schema a member whose
+        // training rows lack a class still trains (refusing would make
+        // joining a function of its data).
+        if let (false, Some(c)) = (spec.schema.is_declared(), train.class_counts().iter().position(|&n| n == 0)) {
             // Name the class only when it came from the configuration: a
             // label read from the file is a data value.
             let class = if spec.classes.is_some() { table.class_names[c].clone() } else { format!("#{c}") };

@@ -14,14 +14,24 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 use tessera_core::{ModelParams, TrainSettings};
 
-use tessera_learn::{DpSgdConfig, PoissonSampler};
+use tessera_learn::{CLIP_SAFETY, DpSgdConfig, PoissonSampler};
 
 use crate::error::LearnError;
 use crate::model::{Field, TabularMlp, tensor2, to_vec};
 use crate::train::{Progress, TabularTask, TrainReport, apply_sgd, check_settings, one_hot};
 
+/// Zeros in the shape of each slot: the sum over no examples.
+fn zero_sums(model: &TabularMlp, slots: &[(usize, Field)]) -> Vec<Tensor<2>> {
+    slots.iter().map(|&(l, f)| model.param(l, f).expect("slot exists").val().inner().zeros_like()).collect()
+}
+
 /// Sum over the batch of per-example gradients, each clipped to L2 norm
-/// `clip`, for the slots `slots` (values as inner, non-autodiff tensors).
+/// `clip` (with `tessera_privacy::CLIP_SAFETY`'s f32 margin), for the slots
+/// `slots` (values as inner, non-autodiff tensors), and how many examples
+/// were left out because their gradient norm was not finite. Such an
+/// example contributes zero: declining the round instead would release,
+/// unnoised, that some record makes training diverge. The count is for the
+/// member's own report only.
 pub(crate) fn clipped_grad_sum(
     model: &TabularMlp,
     slots: &[(usize, Field)],
@@ -29,7 +39,42 @@ pub(crate) fn clipped_grad_sum(
     y: &[u32],
     num_classes: usize,
     clip: f64,
-) -> Result<Vec<Tensor<2>>, LearnError> {
+) -> Result<(Vec<Tensor<2>>, u64), LearnError> {
+    if y.is_empty() {
+        return Ok((zero_sums(model, slots), 0));
+    }
+    match ghost_clipped_sum(model, slots, x, y, num_classes, clip)? {
+        Ok(sums) => Ok((sums, 0)),
+        Err(norms) => {
+            // Rows are independent through the network, so the finite rows'
+            // gradients are the same without the others.
+            let d = x.len() / y.len();
+            let keep: Vec<usize> = (0..y.len()).filter(|&i| norms[i].is_finite()).collect();
+            let zeroed = (y.len() - keep.len()) as u64;
+            if keep.is_empty() {
+                return Ok((zero_sums(model, slots), zeroed));
+            }
+            let xs: Vec<f32> = keep.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
+            let ys: Vec<u32> = keep.iter().map(|&i| y[i]).collect();
+            match ghost_clipped_sum(model, slots, &xs, &ys, num_classes, clip)? {
+                Ok(sums) => Ok((sums, zeroed)),
+                Err(_) => Err(LearnError::Diverged { what: "per-example gradient" }),
+            }
+        }
+    }
+}
+
+/// Ghost clipping over one batch; `Err(norms)` (per-example squared norms)
+/// when some example's gradient norm is not finite.
+#[allow(clippy::type_complexity)]
+fn ghost_clipped_sum(
+    model: &TabularMlp,
+    slots: &[(usize, Field)],
+    x: &[f32],
+    y: &[u32],
+    num_classes: usize,
+    clip: f64,
+) -> Result<Result<Vec<Tensor<2>>, Vec<f32>>, LearnError> {
     let n = y.len();
     let device = model.head.weight.val().device();
     let d = x.len() / n.max(1);
@@ -86,14 +131,14 @@ pub(crate) fn clipped_grad_sum(
         parts.push(Some(Parts { x: xin, g, h, gh }));
     }
     let Some(norm_sq) = norm_sq else {
-        return Ok(Vec::new());
+        return Ok(Ok(Vec::new()));
     };
     let norms = to_vec(norm_sq.clone())?;
     if norms.iter().any(|v| !v.is_finite()) {
-        return Err(LearnError::Diverged { what: "per-example gradient" });
+        return Ok(Err(norms));
     }
-    // c_i = min(1, C / ||grad_i||).
-    let scale = norm_sq.sqrt().clamp_min(1e-12).recip().mul_scalar(clip as f32).clamp_max(1.0);
+    // c_i = min(1, C' / ||grad_i||) with C' = C (1 - 2^-20), the margin `clip.rs` keeps.
+    let scale = norm_sq.sqrt().clamp_min(1e-12).recip().mul_scalar((clip * CLIP_SAFETY) as f32).clamp_max(1.0);
 
     let mut out = Vec::with_capacity(slots.len());
     for &(l, f) in slots {
@@ -108,7 +153,7 @@ pub(crate) fn clipped_grad_sum(
         };
         out.push(t);
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 impl TabularTask {
@@ -136,19 +181,14 @@ impl TabularTask {
         let expected_batch = (dp.sampling_rate * n as f64).max(f64::MIN_POSITIVE);
         let mut sampler = PoissonSampler::new(dp.sampling_rate, dp.sampling_seed);
         let steps_per_epoch = sampler.steps_per_epoch();
-        let (mut seen, mut steps) = (0u64, 0u64);
+        let (mut seen, mut steps, mut zeroed) = (0u64, 0u64, 0u64);
         for epoch in 0..s.local_epochs {
             for step in 0..steps_per_epoch {
                 let rows = sampler.sample(n);
-                let sums = if rows.is_empty() {
-                    self.slots
-                        .iter()
-                        .map(|&(l, f)| self.model.param(l, f).expect("slot exists").val().inner().zeros_like())
-                        .collect()
-                } else {
-                    let (x, y) = self.data.train.gather(&rows);
-                    clipped_grad_sum(&self.model, &self.slots, &x, &y, self.data.class_names.len(), dp.clip_norm)?
-                };
+                let (x, y) = self.data.train.gather(&rows);
+                let (sums, bad) =
+                    clipped_grad_sum(&self.model, &self.slots, &x, &y, self.data.class_names.len(), dp.clip_norm)?;
+                zeroed += bad;
                 let grads = self.privatize(sums, noise, expected_batch)?;
                 apply_sgd(&mut self.model, &self.slots, grads, s, anchor.as_deref());
                 seen += rows.len() as u64;
@@ -159,7 +199,7 @@ impl TabularTask {
             }
         }
         self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
-        Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps })
+        Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps, zeroed_gradients: zeroed })
     }
 
     /// Noise the flat clipped sum and scale it by 1 / expected batch size.
@@ -198,8 +238,9 @@ impl TabularTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{SplitConfig, TabularData, TabularSpec, shipped_data_path};
+    use crate::data::{TabularData, TabularSpec, shipped_data_path};
     use crate::model::TrainablePart;
+    use crate::split::SplitConfig;
     use crate::train::{ModelSpec, TabularTask};
     use tessera_learn::ComputeBackend;
 
@@ -268,8 +309,8 @@ mod tests {
         assert!(norms[0] < clip && clip < norms[norms.len() - 1], "norms must differ");
         let naive = naive_clipped_sum(&per_example, clip);
         let (x, y) = t.data.train.gather(&rows);
-        let fast = clipped_grad_sum(&t.model, &t.slots, &x, &y, 2, clip).unwrap();
-        assert_eq!(fast.len(), naive.len());
+        let (fast, zeroed) = clipped_grad_sum(&t.model, &t.slots, &x, &y, 2, clip).unwrap();
+        assert_eq!((fast.len(), zeroed), (naive.len(), 0));
         for ((fast, naive), name) in fast.into_iter().zip(&naive).zip(t.trainable_names()) {
             let fast = to_vec(fast).unwrap();
             let diff = fast.iter().zip(naive).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>().sqrt();
@@ -327,6 +368,33 @@ mod tests {
         let mut u = task(TrainablePart::All);
         u.train_round_dp(&settings(), &dp(1), &mut |_: &mut [f32]| {}, None).unwrap();
         assert_eq!(t.trainable_params().unwrap(), u.trainable_params().unwrap());
+    }
+
+    /// An example whose gradient overflows contributes zero and is counted;
+    /// the round goes on (declining it would tell the aggregator, unnoised,
+    /// that some record makes training diverge). Clipped norms keep the
+    /// f32 margin below C.
+    #[test]
+    fn a_non_finite_example_gradient_is_zeroed_not_fatal() {
+        let t = task(TrainablePart::All);
+        let rows: Vec<usize> = (0..10).collect();
+        let (x, y) = t.data.train.gather(&rows);
+        let d = t.data.train.num_features;
+        let mut bad = x.clone();
+        bad[3 * d..4 * d].iter_mut().for_each(|v| *v = 1e30);
+        let (sums, zeroed) = clipped_grad_sum(&t.model, &t.slots, &bad, &y, 2, 1.0).unwrap();
+        assert_eq!(zeroed, 1);
+        let keep: Vec<usize> = rows.iter().copied().filter(|&r| r != 3).collect();
+        let (xk, yk) = t.data.train.gather(&keep);
+        let (without, none) = clipped_grad_sum(&t.model, &t.slots, &xk, &yk, 2, 1.0).unwrap();
+        assert_eq!(none, 0);
+        for (a, b) in sums.into_iter().zip(without) {
+            assert_eq!(to_vec(a).unwrap(), to_vec(b).unwrap());
+        }
+        // One example alone, clipped: its gradient stays within C.
+        let (one, _) = clipped_grad_sum(&t.model, &t.slots, &x[..d], &y[..1], 2, 1e-3).unwrap();
+        let norm = one.into_iter().flat_map(|t| to_vec(t).unwrap()).map(|v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+        assert!(norm <= 1e-3, "{norm}");
     }
 
     #[test]

@@ -129,6 +129,23 @@ pub enum DataError {
         /// The split that lacks it (`"train"`), or `None` for the whole file.
         split: Option<&'static str>,
     },
+    /// A schema file does not parse or is refused.
+    #[error("{file}: {source}")]
+    Schema {
+        /// The schema file.
+        file: PathBuf,
+        /// Which key or feature is wrong.
+        source: tessera_core::SchemaError,
+    },
+    /// The table's columns disagree with the declared schema, or the
+    /// configuration names features beside it.
+    #[error("{file}: {reason}")]
+    SchemaMismatch {
+        /// The data file.
+        file: PathBuf,
+        /// Which column or key disagrees.
+        reason: String,
+    },
     /// The split fractions are out of range.
     #[error("invalid split fractions: {reason}")]
     InvalidSplit {

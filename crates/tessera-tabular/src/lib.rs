@@ -11,10 +11,13 @@
 //!   local training ([`TabularTask::train_round`],
 //!   [`TabularTask::train_round_dp`]) and evaluation on a [`Split`].
 //! - Tables: [`load_csv`] reads and type-checks a file into a [`RawTable`],
-//!   [`stratified_split`] cuts it into [`SplitIndices`], a [`Preprocessor`]
-//!   fitted on the training rows only encodes it, and [`TabularData`] holds
-//!   the three encoded [`Dataset`]s. [`TabularSpec`] and [`SplitConfig`]
-//!   configure these steps.
+//!   [`hashed_split`] cuts it into [`SplitIndices`] by a keyed hash of each
+//!   row (one record never moves another), a [`Preprocessor`] encodes it as
+//!   the declared `tessera_core::FeatureSchema` says ([`load_schema`]) or,
+//!   as the non-private opt-in, fitted on the training rows, and
+//!   [`TabularData`] holds the three encoded [`Dataset`]s. [`TabularSpec`]
+//!   and [`SplitConfig`] configure these steps; [`stratified_split`] cuts
+//!   public tables for pretraining.
 //! - The network: a [`TabularMlp`] of shape [`MlpConfig`] whose exchanged
 //!   part is chosen by [`TrainablePart`]; a tensor is addressed by layer
 //!   index and [`Field`], and [`import_slots`] loads an exchanged set.
@@ -42,11 +45,13 @@
 
 mod data;
 mod dpsgd;
+mod encode;
 mod error;
 mod local;
 mod model;
 mod pretrain;
 mod spec;
+mod split;
 mod train;
 
 // The member's model and the task it drives.
@@ -55,9 +60,10 @@ pub use train::{ModelSpec, Progress, ProgressFn, TabularTask, TrainReport};
 
 // Tables: loading, splitting, preprocessing.
 pub use data::{
-    Dataset, Preprocessor, RawColumn, RawTable, Split, SplitConfig, SplitIndices, TabularData, TabularSpec, load_csv,
-    shipped_data_path, stratified_split,
+    Dataset, RawColumn, RawTable, Split, TabularData, TabularSpec, load_csv, load_schema, shipped_data_path,
 };
+pub use encode::Preprocessor;
+pub use split::{SplitConfig, SplitIndices, hashed_split, stratified_split};
 
 // The network and its exchanged tensors.
 pub use model::{Field, MlpConfig, TabularMlp, TrainablePart, import_slots};

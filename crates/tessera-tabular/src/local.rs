@@ -15,6 +15,8 @@ pub struct TabularModel {
     task: TabularTask,
     /// DP-SGD's noise, built once for the run's settings.
     noise: DpNoise,
+    /// Non-finite per-example gradients zeroed so far (local only).
+    zeroed_gradients: u64,
 }
 
 impl TabularModel {
@@ -30,7 +32,7 @@ impl TabularModel {
             )));
         }
         let task = TabularTask::new(data, &crate::spec::model_spec(model), backend)?;
-        Ok(Self { task, noise: DpNoise::new() })
+        Ok(Self { task, noise: DpNoise::new(), zeroed_gradients: 0 })
     }
 
     /// TEST ONLY: derive DP-SGD sampling and noise from the round seed, for
@@ -39,6 +41,13 @@ impl TabularModel {
     pub fn with_seeded_noise(mut self, seeded: bool) -> Self {
         self.noise = if seeded { DpNoise::seeded(NOISE_STREAM) } else { DpNoise::new() };
         self
+    }
+
+    /// DP-SGD examples, over every round so far, whose gradient was not
+    /// finite and so contributed zero instead of failing the round. For the
+    /// member's own report: a statistic of its data, never sent.
+    pub fn zeroed_gradients(&self) -> u64 {
+        self.zeroed_gradients
     }
 
     /// The training task, for progress reporting and tests.
@@ -71,7 +80,9 @@ impl LocalModel for TabularModel {
                 if let Some(e) = failed {
                     return Err(e);
                 }
-                report.map_err(LocalError::model)?
+                let report = report.map_err(LocalError::model)?;
+                self.zeroed_gradients += report.zeroed_gradients;
+                report
             }
         };
         let params = self.task.trainable_params().map_err(LocalError::model)?;

@@ -12,9 +12,10 @@ use burn::store::{ModuleSnapshot, ModuleStore, SafetensorsStore, bridge};
 use tessera_core::{EvalMetrics, TrainSettings};
 
 use crate::Split;
-use crate::data::{RawTable, SplitConfig, SplitIndices, TabularData, TabularSpec, load_csv, stratified_split};
+use crate::data::{RawTable, TabularData, TabularSpec, load_csv};
 use crate::error::{DataError, LearnError};
 use crate::model::{Field, TabularMlp, TrainablePart};
+use crate::split::{SplitConfig, SplitIndices, stratified_split};
 use crate::train::{ModelSpec, TabularTask};
 use tessera_learn::ComputeBackend;
 

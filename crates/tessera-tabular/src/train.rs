@@ -54,6 +54,9 @@ pub struct TrainReport {
     pub mean_loss: f64,
     /// Optimizer steps taken.
     pub steps: u64,
+    /// DP-SGD only: sampled examples whose gradient was not finite and so
+    /// contributed zero. For the member's own report; never sent.
+    pub zeroed_gradients: u64,
 }
 
 /// One member's data, model and device.
@@ -104,7 +107,7 @@ impl TabularTask {
     pub fn from_csv(
         path: &std::path::Path,
         spec: &crate::data::TabularSpec,
-        split: &crate::data::SplitConfig,
+        split: &crate::split::SplitConfig,
         model: &ModelSpec,
         backend: ComputeBackend,
     ) -> Result<Self, LearnError> {
@@ -195,7 +198,8 @@ impl TabularTask {
             }
         }
         self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
-        Ok(TrainReport { num_examples: seen, mean_loss: if seen == 0 { 0.0 } else { loss_sum / seen as f64 }, steps })
+        let mean_loss = if seen == 0 { 0.0 } else { loss_sum / seen as f64 };
+        Ok(TrainReport { num_examples: seen, mean_loss, steps, zeroed_gradients: 0 })
     }
 
     /// Mean cross-entropy of a batch, with autodiff gradients applied by SGD.
@@ -229,11 +233,15 @@ impl TabularTask {
         Ok(loss_value)
     }
 
-    /// Metrics of the current model on one local split.
+    /// Metrics of the current model on one local split. An empty split
+    /// (the keyed-hash split can leave a member with a handful of rows
+    /// without test rows) gives a report of zero examples, which weighs
+    /// nothing in the consortium's mean; an error here would leave the
+    /// aggregator waiting for this member's report.
     pub fn evaluate(&self, split: Split) -> Result<EvalMetrics, LearnError> {
         let ds = self.data.split(split);
         if ds.is_empty() {
-            return Err(LearnError::EmptySplit(split.name()));
+            return Ok(eval_metrics(&[], &[], ds.num_classes, 0.0));
         }
         evaluate_model(&self.model, ds, &self.device)
     }

@@ -42,9 +42,9 @@ fn wdbc_mlp_reaches_95_percent_test_accuracy() {
     assert!(after.accuracy >= 0.95, "test accuracy {}", after.accuracy);
     assert!(after.auc > 0.98, "auc {}", after.auc);
     assert!(after.loss < before.loss);
-    // Stratified 20%: round(357 * 0.2) + round(212 * 0.2) = 71 + 42.
-    assert_eq!(after.num_examples, 113);
-    assert_eq!(after.confusion.iter().flatten().sum::<u64>(), 113);
+    // The keyed hash sends about 20 % of the rows (113.8 expected) to test.
+    assert!((90..=140).contains(&after.num_examples), "{}", after.num_examples);
+    assert_eq!(after.confusion.iter().flatten().sum::<u64>(), after.num_examples);
 }
 
 #[test]

@@ -37,6 +37,9 @@ pub struct HeadGradSum {
     pub weight: Vec<f32>,
     /// Summed bias gradient, laid out as [`HeadWeights::bias`].
     pub bias: Vec<f32>,
+    /// Clipped sums only: examples left out (contributing zero) because
+    /// their gradient was not finite. For the member's own report.
+    pub zeroed: u64,
     /// Summed cross-entropy (nats) over the batch; divide by its size for the mean.
     pub loss_sum: f64,
 }
@@ -103,20 +106,58 @@ impl HeadWeights {
         }
         let target = Tensor::<2>::from_data(TensorData::new(onehot, [n, self.classes]), device);
         let logp = log_softmax(self.logits(features, n, device), 1);
-        let loss_sum = f64::from(to_vec((logp.clone() * target.clone()).sum().neg())?[0]);
-        let mut g = logp.exp() - target;
+        let mut g = logp.clone().exp() - target.clone();
         let x = Tensor::<2>::from_data(TensorData::new(features.to_vec(), [n, self.dim]), device);
         if let Some(c) = clip {
             let norm_sq = (x.clone().powi_scalar(2).sum_dim(1).add_scalar(1.0)) * g.clone().powi_scalar(2).sum_dim(1);
-            let scale = norm_sq.sqrt().clamp_min(1e-12).recip().mul_scalar(c as f32).clamp_max(1.0);
+            let norms = to_vec(norm_sq.clone())?;
+            if norms.iter().any(|v| !v.is_finite()) {
+                return self.without_non_finite(features, labels, &norms, c, device);
+            }
+            // min(1, C' / norm) with C' = C (1 - 2^-20): the f32 margin every clip keeps.
+            let scale = norm_sq
+                .sqrt()
+                .clamp_min(1e-12)
+                .recip()
+                .mul_scalar((c * tessera_learn::CLIP_SAFETY) as f32)
+                .clamp_max(1.0);
             g = g * scale;
         }
+        let loss_sum = f64::from(to_vec((logp * target).sum().neg())?[0]);
         let weight = to_vec(x.transpose().matmul(g.clone()))?;
         let bias = to_vec(g.sum_dim(0))?;
-        if weight.iter().chain(&bias).any(|v| !v.is_finite()) || !loss_sum.is_finite() {
+        if weight.iter().chain(&bias).any(|v| !v.is_finite()) || (clip.is_none() && !loss_sum.is_finite()) {
             return Err(VisionError::Tensor("non-finite head gradient".into()));
         }
-        Ok(HeadGradSum { weight, bias, loss_sum })
+        Ok(HeadGradSum { weight, bias, loss_sum, zeroed: 0 })
+    }
+
+    /// The clipped sum over the examples whose gradient norm is finite; the
+    /// others contribute zero and are counted (DP-SGD must not decline a
+    /// round over one record). Rows are independent, so the finite rows'
+    /// gradients do not change.
+    fn without_non_finite(
+        &self,
+        features: &[f32],
+        labels: &[usize],
+        norms: &[f32],
+        clip: f64,
+        device: &Device,
+    ) -> Result<HeadGradSum> {
+        let keep: Vec<usize> = (0..labels.len()).filter(|&i| norms[i].is_finite()).collect();
+        let zeroed = (labels.len() - keep.len()) as u64;
+        if keep.is_empty() {
+            let (weight, bias) = (vec![0.0; self.dim * self.classes], vec![0.0; self.classes]);
+            return Ok(HeadGradSum { weight, bias, loss_sum: 0.0, zeroed });
+        }
+        let d = self.dim;
+        let xs: Vec<f32> = keep.iter().flat_map(|&i| features[i * d..(i + 1) * d].iter().copied()).collect();
+        let ys: Vec<usize> = keep.iter().map(|&i| labels[i]).collect();
+        let sum = self.gradient_sum(&xs, &ys, Some(clip), device)?;
+        if sum.zeroed > 0 {
+            return Err(VisionError::Tensor("non-finite head gradient".into()));
+        }
+        Ok(HeadGradSum { zeroed, ..sum })
     }
 }
 
@@ -189,6 +230,15 @@ mod tests {
         let clipped = h.gradient_sum(&x, &y, Some(clip), &device).unwrap();
         let total: f64 = clipped.weight.iter().chain(&clipped.bias).map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
         assert!(total <= n as f64 * clip * (1.0 + 1e-5));
+
+        // An example whose features overflow contributes zero and is counted:
+        // the sum is the sum over the others, not an error.
+        let mut bad = x.clone();
+        bad[..dim].iter_mut().for_each(|v| *v = 1e30);
+        let with_bad = h.gradient_sum(&bad, &y, Some(clip), &device).unwrap();
+        let rest = h.gradient_sum(&x[dim..], &y[1..], Some(clip), &device).unwrap();
+        assert_eq!((with_bad.zeroed, rest.zeroed), (1, 0));
+        assert_eq!((with_bad.weight, with_bad.bias), (rest.weight, rest.bias));
     }
 
     #[test]

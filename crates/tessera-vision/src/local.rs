@@ -58,6 +58,8 @@ pub struct VisionModel {
     extractions: usize,
     /// DP-SGD's noise, built once for the run's settings.
     noise: DpNoise,
+    /// Non-finite per-example gradients zeroed so far (local only).
+    zeroed_gradients: u64,
 }
 
 /// Shows shapes and counts only, never an example.
@@ -108,6 +110,7 @@ impl VisionModel {
             folded: None,
             extractions: 0,
             noise: DpNoise::new(),
+            zeroed_gradients: 0,
         })
     }
 
@@ -140,6 +143,13 @@ impl VisionModel {
         }
         let net = VisionNet::build(cfg, &device)?;
         Self::new(net, cfg, train, test, device)
+    }
+
+    /// DP-SGD examples, over every round so far, whose gradient was not
+    /// finite and so contributed zero instead of failing the round. For the
+    /// member's own report: a statistic of its data, never sent.
+    pub fn zeroed_gradients(&self) -> u64 {
+        self.zeroed_gradients
     }
 
     /// TEST ONLY: derive DP-SGD sampling and noise from the round seed, for
@@ -260,7 +270,9 @@ impl VisionModel {
         let mut round = self.noise.round(dp, s.seed, start.numel())?;
         let augment = spec::augmenter(&self.cfg, s.seed).map_err(LocalError::model)?;
         let mut examples = dp::Sampled::new(&self.train, augment.as_ref(), inner);
-        tessera_learn::dp_sgd(start, s, n, &mut round, &mut examples)?;
+        let trained = tessera_learn::dp_sgd(start, s, n, &mut round, &mut examples);
+        self.zeroed_gradients += round.zeroed_gradients();
+        trained?;
         Ok(examples.into_inner())
     }
 
@@ -304,6 +316,7 @@ impl VisionModel {
                             let labels = self.labels_of(&rows);
                             let g = head.gradient_sum(&x, &labels, Some(round.cfg.clip_norm), &self.device);
                             let g = g.map_err(err)?;
+                            round.count_zeroed(g.zeroed);
                             flat[..split].copy_from_slice(&g.weight);
                             flat[split..].copy_from_slice(&g.bias);
                         }
@@ -312,6 +325,7 @@ impl VisionModel {
                         sgd_step(&mut head, &anchor, w, b, inv_expected, s);
                     }
                 }
+                self.zeroed_gradients += round.zeroed_gradients();
             }
         }
         let params = head_params(&start, head);

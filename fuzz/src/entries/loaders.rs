@@ -3,7 +3,7 @@
 use super::*;
 
 /// The tabular CSV loader and the preprocessing that follows it. The first
-/// byte picks the table spec.
+/// byte picks the table spec (bit 5: a declared schema instead of fitting).
 pub fn csv_loader(data: &[u8]) {
     use tessera_tabular::{SplitConfig, TabularSpec, load_csv};
     let Some((&head, body)) = data.split_first() else { return };
@@ -14,6 +14,26 @@ pub fn csv_loader(data: &[u8]) {
         categorical: if head & 4 == 0 { vec![] } else { vec!["c".into()] },
         classes: if head & 8 == 0 { None } else { Some(vec!["a".into(), "b".into()]) },
         missing_indicators: head & 16 == 0,
+        schema: if head & 32 == 0 {
+            tessera_core::SchemaSource::FitLocally
+        } else {
+            tessera_core::SchemaSource::Declared(tessera_core::FeatureSchema {
+                features: vec![
+                    tessera_core::FeatureDecl::Numeric {
+                        name: "x".into(),
+                        min: -1.0,
+                        max: 1.0,
+                        center: 0.0,
+                        scale: 1.0,
+                        missing_indicator: head & 64 == 0,
+                    },
+                    tessera_core::FeatureDecl::Categorical {
+                        name: "c".into(),
+                        categories: vec!["p".into(), "q".into()],
+                    },
+                ],
+            })
+        },
     };
     let file = scratch_file("data.csv", body);
     if let Ok(table) = load_csv(file.path(), &spec) {

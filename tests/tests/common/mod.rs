@@ -309,6 +309,7 @@ path = "{csv}"
 label = "diagnosis"
 classes = ["benign", "malignant"]
 test = 0.25
+schema = "{schema}"
 [model]
 num_features = 30
 num_classes = 2
@@ -319,7 +320,8 @@ egress_ledger = "{name}-egress.jsonl"
 [testing]
 seeded_randomness = true
 "#,
-        csv = site.csvs[i].display()
+        csv = site.csvs[i].display(),
+        schema = tessera_e2e::wdbc_schema().display(),
     );
     std::fs::write(&p, text).unwrap();
     ClientConfig::load(&p).unwrap()
