@@ -569,7 +569,10 @@ num_classes = 2
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("client.toml"),
-            format!("{PKI}[data]\npath = \"data/d.csv\"\nlabel = \"y\"\n[model]\nnum_features = 3\nnum_classes = 2\n"),
+            format!(
+                "{PKI}[data]\npath = \"data/d.csv\"\nlabel = \"y\"\nschema = \"fit-locally\"\n\
+                 [model]\nnum_features = 3\nnum_classes = 2\n"
+            ),
         )
         .unwrap();
         // The same file named relative to the working directory.
@@ -694,13 +697,13 @@ num_classes = 2
         let problem = |data: &str, extra: &str| match load_with_data(data, extra) {
             Err(ConfigError::Invalid { source, .. }) => Some(source),
             Ok(_) => None,
-            Err(other) => panic!("{other}"),
+            Err(other) => panic!("{}", tessera_cli::ErrorChain(&other)),
         };
         let privacy = "[privacy]\nepsilon = 1.0\n";
         // No schema at all: refused either way, and the message names the key.
         assert_eq!(problem("", ""), Some(ConfigProblem::SchemaMissing(false)));
         assert_eq!(problem("", privacy), Some(ConfigProblem::SchemaMissing(true)));
-        let why = load_with_data("", privacy).unwrap_err().to_string();
+        let why = tessera_cli::ErrorChain(&load_with_data("", privacy).unwrap_err()).to_string();
         assert!(why.contains("[data] schema") && why.contains("[privacy]"), "{why}");
         assert!(ConfigProblem::SchemaMissing(false).to_string().contains("fit-locally"));
         // Fitting locally is an explicit opt-in, and never under [privacy].

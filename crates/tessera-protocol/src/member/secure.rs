@@ -89,9 +89,12 @@ impl<R: MemberRng> Participant<R> {
         Ok(())
     }
 
-    /// `UnmaskRequest`: checks every forwarded signature on the set this
-    /// member signed under the neighbour's certificate key; the session
-    /// reveals only when the signers and this member reach the threshold.
+    /// `UnmaskRequest`: checks forwarded signatures on the set this member
+    /// signed under the neighbours' certificate keys, in order, until the
+    /// signers and this member reach the threshold (what is left is not
+    /// needed, and each check is an ECDSA verification); a signature that
+    /// is checked and fails is refused by name. The session reveals only at
+    /// the threshold.
     pub(super) fn on_unmask_request(&mut self, round: u64, signatures: &[(PartyId, Vec<u8>)]) -> Result<(), Refusal> {
         let kind = "unmask_request";
         let r = active(&mut self.round, round, kind)?;
@@ -99,7 +102,11 @@ impl<R: MemberRng> Participant<R> {
         let survivors = session.signed_survivors().ok_or(Refusal::Unexpected { kind })?;
         let message = tessera_secagg::survivor_message(session.context().binding(), &survivors);
         let mut signers = BTreeSet::new();
+        let needed = session.context().threshold().saturating_sub(1) as usize;
         for (party, signature) in signatures {
+            if signers.len() >= needed {
+                break;
+            }
             let key = r.neighbour_keys.get(party).ok_or(Refusal::SurvivorSignature { party: *party })?;
             if !key.verifies(&message, signature) || !signers.insert(*party) {
                 return Err(Refusal::SurvivorSignature { party: *party });
