@@ -9,6 +9,13 @@ pub fn missing_help(cmd: &clap::Command) -> Vec<String> {
     out
 }
 
+/// For each binary's unit test: panics (naming them) unless clap's own
+/// consistency checks pass and every argument and subcommand has help.
+pub fn assert_complete_help(cmd: &clap::Command) {
+    cmd.clone().debug_assert();
+    assert_eq!(missing_help(cmd), Vec::<String>::new(), "arguments or subcommands without a help line");
+}
+
 fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
     for arg in cmd.get_arguments() {
         if arg.get_help().is_none() && arg.get_long_help().is_none() {

@@ -14,7 +14,8 @@
 //! - [`rfc3339_ms`]: timestamps as RFC 3339 UTC, the one format every
 //!   command prints.
 //! - [`missing_help`]: every argument and subcommand of a clap command tree
-//!   that has no help line (each binary's unit tests assert there is none).
+//!   that has no help line; [`assert_complete_help`] is what each binary's
+//!   unit test calls.
 //!
 //! It must NOT depend on any other Tessera crate: every crate may use it.
 
@@ -25,7 +26,7 @@ mod logging;
 mod report;
 mod time;
 
-pub use help::missing_help;
+pub use help::{assert_complete_help, missing_help};
 pub use logging::{LogArgs, LogFormat, init_logging, use_colour};
 pub use report::{ErrorChain, report_error};
 pub use time::rfc3339_ms;
