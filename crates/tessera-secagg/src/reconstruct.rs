@@ -15,8 +15,9 @@
 //! which it always does for up to two bad shares at the default
 //! neighbourhoods (n = 1000: 41 holders, t = 28; C(41, 2) = 820 subsets).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
+use curve25519_dalek::Scalar;
 use tessera_core::PartyId;
 use zeroize::Zeroizing;
 
@@ -25,6 +26,11 @@ use crate::shamir::{self, SecretShare};
 /// Recombinations tried per secret before giving up (each is O(t²) field
 /// operations: about 0.1 ms at t = 28).
 pub(crate) const MAX_ATTEMPTS: usize = 4096;
+
+/// Lagrange coefficients at zero per holder set of the fast path: in the
+/// complete graph every secret has the same first `t` holders, so they are
+/// computed once per round, not once per secret.
+pub(crate) type LagrangeCache = HashMap<Vec<PartyId>, Vec<Scalar>>;
 
 /// A rebuilt secret and the holders whose share contradicted it.
 pub(crate) struct Rebuilt {
@@ -39,6 +45,7 @@ pub(crate) fn rebuild(
     shares: &[(PartyId, SecretShare)],
     t: usize,
     suspects: &BTreeSet<PartyId>,
+    lagrange: &mut LagrangeCache,
     check: impl Fn(&[u8; 32]) -> bool,
 ) -> Option<Rebuilt> {
     if t == 0 || shares.len() < t {
@@ -48,14 +55,16 @@ pub(crate) fn rebuild(
     // likely clean, and leaving out a suffix costs nothing extra.
     let mut order: Vec<usize> = (0..shares.len()).filter(|i| !suspects.contains(&shares[*i].0)).collect();
     order.extend((0..shares.len()).filter(|i| suspects.contains(&shares[*i].0)));
-    let try_subset = |picked: &[usize]| -> Option<Zeroizing<[u8; 32]>> {
-        let ids: Vec<PartyId> = picked.iter().map(|i| shares[*i].0).collect();
+    let combine = |picked: &[usize], coefficients: &[Scalar]| -> Option<Zeroizing<[u8; 32]>> {
         let refs: Vec<&SecretShare> = picked.iter().map(|i| &shares[*i].1).collect();
-        let secret = shamir::combine(&shamir::lagrange_at_zero(&ids), &refs)?;
+        let secret = shamir::combine(coefficients, &refs)?;
         check(&secret).then_some(secret)
     };
+    let ids = |picked: &[usize]| -> Vec<PartyId> { picked.iter().map(|i| shares[*i].0).collect() };
+    let try_subset = |picked: &[usize]| combine(picked, &shamir::lagrange_at_zero(&ids(picked)));
     let first: Vec<usize> = order[..t].to_vec();
-    if let Some(secret) = try_subset(&first) {
+    let coefficients = lagrange.entry(ids(&first)).or_insert_with_key(|ids| shamir::lagrange_at_zero(ids));
+    if let Some(secret) = combine(&first, coefficients) {
         // The fast path names nobody: shares it did not use are not checked.
         return Some(Rebuilt { secret, bad_holders: Vec::new() });
     }
@@ -163,29 +172,29 @@ mod tests {
         for h in [1, 3, 8] {
             corrupt(&mut shares, h, &donor[h as usize].1);
         }
-        let got = rebuild(&shares, 5, &BTreeSet::new(), |s| *s == secret).unwrap();
+        let got = rebuild(&shares, 5, &BTreeSet::new(), &mut LagrangeCache::new(), |s| *s == secret).unwrap();
         assert_eq!(*got.secret, secret);
         assert_eq!(got.bad_holders, vec![1, 3, 8]);
         // Up to (held - t) = 4 bad shares are survivable.
         corrupt(&mut shares, 0, &donor[0].1);
-        let got = rebuild(&shares, 5, &BTreeSet::new(), |s| *s == secret).unwrap();
+        let got = rebuild(&shares, 5, &BTreeSet::new(), &mut LagrangeCache::new(), |s| *s == secret).unwrap();
         assert_eq!(got.bad_holders, vec![0, 1, 3, 8]);
         // One more and no clean subset is left.
         corrupt(&mut shares, 2, &donor[2].1);
-        assert!(rebuild(&shares, 5, &BTreeSet::new(), |s| *s == secret).is_none());
+        assert!(rebuild(&shares, 5, &BTreeSet::new(), &mut LagrangeCache::new(), |s| *s == secret).is_none());
     }
 
     #[test]
     fn known_suspects_go_last_and_clean_rounds_name_nobody() {
         let secret = [7u8; 32];
         let mut shares = shares_of(&secret, 3, 6, 3);
-        let got = rebuild(&shares, 3, &BTreeSet::new(), |s| *s == secret).unwrap();
+        let got = rebuild(&shares, 3, &BTreeSet::new(), &mut LagrangeCache::new(), |s| *s == secret).unwrap();
         assert!(got.bad_holders.is_empty());
         let donor = shares_of(&[9u8; 32], 3, 6, 4);
         corrupt(&mut shares, 0, &donor[0].1);
         // With holder 0 suspected, the first subset already passes.
-        let got = rebuild(&shares, 3, &BTreeSet::from([0]), |s| *s == secret).unwrap();
+        let got = rebuild(&shares, 3, &BTreeSet::from([0]), &mut LagrangeCache::new(), |s| *s == secret).unwrap();
         assert_eq!(*got.secret, secret);
-        assert!(rebuild(&shares[..2], 3, &BTreeSet::new(), |_| true).is_none());
+        assert!(rebuild(&shares[..2], 3, &BTreeSet::new(), &mut LagrangeCache::new(), |_| true).is_none());
     }
 }

@@ -467,13 +467,18 @@ impl ServerSession {
         self.expect(Phase::Consistency)?;
         let t = self.ctx.threshold() as usize;
         let signed = |v: PartyId| self.signatures.contains_key(&v);
-        let askable: BTreeSet<PartyId> =
-            self.signatures.keys().copied().filter(|&w| self.neighbours_in(w, signed).len() + 1 >= t).collect();
-        self.check_floor(askable.len())?;
-        self.check_holders(|v| askable.contains(&v))?;
-        let mut out = Vec::with_capacity(askable.len());
-        for &w in &askable {
-            let sigs = self.neighbours_in(w, signed).into_iter().map(|v| (v, self.signatures[&v].clone())).collect();
+        // Each signer's signing neighbours, computed once.
+        let signing: BTreeMap<PartyId, Vec<PartyId>> = self
+            .signatures
+            .keys()
+            .map(|&w| (w, self.neighbours_in(w, signed)))
+            .filter(|(_, nb)| nb.len() + 1 >= t)
+            .collect();
+        self.check_floor(signing.len())?;
+        self.check_holders(|v| signing.contains_key(&v))?;
+        let mut out = Vec::with_capacity(signing.len());
+        for (&w, nb) in &signing {
+            let sigs = nb.iter().map(|v| (*v, self.signatures[v].clone())).collect();
             out.push((w, sigs));
             let holders = self.neighbours_in(w, |v| self.in_u2(v)).into_iter().chain([w]);
             let (survivors, dropped): (BTreeSet<PartyId>, BTreeSet<PartyId>) =
@@ -536,13 +541,14 @@ impl ServerSession {
         let binding = *self.ctx.binding();
         let t = self.ctx.threshold() as usize;
         let mut suspects: BTreeSet<PartyId> = BTreeSet::new();
+        let mut lagrange = reconstruct::LagrangeCache::new();
         let mut rebuild = |peer: PartyId, check: &dyn Fn(&[u8; 32]) -> bool| -> Result<_, SecAggError> {
             let shares = self.revealed.get(&peer).map(Vec::as_slice).unwrap_or_default();
             if shares.len() < t {
                 return Err(SecAggError::CannotReconstruct { peer, have: shares.len() as u32, threshold: t as u32 });
             }
-            let rebuilt =
-                reconstruct::rebuild(shares, t, &suspects, check).ok_or(SecAggError::InconsistentShares(peer))?;
+            let rebuilt = reconstruct::rebuild(shares, t, &suspects, &mut lagrange, check)
+                .ok_or(SecAggError::InconsistentShares(peer))?;
             suspects.extend(rebuilt.bad_holders);
             Ok(rebuilt.secret)
         };

@@ -67,6 +67,14 @@ fn draw_graph(
     vec![(0, reveal), (1, s1.on_roster(&roster).unwrap()), (2, s2.on_roster(&roster).unwrap())]
 }
 
+/// Member m0 with `identity`, welcomed into the test run.
+fn welcomed(identity: crate::member::MemberIdentity) -> Participant<ChaCha20Rng> {
+    let mut p = Participant::new("m0", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(1))
+        .with_identity(identity);
+    p.handle(AggregatorMsg::Welcome { run_id: RUN, member: "m0".into() }).unwrap();
+    p
+}
+
 /// Start `round` for m0 (party 0) and return the advertisement it sends.
 fn start(p: &mut Participant<ChaCha20Rng>, round: u64) -> Advertisement {
     p.handle(AggregatorMsg::RoundStart { round, settings: settings(), cohort: cohort(), party: 0 }).unwrap();
@@ -97,9 +105,7 @@ fn member_refuses_substituted_neighbour_keys() {
     let (m1_cert, m1_key) = pki.issue("m1");
     let (m2_cert, m2_key) = pki.issue("m2");
     let (mut m1, mut m2) = (KeySigner(m1_key), KeySigner(m2_key));
-    let mut p = Participant::new("m0", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(1))
-        .with_identity(pki.identity("m0"));
-    p.handle(AggregatorMsg::Welcome { run_id: RUN, member: "m0".into() }).unwrap();
+    let mut p = welcomed(pki.identity("m0"));
 
     let refuse = |p: &mut Participant<ChaCha20Rng>, round, adverts| {
         let r = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: vec![] });
@@ -189,9 +195,7 @@ fn member_checks_certificate_validity_at_its_clock() {
     let (m1_cert, m1_key) = pki.issue("m1");
     let mut identity = pki.identity("m0");
     identity.clock = Box::new(|| 100 * 365 * 24 * 3600); // 2070: long after the certificates expired (2045)
-    let mut p = Participant::new("m0", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(1))
-        .with_identity(identity);
-    p.handle(AggregatorMsg::Welcome { run_id: RUN, member: "m0".into() }).unwrap();
+    let mut p = welcomed(identity);
     start(&mut p, 1);
     let (s1, k1) = session(1, 1, 11);
     let (s2, k2) = session(1, 2, 12);
@@ -227,9 +231,7 @@ fn member_refuses_a_ground_graph_seed() {
     let (m1_cert, m1_key) = pki.issue("m1");
     let (m2_cert, m2_key) = pki.issue("m2");
     let (mut m1, mut m2) = (KeySigner(m1_key), KeySigner(m2_key));
-    let mut p = Participant::new("m0", Policy { chunk_values: 5, ..Policy::default() }, ChaCha20Rng::seed_from_u64(1))
-        .with_identity(pki.identity("m0"));
-    p.handle(AggregatorMsg::Welcome { run_id: RUN, member: "m0".into() }).unwrap();
+    let mut p = welcomed(pki.identity("m0"));
 
     // A roster without m0, and one with m0's commitment swapped.
     for (round, swap) in [(1, false), (2, true)] {
