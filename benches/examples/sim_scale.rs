@@ -105,11 +105,14 @@ fn main() {
             round_deadline_ms: 3_600_000,
             phase_timeout_ms: 3_600_000,
             max_round_retries: 0,
+            retry_backoff_ms: 0,
+            retry_backoff_max_ms: 0,
             seed: 5,
             chunk_values: Limits::default().chunk_values,
             stream_slots: 1,
             stream_idle_ms: 3_600_000,
             unhealthy_after: 3,
+            admission: None,
             robust: None,
         };
         let coordinator = Coordinator::new(

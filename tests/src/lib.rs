@@ -78,6 +78,8 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             max_round_retries: 3,
             unhealthy_after: 3,
             quorum_warning_secs: 60.0,
+            retry_backoff_secs: 0.5,
+            retry_backoff_max_secs: 2.0,
         },
         model: ModelSection::Tabular(wdbc_model()),
         train: TrainSection {
@@ -92,6 +94,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
         privacy: None,
         state: Default::default(),
         status: Default::default(),
+        data: Some(tessera_aggregator::DataSection { schema: SchemaSource::File(wdbc_schema()) }),
     }
 }
 

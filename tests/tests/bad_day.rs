@@ -210,3 +210,52 @@ fn the_client_refuses_a_bad_address_a_foreign_certificate_and_names_absolute_pat
     let (ok, err) = client_start(&dir, "missing.toml");
     assert!(!ok && err.contains(&real.join("data/missing.csv").display().to_string()), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatched_member_is_refused_at_admission_by_name_and_costs_no_budget() {
+    let client_bin = client_binary();
+    let site = Site::new();
+    let port = free_udp_port();
+    let config =
+        aggregator_toml(&site, "mismatch", &RunOptions { rounds: 2, quic_port: port, http_port: None, dp: true });
+    // Two members suffice, and the aggregator declares the consortium's schema.
+    let toml = std::fs::read_to_string(&config).unwrap().replace("min_clients = 3", "min_clients = 2");
+    let schema = tessera_e2e::wdbc_schema();
+    std::fs::write(&config, format!("{toml}\n[data]\nschema = \"{}\"\n", schema.display())).unwrap();
+    let _agg = Reaper(Some(spawn_aggregator(&config, None)));
+
+    // hospital-c's [model] has another hidden layer: its update would not fit.
+    member_config(&site, "mismatch", 2, port);
+    let c_toml = site.path().join("mismatch/hospital-c.toml");
+    let text = std::fs::read_to_string(&c_toml).unwrap().replace("hidden = [8]", "hidden = [16]");
+    std::fs::write(&c_toml, text).unwrap();
+    let mut c = Reaper(Some(spawn_client(&client_bin, &c_toml, "hospital-c.log")));
+    assert!(!wait_child(c.child(), Duration::from_secs(60), "the mismatched hospital-c"), "must exit non-zero");
+    let c_log = std::fs::read_to_string(c_toml.with_file_name("hospital-c.log")).unwrap();
+    assert!(c_log.contains("member hospital-c's [model] section differs from the aggregator's"), "{c_log}");
+    let serve = std::fs::read_to_string(serve_log(&config)).unwrap();
+    let refused = serve.lines().find(|l| l.contains("member refused at admission")).expect("the operator's log");
+    assert!(
+        refused.contains("hospital-c") && refused.contains("member: model ") && refused.contains("aggregator: model ")
+    );
+
+    // The others run the whole run without it; not one attempt aborts.
+    let gates = Arc::new(Gates::default());
+    let members: Vec<_> =
+        (0..2).map(|i| tokio::spawn(run_member(member_config(&site, "mismatch", i, port), gates.clone()))).collect();
+    join_members(members).await;
+    let db = rusqlite::Connection::open(state_db(&config)).unwrap();
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM rounds WHERE status = 'completed'"), Some(2));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM rounds WHERE status != 'completed'"), Some(0));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM rounds WHERE cohort LIKE '%hospital-c%'"), Some(0));
+    // Budget: one reservation per completed round, nothing for hospital-c.
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM ledger"), Some(2));
+    let body: String = db
+        .query_row("SELECT body FROM audit WHERE kind = 'admission_refused'", [], |r| r.get(0))
+        .expect("an admission_refused audit entry");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["member"], "hospital-c");
+    assert_eq!(body["differs"], "[model] section");
+    assert_ne!(body["member_model"], body["expected_model"]);
+    assert_eq!(body["member_schema"], body["expected_schema"]);
+}

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tessera_core::{ModelSection, TrainSettings};
+use tessera_core::{FeatureSchema, ModelSection, SchemaSource, TrainSettings};
 
-use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
+use tessera_protocol::{AdmissionPolicy, StrategyConfig, settings_digest};
 
 /// Why `aggregator.toml` was refused; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,16 @@ pub enum ConfigError {
         /// Which value is wrong and why.
         message: String,
     },
+}
+
+/// `[data]`: all the aggregator knows of its members' data, the
+/// consortium's declared feature schema. Members announce a digest of
+/// theirs at admission, and one that differs is refused by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// The schema file (relative to `aggregator.toml`), or the schema inline.
+    pub schema: SchemaSource,
 }
 
 /// `[server]`: where the aggregator listens and whom it admits.
@@ -103,6 +113,20 @@ pub struct RunSection {
     /// logs who is missing, the first time at once.
     #[serde(default = "default_quorum_warning")]
     pub quorum_warning_secs: f64,
+    /// Seconds to wait after an aborted attempt before the next (default
+    /// 2); the wait doubles with each further consecutive abort.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff_secs: f64,
+    /// The longest wait between attempts (default 60).
+    #[serde(default = "default_retry_backoff_max")]
+    pub retry_backoff_max_secs: f64,
+}
+
+fn default_retry_backoff() -> f64 {
+    2.0
+}
+fn default_retry_backoff_max() -> f64 {
+    60.0
 }
 
 fn default_cohort() -> CohortSelection {
@@ -254,6 +278,10 @@ pub struct AggregatorConfig {
     /// `[status]`: the optional status endpoint.
     #[serde(default)]
     pub status: StatusSection,
+    /// `[data]`: the consortium's feature schema; without it members'
+    /// schemas are not compared at admission (their `[model]` still is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSection>,
 }
 
 impl AggregatorConfig {
@@ -278,8 +306,34 @@ impl AggregatorConfig {
         if let Some(p) = cfg.state.path.as_mut() {
             *p = base.join(&*p);
         }
+        if let Some(DataSection { schema: SchemaSource::File(p) }) = cfg.data.as_mut() {
+            *p = base.join(&*p);
+        }
         cfg.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        cfg.admission_policy().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
         Ok(cfg)
+    }
+
+    /// The consortium's declared feature schema, read from its file.
+    pub fn schema(&self) -> Result<Option<FeatureSchema>, String> {
+        match self.data.as_ref().map(|d| &d.schema) {
+            None => Ok(None),
+            Some(SchemaSource::FitLocally) => Err(format!(
+                "data.schema = \"{}\" names no schema to compare members' with; leave [data] out instead",
+                tessera_core::FIT_LOCALLY
+            )),
+            Some(SchemaSource::Declared(s)) => Ok(Some(s.clone())),
+            Some(SchemaSource::File(p)) => {
+                tessera_tabular::load_schema(p).map(Some).map_err(|e| format!("data.schema: {e}"))
+            }
+        }
+    }
+
+    /// What members must announce to be admitted: the digest of this
+    /// `[model]` and, when `[data]` declares one, the schema.
+    pub fn admission_policy(&self) -> Result<AdmissionPolicy, String> {
+        let schema = self.schema()?;
+        Ok(AdmissionPolicy { expected: settings_digest(&self.model, schema.as_ref()), check_schema: schema.is_some() })
     }
 
     /// Check values TOML cannot express (ranges, member names, a quorum the
@@ -304,6 +358,10 @@ impl AggregatorConfig {
         if !(self.run.round_deadline_secs > 0.0 && self.run.phase_timeout_secs > 0.0 && self.run.stream_idle_secs > 0.0)
         {
             return Err("run deadlines must be positive".into());
+        }
+        let (b, cap) = (self.run.retry_backoff_secs, self.run.retry_backoff_max_secs);
+        if !(b >= 0.0 && cap >= b && cap.is_finite()) {
+            return Err("run.retry_backoff_secs must be at least 0 and at most run.retry_backoff_max_secs".into());
         }
         if !(self.run.quorum_warning_secs > 0.0 && self.run.quorum_warning_secs.is_finite()) {
             return Err("run.quorum_warning_secs must be a positive number of seconds".into());

@@ -42,8 +42,8 @@ pub use crate::revocation::REVOKED_FILE;
 use crate::revocation::{RevocationError, RevocationList};
 use crate::status::{MemberStatus, RunState, StatusSnapshot};
 use crate::store::{StateStore, now_ms};
-use tessera_protocol::ServerOptimizer;
 use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
+use tessera_protocol::{AdmissionPolicy, ServerOptimizer};
 
 /// Why the daemon could not start or finish a run.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +139,12 @@ impl Admission for ConsortiumAdmission {
 }
 
 /// The coordinator settings an aggregator config implies.
-pub fn coordinator_config(cfg: &AggregatorConfig, run_id: RunId, seed: u64) -> CoordinatorConfig {
+pub fn coordinator_config(
+    cfg: &AggregatorConfig,
+    run_id: RunId,
+    seed: u64,
+    admission: AdmissionPolicy,
+) -> CoordinatorConfig {
     CoordinatorConfig {
         run_id,
         rounds: cfg.run.rounds,
@@ -153,11 +158,14 @@ pub fn coordinator_config(cfg: &AggregatorConfig, run_id: RunId, seed: u64) -> C
         round_deadline_ms: (cfg.run.round_deadline_secs * 1000.0) as u64,
         phase_timeout_ms: (cfg.run.phase_timeout_secs * 1000.0) as u64,
         max_round_retries: cfg.run.max_round_retries,
+        retry_backoff_ms: (cfg.run.retry_backoff_secs * 1000.0) as u64,
+        retry_backoff_max_ms: (cfg.run.retry_backoff_max_secs * 1000.0) as u64,
         seed,
         chunk_values: tessera_core::Limits::default().chunk_values,
         stream_slots: 1,
         stream_idle_ms: (cfg.run.stream_idle_secs * 1000.0) as u64,
         unhealthy_after: cfg.run.unhealthy_after,
+        admission: Some(admission),
         robust: None,
     }
 }
@@ -220,9 +228,18 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         "aggregator ready; waiting for {} members",
         cfg.run.min_clients
     );
+    let admission = cfg.admission_policy().map_err(DaemonError::State)?;
+    if admission.check_schema {
+        tracing::info!(settings = %admission.expected, "members must announce these settings to be admitted");
+    } else {
+        tracing::warn!(
+            settings = %admission.expected,
+            "no [data] schema: members' [model] is checked at admission, their feature schemas are not"
+        );
+    }
     let spent = resume.spent.clone();
     let coordinator = Coordinator::new(
-        coordinator_config(&cfg, run_id, seed),
+        coordinator_config(&cfg, run_id, seed, admission),
         resume.global,
         resume.optimizer,
         Resume {
@@ -233,6 +250,16 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         },
         central_noise_key(),
     )?;
+    let remaining = cfg.run.rounds.saturating_sub(resume.completed);
+    if let Some(affordable) = coordinator.affordable_rounds().filter(|a| *a < remaining) {
+        tracing::warn!(
+            remaining,
+            affordable,
+            "the remaining privacy budget affords {affordable} of the {remaining} rounds still to run (an \
+             interrupted or aborted attempt's spend stays charged): the run will end after {} rounds",
+            resume.completed + affordable
+        );
+    }
 
     let status: SharedStatus =
         Arc::new(RwLock::new(initial_status(&cfg, &store, &coordinator, run_id, &records, &revoked)?));
@@ -276,7 +303,7 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         let reason = format!("completed {} rounds", cfg.run.rounds);
         tracing::info!("{reason}; the run in the state database is already complete");
         drop(listener);
-        (coordinator, RunEnd { reason, completed_rounds: resume.completed })
+        (coordinator, RunEnd { reason, completed_rounds: resume.completed, failed: None })
     } else {
         let opts = DriverOptions { revocations: Some(revocations), ..DriverOptions::default() };
         serve(listener, coordinator, &mut observer, opts).await
@@ -286,7 +313,9 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
     watcher.abort();
 
     let digest = coordinator.global().digest_hex();
-    let finished = coordinator.is_finished() || already_done;
+    // A run that could not make progress is not over: a restart (after
+    // the operator fixed the cause) resumes it.
+    let finished = (coordinator.is_finished() && end.failed.is_none()) || already_done;
     if finished && lock(&store).run_info()?.is_some_and(|r| r.finished.is_none()) {
         lock(&store).finish_run(&end.reason, end.completed_rounds, &digest, now_ms())?;
     }

@@ -23,7 +23,8 @@ use tessera_transport::{FrameReceiver, FrameSender, Listener, close_code};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use tessera_protocol::coordinator::{Coordinator, Event, Handled, Output, RoundOutcome};
+use tessera_protocol::AdmissionRefusal;
+use tessera_protocol::coordinator::{Coordinator, Dropout, Event, Handled, Output, RoundOutcome};
 
 use crate::revocation::RevocationList;
 use crate::store::StoreError;
@@ -32,7 +33,7 @@ use crate::store::StoreError;
 enum WriterCmd {
     Msg(AggregatorMsg),
     Model(u64, tessera_core::ModelPurpose, Arc<tessera_core::ModelParams>),
-    Close(String),
+    Close(u32, String),
 }
 
 /// Closes a connection ahead of anything queued for its writer (a model
@@ -82,7 +83,10 @@ pub trait RunObserver: Send {
     fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, coordinator: &Coordinator);
     /// A round attempt was abandoned (`dropped`: the members that failed
     /// it); the coordinator retries under a new wire round number.
-    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]);
+    /// `refunded`: the attempt's privacy reservation was taken back (nothing
+    /// of it can be released), with the cumulative epsilon after it; record
+    /// the refund durably.
+    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[Dropout], refunded: Option<f64>);
     /// A round's privacy spend was charged; called before any message of
     /// the round is sent. Persist it durably before returning (write-ahead);
     /// an `Err` stops the run before anything is released.
@@ -100,6 +104,11 @@ pub trait RunObserver: Send {
     /// default.
     fn rejected(&mut self, member: &str, error: &str) {
         tracing::warn!(member = %member, error, "rejected a message");
+    }
+    /// A member was refused at admission (its settings differ from the
+    /// consortium's); logged by default, audited by the daemon.
+    fn admission_refused(&mut self, refusal: &AdmissionRefusal) {
+        tracing::error!(member = refusal.member(), reason = %refusal, "member refused at admission");
     }
     /// Share holders whose revealed share failed its check in `round`
     /// (the round completed without them); logged by default, audited by
@@ -144,6 +153,11 @@ pub struct RunEnd {
     pub reason: String,
     /// Rounds completed and counted toward the run.
     pub completed_rounds: u64,
+    /// Set when the run ended because it could not make progress
+    /// (consecutive aborted attempts, a round that cannot start, a state
+    /// write that failed): the one-line reason. The daemon then exits
+    /// non-zero, so a supervisor's `Restart=on-failure` sees it.
+    pub failed: Option<String>,
 }
 
 /// Run the coordinator until the run finishes, accepting connections from
@@ -181,7 +195,11 @@ pub async fn serve(
                 return finished(d.coordinator, reason);
             }
             // Nothing of the round has been sent: queued messages are dropped unsent.
-            Err(reason) => return finished(d.coordinator, reason),
+            Err(reason) => {
+                let (coordinator, mut end) = finished(d.coordinator, reason);
+                end.failed = Some(end.reason.clone());
+                return (coordinator, end);
+            }
         }
         let deadline = d.coordinator.next_deadline().map(|ms| d.start + Duration::from_millis(ms));
         tokio::select! {
@@ -258,7 +276,15 @@ impl Driver<'_> {
                 }
                 // The entry stays until the reader reports the close, so the
                 // coordinator hears of the disconnect exactly once.
-                Output::Disconnect { member, reason } => self.connections.send(&member, WriterCmd::Close(reason)),
+                Output::Disconnect { member, reason } => {
+                    self.connections.send(&member, WriterCmd::Close(close_code::PROTOCOL, reason))
+                }
+                // Closed as a refusal: the member stops instead of dialling
+                // again into the same refusal.
+                Output::RefuseAdmission { member, refusal } => {
+                    self.observer.admission_refused(&refusal);
+                    self.connections.send(&member, WriterCmd::Close(close_code::REFUSED, refusal.to_string()))
+                }
                 Output::Event(Event::RunFinished { reason }) => end = Some(reason),
                 Output::Event(ev) => self.on_coordinator_event(ev)?,
             }
@@ -286,9 +312,12 @@ impl Driver<'_> {
                     return Err(format!("privacy ledger write failed: {}", tessera_cli::ErrorChain(&e)));
                 }
             }
-            Event::RoundAborted { round, reason, dropped } => {
+            Event::RoundAborted { round, reason, dropped, refunded, retry_in_ms } => {
                 self.traffic.take(round);
-                self.observer.round_aborted(round, &reason, &dropped);
+                self.observer.round_aborted(round, &reason, &dropped, refunded);
+                if retry_in_ms > 0 && !self.coordinator.is_finished() {
+                    tracing::info!(wire_round = round, retry_in_ms, "backing off before the next attempt");
+                }
             }
             Event::Rejected { member, error } => self.observer.rejected(&member, &error),
             Event::BadShares { round, members } => self.observer.bad_shares(round, &members),
@@ -380,7 +409,7 @@ struct Connections(BTreeMap<String, Live>);
 impl Connections {
     fn open(&mut self, member: String, live: Live) {
         if let Some(old) = self.0.insert(member, live) {
-            let _ = old.writer.send(WriterCmd::Close("replaced by a newer connection".into()));
+            let _ = old.writer.send(WriterCmd::Close(close_code::PROTOCOL, "replaced by a newer connection".into()));
         }
     }
 
@@ -470,7 +499,8 @@ fn round_record(outcome: &RoundOutcome, (up, down): (u64, u64)) -> RoundRecord {
 
 fn finished(coordinator: Coordinator, reason: String) -> (Coordinator, RunEnd) {
     let completed_rounds = coordinator.completed();
-    (coordinator, RunEnd { reason, completed_rounds })
+    let failed = coordinator.failure().map(str::to_string);
+    (coordinator, RunEnd { reason, completed_rounds, failed })
 }
 
 /// The next version of the revocation list; never ready without a list
@@ -549,7 +579,7 @@ fn spawn_connection(
                         }
                         Ok(None)
                     }
-                    WriterCmd::Close(reason) => Ok(Some((close_code::PROTOCOL, reason))),
+                    WriterCmd::Close(code, reason) => Ok(Some((code, reason))),
                 }
             };
             let next = tokio::select! {

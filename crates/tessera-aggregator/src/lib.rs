@@ -48,7 +48,9 @@ mod status;
 mod store;
 
 pub use audit::{AuditBreak, AuditEntry};
-pub use config::{AggregatorConfig, ConfigError, RunSection, ServerSection, StateSection, StatusSection, TrainSection};
+pub use config::{
+    AggregatorConfig, ConfigError, DataSection, RunSection, ServerSection, StateSection, StatusSection, TrainSection,
+};
 pub use daemon::DaemonError;
 pub use driver::{DriverOptions, RunEnd, RunObserver, serve};
 pub use export::{ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors};

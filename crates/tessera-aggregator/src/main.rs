@@ -298,9 +298,16 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
             state = %cfg.state_path().display(),
             "aggregator started"
         );
-        // The driver logs how the run ended.
-        daemon::run(cfg, listener).await?;
-        anyhow::Ok(())
+        // The driver logs how the run ended; one that cannot make progress
+        // is an error, so `Restart=on-failure` and schedulers see it.
+        let end = daemon::run(cfg, listener).await?;
+        match end.failed {
+            Some(reason) => Err(anyhow::anyhow!(
+                "the run cannot make progress after {} completed rounds: {reason}",
+                end.completed_rounds
+            )),
+            None => Ok(()),
+        }
     })
 }
 

@@ -12,7 +12,8 @@ use crate::http::SharedStatus;
 use crate::report::RunDir;
 use crate::status::{RoundPoint, RunState, StatusSnapshot};
 use crate::store::{FinishedRound, StateStore, StoreError, now_ms};
-use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
+use tessera_protocol::AdmissionRefusal;
+use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome};
 
 /// Test-only fault injection: after the completion of this many rounds has
 /// been committed, the daemon stops making progress (as if hung), so a test
@@ -225,17 +226,25 @@ impl RunObserver for DaemonObserver {
         }
     }
 
-    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]) {
+    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[Dropout], refunded: Option<f64>) {
+        let causes: Vec<String> = dropped.iter().map(Dropout::to_string).collect();
         tracing::warn!(
             round = self.completed + 1,
             attempt = self.attempt,
             wire_round = round,
             reason,
-            dropped = dropped.join(","),
-            "round attempt abandoned; it will be retried"
+            dropped = causes.join("; "),
+            "round attempt abandoned"
         );
+        if let Some(epsilon) = refunded {
+            tracing::info!(
+                wire_round = round,
+                epsilon,
+                "no member handed in an update: the attempt's privacy reservation is refunded"
+            );
+        }
         self.run.aborted += 1;
-        let res = lock(&self.store).round_aborted(round, reason, dropped, now_ms());
+        let res = lock(&self.store).round_aborted(round, reason, dropped, refunded, now_ms());
         if let Err(e) = res {
             self.fail("recording an aborted round", &e);
         }
@@ -243,6 +252,14 @@ impl RunObserver for DaemonObserver {
         s.aborted_rounds += 1;
         s.current_round = None;
         s.phase = None;
+    }
+
+    fn admission_refused(&mut self, refusal: &AdmissionRefusal) {
+        tracing::error!(member = refusal.member(), reason = %refusal, "member refused at admission");
+        let res = lock(&self.store).admission_refused(refusal, now_ms());
+        if let Err(e) = res {
+            self.fail("recording an admission refusal", &e);
+        }
     }
 
     fn bad_shares(&mut self, round: u64, members: &[String]) {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore};
+use tessera_core::SettingsDigest;
 use tessera_privacy::PrivacyBudget;
 use tessera_protocol::member::{MemberRng, Participant};
 use tessera_tabular::TabularData;
@@ -45,7 +46,10 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRando
     );
     let identity = crate::identity::load_member_identity(&cfg.aggregator.cert, &cfg.aggregator.key, &cfg.aggregator.ca)
         .map_err(|e| anyhow::anyhow!("member identity for signed key advertisements: {e}"))?;
-    let mut p = Participant::new(cfg.member.clone(), policy.policy(), rng).with_identity(identity);
+    let settings = settings_digest(cfg)?;
+    tracing::info!(member = %cfg.member, %settings, "announcing these settings at admission");
+    let mut p =
+        Participant::new(cfg.member.clone(), policy.policy(), rng).with_identity(identity).with_settings(settings);
     if let Some(privacy) = &cfg.privacy {
         let budget = PrivacyBudget { epsilon: privacy.epsilon, delta: privacy.delta };
         let guard = LedgerGuard::open(&privacy.ledger, budget)
@@ -55,6 +59,16 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRando
         p = p.with_privacy_guard(Box::new(guard));
     }
     Ok(p)
+}
+
+/// The digest of this member's `[model]` and declared schema, announced
+/// at admission (the schema file is read here; the data is not).
+pub fn settings_digest(cfg: &ClientConfig) -> anyhow::Result<SettingsDigest> {
+    let schema = match &cfg.data {
+        DataConfig::Csv(section) => section.spec().declared_schema()?,
+        DataConfig::Images(_) => None,
+    };
+    Ok(tessera_protocol::settings_digest(&cfg.model, schema.as_ref()))
 }
 
 /// Load the member's data and build its model (data stays in this process).

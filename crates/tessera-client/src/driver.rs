@@ -252,6 +252,12 @@ impl<M: LocalModel> Member<'_, M> {
                         tracing::info!(member = %participant.member(), %reason, "run finished");
                         self.shutdown = Some(reason);
                     }
+                    Event::PrivacyRefunded { round, epsilon } => tracing::info!(
+                        member = %participant.member(),
+                        round,
+                        epsilon,
+                        "the round ended before this member's update left: its privacy charge is refunded"
+                    ),
                     Event::RoundEnded { round, accepted, reason } => {
                         tracing::info!(
                             member = %participant.member(),

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use tessera_privacy::{FileLedgerStore, GaussianSpend, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger};
+use tessera_privacy::{
+    FileLedgerStore, GaussianSpend, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger, Reservation,
+};
 
 use tessera_protocol::member::{BudgetRefusal, PrivacyGuard};
 
@@ -14,6 +16,9 @@ use tessera_protocol::member::{BudgetRefusal, PrivacyGuard};
 /// starts, and a round the remaining budget cannot afford is refused.
 pub struct LedgerGuard<S: LedgerStore> {
     ledger: PrivacyLedger<S>,
+    /// The charge of the round in progress, reserved (and so counted) but
+    /// not yet committed: `refund` can still take it back.
+    open: Option<(u64, Reservation)>,
 }
 
 impl LedgerGuard<FileLedgerStore> {
@@ -22,14 +27,14 @@ impl LedgerGuard<FileLedgerStore> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(Self { ledger: PrivacyLedger::open(FileLedgerStore::open(path)?, budget)? })
+        Ok(Self::new(PrivacyLedger::open(FileLedgerStore::open(path)?, budget)?))
     }
 }
 
 impl<S: LedgerStore> LedgerGuard<S> {
     /// A guard over an already opened ledger (any store).
     pub fn new(ledger: PrivacyLedger<S>) -> Self {
-        Self { ledger }
+        Self { ledger, open: None }
     }
 
     /// The ledger, to read what has been spent.
@@ -39,7 +44,7 @@ impl<S: LedgerStore> LedgerGuard<S> {
 }
 
 impl<S: LedgerStore + Send> PrivacyGuard for LedgerGuard<S> {
-    fn charge(&mut self, _round: u64, spend: &GaussianSpend) -> Result<(), BudgetRefusal> {
+    fn charge(&mut self, round: u64, spend: &GaussianSpend) -> Result<(), BudgetRefusal> {
         // Entries are keyed by a local sequence number: round numbers restart
         // with every run, but the member's budget spans all of them.
         let key = self.ledger.last_round().map_or(1, |r| r + 1);
@@ -56,9 +61,41 @@ impl<S: LedgerStore + Send> PrivacyGuard for LedgerGuard<S> {
             }
             other => other.map_err(ledger_failed)?,
         };
-        // The spend is durable now; the release may follow. It stays
-        // counted whether or not the round completes.
-        self.ledger.commit(reservation).map_err(ledger_failed)
+        // The spend is durable (and counted) now; training may follow. A
+        // crash leaves it counted. An older open charge is final: its round
+        // ended without word of it (a lost connection).
+        if let Some((_, older)) = self.open.replace((round, reservation)) {
+            self.ledger.commit(older).map_err(ledger_failed)?;
+        }
+        Ok(())
+    }
+
+    fn released(&mut self, round: u64) -> Result<(), BudgetRefusal> {
+        match self.open.take() {
+            Some((r, reservation)) if r == round => {
+                self.ledger.commit(reservation).map_err(|e| BudgetRefusal::Ledger(e.to_string()))
+            }
+            other => {
+                self.open = other;
+                Ok(())
+            }
+        }
+    }
+
+    fn refund(&mut self, round: u64) -> Result<Option<f64>, BudgetRefusal> {
+        let ledger_failed = |e: LedgerError| BudgetRefusal::Ledger(e.to_string());
+        match self.open.take() {
+            Some((r, reservation)) if r == round => {
+                let before = self.ledger.spent().map_err(ledger_failed)?.epsilon;
+                self.ledger.abort(reservation).map_err(ledger_failed)?;
+                let after = self.ledger.spent().map_err(ledger_failed)?.epsilon;
+                Ok(Some(before - after))
+            }
+            other => {
+                self.open = other;
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -94,5 +131,38 @@ mod tests {
         let err = LedgerGuard::open(&path, budget).unwrap().charge(7, &spend()).unwrap_err();
         assert!(matches!(err, BudgetRefusal::Exhausted { spent_epsilon, .. } if spent_epsilon == spent), "{err:?}");
         assert!(err.to_string().contains("cannot afford"), "{err}");
+    }
+
+    /// A charge is refunded only while its update has not begun to leave;
+    /// a crash before either keeps it counted.
+    #[test]
+    fn a_charge_is_refunded_only_before_the_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("privacy.jsonl");
+        let budget = PrivacyBudget { epsilon: 100.0, delta: 1e-5 };
+        let mut g = LedgerGuard::open(&path, budget).unwrap();
+        g.charge(5, &spend()).unwrap();
+        let one = g.ledger().spent().unwrap().epsilon;
+        assert!(one > 0.0);
+        // Another round's end refunds nothing; this round's end does.
+        assert_eq!(g.refund(4).unwrap(), None);
+        let back = g.refund(5).unwrap().expect("refunded");
+        assert!((back - one).abs() < 1e-9, "{back} vs {one}");
+        assert_eq!(g.ledger().spent().unwrap().epsilon, 0.0);
+        assert_eq!(g.refund(5).unwrap(), None, "once only");
+
+        // Released: final.
+        g.charge(6, &spend()).unwrap();
+        g.released(6).unwrap();
+        assert_eq!(g.refund(6).unwrap(), None);
+        let after_release = g.ledger().spent().unwrap().epsilon;
+        assert!((after_release - one).abs() < 1e-9);
+
+        // Charged, then the process dies: the reservation still counts.
+        g.charge(7, &spend()).unwrap();
+        let two = g.ledger().spent().unwrap().epsilon;
+        drop(g);
+        let g = LedgerGuard::open(&path, budget).unwrap();
+        assert_eq!(g.ledger().spent().unwrap().epsilon, two);
     }
 }

@@ -22,8 +22,9 @@ pub use payload::Payload;
 /// [`Advertisement`](crate::Advertisement) with certificate and signature).
 /// Version 3: the neighbour graph is drawn by commit and reveal
 /// (`GraphRoster`, `RevealGraphSeed`) and the survivor set is signed before
-/// any share is revealed (`SurvivorSet`, `SignSurvivors`).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// any share is revealed (`SurvivorSet`, `SignSurvivors`). Version 4:
+/// `Hello` announces the member's [`SettingsDigest`](crate::SettingsDigest).
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Bytes of frame header: version byte plus u32 length.
 pub const HEADER_LEN: usize = 5;
@@ -287,7 +288,11 @@ mod tests {
     fn previous_version_names_both_versions() {
         assert_eq!(PROTOCOL_VERSION, 3);
         let l = Limits::default();
-        let mut f = encode_frame(&ClientMsg::Hello { member: "m".into(), protocol_version: 2 }, &l).unwrap();
+        let mut f = encode_frame(
+            &ClientMsg::Hello { member: "m".into(), protocol_version: 2, settings: Default::default() },
+            &l,
+        )
+        .unwrap();
         f[0] = 2;
         let mut d = FrameDecoder::new(l);
         d.push(&f);

@@ -54,7 +54,7 @@ pub use config::{ModelConfig, TrainableConfig};
 pub use evaluate::eval_metrics;
 pub use message::{
     Advertisement, AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose,
-    PublicKeys, ShareReveal,
+    PublicKeys, SettingsDigest, ShareReveal,
 };
 pub use metrics::{EvalMetrics, RoundRecord};
 pub use model::{AugmentConfig, BackboneInit, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig};

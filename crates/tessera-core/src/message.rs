@@ -49,6 +49,37 @@ pub struct Advertisement {
     pub signature: Vec<u8>,
 }
 
+/// What a member announces about its configuration when it connects: a
+/// SHA-256 digest of its `[model]` section and one of its feature schema
+/// (both computed by `tessera_protocol::settings_digest`). The aggregator
+/// compares them with its own before the member may join any round, so a
+/// misconfigured member is refused by name instead of aborting rounds that
+/// other members have already paid privacy budget for.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SettingsDigest {
+    /// Digest of the `[model]` section (file locations and local-only
+    /// performance knobs left out).
+    pub model: [u8; 32],
+    /// Digest of the declared feature schema; all zeros when the member
+    /// declares none (images, or `fit-locally`).
+    pub schema: [u8; 32],
+}
+
+impl SettingsDigest {
+    /// The first 8 bytes of `model` and `schema` in hex, as logs show them.
+    pub fn short(&self) -> String {
+        let hex = |b: &[u8]| b.iter().take(8).map(|x| format!("{x:02x}")).collect::<String>();
+        format!("model {} schema {}", hex(&self.model), hex(&self.schema))
+    }
+}
+
+impl std::fmt::Display for SettingsDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.short())
+    }
+}
+
 /// A Shamir share bundle from one member to another, AES-GCM encrypted under
 /// a key only the two of them can derive. The aggregator relays it blind.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -217,6 +248,8 @@ pub enum ClientMsg {
         member: String,
         /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) of the member's build.
         protocol_version: u8,
+        /// The member's `[model]` and schema, checked at admission.
+        settings: SettingsDigest,
     },
     /// SecAgg step 1: this member's signed public keys for the round.
     AdvertiseKeys {

@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod coordinator;
 mod derive;
 #[cfg(feature = "arbitrary")]
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod member;
 mod strategy;
 
+pub use admission::{AdmissionPolicy, AdmissionRefusal, SettingsPart, settings_digest};
 pub use coordinator::Coordinator;
 pub use derive::{
     DeriveError, UpdateCoding, derive_seed, mean_from_plain, mean_from_secure, round_context, update_coding,

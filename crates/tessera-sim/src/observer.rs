@@ -8,7 +8,7 @@ use std::sync::Arc;
 use indicatif::ProgressBar;
 use tessera_aggregator::{RunDir, RunObserver, StoreError, round_line};
 use tessera_core::RoundRecord;
-use tessera_protocol::coordinator::{Coordinator, RoundOutcome};
+use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome};
 
 use crate::faults::FaultPlan;
 
@@ -59,7 +59,7 @@ impl RunObserver for SimObserver {
         self.write(&record);
     }
 
-    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String]) {
+    fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[Dropout], _refunded: Option<f64>) {
         self.run.aborted += 1;
         // Reported in metrics.jsonl too, as a record that produced nothing.
         let cohort = self.cohorts.remove(&round).unwrap_or_default();

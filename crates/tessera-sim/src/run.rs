@@ -18,7 +18,7 @@ use tessera_client::{ClientOptions, EgressLedger};
 use tessera_core::{Limits, ModelParams, RoundRecord, RunId};
 use tessera_learn::ComputeBackend;
 use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
-use tessera_protocol::{Participant, Policy, derive_seed};
+use tessera_protocol::{AdmissionPolicy, Participant, Policy, derive_seed};
 use tessera_transport::{AdmitAll, Dialer, MemoryNetwork, QuicDialConfig, QuicListenerConfig};
 use tokio::sync::Semaphore;
 
@@ -78,7 +78,7 @@ pub struct SimResult {
 
 /// The coordinator settings of a scenario: generous deadlines, since
 /// simulated members never straggle unless a latency model says so.
-fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
+fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> CoordinatorConfig {
     let mut run_id = [0u8; 16];
     run_id[..8].copy_from_slice(&derive_seed(s.seed, 0, b"run-id").to_le_bytes());
     CoordinatorConfig {
@@ -95,12 +95,16 @@ fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
         round_deadline_ms: 3_600_000,
         phase_timeout_ms: 3_600_000,
         max_round_retries: s.max_round_retries,
+        // Simulated attempts retry at once: their time is compute time.
+        retry_backoff_ms: 0,
+        retry_backoff_max_ms: 0,
         seed: s.seed,
         chunk_values: Limits::default().chunk_values,
         stream_slots: 1,
         // Simulated time has no idle members: a slow one is only slow.
         stream_idle_ms: 3_600_000,
         unhealthy_after: 3,
+        admission: Some(admission),
         robust: s.robust.clone(),
     }
 }
@@ -124,7 +128,8 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
     // Central noise derives from the scenario seed: a simulation reproduces
     // bit for bit, and its noise protects nothing (nor does it need to).
     let noise = CentralNoise::reproducible(s.seed);
-    let coordinator = Coordinator::new(coordinator_config(s), initial, None, Resume::default(), noise)
+    let admission = s.admission_policy()?;
+    let coordinator = Coordinator::new(coordinator_config(s, admission), initial, None, Resume::default(), noise)
         .map_err(|e| anyhow::anyhow!("scenario {}: {e}", s.name))?;
     // A simulation starts afresh (RunDir appends, for resumed daemon runs).
     match std::fs::remove_file(opts.out.join("metrics.jsonl")) {
@@ -194,7 +199,8 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
             let plan = plan.active().then(|| plan.clone());
             let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
             clients.push(tokio::spawn(async move {
-                let mut p = Faulty::new(Participant::new(name, policy, rng).with_identity(identity), plan, k);
+                let p = Participant::new(name, policy, rng).with_identity(identity).with_settings(admission.expected);
+                let mut p = Faulty::new(p, plan, k);
                 let mut egress = EgressLedger::in_memory();
                 tessera_client::run(dialer, &mut p, Arc::new(Mutex::new(model)), &mut egress, opts).await
             }));

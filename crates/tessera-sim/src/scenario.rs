@@ -286,6 +286,20 @@ impl Scenario {
         })
     }
 
+    /// What every simulated member announces at admission, and what the
+    /// coordinator expects: the scenario's `[model]` and declared schema.
+    pub fn admission_policy(&self) -> anyhow::Result<tessera_protocol::AdmissionPolicy> {
+        let schema = match (&self.vision_model, &self.data.schema) {
+            (None, Some(SchemaSource::Declared(schema))) => Some(schema.clone()),
+            (None, Some(SchemaSource::File(path))) => Some(tessera_tabular::load_schema(path)?),
+            _ => None,
+        };
+        Ok(tessera_protocol::AdmissionPolicy {
+            expected: tessera_protocol::settings_digest(&self.model_section()?, schema.as_ref()),
+            check_schema: schema.is_some(),
+        })
+    }
+
     /// The effective minimum number of contributions.
     pub fn min_clients(&self) -> Option<u32> {
         Some(self.min_clients.unwrap_or_else(|| ((2 * self.clients).div_ceil(3)).max(2) as u32))

@@ -16,7 +16,8 @@ use tessera_core::{ModelParams, ParamLayout, RoundRecord};
 use tessera_privacy::{GaussianSpend, LedgerEntry, LedgerError, LedgerStore};
 
 use super::{Result, StateStore, append_audit};
-use tessera_protocol::{ServerOptimizer, StrategyConfig};
+use tessera_protocol::coordinator::Dropout;
+use tessera_protocol::{AdmissionRefusal, ServerOptimizer, StrategyConfig};
 
 /// One round attempt as stored.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -217,17 +218,61 @@ impl StateStore {
         })
     }
 
-    /// A round attempt was abandoned; its spend (if any) stays counted.
-    pub(crate) fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[String], at_ms: i64) -> Result<()> {
+    /// A round attempt was abandoned. Its spend stays counted unless
+    /// `refunded` (the cumulative epsilon after the refund): then an
+    /// `Aborted` ledger entry returns it, audited as `privacy_refunded`.
+    pub(crate) fn round_aborted(
+        &mut self,
+        round: u64,
+        reason: &str,
+        dropped: &[Dropout],
+        refunded: Option<f64>,
+        at_ms: i64,
+    ) -> Result<()> {
+        let names: Vec<&str> = dropped.iter().map(|d| d.member.as_str()).collect();
+        let causes: serde_json::Map<String, serde_json::Value> =
+            dropped.iter().map(|d| (d.member.clone(), d.cause.clone().into())).collect();
+        let delta = match refunded {
+            Some(_) => self.epsilon_spent()?.map(|(_, d)| d),
+            None => None,
+        };
         self.write(|tx| {
             tx.execute(
                 "UPDATE rounds SET status = 'aborted', finished_ms = ?2, reason = ?3, dropped = ?4
                  WHERE round = ?1 AND status = 'started'",
-                params![round as i64, at_ms, reason, json(&dropped)],
+                params![round as i64, at_ms, reason, json(&names)],
             )?;
-            let body = serde_json::json!({ "round": round, "reason": reason, "dropped": dropped });
-            append_audit(tx, at_ms, "round_aborted", &body)
+            let body = serde_json::json!({ "round": round, "reason": reason, "dropped": names, "causes": causes });
+            append_audit(tx, at_ms, "round_aborted", &body)?;
+            if let (Some(epsilon_after), Some(delta)) = (refunded, delta) {
+                insert_ledger(tx, at_ms, round, &LedgerEntry::Aborted { round }, Some((epsilon_after, delta)))?;
+                let body = serde_json::json!({ "round": round, "epsilon_after": epsilon_after, "delta": delta });
+                append_audit(tx, at_ms, "privacy_refunded", &body)?;
+            }
+            Ok(())
         })
+    }
+
+    /// A member refused at admission, with both settings digests in full.
+    pub(crate) fn admission_refused(&mut self, refusal: &AdmissionRefusal, at_ms: i64) -> Result<()> {
+        let hex = |b: &[u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let body = match refusal {
+            AdmissionRefusal::Settings { member, part, announced, expected } => serde_json::json!({
+                "member": member,
+                "differs": part.to_string(),
+                "member_model": hex(&announced.model),
+                "member_schema": hex(&announced.schema),
+                "expected_model": hex(&expected.model),
+                "expected_schema": hex(&expected.schema),
+            }),
+            AdmissionRefusal::ProtocolVersion { member, announced, expected } => serde_json::json!({
+                "member": member,
+                "differs": "protocol version",
+                "member_protocol": announced,
+                "expected_protocol": expected,
+            }),
+        };
+        self.write(|tx| append_audit(tx, at_ms, "admission_refused", &body))
     }
 
     /// Share holders whose revealed share failed its check (robust

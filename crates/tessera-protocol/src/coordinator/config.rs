@@ -5,6 +5,7 @@ use tessera_core::{RunId, TrainSettings};
 use tessera_privacy::GaussianSpend;
 
 use super::{CohortSelection, PrivacyConfig, RobustRule};
+use crate::AdmissionPolicy;
 use crate::strategy::StrategyConfig;
 
 /// Secure-aggregation parameters of a run; per-round values derive from it.
@@ -59,6 +60,13 @@ pub struct CoordinatorConfig {
     pub phase_timeout_ms: u64,
     /// Consecutive aborted attempts before the run gives up.
     pub max_round_retries: u32,
+    /// Wait after the first aborted attempt before the next; it doubles
+    /// with every further consecutive abort, up to `retry_backoff_max_ms`.
+    /// A fault that aborts attempts back to back then cannot burn through
+    /// `max_round_retries` (and their reservations) in a second.
+    pub retry_backoff_ms: u64,
+    /// The cap of the retry wait.
+    pub retry_backoff_max_ms: u64,
     /// Seed for cohort sampling, graph seeds and per-member training seeds.
     pub seed: u64,
     /// Values per streamed model chunk.
@@ -73,6 +81,9 @@ pub struct CoordinatorConfig {
     pub stream_idle_ms: u64,
     /// Members failing this many rounds in a row are reported unhealthy.
     pub unhealthy_after: u32,
+    /// What members must announce in `Hello` to be admitted; `None` admits
+    /// every connected member at once (harnesses that check nothing).
+    pub admission: Option<AdmissionPolicy>,
     /// Research only: a Byzantine-robust rule instead of the mean. Needs the
     /// individual updates, so only with `secure: None` and without DP.
     pub robust: Option<RobustRule>,

@@ -38,7 +38,7 @@ use crate::strategy::ServerOptimizer;
 pub use cohort::CohortSelection;
 use cohort::select_cohort;
 pub use config::{CoordinatorConfig, Resume, SecureConfig};
-pub use output::{ConfigError, Event, Output, ReportProblem, VectorProblem, Violation};
+pub use output::{ConfigError, Dropout, Event, Output, ReportProblem, VectorProblem, Violation};
 use privacy::PrivacyState;
 pub use privacy::{
     AdaptiveClipConfig, CentralNoise, ClipStep, PrivacyConfig, PrivacyConfigError, PrivacyPlan, PrivacyStatus,
@@ -57,6 +57,9 @@ pub struct Coordinator {
     cfg: CoordinatorConfig,
     global: Arc<ModelParams>,
     optimizer: ServerOptimizer,
+    /// Connected, waiting for their `Hello` to be checked
+    /// ([`CoordinatorConfig::admission`]).
+    pending: BTreeSet<String>,
     online: BTreeSet<String>,
     health: BTreeMap<String, MemberHealth>,
     /// Next round number to run (rounds are numbered from 1). Aborted
@@ -69,6 +72,10 @@ pub struct Coordinator {
     finished: bool,
     /// Caller-imposed stop before the next round (e.g. privacy budget).
     stop_reason: Option<String>,
+    /// Why the run could not go on, once it has ended so.
+    failure: Option<String>,
+    /// No attempt starts before this time (backoff after aborts); 0: none.
+    retry_not_before: u64,
     privacy: Option<PrivacyState>,
     /// Whether this instance has started a round yet (the start quorum
     /// applies to the first round of each process).
@@ -113,6 +120,7 @@ impl Coordinator {
             cfg,
             global: Arc::new(global),
             optimizer,
+            pending: BTreeSet::new(),
             online: BTreeSet::new(),
             health: BTreeMap::new(),
             next_round: resume.next_round.max(1),
@@ -122,11 +130,22 @@ impl Coordinator {
             out: VecDeque::new(),
             finished: false,
             stop_reason: None,
+            failure: None,
+            retry_not_before: 0,
             privacy,
             started_any: false,
             clip_step: None,
             noise,
         })
+    }
+
+    /// Under DP: how many of the rounds still to run the remaining budget
+    /// affords. Fewer than remain after a crash charged an interrupted
+    /// round (its spend stays counted): the run then ends that much short,
+    /// which drivers tell the operator at start-up.
+    pub fn affordable_rounds(&self) -> Option<u64> {
+        let remaining = self.cfg.rounds.saturating_sub(self.completed);
+        self.privacy.as_ref().map(|p| p.affordable_rounds(remaining))
     }
 
     /// Epsilon spent against the budget, when the run is private.
@@ -185,8 +204,20 @@ impl Coordinator {
         self.out.pop_front()
     }
 
-    /// A member finished its handshake and was admitted.
+    /// A member finished its handshake (its certificate admitted it). With
+    /// [`CoordinatorConfig::admission`] set, it joins only once its `Hello`
+    /// announces the consortium's settings; otherwise at once.
     pub fn member_connected(&mut self, now_ms: u64, member: &str) {
+        if self.cfg.admission.is_some() {
+            self.online.remove(member);
+            self.pending.insert(member.to_string());
+            return;
+        }
+        self.admit(now_ms, member);
+    }
+
+    fn admit(&mut self, now_ms: u64, member: &str) {
+        self.pending.remove(member);
         self.online.insert(member.to_string());
         self.health.entry(member.to_string()).or_default();
         self.out.push_back(Output::Send {
@@ -196,12 +227,31 @@ impl Coordinator {
         self.maybe_start_round(now_ms);
     }
 
+    /// A pending member's `Hello`: admit it, or refuse it by name before
+    /// any round (and any privacy reservation) can include it.
+    fn hello(&mut self, now_ms: u64, member: &str, msg: &ClientMsg) {
+        let (Some(policy), ClientMsg::Hello { protocol_version, settings, .. }) = (&self.cfg.admission, msg) else {
+            return;
+        };
+        if !self.pending.contains(member) {
+            return; // Admitted already; a repeated Hello changes nothing.
+        }
+        match policy.check(member, *protocol_version, *settings) {
+            Ok(()) => self.admit(now_ms, member),
+            Err(refusal) => {
+                self.pending.remove(member);
+                self.out.push_back(Output::RefuseAdmission { member: member.to_string(), refusal });
+            }
+        }
+    }
+
     /// A member's connection closed. Its round membership stays until the
     /// current phase's deadline decides, so a brief blip is not fatal.
     pub fn member_disconnected(&mut self, now_ms: u64, member: &str) {
+        self.pending.remove(member);
         self.online.remove(member);
         if let Some(r) = self.current.as_mut() {
-            r.mark_gone(member);
+            r.mark_gone(member, "disconnected");
         }
         self.advance(now_ms);
     }
@@ -217,7 +267,7 @@ impl Coordinator {
             self.out.push_back(Output::Event(Event::Rejected { member: member.to_string(), error: v.to_string() }));
             self.out.push_back(Output::Disconnect { member: member.to_string(), reason: v.to_string() });
             if let Some(r) = self.current.as_mut() {
-                r.mark_gone(member);
+                r.mark_gone(member, &format!("protocol violation: {v}"));
             }
         }
         self.advance(now_ms);
@@ -232,8 +282,8 @@ impl Coordinator {
             }
             let idle_ms = self.cfg.stream_idle_ms;
             for member in r.idle_streams(now_ms, idle_ms) {
-                r.mark_gone(&member);
                 let reason = format!("its masked stream made no progress for {idle_ms} ms");
+                r.mark_gone(&member, &reason);
                 self.out.push_back(Output::Event(Event::Rejected { member: member.clone(), error: reason.clone() }));
                 self.out.push_back(Output::Disconnect { member, reason });
             }
@@ -243,7 +293,9 @@ impl Coordinator {
 
     /// The earliest time at which `tick` has something to do.
     pub fn next_deadline(&self) -> Option<u64> {
-        let r = self.current.as_ref()?;
+        let Some(r) = self.current.as_ref() else {
+            return (self.retry_not_before > 0 && !self.finished).then_some(self.retry_not_before);
+        };
         let idle = r.next_idle_deadline(self.cfg.stream_idle_ms);
         Some(idle.map_or(r.phase_deadline_ms, |i| i.min(r.phase_deadline_ms)))
     }
@@ -251,7 +303,11 @@ impl Coordinator {
     fn dispatch(&mut self, now_ms: u64, member: &str, msg: ClientMsg) -> Result<Handled, Violation> {
         let kind = msg.kind();
         if matches!(msg, ClientMsg::Hello { .. }) {
+            self.hello(now_ms, member, &msg);
             return Ok(Handled::Done);
+        }
+        if self.pending.contains(member) {
+            return Err(Violation::BeforeHello { kind });
         }
         let Some(r) = self.current.as_mut() else {
             // Nothing is running; late messages from a finished round land
@@ -294,11 +350,13 @@ impl Coordinator {
                             // model again with another cohort, and two sums over
                             // cohorts one member apart reveal that member's
                             // update (issue #17), so the run stops instead.
-                            self.stop_before_next_round(format!(
+                            let stop = format!(
                                 "round {round}'s aggregate was produced but cannot be applied ({reason}); \
                                  the run stops rather than re-run the round on the same model, \
                                  where two sums over different cohorts would reveal one member's update"
-                            ));
+                            );
+                            self.failure = Some(stop.clone());
+                            self.stop_before_next_round(stop);
                             self.abort_round(now_ms, reason);
                         }
                     }
@@ -364,7 +422,7 @@ impl Coordinator {
     fn abort_round(&mut self, now_ms: u64, reason: String) {
         let r = self.current.take().expect("round in progress");
         self.clip_step = None;
-        let dropped: Vec<String> = r.dropped_members();
+        let dropped = r.dropouts();
         self.update_health(&r.cohort, &[]);
         for m in &r.cohort {
             self.out.push_back(Output::Send {
@@ -372,16 +430,51 @@ impl Coordinator {
                 msg: AggregatorMsg::RoundEnd { round: r.round, accepted: false, reason: reason.clone() },
             });
         }
-        self.out.push_back(Output::Event(Event::RoundAborted { round: r.round, reason: reason.clone(), dropped }));
+        // Nothing of an attempt without a single update can be released.
+        let refunded = if r.any_update_received() { None } else { self.refund() };
+        self.attempt_failed(now_ms, r.round, reason, dropped, refunded);
+    }
+
+    /// Count a failed attempt, say so, and schedule the next one after the
+    /// backoff (or give up after `max_round_retries`).
+    fn attempt_failed(
+        &mut self,
+        now_ms: u64,
+        round: u64,
+        reason: String,
+        dropped: Vec<Dropout>,
+        refunded: Option<f64>,
+    ) {
         self.retries += 1;
+        let wait = self.retry_wait_ms();
+        self.retry_not_before = now_ms.saturating_add(wait);
+        self.out.push_back(Output::Event(Event::RoundAborted {
+            round,
+            reason: reason.clone(),
+            dropped,
+            refunded,
+            retry_in_ms: wait,
+        }));
         // Aborted attempts consume a round number so that nothing from the
         // failed attempt can be replayed into the retry.
         self.next_round += 1;
         if self.retries > self.cfg.max_round_retries {
-            self.finish_run(format!("{} consecutive rounds aborted; last: {reason}", self.retries));
+            self.finish_run_failed(format!("{} consecutive round attempts aborted; last: {reason}", self.retries));
         } else {
             self.maybe_start_round(now_ms);
         }
+    }
+
+    /// Take back the running attempt's reservation; the epsilon after it.
+    fn refund(&mut self) -> Option<f64> {
+        let p = self.privacy.as_mut()?;
+        p.refund_last().then(|| p.status().epsilon_spent)
+    }
+
+    /// The wait before the next attempt after `self.retries` consecutive aborts.
+    fn retry_wait_ms(&self) -> u64 {
+        let doublings = self.retries.saturating_sub(1).min(32);
+        self.cfg.retry_backoff_ms.saturating_mul(1u64 << doublings).min(self.cfg.retry_backoff_max_ms)
     }
 
     fn update_health(&mut self, cohort: &[String], contributors: &[String]) {
@@ -399,6 +492,23 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// End the run because it cannot make progress; drivers report
+    /// [`Coordinator::failure`] (the daemon exits non-zero).
+    fn finish_run_failed(&mut self, reason: String) {
+        if !self.finished {
+            self.failure = Some(reason.clone());
+        }
+        self.finish_run(reason);
+    }
+
+    /// Why the run ended without completing, when it could not make
+    /// progress (consecutive aborted attempts, a round that cannot start,
+    /// an aggregate that cannot be applied); `None` while it runs and after
+    /// a normal end (rounds done, budget spent, an operator's stop).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     fn finish_run(&mut self, reason: String) {
@@ -421,6 +531,10 @@ impl Coordinator {
         if self.finished || self.current.is_some() {
             return;
         }
+        if now_ms < self.retry_not_before {
+            return; // Backing off after an aborted attempt.
+        }
+        self.retry_not_before = 0;
         if let Some(reason) = self.stop_reason.take() {
             self.finish_run(reason);
             return;
@@ -448,7 +562,7 @@ impl Coordinator {
         let settings = match self.round_settings(logical, cohort.len() as u32) {
             Ok(s) => s,
             Err(reason) => {
-                self.finish_run(reason);
+                self.finish_run_failed(reason);
                 return;
             }
         };
@@ -479,19 +593,10 @@ impl Coordinator {
         match start {
             Ok(state) => self.current = Some(state),
             Err(reason) => {
-                // Nothing was sent: the round never began for any member.
-                self.out.push_back(Output::Event(Event::RoundAborted {
-                    round,
-                    reason: reason.clone(),
-                    dropped: vec![],
-                }));
-                self.next_round += 1;
-                self.retries += 1;
-                if self.retries > self.cfg.max_round_retries {
-                    self.finish_run(format!("cannot start a round: {reason}"));
-                } else {
-                    self.maybe_start_round(now_ms);
-                }
+                // Nothing was sent: the round never began for any member,
+                // and its reservation goes back.
+                let refunded = self.refund();
+                self.attempt_failed(now_ms, round, format!("cannot start the round: {reason}"), vec![], refunded);
             }
         }
     }

@@ -7,6 +7,7 @@ use tessera_core::{AggregatorMsg, ClientMsgKind, ModelParams, ModelPurpose};
 use tessera_privacy::GaussianSpend;
 
 use super::RoundOutcome;
+use crate::AdmissionRefusal;
 
 /// What the driver must do.
 #[derive(Clone, Debug)]
@@ -37,8 +38,32 @@ pub enum Output {
         /// Why, for the log and the audit trail.
         reason: String,
     },
+    /// Refuse the member at admission: close its connection as a refusal
+    /// (the member stops rather than dial again), log and audit it.
+    RefuseAdmission {
+        /// The member's name.
+        member: String,
+        /// Why, naming the member and both digests.
+        refusal: AdmissionRefusal,
+    },
     /// Log or persist this.
     Event(Event),
+}
+
+/// A cohort member that did not complete an aborted attempt, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropout {
+    /// The member's name.
+    pub member: String,
+    /// What the coordinator saw: a decline with the member's reason, a
+    /// disconnect, a protocol violation, or a phase it did not answer.
+    pub cause: String,
+}
+
+impl std::fmt::Display for Dropout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.member, self.cause)
+    }
 }
 
 /// Things worth logging or persisting.
@@ -74,8 +99,16 @@ pub enum Event {
         round: u64,
         /// Why.
         reason: String,
-        /// The members that dropped out of it.
-        dropped: Vec<String>,
+        /// The members that dropped out of it, each with its cause.
+        dropped: Vec<Dropout>,
+        /// The attempt's privacy reservation was taken back (no member had
+        /// handed in an update, so nothing of it can be released): the
+        /// cumulative epsilon after the refund. Drivers record the refund
+        /// in their ledger.
+        refunded: Option<f64>,
+        /// The next attempt starts no earlier than this many milliseconds
+        /// from now (exponential, capped; [`CoordinatorConfig::retry_backoff_ms`](super::CoordinatorConfig::retry_backoff_ms)).
+        retry_in_ms: u64,
     },
     /// Members whose revealed Shamir share failed the check against what
     /// its owner signed (seed commitment or mask public key). The round
@@ -148,6 +181,12 @@ pub enum Violation {
     /// An evaluation report that does not add up.
     #[error("evaluation report is inconsistent: {0}")]
     BadReport(#[from] ReportProblem),
+    /// A round message before the member's `Hello` was checked.
+    #[error("message `{kind}` before the member's hello was checked")]
+    BeforeHello {
+        /// The message's kind.
+        kind: ClientMsgKind,
+    },
     /// A plaintext update in a securely aggregated run.
     #[error("plaintext updates are refused: this run uses secure aggregation")]
     PlaintextRefused,

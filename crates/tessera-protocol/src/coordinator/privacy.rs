@@ -227,6 +227,9 @@ pub(super) struct PrivacyState {
     spent_epsilon: f64,
     /// The adaptive clip's state, when the plan adapts it.
     clip: Option<AdaptiveClip>,
+    /// The accountant and epsilon before the last charge, until the round
+    /// it paid for releases something or is refunded.
+    last_charge: Option<(RdpAccountant, f64)>,
 }
 
 /// What adaptive clipping learned in one round.
@@ -265,7 +268,7 @@ impl PrivacyState {
             ),
             None => None,
         };
-        Ok(Self { plan, accountant, spent_epsilon, clip })
+        Ok(Self { plan, accountant, spent_epsilon, clip, last_charge: None })
     }
 
     /// The mechanism members apply in a round of `cohort` members. Under
@@ -319,9 +322,36 @@ impl PrivacyState {
                 self.spent_epsilon, self.plan.budget.epsilon, self.plan.budget.delta
             ));
         }
-        self.accountant = next;
+        let before = std::mem::replace(&mut self.accountant, next);
+        self.last_charge = Some((before, self.spent_epsilon));
         self.spent_epsilon = eps;
         Ok(eps)
+    }
+
+    /// How many more rounds the remaining budget affords, counting up to
+    /// `limit` (each charge composes the plan's per-round spend).
+    pub fn affordable_rounds(&self, limit: u64) -> u64 {
+        let s = self.plan.spend;
+        let mut next = self.accountant.clone();
+        for k in 0..limit {
+            if next.compose_poisson_gaussian(s.noise_multiplier, s.sampling_rate, s.steps).is_err() {
+                return k;
+            }
+            match epsilon_of(&next, self.plan.budget.delta) {
+                Ok(eps) if eps <= self.plan.budget.epsilon * (1.0 + BUDGET_TOLERANCE) => {}
+                _ => return k,
+            }
+        }
+        limit
+    }
+
+    /// Take back the last charge, once: its attempt released nothing.
+    /// Returns whether there was a charge to take back.
+    pub fn refund_last(&mut self) -> bool {
+        let Some((accountant, epsilon)) = self.last_charge.take() else { return false };
+        self.accountant = accountant;
+        self.spent_epsilon = epsilon;
+        true
     }
 
     pub fn status(&self) -> PrivacyStatus {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings};
 
-use super::{CoordinatorConfig, Output, ReportProblem, VectorProblem, Violation};
+use super::{CoordinatorConfig, Dropout, Output, ReportProblem, VectorProblem, Violation};
 use crate::derive;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +128,10 @@ pub(super) struct RoundState {
     /// Members whose input is in the aggregate.
     contributors: BTreeSet<PartyId>,
     gone: BTreeSet<String>,
+    /// Why each member that left the attempt left (first cause seen).
+    causes: BTreeMap<String, String>,
+    /// A member started handing in its update.
+    update_received: bool,
     evaluators: BTreeSet<String>,
     reports: BTreeMap<String, EvalMetrics>,
     /// Staged masked streams and when each last made progress.
@@ -190,6 +194,8 @@ impl RoundState {
             alive,
             contributors: BTreeSet::new(),
             gone: BTreeSet::new(),
+            causes: BTreeMap::new(),
+            update_received: false,
             evaluators: BTreeSet::new(),
             reports: BTreeMap::new(),
             streaming: BTreeMap::new(),
@@ -200,8 +206,9 @@ impl RoundState {
         self.cohort.binary_search_by(|m| m.as_str().cmp(member)).ok().map(|i| i as PartyId)
     }
 
-    pub(super) fn mark_gone(&mut self, member: &str) {
+    pub(super) fn mark_gone(&mut self, member: &str, cause: &str) {
         self.gone.insert(member.to_string());
+        self.causes.entry(member.to_string()).or_insert_with(|| cause.to_string());
         if let Some(p) = self.party_of(member) {
             self.alive.remove(&p);
             self.streaming.remove(&p);
@@ -219,6 +226,32 @@ impl RoundState {
             .filter(|(i, _)| !self.contributors.contains(&(*i as PartyId)))
             .map(|(_, m)| m.clone())
             .collect()
+    }
+
+    /// The members that did not complete the attempt, each with the first
+    /// cause the coordinator saw.
+    pub(super) fn dropouts(&self) -> Vec<Dropout> {
+        let still = |m: &String| self.party_of(m).is_some_and(|p| self.alive.contains(&p));
+        self.dropped_members()
+            .into_iter()
+            .map(|member| {
+                let cause = match self.causes.get(&member) {
+                    Some(c) => c.clone(),
+                    None if still(&member) => {
+                        format!("was still taking part (phase {}) when the attempt ended", self.phase.name())
+                    }
+                    None => "left the round".to_string(),
+                };
+                Dropout { member, cause }
+            })
+            .collect()
+    }
+
+    /// Whether any member handed in (started streaming) its update: from
+    /// then on something of this attempt may be released, so its privacy
+    /// reservation stays charged even if it aborts.
+    pub(super) fn any_update_received(&self) -> bool {
+        self.update_received
     }
 
     /// Members whose staged stream has made no progress for `idle_ms`.
@@ -264,9 +297,13 @@ impl RoundState {
             // Dropped earlier in this round (deadline or violation): late.
             return Err(Violation::UnexpectedMessage { kind, phase: "dropped" });
         }
-        if let ClientMsg::Decline { .. } = msg {
+        if let ClientMsg::Decline { reason, .. } = &msg {
             self.alive.remove(&party);
+            self.causes.entry(member.to_string()).or_insert_with(|| format!("declined: {reason}"));
             return Ok(Handled::Done);
+        }
+        if matches!(msg, ClientMsg::MaskedStart { .. } | ClientMsg::PlainStart { .. }) {
+            self.update_received = true;
         }
         let phase = self.phase;
         let wrong = || Violation::UnexpectedMessage { kind, phase: phase.name() };
@@ -373,11 +410,21 @@ impl RoundState {
 
     fn next_phase(&mut self, now_ms: u64, phase: Phase, timeout_ms: u64) {
         // Whoever did not answer is out of the round from here on.
+        self.note_silent();
         self.alive.retain(|p| self.answered.contains(p));
         self.answered.clear();
         self.phase = phase;
         self.phase_deadline_ms = now_ms + timeout_ms;
         self.deadline_passed = false;
+    }
+
+    /// Record why the members still owing this phase an answer drop out.
+    fn note_silent(&mut self) {
+        let phase = self.phase.name();
+        for p in self.alive.iter().filter(|p| !self.answered.contains(p)) {
+            let member = self.cohort[*p as usize].clone();
+            self.causes.entry(member).or_insert_with(|| format!("no answer in phase {phase} before its deadline"));
+        }
     }
 
     pub(super) fn try_advance(
@@ -400,6 +447,7 @@ impl RoundState {
         let min = cfg.min_clients.max(1) as usize;
         let answered = self.alive.iter().filter(|p| self.answered.contains(p)).count();
         if answered < min {
+            self.note_silent();
             return Step::Abort(format!(
                 "only {answered} of {} members completed phase {} (minimum {min})",
                 self.cohort.len(),

@@ -35,11 +35,14 @@ fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
         round_deadline_ms: 10_000,
         phase_timeout_ms: 1_000,
         max_round_retries: 2,
+        retry_backoff_ms: 0,
+        retry_backoff_max_ms: 0,
         seed: 99,
         chunk_values: 5,
         stream_slots: 2,
         stream_idle_ms: 2_000,
         unhealthy_after: 2,
+        admission: None,
         robust: None,
     }
 }
@@ -90,6 +93,8 @@ struct Harness {
     saboteurs: BTreeSet<String>,
     /// The members each `Event::BadShares` named.
     bad_shares: Vec<Vec<String>>,
+    /// Every `Event::RoundAborted`, with the harness time it came out.
+    abort_events: Vec<(u64, Event)>,
     /// A malicious aggregator's edit of every `RoundStart` on its way to the members.
     tamper_round_start: Option<fn(&mut tessera_core::RoundSettings)>,
 }
@@ -129,6 +134,7 @@ impl Harness {
             zero_examples: false,
             saboteurs: BTreeSet::new(),
             bad_shares: vec![],
+            abort_events: vec![],
             tamper_round_start: None,
         }
     }
@@ -218,11 +224,17 @@ impl Harness {
                     }
                 }
                 Output::Disconnect { member, reason } => self.violations.push((member, reason)),
+                Output::RefuseAdmission { member, refusal } => self.violations.push((member, refusal.to_string())),
                 Output::Event(Event::RoundFinished(o)) => {
                     self.finished.push(*o);
                     self.finished_at.push(self.now);
                 }
-                Output::Event(Event::RoundAborted { round, reason, .. }) => self.aborted.push((round, reason)),
+                Output::Event(e @ Event::RoundAborted { .. }) => {
+                    if let Event::RoundAborted { round, reason, .. } = &e {
+                        self.aborted.push((*round, reason.clone()));
+                    }
+                    self.abort_events.push((self.now, e));
+                }
                 Output::Event(Event::BadShares { members, .. }) => self.bad_shares.push(members),
                 Output::Event(e) => {
                     let label = match &e {
@@ -566,6 +578,7 @@ fn members_refuse_unsafe_rounds() {
     }
 }
 
+mod admission;
 mod dp;
 mod robust;
 mod secure;

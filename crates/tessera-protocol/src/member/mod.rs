@@ -90,9 +90,22 @@ impl MemberRng for rand_chacha::ChaCha20Rng {}
 /// The member's own privacy budget, whatever the aggregator says. `charge`
 /// must make the spend durable before returning `Ok` (write-ahead): the
 /// participant produces nothing trained from private data until it has.
+/// A charge counts as spent from then on, a crash included, unless
+/// `refund` takes it back.
 pub trait PrivacyGuard: Send {
     /// Charge `spend` for `round`, or say why the budget refuses it.
     fn charge(&mut self, round: u64, spend: &GaussianSpend) -> Result<(), BudgetRefusal>;
+    /// The round's update is about to leave: its charge can no longer be
+    /// taken back. Called before the first byte of the update is sent.
+    fn released(&mut self, _round: u64) -> Result<(), BudgetRefusal> {
+        Ok(())
+    }
+    /// The round ended before anything trained on private data left this
+    /// member (its update was never sent): take the charge back. Returns
+    /// the epsilon given back, if any.
+    fn refund(&mut self, _round: u64) -> Result<Option<f64>, BudgetRefusal> {
+        Ok(None)
+    }
 }
 
 /// The result of local training the driver hands back (defined in
@@ -155,6 +168,11 @@ pub struct Participant<R> {
     identity: Option<MemberIdentity>,
     /// Neighbours' certificates validated in earlier rounds.
     certificates: CertificateCache,
+    /// Announced in `Hello`, checked at admission.
+    settings: tessera_core::SettingsDigest,
+    /// The round whose charge can still be taken back: charged, and its
+    /// update has not begun to leave.
+    charged: Option<u64>,
 }
 
 impl<R: MemberRng> Participant<R> {
@@ -175,7 +193,28 @@ impl<R: MemberRng> Participant<R> {
             guard: None,
             identity: None,
             certificates: CertificateCache::default(),
+            settings: tessera_core::SettingsDigest::default(),
+            charged: None,
         }
+    }
+
+    /// Take back `round`'s charge, if the guard holds one for it.
+    fn refund(&mut self, round: u64) {
+        let Some(g) = self.guard.as_mut() else { return };
+        match g.refund(round) {
+            Ok(Some(epsilon)) => self.out.push_back(Output::Event(Event::PrivacyRefunded { round, epsilon })),
+            Ok(None) => {}
+            // The charge stays counted: conservative, and said.
+            Err(e) => self.out.push_back(Output::Event(Event::Refused { round: Some(round), reason: e.to_string() })),
+        }
+    }
+
+    /// The digest of this member's `[model]` and schema
+    /// ([`settings_digest`](crate::settings_digest)), announced in `Hello`.
+    /// An aggregator that checks settings refuses a member without one.
+    pub fn with_settings(mut self, settings: tessera_core::SettingsDigest) -> Self {
+        self.settings = settings;
+        self
     }
 
     /// The member's consortium identity: signs its key advertisements and
@@ -195,7 +234,11 @@ impl<R: MemberRng> Participant<R> {
 
     /// The first message on every connection.
     pub fn hello(&mut self) {
-        let msg = ClientMsg::Hello { member: self.member.clone(), protocol_version: tessera_core::PROTOCOL_VERSION };
+        let msg = ClientMsg::Hello {
+            member: self.member.clone(),
+            protocol_version: tessera_core::PROTOCOL_VERSION,
+            settings: self.settings,
+        };
         self.out.push_back(Output::Send(msg));
     }
 
@@ -229,6 +272,13 @@ impl<R: MemberRng> Participant<R> {
         let round = up.round;
         let masked = matches!(up.body, UploadBody::Masked(..));
         if !up.started {
+            // Past this point the charge is final: commit it first.
+            if let Some(g) = self.guard.as_mut() {
+                g.released(round).map_err(PrivacyRefusal::Budget)?;
+            }
+            if self.charged == Some(round) {
+                self.charged = None;
+            }
             up.started = true;
             return Ok(Some(match &up.body {
                 UploadBody::Masked(..) => ClientMsg::MaskedStart { round, len: up.len },
@@ -386,6 +436,13 @@ impl<R: MemberRng> Participant<R> {
                 if self.round.as_ref().is_some_and(|r| r.round == round) {
                     self.round = None;
                 }
+                // Nothing trained on this member's data left it (its upload
+                // never began, whether it declined or the round stopped
+                // first): the round's charge goes back.
+                if self.charged == Some(round) {
+                    self.charged = None;
+                    self.refund(round);
+                }
                 self.out.push_back(Output::Event(Event::RoundEnded { round, accepted, reason }));
                 Ok(())
             }
@@ -451,6 +508,7 @@ impl<R: MemberRng> Participant<R> {
         if let Some(g) = self.guard.as_mut() {
             let spend = tessera_privacy::member_spend(dp, &settings.train);
             g.charge(round, &spend).map_err(PrivacyRefusal::Budget)?;
+            self.charged = Some(round);
         }
         Ok(())
     }

@@ -59,6 +59,14 @@ pub enum Event {
         /// Why, as the member logs and records it.
         reason: String,
     },
+    /// The round ended before this member's update began to leave, and
+    /// its privacy guard took the round's charge back.
+    PrivacyRefunded {
+        /// The wire round number.
+        round: u64,
+        /// Epsilon the guard gave back.
+        epsilon: f64,
+    },
     /// The aggregator closed a round.
     RoundEnded {
         /// The wire round number.
