@@ -111,6 +111,8 @@ fn main() {
             stream_idle_ms: 3_600_000,
             unhealthy_after: 3,
             robust: None,
+            evaluate_every: 1,
+            research_clear_evaluation: false,
         };
         let coordinator = Coordinator::new(
             cfg,

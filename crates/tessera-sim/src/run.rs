@@ -102,6 +102,10 @@ fn coordinator_config(s: &Scenario) -> CoordinatorConfig {
         stream_idle_ms: 3_600_000,
         unhealthy_after: 3,
         robust: s.robust.clone(),
+        evaluate_every: 1,
+        // The simulator owns every member's data and measures utility with
+        // exact evaluation, also under DP; no real site releases anything.
+        research_clear_evaluation: true,
     }
 }
 
@@ -188,6 +192,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
             let policy = Policy {
                 allow_plaintext: s.insecure_plaintext,
                 mask_threads: std::num::NonZeroUsize::MIN,
+                research_clear_evaluation: true,
                 ..Policy::default()
             };
             let rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, k as u64, b"member"));
