@@ -302,7 +302,7 @@ impl Coordinator {
                             // Evaluation reports are exact counts of a member's
                             // data: under DP none is asked for in the clear.
                             let every = self.cfg.evaluate_every;
-                            let due = every > 0 && (self.completed + 1) % every == 0;
+                            let due = every > 0 && (self.completed + 1).is_multiple_of(every);
                             let clear = self.privacy.is_none() || self.cfg.research_clear_evaluation;
                             let evaluators = if due && clear { &self.online } else { &BTreeSet::new() };
                             r.start_eval(now_ms, &self.cfg, evaluators, &self.global, &mut self.out);
@@ -624,7 +624,7 @@ impl Coordinator {
         // Private evaluation rides in the rounds it is due in, under secure
         // aggregation only (the plan checked both).
         let every = self.cfg.evaluate_every;
-        let due = every > 0 && logical % every == 0 && secagg.is_some();
+        let due = every > 0 && logical.is_multiple_of(every) && secagg.is_some();
         let eval = match (&self.privacy, dp.as_mut()) {
             (Some(p), Some(dp)) if due => p.evaluation(dp),
             _ => None,
