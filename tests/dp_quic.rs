@@ -60,6 +60,7 @@ async fn record_level_dp_over_quic_stops_at_the_budget_and_members_keep_ledgers(
         noise_multiplier: Some(z),
         sampling_rate: Some(q),
         adaptive_clipping: None,
+        evaluation: None,
     });
     let expected = affordable_rounds(z, q, 4, epsilon, 1e-5);
     assert_eq!(expected, 4);

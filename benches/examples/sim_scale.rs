@@ -114,6 +114,8 @@ fn main() {
             unhealthy_after: 3,
             admission: None,
             robust: None,
+            evaluate_every: 1,
+            research_clear_evaluation: false,
         };
         let coordinator = Coordinator::new(
             cfg,

@@ -75,6 +75,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             round_deadline_secs: 60.0,
             phase_timeout_secs: 20.0,
             stream_idle_secs: 5.0,
+            evaluate_every: 1,
             max_round_retries: 3,
             unhealthy_after: 3,
             quorum_warning_secs: 60.0,

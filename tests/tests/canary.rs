@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tessera_aggregator::daemon;
-use tessera_core::{ClientMsg, HEADER_LEN, Limits, decode_payload, encode_frame};
+use tessera_client::PrivacySection;
+use tessera_core::{ClientMsg, HEADER_LEN, Limits, PrivacyUnit, RoundRecord, decode_payload, encode_frame};
 use tessera_e2e::log_capture::{capture_logs, captured_logs};
 use tessera_e2e::tap::start_tap;
 use tessera_e2e::*;
+use tessera_protocol::coordinator::{PrivacyConfig, PrivateEvaluationConfig};
 use tessera_transport::pki;
 
 const NAMES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
@@ -126,4 +128,66 @@ async fn planted_markers_never_leave_the_member() {
     for (marker, _) in MARKERS {
         assert!(!logs.contains(marker), "the log carries the marker {marker}");
     }
+}
+
+/// With DP on (client unit, distributed noise, private evaluation), no frame
+/// from a member carries an un-noised count: hospital-a sends no evaluation
+/// report at all (checked on every frame the tap saw, decoded, against its
+/// egress ledger), its evaluation leaves only inside the masked vector, and
+/// the aggregator's records still show the decoded, noised evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dp_no_frame_carries_an_unnoised_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki::init(&pki_dir, &Default::default()).unwrap();
+    for n in NAMES {
+        pki::issue(&pki_dir, n).unwrap();
+    }
+    let csvs = write_member_csvs(dir.path(), &NAMES);
+    let run_dir = dir.path().join("run");
+    let mut cfg = aggregator_config(&pki_dir, &run_dir, &NAMES, 2, 3);
+    cfg.privacy = Some(PrivacyConfig {
+        unit: PrivacyUnit::Client,
+        noise: None,
+        epsilon: 1e6,
+        delta: 1e-5,
+        clip_norm: 1.0,
+        // Little noise: this test is about what travels, not about utility.
+        noise_multiplier: Some(0.005),
+        sampling_rate: None,
+        adaptive_clipping: None,
+        evaluation: Some(PrivateEvaluationConfig { max_examples: 100, loss_bound: 2.0, share: 0.5, classes: None }),
+    });
+    let listener = daemon::listen(&cfg).unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    let aggregator = tokio::spawn(daemon::run(cfg, listener));
+    let tap = start_tap(&pki_dir, upstream);
+    let mut members = Vec::new();
+    for (n, csv) in NAMES.iter().zip(&csvs) {
+        let mut c = client_config(dir.path(), &pki_dir, n, csv, &tap.addr);
+        c.privacy =
+            Some(PrivacySection { epsilon: 1e6, delta: 1e-5, ledger: dir.path().join(format!("{n}-dp.jsonl")) });
+        members.push(tokio::spawn(run_member(c)));
+    }
+    let end = tokio::time::timeout(Duration::from_secs(240), aggregator).await.expect("run finishes").unwrap().unwrap();
+    assert_eq!(end.completed_rounds, 2, "{}", end.reason);
+    for m in members {
+        m.await.unwrap().unwrap();
+    }
+
+    let frames = tap.tapped.frames_of(NAMES[0]);
+    let ledger = tessera_client::EgressLedger::read(&dir.path().join("hospital-a-egress.jsonl")).unwrap();
+    let sent: Vec<_> = ledger.iter().filter(|e| e.kind != "refusal").collect();
+    assert_eq!(frames.len(), sent.len(), "every frame that left is in the ledger, and only those");
+    for frame in &frames {
+        let msg: ClientMsg = decode_payload(&frame[HEADER_LEN..]).unwrap();
+        assert!(!matches!(msg, ClientMsg::EvalReport { .. } | ClientMsg::PlainStart { .. }), "{:?}", msg.kind());
+    }
+    let kinds: std::collections::BTreeSet<_> = sent.iter().map(|e| e.kind.as_str()).collect();
+    assert!(kinds.contains("masked_chunk") && !kinds.contains("eval_report"), "{kinds:?}");
+    // The evaluation happened, inside the secure sum: the records carry it.
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<RoundRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r.accuracy > 0.0 && r.loss > 0.0), "{records:?}");
 }

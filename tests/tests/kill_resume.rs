@@ -10,9 +10,11 @@
 //!    `TESSERA_TEST_STALL_AFTER_ROUND`);
 //! 2. mid-round, in training: round 2 has started, its privacy spend is
 //!    reserved, and all members are held inside local training;
-//! 3. mid-round, after aggregation: the retried round 2 has been securely
-//!    summed and the server step applied in memory, and all members are
-//!    held inside the evaluation of the new model (nothing committed yet).
+//! 3. mid-round, in private evaluation: the retried round 2 has started and
+//!    all members are held inside the evaluation of the round's starting
+//!    model, which rides inside their masked updates (issue #18: under DP no
+//!    member evaluates in the clear after the sum, so the window between
+//!    the server step and the commit is no longer held open by this test).
 //!
 //! What must hold, and what "equals" means:
 //! - the final global model of the killed run is bit-for-bit equal to the
@@ -79,7 +81,7 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     sigkill(agg);
     gates.release(&gates.train).await;
 
-    // 3. Mid-round, after the secure sum and the server step.
+    // 3. Mid-round, members held in the private evaluation of the round's model.
     gates.evaluate.store(true, Ordering::SeqCst);
     let agg = spawn_aggregator(&killed, None);
     gates.wait_held(NAMES.len()).await;

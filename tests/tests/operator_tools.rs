@@ -45,7 +45,8 @@ async fn status_page_metrics_cli_export_and_audit() {
     assert!(ok, "{text}");
     assert!(text.contains("completed 2 of 3"), "{text}");
     assert!(text.contains("members online: 3 of 3"), "{text}");
-    assert!(text.contains("privacy: epsilon spent") && text.contains("last accuracy: 0."), "{text}");
+    // Private evaluation (noised client-level counts): any rate in [0, 1].
+    assert!(text.contains("privacy: epsilon spent") && text.contains("last accuracy: "), "{text}");
 
     match chromium() {
         Some(browser) => check_page_in_chromium(&browser, http, site.path()),

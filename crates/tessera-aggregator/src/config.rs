@@ -101,6 +101,12 @@ pub struct RunSection {
     /// daemon's single stream slot until the deadline.
     #[serde(default = "default_stream_idle")]
     pub stream_idle_secs: f64,
+    /// Members evaluate the new global model on their held-out splits after
+    /// every this many completed rounds (default 1; 0 turns evaluation off).
+    /// Under `[privacy]` no member reports in the clear, so evaluation is
+    /// off and the daemon says so at start (issue #18).
+    #[serde(default = "default_evaluate_every")]
+    pub evaluate_every: u64,
     /// Consecutive aborted attempts before the run gives up (default 3).
     #[serde(default = "default_retries")]
     pub max_round_retries: u32,
@@ -141,6 +147,9 @@ fn default_stream_idle() -> f64 {
 
 fn default_phase_timeout() -> f64 {
     60.0
+}
+fn default_evaluate_every() -> u64 {
+    1
 }
 fn default_retries() -> u32 {
     3

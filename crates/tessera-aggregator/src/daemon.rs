@@ -42,7 +42,7 @@ pub use crate::revocation::REVOKED_FILE;
 use crate::revocation::{RevocationError, RevocationList};
 use crate::status::{MemberStatus, RunState, StatusSnapshot};
 use crate::store::{StateStore, now_ms};
-use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
+use tessera_protocol::coordinator::{CentralNoise, CohortSelection, Coordinator, CoordinatorConfig, Resume};
 use tessera_protocol::{AdmissionPolicy, ServerOptimizer};
 
 /// Why the daemon could not start or finish a run.
@@ -150,10 +150,27 @@ pub fn coordinator_config(
         rounds: cfg.run.rounds,
         min_clients: cfg.run.min_clients,
         start_quorum: cfg.run.start_quorum.unwrap_or(cfg.run.min_clients),
-        cohort: cfg.run.cohort.clone(),
+        cohort: match cfg.run.cohort.clone() {
+            // Poisson cohorts' fixed denominator q·N: N defaults to the
+            // admitted roster, the consortium's public size.
+            CohortSelection::Poisson { rate, population: None } => {
+                CohortSelection::Poisson { rate, population: Some(cfg.server.members.len() as u32) }
+            }
+            other => other,
+        },
         train: cfg.train.settings(),
         secure: Some(cfg.secure.clone()),
-        dp: cfg.privacy.clone(),
+        dp: cfg.privacy.clone().map(|mut p| {
+            // Private evaluation's confusion matrix is k×k for the model's k.
+            if let Some(e) = p.evaluation.as_mut() {
+                let k = match &cfg.model {
+                    tessera_core::ModelSection::Tabular(m) => m.num_classes,
+                    tessera_core::ModelSection::Vision(v) => v.num_classes,
+                };
+                e.classes = e.classes.or(Some(k as u32));
+            }
+            p
+        }),
         strategy: cfg.strategy.clone(),
         round_deadline_ms: (cfg.run.round_deadline_secs * 1000.0) as u64,
         phase_timeout_ms: (cfg.run.phase_timeout_secs * 1000.0) as u64,
@@ -167,6 +184,8 @@ pub fn coordinator_config(
         unhealthy_after: cfg.run.unhealthy_after,
         admission: Some(admission),
         robust: None,
+        evaluate_every: cfg.run.evaluate_every,
+        research_clear_evaluation: false,
     }
 }
 
@@ -211,6 +230,14 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
             (RunId(id), seed)
         }
     };
+    if cfg.privacy.as_ref().is_some_and(|p| p.evaluation.is_none()) && cfg.run.evaluate_every > 0 {
+        tracing::warn!(
+            "evaluation is off under [privacy]: an evaluation report (example count, loss, confusion matrix) \
+             is an exact statistic of a member's data, so no member is asked for one in the clear, and \
+             [privacy.evaluation] (private evaluation inside the noised secure sum) is not configured; \
+             metrics.jsonl records no accuracy or loss for this run (issue #18)"
+        );
+    }
     let interrupted = store.interrupt_open_rounds(now)?;
     let resume = resume_point(&cfg, &store, initial)?;
     let revoked_path = cfg.server.pki_dir.join(REVOKED_FILE);
@@ -556,8 +583,10 @@ async fn heartbeat(store: SharedStore, status: SharedStatus) {
     }
 }
 
-/// The central DP noise's key, fresh from the OS for every process: it is
-/// never stored, so not even the operator's disk can subtract the noise.
+/// The coordinator's key (central DP noise and cohort draws), fresh from
+/// the OS for every process: it is never stored, so not even the operator's
+/// disk can subtract the noise, and nobody can predict a cohort; each
+/// round's cohort seed is recorded in the audit store once drawn.
 fn central_noise_key() -> CentralNoise {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);

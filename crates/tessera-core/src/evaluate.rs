@@ -132,6 +132,23 @@ pub fn eval_metrics(probs: &[f32], labels: &[u32], num_classes: usize, mean_loss
     }
 }
 
+/// [`EvalMetrics`] from a confusion matrix and a loss sum alone (private
+/// evaluation releases only these, summed and noised): accuracy, balanced
+/// accuracy and macro F1 by the conventions above, loss as the sum over the
+/// examples counted, and AUC 0.5, since it needs per-example scores.
+pub fn metrics_from_confusion(confusion: Vec<Vec<u64>>, loss_sum: f64) -> EvalMetrics {
+    let total: u64 = confusion.iter().flatten().sum();
+    EvalMetrics {
+        num_examples: total,
+        loss: if total == 0 { 0.0 } else { loss_sum / total as f64 },
+        accuracy: accuracy(&confusion),
+        balanced_accuracy: balanced_accuracy(&confusion),
+        auc: 0.5,
+        f1: macro_f1(&confusion),
+        confusion,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +231,28 @@ mod tests {
         // A class predicted but never true counts, with F1 = 0.
         let m = confusion_matrix(&[2, 1], &[0, 1], 3);
         assert!((macro_f1(&m) - (0.0 + 1.0 + 0.0) / 3.0).abs() < 1e-12);
+    }
+
+    /// Private evaluation's encoding: the L2 norm stays within `norm` for
+    /// any member (the sensitivity the noise is sized for), and summing the
+    /// encoded tensors decodes to the summed confusion and loss.
+    #[test]
+    fn private_evaluation_encoding_is_bounded_and_sums() {
+        use crate::EvalRelease;
+        let rel = EvalRelease { classes: 2, max_examples: 100, loss_bound: 4.0, norm: 0.5 };
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        // Worst cases: every example in one cell with the largest loss, and
+        // far more examples than M (scaled down), and a huge loss (clipped).
+        let one_cell = EvalMetrics { loss: 1e9, confusion: vec![vec![5000, 0], vec![0, 0]], ..Default::default() };
+        assert!(norm(&rel.encode(&one_cell)) <= 0.5, "{}", norm(&rel.encode(&one_cell)));
+        let a = EvalMetrics { loss: 0.5, confusion: vec![vec![40, 2], vec![3, 35]], ..Default::default() };
+        let b = EvalMetrics { loss: 1.5, confusion: vec![vec![10, 0], vec![5, 5]], ..Default::default() };
+        let sum: Vec<f32> = rel.encode(&a).iter().zip(rel.encode(&b)).map(|(x, y)| x + y).collect();
+        let m = rel.decode(&sum);
+        assert_eq!(m.confusion, vec![vec![50, 2], vec![8, 40]]);
+        assert_eq!(m.num_examples, 100);
+        assert!((m.loss - (0.5 * 80.0 + 1.5 * 20.0) / 100.0).abs() < 1e-4, "{}", m.loss);
+        assert!((m.accuracy - 0.9).abs() < 1e-12);
+        assert_eq!(rel.decode(&[-1.0; 5]).num_examples, 0, "noise below zero counts nothing");
     }
 }

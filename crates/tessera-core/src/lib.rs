@@ -51,7 +51,7 @@ pub use codec::{
     encode_frame, frame_len, to_bytes,
 };
 pub use config::{ModelConfig, TrainableConfig};
-pub use evaluate::eval_metrics;
+pub use evaluate::{eval_metrics, metrics_from_confusion};
 pub use message::{
     Advertisement, AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose,
     PublicKeys, SettingsDigest, ShareReveal,
@@ -60,8 +60,8 @@ pub use metrics::{EvalMetrics, RoundRecord};
 pub use model::{AugmentConfig, BackboneInit, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig};
 pub use params::{ModelParams, ParamLayout, ParamTensor, ParamsError};
 pub use round::{
-    AdaptiveClipSettings, DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, RunId, SecAggSettings, TrainSettings,
-    UNCLIPPED_TENSOR,
+    AdaptiveClipSettings, DpSettings, EVAL_TENSOR, EvalRelease, NoisePlacement, PrivacyUnit, RoundSettings, RunId,
+    SecAggSettings, TrainSettings, UNCLIPPED_TENSOR,
 };
 pub use schema::{FIT_LOCALLY, FeatureDecl, FeatureSchema, SchemaError, SchemaSource};
 pub use stream::{ModelAssembler, StreamError, model_messages};

@@ -115,13 +115,95 @@ pub const UNCLIPPED_TENSOR: &str = "tessera.adaptive_clip.unclipped";
 
 impl RoundSettings {
     /// Layout of what a member uploads this round: the trainable parameters,
-    /// plus [`UNCLIPPED_TENSOR`] under adaptive clipping.
+    /// plus [`UNCLIPPED_TENSOR`] under adaptive clipping, plus
+    /// [`EVAL_TENSOR`] under private evaluation (in this order).
     pub fn update_layout(&self, model: &crate::ParamLayout) -> crate::ParamLayout {
         let mut layout = model.clone();
         if self.dp.as_ref().is_some_and(|d| d.adaptive.is_some()) {
             layout.entries.push((UNCLIPPED_TENSOR.to_string(), vec![1]));
         }
+        if let Some(e) = &self.eval {
+            layout.entries.push((EVAL_TENSOR.to_string(), vec![e.len()]));
+        }
         layout
+    }
+}
+
+/// Name of the extra update tensor that carries a member's encoded
+/// evaluation under private evaluation ([`EvalRelease`]).
+pub const EVAL_TENSOR: &str = "tessera.evaluation";
+
+/// How a member's evaluation travels inside its update (client-level DP,
+/// issue #18). The member evaluates the model the round started from on its
+/// held-out split and encodes the k×k confusion counts and the loss sum as
+/// `k² + 1` values of L2 norm at most `norm`; the round's `clip_norm` then
+/// bounds update and evaluation together, so both get the same noise and
+/// secure aggregation, and the round stays one Gaussian release. Bounds make
+/// the sensitivity known: a member's counts are scaled down to total at
+/// most `max_examples` (M), and its mean loss is clipped to `[0,
+/// loss_bound]` (L), so counts weigh `norm/(M·sqrt 2)` and the loss sum
+/// `norm/(L·M·sqrt 2)`. The aggregator decodes only the noised sum.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRelease {
+    /// Classes k of the confusion matrix.
+    pub classes: u32,
+    /// M: the most examples one member's evaluation counts.
+    pub max_examples: u64,
+    /// L: per-member mean loss is clipped to `[0, L]`.
+    pub loss_bound: f64,
+    /// L2 bound of the encoded evaluation, inside the round's `clip_norm`.
+    pub norm: f64,
+}
+
+impl EvalRelease {
+    /// Values of [`EVAL_TENSOR`]: `k²` counts, then the loss sum.
+    pub fn len(&self) -> usize {
+        (self.classes as usize).pow(2) + 1
+    }
+
+    /// Whether the tensor is empty (never: the loss sum is always there).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Weights of one count and of one unit of loss sum. The factor below 1
+    /// keeps f32 rounding from pushing the encoded norm over `norm`.
+    fn weights(&self) -> (f64, f64) {
+        let m = self.max_examples.max(1) as f64;
+        let count = self.norm * (1.0 - 1.0 / f64::from(1u32 << 20)) / (m * std::f64::consts::SQRT_2);
+        (count, count / self.loss_bound.max(f64::MIN_POSITIVE))
+    }
+
+    /// A member's evaluation as the tensor's values, norm at most `norm`.
+    pub fn encode(&self, m: &crate::EvalMetrics) -> Vec<f32> {
+        let k = self.classes as usize;
+        let total: u64 = m.confusion.iter().flatten().sum();
+        let scale = if total == 0 { 0.0 } else { (self.max_examples as f64 / total as f64).min(1.0) };
+        let (wc, wl) = self.weights();
+        let mut out = vec![0f32; self.len()];
+        for (i, row) in m.confusion.iter().take(k).enumerate() {
+            for (j, c) in row.iter().take(k).enumerate() {
+                out[i * k + j] = (*c as f64 * scale * wc) as f32;
+            }
+        }
+        let loss = if m.loss.is_finite() { m.loss.clamp(0.0, self.loss_bound) } else { self.loss_bound };
+        out[k * k] = (loss * total as f64 * scale * wl) as f32;
+        out
+    }
+
+    /// Metrics from the noised sum of members' tensors: counts rounded to
+    /// integers (negatives to 0), loss as the noised loss sum over the
+    /// noised example count. AUC needs per-example scores and is not part of
+    /// the release: it reads 0.5.
+    pub fn decode(&self, sum: &[f32]) -> crate::EvalMetrics {
+        let k = self.classes as usize;
+        let (wc, wl) = self.weights();
+        let count = |v: f32| (f64::from(v) / wc).round().max(0.0) as u64;
+        let confusion: Vec<Vec<u64>> =
+            (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0, |v| count(*v))).collect()).collect();
+        let loss_sum = sum.get(k * k).map_or(0.0, |v| f64::from(*v) / wl).max(0.0);
+        crate::metrics_from_confusion(confusion, loss_sum)
     }
 }
 
@@ -152,4 +234,8 @@ pub struct RoundSettings {
     pub secagg: Option<SecAggSettings>,
     /// The privacy mechanism to apply before the update leaves; `None`: no DP.
     pub dp: Option<DpSettings>,
+    /// Private evaluation: the member appends its evaluation of the round's
+    /// starting model to the update ([`EVAL_TENSOR`]), inside the clipped,
+    /// noised and securely summed vector. `None`: no evaluation rides along.
+    pub eval: Option<EvalRelease>,
 }

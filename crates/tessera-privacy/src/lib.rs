@@ -3,13 +3,16 @@
 //! - Settings: [`validate`] checks a run's `DpSettings`; [`round_spend`] and
 //!   [`member_spend`] turn them into the [`GaussianSpend`] the aggregator and
 //!   each member charge; [`DistributedPlan`] sizes distributed noise under
-//!   secure aggregation from public parameters only.
+//!   secure aggregation from public parameters only, with each share wide
+//!   enough that the sum is a Gaussian for the accountant ([`kls21_tau`],
+//!   [`KLS21_MAX_EXCESS`]).
 //! - Clipping: [`clip_params_l2`] bounds an update's L2 norm; [`AdaptiveClip`],
 //!   [`adaptive_release`] and [`split_noise_multiplier`] let the clip norm
 //!   follow a quantile of update norms inside one accounted release.
 //! - Noise: [`DiscreteGaussian`] samples N_Z(0, sigma^2) exactly (a certified
 //!   table up to [`MAX_TABLE_SIGMA`]); [`GaussianMechanism`] (kept per run
-//!   by [`MechanismCache`]) adds it to f32 values on a grid.
+//!   by [`MechanismCache`]) adds it to f32 values on a grid;
+//!   [`rounded_sensitivity`] is the sensitivity of values rounded on the way.
 //! - Accounting: [`RdpAccountant`] composes subsampled Gaussian releases in
 //!   Rényi DP (an OpenDP zCDP cross-check runs in the tests);
 //!   [`calibrate_noise_multiplier`] inverts it; [`ZcdpAccountant`] converts
@@ -46,8 +49,8 @@ pub use clip::{
     AdaptiveClip, CLIP_SAFETY, adaptive_release, clip_factor, clip_factors, clip_l2, clip_params_l2,
     noisy_unclipped_count, split_noise_multiplier,
 };
-pub use distributed::quantized_l2_sensitivity;
-pub use mechanism::{GaussianMechanism, MechanismCache};
+pub use distributed::{KLS21_MAX_EXCESS, kls21_rdp_excess, kls21_tau, quantized_l2_sensitivity};
+pub use mechanism::{GaussianMechanism, MechanismCache, rounded_sensitivity};
 pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
 pub use plan::{DistributedPlan, member_spend, round_spend, validate};
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};

@@ -45,6 +45,18 @@ fn round_half_away(y: f64) -> i64 {
     }
 }
 
+/// L2 sensitivity of a sum after each contribution was rounded coordinate by
+/// coordinate with steps below `step` (stochastic rounding into a ring,
+/// nearest rounding onto a grid): one contribution of L2 norm at most
+/// `sensitivity` becomes a rounded vector within `step · sqrt(dim)` of it,
+/// so the rounded sums of two neighbouring inputs lie at most
+/// `sensitivity + step · sqrt(dim)` apart. Noise calibrated on a decoded sum
+/// (central noise under secure aggregation's offset coding) must use this,
+/// as [`GaussianMechanism`] does for its own grid.
+pub fn rounded_sensitivity(sensitivity: f64, step: f64, dim: usize) -> f64 {
+    sensitivity + step * (dim as f64).sqrt()
+}
+
 /// Keeps one [`GaussianMechanism`] while its parameters stay the same (they
 /// do for a whole run), so the table is built once, not every round.
 #[derive(Clone, Debug, Default)]

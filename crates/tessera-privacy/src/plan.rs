@@ -10,7 +10,7 @@ use tessera_core::{DpSettings, NoisePlacement, PrivacyUnit, RoundSettings, Train
 
 use crate::PrivacyError;
 use crate::budget::GaussianSpend;
-use crate::distributed::{discrete_gaussian_variance, distributed_share_sigma};
+use crate::distributed::{KLS21_MAX_EXCESS, discrete_gaussian_variance, distributed_share_sigma, kls21_rdp_excess};
 
 /// Check that settings describe a mechanism Tessera can account for.
 pub fn validate(dp: &DpSettings) -> Result<(), PrivacyError> {
@@ -100,7 +100,10 @@ const TAIL_SIGMAS: f64 = 14.0;
 /// sized so that any `t = min_contributors` shares sum to variance at least
 /// `(z · Delta)^2`, where `Delta` is the L2 sensitivity in grid units
 /// including the rounding inflation (`C/gamma + sqrt(d)`, the deterministic
-/// bound, so no failure probability enters the guarantee). Values are
+/// bound, so no failure probability enters the guarantee). The sum of
+/// the shares is accounted as a Gaussian at z; a plan whose shares are so
+/// narrow that KLS21's excess `τ·d` exceeds [`crate::KLS21_MAX_EXCESS`] of
+/// the Gaussian's RDP is refused, on both sides of the wire. Values are
 /// stored in two's complement mod 2^k, and `gamma` is the smallest step for
 /// which the centred sum of `n` members, noise included to 14 sigma, fits in
 /// `(-2^(k-1), 2^(k-1))`.
@@ -140,6 +143,14 @@ impl DistributedPlan {
             let max_level = (c / gamma).ceil() as i64 + 1;
             let sum_std = (n * discrete_gaussian_variance(share_sigma)).sqrt();
             if n * max_level as f64 + TAIL_SIGMAS * sum_std + 1.0 <= half {
+                // The accountant treats the sum of shares as a Gaussian at z;
+                // KLS21 bound what that misses (τ·d, for at most `cohort`
+                // shares), and the plan holds it below the floor.
+                if kls21_rdp_excess(share_sigma, cohort, dim) > KLS21_MAX_EXCESS / (2.0 * z * z) {
+                    return Err(PrivacyError::Unreachable(
+                        "the noise shares are too narrow for the sum to be accounted as a Gaussian (KLS21)",
+                    ));
+                }
                 return Ok(Self { gamma, share_sigma, sensitivity, max_level });
             }
             gamma *= 1.01;
@@ -254,6 +265,10 @@ mod tests {
             assert!(f64::from(t) * discrete_gaussian_variance(p.share_sigma) >= target * target * (1.0 - 1e-12));
             // The rounding inflation is counted: sensitivity >= C / gamma.
             assert!(p.sensitivity >= d.clip_norm / p.gamma);
+            // KLS21: the shares are wide enough that the sum is a Gaussian
+            // for the accountant (the excess is below the floor, here zero).
+            let excess = crate::kls21_rdp_excess(p.share_sigma, n, dim);
+            assert!(excess <= KLS21_MAX_EXCESS / (2.0 * d.noise_multiplier.powi(2)), "dim {dim}, n {n}: {excess}");
         }
         // A tiny ring cannot hold a big cohort's noise.
         assert!(DistributedPlan::new(&d, 1_000_000, 100, 12).is_err());

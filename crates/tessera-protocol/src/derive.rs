@@ -70,6 +70,24 @@ pub fn update_coding(
     Ok(UpdateCoding { coding, plan })
 }
 
+/// How far rounding can move one update value on its way into the masked
+/// vector: the offset coding's quantizer step, the grid step `gamma` of the
+/// centred coding, and 0 in a plaintext research round. One member's rounded
+/// update then lies within `step · sqrt(d)` (L2) of its clipped update, so
+/// noise calibrated on the decoded sum must use the sensitivity
+/// `C + step · sqrt(d)` ([`tessera_privacy::rounded_sensitivity`]).
+pub fn update_rounding_step(
+    settings: &RoundSettings,
+    update_values: u64,
+    cohort_size: u32,
+) -> Result<f64, DeriveError> {
+    let Some(s) = settings.secagg.as_ref() else { return Ok(0.0) };
+    Ok(match update_coding(settings, update_values, cohort_size)?.coding {
+        ValueCoding::Offset => tessera_secagg::Quantizer::symmetric(s.clip_range, s.modulus_bits, cohort_size)?.step(),
+        ValueCoding::Centered { gamma, .. } => gamma,
+    })
+}
+
 /// Mean update from the secure sum, decoded with the round's [`update_coding`].
 pub fn mean_from_secure(
     layout: &ParamLayout,

@@ -30,7 +30,7 @@ pub use admission::{AdmissionPolicy, AdmissionRefusal, SettingsPart, settings_di
 pub use coordinator::Coordinator;
 pub use derive::{
     DeriveError, UpdateCoding, derive_seed, mean_from_plain, mean_from_secure, round_context, update_coding,
-    update_vector_len,
+    update_rounding_step, update_vector_len,
 };
 pub use member::{Participant, Policy, PrivacyGuard, Refusal, TrainedUpdate};
 pub use strategy::{AdaptiveConfig, ServerOptimizer, StrategyConfig};

@@ -106,6 +106,10 @@ fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> CoordinatorCo
         unhealthy_after: 3,
         admission: Some(admission),
         robust: s.robust.clone(),
+        evaluate_every: 1,
+        // The simulator owns every member's data and measures utility with
+        // exact evaluation, also under DP; no real site releases anything.
+        research_clear_evaluation: true,
     }
 }
 
@@ -193,6 +197,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
             let policy = Policy {
                 allow_plaintext: s.insecure_plaintext,
                 mask_threads: std::num::NonZeroUsize::MIN,
+                research_clear_evaluation: true,
                 ..Policy::default()
             };
             let rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, k as u64, b"member"));

@@ -175,6 +175,7 @@ pub fn participant(data: &[u8]) {
                         neighbours: neighbours.map(|k| u32::from(k % 6)),
                     }),
                     dp: None,
+                    eval: None,
                 };
                 let party = PartyId::from(party % 7);
                 let round = u64::from(round);

@@ -96,9 +96,11 @@ pub fn aggregator_toml(site: &Site, name: &str, o: &RunOptions) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let status = o.http_port.map(|p| format!("[status]\nlisten = \"127.0.0.1:{p}\"\n")).unwrap_or_default();
     // Client-level DP with a fixed noise multiplier: every started round
-    // charges the same spend, so the ledger is easy to check by hand.
+    // charges the same spend, so the ledger is easy to check by hand. Its
+    // evaluation is private (inside the noised secure sum, issue #18).
     let privacy = if o.dp {
-        "[privacy]\nunit = \"client\"\nepsilon = 1000.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 0.3\n"
+        "[privacy]\nunit = \"client\"\nepsilon = 1000.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 0.3\n\n\
+         [privacy.evaluation]\nmax_examples = 200\n"
     } else {
         ""
     };
@@ -227,8 +229,9 @@ pub fn count(c: &Connection, sql: &str) -> Option<i64> {
     c.query_row(sql, [], |r| r.get(0)).ok()
 }
 
-/// Where a test holds members: inside local training or inside the
-/// evaluation of the new global model (after the aggregate was formed).
+/// Where a test holds members: inside local training or inside an
+/// evaluation (of the new global model without DP; of the round's starting
+/// model under private evaluation).
 #[derive(Default)]
 pub struct Gates {
     pub train: AtomicBool,

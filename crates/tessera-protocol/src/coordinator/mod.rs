@@ -29,11 +29,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tessera_core::{
-    AggregatorMsg, ClientMsg, DpSettings, EvalMetrics, ModelParams, NoisePlacement, RoundSettings, SecAggSettings,
+    AggregatorMsg, ClientMsg, EVAL_TENSOR, EvalMetrics, ModelParams, NoisePlacement, RoundSettings, SecAggSettings,
     UNCLIPPED_TENSOR,
 };
 
-use crate::derive::derive_seed;
+use crate::derive::{self, derive_seed};
 use crate::strategy::ServerOptimizer;
 pub use cohort::CohortSelection;
 use cohort::select_cohort;
@@ -42,6 +42,7 @@ pub use output::{ConfigError, Dropout, Event, Output, ReportProblem, VectorProbl
 use privacy::PrivacyState;
 pub use privacy::{
     AdaptiveClipConfig, CentralNoise, ClipStep, PrivacyConfig, PrivacyConfigError, PrivacyPlan, PrivacyStatus,
+    PrivateEvaluationConfig,
 };
 pub use robust::{RobustError, RobustRule};
 use round::RoundState;
@@ -82,6 +83,8 @@ pub struct Coordinator {
     started_any: bool,
     /// What adaptive clipping learned in the round being finished.
     clip_step: Option<ClipStep>,
+    /// The round's private evaluation, decoded from the noised secure sum.
+    private_metrics: Option<EvalMetrics>,
     noise: CentralNoise,
 }
 
@@ -105,6 +108,14 @@ impl Coordinator {
             if cfg.dp.is_some() {
                 return Err(ConfigError::RobustUnderPrivacy { rule: rule.name() });
             }
+        }
+        if cfg.dp.is_some() && cfg.cohort.poisson_rate().is_some() && cfg.cohort.fixed_denominator().is_none() {
+            // Without N the mean would divide by the realized cohort size,
+            // which the noise scale and the model would then reveal.
+            return Err(ConfigError::Cohort {
+                key: "population",
+                rule: "be set with [privacy] (the fixed denominator q·N of Poisson cohorts)",
+            });
         }
         let optimizer = optimizer.unwrap_or_else(|| ServerOptimizer::new(cfg.strategy.clone()));
         let privacy = match &cfg.dp {
@@ -135,6 +146,7 @@ impl Coordinator {
             privacy,
             started_any: false,
             clip_step: None,
+            private_metrics: None,
             noise,
         })
     }
@@ -337,13 +349,19 @@ impl Coordinator {
                         self.out.push_back(Output::Event(Event::BadShares { round, members: bad_shares }));
                     }
                     let contributors = r.contributor_count();
-                    let dp = r.settings().dp.clone();
-                    let ok = mean_delta.and_then(|d| self.server_step(d, contributors, dp.as_ref()));
+                    let (settings, cohort) = (r.settings().clone(), r.cohort.len() as u32);
+                    let ok = mean_delta.and_then(|d| self.server_step(d, contributors, &settings, cohort));
                     match ok {
                         Ok(g) => {
                             self.global = Arc::new(g);
                             let r = self.current.as_mut().expect("round in progress");
-                            r.start_eval(now_ms, &self.cfg, &self.online, &self.global, &mut self.out);
+                            // Evaluation reports are exact counts of a member's
+                            // data: under DP none is asked for in the clear.
+                            let every = self.cfg.evaluate_every;
+                            let due = every > 0 && (self.completed + 1).is_multiple_of(every);
+                            let clear = self.privacy.is_none() || self.cfg.research_clear_evaluation;
+                            let evaluators = if due && clear { &self.online } else { &BTreeSet::new() };
+                            r.start_eval(now_ms, &self.cfg, evaluators, &self.global, &mut self.out);
                         }
                         Err(reason) => {
                             // The sum exists now. A retry would train the same
@@ -367,24 +385,50 @@ impl Coordinator {
         }
     }
 
-    /// From the round's mean update to the next global model: central noise
-    /// (trusted operator only), the adaptive clip's bit taken out and folded
-    /// in, then the server optimizer's step.
+    /// From the round's mean update to the next global model: under DP with
+    /// Poisson cohorts the fixed denominator `q·N` instead of the realized
+    /// size, central noise (trusted operator only), the adaptive clip's bit
+    /// taken out and folded in, then the server optimizer's step.
     fn server_step(
         &mut self,
         mut delta: ModelParams,
         contributors: usize,
-        dp: Option<&DpSettings>,
+        settings: &RoundSettings,
+        cohort: u32,
     ) -> Result<ModelParams, String> {
-        if let (Some(p), Some(dp)) = (self.privacy.as_mut(), dp) {
+        if let (Some(p), Some(dp)) = (self.privacy.as_mut(), settings.dp.as_ref()) {
+            // Every weight is 1 under DP, so the decoded mean is sum / n;
+            // with Poisson cohorts it becomes sum / (q·N), whose scale and
+            // noise do not depend on how many members were drawn.
+            let denominator = match self.cfg.cohort.fixed_denominator() {
+                Some(qn) => {
+                    let scale = (contributors as f64 / qn) as f32;
+                    delta.values_mut().for_each(|v| *v *= scale);
+                    qn
+                }
+                None => contributors.max(1) as f64,
+            };
             if dp.noise == NoisePlacement::Central {
+                // The members' values were rounded into the ring: the
+                // sensitivity of the decoded sum counts the rounding step.
+                let step =
+                    derive::update_rounding_step(settings, delta.numel() as u64, cohort).map_err(|e| e.to_string())?;
                 let stream = derive_seed(self.cfg.seed, self.completed + 1, b"central-noise");
-                p.add_central_noise(&mut delta, contributors, &self.noise, stream, dp)?;
+                p.add_central_noise(&mut delta, denominator, step, &self.noise, stream, dp)?;
             }
             if dp.adaptive.is_some() {
                 let at = delta.tensors.iter().position(|t| t.name == UNCLIPPED_TENSOR);
                 let bit = at.map(|i| delta.tensors.remove(i)).ok_or("the adaptive clip's bit is missing")?;
-                self.clip_step = p.observe_unclipped(f64::from(bit.data[0]), dp, contributors)?;
+                // The contributors' mean bit, whatever the denominator.
+                let mean_bit = f64::from(bit.data[0]) * denominator / contributors.max(1) as f64;
+                self.clip_step = p.observe_unclipped(mean_bit, dp, contributors)?;
+            }
+            if let Some(release) = &settings.eval {
+                // Back from the mean to the noised sum, then to counts.
+                let at = delta.tensors.iter().position(|t| t.name == EVAL_TENSOR);
+                let eval = at.map(|i| delta.tensors.remove(i)).ok_or("the evaluation tensor is missing")?;
+                let sum: Vec<f32> = eval.data.iter().map(|v| (f64::from(*v) * denominator) as f32).collect();
+                self.private_metrics = Some(release.decode(&sum));
             }
         }
         let mut g = (*self.global).clone();
@@ -395,6 +439,12 @@ impl Coordinator {
     fn finish_round(&mut self, now_ms: u64, reports: Vec<EvalMetrics>) {
         let r = self.current.take().expect("round in progress");
         let mut outcome = r.outcome(now_ms, EvalMetrics::weighted_mean(&reports), &self.global);
+        if let Some(m) = self.private_metrics.take() {
+            // Private evaluation: the noised sum over the contributors, of
+            // the model this round started from.
+            outcome.metrics = m;
+            outcome.evaluators = outcome.contributors.len() as u32;
+        }
         if let Some(step) = self.clip_step.take() {
             outcome.clip_norm = Some(step.clip_norm);
             outcome.unclipped_fraction = Some(step.unclipped_fraction);
@@ -422,6 +472,7 @@ impl Coordinator {
     fn abort_round(&mut self, now_ms: u64, reason: String) {
         let r = self.current.take().expect("round in progress");
         self.clip_step = None;
+        self.private_metrics = None;
         let dropped = r.dropouts();
         self.update_health(&r.cohort, &[]);
         for m in &r.cohort {
@@ -552,14 +603,13 @@ impl Coordinator {
         }
         let round = self.next_round;
         let logical = self.completed + 1;
-        // A retry draws a new cohort (a Poisson draw below the minimum must
-        // not repeat itself); first attempts stay reproducible across restarts.
-        let mut cohort_seed = derive_seed(self.cfg.seed, logical, b"cohort");
-        if self.retries > 0 {
-            cohort_seed = derive_seed(cohort_seed, u64::from(self.retries), b"cohort-retry");
-        }
+        // Every attempt draws from the secret key, never from `run.seed`:
+        // a cohort cannot be predicted, and the seed is recorded (in
+        // `RoundStarted`) once drawn, so the record replays the run.
+        let cohort_seed = self.noise.cohort_seed(round);
         let cohort = select_cohort(&self.online, &self.cfg.cohort, self.cfg.min_clients, cohort_seed);
-        let settings = match self.round_settings(logical, cohort.len() as u32) {
+        let minimum = self.round_minimum(cohort.len());
+        let settings = match self.round_settings(logical, cohort.len() as u32, minimum) {
             Ok(s) => s,
             Err(reason) => {
                 self.finish_run_failed(reason);
@@ -580,18 +630,23 @@ impl Coordinator {
         if let Some((epsilon, spend, delta)) = charged {
             self.out.push_back(Output::Event(Event::PrivacyReserved { round, spend, epsilon, delta }));
         }
-        let start = if cohort.len() < self.cfg.min_clients as usize {
-            // Only a Poisson draw can come out below the minimum.
-            Err(format!(
-                "the cohort draw selected {} members, fewer than min_clients {}",
-                cohort.len(),
-                self.cfg.min_clients
-            ))
+        if self.cfg.cohort.poisson_rate().is_some() && (cohort.len() as u32) < self.secure_floor() {
+            // Too few for a secure sum. Redrawing would condition the
+            // Poisson draw on its size, which the accountant does not model:
+            // the round is skipped instead, counted and charged.
+            self.skip_round(now_ms, round, cohort);
+            return;
+        }
+        let start = if cohort.len() < minimum as usize {
+            Err(format!("the cohort draw selected {} members, fewer than min_clients {minimum}", cohort.len()))
         } else {
             RoundState::start(now_ms, round, cohort, settings, &self.cfg, &self.global, &mut self.out)
         };
         match start {
-            Ok(state) => self.current = Some(state),
+            Ok(mut state) => {
+                state.minimum = minimum;
+                self.current = Some(state);
+            }
             Err(reason) => {
                 // Nothing was sent: the round never began for any member,
                 // and its reservation goes back.
@@ -601,16 +656,63 @@ impl Coordinator {
         }
     }
 
+    /// The fewest members a secure sum can run with (one member's "sum" is
+    /// its update); a plaintext research round runs with one.
+    fn secure_floor(&self) -> u32 {
+        if self.cfg.secure.is_some() { 2 } else { 1 }
+    }
+
+    /// The fewest contributions a round of `cohort` members accepts:
+    /// `min_clients`, except that a Poisson draw runs with the members it
+    /// drew (a size-conditioned redraw would break the accounting).
+    fn round_minimum(&self, cohort: usize) -> u32 {
+        let min = self.cfg.min_clients.max(1);
+        if self.cfg.cohort.poisson_rate().is_some() { min.min(cohort as u32).max(1) } else { min }
+    }
+
+    /// A Poisson draw too small for a secure sum: the round counts (the
+    /// accountant composes `rounds` unconditioned draws and has charged
+    /// this one), the model stays as it was, and the record shows a round
+    /// without contributors.
+    fn skip_round(&mut self, now_ms: u64, round: u64, cohort: Vec<String>) {
+        let mut outcome = RoundOutcome {
+            round,
+            dropped: cohort.clone(),
+            cohort,
+            contributors: Vec::new(),
+            metrics: EvalMetrics::default(),
+            evaluators: 0,
+            model_digest: self.global.digest_hex(),
+            started_ms: now_ms,
+            finished_ms: now_ms,
+            epsilon: None,
+            delta: None,
+            clip_norm: None,
+            unclipped_fraction: None,
+            next_clip_norm: None,
+        };
+        if let Some(p) = &self.privacy {
+            let st = p.status();
+            outcome.epsilon = Some(st.epsilon_spent);
+            outcome.delta = Some(st.delta);
+        }
+        self.out.push_back(Output::Event(Event::RoundFinished(Box::new(outcome))));
+        self.retries = 0;
+        self.completed += 1;
+        self.next_round += 1;
+        self.maybe_start_round(now_ms);
+    }
+
     /// Settings of the `logical`-th round (seeds derive from it, not from
     /// the wire round number, so retries and resumed runs are reproducible).
-    fn round_settings(&self, logical: u64, cohort_size: u32) -> Result<RoundSettings, String> {
+    fn round_settings(&self, logical: u64, cohort_size: u32, minimum: u32) -> Result<RoundSettings, String> {
         let secagg = self.cfg.secure.as_ref().map(|s| {
-            let (neighbours, threshold) = secagg_shape(s, cohort_size, self.cfg.min_clients);
+            let (neighbours, threshold) = secagg_shape(s, cohort_size, minimum);
             SecAggSettings { threshold, modulus_bits: s.modulus_bits, clip_range: s.clip_range, neighbours }
         });
         let mut train = self.cfg.train.clone();
         train.seed = derive_seed(self.cfg.seed, logical, b"train");
-        let dp = self.privacy.as_ref().map(|p| p.round_settings(cohort_size)).transpose()?.map(|mut dp| {
+        let mut dp = self.privacy.as_ref().map(|p| p.round_settings(cohort_size)).transpose()?.map(|mut dp| {
             // Under DP every member weighs 1: an example count is itself an
             // unprivatized statistic of the member's data.
             train.example_weight_cap = 0;
@@ -618,13 +720,21 @@ impl Coordinator {
             // Under the complete graph the secure sum needs t survivors; under
             // SecAgg+ t is per neighbourhood, so only min_clients is global.
             dp.min_contributors = match &secagg {
-                Some(s) if s.neighbours.is_none() => s.threshold.max(self.cfg.min_clients),
-                _ => self.cfg.min_clients,
+                Some(s) if s.neighbours.is_none() => s.threshold.max(minimum),
+                _ => minimum,
             }
             .max(1);
             dp
         });
-        Ok(RoundSettings { train, secagg, dp })
+        // Private evaluation rides in the rounds it is due in, under secure
+        // aggregation only (the plan checked both).
+        let every = self.cfg.evaluate_every;
+        let due = every > 0 && logical.is_multiple_of(every) && secagg.is_some();
+        let eval = match (&self.privacy, dp.as_mut()) {
+            (Some(p), Some(dp)) if due => p.evaluation(dp),
+            _ => None,
+        };
+        Ok(RoundSettings { train, secagg, dp, eval })
     }
 }
 

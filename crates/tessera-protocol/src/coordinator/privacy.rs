@@ -7,7 +7,9 @@
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
-use tessera_core::{AdaptiveClipSettings, DpSettings, ModelParams, NoisePlacement, PrivacyUnit, TrainSettings};
+use tessera_core::{
+    AdaptiveClipSettings, DpSettings, EvalRelease, ModelParams, NoisePlacement, PrivacyUnit, TrainSettings,
+};
 use tessera_privacy::{
     AdaptiveClip, GaussianSpend, PrivacyBudget, PrivacyError, RdpAccountant, adaptive_release,
     calibrate_noise_multiplier, round_spend,
@@ -44,6 +46,44 @@ pub struct PrivacyConfig {
     /// Adaptive clipping (client unit only): `clip_norm` is the initial clip.
     #[serde(default)]
     pub adaptive_clipping: Option<AdaptiveClipConfig>,
+    /// Private evaluation (client unit under secure aggregation only). Without
+    /// it a private run evaluates nothing: no member reports in the clear.
+    #[serde(default)]
+    pub evaluation: Option<PrivateEvaluationConfig>,
+}
+
+/// `[privacy.evaluation]`: members' evaluations travel inside their updates,
+/// clipped, noised and securely summed with them (issue #18; see
+/// [`tessera_core::EvalRelease`]). The bounds fix the sensitivity: a
+/// member's counts are scaled to total at most `max_examples`, its mean loss
+/// is clipped to `[0, loss_bound]`, and the encoded evaluation has L2 norm
+/// at most `share · clip_norm`. The round's clip becomes
+/// `hypot(clip_norm, share · clip_norm)`, so the round stays one Gaussian
+/// release at the same multiplier (the same epsilon); the price is
+/// `sqrt(1 + share²)` times the noise on the update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateEvaluationConfig {
+    /// M: the most held-out examples one member's evaluation counts.
+    pub max_examples: u64,
+    /// L: the bound on a member's mean loss (default 10).
+    #[serde(default = "default_loss_bound")]
+    pub loss_bound: f64,
+    /// The evaluation's share of the clip norm, in (0, 1] (default 0.5).
+    #[serde(default = "default_eval_share")]
+    pub share: f64,
+    /// Classes k of the confusion matrix; the aggregator daemon fills it in
+    /// from `[model] num_classes`.
+    #[serde(default)]
+    pub classes: Option<u32>,
+}
+
+fn default_loss_bound() -> f64 {
+    10.0
+}
+
+fn default_eval_share() -> f64 {
+    0.5
 }
 
 /// Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021): the clip
@@ -93,6 +133,8 @@ pub struct PrivacyPlan {
     pub spend: GaussianSpend,
     /// Adaptive clipping, when configured.
     pub adaptive: Option<AdaptiveClipConfig>,
+    /// Private evaluation, when configured (checked: client unit, classes set).
+    pub evaluation: Option<PrivateEvaluationConfig>,
 }
 
 impl PrivacyConfig {
@@ -140,6 +182,22 @@ impl PrivacyConfig {
                 return bad("privacy.adaptive_clipping.count_noise must be finite and > 0");
             }
         }
+        if let Some(e) = &self.evaluation {
+            if self.unit != PrivacyUnit::Client || !secure {
+                return bad("privacy.evaluation applies to unit = \"client\" under secure aggregation only");
+            }
+            let ok = e.max_examples >= 1
+                && e.loss_bound.is_finite()
+                && e.loss_bound > 0.0
+                && e.share > 0.0
+                && e.share <= 1.0
+                && e.classes.is_some_and(|k| (2..=1024).contains(&k));
+            if !ok {
+                return bad(
+                    "privacy.evaluation: max_examples >= 1, loss_bound > 0, share in (0, 1], classes in 2..=1024",
+                );
+            }
+        }
         let mut settings = DpSettings {
             unit: self.unit,
             noise,
@@ -162,12 +220,14 @@ impl PrivacyConfig {
             settings,
             budget: PrivacyBudget { epsilon: self.epsilon, delta: self.delta },
             adaptive: self.adaptive_clipping.clone(),
+            evaluation: self.evaluation.clone(),
         })
     }
 }
 
-/// The secret behind the central DP noise: the coordinator's only random
-/// draw, taken as an input so the state machine stays deterministic. Each
+/// The secret behind the coordinator's random draws, the central DP noise
+/// and the cohorts ([`CentralNoise::cohort_seed`]), taken as an input so the
+/// state machine stays deterministic. Each
 /// round's noise comes from ChaCha20 keyed by it, on a stream derived from
 /// the round, so a resumed run never repeats a round's noise by accident.
 /// Whoever knows the key can subtract the noise: the daemon draws it from
@@ -190,6 +250,18 @@ impl CentralNoise {
         let mut key = [0u8; 32];
         ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut key);
         Self { key }
+    }
+
+    /// The seed of wire round `round`'s cohort draw: SHA-256 of the key, a
+    /// label and the round, so it is as unpredictable as the key and fresh
+    /// for every attempt. It is recorded with the round after the draw.
+    pub fn cohort_seed(&self, round: u64) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update(b"tessera cohort draw");
+        h.update(round.to_le_bytes());
+        u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
     }
 
     fn round_rng(&self, stream: u64) -> ChaCha20Rng {
@@ -289,6 +361,22 @@ impl PrivacyState {
         Ok(dp)
     }
 
+    /// Private evaluation for a round: the release members append, and the
+    /// round's settings with `clip_norm` raised to bound update and
+    /// evaluation together (one Gaussian release, as with the adaptive bit).
+    pub fn evaluation(&self, dp: &mut DpSettings) -> Option<EvalRelease> {
+        let e = self.plan.evaluation.as_ref()?;
+        let norm = e.share * self.plan.settings.clip_norm;
+        // A hair of slack so the member's f32 values never exceed the bound.
+        dp.clip_norm = dp.clip_norm.hypot(norm) * (1.0 + 1e-6);
+        Some(EvalRelease {
+            classes: e.classes.unwrap_or(2),
+            max_examples: e.max_examples,
+            loss_bound: e.loss_bound,
+            norm,
+        })
+    }
+
     /// Fold a round's aggregated bit (the mean of the contributors' scaled
     /// bits, noise included) into the adaptive clip.
     pub fn observe_unclipped(
@@ -364,21 +452,26 @@ impl PrivacyState {
         }
     }
 
-    /// Central placement: add N(0, (z C / contributors)^2) to the mean of
-    /// `contributors` clipped updates (the sum has sensitivity C, the round's
-    /// `dp.clip_norm`).
+    /// Central placement: add noise of std `z · (C + step·sqrt(d)) /
+    /// denominator` to a mean that is a sum of clipped updates divided by
+    /// `denominator` (the contributors, or a Poisson round's fixed `q·N`).
+    /// Each update has L2 norm at most C (the round's `dp.clip_norm`) before
+    /// it was rounded into the ring with steps below `step`, so one member
+    /// moves the decoded sum by at most `C + step·sqrt(d)`
+    /// ([`tessera_privacy::rounded_sensitivity`]).
     pub fn add_central_noise(
         &self,
         mean: &mut ModelParams,
-        contributors: usize,
+        denominator: f64,
+        step: f64,
         noise: &CentralNoise,
         stream: u64,
         dp: &DpSettings,
     ) -> Result<(), String> {
-        // The mean of n clipped vectors has sensitivity C / n.
-        let n = contributors.max(1) as f64;
-        let m = tessera_privacy::GaussianMechanism::new(dp.noise_multiplier, dp.clip_norm / n, mean.numel())
-            .map_err(|e| e.to_string())?;
+        let d = mean.numel();
+        let sensitivity = tessera_privacy::rounded_sensitivity(dp.clip_norm, step, d) / denominator.max(1e-300);
+        let m =
+            tessera_privacy::GaussianMechanism::new(dp.noise_multiplier, sensitivity, d).map_err(|e| e.to_string())?;
         let mut rng = noise.round_rng(stream);
         for t in &mut mean.tensors {
             m.add_to(&mut t.data, &mut rng).map_err(|e| e.to_string())?;
@@ -440,6 +533,7 @@ mod tests {
             noise_multiplier: None,
             sampling_rate: if unit == PrivacyUnit::Record { Some(0.1) } else { None },
             adaptive_clipping: None,
+            evaluation: None,
         }
     }
 

@@ -111,6 +111,9 @@ pub(super) struct RoundState {
     pub(super) round: u64,
     pub(super) cohort: Vec<String>,
     pub(super) phase: Phase,
+    /// Fewest members that must complete each phase (`min_clients`, or a
+    /// smaller Poisson draw's size).
+    pub(super) minimum: u32,
     pub(super) phase_deadline_ms: u64,
     pub(super) deadline_passed: bool,
     started_ms: u64,
@@ -183,6 +186,7 @@ impl RoundState {
             round,
             cohort,
             phase,
+            minimum: cfg.min_clients,
             phase_deadline_ms: now_ms + deadline,
             deadline_passed: false,
             started_ms: now_ms,
@@ -444,7 +448,7 @@ impl RoundState {
         if !self.phase_complete() {
             return Step::Wait;
         }
-        let min = cfg.min_clients.max(1) as usize;
+        let min = self.minimum.max(1) as usize;
         let answered = self.alive.iter().filter(|p| self.answered.contains(p)).count();
         if answered < min {
             self.note_silent();

@@ -44,6 +44,8 @@ fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
         unhealthy_after: 2,
         admission: None,
         robust: None,
+        evaluate_every: 1,
+        research_clear_evaluation: false,
     }
 }
 
@@ -97,6 +99,8 @@ struct Harness {
     abort_events: Vec<(u64, Event)>,
     /// A malicious aggregator's edit of every `RoundStart` on its way to the members.
     tamper_round_start: Option<fn(&mut tessera_core::RoundSettings)>,
+    /// Each `RoundStarted` event: the cohort and the seed it was drawn with.
+    started: Vec<(Vec<String>, u64)>,
 }
 
 impl Harness {
@@ -136,6 +140,7 @@ impl Harness {
             bad_shares: vec![],
             abort_events: vec![],
             tamper_round_start: None,
+            started: vec![],
         }
     }
 
@@ -168,9 +173,14 @@ impl Harness {
         moved
     }
 
-    fn with_initial(mut self, initial: ModelParams) -> Self {
+    fn with_initial(self, initial: ModelParams) -> Self {
+        self.with_start(initial, CentralNoise::reproducible(7))
+    }
+
+    /// The coordinator restarted from `initial` with the key `noise`.
+    fn with_start(mut self, initial: ModelParams, noise: CentralNoise) -> Self {
         let cfg = self.coord.config().clone();
-        self.coord = Coordinator::new(cfg, initial, None, Resume::default(), CentralNoise::reproducible(7)).unwrap();
+        self.coord = Coordinator::new(cfg, initial, None, Resume::default(), noise).unwrap();
         self
     }
 
@@ -237,6 +247,9 @@ impl Harness {
                 }
                 Output::Event(Event::BadShares { members, .. }) => self.bad_shares.push(members),
                 Output::Event(e) => {
+                    if let Event::RoundStarted { cohort, cohort_seed, .. } = &e {
+                        self.started.push((cohort.clone(), *cohort_seed));
+                    }
                     let label = match &e {
                         Event::RoundStarted { .. } => "round_started".to_string(),
                         Event::PrivacyReserved { round, .. } => format!("privacy_reserved:{round}"),
@@ -509,7 +522,7 @@ fn members_refuse_unsafe_rounds() {
     p.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m0".into() }).unwrap();
     let mut settings = cfg(2, true);
     settings.secure = None;
-    let plain = tessera_core::RoundSettings { train: settings.train.clone(), secagg: None, dp: None };
+    let plain = tessera_core::RoundSettings { train: settings.train.clone(), secagg: None, dp: None, eval: None };
     let start = |round, s: tessera_core::RoundSettings, cohort: Vec<&str>| AggregatorMsg::RoundStart {
         round,
         settings: s,
@@ -579,7 +592,9 @@ fn members_refuse_unsafe_rounds() {
 }
 
 mod admission;
+mod cohort;
 mod dp;
+mod eval;
 mod robust;
 mod secure;
 mod signed;

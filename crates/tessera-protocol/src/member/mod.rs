@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::{
-    AggregatorMsg, ClientMsg, DpSettings, EvalMetrics, ModelAssembler, ModelParams, ModelPurpose, NoisePlacement,
-    ParamTensor, PartyId, PrivacyUnit, RoundSettings, RunId, UNCLIPPED_TENSOR,
+    AggregatorMsg, ClientMsg, DpSettings, EVAL_TENSOR, EvalMetrics, EvalRelease, ModelAssembler, ModelParams,
+    ModelPurpose, NoisePlacement, ParamTensor, PartyId, PrivacyUnit, RoundSettings, RunId, UNCLIPPED_TENSOR,
 };
 use tessera_privacy::{DiscreteGaussian, GaussianSpend};
 use tessera_secagg::ValueCoding;
@@ -52,6 +52,11 @@ pub struct Policy {
     pub chunk_values: usize,
     /// Refuse rounds whose release is not differentially private.
     pub require_dp: bool,
+    /// Research only (the simulator): answer evaluation requests with exact
+    /// metrics even in a private round. Otherwise a member that requires DP,
+    /// or is in a round with DP settings, refuses them
+    /// ([`PrivacyRefusal::EvaluationInTheClear`]).
+    pub research_clear_evaluation: bool,
     /// Threads that mask one chunk under secure aggregation (bit-identical
     /// output for any count). The daemon uses every core; the simulator,
     /// with many members in one process, sets 1.
@@ -67,6 +72,7 @@ impl Default for Policy {
             min_threshold_fraction: 2.0 / 3.0,
             chunk_values: 1 << 20,
             require_dp: false,
+            research_clear_evaluation: false,
             mask_threads: tessera_secagg::default_mask_threads(),
         }
     }
@@ -125,6 +131,9 @@ struct ActiveRound {
     neighbour_keys: std::collections::BTreeMap<PartyId, VerifiedKey>,
     shares_received: bool,
     trained: Option<TrainedUpdate>,
+    /// Private evaluation: the member's evaluation of the round's starting
+    /// model, which rides inside its update.
+    evaluated: Option<EvalMetrics>,
     sent: bool,
     /// The round's training model arrived; a second one is refused, since
     /// re-keying mid-round would open a second secure-aggregation session
@@ -395,6 +404,7 @@ impl<R: MemberRng> Participant<R> {
                     neighbour_keys: Default::default(),
                     shares_received: false,
                     trained: None,
+                    evaluated: None,
                     sent: false,
                 });
                 Ok(())
@@ -402,6 +412,10 @@ impl<R: MemberRng> Participant<R> {
             AggregatorMsg::ModelStart { round, purpose, layout } => {
                 if purpose == ModelPurpose::Train && self.round.as_ref().is_none_or(|r| r.round != round) {
                     return Err(Refusal::Unexpected { kind });
+                }
+                let private = self.policy.require_dp || self.round.as_ref().is_some_and(|r| r.settings.dp.is_some());
+                if purpose == ModelPurpose::Evaluate && private && !self.policy.research_clear_evaluation {
+                    return Err(PrivacyRefusal::EvaluationInTheClear.into());
                 }
                 self.assembler = Some(ModelAssembler::start(round, purpose, &layout, self.policy.max_model_values)?);
                 Ok(())
@@ -494,6 +508,9 @@ impl<R: MemberRng> Participant<R> {
     /// cannot account for, and charge its own budget before any training.
     fn check_privacy(&mut self, round: u64, settings: &RoundSettings) -> Result<(), Refusal> {
         let Some(dp) = &settings.dp else {
+            if settings.eval.is_some() {
+                return Err(PrivacyRefusal::EvaluationOutsideTheRelease.into());
+            }
             return if self.policy.require_dp { Err(PrivacyRefusal::NotPrivate.into()) } else { Ok(()) };
         };
         tessera_privacy::validate(dp).map_err(PrivacyRefusal::Settings)?;
@@ -504,6 +521,16 @@ impl<R: MemberRng> Participant<R> {
         }
         if dp.noise == NoisePlacement::Distributed && settings.secagg.is_none() {
             return Err(PrivacyRefusal::DistributedWithoutSecAgg.into());
+        }
+        if let Some(e) = &settings.eval {
+            // The evaluation must sit inside the noised, securely summed
+            // vector, with the update and the adaptive bit, within clip_norm.
+            let bit = dp.adaptive.as_ref().map_or(0.0, |a| a.update_clip.hypot(a.bit_scale / 2.0));
+            let fits = e.norm.is_finite() && e.norm > 0.0 && bit.hypot(e.norm) <= dp.clip_norm;
+            let bounded = e.max_examples >= 1 && e.loss_bound.is_finite() && e.loss_bound > 0.0;
+            if dp.unit != PrivacyUnit::Client || settings.secagg.is_none() || !fits || !bounded || e.classes > 1024 {
+                return Err(PrivacyRefusal::EvaluationOutsideTheRelease.into());
+            }
         }
         if let Some(g) = self.guard.as_mut() {
             let spend = tessera_privacy::member_spend(dp, &settings.train);
@@ -539,6 +566,11 @@ impl<R: MemberRng> Participant<R> {
         r.base = Some(model.clone());
         let settings = r.settings.train.clone();
         let dp = r.settings.dp.clone().filter(|d| d.unit == PrivacyUnit::Record);
+        if r.settings.eval.is_some() {
+            // Private evaluation: the model the round starts from, evaluated
+            // while it trains; the result waits for the update.
+            self.out.push_back(Output::Evaluate { round, model: model.clone() });
+        }
         self.out.push_back(Output::Train { round, model, settings, dp });
         Ok(())
     }
@@ -564,8 +596,24 @@ impl<R: MemberRng> Participant<R> {
         }
     }
 
-    /// The driver finished evaluating the model sent for `round`.
+    /// The driver finished evaluating the model sent for `round`. Under
+    /// private evaluation the result waits to ride inside the update; a
+    /// failed evaluation rides as zeros (declining would tell the aggregator,
+    /// unnoised, that this member's evaluation failed).
     pub fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>) {
+        if let Some(r) = self.round.as_mut().filter(|r| r.round == round && r.settings.eval.is_some() && !r.sent) {
+            if let Err(e) = &metrics {
+                self.out.push_back(Output::Event(Event::Refused { round: Some(round), reason: e.to_string() }));
+            }
+            r.evaluated = Some(metrics.unwrap_or_default());
+            if let Err(e) = self.maybe_send_update() {
+                self.out.push_back(Output::Event(Event::Refused { round: Some(round), reason: e.to_string() }));
+                if let Some(r) = self.round.take() {
+                    self.out.push_back(Output::Send(ClientMsg::Decline { round: r.round, reason: e.to_string() }));
+                }
+            }
+            return;
+        }
         match metrics {
             Ok(metrics) => self.out.push_back(Output::Send(ClientMsg::EvalReport { round, metrics })),
             Err(e) => self.out.push_back(Output::Event(Event::Refused { round: Some(round), reason: e.to_string() })),
@@ -576,7 +624,8 @@ impl<R: MemberRng> Participant<R> {
     /// once the shares are in place.
     fn maybe_send_update(&mut self) -> Result<(), Refusal> {
         let Some(r) = self.round.as_mut() else { return Ok(()) };
-        if r.sent || r.trained.is_none() || (r.secagg.is_some() && !r.shares_received) {
+        let evaluating = r.settings.eval.is_some() && r.evaluated.is_none();
+        if r.sent || r.trained.is_none() || evaluating || (r.secagg.is_some() && !r.shares_received) {
             return Ok(());
         }
         let trained = r.trained.take().expect("checked above");
@@ -593,7 +642,8 @@ impl<R: MemberRng> Participant<R> {
             // statistic of the data).
             weight = 1.0;
             if dp.unit == PrivacyUnit::Client {
-                privatize_update(&mut delta, dp, &mut self.rng)?;
+                let eval = r.settings.eval.as_ref().zip(r.evaluated.as_ref());
+                privatize_update(&mut delta, dp, eval, &mut self.rng)?;
                 let agreed = derive::update_coding(&r.settings, delta.numel() as u64, cohort)
                     .map_err(PrivacyRefusal::Settings)?;
                 coding = agreed.coding;
@@ -673,15 +723,22 @@ impl<R: MemberRng> MemberMachine for Participant<R> {
 /// Under adaptive clipping the update is clipped to this round's
 /// `update_clip` and the scaled unclipped bit is appended as one more
 /// coordinate before any noise, so the bit is privatized with the update.
+///
+/// Under private evaluation the encoded evaluation (norm at most
+/// `eval.norm`) is appended last, and the update is clipped so that the
+/// whole vector stays within `clip_norm`.
 fn privatize_update<R: RngCore + CryptoRng>(
     delta: &mut ModelParams,
     dp: &DpSettings,
+    eval: Option<(&EvalRelease, &EvalMetrics)>,
     rng: &mut R,
 ) -> Result<(), Refusal> {
     let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(PrivacyRefusal::Settings(e));
+    let eval_norm = eval.map_or(0.0, |(e, _)| e.norm);
     match &dp.adaptive {
         None => {
-            tessera_privacy::clip_params_l2(delta, dp.clip_norm).map_err(privacy)?;
+            let clip = (dp.clip_norm.powi(2) - eval_norm.powi(2)).max(0.0).sqrt();
+            tessera_privacy::clip_params_l2(delta, clip).map_err(privacy)?;
         }
         Some(a) => {
             let norm = tessera_privacy::clip_params_l2(delta, a.update_clip).map_err(privacy)?;
@@ -690,6 +747,11 @@ fn privatize_update<R: RngCore + CryptoRng>(
                 .map_err(UpdateError::Params)?;
             delta.tensors.push(t);
         }
+    }
+    if let Some((release, metrics)) = eval {
+        let values = release.encode(metrics);
+        let t = ParamTensor::new(EVAL_TENSOR, vec![values.len()], values).map_err(UpdateError::Params)?;
+        delta.tensors.push(t);
     }
     if dp.noise == NoisePlacement::Local {
         // One release of the whole vector (sensitivity C), rounding covered.

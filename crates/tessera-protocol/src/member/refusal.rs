@@ -151,6 +151,16 @@ pub enum PrivacyRefusal {
         /// `min_contributors` the round's noise plan assumed (capped at the cohort).
         planned: u32,
     },
+    /// The aggregator asked for an evaluation report in the clear (exact
+    /// example count, loss and confusion matrix) in a private run: under DP
+    /// evaluation leaves only inside the noised secure sum, or not at all.
+    #[error("an evaluation report in the clear would release exact counts of this member's data under DP")]
+    EvaluationInTheClear,
+    /// A round asks for private evaluation outside a client-level release
+    /// under secure aggregation, or with bounds whose vector the round's
+    /// `clip_norm` does not cover.
+    #[error("private evaluation is only sent inside a client-level, securely summed release that bounds it")]
+    EvaluationOutsideTheRelease,
     /// The DP settings are out of range, or the mechanism cannot run.
     #[error(transparent)]
     Settings(#[from] PrivacyError),

@@ -18,6 +18,7 @@ fn dp_config(unit: PrivacyUnit, noise: Option<NoisePlacement>, z: f64) -> Privac
         noise_multiplier: Some(z),
         sampling_rate: (unit == PrivacyUnit::Record).then_some(0.25),
         adaptive_clipping: None,
+        evaluation: None,
     }
 }
 
@@ -57,6 +58,7 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
         train: c_train(),
         secagg: Some(SecAggSettings { threshold: 4, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: Some(DpSettings { min_contributors: 4, ..dp }),
+        eval: None,
     };
     let plan = DistributedPlan::for_round(&settings, d as u64, 5).unwrap().unwrap();
     let per_coord = 0.5 / (d as f64).sqrt();
@@ -124,6 +126,30 @@ fn central_noise_on_the_mean() {
     let (_, std) = residual_stats(&h, 0.5 / (d as f64).sqrt());
     let want = 2.0 * 0.5 / 5.0;
     assert!((std / want - 1.0).abs() < 0.08, "noise std {std}, want {want}");
+}
+
+/// Central noise under secure aggregation's offset coding (issue #18): the
+/// members' clipped updates are rounded into the ring with step g, so one
+/// member moves the decoded sum by up to C + g·sqrt(d), and that is what the
+/// noise is calibrated on. A 12-bit ring makes g·sqrt(d) half of C, so the
+/// noise std must be z·(C + g·sqrt(d))/n, not z·C/n.
+#[test]
+fn central_noise_under_offset_coding_counts_the_rounding_step() {
+    let d = 4000;
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    c.secure = Some(SecureConfig { modulus_bits: 12, ..SecureConfig::default() });
+    c.dp = Some(dp_config(PrivacyUnit::Client, Some(NoisePlacement::Central), 2.0));
+    let mut h = Harness::new(5, c).with_initial(zeros(d));
+    h.connect_all();
+    h.run(10);
+    assert_eq!(h.finished.len(), 1, "aborted: {:?}", h.aborted);
+    // 12 bits, cohort of 5: 9 bits per member, step 2·clip_range / 511.
+    let g = tessera_secagg::Quantizer::symmetric(1.0, 12, 5).unwrap().step();
+    assert!(g * (d as f64).sqrt() > 0.2, "the rounding must matter here: {g}");
+    let (_, std) = residual_stats(&h, 0.5 / (d as f64).sqrt());
+    let want = 2.0 * tessera_privacy::rounded_sensitivity(0.5, g, d) / 5.0;
+    assert!((std / want - 1.0).abs() < 0.08, "noise std {std}, want z·(C + g·sqrt(d))/n = {want}");
 }
 
 /// With a fixed noise multiplier, the run stops at the first round the
@@ -295,46 +321,4 @@ fn adaptive_clip_learns_the_median_update_norm_inside_the_secure_sum() {
     // Members saw the adapted clip, and the bound covering update and bit.
     let dp = h.train_dp.iter().flatten().count();
     assert_eq!(dp, 0, "client-unit DP is applied by the participant, not in training");
-}
-
-/// Poisson cohorts: every online member joins independently at rate q; the
-/// client-level accountant charges each round at sampling rate q; a draw
-/// below `min_clients` aborts that attempt, keeps its charge, and the retry
-/// draws a new cohort.
-#[test]
-fn poisson_cohorts_vary_in_size_and_are_charged_at_their_rate() {
-    let mut c = cfg(3, true);
-    c.rounds = 20;
-    c.cohort = CohortSelection::Poisson { rate: 0.5 };
-    c.max_round_retries = 10;
-    c.dp = Some(dp_config(PrivacyUnit::Client, None, 1.0));
-    let mut h = Harness::new(20, c);
-    h.connect_all();
-    h.run(20 * 12);
-    assert_eq!(h.finished.len(), 20, "aborted: {:?}", h.aborted);
-    assert_eq!(h.coord.privacy_plan().unwrap().spend.sampling_rate, 0.5);
-    let sizes: Vec<usize> = h.finished.iter().map(|o| o.cohort.len()).collect();
-    let total: usize = sizes.iter().sum();
-    // 400 independent draws at 1/2: 200 +- 4 sigma (sigma = 10).
-    assert!((160..=240).contains(&total), "cohort sizes {sizes:?}");
-    assert!(sizes.iter().min() != sizes.iter().max(), "Poisson cohorts vary in size: {sizes:?}");
-    let mut acc = RdpAccountant::default();
-    acc.compose_poisson_gaussian(1.0, 0.5, 20 + h.aborted.len() as u64).unwrap();
-    let eps = h.coord.privacy_status().unwrap().epsilon_spent;
-    assert!((eps - acc.epsilon(1e-5).unwrap().0).abs() < 1e-9, "every attempt is charged at q = 0.5");
-
-    // Expected cohort of 0.5 members: draws fall below the minimum, abort
-    // without sending anything, and the run gives up after its retries.
-    let mut c = cfg(3, true);
-    c.cohort = CohortSelection::Poisson { rate: 0.05 };
-    c.max_round_retries = 3;
-    let mut h = Harness::new(10, c);
-    h.connect_all();
-    h.run(50);
-    assert!(h.finished.len() < 2);
-    assert!(h.aborted.iter().any(|(_, why)| why.contains("cohort draw")), "{:?}", h.aborted);
-    // Bad rates are refused up front.
-    let mut bad = cfg(3, true);
-    bad.cohort = CohortSelection::Poisson { rate: 1.5 };
-    assert!(Coordinator::new(bad, initial(), None, Resume::default(), CentralNoise::reproducible(7)).is_err());
 }

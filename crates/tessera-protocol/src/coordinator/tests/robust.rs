@@ -45,6 +45,7 @@ fn robust_rules_are_refused_under_secure_aggregation_or_dp() {
         noise_multiplier: None,
         sampling_rate: None,
         adaptive_clipping: None,
+        evaluation: None,
     });
     assert!(Coordinator::new(c, initial(), None, Resume::default(), CentralNoise::reproducible(7)).is_err());
     // Too few updates for Krum's assumption: the round aborts, nothing panics.

@@ -15,6 +15,7 @@ fn settings() -> RoundSettings {
         train: cfg(2, true).train,
         secagg: Some(SecAggSettings { threshold: 3, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
+        eval: None,
     }
 }
 
