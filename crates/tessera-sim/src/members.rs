@@ -8,10 +8,10 @@ use anyhow::Context;
 use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings, TrainedUpdate, VisionModelConfig};
 use tessera_learn::{LocalError, LocalModel};
 use tessera_protocol::derive_seed;
-use tessera_tabular::{Split, TabularModel};
+use tessera_tabular::TabularModel;
 use tessera_vision::{ImageDataset, VisionModel};
 
-use crate::data::{label_counts, member_data, scenario_partition};
+use crate::data::{encode, label_counts, member_splits, scenario_partition, table_spec};
 use crate::partition::partition;
 use crate::run::SimOptions;
 use crate::scenario::Scenario;
@@ -20,6 +20,11 @@ use crate::scenario::Scenario;
 pub(crate) fn member_name(k: usize, n: usize) -> String {
     let width = n.saturating_sub(1).to_string().len();
     format!("client-{k:0width$}")
+}
+
+/// The index `k` of a name [`member_name`] made.
+pub(crate) fn member_index(name: &str) -> Option<usize> {
+    name.strip_prefix("client-")?.parse().ok()
 }
 
 /// A simulated member's model: tabular, or an image model.
@@ -59,21 +64,52 @@ pub(crate) struct Members {
 }
 
 pub(crate) fn tabular_members(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Members> {
-    let table = crate::data::load_table(s)?;
-    let parts = scenario_partition(s, &table)?;
-    let datas = member_data(s, &table, &parts)?;
-    let examples = datas.iter().map(|d| d.split(Split::Train).len() as u64).collect();
-    let mut models = Vec::with_capacity(datas.len());
-    for (k, d) in datas.into_iter().enumerate() {
-        let model = TabularModel::new(d, s.tabular_model()?, opts.backend).with_context(|| format!("client {k}"))?;
-        models.push(SimModel::Tabular(Box::new(model.with_seeded_noise(true))));
+    let source = TabularSource::new(s, opts)?;
+    let models = (0..s.clients).map(|k| source.model(k)).collect::<anyhow::Result<_>>()?;
+    let TabularSource { examples, label_counts, class_names, .. } = source;
+    Ok(Members { models, examples, label_counts, class_names })
+}
+
+/// A tabular scenario's members before any is built: the table, each
+/// member's rows (its data index) and what a member's model needs. A
+/// population run builds a member from it only when a round draws it;
+/// every run builds member `k` the same way, so both paths train the same
+/// model on the same rows.
+pub(crate) struct TabularSource {
+    table: tessera_tabular::RawTable,
+    spec: tessera_tabular::TabularSpec,
+    splits: Vec<tessera_tabular::SplitIndices>,
+    model: tessera_core::ModelConfig,
+    backend: tessera_learn::ComputeBackend,
+    /// Training examples per member (latency model).
+    pub(crate) examples: Vec<u64>,
+    pub(crate) label_counts: Vec<Vec<usize>>,
+    pub(crate) class_names: Vec<String>,
+}
+
+impl TabularSource {
+    pub(crate) fn new(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Self> {
+        let table = crate::data::load_table(s)?;
+        let parts = scenario_partition(s, &table)?;
+        let splits = member_splits(s, &table, &parts)?;
+        Ok(Self {
+            examples: splits.iter().map(|d| d.train.len() as u64).collect(),
+            label_counts: label_counts(&parts, &table.labels, table.num_classes()),
+            class_names: table.class_names.clone(),
+            spec: table_spec(s),
+            table,
+            splits,
+            model: s.tabular_model()?.clone(),
+            backend: opts.backend,
+        })
     }
-    Ok(Members {
-        models,
-        examples,
-        label_counts: label_counts(&parts, &table.labels, table.num_classes()),
-        class_names: table.class_names.clone(),
-    })
+
+    /// Member `k`'s model over its encoded rows.
+    pub(crate) fn model(&self, k: usize) -> anyhow::Result<SimModel> {
+        let data = encode(&self.table, &self.spec, &self.splits[k]).with_context(|| format!("client {k}"))?;
+        let model = TabularModel::new(data, &self.model, self.backend).with_context(|| format!("client {k}"))?;
+        Ok(SimModel::Tabular(Box::new(model.with_seeded_noise(true))))
+    }
 }
 
 /// An image scenario's partition: the shipped Fashion-MNIST training

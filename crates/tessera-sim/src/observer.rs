@@ -17,14 +17,15 @@ pub(crate) struct SimObserver {
     pub(crate) run: RunDir,
     pub(crate) bar: Option<ProgressBar>,
     pub(crate) plan: Arc<FaultPlan>,
-    pub(crate) index: BTreeMap<String, usize>,
     pub(crate) cohorts: BTreeMap<u64, Vec<usize>>,
     pub(crate) failed: Option<String>,
 }
 
 impl SimObserver {
+    /// Member indices from names (`crate::members::member_name`): parsed,
+    /// not looked up, so a population costs no name table.
     fn members(&self, names: &[String]) -> Vec<usize> {
-        names.iter().filter_map(|n| self.index.get(n).copied()).collect()
+        names.iter().filter_map(|n| crate::members::member_index(n)).collect()
     }
 
     fn write(&mut self, record: &RoundRecord) {

@@ -38,6 +38,14 @@ pub enum Partitioner {
         /// The id column; never a feature. Needs as many distinct values as members.
         column: String,
     },
+    /// Each member draws `examples` distinct rows uniformly, independently
+    /// of every other member, so members may share rows: for a population
+    /// larger than the data (`[population]`). Member k's draw depends only
+    /// on the seed and k.
+    Sampled {
+        /// Rows per member, 1 up to the number of rows.
+        examples: usize,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -52,6 +60,8 @@ pub(crate) enum PartitionError {
     NoClients,
     #[error("column `{column}` has {groups} distinct values but the scenario has {clients} members")]
     GroupMismatch { column: String, groups: usize, clients: usize },
+    #[error("sampled partition: examples must lie in 1..={rows}, got {got}")]
+    BadSample { got: usize, rows: usize },
     #[error("the column partitioner needs the column's values (use partition_by_groups)")]
     NeedsGroups,
 }
@@ -66,6 +76,9 @@ pub(crate) fn partition(
 ) -> Result<Vec<Vec<usize>>, PartitionError> {
     if clients == 0 {
         return Err(PartitionError::NoClients);
+    }
+    if let Partitioner::Sampled { examples } = how {
+        return sampled(labels.len(), *examples, clients, seed);
     }
     if labels.len() < clients {
         return Err(PartitionError::TooFewExamples { clients, examples: labels.len() });
@@ -117,6 +130,7 @@ pub(crate) fn partition(
             }
         }
         Partitioner::Column { .. } => return Err(PartitionError::NeedsGroups),
+        Partitioner::Sampled { .. } => unreachable!("drawn above"),
         Partitioner::Quantity { alpha } => {
             check_alpha(*alpha)?;
             let mut idx: Vec<usize> = (0..labels.len()).collect();
@@ -138,6 +152,24 @@ pub(crate) fn partition(
         v.sort_unstable();
     }
     Ok(out)
+}
+
+/// [`Partitioner::Sampled`]: member k's rows from its own ChaCha20 stream
+/// (stream k of the seed's key), sorted.
+fn sampled(rows: usize, examples: usize, clients: usize, seed: u64) -> Result<Vec<Vec<usize>>, PartitionError> {
+    if examples == 0 || examples > rows {
+        return Err(PartitionError::BadSample { got: examples, rows });
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    Ok((0..clients)
+        .map(|k| {
+            rng.set_stream(k as u64);
+            rng.set_word_pos(0);
+            let mut v = rand::seq::index::sample(&mut rng, rows, examples).into_vec();
+            v.sort_unstable();
+            v
+        })
+        .collect())
 }
 
 /// Natural partition: member k holds the examples whose group (the index of

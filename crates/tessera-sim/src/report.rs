@@ -42,11 +42,19 @@ pub(crate) fn write_report(dir: &Path, s: &Scenario, r: &SimResult, extra: Optio
             Series { name: "participants", points: all(|x| x.participants as f64) },
             Series { name: "dropped", points: all(|x| x.dropped as f64) },
         ],
-        Some(0.0..(s.clients as f64 * 1.05).max(1.0)),
+        Some(0.0..(cohort_bound(s, r) as f64 * 1.05).max(1.0)),
     )?;
     label_distribution(&dir.join("label_distribution.png"), &r.label_counts, &r.class_names)?;
     std::fs::write(dir.join("report.md"), markdown(s, r, extra))?;
     Ok(())
+}
+
+/// The most members a round can hold: the population's largest draw, or every member.
+fn cohort_bound(s: &Scenario, r: &SimResult) -> usize {
+    match s.population {
+        Some(_) => r.cohorts.iter().map(Vec::len).max().unwrap_or(0),
+        None => s.clients,
+    }
 }
 
 fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
@@ -56,7 +64,18 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
         let _ = writeln!(m, "{}\n", s.description);
     }
     let _ = writeln!(m, "| setting | value |\n|---|---|");
-    let _ = writeln!(m, "| members | {} (cohort: {:?}) |", s.clients, s.cohort);
+    match &s.population {
+        Some(p) => {
+            let _ = writeln!(
+                m,
+                "| members | {} (population; cohort drawn by {p:?}, {} built) |",
+                s.clients, r.members_built
+            );
+        }
+        None => {
+            let _ = writeln!(m, "| members | {} (cohort: {:?}) |", s.clients, s.cohort);
+        }
+    }
     let _ = writeln!(m, "| rounds | {} completed, {} aborted ({}) |", r.end.completed_rounds, r.aborted, r.end.reason);
     let _ = writeln!(m, "| partition | {:?} |", s.partition);
     match (&s.model, &s.vision_model) {

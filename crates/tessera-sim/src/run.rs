@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -14,17 +15,20 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_aggregator::daemon::initial_params;
 use tessera_aggregator::{DriverOptions, RunDir, RunEnd, Summary, serve};
-use tessera_client::{ClientOptions, EgressLedger};
-use tessera_core::{Limits, ModelParams, RoundRecord, RunId};
+use tessera_client::{ClientError, ClientExit, ClientOptions, EgressLedger};
+use tessera_core::{Limits, ModelParams, RoundRecord, RunId, SettingsDigest};
 use tessera_learn::ComputeBackend;
 use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
+use tessera_protocol::member::MemberIdentity;
 use tessera_protocol::{AdmissionPolicy, Participant, Policy, derive_seed};
 use tessera_transport::{AdmitAll, Dialer, MemoryNetwork, QuicDialConfig, QuicListenerConfig};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use crate::faults::{FaultPlan, FaultStats, Faulty};
-use crate::members::{Members, image_members, member_name, tabular_members};
+use crate::members::{Members, SimModel, TabularSource, image_members, member_name, tabular_members};
 use crate::observer::SimObserver;
+use crate::population::PopulationSetup;
 use crate::scenario::Scenario;
 
 /// What carries the frames between the simulated members and the coordinator.
@@ -74,11 +78,18 @@ pub struct SimResult {
     pub label_counts: Vec<Vec<usize>>,
     /// Class names in class-index order.
     pub class_names: Vec<String>,
+    /// Members built over the run (model, certificate, state machine):
+    /// `clients` for an ordinary run; for a `[population]` run, the sum of
+    /// the cohorts drawn, since an idle member is never built.
+    pub members_built: u64,
+    /// A `[population]` run's cohort of each round attempt, as member
+    /// indices in draw order (empty for an ordinary run).
+    pub cohorts: Vec<Vec<usize>>,
 }
 
 /// The coordinator settings of a scenario: generous deadlines, since
 /// simulated members never straggle unless a latency model says so.
-fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> CoordinatorConfig {
+pub(crate) fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> CoordinatorConfig {
     let mut run_id = [0u8; 16];
     run_id[..8].copy_from_slice(&derive_seed(s.seed, 0, b"run-id").to_le_bytes());
     CoordinatorConfig {
@@ -118,10 +129,23 @@ fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> CoordinatorCo
 pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::Result<SimResult> {
     let started = Instant::now();
     let initial = initial_params(&s.model_section()?).context("the initial model")?;
-    let Members { models, examples, label_counts, class_names } = match &s.vision_model {
-        Some(cfg) => image_members(s, cfg)?,
-        None => tabular_members(s, opts)?,
+    // A population run keeps its members unbuilt (only their rows) until
+    // a round draws them; every other run builds all of them now.
+    let (source, Members { models, examples, label_counts, class_names }) = match (&s.vision_model, &s.population) {
+        (Some(cfg), _) => (None, image_members(s, cfg)?),
+        (None, None) => (None, tabular_members(s, opts)?),
+        (None, Some(_)) => {
+            let src = TabularSource::new(s, opts)?;
+            let m = Members {
+                models: Vec::new(),
+                examples: src.examples.clone(),
+                label_counts: src.label_counts.clone(),
+                class_names: src.class_names.clone(),
+            };
+            (Some(src), m)
+        }
     };
+    let built = Arc::new(AtomicU64::new(models.len() as u64));
     let plan = Arc::new(FaultPlan::new(
         s.seed,
         s.dropout.clone(),
@@ -147,81 +171,26 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         b.set_style(ProgressStyle::with_template("{bar:30} round {pos}/{len} {elapsed_precise}").expect("template"));
         b
     });
-    let names: Vec<String> = (0..s.clients).map(|k| member_name(k, s.clients)).collect();
-    let index = names.iter().enumerate().map(|(k, n)| (n.clone(), k)).collect();
-    let mut observer = SimObserver { run, bar, plan: plan.clone(), index, cohorts: BTreeMap::new(), failed: None };
+    let mut observer = SimObserver { run, bar, plan: plan.clone(), cohorts: BTreeMap::new(), failed: None };
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (coordinator, end) = rt.block_on(async {
-        let workers = Arc::new(Semaphore::new(opts.workers.max(1)));
-        let _pki_dir; // keeps the temporary PKI alive for the QUIC run
-        // Every member signs its key advertisements for real: with a
-        // certificate of an in-memory consortium PKI, or of the QUIC run's.
-        let mut identities = Vec::with_capacity(names.len());
-        let (listener, dialers): (_, Vec<Dialer>) = match opts.transport {
-            TransportKind::Memory => {
-                let pki = tessera_transport::pki::MemoryPki::new("Tessera simulated consortium")?;
-                for n in &names {
-                    let c = pki.issue(n)?;
-                    identities.push(tessera_client::member_identity(c.cert, &c.key, pki.ca_cert().to_vec())?);
-                }
-                let net = MemoryNetwork::new();
-                let l = net.listen(Arc::new(AdmitAll), Limits::default())?;
-                (l, names.iter().map(|n| Dialer::Memory { network: net.clone(), member: n.clone() }).collect())
-            }
-            TransportKind::Quic => {
-                let dir = tempfile::tempdir()?;
-                tessera_transport::pki::init(dir.path(), &Default::default())?;
-                for n in &names {
-                    let files = tessera_transport::pki::issue(dir.path(), n)?;
-                    let ca = dir.path().join(tessera_transport::pki::CA_CERT);
-                    identities.push(tessera_client::load_member_identity(&files.cert, &files.key, &ca)?);
-                }
-                let l =
-                    QuicListenerConfig::from_pki_dir(dir.path(), "127.0.0.1:0".parse()?)?.listen(Arc::new(AdmitAll))?;
-                let addr = l.local_addr().context("QUIC listener has no address")?;
-                let mut d = Vec::new();
-                for n in &names {
-                    let mut cfg = QuicDialConfig::from_pki_dir(dir.path(), n, addr.to_string())?;
-                    cfg.server_name = Some("localhost".into());
-                    d.push(Dialer::Quic(Arc::new(cfg)));
-                }
-                _pki_dir = dir;
-                (l, d)
-            }
-        };
-        let mut clients = Vec::new();
-        for (((k, model), dialer), identity) in models.into_iter().enumerate().zip(dialers).zip(identities) {
-            let name = names[k].clone();
-            // Many members share the cores (and the worker pool): mask on one thread each.
-            let policy = Policy {
-                allow_plaintext: s.insecure_plaintext,
-                mask_threads: std::num::NonZeroUsize::MIN,
-                research_clear_evaluation: true,
-                ..Policy::default()
-            };
-            let rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, k as u64, b"member"));
-            let plan = plan.active().then(|| plan.clone());
-            let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
-            clients.push(tokio::spawn(async move {
-                let p = Participant::new(name, policy, rng).with_identity(identity).with_settings(admission.expected);
-                let mut p = Faulty::new(p, plan, k);
-                let mut egress = EgressLedger::in_memory();
-                tessera_client::run(dialer, &mut p, Arc::new(Mutex::new(model)), &mut egress, opts).await
-            }));
+    let workers = Arc::new(Semaphore::new(opts.workers.max(1)));
+    let (coordinator, end, cohorts) = match (&s.population, &source) {
+        (Some(draw), Some(source)) => {
+            anyhow::ensure!(
+                opts.transport == TransportKind::Memory,
+                "[population] runs over the in-memory network only (--transport memory)"
+            );
+            let setup =
+                PopulationSetup { scenario: s, draw, source, plan: plan.clone(), workers, built: built.clone() };
+            let r = rt.block_on(crate::population::run_rounds(setup, coordinator, &mut observer))?;
+            (r.coordinator, r.end, r.cohorts)
         }
-        let out = serve(listener, coordinator, &mut observer, DriverOptions::default()).await;
-        for c in clients {
-            match c.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %tessera_cli::ErrorChain(&e), "a simulated member ended with an error")
-                }
-                Err(e) => tracing::warn!(error = %e, "a simulated member panicked"),
-            }
+        _ => {
+            let (c, e) = rt.block_on(run_all(s, opts, models, coordinator, &plan, workers, &mut observer))?;
+            (c, e, Vec::new())
         }
-        anyhow::Ok(out)
-    })?;
+    };
     if let Some(b) = &observer.bar {
         b.finish_and_clear();
     }
@@ -262,9 +231,117 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         wall_seconds,
         label_counts,
         class_names,
+        members_built: built.load(Ordering::Relaxed),
+        cohorts,
     };
     if opts.report {
         crate::report::write_report(&opts.out, s, &result, None)?;
     }
     Ok(result)
+}
+
+/// Every member built at once, over the memory network or QUIC on loopback.
+async fn run_all(
+    s: &Scenario,
+    opts: &SimOptions,
+    models: Vec<SimModel>,
+    coordinator: Coordinator,
+    plan: &Arc<FaultPlan>,
+    workers: Arc<Semaphore>,
+    observer: &mut SimObserver,
+) -> anyhow::Result<(Coordinator, RunEnd)> {
+    let names: Vec<String> = (0..s.clients).map(|k| member_name(k, s.clients)).collect();
+    let settings = coordinator.config().admission.map_or_else(SettingsDigest::default, |a| a.expected);
+    let _pki_dir; // keeps the temporary PKI alive for the QUIC run
+    // Every member signs its key advertisements for real: with a
+    // certificate of an in-memory consortium PKI, or of the QUIC run's.
+    let mut identities = Vec::with_capacity(names.len());
+    let (listener, dialers): (_, Vec<Dialer>) = match opts.transport {
+        TransportKind::Memory => {
+            let pki = tessera_transport::pki::MemoryPki::new("Tessera simulated consortium")?;
+            for n in &names {
+                let c = pki.issue(n)?;
+                identities.push(tessera_client::member_identity(c.cert, &c.key, pki.ca_cert().to_vec())?);
+            }
+            let net = MemoryNetwork::new();
+            let l = net.listen(Arc::new(AdmitAll), Limits::default())?;
+            (l, names.iter().map(|n| Dialer::Memory { network: net.clone(), member: n.clone() }).collect())
+        }
+        TransportKind::Quic => {
+            let dir = tempfile::tempdir()?;
+            tessera_transport::pki::init(dir.path(), &Default::default())?;
+            for n in &names {
+                let files = tessera_transport::pki::issue(dir.path(), n)?;
+                let ca = dir.path().join(tessera_transport::pki::CA_CERT);
+                identities.push(tessera_client::load_member_identity(&files.cert, &files.key, &ca)?);
+            }
+            let l = QuicListenerConfig::from_pki_dir(dir.path(), "127.0.0.1:0".parse()?)?.listen(Arc::new(AdmitAll))?;
+            let addr = l.local_addr().context("QUIC listener has no address")?;
+            let mut d = Vec::new();
+            for n in &names {
+                let mut cfg = QuicDialConfig::from_pki_dir(dir.path(), n, addr.to_string())?;
+                cfg.server_name = Some("localhost".into());
+                d.push(Dialer::Quic(Arc::new(cfg)));
+            }
+            _pki_dir = dir;
+            (l, d)
+        }
+    };
+    let names = (0..s.clients).map(|k| member_name(k, s.clients));
+    let mut clients = Vec::new();
+    for (((k, model), dialer), (name, identity)) in
+        models.into_iter().enumerate().zip(dialers).zip(names.zip(identities))
+    {
+        let rng_seed = derive_seed(s.seed, k as u64, b"member");
+        clients.push(spawn_member(s, k, name, model, dialer, identity, rng_seed, plan, &workers, settings));
+    }
+    let out = serve(listener, coordinator, observer, DriverOptions::default()).await;
+    join_members(clients).await;
+    Ok(out)
+}
+
+/// Start member `k` as the daemon runs one: its participant (wrapped by
+/// the fault plan) under the client driver, over `dialer`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_member(
+    s: &Scenario,
+    k: usize,
+    name: String,
+    model: SimModel,
+    dialer: Dialer,
+    identity: MemberIdentity,
+    rng_seed: u64,
+    plan: &Arc<FaultPlan>,
+    workers: &Arc<Semaphore>,
+    settings: SettingsDigest,
+) -> JoinHandle<Result<ClientExit, ClientError>> {
+    // Many members share the cores (and the worker pool): mask on one thread each.
+    let policy = Policy {
+        allow_plaintext: s.insecure_plaintext,
+        mask_threads: std::num::NonZeroUsize::MIN,
+        research_clear_evaluation: true,
+        ..Policy::default()
+    };
+    let rng = ChaCha20Rng::seed_from_u64(rng_seed);
+    let plan = plan.active().then(|| plan.clone());
+    let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
+    tokio::spawn(async move {
+        let p = Participant::new(name, policy, rng).with_identity(identity).with_settings(settings);
+        let mut p = Faulty::new(p, plan, k);
+        let mut egress = EgressLedger::in_memory();
+        tessera_client::run(dialer, &mut p, Arc::new(Mutex::new(model)), &mut egress, opts).await
+    })
+}
+
+/// Wait for members to end, logging those that ended badly.
+pub(crate) async fn join_members(members: Vec<JoinHandle<Result<ClientExit, ClientError>>>) {
+    for c in members {
+        match c.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %tessera_cli::ErrorChain(&e), "a simulated member ended with an error")
+            }
+            Err(e) => tracing::warn!(error = %e, "a simulated member panicked"),
+        }
+    }
 }

@@ -12,6 +12,7 @@ use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, 
 
 use crate::faults::{DropoutSection, LatencySection};
 use crate::partition::Partitioner;
+use crate::population::PopulationDraw;
 
 /// Why a scenario file could not be loaded; both variants name the file.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +164,11 @@ pub struct Scenario {
     /// `insecure_plaintext = true` and no `[privacy]`.
     #[serde(default)]
     pub robust: Option<RobustRule>,
+    /// `[population]`: `clients` is a population, and the simulator draws
+    /// each round's cohort from it (by count or Poisson), building only the
+    /// members drawn (docs/simulation.md, "Populations").
+    #[serde(default)]
+    pub population: Option<PopulationDraw>,
 }
 
 fn default_retries() -> u32 {
@@ -243,6 +249,34 @@ impl Scenario {
         }
         if let Some(l) = &self.latency {
             l.validate()?;
+        }
+        if let Some(p) = &self.population {
+            self.check_population(p)?;
+        }
+        Ok(())
+    }
+
+    /// What a population run supports: the simulator draws the cohort (so
+    /// `[cohort]` stays at its default), tabular members only, and no
+    /// `[privacy]` yet (its accountant would have to know the population's
+    /// sampling rate, which the per-round coordinator does not see).
+    fn check_population(&self, p: &PopulationDraw) -> Result<(), String> {
+        p.validate(self.clients)?;
+        if self.cohort != CohortSelection::All {
+            return Err("[population] draws each round's cohort: leave [cohort] out".into());
+        }
+        if self.privacy.is_some() {
+            return Err("[population] with [privacy] is not supported: the accountant would need the \
+                        population's sampling rate"
+                .into());
+        }
+        if self.vision_model.is_some() {
+            return Err("[population] needs tabular members ([model]), not [vision_model]".into());
+        }
+        if let (PopulationDraw::Count { count }, Some(min)) = (p, self.min_clients)
+            && min > *count
+        {
+            return Err("min_clients exceeds the population's cohort count".into());
         }
         Ok(())
     }

@@ -312,3 +312,31 @@ fn robust_rules_run_only_in_the_plaintext_research_mode() {
     let last = r.records.last().unwrap();
     assert!(last.accuracy > 0.85, "accuracy {}", last.accuracy);
 }
+
+/// A population of 200 with cohorts of 20 (by count, then by Poisson):
+/// each round draws a different cohort, and only the members drawn are
+/// ever built; the other 140 or so cost their rows and nothing else.
+#[test]
+fn a_population_builds_only_the_members_each_round_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, draw) in [("count", "count = 20"), ("poisson", "rate = 0.1")] {
+        let kind =
+            format!("[partition]\nkind = \"sampled\"\nexamples = 16\n\n[population]\nkind = \"{name}\"\n{draw}\n");
+        let (s, text) = scenario(dir.path(), &format!("population-{name}"), 200, 3, 8, &kind);
+        let r = run_scenario(&s, &text, &opts(dir.path().join(name), 2)).unwrap();
+        assert_eq!(r.end.completed_rounds, 3, "{name}: {}", r.end.reason);
+        assert_eq!(r.cohorts.len(), 3, "{name}: one draw per round, none retried");
+        assert!(r.cohorts.windows(2).all(|w| w[0] != w[1]), "{name}: the cohorts differ per round");
+        let drawn: usize = r.cohorts.iter().map(Vec::len).sum();
+        assert_eq!(r.members_built, drawn as u64, "{name}: only the members drawn are built");
+        assert!(drawn < 200, "{name}: most of the population is never built");
+        for (rec, cohort) in r.records.iter().zip(&r.cohorts) {
+            assert!(rec.accepted);
+            assert_eq!(rec.participants as usize, cohort.len(), "{name}: the round ran on exactly its draw");
+            if name == "count" {
+                assert_eq!(cohort.len(), 20);
+            }
+        }
+        assert_eq!(r.records.iter().map(|x| x.round).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+}
