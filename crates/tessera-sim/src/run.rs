@@ -111,7 +111,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
     let started = Instant::now();
     let initial = initial_params(&s.model_section()?).context("the initial model")?;
     let Members { models, examples, label_counts, class_names } = match &s.vision_model {
-        Some(cfg) => image_members(s, cfg)?,
+        Some(cfg) => image_members(s, cfg, opts)?,
         None => tabular_members(s, opts)?,
     };
     let plan = Arc::new(FaultPlan::new(
