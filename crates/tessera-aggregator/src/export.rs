@@ -20,7 +20,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tessera_core::{ModelConfig, ModelParams, ModelSection, TrainableConfig};
 use tessera_learn::DEFAULT_BACKEND;
-use tessera_tabular::{Field, TabularMlp, load_backbone};
+use tessera_tabular::Field;
 
 use crate::store::StateStore;
 
@@ -82,11 +82,7 @@ pub struct ExportReport {
 /// PyTorch linear layers, with its architecture string.
 pub fn full_model(cfg: &ModelConfig, trained: &ModelParams) -> Result<(Vec<ExportTensor>, String), ExportError> {
     let mlp = tessera_tabular::mlp_config(cfg);
-    let device = DEFAULT_BACKEND.training_device();
-    let mut model = TabularMlp::new(&mlp, &device)?;
-    if let Some(p) = &cfg.pretrained {
-        load_backbone(&mut model, p, &[])?;
-    }
+    let mut model = tessera_tabular::configured_mlp(cfg, &DEFAULT_BACKEND.training_device())?;
     let slots = model.trainable_slots(&mlp.trainable);
     tessera_tabular::import_slots(&mut model, &slots, trained)?;
     let lora_scale = match cfg.trainable {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use tessera_learn::ComputeBackend;
+use tessera_learn::{BackendUnavailable, ComputeBackend};
 use tessera_protocol::member::Policy;
 use tessera_tabular::{SplitConfig, TabularSpec};
 
@@ -43,8 +43,8 @@ pub enum ConfigError {
 }
 
 /// A `client.toml` that parsed but is refused: a policy weaker than the
-/// protocol's safe floor, or a test-only switch in a build that does not
-/// allow it.
+/// protocol's safe floor, a test-only switch or a backend that the build
+/// does not have.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ConfigProblem {
     /// `[policy]` is below what the member needs to stay safe.
@@ -75,6 +75,9 @@ pub enum ConfigProblem {
     /// `features` or `categorical` beside a declared schema.
     #[error("[data] features and categorical are refused beside a declared schema: the schema names the features")]
     SchemaConflict,
+    /// `backend` names a backend this binary was built without.
+    #[error("backend")]
+    Backend(#[from] BackendUnavailable),
 }
 
 /// A `[policy]` value that would weaken what the member accepts below the
@@ -139,8 +142,11 @@ pub struct DataSection {
     /// Class labels in class-index order (must agree across members).
     #[serde(default)]
     pub classes: Option<Vec<String>>,
-    /// Fraction of each class held out for validation (default 0.15).
-    #[serde(default = "default_validation")]
+    /// Fraction held out for validation (default 0): when above 0, local
+    /// training stops early once an epoch no longer lowers the loss on it
+    /// (rounds without record-level DP-SGD only; DP-SGD's step count is
+    /// fixed in advance for the accountant, so there it is not used).
+    #[serde(default)]
     pub validation: f64,
     /// Fraction of each class held out as the test split that global models are evaluated on (default 0.2).
     #[serde(default = "default_test")]
@@ -156,9 +162,6 @@ pub struct DataSection {
     pub schema: Option<SchemaSource>,
 }
 
-fn default_validation() -> f64 {
-    0.15
-}
 fn default_test() -> f64 {
     0.2
 }
@@ -415,22 +418,50 @@ impl TestingSection {
     }
 }
 
-/// `backend`: the CPU backend for local training.
+/// `backend`: where local training runs. `wgpu` needs a binary built with
+/// the `tessera-learn/wgpu` feature; without it the choice is refused when
+/// the file is read ([`ConfigProblem::Backend`]), not replaced by the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
-    /// burn-flex (the default).
+    /// burn-flex on the CPU (the default).
     #[default]
     Flex,
-    /// burn's ndarray backend.
+    /// burn's ndarray backend on the CPU.
     Ndarray,
+    /// burn-wgpu: a GPU through Vulkan, Metal or DX12.
+    Wgpu,
 }
 
-impl From<BackendChoice> for ComputeBackend {
-    fn from(b: BackendChoice) -> Self {
-        match b {
-            BackendChoice::Flex => ComputeBackend::Flex,
-            BackendChoice::Ndarray => ComputeBackend::NdArray,
+impl BackendChoice {
+    /// The compute backend, or why this binary has none by that name.
+    pub fn compute(self) -> Result<ComputeBackend, BackendUnavailable> {
+        match self {
+            BackendChoice::Flex => Ok(ComputeBackend::Flex),
+            BackendChoice::Ndarray => Ok(ComputeBackend::NdArray),
+            BackendChoice::Wgpu => ComputeBackend::wgpu(),
+        }
+    }
+
+    /// The name in `client.toml` and on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Flex => "flex",
+            BackendChoice::Ndarray => "ndarray",
+            BackendChoice::Wgpu => "wgpu",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "flex" => Ok(BackendChoice::Flex),
+            "ndarray" => Ok(BackendChoice::Ndarray),
+            "wgpu" => Ok(BackendChoice::Wgpu),
+            other => Err(format!("unknown backend `{other}`: expected flex, ndarray or wgpu")),
         }
     }
 }
@@ -524,6 +555,7 @@ impl ClientConfig {
         if let DataConfig::Csv(d) = &self.data {
             d.validate(self.privacy.is_some())?;
         }
+        self.backend.compute()?;
         self.testing.validate(SEEDED_RANDOMNESS_BUILD)
     }
 }
@@ -726,6 +758,43 @@ num_classes = 2
         }
         assert_eq!(c.validate(), Err(ConfigProblem::FitLocallyUnderPrivacy));
         assert!(crate::daemon::tabular_model(&c).is_err());
+    }
+
+    /// `backend = "wgpu"` loads in a build with the GPU backend and is
+    /// refused, naming the feature and the command, in one without; the
+    /// CPU backends load in every build and anything else is a parse error.
+    #[test]
+    fn backend_key_chooses_the_backend_and_wgpu_needs_the_feature() {
+        let load = |backend: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("client.toml");
+            let text = format!(
+                "backend = \"{backend}\"\n{PKI}[data]\npath = \"d.csv\"\nlabel = \"y\"\nschema = \"s.toml\"\n\
+                 [model]\nnum_features = 3\nnum_classes = 2\n"
+            );
+            std::fs::write(&p, text).unwrap();
+            ClientConfig::load(&p)
+        };
+        assert_eq!(load("flex").unwrap().backend.compute(), Ok(ComputeBackend::Flex));
+        assert_eq!(load("ndarray").unwrap().backend.compute(), Ok(ComputeBackend::NdArray));
+        match load("wgpu") {
+            Ok(c) => {
+                assert!(tessera_learn::WGPU_BUILT);
+                assert_eq!(c.backend, BackendChoice::Wgpu);
+            }
+            Err(ConfigError::Invalid { source: ConfigProblem::Backend(e), .. }) => {
+                assert!(!tessera_learn::WGPU_BUILT);
+                let why = tessera_cli::ErrorChain(&ConfigProblem::Backend(e)).to_string();
+                assert!(why.contains("tessera-learn/wgpu") && why.contains("cargo build"), "{why}");
+            }
+            Err(other) => panic!("{other}"),
+        }
+        let err = load("cuda").unwrap_err();
+        assert!(matches!(&err, ConfigError::Parse { message, .. } if message.contains("backend")), "{err}");
+        for b in [BackendChoice::Flex, BackendChoice::Ndarray, BackendChoice::Wgpu] {
+            assert_eq!(b.name().parse::<BackendChoice>(), Ok(b));
+        }
+        assert!("gpu".parse::<BackendChoice>().is_err());
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub fn settings_digest(cfg: &ClientConfig) -> anyhow::Result<SettingsDigest> {
     Ok(tessera_protocol::settings_digest(&cfg.model, schema.as_ref()))
 }
 
+/// The configured compute backend, its device created now: a missing GPU
+/// stops the member at start-up, before it joins a round.
+fn backend(cfg: &ClientConfig) -> anyhow::Result<tessera_learn::ComputeBackend> {
+    let backend = cfg.backend.compute()?.check()?;
+    tracing::info!(backend = backend.name(), "local training backend");
+    Ok(backend)
+}
+
 /// Load the member's data and build its model (data stays in this process).
 pub fn tabular_model(cfg: &ClientConfig) -> anyhow::Result<TabularModel> {
     cfg.validate()?;
@@ -82,11 +90,11 @@ pub fn tabular_model(cfg: &ClientConfig) -> anyhow::Result<TabularModel> {
         test = data.test.len(),
         "local data loaded (it never leaves this site)"
     );
-    Ok(TabularModel::new(data, model, cfg.backend.into())?.with_seeded_noise(cfg.testing.seeded_randomness))
+    Ok(TabularModel::new(data, model, backend(cfg)?)?.with_seeded_noise(cfg.testing.seeded_randomness))
 }
 
 /// Load the member's images and build its image model (the checkpoint is
-/// read here; data stays in this process). Runs on burn-flex.
+/// read here; data stays in this process), on the configured backend.
 pub(crate) fn vision_model(cfg: &ClientConfig) -> anyhow::Result<VisionModel> {
     cfg.validate()?;
     let (DataConfig::Images(section), ModelSection::Vision(model)) = (&cfg.data, &cfg.model) else {
@@ -99,8 +107,7 @@ pub(crate) fn vision_model(cfg: &ClientConfig) -> anyhow::Result<VisionModel> {
         test = test.len(),
         "local images loaded (they never leave this site)"
     );
-    Ok(VisionModel::from_config_on(model, train, test, cfg.backend.into())?
-        .with_seeded_noise(cfg.testing.seeded_randomness))
+    Ok(VisionModel::from_config_on(model, train, test, backend(cfg)?)?.with_seeded_noise(cfg.testing.seeded_randomness))
 }
 
 /// Everything `tessera-client run` does: load the data, open the ledgers,

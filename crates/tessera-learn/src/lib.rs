@@ -26,7 +26,7 @@ mod dp;
 mod local;
 mod sgd;
 
-pub use backend::{ComputeBackend, DEFAULT_BACKEND};
+pub use backend::{BackendUnavailable, ComputeBackend, DEFAULT_BACKEND, WGPU_BUILT, WGPU_FEATURE};
 pub use dp::{DpNoise, DpRound, DpSgdConfig, PREPARE_GROUP, PerExampleGradients, dp_sgd};
 pub use local::{LocalError, LocalModel};
 pub use sgd::{PoissonSampler, fedprox_step, fedprox_tensor_step, validate_train_settings};

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tessera_cli::LogArgs;
+use tessera_client::BackendChoice;
 use tessera_sim::{Scenario, SimOptions, TransportKind, histogram, run_scenario, scenario_partition};
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
@@ -47,6 +48,10 @@ enum Command {
         /// Run without differential privacy, whatever the scenario says.
         #[arg(long, conflicts_with = "epsilon")]
         no_dp: bool,
+        /// Where the members train, over the scenario's `backend`: flex,
+        /// ndarray or wgpu (a build with --features tessera-learn/wgpu).
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<BackendChoice>,
     },
     /// Print each member's label histogram for a scenario's partition.
     Partition {
@@ -104,7 +109,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { scenario, out, transport, workers, epsilon, no_dp } => {
+        Command::Run { scenario, out, transport, workers, epsilon, no_dp, backend } => {
             let scenario = scenario.path();
             let text = std::fs::read_to_string(&scenario)?;
             let mut s = Scenario::load(&scenario)?;
@@ -125,10 +130,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                 transport,
                 workers,
                 progress: std::io::stderr().is_terminal(),
-                backend: tessera_learn::DEFAULT_BACKEND,
+                backend: s.compute_backend(backend)?,
                 report: true,
             };
-            tracing::info!(scenario = %s.name, members = s.clients, rounds = s.rounds, ?transport, "simulation started");
+            tracing::info!(
+                scenario = %s.name,
+                members = s.clients,
+                rounds = s.rounds,
+                ?transport,
+                backend = opts.backend.name(),
+                "simulation started"
+            );
             let r = run_scenario(&s, &text, &opts)?;
             if let Some(last) = r.records.last() {
                 println!("final: {}", tessera_aggregator::round_line(last));
@@ -167,7 +179,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 transport: TransportKind::Memory,
                 workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 progress: std::io::stderr().is_terminal(),
-                backend: tessera_learn::DEFAULT_BACKEND,
+                backend: s.compute_backend(None)?,
                 report: true,
             };
             let rows = tessera_sim::compare::compare(&s, &text, &opts)?;
@@ -218,5 +230,17 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["tessera-sim", "run"]).is_err(), "one is required");
         assert!(Cli::try_parse_from(["tessera-sim", "run", "a.toml", "--config", "b.toml"]).is_err(), "not both");
+    }
+
+    #[test]
+    fn backend_flag_parses_the_three_names() {
+        let parse = |b: &str| match Cli::try_parse_from(["tessera-sim", "run", "s.toml", "--backend", b]) {
+            Ok(Cli { command: Command::Run { backend, .. }, .. }) => Ok(backend),
+            Ok(_) => panic!(),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(parse("wgpu"), Ok(Some(tessera_client::BackendChoice::Wgpu)));
+        assert_eq!(parse("ndarray"), Ok(Some(tessera_client::BackendChoice::Ndarray)));
+        assert!(parse("gpu").unwrap_err().contains("flex, ndarray or wgpu"));
     }
 }

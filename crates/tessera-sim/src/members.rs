@@ -123,7 +123,7 @@ pub fn partition_images(s: &Scenario) -> anyhow::Result<(ImageDataset, Vec<u32>,
 }
 
 /// Build the members of an image scenario (`[data] kind = "fashion_mnist_images"`).
-pub(crate) fn image_members(s: &Scenario, cfg: &VisionModelConfig) -> anyhow::Result<Members> {
+pub(crate) fn image_members(s: &Scenario, cfg: &VisionModelConfig, opts: &SimOptions) -> anyhow::Result<Members> {
     let (data, labels, parts) = partition_images(s)?;
     let mut models = Vec::with_capacity(parts.len());
     let mut examples = Vec::with_capacity(parts.len());
@@ -133,7 +133,8 @@ pub(crate) fn image_members(s: &Scenario, cfg: &VisionModelConfig) -> anyhow::Re
             .stratified_split(s.data.test, derive_seed(s.seed, k as u64, b"split"))
             .with_context(|| format!("client {k}: every member needs examples of every class"))?;
         examples.push(train.len() as u64);
-        let model = VisionModel::from_config(cfg, train, test).with_context(|| format!("client {k}"))?;
+        let model =
+            VisionModel::from_config_on(cfg, train, test, opts.backend).with_context(|| format!("client {k}"))?;
         models.push(SimModel::Vision(Box::new(model.with_seeded_noise(true))));
     }
     Ok(Members {

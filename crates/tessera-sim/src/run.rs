@@ -132,7 +132,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
     // A population run keeps its members unbuilt (only their rows) until
     // a round draws them; every other run builds all of them now.
     let (source, Members { models, examples, label_counts, class_names }) = match (&s.vision_model, &s.population) {
-        (Some(cfg), _) => (None, image_members(s, cfg)?),
+        (Some(cfg), _) => (None, image_members(s, cfg, opts)?),
         (None, None) => (None, tabular_members(s, opts)?),
         (None, Some(_)) => {
             let src = TabularSource::new(s, opts)?;

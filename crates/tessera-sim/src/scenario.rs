@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregator::TrainSection;
+use tessera_client::BackendChoice;
 use tessera_core::{ModelConfig, ModelSection, SchemaSource, VisionModelConfig};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, RobustRule, SecureConfig};
@@ -116,6 +117,11 @@ pub struct Scenario {
     pub clients: usize,
     /// Rounds to complete.
     pub rounds: u64,
+    /// Where the members train: `"flex"` (default), `"ndarray"` or
+    /// `"wgpu"` (a binary built with `tessera-learn/wgpu`);
+    /// `tessera-sim run --backend` overrides it.
+    #[serde(default)]
+    pub backend: BackendChoice,
     /// Fewest contributions a round accepts (default: 2/3 of the members).
     #[serde(default)]
     pub min_clients: Option<u32>,
@@ -332,6 +338,15 @@ impl Scenario {
             expected: tessera_protocol::settings_digest(&self.model_section()?, schema.as_ref()),
             check_schema: schema.is_some(),
         })
+    }
+
+    /// The members' compute backend: `flag` (`--backend`) over the
+    /// scenario's `backend`, its device created now, so a binary without
+    /// the GPU backend, or a machine without a device, fails before the run.
+    pub fn compute_backend(&self, flag: Option<BackendChoice>) -> anyhow::Result<tessera_learn::ComputeBackend> {
+        use anyhow::Context;
+        let choice = flag.unwrap_or(self.backend);
+        choice.compute().and_then(|b| b.check()).with_context(|| format!("scenario {}: backend", self.name))
     }
 
     /// The effective minimum number of contributions.

@@ -340,3 +340,25 @@ fn a_population_builds_only_the_members_each_round_draws() {
         assert_eq!(r.records.iter().map(|x| x.round).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 }
+
+/// `backend` in a scenario: parsed, overridden by `run --backend`, and in a
+/// build without the GPU backend `"wgpu"` is an error naming the feature.
+#[test]
+fn scenario_backend_key_and_its_override() {
+    use tessera_client::BackendChoice;
+    use tessera_learn::ComputeBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, text) = scenario(dir.path(), "plain", 2, 1, 2, "");
+    assert_eq!(Scenario::load(&dir.path().join("plain.toml")).unwrap().backend, BackendChoice::Flex);
+    let path = dir.path().join("gpu.toml");
+    std::fs::write(&path, format!("backend = \"wgpu\"\n{text}")).unwrap();
+    let s = Scenario::load(&path).unwrap();
+    assert_eq!(s.backend, BackendChoice::Wgpu);
+    assert_eq!(s.compute_backend(Some(BackendChoice::Ndarray)).unwrap(), ComputeBackend::NdArray);
+    if !tessera_learn::WGPU_BUILT {
+        let e = format!("{:#}", s.compute_backend(None).unwrap_err());
+        assert!(e.contains("scenario plain") && e.contains("--features tessera-learn/wgpu"), "{e}");
+    }
+    std::fs::write(&path, format!("backend = \"cuda\"\n{text}")).unwrap();
+    assert!(Scenario::load(&path).unwrap_err().to_string().contains("backend"));
+}

@@ -406,7 +406,7 @@ impl Dataset {
 pub struct TabularData {
     /// The local training split (when fitting locally, the encoding was fitted on it alone).
     pub train: Dataset,
-    /// The validation split.
+    /// The validation split: early stopping in `TabularTask::train_round` (never leaves the member).
     pub validation: Dataset,
     /// The test split, on which a member reports its metrics.
     pub test: Dataset,

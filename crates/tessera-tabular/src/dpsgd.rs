@@ -199,7 +199,7 @@ impl TabularTask {
             }
         }
         self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
-        Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps, zeroed_gradients: zeroed })
+        Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps, zeroed_gradients: zeroed, epochs: s.local_epochs })
     }
 
     /// Noise the flat clipped sum and scale it by 1 / expected batch size.

@@ -69,7 +69,7 @@ pub use split::{SplitConfig, SplitIndices, hashed_split, stratified_split};
 pub use model::{Field, MlpConfig, TabularMlp, TrainablePart, import_slots};
 
 // The shared `[model]` section.
-pub use spec::{initial_trainable_params, mlp_config};
+pub use spec::{configured_mlp, initial_trainable_params, mlp_config};
 
 // Backbone pretraining and checkpoints.
 pub use pretrain::{

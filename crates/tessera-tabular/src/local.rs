@@ -20,7 +20,8 @@ pub struct TabularModel {
 }
 
 impl TabularModel {
-    /// Build the model the run configured around this member's data, and
+    /// Build the model the run configured around this member's data (with
+    /// the `pretrained` backbone loaded where `[model]` names one), and
     /// check that the data has the shape everyone else assumes.
     pub fn new(data: TabularData, model: &ModelConfig, backend: ComputeBackend) -> Result<Self, LearnError> {
         let features = data.train.num_features;
@@ -31,7 +32,10 @@ impl TabularModel {
                 model.num_features, model.num_classes
             )));
         }
-        let task = TabularTask::new(data, &crate::spec::model_spec(model), backend)?;
+        let mut task = TabularTask::new(data, &crate::spec::model_spec(model), backend)?;
+        if let Some(path) = &model.pretrained {
+            task.load_backbone(path, &[])?;
+        }
         Ok(Self { task, noise: DpNoise::new(), zeroed_gradients: 0 })
     }
 

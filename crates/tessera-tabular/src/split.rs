@@ -29,7 +29,7 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { validation: 0.15, test: 0.2, seed: 0 }
+        Self { validation: 0.0, test: 0.2, seed: 0 }
     }
 }
 

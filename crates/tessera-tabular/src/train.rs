@@ -57,6 +57,11 @@ pub struct TrainReport {
     /// DP-SGD only: sampled examples whose gradient was not finite and so
     /// contributed zero. For the member's own report; never sent.
     pub zeroed_gradients: u64,
+    /// Epochs whose result the round kept: the round's `local_epochs`, or
+    /// fewer when the validation split stopped it early (see
+    /// [`TabularTask::train_round`]). `num_examples`, `mean_loss` and
+    /// `steps` count every epoch run, the discarded one included.
+    pub epochs: u32,
 }
 
 /// One member's data, model and device.
@@ -168,10 +173,19 @@ impl TabularTask {
             .collect())
     }
 
-    /// One round of local SGD: `local_epochs` passes over the training split in
-    /// seeded batches. With `proximal_mu > 0` the FedProx term
+    /// One round of local SGD: up to `local_epochs` passes over the training
+    /// split in seeded batches. With `proximal_mu > 0` the FedProx term
     /// `mu/2 ||w - anchor||^2` is added; the anchor defaults to the parameters
     /// at the start of the round (the global model just received).
+    ///
+    /// With a non-empty validation split and more than one epoch the round
+    /// stops early: after each epoch the model's loss on the validation
+    /// split is measured, and when an epoch does not lower it, training
+    /// stops and the previous epoch's parameters are kept
+    /// ([`TrainReport::epochs`]). The validation rows never leave the
+    /// member; only the trained parameters do, as in any round. DP-SGD
+    /// ([`train_round_dp`](Self::train_round_dp)) never does this: its step
+    /// count must be fixed before the round for the privacy accounting.
     pub fn train_round(
         &mut self,
         s: &TrainSettings,
@@ -182,24 +196,50 @@ impl TabularTask {
             return Err(LearnError::EmptySplit("train"));
         }
         let anchor = if s.proximal_mu > 0.0 { Some(self.prox_anchor_tensors(prox_anchor)?) } else { None };
-        let batch = s.batch_size as usize;
-        let steps_per_epoch = self.data.train.len().div_ceil(batch) as u64;
-        let (mut loss_sum, mut seen, mut steps) = (0.0f64, 0u64, 0u64);
+        let early_stop = !self.data.validation.is_empty() && s.local_epochs > 1;
+        // The validation loss of the last kept epoch, and its parameters.
+        let mut best: Option<(f64, ModelParams)> = None;
+        let (mut loss_sum, mut seen, mut steps, mut epochs) = (0.0f64, 0u64, 0u64, 0u32);
         for epoch in 0..s.local_epochs {
-            for (i, rows) in self.data.train.batches(batch, epoch_seed(s.seed, epoch)).iter().enumerate() {
-                let (x, y) = self.data.train.gather(rows);
-                let loss = self.sgd_step(&x, &y, s, anchor.as_deref())?;
-                loss_sum += loss * rows.len() as f64;
-                seen += rows.len() as u64;
-                steps += 1;
-                if let Some(cb) = self.progress.as_mut() {
-                    cb(Progress { epoch, epochs: s.local_epochs, step: i as u64 + 1, steps_per_epoch });
+            let (l, n, k) = self.train_epoch(s, epoch, anchor.as_deref())?;
+            (loss_sum, seen, steps) = (loss_sum + l, seen + n, steps + k);
+            if early_stop {
+                let loss = evaluate_model(&self.model, &self.data.validation, &self.device)?.loss;
+                if let Some((_, kept)) = best.take_if(|(prev, _)| loss >= *prev) {
+                    self.set_trainable_params(&kept)?;
+                    break;
                 }
+                best = Some((loss, self.trainable_params()?));
             }
+            epochs = epoch + 1;
         }
         self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
         let mean_loss = if seen == 0 { 0.0 } else { loss_sum / seen as f64 };
-        Ok(TrainReport { num_examples: seen, mean_loss, steps, zeroed_gradients: 0 })
+        Ok(TrainReport { num_examples: seen, mean_loss, steps, zeroed_gradients: 0, epochs })
+    }
+
+    /// One pass over the training split: summed batch loss (example
+    /// weighted), examples seen and steps taken.
+    fn train_epoch(
+        &mut self,
+        s: &TrainSettings,
+        epoch: u32,
+        anchor: Option<&[Tensor<2>]>,
+    ) -> Result<(f64, u64, u64), LearnError> {
+        let batch = s.batch_size as usize;
+        let steps_per_epoch = self.data.train.len().div_ceil(batch) as u64;
+        let (mut loss_sum, mut seen, mut steps) = (0.0f64, 0u64, 0u64);
+        for (i, rows) in self.data.train.batches(batch, epoch_seed(s.seed, epoch)).iter().enumerate() {
+            let (x, y) = self.data.train.gather(rows);
+            let loss = self.sgd_step(&x, &y, s, anchor)?;
+            loss_sum += loss * rows.len() as f64;
+            seen += rows.len() as u64;
+            steps += 1;
+            if let Some(cb) = self.progress.as_mut() {
+                cb(Progress { epoch, epochs: s.local_epochs, step: i as u64 + 1, steps_per_epoch });
+            }
+        }
+        Ok((loss_sum, seen, steps))
     }
 
     /// Mean cross-entropy of a batch, with autodiff gradients applied by SGD.
