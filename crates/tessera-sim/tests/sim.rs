@@ -189,10 +189,11 @@ sampling_rate = 0.2
     assert!(eps > 3.0 && eps <= 4.0 + 1e-9, "DP run spends (about) its budget, not more: {eps}");
     // Each member fine-tunes the DP run's final model on its own rows: that
     // releases nothing more (same epsilon, same bytes), and on WDBC it keeps
-    // the model useful.
+    // the model useful (an untrained model, or a wrong model, scores about
+    // 0.6 here; members' test splits are small, so the bar is loose).
     assert_eq!(names[5], "federated + personalized (mean over members)");
     assert_eq!((rows[5].epsilon, rows[5].bytes_per_client), (rows[4].epsilon, rows[4].bytes_per_client));
-    assert!(rows[5].accuracy > 0.8, "personalized accuracy {}", rows[5].accuracy);
+    assert!(rows[5].accuracy > 0.7 && rows[5].auc > 0.8, "personalized {:?}", rows[5]);
     let md = std::fs::read_to_string(dir.path().join("cmp/compare.md")).unwrap();
     assert!(md.contains("| centralized (pooled, no privacy) |"));
     let report = std::fs::read_to_string(dir.path().join("cmp/federated-dp/report.md")).unwrap();
