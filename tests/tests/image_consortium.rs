@@ -144,8 +144,9 @@ fn three_image_daemons_train_a_shared_head_over_quic() {
     // rounds 1..5: pretrained 0.67 -> 0.69, random backbone 0.43 -> 0.48.
     let bar = if pretrained { 0.6 } else { 0.3 };
     assert!(last >= bar, "accuracy {first} -> {last} (bar {bar})");
-    // `export` writes the trained exchanged tensors (the head) as they are:
-    // exactly the run's final model.
+    // `export` writes the trained exchanged tensors (the head): exactly the
+    // run's final model, in PyTorch's layout (a linear weight `[out, in]`,
+    // burn's `[in, out]` transposed).
     let out = dir.join("head.safetensors");
     let st = std::process::Command::new(&*BIN)
         .args(["export", "--format", "safetensors", "--state"])
@@ -161,7 +162,13 @@ fn three_image_daemons_train_a_shared_head_over_quic() {
     assert_eq!(exported.len(), model.tensors.len());
     for t in &model.tensors {
         let e = exported.iter().find(|e| e.name == t.name).unwrap_or_else(|| panic!("{} not exported", t.name));
-        assert_eq!((&e.shape, &e.data), (&t.shape, &t.data), "{}", t.name);
+        match t.shape[..] {
+            [rows, cols] => {
+                assert_eq!(e.shape, vec![cols, rows], "{}", t.name);
+                assert!((0..rows * cols).all(|k| e.data[(k % cols) * rows + k / cols] == t.data[k]), "{}", t.name);
+            }
+            _ => assert_eq!((&e.shape, &e.data), (&t.shape, &t.data), "{}", t.name),
+        }
     }
     // Members kept every image at home: their egress holds only protocol
     // messages, and the masked update is the head's size, not the data's.

@@ -11,6 +11,10 @@
 //! `torch.nn.Sequential(Linear, ReLU, ..., Linear)`: layer `i` is
 //! `"{2i}.weight"` (`[out_features, in_features]`) and `"{2i}.bias"`, so
 //! `model.load_state_dict(safetensors.torch.load_file(path))` works as is.
+//! An image network is exported as its trained part under module paths
+//! (`head.weight`, `backbone.blocks.15.project_conv.weight`), in PyTorch's
+//! layout too (`tessera_vision::pytorch_tensors`: linear weights `[out,
+//! in]`, LoRA adapters merged into their convolutions).
 //! The file's metadata names the architecture and the run it came from.
 
 use std::collections::HashMap;
@@ -18,7 +22,7 @@ use std::path::Path;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use tessera_core::{ModelConfig, ModelParams, ModelSection, TrainableConfig};
+use tessera_core::{ModelConfig, ModelParams, ModelSection, TrainableConfig, VisionModelConfig};
 use tessera_learn::DEFAULT_BACKEND;
 use tessera_tabular::Field;
 
@@ -33,6 +37,9 @@ pub enum ExportError {
     /// Rebuilding the model (backbone, import, pretrained file) failed.
     #[error("model")]
     Learn(#[from] tessera_tabular::LearnError),
+    /// Rebuilding the image network (checkpoint, adapters) failed.
+    #[error("image model")]
+    Vision(#[from] tessera_vision::VisionError),
     /// No round has completed, so there is no trained model.
     #[error("the state database holds no completed round yet: nothing to export")]
     NoCheckpoint,
@@ -122,6 +129,16 @@ pub fn full_model(cfg: &ModelConfig, trained: &ModelParams) -> Result<(Vec<Expor
     Ok((out, format!("Sequential({})", arch.join(", ReLU(), "))))
 }
 
+/// The trained part of an image network in PyTorch's layout, with its description.
+pub fn vision_model(
+    cfg: &VisionModelConfig,
+    trained: &ModelParams,
+) -> Result<(Vec<ExportTensor>, String), ExportError> {
+    let (params, what) = tessera_vision::pytorch_tensors(cfg, trained, &DEFAULT_BACKEND.device())?;
+    let tensors = params.tensors.into_iter().map(|t| ExportTensor { name: t.name, shape: t.shape, data: t.data });
+    Ok((tensors.collect(), what))
+}
+
 /// Write `tensors` to `path` as safetensors (f32, little-endian).
 pub(crate) fn write_safetensors(
     path: &Path,
@@ -171,20 +188,18 @@ pub fn export_safetensors(store: &StateStore, out: &Path) -> Result<ExportReport
     let (tensors, architecture) = match &model_cfg {
         ModelSection::Tabular(m) => full_model(m, &cp.model)?,
         // The frozen backbone is the public checkpoint every member loads;
-        // what the federation trained is the exchanged part, exported as is.
-        ModelSection::Vision(m) => (
-            cp.model
-                .tensors
-                .iter()
-                .map(|t| ExportTensor { name: t.name.clone(), shape: t.shape.clone(), data: t.data.clone() })
-                .collect(),
-            format!("{:?} trainable part ({} classes, {} trainable blocks)", m.kind, m.num_classes, m.trainable_blocks),
-        ),
+        // what the federation trained is the exchanged part (adapters merged).
+        ModelSection::Vision(m) => vision_model(m, &cp.model)?,
     };
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("tessera.architecture".to_string(), architecture.clone()),
-        ("tessera.layout".to_string(), "torch.nn.Linear: weight [out_features, in_features]".to_string()),
+        (
+            "tessera.layout".to_string(),
+            "torch.nn.Linear: weight [out_features, in_features]; torch.nn.Conv2d: weight [out_channels, \
+             in_channels / groups, kh, kw]"
+                .to_string(),
+        ),
         ("tessera.run_id".to_string(), run_id),
         ("tessera.completed_rounds".to_string(), cp.completed.to_string()),
         ("tessera.trained_sha256".to_string(), cp.model_sha256.clone()),
@@ -248,6 +263,54 @@ mod tests {
             let want = base[0].data[i] + 2.0 * (a.data[i * 2] + a.data[i * 2 + 1]) * 0.5;
             assert!((out[0].data[i] - want).abs() < 1e-6);
         }
+    }
+
+    /// An image export holds PyTorch's layout: `head.weight` is `[classes,
+    /// 1280]`, and the cross-entropy of `f W^T + b` computed with the file's
+    /// tensors, as `torch.nn.Linear` computes it, is the model's own.
+    #[test]
+    fn image_export_is_in_pytorch_layout_and_reproduces_the_model() {
+        use tessera_core::BackboneInit;
+        use tessera_vision::{FEATURE_DIM, FeatureCache, VisionNet};
+        let cfg = VisionModelConfig { backbone: BackboneInit::Random, ..VisionModelConfig::efficientnet_head(10, 32) };
+        let device = DEFAULT_BACKEND.device();
+        let net = VisionNet::build(&cfg, &device).unwrap();
+        let mut trained = net.trainable_params().unwrap();
+        for t in &mut trained.tensors {
+            if t.name == "head.bias" {
+                t.data.iter_mut().enumerate().for_each(|(k, v)| *v = 0.05 * k as f32);
+            }
+        }
+        let VisionNet::Transfer(model) = net.with_trainable_params(&trained).unwrap() else { unreachable!() };
+        let (tensors, _) = vision_model(&cfg, &trained).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("head.safetensors");
+        write_safetensors(&p, &tensors, HashMap::new()).unwrap();
+        let file = read_safetensors(&std::fs::read(&p).unwrap()).unwrap();
+        let w = file.iter().find(|t| t.name == "head.weight").unwrap();
+        let b = file.iter().find(|t| t.name == "head.bias").unwrap();
+        assert_eq!((w.shape.clone(), b.shape.clone()), (vec![10, FEATURE_DIM], vec![10]));
+
+        let fashion = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist");
+        let data = tessera_vision::load_fashion_mnist(&fashion, "t10k").unwrap().stratified_sample(2, 5).unwrap();
+        let pre = tessera_vision::preprocess(&cfg);
+        let want = tessera_vision::evaluate_transfer(&model, &data, &pre, 16, &device).unwrap();
+        let cache = FeatureCache::extract(&model.backbone, &data, &pre, 16, &device).unwrap();
+        let mut loss = 0.0f64;
+        for (f, &label) in cache.features().chunks(FEATURE_DIM).zip(cache.labels()) {
+            // torch.nn.Linear: y = x W^T + b, W [out_features, in_features].
+            let logits: Vec<f64> = (0..10)
+                .map(|o| {
+                    b.data[o] as f64
+                        + (0..FEATURE_DIM).map(|i| (f[i] * w.data[o * FEATURE_DIM + i]) as f64).sum::<f64>()
+                })
+                .collect();
+            let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + logits.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+            loss += lse - logits[label];
+        }
+        loss /= data.len() as f64;
+        assert!((loss - want.loss).abs() < 1e-4, "file's forward: loss {loss}, the model's {}", want.loss);
     }
 
     #[test]

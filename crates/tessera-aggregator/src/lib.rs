@@ -53,7 +53,9 @@ pub use config::{
 };
 pub use daemon::DaemonError;
 pub use driver::{DriverOptions, RunEnd, RunObserver, serve};
-pub use export::{ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors};
+pub use export::{
+    ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors, vision_model,
+};
 pub use instance::LockError;
 pub use observer::STALL_ENV;
 pub use report::{ReportError, RunDir, Summary, round_line};

@@ -21,6 +21,9 @@
 //!   the frame is sent; [`egress::render`] prints it.
 //! - [`LedgerGuard`]: the member's own privacy budget, charged before any
 //!   training (write-ahead).
+//! - [`personalize`]: after the run, fine-tune the final global model on
+//!   the member's own data and keep it and its before/after metrics at home
+//!   (`tessera-client personalize`); nothing is sent.
 //!
 //! Models are reached only through [`LocalModel`] (`tessera-learn`); this
 //! crate does not depend on burn. It must never send, log or return a
@@ -34,6 +37,7 @@ mod config;
 mod daemon;
 mod driver;
 mod identity;
+mod personalize;
 // Public as a namespace: `egress::render` says what it renders; a bare
 // `tessera_client::render` would not.
 pub mod egress;
@@ -50,6 +54,7 @@ pub use daemon::{MemberRandomness, participant, run_daemon, tabular_model};
 pub use driver::{CLOSE_FLUSH, ClientError, ClientExit, ClientOptions, run};
 pub use egress::{EgressEntry, EgressError, EgressLedger};
 pub use identity::{EcdsaSigner, load_member_identity, member_identity};
+pub use personalize::{PersonalizeOptions, PersonalizeReport, default_personalized_dir, personalize};
 pub use privacy::LedgerGuard;
 pub use signals::{StopRequest, stop_on_signals};
 /// The driver's contract with the member's model (`tessera-learn`).

@@ -34,6 +34,31 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Fine-tune the final global model on this member's own data, locally:
+    /// writes the personalized model and before/after metrics; sends nothing.
+    Personalize {
+        /// The member's configuration (`client.toml`): its data and `[model]`.
+        #[arg(long)]
+        config: PathBuf,
+        /// The final global model, the aggregator's `run_dir/model.json`.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output directory (default: `personalized/<member>/` beside the member's data).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Local epochs over the member's train split.
+        #[arg(long, default_value_t = 5)]
+        epochs: u32,
+        /// Examples per step.
+        #[arg(long, default_value_t = 32)]
+        batch_size: u32,
+        /// Step size.
+        #[arg(long, default_value_t = 0.05)]
+        learning_rate: f64,
+        /// Seed of the batch order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Print the egress ledger: every message that left this site.
     Egress {
         /// The member's configuration; its `[state] egress_ledger` is read.
@@ -60,6 +85,28 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Personalize { config, model, out, epochs, batch_size, learning_rate, seed } => {
+            let cfg = ClientConfig::load(&config)?;
+            let settings = tessera_core::TrainSettings {
+                local_epochs: epochs,
+                batch_size,
+                learning_rate,
+                proximal_mu: 0.0,
+                seed,
+                example_weight_cap: 0,
+            };
+            let out_dir = out.unwrap_or_else(|| tessera_client::default_personalized_dir(&cfg));
+            let opts = tessera_client::PersonalizeOptions { global_model: model, out_dir, settings };
+            let r = tessera_client::personalize(&cfg, &opts)?;
+            println!(
+                "accuracy on this member's test split: {:.4} (global) -> {:.4} (personalized); written to {} (nothing \
+                 was sent)",
+                r.before.accuracy,
+                r.after.accuracy,
+                opts.out_dir.display()
+            );
+            Ok(())
+        }
         Command::Egress { config, json } => {
             let cfg = ClientConfig::load(&config)?;
             let entries = EgressLedger::read(&cfg.state.egress_ledger)?;

@@ -57,7 +57,9 @@ pub use message::{
     PublicKeys, SettingsDigest, ShareReveal,
 };
 pub use metrics::{EvalMetrics, RoundRecord};
-pub use model::{AugmentConfig, BackboneInit, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig};
+pub use model::{
+    AugmentConfig, BackboneInit, LoraConfig, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig,
+};
 pub use params::{ModelParams, ParamLayout, ParamTensor, ParamsError};
 pub use round::{
     AdaptiveClipSettings, DpSettings, EVAL_TENSOR, EvalRelease, NoisePlacement, PrivacyUnit, RoundSettings, RunId,

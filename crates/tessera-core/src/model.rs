@@ -96,6 +96,31 @@ pub struct VisionModelConfig {
     /// Batch size of the backbone's inference passes (feature extraction, evaluation).
     #[serde(default = "default_feature_batch")]
     pub feature_batch: usize,
+    /// EfficientNet-Lite0 only: train the last `trainable_blocks` blocks
+    /// through low-rank adapters on their 1x1 convolutions (and on the head
+    /// convolution) instead of their full weights; `None`: full weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+}
+
+/// Low-rank adapters (`[model] lora = { rank = 4, alpha = 8.0 }`), the same
+/// keys as the tabular `trainable = { kind = "lora", rank, alpha }`: each
+/// adapted weight `W` becomes `W + (alpha / rank) B A` with `A` `[rank, in]`
+/// and `B` `[out, rank]`, `B` zero at the start.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank r of each adapter's two factors; at least 1.
+    pub rank: usize,
+    /// The adapter's output is scaled by `alpha / rank`; positive and finite.
+    pub alpha: f32,
+}
+
+impl LoraConfig {
+    /// `alpha / rank`, the factor on `B A`.
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
 }
 
 fn default_channels() -> usize {
@@ -122,6 +147,7 @@ impl VisionModelConfig {
             init_seed: 1,
             augment: None,
             feature_batch: 64,
+            lora: None,
         }
     }
 
@@ -135,6 +161,15 @@ impl VisionModelConfig {
                 Err(ModelConfigError::Channels { kind: self.kind, channels: self.input_channels })
             }
             VisionArchitecture::SmallCnn if self.trainable_blocks != 0 => Err(ModelConfigError::TrainableBlocksOnCnn),
+            _ if self.lora.is_some_and(|l| {
+                self.kind != VisionArchitecture::EfficientnetLite0
+                    || self.trainable_blocks == 0
+                    || l.rank == 0
+                    || !(l.alpha.is_finite() && l.alpha > 0.0)
+            }) =>
+            {
+                Err(ModelConfigError::Lora)
+            }
             VisionArchitecture::SmallCnn if !matches!(self.input_channels, 1 | 3) => {
                 Err(ModelConfigError::Channels { kind: self.kind, channels: self.input_channels })
             }
@@ -264,6 +299,12 @@ pub enum ModelConfigError {
         /// Its upper bound.
         max: f32,
     },
+    /// `lora` is set where it cannot apply, or with a bad rank or alpha.
+    #[error(
+        "lora needs kind = \"efficientnet_lite0\" with trainable_blocks >= 1 (the blocks it adapts), rank >= 1 and a \
+         positive finite alpha"
+    )]
+    Lora,
     /// The run trains an image model where the tabular MLP was required.
     #[error("[model] is an image model, not the tabular MLP")]
     NotTabular,

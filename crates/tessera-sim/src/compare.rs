@@ -1,16 +1,18 @@
-//! `tessera-sim compare`: the same data and model as a scenario, four ways.
+//! `tessera-sim compare`: the same data and model as a scenario, five ways.
 //! Centralized (all members' training rows pooled, no privacy), local only
-//! (each member alone on its own rows), federated without DP and federated
-//! with DP at the scenario's budget. Centralized and local train the same
-//! model with `tessera-learn` directly for `rounds × local_epochs` epochs;
-//! the federated rows are full simulator runs.
+//! (each member alone on its own rows), federated without DP, federated
+//! with DP at the scenario's budget, and federated + personalized (each
+//! member fine-tunes the last federated run's final model on its own rows,
+//! as `tessera-client personalize` does). Centralized and local train the
+//! same model with `tessera-learn` directly for `rounds × local_epochs`
+//! epochs; the federated rows are full simulator runs.
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::Context;
 use tessera_client::LocalModel;
-use tessera_core::EvalMetrics;
+use tessera_core::{EvalMetrics, ModelParams};
 use tessera_tabular::{SplitIndices, TabularData, TabularModel};
 
 use crate::data::{member_splits, scenario_partition, table_spec};
@@ -47,7 +49,29 @@ fn train_alone(s: &Scenario, data: TabularData, opts: &SimOptions) -> anyhow::Re
     model.evaluate(&params).map_err(anyhow::Error::msg)
 }
 
-/// Run the four settings; each federated run writes its own run directory
+/// Every member fine-tunes `global` on its own train split (one round of its
+/// usual local training, without DP: the result never leaves it) and is
+/// evaluated on its own test split.
+fn personalized(
+    s: &Scenario,
+    members: Vec<TabularData>,
+    global: &ModelParams,
+    opts: &SimOptions,
+) -> anyhow::Result<Vec<EvalMetrics>> {
+    let mut settings = s.train.settings();
+    let mut out = Vec::with_capacity(members.len());
+    for (k, data) in members.into_iter().enumerate() {
+        let mut model = TabularModel::new(data, s.tabular_model()?, opts.backend)?;
+        settings.seed = tessera_protocol::derive_seed(s.seed, k as u64, b"personalize");
+        let tuned = model.train(global, &settings, None).map_err(anyhow::Error::msg)?.params;
+        out.push(
+            model.evaluate(&tuned).map_err(anyhow::Error::msg).with_context(|| format!("client {k} personalized"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Run the five settings; each federated run writes its own run directory
 /// under `opts.out` (`federated`, `federated-dp`).
 pub fn compare(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::Result<Vec<Row>> {
     let spec = table_spec(s);
@@ -116,6 +140,21 @@ pub fn compare(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::
     if let Some(p) = &s.privacy {
         let name = format!("federated, secure aggregation, DP (epsilon {})", p.epsilon);
         federated(&name, "federated-dp", s)?;
+    }
+    if let Some((sc, r, _)) = &last_run {
+        let t = Instant::now();
+        let tuned = personalized(sc, crate::data::member_data(s, &table, &parts)?, &r.final_model, opts)?;
+        let n = tuned.len().max(1) as f64;
+        let from = rows.last().cloned().context("a federated row")?;
+        rows.push(Row {
+            setting: "federated + personalized (mean over members)".into(),
+            accuracy: tuned.iter().map(|m| m.accuracy).sum::<f64>() / n,
+            auc: tuned.iter().map(|m| m.auc).sum::<f64>() / n,
+            // It starts from the last federated row's model and releases nothing more.
+            epsilon: from.epsilon,
+            bytes_per_client: from.bytes_per_client,
+            wall_seconds: from.wall_seconds + t.elapsed().as_secs_f64(),
+        });
     }
     // The table goes into compare.md and into the report of the scenario's
     // own setting (the last federated run).

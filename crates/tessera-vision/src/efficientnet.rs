@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 
 use crate::error::{Result, VisionError};
+use crate::lora::LoraAdapter;
 
 /// Width of the pooled feature vector.
 pub const FEATURE_DIM: usize = 1280;
@@ -78,6 +79,10 @@ pub(crate) struct MbConvBlock {
     pub(crate) bn1: BatchNorm,
     pub(crate) project_conv: Conv2d,
     pub(crate) bn2: BatchNorm,
+    /// Low-rank adapter beside `expand_conv` (LoRA runs only).
+    pub(crate) expand_lora: Option<LoraAdapter>,
+    /// Low-rank adapter beside `project_conv` (LoRA runs only).
+    pub(crate) project_lora: Option<LoraAdapter>,
     /// Identity shortcut (stride 1 and equal channel counts).
     pub(crate) residual: bool,
 }
@@ -97,6 +102,8 @@ impl MbConvBlock {
             bn1: bn(hidden, device),
             project_conv: conv(hidden, c_out, 1, 1, 1, device),
             bn2: bn(c_out, device),
+            expand_lora: None,
+            project_lora: None,
             residual: stride == 1 && c_in == c_out,
         }
     }
@@ -104,10 +111,10 @@ impl MbConvBlock {
     pub(crate) fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let (Some(conv), Some(bn)) = (&self.expand_conv, &self.bn0) {
-            x = relu6(bn.forward(conv.forward(x)));
+            x = relu6(bn.forward(LoraAdapter::apply(conv, self.expand_lora.as_ref(), x)));
         }
         x = relu6(self.bn1.forward(self.depthwise_conv.forward(x)));
-        x = self.bn2.forward(self.project_conv.forward(x));
+        x = self.bn2.forward(LoraAdapter::apply(&self.project_conv, self.project_lora.as_ref(), x));
         if self.residual { x + input } else { x }
     }
 }
@@ -120,6 +127,8 @@ pub struct EfficientNetLite0 {
     pub(crate) blocks: Vec<MbConvBlock>,
     pub(crate) conv_head: Conv2d,
     pub(crate) bn1: BatchNorm,
+    /// Low-rank adapter beside `conv_head` (LoRA runs only).
+    pub(crate) head_lora: Option<LoraAdapter>,
 }
 
 impl EfficientNetLite0 {
@@ -138,6 +147,7 @@ impl EfficientNetLite0 {
             blocks,
             conv_head: conv(320, FEATURE_DIM, 1, 1, 1, device),
             bn1: bn(FEATURE_DIM, device),
+            head_lora: None,
         }
     }
 
@@ -148,20 +158,39 @@ impl EfficientNetLite0 {
         seeded_he_uniform(Self::new(device), &mut ChaCha8Rng::seed_from_u64(seed), false)
     }
 
-    /// Feature map after the head convolution: `[n, 1280, h/32, w/32]`.
-    fn feature_map(&self, images: Tensor<4>) -> Tensor<4> {
+    /// The stem and the first `blocks` blocks: what a LoRA step computes
+    /// once per batch, since nothing in it trains.
+    pub(crate) fn prefix(&self, images: Tensor<4>, blocks: usize) -> Tensor<4> {
         let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
-        for block in &self.blocks {
+        for block in &self.blocks[..blocks] {
             x = block.forward(x);
         }
-        relu6(self.bn1.forward(self.conv_head.forward(x)))
+        x
+    }
+
+    /// The rest after [`Self::prefix`]: blocks `first..` and the head convolution.
+    pub(crate) fn feature_map_from(&self, first: usize, mut x: Tensor<4>) -> Tensor<4> {
+        for block in &self.blocks[first..] {
+            x = block.forward(x);
+        }
+        relu6(self.bn1.forward(LoraAdapter::apply(&self.conv_head, self.head_lora.as_ref(), x)))
+    }
+
+    /// Pooled features from the activation after block `first - 1` (see [`Self::prefix`]).
+    pub(crate) fn features_from(&self, first: usize, x: Tensor<4>) -> Tensor<2> {
+        let x = self.feature_map_from(first, x);
+        let [n, c, h, w] = x.dims();
+        x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+    }
+
+    /// Whether any convolution carries a LoRA adapter.
+    pub(crate) fn has_adapters(&self) -> bool {
+        self.head_lora.is_some() || self.blocks.iter().any(|b| b.expand_lora.is_some() || b.project_lora.is_some())
     }
 
     /// Global-average-pooled features: `[n, 1280]`.
     pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.feature_map(images);
-        let [n, c, h, w] = x.dims();
-        x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+        self.features_from(0, self.prefix(images, 0))
     }
 }
 

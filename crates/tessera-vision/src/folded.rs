@@ -76,6 +76,14 @@ impl FoldedBlock {
 impl FoldedEfficientNet {
     /// Folds `net`'s batch norms (their running statistics, i.e. inference mode).
     pub fn new(net: &EfficientNetLite0) -> Self {
+        // LoRA adapters are merged first: folding knows plain convolutions only.
+        let merged;
+        let net = if net.has_adapters() {
+            merged = crate::lora::merge_adapters(net.clone());
+            &merged
+        } else {
+            net
+        };
         Self {
             stem: fold(&net.conv_stem, &net.bn0),
             blocks: net.blocks.iter().map(FoldedBlock::new).collect(),

@@ -28,7 +28,9 @@
 //!   [`preprocess`], [`weights_path`] and [`augmenter`].
 //!
 //! The trainable part of a model converts to and from
-//! [`tessera_core::ModelParams`] under stable, module-path names. What every
+//! [`tessera_core::ModelParams`] under stable, module-path names;
+//! [`pytorch_tensors`] gives it in PyTorch's layout (LoRA adapters merged)
+//! for export. What every
 //! model shares (backend, settings checks, the Poisson sampler, DP-SGD's
 //! configuration, noise and loop) comes from `tessera-learn`.
 //!
@@ -46,12 +48,14 @@ mod cnn;
 mod dataset;
 mod efficientnet;
 mod error;
+mod export;
 mod folded;
 mod folder;
 mod frozen;
 mod head;
 mod idx;
 mod local;
+mod lora;
 mod metrics;
 mod nhwc;
 mod params;
@@ -67,6 +71,7 @@ pub use cnn::SmallCnn;
 pub use dataset::{ImageDataset, Normalization, Preprocess};
 pub use efficientnet::{EfficientNetLite0, FEATURE_DIM, ImagenetClassifier, NUM_BLOCKS};
 pub use error::VisionError;
+pub use export::pytorch_tensors;
 pub use folded::FoldedEfficientNet;
 pub use folder::{FolderOptions, load_image, load_image_folder};
 pub use frozen::{FeatureExtractor, FrozenEfficientNet};

@@ -13,7 +13,9 @@
 //! as the tabular model does. The SmallCnn's DP-SGD, and that of
 //! EfficientNet-Lite0 with unfrozen blocks (on a CPU backend), run
 //! `tessera_learn::dp_sgd` with one backward pass per sampled example
-//! (`dp`).
+//! (`dp`). With LoRA (`[model] lora`), the last `k` blocks train through
+//! adapters on their 1x1 convolutions: only the adapters and the head are
+//! trained, exchanged and, under DP-SGD, clipped per example.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Gradients, Tensor};
@@ -240,6 +242,10 @@ impl VisionModel {
             VisionNet::Cnn(net) => {
                 let inner = dp::CnnExamples::new(*net, &self.device, self.preprocess, shape);
                 self.net = VisionNet::Cnn(Box::new(self.run_dp_sgd(s, dp, &start, n, inner)?.model));
+            }
+            VisionNet::Transfer(net) if net.lora().is_some() => {
+                let inner = dp::LoraExamples::new(*net, &self.device, self.preprocess, shape);
+                self.net = VisionNet::Transfer(Box::new(self.run_dp_sgd(s, dp, &start, n, inner)?.model));
             }
             VisionNet::Transfer(net) => {
                 if !is_host_device(&self.device) {
@@ -484,5 +490,7 @@ impl LocalModel for VisionModel {
 }
 
 mod dp;
+#[cfg(test)]
+mod lora_tests;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 //! field names are.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Gradients, Tensor, TensorData};
 use std::collections::HashMap;
 use tessera_core::{ModelParams, ParamTensor};
 
@@ -66,6 +66,48 @@ pub(crate) fn collect_params<M: Module>(module: &M, keep: &dyn Fn(&str) -> bool)
     match v.error {
         Some(e) => Err(e),
         None => Ok(ModelParams::new(v.out)),
+    }
+}
+
+struct Grads<'a> {
+    path: PathStack,
+    keep: &'a dyn Fn(&str) -> bool,
+    grads: &'a Gradients,
+    out: Vec<f32>,
+    error: Option<VisionError>,
+}
+
+impl ModuleVisitor for Grads<'_> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, container: &str) {
+        self.path.exit(container);
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let name = self.path.path();
+        if !(self.keep)(&name) || self.error.is_some() {
+            return;
+        }
+        let t = param.val();
+        let n = t.shape().num_elements();
+        match t.grad(self.grads).map(|g| g.into_data().try_into_vec::<f32>()) {
+            Some(Ok(v)) if v.len() == n => self.out.extend(v),
+            Some(_) => self.error = Some(VisionError::Tensor(format!("{name}: unreadable gradient"))),
+            None => self.out.extend(std::iter::repeat_n(0.0, n)),
+        }
+    }
+}
+
+/// The gradients of the tensors of `module` whose path satisfies `keep`,
+/// flat in module order (the layout of [`collect_params`]'s `to_flat`), zeros
+/// where the loss does not reach a tensor.
+pub(crate) fn collect_grads<M: Module>(module: &M, grads: &Gradients, keep: &dyn Fn(&str) -> bool) -> Result<Vec<f32>> {
+    let mut v = Grads { path: PathStack::default(), keep, grads, out: Vec::new(), error: None };
+    module.visit(&mut v);
+    match v.error {
+        Some(e) => Err(e),
+        None => Ok(v.out),
     }
 }
 

@@ -75,6 +75,10 @@ impl VisionNet {
                     let backbone = EfficientNetLite0::random(device, cfg.init_seed);
                     TransferModel::new(backbone, cfg.num_classes, cfg.trainable_blocks, cfg.init_seed, device)?
                 };
+                let model = match cfg.lora {
+                    Some(lora) => model.with_lora(lora, cfg.init_seed)?,
+                    None => model,
+                };
                 Ok(Self::Transfer(Box::new(model)))
             }
         }

@@ -204,7 +204,12 @@ impl TransferTrainer {
     /// Moves `model` to the autodiff device and prepares Adam; on a CPU
     /// device also the channels-last kernels that compute the trunk's part.
     pub fn new(model: TransferModel, device: &Device) -> Result<Self> {
-        let host = if is_host_device(device) { Some((HostFineTuner::new(&model)?, Tape::default())) } else { None };
+        // The channels-last trunk has no adapters: LoRA runs through burn's autodiff.
+        let host = if is_host_device(device) && model.lora().is_none() {
+            Some((HostFineTuner::new(&model)?, Tape::default()))
+        } else {
+            None
+        };
         let ad = device.clone().autodiff();
         Ok(Self {
             model: model.fork(&ad).train(),
@@ -312,9 +317,9 @@ pub fn fit_transfer(
     let augmenting = augment.is_some_and(|a| !a.config().is_identity());
     if model.backbone_frozen() && !augmenting {
         let cache = FeatureCache::extract(&model.backbone, data, preprocess, cfg.batch_size, device)?;
-        let TransferModel { backbone, head, trainable_blocks } = model;
+        let TransferModel { backbone, head, trainable_blocks, lora } = model;
         let (head, curve) = train_head(head, &cache, cfg, device)?;
-        Ok((TransferModel { backbone, head, trainable_blocks }, curve))
+        Ok((TransferModel { backbone, head, trainable_blocks, lora }, curve))
     } else {
         train_on_images(model, data, preprocess, augment, cfg, device)
     }
@@ -328,6 +333,7 @@ pub fn evaluate_transfer(
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalMetrics> {
+    // (The feature extractor merges LoRA adapters into their convolutions.)
     let cache = FeatureCache::extract(&model.backbone, data, preprocess, batch_size, device)?;
     evaluate_head(&model.head, &cache, device)
 }

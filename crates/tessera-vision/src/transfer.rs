@@ -1,7 +1,9 @@
 //! Transfer learning: a pretrained EfficientNet-Lite0 backbone, frozen, with
 //! a new `Linear(1280 -> classes)` head; optionally the last `k` MBConv
-//! blocks (and the head convolution) are trainable too. Only the trainable
-//! part crosses the wire, as `ModelParams` named by module path.
+//! blocks (and the head convolution) are trainable too, either whole or,
+//! with LoRA ([`TransferModel::with_lora`]), through low-rank adapters on
+//! their 1x1 convolutions. Only the trainable part crosses the wire, as
+//! `ModelParams` named by module path.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -9,10 +11,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
-use tessera_core::{ModelParams, ParamLayout};
+use tessera_core::{LoraConfig, ModelParams, ParamLayout};
 
 use crate::efficientnet::{EfficientNetLite0, FEATURE_DIM, NUM_BLOCKS, load_pytorch};
 use crate::error::{Result, VisionError};
+use crate::lora::{attach_adapters, merge_adapters};
 use crate::params::{assign_params, collect_params};
 
 /// A fresh classification head, initialised from `seed` (uniform
@@ -40,6 +43,9 @@ pub struct TransferModel {
     pub head: Linear,
     /// How many of the last MBConv blocks are trainable (0: backbone fully frozen).
     pub(crate) trainable_blocks: usize,
+    /// With LoRA, those blocks train through adapters only (their weights stay frozen).
+    #[module(skip)]
+    pub(crate) lora: Option<LoraConfig>,
 }
 
 impl TransferModel {
@@ -65,7 +71,42 @@ impl TransferModel {
             backbone.conv_head = backbone.conv_head.set_require_grad(true);
             backbone.bn1 = backbone.bn1.set_require_grad(true);
         }
-        Ok(Self { backbone, head: seeded_head(num_classes, seed, device)?, trainable_blocks })
+        Ok(Self { backbone, head: seeded_head(num_classes, seed, device)?, trainable_blocks, lora: None })
+    }
+
+    /// Trains the last `trainable_blocks` blocks through low-rank adapters
+    /// instead: their weights (and the head convolution's, and every batch
+    /// norm) freeze again, and adapters seeded from `seed` are added to their
+    /// 1x1 convolutions and to the head convolution. `B = 0`, so the model's
+    /// output is unchanged. Only the adapters and the linear head then
+    /// train and travel.
+    pub fn with_lora(self, lora: LoraConfig, seed: u64) -> Result<Self> {
+        if self.trainable_blocks == 0 || lora.rank == 0 || !(lora.alpha.is_finite() && lora.alpha > 0.0) {
+            return Err(VisionError::InvalidConfig(
+                "LoRA needs trainable_blocks >= 1, rank >= 1 and a positive finite alpha".into(),
+            ));
+        }
+        if self.lora.is_some() {
+            return Err(VisionError::InvalidConfig("the model already has adapters".into()));
+        }
+        let backbone = attach_adapters(self.backbone.freeze(), self.trainable_blocks, &lora, seed)?;
+        Ok(Self { backbone, lora: Some(lora), ..self })
+    }
+
+    /// The same network with every adapter merged into its convolution: a
+    /// plain EfficientNet-Lite0 with this model's forward (up to float
+    /// rounding), for inference and export. A model without adapters comes
+    /// back as it is.
+    pub fn merged(&self) -> Self {
+        let mut m = self.clone();
+        m.backbone = merge_adapters(m.backbone);
+        m.lora = None;
+        m
+    }
+
+    /// The LoRA settings, when the model has adapters.
+    pub fn lora(&self) -> Option<LoraConfig> {
+        self.lora
     }
 
     /// Loads the backbone from the PyTorch checkpoint (the ImageNet `_fc`
@@ -87,6 +128,12 @@ impl TransferModel {
         self.trainable_blocks == 0
     }
 
+    /// The first block that anything trains in (adapters or weights);
+    /// everything before it is a fixed function of the image.
+    pub(crate) fn first_trained_block(&self) -> usize {
+        NUM_BLOCKS - self.trainable_blocks
+    }
+
     /// Logits `[n, classes]` of images `[n, 3, h, w]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.head.forward(self.backbone.features(images))
@@ -103,6 +150,10 @@ impl TransferModel {
         }
         if self.trainable_blocks == 0 {
             return false;
+        }
+        if self.lora.is_some() {
+            // Adapter paths: `backbone.blocks.15.project_lora.lora_a.weight`, `backbone.head_lora.lora_b.weight`.
+            return path.contains("_lora.");
         }
         if path.starts_with("backbone.conv_head.") || path.starts_with("backbone.bn1.") {
             return true;

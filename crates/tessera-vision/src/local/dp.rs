@@ -2,7 +2,9 @@
 //! gradients need a backward pass each: the SmallCnn (burn autodiff on a
 //! batch of one) and EfficientNet-Lite0 with unfrozen blocks
 //! ([`crate::ExampleGradients`]: the trunk by hand, channels-last, on a CPU
-//! backend). [`Sampled`] feeds either to `tessera_learn::dp_sgd`, the loop
+//! backend), and EfficientNet-Lite0 with LoRA adapters (burn autodiff on
+//! one example's trainable suffix, after the frozen prefix ran once for the
+//! whole step). [`Sampled`] feeds any of them to `tessera_learn::dp_sgd`, the loop
 //! (Poisson-sampled steps, per-example clipping, noise, FedProx step) every
 //! model shares.
 
@@ -13,6 +15,7 @@ use tessera_core::ModelParams;
 use tessera_learn::{LocalError, PerExampleGradients};
 
 use super::flat_grads;
+use crate::params::collect_grads;
 use crate::tune::ExampleGradients;
 use crate::{Augmenter, ImageDataset, Preprocess, SmallCnn, TransferModel, VisionError};
 
@@ -153,5 +156,82 @@ impl PerImage for TransferExamples {
 
     fn gradient(&mut self, index: usize, _image: &[f32], label: usize) -> Result<Vec<f32>, LocalError> {
         self.grads.gradient(index, label).map_err(err)
+    }
+}
+
+/// EfficientNet-Lite0 with LoRA adapters, through burn autodiff: the frozen
+/// prefix (stem and the blocks before the first adapted one) runs once per
+/// step for all sampled images, then each image's suffix, head and loss run
+/// alone so that its gradient (over exactly the adapters and the head) is
+/// its own.
+pub(super) struct LoraExamples {
+    pub(super) model: TransferModel,
+    tracked: TransferModel,
+    device: Device,
+    ad: Device,
+    loss_fn: CrossEntropyLoss,
+    preprocess: Preprocess,
+    shape: (usize, usize, usize),
+    /// The step's prefix activations, `[n, c, h, w]` flat, and one image's `[c, h, w]`.
+    prefix: Vec<f32>,
+    prefix_dims: [usize; 3],
+}
+
+impl LoraExamples {
+    pub(super) fn new(
+        model: TransferModel,
+        device: &Device,
+        preprocess: Preprocess,
+        shape: (usize, usize, usize),
+    ) -> Self {
+        let ad = device.clone().autodiff();
+        let tracked = model.clone().fork(&ad).train();
+        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+        Self {
+            model,
+            tracked,
+            device: device.clone(),
+            ad,
+            loss_fn,
+            preprocess,
+            shape,
+            prefix: Vec::new(),
+            prefix_dims: [0; 3],
+        }
+    }
+}
+
+impl PerImage for LoraExamples {
+    fn set_params(&mut self, params: &ModelParams) -> Result<(), LocalError> {
+        self.model = self.model.clone().with_trainable_params(params).map_err(err)?;
+        self.tracked = self.model.clone().fork(&self.ad).train();
+        Ok(())
+    }
+
+    fn prepare(&mut self, images: &[Vec<f32>]) -> Result<(), LocalError> {
+        if images.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+        let x = self.preprocess.batch_from(&refs, self.shape, &self.device).map_err(err)?;
+        let first = self.model.first_trained_block();
+        let y = self.model.backbone.prefix(x, first);
+        let [_, c, h, w] = y.dims();
+        self.prefix_dims = [c, h, w];
+        self.prefix = y.into_data().try_into_vec::<f32>().map_err(|e| err(VisionError::Tensor(format!("{e:?}"))))?;
+        Ok(())
+    }
+
+    fn gradient(&mut self, index: usize, _image: &[f32], label: usize) -> Result<Vec<f32>, LocalError> {
+        let [c, h, w] = self.prefix_dims;
+        let one = c * h * w;
+        let slice = self.prefix.get(index * one..(index + 1) * one).ok_or(err(VisionError::EmptyDataset))?;
+        let x = Tensor::<4>::from_data(TensorData::new(slice.to_vec(), [1, c, h, w]), &self.ad);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![label as i64], [1]), &self.ad);
+        let first = self.model.first_trained_block();
+        let logits = self.tracked.head.forward(self.tracked.backbone.features_from(first, x));
+        let grads = self.loss_fn.forward(logits, y).backward();
+        let model = &self.model;
+        collect_grads(&self.tracked, &grads, &|p| model.is_trainable(p)).map_err(err)
     }
 }

@@ -15,7 +15,7 @@ use tessera_core::{DpSettings, ModelParams, NoisePlacement, PrivacyUnit, TrainSe
 
 use super::*;
 
-fn fashion(prefix: &str, per_class: usize) -> ImageDataset {
+pub(super) fn fashion(prefix: &str, per_class: usize) -> ImageDataset {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist");
     load_fashion_mnist(&dir, prefix).unwrap().stratified_sample(per_class, 5).unwrap()
 }
@@ -41,7 +41,7 @@ fn member(cfg: &VisionModelConfig) -> VisionModel {
     VisionModel::from_config(cfg, fashion("train", 20), fashion("t10k", 10)).unwrap().with_seeded_noise(true)
 }
 
-fn settings(epochs: u32, lr: f64, seed: u64) -> TrainSettings {
+pub(super) fn settings(epochs: u32, lr: f64, seed: u64) -> TrainSettings {
     TrainSettings {
         local_epochs: epochs,
         batch_size: 20,
@@ -52,7 +52,7 @@ fn settings(epochs: u32, lr: f64, seed: u64) -> TrainSettings {
     }
 }
 
-fn dp(clip: f64, sigma: f64) -> DpSettings {
+pub(super) fn dp(clip: f64, sigma: f64) -> DpSettings {
     DpSettings {
         unit: PrivacyUnit::Record,
         noise: NoisePlacement::Local,
@@ -65,7 +65,7 @@ fn dp(clip: f64, sigma: f64) -> DpSettings {
     }
 }
 
-fn distance(a: &ModelParams, b: &ModelParams) -> f64 {
+pub(super) fn distance(a: &ModelParams, b: &ModelParams) -> f64 {
     let mut d = a.clone();
     d.add_scaled(b, -1.0).unwrap();
     d.l2_norm()
@@ -181,7 +181,7 @@ fn small_cnn_trains_every_tensor() {
 /// `up` (DP-SGD with q = 1, no effective clip, negligible noise, lr 0.1)
 /// is one SGD step along the full-batch gradient `g` from `start`; and a
 /// tiny clip bounds the step by lr * C (one step, every example at most C, / N).
-fn assert_dp_step(m: &mut VisionModel, up: &ModelParams, start: &ModelParams, g: &[f32]) {
+pub(super) fn assert_dp_step(m: &mut VisionModel, up: &ModelParams, start: &ModelParams, g: &[f32]) {
     let want: Vec<f32> = start.to_flat().iter().zip(g).map(|(p, g)| p - 0.1 * g).collect();
     let step = g.iter().map(|v| (0.1 * v).abs()).fold(0.0f32, f32::max);
     let err = up.to_flat().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
