@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_core::SchemaSource;
+use tessera_core::{FeatureDecl, FeatureSchema, SchemaSource};
 use tessera_tabular::{SplitConfig, TabularData, TabularSpec, hashed_split, load_csv, load_schema, shipped_data_path};
 
 fn credit_spec(schema: SchemaSource) -> TabularSpec {
@@ -14,6 +14,30 @@ fn credit_spec(schema: SchemaSource) -> TabularSpec {
 
 fn declared() -> SchemaSource {
     SchemaSource::File(shipped_data_path("germancredit.schema.toml"))
+}
+
+/// The interval each encoded column of `schema` lies in: a numeric feature
+/// clamped to `[min, max]` and scaled, a 0/1 indicator or one-hot column.
+fn encoded_bounds(schema: &FeatureSchema) -> Vec<(f32, f32)> {
+    let mut out = Vec::new();
+    for f in &schema.features {
+        match f {
+            FeatureDecl::Numeric { min, max, center, scale, missing_indicator, .. } => {
+                out.push((((min - center) / scale) as f32, ((max - center) / scale) as f32));
+                if *missing_indicator {
+                    out.push((0.0, 1.0));
+                }
+            }
+            FeatureDecl::Categorical { .. } => out.extend(std::iter::repeat_n((0.0, 1.0), f.width())),
+        }
+    }
+    out
+}
+
+/// The encoded column of the numeric feature `name`.
+fn column_of(schema: &FeatureSchema, name: &str) -> usize {
+    let at = schema.features.iter().position(|f| f.name() == name).unwrap();
+    schema.features[..at].iter().map(FeatureDecl::width).sum()
 }
 
 /// German Credit plus one applicant who borrows a billion DM for a purpose
@@ -71,12 +95,15 @@ fn neighbouring_data_sets_agree_on_every_other_record() {
     let after = b.preprocessor.transform(&d2, &all(d.len()));
     assert_eq!(before, after);
 
-    // The new record: its amount clamped to the schema's bound (+3 after
-    // scaling), its purpose in the `other` column, every value bounded.
+    // The new record: its amount clamped to the schema's bound, its purpose
+    // in the `other` column, every value within the schema's bounds.
     let new = b.preprocessor.transform(&d2, &[d.len()]);
     let row = new.row(0);
-    assert!(row.iter().all(|v| v.abs() <= 3.0 + 1e-6), "{row:?}");
-    assert!(row.iter().any(|v| (v - 3.0).abs() <= 1e-6), "the amount sits at the bound: {row:?}");
+    let schema = load_schema(&shipped_data_path("germancredit.schema.toml")).unwrap();
+    let bounds = encoded_bounds(&schema);
+    assert!(row.iter().zip(&bounds).all(|(v, (lo, hi))| (lo - 1e-6..=hi + 1e-6).contains(v)), "{row:?}");
+    let amount = column_of(&schema, "credit_amount");
+    assert!((row[amount] - bounds[amount].1).abs() <= 1e-6, "the amount sits at the bound: {row:?}");
     let first = a.preprocessor.transform(&d, &[0]);
     let differs: Vec<usize> = (0..width).filter(|&k| first.row(0)[k] != row[k]).collect();
     // Exactly three columns moved: the amount, the declared purpose that the
@@ -94,7 +121,7 @@ fn fitting_locally_lets_one_record_move_the_others() {
         .unwrap()
         .features
         .iter()
-        .filter(|f| matches!(f, tessera_core::FeatureDecl::Categorical { .. }))
+        .filter(|f| matches!(f, FeatureDecl::Categorical { .. }))
         .map(|f| f.name().to_string())
         .collect();
     let spec = TabularSpec { categorical, ..credit_spec(SchemaSource::FitLocally) };
@@ -114,7 +141,11 @@ fn the_shipped_schemas_match_the_shipped_files() {
     };
     let data = TabularData::load(&shipped_data_path("wdbc.csv"), &wdbc, &SplitConfig::default()).unwrap();
     assert_eq!(data.train.num_features, 30);
-    assert!(data.train.features.iter().all(|v| v.abs() <= 3.0 + 1e-6));
+    let bounds = encoded_bounds(&load_schema(&shipped_data_path("wdbc.schema.toml")).unwrap());
+    for r in 0..data.train.len() {
+        let row = data.train.row(r);
+        assert!(row.iter().zip(&bounds).all(|(v, (lo, hi))| (lo - 1e-6..=hi + 1e-6).contains(v)), "{row:?}");
+    }
     let credit =
         TabularData::load(&shipped_data_path("germancredit.csv"), &credit_spec(declared()), &SplitConfig::default())
             .unwrap();
@@ -124,7 +155,7 @@ fn the_shipped_schemas_match_the_shipped_files() {
     let mut k = 0;
     for f in &schema.features {
         k += f.width();
-        if let tessera_core::FeatureDecl::Categorical { .. } = f {
+        if let FeatureDecl::Categorical { .. } = f {
             assert!((0..credit.train.len()).all(|r| credit.train.row(r)[k - 1] == 0.0), "{}", f.name());
         }
     }
