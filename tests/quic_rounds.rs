@@ -134,8 +134,15 @@ async fn malformed_frames_close_only_the_offender() {
     let mut conn2 = connect(&mallory).await.unwrap();
     conn2
         .send(
-            encode_frame(&ClientMsg::Hello { member: "mallory".into(), protocol_version: PROTOCOL_VERSION }, &limits)
-                .unwrap(),
+            encode_frame(
+                &ClientMsg::Hello {
+                    member: "mallory".into(),
+                    protocol_version: PROTOCOL_VERSION,
+                    settings: Default::default(),
+                },
+                &limits,
+            )
+            .unwrap(),
         )
         .await
         .unwrap();

@@ -22,7 +22,7 @@ use tessera_client::{ClientOptions, EgressLedger, LocalModel};
 use tessera_core::{DpSettings, EvalMetrics, Limits, ModelParams, ParamTensor, RoundRecord, RunId, TrainSettings};
 use tessera_protocol::StrategyConfig;
 use tessera_protocol::coordinator::{
-    CohortSelection, Coordinator, CoordinatorConfig, Resume, RoundOutcome, SecureConfig,
+    CohortSelection, Coordinator, CoordinatorConfig, Dropout, Resume, RoundOutcome, SecureConfig,
 };
 use tessera_protocol::{Participant, Policy, TrainedUpdate};
 use tessera_transport::{AdmitAll, MemoryNetwork};
@@ -63,7 +63,7 @@ impl RunObserver for Quiet {
         self.finished = Some(o.clone());
     }
 
-    fn round_aborted(&mut self, round: u64, reason: &str, _dropped: &[String]) {
+    fn round_aborted(&mut self, round: u64, reason: &str, _dropped: &[Dropout], _refunded: Option<f64>) {
         eprintln!("round {round} aborted: {reason}");
     }
 }

@@ -233,8 +233,11 @@ async fn flood_attacker() {
 
     // 3. One member, many connections: each new one replaces the last.
     let mallory = dial(pki_dir, MALLORY, addr);
-    let hello =
-        encode_frame(&ClientMsg::Hello { member: MALLORY.into(), protocol_version: V }, &Limits::default()).unwrap();
+    let hello = encode_frame(
+        &ClientMsg::Hello { member: MALLORY.into(), protocol_version: V, settings: Default::default() },
+        &Limits::default(),
+    )
+    .unwrap();
     let mut held = Vec::new();
     for _ in 0..MEMBER_FLOOD {
         let mut c = connect(&mallory).await.expect("a member may connect");

@@ -190,7 +190,11 @@ fn write_seed_corpus() {
         confusion: vec![vec![2, 1], vec![0, 1]],
     };
     let client = vec![
-        ClientMsg::Hello { member: "m1".into(), protocol_version: 3 },
+        ClientMsg::Hello {
+            member: "m1".into(),
+            protocol_version: 4,
+            settings: tessera_core::SettingsDigest { model: [8; 32], schema: [9; 32] },
+        },
         ClientMsg::AdvertiseKeys { round: 1, advert: advert.clone() },
         ClientMsg::RevealGraphSeed { round: 1, reveal: [6; 32] },
         ClientMsg::ShareKeys { round: 1, shares: vec![share.clone()] },

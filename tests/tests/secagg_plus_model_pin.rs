@@ -19,7 +19,7 @@ use tessera_aggregator::{DriverOptions, RunObserver, serve};
 use tessera_client::{ClientOptions, EgressLedger, LocalModel};
 use tessera_core::{DpSettings, EvalMetrics, Limits, ModelParams, ParamTensor, RoundRecord, RunId, TrainSettings};
 use tessera_protocol::coordinator::{
-    CentralNoise, CohortSelection, Coordinator, CoordinatorConfig, Resume, RoundOutcome, SecureConfig,
+    CentralNoise, CohortSelection, Coordinator, CoordinatorConfig, Dropout, Resume, RoundOutcome, SecureConfig,
 };
 use tessera_protocol::{Participant, Policy, StrategyConfig, TrainedUpdate};
 use tessera_transport::{AdmitAll, Dialer, MemoryNetwork};
@@ -65,7 +65,7 @@ impl RunObserver for Finished {
         self.0 = Some(o.clone());
     }
 
-    fn round_aborted(&mut self, round: u64, reason: &str, _dropped: &[String]) {
+    fn round_aborted(&mut self, round: u64, reason: &str, _dropped: &[Dropout], _refunded: Option<f64>) {
         panic!("round {round} aborted: {reason}");
     }
 }
@@ -91,12 +91,17 @@ fn config() -> CoordinatorConfig {
         round_deadline_ms: 3_600_000,
         phase_timeout_ms: 3_600_000,
         max_round_retries: 0,
+        retry_backoff_ms: 0,
+        retry_backoff_max_ms: 0,
         seed: 20,
         chunk_values: Limits::default().chunk_values,
         stream_slots: 1,
         stream_idle_ms: 3_600_000,
         unhealthy_after: 3,
+        admission: None,
         robust: None,
+        evaluate_every: 1,
+        research_clear_evaluation: false,
     }
 }
 

@@ -777,13 +777,14 @@ num_classes = 2
         };
         assert_eq!(load("flex").unwrap().backend.compute(), Ok(ComputeBackend::Flex));
         assert_eq!(load("ndarray").unwrap().backend.compute(), Ok(ComputeBackend::NdArray));
+        let built = std::hint::black_box(tessera_learn::WGPU_BUILT);
         match load("wgpu") {
             Ok(c) => {
-                assert!(tessera_learn::WGPU_BUILT);
+                assert!(built);
                 assert_eq!(c.backend, BackendChoice::Wgpu);
             }
             Err(ConfigError::Invalid { source: ConfigProblem::Backend(e), .. }) => {
-                assert!(!tessera_learn::WGPU_BUILT);
+                assert!(!built);
                 let why = tessera_cli::ErrorChain(&ConfigProblem::Backend(e)).to_string();
                 assert!(why.contains("tessera-learn/wgpu") && why.contains("cargo build"), "{why}");
             }

@@ -127,14 +127,20 @@ pub struct AdmissionPolicy {
 }
 
 impl AdmissionPolicy {
-    /// The verdict on `member`'s `Hello`.
-    pub fn check(&self, member: &str, protocol_version: u8, announced: SettingsDigest) -> Result<(), AdmissionRefusal> {
+    /// The verdict on `member`'s `Hello` (boxed: a refusal carries two
+    /// digests, and admission is the rare path).
+    pub fn check(
+        &self,
+        member: &str,
+        protocol_version: u8,
+        announced: SettingsDigest,
+    ) -> Result<(), Box<AdmissionRefusal>> {
         if protocol_version != tessera_core::PROTOCOL_VERSION {
-            return Err(AdmissionRefusal::ProtocolVersion {
+            return Err(Box::new(AdmissionRefusal::ProtocolVersion {
                 member: member.to_string(),
                 announced: protocol_version,
                 expected: tessera_core::PROTOCOL_VERSION,
-            });
+            }));
         }
         let model = announced.model != self.expected.model;
         let schema = self.check_schema && announced.schema != self.expected.schema;
@@ -144,7 +150,12 @@ impl AdmissionPolicy {
             (false, true) => SettingsPart::Schema,
             (true, true) => SettingsPart::Both,
         };
-        Err(AdmissionRefusal::Settings { member: member.to_string(), part, announced, expected: self.expected })
+        Err(Box::new(AdmissionRefusal::Settings {
+            member: member.to_string(),
+            part,
+            announced,
+            expected: self.expected,
+        }))
     }
 }
 
@@ -193,25 +204,27 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // unboxed to compare with `matches!`
     fn a_mismatch_is_refused_naming_the_member_the_part_and_both_digests() {
         let expected = settings_digest(&tabular(vec![8]), Some(&schema(1.0)));
-        let policy = AdmissionPolicy { expected, check_schema: true };
-        assert_eq!(policy.check("a", tessera_core::PROTOCOL_VERSION, expected), Ok(()));
+        let p = AdmissionPolicy { expected, check_schema: true };
+        let policy = |m: &str, v: u8, d: SettingsDigest| p.check(m, v, d).map_err(|e| *e);
+        assert_eq!(policy("a", tessera_core::PROTOCOL_VERSION, expected), Ok(()));
         let wrong = settings_digest(&tabular(vec![16]), Some(&schema(1.0)));
-        let err = policy.check("bank-c", tessera_core::PROTOCOL_VERSION, wrong).unwrap_err();
+        let err = policy("bank-c", tessera_core::PROTOCOL_VERSION, wrong).unwrap_err();
         assert!(matches!(err, AdmissionRefusal::Settings { part: SettingsPart::Model, .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains("bank-c") && text.contains(&wrong.short()) && text.contains(&expected.short()), "{text}");
         let other_schema = settings_digest(&tabular(vec![8]), Some(&schema(2.0)));
         assert!(matches!(
-            policy.check("a", tessera_core::PROTOCOL_VERSION, other_schema),
+            policy("a", tessera_core::PROTOCOL_VERSION, other_schema),
             Err(AdmissionRefusal::Settings { part: SettingsPart::Schema, .. })
         ));
         // Without a schema of its own the aggregator judges the model only.
-        let lenient = AdmissionPolicy { check_schema: false, ..policy };
+        let lenient = AdmissionPolicy { check_schema: false, ..p };
         assert_eq!(lenient.check("a", tessera_core::PROTOCOL_VERSION, other_schema), Ok(()));
         assert!(matches!(
-            policy.check("a", tessera_core::PROTOCOL_VERSION - 1, expected),
+            policy("a", tessera_core::PROTOCOL_VERSION - 1, expected),
             Err(AdmissionRefusal::ProtocolVersion { .. })
         ));
     }

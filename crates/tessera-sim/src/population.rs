@@ -135,7 +135,11 @@ pub(crate) async fn run_rounds(
         let completed = coordinator.completed();
         if completed >= s.rounds {
             let reason = format!("all {} rounds completed", s.rounds);
-            return Ok(PopulationRun { coordinator, end: RunEnd { reason, completed_rounds: completed, failed: None }, cohorts });
+            return Ok(PopulationRun {
+                coordinator,
+                end: RunEnd { reason, completed_rounds: completed, failed: None },
+                cohorts,
+            });
         }
         let mut cohort = p.draw.draw(s.clients, s.seed, completed + 1, attempt);
         while cohort.len() < 2 {

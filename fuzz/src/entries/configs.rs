@@ -25,7 +25,11 @@ pub fn config(data: &[u8]) {
 
 pub(super) fn start_a_round(cfg: &tessera_aggregator::AggregatorConfig) {
     use tessera_protocol::coordinator::{Coordinator, Resume};
-    let cc = tessera_aggregator::daemon::coordinator_config(cfg, RUN, 1);
+    let Ok(policy) = cfg.admission_policy() else { return };
+    let mut cc = tessera_aggregator::daemon::coordinator_config(cfg, RUN, 1, policy);
+    // This entry checks that a round starts from a fuzzed config; the
+    // members it connects send no Hello, so admission is not in the way.
+    cc.admission = None;
     let Ok(mut c) = Coordinator::new(
         cc,
         tiny_model(0.0),

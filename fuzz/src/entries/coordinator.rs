@@ -174,7 +174,11 @@ pub fn coordinator(data: &[u8]) {
                 let at = |off: i8| current_round.saturating_add_signed(i64::from(off % 3));
                 let len = tessera_secagg::vector_len(&tiny_model(0.0).layout());
                 let msg = match h {
-                    FromHostile::Hello => Some(ClientMsg::Hello { member: hostile.clone(), protocol_version: 1 }),
+                    FromHostile::Hello => Some(ClientMsg::Hello {
+                        member: hostile.clone(),
+                        protocol_version: 1,
+                        settings: Default::default(),
+                    }),
                     FromHostile::AdvertiseKeys { round, a, b } => Some(ClientMsg::AdvertiseKeys {
                         round: at(round),
                         advert: junk_advert(PublicKeys { cipher_pk: a, mask_pk: b }),
@@ -296,7 +300,7 @@ pub fn coordinator(data: &[u8]) {
                             }
                         }
                     }
-                    Output::Disconnect { member, .. } => {
+                    Output::Disconnect { member, .. } | Output::RefuseAdmission { member, .. } => {
                         if online.remove(&member) {
                             coord.member_disconnected(now, &member);
                         }

@@ -252,7 +252,7 @@ impl Coordinator {
             Ok(()) => self.admit(now_ms, member),
             Err(refusal) => {
                 self.pending.remove(member);
-                self.out.push_back(Output::RefuseAdmission { member: member.to_string(), refusal });
+                self.out.push_back(Output::RefuseAdmission { member: member.to_string(), refusal: *refusal });
             }
         }
     }

@@ -23,6 +23,7 @@ fn client_dp() -> PrivacyConfig {
         noise_multiplier: Some(0.8),
         sampling_rate: None,
         adaptive_clipping: None,
+        evaluation: None,
     }
 }
 
