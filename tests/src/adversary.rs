@@ -48,8 +48,10 @@ where
     let files = tessera_transport::pki::member_files(pki_dir, member);
     let ca = pki_dir.join(tessera_transport::pki::CA_CERT);
     let identity = tessera_client::load_member_identity(&files.cert, &files.key, &ca).expect("member identity");
-    let mut p =
-        Participant::new(member, Policy::default(), rand_chacha::ChaCha20Rng::from_entropy()).with_identity(identity);
+    // Admitted like any member of the consortium: the attacks come after.
+    let mut p = Participant::new(member, Policy::default(), rand_chacha::ChaCha20Rng::from_entropy())
+        .with_identity(identity)
+        .with_settings(crate::consortium_settings());
     let mut outcome = AttackOutcome { sent: Vec::new(), tampered: 0, closed_by: None };
     let conn = match connect(dial).await {
         Ok(c) => c,

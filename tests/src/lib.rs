@@ -58,6 +58,13 @@ pub fn wdbc_model() -> ModelConfig {
     }
 }
 
+/// The settings digest members of [`aggregator_config`]'s consortium
+/// announce at admission: [`wdbc_model`] and the WDBC schema.
+pub fn consortium_settings() -> tessera_core::SettingsDigest {
+    let schema = tessera_tabular::load_schema(&wdbc_schema()).expect("the shipped WDBC schema");
+    tessera_protocol::settings_digest(&ModelSection::Tabular(wdbc_model()), Some(&schema))
+}
+
 pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u64, min: u32) -> AggregatorConfig {
     AggregatorConfig {
         server: ServerSection {

@@ -249,7 +249,8 @@ async fn a_mismatched_member_is_refused_at_admission_by_name_and_costs_no_budget
     assert_eq!(count(&db, "SELECT COUNT(*) FROM rounds WHERE status != 'completed'"), Some(0));
     assert_eq!(count(&db, "SELECT COUNT(*) FROM rounds WHERE cohort LIKE '%hospital-c%'"), Some(0));
     // Budget: one reservation per completed round, nothing for hospital-c.
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM ledger"), Some(2));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM ledger WHERE entry LIKE '%reserved%'"), Some(2));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM ledger WHERE entry LIKE '%aborted%'"), Some(0));
     let body: String = db
         .query_row("SELECT body FROM audit WHERE kind = 'admission_refused'", [], |r| r.get(0))
         .expect("an admission_refused audit entry");

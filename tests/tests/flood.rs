@@ -234,7 +234,7 @@ async fn flood_attacker() {
     // 3. One member, many connections: each new one replaces the last.
     let mallory = dial(pki_dir, MALLORY, addr);
     let hello = encode_frame(
-        &ClientMsg::Hello { member: MALLORY.into(), protocol_version: V, settings: Default::default() },
+        &ClientMsg::Hello { member: MALLORY.into(), protocol_version: V, settings: tessera_e2e::consortium_settings() },
         &Limits::default(),
     )
     .unwrap();

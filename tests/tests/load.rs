@@ -87,6 +87,7 @@ async fn one_round(n: usize) -> f64 {
     cfg.run.start_quorum = Some(n as u32);
     cfg.run.phase_timeout_secs = 120.0;
     cfg.run.round_deadline_secs = 120.0;
+    let settings = cfg.admission_policy().unwrap().expected;
     let listener = daemon::listen(&cfg).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     // Dial configurations (certificate files parsed) before the baseline.
@@ -122,7 +123,8 @@ async fn one_round(n: usize) -> f64 {
             tessera_client::load_member_identity(&files.cert, &files.key, &pki_dir.join(pki::CA_CERT)).unwrap();
         members.push(tokio::spawn(async move {
             let mut p = Participant::new(name, Policy::default(), rand_chacha::ChaCha20Rng::seed_from_u64(i as u64))
-                .with_identity(identity);
+                .with_identity(identity)
+                .with_settings(settings);
             let mut egress = EgressLedger::in_memory();
             let model = Arc::new(Mutex::new(TinyModel { step: 0.001 * (i % 7) as f32 }));
             let opts = ClientOptions {

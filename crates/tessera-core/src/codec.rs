@@ -281,25 +281,24 @@ mod tests {
         assert!(small.len() < 4000 + 64);
     }
 
-    /// A member built for version 2 (before the graph draw and the
-    /// consistency check) is told both versions, whichever side reads the
-    /// other's frame.
+    /// A member built for version 3 (before the settings digest) is told
+    /// both versions, whichever side reads the other's frame.
     #[test]
     fn previous_version_names_both_versions() {
-        assert_eq!(PROTOCOL_VERSION, 3);
+        assert_eq!(PROTOCOL_VERSION, 4);
         let l = Limits::default();
         let mut f = encode_frame(
-            &ClientMsg::Hello { member: "m".into(), protocol_version: 2, settings: Default::default() },
+            &ClientMsg::Hello { member: "m".into(), protocol_version: 3, settings: Default::default() },
             &l,
         )
         .unwrap();
-        f[0] = 2;
+        f[0] = 3;
         let mut d = FrameDecoder::new(l);
         d.push(&f);
         let err = d.next_message::<ClientMsg>().unwrap_err();
-        assert_eq!(err, CodecError::UnknownVersion { found: 2, expected: 3 });
+        assert_eq!(err, CodecError::UnknownVersion { found: 3, expected: 4 });
         let text = err.to_string();
-        assert!(text.contains("version 2") && text.contains("version 3"), "{text}");
+        assert!(text.contains("version 3") && text.contains("version 4"), "{text}");
     }
 
     #[test]
