@@ -239,6 +239,14 @@ async fn a_rekeyed_member_is_admitted_while_its_stolen_certificate_stays_revoked
     assert!(text.contains(&format!("still revoked, issued to hospital-c: {old_fp}")), "{text}");
     let (ok, text) = cli(&["pki", "list", "--dir", pki_dir]);
     assert!(ok && text.contains(&format!("{new_fp}  admitted")) && text.contains(&old_fp), "{text}");
+    // Each certificate's expiry, in RFC 3339, in the future.
+    let line = text.lines().find(|l| l.contains(&new_fp)).unwrap();
+    let expires = line.split("expires ").nth(1).expect("an expiry column").trim();
+    let year: i32 = expires[..4].parse().unwrap_or_else(|_| panic!("{line}"));
+    assert!(expires.ends_with('Z') && expires.contains('T') && year >= 2026, "{line}");
+    let (ok, json) = cli(&["pki", "list", "--dir", pki_dir, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|_| panic!("{ok} {json}"));
+    assert!(v["members"].as_array().unwrap().iter().all(|m| m["expires"].as_str().is_some_and(|e| e.ends_with('Z'))));
 
     let mut agg = Proc(spawn_aggregator(&config, None));
 

@@ -494,7 +494,9 @@ fn pki_list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|(name, fp)| {
                 let by = list.refuses(name, Some(fp)).map(|b| b.to_string());
-                json!({ "name": name, "fingerprint": fp.to_string(), "admitted": by.is_none(), "revoked_by": by })
+                let expires = expiry(dir, name);
+                json!({ "name": name, "fingerprint": fp.to_string(), "admitted": by.is_none(), "revoked_by": by,
+                        "expires": expires })
             })
             .collect();
         let certs: Vec<_> =
@@ -509,7 +511,8 @@ fn pki_list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             Some(by) => by.to_string(),
             None => "admitted".into(),
         };
-        println!("  {name:<24} {fp}  {state}");
+        let expires = expiry(dir, &name).unwrap_or_else(|| "unknown".into());
+        println!("  {name:<24} {fp}  {state}  expires {expires}");
     }
     println!("revoked names: {}", list.names().collect::<Vec<_>>().join(", "));
     println!("revoked certificates:");
@@ -517,6 +520,12 @@ fn pki_list(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         println!("  {fp}  {}", m.unwrap_or("(owner not recorded)"));
     }
     Ok(())
+}
+
+/// When `<dir>/<name>.pem` expires, in RFC 3339; `None` if unreadable.
+fn expiry(dir: &std::path::Path, name: &str) -> Option<String> {
+    let secs = tessera_transport::pki::expiry_of_pem_file(&dir.join(format!("{name}.pem"))).ok()?;
+    Some(tessera_cli::rfc3339_ms(secs.saturating_mul(1000)))
 }
 
 /// A [`Target`] checked: a valid member name or a well-formed fingerprint.

@@ -360,6 +360,16 @@ pub fn member_name_of(der: &[u8]) -> Option<String> {
     member_name(&CertificateDer::from(der)).ok()
 }
 
+/// When the first certificate in a PEM file stops being valid, in seconds
+/// since the Unix epoch (its `notAfter`), for `pki list`.
+pub fn expiry_of_pem_file(path: &Path) -> Result<i64, PkiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let certs = load_certs(path)?;
+    let cert = certs.first().ok_or_else(|| PkiError::NoIdentity(format!("{}: no certificate", path.display())))?;
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| PkiError::NoIdentity(e.to_string()))?;
+    Ok(x509.validity().not_after.timestamp())
+}
+
 /// A consortium PKI held in memory (tests and the simulator): the CA, and
 /// one certificate and PKCS#8 key per member, made exactly as [`init`] and
 /// [`issue`] make them, without touching a disk.
