@@ -49,6 +49,22 @@ fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
     }
 }
 
+/// A client- or record-level privacy config with a generous budget and
+/// noise multiplier `z`; every DP test module starts from it.
+fn dp_config(unit: tessera_core::PrivacyUnit, noise: Option<tessera_core::NoisePlacement>, z: f64) -> PrivacyConfig {
+    PrivacyConfig {
+        unit,
+        noise,
+        epsilon: 1e6,
+        delta: 1e-5,
+        clip_norm: 0.5,
+        noise_multiplier: Some(z),
+        sampling_rate: (unit == tessera_core::PrivacyUnit::Record).then_some(0.25),
+        adaptive_clipping: None,
+        evaluation: None,
+    }
+}
+
 fn initial() -> ModelParams {
     ModelParams::new(vec![
         ParamTensor::new("w", vec![3, 3], vec![0.0; 9]).unwrap(),

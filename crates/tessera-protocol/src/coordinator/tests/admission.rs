@@ -13,26 +13,12 @@ fn digest(b: u8) -> SettingsDigest {
     SettingsDigest { model: [b; 32], schema: [7; 32] }
 }
 
-fn client_dp() -> PrivacyConfig {
-    PrivacyConfig {
-        unit: PrivacyUnit::Client,
-        noise: Some(NoisePlacement::Distributed),
-        epsilon: 1e6,
-        delta: 1e-5,
-        clip_norm: 0.5,
-        noise_multiplier: Some(0.8),
-        sampling_rate: None,
-        adaptive_clipping: None,
-        evaluation: None,
-    }
-}
-
 #[test]
 fn a_member_with_other_settings_is_refused_at_admission_and_never_in_a_cohort() {
     let mut c = cfg(3, true);
     c.rounds = 2;
     c.admission = Some(AdmissionPolicy { expected: digest(1), check_schema: true });
-    c.dp = Some(client_dp());
+    c.dp = Some(dp_config(PrivacyUnit::Client, Some(NoisePlacement::Distributed), 0.8));
     let mut h = Harness::new(4, c);
     for m in ["m0", "m1", "m2"] {
         let p = h.members.remove(m).unwrap().with_settings(digest(1));
@@ -78,7 +64,7 @@ fn aborted_attempts_back_off_name_each_cause_and_refund_what_released_nothing() 
     c.max_round_retries = 3;
     c.retry_backoff_ms = 1_000;
     c.retry_backoff_max_ms = 3_000;
-    c.dp = Some(client_dp());
+    c.dp = Some(dp_config(PrivacyUnit::Client, Some(NoisePlacement::Distributed), 0.8));
     let mut h = Harness::new(4, c);
     let nothing_spent = h.coord.privacy_status().unwrap().epsilon_spent;
     // Two of four go silent (still connected) before their shares: every
@@ -121,7 +107,7 @@ fn an_attempt_that_received_an_update_keeps_its_charge() {
     let mut c = cfg(3, true);
     c.rounds = 1;
     c.max_round_retries = 0;
-    c.dp = Some(client_dp());
+    c.dp = Some(dp_config(PrivacyUnit::Client, Some(NoisePlacement::Distributed), 0.8));
     let mut h = Harness::new(4, c);
     // Everyone uploads; then two die before unmasking.
     h.kill_before.insert("m0".into(), "sign_survivors");
@@ -173,7 +159,7 @@ fn a_member_is_refunded_only_when_its_update_never_left() {
     let mut c = cfg(3, true);
     c.rounds = 1;
     c.max_round_retries = 1;
-    c.dp = Some(client_dp());
+    c.dp = Some(dp_config(PrivacyUnit::Client, Some(NoisePlacement::Distributed), 0.8));
     let mut h = Harness::new(4, c.clone());
     let tally = tallied(&mut h, "m2");
     h.stall_before.insert("m0".into(), "share_keys");

@@ -3,24 +3,10 @@
 //! fixed `q·N`, and every draw's seed comes from the coordinator's key, not
 //! from `run.seed`, and is recorded so the draw can be replayed.
 
-use tessera_core::{NoisePlacement, PrivacyUnit};
+use tessera_core::PrivacyUnit;
 use tessera_privacy::RdpAccountant;
 
 use super::*;
-
-fn client_dp(noise: Option<NoisePlacement>, z: f64) -> PrivacyConfig {
-    PrivacyConfig {
-        unit: PrivacyUnit::Client,
-        noise,
-        epsilon: 1e6,
-        delta: 1e-5,
-        clip_norm: 0.5,
-        noise_multiplier: Some(z),
-        sampling_rate: None,
-        adaptive_clipping: None,
-        evaluation: None,
-    }
-}
 
 fn zeros(d: usize) -> ModelParams {
     ModelParams::new(vec![ParamTensor::new("w", vec![d], vec![0.0; d]).unwrap()])
@@ -42,7 +28,7 @@ fn poisson_cohorts_run_as_drawn_and_are_charged_once_per_round() {
     c.rounds = 20;
     c.cohort = CohortSelection::Poisson { rate: 0.15, population: Some(20) };
     c.max_round_retries = 0;
-    c.dp = Some(client_dp(None, 1.0));
+    c.dp = Some(dp_config(PrivacyUnit::Client, None, 1.0));
     let mut h = Harness::new(20, c);
     h.connect_all();
     h.run(20 * 12);
@@ -68,7 +54,7 @@ fn a_poisson_draw_too_small_for_a_secure_sum_is_skipped_and_charged() {
     c.rounds = 4;
     c.cohort = CohortSelection::Poisson { rate: 0.05, population: Some(10) };
     c.max_round_retries = 0;
-    c.dp = Some(client_dp(None, 1.0));
+    c.dp = Some(dp_config(PrivacyUnit::Client, None, 1.0));
     let mut h = Harness::new(10, c);
     let before = h.coord.global().digest_hex();
     h.connect_all();
@@ -101,7 +87,7 @@ fn a_poisson_round_divides_by_the_fixed_denominator() {
     let mut c = cfg(2, false);
     c.rounds = 1;
     c.cohort = CohortSelection::Poisson { rate: 0.25, population: Some(80) };
-    c.dp = Some(client_dp(None, z));
+    c.dp = Some(dp_config(PrivacyUnit::Client, None, z));
     let mut h = Harness::new(40, c).with_initial(zeros(d));
     h.connect_all();
     h.run(10);
@@ -119,7 +105,7 @@ fn a_poisson_round_divides_by_the_fixed_denominator() {
     // Without N the mean would divide by the realized size: refused.
     let mut bad = cfg(2, false);
     bad.cohort = CohortSelection::Poisson { rate: 0.25, population: None };
-    bad.dp = Some(client_dp(None, z));
+    bad.dp = Some(dp_config(PrivacyUnit::Client, None, z));
     let err = Coordinator::new(bad, initial(), None, Resume::default(), CentralNoise::reproducible(7)).err();
     assert!(err.is_some_and(|e| e.to_string().contains("population")));
     // Bad rates are refused up front.

@@ -8,20 +8,6 @@ use tessera_privacy::{DistributedPlan, GaussianSpend, RdpAccountant};
 
 use super::*;
 
-fn dp_config(unit: PrivacyUnit, noise: Option<NoisePlacement>, z: f64) -> PrivacyConfig {
-    PrivacyConfig {
-        unit,
-        noise,
-        epsilon: 1e6,
-        delta: 1e-5,
-        clip_norm: 0.5,
-        noise_multiplier: Some(z),
-        sampling_rate: (unit == PrivacyUnit::Record).then_some(0.25),
-        adaptive_clipping: None,
-        evaluation: None,
-    }
-}
-
 fn zeros(d: usize) -> ModelParams {
     ModelParams::new(vec![ParamTensor::new("w", vec![d], vec![0.0; d]).unwrap()])
 }

@@ -9,17 +9,7 @@ use tessera_privacy::GaussianSpend;
 use super::*;
 
 fn client_dp(z: f64, evaluation: Option<PrivateEvaluationConfig>) -> PrivacyConfig {
-    PrivacyConfig {
-        unit: PrivacyUnit::Client,
-        noise: None,
-        epsilon: 1e6,
-        delta: 1e-5,
-        clip_norm: 0.5,
-        noise_multiplier: Some(z),
-        sampling_rate: None,
-        adaptive_clipping: None,
-        evaluation,
-    }
+    PrivacyConfig { evaluation, ..dp_config(PrivacyUnit::Client, None, z) }
 }
 
 fn eval_reports(h: &Harness) -> usize {
