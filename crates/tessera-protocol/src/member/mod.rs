@@ -176,6 +176,18 @@ pub struct Participant<R> {
     /// The round whose charge can still be taken back: charged, and its
     /// update has not begun to leave.
     charged: Option<u64>,
+    /// Record-level private evaluation's noise, kept while the round's spend
+    /// and the block stay the same (a whole run): the multiplier and the
+    /// sampler's table are computed once.
+    record_eval_noise: Option<RecordEvalNoise>,
+}
+
+/// The mechanism of [`append_record_evaluation`] and what it was built for.
+struct RecordEvalNoise {
+    spend: GaussianSpend,
+    weight: u64,
+    len: usize,
+    mechanism: tessera_privacy::GaussianMechanism,
 }
 
 impl<R: MemberRng> Participant<R> {
@@ -198,6 +210,7 @@ impl<R: MemberRng> Participant<R> {
             certificates: CertificateCache::default(),
             settings: tessera_core::SettingsDigest::default(),
             charged: None,
+            record_eval_noise: None,
         }
     }
 
@@ -653,7 +666,8 @@ impl<R: MemberRng> Participant<R> {
             // statistic of the data).
             weight = 1.0;
             if let (PrivacyUnit::Record, Some(e), Some(m)) = (dp.unit, &r.settings.eval, &r.evaluated) {
-                append_record_evaluation(&mut delta, dp, &r.settings.train, e, m, &mut self.rng)?;
+                let noise = &mut self.record_eval_noise;
+                append_record_evaluation(&mut delta, dp, &r.settings.train, e, m, noise, &mut self.rng)?;
             }
             if dp.unit == PrivacyUnit::Client {
                 let eval = r.settings.eval.as_ref().zip(r.evaluated.as_ref());
@@ -783,19 +797,28 @@ fn privatize_update<R: RngCore + CryptoRng>(
 /// its own Gaussian noise at [`tessera_privacy::dominated_multiplier`] of the
 /// round's spend, appended after the DP-SGD update. The member derives the
 /// multiplier from the round's public settings itself, so an aggregator
-/// cannot talk it into less noise.
+/// cannot talk it into less noise. `cache` keeps the mechanism while the
+/// spend and the block stay the same.
 fn append_record_evaluation<R: RngCore + CryptoRng>(
     delta: &mut ModelParams,
     dp: &DpSettings,
     train: &tessera_core::TrainSettings,
     release: &EvalRelease,
     metrics: &EvalMetrics,
+    cache: &mut Option<RecordEvalNoise>,
     rng: &mut R,
 ) -> Result<(), Refusal> {
     let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(PrivacyRefusal::Settings(e));
-    let z = tessera_privacy::dominated_multiplier(&tessera_privacy::round_spend(dp, train)).map_err(privacy)?;
+    let spend = tessera_privacy::round_spend(dp, train);
     let mut values = release.encode_records(metrics);
-    let m = tessera_privacy::GaussianMechanism::new(z, release.record_weight(), values.len()).map_err(privacy)?;
+    let (weight, len) = (release.record_weight(), values.len());
+    let fresh = cache.as_ref().is_some_and(|c| c.spend == spend && c.weight == weight.to_bits() && c.len == len);
+    if !fresh {
+        let z = tessera_privacy::dominated_multiplier(&spend).map_err(privacy)?;
+        let mechanism = tessera_privacy::GaussianMechanism::new(z, weight, len).map_err(privacy)?;
+        *cache = Some(RecordEvalNoise { spend, weight: weight.to_bits(), len, mechanism });
+    }
+    let m = &cache.as_ref().expect("set above").mechanism;
     m.add_to(&mut values, rng).map_err(privacy)?;
     let t = ParamTensor::new(EVAL_TENSOR, vec![values.len()], values).map_err(UpdateError::Params)?;
     delta.tensors.push(t);
