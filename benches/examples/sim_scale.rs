@@ -115,7 +115,6 @@ fn main() {
             admission: None,
             robust: None,
             evaluate_every: 1,
-            research_clear_evaluation: false,
         };
         let coordinator = Coordinator::new(
             cfg,

@@ -2,7 +2,7 @@
 //!
 //! Two runs of the same 3-round, client-level-DP federation with the same
 //! seed and seeded member randomness: a reference run left alone, and a run
-//! whose aggregator is SIGKILLed three times and restarted each time while
+//! whose aggregator is SIGKILLed four times and restarted each time while
 //! the members reconnect:
 //!
 //! 1. between rounds: right after round 1's completion is committed and
@@ -12,9 +12,12 @@
 //!    reserved, and all members are held inside local training;
 //! 3. mid-round, in private evaluation: the retried round 2 has started and
 //!    all members are held inside the evaluation of the round's starting
-//!    model, which rides inside their masked updates (issue #18: under DP no
-//!    member evaluates in the clear after the sum, so the window between
-//!    the server step and the commit is no longer held open by this test).
+//!    model, which rides inside their masked updates;
+//! 4. mid-round, after aggregation: the retried round 2 has been securely
+//!    summed and the server step applied in memory, and nothing of it is
+//!    committed (the daemon is stalled there by the test-only
+//!    `TESSERA_TEST_STALL_BEFORE_COMMIT`: under DP no member evaluates after
+//!    the sum, issue #18, so no member can hold this window open).
 //!
 //! What must hold, and what "equals" means:
 //! - the final global model of the killed run is bit-for-bit equal to the
@@ -93,6 +96,17 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     sigkill(agg);
     gates.release(&gates.evaluate).await;
 
+    // 4. Mid-round, after the secure sum and the server step, before the commit.
+    let agg = spawn_aggregator_stalled(&killed, Some((tessera_aggregator::STALL_BEFORE_COMMIT_ENV, 2)));
+    wait_for_log(killed.parent().unwrap(), "TESSERA_TEST_STALL_BEFORE_COMMIT=2: stalling", MINUTE).await;
+    let (open, done) = wait_db(&db, MINUTE, "round table", |c| {
+        let open = count(c, "SELECT COUNT(*) FROM rounds WHERE logical = 2 AND status = 'started'")?;
+        Some((open, count(c, "SELECT COUNT(*) FROM rounds WHERE status = 'completed'")?))
+    })
+    .await;
+    assert_eq!((open, done), (1, 1), "round 2 was summed and stepped, but nothing of it is committed");
+    sigkill(agg);
+
     // Restart and let it finish.
     let mut agg = spawn_aggregator(&killed, None);
     assert!(wait_exit(&mut agg, MINUTE), "resumed run failed: see {}", killed.parent().unwrap().display());
@@ -116,7 +130,7 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     let completed: Vec<u64> = rows.iter().filter(|r| r.status == "completed").map(|r| r.logical).collect();
     assert_eq!(completed, (1..=ROUNDS).collect::<Vec<_>>());
     let interrupted = rows.iter().filter(|r| r.status == "interrupted").count();
-    assert_eq!(interrupted, 2, "kills 2 and 3 each cut an attempt at round 2 short: {rows:?}");
+    assert_eq!(interrupted, 3, "kills 2, 3 and 4 each cut an attempt at round 2 short: {rows:?}");
     let lines = std::fs::read_to_string(killed.parent().unwrap().join("out/metrics.jsonl")).unwrap();
     let wire: Vec<u64> =
         lines.lines().map(|l| serde_json::from_str::<tessera_core::RoundRecord>(l).unwrap().round).collect();
@@ -153,7 +167,7 @@ async fn sigkill_at_any_point_loses_nothing_and_counts_nothing_twice() {
     assert!(want.verify_audit().unwrap().is_ok());
     assert!(got.verify_audit().unwrap().is_ok());
     let kinds: Vec<String> = got.audit_entries().unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds.iter().filter(|k| *k == "aggregator_started").count(), 4);
+    assert_eq!(kinds.iter().filter(|k| *k == "aggregator_started").count(), 5);
     assert_eq!(kinds.iter().filter(|k| *k == "round_interrupted").count(), interrupted);
 }
 
@@ -167,4 +181,20 @@ async fn reserved_for(db: &std::path::Path, logical: i64) {
         (n == 1).then_some(())
     })
     .await
+}
+
+/// Wait until a `serve-N.log` in `dir` contains `needle`.
+async fn wait_for_log(dir: &std::path::Path, needle: &str, limit: Duration) {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let found = std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("serve-")
+                && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle))
+        });
+        if found {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "no `{needle}` in {}'s logs", dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

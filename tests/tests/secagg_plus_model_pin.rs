@@ -101,7 +101,6 @@ fn config() -> CoordinatorConfig {
         admission: None,
         robust: None,
         evaluate_every: 1,
-        research_clear_evaluation: false,
     }
 }
 

@@ -185,7 +185,6 @@ pub fn coordinator_config(
         admission: Some(admission),
         robust: None,
         evaluate_every: cfg.run.evaluate_every,
-        research_clear_evaluation: false,
     }
 }
 

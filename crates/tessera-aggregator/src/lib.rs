@@ -57,7 +57,7 @@ pub use export::{
     ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors, vision_model,
 };
 pub use instance::LockError;
-pub use observer::STALL_ENV;
+pub use observer::{STALL_BEFORE_COMMIT_ENV, STALL_ENV};
 pub use report::{ReportError, RunDir, Summary, round_line};
 pub use revocation::{REVOKED_FILE, RevocationError, RevocationList, RevokedBy};
 pub use status::{HEARTBEAT_STALE_MS, MemberStatus, RoundPoint, RunState, StatusSnapshot, process_alive};

@@ -22,6 +22,14 @@ use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome};
 /// on (as a dev-dependency, so `cargo build --release` leaves it off).
 pub const STALL_ENV: &str = "TESSERA_TEST_STALL_AFTER_ROUND";
 
+/// Test-only fault injection, like [`STALL_ENV`]: the daemon stops making
+/// progress when this logical round has been summed and its server step
+/// applied in memory, before anything of it is committed, so a test can
+/// SIGKILL it inside that window. Under DP no member evaluates after the
+/// sum (evaluation rides inside the update), so no member can hold the
+/// window open from outside.
+pub const STALL_BEFORE_COMMIT_ENV: &str = "TESSERA_TEST_STALL_BEFORE_COMMIT";
+
 pub(crate) type SharedStore = Arc<Mutex<StateStore>>;
 
 /// Lock the store; a panic elsewhere while holding it leaves it usable
@@ -48,14 +56,37 @@ pub(crate) struct DaemonObserver {
     /// The first failed database write; the run stops before the next round.
     failed: Option<String>,
     stall_after: Option<u64>,
+    stall_before_commit: Option<u64>,
     last_status_write: i64,
+}
+
+/// A test-only knob's round, in builds with the `fault-injection` feature.
+fn stall_knob(name: &str) -> Option<u64> {
+    cfg!(feature = "fault-injection").then(|| std::env::var(name).ok()?.parse().ok()).flatten()
+}
+
+/// Stop making progress until killed (test-only fault injection).
+fn stall_forever(knob: &str, logical: u64) -> ! {
+    tracing::warn!("{knob}={logical}: stalling here until killed (test-only fault injection)");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }
 
 impl DaemonObserver {
     pub(crate) fn new(store: SharedStore, run: RunDir, status: SharedStatus, keep: u32, completed: u64) -> Self {
-        let stall_after =
-            cfg!(feature = "fault-injection").then(|| std::env::var(STALL_ENV).ok()?.parse().ok()).flatten();
-        Self { store, run, status, keep, completed, attempt: 0, failed: None, stall_after, last_status_write: 0 }
+        Self {
+            store,
+            run,
+            status,
+            keep,
+            completed,
+            attempt: 0,
+            failed: None,
+            stall_after: stall_knob(STALL_ENV),
+            stall_before_commit: stall_knob(STALL_BEFORE_COMMIT_ENV),
+            last_status_write: 0,
+        }
     }
 
     fn fail(&mut self, what: &str, e: &(dyn std::error::Error + 'static)) {
@@ -179,6 +210,9 @@ impl RunObserver for DaemonObserver {
 
     fn round_finished(&mut self, outcome: &RoundOutcome, record: &RoundRecord, coordinator: &Coordinator) {
         let logical = self.completed + 1;
+        if self.stall_before_commit == Some(logical) {
+            stall_forever(STALL_BEFORE_COMMIT_ENV, logical);
+        }
         let finished = FinishedRound {
             round: outcome.round,
             logical,
@@ -219,10 +253,7 @@ impl RunObserver for DaemonObserver {
         }
         self.refresh(coordinator, true);
         if self.stall_after == Some(logical) {
-            tracing::warn!("{STALL_ENV}={logical}: stalling here until killed (test-only fault injection)");
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
+            stall_forever(STALL_ENV, logical);
         }
     }
 

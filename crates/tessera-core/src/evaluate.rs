@@ -255,4 +255,26 @@ mod tests {
         assert!((m.accuracy - 0.9).abs() < 1e-12);
         assert_eq!(rel.decode(&[-1.0; 5]).num_examples, 0, "noise below zero counts nothing");
     }
+
+    /// The record-level form: one record more moves exactly one encoded
+    /// value, by one weight (the sensitivity its noise is sized for), and
+    /// the encoded blocks sum to the summed counts. No loss is released.
+    #[test]
+    fn record_level_evaluation_moves_one_count_per_record() {
+        use crate::EvalRelease;
+        let rel = EvalRelease { classes: 2, max_examples: 100, loss_bound: 4.0, norm: 0.5 };
+        let w = rel.record_weight();
+        let a = EvalMetrics { loss: 0.5, confusion: vec![vec![40, 2], vec![3, 35]], ..Default::default() };
+        let plus = EvalMetrics { loss: 1e9, confusion: vec![vec![40, 2], vec![4, 35]], ..Default::default() };
+        let (ea, ep) = (rel.encode_records(&a), rel.encode_records(&plus));
+        let diff: Vec<f64> = ea.iter().zip(&ep).map(|(x, y)| f64::from(*y) - f64::from(*x)).collect();
+        let moved: f64 = diff.iter().map(|d| d * d).sum::<f64>().sqrt();
+        assert!((moved - w).abs() < 1e-6, "one record moved the block by {moved}, not {w}");
+        assert_eq!(ep[4], 0.0, "no loss in the record-level block");
+        let sum: Vec<f32> = ea.iter().zip(&ep).map(|(x, y)| x + y).collect();
+        let m = rel.decode_records(&sum);
+        assert_eq!(m.confusion, vec![vec![80, 4], vec![7, 70]]);
+        assert!((m.accuracy - 150.0 / 161.0).abs() < 1e-12);
+        assert_eq!(m.loss, 0.0);
+    }
 }

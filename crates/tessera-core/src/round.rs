@@ -133,9 +133,10 @@ impl RoundSettings {
 /// evaluation under private evaluation ([`EvalRelease`]).
 pub const EVAL_TENSOR: &str = "tessera.evaluation";
 
-/// How a member's evaluation travels inside its update (client-level DP,
-/// issue #18). The member evaluates the model the round started from on its
-/// held-out split and encodes the k×k confusion counts and the loss sum as
+/// How a member's evaluation travels inside its update (issue #18). The
+/// member evaluates the model the round started from on its held-out split.
+/// Under the record unit the counts form a block with its own noise
+/// ([`Self::encode_records`]). Under the client unit the member encodes the k×k confusion counts and the loss sum as
 /// `k² + 1` values of L2 norm at most `norm`; the round's `clip_norm` then
 /// bounds update and evaluation together, so both get the same noise and
 /// secure aggregation, and the round stays one Gaussian release. Bounds make
@@ -204,6 +205,42 @@ impl EvalRelease {
             (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0, |v| count(*v))).collect()).collect();
         let loss_sum = sum.get(k * k).map_or(0.0, |v| f64::from(*v) / wl).max(0.0);
         crate::metrics_from_confusion(confusion, loss_sum)
+    }
+
+    /// Weight of one count in the record-level form: `norm / max_examples`,
+    /// so a member's counts up to M per cell stay within `norm`.
+    pub fn record_weight(&self) -> f64 {
+        self.norm / self.max_examples.max(1) as f64
+    }
+
+    /// The record-level form (`unit = "record"`): the member's raw counts,
+    /// each weighing [`Self::record_weight`]. Adding or removing one held-out
+    /// record moves one count by 1, so the block's L2 sensitivity is one
+    /// weight whatever the member's size (no scaling to M, which would let one
+    /// record move every count). The loss sum is not released (it stays 0):
+    /// the model reports a mean loss, and one record with an unbounded loss
+    /// would move it without bound.
+    pub fn encode_records(&self, m: &crate::EvalMetrics) -> Vec<f32> {
+        let k = self.classes as usize;
+        let w = self.record_weight();
+        let mut out = vec![0f32; self.len()];
+        for (i, row) in m.confusion.iter().take(k).enumerate() {
+            for (j, c) in row.iter().take(k).enumerate() {
+                out[i * k + j] = (*c as f64 * w) as f32;
+            }
+        }
+        out
+    }
+
+    /// Metrics from the noised sum of record-level blocks: counts rounded to
+    /// integers (negatives to 0); loss 0 and AUC 0.5 (neither is released).
+    pub fn decode_records(&self, sum: &[f32]) -> crate::EvalMetrics {
+        let k = self.classes as usize;
+        let w = self.record_weight();
+        let count = |v: f32| (f64::from(v) / w).round().max(0.0) as u64;
+        let confusion: Vec<Vec<u64>> =
+            (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0, |v| count(*v))).collect()).collect();
+        crate::metrics_from_confusion(confusion, 0.0)
     }
 }
 

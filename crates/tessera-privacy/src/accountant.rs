@@ -277,6 +277,37 @@ pub fn calibrate_noise_multiplier(target_epsilon: f64, delta: f64, q: f64, steps
     Ok(hi)
 }
 
+/// The smallest noise multiplier `z_e` at which one Gaussian release of a
+/// sensitivity-1 query, without sampling, costs at most what `spend` costs
+/// at every order of the default grid: `alpha / (2 z_e²) <= rdp_spend(alpha)`.
+///
+/// Why: a release on a set of records disjoint from the one `spend` covers
+/// (a member's held-out split beside its training split, issue #18) composes
+/// in parallel with it. One record is in one of the two sets, so a round's
+/// RDP for that record is the larger of the two curves; with `z_e` the larger
+/// one is always `spend`'s, and the ledgers charge nothing more.
+pub fn dominated_multiplier(spend: &crate::GaussianSpend) -> Result<f64, PrivacyError> {
+    let mut acc = RdpAccountant::default();
+    acc.compose_poisson_gaussian(spend.noise_multiplier, spend.sampling_rate, spend.steps)?;
+    let mut z = 0.0f64;
+    for (a, r) in acc.orders.iter().zip(&acc.rdp) {
+        // An order at which the spend has no finite bound bounds nothing:
+        // any release is within it there.
+        if r.is_infinite() {
+            continue;
+        }
+        if r.is_nan() || *r <= 0.0 {
+            return Err(PrivacyError::InvalidParameter("the spend must have positive RDP at every order"));
+        }
+        z = z.max((a / (2.0 * r)).sqrt());
+    }
+    if z == 0.0 {
+        return Err(PrivacyError::InvalidParameter("the spend has no finite RDP at any order"));
+    }
+    // A hair above the exact maximum, so rounding never tips an order over.
+    Ok(z * (1.0 + 1e-9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,5 +493,24 @@ mod tests {
         assert!(RdpAccountant::new(vec![0.5]).is_err());
         assert!(rdp_poisson_gaussian(1.0, 1.5, &[2.0]).is_err());
         assert!(epsilon_from_rdp(&[2.0], &[1.0], 0.0).is_err());
+    }
+
+    #[test]
+    fn a_dominated_release_never_costs_more_than_the_spend() {
+        // Full batches: `steps` Gaussians at z compose to one at z/sqrt(steps).
+        let full = crate::GaussianSpend { noise_multiplier: 9.0, sampling_rate: 1.0, steps: 10 };
+        let z = dominated_multiplier(&full).unwrap();
+        assert!(close(z, 9.0 / 10f64.sqrt(), 1e-6), "{z}");
+        for spend in [full, crate::GaussianSpend { noise_multiplier: 13.0, sampling_rate: 0.5, steps: 4 }] {
+            let z = dominated_multiplier(&spend).unwrap();
+            let (mut one, mut round) = (RdpAccountant::default(), RdpAccountant::default());
+            one.compose_poisson_gaussian(z, 1.0, 1).unwrap();
+            round.compose_poisson_gaussian(spend.noise_multiplier, spend.sampling_rate, spend.steps).unwrap();
+            assert!(one.rdp().iter().zip(round.rdp()).all(|(e, r)| e <= r), "{spend:?}: z_e {z}");
+            // And it is the smallest: 1 % less noise exceeds the spend at some order.
+            let mut less = RdpAccountant::default();
+            less.compose_poisson_gaussian(z * 0.99, 1.0, 1).unwrap();
+            assert!(less.rdp().iter().zip(round.rdp()).any(|(e, r)| e > r), "{spend:?}");
+        }
     }
 }

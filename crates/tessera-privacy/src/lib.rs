@@ -40,7 +40,7 @@ mod noise;
 mod plan;
 mod zcdp;
 
-pub use accountant::{RdpAccountant, calibrate_noise_multiplier};
+pub use accountant::{RdpAccountant, calibrate_noise_multiplier, dominated_multiplier};
 pub use budget::{
     FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger, Reservation,
 };

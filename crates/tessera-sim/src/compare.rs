@@ -24,8 +24,8 @@ use crate::scenario::Scenario;
 pub struct Row {
     /// Which baseline, in words.
     pub setting: String,
-    /// Accuracy on the members' test splits (for federated rows, the last
-    /// accepted round's).
+    /// Accuracy on the members' test splits (for federated rows, the
+    /// harness's evaluation of the final model, `SimResult::harness`).
     pub accuracy: f64,
     /// ROC AUC on the same examples.
     pub auc: f64,
@@ -124,10 +124,11 @@ pub fn compare(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::
         let o = SimOptions { out: opts.out.join(dir), ..opts.clone() };
         let r = run_scenario(sc, scenario_text, &o).with_context(|| name.to_string())?;
         let last = r.records.iter().rev().find(|x| x.accepted).cloned().unwrap_or_default();
+        let measured = r.harness.clone().context("a tabular run has the harness's evaluation")?;
         rows.push(Row {
             setting: name.into(),
-            accuracy: last.accuracy,
-            auc: last.auc,
+            accuracy: measured.accuracy,
+            auc: measured.auc,
             epsilon: last.epsilon,
             bytes_per_client: Some(r.records.iter().map(|x| x.bytes_up).sum::<u64>() / sc.clients as u64),
             wall_seconds: r.wall_seconds,

@@ -145,6 +145,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(last) = r.records.last() {
                 println!("final: {}", tessera_aggregator::round_line(last));
             }
+            if let Some(m) = &r.harness {
+                // The experimenter's measurement, outside the protocol.
+                println!(
+                    "harness evaluation of the final model (every member's test split): accuracy {:.4}, AUC {:.4}, loss {:.4}",
+                    m.accuracy, m.auc, m.loss
+                );
+            }
             println!("{} rounds completed ({} aborted): {}", r.end.completed_rounds, r.aborted, r.end.reason);
             if let Some(p) = &s.privacy {
                 let spent = r.records.last().and_then(|l| l.epsilon).unwrap_or(0.0);

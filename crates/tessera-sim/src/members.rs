@@ -63,11 +63,14 @@ pub(crate) struct Members {
     pub(crate) class_names: Vec<String>,
 }
 
-pub(crate) fn tabular_members(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Members> {
-    let source = TabularSource::new(s, opts)?;
-    let models = (0..s.clients).map(|k| source.model(k)).collect::<anyhow::Result<_>>()?;
-    let TabularSource { examples, label_counts, class_names, .. } = source;
-    Ok(Members { models, examples, label_counts, class_names })
+pub(crate) fn tabular_members(source: &TabularSource) -> anyhow::Result<Members> {
+    let models = (0..source.splits.len()).map(|k| source.model(k)).collect::<anyhow::Result<_>>()?;
+    Ok(Members {
+        models,
+        examples: source.examples.clone(),
+        label_counts: source.label_counts.clone(),
+        class_names: source.class_names.clone(),
+    })
 }
 
 /// A tabular scenario's members before any is built: the table, each
@@ -109,6 +112,19 @@ impl TabularSource {
         let data = encode(&self.table, &self.spec, &self.splits[k]).with_context(|| format!("client {k}"))?;
         let model = TabularModel::new(data, &self.model, self.backend).with_context(|| format!("client {k}"))?;
         Ok(SimModel::Tabular(Box::new(model.with_seeded_noise(true))))
+    }
+
+    /// The harness's evaluation of `model` (see `SimResult::harness`): each
+    /// member's rows, built afresh, evaluate it on their held-out split; the
+    /// example-weighted mean of the reports. The experimenter holds every
+    /// member's data, so this measures without the protocol.
+    pub(crate) fn harness_eval(&self, model: &ModelParams) -> anyhow::Result<EvalMetrics> {
+        let mut reports = Vec::with_capacity(self.splits.len());
+        for k in 0..self.splits.len() {
+            let mut m = self.model(k)?;
+            reports.push(m.evaluate(model).map_err(anyhow::Error::msg).with_context(|| format!("client {k}"))?);
+        }
+        Ok(EvalMetrics::weighted_mean(&reports))
     }
 }
 

@@ -157,6 +157,17 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
             x.participants
         );
     }
+    if let Some(h) = &r.harness {
+        let _ = writeln!(m, "## The harness's evaluation of the final model\n");
+        let _ = writeln!(
+            m,
+            "The simulator, which holds every member's data, evaluates the final model on each member's \
+             held-out split itself (outside the protocol; nothing leaves a member): accuracy {:.4}, \
+             balanced accuracy {:.4}, AUC {:.4}, loss {:.4} ({} examples). Under DP the rounds above \
+             carry only the private (noised) evaluation, or none.\n",
+            h.accuracy, h.balanced_accuracy, h.auc, h.loss, h.num_examples
+        );
+    }
     let _ = writeln!(m, "## Plots\n");
     let _ = writeln!(m, "Accuracy, balanced accuracy and AUC of the global model (members' held-out splits):\n");
     let _ = writeln!(m, "![accuracy by round](accuracy.png)\n");

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha20Rng;
 use tessera_aggregator::daemon::initial_params;
 use tessera_aggregator::{DriverOptions, RunDir, RunEnd, Summary, serve};
 use tessera_client::{ClientError, ClientExit, ClientOptions, EgressLedger};
-use tessera_core::{Limits, ModelParams, RoundRecord, RunId, SettingsDigest};
+use tessera_core::{EvalMetrics, Limits, ModelParams, RoundRecord, RunId, SettingsDigest};
 use tessera_learn::ComputeBackend;
 use tessera_protocol::coordinator::{CentralNoise, Coordinator, CoordinatorConfig, Resume};
 use tessera_protocol::member::MemberIdentity;
@@ -85,6 +85,15 @@ pub struct SimResult {
     /// A `[population]` run's cohort of each round attempt, as member
     /// indices in draw order (empty for an ordinary run).
     pub cohorts: Vec<Vec<usize>>,
+    /// The experimenter's measurement of the final model, outside the
+    /// protocol: the harness, which holds every member's data, evaluates the
+    /// released global model on each member's held-out split itself and
+    /// takes the example-weighted mean (the measure `metrics.jsonl` uses
+    /// without DP). Nothing leaves a member for it, and it is what the
+    /// utility figures report; under DP the protocol's own per-round metrics
+    /// are the private (noised) evaluation, or none. Tabular scenarios
+    /// without `[population]` only (`None` otherwise).
+    pub harness: Option<EvalMetrics>,
 }
 
 /// The coordinator settings of a scenario: generous deadlines, since
@@ -100,8 +109,19 @@ pub(crate) fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> Co
         cohort: s.cohort.clone(),
         train: s.train.settings(),
         secure: (!s.insecure_plaintext).then(|| s.secure.clone()),
-        // Simulations are reproducible by design, noise included.
-        dp: s.privacy.clone(),
+        // Simulations are reproducible by design, noise included. Private
+        // evaluation's confusion matrix is k×k for the model's k, as the
+        // daemon fills it in.
+        dp: s.privacy.clone().map(|mut p| {
+            if let (Some(e), Ok(model)) = (p.evaluation.as_mut(), s.model_section()) {
+                let k = match model {
+                    tessera_core::ModelSection::Tabular(m) => m.num_classes,
+                    tessera_core::ModelSection::Vision(v) => v.num_classes,
+                };
+                e.classes = e.classes.or(Some(k as u32));
+            }
+            p
+        }),
         strategy: s.strategy.clone(),
         round_deadline_ms: 3_600_000,
         phase_timeout_ms: 3_600_000,
@@ -117,10 +137,10 @@ pub(crate) fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> Co
         unhealthy_after: 3,
         admission: Some(admission),
         robust: s.robust.clone(),
+        // Under DP the protocol evaluates privately ([privacy.evaluation])
+        // or not at all, as the daemons do; the utility figures come from
+        // the harness's own evaluation of the final model (`harness_eval`).
         evaluate_every: 1,
-        // The simulator owns every member's data and measures utility with
-        // exact evaluation, also under DP; no real site releases anything.
-        research_clear_evaluation: true,
     }
 }
 
@@ -133,7 +153,11 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
     // a round draws them; every other run builds all of them now.
     let (source, Members { models, examples, label_counts, class_names }) = match (&s.vision_model, &s.population) {
         (Some(cfg), _) => (None, image_members(s, cfg, opts)?),
-        (None, None) => (None, tabular_members(s, opts)?),
+        (None, None) => {
+            let src = TabularSource::new(s, opts)?;
+            let m = tabular_members(&src)?;
+            (Some(src), m)
+        }
         (None, Some(_)) => {
             let src = TabularSource::new(s, opts)?;
             let m = Members {
@@ -198,6 +222,10 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         anyhow::bail!("could not write the run directory: {e}");
     }
     let final_model = (**coordinator.global()).clone();
+    let harness = match (&source, &s.population) {
+        (Some(src), None) => Some(src.harness_eval(&final_model).context("the harness's evaluation")?),
+        _ => None,
+    };
     let wall_seconds = started.elapsed().as_secs_f64();
     let noise_multiplier = coordinator.privacy_plan().map(|p| p.settings.noise_multiplier);
     let faults = plan.stats();
@@ -218,6 +246,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
             "wall_seconds": wall_seconds,
             "noise_multiplier": noise_multiplier,
             "faults": faults,
+            "harness_evaluation": harness,
         }),
     };
     observer.run.write_summary(&summary)?;
@@ -233,6 +262,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         class_names,
         members_built: built.load(Ordering::Relaxed),
         cohorts,
+        harness,
     };
     if opts.report {
         crate::report::write_report(&opts.out, s, &result, None)?;
@@ -319,7 +349,6 @@ pub(crate) fn spawn_member(
     let policy = Policy {
         allow_plaintext: s.insecure_plaintext,
         mask_threads: std::num::NonZeroUsize::MIN,
-        research_clear_evaluation: true,
         ..Policy::default()
     };
     let rng = ChaCha20Rng::seed_from_u64(rng_seed);

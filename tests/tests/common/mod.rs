@@ -151,6 +151,12 @@ pub fn state_db(config: &Path) -> PathBuf {
 
 /// Start `tessera-aggregator serve`; its log goes to `<config dir>/serve-N.log`.
 pub fn spawn_aggregator(config: &Path, stall_after: Option<u64>) -> Child {
+    spawn_aggregator_stalled(config, stall_after.map(|k| (tessera_aggregator::STALL_ENV, k)))
+}
+
+/// [`spawn_aggregator`] with any test-only stall knob (`STALL_ENV` or
+/// `STALL_BEFORE_COMMIT_ENV`) set to a logical round; the other is cleared.
+pub fn spawn_aggregator_stalled(config: &Path, stall: Option<(&str, u64)>) -> Child {
     let dir = config.parent().unwrap();
     let n = std::fs::read_dir(dir)
         .unwrap()
@@ -160,10 +166,10 @@ pub fn spawn_aggregator(config: &Path, stall_after: Option<u64>) -> Child {
     let mut cmd = Command::new(&*BIN);
     cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null()).stderr(log);
     cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
-    match stall_after {
-        Some(k) => cmd.env(tessera_aggregator::STALL_ENV, k.to_string()),
-        None => cmd.env_remove(tessera_aggregator::STALL_ENV),
-    };
+    cmd.env_remove(tessera_aggregator::STALL_ENV).env_remove(tessera_aggregator::STALL_BEFORE_COMMIT_ENV);
+    if let Some((knob, k)) = stall {
+        cmd.env(knob, k.to_string());
+    }
     cmd.spawn().expect("start tessera-aggregator")
 }
 
@@ -238,6 +244,9 @@ pub struct Gates {
     pub evaluate: AtomicBool,
     /// Members currently held at a gate.
     pub held: AtomicUsize,
+    /// Every exact evaluation a member computed, in order (they stay in
+    /// the test process: what leaves is the private release).
+    pub evaluations: Mutex<Vec<EvalMetrics>>,
 }
 
 impl Gates {
@@ -291,7 +300,9 @@ impl<M: LocalModel> LocalModel for Held<M> {
 
     fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, tessera_learn::LocalError> {
         self.gates.pass(&self.gates.evaluate);
-        self.inner.evaluate(model)
+        let m = self.inner.evaluate(model)?;
+        self.gates.evaluations.lock().unwrap().push(m.clone());
+        Ok(m)
     }
 }
 

@@ -91,13 +91,11 @@ pub struct CoordinatorConfig {
     /// every `evaluate_every`-th completed round; 0 turns evaluation off.
     /// Under DP no member is asked for a report in the clear: an exact
     /// example count, loss and confusion matrix are statistics of its data
-    /// that no noise covers, so a private run evaluates nothing (issue #18).
+    /// that no noise covers, so a private run evaluates privately
+    /// (`[privacy.evaluation]`) or not at all (issue #18). There is no
+    /// switch around this, not even for research: a simulator that owns
+    /// every member's data measures its models itself, outside the protocol.
     pub evaluate_every: u64,
-    /// Research only (the simulator's utility measurements, which own every
-    /// member's data): members report exact evaluation metrics even under
-    /// DP. The daemon never sets it, and members refuse such a request
-    /// unless their own policy sets the same switch.
-    pub research_clear_evaluation: bool,
 }
 
 /// Where a run picks up: a fresh run is `Resume::default()`.

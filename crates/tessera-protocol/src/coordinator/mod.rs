@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tessera_core::{
-    AggregatorMsg, ClientMsg, EVAL_TENSOR, EvalMetrics, ModelParams, NoisePlacement, RoundSettings, SecAggSettings,
-    UNCLIPPED_TENSOR,
+    AggregatorMsg, ClientMsg, EVAL_TENSOR, EvalMetrics, ModelParams, NoisePlacement, PrivacyUnit, RoundSettings,
+    SecAggSettings, UNCLIPPED_TENSOR,
 };
 
 use crate::derive::{self, derive_seed};
@@ -359,8 +359,8 @@ impl Coordinator {
                             // data: under DP none is asked for in the clear.
                             let every = self.cfg.evaluate_every;
                             let due = every > 0 && (self.completed + 1).is_multiple_of(every);
-                            let clear = self.privacy.is_none() || self.cfg.research_clear_evaluation;
-                            let evaluators = if due && clear { &self.online } else { &BTreeSet::new() };
+                            let evaluators =
+                                if due && self.privacy.is_none() { &self.online } else { &BTreeSet::new() };
                             r.start_eval(now_ms, &self.cfg, evaluators, &self.global, &mut self.out);
                         }
                         Err(reason) => {
@@ -428,7 +428,10 @@ impl Coordinator {
                 let at = delta.tensors.iter().position(|t| t.name == EVAL_TENSOR);
                 let eval = at.map(|i| delta.tensors.remove(i)).ok_or("the evaluation tensor is missing")?;
                 let sum: Vec<f32> = eval.data.iter().map(|v| (f64::from(*v) * denominator) as f32).collect();
-                self.private_metrics = Some(release.decode(&sum));
+                self.private_metrics = Some(match dp.unit {
+                    PrivacyUnit::Client => release.decode(&sum),
+                    PrivacyUnit::Record => release.decode_records(&sum),
+                });
             }
         }
         let mut g = (*self.global).clone();
@@ -731,7 +734,7 @@ impl Coordinator {
         let every = self.cfg.evaluate_every;
         let due = every > 0 && logical.is_multiple_of(every) && secagg.is_some();
         let eval = match (&self.privacy, dp.as_mut()) {
-            (Some(p), Some(dp)) if due => p.evaluation(dp),
+            (Some(p), Some(dp)) if due => secagg.as_ref().and_then(|s| p.evaluation(dp, f64::from(s.clip_range))),
             _ => None,
         };
         Ok(RoundSettings { train, secagg, dp, eval })

@@ -46,21 +46,32 @@ pub struct PrivacyConfig {
     /// Adaptive clipping (client unit only): `clip_norm` is the initial clip.
     #[serde(default)]
     pub adaptive_clipping: Option<AdaptiveClipConfig>,
-    /// Private evaluation (client unit under secure aggregation only). Without
-    /// it a private run evaluates nothing: no member reports in the clear.
+    /// Private evaluation (under secure aggregation). Without it a private
+    /// run evaluates nothing: no member reports in the clear.
     #[serde(default)]
     pub evaluation: Option<PrivateEvaluationConfig>,
 }
 
 /// `[privacy.evaluation]`: members' evaluations travel inside their updates,
-/// clipped, noised and securely summed with them (issue #18; see
-/// [`tessera_core::EvalRelease`]). The bounds fix the sensitivity: a
-/// member's counts are scaled to total at most `max_examples`, its mean loss
-/// is clipped to `[0, loss_bound]`, and the encoded evaluation has L2 norm
-/// at most `share · clip_norm`. The round's clip becomes
-/// `hypot(clip_norm, share · clip_norm)`, so the round stays one Gaussian
-/// release at the same multiplier (the same epsilon); the price is
-/// `sqrt(1 + share²)` times the noise on the update.
+/// noised and securely summed with them (issue #18; see
+/// [`tessera_core::EvalRelease`]).
+///
+/// Client unit: the bounds fix the sensitivity. A member's counts are
+/// scaled to total at most `max_examples`, its mean loss is clipped to `[0,
+/// loss_bound]`, and the encoded evaluation has L2 norm at most `share ·
+/// clip_norm`. The round's clip becomes `hypot(clip_norm, share ·
+/// clip_norm)`, so the round stays one Gaussian release at the same
+/// multiplier (the same epsilon); the price is `sqrt(1 + share²)` times the
+/// noise on the update.
+///
+/// Record unit: one held-out record moves one confusion count by 1. Each
+/// member adds its own Gaussian noise to its raw counts at the multiplier
+/// [`tessera_privacy::dominated_multiplier`] of the round's spend; a record
+/// is in the training split or the held-out split, never both, so the two
+/// releases compose in parallel and the round charges nothing more. The
+/// loss is not released, `share` and `loss_bound` are not used, and
+/// `max_examples` only scales the counts into the secure sum's value range
+/// (a cell above it saturates).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivateEvaluationConfig {
@@ -183,8 +194,8 @@ impl PrivacyConfig {
             }
         }
         if let Some(e) = &self.evaluation {
-            if self.unit != PrivacyUnit::Client || !secure {
-                return bad("privacy.evaluation applies to unit = \"client\" under secure aggregation only");
+            if !secure {
+                return bad("privacy.evaluation needs secure aggregation");
             }
             let ok = e.max_examples >= 1
                 && e.loss_bound.is_finite()
@@ -361,14 +372,22 @@ impl PrivacyState {
         Ok(dp)
     }
 
-    /// Private evaluation for a round: the release members append, and the
-    /// round's settings with `clip_norm` raised to bound update and
+    /// Private evaluation for a round: the release members append. Client
+    /// unit: the round's settings get `clip_norm` raised to bound update and
     /// evaluation together (one Gaussian release, as with the adaptive bit).
-    pub fn evaluation(&self, dp: &mut DpSettings) -> Option<EvalRelease> {
+    /// Record unit: counts up to `max_examples` fill half of `value_range`
+    /// (the secure sum's), leaving the rest to the members' noise.
+    pub fn evaluation(&self, dp: &mut DpSettings, value_range: f64) -> Option<EvalRelease> {
         let e = self.plan.evaluation.as_ref()?;
-        let norm = e.share * self.plan.settings.clip_norm;
-        // A hair of slack so the member's f32 values never exceed the bound.
-        dp.clip_norm = dp.clip_norm.hypot(norm) * (1.0 + 1e-6);
+        let norm = match dp.unit {
+            PrivacyUnit::Record => value_range / 2.0,
+            PrivacyUnit::Client => {
+                let norm = e.share * self.plan.settings.clip_norm;
+                // A hair of slack so the member's f32 values never exceed the bound.
+                dp.clip_norm = dp.clip_norm.hypot(norm) * (1.0 + 1e-6);
+                norm
+            }
+        };
         Some(EvalRelease {
             classes: e.classes.unwrap_or(2),
             max_examples: e.max_examples,

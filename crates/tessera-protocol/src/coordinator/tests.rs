@@ -45,7 +45,6 @@ fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
         admission: None,
         robust: None,
         evaluate_every: 1,
-        research_clear_evaluation: false,
     }
 }
 

@@ -52,11 +52,6 @@ pub struct Policy {
     pub chunk_values: usize,
     /// Refuse rounds whose release is not differentially private.
     pub require_dp: bool,
-    /// Research only (the simulator): answer evaluation requests with exact
-    /// metrics even in a private round. Otherwise a member that requires DP,
-    /// or is in a round with DP settings, refuses them
-    /// ([`PrivacyRefusal::EvaluationInTheClear`]).
-    pub research_clear_evaluation: bool,
     /// Threads that mask one chunk under secure aggregation (bit-identical
     /// output for any count). The daemon uses every core; the simulator,
     /// with many members in one process, sets 1.
@@ -72,7 +67,6 @@ impl Default for Policy {
             min_threshold_fraction: 2.0 / 3.0,
             chunk_values: 1 << 20,
             require_dp: false,
-            research_clear_evaluation: false,
             mask_threads: tessera_secagg::default_mask_threads(),
         }
     }
@@ -182,6 +176,18 @@ pub struct Participant<R> {
     /// The round whose charge can still be taken back: charged, and its
     /// update has not begun to leave.
     charged: Option<u64>,
+    /// Record-level private evaluation's noise, kept while the round's spend
+    /// and the block stay the same (a whole run): the multiplier and the
+    /// sampler's table are computed once.
+    record_eval_noise: Option<RecordEvalNoise>,
+}
+
+/// The mechanism of [`append_record_evaluation`] and what it was built for.
+struct RecordEvalNoise {
+    spend: GaussianSpend,
+    weight: u64,
+    len: usize,
+    mechanism: tessera_privacy::GaussianMechanism,
 }
 
 impl<R: MemberRng> Participant<R> {
@@ -204,6 +210,7 @@ impl<R: MemberRng> Participant<R> {
             certificates: CertificateCache::default(),
             settings: tessera_core::SettingsDigest::default(),
             charged: None,
+            record_eval_noise: None,
         }
     }
 
@@ -414,7 +421,9 @@ impl<R: MemberRng> Participant<R> {
                     return Err(Refusal::Unexpected { kind });
                 }
                 let private = self.policy.require_dp || self.round.as_ref().is_some_and(|r| r.settings.dp.is_some());
-                if purpose == ModelPurpose::Evaluate && private && !self.policy.research_clear_evaluation {
+                // An evaluation report in the clear is an exact statistic of
+                // the member's data: never under DP (issue #18).
+                if purpose == ModelPurpose::Evaluate && private {
                     return Err(PrivacyRefusal::EvaluationInTheClear.into());
                 }
                 self.assembler = Some(ModelAssembler::start(round, purpose, &layout, self.policy.max_model_values)?);
@@ -523,12 +532,27 @@ impl<R: MemberRng> Participant<R> {
             return Err(PrivacyRefusal::DistributedWithoutSecAgg.into());
         }
         if let Some(e) = &settings.eval {
-            // The evaluation must sit inside the noised, securely summed
-            // vector, with the update and the adaptive bit, within clip_norm.
-            let bit = dp.adaptive.as_ref().map_or(0.0, |a| a.update_clip.hypot(a.bit_scale / 2.0));
-            let fits = e.norm.is_finite() && e.norm > 0.0 && bit.hypot(e.norm) <= dp.clip_norm;
-            let bounded = e.max_examples >= 1 && e.loss_bound.is_finite() && e.loss_bound > 0.0;
-            if dp.unit != PrivacyUnit::Client || settings.secagg.is_none() || !fits || !bounded || e.classes > 1024 {
+            let bounded = e.max_examples >= 1
+                && e.loss_bound.is_finite()
+                && e.loss_bound > 0.0
+                && e.norm.is_finite()
+                && e.norm > 0.0
+                && e.classes <= 1024;
+            let fits = match (dp.unit, &settings.secagg) {
+                (_, None) => false,
+                // Client unit: inside the noised, securely summed vector,
+                // with the update and the adaptive bit, within clip_norm.
+                (PrivacyUnit::Client, Some(_)) => {
+                    let bit = dp.adaptive.as_ref().map_or(0.0, |a| a.update_clip.hypot(a.bit_scale / 2.0));
+                    bit.hypot(e.norm) <= dp.clip_norm
+                }
+                // Record unit: the member's own noise, and counts up to M
+                // within the secure sum's value range.
+                (PrivacyUnit::Record, Some(s)) => {
+                    dp.noise == NoisePlacement::Local && e.norm <= f64::from(s.clip_range)
+                }
+            };
+            if !bounded || !fits {
                 return Err(PrivacyRefusal::EvaluationOutsideTheRelease.into());
             }
         }
@@ -641,6 +665,10 @@ impl<R: MemberRng> Participant<R> {
             // Under DP every member weighs 1 (an example count is itself a
             // statistic of the data).
             weight = 1.0;
+            if let (PrivacyUnit::Record, Some(e), Some(m)) = (dp.unit, &r.settings.eval, &r.evaluated) {
+                let noise = &mut self.record_eval_noise;
+                append_record_evaluation(&mut delta, dp, &r.settings.train, e, m, noise, &mut self.rng)?;
+            }
             if dp.unit == PrivacyUnit::Client {
                 let eval = r.settings.eval.as_ref().zip(r.evaluated.as_ref());
                 privatize_update(&mut delta, dp, eval, &mut self.rng)?;
@@ -761,6 +789,39 @@ fn privatize_update<R: RngCore + CryptoRng>(
             m.add_to(&mut t.data, rng).map_err(privacy)?;
         }
     }
+    Ok(())
+}
+
+/// Record-level private evaluation: the member's raw counts
+/// ([`EvalRelease::encode_records`], sensitivity one weight per record) with
+/// its own Gaussian noise at [`tessera_privacy::dominated_multiplier`] of the
+/// round's spend, appended after the DP-SGD update. The member derives the
+/// multiplier from the round's public settings itself, so an aggregator
+/// cannot talk it into less noise. `cache` keeps the mechanism while the
+/// spend and the block stay the same.
+fn append_record_evaluation<R: RngCore + CryptoRng>(
+    delta: &mut ModelParams,
+    dp: &DpSettings,
+    train: &tessera_core::TrainSettings,
+    release: &EvalRelease,
+    metrics: &EvalMetrics,
+    cache: &mut Option<RecordEvalNoise>,
+    rng: &mut R,
+) -> Result<(), Refusal> {
+    let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(PrivacyRefusal::Settings(e));
+    let spend = tessera_privacy::round_spend(dp, train);
+    let mut values = release.encode_records(metrics);
+    let (weight, len) = (release.record_weight(), values.len());
+    let fresh = cache.as_ref().is_some_and(|c| c.spend == spend && c.weight == weight.to_bits() && c.len == len);
+    if !fresh {
+        let z = tessera_privacy::dominated_multiplier(&spend).map_err(privacy)?;
+        let mechanism = tessera_privacy::GaussianMechanism::new(z, weight, len).map_err(privacy)?;
+        *cache = Some(RecordEvalNoise { spend, weight: weight.to_bits(), len, mechanism });
+    }
+    let m = &cache.as_ref().expect("set above").mechanism;
+    m.add_to(&mut values, rng).map_err(privacy)?;
+    let t = ParamTensor::new(EVAL_TENSOR, vec![values.len()], values).map_err(UpdateError::Params)?;
+    delta.tensors.push(t);
     Ok(())
 }
 

@@ -156,10 +156,11 @@ pub enum PrivacyRefusal {
     /// evaluation leaves only inside the noised secure sum, or not at all.
     #[error("an evaluation report in the clear would release exact counts of this member's data under DP")]
     EvaluationInTheClear,
-    /// A round asks for private evaluation outside a client-level release
-    /// under secure aggregation, or with bounds whose vector the round's
-    /// `clip_norm` does not cover.
-    #[error("private evaluation is only sent inside a client-level, securely summed release that bounds it")]
+    /// A round asks for private evaluation outside a DP round under secure
+    /// aggregation, or with bounds its release does not cover (client unit:
+    /// the round's `clip_norm`; record unit: local noise, and a block that
+    /// fits the secure sum's value range).
+    #[error("private evaluation is only sent inside a DP, securely summed release that bounds it")]
     EvaluationOutsideTheRelease,
     /// The DP settings are out of range, or the mechanism cannot run.
     #[error(transparent)]

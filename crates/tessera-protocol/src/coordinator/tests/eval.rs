@@ -108,3 +108,82 @@ fn private_evaluation_rides_inside_the_noised_secure_sum() {
     assert_ne!(h.finished[0].metrics.confusion, vec![vec![25, 0], vec![5, 20]], "exact counts at z = 2");
     assert_eq!(h.coord.privacy_plan().unwrap().settings.noise, NoisePlacement::Distributed);
 }
+
+/// Record-level DP-SGD over full batches (q = 1): the evaluation's
+/// multiplier is then z/sqrt(steps), small enough at z = 0.01 to read the
+/// counts back almost exactly.
+fn record_dp(z: f64, evaluation: Option<PrivateEvaluationConfig>) -> PrivacyConfig {
+    PrivacyConfig { evaluation, sampling_rate: Some(1.0), ..dp_config(PrivacyUnit::Record, None, z) }
+}
+
+/// Record-level private evaluation: each member adds its own Gaussian noise
+/// to its raw counts, at `dominated_multiplier` of the round's spend (one
+/// held-out record moves one count by 1; the held-out and training splits
+/// are disjoint, so the two releases compose in parallel). The block rides
+/// in the secure sum, nothing is reported apart, the DP-SGD settings and the
+/// round's charge are those of a run without evaluation, and no loss is
+/// released.
+#[test]
+fn record_level_private_evaluation_is_noised_by_each_member_and_costs_no_more() {
+    let evaluation = PrivateEvaluationConfig { max_examples: 10, loss_bound: 1.0, share: 0.5, classes: Some(2) };
+    let mut c = cfg(3, true);
+    c.dp = Some(record_dp(0.01, Some(evaluation.clone())));
+    let mut h = Harness::new(5, c);
+    h.connect_all();
+    h.run(20);
+    assert_eq!(h.finished.len(), 2, "aborted: {:?}", h.aborted);
+    assert_eq!(eval_reports(&h), 0, "nothing is reported in the clear");
+    let mut plain = cfg(3, true);
+    plain.dp = Some(record_dp(0.01, None));
+    let without = Harness::new(5, plain);
+    let (with, without) = (h.coord.privacy_plan().unwrap(), without.coord.privacy_plan().unwrap());
+    assert_eq!(with.spend, without.spend, "the evaluation charges nothing more");
+    let dp: Vec<&DpSettings> = h.train_dp.iter().flatten().collect();
+    assert_eq!(dp.len(), 10, "DP-SGD runs in every member's training");
+    let same = |d: &DpSettings| DpSettings { min_contributors: 1, ..d.clone() } == without.settings;
+    assert!(dp.iter().all(|d| same(d)), "the DP-SGD settings are untouched: {dp:?}");
+    for o in &h.finished {
+        assert_eq!(o.evaluators, 5);
+        let m = &o.metrics;
+        for (i, row) in [[25i64, 0], [5, 20]].iter().enumerate() {
+            for (j, w) in row.iter().enumerate() {
+                let got = m.confusion[i][j] as i64;
+                assert!((got - w).abs() <= 1, "cell ({i}, {j}): {got} vs {w}; {m:?}");
+            }
+        }
+        assert_eq!(m.loss, 0.0, "no loss is released under the record unit");
+    }
+    // The noise is there, and each member's: at z = 2 the counts move.
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    c.dp = Some(record_dp(2.0, Some(evaluation)));
+    let mut h = Harness::new(5, c);
+    h.connect_all();
+    h.run(20);
+    assert_eq!(h.finished.len(), 1, "aborted: {:?}", h.aborted);
+    assert_ne!(h.finished[0].metrics.confusion, vec![vec![25, 0], vec![5, 20]], "exact counts at z = 2");
+}
+
+/// A member holds the aggregator to the record-level bounds: a block that
+/// does not fit the secure sum's value range is refused before training,
+/// and the member says why in its `Decline`.
+#[test]
+fn a_member_refuses_a_record_level_evaluation_outside_the_value_range() {
+    let evaluation = PrivateEvaluationConfig { max_examples: 10, loss_bound: 1.0, share: 0.5, classes: Some(2) };
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    c.max_round_retries = 0;
+    c.dp = Some(record_dp(1.0, Some(evaluation)));
+    let mut h = Harness::new(3, c);
+    h.tamper_round_start = Some(|s| s.eval.as_mut().unwrap().norm *= 4.0);
+    h.connect_all();
+    h.run(20);
+    assert!(h.finished.is_empty(), "no round completes when every member refuses");
+    let declined = h
+        .sent
+        .values()
+        .flatten()
+        .filter(|m| matches!(m, ClientMsg::Decline { reason, .. } if reason.contains("private evaluation")))
+        .count();
+    assert_eq!(declined, 3, "every member declines, naming the evaluation: {:?}", h.sent);
+}
