@@ -80,9 +80,12 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The model, and every round's record (loss, accuracy, traffic, simulated
-/// time, dropouts), are the same with the members in this process or in
-/// three workers over QUIC, with the fault plan withdrawing members.
+/// The model, and every round's record (loss, accuracy, the metrics, simulated
+/// time, participants and dropouts), are the same with the members in this
+/// process or in three workers over QUIC, with the fault plan withdrawing
+/// members. Not the traffic counts: each member's certificate travels in
+/// its signed key advertisement, and the in-memory PKI of a one-process run
+/// and the run's PKI on disk make certificates of different lengths.
 #[test]
 fn three_worker_processes_train_the_same_model_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,7 +107,15 @@ fn three_worker_processes_train_the_same_model_as_one_process() {
     assert_eq!(a["final_model_sha256"], b["final_model_sha256"], "the model differs with 3 worker processes");
     assert_eq!(b["config"]["transport"], "quic");
     assert_eq!(b["config"]["lost_members"], serde_json::json!([]), "{stdout}");
-    let (ma, mb) = (metrics(&one), metrics(&three));
+    let without_traffic = |run: &Path| {
+        let mut records = metrics(run);
+        for r in &mut records {
+            let r = r.as_object_mut().unwrap();
+            assert!(r.remove("bytes_up").is_some() && r.remove("bytes_down").is_some());
+        }
+        records
+    };
+    let (ma, mb) = (without_traffic(&one), without_traffic(&three));
     assert!(ma.iter().any(|r| r["dropped"].as_u64() > Some(0)), "the fault plan withdrew nobody: {ma:?}");
     assert_eq!(ma, mb, "round records differ with 3 worker processes");
     assert!(stdout.contains("worker 0..2: 2 members finished"), "{stdout}");
@@ -185,10 +196,12 @@ fn a_killed_worker_is_a_dropout_and_the_report_names_its_members() {
     }
     let sum = summary(&run);
     assert_eq!(sum["completed_rounds"], 60, "{rest}");
-    let lost: Vec<&str> =
+    // In the order the coordinator noticed (each connection times out on its own).
+    let mut lost: Vec<&str> =
         sum["config"]["lost_members"].as_array().unwrap().iter().map(|l| l["member"].as_str().unwrap()).collect();
+    lost.sort();
     assert_eq!(lost, ["client-4", "client-5"], "{rest}");
-    assert!(rest.contains("lost 2 members whose connection ended (dropouts): client-4 (round"), "{rest}");
+    assert!(rest.contains("lost 2 members whose connection ended (dropouts): client-"), "{rest}");
     let records = metrics(&run);
     assert_eq!(records[0]["participants"], 6);
     let last = records.last().unwrap();
