@@ -16,6 +16,13 @@
 //!   [`partition_images`] and [`histogram`]: the partition on its own, to
 //!   look at it before a run or hand it to another framework.
 //! - [`compare`]: the centralized, local-only and federated baselines.
+//! - Members across processes and machines: [`run_processes`] (the
+//!   coordinator here, workers started as child processes), or the two
+//!   pieces started by hand, [`run_coordinator`] and [`run_worker`] (each
+//!   hosting a [`MemberRange`]), connected over QUIC with the run's own PKI
+//!   ([`prepare_pki`]). The same scenario gives the same model, bit for
+//!   bit, in one process or spread over many; [`LostMember`]s are members
+//!   whose worker died (dropouts).
 //!
 //! Faults enter only through a wrapper around each member's state machine
 //! (`faults::Faulty`, driven by the client driver like any
@@ -32,6 +39,7 @@
 // `compare::Row` say what they are only under it.
 pub mod compare;
 mod data;
+mod distributed;
 mod faults;
 mod members;
 mod observer;
@@ -41,8 +49,10 @@ mod population;
 mod report;
 mod run;
 mod scenario;
+mod worker;
 
 pub use data::{load_table, member_splits, scenario_partition};
+pub use distributed::{CoordinatorOptions, LostMember, ProcessOptions, prepare_pki, run_coordinator, run_processes};
 pub use faults::{DropoutSection, FaultStats, LatencySection};
 pub use members::partition_images;
 pub use partition::{Partitioner, histogram};
@@ -50,3 +60,4 @@ pub use population::PopulationDraw;
 pub use report::PLOTS;
 pub use run::{SimOptions, SimResult, TransportKind, run_scenario};
 pub use scenario::{DataKind, DataSection, Scenario, ScenarioError};
+pub use worker::{MemberRange, WorkerOptions, WorkerReport, run_worker};

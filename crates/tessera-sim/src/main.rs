@@ -1,13 +1,17 @@
 //! `tessera-sim`: run a scenario, or look at its partition first.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tessera_cli::LogArgs;
+use tessera_cli::{LogArgs, LogFormat};
 use tessera_client::BackendChoice;
-use tessera_sim::{Scenario, SimOptions, TransportKind, histogram, run_scenario, scenario_partition};
+use tessera_sim::{
+    CoordinatorOptions, MemberRange, ProcessOptions, Scenario, SimOptions, SimResult, TransportKind, WorkerOptions,
+    histogram, run_scenario, scenario_partition,
+};
 
 /// mimalloc instead of glibc's allocator: large frames and datagram buffers
 /// are allocated and freed continuously, and glibc trims and regrows its
@@ -52,6 +56,78 @@ enum Command {
         /// ndarray or wgpu (a build with --features tessera-learn/wgpu).
         #[arg(long, value_name = "BACKEND")]
         backend: Option<BackendChoice>,
+        /// Spread the members over N worker processes (this binary), each
+        /// hosting a contiguous range, connected over QUIC on loopback with
+        /// a PKI made for the run; the model is the same as in one process.
+        /// `--transport` does not apply then.
+        #[arg(long, value_name = "N")]
+        processes: Option<usize>,
+    },
+    /// The coordinator alone, for members in `tessera-sim worker` processes
+    /// started by hand, here or on other machines (docs/simulation.md).
+    Coordinator {
+        #[command(flatten)]
+        scenario: ScenarioArg,
+        /// The UDP address to listen on for the workers' members.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4500")]
+        listen: SocketAddr,
+        /// The run's PKI directory (default: <out>/pki). When it holds no CA,
+        /// one is made, with a certificate per member: copy the directory to
+        /// every worker machine.
+        #[arg(long, value_name = "DIR")]
+        pki: Option<PathBuf>,
+        /// A name workers reach this machine by (DNS name or IP address),
+        /// put on the coordinator's certificate when the PKI is made; repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Run directory (default: runs/<scenario name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the scenario's privacy target epsilon (needs a [privacy] section).
+        #[arg(long)]
+        epsilon: Option<f64>,
+        /// Run without differential privacy, whatever the scenario says.
+        #[arg(long, conflicts_with = "epsilon")]
+        no_dp: bool,
+    },
+    /// Host a contiguous range of a scenario's members and connect them to
+    /// a `tessera-sim coordinator` (or a `run --processes` parent).
+    Worker {
+        #[command(flatten)]
+        scenario: ScenarioArg,
+        /// The coordinator's host:port; the host must be a name on its
+        /// certificate (`--host` where the PKI was made).
+        #[arg(long, value_name = "ADDR")]
+        connect: String,
+        /// The members to host: A..B is member A up to, not including, B.
+        #[arg(long, value_name = "A..B")]
+        members: MemberRange,
+        /// The run's PKI directory, copied from the coordinator: ca.pem and
+        /// the hosted members' certificates and keys.
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// Concurrent local-training jobs (default: available cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Where the members train, over the scenario's `backend`.
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<BackendChoice>,
+        /// Dial attempts per member before giving up, up to 5 s apart, so a
+        /// worker may start before its coordinator.
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        connect_attempts: u32,
+    },
+    /// Make a run's PKI for `coordinator --pki` and `worker --pki`: a CA of
+    /// its own, the coordinator's certificate and one per member.
+    Pki {
+        #[command(flatten)]
+        scenario: ScenarioArg,
+        /// The directory to write (it must not hold a CA yet).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A name workers reach the coordinator by, put on its certificate; repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
     },
     /// Print each member's label histogram for a scenario's partition.
     Partition {
@@ -84,8 +160,9 @@ struct ScenarioArg {
     /// The scenario file (docs/simulation.md), e.g. simulations/hospitals-wdbc.toml.
     #[arg(value_name = "SCENARIO")]
     scenario: Option<PathBuf>,
-    /// The scenario file, as the daemons take their configuration.
-    #[arg(long, value_name = "SCENARIO")]
+    /// The scenario file, as the daemons take their configuration
+    /// (`--scenario` is the same flag).
+    #[arg(long, value_name = "SCENARIO", alias = "scenario")]
     config: Option<PathBuf>,
 }
 
@@ -98,7 +175,7 @@ impl ScenarioArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tessera_cli::init_logging(cli.log.log_format, "warn,tessera_sim=info");
-    match run(cli.command) {
+    match run(cli.command, cli.log.log_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tessera_cli::report_error(cli.log.log_format, e.as_ref());
@@ -107,28 +184,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
     match command {
-        Command::Run { scenario, out, transport, workers, epsilon, no_dp, backend } => {
-            let scenario = scenario.path();
-            let text = std::fs::read_to_string(&scenario)?;
-            let mut s = Scenario::load(&scenario)?;
-            if no_dp {
-                s.privacy = None;
-            }
-            if let Some(eps) = epsilon {
-                let p = s
-                    .privacy
-                    .as_mut()
-                    .ok_or_else(|| anyhow::anyhow!("--epsilon: the scenario has no [privacy] section"))?;
-                p.epsilon = eps;
-            }
+        Command::Run { scenario, out, transport, workers, epsilon, no_dp, backend, processes } => {
+            let path = scenario.path();
+            let (s, text) = load(&path, epsilon, no_dp)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&s.name));
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let opts = SimOptions {
                 out: out.clone(),
-                transport,
-                workers,
+                transport: if processes.is_some() { TransportKind::Quic } else { transport },
+                workers: workers.unwrap_or_else(cores),
                 progress: std::io::stderr().is_terminal(),
                 backend: s.compute_backend(backend)?,
                 report: true,
@@ -137,43 +202,74 @@ fn run(command: Command) -> anyhow::Result<()> {
                 scenario = %s.name,
                 members = s.clients,
                 rounds = s.rounds,
-                ?transport,
+                transport = ?opts.transport,
+                processes,
                 backend = opts.backend.name(),
                 "simulation started"
             );
-            let r = run_scenario(&s, &text, &opts)?;
-            if let Some(last) = r.records.last() {
-                println!("final: {}", tessera_aggregator::round_line(last));
-            }
-            if let Some(m) = &r.harness {
-                // The experimenter's measurement, outside the protocol.
-                println!(
-                    "harness evaluation of the final model (every member's test split): accuracy {:.4}, AUC {:.4}, loss {:.4}",
-                    m.accuracy, m.auc, m.loss
-                );
-            }
-            println!("{} rounds completed ({} aborted): {}", r.end.completed_rounds, r.aborted, r.end.reason);
-            if let Some(p) = &s.privacy {
-                let spent = r.records.last().and_then(|l| l.epsilon).unwrap_or(0.0);
-                println!(
-                    "privacy: epsilon {spent:.3} of {} spent at delta {:e} ({:?} unit), noise multiplier {:.4}",
-                    p.epsilon,
-                    p.delta,
-                    p.unit,
-                    r.noise_multiplier.unwrap_or(0.0)
-                );
-            }
-            if s.dropout.is_some() || s.latency.is_some() {
-                let f = &r.faults;
-                println!(
-                    "faults: {} dropouts, {} stragglers; simulated time {:.1} s; wall time {:.1} s",
-                    f.dropped.iter().sum::<u64>(),
-                    f.stragglers,
-                    r.records.iter().map(|x| x.seconds).sum::<f64>(),
-                    r.wall_seconds
-                );
-            }
-            println!("run directory: {}", out.display());
+            let r = match processes {
+                None => run_scenario(&s, &text, &opts)?,
+                Some(n) => {
+                    let mut worker_args = vec!["--backend".to_owned(), opts.backend.name().to_owned()];
+                    if log_format == LogFormat::Json {
+                        worker_args.extend(["--log-format".to_owned(), "json".to_owned()]);
+                    }
+                    let p = ProcessOptions { processes: n, scenario: path, worker_args };
+                    tessera_sim::run_processes(&s, &text, &opts, &p)?
+                }
+            };
+            print_result(&s, &r, &out, processes.is_some());
+            Ok(())
+        }
+        Command::Coordinator { scenario, listen, pki, hosts, out, epsilon, no_dp } => {
+            let (s, text) = load(&scenario.path(), epsilon, no_dp)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&s.name));
+            let opts = SimOptions {
+                out: out.clone(),
+                transport: TransportKind::Quic,
+                workers: 1,
+                progress: std::io::stderr().is_terminal(),
+                backend: s.compute_backend(None)?,
+                report: true,
+            };
+            let c = CoordinatorOptions { listen, pki: pki.unwrap_or_else(|| out.join("pki")), hosts };
+            let r = tessera_sim::run_coordinator(&s, &text, &opts, &c)?;
+            print_result(&s, &r, &out, true);
+            Ok(())
+        }
+        Command::Worker { scenario, connect, members, pki, workers, backend, connect_attempts } => {
+            let s = Scenario::load(&scenario.path())?;
+            let w = WorkerOptions {
+                connect,
+                members,
+                pki,
+                workers: workers.unwrap_or_else(cores),
+                backend: s.compute_backend(backend)?,
+                connect_attempts,
+            };
+            let r = tessera_sim::run_worker(&s, &w)?;
+            let dropped: u64 = r.faults.dropped.iter().sum();
+            println!(
+                "worker {members}: {} members finished, {} lost their connection; {dropped} simulated dropouts, {} stragglers",
+                r.finished,
+                r.disconnected.len(),
+                r.faults.stragglers
+            );
+            Ok(())
+        }
+        Command::Pki { scenario, dir, hosts } => {
+            let s = Scenario::load(&scenario.path())?;
+            anyhow::ensure!(
+                !dir.join(tessera_transport::pki::CA_CERT).exists(),
+                "{} already holds a CA; a run's PKI is made once",
+                dir.display()
+            );
+            tessera_sim::prepare_pki(&s, &dir, &hosts)?;
+            println!(
+                "wrote a CA, the coordinator's certificate and {} member certificates to {}",
+                s.clients,
+                dir.display()
+            );
             Ok(())
         }
         Command::Compare { scenario, out, workers } => {
@@ -184,7 +280,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let opts = SimOptions {
                 out: out.clone(),
                 transport: TransportKind::Memory,
-                workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                workers: workers.unwrap_or_else(cores),
                 progress: std::io::stderr().is_terminal(),
                 backend: s.compute_backend(None)?,
                 report: true,
@@ -216,6 +312,69 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The scenario and its text, with the command line's privacy overrides.
+fn load(path: &Path, epsilon: Option<f64>, no_dp: bool) -> anyhow::Result<(Scenario, String)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut s = Scenario::load(path)?;
+    if no_dp {
+        s.privacy = None;
+    }
+    if let Some(eps) = epsilon {
+        let p =
+            s.privacy.as_mut().ok_or_else(|| anyhow::anyhow!("--epsilon: the scenario has no [privacy] section"))?;
+        p.epsilon = eps;
+    }
+    Ok((s, text))
+}
+
+/// The end of a run: final round, privacy, faults, members lost.
+fn print_result(s: &Scenario, r: &SimResult, out: &Path, remote: bool) {
+    if let Some(last) = r.records.last() {
+        println!("final: {}", tessera_aggregator::round_line(last));
+    }
+    if let Some(m) = &r.harness {
+        // The experimenter's measurement, outside the protocol.
+        println!(
+            "harness evaluation of the final model (every member's test split): accuracy {:.4}, AUC {:.4}, loss {:.4}",
+            m.accuracy, m.auc, m.loss
+        );
+    }
+    println!("{} rounds completed ({} aborted): {}", r.end.completed_rounds, r.aborted, r.end.reason);
+    if let Some(p) = &s.privacy {
+        let spent = r.records.last().and_then(|l| l.epsilon).unwrap_or(0.0);
+        println!(
+            "privacy: epsilon {spent:.3} of {} spent at delta {:e} ({:?} unit), noise multiplier {:.4}",
+            p.epsilon,
+            p.delta,
+            p.unit,
+            r.noise_multiplier.unwrap_or(0.0)
+        );
+    }
+    if s.dropout.is_some() || s.latency.is_some() {
+        let f = &r.faults;
+        // Remote members' faults are drawn, and counted, in their workers.
+        let dropouts = if remote {
+            "dropouts counted by each worker".to_owned()
+        } else {
+            format!("{} dropouts, {} stragglers", f.dropped.iter().sum::<u64>(), f.stragglers)
+        };
+        println!(
+            "faults: {dropouts}; simulated time {:.1} s; wall time {:.1} s",
+            r.records.iter().map(|x| x.seconds).sum::<f64>(),
+            r.wall_seconds
+        );
+    }
+    if !r.lost.is_empty() {
+        let names: Vec<String> = r.lost.iter().map(|l| format!("{} (round {})", l.member, l.round)).collect();
+        println!("lost {} members whose connection ended (dropouts): {}", r.lost.len(), names.join(", "));
+    }
+    println!("run directory: {}", out.display());
 }
 
 #[cfg(test)]

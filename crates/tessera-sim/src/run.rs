@@ -94,6 +94,10 @@ pub struct SimResult {
     /// are the private (noised) evaluation, or none. Tabular scenarios
     /// without `[population]` only (`None` otherwise).
     pub harness: Option<EvalMetrics>,
+    /// A run whose members live in worker processes: the members whose
+    /// connection was lost (their worker died or was cut off), with the
+    /// round they were lost in. Empty for an in-process run.
+    pub lost: Vec<crate::LostMember>,
 }
 
 /// The coordinator settings of a scenario: generous deadlines, since
@@ -147,18 +151,38 @@ pub(crate) fn coordinator_config(s: &Scenario, admission: AdmissionPolicy) -> Co
 /// Run a scenario to completion and write its run directory. `scenario_text`
 /// is the file as written, copied into the run directory as `scenario.toml`.
 pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> anyhow::Result<SimResult> {
+    run_hosted(s, scenario_text, opts, Hosting::InProcess)
+}
+
+/// Where a run's members live.
+pub(crate) enum Hosting {
+    /// Built and run in this process.
+    InProcess,
+    /// In worker processes that connect over QUIC (`crate::distributed`).
+    Remote(crate::distributed::Remote),
+}
+
+/// [`run_scenario`], with the members in this process or in workers.
+pub(crate) fn run_hosted(
+    s: &Scenario,
+    scenario_text: &str,
+    opts: &SimOptions,
+    hosting: Hosting,
+) -> anyhow::Result<SimResult> {
+    let remote = matches!(hosting, Hosting::Remote(_));
     let started = Instant::now();
     let initial = initial_params(&s.model_section()?).context("the initial model")?;
     // A population run keeps its members unbuilt (only their rows) until
-    // a round draws them; every other run builds all of them now.
+    // a round draws them, and a run with remote members never builds them
+    // here; every other run builds all of them now.
     let (source, Members { models, examples, label_counts, class_names }) = match (&s.vision_model, &s.population) {
         (Some(cfg), _) => (None, image_members(s, cfg, opts)?),
-        (None, None) => {
+        (None, None) if !remote => {
             let src = TabularSource::new(s, opts)?;
             let m = tabular_members(&src)?;
             (Some(src), m)
         }
-        (None, Some(_)) => {
+        (None, _) => {
             let src = TabularSource::new(s, opts)?;
             let m = Members {
                 models: Vec::new(),
@@ -199,8 +223,14 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let workers = Arc::new(Semaphore::new(opts.workers.max(1)));
-    let (coordinator, end, cohorts) = match (&s.population, &source) {
-        (Some(draw), Some(source)) => {
+    let mut lost = Vec::new();
+    let (coordinator, end, cohorts) = match (&s.population, &source, hosting) {
+        (_, _, Hosting::Remote(remote)) => {
+            let r = rt.block_on(crate::distributed::serve_remote(s, remote, coordinator, &mut observer))?;
+            lost = r.lost;
+            (r.coordinator, r.end, Vec::new())
+        }
+        (Some(draw), Some(source), Hosting::InProcess) => {
             anyhow::ensure!(
                 opts.transport == TransportKind::Memory,
                 "[population] runs over the in-memory network only (--transport memory)"
@@ -247,6 +277,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
             "noise_multiplier": noise_multiplier,
             "faults": faults,
             "harness_evaluation": harness,
+            "lost_members": lost,
         }),
     };
     observer.run.write_summary(&summary)?;
@@ -263,6 +294,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         members_built: built.load(Ordering::Relaxed),
         cohorts,
         harness,
+        lost,
     };
     if opts.report {
         crate::report::write_report(&opts.out, s, &result, None)?;
@@ -345,6 +377,25 @@ pub(crate) fn spawn_member(
     workers: &Arc<Semaphore>,
     settings: SettingsDigest,
 ) -> JoinHandle<Result<ClientExit, ClientError>> {
+    let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
+    spawn_member_with(s, k, name, model, dialer, identity, rng_seed, plan, settings, opts)
+}
+
+/// [`spawn_member`] with the client driver's options spelled out (a
+/// worker process bounds its dial attempts).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_member_with(
+    s: &Scenario,
+    k: usize,
+    name: String,
+    model: SimModel,
+    dialer: Dialer,
+    identity: MemberIdentity,
+    rng_seed: u64,
+    plan: &Arc<FaultPlan>,
+    settings: SettingsDigest,
+    opts: ClientOptions,
+) -> JoinHandle<Result<ClientExit, ClientError>> {
     // Many members share the cores (and the worker pool): mask on one thread each.
     let policy = Policy {
         allow_plaintext: s.insecure_plaintext,
@@ -353,7 +404,6 @@ pub(crate) fn spawn_member(
     };
     let rng = ChaCha20Rng::seed_from_u64(rng_seed);
     let plan = plan.active().then(|| plan.clone());
-    let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
     tokio::spawn(async move {
         let p = Participant::new(name, policy, rng).with_identity(identity).with_settings(settings);
         let mut p = Faulty::new(p, plan, k);
