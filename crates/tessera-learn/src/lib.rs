@@ -27,7 +27,7 @@ mod local;
 mod sgd;
 
 pub use backend::{BackendUnavailable, ComputeBackend, DEFAULT_BACKEND, WGPU_BUILT, WGPU_FEATURE};
-pub use dp::{DpNoise, DpRound, DpSgdConfig, PREPARE_GROUP, PerExampleGradients, dp_sgd};
+pub use dp::{DpNoise, DpRound, DpSgdConfig, NOISE_CHUNK, PREPARE_GROUP, PerExampleGradients, dp_sgd};
 pub use local::{LocalError, LocalModel};
 pub use sgd::{PoissonSampler, fedprox_step, fedprox_tensor_step, validate_train_settings};
 /// The f32 margin every clip keeps below C (`tessera_privacy`'s), for

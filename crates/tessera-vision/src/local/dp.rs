@@ -31,6 +31,20 @@ pub(super) trait PerImage {
     /// The loss gradient of the group's `index`-th image (`image`, raw, not
     /// yet preprocessed) with `label`.
     fn gradient(&mut self, index: usize, image: &[f32], label: usize) -> Result<Vec<f32>, LocalError>;
+    /// [`gradient`](Self::gradient) written over `out`, one value per
+    /// exchanged parameter (see `PerExampleGradients::gradient_into`).
+    fn gradient_into(&mut self, index: usize, image: &[f32], label: usize, out: &mut [f32]) -> Result<(), LocalError> {
+        let g = self.gradient(index, image, label)?;
+        if g.len() != out.len() {
+            return Err(LocalError::Unsupported(format!(
+                "a gradient of {} values for {} parameters",
+                g.len(),
+                out.len()
+            )));
+        }
+        out.copy_from_slice(&g);
+        Ok(())
+    }
 }
 
 /// The member's training images, augmented per epoch, through a [`PerImage`].
@@ -77,6 +91,11 @@ impl<E: PerImage> PerExampleGradients for Sampled<'_, E> {
     fn gradient(&mut self, index: usize) -> Result<Vec<f32>, LocalError> {
         let label = self.train.labels()[self.rows[index]];
         self.inner.gradient(index, &self.views[index], label)
+    }
+
+    fn gradient_into(&mut self, index: usize, out: &mut [f32]) -> Result<(), LocalError> {
+        let label = self.train.labels()[self.rows[index]];
+        self.inner.gradient_into(index, &self.views[index], label, out)
     }
 }
 
@@ -154,8 +173,16 @@ impl PerImage for TransferExamples {
         self.grads.prepare(&self.buf, [images.len(), self.preprocess.channels, h, w]).map_err(err)
     }
 
-    fn gradient(&mut self, index: usize, _image: &[f32], label: usize) -> Result<Vec<f32>, LocalError> {
-        self.grads.gradient(index, label).map_err(err)
+    fn gradient(&mut self, index: usize, image: &[f32], label: usize) -> Result<Vec<f32>, LocalError> {
+        let mut flat = vec![0.0; self.grads.len()];
+        self.gradient_into(index, image, label, &mut flat)?;
+        Ok(flat)
+    }
+
+    /// Straight into DP-SGD's buffer: no allocation, copy or reordering of
+    /// the model's size per example.
+    fn gradient_into(&mut self, index: usize, _image: &[f32], label: usize, out: &mut [f32]) -> Result<(), LocalError> {
+        self.grads.gradient_into(index, label, out).map_err(err)
     }
 }
 

@@ -14,7 +14,7 @@
 
 use burn::module::ParamId;
 
-use super::{HostFineTuner, Tape};
+use super::{GradSink, HostFineTuner, Tape};
 use crate::efficientnet::FEATURE_DIM;
 use crate::error::{Result, VisionError};
 use crate::nhwc::{Shape, tensor_values};
@@ -28,6 +28,8 @@ pub(crate) struct ExampleGradients {
     tape: Tape,
     /// The trainable tensors in `trainable_params` order: id and length.
     order: Vec<(ParamId, usize)>,
+    /// Where each trainable tensor starts in the flat gradient.
+    offsets: Vec<usize>,
     head_ids: (ParamId, ParamId),
     /// Head weight `[1280, classes]` row-major, and bias.
     head_weight: Vec<f32>,
@@ -52,13 +54,15 @@ impl ExampleGradients {
         if ids.len() != layout.entries.len() || ids.iter().zip(&layout.entries).any(|((a, _), (b, _))| a != b) {
             return Err(VisionError::InvalidConfig("trainable tensors and their ids disagree".into()));
         }
-        let order =
+        let order: Vec<(ParamId, usize)> =
             ids.into_iter().zip(&layout.entries).map(|((_, id), (_, shape))| (id, shape.iter().product())).collect();
+        let offsets = order.iter().scan(0, |at, (_, len)| Some(std::mem::replace(at, *at + len))).collect();
         let bias = model.head.bias.as_ref().ok_or_else(|| VisionError::InvalidConfig("the head has no bias".into()))?;
         Ok(Self {
             tuner: HostFineTuner::new(model)?,
             tape: Tape::default(),
             order,
+            offsets,
             head_ids: (model.head.weight.id, bias.id),
             head_weight: tensor_values(model.head.weight.val())?,
             head_bias: tensor_values(bias.val())?,
@@ -93,10 +97,24 @@ impl ExampleGradients {
 
     /// The cross-entropy loss gradient of prepared image `index` with
     /// `label`, flat in trainable-tensor order.
+    #[cfg(test)]
     pub fn gradient(&mut self, index: usize, label: usize) -> Result<Vec<f32>> {
+        let mut flat = vec![0.0; self.len()];
+        self.gradient_into(index, label, &mut flat)?;
+        Ok(flat)
+    }
+
+    /// [`gradient`](Self::gradient) written over `flat` (of [`len`](Self::len)
+    /// values): each tensor's gradient goes straight to its place, in burn's
+    /// layout, so DP-SGD's per-example loop allocates, copies and reorders
+    /// nothing of the size of the model.
+    pub fn gradient_into(&mut self, index: usize, label: usize, flat: &mut [f32]) -> Result<()> {
         let classes = self.head_bias.len();
         if label >= classes {
             return Err(VisionError::InvalidConfig(format!("label {label} outside the head's {classes} classes")));
+        }
+        if flat.len() != self.len() {
+            return Err(VisionError::Tensor(format!("a buffer of {} values for {} gradients", flat.len(), self.len())));
         }
         let one = self.prefix_shape.ok_or_else(|| VisionError::InvalidConfig("no images prepared".into()))?;
         let x0 = self
@@ -114,25 +132,71 @@ impl ExampleGradients {
         let sum: f32 = g.iter().sum();
         g.iter_mut().for_each(|p| *p /= sum);
         g[label] -= 1.0;
-        let d_weight: Vec<f32> = features.iter().flat_map(|&f| g.iter().map(move |&gk| f * gk)).collect();
         let d_features: Vec<f32> =
             self.head_weight.chunks_exact(classes).map(|row| row.iter().zip(&g).map(|(w, gk)| w * gk).sum()).collect();
         debug_assert_eq!(d_features.len(), FEATURE_DIM);
-        let trunk = self.tuner.backward(&self.tape, &d_features)?;
-        let mut flat = Vec::with_capacity(self.len());
-        for &(id, len) in &self.order {
-            let values = if id == self.head_ids.0 {
-                &d_weight[..]
-            } else if id == self.head_ids.1 {
-                &g[..]
-            } else {
-                trunk.get(id).ok_or_else(|| VisionError::Tensor("no gradient for a trainable tensor".into()))?
-            };
-            if values.len() != len {
-                return Err(VisionError::Tensor(format!("gradient of {} values for a tensor of {len}", values.len())));
-            }
-            flat.extend_from_slice(values);
+        let mut sink =
+            FlatSink { order: &self.order, offsets: &self.offsets, flat, written: 0, error: None, spare: Vec::new() };
+        for (slot, &f) in sink.weight(self.head_ids.0, &[FEATURE_DIM, classes]).chunks_exact_mut(classes).zip(&features)
+        {
+            slot.iter_mut().zip(&g).for_each(|(d, gk)| *d = f * gk);
         }
-        Ok(flat)
+        sink.vector(self.head_ids.1, g);
+        self.tuner.backward_into(&self.tape, &d_features, &mut sink)?;
+        match sink.error {
+            Some(e) => Err(VisionError::Tensor(e)),
+            // Every value overwritten: nothing is left from the last example.
+            None if sink.written == self.len() => Ok(()),
+            None => Err(VisionError::Tensor("no gradient for a trainable tensor".into())),
+        }
+    }
+}
+
+/// One example's gradients written in place into the flat vector.
+struct FlatSink<'a> {
+    order: &'a [(ParamId, usize)],
+    offsets: &'a [usize],
+    flat: &'a mut [f32],
+    /// Values handed out so far (each tensor once).
+    written: usize,
+    /// The first tensor that was not trainable or had the wrong size; a
+    /// refused tensor writes into `spare`, and the example fails.
+    error: Option<String>,
+    spare: Vec<f32>,
+}
+
+impl FlatSink<'_> {
+    /// Where tensor `id` (of `len` values) lies in `flat`, or `None` (error recorded).
+    fn place(&mut self, id: ParamId, len: usize) -> Option<std::ops::Range<usize>> {
+        let Some(i) = self.order.iter().position(|(p, _)| *p == id) else {
+            self.error.get_or_insert_with(|| "a gradient for a tensor that is not trainable".into());
+            return None;
+        };
+        if self.order[i].1 != len {
+            self.error.get_or_insert_with(|| format!("gradient of {len} values for a tensor of {}", self.order[i].1));
+            return None;
+        }
+        self.written += len;
+        Some(self.offsets[i]..self.offsets[i] + len)
+    }
+}
+
+impl GradSink for FlatSink<'_> {
+    fn weight(&mut self, id: ParamId, dims: &[usize]) -> &mut [f32] {
+        let len = dims.iter().product();
+        match self.place(id, len) {
+            Some(range) => &mut self.flat[range],
+            None => {
+                self.spare.clear();
+                self.spare.resize(len, 0.0);
+                &mut self.spare
+            }
+        }
+    }
+
+    fn vector(&mut self, id: ParamId, values: Vec<f32>) {
+        if let Some(range) = self.place(id, values.len()) {
+            self.flat[range].copy_from_slice(&values);
+        }
     }
 }

@@ -192,20 +192,15 @@ impl TunePointwise {
         mut g: Vec<f32>,
         relu6: bool,
         want_input: bool,
-        out: &mut TrunkGrads,
+        out: &mut dyn GradSink,
     ) -> Option<Vec<f32>> {
         let (mut dgamma, mut dbeta) = (vec![0.0; self.c_out], vec![0.0; self.c_out]);
         ops::affine_backward(&mut g, z, &self.bn, relu6, &mut dgamma, &mut dbeta);
-        let mut dw = vec![0.0; self.c_in * self.c_out];
-        ops::weight_grad(x, self.c_in, &g, self.c_out, &mut dw);
-        // [ci][co] -> burn's [co][ci][1][1]
-        let mut burn_dw = vec![0.0; dw.len()];
-        for ci in 0..self.c_in {
-            for co in 0..self.c_out {
-                burn_dw[co * self.c_in + ci] = dw[ci * self.c_out + co];
-            }
-        }
-        out.push(self.ids, vec![self.c_out, self.c_in, 1, 1], burn_dw, dgamma, dbeta);
+        // Straight into burn's [co][ci][1][1].
+        let dw = out.weight(self.ids.weight, &[self.c_out, self.c_in, 1, 1]);
+        ops::weight_grad_out_in(x, self.c_in, &g, self.c_out, dw);
+        out.vector(self.ids.gamma, dgamma);
+        out.vector(self.ids.beta, dbeta);
         want_input.then(|| {
             let mut dx = vec![0.0; x.len()];
             ops::matmul_transposed(&g, self.c_out, &self.weight, self.c_in, &mut dx);
@@ -237,7 +232,7 @@ impl TuneDepthwise {
         z: &[f32],
         mut g: Vec<f32>,
         want_input: bool,
-        out: &mut TrunkGrads,
+        out: &mut dyn GradSink,
     ) -> Option<Vec<f32>> {
         let geometry = self.geometry(shape);
         let c = self.channels;
@@ -245,15 +240,16 @@ impl TuneDepthwise {
         ops::affine_backward(&mut g, z, &self.bn, true, &mut dgamma, &mut dbeta);
         let mut dw = vec![0.0; self.weight.len()];
         ops::depthwise_weight_grad(&g, &geometry, x, &mut dw);
-        // [tap][c] -> burn's [c][1][k][k]
+        // [tap][c] -> burn's [c][1][k][k] (k*k*c values: small)
         let taps = self.kernel * self.kernel;
-        let mut burn_dw = vec![0.0; dw.len()];
+        let burn_dw = out.weight(self.ids.weight, &[c, 1, self.kernel, self.kernel]);
         for tap in 0..taps {
             for ch in 0..c {
                 burn_dw[ch * taps + tap] = dw[tap * c + ch];
             }
         }
-        out.push(self.ids, vec![c, 1, self.kernel, self.kernel], burn_dw, dgamma, dbeta);
+        out.vector(self.ids.gamma, dgamma);
+        out.vector(self.ids.beta, dbeta);
         want_input.then(|| {
             let mut dx = vec![0.0; shape.len()];
             ops::depthwise_input_grad(&g, &geometry, &self.weight, &mut dx);
@@ -295,7 +291,7 @@ impl TuneBlock {
     }
 
     /// From the gradient at the block's output to the one at its input (when `want_input`).
-    fn backward(&self, t: &BlockTape, g: Vec<f32>, want_input: bool, out: &mut TrunkGrads) -> Option<Vec<f32>> {
+    fn backward(&self, t: &BlockTape, g: Vec<f32>, want_input: bool, out: &mut dyn GradSink) -> Option<Vec<f32>> {
         let x = t.x_shape.expect("the tape holds this block's forward pass");
         let hidden = Shape { c: self.depthwise.channels, ..x };
         let d = self.depthwise.geometry(hidden).out;
@@ -326,14 +322,30 @@ impl TuneBlock {
     }
 }
 
-impl TrunkGrads {
-    fn push(&mut self, ids: Ids, weight_dims: Vec<usize>, weight: Vec<f32>, gamma: Vec<f32>, beta: Vec<f32>) {
-        let c = gamma.len();
-        self.grads.push(ParamGrad { id: ids.weight, dims: weight_dims, values: weight });
-        self.grads.push(ParamGrad { id: ids.gamma, dims: vec![c], values: gamma });
-        self.grads.push(ParamGrad { id: ids.beta, dims: vec![c], values: beta });
+/// Where a backward pass puts the trainable trunk tensors' gradients: burn's
+/// optimizer tensors for a batch ([`TrunkGrads`]), or one example's flat
+/// gradient under DP-SGD (written in place, no copy or reordering).
+pub(crate) trait GradSink {
+    /// The buffer for the gradient of weight `id` of shape `dims` (burn's
+    /// layout); the caller overwrites every value.
+    fn weight(&mut self, id: ParamId, dims: &[usize]) -> &mut [f32];
+    /// The gradient of the vector `id` (a batch norm's gamma or beta).
+    fn vector(&mut self, id: ParamId, values: Vec<f32>);
+}
+
+impl GradSink for TrunkGrads {
+    fn weight(&mut self, id: ParamId, dims: &[usize]) -> &mut [f32] {
+        let len = dims.iter().product();
+        self.grads.push(ParamGrad { id, dims: dims.to_vec(), values: vec![0.0; len] });
+        &mut self.grads.last_mut().expect("pushed above").values
     }
 
+    fn vector(&mut self, id: ParamId, values: Vec<f32>) {
+        self.grads.push(ParamGrad { id, dims: vec![values.len()], values });
+    }
+}
+
+impl TrunkGrads {
     /// Number of parameter tensors with a gradient.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -347,6 +359,7 @@ impl TrunkGrads {
     }
 
     /// The gradient of the parameter `id`, as burn-layout values.
+    #[cfg(test)]
     pub fn get(&self, id: ParamId) -> Option<&[f32]> {
         self.grads.iter().find(|g| g.id == id).map(|g| g.values.as_slice())
     }
@@ -437,7 +450,14 @@ impl HostFineTuner {
     /// loss gradient at the pooled features of the `tape`'s forward pass.
     pub fn backward(&self, tape: &Tape, dfeatures: &[f32]) -> Result<TrunkGrads> {
         let mut out = TrunkGrads::default();
-        let Some(head) = &self.head else { return Ok(out) };
+        self.backward_into(tape, dfeatures, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`backward`](Self::backward) into any [`GradSink`]; nothing is
+    /// written when the whole trunk is frozen.
+    pub(crate) fn backward_into(&self, tape: &Tape, dfeatures: &[f32], out: &mut dyn GradSink) -> Result<()> {
+        let Some(head) = &self.head else { return Ok(()) };
         let (Some(x), true) = (tape.head_shape, tape.blocks.len() == self.blocks.len()) else {
             return Err(VisionError::InvalidConfig("backward without a matching forward pass".into()));
         };
@@ -451,11 +471,11 @@ impl HostFineTuner {
         let h = Shape { c: FEATURE_DIM, ..x };
         let mut g = vec![0.0; h.len()];
         ops::spread_pooled(dfeatures, h, &mut g);
-        let mut g = head.backward(&tape.head_x[..x.len()], &tape.head_z[..h.len()], g, true, true, &mut out);
+        let mut g = head.backward(&tape.head_x[..x.len()], &tape.head_z[..h.len()], g, true, true, out);
         for (i, (b, t)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
             let want_input = i > 0;
-            g = b.backward(t, g.expect("a later layer asked for this gradient"), want_input, &mut out);
+            g = b.backward(t, g.expect("a later layer asked for this gradient"), want_input, out);
         }
-        Ok(out)
+        Ok(())
     }
 }

@@ -63,19 +63,29 @@ fn add_partials(acc: &mut [f32], partials: Vec<Vec<f32>>) {
     }
 }
 
-/// `dw += xᵀ × dz`, summed over all rows: `x` is `[rows, k]`, `dz` is
-/// `[rows, n]`, `dw` is `[k, n]`.
-pub(crate) fn weight_grad(x: &[f32], k: usize, dz: &[f32], n: usize, dw: &mut [f32]) {
-    let chunk = reduction_chunk(x.len() / k.max(1));
+/// `dw = dzᵀ × x` (overwritten), summed over all rows: `x` is `[rows, k]`,
+/// `dz` is `[rows, n]`, `dw` is `[n, k]`, burn's `[c_out, c_in]` layout of a
+/// 1×1 convolution's weight, so no reordering follows. A single row chunk
+/// (one example's rows under DP-SGD) goes straight into `dw`, with no
+/// partial buffer.
+pub(crate) fn weight_grad_out_in(x: &[f32], k: usize, dz: &[f32], n: usize, dw: &mut [f32]) {
+    let rows = x.len() / k.max(1);
+    let chunk = reduction_chunk(rows);
+    let product = |x: &[f32], g: &[f32], out: &mut [f32]| gemm(n, k, x.len() / k, g, (n, 1), x, (1, k), out);
+    if rows <= chunk {
+        product(x, dz, dw);
+        return;
+    }
     let partials: Vec<Vec<f32>> = x
         .par_chunks(chunk * k)
         .zip(dz.par_chunks(chunk * n))
         .map(|(x, g)| {
             let mut part = vec![0.0; k * n];
-            gemm(k, n, x.len() / k, x, (k, 1), g, (1, n), &mut part);
+            product(x, g, &mut part);
             part
         })
         .collect();
+    dw.iter_mut().for_each(|v| *v = 0.0);
     add_partials(dw, partials);
 }
 

@@ -181,6 +181,14 @@ fn example_gradient_matches_burn_autodiff_in_trainable_order() {
         offset += n;
     }
     assert_eq!(offset, flat.len());
+    // Into a reused buffer (what DP-SGD passes), dirty from another example:
+    // every value is overwritten, bit for bit the same gradient.
+    let mut reused = vec![f32::NAN; grads.len()];
+    grads.gradient_into(0, 4, &mut reused).unwrap();
+    assert!(reused.iter().all(|v| v.is_finite()), "a value of the buffer was left unwritten");
+    grads.gradient_into(1, 2, &mut reused).unwrap();
+    assert_eq!(reused, flat);
+    assert!(grads.gradient_into(1, 2, &mut vec![0.0; grads.len() - 1]).is_err(), "a buffer of the wrong size");
     assert!(grads.gradient(0, 5).is_err(), "label outside the classes");
     assert!(grads.gradient(3, 0).is_err(), "only three images prepared");
     let head_only = TransferModel::new(random_net(&device, 4), 5, 0, 6, &device).unwrap();
