@@ -293,8 +293,9 @@ impl Workers {
                 .arg("--pki")
                 .arg(pki)
                 .args(&spawn.args)
+                // stdout and stderr are this process's: the workers' logs
+                // and their closing lines show with the coordinator's.
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting worker {i} ({})", spawn.exe.display()))?;

@@ -399,6 +399,26 @@ mod tests {
     }
 
     #[test]
+    fn coordinator_and_worker_take_the_designed_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tessera-sim"][..], args].concat()).map(|c| c.command);
+        let w = ["worker", "s.toml", "--connect", "h:4500", "--members", "250..500", "--pki", "pki"];
+        let Ok(Command::Worker { members, connect, connect_attempts, .. }) = parse(&w) else { panic!() };
+        assert_eq!((members.start, members.end, connect.as_str(), connect_attempts), (250, 500, "h:4500", 30));
+        let mut bad = w;
+        bad[5] = "500..250";
+        assert!(parse(&bad).err().unwrap().to_string().contains("is empty"));
+        let c = ["coordinator", "--scenario", "s.toml", "--host", "a.example", "--host", "10.0.0.2"];
+        let Ok(Command::Coordinator { scenario, listen, pki, hosts, .. }) = parse(&c) else { panic!() };
+        assert_eq!(scenario.path(), std::path::Path::new("s.toml"));
+        assert_eq!(
+            (listen.to_string(), pki, hosts),
+            ("0.0.0.0:4500".to_owned(), None, vec!["a.example".into(), "10.0.0.2".into()])
+        );
+        let Ok(Command::Run { processes, .. }) = parse(&["run", "s.toml", "--processes", "3"]) else { panic!() };
+        assert_eq!(processes, Some(3));
+    }
+
+    #[test]
     fn backend_flag_parses_the_three_names() {
         let parse = |b: &str| match Cli::try_parse_from(["tessera-sim", "run", "s.toml", "--backend", b]) {
             Ok(Cli { command: Command::Run { backend, .. }, .. }) => Ok(backend),

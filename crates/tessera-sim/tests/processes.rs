@@ -149,13 +149,15 @@ fn a_killed_worker_is_a_dropout_and_the_report_names_its_members() {
     let dir = tempfile::tempdir().unwrap();
     let s = scenario(dir.path(), 6, 60, "");
     let (s, run) = (s.to_str().unwrap(), dir.path().join("run"));
-    let mut coordinator = Command::new(SIM)
+    let coordinator = Command::new(SIM)
         .args(["coordinator", s, "--listen", "127.0.0.1:0", "--out", run.to_str().unwrap()])
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(coordinator.stdout.take().unwrap());
+    // Killed with the workers if the test fails before they end.
+    let mut procs = Reaped(vec![coordinator]);
+    let mut stdout = BufReader::new(procs.0[0].stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     let addr = line
@@ -164,25 +166,23 @@ fn a_killed_worker_is_a_dropout_and_the_report_names_its_members() {
         .unwrap_or_else(|| panic!("no address announced: {line:?}"))
         .to_owned();
     let pki = run.join("pki");
-    let workers: Vec<Child> = ["0..2", "2..4", "4..6"]
-        .iter()
-        .map(|m| {
+    for m in ["0..2", "2..4", "4..6"] {
+        procs.0.push(
             Command::new(SIM)
                 .args(["worker", s, "--connect", &addr, "--members", m, "--pki", pki.to_str().unwrap()])
                 .args(["--workers", "1"])
                 .stdout(Stdio::null())
                 .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut workers = Reaped(workers);
+                .unwrap(),
+        );
+    }
     wait_for("first round", Duration::from_secs(300), || !metrics(&run).is_empty());
-    workers.0[2].kill().unwrap();
-    workers.0[2].wait().unwrap();
+    procs.0[3].kill().unwrap();
+    procs.0[3].wait().unwrap();
 
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = coordinator.try_wait().unwrap() {
+        if let Some(s) = procs.0[0].try_wait().unwrap() {
             break s;
         }
         assert!(start.elapsed() < Duration::from_secs(600), "the coordinator did not finish");
@@ -191,7 +191,7 @@ fn a_killed_worker_is_a_dropout_and_the_report_names_its_members() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(status.success(), "coordinator failed: {rest}");
-    for w in &mut workers.0[..2] {
+    for w in &mut procs.0[1..3] {
         assert!(w.wait().unwrap().success(), "a surviving worker failed");
     }
     let sum = summary(&run);
