@@ -13,7 +13,7 @@ use crate::report::RunDir;
 use crate::status::{RoundPoint, RunState, StatusSnapshot};
 use crate::store::{FinishedRound, StateStore, StoreError, now_ms};
 use tessera_protocol::AdmissionRefusal;
-use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome};
+use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome, StatisticsOutcome};
 
 /// Test-only fault injection: after the completion of this many rounds has
 /// been committed, the daemon stops making progress (as if hung), so a test
@@ -49,13 +49,26 @@ pub(crate) struct DaemonObserver {
     failed: Option<String>,
     stall_after: Option<u64>,
     last_status_write: i64,
+    /// Names the features of a statistics release.
+    pub(crate) schema: Option<tessera_core::FeatureSchema>,
 }
 
 impl DaemonObserver {
     pub(crate) fn new(store: SharedStore, run: RunDir, status: SharedStatus, keep: u32, completed: u64) -> Self {
         let stall_after =
             cfg!(feature = "fault-injection").then(|| std::env::var(STALL_ENV).ok()?.parse().ok()).flatten();
-        Self { store, run, status, keep, completed, attempt: 0, failed: None, stall_after, last_status_write: 0 }
+        Self {
+            store,
+            run,
+            status,
+            keep,
+            completed,
+            attempt: 0,
+            failed: None,
+            stall_after,
+            last_status_write: 0,
+            schema: None,
+        }
     }
 
     fn fail(&mut self, what: &str, e: &(dyn std::error::Error + 'static)) {
@@ -268,6 +281,37 @@ impl RunObserver for DaemonObserver {
         if let Err(e) = res {
             self.fail("recording bad shares", &e);
         }
+    }
+
+    fn statistics_released(&mut self, outcome: &StatisticsOutcome) {
+        let released = crate::statistics_json(outcome, self.schema.as_ref());
+        let text = serde_json::to_vec_pretty(&released).unwrap_or_default();
+        if let Err(e) = self.run.write_file(crate::STATISTICS_FILE, &text) {
+            tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write the statistics release");
+            self.failed.get_or_insert_with(|| format!("writing {}: {e}", crate::STATISTICS_FILE));
+        }
+        let body = serde_json::json!({
+            "round": outcome.round,
+            "file": crate::STATISTICS_FILE,
+            "contributors": outcome.contributors,
+            "noise_multiplier": outcome.release.noise_multiplier,
+            "epsilon_opendp": outcome.opendp.epsilon,
+            "delta": outcome.opendp.delta,
+            "run_epsilon_after": outcome.run_epsilon,
+        });
+        let res = lock(&self.store).statistics_released(outcome.round, &body, now_ms());
+        if let Err(e) = res {
+            self.fail("recording the statistics release", &e);
+        }
+        self.attempt = 0;
+        tracing::info!(
+            wire_round = outcome.round,
+            contributors = outcome.contributors.len(),
+            epsilon_opendp = outcome.opendp.epsilon,
+            run_epsilon = outcome.run_epsilon,
+            file = crate::STATISTICS_FILE,
+            "DP statistics released"
+        );
     }
 
     fn veto_next_round(&mut self, _coordinator: &Coordinator) -> Option<String> {

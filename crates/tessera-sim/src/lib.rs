@@ -41,6 +41,7 @@ mod population;
 mod report;
 mod run;
 mod scenario;
+mod statistics;
 
 pub use data::{load_table, member_splits, scenario_partition};
 pub use faults::{DropoutSection, FaultStats, LatencySection};

@@ -159,6 +159,7 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
     let admission = s.admission_policy()?;
     let coordinator = Coordinator::new(coordinator_config(s, admission), initial, None, Resume::default(), noise)
         .map_err(|e| anyhow::anyhow!("scenario {}: {e}", s.name))?;
+    let coordinator = crate::statistics::attach(s, coordinator)?;
     // A simulation starts afresh (RunDir appends, for resumed daemon runs).
     match std::fs::remove_file(opts.out.join("metrics.jsonl")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -171,7 +172,8 @@ pub fn run_scenario(s: &Scenario, scenario_text: &str, opts: &SimOptions) -> any
         b.set_style(ProgressStyle::with_template("{bar:30} round {pos}/{len} {elapsed_precise}").expect("template"));
         b
     });
-    let mut observer = SimObserver { run, bar, plan: plan.clone(), cohorts: BTreeMap::new(), failed: None };
+    let schema = crate::statistics::shape(s).map(|sh| sh.schema);
+    let mut observer = SimObserver { run, bar, plan: plan.clone(), cohorts: BTreeMap::new(), failed: None, schema };
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let workers = Arc::new(Semaphore::new(opts.workers.max(1)));
@@ -320,6 +322,7 @@ pub(crate) fn spawn_member(
         allow_plaintext: s.insecure_plaintext,
         mask_threads: std::num::NonZeroUsize::MIN,
         research_clear_evaluation: true,
+        statistics: crate::statistics::shape(s),
         ..Policy::default()
     };
     let rng = ChaCha20Rng::seed_from_u64(rng_seed);
