@@ -93,6 +93,10 @@ where
                         .expect("evaluation task");
                     p.evaluation_done(round, r.map_err(|e| LocalFailure::from_error(&e)));
                 }
+                Output::Statistics { round, release } => {
+                    let r = model.lock().unwrap().statistics(&release);
+                    p.statistics_done(round, r.map_err(|e| LocalFailure::from_error(&e)));
+                }
                 Output::Event(tessera_protocol::member::Event::Shutdown { .. }) => return outcome,
                 Output::Event(_) => {}
             }

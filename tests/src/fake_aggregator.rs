@@ -110,6 +110,7 @@ pub fn secure_settings(threshold: u32) -> RoundSettings {
         secagg: Some(SecAggSettings { threshold, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
         eval: None,
+        stats: None,
     }
 }
 

@@ -103,6 +103,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
         state: Default::default(),
         status: Default::default(),
         data: Some(tessera_aggregator::DataSection { schema: SchemaSource::File(wdbc_schema()) }),
+        statistics: None,
     }
 }
 

@@ -170,6 +170,7 @@ fn write_seed_corpus() {
         secagg: Some(SecAggSettings { threshold: 2, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
         eval: None,
+        stats: None,
     };
     let keys = PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] };
     let advert = Advertisement {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tessera_core::{FeatureSchema, ModelSection, SchemaSource, TrainSettings};
 
-use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, SecureConfig};
+use tessera_protocol::coordinator::{CohortSelection, PrivacyConfig, SecureConfig, StatisticsConfig};
 use tessera_protocol::{AdmissionPolicy, StrategyConfig, settings_digest};
 
 /// Why `aggregator.toml` was refused; every variant names the file.
@@ -291,6 +291,11 @@ pub struct AggregatorConfig {
     /// schemas are not compared at admission (their `[model]` still is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataSection>,
+    /// `[statistics]`: a DP statistics release (label histogram, missing
+    /// rates, per-feature histograms) before the first round; needs
+    /// `[privacy]`, `[data] schema` and a tabular `[model]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<StatisticsConfig>,
 }
 
 impl AggregatorConfig {
@@ -345,6 +350,16 @@ impl AggregatorConfig {
         Ok(AdmissionPolicy { expected: settings_digest(&self.model, schema.as_ref()), check_schema: schema.is_some() })
     }
 
+    /// The `[statistics]` release, for the consortium's schema and the
+    /// model's classes at the run's unit and delta; `None` without the section.
+    pub fn statistics_release(&self) -> Result<Option<tessera_core::StatsRelease>, String> {
+        let Some(st) = &self.statistics else { return Ok(None) };
+        let (Some(p), Some(schema), ModelSection::Tabular(m)) = (&self.privacy, self.schema()?, &self.model) else {
+            return Err("[statistics] needs [privacy], a [data] schema and a tabular [model]".into());
+        };
+        st.release(&schema, m.num_classes as u32, p.unit, p.delta).map(Some).map_err(|e| format!("statistics: {e}"))
+    }
+
     /// Check values TOML cannot express (ranges, member names, a quorum the
     /// member list can meet); the message names the offending key.
     pub fn validate(&self) -> Result<(), String> {
@@ -389,6 +404,9 @@ impl AggregatorConfig {
         }
         if !(self.train.learning_rate.is_finite() && self.train.learning_rate > 0.0) {
             return Err("train.learning_rate must be positive".into());
+        }
+        if self.statistics.is_some() {
+            self.statistics_release()?;
         }
         if self.state.keep_checkpoints == 0 {
             return Err("state.keep_checkpoints must be at least 1: resuming needs the last checkpoint".into());

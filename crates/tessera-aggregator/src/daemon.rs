@@ -206,6 +206,27 @@ pub fn listen(cfg: &AggregatorConfig) -> Result<Listener, DaemonError> {
 /// Run (or resume) the federated run on `listener`: state database first,
 /// then the run directory and, when configured, the status endpoint.
 pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, DaemonError> {
+    run_with(cfg, listener, false).await
+}
+
+/// `tessera-aggregator statistics`: run only the `[statistics]` release
+/// with the members that connect, then end (telling members the run is
+/// over) without marking the run finished, so `serve` then trains from
+/// where it is. Refused when the config has no `[statistics]` or the
+/// release is already in the run directory.
+pub async fn run_statistics(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, DaemonError> {
+    run_with(cfg, listener, true).await
+}
+
+/// The `[statistics]` release for this run, and whether it still has to
+/// run (its file is not in the run directory yet).
+fn statistics_plan(cfg: &AggregatorConfig) -> Result<Option<(tessera_core::StatsRelease, bool)>, DaemonError> {
+    let Some(release) = cfg.statistics_release().map_err(DaemonError::State)? else { return Ok(None) };
+    let pending = !cfg.server.run_dir.join(crate::STATISTICS_FILE).exists();
+    Ok(Some((release, pending)))
+}
+
+async fn run_with(cfg: AggregatorConfig, listener: Listener, only_statistics: bool) -> Result<RunEnd, DaemonError> {
     let state_path = cfg.state_path();
     // Held until this function returns: one daemon per state database.
     let _instance = crate::instance::lock_state(&state_path)?;
@@ -264,8 +285,20 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         );
     }
     let spent = resume.spent.clone();
+    let statistics = statistics_plan(&cfg)?;
+    if only_statistics && !statistics.as_ref().is_some_and(|(_, pending)| *pending) {
+        return Err(DaemonError::State(match statistics {
+            None => "the configuration has no [statistics] section".into(),
+            Some(_) => format!("the statistics release is already in {}", cfg.server.run_dir.display()),
+        }));
+    }
+    let mut coordinator_cfg = coordinator_config(&cfg, run_id, seed, admission);
+    if only_statistics {
+        // No training round after the release.
+        coordinator_cfg.rounds = resume.completed;
+    }
     let coordinator = Coordinator::new(
-        coordinator_config(&cfg, run_id, seed, admission),
+        coordinator_cfg,
         resume.global,
         resume.optimizer,
         Resume {
@@ -276,6 +309,10 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
         },
         central_noise_key(),
     )?;
+    let coordinator = match statistics {
+        Some((release, pending)) => coordinator.with_statistics(release, pending)?,
+        None => coordinator,
+    };
     let remaining = cfg.run.rounds.saturating_sub(resume.completed);
     if let Some(affordable) = coordinator.affordable_rounds().filter(|a| *a < remaining) {
         tracing::warn!(
@@ -322,7 +359,8 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
     let mut observer =
         DaemonObserver::new(store.clone(), run_dir, status.clone(), cfg.state.keep_checkpoints, resume.completed);
     observer.refresh(&coordinator, true);
-    let already_done = resume.completed >= cfg.run.rounds;
+    observer.schema = cfg.schema().ok().flatten();
+    let already_done = resume.completed >= cfg.run.rounds && !only_statistics;
     let (coordinator, end) = if already_done {
         // Nothing left to run (e.g. the last process died after the last
         // round): record the end and rewrite the outputs.
@@ -341,7 +379,7 @@ pub async fn run(cfg: AggregatorConfig, listener: Listener) -> Result<RunEnd, Da
     let digest = coordinator.global().digest_hex();
     // A run that could not make progress is not over: a restart (after
     // the operator fixed the cause) resumes it.
-    let finished = (coordinator.is_finished() && end.failed.is_none()) || already_done;
+    let finished = ((coordinator.is_finished() && end.failed.is_none()) || already_done) && !only_statistics;
     if finished && lock(&store).run_info()?.is_some_and(|r| r.finished.is_none()) {
         lock(&store).finish_run(&end.reason, end.completed_rounds, &digest, now_ms())?;
     }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use tessera_protocol::AdmissionRefusal;
-use tessera_protocol::coordinator::{Coordinator, Dropout, Event, Handled, Output, RoundOutcome};
+use tessera_protocol::coordinator::{Coordinator, Dropout, Event, Handled, Output, RoundOutcome, StatisticsOutcome};
 
 use crate::revocation::RevocationList;
 use crate::store::StoreError;
@@ -115,6 +115,18 @@ pub trait RunObserver: Send {
     /// the daemon.
     fn bad_shares(&mut self, round: u64, members: &[String]) {
         tracing::warn!(round, ?members, "revealed shares failed their check and were left out");
+    }
+    /// A DP statistics release completed (issue #18): the noised counts.
+    /// Logged by default; the daemon writes them to its state directory and
+    /// the audit log, the simulator to its run directory.
+    fn statistics_released(&mut self, outcome: &StatisticsOutcome) {
+        tracing::info!(
+            wire_round = outcome.round,
+            contributors = outcome.contributors.len(),
+            epsilon_opendp = outcome.opendp.epsilon,
+            run_epsilon = outcome.run_epsilon,
+            "DP statistics released"
+        );
     }
     /// Called before each new round may start; returning `Some(reason)`
     /// stops the run (e.g. the privacy budget cannot afford another round).
@@ -323,6 +335,10 @@ impl Driver<'_> {
             Event::BadShares { round, members } => self.observer.bad_shares(round, &members),
             Event::MemberUnhealthy { member, failed_rounds } => {
                 tracing::warn!(member = %member, failed_rounds, "member marked unhealthy")
+            }
+            Event::StatisticsReleased(outcome) => {
+                self.traffic.take(outcome.round);
+                self.observer.statistics_released(&outcome);
             }
             Event::RunFinished { .. } => unreachable!("handled by drain_outputs"),
         }

@@ -44,6 +44,7 @@ mod observer;
 mod quorum;
 mod report;
 mod revocation;
+mod statistics;
 mod status;
 mod store;
 
@@ -60,5 +61,6 @@ pub use instance::LockError;
 pub use observer::{STALL_BEFORE_COMMIT_ENV, STALL_ENV};
 pub use report::{ReportError, RunDir, Summary, round_line};
 pub use revocation::{REVOKED_FILE, RevocationError, RevocationList, RevokedBy};
+pub use statistics::{STATISTICS_FILE, statistics_json};
 pub use status::{HEARTBEAT_STALE_MS, MemberStatus, RoundPoint, RunState, StatusSnapshot, process_alive};
 pub use store::{Checkpoint, LedgerRow, RoundRow, StateStore, StoreError, now_ms, utc};

@@ -39,6 +39,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run only the `[statistics]` release (DP label histogram, missing
+    /// rates, per-feature histograms) with the members that connect, write
+    /// it to the run directory and exit; `serve` then trains.
+    Statistics {
+        /// The aggregator's configuration (`aggregator.toml`) with a
+        /// `[statistics]` section.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Manage the consortium's certificates.
     Pki {
         #[command(subcommand)]
@@ -261,7 +270,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config } => serve(&config, false),
+        Command::Statistics { config } => serve(&config, true),
         Command::Pki { command } => pki(command),
         Command::Privacy(args) => {
             print!("{}", tessera_privacy::privacy_calculator(&args.query())?);
@@ -285,7 +295,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn serve(config: &std::path::Path) -> anyhow::Result<()> {
+fn serve(config: &std::path::Path, only_statistics: bool) -> anyhow::Result<()> {
     let cfg = AggregatorConfig::load(config)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -300,7 +310,11 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
         );
         // The driver logs how the run ended; one that cannot make progress
         // is an error, so `Restart=on-failure` and schedulers see it.
-        let end = daemon::run(cfg, listener).await?;
+        let end = if only_statistics {
+            daemon::run_statistics(cfg, listener).await?
+        } else {
+            daemon::run(cfg, listener).await?
+        };
         match end.failed {
             Some(reason) => Err(anyhow::anyhow!(
                 "the run cannot make progress after {} completed rounds: {reason}",

@@ -13,7 +13,7 @@ use crate::report::RunDir;
 use crate::status::{RoundPoint, RunState, StatusSnapshot};
 use crate::store::{FinishedRound, StateStore, StoreError, now_ms};
 use tessera_protocol::AdmissionRefusal;
-use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome};
+use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome, StatisticsOutcome};
 
 /// Test-only fault injection: after the completion of this many rounds has
 /// been committed, the daemon stops making progress (as if hung), so a test
@@ -58,6 +58,8 @@ pub(crate) struct DaemonObserver {
     stall_after: Option<u64>,
     stall_before_commit: Option<u64>,
     last_status_write: i64,
+    /// Names the features of a statistics release.
+    pub(crate) schema: Option<tessera_core::FeatureSchema>,
 }
 
 /// A test-only knob's round, in builds with the `fault-injection` feature.
@@ -86,6 +88,7 @@ impl DaemonObserver {
             stall_after: stall_knob(STALL_ENV),
             stall_before_commit: stall_knob(STALL_BEFORE_COMMIT_ENV),
             last_status_write: 0,
+            schema: None,
         }
     }
 
@@ -299,6 +302,37 @@ impl RunObserver for DaemonObserver {
         if let Err(e) = res {
             self.fail("recording bad shares", &e);
         }
+    }
+
+    fn statistics_released(&mut self, outcome: &StatisticsOutcome) {
+        let released = crate::statistics_json(outcome, self.schema.as_ref());
+        let text = serde_json::to_vec_pretty(&released).unwrap_or_default();
+        if let Err(e) = self.run.write_file(crate::STATISTICS_FILE, &text) {
+            tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write the statistics release");
+            self.failed.get_or_insert_with(|| format!("writing {}: {e}", crate::STATISTICS_FILE));
+        }
+        let body = serde_json::json!({
+            "round": outcome.round,
+            "file": crate::STATISTICS_FILE,
+            "contributors": outcome.contributors,
+            "noise_multiplier": outcome.release.noise_multiplier,
+            "epsilon_opendp": outcome.opendp.epsilon,
+            "delta": outcome.opendp.delta,
+            "run_epsilon_after": outcome.run_epsilon,
+        });
+        let res = lock(&self.store).statistics_released(outcome.round, &body, now_ms());
+        if let Err(e) = res {
+            self.fail("recording the statistics release", &e);
+        }
+        self.attempt = 0;
+        tracing::info!(
+            wire_round = outcome.round,
+            contributors = outcome.contributors.len(),
+            epsilon_opendp = outcome.opendp.epsilon,
+            run_epsilon = outcome.run_epsilon,
+            file = crate::STATISTICS_FILE,
+            "DP statistics released"
+        );
     }
 
     fn veto_next_round(&mut self, _coordinator: &Coordinator) -> Option<String> {

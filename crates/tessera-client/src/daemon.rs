@@ -1,6 +1,7 @@
 //! How the daemon assembles a member from its configuration, shared with
 //! the end-to-end tests so they run exactly what `tessera-client run` runs.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
@@ -9,7 +10,7 @@ use rand_core::{CryptoRng, RngCore};
 use tessera_core::SettingsDigest;
 use tessera_privacy::PrivacyBudget;
 use tessera_protocol::member::{MemberRng, Participant};
-use tessera_tabular::TabularData;
+use tessera_tabular::{StatisticsSource, TabularData};
 use tessera_transport::{Dialer, QuicDialConfig};
 
 use crate::config::{ClientConfig, DataConfig, ModelSection};
@@ -48,8 +49,10 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRando
         .map_err(|e| anyhow::anyhow!("member identity for signed key advertisements: {e}"))?;
     let settings = settings_digest(cfg)?;
     tracing::info!(member = %cfg.member, %settings, "announcing these settings at admission");
+    let mut member_policy = policy.policy();
+    member_policy.statistics = statistics_shape(cfg)?;
     let mut p =
-        Participant::new(cfg.member.clone(), policy.policy(), rng).with_identity(identity).with_settings(settings);
+        Participant::new(cfg.member.clone(), member_policy, rng).with_identity(identity).with_settings(settings);
     if let Some(privacy) = &cfg.privacy {
         let budget = PrivacyBudget { epsilon: privacy.epsilon, delta: privacy.delta };
         let guard = LedgerGuard::open(&privacy.ledger, budget)
@@ -59,6 +62,20 @@ pub fn participant(cfg: &ClientConfig) -> anyhow::Result<Participant<MemberRando
         p = p.with_privacy_guard(Box::new(guard));
     }
     Ok(p)
+}
+
+/// What this member counts DP statistics over: its declared schema and the
+/// model's classes (a tabular member with a schema); `None` refuses them.
+fn statistics_shape(cfg: &ClientConfig) -> anyhow::Result<Option<tessera_protocol::member::StatisticsShape>> {
+    let (DataConfig::Csv(section), ModelSection::Tabular(m)) = (&cfg.data, &cfg.model) else { return Ok(None) };
+    let shape = |schema| tessera_protocol::member::StatisticsShape { schema, classes: m.num_classes as u32 };
+    Ok(section.spec().declared_schema()?.map(shape))
+}
+
+/// Where the member's exact statistics report goes: beside its data, in
+/// `statistics/<member>.json`. It never leaves the member.
+pub fn statistics_report_path(cfg: &ClientConfig, data: &Path) -> PathBuf {
+    data.parent().unwrap_or(Path::new(".")).join("statistics").join(format!("{}.json", cfg.member))
 }
 
 /// The digest of this member's `[model]` and declared schema, announced
@@ -83,14 +100,26 @@ fn backend(cfg: &ClientConfig) -> anyhow::Result<tessera_learn::ComputeBackend> 
 pub fn tabular_model(cfg: &ClientConfig) -> anyhow::Result<TabularModel> {
     cfg.validate()?;
     let (section, model) = (cfg.data.csv()?, cfg.model.tabular()?);
-    let data = TabularData::load(&section.path, &section.spec(), &section.split())?;
+    let table = tessera_tabular::load_csv(&section.path, &section.spec())?;
+    let data = TabularData::from_table(&table, &section.spec(), &section.split())?;
     tracing::info!(
         member = %cfg.member,
         train = data.train.len(),
         test = data.test.len(),
         "local data loaded (it never leaves this site)"
     );
-    Ok(TabularModel::new(data, model, backend(cfg)?)?.with_seeded_noise(cfg.testing.seeded_randomness))
+    let mut local = TabularModel::new(data, model, backend(cfg)?)?.with_seeded_noise(cfg.testing.seeded_randomness);
+    if let Some(schema) = section.spec().declared_schema()? {
+        // DP statistics count every record the member holds.
+        let report = statistics_report_path(cfg, &section.path);
+        if let Some(dir) = report.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let rows = (0..table.len()).collect();
+        let source = StatisticsSource { table: Arc::new(table), rows, schema, report: Some(report) };
+        local = local.with_statistics_source(source);
+    }
+    Ok(local)
 }
 
 /// Load the member's images and build its image model (the checkpoint is

@@ -99,6 +99,7 @@ pub enum ClientExit {
 enum Work {
     Trained(u64, Result<TrainedUpdate, LocalFailure>),
     Evaluated(u64, Result<EvalMetrics, LocalFailure>),
+    Counted(u64, Result<tessera_core::LocalStatistics, LocalFailure>),
 }
 
 /// Why a connection's loop stopped, other than the run's end.
@@ -183,6 +184,7 @@ where
                 Some(done) = work_rx.recv() => match done {
                     Work::Trained(round, r) => participant.training_done(round, r),
                     Work::Evaluated(round, r) => participant.evaluation_done(round, r),
+                    Work::Counted(round, r) => participant.statistics_done(round, r),
                 },
                 reason = stop_requested(&mut stop_rx) => {
                     tracing::info!(member = participant.member(), %reason, "stopping; closing the connection");
@@ -241,6 +243,12 @@ impl<M: LocalModel> Member<'_, M> {
                     self.spawn_work(
                         move |m| Work::Evaluated(round, m.evaluate(&params).map_err(|e| LocalFailure::from_error(&e))),
                         move |e| Work::Evaluated(round, Err(LocalFailure::new(format!("evaluation task failed: {e}")))),
+                    );
+                }
+                Output::Statistics { round, release } => {
+                    self.spawn_work(
+                        move |m| Work::Counted(round, m.statistics(&release).map_err(|e| LocalFailure::from_error(&e))),
+                        move |e| Work::Counted(round, Err(LocalFailure::new(format!("statistics task failed: {e}")))),
                     );
                 }
                 Output::Event(ev) => match ev {

@@ -23,7 +23,9 @@
 //! - **Streaming**: [`model_messages`] sends a model as bounded chunks and
 //!   [`ModelAssembler`] rebuilds it in place, checking order and digest.
 //! - **Round settings**: [`RoundSettings`] (training, secure aggregation,
-//!   differential privacy), what a member is told when a round starts.
+//!   differential privacy), what a member is told when a round starts;
+//!   a statistics round's [`StatsRelease`] and the readable
+//!   [`StatisticsReport`] built from its counts.
 //! - **Configuration**: the `[model]` section every party builds from, as
 //!   plain data ([`ModelSection`]: the tabular [`ModelConfig`] or an image
 //!   [`VisionModelConfig`]), and a tabular run's declared feature encoding
@@ -43,6 +45,7 @@ mod model;
 mod params;
 mod round;
 mod schema;
+mod statistics;
 mod stream;
 mod update;
 
@@ -66,6 +69,10 @@ pub use round::{
     SecAggSettings, TrainSettings, UNCLIPPED_TENSOR,
 };
 pub use schema::{FIT_LOCALLY, FeatureDecl, FeatureSchema, SchemaError, SchemaSource};
+pub use statistics::{
+    FeatureStatistics, LocalStatistics, MAX_STATS_BINS, MAX_STATS_CLASSES, STATS_TENSOR, StatisticsReport,
+    StatsRelease, bin_edges, bin_of,
+};
 pub use stream::{ModelAssembler, StreamError, model_messages};
 pub use update::TrainedUpdate;
 

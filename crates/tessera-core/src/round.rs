@@ -117,7 +117,13 @@ impl RoundSettings {
     /// Layout of what a member uploads this round: the trainable parameters,
     /// plus [`UNCLIPPED_TENSOR`] under adaptive clipping, plus
     /// [`EVAL_TENSOR`] under private evaluation (in this order).
+    ///
+    /// A statistics round ([`RoundSettings::stats`]) uploads only the counts,
+    /// [`crate::STATS_TENSOR`].
     pub fn update_layout(&self, model: &crate::ParamLayout) -> crate::ParamLayout {
+        if let Some(s) = &self.stats {
+            return crate::ParamLayout { entries: vec![(crate::STATS_TENSOR.to_string(), vec![s.len()])] };
+        }
         let mut layout = model.clone();
         if self.dp.as_ref().is_some_and(|d| d.adaptive.is_some()) {
             layout.entries.push((UNCLIPPED_TENSOR.to_string(), vec![1]));
@@ -275,4 +281,8 @@ pub struct RoundSettings {
     /// starting model to the update ([`EVAL_TENSOR`]), inside the clipped,
     /// noised and securely summed vector. `None`: no evaluation rides along.
     pub eval: Option<EvalRelease>,
+    /// A statistics round (issue #18): instead of training, each member
+    /// uploads its bounded counts ([`crate::StatsRelease`]) through the same
+    /// clipping, distributed noise and secure aggregation. `None`: training.
+    pub stats: Option<Box<crate::StatsRelease>>,
 }

@@ -1,6 +1,6 @@
 //! The one interface between a member's driver and its local model.
 
-use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings, TrainedUpdate};
+use tessera_core::{DpSettings, EvalMetrics, LocalStatistics, ModelParams, StatsRelease, TrainSettings, TrainedUpdate};
 use tessera_privacy::PrivacyError;
 
 /// What a member trains and evaluates. Implementations hold the private
@@ -17,6 +17,14 @@ pub trait LocalModel: Send + 'static {
 
     /// Evaluate `model` on the member's held-out split.
     fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, LocalError>;
+
+    /// Count the member's records exactly as a DP statistics release asks
+    /// (issue #18). The counts leave only through the noised secure sum; a
+    /// model without tabular records to count refuses.
+    fn statistics(&mut self, release: &StatsRelease) -> Result<LocalStatistics, LocalError> {
+        let _ = release;
+        Err(LocalError::Unsupported("this model counts no statistics".to_string()))
+    }
 }
 
 /// Why local work failed. Messages name settings, tensors and files, never

@@ -18,6 +18,9 @@
 //!   [`calibrate_noise_multiplier`] inverts it; [`ZcdpAccountant`] converts
 //!   zCDP through OpenDP. [`privacy_calculator`] answers an operator's
 //!   [`CalculatorQuery`] with both accountants' figures side by side.
+//!   A DP statistics release's privacy map is OpenDP's measurements and
+//!   composition ([`statistics_privacy`]); its ledger charge is
+//!   [`statistics_spend`].
 //! - Budgets: [`PrivacyLedger`] enforces a [`PrivacyBudget`] with a
 //!   write-ahead log kept by a [`LedgerStore`] ([`FileLedgerStore`] on
 //!   disk): a [`Reservation`] is durable before a release leaves.
@@ -38,6 +41,7 @@ mod exact;
 mod mechanism;
 mod noise;
 mod plan;
+mod statistics;
 mod zcdp;
 
 pub use accountant::{RdpAccountant, calibrate_noise_multiplier, dominated_multiplier};
@@ -53,6 +57,7 @@ pub use distributed::{KLS21_MAX_EXCESS, kls21_rdp_excess, kls21_tau, quantized_l
 pub use mechanism::{GaussianMechanism, MechanismCache, rounded_sensitivity};
 pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
 pub use plan::{DistributedPlan, member_spend, round_spend, validate};
+pub use statistics::{StatisticsPart, StatisticsPrivacy, statistics_privacy, statistics_spend};
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 
 /// Errors of the privacy mathematics. Messages name the parameter at fault,

@@ -24,6 +24,7 @@ mod derive;
 #[cfg(feature = "arbitrary")]
 pub mod fuzzing;
 pub mod member;
+mod statistics;
 mod strategy;
 
 pub use admission::{AdmissionPolicy, AdmissionRefusal, SettingsPart, settings_digest};
@@ -33,4 +34,8 @@ pub use derive::{
     update_rounding_step, update_vector_len,
 };
 pub use member::{Participant, Policy, PrivacyGuard, Refusal, TrainedUpdate};
+pub use statistics::{
+    MAX_STATISTICS_VALUES, STATISTICS_NOISE_SLACK, StatisticsRefusal, check_statistics, statistics_dp,
+    statistics_parts, statistics_spend,
+};
 pub use strategy::{AdaptiveConfig, ServerOptimizer, StrategyConfig};

@@ -90,6 +90,9 @@ impl<P: MemberMachine> MemberMachine for Faulty<P> {
     fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>) {
         self.inner.evaluation_done(round, metrics)
     }
+    fn statistics_done(&mut self, round: u64, result: Result<tessera_core::LocalStatistics, LocalFailure>) {
+        self.inner.statistics_done(round, result)
+    }
 }
 
 /// The protocol phases a member can drop out before, in round order.

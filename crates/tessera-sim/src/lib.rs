@@ -49,6 +49,7 @@ mod population;
 mod report;
 mod run;
 mod scenario;
+mod statistics;
 mod worker;
 
 pub use data::{load_table, member_splits, scenario_partition};

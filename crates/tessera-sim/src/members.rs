@@ -8,7 +8,7 @@ use anyhow::Context;
 use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings, TrainedUpdate, VisionModelConfig};
 use tessera_learn::{LocalError, LocalModel};
 use tessera_protocol::derive_seed;
-use tessera_tabular::TabularModel;
+use tessera_tabular::{StatisticsSource, TabularModel};
 use tessera_vision::{ImageDataset, VisionModel};
 
 use crate::data::{encode, label_counts, member_splits, scenario_partition, table_spec};
@@ -52,6 +52,16 @@ impl LocalModel for SimModel {
             SimModel::Vision(m) => m.evaluate(model),
         }
     }
+
+    fn statistics(
+        &mut self,
+        release: &tessera_core::StatsRelease,
+    ) -> Result<tessera_core::LocalStatistics, LocalError> {
+        match self {
+            SimModel::Tabular(m) => m.statistics(release),
+            SimModel::Vision(m) => m.statistics(release),
+        }
+    }
 }
 
 /// Everything the run needs about its members, whatever the data kind.
@@ -84,6 +94,9 @@ pub(crate) struct TabularSource {
     splits: Vec<tessera_tabular::SplitIndices>,
     model: tessera_core::ModelConfig,
     backend: tessera_learn::ComputeBackend,
+    /// With `[statistics]`: the table members count over (shared) and the
+    /// folder of their exact reports (`<run dir>/statistics/`).
+    statistics: Option<(std::sync::Arc<tessera_tabular::RawTable>, std::path::PathBuf)>,
     /// Training examples per member (latency model).
     pub(crate) examples: Vec<u64>,
     pub(crate) label_counts: Vec<Vec<usize>>,
@@ -95,7 +108,16 @@ impl TabularSource {
         let table = crate::data::load_table(s)?;
         let parts = scenario_partition(s, &table)?;
         let splits = member_splits(s, &table, &parts)?;
+        let statistics = match &s.statistics {
+            Some(_) => {
+                let dir = opts.out.join("statistics");
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                Some((std::sync::Arc::new(table.clone()), dir))
+            }
+            None => None,
+        };
         Ok(Self {
+            statistics,
             examples: splits.iter().map(|d| d.train.len() as u64).collect(),
             label_counts: label_counts(&parts, &table.labels, table.num_classes()),
             class_names: table.class_names.clone(),
@@ -111,6 +133,16 @@ impl TabularSource {
     pub(crate) fn model(&self, k: usize) -> anyhow::Result<SimModel> {
         let data = encode(&self.table, &self.spec, &self.splits[k]).with_context(|| format!("client {k}"))?;
         let model = TabularModel::new(data, &self.model, self.backend).with_context(|| format!("client {k}"))?;
+        let model = match (&self.statistics, self.spec.declared_schema()?) {
+            // Statistics count every row the member holds, whatever its split.
+            (Some((table, dir)), Some(schema)) => {
+                let split = &self.splits[k];
+                let rows = [&split.train, &split.validation, &split.test].into_iter().flatten().copied().collect();
+                let report = Some(dir.join(format!("{}.json", member_name(k, self.splits.len()))));
+                model.with_statistics_source(StatisticsSource { table: table.clone(), rows, schema, report })
+            }
+            _ => model,
+        };
         Ok(SimModel::Tabular(Box::new(model.with_seeded_noise(true))))
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use indicatif::ProgressBar;
 use tessera_aggregator::{RunDir, RunObserver, StoreError, round_line};
 use tessera_core::RoundRecord;
-use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome};
+use tessera_protocol::coordinator::{Coordinator, Dropout, RoundOutcome, StatisticsOutcome};
 
 use crate::faults::FaultPlan;
 
@@ -19,6 +19,8 @@ pub(crate) struct SimObserver {
     pub(crate) plan: Arc<FaultPlan>,
     pub(crate) cohorts: BTreeMap<u64, Vec<usize>>,
     pub(crate) failed: Option<String>,
+    /// Names a statistics release's features.
+    pub(crate) schema: Option<tessera_core::FeatureSchema>,
 }
 
 impl SimObserver {
@@ -58,6 +60,25 @@ impl RunObserver for SimObserver {
             None => tracing::info!("{line}"),
         }
         self.write(&record);
+    }
+
+    fn statistics_released(&mut self, outcome: &StatisticsOutcome) {
+        let json = tessera_aggregator::statistics_json(outcome, self.schema.as_ref());
+        let text = serde_json::to_vec_pretty(&json).unwrap_or_default();
+        if let Err(e) = self.run.write_file(tessera_aggregator::STATISTICS_FILE, &text) {
+            tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write statistics.json");
+            self.failed = Some(e.to_string());
+        }
+        let line = format!(
+            "DP statistics released by {} members (epsilon {:.4} by OpenDP; run epsilon {:.4})",
+            outcome.contributors.len(),
+            outcome.opendp.epsilon,
+            outcome.run_epsilon
+        );
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => tracing::info!("{line}"),
+        }
     }
 
     fn round_aborted(&mut self, round: u64, reason: &str, dropped: &[Dropout], _refunded: Option<f64>) {

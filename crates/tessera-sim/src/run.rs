@@ -207,6 +207,7 @@ pub(crate) fn run_hosted(
     let admission = s.admission_policy()?;
     let coordinator = Coordinator::new(coordinator_config(s, admission), initial, None, Resume::default(), noise)
         .map_err(|e| anyhow::anyhow!("scenario {}: {e}", s.name))?;
+    let coordinator = crate::statistics::attach(s, coordinator)?;
     // A simulation starts afresh (RunDir appends, for resumed daemon runs).
     match std::fs::remove_file(opts.out.join("metrics.jsonl")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -219,7 +220,8 @@ pub(crate) fn run_hosted(
         b.set_style(ProgressStyle::with_template("{bar:30} round {pos}/{len} {elapsed_precise}").expect("template"));
         b
     });
-    let mut observer = SimObserver { run, bar, plan: plan.clone(), cohorts: BTreeMap::new(), failed: None };
+    let schema = crate::statistics::shape(s).map(|sh| sh.schema);
+    let mut observer = SimObserver { run, bar, plan: plan.clone(), cohorts: BTreeMap::new(), failed: None, schema };
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let workers = Arc::new(Semaphore::new(opts.workers.max(1)));
@@ -400,6 +402,7 @@ pub(crate) fn spawn_member_with(
     let policy = Policy {
         allow_plaintext: s.insecure_plaintext,
         mask_threads: std::num::NonZeroUsize::MIN,
+        statistics: crate::statistics::shape(s),
         ..Policy::default()
     };
     let rng = ChaCha20Rng::seed_from_u64(rng_seed);

@@ -175,6 +175,10 @@ pub struct Scenario {
     /// members drawn (docs/simulation.md, "Populations").
     #[serde(default)]
     pub population: Option<PopulationDraw>,
+    /// `[statistics]`: a DP statistics release before the first round, as in
+    /// the aggregator's section (needs `[privacy]` and a declared schema).
+    #[serde(default)]
+    pub statistics: Option<tessera_protocol::coordinator::StatisticsConfig>,
 }
 
 fn default_retries() -> u32 {

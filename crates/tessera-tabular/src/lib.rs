@@ -28,6 +28,8 @@
 //!   ([`public_private_rows`], [`subset`]); [`save_backbone`] and
 //!   [`load_backbone`] for safetensors checkpoints, with [`TensorMapping`]
 //!   for files written by other tools.
+//! - DP statistics: [`count_statistics`] gives a member's exact counts for
+//!   a release from its [`StatisticsSource`] (they leave only noised).
 //! - Errors: [`DataError`] for files and their configuration, [`LearnError`]
 //!   for everything else.
 //!
@@ -52,10 +54,12 @@ mod model;
 mod pretrain;
 mod spec;
 mod split;
+mod statistics;
 mod train;
 
 // The member's model and the task it drives.
 pub use local::TabularModel;
+pub use statistics::{StatisticsSource, count_statistics};
 pub use train::{ModelSpec, Progress, ProgressFn, TabularTask, TrainReport};
 
 // Tables: loading, splitting, preprocessing.

@@ -2,10 +2,12 @@
 //! `tessera_learn::LocalModel`, trained on the member's own train split and
 //! evaluated on its own test split.
 
-use tessera_core::{DpSettings, EvalMetrics, ModelConfig, ModelParams, TrainSettings, TrainedUpdate};
+use tessera_core::{
+    DpSettings, EvalMetrics, LocalStatistics, ModelConfig, ModelParams, StatsRelease, TrainSettings, TrainedUpdate,
+};
 use tessera_learn::{ComputeBackend, DpNoise, LocalError, LocalModel};
 
-use crate::{LearnError, Split, TabularData, TabularTask};
+use crate::{LearnError, Split, StatisticsSource, TabularData, TabularTask};
 
 /// Separates the seeded noise stream from the sampling stream (test mode only).
 const NOISE_STREAM: u64 = 0x6e6f_6973_6500_0001;
@@ -17,6 +19,8 @@ pub struct TabularModel {
     noise: DpNoise,
     /// Non-finite per-example gradients zeroed so far (local only).
     zeroed_gradients: u64,
+    /// The raw rows DP statistics are counted over, when the member offers them.
+    statistics: Option<StatisticsSource>,
 }
 
 impl TabularModel {
@@ -36,7 +40,7 @@ impl TabularModel {
         if let Some(path) = &model.pretrained {
             task.load_backbone(path, &[])?;
         }
-        Ok(Self { task, noise: DpNoise::new(), zeroed_gradients: 0 })
+        Ok(Self { task, noise: DpNoise::new(), zeroed_gradients: 0, statistics: None })
     }
 
     /// TEST ONLY: derive DP-SGD sampling and noise from the round seed, for
@@ -52,6 +56,13 @@ impl TabularModel {
     /// member's own report: a statistic of its data, never sent.
     pub fn zeroed_gradients(&self) -> u64 {
         self.zeroed_gradients
+    }
+
+    /// Count DP statistics over `source` (the member's raw rows under the
+    /// declared schema) when a statistics round asks.
+    pub fn with_statistics_source(mut self, source: StatisticsSource) -> Self {
+        self.statistics = Some(source);
+        self
     }
 
     /// The training task, for progress reporting and tests.
@@ -96,5 +107,12 @@ impl LocalModel for TabularModel {
     fn evaluate(&mut self, model: &ModelParams) -> Result<EvalMetrics, LocalError> {
         self.task.set_trainable_params(model).map_err(LocalError::model)?;
         self.task.evaluate(Split::Test).map_err(LocalError::model)
+    }
+
+    fn statistics(&mut self, release: &StatsRelease) -> Result<LocalStatistics, LocalError> {
+        let s = self.statistics.as_ref().ok_or_else(|| {
+            LocalError::Unsupported("this member counts no statistics (no declared schema)".to_string())
+        })?;
+        s.count(release).map_err(LocalError::model)
     }
 }

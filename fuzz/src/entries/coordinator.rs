@@ -329,6 +329,10 @@ pub fn coordinator(data: &[u8]) {
                             p.training_done(round, Ok(trained(&model, 0.01 * (i as f32 + 1.0), 10 + i as u64)));
                         }
                         MemberOut::Evaluate { round, .. } => p.evaluation_done(round, Ok(metrics(10))),
+                        // The fuzzed coordinator runs no statistics release.
+                        MemberOut::Statistics { round, .. } => {
+                            p.statistics_done(round, Err(tessera_protocol::member::LocalFailure::new("no data")))
+                        }
                         MemberOut::Event(_) => {}
                     }
                 }

@@ -176,6 +176,7 @@ pub fn participant(data: &[u8]) {
                     }),
                     dp: None,
                     eval: None,
+                    stats: None,
                 };
                 let party = PartyId::from(party % 7);
                 let round = u64::from(round);

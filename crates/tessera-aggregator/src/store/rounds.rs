@@ -140,6 +140,23 @@ impl StateStore {
         })
     }
 
+    /// A DP statistics release completed in wire round `round`: its row is
+    /// closed (it was no training round: `aborted`, with that reason, so
+    /// it never counts as a completed round), its ledger reservation is
+    /// committed and the audit log records what was released and what it cost.
+    pub(crate) fn statistics_released(&mut self, round: u64, body: &serde_json::Value, at_ms: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE rounds SET status = 'aborted', finished_ms = ?2,
+                 reason = 'a DP statistics release, not a training round' WHERE round = ?1 AND status = 'started'",
+                params![round as i64, at_ms],
+            )?;
+            // The release went out: its reservation is final.
+            insert_ledger(tx, at_ms, round, &LedgerEntry::Committed { round }, None)?;
+            append_audit(tx, at_ms, "statistics_released", body)
+        })
+    }
+
     /// Durably reserve a round's privacy spend (write-ahead: before release).
     pub(crate) fn privacy_reserved(
         &mut self,

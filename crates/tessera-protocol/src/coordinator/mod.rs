@@ -24,6 +24,7 @@ mod output;
 mod privacy;
 mod robust;
 mod round;
+mod statistics;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub use privacy::{
 pub use robust::{RobustError, RobustRule};
 use round::RoundState;
 pub use round::{Handled, RoundOutcome};
+pub use statistics::{StatisticsConfig, StatisticsOutcome};
 
 #[derive(Debug, Default, Clone)]
 struct MemberHealth {
@@ -86,6 +88,8 @@ pub struct Coordinator {
     /// The round's private evaluation, decoded from the noised secure sum.
     private_metrics: Option<EvalMetrics>,
     noise: CentralNoise,
+    /// A DP statistics release still to run before the next round.
+    statistics: Option<statistics::PendingStatistics>,
 }
 
 impl Coordinator {
@@ -148,6 +152,7 @@ impl Coordinator {
             clip_step: None,
             private_metrics: None,
             noise,
+            statistics: None,
         })
     }
 
@@ -347,6 +352,10 @@ impl Coordinator {
                     let round = r.round;
                     if !bad_shares.is_empty() {
                         self.out.push_back(Output::Event(Event::BadShares { round, members: bad_shares }));
+                    }
+                    if r.settings().stats.is_some() {
+                        self.statistics_aggregated(now_ms, mean_delta);
+                        continue;
                     }
                     let contributors = r.contributor_count();
                     let (settings, cohort) = (r.settings().clone(), r.cohort.len() as u32);
@@ -593,6 +602,11 @@ impl Coordinator {
             self.finish_run(reason);
             return;
         }
+        if self.statistics.is_some() {
+            // The DP statistics release runs before the first round.
+            self.start_statistics(now_ms);
+            return;
+        }
         if self.completed() >= self.cfg.rounds {
             self.finish_run(format!("completed {} rounds", self.cfg.rounds));
             return;
@@ -737,7 +751,7 @@ impl Coordinator {
             (Some(p), Some(dp)) if due => secagg.as_ref().and_then(|s| p.evaluation(dp, f64::from(s.clip_range))),
             _ => None,
         };
-        Ok(RoundSettings { train, secagg, dp, eval })
+        Ok(RoundSettings { train, secagg, dp, eval, stats: None })
     }
 }
 

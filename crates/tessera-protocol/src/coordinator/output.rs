@@ -134,6 +134,8 @@ pub enum Event {
         /// Consecutive rounds it dropped out of.
         failed_rounds: u32,
     },
+    /// A DP statistics release completed (issue #18): the noised counts.
+    StatisticsReleased(Box<super::StatisticsOutcome>),
     /// The run is over.
     RunFinished {
         /// Why it ended.

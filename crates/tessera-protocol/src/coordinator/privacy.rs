@@ -419,7 +419,12 @@ impl PrivacyState {
 
     /// Charge one round, or say why the budget cannot afford it.
     pub fn charge(&mut self) -> Result<f64, String> {
-        let s = self.plan.spend;
+        self.charge_spend(self.plan.spend)
+    }
+
+    /// Charge `s` (a round's spend, or a statistics release's), or say why
+    /// the budget cannot afford it.
+    pub fn charge_spend(&mut self, s: GaussianSpend) -> Result<f64, String> {
         let mut next = self.accountant.clone();
         next.compose_poisson_gaussian(s.noise_multiplier, s.sampling_rate, s.steps).map_err(|e| e.to_string())?;
         let eps = epsilon_of(&next, self.plan.budget.delta).map_err(|e| e.to_string())?;

@@ -116,6 +116,8 @@ struct Harness {
     tamper_round_start: Option<fn(&mut tessera_core::RoundSettings)>,
     /// Each `RoundStarted` event: the cohort and the seed it was drawn with.
     started: Vec<(Vec<String>, u64)>,
+    /// Each DP statistics release.
+    released: Vec<StatisticsOutcome>,
 }
 
 impl Harness {
@@ -156,6 +158,7 @@ impl Harness {
             abort_events: vec![],
             tamper_round_start: None,
             started: vec![],
+            released: vec![],
         }
     }
 
@@ -261,6 +264,7 @@ impl Harness {
                     self.abort_events.push((self.now, e));
                 }
                 Output::Event(Event::BadShares { members, .. }) => self.bad_shares.push(members),
+                Output::Event(Event::StatisticsReleased(o)) => self.released.push(*o),
                 Output::Event(e) => {
                     if let Event::RoundStarted { cohort, cohort_seed, .. } = &e {
                         self.started.push((cohort.clone(), *cohort_seed));
@@ -318,6 +322,10 @@ impl Harness {
                             ..Default::default()
                         };
                         self.members.get_mut(&name).unwrap().evaluation_done(round, Ok(m));
+                    }
+                    participant::Output::Statistics { round, release } => {
+                        let counts = statistics::counts(i, &release);
+                        self.members.get_mut(&name).unwrap().statistics_done(round, Ok(counts));
                     }
                     participant::Output::Event(e) => {
                         if std::env::var("HARNESS_DEBUG").is_ok() {
@@ -537,7 +545,8 @@ fn members_refuse_unsafe_rounds() {
     p.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m0".into() }).unwrap();
     let mut settings = cfg(2, true);
     settings.secure = None;
-    let plain = tessera_core::RoundSettings { train: settings.train.clone(), secagg: None, dp: None, eval: None };
+    let plain =
+        tessera_core::RoundSettings { train: settings.train.clone(), secagg: None, dp: None, eval: None, stats: None };
     let start = |round, s: tessera_core::RoundSettings, cohort: Vec<&str>| AggregatorMsg::RoundStart {
         round,
         settings: s,
@@ -613,3 +622,4 @@ mod eval;
 mod robust;
 mod secure;
 mod signed;
+mod statistics;

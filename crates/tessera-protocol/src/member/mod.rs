@@ -24,6 +24,7 @@ mod identity;
 mod output;
 mod refusal;
 mod secure;
+mod statistics;
 
 #[cfg(test)]
 pub(crate) use identity::test_pki;
@@ -33,6 +34,7 @@ pub use identity::{
 };
 pub use output::{Event, Output};
 pub use refusal::{BudgetRefusal, CohortProblem, LocalFailure, PrivacyRefusal, Refusal, UpdateError};
+pub use statistics::StatisticsShape;
 
 /// What the member's policy allows, independent of what the aggregator says.
 #[derive(Clone, Debug)]
@@ -56,6 +58,9 @@ pub struct Policy {
     /// output for any count). The daemon uses every core; the simulator,
     /// with many members in one process, sets 1.
     pub mask_threads: std::num::NonZeroUsize,
+    /// What this member counts DP statistics over (its declared schema and
+    /// classes); `None` refuses every statistics round.
+    pub statistics: Option<StatisticsShape>,
 }
 
 impl Default for Policy {
@@ -68,6 +73,7 @@ impl Default for Policy {
             chunk_values: 1 << 20,
             require_dp: false,
             mask_threads: tessera_secagg::default_mask_threads(),
+            statistics: None,
         }
     }
 }
@@ -393,6 +399,7 @@ impl<R: MemberRng> Participant<R> {
                             Ok(())
                         }
                     })
+                    .and_then(|()| self.check_statistics_request(&settings, cohort.len() as u32))
                     .and_then(|()| self.check_privacy(round, &settings))
                 {
                     self.out.push_back(Output::Send(ClientMsg::Decline { round, reason: e.to_string() }));
@@ -557,7 +564,10 @@ impl<R: MemberRng> Participant<R> {
             }
         }
         if let Some(g) = self.guard.as_mut() {
-            let spend = tessera_privacy::member_spend(dp, &settings.train);
+            let spend = match &settings.stats {
+                Some(release) => crate::statistics::statistics_spend(release),
+                None => tessera_privacy::member_spend(dp, &settings.train),
+            };
             g.charge(round, &spend).map_err(PrivacyRefusal::Budget)?;
             self.charged = Some(round);
         }
@@ -587,6 +597,11 @@ impl<R: MemberRng> Participant<R> {
             self.out.push_back(Output::Send(ClientMsg::AdvertiseKeys { round, advert }));
         }
         let r = active(&mut self.round, round, "model_end")?;
+        if let Some(release) = r.settings.stats.clone() {
+            // A statistics round: count instead of training.
+            self.out.push_back(Output::Statistics { round, release: *release });
+            return Ok(());
+        }
         r.base = Some(model.clone());
         let settings = r.settings.train.clone();
         let dp = r.settings.dp.clone().filter(|d| d.unit == PrivacyUnit::Record);
@@ -722,6 +737,8 @@ pub trait MemberMachine {
     fn training_done(&mut self, round: u64, result: Result<TrainedUpdate, LocalFailure>);
     /// Local evaluation for `round` finished.
     fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>);
+    /// Counting the member's records for `round`'s statistics finished.
+    fn statistics_done(&mut self, round: u64, result: Result<tessera_core::LocalStatistics, LocalFailure>);
 }
 
 impl<R: MemberRng> MemberMachine for Participant<R> {
@@ -742,6 +759,9 @@ impl<R: MemberRng> MemberMachine for Participant<R> {
     }
     fn evaluation_done(&mut self, round: u64, metrics: Result<EvalMetrics, LocalFailure>) {
         Participant::evaluation_done(self, round, metrics)
+    }
+    fn statistics_done(&mut self, round: u64, result: Result<tessera_core::LocalStatistics, LocalFailure>) {
+        Participant::statistics_done(self, round, result)
     }
 }
 

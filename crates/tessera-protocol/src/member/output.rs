@@ -26,6 +26,16 @@ pub enum Output {
         /// The model to evaluate.
         model: ModelParams,
     },
+    /// Count the member's records as `release` says (exactly; the counts
+    /// never leave except through the noised secure sum) and call
+    /// `statistics_done`. The driver may write the exact counts to the
+    /// member's own report.
+    Statistics {
+        /// The round the counts belong to.
+        round: u64,
+        /// What to count.
+        release: tessera_core::StatsRelease,
+    },
     /// Log or record this.
     Event(Event),
 }

@@ -168,6 +168,9 @@ pub enum PrivacyRefusal {
     /// The member's own budget refuses the spend.
     #[error(transparent)]
     Budget(#[from] BudgetRefusal),
+    /// A statistics request the member cannot verify (issue #18).
+    #[error(transparent)]
+    Statistics(#[from] crate::statistics::StatisticsRefusal),
 }
 
 /// Why a [`PrivacyGuard`](super::PrivacyGuard) refuses to charge a round.

@@ -45,6 +45,7 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
         secagg: Some(SecAggSettings { threshold: 4, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: Some(DpSettings { min_contributors: 4, ..dp }),
         eval: None,
+        stats: None,
     };
     let plan = DistributedPlan::for_round(&settings, d as u64, 5).unwrap().unwrap();
     let per_coord = 0.5 / (d as f64).sqrt();

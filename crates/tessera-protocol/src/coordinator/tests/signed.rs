@@ -16,6 +16,7 @@ fn settings() -> RoundSettings {
         secagg: Some(SecAggSettings { threshold: 3, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
         dp: None,
         eval: None,
+        stats: None,
     }
 }
 
