@@ -24,7 +24,7 @@ pub use payload::Payload;
 /// (`GraphRoster`, `RevealGraphSeed`) and the survivor set is signed before
 /// any share is revealed (`SurvivorSet`, `SignSurvivors`). Version 4:
 /// `Hello` announces the member's [`SettingsDigest`](crate::SettingsDigest).
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Bytes of frame header: version byte plus u32 length.
 pub const HEADER_LEN: usize = 5;
@@ -281,24 +281,25 @@ mod tests {
         assert!(small.len() < 4000 + 64);
     }
 
-    /// A member built for version 3 (before the settings digest) is told
-    /// both versions, whichever side reads the other's frame.
+    /// A member built for version 4 (before the statistics release in
+    /// `RoundSettings`) is told both versions, whichever side reads the
+    /// other's frame.
     #[test]
     fn previous_version_names_both_versions() {
-        assert_eq!(PROTOCOL_VERSION, 4);
+        assert_eq!(PROTOCOL_VERSION, 5);
         let l = Limits::default();
         let mut f = encode_frame(
-            &ClientMsg::Hello { member: "m".into(), protocol_version: 3, settings: Default::default() },
+            &ClientMsg::Hello { member: "m".into(), protocol_version: 4, settings: Default::default() },
             &l,
         )
         .unwrap();
-        f[0] = 3;
+        f[0] = 4;
         let mut d = FrameDecoder::new(l);
         d.push(&f);
         let err = d.next_message::<ClientMsg>().unwrap_err();
-        assert_eq!(err, CodecError::UnknownVersion { found: 3, expected: 4 });
+        assert_eq!(err, CodecError::UnknownVersion { found: 4, expected: 5 });
         let text = err.to_string();
-        assert!(text.contains("version 3") && text.contains("version 4"), "{text}");
+        assert!(text.contains("version 4") && text.contains("version 5"), "{text}");
     }
 
     #[test]
