@@ -193,7 +193,7 @@ fn write_seed_corpus() {
     let client = vec![
         ClientMsg::Hello {
             member: "m1".into(),
-            protocol_version: 4,
+            protocol_version: tessera_core::PROTOCOL_VERSION,
             settings: tessera_core::SettingsDigest { model: [8; 32], schema: [9; 32] },
         },
         ClientMsg::AdvertiseKeys { round: 1, advert: advert.clone() },
