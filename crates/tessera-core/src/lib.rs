@@ -43,6 +43,7 @@ mod model;
 mod params;
 mod round;
 mod schema;
+mod shared;
 mod stream;
 mod update;
 
@@ -66,6 +67,7 @@ pub use round::{
     SecAggSettings, TrainSettings, UNCLIPPED_TENSOR,
 };
 pub use schema::{FIT_LOCALLY, FeatureDecl, FeatureSchema, SchemaError, SchemaSource};
+pub use shared::SharedList;
 pub use stream::{ModelAssembler, StreamError, model_messages};
 pub use update::TrainedUpdate;
 

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings, SharedList,
+};
 
 use super::{CoordinatorConfig, Dropout, Output, ReportProblem, VectorProblem, Violation};
 use crate::derive;
@@ -163,13 +165,15 @@ impl RoundState {
             }
             None => (Aggregation::Plain { uploads: BTreeMap::new(), done: BTreeMap::new() }, Phase::Plain),
         };
+        // One list for every member's RoundStart: a clone is a reference.
+        let shared: SharedList<String> = cohort.clone().into();
         for (party, member) in cohort.iter().enumerate() {
             out.push_back(Output::Send {
                 to: member.clone(),
                 msg: AggregatorMsg::RoundStart {
                     round,
                     settings: settings.clone(),
-                    cohort: cohort.clone(),
+                    cohort: shared.clone(),
                     party: party as PartyId,
                 },
             });
@@ -510,8 +514,8 @@ impl RoundState {
         let res: Result<Phase, tessera_secagg::SecAggError> = (|| match self.phase {
             Phase::AdvertiseKeys => {
                 // Every commitment is fixed here, before anyone reveals.
-                let roster = s.close_advertise()?;
-                for (p, _) in &roster {
+                let roster: SharedList<_> = s.close_advertise()?.into();
+                for (p, _) in roster.iter() {
                     let msg = AggregatorMsg::GraphRoster { round, commitments: roster.clone() };
                     out.push_back(Output::Send { to: name(*p), msg });
                 }
@@ -519,6 +523,7 @@ impl RoundState {
             }
             Phase::GraphReveal => {
                 let (reveals, neighbours) = s.close_reveal()?;
+                let reveals: SharedList<_> = reveals.into();
                 let adverts = &self.adverts;
                 for (p, nb) in neighbours {
                     // Forward the neighbours' signed adverts untouched.
@@ -535,8 +540,8 @@ impl RoundState {
                 Ok(Phase::Masked)
             }
             Phase::Masked => {
-                let survivors = s.close_masked()?;
-                for p in &survivors {
+                let survivors: SharedList<_> = s.close_masked()?.into();
+                for p in survivors.iter() {
                     let msg = AggregatorMsg::SurvivorSet { round, survivors: survivors.clone() };
                     out.push_back(Output::Send { to: name(*p), msg });
                 }
