@@ -54,6 +54,11 @@ pub struct ClientSession {
     survivor_message: Option<Arc<Vec<u8>>>,
     /// Neighbours that advertised keys (from `CohortKeys`).
     peers: BTreeMap<PartyId, PublicKeys>,
+    /// The two X25519 shared secrets with each of them (cipher, mask),
+    /// agreed once at `CohortKeys` and used at `ForwardShares`: key
+    /// agreement is most of a member's work, and doing it once per key
+    /// instead of twice halves it.
+    agreed: BTreeMap<PartyId, (Seed, Seed)>,
     /// Shares held per party, own included; filled at `ForwardShares`.
     held: BTreeMap<PartyId, HeldShares>,
     /// PRG keys this member masks with: its self mask, then signed pairwise masks.
@@ -99,6 +104,7 @@ impl ClientSession {
             survivors: SharedList::default(),
             survivor_message: None,
             peers: BTreeMap::new(),
+            agreed: BTreeMap::new(),
             held: BTreeMap::new(),
             masks: Vec::new(),
             mask_threads: default_mask_threads(),
@@ -234,6 +240,7 @@ impl ClientSession {
         let mut peers = BTreeMap::new();
         let mut seen_keys: BTreeSet<[u8; 32]> = [self.public.cipher_pk, self.public.mask_pk].into();
         let mut share_keys = BTreeMap::new();
+        let mut agreed = BTreeMap::new();
         for (p, k, graph_commitment) in keys {
             self.ctx.check_party(*p)?;
             if !graph.are_neighbours(self.me, *p) {
@@ -252,8 +259,9 @@ impl ClientSession {
                 return Err(SecAggError::RepeatedPublicKey);
             }
             let shared = crypto::agree(&self.cipher_sk, &k.cipher_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
-            crypto::agree(&self.mask_sk, &k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
+            let mask = crypto::agree(&self.mask_sk, &k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
             share_keys.insert(*p, crypto::share_key(&shared, &binding, self.me, *p));
+            agreed.insert(*p, (shared, mask));
         }
         // A neighbour in the roster left out would shrink the neighbourhood
         // the aggregator must answer for.
@@ -288,6 +296,7 @@ impl ClientSession {
             out.push(EncryptedShare { from: self.me, to, ciphertext: crypto::seal(key, nonce, &aad, bundle.as_ref()) });
         }
         self.peers = peers;
+        self.agreed = agreed;
         self.step = Step::ShareKeys;
         Ok(out)
     }
@@ -303,12 +312,12 @@ impl ClientSession {
             if s.to != self.me {
                 return Err(SecAggError::Misaddressed { from: s.from, to: s.to });
             }
-            let peer = self.peers.get(&s.from).ok_or(SecAggError::NotNeighbour { of: self.me, peer: s.from })?;
+            let (shared, mask) =
+                self.agreed.get(&s.from).ok_or(SecAggError::NotNeighbour { of: self.me, peer: s.from })?;
             if received.contains_key(&s.from) {
                 return Err(SecAggError::Duplicate(s.from));
             }
-            let shared = crypto::agree(&self.cipher_sk, &peer.cipher_pk).ok_or(SecAggError::WeakPublicKey(s.from))?;
-            let key = crypto::share_key(&shared, &binding, s.from, self.me);
+            let key = crypto::share_key(shared, &binding, s.from, self.me);
             let aad = crypto::share_aad(&binding, s.from, self.me);
             let plain = crypto::open(&key, &aad, &s.ciphertext)
                 .ok_or(SecAggError::ShareDecryption { from: s.from, to: self.me })?;
@@ -321,8 +330,7 @@ impl ClientSession {
             let (Some(self_mask), Some(mask_key)) = (self_mask, mask_key) else {
                 return Err(SecAggError::MalformedShare(s.from));
             };
-            let shared = crypto::agree(&self.mask_sk, &peer.mask_pk).ok_or(SecAggError::WeakPublicKey(s.from))?;
-            let seed = crypto::pairwise_seed(&shared, &binding, self.me, s.from);
+            let seed = crypto::pairwise_seed(mask, &binding, self.me, s.from);
             // One side adds, the other subtracts: the pair cancels in the sum.
             let op = if self.me < s.from { MaskOp::Add } else { MaskOp::Subtract };
             received.insert(s.from, (HeldShares { self_mask, mask_key }, seed, op));
@@ -333,6 +341,8 @@ impl ClientSession {
             self.held.insert(peer, held);
             self.masks.push((seed, op));
         }
+        // The pairwise seeds are derived: the agreed secrets are done with.
+        self.agreed.clear();
         self.step = Step::MaskedInput;
         Ok(())
     }

@@ -177,7 +177,8 @@ pub struct Participant<R> {
     out: VecDeque<Output>,
     guard: Option<Box<dyn PrivacyGuard>>,
     identity: Option<MemberIdentity>,
-    /// Neighbours' certificates validated in earlier rounds.
+    /// Neighbours' certificates validated in earlier rounds (or by other
+    /// members of the process, when the cache is shared).
     certificates: CertificateCache,
     /// Announced in `Hello`, checked at admission.
     settings: tessera_core::SettingsDigest,
@@ -233,6 +234,16 @@ impl<R: MemberRng> Participant<R> {
     /// securely aggregated round ([`Refusal::NoIdentity`]).
     pub fn with_identity(mut self, identity: MemberIdentity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// Share `cache` of validated certificates with other members of this
+    /// process (the simulator): a certificate is then validated once per
+    /// process, not once per member that neighbours it. Only the chain
+    /// validation is shared; each member still checks the name and the
+    /// signature of every advertisement itself.
+    pub fn with_certificate_cache(mut self, cache: CertificateCache) -> Self {
+        self.certificates = cache;
         self
     }
 

@@ -111,7 +111,7 @@ impl<R: MemberRng> Participant<R> {
                 break;
             }
             let key = r.neighbour_keys.get(party).ok_or(Refusal::SurvivorSignature { party: *party })?;
-            if !key.verifies(&message, signature) || !signers.insert(*party) {
+            if !self.certificates.verifies(key, &message, signature) || !signers.insert(*party) {
                 return Err(Refusal::SurvivorSignature { party: *party });
             }
         }
