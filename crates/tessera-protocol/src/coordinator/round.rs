@@ -412,8 +412,12 @@ impl RoundState {
         Ok(Handled::Done)
     }
 
+    /// Asked after every message: fewer answers than live members cannot
+    /// cover them, and that O(1) test keeps the scan (O(cohort)) for the
+    /// phase's last answers, not every answer (issue #20).
     fn phase_complete(&self) -> bool {
-        self.deadline_passed || self.alive.iter().all(|p| self.answered.contains(p))
+        self.deadline_passed
+            || (self.answered.len() >= self.alive.len() && self.alive.iter().all(|p| self.answered.contains(p)))
     }
 
     fn next_phase(&mut self, now_ms: u64, phase: Phase, timeout_ms: u64) {
@@ -443,7 +447,8 @@ impl RoundState {
         out: &mut VecDeque<Output>,
     ) -> Step {
         if self.phase == Phase::Evaluate {
-            let all_in = self.evaluators.iter().all(|m| self.reports.contains_key(m));
+            let all_in = self.reports.len() >= self.evaluators.len()
+                && self.evaluators.iter().all(|m| self.reports.contains_key(m));
             if all_in || self.deadline_passed {
                 return Step::Done(self.reports.values().cloned().collect());
             }
