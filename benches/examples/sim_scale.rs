@@ -130,16 +130,20 @@ fn main() {
         let mut members = Vec::with_capacity(n);
         // Every member signs its key advertisements, as in a deployment.
         let pki = tessera_transport::pki::MemoryPki::new("sim-scale consortium").unwrap();
+        // One cache of validated certificates for the process, as the simulator's.
+        let certificates = tessera_protocol::member::CertificateCache::default();
         for i in 0..n {
             let name = format!("member-{i:05}");
             let creds = pki.issue(&name).unwrap();
             let identity = tessera_client::member_identity(creds.cert, &creds.key, pki.ca_cert().to_vec()).unwrap();
             let dialer = tessera_transport::Dialer::Memory { network: net.clone(), member: name.clone() };
             let policy = Policy { mask_threads: std::num::NonZeroUsize::MIN, ..Policy::default() };
+            let certificates = certificates.clone();
             let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
             members.push(tokio::spawn(async move {
-                let mut p =
-                    Participant::new(name, policy, ChaCha20Rng::seed_from_u64(i as u64)).with_identity(identity);
+                let mut p = Participant::new(name, policy, ChaCha20Rng::seed_from_u64(i as u64))
+                    .with_identity(identity)
+                    .with_certificate_cache(certificates);
                 let mut egress = EgressLedger::in_memory();
                 let model = Arc::new(Mutex::new(Synthetic { step: 0.001 * (i % 7) as f32 }));
                 tessera_client::run(dialer, &mut p, model, &mut egress, opts).await

@@ -245,11 +245,12 @@ pub async fn honest_setup(
     peer_adverts: Vec<(PartyId, Advertisement)>,
 ) {
     let roster = peers.roster(target, &advert);
-    link.send(AggregatorMsg::GraphRoster { round, commitments: roster.clone() }).await;
+    link.send(AggregatorMsg::GraphRoster { round, commitments: roster.clone().into() }).await;
     let ClientMsg::RevealGraphSeed { round: r, reveal } = link.recv().await else { panic!("expected a reveal") };
     assert_eq!(r, round);
     let reveals = peers.reveals(&roster, target, reveal);
-    link.send(AggregatorMsg::CohortKeys { round, adverts: peer_adverts.clone(), reveals: reveals.clone() }).await;
+    link.send(AggregatorMsg::CohortKeys { round, adverts: peer_adverts.clone(), reveals: reveals.clone().into() })
+        .await;
     let ClientMsg::ShareKeys { round: r, .. } = link.recv().await else { panic!("expected ShareKeys") };
     assert_eq!(r, round);
     let mut all = vec![(target, advert)];

@@ -217,7 +217,12 @@ fn write_seed_corpus() {
     ];
     let aggregator = vec![
         AggregatorMsg::Welcome { run_id: RunId([7; 16]), member: "m1".into() },
-        AggregatorMsg::RoundStart { round: 1, settings, cohort: vec!["m0".into(), "m1".into()], party: 1 },
+        AggregatorMsg::RoundStart {
+            round: 1,
+            settings,
+            cohort: vec!["m0".to_string(), "m1".to_string()].into(),
+            party: 1,
+        },
         AggregatorMsg::ModelStart {
             round: 1,
             purpose: ModelPurpose::Train,
@@ -225,10 +230,14 @@ fn write_seed_corpus() {
         },
         AggregatorMsg::ModelChunk { round: 1, offset: 0, values: vec![0.1, 0.2] },
         AggregatorMsg::ModelEnd { round: 1, digest: [3; 32] },
-        AggregatorMsg::GraphRoster { round: 1, commitments: vec![(0, [8; 32]), (1, [9; 32])] },
-        AggregatorMsg::CohortKeys { round: 1, adverts: vec![(0, advert)], reveals: vec![(0, [6; 32]), (1, [5; 32])] },
+        AggregatorMsg::GraphRoster { round: 1, commitments: vec![(0, [8; 32]), (1, [9; 32])].into() },
+        AggregatorMsg::CohortKeys {
+            round: 1,
+            adverts: vec![(0, advert)],
+            reveals: vec![(0, [6; 32]), (1, [5; 32])].into(),
+        },
         AggregatorMsg::ForwardShares { round: 1, shares: vec![share] },
-        AggregatorMsg::SurvivorSet { round: 1, survivors: vec![0, 1] },
+        AggregatorMsg::SurvivorSet { round: 1, survivors: vec![0, 1].into() },
         AggregatorMsg::UnmaskRequest { round: 1, signatures: vec![(0, vec![7; 64])] },
         AggregatorMsg::RoundEnd { round: 1, accepted: true, reason: String::new() },
         AggregatorMsg::Shutdown { reason: "done".into() },

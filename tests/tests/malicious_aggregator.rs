@@ -76,7 +76,7 @@ async fn start_round(link: &mut MemberLink, round: u64, cohort: &[String], thres
     link.send(AggregatorMsg::RoundStart {
         round,
         settings: secure_settings(threshold),
-        cohort: cohort.to_vec(),
+        cohort: cohort.to_vec().into(),
         party,
     })
     .await;
@@ -113,7 +113,7 @@ async fn up_to_signed_set(m: &mut Member, round: u64, cohort: &[String], model: 
             other => panic!("unexpected {}", other.kind()),
         }
     }
-    m.link.send(AggregatorMsg::SurvivorSet { round, survivors: vec![0, 1, 2] }).await;
+    m.link.send(AggregatorMsg::SurvivorSet { round, survivors: vec![0, 1, 2].into() }).await;
     match m.link.recv().await {
         ClientMsg::SignSurvivors { round: r, .. } => assert_eq!(r, round),
         other => panic!("expected the member's signature, got {}", other.kind()),
@@ -217,7 +217,7 @@ async fn member_refuses_substituted_neighbour_keys() {
             // 3. Keys it made with peer-1's real certificate, signed by a key it holds.
             _ => sign_advert(&session, keys, adverts[0].1.certificate.clone(), &mut forged_signer),
         };
-        m.link.send(AggregatorMsg::CohortKeys { round, adverts, reveals: vec![] }).await;
+        m.link.send(AggregatorMsg::CohortKeys { round, adverts, reveals: Default::default() }).await;
         match m.link.recv().await {
             ClientMsg::Decline { round: r, reason } => {
                 assert_eq!(r, round);

@@ -273,7 +273,7 @@ impl Driver<'_> {
                     if self.connections.has(&to)
                         && let Some(round) = msg.round()
                     {
-                        self.traffic.down(round, frame_len(&msg).unwrap_or(0) as u64);
+                        self.traffic.down(round, msg.frame_len().unwrap_or(0) as u64);
                     }
                     self.connections.send(&to, WriterCmd::Msg(msg))
                 }
@@ -642,6 +642,12 @@ fn spawn_connection(
 }
 
 async fn write(tx: &mut FrameSender, msg: &AggregatorMsg, limits: &Limits) -> Result<(), String> {
+    if tx.carries_values() && msg.carries_shared_list() {
+        // In process: every member gets the same shared list, not a copy
+        // to decode (the frame is only measured, from the lists' memos).
+        let len = msg.frame_len().map_err(|e| e.to_string())?;
+        return tx.send_value(Arc::new(msg.clone()), len).await.map_err(|e| e.to_string());
+    }
     let frame = encode_frame(msg, limits).map_err(|e| e.to_string())?;
     tx.send(frame).await.map_err(|e| e.to_string())
 }

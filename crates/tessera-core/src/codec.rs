@@ -121,6 +121,15 @@ pub fn frame_len<T: Serialize>(msg: &T) -> Result<usize, CodecError> {
     Ok(HEADER_LEN + counter.bytes_written)
 }
 
+/// Bytes `items` take inside an encoded message: the sequence's length
+/// prefix and every item, as a `Vec` of them encodes.
+pub(crate) fn seq_len<T: Serialize>(items: &[T]) -> Result<usize, CodecError> {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(items, &mut counter, config())
+        .map_err(|e| CodecError::Unencodable(e.to_string()))?;
+    Ok(counter.bytes_written)
+}
+
 /// Decode one frame's payload (the bytes after the header). A payload
 /// received from a transport is a [`Payload`]; see [`Payload::decode`].
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {

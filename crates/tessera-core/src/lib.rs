@@ -45,6 +45,7 @@ mod model;
 mod params;
 mod round;
 mod schema;
+mod shared;
 mod statistics;
 mod stream;
 mod update;
@@ -69,6 +70,7 @@ pub use round::{
     SecAggSettings, TrainSettings, UNCLIPPED_TENSOR,
 };
 pub use schema::{FIT_LOCALLY, FeatureDecl, FeatureSchema, SchemaError, SchemaSource};
+pub use shared::SharedList;
 pub use statistics::{
     FeatureStatistics, LocalStatistics, MAX_STATS_BINS, MAX_STATS_CLASSES, STATS_TENSOR, StatisticsReport,
     StatsRelease, bin_edges, bin_of,

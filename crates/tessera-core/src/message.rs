@@ -10,6 +10,7 @@ use crate::PartyId;
 use crate::metrics::EvalMetrics;
 use crate::params::ParamLayout;
 use crate::round::{RoundSettings, RunId};
+use crate::shared::SharedList;
 
 /// The two X25519 public keys a cohort member advertises.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -143,7 +144,7 @@ pub enum AggregatorMsg {
         /// How to train, mask and privatize this round's update.
         settings: RoundSettings,
         /// Names of the members selected, sorted.
-        cohort: Vec<String>,
+        cohort: SharedList<String>,
         /// This member's index in `cohort`.
         party: PartyId,
     },
@@ -180,7 +181,7 @@ pub enum AggregatorMsg {
         /// The round.
         round: u64,
         /// `(party, graph_commitment)` for every member of U1, sorted by party.
-        commitments: Vec<(PartyId, [u8; 32])>,
+        commitments: SharedList<(PartyId, [u8; 32])>,
     },
     /// SecAgg step 1b result: every revealed graph-seed contribution (from
     /// which the member computes the graph itself) and the signed
@@ -192,7 +193,7 @@ pub enum AggregatorMsg {
         /// Each neighbour's party index and signed advertisement.
         adverts: Vec<(PartyId, Advertisement)>,
         /// `(party, reveal)` for every entry of the roster, in its order.
-        reveals: Vec<(PartyId, [u8; 32])>,
+        reveals: SharedList<(PartyId, [u8; 32])>,
     },
     /// SecAgg step 2 result: the share ciphertexts addressed to this member.
     ForwardShares {
@@ -209,7 +210,7 @@ pub enum AggregatorMsg {
         /// The round.
         round: u64,
         /// Every member whose masked input is in the sum, sorted.
-        survivors: Vec<PartyId>,
+        survivors: SharedList<PartyId>,
     },
     /// SecAgg step 4b: reveal shares. Carries the signatures on the survivor
     /// set made by this member's neighbours; the member reveals nothing

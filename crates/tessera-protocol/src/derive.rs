@@ -2,7 +2,7 @@
 //! function each. If the two sides computed these separately, a change on
 //! one side would make rounds stop unmasking; here both call the same code.
 
-use tessera_core::{ModelParams, ParamLayout, ParamsError, RoundSettings, RunId, SecAggSettings};
+use tessera_core::{ModelParams, ParamLayout, ParamsError, RoundSettings, RunId, SecAggSettings, SharedList};
 use tessera_privacy::{DistributedPlan, PrivacyError};
 use tessera_secagg::{AggregateSum, RoundContext, SecAggError, ValueCoding};
 
@@ -42,6 +42,19 @@ pub fn round_context(
     update_layout: &ParamLayout,
 ) -> Result<RoundContext, SecAggError> {
     RoundContext::new(run_id, round, cohort, s.clone(), update_vector_len(update_layout))
+}
+
+/// [`round_context`] for a cohort shared by the members of one process:
+/// its sort check and digest are computed once per list
+/// ([`tessera_secagg::shared_cohort_digest`]).
+pub fn shared_round_context(
+    run_id: RunId,
+    round: u64,
+    cohort: &SharedList<String>,
+    s: &SecAggSettings,
+    update_layout: &ParamLayout,
+) -> Result<RoundContext, SecAggError> {
+    RoundContext::for_shared_cohort(run_id, round, cohort, s.clone(), update_vector_len(update_layout))
 }
 
 /// How a round's update values become ring elements, and the distributed

@@ -12,9 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
-use tessera_core::{EncryptedShare, PartyId, PublicKeys, ShareReveal};
+use tessera_core::{EncryptedShare, PartyId, PublicKeys, ShareReveal, SharedList};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -22,6 +23,7 @@ use crate::context::RoundContext;
 use crate::crypto::{self, MaskOp, NONCE_LEN, Seed};
 use crate::error::{SecAggError, Step};
 use crate::shamir::{self, SHARE_BYTES, SecretShare};
+use crate::shared::{self, PartyBytes};
 
 /// Plaintext of a share bundle: sender, recipient, self-mask share, mask-key share.
 const BUNDLE_BYTES: usize = 8 + 2 * SHARE_BYTES;
@@ -46,11 +48,17 @@ pub struct ClientSession {
     /// This member's contribution to the graph seed, revealed at `GraphRoster`.
     graph_reveal: [u8; 32],
     /// `(party, graph commitment)` of U1, from `GraphRoster`.
-    roster: Vec<(PartyId, [u8; 32])>,
-    /// U3 as this member signed it, from `SurvivorSet`.
-    survivors: BTreeSet<PartyId>,
+    roster: PartyBytes,
+    /// U3 as this member signed it, from `SurvivorSet`, and the signed message.
+    survivors: SharedList<PartyId>,
+    survivor_message: Option<Arc<Vec<u8>>>,
     /// Neighbours that advertised keys (from `CohortKeys`).
     peers: BTreeMap<PartyId, PublicKeys>,
+    /// The two X25519 shared secrets with each of them (cipher, mask),
+    /// agreed once at `CohortKeys` and used at `ForwardShares`: key
+    /// agreement is most of a member's work, and doing it once per key
+    /// instead of twice halves it.
+    agreed: BTreeMap<PartyId, (Seed, Seed)>,
     /// Shares held per party, own included; filled at `ForwardShares`.
     held: BTreeMap<PartyId, HeldShares>,
     /// PRG keys this member masks with: its self mask, then signed pairwise masks.
@@ -92,9 +100,11 @@ impl ClientSession {
             public,
             self_seed,
             graph_reveal,
-            roster: Vec::new(),
-            survivors: BTreeSet::new(),
+            roster: SharedList::default(),
+            survivors: SharedList::default(),
+            survivor_message: None,
             peers: BTreeMap::new(),
+            agreed: BTreeMap::new(),
             held: BTreeMap::new(),
             masks: Vec::new(),
             mask_threads: default_mask_threads(),
@@ -171,48 +181,30 @@ impl ClientSession {
     /// (`RevealGraphSeed`). Revealing only now is what keeps the seed out of
     /// anyone's hands: every commitment is fixed before it.
     pub fn on_roster(&mut self, roster: &[(PartyId, [u8; 32])]) -> Result<[u8; 32], SecAggError> {
+        self.on_shared_roster(&roster.to_vec().into())
+    }
+
+    /// [`Self::on_roster`] for a roster shared by the members of one
+    /// process: the checks of the whole list run once per list
+    /// ([`SharedList::memo`]), this member's own entry is found by binary
+    /// search, and the list is kept by reference.
+    pub fn on_shared_roster(&mut self, roster: &SharedList<(PartyId, [u8; 32])>) -> Result<[u8; 32], SecAggError> {
         self.expect(Step::AdvertiseKeys)?;
-        if roster.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(SecAggError::BadRoster("not sorted by party, or a party twice"));
-        }
-        for (p, _) in roster {
-            self.ctx.check_party(*p)?;
-        }
-        match roster.iter().find(|(p, _)| *p == self.me) {
-            None => return Err(SecAggError::BadRoster("leaves this member out")),
-            Some((_, c)) if *c != self.graph_commitment() => {
+        shared::check_roster(roster, self.ctx.cohort_size())?;
+        match roster.binary_search_by_key(&self.me, |(p, _)| *p) {
+            Err(_) => return Err(SecAggError::BadRoster("leaves this member out")),
+            Ok(i) if roster[i].1 != self.graph_commitment() => {
                 return Err(SecAggError::BadRoster("lists another commitment for this member"));
             }
-            Some(_) => {}
+            Ok(_) => {}
         }
         let (have, threshold) = (roster.len() as u32, self.ctx.min_survivors());
         if have < threshold {
             return Err(SecAggError::BelowThreshold { have, threshold });
         }
-        self.roster = roster.to_vec();
+        self.roster = roster.clone();
         self.step = Step::RevealGraph;
         Ok(self.graph_reveal)
-    }
-
-    /// Draws the graph from the roster and every member's reveal.
-    fn draw_graph(&mut self, reveals: &[(PartyId, [u8; 32])]) -> Result<(), SecAggError> {
-        let binding = *self.ctx.binding();
-        let mut full = Vec::with_capacity(self.roster.len());
-        for (i, (p, commitment)) in self.roster.iter().enumerate() {
-            let (q, reveal) = reveals.get(i).ok_or(SecAggError::MissingGraphReveal(*p))?;
-            if q != p {
-                return Err(SecAggError::MissingGraphReveal(*p));
-            }
-            if crate::advert::graph_commitment(&binding, *p, reveal) != *commitment {
-                return Err(SecAggError::GraphRevealMismatch(*p));
-            }
-            full.push((*p, *commitment, *reveal));
-        }
-        if reveals.len() != self.roster.len() {
-            return Err(SecAggError::BadRoster("more reveals than roster entries"));
-        }
-        self.ctx.draw_graph(crate::advert::graph_seed(&binding, &full));
-        Ok(())
     }
 
     /// `CohortKeys`: draws the graph from every reveal, checks that the
@@ -228,13 +220,27 @@ impl ClientSession {
         reveals: &[(PartyId, [u8; 32])],
         rng: &mut R,
     ) -> Result<Vec<EncryptedShare>, SecAggError> {
+        self.on_cohort_keys_shared(keys, &reveals.to_vec().into(), rng)
+    }
+
+    /// [`Self::on_cohort_keys`] with reveals shared by the members of one
+    /// process: the reveals are checked and the graph drawn once per list
+    /// (for this round's binding and roster), and the graph is shared.
+    pub fn on_cohort_keys_shared<R: CryptoRngCore + ?Sized>(
+        &mut self,
+        keys: &[(PartyId, PublicKeys, [u8; 32])],
+        reveals: &SharedList<(PartyId, [u8; 32])>,
+        rng: &mut R,
+    ) -> Result<Vec<EncryptedShare>, SecAggError> {
         self.expect(Step::RevealGraph)?;
-        self.draw_graph(reveals)?;
+        let graph = shared::graph_from_reveals(&self.ctx, &self.roster, reveals)?;
+        self.ctx.set_graph(graph);
         let binding = *self.ctx.binding();
         let graph = self.ctx.drawn_graph()?;
         let mut peers = BTreeMap::new();
         let mut seen_keys: BTreeSet<[u8; 32]> = [self.public.cipher_pk, self.public.mask_pk].into();
         let mut share_keys = BTreeMap::new();
+        let mut agreed = BTreeMap::new();
         for (p, k, graph_commitment) in keys {
             self.ctx.check_party(*p)?;
             if !graph.are_neighbours(self.me, *p) {
@@ -253,15 +259,18 @@ impl ClientSession {
                 return Err(SecAggError::RepeatedPublicKey);
             }
             let shared = crypto::agree(&self.cipher_sk, &k.cipher_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
-            crypto::agree(&self.mask_sk, &k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
+            let mask = crypto::agree(&self.mask_sk, &k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
             share_keys.insert(*p, crypto::share_key(&shared, &binding, self.me, *p));
+            agreed.insert(*p, (shared, mask));
         }
         // A neighbour in the roster left out would shrink the neighbourhood
         // the aggregator must answer for.
-        if let Some((p, _)) =
-            self.roster.iter().find(|(p, _)| graph.are_neighbours(self.me, *p) && !peers.contains_key(p))
+        if let Some(p) = graph
+            .neighbours(self.me)
+            .into_iter()
+            .find(|p| self.roster.binary_search_by_key(p, |(q, _)| *q).is_ok() && !peers.contains_key(p))
         {
-            return Err(SecAggError::WithheldNeighbour(*p));
+            return Err(SecAggError::WithheldNeighbour(p));
         }
         self.check_count(peers.len() + 1)?;
 
@@ -287,6 +296,7 @@ impl ClientSession {
             out.push(EncryptedShare { from: self.me, to, ciphertext: crypto::seal(key, nonce, &aad, bundle.as_ref()) });
         }
         self.peers = peers;
+        self.agreed = agreed;
         self.step = Step::ShareKeys;
         Ok(out)
     }
@@ -302,12 +312,12 @@ impl ClientSession {
             if s.to != self.me {
                 return Err(SecAggError::Misaddressed { from: s.from, to: s.to });
             }
-            let peer = self.peers.get(&s.from).ok_or(SecAggError::NotNeighbour { of: self.me, peer: s.from })?;
+            let (shared, mask) =
+                self.agreed.get(&s.from).ok_or(SecAggError::NotNeighbour { of: self.me, peer: s.from })?;
             if received.contains_key(&s.from) {
                 return Err(SecAggError::Duplicate(s.from));
             }
-            let shared = crypto::agree(&self.cipher_sk, &peer.cipher_pk).ok_or(SecAggError::WeakPublicKey(s.from))?;
-            let key = crypto::share_key(&shared, &binding, s.from, self.me);
+            let key = crypto::share_key(shared, &binding, s.from, self.me);
             let aad = crypto::share_aad(&binding, s.from, self.me);
             let plain = crypto::open(&key, &aad, &s.ciphertext)
                 .ok_or(SecAggError::ShareDecryption { from: s.from, to: self.me })?;
@@ -320,8 +330,7 @@ impl ClientSession {
             let (Some(self_mask), Some(mask_key)) = (self_mask, mask_key) else {
                 return Err(SecAggError::MalformedShare(s.from));
             };
-            let shared = crypto::agree(&self.mask_sk, &peer.mask_pk).ok_or(SecAggError::WeakPublicKey(s.from))?;
-            let seed = crypto::pairwise_seed(&shared, &binding, self.me, s.from);
+            let seed = crypto::pairwise_seed(mask, &binding, self.me, s.from);
             // One side adds, the other subtracts: the pair cancels in the sum.
             let op = if self.me < s.from { MaskOp::Add } else { MaskOp::Subtract };
             received.insert(s.from, (HeldShares { self_mask, mask_key }, seed, op));
@@ -332,6 +341,8 @@ impl ClientSession {
             self.held.insert(peer, held);
             self.masks.push((seed, op));
         }
+        // The pairwise seeds are derived: the agreed secrets are done with.
+        self.agreed.clear();
         self.step = Step::MaskedInput;
         Ok(())
     }
@@ -366,13 +377,15 @@ impl ClientSession {
     /// bytes to sign ([`crate::survivor_message`]). This member signs one
     /// set per round: the session moves on and never signs another.
     pub fn on_survivor_set(&mut self, survivors: &[PartyId]) -> Result<Vec<u8>, SecAggError> {
+        self.on_shared_survivor_set(&survivors.to_vec().into())
+    }
+
+    /// [`Self::on_survivor_set`] for a set shared by the members of one
+    /// process: the checks of the whole set and its message are computed
+    /// once per set (for this round's binding and roster).
+    pub fn on_shared_survivor_set(&mut self, survivors: &SharedList<PartyId>) -> Result<Vec<u8>, SecAggError> {
         self.expect(Step::MaskedInput)?;
-        if survivors.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(SecAggError::BadSurvivorSet("not sorted, or a party twice"));
-        }
-        if survivors.iter().any(|p| self.roster.binary_search_by_key(p, |(q, _)| *q).is_err()) {
-            return Err(SecAggError::BadSurvivorSet("names a party outside the roster"));
-        }
+        let message = shared::check_survivors(&self.ctx, &self.roster, survivors)?;
         if survivors.binary_search(&self.me).is_err() {
             return Err(SecAggError::BadSurvivorSet("leaves this member out"));
         }
@@ -380,14 +393,22 @@ impl ClientSession {
         if have < threshold {
             return Err(SecAggError::BelowThreshold { have, threshold });
         }
-        self.survivors = survivors.iter().copied().collect();
+        self.survivors = survivors.clone();
+        self.survivor_message = Some(message.clone());
         self.step = Step::SignSurvivors;
-        Ok(crate::advert::survivor_message(self.ctx.binding(), survivors))
+        Ok(message.to_vec())
     }
 
     /// The survivor set this member signed, once it has (`None` before).
     pub fn signed_survivors(&self) -> Option<Vec<PartyId>> {
-        (self.step == Step::SignSurvivors).then(|| self.survivors.iter().copied().collect())
+        (self.step == Step::SignSurvivors).then(|| self.survivors.to_vec())
+    }
+
+    /// The message this member signed on the survivor set
+    /// ([`crate::survivor_message`]), once it has (`None` before): its
+    /// neighbours' signatures must be on the same bytes.
+    pub fn signed_survivor_message(&self) -> Option<&[u8]> {
+        (self.step == Step::SignSurvivors).then_some(self.survivor_message.as_deref()?.as_slice())
     }
 
     /// `UnmaskRequest`: `signers` are the neighbours whose signature on the
@@ -403,7 +424,7 @@ impl ClientSession {
             if !graph.are_neighbours(self.me, *p) {
                 return Err(SecAggError::NotNeighbour { of: self.me, peer: *p });
             }
-            if !self.survivors.contains(p) {
+            if self.survivors.binary_search(p).is_err() {
                 return Err(SecAggError::BadSurvivorSet("a signer is not in the set it signed"));
             }
         }
@@ -411,12 +432,12 @@ impl ClientSession {
         if have < threshold {
             return Err(SecAggError::TooFewSignatures { have, threshold });
         }
-        self.check_count(self.held.keys().filter(|p| self.survivors.contains(p)).count())?;
+        self.check_count(self.held.keys().filter(|p| self.survivors.binary_search(p).is_ok()).count())?;
         let reveals = self
             .held
             .iter()
             .map(|(peer, held)| {
-                if self.survivors.contains(peer) {
+                if self.survivors.binary_search(peer).is_ok() {
                     ShareReveal::SelfMask { peer: *peer, share: held.self_mask.to_bytes().to_vec() }
                 } else {
                     ShareReveal::MaskKey { peer: *peer, share: held.mask_key.to_bytes().to_vec() }

@@ -6,8 +6,10 @@
 //! (commit, then reveal; see [`crate::graph_seed`]) and set with
 //! [`RoundContext::draw_graph`].
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
-use tessera_core::{PartyId, RunId, SecAggSettings};
+use tessera_core::{PartyId, RunId, SecAggSettings, SharedList};
 
 use crate::error::SecAggError;
 use crate::graph::NeighbourGraph;
@@ -98,6 +100,23 @@ pub(crate) fn cohort_digest(cohort: &[String]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// [`cohort_digest`] of a shared cohort, or [`SecAggError::CohortNotSorted`],
+/// computed once per list ([`SharedList::memo`]): every member of a round
+/// in one process holds the same list, and the digest is a function of its
+/// contents alone.
+pub fn shared_cohort_digest(cohort: &SharedList<String>) -> Result<[u8; 32], SecAggError> {
+    struct Summary(Result<[u8; 32], SecAggError>);
+    let key: [u8; 32] = Sha256::digest(b"tessera-secagg/v1/memo/cohort").into();
+    let summary = cohort.memo(key, |names| {
+        Summary(if names.windows(2).any(|w| w[0] >= w[1]) {
+            Err(SecAggError::CohortNotSorted)
+        } else {
+            Ok(cohort_digest(names))
+        })
+    });
+    summary.0.clone()
+}
+
 /// Everything one round of secure aggregation is bound to.
 #[derive(Clone, Debug)]
 pub struct RoundContext {
@@ -110,8 +129,9 @@ pub struct RoundContext {
     min_survivors: u32,
     /// `None` = the complete graph; else neighbours on each side of the ring.
     half: Option<u32>,
-    /// Drawn once the graph seed is known.
-    graph: Option<NeighbourGraph>,
+    /// Drawn once the graph seed is known; shared by the members of one
+    /// process that drew it from the same roster and reveals.
+    graph: Option<Arc<NeighbourGraph>>,
     binding: [u8; 32],
 }
 
@@ -131,6 +151,21 @@ impl RoundContext {
         let cohort_size =
             u32::try_from(cohort.len()).map_err(|_| SecAggError::InvalidSettings("cohort larger than 2^32"))?;
         Self::from_digest(run_id, round, cohort_size, cohort_digest(cohort), settings, vector_len)
+    }
+
+    /// [`RoundContext::new`] for a [`SharedList`] cohort: the sort check and
+    /// digest come from [`shared_cohort_digest`], once per list.
+    pub fn for_shared_cohort(
+        run_id: RunId,
+        round: u64,
+        cohort: &SharedList<String>,
+        settings: SecAggSettings,
+        vector_len: u64,
+    ) -> Result<Self, SecAggError> {
+        let digest = shared_cohort_digest(cohort)?;
+        let cohort_size =
+            u32::try_from(cohort.len()).map_err(|_| SecAggError::InvalidSettings("cohort larger than 2^32"))?;
+        Self::from_digest(run_id, round, cohort_size, digest, settings, vector_len)
     }
 
     /// Same as [`RoundContext::new`] when only the cohort size and its digest are at hand.
@@ -245,15 +280,23 @@ impl RoundContext {
     }
     /// Who exchanges masks with whom, once drawn ([`Self::draw_graph`]).
     pub fn graph(&self) -> Option<&NeighbourGraph> {
-        self.graph.as_ref()
+        self.graph.as_deref()
     }
     /// Draws the neighbour graph from the round's agreed seed
     /// ([`crate::graph_seed`]); both sides call it with the same seed.
     pub fn draw_graph(&mut self, seed: [u8; 32]) {
-        self.graph = Some(NeighbourGraph::new(self.cohort_size, self.settings.neighbours, seed));
+        self.graph = Some(Arc::new(self.graph_for(seed)));
+    }
+    /// The graph this round draws from `seed`, without keeping it.
+    pub(crate) fn graph_for(&self, seed: [u8; 32]) -> NeighbourGraph {
+        NeighbourGraph::new(self.cohort_size, self.settings.neighbours, seed)
+    }
+    /// Sets a graph drawn by [`Self::graph_for`] from this round's seed.
+    pub(crate) fn set_graph(&mut self, graph: Arc<NeighbourGraph>) {
+        self.graph = Some(graph);
     }
     pub(crate) fn drawn_graph(&self) -> Result<&NeighbourGraph, SecAggError> {
-        self.graph.as_ref().ok_or(SecAggError::GraphNotDrawn)
+        self.graph.as_deref().ok_or(SecAggError::GraphNotDrawn)
     }
     /// Whether every member neighbours every other (plain SecAgg); known
     /// before the graph is drawn.
@@ -326,6 +369,21 @@ mod tests {
             let ctx = RoundContext::new(RunId([0; 16]), 0, &cohort(n as usize), settings(p.threshold, p.neighbours), 1);
             assert!(ctx.is_ok(), "default plan for {n} is rejected");
         }
+    }
+
+    #[test]
+    fn a_shared_cohort_gives_the_same_context_and_is_checked_once() {
+        let names = cohort(50);
+        let shared: SharedList<String> = names.clone().into();
+        let s = settings(34, None);
+        let plain = RoundContext::new(RunId([4; 16]), 2, &names, s.clone(), 9).unwrap();
+        let a = RoundContext::for_shared_cohort(RunId([4; 16]), 2, &shared, s.clone(), 9).unwrap();
+        let b = RoundContext::for_shared_cohort(RunId([4; 16]), 2, &shared.clone(), s.clone(), 9).unwrap();
+        assert_eq!((a.binding(), b.binding()), (plain.binding(), plain.binding()));
+        let mut unsorted = names;
+        unsorted.swap(3, 4);
+        let err = RoundContext::for_shared_cohort(RunId([4; 16]), 2, &unsorted.into(), s, 9).unwrap_err();
+        assert_eq!(err, SecAggError::CohortNotSorted);
     }
 
     #[test]

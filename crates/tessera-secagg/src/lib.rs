@@ -53,12 +53,14 @@ mod quantize;
 mod reconstruct;
 mod server;
 mod shamir;
+mod shared;
 mod update;
 
 pub use advert::{advert_message, graph_commitment, graph_seed, seed_commitment, survivor_message};
 pub use client::{ClientSession, default_mask_threads};
 pub use context::{
     RoundContext, SecAggPlan, default_neighbours, default_plan, default_threshold, min_neighbours, min_threshold,
+    shared_cohort_digest,
 };
 pub use crypto::{MaskOp, apply_prg};
 pub use error::{SecAggError, SecretKind, Step};

@@ -364,6 +364,13 @@ async fn run_all(
     Ok(out)
 }
 
+/// Certificates validated by any member this process runs, shared so that
+/// each is validated once per process rather than by every member that
+/// neighbours it (issue #20). Entries are keyed by CA and certificate, so
+/// runs with different PKIs in one process never share a validation.
+static CERTIFICATES: std::sync::LazyLock<tessera_protocol::member::CertificateCache> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Start member `k` as the daemon runs one: its participant (wrapped by
 /// the fault plan) under the client driver, over `dialer`.
 #[allow(clippy::too_many_arguments)]
@@ -408,7 +415,10 @@ pub(crate) fn spawn_member_with(
     let rng = ChaCha20Rng::seed_from_u64(rng_seed);
     let plan = plan.active().then(|| plan.clone());
     tokio::spawn(async move {
-        let p = Participant::new(name, policy, rng).with_identity(identity).with_settings(settings);
+        let p = Participant::new(name, policy, rng)
+            .with_identity(identity)
+            .with_settings(settings)
+            .with_certificate_cache(CERTIFICATES.clone());
         let mut p = Faulty::new(p, plan, k);
         let mut egress = EgressLedger::in_memory();
         tessera_client::run(dialer, &mut p, Arc::new(Mutex::new(model)), &mut egress, opts).await

@@ -99,6 +99,37 @@ impl FrameSender {
         self.send_unchecked(frame).await
     }
 
+    /// Whether [`Self::send_value`] is available: on the in-memory
+    /// transport only, where both ends live in one process.
+    pub fn carries_values(&self) -> bool {
+        matches!(self.inner, SenderInner::Memory(_))
+    }
+
+    /// Hand `value` (a message) to the peer as it is, in place of its frame
+    /// of `frame_len` bytes (header included), which the byte counters and
+    /// the flow-control window count as if it had been sent; the peer's
+    /// [`Payload::decode`] returns a clone of it. Only the in-memory
+    /// transport carries values ([`Self::carries_values`]); QUIC refuses
+    /// with [`TransportError::Config`]. A frame length over the limits is
+    /// refused here, as [`Self::send`] refuses such a frame.
+    pub async fn send_value(
+        &mut self,
+        value: Arc<dyn std::any::Any + Send + Sync>,
+        frame_len: usize,
+    ) -> Result<(), TransportError> {
+        let payload = frame_len.saturating_sub(tessera_core::HEADER_LEN);
+        if payload > self.limits.max_frame_bytes {
+            let e = tessera_core::CodecError::Oversize { len: payload, limit: self.limits.max_frame_bytes };
+            return Err(TransportError::InvalidOutgoing(e));
+        }
+        match &mut self.inner {
+            SenderInner::Quic(_) => return Err(TransportError::Config("QUIC carries frames, not values".into())),
+            SenderInner::Memory(s) => s.send_value(value, frame_len).await?,
+        }
+        self.traffic.add_sent(frame_len);
+        Ok(())
+    }
+
     pub(crate) async fn send_unchecked(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
         let n = frame.len();
         match &mut self.inner {

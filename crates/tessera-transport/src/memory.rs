@@ -3,7 +3,14 @@
 //! It keeps QUIC's contract: admission at connect, frame checks on receive,
 //! close codes and reasons, byte counters. The member name is trusted as
 //! given, standing in for a verified certificate; use it only in-process.
+//!
+//! Besides frames it carries values ([`FrameSender::send_value`](crate::FrameSender::send_value)):
+//! a message the sender built, handed to the receiver as it is with the
+//! length its frame would have. The aggregator sends the messages that carry
+//! a round-wide `SharedList` this way, so that every member in the process
+//! holds one list instead of decoding its own copy (issue #20).
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -90,8 +97,14 @@ impl LinkEnd {
     }
 }
 
-/// A frame travels with its share of the window, returned when received.
-type Carried = (Vec<u8>, OwnedSemaphorePermit);
+/// What one send puts on the link: a frame, or a value with its frame's length.
+enum Sent {
+    Frame(Vec<u8>),
+    Value(Arc<dyn Any + Send + Sync>, usize),
+}
+
+/// A send travels with its share of the window, returned when received.
+type Carried = (Sent, OwnedSemaphorePermit);
 
 pub(crate) struct MemorySender {
     tx: Option<mpsc::UnboundedSender<Carried>>,
@@ -101,12 +114,26 @@ pub(crate) struct MemorySender {
 
 impl MemorySender {
     pub(crate) async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
+        let len = frame.len();
+        self.carry(Sent::Frame(frame), len).await
+    }
+
+    /// `value` in place of a frame of `frame_len` bytes (header included).
+    pub(crate) async fn send_value(
+        &mut self,
+        value: Arc<dyn Any + Send + Sync>,
+        frame_len: usize,
+    ) -> Result<(), TransportError> {
+        self.carry(Sent::Value(value, frame_len), frame_len).await
+    }
+
+    async fn carry(&mut self, sent: Sent, len: usize) -> Result<(), TransportError> {
         if let Some(e) = self.end.closed_error() {
             return Err(e);
         }
         let Some(tx) = &self.tx else { return Err(TransportError::Closed) };
         // A frame larger than the whole window takes all of it.
-        let want = frame.len().min(WINDOW_BYTES) as u32;
+        let want = len.min(WINDOW_BYTES) as u32;
         let permit = tokio::select! {
             biased;
             e = self.end.wait_closed() => return Err(e),
@@ -114,7 +141,7 @@ impl MemorySender {
         };
         let gone = || TransportError::Lost("peer went away".into());
         let permit = permit.map_err(|_| gone())?;
-        tx.send((frame, permit)).map_err(|_| gone())
+        tx.send((sent, permit)).map_err(|_| gone())
     }
 
     pub(crate) async fn finish(&mut self) -> Result<(), TransportError> {
@@ -149,20 +176,37 @@ impl MemoryReceiver {
             m = self.rx.recv() => m,
             e = self.end.wait_closed() => return Err(e),
         };
-        let Some((frame, _window)) = msg else {
+        let Some((sent, _window)) = msg else {
             return match self.end.closed_error() {
                 Some(e) => Err(e),
                 None => Ok(None),
             };
         };
+        let frame = match sent {
+            Sent::Frame(frame) => frame,
+            // The sender's own value: only its size is left to check.
+            Sent::Value(value, len) => match len.checked_sub(HEADER_LEN) {
+                Some(payload) if payload <= self.limits.max_frame_bytes => {
+                    return Ok(Some(Payload::from_value(value, payload)));
+                }
+                _ => {
+                    let e = CodecError::Oversize { len, limit: self.limits.max_frame_bytes };
+                    return Err(self.fail(e));
+                }
+            },
+        };
         if let Err(e) = check_frame(&frame, &self.limits) {
-            warn!(error = %e, "malformed frame; closing memory connection");
-            self.end.close(close_code::MALFORMED_FRAME, "malformed frame");
-            self.failed = Some(e.clone());
-            return Err(TransportError::Frame(e));
+            return Err(self.fail(e));
         }
         // A view past the header: no shift of the payload.
         Ok(Some(Payload::from(Bytes::from(frame).slice(HEADER_LEN..))))
+    }
+
+    fn fail(&mut self, e: CodecError) -> TransportError {
+        warn!(error = %e, "malformed frame; closing memory connection");
+        self.end.close(close_code::MALFORMED_FRAME, "malformed frame");
+        self.failed = Some(e.clone());
+        TransportError::Frame(e)
     }
 }
 

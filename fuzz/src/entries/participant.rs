@@ -182,7 +182,7 @@ pub fn participant(data: &[u8]) {
                 let round = u64::from(round);
                 let len = tessera_secagg::vector_len(&tiny_model(0.0).layout());
                 let peers = settings.secagg.as_ref().and_then(|s| HonestPeers::new(round, &names, s, len, party));
-                let msg = AggregatorMsg::RoundStart { round, settings, cohort: names.clone(), party };
+                let msg = AggregatorMsg::RoundStart { round, settings, cohort: names.clone().into(), party };
                 script = Some(Script {
                     round,
                     cohort: names,
@@ -204,7 +204,7 @@ pub fn participant(data: &[u8]) {
                     },
                     _ => junk.into_iter().map(|(p, c)| (PartyId::from(p % 8), c)).collect(),
                 };
-                vec![AggregatorMsg::GraphRoster { round: u64::from(round), commitments }]
+                vec![AggregatorMsg::GraphRoster { round: u64::from(round), commitments: commitments.into() }]
             }
             ToMember::CohortKeys { round, honest, junk } => {
                 let (adverts, reveals) = match (&mut script, honest) {
@@ -223,7 +223,7 @@ pub fn participant(data: &[u8]) {
                         junk.iter().map(|(p, a, _)| (PartyId::from(p % 8), *a)).collect(),
                     ),
                 };
-                vec![AggregatorMsg::CohortKeys { round: u64::from(round), adverts, reveals }]
+                vec![AggregatorMsg::CohortKeys { round: u64::from(round), adverts, reveals: reveals.into() }]
             }
             ToMember::ForwardShares { round, honest, flip, junk } => {
                 let mut shares = match (&mut script, honest) {
@@ -260,7 +260,7 @@ pub fn participant(data: &[u8]) {
                 if let Some(s) = script.as_mut() {
                     s.survivors = survivors.clone();
                 }
-                vec![AggregatorMsg::SurvivorSet { round: u64::from(round), survivors }]
+                vec![AggregatorMsg::SurvivorSet { round: u64::from(round), survivors: survivors.into() }]
             }
             ToMember::Unmask { round, signers, everyone } => {
                 let signatures = match &mut script {

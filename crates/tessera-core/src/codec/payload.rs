@@ -5,6 +5,15 @@
 //! full extra copy of every update the aggregator receives (about a tenth of
 //! the transport's time on loopback), so the transport hands the chunks over
 //! as they are and the decoder reads across their boundaries.
+//!
+//! An in-process transport may instead hand over the message itself, as the
+//! sender built it ([`Payload::from_value`]): the simulator's members then
+//! share the lists every one of them is sent (`SharedList`) instead of each
+//! decoding its own copy. Such a payload keeps the frame's length, so
+//! traffic counts do not depend on the transport.
+
+use std::any::Any;
+use std::sync::Arc;
 
 use bincode::de::read::Reader;
 use bincode::error::DecodeError;
@@ -13,11 +22,23 @@ use serde::de::DeserializeOwned;
 
 use super::{CodecError, config, decode_payload};
 
-/// One frame's payload (header stripped): the bytes of `chunks()` in order.
-#[derive(Clone, Debug, Default)]
+/// One frame's payload (header stripped): the bytes of `chunks()` in order,
+/// or a message handed over in process ([`Payload::from_value`]).
+#[derive(Clone, Default)]
 pub struct Payload {
     chunks: Vec<Bytes>,
     len: usize,
+    value: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload")
+            .field("chunks", &self.chunks.len())
+            .field("len", &self.len)
+            .field("value", &self.value.is_some())
+            .finish()
+    }
 }
 
 impl Payload {
@@ -25,7 +46,16 @@ impl Payload {
     pub fn from_chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
         let chunks: Vec<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
         let len = chunks.iter().map(Bytes::len).sum();
-        Self { chunks, len }
+        Self { chunks, len, value: None }
+    }
+
+    /// A message handed over in process instead of its bytes, with the
+    /// length its encoded payload has (header excluded). Only a transport
+    /// inside one process builds these: the message is the sender's own
+    /// value, so there is nothing to check that decoding would check.
+    /// [`Payload::decode`] returns a clone of it; [`Payload::chunks`] is empty.
+    pub fn from_value(value: Arc<dyn Any + Send + Sync>, len: usize) -> Self {
+        Self { chunks: Vec::new(), len, value: Some(value) }
     }
 
     /// Payload length in bytes.
@@ -51,8 +81,16 @@ impl Payload {
     }
 
     /// Decode the message this payload carries, exactly as
-    /// [`decode_payload`](super::decode_payload) would from the gathered bytes.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CodecError> {
+    /// [`decode_payload`](super::decode_payload) would from the gathered
+    /// bytes; a message handed over in process is cloned (a value of
+    /// another type is [`CodecError::Undecodable`]).
+    pub fn decode<T: DeserializeOwned + Clone + 'static>(&self) -> Result<T, CodecError> {
+        if let Some(v) = &self.value {
+            return v
+                .downcast_ref::<T>()
+                .cloned()
+                .ok_or_else(|| CodecError::Undecodable("a message of another type".into()));
+        }
         match self.chunks.as_slice() {
             [] => decode_payload(&[]),
             [one] => decode_payload(one),
@@ -147,6 +185,16 @@ mod tests {
             at = c;
         }
         Payload::from_chunks(chunks)
+    }
+
+    #[test]
+    fn a_value_payload_decodes_to_the_value_with_the_frame_length() {
+        let msg = ClientMsg::PlainChunk { round: 1, offset: 0, values: vec![0.5; 10] };
+        let len = payload_of(&msg).len();
+        let p = Payload::from_value(Arc::new(msg.clone()), len);
+        assert_eq!((p.len(), p.chunks().len()), (len, 0));
+        assert_eq!(p.decode::<ClientMsg>().unwrap(), msg);
+        assert!(matches!(p.decode::<crate::message::AggregatorMsg>(), Err(CodecError::Undecodable(_))));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use tessera_core::{AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings};
+use tessera_core::{
+    AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings, SharedList,
+};
 
 use super::{CoordinatorConfig, Dropout, Output, ReportProblem, VectorProblem, Violation};
 use crate::derive;
@@ -163,13 +165,15 @@ impl RoundState {
             }
             None => (Aggregation::Plain { uploads: BTreeMap::new(), done: BTreeMap::new() }, Phase::Plain),
         };
+        // One list for every member's RoundStart: a clone is a reference.
+        let shared: SharedList<String> = cohort.clone().into();
         for (party, member) in cohort.iter().enumerate() {
             out.push_back(Output::Send {
                 to: member.clone(),
                 msg: AggregatorMsg::RoundStart {
                     round,
                     settings: settings.clone(),
-                    cohort: cohort.clone(),
+                    cohort: shared.clone(),
                     party: party as PartyId,
                 },
             });
@@ -408,8 +412,12 @@ impl RoundState {
         Ok(Handled::Done)
     }
 
+    /// Asked after every message: fewer answers than live members cannot
+    /// cover them, and that O(1) test keeps the scan (O(cohort)) for the
+    /// phase's last answers, not every answer (issue #20).
     fn phase_complete(&self) -> bool {
-        self.deadline_passed || self.alive.iter().all(|p| self.answered.contains(p))
+        self.deadline_passed
+            || (self.answered.len() >= self.alive.len() && self.alive.iter().all(|p| self.answered.contains(p)))
     }
 
     fn next_phase(&mut self, now_ms: u64, phase: Phase, timeout_ms: u64) {
@@ -439,7 +447,8 @@ impl RoundState {
         out: &mut VecDeque<Output>,
     ) -> Step {
         if self.phase == Phase::Evaluate {
-            let all_in = self.evaluators.iter().all(|m| self.reports.contains_key(m));
+            let all_in = self.reports.len() >= self.evaluators.len()
+                && self.evaluators.iter().all(|m| self.reports.contains_key(m));
             if all_in || self.deadline_passed {
                 return Step::Done(self.reports.values().cloned().collect());
             }
@@ -510,8 +519,8 @@ impl RoundState {
         let res: Result<Phase, tessera_secagg::SecAggError> = (|| match self.phase {
             Phase::AdvertiseKeys => {
                 // Every commitment is fixed here, before anyone reveals.
-                let roster = s.close_advertise()?;
-                for (p, _) in &roster {
+                let roster: SharedList<_> = s.close_advertise()?.into();
+                for (p, _) in roster.iter() {
                     let msg = AggregatorMsg::GraphRoster { round, commitments: roster.clone() };
                     out.push_back(Output::Send { to: name(*p), msg });
                 }
@@ -519,6 +528,7 @@ impl RoundState {
             }
             Phase::GraphReveal => {
                 let (reveals, neighbours) = s.close_reveal()?;
+                let reveals: SharedList<_> = reveals.into();
                 let adverts = &self.adverts;
                 for (p, nb) in neighbours {
                     // Forward the neighbours' signed adverts untouched.
@@ -535,8 +545,8 @@ impl RoundState {
                 Ok(Phase::Masked)
             }
             Phase::Masked => {
-                let survivors = s.close_masked()?;
-                for p in &survivors {
+                let survivors: SharedList<_> = s.close_masked()?.into();
+                for p in survivors.iter() {
                     let msg = AggregatorMsg::SurvivorSet { round, survivors: survivors.clone() };
                     out.push_back(Output::Send { to: name(*p), msg });
                 }

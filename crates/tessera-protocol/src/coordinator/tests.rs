@@ -583,7 +583,8 @@ fn members_refuse_unsafe_rounds() {
     }
     let mut p40 = Participant::new("m00", Policy::default(), ChaCha20Rng::seed_from_u64(2));
     p40.handle(AggregatorMsg::Welcome { run_id: RunId([1; 16]), member: "m00".into() }).unwrap();
-    let forty_start = AggregatorMsg::RoundStart { round: 1, settings: sparse.clone(), cohort: forty.clone(), party: 0 };
+    let forty_start =
+        AggregatorMsg::RoundStart { round: 1, settings: sparse.clone(), cohort: forty.clone().into(), party: 0 };
     assert_eq!(p40.handle(forty_start), Err(CohortProblem::DegreeTooLow { neighbours: 2, minimum: 12 }.into()));
     // The member's own policy can ask for more than two thirds.
     let strict = Policy { min_threshold_fraction: 0.9, ..Policy::default() };
@@ -593,7 +594,7 @@ fn members_refuse_unsafe_rounds() {
         sa.neighbours = Some(12);
         sa.threshold = 10; // > 2/3 of 13, but not > 0.9 of it
     }
-    let strict_start = AggregatorMsg::RoundStart { round: 1, settings: sparse, cohort: forty, party: 0 };
+    let strict_start = AggregatorMsg::RoundStart { round: 1, settings: sparse, cohort: forty.into(), party: 0 };
     assert_eq!(
         p_strict.handle(strict_start),
         Err(CohortProblem::UnsafeThreshold { threshold: 10, neighbourhood: 13 }.into())

@@ -19,7 +19,8 @@
 //! injected so that the handshake and the advertisement check can never
 //! disagree about who a certificate names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
@@ -118,12 +119,78 @@ impl VerifiedKey {
 /// at most this late.
 pub const CERTIFICATE_CACHE_SECS: u64 = 3600;
 
-/// Certificates this member has validated (chain to the CA, usage, time),
-/// by SHA-256 of the DER, with the name they prove and their key. The
-/// signature of every advertisement is still checked every time.
-#[derive(Debug, Default)]
+/// Certificates validated (chain to the CA, usage, time), by SHA-256 of
+/// the CA certificate and the certificate's DER, with the name they prove
+/// and their key. The signature of every advertisement is still checked
+/// every time.
+///
+/// Clones share their entries. A member keeps its own; the simulator hands
+/// one cache to all its members (`Participant::with_certificate_cache`),
+/// so each certificate is validated once per process instead of once per
+/// member that neighbours it: with SecAgg+ at 10,000 members that is 56
+/// validations of each certificate a round (docs/benchmarks.md, "Protocol
+/// scale"). The key holds the CA, so a member never takes a validation
+/// made against another consortium's CA.
+///
+/// It also remembers signatures that verified, by SHA-256 of the key, the
+/// message and the signature: a neighbour's advertisement and its
+/// signature on the survivor set reach every member of its neighbourhood
+/// alike, and in one process each is then verified once. A member computes
+/// the message itself, so a remembered verification is only ever one of
+/// exactly the bytes it would verify; a failed one is not remembered.
+#[derive(Clone, Debug, Default)]
 pub struct CertificateCache {
-    valid: HashMap<[u8; 32], (String, VerifiedKey, u64)>,
+    valid: Arc<Mutex<HashMap<[u8; 32], Validated>>>,
+    verified: Arc<Mutex<HashSet<[u8; 32]>>>,
+}
+
+/// A validated certificate: the name it proves, its key, when it was validated.
+type Validated = (String, VerifiedKey, u64);
+
+/// Verified signatures remembered at most; past this the set starts over
+/// (a round adds two per member).
+const VERIFIED_SIGNATURES: usize = 1 << 20;
+
+impl CertificateCache {
+    fn key(ca: &[u8], certificate: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"tessera/v1/validated-certificate");
+        h.update((ca.len() as u64).to_le_bytes());
+        h.update(ca);
+        h.update(certificate);
+        h.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Validated> {
+        self.valid.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
+    }
+
+    fn put(&self, key: [u8; 32], entry: Validated) {
+        self.valid.lock().unwrap_or_else(PoisonError::into_inner).insert(key, entry);
+    }
+
+    /// `key.verifies(message, signature)`, remembered when it holds.
+    pub fn verifies(&self, key: &VerifiedKey, message: &[u8], signature: &[u8]) -> bool {
+        let mut h = Sha256::new();
+        h.update(b"tessera/v1/verified-signature");
+        for part in [key.0.as_slice(), message, signature] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        let id: [u8; 32] = h.finalize().into();
+        if self.verified.lock().unwrap_or_else(PoisonError::into_inner).contains(&id) {
+            return true;
+        }
+        if !key.verifies(message, signature) {
+            return false;
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_SIGNATURES {
+            verified.clear();
+        }
+        verified.insert(id);
+        true
+    }
 }
 
 impl MemberIdentity {
@@ -160,12 +227,12 @@ impl MemberIdentity {
     ) -> Result<VerifiedKey, AdvertProblem> {
         let expected = cohort.get(party as usize).ok_or(AdvertProblem::UnknownParty)?;
         let now = (self.clock)();
-        let fingerprint: [u8; 32] = Sha256::digest(&advert.certificate).into();
-        let (found, key) = match cache.valid.get(&fingerprint) {
-            Some((name, key, at)) if now >= *at && now - at < CERTIFICATE_CACHE_SECS => (name.clone(), key.clone()),
+        let fingerprint = CertificateCache::key(&self.ca, &advert.certificate);
+        let (found, key) = match cache.get(&fingerprint) {
+            Some((name, key, at)) if now >= at && now - at < CERTIFICATE_CACHE_SECS => (name, key),
             _ => {
                 let (name, key) = self.validate(advert, now)?;
-                cache.valid.insert(fingerprint, (name.clone(), key.clone(), now));
+                cache.put(fingerprint, (name.clone(), key.clone(), now));
                 (name, key)
             }
         };
@@ -176,7 +243,7 @@ impl MemberIdentity {
         // every advertisement has one size and traffic counts stay exact; it
         // is checked by AWS-LC under the certificate's (already validated)
         // subject public key.
-        if key.verifies(message, &advert.signature) { Ok(key) } else { Err(AdvertProblem::BadSignature) }
+        if cache.verifies(&key, message, &advert.signature) { Ok(key) } else { Err(AdvertProblem::BadSignature) }
     }
 
     /// Validates the certificate (chain to the CA, client-auth usage, time)
@@ -230,6 +297,20 @@ pub(crate) mod test_pki {
     }
 
     /// Common name, which must equal the DNS SAN (the transport's rule).
+    impl super::MemberIdentity {
+        /// The key of `cert` once validated against this identity's CA.
+        pub(crate) fn validate_for_test(&self, cert: &[u8]) -> super::VerifiedKey {
+            let advert = tessera_core::Advertisement {
+                keys: tessera_core::PublicKeys { cipher_pk: [0; 32], mask_pk: [0; 32] },
+                seed_commitment: [0; 32],
+                graph_commitment: [0; 32],
+                certificate: cert.to_vec(),
+                signature: Vec::new(),
+            };
+            self.validate(&advert, now()).expect("a certificate of this CA").1
+        }
+    }
+
     pub(crate) fn name_of(der: &[u8]) -> Option<String> {
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let (_, x509) = X509Certificate::from_der(der).ok()?;
@@ -327,7 +408,7 @@ mod tests {
         let cohort = vec!["m0".to_string(), "m1".to_string()];
         let mut cache = CertificateCache::default();
         me.verify_cached(&mut cache, &cohort, 1, &message, &advert).unwrap();
-        assert_eq!(cache.valid.len(), 1);
+        assert_eq!(cache.valid.lock().unwrap().len(), 1);
         // Cached: a wrong index or a wrong signature is still refused.
         assert!(matches!(
             me.verify_cached(&mut cache, &cohort, 0, &message, &advert),
@@ -338,7 +419,7 @@ mod tests {
         // window of the last validation it is not re-validated...
         let validated_at = clock.load(Ordering::Relaxed);
         let future = 100 * 365 * 24 * 3600;
-        cache.valid.values_mut().for_each(|e| e.2 = future - 10);
+        cache.valid.lock().unwrap().values_mut().for_each(|e| e.2 = future - 10);
         clock.store(future, Ordering::Relaxed);
         me.verify_cached(&mut cache, &cohort, 1, &message, &advert).unwrap();
         // ...and past the window it is, and refused.
@@ -348,5 +429,28 @@ mod tests {
             Err(AdvertProblem::UntrustedCertificate(e)) if e.contains("Expired")
         ));
         assert!(validated_at < future);
+    }
+
+    /// A shared cache remembers a verified signature for exactly its key,
+    /// message and signature: any other message or signature is verified
+    /// (and refused), and a failure is never remembered.
+    #[test]
+    fn a_remembered_signature_covers_only_its_own_bytes() {
+        let pki = TestPki::new("consortium");
+        let (cert, key) = pki.issue("m1");
+        let mut signer = KeySigner(key);
+        let spki = pki.identity("m0").validate_for_test(&cert);
+        let signature = signer.sign(b"survivors").unwrap();
+        let (cache, shared) = (CertificateCache::default(), CertificateCache::default());
+        let other = shared.clone();
+        assert!(shared.verifies(&spki, b"survivors", &signature));
+        assert_eq!(other.verified.lock().unwrap().len(), 1, "clones share what verified");
+        assert!(!other.verifies(&spki, b"survivor", &signature));
+        let mut bad = signature.clone();
+        bad[10] ^= 1;
+        assert!(!other.verifies(&spki, b"survivors", &bad));
+        assert!(!other.verifies(&spki, b"survivors", &bad), "a failure is not remembered");
+        assert_eq!(other.verified.lock().unwrap().len(), 1);
+        assert!(cache.verified.lock().unwrap().is_empty());
     }
 }

@@ -13,7 +13,8 @@ use std::collections::VecDeque;
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::{
     AggregatorMsg, ClientMsg, DpSettings, EVAL_TENSOR, EvalMetrics, EvalRelease, ModelAssembler, ModelParams,
-    ModelPurpose, NoisePlacement, ParamTensor, PartyId, PrivacyUnit, RoundSettings, RunId, UNCLIPPED_TENSOR,
+    ModelPurpose, NoisePlacement, ParamTensor, PartyId, PrivacyUnit, RoundSettings, RunId, SharedList,
+    UNCLIPPED_TENSOR,
 };
 use tessera_privacy::{DiscreteGaussian, GaussianSpend};
 use tessera_secagg::ValueCoding;
@@ -123,7 +124,8 @@ pub use tessera_core::TrainedUpdate;
 struct ActiveRound {
     round: u64,
     settings: RoundSettings,
-    cohort: Vec<String>,
+    /// Shared, not copied: in one process every member holds the same list.
+    cohort: SharedList<String>,
     party: PartyId,
     base: Option<ModelParams>,
     secagg: Option<tessera_secagg::ClientSession>,
@@ -175,7 +177,8 @@ pub struct Participant<R> {
     out: VecDeque<Output>,
     guard: Option<Box<dyn PrivacyGuard>>,
     identity: Option<MemberIdentity>,
-    /// Neighbours' certificates validated in earlier rounds.
+    /// Neighbours' certificates validated in earlier rounds (or by other
+    /// members of the process, when the cache is shared).
     certificates: CertificateCache,
     /// Announced in `Hello`, checked at admission.
     settings: tessera_core::SettingsDigest,
@@ -244,6 +247,16 @@ impl<R: MemberRng> Participant<R> {
     /// securely aggregated round ([`Refusal::NoIdentity`]).
     pub fn with_identity(mut self, identity: MemberIdentity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// Share `cache` of validated certificates with other members of this
+    /// process (the simulator): a certificate is then validated once per
+    /// process, not once per member that neighbours it. Only the chain
+    /// validation is shared; each member still checks the name and the
+    /// signature of every advertisement itself.
+    pub fn with_certificate_cache(mut self, cache: CertificateCache) -> Self {
+        self.certificates = cache;
         self
     }
 
@@ -484,11 +497,17 @@ impl<R: MemberRng> Participant<R> {
         }
     }
 
-    fn check_cohort(&self, settings: &RoundSettings, cohort: &[String], party: PartyId) -> Result<(), Refusal> {
+    fn check_cohort(
+        &self,
+        settings: &RoundSettings,
+        cohort: &SharedList<String>,
+        party: PartyId,
+    ) -> Result<(), Refusal> {
         if cohort.get(party as usize).is_none_or(|m| m != &self.member) {
             return Err(CohortProblem::Misplaced.into());
         }
-        if cohort.windows(2).any(|w| w[0] >= w[1]) {
+        // Checked once per list: members in one process share the cohort.
+        if tessera_secagg::shared_cohort_digest(cohort).is_err() {
             return Err(CohortProblem::NotSortedUnique.into());
         }
         match &settings.secagg {
@@ -581,7 +600,8 @@ impl<R: MemberRng> Participant<R> {
             return Err(Refusal::Unexpected { kind: "second training model" });
         }
         if let Some(s) = &r.settings.secagg {
-            let ctx = derive::round_context(run_id, round, &r.cohort, s, &r.settings.update_layout(&model.layout()))?;
+            let layout = r.settings.update_layout(&model.layout());
+            let ctx = derive::shared_round_context(run_id, round, &r.cohort, s, &layout)?;
             let identity = self.identity.as_mut().ok_or(Refusal::NoIdentity)?;
             let (mut session, keys) = tessera_secagg::ClientSession::new(ctx, r.party, &mut self.rng)?;
             session.set_mask_threads(self.policy.mask_threads);

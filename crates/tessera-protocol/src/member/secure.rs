@@ -6,18 +6,22 @@
 
 use std::collections::BTreeSet;
 
-use tessera_core::{Advertisement, ClientMsg, NoisePlacement, PartyId, PrivacyUnit};
+use tessera_core::{Advertisement, ClientMsg, NoisePlacement, PartyId, PrivacyUnit, SharedList};
 
 use super::{MemberRng, Output, Participant, PrivacyRefusal, Refusal, active};
 
 impl<R: MemberRng> Participant<R> {
     /// `GraphRoster`: every member's graph commitment is now fixed, so the
     /// member reveals its own contribution to the graph seed.
-    pub(super) fn on_graph_roster(&mut self, round: u64, roster: &[(PartyId, [u8; 32])]) -> Result<(), Refusal> {
+    pub(super) fn on_graph_roster(
+        &mut self,
+        round: u64,
+        roster: &SharedList<(PartyId, [u8; 32])>,
+    ) -> Result<(), Refusal> {
         let kind = "graph_roster";
         let r = active(&mut self.round, round, kind)?;
         let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-        let reveal = session.on_roster(roster)?;
+        let reveal = session.on_shared_roster(roster)?;
         self.out.push_back(Output::Send(ClientMsg::RevealGraphSeed { round, reveal }));
         Ok(())
     }
@@ -30,7 +34,7 @@ impl<R: MemberRng> Participant<R> {
         &mut self,
         round: u64,
         adverts: &[(PartyId, Advertisement)],
-        reveals: &[(PartyId, [u8; 32])],
+        reveals: &SharedList<(PartyId, [u8; 32])>,
     ) -> Result<(), Refusal> {
         let kind = "cohort_keys";
         let r = active(&mut self.round, round, kind)?;
@@ -53,7 +57,7 @@ impl<R: MemberRng> Participant<R> {
             verified.insert(*party, key);
             keys.push((*party, advert.keys, advert.graph_commitment));
         }
-        let shares = session.on_cohort_keys(&keys, reveals, &mut self.rng)?;
+        let shares = session.on_cohort_keys_shared(&keys, reveals, &mut self.rng)?;
         r.neighbour_keys = verified;
         self.out.push_back(Output::Send(ClientMsg::ShareKeys { round, shares }));
         Ok(())
@@ -64,7 +68,7 @@ impl<R: MemberRng> Participant<R> {
     /// least the `min_contributors` this member's noise share was sized for
     /// (issue #18): the sum is over exactly this set, and the member reveals
     /// only once `t` neighbours signed it, so the aggregator is held to it.
-    pub(super) fn on_survivor_set(&mut self, round: u64, survivors: &[PartyId]) -> Result<(), Refusal> {
+    pub(super) fn on_survivor_set(&mut self, round: u64, survivors: &SharedList<PartyId>) -> Result<(), Refusal> {
         let kind = "survivor_set";
         let uploading = self.upload.as_ref().is_some_and(|u| u.round == round);
         let r = active(&mut self.round, round, kind)?;
@@ -82,7 +86,7 @@ impl<R: MemberRng> Participant<R> {
             }
         }
         let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-        let message = session.on_survivor_set(survivors)?;
+        let message = session.on_shared_survivor_set(survivors)?;
         let identity = self.identity.as_mut().ok_or(Refusal::NoIdentity)?;
         let signature = identity.sign(&message)?;
         self.out.push_back(Output::Send(ClientMsg::SignSurvivors { round, signature }));
@@ -99,8 +103,7 @@ impl<R: MemberRng> Participant<R> {
         let kind = "unmask_request";
         let r = active(&mut self.round, round, kind)?;
         let session = r.secagg.as_mut().ok_or(Refusal::Unexpected { kind })?;
-        let survivors = session.signed_survivors().ok_or(Refusal::Unexpected { kind })?;
-        let message = tessera_secagg::survivor_message(session.context().binding(), &survivors);
+        let message = session.signed_survivor_message().ok_or(Refusal::Unexpected { kind })?.to_vec();
         let mut signers = BTreeSet::new();
         let needed = session.context().threshold().saturating_sub(1) as usize;
         for (party, signature) in signatures {
@@ -108,7 +111,7 @@ impl<R: MemberRng> Participant<R> {
                 break;
             }
             let key = r.neighbour_keys.get(party).ok_or(Refusal::SurvivorSignature { party: *party })?;
-            if !key.verifies(&message, signature) || !signers.insert(*party) {
+            if !self.certificates.verifies(key, &message, signature) || !signers.insert(*party) {
                 return Err(Refusal::SurvivorSignature { party: *party });
             }
         }

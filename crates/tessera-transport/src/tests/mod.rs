@@ -16,6 +16,7 @@ use crate::*;
 
 mod pki_files;
 mod quic_only;
+mod values;
 
 const SMALL: Limits = Limits { max_frame_bytes: 1 << 16, chunk_values: 1 << 12 };
 

@@ -59,7 +59,7 @@ fn draw_graph(
 ) -> Vec<(PartyId, [u8; 32])> {
     let [s1, s2] = peers;
     let roster = vec![(0, own.graph_commitment), (1, s1.graph_commitment()), (2, s2.graph_commitment())];
-    p.handle(AggregatorMsg::GraphRoster { round, commitments: roster.clone() }).unwrap();
+    p.handle(AggregatorMsg::GraphRoster { round, commitments: roster.clone().into() }).unwrap();
     let reveal = std::iter::from_fn(|| p.poll_output())
         .find_map(|o| match o {
             Output::Send(ClientMsg::RevealGraphSeed { reveal, .. }) => Some(reveal),
@@ -79,7 +79,7 @@ fn welcomed(identity: crate::member::MemberIdentity) -> Participant<ChaCha20Rng>
 
 /// Start `round` for m0 (party 0) and return the advertisement it sends.
 fn start(p: &mut Participant<ChaCha20Rng>, round: u64) -> Advertisement {
-    p.handle(AggregatorMsg::RoundStart { round, settings: settings(), cohort: cohort(), party: 0 }).unwrap();
+    p.handle(AggregatorMsg::RoundStart { round, settings: settings(), cohort: cohort().into(), party: 0 }).unwrap();
     for m in model_messages(round, ModelPurpose::Train, &initial(), 5) {
         p.handle(m).unwrap();
     }
@@ -110,7 +110,7 @@ fn member_refuses_substituted_neighbour_keys() {
     let mut p = welcomed(pki.identity("m0"));
 
     let refuse = |p: &mut Participant<ChaCha20Rng>, round, adverts| {
-        let r = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: vec![] });
+        let r = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: Default::default() });
         assert!(!shares_sent(p), "round {round}: no share may be dealt after a refused advertisement");
         r.unwrap_err()
     };
@@ -185,7 +185,7 @@ fn member_refuses_substituted_neighbour_keys() {
     let (mut s2, k2) = session(round, 2, 2);
     let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1)), (2, advert(&s2, k2, m2_cert, &mut m2))];
     let reveals = draw_graph(&mut p, round, &own, [&mut s1, &mut s2]);
-    p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals }).unwrap();
+    p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: reveals.into() }).unwrap();
     assert!(shares_sent(&mut p), "honest advertisements are accepted");
 }
 
@@ -206,7 +206,7 @@ fn member_checks_certificate_validity_at_its_clock() {
         (1, advert(&s1, k1, m1_cert, &mut KeySigner(m1_key))),
         (2, advert(&s2, k2, m2_cert, &mut KeySigner(m2_key))),
     ];
-    let err = p.handle(AggregatorMsg::CohortKeys { round: 1, adverts, reveals: vec![] }).unwrap_err();
+    let err = p.handle(AggregatorMsg::CohortKeys { round: 1, adverts, reveals: Default::default() }).unwrap_err();
     assert!(
         matches!(&err, Refusal::Advertisement { party: 1, problem: AdvertProblem::UntrustedCertificate(e) } if e.contains("Expired")),
         "{err:?}"
@@ -218,7 +218,7 @@ fn member_checks_certificate_validity_at_its_clock() {
 fn member_without_identity_refuses_secure_rounds() {
     let mut p = Participant::new("m0", Policy::default(), ChaCha20Rng::seed_from_u64(1));
     p.handle(AggregatorMsg::Welcome { run_id: RUN, member: "m0".into() }).unwrap();
-    let r = p.handle(AggregatorMsg::RoundStart { round: 1, settings: settings(), cohort: cohort(), party: 0 });
+    let r = p.handle(AggregatorMsg::RoundStart { round: 1, settings: settings(), cohort: cohort().into(), party: 0 });
     assert_eq!(r, Err(Refusal::NoIdentity));
 }
 
@@ -244,7 +244,7 @@ fn member_refuses_a_ground_graph_seed() {
         if swap {
             roster.insert(0, (0, s1.graph_commitment()));
         }
-        let err = p.handle(AggregatorMsg::GraphRoster { round, commitments: roster }).unwrap_err();
+        let err = p.handle(AggregatorMsg::GraphRoster { round, commitments: roster.into() }).unwrap_err();
         assert!(matches!(err, Refusal::SecAgg(tessera_secagg::SecAggError::BadRoster(_))), "{err:?}");
         assert!(
             std::iter::from_fn(|| p.poll_output())
@@ -261,7 +261,7 @@ fn member_refuses_a_ground_graph_seed() {
     let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1)), (2, advert(&s2, k2, m2_cert, &mut m2))];
     let mut reveals = draw_graph(&mut p, round, &own, [&mut s1, &mut s2]);
     reveals[2].1[0] ^= 1;
-    let err = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals }).unwrap_err();
+    let err = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: reveals.into() }).unwrap_err();
     assert_eq!(err, Refusal::SecAgg(tessera_secagg::SecAggError::GraphRevealMismatch(2)));
     assert!(!shares_sent(&mut p), "no share may be dealt on a ground seed");
 }
