@@ -220,6 +220,7 @@ mod tests {
             secagg: None,
             dp: None,
             eval: None,
+            stats: None,
         }
     }
 
