@@ -370,3 +370,58 @@ fn scenario_backend_key_and_its_override() {
     std::fs::write(&path, format!("backend = \"cuda\"\n{text}")).unwrap();
     assert!(Scenario::load(&path).unwrap_err().to_string().contains("backend"));
 }
+
+/// A scenario's `[statistics]` (issue #18) through the simulator: the release
+/// runs before the first round, `statistics.json` holds noised counts within
+/// 7 sigma of the members' exact local reports (which the simulator writes
+/// beside the run, never sends), every member's rows are counted, the
+/// release is charged on top of the rounds, and training still runs.
+#[test]
+fn a_statistics_release_runs_first_and_its_noised_counts_match_the_local_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let privacy = r#"
+[privacy]
+unit = "record"
+epsilon = 8.0
+delta = 1e-5
+clip_norm = 1.0
+sampling_rate = 1.0
+
+[statistics]
+epsilon = 1.0
+bins = 5
+max_records = 200
+"#;
+    let (s, text) = scenario(dir.path(), "stats", 4, 2, 3, privacy);
+    let out = dir.path().join("run");
+    let r = run_scenario(&s, &text, &opts(out.clone(), 2)).unwrap();
+    assert_eq!(r.end.completed_rounds, 2, "{}", r.end.reason);
+    assert!(r.records.iter().all(|x| x.round >= 1), "the release counts toward no training round");
+
+    let released: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("statistics.json")).expect("statistics.json")).unwrap();
+    let sigma = released["noise_std"].as_f64().unwrap();
+    assert!(sigma > 1.0, "noise of the stated size: {sigma}");
+    assert_eq!(released["contributors"].as_array().unwrap().len(), 4);
+    let opendp = released["privacy"]["opendp"]["epsilon"].as_f64().unwrap();
+    assert!(opendp > 0.0 && opendp <= 1.0 + 1e-9, "the release's own epsilon: {opendp}");
+
+    // The members' exact reports: one per member, all of WDBC's 569 rows
+    // (357 benign, 212 malignant) between them.
+    let mut exact = [0.0f64; 2];
+    let reports: Vec<_> = std::fs::read_dir(out.join("statistics")).unwrap().flatten().collect();
+    assert_eq!(reports.len(), 4, "one exact report per member");
+    for f in reports {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+        for (k, e) in exact.iter_mut().enumerate() {
+            *e += v["exact"]["labels"][k].as_f64().unwrap();
+        }
+    }
+    assert_eq!(exact, [357.0, 212.0]);
+    for (k, e) in exact.iter().enumerate() {
+        let noisy = released["released"]["labels"][k].as_f64().unwrap();
+        assert!((noisy - e).abs() < 7.0 * sigma, "label {k}: {noisy} vs exact {e} (sigma {sigma})");
+    }
+    let spent = r.records.last().and_then(|x| x.epsilon).unwrap();
+    assert!(spent > 0.0 && spent <= 8.0 + 1e-9, "release and rounds fit the budget: {spent}");
+}
