@@ -133,9 +133,15 @@ pub fn check_all(cmds: &[CommandLine], pending: &BTreeSet<(String, String)>) {
 }
 
 fn binary_path(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test> -> target/<profile>/<name>, as
-    // common::daemon_binary (not imported: that module pulls in the whole
-    // consortium harness).
+    // As common::daemon_binary (not imported: that module pulls in the whole
+    // consortium harness): `TESSERA_DAEMON_DIR` first, for worktrees that
+    // share one target directory, else target/<profile>/deps/<test> ->
+    // target/<profile>/<name>.
+    if let Some(dir) = std::env::var_os("TESSERA_DAEMON_DIR") {
+        let p = PathBuf::from(dir).join(name);
+        assert!(p.is_file(), "{} is not there (TESSERA_DAEMON_DIR)", p.display());
+        return p;
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let p = exe.parent().and_then(Path::parent).expect("target directory").join(name);
     assert!(p.is_file(), "{} is not built; run `cargo test --workspace`", p.display());
