@@ -425,3 +425,26 @@ max_records = 200
     let spent = r.records.last().and_then(|x| x.epsilon).unwrap();
     assert!(spent > 0.0 && spent <= 8.0 + 1e-9, "release and rounds fit the budget: {spent}");
 }
+
+/// The shipped `simulations/hospitals-wdbc-statistics.toml` as written (all
+/// 20 rounds, under a second): the release comes first and is written with
+/// the members' five exact reports, the run spends exactly its budget, and
+/// the model is as good as the main job's (harness evaluation).
+#[test]
+fn the_shipped_statistics_scenario_releases_then_trains() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../simulations/hospitals-wdbc-statistics.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let s = Scenario::load(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let r = run_scenario(&s, &text, &opts(out.clone(), 2)).unwrap();
+    assert_eq!(r.end.completed_rounds, 20, "{}", r.end.reason);
+    let released: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("statistics.json")).expect("statistics.json")).unwrap();
+    assert_eq!(released["released"]["features"].as_array().unwrap().len(), 30);
+    assert_eq!(std::fs::read_dir(out.join("statistics")).unwrap().count(), 5);
+    let spent = r.records.last().and_then(|x| x.epsilon).unwrap();
+    assert!((spent - 8.0).abs() < 1e-3, "release and rounds spend the budget: {spent}");
+    let accuracy = r.harness.as_ref().unwrap().accuracy;
+    assert!(accuracy >= 0.95, "harness accuracy {accuracy}");
+}
