@@ -18,7 +18,7 @@ pub const STATISTICS_FILE: &str = "statistics.json";
 pub fn statistics_json(outcome: &StatisticsOutcome, schema: Option<&FeatureSchema>) -> Value {
     let r = &outcome.release;
     let released = match schema {
-        Some(s) => serde_json::to_value(StatisticsReport::new(r, s, &outcome.counts)).unwrap_or(Value::Null),
+        Some(s) => serde_json::to_value(StatisticsReport::new(s, &outcome.counts)).unwrap_or(Value::Null),
         None => serde_json::to_value(&outcome.counts).unwrap_or(Value::Null),
     };
     json!({

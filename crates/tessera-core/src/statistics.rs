@@ -225,8 +225,9 @@ pub struct StatisticsReport {
 }
 
 impl StatisticsReport {
-    /// Name `stats` (in `release`'s layout) by `schema`.
-    pub fn new(release: &StatsRelease, schema: &FeatureSchema, stats: &LocalStatistics) -> Self {
+    /// Name `stats` by `schema`: the counts' layout is the schema's, one
+    /// histogram and one missing count per feature, in order.
+    pub fn new(schema: &FeatureSchema, stats: &LocalStatistics) -> Self {
         let records = stats.records();
         let features = schema
             .features
@@ -234,7 +235,6 @@ impl StatisticsReport {
             .zip(stats.histograms.iter().zip(&stats.missing))
             .map(|(decl, (counts, missing))| feature_report(decl, counts, *missing, records))
             .collect();
-        let _ = release;
         Self { records, labels: stats.labels.clone(), features }
     }
 }
@@ -348,7 +348,7 @@ mod tests {
         };
         assert!(s.fits(&r));
         assert_eq!(r.decode(&s.to_vector()), s);
-        let rep = StatisticsReport::new(&r, &schema(), &s);
+        let rep = StatisticsReport::new(&schema(), &s);
         assert_eq!(rep.records, 4.0);
         assert_eq!(rep.features[0].range, Some([25.0, 75.0]));
         assert_eq!(rep.features[0].quartiles.unwrap()[1], 50.0);

@@ -33,7 +33,7 @@ impl StatisticsSource {
             let report = serde_json::json!({
                 "note": "exact counts of this member's records; never sent (the consortium sees only the noised sum)",
                 "release": release,
-                "exact": tessera_core::StatisticsReport::new(release, &self.schema, &counts),
+                "exact": tessera_core::StatisticsReport::new(&self.schema, &counts),
             });
             let text = serde_json::to_string_pretty(&report).expect("a report serializes");
             std::fs::write(path, text).map_err(|source| DataError::Io { file: path.clone(), source })?;
