@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use crate::faults::FaultPlan;
 use crate::members::{TabularSource, member_name};
 use crate::observer::SimObserver;
-use crate::run::{coordinator_config, spawn_member};
+use crate::run::{MemberStart, coordinator_config, in_process_options, spawn_member};
 use crate::scenario::Scenario;
 
 /// `[population]`: how each round's cohort is drawn from the scenario's
@@ -177,7 +177,8 @@ pub(crate) async fn run_rounds(
             // A member drawn again later starts a fresh stream for that round.
             let rng_seed = derive_seed(derive_seed(s.seed, k as u64, b"member"), completed + 1, b"population");
             let settings = admission.expected;
-            members.push(spawn_member(s, k, name, model, dialer, identity, rng_seed, &p.plan, &p.workers, settings));
+            let m = MemberStart { k, name, model, dialer, identity, rng_seed };
+            members.push(spawn_member(s, m, &p.plan, settings, in_process_options(&p.workers)));
         }
         let (next, end) = serve(listener, round, observer, DriverOptions::default()).await;
         crate::run::join_members(members).await;

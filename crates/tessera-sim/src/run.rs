@@ -357,7 +357,8 @@ async fn run_all(
         models.into_iter().enumerate().zip(dialers).zip(names.zip(identities))
     {
         let rng_seed = derive_seed(s.seed, k as u64, b"member");
-        clients.push(spawn_member(s, k, name, model, dialer, identity, rng_seed, plan, &workers, settings));
+        let m = MemberStart { k, name, model, dialer, identity, rng_seed };
+        clients.push(spawn_member(s, m, plan, settings, in_process_options(&workers)));
     }
     let out = serve(listener, coordinator, observer, DriverOptions::default()).await;
     join_members(clients).await;
@@ -371,40 +372,39 @@ async fn run_all(
 static CERTIFICATES: std::sync::LazyLock<tessera_protocol::member::CertificateCache> =
     std::sync::LazyLock::new(Default::default);
 
-/// Start member `k` as the daemon runs one: its participant (wrapped by
-/// the fault plan) under the client driver, over `dialer`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn spawn_member(
-    s: &Scenario,
-    k: usize,
-    name: String,
-    model: SimModel,
-    dialer: Dialer,
-    identity: MemberIdentity,
-    rng_seed: u64,
-    plan: &Arc<FaultPlan>,
-    workers: &Arc<Semaphore>,
-    settings: SettingsDigest,
-) -> JoinHandle<Result<ClientExit, ClientError>> {
-    let opts = ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() };
-    spawn_member_with(s, k, name, model, dialer, identity, rng_seed, plan, settings, opts)
+/// What one simulated member is started with: its index, name, model,
+/// link to the coordinator, identity and the seed of its randomness.
+pub(crate) struct MemberStart {
+    /// The member's index in the scenario (keys its faults).
+    pub k: usize,
+    /// The member's name, as its certificate names it.
+    pub name: String,
+    /// The member's local model over its own rows.
+    pub model: SimModel,
+    /// How the member reaches the coordinator.
+    pub dialer: Dialer,
+    /// The member's certificate and signing key.
+    pub identity: MemberIdentity,
+    /// Seed of the member's randomness (derived from the scenario's seed).
+    pub rng_seed: u64,
 }
 
-/// [`spawn_member`] with the client driver's options spelled out (a
-/// worker process bounds its dial attempts).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn spawn_member_with(
+/// The client driver's options for an in-process member: no reconnection,
+/// and the run's shared pool of training workers.
+pub(crate) fn in_process_options(workers: &Arc<Semaphore>) -> ClientOptions {
+    ClientOptions { reconnect: false, workers: workers.clone(), ..ClientOptions::default() }
+}
+
+/// Start a member as the daemon runs one: its participant (wrapped by the
+/// fault plan) under the client driver with `opts`.
+pub(crate) fn spawn_member(
     s: &Scenario,
-    k: usize,
-    name: String,
-    model: SimModel,
-    dialer: Dialer,
-    identity: MemberIdentity,
-    rng_seed: u64,
+    m: MemberStart,
     plan: &Arc<FaultPlan>,
     settings: SettingsDigest,
     opts: ClientOptions,
 ) -> JoinHandle<Result<ClientExit, ClientError>> {
+    let MemberStart { k, name, model, dialer, identity, rng_seed } = m;
     // Many members share the cores (and the worker pool): mask on one thread each.
     let policy = Policy {
         allow_plaintext: s.insecure_plaintext,

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use crate::distributed::check_distributable;
 use crate::faults::{FaultPlan, FaultStats};
 use crate::members::{TabularSource, member_name};
-use crate::run::{SimOptions, TransportKind, spawn_member_with};
+use crate::run::{MemberStart, SimOptions, TransportKind, spawn_member};
 use crate::scenario::Scenario;
 
 /// The members a worker hosts, `A..B`: member `A` up to, not including, `B`
@@ -150,8 +150,9 @@ pub fn run_worker(s: &Scenario, w: &WorkerOptions) -> anyhow::Result<WorkerRepor
                 backoff: backoff.clone(),
                 ..ClientOptions::default()
             };
-            let seed = derive_seed(s.seed, k as u64, b"member");
-            let h = spawn_member_with(s, k, name.clone(), model, dialer, identity, seed, &plan, settings, opts);
+            let rng_seed = derive_seed(s.seed, k as u64, b"member");
+            let m = MemberStart { k, name: name.clone(), model, dialer, identity, rng_seed };
+            let h = spawn_member(s, m, &plan, settings, opts);
             handles.push((name, h));
         }
         let mut out = Vec::with_capacity(handles.len());
