@@ -8,50 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SIM: &str = env!("CARGO_BIN_EXE_tessera-sim");
+mod common;
 
-fn wdbc() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/wdbc.csv").canonicalize().unwrap()
-}
+const SIM: &str = env!("CARGO_BIN_EXE_tessera-sim");
 
 /// A small WDBC scenario file; `extra` is appended.
 fn scenario(dir: &Path, clients: usize, rounds: u64, extra: &str) -> PathBuf {
-    let text = format!(
-        r#"
-name = "procs"
-seed = 23
-clients = {clients}
-rounds = {rounds}
-min_clients = 3
-max_round_retries = 100
-
-[data]
-path = "{data}"
-label = "diagnosis"
-classes = ["benign", "malignant"]
-schema = "{schema}"
-
-[model]
-num_features = 30
-num_classes = 2
-hidden = [4]
-trainable = {{ kind = "all" }}
-init_seed = 7
-
-[train]
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.1
-
-[secure]
-threshold_fraction = 0.5
-{extra}
-"#,
-        data = wdbc().display(),
-        schema = wdbc().with_file_name("wdbc.schema.toml").display(),
-    );
     let path = dir.join("procs.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, common::wdbc_scenario("procs", 23, clients, rounds, 3, extra)).unwrap();
     path
 }
 

@@ -6,46 +6,11 @@ use std::path::{Path, PathBuf};
 
 use tessera_sim::{Scenario, SimOptions, TransportKind, run_scenario};
 
-fn wdbc() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/wdbc.csv").canonicalize().unwrap()
-}
+mod common;
 
 /// A small WDBC scenario; `extra` is appended (dropout, latency, privacy…).
 fn scenario(dir: &Path, name: &str, clients: usize, rounds: u64, min_clients: u32, extra: &str) -> (Scenario, String) {
-    let text = format!(
-        r#"
-name = "{name}"
-seed = 11
-clients = {clients}
-rounds = {rounds}
-min_clients = {min_clients}
-max_round_retries = 100
-
-[data]
-path = "{data}"
-label = "diagnosis"
-classes = ["benign", "malignant"]
-schema = "{schema}"
-
-[model]
-num_features = 30
-num_classes = 2
-hidden = [4]
-trainable = {{ kind = "all" }}
-init_seed = 7
-
-[train]
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.1
-
-[secure]
-threshold_fraction = 0.5
-{extra}
-"#,
-        data = wdbc().display(),
-        schema = wdbc().with_file_name("wdbc.schema.toml").display(),
-    );
+    let text = common::wdbc_scenario(name, 11, clients, rounds, min_clients, extra);
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, &text).unwrap();
     (Scenario::load(&path).unwrap(), text)
