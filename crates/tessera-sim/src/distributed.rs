@@ -128,14 +128,10 @@ pub fn prepare_pki(s: &Scenario, dir: &Path, hosts: &[String]) -> anyhow::Result
     Ok(true)
 }
 
-/// Only tabular scenarios without `[population]` can spread their members
-/// over processes (a worker builds members from the scenario's table).
+/// Scenarios without `[population]` can spread their members over
+/// processes (a worker builds its range of members from the scenario's
+/// data, tabular or images, exactly as one process would).
 pub(crate) fn check_distributable(s: &Scenario) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        s.vision_model.is_none(),
-        "scenario {}: image scenarios run in one process only (members across processes are tabular for now)",
-        s.name
-    );
     anyhow::ensure!(
         s.population.is_none(),
         "scenario {}: a [population] run builds each round's cohort in one process; it cannot use workers",

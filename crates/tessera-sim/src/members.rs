@@ -64,23 +64,75 @@ impl LocalModel for SimModel {
     }
 }
 
-/// Everything the run needs about its members, whatever the data kind.
-pub(crate) struct Members {
-    pub(crate) models: Vec<SimModel>,
-    /// Training examples per member (latency model).
-    pub(crate) examples: Vec<u64>,
-    pub(crate) label_counts: Vec<Vec<usize>>,
-    pub(crate) class_names: Vec<String>,
+/// Every member of a scenario before any is built, whatever the data kind:
+/// the data, each member's share of it, and how to build member `k`. A run
+/// builds all of them, a population run only those a round draws, a worker
+/// process only its range; all build member `k` the same way, so every path
+/// trains the same model on the same rows.
+pub(crate) enum MemberSource {
+    /// Rows of the scenario's table.
+    Tabular(TabularSource),
+    /// The shipped Fashion-MNIST training images.
+    Image(ImageSource),
 }
 
-pub(crate) fn tabular_members(source: &TabularSource) -> anyhow::Result<Members> {
-    let models = (0..source.splits.len()).map(|k| source.model(k)).collect::<anyhow::Result<_>>()?;
-    Ok(Members {
-        models,
-        examples: source.examples.clone(),
-        label_counts: source.label_counts.clone(),
-        class_names: source.class_names.clone(),
-    })
+impl MemberSource {
+    pub(crate) fn new(s: &Scenario, opts: &SimOptions) -> anyhow::Result<Self> {
+        Ok(match &s.vision_model {
+            Some(cfg) => Self::Image(ImageSource::new(s, cfg, opts)?),
+            None => Self::Tabular(TabularSource::new(s, opts)?),
+        })
+    }
+
+    /// Member `k`'s model over its own data.
+    pub(crate) fn model(&self, k: usize) -> anyhow::Result<SimModel> {
+        match self {
+            Self::Tabular(t) => t.model(k),
+            Self::Image(i) => i.model(k),
+        }
+    }
+
+    /// Every member's model, in index order.
+    pub(crate) fn build_all(&self) -> anyhow::Result<Vec<SimModel>> {
+        (0..self.examples().len()).map(|k| self.model(k)).collect()
+    }
+
+    /// The harness's evaluation of `model` (see `SimResult::harness`): each
+    /// member, built afresh, evaluates it on its held-out split; the
+    /// example-weighted mean of the reports. The experimenter holds every
+    /// member's data, so this measures without the protocol.
+    pub(crate) fn harness_eval(&self, model: &ModelParams) -> anyhow::Result<EvalMetrics> {
+        let mut reports = Vec::with_capacity(self.examples().len());
+        for k in 0..self.examples().len() {
+            let mut m = self.model(k)?;
+            reports.push(m.evaluate(model).map_err(anyhow::Error::msg).with_context(|| format!("client {k}"))?);
+        }
+        Ok(EvalMetrics::weighted_mean(&reports))
+    }
+
+    /// Training examples per member (the latency model's input).
+    pub(crate) fn examples(&self) -> &[u64] {
+        match self {
+            Self::Tabular(t) => &t.examples,
+            Self::Image(i) => &i.examples,
+        }
+    }
+
+    /// Examples of each class per member (the report's label plot).
+    pub(crate) fn label_counts(&self) -> &[Vec<usize>] {
+        match self {
+            Self::Tabular(t) => &t.label_counts,
+            Self::Image(i) => &i.label_counts,
+        }
+    }
+
+    /// The classes' names, in label order.
+    pub(crate) fn class_names(&self) -> &[String] {
+        match self {
+            Self::Tabular(t) => &t.class_names,
+            Self::Image(i) => &i.class_names,
+        }
+    }
 }
 
 /// A tabular scenario's members before any is built: the table, each
@@ -145,19 +197,6 @@ impl TabularSource {
         };
         Ok(SimModel::Tabular(Box::new(model.with_seeded_noise(true))))
     }
-
-    /// The harness's evaluation of `model` (see `SimResult::harness`): each
-    /// member's rows, built afresh, evaluate it on their held-out split; the
-    /// example-weighted mean of the reports. The experimenter holds every
-    /// member's data, so this measures without the protocol.
-    pub(crate) fn harness_eval(&self, model: &ModelParams) -> anyhow::Result<EvalMetrics> {
-        let mut reports = Vec::with_capacity(self.splits.len());
-        for k in 0..self.splits.len() {
-            let mut m = self.model(k)?;
-            reports.push(m.evaluate(model).map_err(anyhow::Error::msg).with_context(|| format!("client {k}"))?);
-        }
-        Ok(EvalMetrics::weighted_mean(&reports))
-    }
 }
 
 /// An image scenario's partition: the shipped Fashion-MNIST training
@@ -170,25 +209,52 @@ pub fn partition_images(s: &Scenario) -> anyhow::Result<(ImageDataset, Vec<u32>,
     Ok((data, labels, parts))
 }
 
-/// Build the members of an image scenario (`[data] kind = "fashion_mnist_images"`).
-pub(crate) fn image_members(s: &Scenario, cfg: &VisionModelConfig, opts: &SimOptions) -> anyhow::Result<Members> {
-    let (data, labels, parts) = partition_images(s)?;
-    let mut models = Vec::with_capacity(parts.len());
-    let mut examples = Vec::with_capacity(parts.len());
-    for (k, rows) in parts.iter().enumerate() {
-        let local = data.select(rows).with_context(|| format!("client {k}"))?;
-        let (train, test) = local
-            .stratified_split(s.data.test, derive_seed(s.seed, k as u64, b"split"))
-            .with_context(|| format!("client {k}: every member needs examples of every class"))?;
-        examples.push(train.len() as u64);
-        let model =
-            VisionModel::from_config_on(cfg, train, test, opts.backend).with_context(|| format!("client {k}"))?;
-        models.push(SimModel::Vision(Box::new(model.with_seeded_noise(true))));
+/// An image scenario's members before any is built: the images, each
+/// member's indices into them and the model they train.
+pub(crate) struct ImageSource {
+    data: ImageDataset,
+    parts: Vec<Vec<usize>>,
+    cfg: VisionModelConfig,
+    backend: tessera_learn::ComputeBackend,
+    test: f64,
+    seed: u64,
+    examples: Vec<u64>,
+    label_counts: Vec<Vec<usize>>,
+    class_names: Vec<String>,
+}
+
+impl ImageSource {
+    fn new(s: &Scenario, cfg: &VisionModelConfig, opts: &SimOptions) -> anyhow::Result<Self> {
+        let (data, labels, parts) = partition_images(s)?;
+        let mut source = Self {
+            label_counts: label_counts(&parts, &labels, data.num_classes()),
+            class_names: data.class_names().to_vec(),
+            data,
+            parts,
+            cfg: cfg.clone(),
+            backend: opts.backend,
+            test: s.data.test,
+            seed: s.seed,
+            examples: Vec::new(),
+        };
+        source.examples =
+            (0..source.parts.len()).map(|k| Ok(source.split(k)?.0.len() as u64)).collect::<anyhow::Result<_>>()?;
+        Ok(source)
     }
-    Ok(Members {
-        models,
-        examples,
-        label_counts: label_counts(&parts, &labels, data.num_classes()),
-        class_names: data.class_names().to_vec(),
-    })
+
+    /// Member `k`'s images, split into train and test by its own seed.
+    fn split(&self, k: usize) -> anyhow::Result<(ImageDataset, ImageDataset)> {
+        let local = self.data.select(&self.parts[k]).with_context(|| format!("client {k}"))?;
+        local
+            .stratified_split(self.test, derive_seed(self.seed, k as u64, b"split"))
+            .with_context(|| format!("client {k}: every member needs examples of every class"))
+    }
+
+    /// Member `k`'s image model (its features are extracted on first use).
+    fn model(&self, k: usize) -> anyhow::Result<SimModel> {
+        let (train, test) = self.split(k)?;
+        let model =
+            VisionModel::from_config_on(&self.cfg, train, test, self.backend).with_context(|| format!("client {k}"))?;
+        Ok(SimModel::Vision(Box::new(model.with_seeded_noise(true))))
+    }
 }

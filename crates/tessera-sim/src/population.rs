@@ -2,7 +2,7 @@
 //! exist, but each round the simulator draws its cohort from all of them
 //! (a fixed count, or Poisson sampling) and builds only the members drawn.
 //!
-//! An idle member costs its data index (its rows, `TabularSource`) and
+//! An idle member costs its data index (its rows, `MemberSource`) and
 //! nothing else: its model, certificate and key, state machine and
 //! connection are made when a round draws it and dropped when the round
 //! ends. Each round runs one coordinator (`serve`) that starts from the
@@ -26,7 +26,7 @@ use tessera_transport::{AdmitAll, Dialer, MemoryNetwork};
 use tokio::sync::Semaphore;
 
 use crate::faults::FaultPlan;
-use crate::members::{TabularSource, member_name};
+use crate::members::{MemberSource, member_name};
 use crate::observer::SimObserver;
 use crate::run::{MemberStart, coordinator_config, in_process_options, spawn_member};
 use crate::scenario::Scenario;
@@ -110,7 +110,7 @@ pub(crate) struct PopulationRun {
 pub(crate) struct PopulationSetup<'a> {
     pub(crate) scenario: &'a Scenario,
     pub(crate) draw: &'a PopulationDraw,
-    pub(crate) source: &'a TabularSource,
+    pub(crate) source: &'a MemberSource,
     pub(crate) plan: Arc<FaultPlan>,
     pub(crate) workers: Arc<Semaphore>,
     /// Counts every member built (model, certificate, state machine).

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::faults::{FaultPlan, FaultStats, Faulty};
-use crate::members::{Members, SimModel, TabularSource, image_members, member_name, tabular_members};
+use crate::members::{MemberSource, SimModel, member_name};
 use crate::observer::SimObserver;
 use crate::population::PopulationSetup;
 use crate::scenario::Scenario;
@@ -91,8 +91,8 @@ pub struct SimResult {
     /// takes the example-weighted mean (the measure `metrics.jsonl` uses
     /// without DP). Nothing leaves a member for it, and it is what the
     /// utility figures report; under DP the protocol's own per-round metrics
-    /// are the private (noised) evaluation, or none. Tabular scenarios
-    /// without `[population]` only (`None` otherwise).
+    /// are the private (noised) evaluation, or none. Tabular and image
+    /// scenarios; `None` for a `[population]` run.
     pub harness: Option<EvalMetrics>,
     /// A run whose members live in worker processes: the members whose
     /// connection was lost (their worker died or was cut off), with the
@@ -172,33 +172,20 @@ pub(crate) fn run_hosted(
     let remote = matches!(hosting, Hosting::Remote(_));
     let started = Instant::now();
     let initial = initial_params(&s.model_section()?).context("the initial model")?;
-    // A population run keeps its members unbuilt (only their rows) until
-    // a round draws them, and a run with remote members never builds them
-    // here; every other run builds all of them now.
-    let (source, Members { models, examples, label_counts, class_names }) = match (&s.vision_model, &s.population) {
-        (Some(cfg), _) => (None, image_members(s, cfg, opts)?),
-        (None, None) if !remote => {
-            let src = TabularSource::new(s, opts)?;
-            let m = tabular_members(&src)?;
-            (Some(src), m)
-        }
-        (None, _) => {
-            let src = TabularSource::new(s, opts)?;
-            let m = Members {
-                models: Vec::new(),
-                examples: src.examples.clone(),
-                label_counts: src.label_counts.clone(),
-                class_names: src.class_names.clone(),
-            };
-            (Some(src), m)
-        }
+    // A population run keeps its members unbuilt (only their data index)
+    // until a round draws them, and a run with remote members never builds
+    // them here; every other run builds all of them now.
+    let source = MemberSource::new(s, opts)?;
+    let models = match (&s.population, remote) {
+        (None, false) => source.build_all()?,
+        _ => Vec::new(),
     };
     let built = Arc::new(AtomicU64::new(models.len() as u64));
     let plan = Arc::new(FaultPlan::new(
         s.seed,
         s.dropout.clone(),
         s.latency.clone(),
-        examples,
+        source.examples().to_vec(),
         s.train.settings().local_epochs,
     ));
     // Central noise derives from the scenario seed: a simulation reproduces
@@ -226,23 +213,29 @@ pub(crate) fn run_hosted(
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let workers = Arc::new(Semaphore::new(opts.workers.max(1)));
     let mut lost = Vec::new();
-    let (coordinator, end, cohorts) = match (&s.population, &source, hosting) {
-        (_, _, Hosting::Remote(remote)) => {
+    let (coordinator, end, cohorts) = match (&s.population, hosting) {
+        (_, Hosting::Remote(remote)) => {
             let r = rt.block_on(crate::distributed::serve_remote(s, remote, coordinator, &mut observer))?;
             lost = r.lost;
             (r.coordinator, r.end, Vec::new())
         }
-        (Some(draw), Some(source), Hosting::InProcess) => {
+        (Some(draw), Hosting::InProcess) => {
             anyhow::ensure!(
                 opts.transport == TransportKind::Memory,
                 "[population] runs over the in-memory network only (--transport memory)"
             );
-            let setup =
-                PopulationSetup { scenario: s, draw, source, plan: plan.clone(), workers, built: built.clone() };
+            let setup = PopulationSetup {
+                scenario: s,
+                draw,
+                source: &source,
+                plan: plan.clone(),
+                workers,
+                built: built.clone(),
+            };
             let r = rt.block_on(crate::population::run_rounds(setup, coordinator, &mut observer))?;
             (r.coordinator, r.end, r.cohorts)
         }
-        _ => {
+        (None, Hosting::InProcess) => {
             let (c, e) = rt.block_on(run_all(s, opts, models, coordinator, &plan, workers, &mut observer))?;
             (c, e, Vec::new())
         }
@@ -254,9 +247,9 @@ pub(crate) fn run_hosted(
         anyhow::bail!("could not write the run directory: {e}");
     }
     let final_model = (**coordinator.global()).clone();
-    let harness = match (&source, &s.population) {
-        (Some(src), None) => Some(src.harness_eval(&final_model).context("the harness's evaluation")?),
-        _ => None,
+    let harness = match &s.population {
+        None => Some(source.harness_eval(&final_model).context("the harness's evaluation")?),
+        Some(_) => None,
     };
     let wall_seconds = started.elapsed().as_secs_f64();
     let noise_multiplier = coordinator.privacy_plan().map(|p| p.settings.noise_multiplier);
@@ -291,8 +284,8 @@ pub(crate) fn run_hosted(
         faults,
         noise_multiplier,
         wall_seconds,
-        label_counts,
-        class_names,
+        label_counts: source.label_counts().to_vec(),
+        class_names: source.class_names().to_vec(),
         members_built: built.load(Ordering::Relaxed),
         cohorts,
         harness,

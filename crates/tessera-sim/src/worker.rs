@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::distributed::check_distributable;
 use crate::faults::{FaultPlan, FaultStats};
-use crate::members::{TabularSource, member_name};
+use crate::members::{MemberSource, member_name};
 use crate::run::{MemberStart, SimOptions, TransportKind, spawn_member};
 use crate::scenario::Scenario;
 
@@ -109,12 +109,12 @@ pub fn run_worker(s: &Scenario, w: &WorkerOptions) -> anyhow::Result<WorkerRepor
         backend: w.backend,
         report: false,
     };
-    let source = TabularSource::new(s, &sim)?;
+    let source = MemberSource::new(s, &sim)?;
     let plan = Arc::new(FaultPlan::new(
         s.seed,
         s.dropout.clone(),
         s.latency.clone(),
-        source.examples.clone(),
+        source.examples().to_vec(),
         s.train.settings().local_epochs,
     ));
     let settings = s.admission_policy()?.expected;

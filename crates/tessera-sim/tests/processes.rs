@@ -1,7 +1,8 @@
 //! Members across processes (#20), through the real `tessera-sim` binary:
 //! `run --processes 3` trains the same model, bit for bit, as one process;
 //! a worker killed mid-run leaves its members as dropouts the report names;
-//! a worker that cannot reach its coordinator says where and why.
+//! a worker that cannot reach its coordinator says where and why; an image
+//! scenario across two workers trains the same model as one process.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -206,4 +207,69 @@ fn a_worker_that_cannot_connect_names_the_address_and_the_cause() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--members 2..4: scenario procs has 3 members"));
+}
+
+/// An image scenario (EfficientNet-Lite0 transfer on the shipped
+/// Fashion-MNIST images) across two worker processes trains the same head,
+/// bit for bit, as in one process: each worker builds its members' images,
+/// splits and models as the single process does.
+#[test]
+fn an_image_scenario_across_two_workers_trains_the_same_model_as_one_process() {
+    let weights = tessera_vision::default_weights_path();
+    if !weights.is_file() {
+        eprintln!("SKIPPED: {} not found; run scripts/fetch-weights.sh", weights.display());
+        return;
+    }
+    let images =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist").canonicalize().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("images.toml");
+    let text = format!(
+        r#"
+name = "procs-images"
+seed = 10
+clients = 4
+rounds = 2
+min_clients = 4
+
+[data]
+kind = "fashion_mnist_images"
+path = "{images}"
+test = 0.2
+
+[partition]
+kind = "dirichlet"
+alpha = 3.0
+
+[vision_model]
+kind = "efficientnet_lite0"
+num_classes = 10
+image_size = 32
+weights = "{weights}"
+
+[train]
+local_epochs = 1
+batch_size = 32
+learning_rate = 0.05
+
+[secure]
+threshold_fraction = 0.67
+"#,
+        images = images.display(),
+        weights = weights.canonicalize().unwrap().display(),
+    );
+    std::fs::write(&s, text).unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let s = s.to_str().unwrap();
+    sim(&["run", s, "--out", one.to_str().unwrap(), "--workers", "2"]);
+    let out = sim(&["run", s, "--processes", "2", "--out", two.to_str().unwrap(), "--workers", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (a, b) = (summary(&one), summary(&two));
+    assert_eq!(a["completed_rounds"], 2);
+    assert_eq!(a["final_model_sha256"], b["final_model_sha256"], "the model differs with 2 worker processes");
+    assert!(stdout.contains("worker 0..2: 2 members finished"), "{stdout}");
+    // The harness evaluates image runs too, in both: ten classes, chance is 0.1.
+    let accuracy = |v: &serde_json::Value| v["config"]["harness_evaluation"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy(&a) > 0.3, "{a}");
+    assert_eq!(accuracy(&a), accuracy(&b));
 }

@@ -262,6 +262,10 @@ fn fashion_transfer_learns_across_sites() {
     // Ten classes: chance is 0.1. The frozen backbone's features carry it well above.
     assert!(last.accuracy > 0.6 && last.accuracy > first.accuracy, "{} -> {}", first.accuracy, last.accuracy);
     assert_eq!(r.label_counts.iter().flatten().sum::<usize>(), 3000);
+    // The harness evaluates the final model on the same held-out images the
+    // members reported on (no DP here, so the two agree).
+    let harness = r.harness.expect("an image run has the harness's evaluation");
+    assert!((harness.accuracy - last.accuracy).abs() < 1e-9, "{} vs {}", harness.accuracy, last.accuracy);
 }
 
 /// Robust rules need the individual updates: refused unless the scenario is
