@@ -29,7 +29,11 @@ impl std::fmt::Display for RunId {
 pub struct TrainSettings {
     /// Passes over the member's training split.
     pub local_epochs: u32,
-    /// Examples per local step.
+    /// Examples per local step. Under record-level DP-SGD (Poisson sampling
+    /// at `DpSettings::sampling_rate`) the public expected batch size B:
+    /// each step's noised sum is divided by it, never by the member's own
+    /// row count, so the release's scale is the same for every member and
+    /// a function of no one's data.
     pub batch_size: u32,
     /// Step size of the member's local SGD.
     pub learning_rate: f64,

@@ -33,17 +33,40 @@ pub struct DpSgdConfig {
     /// draws it from the OS: the round seed is known to the aggregator, and
     /// privacy amplification by sampling needs the sample to be secret.
     pub sampling_seed: Option<u64>,
+    /// The public expected batch size B that divides each step's noised
+    /// sum (the round's `TrainSettings::batch_size`, the same for every
+    /// member). The release is then the accounted mechanism (Poisson
+    /// sampling at q, the clipped sum, noise of std z·C) times a constant
+    /// fixed before any data is seen, which is post-processing. `None`
+    /// divides by the member's own q·N instead, a function of its private
+    /// row count: the old form, kept only for callers that have not moved
+    /// (see [`DpNoise::round`]).
+    pub expected_batch: Option<f64>,
 }
 
 impl DpSgdConfig {
-    /// The round's record-level settings, sampled from the OS.
+    /// The round's record-level settings, sampled from the OS, dividing by
+    /// q·N (the data-dependent form; prefer [`from_round`](Self::from_round)).
     pub fn from_settings(dp: &DpSettings) -> Self {
         Self {
             clip_norm: dp.clip_norm,
             noise_multiplier: dp.noise_multiplier,
             sampling_rate: dp.sampling_rate,
             sampling_seed: None,
+            expected_batch: None,
         }
+    }
+
+    /// The round's record-level settings with the public expected batch
+    /// size `train.batch_size`, sampled from the OS.
+    pub fn from_round(dp: &DpSettings, train: &TrainSettings) -> Self {
+        Self { expected_batch: Some(f64::from(train.batch_size)), ..Self::from_settings(dp) }
+    }
+
+    /// What one step's noised sum is divided by for a member with `n`
+    /// training examples: B when public, else q·n.
+    pub fn denominator(&self, n: usize) -> f64 {
+        self.expected_batch.unwrap_or(self.sampling_rate * n as f64).max(f64::MIN_POSITIVE)
     }
 
     /// Standard deviation the noise sampler must add to each summed coordinate.
@@ -58,8 +81,9 @@ impl DpSgdConfig {
             && self.noise_multiplier.is_finite()
             && self.noise_multiplier >= 0.0
             && self.sampling_rate > 0.0
-            && self.sampling_rate <= 1.0;
-        if ok { Ok(()) } else { Err(LocalError::Settings("DP-SGD needs C > 0, sigma >= 0 and 0 < q <= 1")) }
+            && self.sampling_rate <= 1.0
+            && self.expected_batch.is_none_or(|b| b.is_finite() && b >= 1.0);
+        if ok { Ok(()) } else { Err(LocalError::Settings("DP-SGD needs C > 0, sigma >= 0, 0 < q <= 1 and B >= 1")) }
     }
 }
 
@@ -87,9 +111,23 @@ impl DpNoise {
     }
 
     /// The streams and mechanism of one round of DP-SGD over `dim` summed
-    /// values with settings `dp` (validated here) and round seed `round_seed`.
+    /// values with settings `dp` and the round's training settings `train`
+    /// (both validated here): the Poisson rate and the step count are the
+    /// accountant's (`tessera_privacy::round_spend`), and each step's noised
+    /// sum is divided by the public expected batch size `train.batch_size`.
+    pub fn round_for(&mut self, dp: &DpSettings, train: &TrainSettings, dim: usize) -> Result<DpRound, LocalError> {
+        crate::validate_train_settings(train)?;
+        self.start(DpSgdConfig::from_round(dp, train), train.seed, dim)
+    }
+
+    /// [`round_for`](Self::round_for) dividing by the member's own q·N (a
+    /// function of its private row count) instead of a public batch size:
+    /// the old form, for callers that have not moved yet (tessera-vision).
     pub fn round(&mut self, dp: &DpSettings, round_seed: u64, dim: usize) -> Result<DpRound, LocalError> {
-        let mut cfg = DpSgdConfig::from_settings(dp);
+        self.start(DpSgdConfig::from_settings(dp), round_seed, dim)
+    }
+
+    fn start(&mut self, mut cfg: DpSgdConfig, round_seed: u64, dim: usize) -> Result<DpRound, LocalError> {
         cfg.validate()?;
         let rng = match self.seeded {
             Some(stream) => {
@@ -123,6 +161,12 @@ impl DpRound {
     /// statistic of its data and is never sent.
     pub fn zeroed_gradients(&self) -> u64 {
         self.zeroed
+    }
+
+    /// The factor each step's noised sum is scaled by for a member with `n`
+    /// training examples: one over [`DpSgdConfig::denominator`].
+    pub fn inverse_batch(&self, n: usize) -> f32 {
+        (1.0 / self.cfg.denominator(n)) as f32
     }
 
     /// Count `k` more zeroed per-example gradients (models that clip on
@@ -232,8 +276,9 @@ fn squared_norm(v: &[f32]) -> f64 {
 /// ceil(1/q)` steps Poisson-samples its rows, clips each sampled example's
 /// gradient to C on its own (a non-finite one becomes zero, see
 /// [`DpRound::example_clip`]), adds the round's noise to the sum and takes an
-/// SGD step scaled by one over the expected batch size (with FedProx's
-/// proximal term when asked). Returns the trained exchanged tensors.
+/// SGD step scaled by [`DpRound::inverse_batch`] (one over the public
+/// expected batch size for a round from [`DpNoise::round_for`]), with
+/// FedProx's proximal term when asked. Returns the trained exchanged tensors.
 pub fn dp_sgd(
     start: &ModelParams,
     s: &TrainSettings,
@@ -243,7 +288,7 @@ pub fn dp_sgd(
 ) -> Result<ModelParams, LocalError> {
     let (layout, anchor) = (start.layout(), start.to_flat());
     let mut flat = anchor.clone();
-    let inv_expected = dp.sampler.inverse_expected_batch(n);
+    let inv_expected = dp.inverse_batch(n);
     let steps = dp.sampler.steps_per_epoch();
     let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
     let params = |flat: &[f32]| ModelParams::from_flat(&layout, flat).map_err(LocalError::model);
@@ -308,6 +353,96 @@ mod tests {
         }
         fn gradient(&mut self, index: usize) -> Result<Vec<f32>, LocalError> {
             Ok(if self.rows[index] == 1 { vec![f32::NAN, 1.0] } else { vec![30.0, 40.0] })
+        }
+    }
+
+    /// Every example's gradient is `grad`; counts the steps (one
+    /// `set_params` per step) and the rows sampled.
+    struct Constant {
+        grad: Vec<f32>,
+        steps: u64,
+        sampled: u64,
+    }
+
+    impl PerExampleGradients for Constant {
+        fn set_params(&mut self, _: &ModelParams) -> Result<(), LocalError> {
+            self.steps += 1;
+            Ok(())
+        }
+        fn prepare(&mut self, rows: &[usize], _: u64) -> Result<(), LocalError> {
+            self.sampled += rows.len() as u64;
+            Ok(())
+        }
+        fn gradient(&mut self, _: usize) -> Result<Vec<f32>, LocalError> {
+            Ok(self.grad.clone())
+        }
+    }
+
+    fn train(epochs: u32, batch_size: u32) -> TrainSettings {
+        TrainSettings {
+            local_epochs: epochs,
+            batch_size,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 11,
+            example_weight_cap: 0,
+        }
+    }
+
+    /// DP-SGD from zero over `n` examples whose gradients are all zero, so
+    /// the update is the scaled noise alone; `public`: the round from
+    /// `round_for` (else the old q·N form).
+    fn noise_only(n: usize, public: bool) -> Vec<f32> {
+        let start = ModelParams::new(vec![ParamTensor::new("w", vec![3], vec![0.0; 3]).unwrap()]);
+        let (dp, s) = (DpSettings { sampling_rate: 0.5, ..settings(1.0) }, train(2, 20));
+        let mut noise = DpNoise::seeded(3);
+        let mut round = if public { noise.round_for(&dp, &s, 3) } else { noise.round(&dp, s.seed, 3) }.unwrap();
+        let mut zero = Constant { grad: vec![0.0; 3], steps: 0, sampled: 0 };
+        dp_sgd(&start, &s, n, &mut round, &mut zero).unwrap().to_flat()
+    }
+
+    /// The release's scale is the public B, not the member's private row
+    /// count: members with 10 and 10,000 rows draw the same noise (seeded)
+    /// and release it at the same scale, where q·N scaled it by 1,000.
+    #[test]
+    fn the_step_scale_is_the_public_batch_not_the_row_count() {
+        let (small, large) = (noise_only(10, true), noise_only(10_000, true));
+        assert!(small.iter().any(|v| *v != 0.0), "the noise moved the model");
+        assert_eq!(small, large, "the scale depends on the member's row count");
+        // The old form divided by q·N: the same noise, 1,000 times smaller.
+        let (old_small, old_large) = (noise_only(10, false), noise_only(10_000, false));
+        assert_ne!(old_small, old_large);
+        // Its scale 1 / (0.5 · 10) against the public 1 / 20: four times B's.
+        for (old, public) in old_small.iter().zip(&small) {
+            assert!((old / 4.0 - public).abs() <= 1e-5 * public.abs(), "{old} against {public}");
+        }
+        let mut round = DpNoise::seeded(3).round_for(&settings(1.0), &train(1, 20), 3).unwrap();
+        assert_eq!((round.inverse_batch(10), round.inverse_batch(10_000)), (0.05, 0.05));
+        assert!(round.example_clip(1.0).is_some());
+        // B travels as the round's batch size, which the one check bounds.
+        assert!(DpNoise::new().round_for(&settings(1.0), &train(1, 0), 3).is_err());
+    }
+
+    /// The rate and the step count the member's sampler runs are the ones
+    /// the accountant composes (`round_spend`, which the aggregator charges
+    /// and the member's ledger checks): q from the round's settings, never
+    /// B / N, and `local_epochs · ceil(1/q)` steps, whatever B and N are.
+    #[test]
+    fn the_accountants_rate_and_steps_are_the_samplers() {
+        for (q, epochs, batch, n) in [(1.0, 3, 40, 12), (0.5, 2, 20, 400), (0.3, 1, 64, 1000), (0.07, 4, 8, 50)] {
+            let (dp, s) = (DpSettings { sampling_rate: q, ..settings(1.0) }, train(epochs, batch));
+            let spend = tessera_privacy::round_spend(&dp, &s);
+            let mut round = DpNoise::seeded(5).round_for(&dp, &s, 2).unwrap();
+            assert_eq!(round.sampler.rate(), spend.sampling_rate, "q = {q}");
+            let start = ModelParams::new(vec![ParamTensor::new("w", vec![2], vec![0.0; 2]).unwrap()]);
+            let mut model = Constant { grad: vec![0.3, 0.4], steps: 0, sampled: 0 };
+            dp_sgd(&start, &s, n, &mut round, &mut model).unwrap();
+            assert_eq!(model.steps, spend.steps, "q = {q}, {epochs} epochs");
+            // Each row joins each step with probability q: the sampled
+            // count is Binomial(steps · n, q), within 5 standard deviations.
+            let trials = (spend.steps * n as u64) as f64;
+            let (mean, sd) = (trials * q, (trials * q * (1.0 - q)).sqrt());
+            assert!((model.sampled as f64 - mean).abs() <= 5.0 * sd + 1e-9, "{} rows against {mean}", model.sampled);
         }
     }
 

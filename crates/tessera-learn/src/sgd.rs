@@ -80,7 +80,18 @@ impl PoissonSampler {
         (1.0 / self.rate).ceil() as u64
     }
 
-    /// One over the expected batch size `rate * n`: the scale of a noised sum.
+    /// The Poisson rate q every example joins a step with: the rate the
+    /// accountant composes (`DpSettings::sampling_rate`).
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// One over the expected batch size `rate * n` of a member with `n`
+    /// training examples. This scale is a function of the member's private
+    /// row count, so a release scaled by it is not exactly the accounted
+    /// mechanism; DP-SGD divides by a public expected batch size instead
+    /// (`DpSgdConfig::expected_batch`). Kept for callers that have not moved
+    /// to it (tessera-vision's DP-SGD, whose tests pin this scale).
     pub fn inverse_expected_batch(&self, n: usize) -> f32 {
         (1.0 / (self.rate * n as f64).max(f64::MIN_POSITIVE)) as f32
     }

@@ -43,7 +43,13 @@ fn main() {
         );
         // DP-SGD with the same expected batch size (q = 32 / N).
         let n = t.num_train_examples() as f64;
-        let dp = DpSgdConfig { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 32.0 / n, sampling_seed: Some(3) };
+        let dp = DpSgdConfig {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            sampling_rate: 32.0 / n,
+            sampling_seed: Some(3),
+            expected_batch: Some(32.0),
+        };
         let start = Instant::now();
         let r = t.train_round_dp(&s, &dp, &mut |_: &mut [f32]| {}, None).expect("dp training");
         let dp_step = start.elapsed().as_secs_f64() / r.steps as f64;

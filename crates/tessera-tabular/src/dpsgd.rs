@@ -1,6 +1,6 @@
 //! Record-level DP-SGD on the trainable part: Poisson sampling, per-example
-//! clipping, Gaussian noise from a caller-supplied sampler, and averaging by
-//! the expected batch size.
+//! clipping, Gaussian noise from a caller-supplied sampler, and scaling by
+//! the public expected batch size (never by the member's own row count).
 //!
 //! Per-example gradients are never materialized. For a dense layer
 //! `z = x W + b` the per-example gradients are `x_i g_i^T` and `g_i`, with
@@ -161,9 +161,10 @@ impl TabularTask {
     /// every training example independently with probability q, sums the
     /// clipped per-example gradients, hands the flat sum to `noise` (which
     /// must add i.i.d. N(0, (sigma C)^2) to every value), divides by the
-    /// expected batch size q N and takes an SGD step (plus the FedProx pull,
-    /// which does not touch data). `mean_loss` is not reported (0): it would
-    /// be an unprivatized statistic of the data.
+    /// public expected batch size B (`dp.expected_batch`, the round's batch
+    /// size; q N only for a config without one) and takes an SGD step (plus
+    /// the FedProx pull, which does not touch data). `mean_loss` is not
+    /// reported (0): it would be an unprivatized statistic of the data.
     pub fn train_round_dp(
         &mut self,
         s: &TrainSettings,
@@ -178,7 +179,7 @@ impl TabularTask {
         }
         let anchor = if s.proximal_mu > 0.0 { Some(self.prox_anchor_tensors(prox_anchor)?) } else { None };
         let n = self.data.train.len();
-        let expected_batch = (dp.sampling_rate * n as f64).max(f64::MIN_POSITIVE);
+        let expected_batch = dp.denominator(n);
         let mut sampler = PoissonSampler::new(dp.sampling_rate, dp.sampling_seed);
         let steps_per_epoch = sampler.steps_per_epoch();
         let (mut seen, mut steps, mut zeroed) = (0u64, 0u64, 0u64);
@@ -202,7 +203,7 @@ impl TabularTask {
         Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps, zeroed_gradients: zeroed, epochs: s.local_epochs })
     }
 
-    /// Noise the flat clipped sum and scale it by 1 / expected batch size.
+    /// Noise the flat clipped sum and scale it by 1 / `expected_batch`.
     fn privatize(
         &self,
         sums: Vec<Tensor<2>>,
@@ -346,8 +347,15 @@ mod tests {
         }
     }
 
+    /// q = 0.1 of WDBC's 455 training rows: B = 45 is about q·N.
     fn dp(seed: u64) -> DpSgdConfig {
-        DpSgdConfig { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 0.1, sampling_seed: Some(seed) }
+        DpSgdConfig {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            sampling_rate: 0.1,
+            sampling_seed: Some(seed),
+            expected_batch: Some(45.0),
+        }
     }
 
     #[test]
@@ -397,6 +405,37 @@ mod tests {
         assert!(norm <= 1e-3, "{norm}");
     }
 
+    /// A member's DP-SGD step is its noised sum over the public B whatever
+    /// its row count: with the noise replacing the sum by ones, two members
+    /// with about 455 and 114 training rows move every parameter by exactly lr / B
+    /// per step. (Divided by q·N, as before, they moved by 4 times
+    /// different amounts.)
+    #[test]
+    fn the_step_scale_is_the_public_batch_not_the_row_count() {
+        let member = |test: f64| {
+            let split = SplitConfig { test, ..SplitConfig::default() };
+            let data = TabularData::load(&shipped_data_path("wdbc.csv"), &TabularSpec::wdbc(), &split).unwrap();
+            let spec = ModelSpec { hidden: vec![], trainable: TrainablePart::All, init_seed: 4 };
+            TabularTask::new(data, &spec, ComputeBackend::default()).unwrap()
+        };
+        let cfg = DpSgdConfig { sampling_rate: 1.0, expected_batch: Some(40.0), ..dp(1) };
+        let s = TrainSettings { local_epochs: 2, learning_rate: 0.5, ..settings() };
+        let mut moved = Vec::new();
+        for test in [0.2, 0.8] {
+            let mut t = member(test);
+            let before = t.trainable_params().unwrap().to_flat();
+            t.train_round_dp(&s, &cfg, &mut |v: &mut [f32]| v.fill(1.0), None).unwrap();
+            let after = t.trainable_params().unwrap().to_flat();
+            let step: Vec<f32> = before.iter().zip(&after).map(|(b, a)| b - a).collect();
+            moved.push((t.data.train.len(), step));
+        }
+        let [(n_a, a), (n_b, b)] = <[_; 2]>::try_from(moved).unwrap();
+        assert!(n_a > 3 * n_b, "{n_a} and {n_b} rows");
+        assert_eq!(a, b, "the step depends on the row count");
+        // Two steps of lr · 1 / B each.
+        assert!(a.iter().all(|d| (d - 2.0 * 0.5 / 40.0).abs() < 1e-6), "{a:?}");
+    }
+
     #[test]
     fn non_finite_noise_or_settings_are_refused() {
         let mut t = task(TrainablePart::HeadOnly);
@@ -404,10 +443,11 @@ mod tests {
         let err = t.train_round_dp(&settings(), &dp(2), &mut |v: &mut [f32]| v[0] = f32::NAN, None).unwrap_err();
         assert!(matches!(err, LearnError::Diverged { .. }), "{err}");
         assert_eq!(t.trainable_params().unwrap(), before, "nothing released or applied");
-        let bad = DpSgdConfig { sampling_rate: 0.0, ..dp(2) };
-        assert!(matches!(
-            t.train_round_dp(&settings(), &bad, &mut |_: &mut [f32]| {}, None),
-            Err(LearnError::Settings(_))
-        ));
+        for bad in [DpSgdConfig { sampling_rate: 0.0, ..dp(2) }, DpSgdConfig { expected_batch: Some(0.5), ..dp(2) }] {
+            assert!(matches!(
+                t.train_round_dp(&settings(), &bad, &mut |_: &mut [f32]| {}, None),
+                Err(LearnError::Settings(_))
+            ));
+        }
     }
 }

@@ -82,7 +82,9 @@ impl LocalModel for TabularModel {
         let report = match dp {
             None => self.task.train_round(settings, None).map_err(LocalError::model)?,
             Some(dp) => {
-                let mut round = self.noise.round(dp, settings.seed, model.numel())?;
+                // The round's batch size is DP-SGD's public expected batch
+                // size: the step never scales with this member's row count.
+                let mut round = self.noise.round_for(dp, settings, model.numel())?;
                 let mut failed = None;
                 let cfg = round.cfg.clone();
                 let mut noise = |v: &mut [f32]| {
