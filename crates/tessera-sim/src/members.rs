@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use tessera_core::{DpSettings, EvalMetrics, ModelParams, TrainSettings, TrainedUpdate, VisionModelConfig};
-use tessera_learn::{LocalError, LocalModel};
+use tessera_learn::{ComputeBackend, LocalError, LocalModel};
 use tessera_protocol::derive_seed;
 use tessera_tabular::{StatisticsSource, TabularModel};
 use tessera_vision::{ImageDataset, VisionModel};
@@ -170,25 +170,56 @@ pub fn partition_images(s: &Scenario) -> anyhow::Result<(ImageDataset, Vec<u32>,
     Ok((data, labels, parts))
 }
 
-/// Build the members of an image scenario (`[data] kind = "fashion_mnist_images"`).
-pub(crate) fn image_members(s: &Scenario, cfg: &VisionModelConfig, opts: &SimOptions) -> anyhow::Result<Members> {
+/// An image run's data for the harness's evaluation (`SimResult::harness`):
+/// each member's splits, from which a fresh model is built after the run.
+pub(crate) struct ImageHarness {
+    cfg: VisionModelConfig,
+    backend: ComputeBackend,
+    splits: Vec<(ImageDataset, ImageDataset)>,
+}
+
+impl ImageHarness {
+    /// Each member's held-out split evaluates `model` through a model built
+    /// afresh (so nothing the run's members kept is reused); the
+    /// example-weighted mean of the reports, as for tabular runs.
+    pub(crate) fn eval(&self, model: &ModelParams) -> anyhow::Result<EvalMetrics> {
+        let mut reports = Vec::with_capacity(self.splits.len());
+        for (k, (train, test)) in self.splits.iter().enumerate() {
+            let mut m = VisionModel::from_config_on(&self.cfg, train.clone(), test.clone(), self.backend)
+                .with_context(|| format!("client {k}"))?;
+            reports.push(m.evaluate(model).map_err(anyhow::Error::msg).with_context(|| format!("client {k}"))?);
+        }
+        Ok(EvalMetrics::weighted_mean(&reports))
+    }
+}
+
+/// Build the members of an image scenario (`[data] kind = "fashion_mnist_images"`),
+/// and what the harness evaluates the final model with.
+pub(crate) fn image_members(
+    s: &Scenario,
+    cfg: &VisionModelConfig,
+    opts: &SimOptions,
+) -> anyhow::Result<(Members, ImageHarness)> {
     let (data, labels, parts) = partition_images(s)?;
     let mut models = Vec::with_capacity(parts.len());
     let mut examples = Vec::with_capacity(parts.len());
+    let mut splits = Vec::with_capacity(parts.len());
     for (k, rows) in parts.iter().enumerate() {
         let local = data.select(rows).with_context(|| format!("client {k}"))?;
         let (train, test) = local
             .stratified_split(s.data.test, derive_seed(s.seed, k as u64, b"split"))
             .with_context(|| format!("client {k}: every member needs examples of every class"))?;
         examples.push(train.len() as u64);
+        splits.push((train.clone(), test.clone()));
         let model =
             VisionModel::from_config_on(cfg, train, test, opts.backend).with_context(|| format!("client {k}"))?;
         models.push(SimModel::Vision(Box::new(model.with_seeded_noise(true))));
     }
-    Ok(Members {
+    let members = Members {
         models,
         examples,
         label_counts: label_counts(&parts, &labels, data.num_classes()),
         class_names: data.class_names().to_vec(),
-    })
+    };
+    Ok((members, ImageHarness { cfg: cfg.clone(), backend: opts.backend, splits }))
 }

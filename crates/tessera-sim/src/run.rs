@@ -91,8 +91,8 @@ pub struct SimResult {
     /// takes the example-weighted mean (the measure `metrics.jsonl` uses
     /// without DP). Nothing leaves a member for it, and it is what the
     /// utility figures report; under DP the protocol's own per-round metrics
-    /// are the private (noised) evaluation, or none. Tabular scenarios
-    /// without `[population]` only (`None` otherwise).
+    /// are the private (noised) evaluation, or none. Image scenarios and
+    /// tabular scenarios without `[population]` (`None` for a population).
     pub harness: Option<EvalMetrics>,
     /// A run whose members live in worker processes: the members whose
     /// connection was lost (their worker died or was cut off), with the
@@ -175,8 +175,13 @@ pub(crate) fn run_hosted(
     // A population run keeps its members unbuilt (only their rows) until
     // a round draws them, and a run with remote members never builds them
     // here; every other run builds all of them now.
+    let mut images = None;
     let (source, Members { models, examples, label_counts, class_names }) = match (&s.vision_model, &s.population) {
-        (Some(cfg), _) => (None, image_members(s, cfg, opts)?),
+        (Some(cfg), _) => {
+            let (members, harness) = image_members(s, cfg, opts)?;
+            images = Some(harness);
+            (None, members)
+        }
         (None, None) if !remote => {
             let src = TabularSource::new(s, opts)?;
             let m = tabular_members(&src)?;
@@ -254,8 +259,9 @@ pub(crate) fn run_hosted(
         anyhow::bail!("could not write the run directory: {e}");
     }
     let final_model = (**coordinator.global()).clone();
-    let harness = match (&source, &s.population) {
-        (Some(src), None) => Some(src.harness_eval(&final_model).context("the harness's evaluation")?),
+    let harness = match (&source, &s.population, &images) {
+        (Some(src), None, _) => Some(src.harness_eval(&final_model).context("the harness's evaluation")?),
+        (None, _, Some(images)) => Some(images.eval(&final_model).context("the harness's evaluation")?),
         _ => None,
     };
     let wall_seconds = started.elapsed().as_secs_f64();
