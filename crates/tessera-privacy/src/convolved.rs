@@ -31,7 +31,7 @@
 use rand_core::CryptoRngCore;
 
 use crate::PrivacyError;
-use crate::cdt::MIN_TV_BITS;
+use crate::cdt::{CdtTable, MIN_TV_BITS};
 use crate::noise::{DiscreteGaussian, MAX_TABLE_SIGMA, SignBits, table_draw};
 
 /// Largest sigma [`ConvolvedGaussian`] takes: its two tables then have
@@ -111,9 +111,21 @@ impl ConvolvedGaussian {
     /// One draw, k·Y + R.
     #[inline]
     pub(crate) fn draw<R: CryptoRngCore + ?Sized>(&self, rng: &mut R, signs: &mut SignBits) -> i64 {
-        let (coarse, fine) = (self.coarse.table(), self.fine.table());
-        let (Some(coarse), Some(fine)) = (coarse, fine) else { unreachable!("both tables were built by new") };
+        let (coarse, fine) = self.tables();
         self.k * table_draw(coarse, rng, signs) + table_draw(fine, rng, signs)
+    }
+
+    /// k and the two tables, for a loop of draws ([`Self::draw`] without the lookups).
+    pub(crate) fn tables(&self) -> (&CdtTable, &CdtTable) {
+        match (self.coarse.table(), self.fine.table()) {
+            (Some(coarse), Some(fine)) => (coarse, fine),
+            _ => unreachable!("both tables were built by new"),
+        }
+    }
+
+    /// The step k between the coarse draws.
+    pub(crate) fn k(&self) -> i64 {
+        self.k
     }
 
     /// The decomposition (k, s1, s2), for the tests.

@@ -157,7 +157,10 @@ impl GaussianMechanism {
                 Some(t) => self.noise(values, rng, |rng, signs| table_draw(t, rng, signs)),
                 None => self.noise(values, rng, |rng, signs| dg.sample_with(rng, signs)),
             },
-            Sampler::Convolved(c) => self.noise(values, rng, |rng, signs| c.draw(rng, signs)),
+            Sampler::Convolved(c) => {
+                let ((coarse, fine), k) = (c.tables(), c.k());
+                self.noise(values, rng, |rng, signs| k * table_draw(coarse, rng, signs) + table_draw(fine, rng, signs))
+            }
         }
     }
 
