@@ -304,7 +304,7 @@ fn fashion_transfer_learns_across_sites() {
 }
 
 /// The shipped record-level DP image scenario, as shipped (about a minute):
-/// ten sites train the head of EfficientNet-Lite0 (128 px) by DP-SGD at
+/// ten sites train the head of EfficientNet-Lite0 (160 px) by DP-SGD at
 /// epsilon 8.
 /// The run spends the budget and no more, no member reports an exact
 /// metric, and the harness's evaluation of the final model reaches 0.80.
@@ -337,7 +337,7 @@ fn fashion_transfer_dp_reaches_0_80_at_epsilon_8() {
 }
 
 /// The shipped DP image scenario (docs/transfer-learning.md).
-const DP_IMAGE_SCENARIO: &str = "fashion-transfer-128-dp.toml";
+const DP_IMAGE_SCENARIO: &str = "fashion-transfer-160-dp.toml";
 
 /// Robust rules need the individual updates: refused unless the scenario is
 /// in the plaintext research mode; there, multi-Krum trains the real model.
