@@ -169,8 +169,8 @@ fn dp_overhead(c: &mut Criterion) {
         b.iter(|| black_box(image.train(&start, &settings(0.05), Some(&dps)).unwrap()))
     });
     // Its noise alone: ~1.0M coordinates at z = 1 need a grid finer than
-    // the table sampler's (sigma/g > 2^14 for at most 3 % rounding
-    // inflation), so these draws come from the exact rejection sampler.
+    // one table covers (sigma/g ≈ 2^16 for at most 3 % rounding inflation),
+    // so these draws come from the two-table sampler (`ConvolvedGaussian`).
     noise_only(&mut g, "last_block_32px/noise_only_epoch", start.numel(), n.div_ceil(BATCH));
     // The same at 96 px, the size at which unfrozen blocks pay off
     // (docs/transfer-learning.md): the trainable blocks see 3x3 instead of

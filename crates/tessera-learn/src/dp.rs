@@ -200,9 +200,8 @@ impl DpRound {
     /// independent as one stream's output, and a seeded (test) run stays
     /// reproducible whatever the thread count. One release in parts is what
     /// `GaussianMechanism::add_to` allows. (Unfrozen EfficientNet blocks
-    /// carry ~1M values whose draws come from the exact rejection sampler:
-    /// one stream would make the noise alone several times a non-private
-    /// step.)
+    /// carry ~1M values, two table draws each: one stream would make the
+    /// noise alone a large part of a non-private step.)
     pub fn add_noise(&mut self, sum: &mut [f32]) -> Result<(), LocalError> {
         if sum.len() <= NOISE_CHUNK {
             self.mechanism.add_to(sum, &mut self.rng)?;

@@ -10,7 +10,8 @@
 //!   [`adaptive_release`] and [`split_noise_multiplier`] let the clip norm
 //!   follow a quantile of update norms inside one accounted release.
 //! - Noise: [`DiscreteGaussian`] samples N_Z(0, sigma^2) exactly (a certified
-//!   table up to [`MAX_TABLE_SIGMA`]); [`GaussianMechanism`] (kept per run
+//!   table up to [`MAX_TABLE_SIGMA`]), [`ConvolvedGaussian`] from two table
+//!   draws up to [`MAX_CONVOLVED_SIGMA`]; [`GaussianMechanism`] (kept per run
 //!   by [`MechanismCache`]) adds it to f32 values on a grid;
 //!   [`rounded_sensitivity`] is the sensitivity of values rounded on the way.
 //! - Accounting: [`RdpAccountant`] composes subsampled Gaussian releases in
@@ -36,6 +37,7 @@ mod budget;
 mod calculator;
 mod cdt;
 mod clip;
+mod convolved;
 mod distributed;
 mod exact;
 mod mechanism;
@@ -53,6 +55,7 @@ pub use clip::{
     AdaptiveClip, CLIP_SAFETY, adaptive_release, clip_factor, clip_factors, clip_l2, clip_params_l2,
     noisy_unclipped_count, split_noise_multiplier,
 };
+pub use convolved::{ConvolvedGaussian, MAX_CONVOLVED_SIGMA};
 pub use distributed::{KLS21_MAX_EXCESS, kls21_rdp_excess, kls21_tau, quantized_l2_sensitivity};
 pub use mechanism::{GaussianMechanism, MechanismCache, rounded_sensitivity};
 pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};

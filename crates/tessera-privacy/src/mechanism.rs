@@ -1,34 +1,48 @@
 //! The Gaussian mechanism on f32 values: rounding to a power-of-two grid,
-//! exact discrete Gaussian noise on it (the table sampler where it fits),
+//! exact discrete Gaussian noise on it (from tables where the grid allows),
 //! and a sigma raised to cover the rounding, so the release is exactly a
 //! Gaussian mechanism at the stated noise multiplier.
 
 use rand_core::CryptoRngCore;
 
 use crate::PrivacyError;
-use crate::noise::{DiscreteGaussian, GRID_BITS, SignBits, table_draw};
+use crate::convolved::{ConvolvedGaussian, MAX_CONVOLVED_SIGMA};
+use crate::noise::{DiscreteGaussian, GRID_BITS, MAX_TABLE_SIGMA, SignBits, table_draw};
 
-/// The Gaussian mechanism on f32 values, calibrated for the table sampler.
+/// The Gaussian mechanism on f32 values, calibrated for the table samplers.
 ///
 /// A fixed grid 2^-20 below sigma (the plain float path of the noise module)
 /// forces the (slow) rejection sampler. For a release of `dim` values of
 /// L2 sensitivity `sensitivity` at noise multiplier `z`, this picks the
 /// coarsest grid for which rounding costs at most about 3 % more noise (at
-/// least 2^10 below sigma, so sigma/g <= [`MAX_TABLE_SIGMA`] and draws come
-/// from the table), and raises sigma until it covers the rounding:
+/// least 2^10 below sigma), and raises sigma until it covers the rounding:
 /// `sigma >= z · (sensitivity + g·sqrt(dim))`, the L2 sensitivity of the
 /// rounded values. Both neighbouring inputs are rounded, each coordinate of
 /// each by up to g/2, so their rounded difference can exceed the raw one by
-/// g·sqrt(dim) (g·sqrt(dim)/2 would cover the rounding of one input only). The guarantee is therefore exactly that of multiplier `z`
-/// (plus the table's certified distance; see the module docs). Where no
-/// table grid keeps the inflation small (huge `z·sqrt(dim)`), it falls back
-/// to the 2^-20 grid and the rejection sampler. Build it once per run:
-/// clones share the table.
+/// g·sqrt(dim) (g·sqrt(dim)/2 would cover the rounding of one input only).
+/// The guarantee is therefore exactly that of multiplier `z` (plus the
+/// samplers' certified distance; see docs/privacy.md). The noise on the
+/// grid, N_Z(0, (sigma/g)^2), comes from one table while sigma/g <=
+/// [`MAX_TABLE_SIGMA`] (z·sqrt(dim) up to about 250: a head, an MLP), from
+/// two table draws combined ([`ConvolvedGaussian`]) while sigma/g <=
+/// [`MAX_CONVOLVED_SIGMA`] (z·sqrt(dim) up to about 15,000: unfrozen
+/// network blocks of a million values), and beyond that on the 2^-20 grid
+/// from the exact rejection sampler. Build it once per run: clones share
+/// the tables.
 #[derive(Clone, Debug)]
 pub struct GaussianMechanism {
     sigma: f64,
     grid: f64,
-    dg: DiscreteGaussian,
+    sampler: Sampler,
+}
+
+/// Where a [`GaussianMechanism`]'s draws come from.
+#[derive(Clone, Debug)]
+enum Sampler {
+    /// One table (built on the first draw), or the rejection sampler above its cap.
+    Discrete(DiscreteGaussian),
+    /// Two table draws, k·Y + R.
+    Convolved(ConvolvedGaussian),
 }
 
 /// `y.round()` for |y| < 2^52 without the libm call `f64::round` becomes on
@@ -83,13 +97,14 @@ const INFLATION: f64 = 0.03;
 
 /// Coarsest table grid: sigma/g in [2^10, 2^11).
 const MECHANISM_MIN_BITS: i32 = 10;
-/// Finest grid the table still covers: sigma/g < 2^14 = [`MAX_TABLE_SIGMA`].
-const MECHANISM_MAX_TABLE_BITS: i32 = 13;
+/// Finest grid the two-table sampler still covers: sigma/g < 2^20 =
+/// [`MAX_CONVOLVED_SIGMA`] (one table up to 2^14 = [`MAX_TABLE_SIGMA`]).
+const MECHANISM_MAX_TABLE_BITS: i32 = 19;
 
 impl GaussianMechanism {
     /// The mechanism for `dim` values of L2 sensitivity `sensitivity` at
-    /// noise multiplier `z` (all > 0). The noise table, where the grid allows
-    /// one, is built by the first [`GaussianMechanism::add_to`].
+    /// noise multiplier `z` (all > 0). A single noise table is built by the
+    /// first [`GaussianMechanism::add_to`], the two-table sampler's here.
     pub fn new(z: f64, sensitivity: f64, dim: usize) -> Result<Self, PrivacyError> {
         if !(z.is_finite() && z > 0.0 && sensitivity.is_finite() && sensitivity > 0.0 && dim > 0) {
             return Err(PrivacyError::InvalidParameter("z and sensitivity must be finite and > 0, dim > 0"));
@@ -100,14 +115,20 @@ impl GaussianMechanism {
         // (it must stay in cache: a table draw is then ~12 ns).
         let want = ((z * root_d / INFLATION).log2().ceil() as i32).max(MECHANISM_MIN_BITS);
         let bits = if want <= MECHANISM_MAX_TABLE_BITS { want } else { GRID_BITS };
+        debug_assert!(2f64.powi(MECHANISM_MAX_TABLE_BITS + 1) <= MAX_CONVOLVED_SIGMA);
         let mut sigma = z * sensitivity;
         for _ in 0..64 {
             let grid = 2f64.powi(sigma.log2().floor() as i32 - bits);
             // Both neighbours are rounded: the rounded difference grows by up to g·sqrt(d).
             let needed = z * (sensitivity + grid * root_d);
             if needed <= sigma {
-                let dg = DiscreteGaussian::new(sigma / grid)?;
-                return Ok(Self { sigma, grid, dg });
+                let on_grid = sigma / grid;
+                let sampler = if on_grid > MAX_TABLE_SIGMA && on_grid <= MAX_CONVOLVED_SIGMA {
+                    Sampler::Convolved(ConvolvedGaussian::new(on_grid)?)
+                } else {
+                    Sampler::Discrete(DiscreteGaussian::new(on_grid)?)
+                };
+                return Ok(Self { sigma, grid, sampler });
             }
             sigma = needed;
         }
@@ -130,8 +151,25 @@ impl GaussianMechanism {
         if values.iter().any(|v| !v.is_finite()) {
             return Err(PrivacyError::NonFinite);
         }
+        // One loop per sampler, each with its draw inlined.
+        match &self.sampler {
+            Sampler::Discrete(dg) => match dg.table() {
+                Some(t) => self.noise(values, rng, |rng, signs| table_draw(t, rng, signs)),
+                None => self.noise(values, rng, |rng, signs| dg.sample_with(rng, signs)),
+            },
+            Sampler::Convolved(c) => {
+                let ((coarse, fine), k) = (c.tables(), c.k());
+                self.noise(values, rng, |rng, signs| k * table_draw(coarse, rng, signs) + table_draw(fine, rng, signs))
+            }
+        }
+    }
+
+    fn noise<R, F>(&self, values: &mut [f32], rng: &mut R, mut draw: F) -> Result<(), PrivacyError>
+    where
+        R: CryptoRngCore + ?Sized,
+        F: FnMut(&mut R, &mut SignBits) -> i64,
+    {
         let mut signs = SignBits::default();
-        let table = self.dg.table();
         // The grid is a power of two: scaling by its inverse is exact.
         let inv_grid = 1.0 / self.grid;
         for v in values.iter_mut() {
@@ -139,10 +177,7 @@ impl GaussianMechanism {
             if y.abs() >= (1u64 << 52) as f64 {
                 return Err(PrivacyError::InvalidParameter("value too large for the noise grid"));
             }
-            let z = match table {
-                Some(t) => table_draw(t, rng, &mut signs),
-                None => self.dg.sample_with(rng, &mut signs),
-            };
+            let z = draw(rng, &mut signs);
             *v = ((round_half_away(y) + z) as f64 * self.grid) as f32;
         }
         Ok(())
@@ -155,7 +190,17 @@ mod tests {
     use rand_core::SeedableRng;
 
     use super::*;
-    use crate::noise::MAX_TABLE_SIGMA;
+
+    impl GaussianMechanism {
+        /// "table", "convolved" or "rejection": where the draws come from.
+        fn sampler_kind(&self) -> &'static str {
+            match &self.sampler {
+                Sampler::Discrete(dg) if dg.table_tv_log2().is_some() => "table",
+                Sampler::Discrete(_) => "rejection",
+                Sampler::Convolved(_) => "convolved",
+            }
+        }
+    }
 
     #[test]
     fn mechanism_covers_rounding_and_uses_the_table() {
@@ -167,12 +212,22 @@ mod tests {
             assert!(m.sigma() >= z * (c + m.grid() * (d as f64).sqrt()) * (1.0 - 1e-12));
             // ... at a cost of at most about 3 % more noise, from the table.
             assert!(m.sigma() <= z * c * 1.031, "{z} {c} {d}: {}", m.sigma() / (z * c));
-            assert!(m.sigma() / m.grid() <= MAX_TABLE_SIGMA && m.dg.table_tv_log2().is_some());
+            assert!(m.sigma() / m.grid() <= MAX_TABLE_SIGMA && m.sampler_kind() == "table");
         }
-        // Large z·sqrt(d): the fine grid and the exact rejection sampler, still covered.
-        for &(z, d) in &[(2.0, 1_000_000usize), (50.0, 100_000_000)] {
+        // Unfrozen network blocks (~1M values, and 25M at z = 3): sigma/g
+        // beyond one table, still within 3 %, from the two-table sampler.
+        for &(z, d) in &[(1.0, 1_000_000usize), (2.0, 1_000_000), (3.0, 25_000_000)] {
             let m = GaussianMechanism::new(z, 1.0, d).unwrap();
-            assert!(m.sigma() / m.grid() > MAX_TABLE_SIGMA);
+            assert!(m.sigma() / m.grid() > MAX_TABLE_SIGMA && m.sigma() / m.grid() <= MAX_CONVOLVED_SIGMA);
+            assert_eq!(m.sampler_kind(), "convolved", "{z} {d}");
+            assert!(m.sigma() >= z * (1.0 + m.grid() * (d as f64).sqrt()) * (1.0 - 1e-12));
+            assert!(m.sigma() <= z * 1.031, "{z} {d}: {}", m.sigma() / z);
+        }
+        // Huge z·sqrt(d): the fine grid and the exact rejection sampler, still covered.
+        for &(z, d) in &[(20.0, 1_000_000usize), (50.0, 100_000_000)] {
+            let m = GaussianMechanism::new(z, 1.0, d).unwrap();
+            assert!(m.sigma() / m.grid() > MAX_CONVOLVED_SIGMA);
+            assert_eq!(m.sampler_kind(), "rejection");
             assert!(m.sigma() >= z * (1.0 + m.grid() * (d as f64).sqrt()) * (1.0 - 1e-12));
         }
         assert!(GaussianMechanism::new(0.0, 1.0, 3).is_err());
@@ -217,7 +272,9 @@ mod tests {
 
     #[test]
     fn mechanism_noise_has_the_stated_moments() {
+        // z·sqrt(d) ≈ 581: sigma/g ≈ 2^15, the two-table sampler's range.
         let m = GaussianMechanism::new(1.3, 0.7, 200_000).unwrap();
+        assert_eq!(m.sampler_kind(), "convolved");
         let mut rng = ChaCha20Rng::seed_from_u64(21);
         let mut v = vec![0.25f32; 200_000];
         m.add_to(&mut v, &mut rng).unwrap();
