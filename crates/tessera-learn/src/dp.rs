@@ -39,8 +39,9 @@ pub struct DpSgdConfig {
     /// sampling at q, the clipped sum, noise of std z·C) times a constant
     /// fixed before any data is seen, which is post-processing. `None`
     /// divides by the member's own q·N instead, a function of its private
-    /// row count: the old form, kept only for callers that have not moved
-    /// (see [`DpNoise::round`]).
+    /// row count: no model in this repository trains that way (every
+    /// round starts from [`DpNoise::round_for`]); kept for direct callers
+    /// of [`dp_sgd`] that state it.
     pub expected_batch: Option<f64>,
 }
 
@@ -118,13 +119,6 @@ impl DpNoise {
     pub fn round_for(&mut self, dp: &DpSettings, train: &TrainSettings, dim: usize) -> Result<DpRound, LocalError> {
         crate::validate_train_settings(train)?;
         self.start(DpSgdConfig::from_round(dp, train), train.seed, dim)
-    }
-
-    /// [`round_for`](Self::round_for) dividing by the member's own q·N (a
-    /// function of its private row count) instead of a public batch size:
-    /// the old form, for callers that have not moved yet (tessera-vision).
-    pub fn round(&mut self, dp: &DpSettings, round_seed: u64, dim: usize) -> Result<DpRound, LocalError> {
-        self.start(DpSgdConfig::from_settings(dp), round_seed, dim)
     }
 
     fn start(&mut self, mut cfg: DpSgdConfig, round_seed: u64, dim: usize) -> Result<DpRound, LocalError> {
@@ -395,7 +389,9 @@ mod tests {
         let start = ModelParams::new(vec![ParamTensor::new("w", vec![3], vec![0.0; 3]).unwrap()]);
         let (dp, s) = (DpSettings { sampling_rate: 0.5, ..settings(1.0) }, train(2, 20));
         let mut noise = DpNoise::seeded(3);
-        let mut round = if public { noise.round_for(&dp, &s, 3) } else { noise.round(&dp, s.seed, 3) }.unwrap();
+        let mut round =
+            if public { noise.round_for(&dp, &s, 3) } else { noise.start(DpSgdConfig::from_settings(&dp), s.seed, 3) }
+                .unwrap();
         let mut zero = Constant { grad: vec![0.0; 3], steps: 0, sampled: 0 };
         dp_sgd(&start, &s, n, &mut round, &mut zero).unwrap().to_flat()
     }
@@ -456,7 +452,7 @@ mod tests {
             seed: 5,
             example_weight_cap: 0,
         };
-        let mut round = DpNoise::seeded(3).round(&settings(1.0), 9, 2).unwrap();
+        let mut round = DpNoise::seeded(3).round_for(&settings(1.0), &TrainSettings { seed: 9, ..s }, 2).unwrap();
         let out = dp_sgd(&start, &s, 4, &mut round, &mut OneBad { rows: vec![] }).unwrap();
         assert!(out.check_finite().is_ok());
         // q = 1: every step samples every example, so the bad one once per step.
@@ -469,7 +465,7 @@ mod tests {
     fn large_releases_are_noised_in_parallel_chunks_of_fresh_noise() {
         let d = 3 * NOISE_CHUNK + 5;
         let draw = || {
-            let mut round = DpNoise::seeded(3).round(&settings(1.0), 9, d).unwrap();
+            let mut round = DpNoise::seeded(3).round_for(&settings(1.0), &train(1, 4), d).unwrap();
             let mut v = vec![0.0f32; d];
             round.add_noise(&mut v).unwrap();
             (v, round.mechanism.sigma())
@@ -499,7 +495,7 @@ mod tests {
 
     #[test]
     fn per_example_clipping_keeps_the_same_f32_margin_as_whole_updates() {
-        let mut round = DpNoise::seeded(1).round(&settings(1.0), 1, 2).unwrap();
+        let mut round = DpNoise::seeded(1).round_for(&settings(1.0), &train(1, 4), 2).unwrap();
         let c = round.example_clip(50.0).unwrap();
         let clipped = [30.0f32 * c, 40.0f32 * c];
         let norm = clipped.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();

@@ -273,7 +273,7 @@ impl VisionModel {
         n: usize,
         inner: E,
     ) -> Result<E, LocalError> {
-        let mut round = self.noise.round(dp, s.seed, start.numel())?;
+        let mut round = self.noise.round_for(dp, s, start.numel())?;
         let augment = spec::augmenter(&self.cfg, s.seed).map_err(LocalError::model)?;
         let mut examples = dp::Sampled::new(&self.train, augment.as_ref(), inner);
         let trained = tessera_learn::dp_sgd(start, s, n, &mut round, &mut examples);
@@ -309,8 +309,8 @@ impl VisionModel {
                 mean_loss = loss_sum / seen.max(1) as f64;
             }
             Some(dp) => {
-                let mut round = self.noise.round(dp, s.seed, start.numel())?;
-                let inv_expected = round.sampler.inverse_expected_batch(n);
+                let mut round = self.noise.round_for(dp, s, start.numel())?;
+                let inv_expected = round.inverse_batch(n);
                 let steps = round.sampler.steps_per_epoch();
                 let split = head.weight.len();
                 for epoch in 0..u64::from(s.local_epochs) {

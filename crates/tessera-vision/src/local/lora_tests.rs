@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::Rng;
 use tessera_core::{LoraConfig, ParamTensor};
 
-use super::tests::{assert_dp_step, dp, fashion, settings};
+use super::tests::{assert_dp_step, dp, fashion, full_batch, settings};
 use super::*;
 use crate::TransferModel;
 use crate::params::param_ids;
@@ -144,7 +144,7 @@ fn dp_sgd_clips_per_example_over_exactly_the_adapters_and_head() {
     let start = nonzero_b(&m.net().trainable_params().unwrap(), 3);
     let frozen = m.net().frozen_params().unwrap();
     let all = DpSettings { sampling_rate: 1.0, ..dp(1e6, 1e-12) };
-    let up = m.train(&start, &settings(1, 0.1, 1), Some(&all)).unwrap();
+    let up = m.train(&start, &full_batch(n), Some(&all)).unwrap();
     assert_eq!(up.params.layout(), start.layout());
     assert_eq!(m.net().frozen_params().unwrap(), frozen, "frozen tensors bit-identical");
 
@@ -166,7 +166,7 @@ fn dp_sgd_clips_per_example_over_exactly_the_adapters_and_head() {
         g.extend(values.unwrap().try_to_vec::<f32>().unwrap());
     }
     assert_eq!(g.len(), start.numel());
-    assert_dp_step(&mut m, &up.params, &start, &g);
+    assert_dp_step(&mut m, n, &up.params, &start, &g);
 }
 
 #[test]

@@ -178,16 +178,24 @@ fn small_cnn_trains_every_tensor() {
     assert!(after > before + 0.2, "accuracy {before} -> {after}");
 }
 
-/// `up` (DP-SGD with q = 1, no effective clip, negligible noise, lr 0.1)
-/// is one SGD step along the full-batch gradient `g` from `start`; and a
-/// tiny clip bounds the step by lr * C (one step, every example at most C, / N).
-pub(super) fn assert_dp_step(m: &mut VisionModel, up: &ModelParams, start: &ModelParams, g: &[f32]) {
+/// One full-batch DP-SGD step's settings over `n` examples: lr 0.1 and the
+/// public expected batch size `n` (with q = 1 every example is sampled, so
+/// the step divides by exactly the batch).
+pub(super) fn full_batch(n: usize) -> TrainSettings {
+    TrainSettings { batch_size: n as u32, ..settings(1, 0.1, 1) }
+}
+
+/// `up` (DP-SGD with q = 1 over `n` examples, no effective clip, negligible
+/// noise, [`full_batch`]) is one SGD step along the full-batch gradient `g`
+/// from `start`; and a tiny clip bounds the step by lr * C (one step, every
+/// example at most C, / n).
+pub(super) fn assert_dp_step(m: &mut VisionModel, n: usize, up: &ModelParams, start: &ModelParams, g: &[f32]) {
     let want: Vec<f32> = start.to_flat().iter().zip(g).map(|(p, g)| p - 0.1 * g).collect();
     let step = g.iter().map(|v| (0.1 * v).abs()).fold(0.0f32, f32::max);
     let err = up.to_flat().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(step > 0.0 && err <= 1e-3 * step + 1e-6, "max error {err} against a step of {step}");
     let clip = 1e-3;
-    let tiny = m.train(start, &settings(1, 0.1, 1), Some(&DpSettings { sampling_rate: 1.0, ..dp(clip, 1e-9) }));
+    let tiny = m.train(start, &full_batch(n), Some(&DpSettings { sampling_rate: 1.0, ..dp(clip, 1e-9) }));
     let moved = distance(&tiny.unwrap().params, start);
     assert!(moved > 0.0 && moved <= 0.1 * clip * 1.001, "moved {moved}");
 }
@@ -202,7 +210,7 @@ fn small_cnn_dp_sgd_sums_clipped_per_example_gradients() {
     // q = 1 (every example in the one step), a clip far above any gradient
     // and negligible noise: exactly one full-batch gradient step.
     let all = DpSettings { sampling_rate: 1.0, ..dp(1e6, 1e-12) };
-    let up = m.train(&start, &settings(1, 0.1, 1), Some(&all)).unwrap();
+    let up = m.train(&start, &full_batch(n), Some(&all)).unwrap();
     assert_eq!(up.params.layout(), start.layout());
     let VisionNet::Cnn(net) = VisionNet::build(&cfg, &Device::flex()).unwrap() else { unreachable!() };
     let ad = Device::flex().autodiff();
@@ -212,7 +220,7 @@ fn small_cnn_dp_sgd_sums_clipped_per_example_gradients() {
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &ad);
     let grads = CrossEntropyLossConfig::new().init(&ad).forward(tracked.forward(x), y).backward();
     let g = flat_grads(&tracked, &grads).unwrap();
-    assert_dp_step(&mut m, &up.params, &start, &g);
+    assert_dp_step(&mut m, n, &up.params, &start, &g);
 }
 
 /// Record-level DP-SGD through unfrozen blocks (per-example gradients by
@@ -236,7 +244,7 @@ fn dp_sgd_through_unfrozen_blocks_sums_clipped_per_example_gradients() {
     let start = m.net().trainable_params().unwrap();
     assert!(start.tensors.iter().any(|t| t.name.starts_with("backbone.blocks.15.")));
     let all = DpSettings { sampling_rate: 1.0, ..dp(1e6, 1e-12) };
-    let up = m.train(&start, &settings(1, 0.1, 1), Some(&all)).unwrap();
+    let up = m.train(&start, &full_batch(n), Some(&all)).unwrap();
     assert_eq!(up.params.layout(), start.layout());
     let VisionNet::Transfer(after) = m.net() else { unreachable!() };
     assert_eq!(after.frozen_params().unwrap(), frozen, "frozen tensors bit-identical");
@@ -258,7 +266,7 @@ fn dp_sgd_through_unfrozen_blocks_sums_clipped_per_example_gradients() {
         };
         g.extend(values.unwrap().try_to_vec::<f32>().unwrap());
     }
-    assert_dp_step(&mut m, &up.params, &start, &g);
+    assert_dp_step(&mut m, n, &up.params, &start, &g);
 }
 
 #[test]
