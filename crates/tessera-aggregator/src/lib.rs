@@ -59,7 +59,7 @@ pub use export::{
 };
 pub use instance::LockError;
 pub use observer::{STALL_BEFORE_COMMIT_ENV, STALL_ENV};
-pub use report::{ReportError, RunDir, Summary, round_line};
+pub use report::{ABSENT, ReportError, RunDir, Summary, round_line, value_or_dash};
 pub use revocation::{REVOKED_FILE, RevocationError, RevocationList, RevokedBy};
 pub use statistics::{STATISTICS_FILE, statistics_json};
 pub use status::{HEARTBEAT_STALE_MS, MemberStatus, RoundPoint, RunState, StatusSnapshot, process_alive};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tessera_core::{
-    AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings, SharedList,
+    AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundMetrics, RoundSettings, SharedList,
 };
 
 use super::{CoordinatorConfig, Dropout, Output, ReportProblem, VectorProblem, Violation};
@@ -61,8 +61,9 @@ pub struct RoundOutcome {
     pub contributors: Vec<String>,
     /// Cohort members that dropped out.
     pub dropped: Vec<String>,
-    /// The evaluators' reports, weighted by their example counts.
-    pub metrics: EvalMetrics,
+    /// The evaluators' reports, weighted by their example counts, or the
+    /// decoded private evaluation; what was not released is absent.
+    pub metrics: RoundMetrics,
     /// Members whose evaluation report arrived.
     pub evaluators: u32,
     /// SHA-256 of the new global model, hex.
@@ -616,7 +617,7 @@ impl RoundState {
         }
     }
 
-    pub(super) fn outcome(&self, now_ms: u64, metrics: EvalMetrics, global: &ModelParams) -> RoundOutcome {
+    pub(super) fn outcome(&self, now_ms: u64, metrics: RoundMetrics, global: &ModelParams) -> RoundOutcome {
         RoundOutcome {
             round: self.round,
             cohort: self.cohort.clone(),
