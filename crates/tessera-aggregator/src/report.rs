@@ -111,6 +111,11 @@ impl RunDir {
         std::fs::write(&path, json).map_err(|source| ReportError::Io { path, source })
     }
 
+    /// The run directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Write an arbitrary file into the run directory (scenario as run, plots).
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
         let path = self.dir.join(name);

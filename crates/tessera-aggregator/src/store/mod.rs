@@ -142,6 +142,49 @@ CREATE TABLE revoked_certificates (
     revoked_ms INTEGER NOT NULL
 );
 "#,
+    // A DP statistics release (issue #18) gets its own round status instead
+    // of `aborted`, and its released values their own table, written before
+    // `statistics.json` so that a crash in between never repeats the release.
+    // SQLite cannot change a CHECK constraint in place: the table is rebuilt,
+    // and releases recorded before as `aborted` are relabelled.
+    r#"
+CREATE TABLE rounds_v3 (
+    round INTEGER PRIMARY KEY,
+    logical INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('started', 'completed', 'aborted', 'interrupted', 'statistics')),
+    started_ms INTEGER NOT NULL,
+    finished_ms INTEGER,
+    cohort TEXT NOT NULL,
+    cohort_seed INTEGER NOT NULL,
+    contributors TEXT,
+    dropped TEXT,
+    reason TEXT,
+    model_sha256 TEXT,
+    record TEXT,
+    epsilon REAL,
+    delta REAL
+);
+INSERT INTO rounds_v3
+SELECT round, logical,
+       CASE WHEN status = 'aborted' AND reason = 'a DP statistics release, not a training round'
+            THEN 'statistics' ELSE status END,
+       started_ms, finished_ms, cohort, cohort_seed, contributors, dropped,
+       CASE WHEN status = 'aborted' AND reason = 'a DP statistics release, not a training round'
+            THEN NULL ELSE reason END,
+       model_sha256, record, epsilon, delta
+FROM rounds;
+DROP TABLE rounds;
+ALTER TABLE rounds_v3 RENAME TO rounds;
+CREATE TABLE statistics_releases (
+    round INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE TRIGGER statistics_no_update BEFORE UPDATE ON statistics_releases
+BEGIN SELECT RAISE(ABORT, 'a statistics release is final'); END;
+CREATE TRIGGER statistics_no_delete BEFORE DELETE ON statistics_releases
+BEGIN SELECT RAISE(ABORT, 'a statistics release is final'); END;
+"#,
 ];
 
 /// What identifies a run across restarts.
