@@ -178,12 +178,16 @@ impl RoundState {
                     party: party as PartyId,
                 },
             });
-            out.push_back(Output::SendModel {
-                to: member.clone(),
-                round,
-                purpose: ModelPurpose::Train,
-                model: global.clone(),
-            });
+            // A statistics round uploads counts, not an update of the model:
+            // the member needs no model, so none is streamed.
+            if settings.stats.is_none() {
+                out.push_back(Output::SendModel {
+                    to: member.clone(),
+                    round,
+                    purpose: ModelPurpose::Train,
+                    model: global.clone(),
+                });
+            }
         }
         let deadline = if phase == Phase::Plain { cfg.round_deadline_ms } else { cfg.phase_timeout_ms };
         let alive = (0..cohort.len() as PartyId).collect();

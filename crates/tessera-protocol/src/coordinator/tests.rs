@@ -247,6 +247,7 @@ impl Harness {
                     self.deliver_to_member(&to, msg)
                 }
                 Output::SendModel { to, round, purpose, model } => {
+                    self.trace.push(format!("model:{round}:{purpose:?}"));
                     for m in model_messages(round, purpose, &model, 5).collect::<Vec<_>>() {
                         self.deliver_to_member(&to, m);
                     }
