@@ -69,8 +69,10 @@ async fn three_members_train_over_quic_and_outsiders_are_refused() {
     assert!(records.iter().all(|r| r.participants == 3 && r.bytes_up > 0 && r.bytes_down > 0));
     let last = records.last().unwrap();
     assert!(last.accuracy >= ACCURACY_BAR, "federated accuracy {} below {ACCURACY_BAR}", last.accuracy);
+    // Without DP the members report in the clear: the loss is released.
+    let loss = |r: &tessera_core::RoundRecord| r.loss.expect("a loss reported in the clear");
     assert!(
-        last.loss < records[0].loss + 1e-9 || records[0].accuracy >= ACCURACY_BAR,
+        loss(last) < loss(&records[0]) + 1e-9 || records[0].accuracy >= ACCURACY_BAR,
         "the model did not learn: {records:?}"
     );
     let summary: serde_json::Value =

@@ -189,5 +189,8 @@ async fn with_dp_no_frame_carries_an_unnoised_count() {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     let records: Vec<RoundRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.len(), 2);
-    assert!(records.iter().all(|r| r.accuracy > 0.0 && r.loss > 0.0), "{records:?}");
+    // Client unit: the noised loss sum is released, per-example scores (AUC) are not.
+    let released = |r: &RoundRecord| r.accuracy > 0.0 && r.loss.is_some_and(|l| l > 0.0) && r.auc.is_none();
+    assert!(records.iter().all(released), "{records:?}");
+    assert!(text.lines().all(|l| l.contains("\"auc\":null")), "{text}");
 }

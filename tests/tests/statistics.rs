@@ -3,7 +3,8 @@
 //! three `tessera-client` members, over QUIC on loopback. The release lands
 //! in the run directory and the audit log, both sides' ledgers are charged,
 //! each member's exact report stays beside its data, and what left a member
-//! was only the masked secure-aggregation traffic.
+//! was only the masked secure-aggregation traffic. An aggregator SIGKILLed
+//! after the release and before its file is written releases nothing twice.
 
 mod common;
 
@@ -18,17 +19,39 @@ fn json(path: &std::path::Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn the_statistics_command_releases_noised_counts_and_charges_every_ledger() {
-    let site = Site::new();
-    let port = free_udp_port();
-    let config = aggregator_toml(&site, "stats", &RunOptions { rounds: 2, quic_port: port, http_port: None, dp: true });
+/// `<site>/<name>/aggregator.toml` with the WDBC schema and a `[statistics]` section.
+fn statistics_config(site: &Site, name: &str, rounds: u64, port: u16) -> std::path::PathBuf {
+    let config = aggregator_toml(site, name, &RunOptions { rounds, quic_port: port, http_port: None, dp: true });
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
         "\n[data]\nschema = \"{}\"\n\n[statistics]\nepsilon = 2.0\nbins = 5\nmax_records = 400\n",
         tessera_e2e::wdbc_schema().display()
     ));
     std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// The three `tessera-client` members of run `name`, as shipped (OS
+/// randomness), each with its own privacy ledger.
+fn spawn_members(site: &Site, name: &str, port: u16) -> Vec<std::process::Child> {
+    let client = client_binary();
+    let mut members = Vec::new();
+    for (i, member) in NAMES.iter().enumerate() {
+        member_config(site, name, i, port);
+        let path = site.path().join(name).join(format!("{member}.toml"));
+        let mut t = std::fs::read_to_string(&path).unwrap().replace("[testing]\nseeded_randomness = true\n", "");
+        t.push_str(&format!("[privacy]\nepsilon = 100.0\ndelta = 1e-5\nledger = \"{member}-privacy.jsonl\"\n"));
+        std::fs::write(&path, t).unwrap();
+        members.push(spawn_client(&client, &path, &format!("{member}.log")));
+    }
+    members
+}
+
+#[test]
+fn the_statistics_command_releases_noised_counts_and_charges_every_ledger() {
+    let site = Site::new();
+    let port = free_udp_port();
+    let config = statistics_config(&site, "stats", 2, port);
 
     let mut aggregator = {
         let dir = config.parent().unwrap();
@@ -42,17 +65,7 @@ fn the_statistics_command_releases_noised_counts_and_charges_every_ledger() {
             .spawn()
             .unwrap()
     };
-    let client = client_binary();
-    let mut members = Vec::new();
-    for (i, name) in NAMES.iter().enumerate() {
-        member_config(&site, "stats", i, port);
-        let path = site.path().join("stats").join(format!("{name}.toml"));
-        // The daemon as shipped: OS randomness, its own privacy ledger.
-        let mut t = std::fs::read_to_string(&path).unwrap().replace("[testing]\nseeded_randomness = true\n", "");
-        t.push_str(&format!("[privacy]\nepsilon = 100.0\ndelta = 1e-5\nledger = \"{name}-privacy.jsonl\"\n"));
-        std::fs::write(&path, t).unwrap();
-        members.push(spawn_client(&client, &path, &format!("{name}.log")));
-    }
+    let members = spawn_members(&site, "stats", port);
     assert!(wait_exit(&mut aggregator, Duration::from_secs(120)), "the statistics command failed");
     for mut m in members {
         assert!(wait_child(&mut m, Duration::from_secs(30), "a member"), "a member failed");
@@ -124,3 +137,55 @@ fn the_statistics_command_releases_noised_counts_and_charges_every_ledger() {
         }
     }
 }
+
+/// The release is recorded in the state database before `statistics.json`
+/// is written. An aggregator SIGKILLed in between (held there by the
+/// test-only `TESSERA_TEST_STALL_AFTER_RELEASE`) restarts, rewrites the file
+/// from the database and trains: one release, one charge for it, its row
+/// `statistics` (not an aborted round), and the file equal to the record.
+#[test]
+fn a_crash_between_the_release_and_its_file_releases_nothing_twice() {
+    let site = Site::new();
+    let port = free_udp_port();
+    let config = statistics_config(&site, "crash", 1, port);
+    let db = state_db(&config);
+    let file = config.parent().unwrap().join("out").join(tessera_aggregator::STATISTICS_FILE);
+    let stalled = spawn_aggregator_stalled(&config, Some((tessera_aggregator::STALL_AFTER_RELEASE_ENV, 1)));
+    let members = spawn_members(&site, "crash", port);
+    let t0 = std::time::Instant::now();
+    while !db.exists() || count(&rusqlite::Connection::open(&db).unwrap(), RELEASES) != Some(1) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no release recorded: see {}", db.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigkill(stalled);
+    assert!(!file.exists(), "the knob stalls before the file is written");
+
+    let mut aggregator = spawn_aggregator(&config, None);
+    assert!(wait_exit(&mut aggregator, Duration::from_secs(180)), "the resumed run failed: see {}", db.display());
+    for mut m in members {
+        assert!(wait_child(&mut m, Duration::from_secs(30), "a member"), "a member failed");
+    }
+    let store = StateStore::open_existing(&db).unwrap();
+    let (round, released) = store.statistics_release().unwrap().expect("the release is recorded");
+    assert_eq!(json(&file), released, "statistics.json is rewritten from the database");
+    let rows = store.rounds().unwrap();
+    let status = |s: &str| rows.iter().filter(|r| r.status == s).map(|r| r.round).collect::<Vec<_>>();
+    assert_eq!(status("statistics"), vec![round], "one release, under its own status: {rows:?}");
+    assert!(status("interrupted").is_empty(), "the release was not left open: {rows:?}");
+    assert_eq!(status("completed").len(), 1, "then the training round: {rows:?}");
+    let audit = store.audit_entries().unwrap();
+    assert_eq!(audit.iter().filter(|e| e.kind == "statistics_released").count(), 1);
+    // One reservation per round attempt: the release was charged once.
+    let reserved: Vec<u64> = store
+        .ledger()
+        .unwrap()
+        .iter()
+        .filter_map(|r| match r.entry {
+            tessera_privacy::LedgerEntry::Reserved { round, .. } => Some(round),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reserved, rows.iter().map(|r| r.round).collect::<Vec<_>>(), "{rows:?}");
+}
+
+const RELEASES: &str = "SELECT count(*) FROM statistics_releases";

@@ -218,14 +218,6 @@ pub async fn run_statistics(cfg: AggregatorConfig, listener: Listener) -> Result
     run_with(cfg, listener, true).await
 }
 
-/// The `[statistics]` release for this run, and whether it still has to
-/// run (its file is not in the run directory yet).
-fn statistics_plan(cfg: &AggregatorConfig) -> Result<Option<(tessera_core::StatsRelease, bool)>, DaemonError> {
-    let Some(release) = cfg.statistics_release().map_err(DaemonError::State)? else { return Ok(None) };
-    let pending = !cfg.server.run_dir.join(crate::STATISTICS_FILE).exists();
-    Ok(Some((release, pending)))
-}
-
 async fn run_with(cfg: AggregatorConfig, listener: Listener, only_statistics: bool) -> Result<RunEnd, DaemonError> {
     let state_path = cfg.state_path();
     // Held until this function returns: one daemon per state database.
@@ -285,7 +277,7 @@ async fn run_with(cfg: AggregatorConfig, listener: Listener, only_statistics: bo
         );
     }
     let spent = resume.spent.clone();
-    let statistics = statistics_plan(&cfg)?;
+    let statistics = crate::statistics::statistics_plan(&cfg, &store)?;
     if only_statistics && !statistics.as_ref().is_some_and(|(_, pending)| *pending) {
         return Err(DaemonError::State(match statistics {
             None => "the configuration has no [statistics] section".into(),

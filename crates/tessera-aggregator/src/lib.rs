@@ -58,8 +58,8 @@ pub use export::{
     ExportError, ExportReport, ExportTensor, export_safetensors, full_model, read_safetensors, vision_model,
 };
 pub use instance::LockError;
-pub use observer::{STALL_BEFORE_COMMIT_ENV, STALL_ENV};
-pub use report::{ReportError, RunDir, Summary, round_line};
+pub use observer::{STALL_AFTER_RELEASE_ENV, STALL_BEFORE_COMMIT_ENV, STALL_ENV};
+pub use report::{ABSENT, ReportError, RunDir, Summary, round_line, value_or_dash};
 pub use revocation::{REVOKED_FILE, RevocationError, RevocationList, RevokedBy};
 pub use statistics::{STATISTICS_FILE, statistics_json};
 pub use status::{HEARTBEAT_STALE_MS, MemberStatus, RoundPoint, RunState, StatusSnapshot, process_alive};

@@ -30,6 +30,13 @@ pub const STALL_ENV: &str = "TESSERA_TEST_STALL_AFTER_ROUND";
 /// window open from outside.
 pub const STALL_BEFORE_COMMIT_ENV: &str = "TESSERA_TEST_STALL_BEFORE_COMMIT";
 
+/// Test-only fault injection, like [`STALL_ENV`] (any number as its value):
+/// the daemon stops making progress once a DP statistics release is
+/// recorded in the state database and before `statistics.json` is written,
+/// so a test can SIGKILL it there and see the restart rewrite the file
+/// without a second release.
+pub const STALL_AFTER_RELEASE_ENV: &str = "TESSERA_TEST_STALL_AFTER_RELEASE";
+
 pub(crate) type SharedStore = Arc<Mutex<StateStore>>;
 
 /// Lock the store; a panic elsewhere while holding it leaves it usable
@@ -57,6 +64,7 @@ pub(crate) struct DaemonObserver {
     failed: Option<String>,
     stall_after: Option<u64>,
     stall_before_commit: Option<u64>,
+    stall_after_release: Option<u64>,
     last_status_write: i64,
     /// Names the features of a statistics release.
     pub(crate) schema: Option<tessera_core::FeatureSchema>,
@@ -87,6 +95,7 @@ impl DaemonObserver {
             failed: None,
             stall_after: stall_knob(STALL_ENV),
             stall_before_commit: stall_knob(STALL_BEFORE_COMMIT_ENV),
+            stall_after_release: stall_knob(STALL_AFTER_RELEASE_ENV),
             last_status_write: 0,
             schema: None,
         }
@@ -306,11 +315,6 @@ impl RunObserver for DaemonObserver {
 
     fn statistics_released(&mut self, outcome: &StatisticsOutcome) {
         let released = crate::statistics_json(outcome, self.schema.as_ref());
-        let text = serde_json::to_vec_pretty(&released).unwrap_or_default();
-        if let Err(e) = self.run.write_file(crate::STATISTICS_FILE, &text) {
-            tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write the statistics release");
-            self.failed.get_or_insert_with(|| format!("writing {}: {e}", crate::STATISTICS_FILE));
-        }
         let body = serde_json::json!({
             "round": outcome.round,
             "file": crate::STATISTICS_FILE,
@@ -320,9 +324,18 @@ impl RunObserver for DaemonObserver {
             "delta": outcome.opendp.delta,
             "run_epsilon_after": outcome.run_epsilon,
         });
-        let res = lock(&self.store).statistics_released(outcome.round, &body, now_ms());
+        // The database first: once this returns, a restart rewrites the
+        // file from it and never releases (and charges) a second time.
+        let res = lock(&self.store).statistics_released(outcome.round, &released, &body, now_ms());
         if let Err(e) = res {
-            self.fail("recording the statistics release", &e);
+            return self.fail("recording the statistics release", &e);
+        }
+        if self.stall_after_release.is_some() {
+            stall_forever(STALL_AFTER_RELEASE_ENV, 1);
+        }
+        if let Err(e) = crate::statistics::write_statistics_file(self.run.dir(), &released) {
+            tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write the statistics release");
+            self.failed.get_or_insert_with(|| format!("writing {}: {e}", crate::STATISTICS_FILE));
         }
         self.attempt = 0;
         tracing::info!(

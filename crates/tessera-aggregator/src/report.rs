@@ -111,6 +111,11 @@ impl RunDir {
         std::fs::write(&path, json).map_err(|source| ReportError::Io { path, source })
     }
 
+    /// The run directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Write an arbitrary file into the run directory (scenario as run, plots).
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
         let path = self.dir.join(name);
@@ -118,11 +123,44 @@ impl RunDir {
     }
 }
 
+/// How a value that was not released (or not measured) prints in round
+/// lines, reports and status pages: an en dash, never a stand-in number.
+pub const ABSENT: &str = "–";
+
+/// `v` with 4 decimals, or [`ABSENT`].
+pub fn value_or_dash(v: Option<f64>) -> String {
+    v.map_or_else(|| ABSENT.to_string(), |x| format!("{x:.4}"))
+}
+
 /// The one-line-per-round log message both daemon and simulator print.
+/// Loss and AUC read [`ABSENT`] when the round did not release them.
 pub fn round_line(r: &RoundRecord) -> String {
     let eps = r.epsilon.map(|e| format!(" epsilon={e:.3}")).unwrap_or_default();
     format!(
-        "round {} participants={} dropped={} loss={:.4} accuracy={:.4} auc={:.4} up={}B down={}B {:.2}s{eps}",
-        r.round, r.participants, r.dropped, r.loss, r.accuracy, r.auc, r.bytes_up, r.bytes_down, r.seconds
+        "round {} participants={} dropped={} loss={} accuracy={:.4} auc={} up={}B down={}B {:.2}s{eps}",
+        r.round,
+        r.participants,
+        r.dropped,
+        value_or_dash(r.loss),
+        r.accuracy,
+        value_or_dash(r.auc),
+        r.bytes_up,
+        r.bytes_down,
+        r.seconds
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value the round did not release prints as a dash, one it did as a number.
+    #[test]
+    fn round_line_prints_a_dash_for_what_was_not_released() {
+        let r = RoundRecord { round: 2, loss: None, auc: None, accuracy: 0.95, ..Default::default() };
+        let line = round_line(&r);
+        assert!(line.contains("loss=– accuracy=0.9500 auc=– "), "{line}");
+        let r = RoundRecord { loss: Some(0.25), auc: Some(0.5), ..r };
+        assert!(round_line(&r).contains("loss=0.2500 accuracy=0.9500 auc=0.5000 "), "{}", round_line(&r));
+    }
 }

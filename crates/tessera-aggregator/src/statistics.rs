@@ -3,6 +3,12 @@
 //! the simulator to its run directory. Counts are the noised sum as
 //! released; ranges and quartiles are read from the noised histograms
 //! (post-processing, no further privacy cost).
+//!
+//! The daemon records the release in its state database before it writes
+//! the file, and rewrites the file from the database on every start: the
+//! database is the record, the file a copy (see `StateStore::statistics_released`).
+
+use std::path::Path;
 
 use serde_json::{Value, json};
 use tessera_core::{FeatureSchema, StatisticsReport};
@@ -42,4 +48,42 @@ pub fn statistics_json(outcome: &StatisticsOutcome, schema: Option<&FeatureSchem
         },
         "released": released,
     })
+}
+
+/// Write `released` (a [`statistics_json`] value) to `dir`/[`STATISTICS_FILE`],
+/// creating `dir`; the file is written aside and renamed into place, so a
+/// crash leaves the old file or the new one, never half of one.
+pub(crate) fn write_statistics_file(dir: &Path, released: &Value) -> Result<(), crate::ReportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| crate::ReportError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (tmp, path) = (dir.join(format!("{STATISTICS_FILE}.tmp")), dir.join(STATISTICS_FILE));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(released)?).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// The `[statistics]` release for this run, and whether it still has to
+/// run. The state database is the record: a release recorded there is done,
+/// and its `statistics.json` is rewritten from it (the process that made it
+/// may have died before writing the file; releasing again would charge
+/// every ledger twice). Without one, a `statistics.json` already in the run
+/// directory (written by an aggregator before schema version 3) counts too.
+pub(crate) fn statistics_plan(
+    cfg: &crate::AggregatorConfig,
+    store: &crate::StateStore,
+) -> Result<Option<(tessera_core::StatsRelease, bool)>, crate::DaemonError> {
+    let Some(release) = cfg.statistics_release().map_err(crate::DaemonError::State)? else { return Ok(None) };
+    if let Some((round, released)) = store.statistics_release()? {
+        crate::statistics::write_statistics_file(&cfg.server.run_dir, &released)?;
+        tracing::info!(
+            wire_round = round,
+            file = %cfg.server.run_dir.join(crate::STATISTICS_FILE).display(),
+            "the DP statistics release is in the state database; its file is rewritten from it"
+        );
+        return Ok(Some((release, false)));
+    }
+    let pending = !cfg.server.run_dir.join(crate::STATISTICS_FILE).exists();
+    Ok(Some((release, pending)))
 }

@@ -24,7 +24,11 @@ pub use payload::Payload;
 /// (`GraphRoster`, `RevealGraphSeed`) and the survivor set is signed before
 /// any share is revealed (`SurvivorSet`, `SignSurvivors`). Version 4:
 /// `Hello` announces the member's [`SettingsDigest`](crate::SettingsDigest).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// Version 5: the DP statistics release in `RoundSettings` (`stats`).
+/// Version 6: no model is streamed in a statistics round (the member starts
+/// it at `RoundStart`); no message type changed, but a version-5 peer would
+/// wait for, or refuse, a model the other side does not expect.
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Bytes of frame header: version byte plus u32 length.
 pub const HEADER_LEN: usize = 5;
@@ -290,25 +294,25 @@ mod tests {
         assert!(small.len() < 4000 + 64);
     }
 
-    /// A member built for version 4 (before the statistics release in
-    /// `RoundSettings`) is told both versions, whichever side reads the
+    /// A member built for version 5 (which still streams the model in a
+    /// statistics round) is told both versions, whichever side reads the
     /// other's frame.
     #[test]
     fn previous_version_names_both_versions() {
-        assert_eq!(PROTOCOL_VERSION, 5);
+        assert_eq!(PROTOCOL_VERSION, 6);
         let l = Limits::default();
         let mut f = encode_frame(
-            &ClientMsg::Hello { member: "m".into(), protocol_version: 4, settings: Default::default() },
+            &ClientMsg::Hello { member: "m".into(), protocol_version: 5, settings: Default::default() },
             &l,
         )
         .unwrap();
-        f[0] = 4;
+        f[0] = 5;
         let mut d = FrameDecoder::new(l);
         d.push(&f);
         let err = d.next_message::<ClientMsg>().unwrap_err();
-        assert_eq!(err, CodecError::UnknownVersion { found: 4, expected: 5 });
+        assert_eq!(err, CodecError::UnknownVersion { found: 5, expected: 6 });
         let text = err.to_string();
-        assert!(text.contains("version 4") && text.contains("version 5"), "{text}");
+        assert!(text.contains("version 5") && text.contains("version 6"), "{text}");
     }
 
     #[test]

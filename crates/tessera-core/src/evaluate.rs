@@ -4,7 +4,7 @@
 //! plain slices, so they are easy to check by hand; [`eval_metrics`] is the
 //! one entry point and states the conventions.
 
-use crate::EvalMetrics;
+use crate::{EvalMetrics, RoundMetrics};
 
 /// Binary ROC AUC of `scores` against `positive`; `None` without both classes.
 fn roc_auc_binary(scores: &[f64], positive: &[bool]) -> Option<f64> {
@@ -132,18 +132,19 @@ pub fn eval_metrics(probs: &[f32], labels: &[u32], num_classes: usize, mean_loss
     }
 }
 
-/// [`EvalMetrics`] from a confusion matrix and a loss sum alone (private
-/// evaluation releases only these, summed and noised): accuracy, balanced
-/// accuracy and macro F1 by the conventions above, loss as the sum over the
-/// examples counted, and AUC 0.5, since it needs per-example scores.
-pub fn metrics_from_confusion(confusion: Vec<Vec<u64>>, loss_sum: f64) -> EvalMetrics {
+/// [`RoundMetrics`] from a confusion matrix and, when it was released, a
+/// loss sum (private evaluation releases only these, summed and noised):
+/// accuracy, balanced accuracy and macro F1 by the conventions above, loss
+/// as the sum over the examples counted (absent when `loss_sum` is, or
+/// when no example is counted), and no AUC, since it needs per-example scores.
+pub fn metrics_from_confusion(confusion: Vec<Vec<u64>>, loss_sum: Option<f64>) -> RoundMetrics {
     let total: u64 = confusion.iter().flatten().sum();
-    EvalMetrics {
+    RoundMetrics {
         num_examples: total,
-        loss: if total == 0 { 0.0 } else { loss_sum / total as f64 },
+        loss: loss_sum.filter(|_| total > 0).map(|s| s / total as f64),
         accuracy: accuracy(&confusion),
         balanced_accuracy: balanced_accuracy(&confusion),
-        auc: 0.5,
+        auc: None,
         f1: macro_f1(&confusion),
         confusion,
     }
@@ -251,8 +252,10 @@ mod tests {
         let m = rel.decode(&sum);
         assert_eq!(m.confusion, vec![vec![50, 2], vec![8, 40]]);
         assert_eq!(m.num_examples, 100);
-        assert!((m.loss - (0.5 * 80.0 + 1.5 * 20.0) / 100.0).abs() < 1e-4, "{}", m.loss);
+        let loss = m.loss.expect("the client-level form releases the loss");
+        assert!((loss - (0.5 * 80.0 + 1.5 * 20.0) / 100.0).abs() < 1e-4, "{loss}");
         assert!((m.accuracy - 0.9).abs() < 1e-12);
+        assert_eq!(m.auc, None, "no per-example scores, no AUC");
         assert_eq!(rel.decode(&[-1.0; 5]).num_examples, 0, "noise below zero counts nothing");
     }
 
@@ -275,6 +278,6 @@ mod tests {
         let m = rel.decode_records(&sum);
         assert_eq!(m.confusion, vec![vec![80, 4], vec![7, 70]]);
         assert!((m.accuracy - 150.0 / 161.0).abs() < 1e-12);
-        assert_eq!(m.loss, 0.0);
+        assert_eq!((m.loss, m.auc), (None, None), "neither loss nor AUC is released");
     }
 }

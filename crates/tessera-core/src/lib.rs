@@ -60,7 +60,7 @@ pub use message::{
     Advertisement, AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose,
     PublicKeys, SettingsDigest, ShareReveal,
 };
-pub use metrics::{EvalMetrics, RoundRecord};
+pub use metrics::{EvalMetrics, RoundMetrics, RoundRecord};
 pub use model::{
     AugmentConfig, BackboneInit, LoraConfig, ModelConfigError, ModelSection, VisionArchitecture, VisionModelConfig,
 };

@@ -1,6 +1,11 @@
-//! Evaluation metrics a member reports on its own held-out split, and the
-//! per-round record written to `metrics.jsonl`. Only aggregates: never a
-//! record or a per-example value.
+//! Evaluation metrics a member reports on its own held-out split, what a
+//! round's evaluation released, and the per-round record written to
+//! `metrics.jsonl`. Only aggregates: never a record or a per-example value.
+//!
+//! A value a round did not release is absent (`None`), never a stand-in:
+//! private evaluation releases no AUC (it needs per-example scores) and,
+//! under the record unit, no loss; a `0.0` or `0.5` there would read as
+//! measured.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +62,50 @@ impl EvalMetrics {
     }
 }
 
+/// A round's evaluation as released: [`EvalMetrics`] with the values the
+/// round did not release absent. Never on the wire: the coordinator builds
+/// it from members' plaintext reports or from the noised sum of a private
+/// evaluation ([`crate::EvalRelease::decode`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    /// Held-out examples counted (noised under private evaluation).
+    pub num_examples: u64,
+    /// Mean loss per example; `None` when not released (record-level
+    /// private evaluation) or when no member evaluated.
+    pub loss: Option<f64>,
+    /// Fraction classified correctly, in [0, 1] (0 when no member evaluated).
+    pub accuracy: f64,
+    /// Mean recall over the classes present, in [0, 1].
+    pub balanced_accuracy: f64,
+    /// ROC AUC; `None` when not released (private evaluation releases
+    /// counts, not the per-example scores AUC needs) or when no member
+    /// evaluated.
+    pub auc: Option<f64>,
+    /// Macro F1.
+    pub f1: f64,
+    /// Row = true class, column = predicted class.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl RoundMetrics {
+    /// The example-weighted mean of members' plaintext reports
+    /// ([`EvalMetrics::weighted_mean`]): every value is released, unless no
+    /// member evaluated, when loss and AUC are absent.
+    pub fn from_reports(reports: &[EvalMetrics]) -> Self {
+        let m = EvalMetrics::weighted_mean(reports);
+        let measured = m.num_examples > 0;
+        RoundMetrics {
+            num_examples: m.num_examples,
+            loss: measured.then_some(m.loss),
+            accuracy: m.accuracy,
+            balanced_accuracy: m.balanced_accuracy,
+            auc: measured.then_some(m.auc),
+            f1: m.f1,
+            confusion: m.confusion,
+        }
+    }
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
@@ -68,15 +117,17 @@ pub struct RoundRecord {
     pub dropped: u32,
     /// Whether an aggregate was produced (false: aborted below threshold).
     pub accepted: bool,
-    /// The new global model's [`EvalMetrics::loss`] over the evaluating
-    /// members, example-weighted (0 when the round was aborted).
-    pub loss: f64,
+    /// The round's [`RoundMetrics::loss`]: the evaluating members'
+    /// example-weighted mean loss. `null` when it was not released (record-level
+    /// private evaluation), no member evaluated, or the round was aborted.
+    pub loss: Option<f64>,
     /// Example-weighted [`EvalMetrics::accuracy`], as `loss`.
     pub accuracy: f64,
     /// Example-weighted [`EvalMetrics::balanced_accuracy`], as `loss`.
     pub balanced_accuracy: f64,
-    /// Example-weighted [`EvalMetrics::auc`], as `loss`.
-    pub auc: f64,
+    /// The round's [`RoundMetrics::auc`]; `null` under private evaluation
+    /// (not released), without evaluation, or when aborted.
+    pub auc: Option<f64>,
     /// Example-weighted [`EvalMetrics::f1`], as `loss`.
     pub f1: f64,
     /// Frame bytes (header included) of this round's messages from members,
@@ -130,5 +181,32 @@ mod tests {
         assert!((m.accuracy - 0.625).abs() < 1e-12);
         assert_eq!(m.confusion, vec![vec![15, 5], vec![10, 10]]);
         assert_eq!(EvalMetrics::weighted_mean(&[]).num_examples, 0);
+    }
+
+    /// Plaintext reports release loss and AUC; no report releases nothing,
+    /// so neither reads as a measured 0.
+    #[test]
+    fn round_metrics_from_reports_mark_the_unmeasured_absent() {
+        let a = EvalMetrics { num_examples: 4, loss: 0.25, auc: 0.75, accuracy: 0.5, ..Default::default() };
+        let m = RoundMetrics::from_reports(&[a]);
+        assert_eq!((m.loss, m.auc, m.accuracy), (Some(0.25), Some(0.75), 0.5));
+        let none = RoundMetrics::from_reports(&[]);
+        assert_eq!((none.loss, none.auc, none.num_examples), (None, None, 0));
+    }
+
+    /// `metrics.jsonl` writes an absent value as `null`, and lines written
+    /// before (with numbers, or without the key) still read.
+    #[test]
+    fn round_record_writes_absent_values_as_null_and_reads_old_lines() {
+        let r = RoundRecord { round: 3, loss: None, auc: None, accuracy: 0.9, ..Default::default() };
+        let line = serde_json::to_value(&r).unwrap();
+        assert_eq!((&line["loss"], &line["auc"]), (&serde_json::Value::Null, &serde_json::Value::Null));
+        assert_eq!(line["accuracy"], 0.9);
+        let old: RoundRecord = serde_json::from_str(
+            r#"{"round":1,"participants":3,"dropped":0,"accepted":true,"loss":0.5,"accuracy":0.9,
+                "balanced_accuracy":0.9,"auc":0.5,"f1":0.9,"bytes_up":1,"bytes_down":2,"seconds":0.1}"#,
+        )
+        .unwrap();
+        assert_eq!((old.loss, old.auc), (Some(0.5), Some(0.5)));
     }
 }

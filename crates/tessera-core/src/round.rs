@@ -206,15 +206,15 @@ impl EvalRelease {
     /// Metrics from the noised sum of members' tensors: counts rounded to
     /// integers (negatives to 0), loss as the noised loss sum over the
     /// noised example count. AUC needs per-example scores and is not part of
-    /// the release: it reads 0.5.
-    pub fn decode(&self, sum: &[f32]) -> crate::EvalMetrics {
+    /// the release: it is absent.
+    pub fn decode(&self, sum: &[f32]) -> crate::RoundMetrics {
         let k = self.classes as usize;
         let (wc, wl) = self.weights();
         let count = |v: f32| (f64::from(v) / wc).round().max(0.0) as u64;
         let confusion: Vec<Vec<u64>> =
             (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0, |v| count(*v))).collect()).collect();
         let loss_sum = sum.get(k * k).map_or(0.0, |v| f64::from(*v) / wl).max(0.0);
-        crate::metrics_from_confusion(confusion, loss_sum)
+        crate::metrics_from_confusion(confusion, Some(loss_sum))
     }
 
     /// Weight of one count in the record-level form: `norm / max_examples`,
@@ -243,14 +243,14 @@ impl EvalRelease {
     }
 
     /// Metrics from the noised sum of record-level blocks: counts rounded to
-    /// integers (negatives to 0); loss 0 and AUC 0.5 (neither is released).
-    pub fn decode_records(&self, sum: &[f32]) -> crate::EvalMetrics {
+    /// integers (negatives to 0); loss and AUC absent (neither is released).
+    pub fn decode_records(&self, sum: &[f32]) -> crate::RoundMetrics {
         let k = self.classes as usize;
         let w = self.record_weight();
         let count = |v: f32| (f64::from(v) / w).round().max(0.0) as u64;
         let confusion: Vec<Vec<u64>> =
             (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0, |v| count(*v))).collect()).collect();
-        crate::metrics_from_confusion(confusion, 0.0)
+        crate::metrics_from_confusion(confusion, None)
     }
 }
 

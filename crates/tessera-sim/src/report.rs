@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use tessera_aggregator::value_or_dash;
+
 use crate::plots::{Series, label_distribution, lines};
 use crate::run::SimResult;
 use crate::scenario::Scenario;
@@ -19,17 +21,21 @@ pub(crate) fn write_report(dir: &Path, s: &Scenario, r: &SimResult, extra: Optio
     let by_round = |f: fn(&tessera_core::RoundRecord) -> f64| -> Vec<(f64, f64)> {
         accepted.iter().map(|x| (x.round as f64, f(x))).collect()
     };
+    // A value a round did not release is no point (not a 0 or a 0.5).
+    let released = |f: fn(&tessera_core::RoundRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+        accepted.iter().filter_map(|x| f(x).map(|v| (x.round as f64, v))).collect()
+    };
     lines(
         &dir.join("accuracy.png"),
         "accuracy by round",
         &[
             Series { name: "accuracy", points: by_round(|x| x.accuracy) },
             Series { name: "balanced accuracy", points: by_round(|x| x.balanced_accuracy) },
-            Series { name: "AUC", points: by_round(|x| x.auc) },
+            Series { name: "AUC", points: released(|x| x.auc) },
         ],
         Some(0.0..1.0),
     )?;
-    lines(&dir.join("loss.png"), "loss by round", &[Series { name: "loss", points: by_round(|x| x.loss) }], None)?;
+    lines(&dir.join("loss.png"), "loss by round", &[Series { name: "loss", points: released(|x| x.loss) }], None)?;
     let eps: Vec<(f64, f64)> = accepted.iter().filter_map(|x| x.epsilon.map(|e| (x.round as f64, e))).collect();
     lines(&dir.join("epsilon.png"), "epsilon spent by round", &[Series { name: "epsilon", points: eps }], None)?;
     let all = |f: fn(&tessera_core::RoundRecord) -> f64| -> Vec<(f64, f64)> {
@@ -147,12 +153,12 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
         let _ = writeln!(m, "|---|---|---|---|---|---|---|");
         let _ = writeln!(
             m,
-            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |\n",
+            "| {} | {:.4} | {:.4} | {} | {} | {} | {} |\n",
             x.round,
             x.accuracy,
             x.balanced_accuracy,
-            x.auc,
-            x.loss,
+            value_or_dash(x.auc),
+            value_or_dash(x.loss),
             x.epsilon.map_or("-".into(), |e| format!("{e:.3}")),
             x.participants
         );
@@ -185,20 +191,27 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
         let _ = writeln!(m, "{extra}\n");
     }
     let _ = writeln!(m, "## Rounds\n");
+    let _ = writeln!(
+        m,
+        "{} marks a value the round did not release: private evaluation releases confusion counts (and, \
+         under the client unit, a loss sum), never the per-example scores AUC needs; aborted rounds and \
+         rounds without evaluation release nothing. Plots leave such rounds out.\n",
+        tessera_aggregator::ABSENT
+    );
     let _ =
         writeln!(m, "| round | accepted | participants | dropped | accuracy | AUC | loss | epsilon | sim. seconds |");
     let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
     for x in &r.records {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.3} |",
+            "| {} | {} | {} | {} | {:.4} | {} | {} | {} | {:.3} |",
             x.round,
             if x.accepted { "yes" } else { "aborted" },
             x.participants,
             x.dropped,
             x.accuracy,
-            x.auc,
-            x.loss,
+            value_or_dash(x.auc),
+            value_or_dash(x.loss),
             x.epsilon.map_or("-".into(), |e| format!("{e:.3}")),
             x.seconds
         );

@@ -154,8 +154,9 @@ pub fn spawn_aggregator(config: &Path, stall_after: Option<u64>) -> Child {
     spawn_aggregator_stalled(config, stall_after.map(|k| (tessera_aggregator::STALL_ENV, k)))
 }
 
-/// [`spawn_aggregator`] with any test-only stall knob (`STALL_ENV` or
-/// `STALL_BEFORE_COMMIT_ENV`) set to a logical round; the other is cleared.
+/// [`spawn_aggregator`] with any test-only stall knob (`STALL_ENV`,
+/// `STALL_BEFORE_COMMIT_ENV` or `STALL_AFTER_RELEASE_ENV`) set to a logical
+/// round; the others are cleared.
 pub fn spawn_aggregator_stalled(config: &Path, stall: Option<(&str, u64)>) -> Child {
     let dir = config.parent().unwrap();
     let n = std::fs::read_dir(dir)
@@ -166,7 +167,9 @@ pub fn spawn_aggregator_stalled(config: &Path, stall: Option<(&str, u64)>) -> Ch
     let mut cmd = Command::new(&*BIN);
     cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null()).stderr(log);
     cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
-    cmd.env_remove(tessera_aggregator::STALL_ENV).env_remove(tessera_aggregator::STALL_BEFORE_COMMIT_ENV);
+    cmd.env_remove(tessera_aggregator::STALL_ENV)
+        .env_remove(tessera_aggregator::STALL_BEFORE_COMMIT_ENV)
+        .env_remove(tessera_aggregator::STALL_AFTER_RELEASE_ENV);
     if let Some((knob, k)) = stall {
         cmd.env(knob, k.to_string());
     }

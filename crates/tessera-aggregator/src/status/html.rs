@@ -98,11 +98,11 @@ impl StatusSnapshot {
         for p in self.history.iter().rev() {
             let _ = write!(
                 s,
-                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 p.logical,
                 p.round,
                 p.accuracy,
-                p.loss,
+                crate::value_or_dash(p.loss),
                 p.participants,
                 p.dropped,
                 p.epsilon.map(|e| format!("{e:.4}")).unwrap_or_else(|| "-".into())

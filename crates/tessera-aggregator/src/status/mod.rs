@@ -56,8 +56,9 @@ pub struct RoundPoint {
     pub round: u64,
     /// The cohort's example-weighted evaluation accuracy, in [0, 1].
     pub accuracy: f64,
-    /// The cohort's example-weighted evaluation loss.
-    pub loss: f64,
+    /// The cohort's example-weighted evaluation loss; `None` when the round
+    /// did not release one (record-level private evaluation, no evaluation).
+    pub loss: Option<f64>,
     /// Members whose update is in the sum.
     pub participants: u32,
     /// Cohort members that dropped out of the round.

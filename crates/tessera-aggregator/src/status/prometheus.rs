@@ -76,7 +76,10 @@ impl StatusSnapshot {
                 "Cohort-weighted accuracy after the last round.",
                 &one(p.accuracy),
             );
-            metric("tessera_last_loss", "gauge", "Cohort-weighted loss after the last round.", &one(p.loss));
+            // Absent (not released) is no sample, not a 0.
+            if let Some(loss) = p.loss {
+                metric("tessera_last_loss", "gauge", "Cohort-weighted loss after the last round.", &one(loss));
+            }
         }
         metric(
             "tessera_status_updated_seconds",

@@ -27,7 +27,7 @@ fn sample() -> StatusSnapshot {
                 logical: 1,
                 round: 1,
                 accuracy: 0.8,
-                loss: 0.5,
+                loss: Some(0.5),
                 participants: 3,
                 dropped: 0,
                 epsilon: Some(0.9),
@@ -36,7 +36,7 @@ fn sample() -> StatusSnapshot {
                 logical: 2,
                 round: 3,
                 accuracy: 0.9,
-                loss: 0.3,
+                loss: Some(0.3),
                 participants: 3,
                 dropped: 0,
                 epsilon: Some(1.2),
@@ -123,4 +123,17 @@ fn page_shows_round_and_charts_and_escapes_text() {
     assert!(!html.contains("http://") || !html.contains("src="), "no external resources");
     let empty = StatusSnapshot::default().html();
     assert!(empty.contains("no data yet") && !empty.contains("<polyline"));
+}
+
+/// A loss the last round did not release reads as a dash on the text and
+/// HTML pages and is no Prometheus sample, rather than a measured 0.
+#[test]
+fn a_loss_not_released_is_shown_absent() {
+    let mut s = sample();
+    assert!(s.prometheus().contains("tessera_last_loss 0.3"), "{}", s.prometheus());
+    s.history[1].loss = None;
+    let t = s.render_text(1_005_000, true);
+    assert!(t.contains("(completed round 2, wire round 3), loss \u{2013}"), "{t}");
+    assert!(s.html().contains("<td>0.9000</td><td>\u{2013}</td>"), "{}", s.html());
+    assert!(!s.prometheus().contains("tessera_last_loss"), "{}", s.prometheus());
 }

@@ -64,8 +64,11 @@ impl StatusSnapshot {
             Some(p) => {
                 let _ = writeln!(
                     s,
-                    "last accuracy: {:.4} (completed round {}, wire round {}), loss {:.4}",
-                    p.accuracy, p.logical, p.round, p.loss
+                    "last accuracy: {:.4} (completed round {}, wire round {}), loss {}",
+                    p.accuracy,
+                    p.logical,
+                    p.round,
+                    crate::value_or_dash(p.loss)
                 );
             }
             None => {

@@ -10,6 +10,7 @@
 //! SIGKILL at any instant leaves either all of it or none. The audit and
 //! ledger tables refuse UPDATE and DELETE through triggers.
 
+mod migrations;
 mod rounds;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tessera_core::RunId;
 
 use crate::audit::{self, AuditBreak, AuditEntry};
+use migrations::MIGRATIONS;
 
 pub(crate) use rounds::FinishedRound;
 pub use rounds::{Checkpoint, LedgerRow, RoundRow};
@@ -53,96 +55,6 @@ pub enum StoreError {
 }
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
-
-/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE run (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    run_id TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    finished_ms INTEGER,
-    stop_reason TEXT
-);
-CREATE TABLE config_history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE TABLE members (
-    name TEXT PRIMARY KEY,
-    first_admitted_ms INTEGER,
-    last_seen_ms INTEGER,
-    revoked_ms INTEGER
-);
-CREATE TABLE rounds (
-    round INTEGER PRIMARY KEY,
-    logical INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('started', 'completed', 'aborted', 'interrupted')),
-    started_ms INTEGER NOT NULL,
-    finished_ms INTEGER,
-    cohort TEXT NOT NULL,
-    cohort_seed INTEGER NOT NULL,
-    contributors TEXT,
-    dropped TEXT,
-    reason TEXT,
-    model_sha256 TEXT,
-    record TEXT,
-    epsilon REAL,
-    delta REAL
-);
-CREATE TABLE ledger (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    round INTEGER NOT NULL,
-    entry TEXT NOT NULL,
-    epsilon_after REAL,
-    delta REAL
-);
-CREATE TABLE checkpoints (
-    completed INTEGER PRIMARY KEY,
-    round INTEGER NOT NULL,
-    at_ms INTEGER NOT NULL,
-    layout TEXT NOT NULL,
-    model BLOB NOT NULL,
-    model_sha256 TEXT NOT NULL,
-    strategy TEXT NOT NULL,
-    moment1 BLOB NOT NULL,
-    moment2 BLOB NOT NULL
-);
-CREATE TABLE audit (
-    seq INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    body TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TABLE audit_head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq INTEGER NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TABLE status (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    updated_ms INTEGER NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
-CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
-"#,
-    r#"
-CREATE TABLE revoked_certificates (
-    fingerprint TEXT PRIMARY KEY,
-    member TEXT,
-    revoked_ms INTEGER NOT NULL
-);
-"#,
-];
 
 /// What identifies a run across restarts.
 #[derive(Clone, Debug, PartialEq)]

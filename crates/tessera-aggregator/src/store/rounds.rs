@@ -26,8 +26,10 @@ pub struct RoundRow {
     pub round: u64,
     /// Index of the completed round this attempt would become (1-based).
     pub logical: u64,
-    /// `started`, `completed`, `aborted` or `interrupted` (started before a
-    /// crash and never finished).
+    /// `started`, `completed`, `aborted`, `interrupted` (started before a
+    /// crash and never finished) or `statistics` (a DP statistics release,
+    /// no training round: [`StateStore::statistics_release`] holds what it
+    /// released).
     pub status: String,
     /// Start time, milliseconds since the Unix epoch.
     pub started_ms: i64,
@@ -140,21 +142,54 @@ impl StateStore {
         })
     }
 
-    /// A DP statistics release completed in wire round `round`: its row is
-    /// closed (it was no training round: `aborted`, with that reason, so
-    /// it never counts as a completed round), its ledger reservation is
-    /// committed and the audit log records what was released and what it cost.
-    pub(crate) fn statistics_released(&mut self, round: u64, body: &serde_json::Value, at_ms: i64) -> Result<()> {
+    /// A DP statistics release completed in wire round `round`, recorded
+    /// before anything else is written (`statistics.json` included): its row
+    /// is closed with its own status (`statistics`: it counts as no training
+    /// round), `released` (the `statistics.json` contents) is kept, its ledger
+    /// reservation is committed and the audit log records what was released
+    /// and what it cost, all in one transaction. A restart finds the release
+    /// here and rewrites the file from it instead of releasing again.
+    pub(crate) fn statistics_released(
+        &mut self,
+        round: u64,
+        released: &serde_json::Value,
+        body: &serde_json::Value,
+        at_ms: i64,
+    ) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE rounds SET status = 'aborted', finished_ms = ?2,
-                 reason = 'a DP statistics release, not a training round' WHERE round = ?1 AND status = 'started'",
+            let n = tx.execute(
+                "UPDATE rounds SET status = 'statistics', finished_ms = ?2 WHERE round = ?1 AND status = 'started'",
                 params![round as i64, at_ms],
+            )?;
+            if n != 1 {
+                return Err(rusqlite::Error::StatementChangedRows(n));
+            }
+            tx.execute(
+                "INSERT INTO statistics_releases (round, at_ms, json) VALUES (?1, ?2, ?3)",
+                params![round as i64, at_ms, json(released)],
             )?;
             // The release went out: its reservation is final.
             insert_ledger(tx, at_ms, round, &LedgerEntry::Committed { round }, None)?;
             append_audit(tx, at_ms, "statistics_released", body)
         })
+    }
+
+    /// The run's DP statistics release, as recorded by
+    /// [`Self::statistics_released`]: its wire round and the `statistics.json`
+    /// contents. `None` before the release (or for a release recorded by an
+    /// aggregator before schema version 3, which kept only the file).
+    pub fn statistics_release(&self) -> Result<Option<(u64, serde_json::Value)>> {
+        let row: Option<(i64, String)> = self
+            .conn
+            .query_row("SELECT round, json FROM statistics_releases ORDER BY round DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((round, text)) = row else { return Ok(None) };
+        let value = serde_json::from_str(&text)
+            .map_err(|_| self.invalid(format!("the statistics release of round {round} is unreadable")))?;
+        Ok(Some((round as u64, value)))
     }
 
     /// Durably reserve a round's privacy spend (write-ahead: before release).

@@ -19,10 +19,10 @@ fn record(round: u64, acc: f64, eps: Option<f64>) -> RoundRecord {
         participants: 3,
         dropped: 0,
         accepted: true,
-        loss: 0.5,
+        loss: Some(0.5),
         accuracy: acc,
         balanced_accuracy: acc,
-        auc: acc,
+        auc: Some(acc),
         f1: acc,
         bytes_up: 10,
         bytes_down: 20,
@@ -185,4 +185,48 @@ fn utc_formats_known_instants() {
     assert_eq!(utc(0), "1970-01-01T00:00:00Z");
     assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
     assert_eq!(utc(1_767_225_599_000), "2025-12-31T23:59:59Z");
+}
+
+/// A state database written before schema version 3 opens: a statistics
+/// release it recorded as an `aborted` round gets its own status, other
+/// rows and their stored records (numbers where a value was a stand-in
+/// then) read as before; a new release is kept in full and is final.
+#[test]
+fn a_version_2_database_opens_and_releases_get_their_own_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.execute_batch(MIGRATIONS[1]).unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+        let old_record = r#"{"round":2,"participants":3,"dropped":0,"accepted":true,"loss":0.0,"accuracy":0.9,
+            "balanced_accuracy":0.9,"auc":0.5,"f1":0.9,"bytes_up":1,"bytes_down":2,"seconds":0.1}"#;
+        let row = "INSERT INTO rounds (round, logical, status, started_ms, cohort, cohort_seed, reason, record)
+                   VALUES (?1, ?2, ?3, 0, '[]', 0, ?4, ?5)";
+        let stats_reason = "a DP statistics release, not a training round";
+        c.execute(row, rusqlite::params![1, 1, "aborted", stats_reason, None::<String>]).unwrap();
+        c.execute(row, rusqlite::params![2, 1, "completed", None::<String>, old_record]).unwrap();
+        c.execute(row, rusqlite::params![3, 2, "aborted", "too few survivors", None::<String>]).unwrap();
+    }
+    let mut s = StateStore::open_existing(&path).unwrap();
+    let rows = s.rounds().unwrap();
+    let got: Vec<(&str, Option<&str>)> = rows.iter().map(|r| (r.status.as_str(), r.reason.as_deref())).collect();
+    assert_eq!(got, [("statistics", None), ("completed", None), ("aborted", Some("too few survivors"))]);
+    let old = &s.completed_records().unwrap()[0];
+    assert_eq!((old.loss, old.auc, old.accuracy), (Some(0.0), Some(0.5), 0.9));
+    assert_eq!(s.statistics_release().unwrap(), None, "before version 3 only the file held the values");
+
+    s.round_started(4, 2, &["a".into(), "b".into()], 9, 100).unwrap();
+    s.privacy_reserved(4, &SPEND, 1.0, 1e-5, 101).unwrap();
+    let released = serde_json::json!({ "round": 4, "released": { "labels": [10.5, 20.25] } });
+    s.statistics_released(4, &released, &serde_json::json!({ "round": 4 }), 102).unwrap();
+    assert_eq!(s.statistics_release().unwrap(), Some((4, released)));
+    assert_eq!(s.rounds().unwrap()[3].status, "statistics");
+    assert_eq!(s.completed_records().unwrap().len(), 1, "a release is no completed round");
+    assert!(matches!(s.ledger().unwrap().last().unwrap().entry, tessera_privacy::LedgerEntry::Committed { round: 4 }));
+    let e = s.connection().execute("UPDATE statistics_releases SET json = '{}'", []).unwrap_err().to_string();
+    assert!(e.contains("final"), "{e}");
+    let e = s.connection().execute("UPDATE rounds SET status = 'released' WHERE round = 4", []).unwrap_err();
+    assert!(e.to_string().contains("CHECK"), "{e}");
 }

@@ -30,8 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tessera_core::{
-    AggregatorMsg, ClientMsg, EVAL_TENSOR, EvalMetrics, ModelParams, NoisePlacement, PrivacyUnit, RoundSettings,
-    SecAggSettings, UNCLIPPED_TENSOR,
+    AggregatorMsg, ClientMsg, EVAL_TENSOR, EvalMetrics, ModelParams, NoisePlacement, PrivacyUnit, RoundMetrics,
+    RoundSettings, SecAggSettings, UNCLIPPED_TENSOR,
 };
 
 use crate::derive::{self, derive_seed};
@@ -86,7 +86,7 @@ pub struct Coordinator {
     /// What adaptive clipping learned in the round being finished.
     clip_step: Option<ClipStep>,
     /// The round's private evaluation, decoded from the noised secure sum.
-    private_metrics: Option<EvalMetrics>,
+    private_metrics: Option<RoundMetrics>,
     noise: CentralNoise,
     /// A DP statistics release still to run before the next round.
     statistics: Option<statistics::PendingStatistics>,
@@ -450,7 +450,7 @@ impl Coordinator {
 
     fn finish_round(&mut self, now_ms: u64, reports: Vec<EvalMetrics>) {
         let r = self.current.take().expect("round in progress");
-        let mut outcome = r.outcome(now_ms, EvalMetrics::weighted_mean(&reports), &self.global);
+        let mut outcome = r.outcome(now_ms, RoundMetrics::from_reports(&reports), &self.global);
         if let Some(m) = self.private_metrics.take() {
             // Private evaluation: the noised sum over the contributors, of
             // the model this round started from.
@@ -697,7 +697,7 @@ impl Coordinator {
             dropped: cohort.clone(),
             cohort,
             contributors: Vec::new(),
-            metrics: EvalMetrics::default(),
+            metrics: RoundMetrics::default(),
             evaluators: 0,
             model_digest: self.global.digest_hex(),
             started_ms: now_ms,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tessera_core::{
-    AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundSettings, SharedList,
+    AggregatorMsg, ClientMsg, EvalMetrics, ModelParams, ModelPurpose, PartyId, RoundMetrics, RoundSettings, SharedList,
 };
 
 use super::{CoordinatorConfig, Dropout, Output, ReportProblem, VectorProblem, Violation};
@@ -61,8 +61,9 @@ pub struct RoundOutcome {
     pub contributors: Vec<String>,
     /// Cohort members that dropped out.
     pub dropped: Vec<String>,
-    /// The evaluators' reports, weighted by their example counts.
-    pub metrics: EvalMetrics,
+    /// The evaluators' reports, weighted by their example counts, or the
+    /// decoded private evaluation; what was not released is absent.
+    pub metrics: RoundMetrics,
     /// Members whose evaluation report arrived.
     pub evaluators: u32,
     /// SHA-256 of the new global model, hex.
@@ -177,12 +178,16 @@ impl RoundState {
                     party: party as PartyId,
                 },
             });
-            out.push_back(Output::SendModel {
-                to: member.clone(),
-                round,
-                purpose: ModelPurpose::Train,
-                model: global.clone(),
-            });
+            // A statistics round uploads counts, not an update of the model:
+            // the member needs no model, so none is streamed.
+            if settings.stats.is_none() {
+                out.push_back(Output::SendModel {
+                    to: member.clone(),
+                    round,
+                    purpose: ModelPurpose::Train,
+                    model: global.clone(),
+                });
+            }
         }
         let deadline = if phase == Phase::Plain { cfg.round_deadline_ms } else { cfg.phase_timeout_ms };
         let alive = (0..cohort.len() as PartyId).collect();
@@ -616,7 +621,7 @@ impl RoundState {
         }
     }
 
-    pub(super) fn outcome(&self, now_ms: u64, metrics: EvalMetrics, global: &ModelParams) -> RoundOutcome {
+    pub(super) fn outcome(&self, now_ms: u64, metrics: RoundMetrics, global: &ModelParams) -> RoundOutcome {
         RoundOutcome {
             round: self.round,
             cohort: self.cohort.clone(),

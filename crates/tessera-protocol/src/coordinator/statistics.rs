@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 use tessera_core::{
-    AggregatorMsg, EvalMetrics, FeatureSchema, LocalStatistics, ModelParams, PrivacyUnit, RoundSettings, STATS_TENSOR,
+    AggregatorMsg, FeatureSchema, LocalStatistics, ModelParams, PrivacyUnit, RoundMetrics, RoundSettings, STATS_TENSOR,
     SecAggSettings, StatsRelease,
 };
 use tessera_privacy::{GaussianSpend, RdpAccountant, StatisticsPrivacy, calibrate_noise_multiplier};
@@ -234,7 +234,7 @@ impl Coordinator {
             self.current = Some(r);
             return self.abort_round(now_ms, sum.err().unwrap_or_else(|| "no statistics release".into()));
         };
-        let outcome = r.outcome(now_ms, EvalMetrics::default(), &self.global);
+        let outcome = r.outcome(now_ms, RoundMetrics::default(), &self.global);
         for m in &r.cohort {
             let msg = AggregatorMsg::RoundEnd { round: r.round, accepted: true, reason: String::new() };
             self.out.push_back(Output::Send { to: m.clone(), msg });

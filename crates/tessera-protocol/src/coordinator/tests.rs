@@ -247,6 +247,7 @@ impl Harness {
                     self.deliver_to_member(&to, msg)
                 }
                 Output::SendModel { to, round, purpose, model } => {
+                    self.trace.push(format!("model:{round}:{purpose:?}"));
                     for m in model_messages(round, purpose, &model, 5).collect::<Vec<_>>() {
                         self.deliver_to_member(&to, m);
                     }
@@ -363,6 +364,8 @@ fn secure_rounds_complete_and_average_exactly_enough() {
     assert_eq!(h.finished[0].contributors.len(), 5);
     assert_eq!(h.finished[0].evaluators, 5);
     assert!((h.finished[0].metrics.accuracy - 0.9).abs() < 1e-12);
+    let m = &h.finished[0].metrics;
+    assert!(m.loss.is_some() && m.auc.is_some(), "reports in the clear release loss and AUC: {m:?}");
     // Quantization error per round is below cohort·step ≈ 5·2/2^29.
     assert_global(&h, 2, &[0, 1, 2, 3, 4], 1e-5);
     // Nothing any member sent was a plaintext update.

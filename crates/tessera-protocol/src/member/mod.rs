@@ -434,6 +434,9 @@ impl<R: MemberRng> Participant<R> {
                     evaluated: None,
                     sent: false,
                 });
+                if self.round.as_ref().is_some_and(|r| r.settings.stats.is_some()) {
+                    return self.statistics_round_started(round);
+                }
                 Ok(())
             }
             AggregatorMsg::ModelStart { round, purpose, layout } => {

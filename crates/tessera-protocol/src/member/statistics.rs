@@ -2,7 +2,8 @@
 //! against its own schema and the round's noise plan before anything is
 //! charged, hand the counting to the driver ([`Output::Statistics`]), and
 //! upload the counts as the round's one tensor, projected onto the release's
-//! bound, through the same distributed noise and masking as an update.
+//! bound, through the same distributed noise and masking as an update. No
+//! model travels: the round starts at `RoundStart` (protocol version 6).
 
 use tessera_core::{
     FeatureSchema, LocalStatistics, ModelParams, ParamLayout, RoundSettings, STATS_TENSOR, StatsRelease, TrainedUpdate,
@@ -34,6 +35,14 @@ impl<R: MemberRng> Participant<R> {
         }
         check_statistics(settings, cohort).map_err(stats)?;
         Ok(())
+    }
+
+    /// A statistics round starts at once: its upload is the counts alone
+    /// (its layout does not depend on the model), so the aggregator streams
+    /// no model and the round proceeds as if an empty one had arrived. A
+    /// training model sent anyway is refused as a second model.
+    pub(super) fn statistics_round_started(&mut self, round: u64) -> Result<(), Refusal> {
+        self.model_ready(round, ModelParams::zeros(&ParamLayout { entries: Vec::new() }))
     }
 
     /// The driver counted the member's records for `round`'s statistics.

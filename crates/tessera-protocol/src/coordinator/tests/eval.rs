@@ -28,6 +28,7 @@ fn a_private_run_sends_no_evaluation_report_in_the_clear() {
     assert_eq!(h.finished.len(), 2, "aborted: {:?}", h.aborted);
     assert_eq!(eval_reports(&h), 0, "no member reported in the clear");
     assert!(h.finished.iter().all(|o| o.evaluators == 0 && o.metrics.num_examples == 0));
+    assert!(h.finished.iter().all(|o| o.metrics.loss.is_none() && o.metrics.auc.is_none()), "nothing measured");
 
     let mut h = Harness::new(4, cfg(3, true));
     h.connect_all();
@@ -93,7 +94,8 @@ fn private_evaluation_rides_inside_the_noised_secure_sum() {
             }
         }
         // Loss sum 10·(0.1 + ... + 0.5) = 15 over 50 examples.
-        assert!((m.loss - 0.3).abs() < 0.05, "{m:?}");
+        assert!(m.loss.is_some_and(|l| (l - 0.3).abs() < 0.05), "{m:?}");
+        assert_eq!(m.auc, None, "no AUC is released: {m:?}");
         assert!((m.accuracy - 0.9).abs() < 0.05, "{m:?}");
     }
     // The noise is there: at a larger z the decoded counts move.
@@ -151,7 +153,7 @@ fn record_level_private_evaluation_is_noised_by_each_member_and_costs_no_more() 
                 assert!((got - w).abs() <= 1, "cell ({i}, {j}): {got} vs {w}; {m:?}");
             }
         }
-        assert_eq!(m.loss, 0.0, "no loss is released under the record unit");
+        assert_eq!((m.loss, m.auc), (None, None), "no loss or AUC is released under the record unit");
     }
     // The noise is there, and each member's: at z = 2 the counts move.
     let mut c = cfg(3, true);

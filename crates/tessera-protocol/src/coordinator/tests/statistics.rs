@@ -133,6 +133,11 @@ fn the_release_runs_first_through_the_noised_secure_sum_and_is_charged_on_both_s
             assert_eq!(entries[0], (out.round, Some(out.spend)), "the member charged the release first");
             assert_eq!(entries[1], (out.round, None), "and committed it before its counts left");
         }
+        // No model is streamed for the release (members count, they do not
+        // train); every training round streams one to each member.
+        let models = |round: u64| h.trace.iter().filter(|t| **t == format!("model:{round}:Train")).count();
+        assert_eq!(models(out.round), 0, "a model streamed in the statistics round: {:?}", h.trace);
+        assert_eq!(models(h.finished[0].round), 5, "{:?}", h.trace);
         // Nothing in the clear: no plaintext chunk, no exact count as a value.
         assert!(h.sent.values().flatten().all(|m| !matches!(m, ClientMsg::PlainChunk { .. })));
     }
