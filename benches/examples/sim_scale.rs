@@ -27,6 +27,12 @@ use tessera_protocol::coordinator::{
 use tessera_protocol::{Participant, Policy, TrainedUpdate};
 use tessera_transport::{AdmitAll, MemoryNetwork};
 
+/// The simulator's allocator (see `tessera-sim`'s main.rs), so the bench
+/// measures what `tessera-sim run` does; before issue #20's second pass the
+/// bench ran on glibc's allocator (docs/benchmarks.md, "Protocol scale").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Moves every value by a member-specific step; reports fixed metrics.
 struct Synthetic {
     step: f32,

@@ -10,7 +10,7 @@
 //! [`close_code::REVOKED`], and the coordinator hears of it as a
 //! disconnect. The coordinator itself never reads the list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,7 +190,7 @@ pub async fn serve(
         observer,
         connections: Connections::default(),
         traffic: Traffic::default(),
-        deferred: Vec::new(),
+        deferred: VecDeque::new(),
         limits: opts.limits,
         revoked: revocations.as_mut().map(|r| r.borrow_and_update().clone()).unwrap_or_default(),
     };
@@ -243,7 +243,7 @@ struct Driver<'a> {
     connections: Connections,
     traffic: Traffic,
     /// Messages the coordinator could not take yet, in arrival order.
-    deferred: Vec<(String, u64, ClientMsg, oneshot::Sender<()>)>,
+    deferred: VecDeque<(String, u64, ClientMsg, oneshot::Sender<()>)>,
     limits: Limits,
     /// The revocation list in force.
     revoked: Arc<RevocationList>,
@@ -365,7 +365,7 @@ impl Driver<'_> {
                 if self.connections.is_current(&member, conn)
                     && let Ok(Handled::Busy(msg)) = self.coordinator.handle(self.now_ms(), &member, msg)
                 {
-                    self.deferred.push((member, conn, msg, ack));
+                    self.deferred.push_back((member, conn, msg, ack));
                 }
             }
             CoreEvent::Disconnected { member, conn, error } => {
@@ -395,13 +395,21 @@ impl Driver<'_> {
     }
 
     /// Retry held-back messages in arrival order; a slot may have freed.
+    /// Stops at the first one still answered `Busy`: only a stream start
+    /// is ever held back, `Busy` means every stream slot is taken and the
+    /// coordinator changed nothing, so every later one would be answered
+    /// `Busy` too. Retrying them all after every event made the upload
+    /// phase quadratic in the cohort (10,000 deferred starts retried after
+    /// each of tens of thousands of events; docs/benchmarks.md, "Protocol
+    /// scale").
     fn retry_deferred(&mut self) {
-        for (member, conn, msg, ack) in std::mem::take(&mut self.deferred) {
+        while let Some((member, conn, msg, ack)) = self.deferred.pop_front() {
             if !self.connections.is_current(&member, conn) {
                 continue;
             }
             if let Ok(Handled::Busy(msg)) = self.coordinator.handle(self.now_ms(), &member, msg) {
-                self.deferred.push((member, conn, msg, ack));
+                self.deferred.push_front((member, conn, msg, ack));
+                return;
             }
         }
     }

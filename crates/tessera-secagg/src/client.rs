@@ -16,11 +16,10 @@ use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
 use tessera_core::{EncryptedShare, PartyId, PublicKeys, ShareReveal, SharedList};
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::context::RoundContext;
-use crate::crypto::{self, MaskOp, NONCE_LEN, Seed};
+use crate::crypto::{self, AgreementSecret, MaskOp, NONCE_LEN, Seed};
 use crate::error::{SecAggError, Step};
 use crate::shamir::{self, SHARE_BYTES, SecretShare};
 use crate::shared::{self, PartyBytes};
@@ -41,8 +40,8 @@ pub struct ClientSession {
     ctx: RoundContext,
     me: PartyId,
     step: Step,
-    cipher_sk: StaticSecret,
-    mask_sk: StaticSecret,
+    cipher_sk: AgreementSecret,
+    mask_sk: AgreementSecret,
     public: PublicKeys,
     self_seed: Seed,
     /// This member's contribution to the graph seed, revealed at `GraphRoster`.
@@ -79,7 +78,7 @@ impl ClientSession {
         let mut fresh_secret = || {
             let mut bytes = Zeroizing::new([0u8; 32]);
             rng.fill_bytes(bytes.as_mut());
-            StaticSecret::from(*bytes)
+            AgreementSecret::from_bytes(bytes)
         };
         let cipher_sk = fresh_secret();
         let mask_sk = fresh_secret();
@@ -87,10 +86,7 @@ impl ClientSession {
         rng.fill_bytes(self_seed.as_mut());
         let mut graph_reveal = [0u8; 32];
         rng.fill_bytes(&mut graph_reveal);
-        let public = PublicKeys {
-            cipher_pk: PublicKey::from(&cipher_sk).to_bytes(),
-            mask_pk: PublicKey::from(&mask_sk).to_bytes(),
-        };
+        let public = PublicKeys { cipher_pk: cipher_sk.public(), mask_pk: mask_sk.public() };
         let session = Self {
             ctx,
             me,
@@ -258,8 +254,8 @@ impl ClientSession {
             if !seen_keys.insert(k.cipher_pk) || !seen_keys.insert(k.mask_pk) {
                 return Err(SecAggError::RepeatedPublicKey);
             }
-            let shared = crypto::agree(&self.cipher_sk, &k.cipher_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
-            let mask = crypto::agree(&self.mask_sk, &k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
+            let shared = self.cipher_sk.agree(&k.cipher_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
+            let mask = self.mask_sk.agree(&k.mask_pk).ok_or(SecAggError::WeakPublicKey(*p))?;
             share_keys.insert(*p, crypto::share_key(&shared, &binding, self.me, *p));
             agreed.insert(*p, (shared, mask));
         }
@@ -276,9 +272,8 @@ impl ClientSession {
 
         let holders: Vec<PartyId> = peers.keys().copied().chain([self.me]).collect();
         let t = self.ctx.threshold();
-        let mask_secret = Zeroizing::new(self.mask_sk.to_bytes());
         let self_mask_shares = shamir::split(&self.self_seed, t, &holders, rng);
-        let mask_key_shares = shamir::split(&mask_secret, t, &holders, rng);
+        let mask_key_shares = shamir::split(self.mask_sk.bytes(), t, &holders, rng);
         let mut out = Vec::with_capacity(peers.len());
         for ((to, self_mask), (_, mask_key)) in self_mask_shares.into_iter().zip(mask_key_shares) {
             let Some(key) = share_keys.get(&to) else {

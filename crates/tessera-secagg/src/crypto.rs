@@ -1,16 +1,16 @@
-//! Thin, named wrappers over vetted primitives: X25519 agreement
-//! (x25519-dalek), HKDF-SHA256 key derivation, AES-256-GCM for shares
-//! (aes-gcm) and the AES-256-CTR keystream (AWS-LC, through `aws-lc-rs`)
-//! used as the mask PRG. Nothing here is a primitive of its own; every
-//! derived key is bound to the round (see `RoundContext::binding`).
+//! Thin, named wrappers over vetted primitives: X25519 agreement (AWS-LC,
+//! through `aws-lc-rs`), HKDF-SHA256 key derivation, AES-256-GCM for shares
+//! (aes-gcm) and the AES-256-CTR keystream (AWS-LC) used as the mask PRG.
+//! Nothing here is a primitive of its own; every derived key is bound to
+//! the round (see `RoundContext::binding`).
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use aws_lc_rs::cipher::{AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use tessera_core::PartyId;
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 /// Bytes of the random AES-GCM nonce that prefixes every share ciphertext.
@@ -19,11 +19,55 @@ pub(crate) const NONCE_LEN: usize = 12;
 /// A 256-bit PRG seed. Zeroized on drop.
 pub type Seed = Zeroizing<[u8; 32]>;
 
-/// X25519 agreement; `None` when the peer key is low order (the shared
-/// secret would be all zeros and known to everyone).
-pub(crate) fn agree(secret: &StaticSecret, peer_public: &[u8; 32]) -> Option<Seed> {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer_public));
-    shared.was_contributory().then(|| Zeroizing::new(*shared.as_bytes()))
+/// An X25519 secret key (RFC 7748), held by AWS-LC for agreement and as
+/// bytes for Shamir sharing (the mask key is shared so that the aggregator
+/// can remove a dropout's pairwise masks).
+///
+/// Key agreement is most of a SecAgg+ member's work (two per neighbour:
+/// 112 a round at 10,000 members). AWS-LC's X25519 (s2n-bignum's
+/// assembly on x86-64) takes about half the time of x25519-dalek's serial
+/// Montgomery ladder, and its public-key derivation less than half
+/// (docs/benchmarks.md, "Protocol scale"); the results are the same
+/// function, checked against x25519-dalek in `tests::x25519_matches_dalek`.
+/// AWS-LC clears the key's memory when it frees it; the bytes here are
+/// zeroized on drop.
+pub(crate) struct AgreementSecret {
+    key: PrivateKey,
+    bytes: Seed,
+    public: [u8; 32],
+}
+
+impl AgreementSecret {
+    /// The key whose scalar is `bytes` (clamped as RFC 7748 says, by AWS-LC).
+    pub(crate) fn from_bytes(bytes: Seed) -> Self {
+        let key =
+            PrivateKey::from_private_key(&X25519, bytes.as_ref()).expect("any 32 bytes are an X25519 private key");
+        let public = key.compute_public_key().expect("an X25519 key has a public key");
+        let public = public.as_ref().try_into().expect("an X25519 public key is 32 bytes");
+        Self { key, bytes, public }
+    }
+
+    /// The public key, `X25519(bytes, 9)`.
+    pub(crate) fn public(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// The secret's bytes, as [`Self::from_bytes`] took them.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// X25519 agreement; `None` when the peer key is low order (AWS-LC
+    /// refuses an all-zero shared secret, which everyone would know).
+    pub(crate) fn agree(&self, peer_public: &[u8; 32]) -> Option<Seed> {
+        let peer = UnparsedPublicKey::new(&X25519, peer_public);
+        agreement::agree(&self.key, peer, (), |shared| {
+            let mut out = Zeroizing::new([0u8; 32]);
+            out.copy_from_slice(shared);
+            Ok(out)
+        })
+        .ok()
+    }
 }
 
 fn derive(ikm: &[u8], label: &[u8], binding: &[u8; 32], parties: &[PartyId]) -> Seed {
@@ -401,11 +445,43 @@ mod tests {
 
     #[test]
     fn low_order_key_is_refused() {
-        let secret = StaticSecret::from([3u8; 32]);
-        assert!(agree(&secret, &[0u8; 32]).is_none());
-        let peer = StaticSecret::from([4u8; 32]);
-        let a = agree(&secret, PublicKey::from(&peer).as_bytes()).unwrap();
-        let b = agree(&peer, PublicKey::from(&secret).as_bytes()).unwrap();
+        let secret = AgreementSecret::from_bytes(Zeroizing::new([3u8; 32]));
+        // The all-zero point and the other small-order points of RFC 7748's list.
+        assert!(secret.agree(&[0u8; 32]).is_none());
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert!(secret.agree(&one).is_none());
+        let peer = AgreementSecret::from_bytes(Zeroizing::new([4u8; 32]));
+        let a = secret.agree(&peer.public()).unwrap();
+        let b = peer.agree(&secret.public()).unwrap();
         assert_eq!(*a, *b);
+    }
+
+    /// AWS-LC's X25519 is the same function as an independent
+    /// implementation's (x25519-dalek): public keys and shared secrets,
+    /// unclamped bytes included, and RFC 7748's section 5.2 vector.
+    #[test]
+    fn x25519_matches_dalek() {
+        use x25519_dalek::{PublicKey, StaticSecret};
+        for seed in 0u8..16 {
+            let bytes: [u8; 32] =
+                std::array::from_fn(|i| seed.wrapping_mul(37).wrapping_add((i as u8).wrapping_mul(11)) | 0x80);
+            let peer_bytes: [u8; 32] = std::array::from_fn(|i| seed.wrapping_add(i as u8).wrapping_mul(29));
+            let ours = AgreementSecret::from_bytes(Zeroizing::new(bytes));
+            let theirs = StaticSecret::from(bytes);
+            assert_eq!(ours.public(), PublicKey::from(&theirs).to_bytes());
+            assert_eq!(ours.bytes(), &bytes);
+            let peer = PublicKey::from(&StaticSecret::from(peer_bytes)).to_bytes();
+            let want = theirs.diffie_hellman(&PublicKey::from(peer)).to_bytes();
+            assert_eq!(*ours.agree(&peer).unwrap(), want, "seed {seed}");
+        }
+        let h = |s: &str| -> [u8; 32] {
+            let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+            v.try_into().unwrap()
+        };
+        let scalar = h("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4");
+        let u = h("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c");
+        let out = h("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552");
+        assert_eq!(*AgreementSecret::from_bytes(Zeroizing::new(scalar)).agree(&u).unwrap(), out);
     }
 }

@@ -48,6 +48,7 @@ mod client;
 mod context;
 mod crypto;
 mod error;
+mod field;
 mod graph;
 mod quantize;
 mod reconstruct;

@@ -17,10 +17,10 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use curve25519_dalek::Scalar;
 use tessera_core::PartyId;
 use zeroize::Zeroizing;
 
+use crate::field::Fe;
 use crate::shamir::{self, SecretShare};
 
 /// Recombinations tried per secret before giving up (each is O(t²) field
@@ -30,7 +30,7 @@ pub(crate) const MAX_ATTEMPTS: usize = 4096;
 /// Lagrange coefficients at zero per holder set of the fast path: in the
 /// complete graph every secret has the same first `t` holders, so they are
 /// computed once per round, not once per secret.
-pub(crate) type LagrangeCache = HashMap<Vec<PartyId>, Vec<Scalar>>;
+pub(crate) type LagrangeCache = HashMap<Vec<PartyId>, Vec<Fe>>;
 
 /// A rebuilt secret and the holders whose share contradicted it.
 pub(crate) struct Rebuilt {
@@ -55,7 +55,7 @@ pub(crate) fn rebuild(
     // likely clean, and leaving out a suffix costs nothing extra.
     let mut order: Vec<usize> = (0..shares.len()).filter(|i| !suspects.contains(&shares[*i].0)).collect();
     order.extend((0..shares.len()).filter(|i| suspects.contains(&shares[*i].0)));
-    let combine = |picked: &[usize], coefficients: &[Scalar]| -> Option<Zeroizing<[u8; 32]>> {
+    let combine = |picked: &[usize], coefficients: &[Fe]| -> Option<Zeroizing<[u8; 32]>> {
         let refs: Vec<&SecretShare> = picked.iter().map(|i| &shares[*i].1).collect();
         let secret = shamir::combine(coefficients, &refs)?;
         check(&secret).then_some(secret)

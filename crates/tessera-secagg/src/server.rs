@@ -25,10 +25,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use tessera_core::{EncryptedShare, PartyId, PublicKeys, ShareReveal};
-use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use crate::context::RoundContext;
-use crate::crypto::{self, MaskOp};
+use crate::crypto::{self, AgreementSecret, MaskOp};
 use crate::error::{SecAggError, SecretKind, Step};
 use crate::reconstruct;
 use crate::shamir::{self, SecretShare};
@@ -564,10 +564,10 @@ impl ServerSession {
         for &v in self.shares.keys().filter(|v| !self.committed.contains(v)) {
             let mask_pk = self.keys[&v].mask_pk;
             // The mask public key commits to the secret key.
-            let check = |s: &[u8; 32]| PublicKey::from(&StaticSecret::from(*s)).to_bytes() == mask_pk;
-            let secret = StaticSecret::from(*rebuild(v, &check)?);
+            let check = |s: &[u8; 32]| AgreementSecret::from_bytes(Zeroizing::new(*s)).public() == mask_pk;
+            let secret = AgreementSecret::from_bytes(rebuild(v, &check)?);
             for u in self.neighbours_in(v, |u| self.committed.contains(&u)) {
-                let shared = crypto::agree(&secret, &self.keys[&u].mask_pk).ok_or(SecAggError::WeakPublicKey(u))?;
+                let shared = secret.agree(&self.keys[&u].mask_pk).ok_or(SecAggError::WeakPublicKey(u))?;
                 // Survivor u applied Add if u < v, so take the opposite off.
                 let op = if u < v { MaskOp::Subtract } else { MaskOp::Add };
                 pair_masks.push((crypto::pairwise_seed(&shared, &binding, u, v), op));

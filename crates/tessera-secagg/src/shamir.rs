@@ -1,13 +1,18 @@
-//! Shamir t-of-m secret sharing over the scalar field of curve25519, with
-//! `curve25519_dalek::Scalar` doing all field arithmetic (no hand-rolled
-//! field). A 32-byte secret is split into two 16-byte halves, each below the
-//! group order, and each half is shared on its own polynomial. The share of
-//! party `p` is the evaluation at `x = p + 1` (never 0, where the secret is).
+//! Shamir t-of-m secret sharing over the scalar field of curve25519 (the
+//! integers mod its group order ℓ). Field arithmetic is fiat-crypto's
+//! verified code through [`Fe`] (no hand-rolled field); random
+//! coefficients and the one inversion per Lagrange set are
+//! `curve25519_dalek::Scalar`'s. A 32-byte secret is split into two
+//! 16-byte halves, each below the group order, and each half is shared on
+//! its own polynomial. The share of party `p` is the evaluation at
+//! `x = p + 1` (never 0, where the secret is).
 
 use curve25519_dalek::Scalar;
 use rand_core::CryptoRngCore;
 use tessera_core::PartyId;
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::field::Fe;
 
 /// Wire size of one share: two canonical scalars, low half then high half.
 pub(crate) const SHARE_BYTES: usize = 64;
@@ -15,8 +20,8 @@ pub(crate) const SHARE_BYTES: usize = 64;
 /// One party's share of a 32-byte secret.
 #[derive(Clone)]
 pub(crate) struct SecretShare {
-    lo: Scalar,
-    hi: Scalar,
+    lo: Fe,
+    hi: Fe,
 }
 
 impl Drop for SecretShare {
@@ -29,31 +34,31 @@ impl Drop for SecretShare {
 impl SecretShare {
     pub(crate) fn to_bytes(&self) -> Zeroizing<[u8; SHARE_BYTES]> {
         let mut out = Zeroizing::new([0u8; SHARE_BYTES]);
-        out[..32].copy_from_slice(self.lo.as_bytes());
-        out[32..].copy_from_slice(self.hi.as_bytes());
+        out[..32].copy_from_slice(Zeroizing::new(self.lo.to_bytes()).as_ref());
+        out[32..].copy_from_slice(Zeroizing::new(self.hi.to_bytes()).as_ref());
         out
     }
 
     /// `None` unless both halves are canonical scalars.
     pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let bytes: &[u8; SHARE_BYTES] = bytes.try_into().ok()?;
-        let half = |b: &[u8]| -> Option<Scalar> {
-            let mut a = [0u8; 32];
+        let half = |b: &[u8]| -> Option<Fe> {
+            let mut a = Zeroizing::new([0u8; 32]);
             a.copy_from_slice(b);
-            Option::from(Scalar::from_canonical_bytes(a))
+            Fe::from_canonical_bytes(*a)
         };
         Some(Self { lo: half(&bytes[..32])?, hi: half(&bytes[32..])? })
     }
 }
 
-fn x_of(p: PartyId) -> Scalar {
-    Scalar::from(u64::from(p) + 1)
+fn x_of(p: PartyId) -> Fe {
+    Fe::from_u64(u64::from(p) + 1)
 }
 
-fn half_to_scalar(half: &[u8]) -> Scalar {
+fn half_to_field(half: &[u8]) -> Fe {
     let mut b = Zeroizing::new([0u8; 32]);
     b[..16].copy_from_slice(half);
-    Scalar::from_bytes_mod_order(*b) // below 2^128, so no reduction happens
+    Fe::from_canonical_bytes(*b).expect("below 2^128, so below the group order")
 }
 
 /// Shares `secret` among `holders` (distinct ids) so that any `threshold` of
@@ -65,15 +70,21 @@ pub(crate) fn split<R: CryptoRngCore + ?Sized>(
     rng: &mut R,
 ) -> Vec<(PartyId, SecretShare)> {
     let degree = threshold.saturating_sub(1) as usize;
-    let mut poly = |half: &[u8]| -> Vec<Scalar> {
+    let mut poly = |half: &[u8]| -> Vec<Fe> {
         let mut c = Vec::with_capacity(degree + 1);
-        c.push(half_to_scalar(half));
-        c.extend((0..degree).map(|_| Scalar::random(rng)));
+        c.push(half_to_field(half));
+        c.extend((0..degree).map(|_| {
+            let mut r = Scalar::random(rng);
+            let coefficient = Fe::from_scalar(&r);
+            r.zeroize();
+            coefficient
+        }));
         c
     };
     let mut lo = poly(&secret[..16]);
     let mut hi = poly(&secret[16..]);
-    let eval = |c: &[Scalar], x: Scalar| c.iter().rev().fold(Scalar::ZERO, |acc, a| acc * x + a);
+    // Horner's rule, highest coefficient first.
+    let eval = |c: &[Fe], x: Fe| c.iter().rev().fold(Fe::ZERO, |acc, a| acc.mul(x).add(*a));
     let shares = holders
         .iter()
         .map(|&p| {
@@ -89,45 +100,50 @@ pub(crate) fn split<R: CryptoRngCore + ?Sized>(
 /// Lagrange coefficients that evaluate at 0 the polynomial through the
 /// points of `parties` (distinct). Computed once per set and reused for every
 /// secret those parties hold shares of.
-pub(crate) fn lagrange_at_zero(parties: &[PartyId]) -> Vec<Scalar> {
-    lagrange_at(parties, Scalar::ZERO)
+pub(crate) fn lagrange_at_zero(parties: &[PartyId]) -> Vec<Fe> {
+    lagrange_at(parties, Fe::ZERO)
 }
 
 /// Lagrange coefficients that evaluate at party `target`'s point the
 /// polynomial through the points of `parties`: what `target`'s share must be
 /// if `parties`' shares are right. Used to name a holder whose share is bad.
-pub(crate) fn lagrange_at_party(parties: &[PartyId], target: PartyId) -> Vec<Scalar> {
+pub(crate) fn lagrange_at_party(parties: &[PartyId], target: PartyId) -> Vec<Fe> {
     lagrange_at(parties, x_of(target))
 }
 
-fn lagrange_at(parties: &[PartyId], at: Scalar) -> Vec<Scalar> {
-    let xs: Vec<Scalar> = parties.iter().map(|p| x_of(*p)).collect();
+/// `λᵢ = Πⱼ≠ᵢ (xⱼ − at) / Πⱼ≠ᵢ (xⱼ − xᵢ)`. The numerators come from prefix
+/// and suffix products (O(t)); the denominators are O(t²) products and
+/// one batch inversion.
+fn lagrange_at(parties: &[PartyId], at: Fe) -> Vec<Fe> {
+    let xs: Vec<Fe> = parties.iter().map(|p| x_of(*p)).collect();
+    let one = Fe::from_u64(1);
+    let factors: Vec<Fe> = xs.iter().map(|x| x.sub(at)).collect();
+    // suffix[i] = Πⱼ>ᵢ factors[j]
+    let mut suffix = vec![one; xs.len() + 1];
+    for i in (0..xs.len()).rev() {
+        suffix[i] = suffix[i + 1].mul(factors[i]);
+    }
+    let mut prefix = one;
     let mut numerators = Vec::with_capacity(xs.len());
     let mut denominators = Vec::with_capacity(xs.len());
     for (i, xi) in xs.iter().enumerate() {
-        let mut num = Scalar::ONE;
-        let mut den = Scalar::ONE;
-        for (j, xj) in xs.iter().enumerate() {
-            if i != j {
-                num *= xj - at;
-                den *= xj - xi;
-            }
-        }
-        numerators.push(num);
+        numerators.push(prefix.mul(suffix[i + 1]));
+        prefix = prefix.mul(factors[i]);
+        let den = xs.iter().enumerate().filter(|(j, _)| *j != i).fold(one, |d, (_, xj)| d.mul(xj.sub(*xi)));
         denominators.push(den);
     }
-    Scalar::batch_invert(&mut denominators);
-    numerators.iter().zip(&denominators).map(|(n, d)| n * d).collect()
+    Fe::batch_invert(&mut denominators);
+    numerators.iter().zip(&denominators).map(|(n, d)| n.mul(*d)).collect()
 }
 
 /// Whether `share` is what the polynomial through `shares` (with
 /// coefficients from [`lagrange_at_party`] for the share's holder) gives.
-pub(crate) fn share_matches(coefficients: &[Scalar], shares: &[&SecretShare], share: &SecretShare) -> bool {
-    let mut lo = Scalar::ZERO;
-    let mut hi = Scalar::ZERO;
+pub(crate) fn share_matches(coefficients: &[Fe], shares: &[&SecretShare], share: &SecretShare) -> bool {
+    let mut lo = Fe::ZERO;
+    let mut hi = Fe::ZERO;
     for (l, s) in coefficients.iter().zip(shares) {
-        lo += l * s.lo;
-        hi += l * s.hi;
+        lo = lo.add(l.mul(s.lo));
+        hi = hi.add(l.mul(s.hi));
     }
     lo == share.lo && hi == share.hi
 }
@@ -135,12 +151,12 @@ pub(crate) fn share_matches(coefficients: &[Scalar], shares: &[&SecretShare], sh
 /// Recombines shares with coefficients from [`lagrange_at_zero`] for the same
 /// parties in the same order. `None` when the result is not a 32-byte secret
 /// split by [`split`] (a corrupted share).
-pub(crate) fn combine(coefficients: &[Scalar], shares: &[&SecretShare]) -> Option<Zeroizing<[u8; 32]>> {
-    let mut lo = Scalar::ZERO;
-    let mut hi = Scalar::ZERO;
+pub(crate) fn combine(coefficients: &[Fe], shares: &[&SecretShare]) -> Option<Zeroizing<[u8; 32]>> {
+    let mut lo = Fe::ZERO;
+    let mut hi = Fe::ZERO;
     for (l, s) in coefficients.iter().zip(shares) {
-        lo += l * s.lo;
-        hi += l * s.hi;
+        lo = lo.add(l.mul(s.lo));
+        hi = hi.add(l.mul(s.hi));
     }
     let (lo_bytes, hi_bytes) = (Zeroizing::new(lo.to_bytes()), Zeroizing::new(hi.to_bytes()));
     lo.zeroize();
@@ -176,6 +192,36 @@ mod tests {
             let got = combine(&coeffs, &pick.iter().map(|(_, s)| s).collect::<Vec<_>>()).unwrap();
             assert_eq!(*got, secret);
         }
+    }
+
+    /// The shares are exactly those of the plain `Scalar` evaluation the
+    /// previous releases used (same random coefficients, same bytes), so
+    /// members of either build can hold each other's shares.
+    #[test]
+    fn shares_are_those_of_scalar_arithmetic() {
+        let secret: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(73) ^ 0x5a);
+        let holders: Vec<PartyId> = vec![0, 3, 17, 255, 9_999, u32::MAX - 1];
+        let shares = split(&secret, 4, &holders, &mut ChaCha20Rng::seed_from_u64(11));
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let poly = |half: &[u8], rng: &mut ChaCha20Rng| -> Vec<Scalar> {
+            let mut b = [0u8; 32];
+            b[..16].copy_from_slice(half);
+            let mut c = vec![Scalar::from_bytes_mod_order(b)];
+            c.extend((0..3).map(|_| Scalar::random(rng)));
+            c
+        };
+        let lo = poly(&secret[..16], &mut rng);
+        let hi = poly(&secret[16..], &mut rng);
+        let eval = |c: &[Scalar], x: Scalar| c.iter().rev().fold(Scalar::ZERO, |acc, a| acc * x + a);
+        for (p, share) in &shares {
+            let x = Scalar::from(u64::from(*p) + 1);
+            let bytes = share.to_bytes();
+            assert_eq!(bytes[..32], eval(&lo, x).to_bytes(), "party {p}");
+            assert_eq!(bytes[32..], eval(&hi, x).to_bytes(), "party {p}");
+        }
+        let ids: Vec<PartyId> = holders[..4].to_vec();
+        let refs: Vec<&SecretShare> = shares[..4].iter().map(|(_, s)| s).collect();
+        assert_eq!(*combine(&lagrange_at_zero(&ids), &refs).unwrap(), secret);
     }
 
     #[test]
