@@ -209,7 +209,7 @@ fn spawn_member(
     i: usize,
     name: String,
     settings: SettingsDigest,
-) -> tokio::task::JoinHandle<(Result<ClientExit, tessera_client::ClientError>, Option<u64>, usize)> {
+) -> tokio::task::JoinHandle<MemberEnd> {
     let mut dial = QuicDialConfig::from_pki_dir(pki_dir, &name, addr.to_string()).unwrap();
     dial.server_name = Some("localhost".into());
     dial.connect_timeout = Duration::from_secs(120);
@@ -224,27 +224,25 @@ async fn member_driver(
     dial: QuicDialConfig,
     identity: tessera_protocol::member::MemberIdentity,
     settings: SettingsDigest,
-) -> (Result<ClientExit, tessera_client::ClientError>, Option<u64>, usize) {
-    {
-        let mut p = Participant::new(name, Policy::default(), rand_chacha::ChaCha20Rng::seed_from_u64(i as u64))
-            .with_identity(identity)
-            .with_settings(settings);
-        let mut egress = EgressLedger::in_memory();
-        let model = Arc::new(Mutex::new(TinyModel { step: step(i) }));
-        let opts = ClientOptions {
-            backoff: BackoffPolicy {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(5),
-                multiplier: 2.0,
-                max_attempts: Some(60),
-            },
-            ..ClientOptions::default()
-        };
-        let exit = tessera_client::run(Dialer::Quic(Arc::new(dial)), &mut p, model, &mut egress, opts).await;
-        let entries = egress.entries().unwrap_or_default();
-        let hello = entries.iter().filter(|e| e.kind == "hello").map(|e| e.time_ms).max();
-        (exit, hello, entries.iter().filter(|e| e.kind == "masked_end").count())
-    }
+) -> MemberEnd {
+    let mut p = Participant::new(name, Policy::default(), rand_chacha::ChaCha20Rng::seed_from_u64(i as u64))
+        .with_identity(identity)
+        .with_settings(settings);
+    let mut egress = EgressLedger::in_memory();
+    let model = Arc::new(Mutex::new(TinyModel { step: step(i) }));
+    let opts = ClientOptions {
+        backoff: BackoffPolicy {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+            multiplier: 2.0,
+            max_attempts: Some(60),
+        },
+        ..ClientOptions::default()
+    };
+    let exit = tessera_client::run(Dialer::Quic(Arc::new(dial)), &mut p, model, &mut egress, opts).await;
+    let entries = egress.entries().unwrap_or_default();
+    let hello = entries.iter().filter(|e| e.kind == "hello").map(|e| e.time_ms).max();
+    (exit, hello, entries.iter().filter(|e| e.kind == "masked_end").count())
 }
 
 /// Wait for the daemon to bind its port (its log says so) or fail.
@@ -257,18 +255,39 @@ async fn wait_listening(daemon: &mut Child, log: &Path) {
     }
 }
 
-/// Wait for the daemon to exit on its own; its exit status.
-async fn wait_daemon(daemon: &mut Child, log: &Path) -> std::process::ExitStatus {
+/// What a member's task returns: how it ended, its `Hello`'s time, its
+/// masked uploads.
+type MemberEnd = (Result<ClientExit, tessera_client::ClientError>, Option<u64>, usize);
+
+/// Wait for the daemon to exit on its own; its exit status. A member that
+/// ends otherwise than by the daemon's `Shutdown` (refused for good, out of
+/// retries) fails the test at once, since the daemon would wait for it.
+async fn wait_daemon(
+    daemon: &mut Child,
+    log: &Path,
+    members: &mut [tokio::task::JoinHandle<MemberEnd>],
+    ends: &mut [Option<MemberEnd>],
+) -> std::process::ExitStatus {
     let t0 = Instant::now();
     loop {
         if let Some(st) = daemon.try_wait().unwrap() {
             return st;
         }
+        for (task, end) in members.iter_mut().zip(ends.iter_mut()) {
+            if end.is_none() && task.is_finished() {
+                let e = task.await.expect("no member task panicked");
+                if !matches!(e.0, Ok(ClientExit::Shutdown { .. })) {
+                    let _ = daemon.kill();
+                    panic!("a member ended before the run did: {:?}; see {}", e.0, log.display());
+                }
+                *end = Some(e);
+            }
+        }
         if t0.elapsed() > RUN_LIMIT {
             let _ = daemon.kill();
             panic!("the aggregator did not finish within {RUN_LIMIT:?}: see {}", log.display());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -343,15 +362,19 @@ async fn one_daemon_round(n: usize, dial_rate: Option<f64>) {
         }
         members.push(spawn_member(net.handle().clone(), &pki_dir, &addr, i, m.clone(), settings));
     }
-    let status = wait_daemon(&mut daemon, &log).await;
+    let mut ends: Vec<Option<MemberEnd>> = (0..n).map(|_| None).collect();
+    let status = wait_daemon(&mut daemon, &log, &mut members, &mut ends).await;
     let total = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     assert!(status.success(), "the aggregator failed ({status}): see {}", log.display());
 
     let (mut masked, mut last_hello) = (0, 0);
-    for m in members {
-        let (exit, hello, sent) = m.await.expect("no member task panicked");
+    for (m, end) in members.into_iter().zip(ends) {
+        let (exit, hello, sent) = match end {
+            Some(e) => e,
+            None => m.await.expect("no member task panicked"),
+        };
         assert!(matches!(exit, Ok(ClientExit::Shutdown { .. })), "{exit:?}");
         last_hello = last_hello.max(hello.expect("every member said hello"));
         masked += sent;
