@@ -5,7 +5,22 @@
 
 /// A `kB` field of `/proc/self/status` (e.g. `VmRSS`, `VmHWM`), in bytes.
 pub fn status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_bytes_at("/proc/self/status", field)
+}
+
+/// A `kB` field of another process's `/proc/<pid>/status` (a child daemon
+/// measured from the test); `None` once it has exited.
+pub fn status_bytes_of(pid: u32, field: &str) -> Option<u64> {
+    status_bytes_at(&format!("/proc/{pid}/status"), field)
+}
+
+/// Open file descriptors of another process.
+pub fn open_fds_of(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+fn status_bytes_at(path: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
     let kb: u64 = line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)

@@ -196,11 +196,24 @@ pub fn check_single_instance(cfg: &AggregatorConfig) -> Result<(), DaemonError> 
     Ok(crate::instance::check_unlocked(&cfg.state_path())?)
 }
 
-/// Bind the QUIC endpoint the config names.
+/// Bind the QUIC endpoint the config names. The endpoint holds at most
+/// [`connection_limit`] connections (handshaking or admitted) at once.
 pub fn listen(cfg: &AggregatorConfig) -> Result<Listener, DaemonError> {
-    let qcfg = QuicListenerConfig::from_pki_dir(&cfg.server.pki_dir, cfg.server.listen)?;
+    let mut qcfg = QuicListenerConfig::from_pki_dir(&cfg.server.pki_dir, cfg.server.listen)?;
+    qcfg.max_connections = connection_limit(qcfg.max_connections, cfg.server.members.len());
     let admission = ConsortiumAdmission::new(cfg.server.members.clone(), &cfg.server.pki_dir);
     Ok(qcfg.listen(Arc::new(admission))?)
+}
+
+/// The endpoint's connection limit for a consortium of `members`: the
+/// transport's `default` (1024), or every member plus 64 when that is more.
+/// A fixed 1024 would turn the 1,025th member of a larger consortium away
+/// for good; the 64 leave room for reconnects that briefly overlap the
+/// connection they replace and for handshakes that will be refused. The
+/// limit still bounds what unauthenticated peers can hold
+/// (`docs/threat-model.md`, "Handshake capacity").
+pub fn connection_limit(default: usize, members: usize) -> usize {
+    default.max(members.saturating_add(64))
 }
 
 /// Run (or resume) the federated run on `listener`: state database first,

@@ -2,6 +2,7 @@
 //! database first (durably, in the order crash recovery needs), then to the
 //! run directory and the log, and into the live status snapshot.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tessera_core::RoundRecord;
@@ -114,13 +115,22 @@ impl DaemonObserver {
         {
             let mut s = lock_status(&self.status);
             s.updated_ms = now;
-            let online: Vec<&String> = coordinator.online().collect();
+            // Called on every state change: linear in the members, never
+            // quadratic (at 10,000 members a scan per member was most of
+            // the daemon's CPU; docs/benchmarks.md, "Load: the aggregator
+            // daemon at 10,000 members").
+            let online: HashSet<&str> = coordinator.online().map(String::as_str).collect();
+            let mut listed = 0;
             for m in &mut s.members {
-                m.online = online.contains(&&m.name);
+                m.online = online.contains(m.name.as_str());
+                listed += usize::from(m.online);
             }
-            for name in online {
-                if !s.members.iter().any(|m| &m.name == name) {
-                    s.members.push(crate::status::MemberStatus { name: name.clone(), online: true, revoked: false });
+            // Rare: someone online who is not listed yet.
+            if listed != online.len() {
+                let known: HashSet<&str> = s.members.iter().map(|m| m.name.as_str()).collect();
+                let new: Vec<String> = coordinator.online().filter(|n| !known.contains(n.as_str())).cloned().collect();
+                for name in new {
+                    s.members.push(crate::status::MemberStatus { name, online: true, revoked: false });
                 }
             }
             match coordinator.progress() {
@@ -192,8 +202,9 @@ impl RunObserver for DaemonObserver {
         s.state = RunState::Running;
         s.current_round = Some(round);
         s.updated_ms = now;
+        let cohort: HashSet<&str> = cohort.iter().map(String::as_str).collect();
         for m in &mut s.members {
-            if cohort.contains(&m.name) {
+            if cohort.contains(m.name.as_str()) {
                 m.online = true;
             }
         }
