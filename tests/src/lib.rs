@@ -216,3 +216,4 @@ pub mod log_capture;
 pub mod proc_stats;
 pub mod raw_quic;
 pub mod tap;
+pub mod tiny_model;

@@ -15,48 +15,17 @@
 //!
 //! Times are recorded in docs/benchmarks.md ("Load: 500 connections").
 
+use rand::SeedableRng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use rand::SeedableRng;
 use tessera_aggregator::daemon;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
-use tessera_core::{DpSettings, EvalMetrics, ModelConfig, ModelParams, TrainSettings, TrainableConfig};
+use tessera_client::{ClientExit, ClientOptions, EgressLedger};
+use tessera_core::{ModelConfig, TrainableConfig};
 use tessera_e2e::proc_stats::{MIB, open_fds, peak_rss_bytes, rss_bytes};
+use tessera_e2e::tiny_model::TinyModel;
 use tessera_e2e::*;
-use tessera_protocol::{Participant, Policy, TrainedUpdate};
+use tessera_protocol::{Participant, Policy};
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig, pki};
-
-/// A model with 6 trainable values; training moves every value by a step
-/// that depends on the member, so the aggregate is checkable.
-struct TinyModel {
-    step: f32,
-}
-
-impl LocalModel for TinyModel {
-    fn train(
-        &mut self,
-        model: &ModelParams,
-        _s: &TrainSettings,
-        _dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, tessera_learn::LocalError> {
-        let mut params = model.clone();
-        params.values_mut().for_each(|v| *v += self.step);
-        Ok(TrainedUpdate { params, num_examples: 10, mean_loss: 0.5 })
-    }
-
-    fn evaluate(&mut self, _model: &ModelParams) -> Result<EvalMetrics, tessera_learn::LocalError> {
-        Ok(EvalMetrics {
-            num_examples: 4,
-            loss: 0.5,
-            accuracy: 0.75,
-            balanced_accuracy: 0.75,
-            auc: 0.8,
-            f1: 0.7,
-            confusion: vec![vec![2, 1], vec![0, 1]],
-        })
-    }
-}
 
 fn tiny_model_config() -> ModelConfig {
     ModelConfig {

@@ -40,11 +40,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
 use tessera_aggregator::AggregatorConfig;
-use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
-use tessera_core::{DpSettings, EvalMetrics, ModelParams, SettingsDigest, TrainSettings};
+use tessera_client::{ClientExit, ClientOptions, EgressLedger};
+use tessera_core::{ModelParams, SettingsDigest};
 use tessera_e2e::proc_stats::{MIB, open_fds_of, peak_rss_bytes, status_bytes_of};
 use tessera_e2e::read_metrics;
-use tessera_protocol::{Participant, Policy, TrainedUpdate};
+use tessera_e2e::tiny_model::TinyModel;
+use tessera_protocol::{Participant, Policy};
 use tessera_transport::{BackoffPolicy, Dialer, QuicDialConfig, pki};
 
 /// Members, unless `TESSERA_LOAD_MEMBERS` says otherwise.
@@ -58,36 +59,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(3 * 3600);
 /// checkable. Seven distinct steps, so a lost or doubled member shows.
 fn step(i: usize) -> f32 {
     0.001 * (i % 7) as f32
-}
-
-/// A model with 6 trainable values and no burn training.
-struct TinyModel {
-    step: f32,
-}
-
-impl LocalModel for TinyModel {
-    fn train(
-        &mut self,
-        model: &ModelParams,
-        _s: &TrainSettings,
-        _dp: Option<&DpSettings>,
-    ) -> Result<TrainedUpdate, tessera_learn::LocalError> {
-        let mut params = model.clone();
-        params.values_mut().for_each(|v| *v += self.step);
-        Ok(TrainedUpdate { params, num_examples: 10, mean_loss: 0.5 })
-    }
-
-    fn evaluate(&mut self, _model: &ModelParams) -> Result<EvalMetrics, tessera_learn::LocalError> {
-        Ok(EvalMetrics {
-            num_examples: 4,
-            loss: 0.5,
-            accuracy: 0.75,
-            balanced_accuracy: 0.75,
-            auc: 0.8,
-            f1: 0.7,
-            confusion: vec![vec![2, 1], vec![0, 1]],
-        })
-    }
 }
 
 /// `aggregator.toml` for one SecAgg+ round of a logistic regression on two
