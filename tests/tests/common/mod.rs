@@ -273,6 +273,20 @@ impl Gates {
         }
     }
 
+    /// How many exact evaluations members have computed so far.
+    pub fn evaluated(&self) -> usize {
+        self.evaluations.lock().unwrap().len()
+    }
+
+    /// Wait until members have computed `n` exact evaluations in all.
+    pub async fn wait_evaluated(&self, n: usize) {
+        let t0 = Instant::now();
+        while self.evaluated() < n {
+            assert!(t0.elapsed() < Duration::from_secs(60), "members never finished evaluating");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Wait until `n` members are held at a gate.
     pub async fn wait_held(&self, n: usize) {
         let t0 = Instant::now();
