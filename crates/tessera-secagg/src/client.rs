@@ -460,6 +460,15 @@ impl std::fmt::Debug for ClientSession {
 
 /// The machine's available parallelism (1 if it cannot be read): the default
 /// thread count of [`ClientSession::mask_chunk`].
+///
+/// Read once per process and remembered: on Linux the standard library
+/// reads the cgroup quota files on every call (an `open`, `read` and
+/// `statx` each), and every session and every member `Policy` starts from
+/// this value, so a simulator building 10,000 members paid that 20,000
+/// times a round (about 2 % of a 1,000-member round's CPU time,
+/// docs/benchmarks.md, "Protocol scale"). A quota changed while the
+/// process runs is not seen; the count only sizes a thread pool.
 pub fn default_mask_threads() -> NonZeroUsize {
-    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+    static THREADS: std::sync::OnceLock<NonZeroUsize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
 }

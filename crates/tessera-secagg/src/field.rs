@@ -75,18 +75,21 @@ impl Fe {
         s
     }
 
+    #[inline]
     pub(crate) fn add(self, other: Fe) -> Fe {
         let mut out = Montgomery([0; 4]);
         fiat_25519_scalar_add(&mut out, &self.0, &other.0);
         Fe(out)
     }
 
+    #[inline]
     pub(crate) fn sub(self, other: Fe) -> Fe {
         let mut out = Montgomery([0; 4]);
         fiat_25519_scalar_sub(&mut out, &self.0, &other.0);
         Fe(out)
     }
 
+    #[inline]
     pub(crate) fn mul(self, other: Fe) -> Fe {
         let mut out = Montgomery([0; 4]);
         fiat_25519_scalar_mul(&mut out, &self.0, &other.0);

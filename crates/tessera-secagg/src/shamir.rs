@@ -83,18 +83,45 @@ pub(crate) fn split<R: CryptoRngCore + ?Sized>(
     };
     let mut lo = poly(&secret[..16]);
     let mut hi = poly(&secret[16..]);
-    // Horner's rule, highest coefficient first.
-    let eval = |c: &[Fe], x: Fe| c.iter().rev().fold(Fe::ZERO, |acc, a| acc.mul(x).add(*a));
-    let shares = holders
-        .iter()
-        .map(|&p| {
-            let x = x_of(p);
-            (p, SecretShare { lo: eval(&lo, x), hi: eval(&hi, x) })
-        })
-        .collect();
+    let mut shares = Vec::with_capacity(holders.len());
+    for group in holders.chunks(LANES) {
+        let mut x = [Fe::ZERO; LANES];
+        x.iter_mut().zip(group).for_each(|(x, p)| *x = x_of(*p));
+        let (mut at_lo, mut at_hi) = (horner(&lo, &x), horner(&hi, &x));
+        shares.extend(group.iter().enumerate().map(|(l, &p)| (p, SecretShare { lo: at_lo[l], hi: at_hi[l] })));
+        at_lo.zeroize();
+        at_hi.zeroize();
+    }
     lo.zeroize();
     hi.zeroize();
     shares
+}
+
+/// Points evaluated side by side in [`horner`] and rows of Lagrange
+/// denominators computed side by side in [`lagrange_at`].
+const LANES: usize = 4;
+
+/// The polynomial with coefficients `c` (lowest first) at each of the
+/// `LANES` points `x`, by Horner's rule (highest coefficient first).
+///
+/// Why the points go side by side: each Horner step multiplies the result
+/// of the step before, so evaluating one point at a time leaves the
+/// multiplier waiting on its own last product; with `LANES` independent
+/// points per step the products overlap. A SecAgg+ member evaluates two
+/// polynomials of degree t − 1 at each of its k + 1 holders, the largest
+/// share of a round's CPU time after key agreement (docs/benchmarks.md,
+/// "Protocol scale"). The values are exactly those of one point at a time:
+/// field arithmetic is exact, and the order of operations per point is
+/// unchanged.
+#[inline]
+fn horner(c: &[Fe], x: &[Fe; LANES]) -> [Fe; LANES] {
+    let mut acc = [Fe::ZERO; LANES];
+    for a in c.iter().rev() {
+        for (acc, x) in acc.iter_mut().zip(x) {
+            *acc = acc.mul(*x).add(*a);
+        }
+    }
+    acc
 }
 
 /// Lagrange coefficients that evaluate at 0 the polynomial through the
@@ -125,13 +152,27 @@ fn lagrange_at(parties: &[PartyId], at: Fe) -> Vec<Fe> {
     }
     let mut prefix = one;
     let mut numerators = Vec::with_capacity(xs.len());
-    let mut denominators = Vec::with_capacity(xs.len());
-    for (i, xi) in xs.iter().enumerate() {
+    for i in 0..xs.len() {
         numerators.push(prefix.mul(suffix[i + 1]));
         prefix = prefix.mul(factors[i]);
-        let den = xs.iter().enumerate().filter(|(j, _)| *j != i).fold(one, |d, (_, xj)| d.mul(xj.sub(*xi)));
-        denominators.push(den);
     }
+    // The O(t²) part, `LANES` rows at a time so that their products overlap
+    // (see `horner`); the rows past the end of the last group are dropped.
+    let mut denominators = Vec::with_capacity(xs.len() + LANES);
+    for first in (0..xs.len()).step_by(LANES) {
+        let mut xi = [Fe::ZERO; LANES];
+        xi.iter_mut().zip(&xs[first..]).for_each(|(a, b)| *a = *b);
+        let mut den = [one; LANES];
+        for (j, xj) in xs.iter().enumerate() {
+            for (l, (d, xi)) in den.iter_mut().zip(&xi).enumerate() {
+                if j != first + l {
+                    *d = d.mul(xj.sub(*xi));
+                }
+            }
+        }
+        denominators.extend(den);
+    }
+    denominators.truncate(xs.len());
     Fe::batch_invert(&mut denominators);
     numerators.iter().zip(&denominators).map(|(n, d)| n.mul(*d)).collect()
 }
