@@ -6,7 +6,7 @@
 //!   (30-64-2, `TabularModel`) and the image head on a frozen
 //!   EfficientNet-Lite0 (`VisionModel`, cached features, and augmented
 //!   views through the backbone at every step; and with the last block
-//!   trainable, per-example passes through it, at 32 and 96 px). Both arms
+//!   trainable, clipped by ghost norms from one batched pass, at 32 and 96 px). Both arms
 //!   take ceil(N/32) steps; throughput is counted in steps.
 //!   `noise_only_epoch` times the noise draws of a DP epoch alone, to
 //!   attribute the overhead.
@@ -158,7 +158,8 @@ fn dp_overhead(c: &mut Criterion) {
 
     // The last block, the head convolution and the head trainable: the
     // non-private epoch is the batched channels-last fine-tuner (Adam), the
-    // DP epoch one forward and backward pass per sampled example.
+    // DP epoch one batched forward and backward pass per group of sampled
+    // examples, clipped by ghost norms (no pass per example).
     let last = VisionModelConfig { trainable_blocks: 1, augment: None, ..aug };
     let mut image = VisionModel::from_config(&last, fashion("train", 20), fashion("t10k", 10)).unwrap();
     let start = image.net().trainable_params().unwrap();

@@ -1,6 +1,8 @@
 //! Record-level DP-SGD's shared half: the validated configuration, the
 //! round's random streams and noise, and the loop for models whose
-//! per-example gradients need a backward pass each. Models with a cheaper
+//! per-example gradients come from a backward pass (one per example, or
+//! one per group with ghost norms, see [`PerExampleGradients::add_clipped`]).
+//! Models with a cheaper
 //! way to clip (the tabular MLP's ghost clipping, the frozen-backbone
 //! head's closed form) use the same configuration, sampler and noise.
 
@@ -232,8 +234,8 @@ pub trait PerExampleGradients {
     /// The loss gradient of the group's `index`-th row.
     fn gradient(&mut self, index: usize) -> Result<Vec<f32>, LocalError>;
     /// [`gradient`](Self::gradient) written over `out` (exactly one value
-    /// per parameter). [`dp_sgd`] calls this one with a buffer it reuses for
-    /// every example; models whose gradient can go straight into it (no
+    /// per parameter). [`add_clipped`](Self::add_clipped) calls this one with
+    /// a buffer [`dp_sgd`] reuses for every example; models whose gradient can go straight into it (no
     /// allocation of the model's size per example) override it.
     fn gradient_into(&mut self, index: usize, out: &mut [f32]) -> Result<(), LocalError> {
         let g = self.gradient(index)?;
@@ -247,6 +249,49 @@ pub trait PerExampleGradients {
         out.copy_from_slice(&g);
         Ok(())
     }
+
+    /// Adds the group's clipped gradients to `sum`: the `j`-th row's
+    /// gradient `g_j` times `clip(‖g_j‖₂)`, or nothing where `clip` gives
+    /// `None` (a non-finite norm). [`dp_sgd`] calls this once per prepared
+    /// group of `group` rows with `clip` = [`DpRound::example_clip`], so the
+    /// bound and its margin are the round's whatever the model does here.
+    ///
+    /// The default materializes one gradient at a time into `scratch` (one
+    /// value per parameter, reused) with [`gradient_into`](Self::gradient_into).
+    /// A model that can get each row's gradient norm without materializing
+    /// it (ghost clipping: from activations and output gradients) overrides
+    /// this and computes the clipped sum in one batched backward pass; it
+    /// must give the same sum up to f32 rounding.
+    fn add_clipped(
+        &mut self,
+        group: usize,
+        clip: &mut dyn FnMut(f64) -> Option<f32>,
+        scratch: &mut [f32],
+        sum: &mut [f32],
+    ) -> Result<(), LocalError> {
+        add_clipped_each(self, group, clip, scratch, sum)
+    }
+}
+
+/// [`PerExampleGradients::add_clipped`]'s default: one example's gradient
+/// at a time into `scratch`, its norm, its clip factor, added to `sum`. For
+/// models that override `add_clipped` only in some configurations.
+pub fn add_clipped_each<E: PerExampleGradients + ?Sized>(
+    examples: &mut E,
+    group: usize,
+    clip: &mut dyn FnMut(f64) -> Option<f32>,
+    scratch: &mut [f32],
+    sum: &mut [f32],
+) -> Result<(), LocalError> {
+    for j in 0..group {
+        examples.gradient_into(j, scratch)?;
+        let norm = squared_norm(scratch).sqrt();
+        // A non-finite gradient contributes zero (counted, never sent).
+        if let Some(c) = clip(norm) {
+            sum.iter_mut().zip(&*scratch).for_each(|(a, v)| *a += c * v);
+        }
+    }
+    Ok(())
 }
 
 /// Squared L2 norm accumulated in f64 (exact enough for the clip:
@@ -267,8 +312,8 @@ fn squared_norm(v: &[f32]) -> f64 {
 
 /// DP-SGD from `start` over `n` training examples: each of `local_epochs *
 /// ceil(1/q)` steps Poisson-samples its rows, clips each sampled example's
-/// gradient to C on its own (a non-finite one becomes zero, see
-/// [`DpRound::example_clip`]), adds the round's noise to the sum and takes an
+/// gradient to C on its own and sums ([`PerExampleGradients::add_clipped`];
+/// a non-finite one becomes zero, see [`DpRound::example_clip`]), adds the round's noise to the sum and takes an
 /// SGD step scaled by [`DpRound::inverse_batch`] (one over the public
 /// expected batch size for a round from [`DpNoise::round_for`]), with
 /// FedProx's proximal term when asked. Returns the trained exchanged tensors.
@@ -294,14 +339,7 @@ pub fn dp_sgd(
             let sampled = dp.sampler.sample(n);
             for group in sampled.chunks(PREPARE_GROUP) {
                 examples.prepare(group, epoch)?;
-                for j in 0..group.len() {
-                    examples.gradient_into(j, &mut g)?;
-                    let norm = squared_norm(&g).sqrt();
-                    // A non-finite gradient contributes zero (counted, never sent).
-                    if let Some(c) = dp.example_clip(norm) {
-                        sum.iter_mut().zip(&g).for_each(|(a, v)| *a += c * v);
-                    }
-                }
+                examples.add_clipped(group.len(), &mut |norm| dp.example_clip(norm), &mut g, &mut sum)?;
             }
             dp.add_noise(&mut sum)?;
             fedprox_step(&mut flat, &anchor, &sum, inv_expected, lr, mu);

@@ -11,7 +11,8 @@
 //! - DP-SGD's noise, from tessera-privacy's exact sampler, with its random
 //!   streams for one round ([`DpNoise`], [`DpRound`]);
 //! - the DP-SGD loop for models whose per-example gradients need a
-//!   backward pass each ([`dp_sgd`] over [`PerExampleGradients`]).
+//!   backward pass ([`dp_sgd`] over [`PerExampleGradients`], which may
+//!   clip a whole group at once).
 //!
 //! Metrics come from `tessera_core::evaluate`, the one implementation every
 //! model reports through.
@@ -27,7 +28,9 @@ mod local;
 mod sgd;
 
 pub use backend::{BackendUnavailable, ComputeBackend, DEFAULT_BACKEND, WGPU_BUILT, WGPU_FEATURE};
-pub use dp::{DpNoise, DpRound, DpSgdConfig, NOISE_CHUNK, PREPARE_GROUP, PerExampleGradients, dp_sgd};
+pub use dp::{
+    DpNoise, DpRound, DpSgdConfig, NOISE_CHUNK, PREPARE_GROUP, PerExampleGradients, add_clipped_each, dp_sgd,
+};
 pub use local::{LocalError, LocalModel};
 pub use sgd::{PoissonSampler, fedprox_step, fedprox_tensor_step, validate_train_settings};
 /// The f32 margin every clip keeps below C (`tessera_privacy`'s), for

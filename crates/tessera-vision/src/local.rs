@@ -12,8 +12,9 @@
 //! gradient in closed form and adds `tessera_learn`'s DP-SGD noise, exactly
 //! as the tabular model does. The SmallCnn's DP-SGD, and that of
 //! EfficientNet-Lite0 with unfrozen blocks (on a CPU backend), run
-//! `tessera_learn::dp_sgd` with one backward pass per sampled example
-//! (`dp`). With LoRA (`[model] lora`), the last `k` blocks train through
+//! `tessera_learn::dp_sgd` (`dp`): the SmallCnn with one backward pass per
+//! sampled example, the unfrozen blocks with one batched pass per group of
+//! sampled examples, clipped by ghost norms. With LoRA (`[model] lora`), the last `k` blocks train through
 //! adapters on their 1x1 convolutions: only the adapters and the head are
 //! trained, exchanged and, under DP-SGD, clipped per example.
 
@@ -232,8 +233,8 @@ impl VisionModel {
     }
 
     /// DP-SGD for models whose per-example gradients need a backward pass
-    /// each (see [`dp`]): the SmallCnn, and EfficientNet-Lite0 with
-    /// unfrozen blocks on a CPU backend.
+    /// (see [`dp`]): the SmallCnn, EfficientNet-Lite0 with LoRA, and
+    /// EfficientNet-Lite0 with unfrozen blocks on a CPU backend.
     fn train_dp_per_example(&mut self, s: &TrainSettings, dp: &DpSettings) -> Result<(), LocalError> {
         let start = self.net.trainable_params().map_err(LocalError::model)?;
         let shape = self.train.image_shape();

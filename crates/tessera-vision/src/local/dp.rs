@@ -1,8 +1,9 @@
 //! Per-example gradients for record-level DP-SGD of image models whose
-//! gradients need a backward pass each: the SmallCnn (burn autodiff on a
-//! batch of one) and EfficientNet-Lite0 with unfrozen blocks
-//! ([`crate::ExampleGradients`]: the trunk by hand, channels-last, on a CPU
-//! backend), and EfficientNet-Lite0 with LoRA adapters (burn autodiff on
+//! gradients need a backward pass: the SmallCnn (burn autodiff on a
+//! batch of one), EfficientNet-Lite0 with unfrozen blocks
+//! (`ExampleGradients`: the trunk by hand, channels-last, on a CPU
+//! backend; one batched pass per group with ghost norms, no pass per
+//! example), and EfficientNet-Lite0 with LoRA adapters (burn autodiff on
 //! one example's trainable suffix, after the frozen prefix ran once for the
 //! whole step). [`Sampled`] feeds any of them to `tessera_learn::dp_sgd`, the loop
 //! (Poisson-sampled steps, per-example clipping, noise, FedProx step) every
@@ -44,6 +45,19 @@ pub(super) trait PerImage {
         }
         out.copy_from_slice(&g);
         Ok(())
+    }
+
+    /// The group's clipped sum in one batched pass, when the model has one
+    /// (see `PerExampleGradients::add_clipped`; the group's labels in
+    /// order); `None` to be asked one image at a time instead.
+    fn add_clipped(
+        &mut self,
+        _labels: &[usize],
+        _clip: &mut dyn FnMut(f64) -> Option<f32>,
+        _scratch: &mut [f32],
+        _sum: &mut [f32],
+    ) -> Option<Result<(), LocalError>> {
+        None
     }
 }
 
@@ -96,6 +110,20 @@ impl<E: PerImage> PerExampleGradients for Sampled<'_, E> {
     fn gradient_into(&mut self, index: usize, out: &mut [f32]) -> Result<(), LocalError> {
         let label = self.train.labels()[self.rows[index]];
         self.inner.gradient_into(index, &self.views[index], label, out)
+    }
+
+    fn add_clipped(
+        &mut self,
+        group: usize,
+        clip: &mut dyn FnMut(f64) -> Option<f32>,
+        scratch: &mut [f32],
+        sum: &mut [f32],
+    ) -> Result<(), LocalError> {
+        let labels: Vec<usize> = self.rows.iter().take(group).map(|&i| self.train.labels()[i]).collect();
+        match self.inner.add_clipped(&labels, clip, scratch, sum) {
+            Some(done) => done,
+            None => tessera_learn::add_clipped_each(self, group, clip, scratch, sum),
+        }
     }
 }
 
@@ -183,6 +211,18 @@ impl PerImage for TransferExamples {
     /// the model's size per example.
     fn gradient_into(&mut self, index: usize, _image: &[f32], label: usize, out: &mut [f32]) -> Result<(), LocalError> {
         self.grads.gradient_into(index, label, out).map_err(err)
+    }
+
+    /// Ghost clipping: one batched pass for the group, no per-example
+    /// backward pass and no per-example gradient of the model's size.
+    fn add_clipped(
+        &mut self,
+        labels: &[usize],
+        clip: &mut dyn FnMut(f64) -> Option<f32>,
+        scratch: &mut [f32],
+        sum: &mut [f32],
+    ) -> Option<Result<(), LocalError>> {
+        Some(self.grads.add_clipped(labels, clip, scratch, sum).map_err(err))
     }
 }
 

@@ -1,20 +1,28 @@
-//! One example's gradient of a [`TransferModel`] with trainable blocks.
+//! Per-example gradients of a [`TransferModel`] with trainable blocks, for
+//! record-level DP-SGD, which clips each sampled example's gradient on its
+//! own before summing.
 //!
-//! Record-level DP-SGD clips each sampled example's gradient on its own
-//! before summing, so that gradient must exist on its own. The frozen
-//! prefix runs once for a group of sampled images ([`prepare`]); the
-//! trainable blocks then run forward and backward per image in
-//! [`HostFineTuner`] (batch norm in inference mode keeps images
-//! independent), and the new head's part is in closed form (softmax
-//! cross-entropy, as in [`crate::head`]). The result is flat, in the order
-//! and layout of [`TransferModel::trainable_params`]: what DP-SGD clips,
-//! sums and steps.
+//! The frozen prefix runs once for a group of sampled images ([`prepare`]).
+//! DP-SGD then takes the group's clipped sum from [`add_clipped`]: one
+//! forward and one backward pass of the whole group through the trainable
+//! blocks in [`HostFineTuner`] (batch norm in inference mode keeps images
+//! independent), each image's gradient norm from ghost norms
+//! (`super::ghost`), and the clipped sum from the same pass. The
+//! reference it must agree with, one image's whole gradient
+//! ([`gradient_into`]: a forward and backward pass for that image alone),
+//! stays for tests and checks. The new head's part is in closed form
+//! (softmax cross-entropy, as in [`crate::head`]). Everything is flat, in
+//! the order and layout of [`TransferModel::trainable_params`]: what DP-SGD
+//! clips, sums and steps.
 //!
 //! [`prepare`]: ExampleGradients::prepare
+//! [`add_clipped`]: ExampleGradients::add_clipped
+//! [`gradient_into`]: ExampleGradients::gradient_into
 
 use burn::module::ParamId;
 
-use super::{GradSink, HostFineTuner, Tape};
+use super::ghost::PerImageGrads;
+use super::{GradSink, HostFineTuner, Summed, Tape, ops};
 use crate::efficientnet::FEATURE_DIM;
 use crate::error::{Result, VisionError};
 use crate::nhwc::{Shape, tensor_values};
@@ -122,37 +130,106 @@ impl ExampleGradients {
             .get(index * one.len()..(index + 1) * one.len())
             .ok_or_else(|| VisionError::InvalidConfig(format!("image {index} was not prepared")))?;
         let features = self.tuner.forward_trainable(x0.to_vec(), one, &mut self.tape)?;
-        // Logits, then g = softmax - onehot (the loss gradient at the logits).
-        let mut g = self.head_bias.clone();
-        for (f, row) in features.iter().zip(self.head_weight.chunks_exact(classes)) {
-            g.iter_mut().zip(row).for_each(|(z, w)| *z += f * w);
-        }
-        let max = g.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(z));
-        g.iter_mut().for_each(|z| *z = (*z - max).exp());
-        let sum: f32 = g.iter().sum();
-        g.iter_mut().for_each(|p| *p /= sum);
-        g[label] -= 1.0;
-        let d_features: Vec<f32> =
-            self.head_weight.chunks_exact(classes).map(|row| row.iter().zip(&g).map(|(w, gk)| w * gk).sum()).collect();
-        debug_assert_eq!(d_features.len(), FEATURE_DIM);
-        let mut sink =
-            FlatSink { order: &self.order, offsets: &self.offsets, flat, written: 0, error: None, spare: Vec::new() };
+        let g = self.logit_grads(&features, &[label])?;
+        let mut d_features = vec![0.0; FEATURE_DIM];
+        ops::matmul_transposed(&g, classes, &self.head_weight, FEATURE_DIM, &mut d_features);
+        let mut sink = FlatSink::new(&self.order, &self.offsets, flat);
         for (slot, &f) in sink.weight(self.head_ids.0, &[FEATURE_DIM, classes]).chunks_exact_mut(classes).zip(&features)
         {
             slot.iter_mut().zip(&g).for_each(|(d, gk)| *d = f * gk);
         }
         sink.vector(self.head_ids.1, g);
-        self.tuner.backward_into(&self.tape, &d_features, &mut sink)?;
-        match sink.error {
-            Some(e) => Err(VisionError::Tensor(e)),
-            // Every value overwritten: nothing is left from the last example.
-            None if sink.written == self.len() => Ok(()),
-            None => Err(VisionError::Tensor("no gradient for a trainable tensor".into())),
+        self.tuner.backward_into(&self.tape, &d_features, &mut Summed(&mut sink))?;
+        sink.finish()
+    }
+
+    /// Adds to `sum` the clipped gradients of the first `labels.len()`
+    /// prepared images (image `j` with label `labels[j]`): each image's
+    /// gradient times `clip(its L2 norm)`, nothing of an image for which
+    /// `clip` gives `None`. `scratch` ([`len`](Self::len) values) is
+    /// overwritten. One forward and one backward pass for the whole group,
+    /// the norms per image without forming the 1×1 convolutions' per-image
+    /// gradients (`super::ghost`): the same sum, up to f32 rounding, as
+    /// [`gradient_into`](Self::gradient_into) image by image, clipped and added.
+    pub fn add_clipped(
+        &mut self,
+        labels: &[usize],
+        clip: &mut dyn FnMut(f64) -> Option<f32>,
+        scratch: &mut [f32],
+        sum: &mut [f32],
+    ) -> Result<()> {
+        let n = labels.len();
+        if scratch.len() != self.len() || sum.len() != self.len() {
+            return Err(VisionError::Tensor(format!("buffers of {} values for {} gradients", sum.len(), self.len())));
         }
+        if n == 0 {
+            return Ok(());
+        }
+        let one = self.prefix_shape.ok_or_else(|| VisionError::InvalidConfig("no images prepared".into()))?;
+        let x0 = self
+            .prefix
+            .get(..n * one.len())
+            .ok_or_else(|| VisionError::InvalidConfig(format!("{n} images asked for, fewer prepared")))?;
+        let features = self.tuner.forward_trainable(x0.to_vec(), Shape { n, ..one }, &mut self.tape)?;
+        let g = self.logit_grads(&features, labels)?;
+        let classes = self.head_bias.len();
+        let mut d_features = vec![0.0; n * FEATURE_DIM];
+        ops::matmul_transposed(&g, classes, &self.head_weight, FEATURE_DIM, &mut d_features);
+        let mut per_image = PerImageGrads::new(n);
+        // The head's part of each image's squared norm: ‖f‖²‖g‖² (weight, f ⊗ g) + ‖g‖² (bias).
+        let head: Vec<f64> = features
+            .chunks_exact(FEATURE_DIM)
+            .zip(g.chunks_exact(classes))
+            .map(|(f, g)| (ops::dot64(f, f) + 1.0) * ops::dot64(g, g))
+            .collect();
+        per_image.add_squared_norms(&head);
+        self.tuner.backward_into(&self.tape, &d_features, &mut per_image)?;
+        let factors: Vec<Option<f32>> = per_image.norms().map(clip).collect();
+
+        let mut sink = FlatSink::new(&self.order, &self.offsets, scratch);
+        let mut bias = vec![0.0f32; classes];
+        let weight = sink.weight(self.head_ids.0, &[FEATURE_DIM, classes]);
+        weight.fill(0.0);
+        for ((f, g), c) in features.chunks_exact(FEATURE_DIM).zip(g.chunks_exact(classes)).zip(&factors) {
+            let Some(c) = c else { continue };
+            let cg: Vec<f32> = g.iter().map(|v| c * v).collect();
+            for (row, &fv) in weight.chunks_exact_mut(classes).zip(f) {
+                row.iter_mut().zip(&cg).for_each(|(d, v)| *d += fv * v);
+            }
+            bias.iter_mut().zip(&cg).for_each(|(b, v)| *b += v);
+        }
+        sink.vector(self.head_ids.1, bias);
+        per_image.finish(&factors, &mut sink);
+        sink.finish()?;
+        ops::add_into(sum, scratch);
+        Ok(())
+    }
+
+    /// Per image, the loss gradient at the head's logits: `softmax - onehot`
+    /// (softmax cross-entropy), `[n, classes]`.
+    fn logit_grads(&self, features: &[f32], labels: &[usize]) -> Result<Vec<f32>> {
+        let classes = self.head_bias.len();
+        let mut out = Vec::with_capacity(labels.len() * classes);
+        for (f, &label) in features.chunks_exact(FEATURE_DIM).zip(labels) {
+            if label >= classes {
+                return Err(VisionError::InvalidConfig(format!("label {label} outside the head's {classes} classes")));
+            }
+            let mut g = self.head_bias.clone();
+            for (f, row) in f.iter().zip(self.head_weight.chunks_exact(classes)) {
+                g.iter_mut().zip(row).for_each(|(z, w)| *z += f * w);
+            }
+            let max = g.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(z));
+            g.iter_mut().for_each(|z| *z = (*z - max).exp());
+            let total: f32 = g.iter().sum();
+            g.iter_mut().for_each(|p| *p /= total);
+            g[label] -= 1.0;
+            out.extend(g);
+        }
+        Ok(out)
     }
 }
 
-/// One example's gradients written in place into the flat vector.
+/// Gradients written in place into the flat vector, each tensor once.
 struct FlatSink<'a> {
     order: &'a [(ParamId, usize)],
     offsets: &'a [usize],
@@ -165,7 +242,21 @@ struct FlatSink<'a> {
     spare: Vec<f32>,
 }
 
-impl FlatSink<'_> {
+impl<'a> FlatSink<'a> {
+    fn new(order: &'a [(ParamId, usize)], offsets: &'a [usize], flat: &'a mut [f32]) -> Self {
+        Self { order, offsets, flat, written: 0, error: None, spare: Vec::new() }
+    }
+
+    /// Every value overwritten (nothing is left from the last example or
+    /// group), or the first error.
+    fn finish(self) -> Result<()> {
+        match self.error {
+            Some(e) => Err(VisionError::Tensor(e)),
+            None if self.written == self.flat.len() => Ok(()),
+            None => Err(VisionError::Tensor("no gradient for a trainable tensor".into())),
+        }
+    }
+
     /// Where tensor `id` (of `len` values) lies in `flat`, or `None` (error recorded).
     fn place(&mut self, id: ParamId, len: usize) -> Option<std::ops::Range<usize>> {
         let Some(i) = self.order.iter().position(|(p, _)| *p == id) else {

@@ -21,17 +21,19 @@
 //! The gradients agree with burn autodiff's (tested in `tests.rs`).
 
 mod example;
+mod ghost;
 mod ops;
+mod sink;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use example::ExampleGradients;
+pub(crate) use sink::TrunkGrads;
+use sink::{GradSink, LayerSink, Summed};
 
 use burn::module::ParamId;
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::efficientnet::{FEATURE_DIM, MbConvBlock, NUM_BLOCKS};
 use crate::error::{Result, VisionError};
@@ -117,19 +119,6 @@ struct BlockTape {
     project_z: Vec<f32>,
 }
 
-/// Gradients of the trainable trunk tensors, in burn's layouts.
-#[derive(Debug, Default)]
-pub(crate) struct TrunkGrads {
-    grads: Vec<ParamGrad>,
-}
-
-#[derive(Debug)]
-struct ParamGrad {
-    id: ParamId,
-    dims: Vec<usize>,
-    values: Vec<f32>,
-}
-
 /// `buf` resized to `len` (grown when needed, never shrunk in capacity),
 /// without clearing: callers overwrite every value.
 fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -192,15 +181,10 @@ impl TunePointwise {
         mut g: Vec<f32>,
         relu6: bool,
         want_input: bool,
-        out: &mut dyn GradSink,
+        out: &mut dyn LayerSink,
     ) -> Option<Vec<f32>> {
-        let (mut dgamma, mut dbeta) = (vec![0.0; self.c_out], vec![0.0; self.c_out]);
-        ops::affine_backward(&mut g, z, &self.bn, relu6, &mut dgamma, &mut dbeta);
-        // Straight into burn's [co][ci][1][1].
-        let dw = out.weight(self.ids.weight, &[self.c_out, self.c_in, 1, 1]);
-        ops::weight_grad_out_in(x, self.c_in, &g, self.c_out, dw);
-        out.vector(self.ids.gamma, dgamma);
-        out.vector(self.ids.beta, dbeta);
+        out.affine(&self.ids, &mut g, z, &self.bn, relu6);
+        out.pointwise(self.ids.weight, x, self.c_in, &g, self.c_out);
         want_input.then(|| {
             let mut dx = vec![0.0; x.len()];
             ops::matmul_transposed(&g, self.c_out, &self.weight, self.c_in, &mut dx);
@@ -232,24 +216,11 @@ impl TuneDepthwise {
         z: &[f32],
         mut g: Vec<f32>,
         want_input: bool,
-        out: &mut dyn GradSink,
+        out: &mut dyn LayerSink,
     ) -> Option<Vec<f32>> {
         let geometry = self.geometry(shape);
-        let c = self.channels;
-        let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
-        ops::affine_backward(&mut g, z, &self.bn, true, &mut dgamma, &mut dbeta);
-        let mut dw = vec![0.0; self.weight.len()];
-        ops::depthwise_weight_grad(&g, &geometry, x, &mut dw);
-        // [tap][c] -> burn's [c][1][k][k] (k*k*c values: small)
-        let taps = self.kernel * self.kernel;
-        let burn_dw = out.weight(self.ids.weight, &[c, 1, self.kernel, self.kernel]);
-        for tap in 0..taps {
-            for ch in 0..c {
-                burn_dw[ch * taps + tap] = dw[tap * c + ch];
-            }
-        }
-        out.vector(self.ids.gamma, dgamma);
-        out.vector(self.ids.beta, dbeta);
+        out.affine(&self.ids, &mut g, z, &self.bn, true);
+        out.depthwise(self.ids.weight, &geometry, x, &g);
         want_input.then(|| {
             let mut dx = vec![0.0; shape.len()];
             ops::depthwise_input_grad(&g, &geometry, &self.weight, &mut dx);
@@ -291,7 +262,7 @@ impl TuneBlock {
     }
 
     /// From the gradient at the block's output to the one at its input (when `want_input`).
-    fn backward(&self, t: &BlockTape, g: Vec<f32>, want_input: bool, out: &mut dyn GradSink) -> Option<Vec<f32>> {
+    fn backward(&self, t: &BlockTape, g: Vec<f32>, want_input: bool, out: &mut dyn LayerSink) -> Option<Vec<f32>> {
         let x = t.x_shape.expect("the tape holds this block's forward pass");
         let hidden = Shape { c: self.depthwise.channels, ..x };
         let d = self.depthwise.geometry(hidden).out;
@@ -318,60 +289,6 @@ impl TuneBlock {
                 Some(dx)
             }
             (dx, _) => dx,
-        }
-    }
-}
-
-/// Where a backward pass puts the trainable trunk tensors' gradients: burn's
-/// optimizer tensors for a batch ([`TrunkGrads`]), or one example's flat
-/// gradient under DP-SGD (written in place, no copy or reordering).
-pub(crate) trait GradSink {
-    /// The buffer for the gradient of weight `id` of shape `dims` (burn's
-    /// layout); the caller overwrites every value.
-    fn weight(&mut self, id: ParamId, dims: &[usize]) -> &mut [f32];
-    /// The gradient of the vector `id` (a batch norm's gamma or beta).
-    fn vector(&mut self, id: ParamId, values: Vec<f32>);
-}
-
-impl GradSink for TrunkGrads {
-    fn weight(&mut self, id: ParamId, dims: &[usize]) -> &mut [f32] {
-        let len = dims.iter().product();
-        self.grads.push(ParamGrad { id, dims: dims.to_vec(), values: vec![0.0; len] });
-        &mut self.grads.last_mut().expect("pushed above").values
-    }
-
-    fn vector(&mut self, id: ParamId, values: Vec<f32>) {
-        self.grads.push(ParamGrad { id, dims: vec![values.len()], values });
-    }
-}
-
-impl TrunkGrads {
-    /// Number of parameter tensors with a gradient.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.grads.len()
-    }
-
-    /// No trainable trunk tensor (a head-only model).
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.grads.is_empty()
-    }
-
-    /// The gradient of the parameter `id`, as burn-layout values.
-    #[cfg(test)]
-    pub fn get(&self, id: ParamId) -> Option<&[f32]> {
-        self.grads.iter().find(|g| g.id == id).map(|g| g.values.as_slice())
-    }
-
-    /// Adds every gradient to `grads` (as tensors on `device`, burn's
-    /// non-autodiff device of the model), for the optimizer to apply.
-    pub fn register(self, grads: &mut GradientsParams, device: &Device) {
-        for g in self.grads {
-            match g.dims.len() {
-                4 => grads.register::<4>(g.id, Tensor::from_data(TensorData::new(g.values, g.dims), device)),
-                _ => grads.register::<1>(g.id, Tensor::from_data(TensorData::new(g.values, g.dims), device)),
-            }
         }
     }
 }
@@ -450,13 +367,14 @@ impl HostFineTuner {
     /// loss gradient at the pooled features of the `tape`'s forward pass.
     pub fn backward(&self, tape: &Tape, dfeatures: &[f32]) -> Result<TrunkGrads> {
         let mut out = TrunkGrads::default();
-        self.backward_into(tape, dfeatures, &mut out)?;
+        self.backward_into(tape, dfeatures, &mut Summed(&mut out))?;
         Ok(out)
     }
 
-    /// [`backward`](Self::backward) into any [`GradSink`]; nothing is
-    /// written when the whole trunk is frozen.
-    pub(crate) fn backward_into(&self, tape: &Tape, dfeatures: &[f32], out: &mut dyn GradSink) -> Result<()> {
+    /// [`backward`](Self::backward) into any [`LayerSink`]: summed over the
+    /// batch ([`Summed`]) or per image (`ghost::PerImageGrads`); nothing is handed over
+    /// when the whole trunk is frozen.
+    fn backward_into(&self, tape: &Tape, dfeatures: &[f32], out: &mut dyn LayerSink) -> Result<()> {
         let Some(head) = &self.head else { return Ok(()) };
         let (Some(x), true) = (tape.head_shape, tape.blocks.len() == self.blocks.len()) else {
             return Err(VisionError::InvalidConfig("backward without a matching forward pass".into()));

@@ -201,6 +201,76 @@ pub(crate) fn add_into(acc: &mut [f32], add: &[f32]) {
     });
 }
 
+/// Per image, for DP-SGD's clipping: [`affine_backward`]'s update of `g`,
+/// with each image's own batch-norm gradients `[dgamma | dbeta]` (`2c`
+/// values an image, image after image) written over `parts`.
+pub(crate) fn affine_backward_per_image(g: &mut [f32], z: &[f32], bn: &Affine, relu6: bool, parts: &mut [f32]) {
+    let c = bn.channels();
+    let per_image = z.len() / (parts.len() / (2 * c)).max(1);
+    parts.fill(0.0);
+    g.par_chunks_mut(per_image)
+        .zip(z.par_chunks(per_image))
+        .zip(parts.par_chunks_mut(2 * c))
+        .for_each(|((g, z), part)| kernels::affine_backward_rows(g, z, bn, relu6, part));
+}
+
+/// Per image: a depthwise convolution's weight gradient `[k*k, c]`, image
+/// after image in `dw` (overwritten); the sum over images is
+/// [`depthwise_weight_grad`].
+pub(crate) fn depthwise_weight_grad_per_image(dz: &[f32], g: &Geometry, x: &[f32], dw: &mut [f32]) {
+    let row = g.out.w * g.out.c;
+    dw.par_chunks_mut(g.kernel * g.kernel * g.out.c).enumerate().for_each(|(img, part)| {
+        part.fill(0.0);
+        for oy in 0..g.out.h {
+            let r = img * g.out.h + oy;
+            kernels::depthwise_weight_row(&dz[r * row..][..row], g, x, r, part);
+        }
+    });
+}
+
+/// Adds to `norms[i]` the squared L2 norm of image `i`'s share of a 1×1
+/// convolution's weight gradient, `X_iᵀ G_i` (`x` is `[rows, k]`, `dz` is
+/// `[rows, n]`, the same number of rows per image), in f64. Where it is
+/// cheaper (`t (k + n) <= k n`, `t` the image's pixels: always in the last
+/// blocks) the gradient is never formed: its squared norm is
+/// `Σ_{s,t} (x_s·x_t)(g_s·g_t)` over pairs of the image's pixels ("ghost
+/// norm", Li et al. 2021; `‖x‖²‖g‖²` for one pixel). Else it is formed one
+/// image at a time, `k n` values.
+pub(crate) fn pointwise_norms(x: &[f32], k: usize, dz: &[f32], n: usize, norms: &mut [f64]) {
+    let rows = x.len() / (k * norms.len()).max(1);
+    let ghost = rows * (k + n) <= k * n;
+    norms.par_iter_mut().enumerate().for_each_init(Vec::new, |formed, (i, norm)| {
+        let (x, g) = (&x[i * rows * k..][..rows * k], &dz[i * rows * n..][..rows * n]);
+        *norm += if ghost {
+            let mut total = 0.0;
+            for (s, (xs, gs)) in x.chunks_exact(k).zip(g.chunks_exact(n)).enumerate() {
+                total += dot64(xs, xs) * dot64(gs, gs);
+                for (xt, gt) in x.chunks_exact(k).zip(g.chunks_exact(n)).take(s) {
+                    total += 2.0 * dot64(xs, xt) * dot64(gs, gt);
+                }
+            }
+            total.max(0.0)
+        } else {
+            formed.resize(k * n, 0.0);
+            gemm(n, k, rows, g, (n, 1), x, (1, k), formed);
+            dot64(formed, formed)
+        };
+    });
+}
+
+/// `a · b` accumulated in f64 over four lanes (so that it vectorizes).
+pub(crate) fn dot64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let rest: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((acc, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *acc += f64::from(*x) * f64::from(*y);
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
+}
+
 /// Inner loops, compiled for AVX2+FMA and for the baseline (see [`crate::simd`]).
 mod kernels {
     use super::{Affine, Geometry, dispatch, madd};

@@ -7,7 +7,7 @@ use burn::module::{Module, ParamId, RunningState};
 use burn::nn::BatchNorm;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -193,4 +193,95 @@ fn example_gradient_matches_burn_autodiff_in_trainable_order() {
     assert!(grads.gradient(3, 0).is_err(), "only three images prepared");
     let head_only = TransferModel::new(random_net(&device, 4), 5, 0, 6, &device).unwrap();
     assert!(ExampleGradients::new(&head_only).is_err(), "a head-only model has a closed form");
+}
+
+/// DP-SGD's batched clipping (ghost norms, one backward pass for the whole
+/// group) gives what clipping each image's own gradient gives (a backward
+/// pass per image, `gradient`): the same norms handed to the clip, and the
+/// same clipped sum within f32 tolerance, tensor by tensor, with the clip
+/// between the images' norms (some clipped, some not); an image whose
+/// gradient is not finite adds nothing in either.
+#[test]
+fn batched_clipping_sums_what_per_example_clipping_sums() {
+    use tessera_core::{DpSettings, NoisePlacement, PrivacyUnit, TrainSettings};
+    use tessera_learn::DpNoise;
+
+    // The clip DP-SGD uses: the round's, with CLIP_SAFETY's margin.
+    let clip_at = |clip_norm: f64, dim: usize| {
+        let dp = DpSettings {
+            unit: PrivacyUnit::Record,
+            noise: NoisePlacement::Local,
+            clip_norm,
+            noise_multiplier: 1.0,
+            sampling_rate: 1.0,
+            min_contributors: 1,
+            delta: 1e-5,
+            adaptive: None,
+        };
+        let train = TrainSettings {
+            local_epochs: 1,
+            batch_size: 6,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 1,
+            example_weight_cap: 0,
+        };
+        DpNoise::seeded(1).round_for(&dp, &train, dim).unwrap()
+    };
+    let device = Device::flex();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let labels = [0, 4, 2, 1, 3, 2];
+    let n = labels.len();
+    // 32 px: the last block sees one pixel per image (‖x‖‖g‖). 37×45: pixel
+    // pairs in the last blocks and, with every block trainable, 1×1
+    // gradients formed per image where an image has many pixels.
+    for (trainable, h, w) in [(1, 32, 32), (2, 37, 45), (NUM_BLOCKS, 37, 45)] {
+        let model = TransferModel::new(random_net(&device, 6), 5, trainable, 7, &device).unwrap();
+        let mut images = uniform(&mut rng, vec![n * 3 * h * w], -1.0, 1.0).try_to_vec::<f32>().unwrap();
+        images[3 * 3 * h * w + 7] = f32::NAN;
+        let mut grads = ExampleGradients::new(&model).unwrap();
+        grads.prepare(&images, [n, 3, h, w]).unwrap();
+
+        let each: Vec<Vec<f32>> = labels.iter().enumerate().map(|(j, &l)| grads.gradient(j, l).unwrap()).collect();
+        let norms: Vec<f64> =
+            each.iter().map(|g| g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt()).collect();
+        let mut finite: Vec<f64> = norms.iter().copied().filter(|v| v.is_finite()).collect();
+        assert_eq!(finite.len(), n - 1, "only the image with a NaN pixel has a non-finite gradient");
+        finite.sort_by(f64::total_cmp);
+        let clip_norm = (finite[1] + finite[2]) / 2.0;
+        let mut round = clip_at(clip_norm, grads.len());
+        let mut want = vec![0.0f32; grads.len()];
+        for (g, &norm) in each.iter().zip(&norms) {
+            if let Some(c) = round.example_clip(norm) {
+                want.iter_mut().zip(g).for_each(|(a, v)| *a += c * v);
+            }
+        }
+        assert_eq!(round.zeroed_gradients(), 1);
+
+        let (mut got, mut scratch) = (vec![0.0f32; grads.len()], vec![f32::NAN; grads.len()]);
+        let mut seen = Vec::new();
+        let mut round = clip_at(clip_norm, grads.len());
+        let mut clip = |norm: f64| {
+            seen.push(norm);
+            round.example_clip(norm)
+        };
+        grads.add_clipped(&labels, &mut clip, &mut scratch, &mut got).unwrap();
+        assert_eq!(seen.len(), n, "one norm per image");
+        for (j, (want, got)) in norms.iter().zip(&seen).enumerate() {
+            match want.is_finite() {
+                true => {
+                    assert!((want - got).abs() <= 1e-5 * want, "{trainable} blocks, image {j}: norm {got} vs {want}")
+                }
+                false => assert!(!got.is_finite(), "image {j}: a finite norm for a non-finite gradient"),
+            }
+        }
+        let mut offset = 0;
+        for (name, shape) in model.trainable_layout().unwrap().entries {
+            let len: usize = shape.iter().product();
+            let what = format!("{trainable} blocks at {h}x{w}, {name}");
+            assert_close(&what, &want[offset..offset + len], &got[offset..offset + len]);
+            offset += len;
+        }
+        assert_eq!(offset, got.len());
+    }
 }
