@@ -72,6 +72,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             pki_dir: pki.to_path_buf(),
             members: members.iter().map(|s| s.to_string()).collect(),
             run_dir: run_dir.to_path_buf(),
+            max_handshakes: None,
         },
         run: RunSection {
             rounds,

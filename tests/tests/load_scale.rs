@@ -17,7 +17,9 @@
 //! Ignored by default (minutes at N = 1,000 on two cores); N comes from
 //! `TESSERA_LOAD_MEMBERS` (default 1,000). All members dial at once (a
 //! reconnect storm) unless `TESSERA_LOAD_DIAL_RATE` starts that many per
-//! second:
+//! second. `TESSERA_LOAD_MAX_HANDSHAKES` sets the daemon's `[server]
+//! max_handshakes` (default: the daemon's own, 128); a very large value
+//! stands for no cap, as before there was one:
 //!
 //! ```sh
 //! TESSERA_LOAD_MEMBERS=2000 cargo test -p tessera-e2e --test load_scale -- --ignored --nocapture
@@ -64,16 +66,17 @@ fn step(i: usize) -> f32 {
 /// `aggregator.toml` for one SecAgg+ round of a logistic regression on two
 /// features, waiting for all `names`; deadlines generous enough for
 /// thousands of members on two shared cores.
-fn write_config(dir: &Path, names: &[String], port: u16) -> PathBuf {
+fn write_config(dir: &Path, names: &[String], port: u16, max_handshakes: Option<usize>) -> PathBuf {
     let members = names.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
     let n = names.len();
+    let cap = max_handshakes.map_or(String::new(), |c| format!("max_handshakes = {c}\n"));
     let text = format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
 pki_dir = "pki"
 members = [{members}]
 run_dir = "out"
-
+{cap}
 [run]
 rounds = 1
 min_clients = {min}
@@ -297,7 +300,7 @@ fn log_summary(log: &Path) -> String {
 
 /// Start all `n` members at once (`dial_rate` none: a reconnect storm, as
 /// after an aggregator restart), or `dial_rate` members per second.
-async fn one_daemon_round(n: usize, dial_rate: Option<f64>) {
+async fn one_daemon_round(n: usize, dial_rate: Option<f64>, max_handshakes: Option<usize>) {
     tessera_e2e::init_tracing();
     let mut dir = tempfile::tempdir().unwrap();
     if std::env::var_os("TESSERA_KEEP_TEST_DIR").is_some() {
@@ -313,7 +316,7 @@ async fn one_daemon_round(n: usize, dial_rate: Option<f64>) {
     }
     eprintln!("{n} certificates issued in {:.1} s", t_pki.elapsed().as_secs_f64());
     let port = common::free_udp_port();
-    let config = write_config(dir.path(), &names, port);
+    let config = write_config(dir.path(), &names, port, max_handshakes);
     let cfg = AggregatorConfig::load(&config).unwrap();
     let settings = cfg.admission_policy().unwrap().expected;
     let log = dir.path().join("serve.log");
@@ -361,8 +364,9 @@ async fn one_daemon_round(n: usize, dial_rate: Option<f64>) {
     let setup = last_hello.saturating_sub(started_ms) as f64 / 1000.0;
     let hwm = peaks.hwm.load(Ordering::Relaxed);
     let pace = dial_rate.map_or("all at once".into(), |r| format!("{r} per second"));
+    let cap = max_handshakes.map_or("the default handshake cap".into(), |c| format!("max_handshakes {c}"));
     eprintln!(
-        "{n} members dialing {pace}: setup (first dial to last hello) {setup:.1} s, round (daemon's metrics) {:.1} s, \
+        "{n} members dialing {pace} ({cap}): setup (first dial to last hello) {setup:.1} s, round (daemon's metrics) {:.1} s, \
          first dial to daemon exit {total:.1} s; daemon peak RSS {} MiB ({} MiB listening idle), \
          at most {} fds; this test process peak RSS {} MiB",
         records[0].seconds,
@@ -371,6 +375,7 @@ async fn one_daemon_round(n: usize, dial_rate: Option<f64>) {
         peaks.fds.load(Ordering::Relaxed),
         peak_rss_bytes().unwrap_or(0) / MIB,
     );
+    eprintln!("bytes down {} / up {} (daemon's metrics)", records[0].bytes_down, records[0].bytes_up);
     eprintln!("daemon log: {}", log_summary(&log));
     if hwm == 0 {
         eprintln!("note: /proc/<pid>/status is unavailable; the daemon's memory is not checked");
@@ -383,5 +388,6 @@ async fn one_daemon_round(n: usize, dial_rate: Option<f64>) {
 async fn thousands_of_members_one_round_against_the_daemon() {
     let n = std::env::var("TESSERA_LOAD_MEMBERS").ok().map_or(DEFAULT_MEMBERS, |v| v.parse().expect("a count"));
     let rate = std::env::var("TESSERA_LOAD_DIAL_RATE").ok().map(|v| v.parse::<f64>().expect("members per second"));
-    one_daemon_round(n, rate.filter(|r| *r > 0.0)).await;
+    let cap = std::env::var("TESSERA_LOAD_MAX_HANDSHAKES").ok().map(|v| v.parse::<usize>().expect("a count"));
+    one_daemon_round(n, rate.filter(|r| *r > 0.0), cap).await;
 }

@@ -63,6 +63,15 @@ pub struct ServerSection {
     /// Where metrics.jsonl and summary.json go.
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
+    /// Handshakes (TLS, admission, stream setup) under way at once;
+    /// further dials wait their turn for up to 5 s, then are refused and
+    /// retried by their members. Default: the transport's
+    /// [`DEFAULT_MAX_HANDSHAKES`](tessera_transport::DEFAULT_MAX_HANDSHAKES)
+    /// (128). Without a cap a burst of thousands of dials shares the CPU
+    /// among all their handshakes and most time out (docs/benchmarks.md,
+    /// "Load: the aggregator daemon at 10,000 members").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_handshakes: Option<usize>,
 }
 
 fn default_run_dir() -> PathBuf {
@@ -369,6 +378,9 @@ impl AggregatorConfig {
         if self.run.min_clients < 2 {
             return Err("run.min_clients must be at least 2: secure aggregation of one member is its update".into());
         }
+        if self.server.max_handshakes == Some(0) {
+            return Err("server.max_handshakes must be at least 1".into());
+        }
         if self.server.members.len() < self.run.min_clients as usize {
             return Err(format!(
                 "server.members lists {} members but run.min_clients is {}",
@@ -478,5 +490,24 @@ hidden = [16]
         std::fs::write(&p, SAMPLE.replace("min_clients = 3", "min_clients = 1")).unwrap();
         assert!(AggregatorConfig::load(&p).unwrap_err().to_string().contains("min_clients"));
         assert!(matches!(AggregatorConfig::load(&dir.path().join("nope.toml")), Err(ConfigError::Read { .. })));
+    }
+
+    /// `max_handshakes` is optional, at least 1, and a config without it
+    /// serialises as before (the stored config of a running run does not
+    /// read as changed after an upgrade).
+    #[test]
+    fn max_handshakes_is_optional_and_positive() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("aggregator.toml");
+        std::fs::write(&p, SAMPLE).unwrap();
+        let c = AggregatorConfig::load(&p).unwrap();
+        assert_eq!(c.server.max_handshakes, None);
+        assert!(!serde_json::to_string(&c).unwrap().contains("max_handshakes"));
+        let with = |n: &str| SAMPLE.replace("pki_dir = \"pki\"", &format!("pki_dir = \"pki\"\nmax_handshakes = {n}"));
+        std::fs::write(&p, with("32")).unwrap();
+        assert_eq!(AggregatorConfig::load(&p).unwrap().server.max_handshakes, Some(32));
+        std::fs::write(&p, with("0")).unwrap();
+        let e = AggregatorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("server.max_handshakes"), "{e}");
     }
 }

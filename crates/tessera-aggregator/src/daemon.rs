@@ -201,6 +201,9 @@ pub fn check_single_instance(cfg: &AggregatorConfig) -> Result<(), DaemonError> 
 pub fn listen(cfg: &AggregatorConfig) -> Result<Listener, DaemonError> {
     let mut qcfg = QuicListenerConfig::from_pki_dir(&cfg.server.pki_dir, cfg.server.listen)?;
     qcfg.max_connections = connection_limit(qcfg.max_connections, cfg.server.members.len());
+    if let Some(n) = cfg.server.max_handshakes {
+        qcfg.max_handshakes = n;
+    }
     let admission = ConsortiumAdmission::new(cfg.server.members.clone(), &cfg.server.pki_dir);
     Ok(qcfg.listen(Arc::new(admission))?)
 }

@@ -656,6 +656,13 @@ async fn write(tx: &mut FrameSender, msg: &AggregatorMsg, limits: &Limits) -> Re
         let len = msg.frame_len().map_err(|e| e.to_string())?;
         return tx.send_value(Arc::new(msg.clone()), len).await.map_err(|e| e.to_string());
     }
+    if msg.carries_shared_list() {
+        // Over the network: the list's bytes are encoded once and every
+        // member's frame refers to them; per connection only the few bytes
+        // around the list are its own (tessera_core's `codec::parts`).
+        let frame = msg.encode_frame_parts(limits).map_err(|e| e.to_string())?;
+        return tx.send_parts(frame).await.map_err(|e| e.to_string());
+    }
     let frame = encode_frame(msg, limits).map_err(|e| e.to_string())?;
     tx.send(frame).await.map_err(|e| e.to_string())
 }

@@ -13,7 +13,9 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod parts;
 mod payload;
+pub use parts::FrameParts;
 pub use payload::Payload;
 
 /// Version byte at the head of every frame. Bumped on any incompatible
@@ -104,15 +106,28 @@ fn config() -> impl bincode::config::Config {
 
 /// Encode `msg` as one complete frame.
 pub fn encode_frame<T: Serialize>(msg: &T, limits: &Limits) -> Result<Vec<u8>, CodecError> {
+    let mut out = encode_unframed(msg)?;
+    let len = out.len() - HEADER_LEN;
+    out[1..HEADER_LEN].copy_from_slice(&frame_header_len(len, limits)?);
+    Ok(out)
+}
+
+/// The version byte, a zeroed length and `msg`'s payload: a frame whose
+/// length field is still to be written.
+fn encode_unframed<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![PROTOCOL_VERSION, 0, 0, 0, 0];
     bincode::serde::encode_into_std_write(msg, &mut out, config())
         .map_err(|e| CodecError::Unencodable(e.to_string()))?;
-    let len = out.len() - HEADER_LEN;
+    Ok(out)
+}
+
+/// The header's length field for a payload of `len` bytes, or why no
+/// frame may carry it.
+fn frame_header_len(len: usize, limits: &Limits) -> Result<[u8; 4], CodecError> {
     if len > limits.max_frame_bytes || len > u32::MAX as usize {
         return Err(CodecError::Oversize { len, limit: limits.max_frame_bytes });
     }
-    out[1..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(out)
+    Ok((len as u32).to_le_bytes())
 }
 
 /// The length `encode_frame` would produce, without building the frame:

@@ -51,7 +51,7 @@ mod stream;
 mod update;
 
 pub use codec::{
-    CodecError, FrameDecoder, HEADER_LEN, Limits, PROTOCOL_VERSION, Payload, chunk_ranges, decode_payload,
+    CodecError, FrameDecoder, FrameParts, HEADER_LEN, Limits, PROTOCOL_VERSION, Payload, chunk_ranges, decode_payload,
     encode_frame, frame_len, to_bytes,
 };
 pub use config::{ModelConfig, TrainableConfig};

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tessera_core::{Limits, Payload};
+use tessera_core::{FrameParts, Limits, Payload};
 
 use crate::error::TransportError;
-use crate::frame::check_frame;
+use crate::frame::{check_frame, check_frame_parts};
 use crate::memory::{self, MemoryListener, MemoryNetwork};
 use crate::peer::Peer;
 use crate::quic::{self, QuicDialConfig};
@@ -97,6 +97,24 @@ impl FrameSender {
     pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
         check_frame(&frame, &self.limits).map_err(TransportError::InvalidOutgoing)?;
         self.send_unchecked(frame).await
+    }
+
+    /// Send one complete frame given in pieces, as
+    /// [`AggregatorMsg::encode_frame_parts`](tessera_core::AggregatorMsg::encode_frame_parts)
+    /// builds it: on QUIC the pieces are queued as they are, so a piece
+    /// shared by many connections (a list every member is sent) is held
+    /// once, however many connections have it in flight. Checked against
+    /// the limits first, as [`Self::send`] checks a frame. Not cancel-safe,
+    /// as `send`.
+    pub async fn send_parts(&mut self, frame: FrameParts) -> Result<(), TransportError> {
+        check_frame_parts(&frame, &self.limits).map_err(TransportError::InvalidOutgoing)?;
+        let n = frame.len();
+        match &mut self.inner {
+            SenderInner::Quic(s) => quic::write_parts(s, frame.into_parts()).await?,
+            SenderInner::Memory(s) => s.send(frame.to_vec()).await?,
+        }
+        self.traffic.add_sent(n);
+        Ok(())
     }
 
     /// Whether [`Self::send_value`] is available: on the in-memory

@@ -44,7 +44,7 @@ pub use connection::{Connection, Dialer, FrameReceiver, FrameSender, Listener, T
 pub use error::{TransportError, close_code};
 pub use memory::MemoryNetwork;
 pub use peer::Peer;
-pub use quic::{ALPN, QuicDialConfig, QuicListenerConfig, QuicTuning, connect};
+pub use quic::{ALPN, DEFAULT_MAX_HANDSHAKES, QuicDialConfig, QuicListenerConfig, QuicTuning, connect};
 
 #[cfg(test)]
 mod tests;

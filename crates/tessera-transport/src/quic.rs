@@ -18,7 +18,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tessera_core::{CodecError, HEADER_LEN, Limits, Payload};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
@@ -37,6 +37,9 @@ const PREAMBLE: &[u8; 4] = b"TSR1";
 const ADMITTED: u8 = 0xA5;
 /// Admitted connections waiting for `accept`.
 const ACCEPT_QUEUE: usize = 64;
+/// Handshakes under way at once unless configured otherwise
+/// ([`QuicListenerConfig::max_handshakes`]).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 128;
 
 /// QUIC transport parameters. Defaults favour bulk transfer of multi-MiB
 /// frames (measured in `docs/benchmarks.md`, "Transport"):
@@ -145,7 +148,13 @@ fn endpoint(
     config
         .max_udp_payload_size(tuning.mtu_upper_bound.clamp(1200, 65_527))
         .map_err(|e| TransportError::Config(format!("max UDP payload: {e}")))?;
-    let socket = Arc::new(GsoCappedSocket::new(runtime.wrap_udp_socket(socket)?));
+    let mut socket = GsoCappedSocket::new(runtime.wrap_udp_socket(socket)?);
+    if server.is_some() {
+        // One buffer per connection, as large as its largest batch: keep
+        // it small on the side that holds thousands of them (`udp`).
+        socket = socket.with_batch_limit(usize::from(tuning.mtu_upper_bound.max(tuning.initial_mtu)));
+    }
+    let socket = Arc::new(socket);
     Ok(Endpoint::new_with_abstract_socket(config, server, socket, runtime)?)
 }
 
@@ -176,6 +185,18 @@ pub struct QuicListenerConfig {
     pub max_connections: usize,
     /// Handshake, admission and stream setup must finish within this.
     pub handshake_timeout: Duration,
+    /// Handshakes (TLS, admission, stream setup) under way at once; a dial
+    /// beyond them waits its turn, in arrival order, for at most half of
+    /// `handshake_timeout`, and is then refused (members retry with
+    /// backoff). Without a cap a burst of dials (every member reconnecting
+    /// after a restart) starts every handshake at once, the CPU is shared
+    /// among all of them, and most run past `handshake_timeout` with their
+    /// work wasted: 15,498 timeouts for 10,000 members in
+    /// docs/benchmarks.md, "Load: the aggregator daemon at 10,000
+    /// members". Capped, the excess queues, or is refused before any TLS
+    /// work is spent on it (1,445 timeouts for 10,000 with the default,
+    /// same document). At least 1.
+    pub max_handshakes: usize,
     /// Frame size limits; a larger frame closes the connection.
     pub limits: Limits,
     /// QUIC transport parameters.
@@ -218,6 +239,7 @@ impl QuicListenerConfig {
             bind,
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
             limits: Limits::default(),
             tuning: QuicTuning::default(),
             crypto: Arc::new(crypto),
@@ -236,6 +258,7 @@ impl QuicListenerConfig {
         let settings = Arc::new(AcceptSettings {
             max_connections: self.max_connections,
             handshake_timeout: self.handshake_timeout,
+            handshakes: Arc::new(Semaphore::new(self.max_handshakes.max(1))),
             limits: self.limits,
             admission,
         });
@@ -254,6 +277,7 @@ impl std::fmt::Debug for QuicListenerConfig {
             .field("bind", &self.bind)
             .field("max_connections", &self.max_connections)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_handshakes", &self.max_handshakes)
             .field("limits", &self.limits)
             .field("tuning", &self.tuning)
             .finish_non_exhaustive()
@@ -278,6 +302,8 @@ impl QuicListener {
 struct AcceptSettings {
     max_connections: usize,
     handshake_timeout: Duration,
+    /// One permit per handshake under way (`max_handshakes`).
+    handshakes: Arc<Semaphore>,
     limits: Limits,
     admission: Arc<dyn Admission>,
 }
@@ -299,7 +325,17 @@ async fn accept_loop(endpoint: Endpoint, settings: Arc<AcceptSettings>, tx: mpsc
         let settings = settings.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(settings.handshake_timeout, admit(incoming, &settings)).await {
+            // Tokio's semaphore is fair: dials take their turns in arrival order.
+            let wait = settings.handshake_timeout / 2;
+            let Ok(Ok(permit)) = tokio::time::timeout(wait, settings.handshakes.clone().acquire_owned()).await else {
+                warn!(%remote, waited = ?wait, "too many handshakes under way; refusing");
+                incoming.refuse();
+                return;
+            };
+            let admitted = tokio::time::timeout(settings.handshake_timeout, admit(incoming, &settings)).await;
+            // The handshake is over: the next dial may start its own.
+            drop(permit);
+            match admitted {
                 Ok(Ok(conn)) => {
                     if let Err(mpsc::error::SendError(conn)) = tx.send(conn).await {
                         conn.close(close_code::NORMAL, "aggregator shutting down");
@@ -492,6 +528,13 @@ async fn connect_inner(cfg: &QuicDialConfig) -> Result<Connection, TransportErro
 pub(crate) async fn write_frame(send: &mut quinn::SendStream, frame: Vec<u8>) -> Result<(), TransportError> {
     // write_chunk takes ownership of the buffer: no copy into quinn's queue.
     send.write_chunk(Bytes::from(frame)).await.map_err(write_err)
+}
+
+/// Queue a frame's pieces in order. quinn keeps each `Bytes` until the
+/// peer acknowledges it, by reference: a piece shared with other
+/// connections is not copied.
+pub(crate) async fn write_parts(send: &mut quinn::SendStream, mut parts: Vec<Bytes>) -> Result<(), TransportError> {
+    send.write_all_chunks(&mut parts).await.map_err(write_err)
 }
 
 pub(crate) async fn finish(send: &mut quinn::SendStream) -> Result<(), TransportError> {

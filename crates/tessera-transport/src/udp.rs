@@ -8,6 +8,15 @@
 //! ten is refused whole and reads as heavy loss. [`GsoCappedSocket`] splits
 //! such a batch into sends that fit, which lets discovery go up to 64 KiB
 //! with segmentation offload still on for ordinary 1,500-byte paths.
+//!
+//! The aggregator's socket also caps how many segments quinn may batch
+//! ([`GsoCappedSocket::with_batch_limit`]). quinn assembles a batch in a
+//! buffer each connection keeps, at the largest size it reached, for the
+//! connection's life: ten segments of a 65,000-byte MTU are 635 KiB per
+//! connection, 6.2 GiB for 10,000 members (docs/benchmarks.md, "Load: the
+//! aggregator daemon at 10,000 members"). Batches of at most one send's
+//! worth keep that buffer under 64 KiB; at a 65,000-byte MTU nothing is
+//! lost, since such a batch is split into single datagrams anyway.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -26,17 +35,33 @@ pub(crate) const MAX_SEND_PAYLOAD: usize = 65_507;
 /// Delegates to quinn's runtime socket, splitting oversize GSO batches.
 pub(crate) struct GsoCappedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// Most segments quinn may put in one batch (see the module docs).
+    max_segments: usize,
 }
 
 impl GsoCappedSocket {
     pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
-        Self { inner }
+        Self { inner, max_segments: usize::MAX }
     }
+
+    /// Batches of at most as many datagrams of `max_datagram` bytes as
+    /// one send carries (at least one), so that no connection's batch
+    /// buffer grows past [`MAX_SEND_PAYLOAD`]. On a path whose MTU stays
+    /// far below `max_datagram` this gives up part of the batching.
+    pub(crate) fn with_batch_limit(mut self, max_datagram: usize) -> Self {
+        self.max_segments = batch_segments(max_datagram);
+        self
+    }
+}
+
+/// Segments of `max_datagram` bytes that fit in one send, at least one.
+fn batch_segments(max_datagram: usize) -> usize {
+    (MAX_SEND_PAYLOAD / max_datagram.max(1)).max(1)
 }
 
 impl fmt::Debug for GsoCappedSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GsoCappedSocket").field("inner", &self.inner).finish()
+        f.debug_struct("GsoCappedSocket").field("inner", &self.inner).field("max_segments", &self.max_segments).finish()
     }
 }
 
@@ -96,7 +121,7 @@ impl AsyncUdpSocket for GsoCappedSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        self.inner.max_transmit_segments().min(self.max_segments)
     }
 
     fn max_receive_segments(&self) -> usize {
@@ -124,5 +149,19 @@ mod tests {
         // 64 KiB-class datagrams go one per send.
         let parts: Vec<_> = split_points(3 * 65_000, 65_000).collect();
         assert_eq!(parts, vec![(0, 65_000), (65_000, 130_000), (130_000, 195_000)]);
+    }
+
+    /// The aggregator's batches hold at most one send's worth: one 64
+    /// KiB-class datagram, seven of 9,000 bytes, 45 of 1,452; never none.
+    #[test]
+    fn a_batch_limit_keeps_a_batch_within_one_send() {
+        assert_eq!(batch_segments(65_000), 1);
+        assert_eq!(batch_segments(9_000), 7);
+        assert_eq!(batch_segments(1_452), 45);
+        assert_eq!(batch_segments(100_000), 1);
+        assert_eq!(batch_segments(0), MAX_SEND_PAYLOAD);
+        for mtu in [1_200, 1_452, 9_000, 65_000] {
+            assert!(batch_segments(mtu) * mtu <= MAX_SEND_PAYLOAD);
+        }
     }
 }

@@ -14,6 +14,7 @@ use crate::admission::MemberList;
 use crate::pki::{self, InitOptions};
 use crate::*;
 
+mod handshakes;
 mod pki_files;
 mod quic_only;
 mod values;
