@@ -133,16 +133,16 @@ pub fn value_or_dash(v: Option<f64>) -> String {
 }
 
 /// The one-line-per-round log message both daemon and simulator print.
-/// Loss and AUC read [`ABSENT`] when the round did not release them.
+/// Loss, accuracy and AUC read [`ABSENT`] when the round did not release them.
 pub fn round_line(r: &RoundRecord) -> String {
     let eps = r.epsilon.map(|e| format!(" epsilon={e:.3}")).unwrap_or_default();
     format!(
-        "round {} participants={} dropped={} loss={} accuracy={:.4} auc={} up={}B down={}B {:.2}s{eps}",
+        "round {} participants={} dropped={} loss={} accuracy={} auc={} up={}B down={}B {:.2}s{eps}",
         r.round,
         r.participants,
         r.dropped,
         value_or_dash(r.loss),
-        r.accuracy,
+        value_or_dash(r.accuracy),
         value_or_dash(r.auc),
         r.bytes_up,
         r.bytes_down,
@@ -157,9 +157,11 @@ mod tests {
     /// A value the round did not release prints as a dash, one it did as a number.
     #[test]
     fn round_line_prints_a_dash_for_what_was_not_released() {
-        let r = RoundRecord { round: 2, loss: None, auc: None, accuracy: 0.95, ..Default::default() };
+        let r = RoundRecord { round: 2, loss: None, auc: None, accuracy: Some(0.95), ..Default::default() };
         let line = round_line(&r);
         assert!(line.contains("loss=– accuracy=0.9500 auc=– "), "{line}");
+        let nothing = RoundRecord { accuracy: None, ..r.clone() };
+        assert!(round_line(&nothing).contains("loss=– accuracy=– auc=– "), "{}", round_line(&nothing));
         let r = RoundRecord { loss: Some(0.25), auc: Some(0.5), ..r };
         assert!(round_line(&r).contains("loss=0.2500 accuracy=0.9500 auc=0.5000 "), "{}", round_line(&r));
     }
