@@ -121,6 +121,26 @@ impl RunDir {
         let path = self.dir.join(name);
         std::fs::write(&path, bytes).map_err(|source| ReportError::Io { path, source })
     }
+
+    /// Write `name` so that a crash leaves the previous file or the new one,
+    /// whole, never a torn one or none: `bytes` go to `name.tmp` beside it,
+    /// which is fsync'd, renamed over `name`, and the directory fsync'd so
+    /// the rename itself survives a power loss. For a file that records
+    /// something released and charged (the simulator's `statistics.json`),
+    /// where a half-written file would lose a release the ledgers paid for.
+    pub fn write_file_durably(&self, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
+        let (tmp, path) = (self.dir.join(format!("{name}.tmp")), self.dir.join(name));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReportError::Io { path, source }
+        };
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+    }
 }
 
 /// How a value that was not released (or not measured) prints in round
@@ -153,6 +173,23 @@ pub fn round_line(r: &RoundRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A durable write replaces the file whole, and a write that fails
+    /// (here: its temporary file cannot be created) leaves the previous file
+    /// as it was, rather than a truncated one.
+    #[test]
+    fn a_durable_write_replaces_the_file_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::open(dir.path()).unwrap();
+        run.write_file_durably("statistics.json", b"{\"round\": 1}").unwrap();
+        run.write_file_durably("statistics.json", b"{\"round\": 2}").unwrap();
+        let read = || std::fs::read_to_string(dir.path().join("statistics.json")).unwrap();
+        assert_eq!(read(), "{\"round\": 2}");
+        assert!(!dir.path().join("statistics.json.tmp").exists(), "the temporary file is renamed away");
+        std::fs::create_dir(dir.path().join("statistics.json.tmp")).unwrap();
+        assert!(run.write_file_durably("statistics.json", b"{\"round\": 3, \"torn").is_err());
+        assert_eq!(read(), "{\"round\": 2}", "a failed write left the previous file as it was");
+    }
 
     /// A value the round did not release prints as a dash, one it did as a number.
     #[test]
