@@ -31,7 +31,7 @@ fn cfg(n_min: u32, secure: bool) -> CoordinatorConfig {
         },
         secure: secure.then(SecureConfig::default),
         dp: None,
-        strategy: StrategyConfig::FedAvg { server_lr: 1.0 },
+        strategy: StrategyConfig::FedAvg { server_lr: 1.0, average_last: None },
         round_deadline_ms: 10_000,
         phase_timeout_ms: 1_000,
         max_round_retries: 2,
@@ -620,6 +620,7 @@ fn members_refuse_unsafe_rounds() {
 }
 
 mod admission;
+mod averaging;
 mod cohort;
 mod dp;
 mod eval;
