@@ -43,7 +43,7 @@ fn memory_and_quic_transports_give_the_same_model() {
     let measured = mem.harness.as_ref().unwrap();
     assert!(measured.accuracy > 0.9, "accuracy {}", measured.accuracy);
     let last = mem.records.last().unwrap();
-    assert!(last.accuracy > 0.5, "record-level private evaluation: {last:?}");
+    assert!(last.accuracy.is_some_and(|a| a > 0.5), "record-level private evaluation: {last:?}");
     for f in ["metrics.jsonl", "summary.json", "scenario.toml"] {
         assert!(dir.path().join("mem").join(f).exists(), "{f} missing");
     }
@@ -81,7 +81,8 @@ fn the_harness_measures_what_the_members_report_without_dp() {
     let (last, measured) = (r.records.last().unwrap(), r.harness.as_ref().unwrap());
     assert!(measured.accuracy > 0.9, "{measured:?}");
     let (auc, loss) = (last.auc.expect("released in the clear"), last.loss.expect("released in the clear"));
-    for (a, b) in [(last.accuracy, measured.accuracy), (auc, measured.auc), (loss, measured.loss)] {
+    let accuracy = last.accuracy.expect("released in the clear");
+    for (a, b) in [(accuracy, measured.accuracy), (auc, measured.auc), (loss, measured.loss)] {
         assert!((a - b).abs() < 1e-9, "the members' last reports ({last:?}) and the harness's {measured:?} differ");
     }
     let text = std::fs::read_to_string(dir.path().join("plain").join("metrics.jsonl")).unwrap();
@@ -90,8 +91,21 @@ fn the_harness_measures_what_the_members_report_without_dp() {
     let (mut s, text) = scenario();
     s.privacy.as_mut().unwrap().evaluation = None;
     let r = run_scenario(&s, &text, &opts(&dir.path().join("dp"), TransportKind::Memory, 2)).unwrap();
-    let unmeasured = |x: &tessera_core::RoundRecord| x.accuracy == 0.0 && x.auc.is_none() && x.loss.is_none();
+    let unmeasured = |x: &tessera_core::RoundRecord| {
+        [x.accuracy, x.balanced_accuracy, x.f1, x.auc, x.loss].iter().all(Option::is_none)
+    };
     assert!(r.records.iter().all(unmeasured), "no evaluation under DP: {:?}", r.records);
+    // Nothing evaluated reads absent everywhere, never as a measured 0.
+    let text = std::fs::read_to_string(dir.path().join("dp").join("metrics.jsonl")).unwrap();
+    for l in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
+        for key in ["accuracy", "balanced_accuracy", "f1", "auc", "loss"] {
+            assert!(l[key].is_null(), "{key} was not measured, yet written as {}: {l}", l[key]);
+        }
+    }
+    let line = tessera_aggregator::round_line(r.records.last().unwrap());
+    assert!(line.contains("loss=\u{2013} accuracy=\u{2013} auc=\u{2013} "), "{line}");
+    let report = std::fs::read_to_string(dir.path().join("dp").join("report.md")).unwrap();
+    assert!(!report.contains("| 0.0000 |"), "an unmeasured value reads as 0 in report.md:\n{report}");
     assert!(r.harness.unwrap().accuracy > 0.9);
 }
 

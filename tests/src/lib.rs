@@ -99,7 +99,7 @@ pub fn aggregator_config(pki: &Path, run_dir: &Path, members: &[&str], rounds: u
             example_weight_cap: 200,
         },
         secure: SecureConfig::default(),
-        strategy: StrategyConfig::FedAvg { server_lr: 1.0 },
+        strategy: StrategyConfig::FedAvg { server_lr: 1.0, average_last: None },
         privacy: None,
         state: Default::default(),
         status: Default::default(),

@@ -190,7 +190,8 @@ async fn with_dp_no_frame_carries_an_unnoised_count() {
     let records: Vec<RoundRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.len(), 2);
     // Client unit: the noised loss sum is released, per-example scores (AUC) are not.
-    let released = |r: &RoundRecord| r.accuracy > 0.0 && r.loss.is_some_and(|l| l > 0.0) && r.auc.is_none();
+    let released =
+        |r: &RoundRecord| r.accuracy.is_some_and(|a| a > 0.0) && r.loss.is_some_and(|l| l > 0.0) && r.auc.is_none();
     assert!(records.iter().all(released), "{records:?}");
     assert!(text.lines().all(|l| l.contains("\"auc\":null")), "{text}");
 }

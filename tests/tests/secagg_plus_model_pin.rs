@@ -87,7 +87,7 @@ fn config() -> CoordinatorConfig {
         },
         secure: Some(SecureConfig::default()),
         dp: None,
-        strategy: StrategyConfig::FedAvg { server_lr: 1.0 },
+        strategy: StrategyConfig::FedAvg { server_lr: 1.0, average_last: None },
         round_deadline_ms: 3_600_000,
         phase_timeout_ms: 3_600_000,
         max_round_retries: 0,

@@ -459,7 +459,7 @@ hidden = [16]
         std::fs::write(&p, SAMPLE).unwrap();
         let c = AggregatorConfig::load(&p).unwrap();
         assert_eq!(c.server.pki_dir, dir.path().join("pki"));
-        assert_eq!(c.strategy, StrategyConfig::FedAvg { server_lr: 1.0 });
+        assert_eq!(c.strategy, StrategyConfig::FedAvg { server_lr: 1.0, average_last: None });
         assert_eq!(c.secure.modulus_bits, 32);
         assert_eq!(c.state_path(), dir.path().join("runs/aggregator/tessera.db"));
         assert_eq!(c.status.listen, None);

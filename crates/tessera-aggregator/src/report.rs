@@ -121,6 +121,26 @@ impl RunDir {
         let path = self.dir.join(name);
         std::fs::write(&path, bytes).map_err(|source| ReportError::Io { path, source })
     }
+
+    /// Write `name` so that a crash leaves the previous file or the new one,
+    /// whole, never a torn one or none: `bytes` go to `name.tmp` beside it,
+    /// which is fsync'd, renamed over `name`, and the directory fsync'd so
+    /// the rename itself survives a power loss. For a file that records
+    /// something released and charged (the simulator's `statistics.json`),
+    /// where a half-written file would lose a release the ledgers paid for.
+    pub fn write_file_durably(&self, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
+        let (tmp, path) = (self.dir.join(format!("{name}.tmp")), self.dir.join(name));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReportError::Io { path, source }
+        };
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+    }
 }
 
 /// How a value that was not released (or not measured) prints in round
@@ -133,16 +153,16 @@ pub fn value_or_dash(v: Option<f64>) -> String {
 }
 
 /// The one-line-per-round log message both daemon and simulator print.
-/// Loss and AUC read [`ABSENT`] when the round did not release them.
+/// Loss, accuracy and AUC read [`ABSENT`] when the round did not release them.
 pub fn round_line(r: &RoundRecord) -> String {
     let eps = r.epsilon.map(|e| format!(" epsilon={e:.3}")).unwrap_or_default();
     format!(
-        "round {} participants={} dropped={} loss={} accuracy={:.4} auc={} up={}B down={}B {:.2}s{eps}",
+        "round {} participants={} dropped={} loss={} accuracy={} auc={} up={}B down={}B {:.2}s{eps}",
         r.round,
         r.participants,
         r.dropped,
         value_or_dash(r.loss),
-        r.accuracy,
+        value_or_dash(r.accuracy),
         value_or_dash(r.auc),
         r.bytes_up,
         r.bytes_down,
@@ -154,12 +174,31 @@ pub fn round_line(r: &RoundRecord) -> String {
 mod tests {
     use super::*;
 
+    /// A durable write replaces the file whole, and a write that fails
+    /// (here: its temporary file cannot be created) leaves the previous file
+    /// as it was, rather than a truncated one.
+    #[test]
+    fn a_durable_write_replaces_the_file_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::open(dir.path()).unwrap();
+        run.write_file_durably("statistics.json", b"{\"round\": 1}").unwrap();
+        run.write_file_durably("statistics.json", b"{\"round\": 2}").unwrap();
+        let read = || std::fs::read_to_string(dir.path().join("statistics.json")).unwrap();
+        assert_eq!(read(), "{\"round\": 2}");
+        assert!(!dir.path().join("statistics.json.tmp").exists(), "the temporary file is renamed away");
+        std::fs::create_dir(dir.path().join("statistics.json.tmp")).unwrap();
+        assert!(run.write_file_durably("statistics.json", b"{\"round\": 3, \"torn").is_err());
+        assert_eq!(read(), "{\"round\": 2}", "a failed write left the previous file as it was");
+    }
+
     /// A value the round did not release prints as a dash, one it did as a number.
     #[test]
     fn round_line_prints_a_dash_for_what_was_not_released() {
-        let r = RoundRecord { round: 2, loss: None, auc: None, accuracy: 0.95, ..Default::default() };
+        let r = RoundRecord { round: 2, loss: None, auc: None, accuracy: Some(0.95), ..Default::default() };
         let line = round_line(&r);
         assert!(line.contains("loss=– accuracy=0.9500 auc=– "), "{line}");
+        let nothing = RoundRecord { accuracy: None, ..r.clone() };
+        assert!(round_line(&nothing).contains("loss=– accuracy=– auc=– "), "{}", round_line(&nothing));
         let r = RoundRecord { loss: Some(0.25), auc: Some(0.5), ..r };
         assert!(round_line(&r).contains("loss=0.2500 accuracy=0.9500 auc=0.5000 "), "{}", round_line(&r));
     }

@@ -55,7 +55,7 @@ pub use codec::{
     encode_frame, frame_len, to_bytes,
 };
 pub use config::{ModelConfig, TrainableConfig};
-pub use evaluate::{eval_metrics, metrics_from_confusion};
+pub use evaluate::{eval_metrics, metrics_from_noised_counts};
 pub use message::{
     Advertisement, AggregatorMsg, AggregatorMsgKind, ClientMsg, ClientMsgKind, EncryptedShare, ModelPurpose,
     PublicKeys, SettingsDigest, ShareReveal,

@@ -4,8 +4,9 @@
 //!
 //! A value a round did not release is absent (`None`), never a stand-in:
 //! private evaluation releases no AUC (it needs per-example scores) and,
-//! under the record unit, no loss; a `0.0` or `0.5` there would read as
-//! measured.
+//! under the record unit, no loss; a round in which nothing was evaluated
+//! releases no accuracy, balanced accuracy or F1 either. A `0.0` or `0.5`
+//! there would read as measured.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,16 +74,17 @@ pub struct RoundMetrics {
     /// Mean loss per example; `None` when not released (record-level
     /// private evaluation) or when no member evaluated.
     pub loss: Option<f64>,
-    /// Fraction classified correctly, in [0, 1] (0 when no member evaluated).
-    pub accuracy: f64,
-    /// Mean recall over the classes present, in [0, 1].
-    pub balanced_accuracy: f64,
+    /// Fraction classified correctly, in [0, 1]; `None` when no member
+    /// evaluated (or a private evaluation's noised count is below 1/2).
+    pub accuracy: Option<f64>,
+    /// Mean recall over the classes present, in [0, 1]; `None` as `accuracy`.
+    pub balanced_accuracy: Option<f64>,
     /// ROC AUC; `None` when not released (private evaluation releases
     /// counts, not the per-example scores AUC needs) or when no member
     /// evaluated.
     pub auc: Option<f64>,
-    /// Macro F1.
-    pub f1: f64,
+    /// Macro F1; `None` as `accuracy`.
+    pub f1: Option<f64>,
     /// Row = true class, column = predicted class.
     pub confusion: Vec<Vec<u64>>,
 }
@@ -90,17 +92,17 @@ pub struct RoundMetrics {
 impl RoundMetrics {
     /// The example-weighted mean of members' plaintext reports
     /// ([`EvalMetrics::weighted_mean`]): every value is released, unless no
-    /// member evaluated, when loss and AUC are absent.
+    /// member evaluated, when all of them are absent.
     pub fn from_reports(reports: &[EvalMetrics]) -> Self {
         let m = EvalMetrics::weighted_mean(reports);
         let measured = m.num_examples > 0;
         RoundMetrics {
             num_examples: m.num_examples,
             loss: measured.then_some(m.loss),
-            accuracy: m.accuracy,
-            balanced_accuracy: m.balanced_accuracy,
+            accuracy: measured.then_some(m.accuracy),
+            balanced_accuracy: measured.then_some(m.balanced_accuracy),
             auc: measured.then_some(m.auc),
-            f1: m.f1,
+            f1: measured.then_some(m.f1),
             confusion: m.confusion,
         }
     }
@@ -121,15 +123,20 @@ pub struct RoundRecord {
     /// example-weighted mean loss. `null` when it was not released (record-level
     /// private evaluation), no member evaluated, or the round was aborted.
     pub loss: Option<f64>,
-    /// Example-weighted [`EvalMetrics::accuracy`], as `loss`.
-    pub accuracy: f64,
-    /// Example-weighted [`EvalMetrics::balanced_accuracy`], as `loss`.
-    pub balanced_accuracy: f64,
+    /// The round's [`RoundMetrics::accuracy`]: the example-weighted
+    /// [`EvalMetrics::accuracy`], or the one decoded from a private
+    /// evaluation's noised counts. `null` when no member evaluated (no
+    /// evaluation was due, a private run without `[privacy.evaluation]`) or
+    /// the round was aborted. Lines written before it could be absent read
+    /// as they were (a number, `0` for such rounds).
+    pub accuracy: Option<f64>,
+    /// The round's [`RoundMetrics::balanced_accuracy`], as `accuracy`.
+    pub balanced_accuracy: Option<f64>,
     /// The round's [`RoundMetrics::auc`]; `null` under private evaluation
     /// (not released), without evaluation, or when aborted.
     pub auc: Option<f64>,
-    /// Example-weighted [`EvalMetrics::f1`], as `loss`.
-    pub f1: f64,
+    /// The round's [`RoundMetrics::f1`] (macro F1), as `accuracy`.
+    pub f1: Option<f64>,
     /// Frame bytes (header included) of this round's messages from members,
     /// counted from the messages, so independent of transport and timing;
     /// QUIC/TLS overhead is not included.
@@ -183,30 +190,42 @@ mod tests {
         assert_eq!(EvalMetrics::weighted_mean(&[]).num_examples, 0);
     }
 
-    /// Plaintext reports release loss and AUC; no report releases nothing,
-    /// so neither reads as a measured 0.
+    /// Plaintext reports release every value; no report releases nothing,
+    /// so none reads as a measured 0.
     #[test]
     fn round_metrics_from_reports_mark_the_unmeasured_absent() {
-        let a = EvalMetrics { num_examples: 4, loss: 0.25, auc: 0.75, accuracy: 0.5, ..Default::default() };
+        let a = EvalMetrics { num_examples: 4, loss: 0.25, auc: 0.75, accuracy: 0.5, f1: 0.4, ..Default::default() };
         let m = RoundMetrics::from_reports(&[a]);
-        assert_eq!((m.loss, m.auc, m.accuracy), (Some(0.25), Some(0.75), 0.5));
+        assert_eq!((m.loss, m.auc, m.accuracy, m.f1), (Some(0.25), Some(0.75), Some(0.5), Some(0.4)));
+        assert_eq!(m.balanced_accuracy, Some(0.0));
         let none = RoundMetrics::from_reports(&[]);
         assert_eq!((none.loss, none.auc, none.num_examples), (None, None, 0));
+        assert_eq!((none.accuracy, none.balanced_accuracy, none.f1), (None, None, None));
     }
 
     /// `metrics.jsonl` writes an absent value as `null`, and lines written
     /// before (with numbers, or without the key) still read.
     #[test]
     fn round_record_writes_absent_values_as_null_and_reads_old_lines() {
-        let r = RoundRecord { round: 3, loss: None, auc: None, accuracy: 0.9, ..Default::default() };
+        let r = RoundRecord { round: 3, loss: None, auc: None, accuracy: Some(0.9), ..Default::default() };
         let line = serde_json::to_value(&r).unwrap();
         assert_eq!((&line["loss"], &line["auc"]), (&serde_json::Value::Null, &serde_json::Value::Null));
         assert_eq!(line["accuracy"], 0.9);
+        let nothing = serde_json::to_value(RoundRecord { round: 4, ..Default::default() }).unwrap();
+        for key in ["accuracy", "balanced_accuracy", "f1"] {
+            assert_eq!(nothing[key], serde_json::Value::Null, "{key} of a round that evaluated nothing");
+        }
         let old: RoundRecord = serde_json::from_str(
             r#"{"round":1,"participants":3,"dropped":0,"accepted":true,"loss":0.5,"accuracy":0.9,
-                "balanced_accuracy":0.9,"auc":0.5,"f1":0.9,"bytes_up":1,"bytes_down":2,"seconds":0.1}"#,
+                "balanced_accuracy":0.8,"auc":0.5,"f1":0.7,"bytes_up":1,"bytes_down":2,"seconds":0.1}"#,
         )
         .unwrap();
         assert_eq!((old.loss, old.auc), (Some(0.5), Some(0.5)));
+        assert_eq!((old.accuracy, old.balanced_accuracy, old.f1), (Some(0.9), Some(0.8), Some(0.7)));
+        let older: RoundRecord = serde_json::from_str(
+            r#"{"round":1,"participants":3,"dropped":0,"accepted":false,"bytes_up":1,"bytes_down":2,"seconds":0.1}"#,
+        )
+        .unwrap();
+        assert_eq!((older.accuracy, older.f1), (None, None), "a line without the keys reads them absent");
     }
 }

@@ -203,18 +203,26 @@ impl EvalRelease {
         out
     }
 
-    /// Metrics from the noised sum of members' tensors: counts rounded to
-    /// integers (negatives to 0), loss as the noised loss sum over the
-    /// noised example count. AUC needs per-example scores and is not part of
-    /// the release: it is absent.
+    /// Metrics from the noised sum of members' tensors, by
+    /// [`crate::metrics_from_noised_counts`]: the signed noised counts (not
+    /// rounded, not clamped: that biases accuracy down) and the loss as the
+    /// noised loss sum over the noised example count. AUC needs per-example
+    /// scores and is not part of the release: it is absent.
     pub fn decode(&self, sum: &[f32]) -> crate::RoundMetrics {
-        let k = self.classes as usize;
         let (wc, wl) = self.weights();
-        let count = |v: f32| (f64::from(v) / wc).round().max(0.0) as u64;
-        let confusion: Vec<Vec<u64>> =
-            (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0, |v| count(*v))).collect()).collect();
-        let loss_sum = sum.get(k * k).map_or(0.0, |v| f64::from(*v) / wl).max(0.0);
-        crate::metrics_from_confusion(confusion, Some(loss_sum))
+        let loss_sum = sum.get(self.counts()).map_or(0.0, |v| f64::from(*v) / wl);
+        crate::metrics_from_noised_counts(&self.noised_counts(sum, wc), Some(loss_sum))
+    }
+
+    /// Cells of the `k × k` block, `k²`.
+    fn counts(&self) -> usize {
+        (self.classes as usize).pow(2)
+    }
+
+    /// The summed block's count cells as signed counts, row = true class.
+    fn noised_counts(&self, sum: &[f32], weight: f64) -> Vec<Vec<f64>> {
+        let k = self.classes as usize;
+        (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0.0, |v| f64::from(*v) / weight)).collect()).collect()
     }
 
     /// Weight of one count in the record-level form: `norm / max_examples`,
@@ -242,15 +250,11 @@ impl EvalRelease {
         out
     }
 
-    /// Metrics from the noised sum of record-level blocks: counts rounded to
-    /// integers (negatives to 0); loss and AUC absent (neither is released).
+    /// Metrics from the noised sum of record-level blocks, by
+    /// [`crate::metrics_from_noised_counts`] on the signed noised counts;
+    /// loss and AUC absent (neither is released).
     pub fn decode_records(&self, sum: &[f32]) -> crate::RoundMetrics {
-        let k = self.classes as usize;
-        let w = self.record_weight();
-        let count = |v: f32| (f64::from(v) / w).round().max(0.0) as u64;
-        let confusion: Vec<Vec<u64>> =
-            (0..k).map(|i| (0..k).map(|j| sum.get(i * k + j).map_or(0, |v| count(*v))).collect()).collect();
-        crate::metrics_from_confusion(confusion, None)
+        crate::metrics_from_noised_counts(&self.noised_counts(sum, self.record_weight()), None)
     }
 }
 

@@ -65,7 +65,9 @@ impl RunObserver for SimObserver {
     fn statistics_released(&mut self, outcome: &StatisticsOutcome) {
         let json = tessera_aggregator::statistics_json(outcome, self.schema.as_ref());
         let text = serde_json::to_vec_pretty(&json).unwrap_or_default();
-        if let Err(e) = self.run.write_file(tessera_aggregator::STATISTICS_FILE, &text) {
+        // Durably: the release is charged, and the simulator keeps no
+        // database to rewrite the file from after a crash.
+        if let Err(e) = self.run.write_file_durably(tessera_aggregator::STATISTICS_FILE, &text) {
             tracing::error!(error = %tessera_cli::ErrorChain(&e), "could not write statistics.json");
             self.failed = Some(e.to_string());
         }

@@ -18,9 +18,6 @@ pub const PLOTS: [&str; 5] = ["accuracy.png", "loss.png", "epsilon.png", "partic
 /// `compare` table) is appended as is.
 pub(crate) fn write_report(dir: &Path, s: &Scenario, r: &SimResult, extra: Option<&str>) -> anyhow::Result<()> {
     let accepted: Vec<_> = r.records.iter().filter(|x| x.accepted).collect();
-    let by_round = |f: fn(&tessera_core::RoundRecord) -> f64| -> Vec<(f64, f64)> {
-        accepted.iter().map(|x| (x.round as f64, f(x))).collect()
-    };
     // A value a round did not release is no point (not a 0 or a 0.5).
     let released = |f: fn(&tessera_core::RoundRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         accepted.iter().filter_map(|x| f(x).map(|v| (x.round as f64, v))).collect()
@@ -29,8 +26,8 @@ pub(crate) fn write_report(dir: &Path, s: &Scenario, r: &SimResult, extra: Optio
         &dir.join("accuracy.png"),
         "accuracy by round",
         &[
-            Series { name: "accuracy", points: by_round(|x| x.accuracy) },
-            Series { name: "balanced accuracy", points: by_round(|x| x.balanced_accuracy) },
+            Series { name: "accuracy", points: released(|x| x.accuracy) },
+            Series { name: "balanced accuracy", points: released(|x| x.balanced_accuracy) },
             Series { name: "AUC", points: released(|x| x.auc) },
         ],
         Some(0.0..1.0),
@@ -153,10 +150,10 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
         let _ = writeln!(m, "|---|---|---|---|---|---|---|");
         let _ = writeln!(
             m,
-            "| {} | {:.4} | {:.4} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             x.round,
-            x.accuracy,
-            x.balanced_accuracy,
+            value_or_dash(x.accuracy),
+            value_or_dash(x.balanced_accuracy),
             value_or_dash(x.auc),
             value_or_dash(x.loss),
             x.epsilon.map_or("-".into(), |e| format!("{e:.3}")),
@@ -195,7 +192,8 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
         m,
         "{} marks a value the round did not release: private evaluation releases confusion counts (and, \
          under the client unit, a loss sum), never the per-example scores AUC needs; aborted rounds and \
-         rounds without evaluation release nothing. Plots leave such rounds out.\n",
+         rounds without evaluation (a private run without `[privacy.evaluation]`) release no accuracy, \
+         loss or AUC. Plots leave such rounds out.\n",
         tessera_aggregator::ABSENT
     );
     let _ =
@@ -204,12 +202,12 @@ fn markdown(s: &Scenario, r: &SimResult, extra: Option<&str>) -> String {
     for x in &r.records {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {:.4} | {} | {} | {} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3} |",
             x.round,
             if x.accepted { "yes" } else { "aborted" },
             x.participants,
             x.dropped,
-            x.accuracy,
+            value_or_dash(x.accuracy),
             value_or_dash(x.auc),
             value_or_dash(x.loss),
             x.epsilon.map_or("-".into(), |e| format!("{e:.3}")),

@@ -75,7 +75,9 @@ impl StatusSnapshot {
         s.push_str("</p></section>");
 
         let xmax = self.rounds_planned.max(self.history.len() as u64).max(1) as f64;
-        let acc: Vec<(f64, f64)> = self.history.iter().map(|p| (p.logical as f64, p.accuracy)).collect();
+        // A round that evaluated nothing is no point, not a 0.
+        let acc: Vec<(f64, f64)> =
+            self.history.iter().filter_map(|p| p.accuracy.map(|a| (p.logical as f64, a))).collect();
         let eps: Vec<(f64, f64)> =
             self.history.iter().filter_map(|p| p.epsilon.map(|e| (p.logical as f64, e))).collect();
         let eps_top = self.epsilon_budget.into_iter().chain(eps.iter().map(|p| p.1)).fold(0.0f64, f64::max);
@@ -98,10 +100,10 @@ impl StatusSnapshot {
         for p in self.history.iter().rev() {
             let _ = write!(
                 s,
-                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 p.logical,
                 p.round,
-                p.accuracy,
+                crate::value_or_dash(p.accuracy),
                 crate::value_or_dash(p.loss),
                 p.participants,
                 p.dropped,

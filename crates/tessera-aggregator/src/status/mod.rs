@@ -54,8 +54,10 @@ pub struct RoundPoint {
     pub logical: u64,
     /// Wire round number (attempt id).
     pub round: u64,
-    /// The cohort's example-weighted evaluation accuracy, in [0, 1].
-    pub accuracy: f64,
+    /// The cohort's example-weighted evaluation accuracy, in [0, 1]; `None`
+    /// when the round evaluated nothing (no evaluation due, or a private run
+    /// without `[privacy.evaluation]`).
+    pub accuracy: Option<f64>,
     /// The cohort's example-weighted evaluation loss; `None` when the round
     /// did not release one (record-level private evaluation, no evaluation).
     pub loss: Option<f64>,

@@ -70,13 +70,15 @@ impl StatusSnapshot {
             metric("tessera_privacy_delta", "gauge", "The run's delta.", &one(d));
         }
         if let Some(p) = self.last() {
-            metric(
-                "tessera_last_accuracy",
-                "gauge",
-                "Cohort-weighted accuracy after the last round.",
-                &one(p.accuracy),
-            );
-            // Absent (not released) is no sample, not a 0.
+            // Absent (not released, not measured) is no sample, not a 0.
+            if let Some(accuracy) = p.accuracy {
+                metric(
+                    "tessera_last_accuracy",
+                    "gauge",
+                    "Cohort-weighted accuracy after the last round.",
+                    &one(accuracy),
+                );
+            }
             if let Some(loss) = p.loss {
                 metric("tessera_last_loss", "gauge", "Cohort-weighted loss after the last round.", &one(loss));
             }

@@ -26,7 +26,7 @@ fn sample() -> StatusSnapshot {
             RoundPoint {
                 logical: 1,
                 round: 1,
-                accuracy: 0.8,
+                accuracy: Some(0.8),
                 loss: Some(0.5),
                 participants: 3,
                 dropped: 0,
@@ -35,7 +35,7 @@ fn sample() -> StatusSnapshot {
             RoundPoint {
                 logical: 2,
                 round: 3,
-                accuracy: 0.9,
+                accuracy: Some(0.9),
                 loss: Some(0.3),
                 participants: 3,
                 dropped: 0,
@@ -136,4 +136,21 @@ fn a_loss_not_released_is_shown_absent() {
     assert!(t.contains("(completed round 2, wire round 3), loss \u{2013}"), "{t}");
     assert!(s.html().contains("<td>0.9000</td><td>\u{2013}</td>"), "{}", s.html());
     assert!(!s.prometheus().contains("tessera_last_loss"), "{}", s.prometheus());
+}
+
+/// A round that evaluated nothing (a private run without
+/// `[privacy.evaluation]`) shows no accuracy: a dash on the text and HTML
+/// pages, no point in the chart, no Prometheus sample, never a measured 0.
+#[test]
+fn an_accuracy_not_measured_is_shown_absent() {
+    let mut s = sample();
+    assert!(s.prometheus().contains("tessera_last_accuracy 0.9"), "{}", s.prometheus());
+    s.history[1].accuracy = None;
+    s.history[1].loss = None;
+    let t = s.render_text(1_005_000, true);
+    assert!(t.contains("last accuracy: \u{2013} (completed round 2, wire round 3), loss \u{2013}"), "{t}");
+    let html = s.html();
+    assert!(html.contains("<td>2</td><td>3</td><td>\u{2013}</td><td>\u{2013}</td>"), "{html}");
+    assert_eq!(html.matches("<circle class=\"point\"").count(), 3, "one accuracy point fewer: {html}");
+    assert!(!s.prometheus().contains("tessera_last_accuracy"), "{}", s.prometheus());
 }

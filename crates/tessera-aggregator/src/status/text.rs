@@ -64,8 +64,8 @@ impl StatusSnapshot {
             Some(p) => {
                 let _ = writeln!(
                     s,
-                    "last accuracy: {:.4} (completed round {}, wire round {}), loss {}",
-                    p.accuracy,
+                    "last accuracy: {} (completed round {}, wire round {}), loss {}",
+                    crate::value_or_dash(p.accuracy),
                     p.logical,
                     p.round,
                     crate::value_or_dash(p.loss)

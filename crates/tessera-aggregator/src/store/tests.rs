@@ -20,10 +20,10 @@ fn record(round: u64, acc: f64, eps: Option<f64>) -> RoundRecord {
         dropped: 0,
         accepted: true,
         loss: Some(0.5),
-        accuracy: acc,
-        balanced_accuracy: acc,
+        accuracy: Some(acc),
+        balanced_accuracy: Some(acc),
         auc: Some(acc),
-        f1: acc,
+        f1: Some(acc),
         bytes_up: 10,
         bytes_down: 20,
         seconds: 1.0,
@@ -214,7 +214,7 @@ fn a_version_2_database_opens_and_releases_get_their_own_status() {
     let got: Vec<(&str, Option<&str>)> = rows.iter().map(|r| (r.status.as_str(), r.reason.as_deref())).collect();
     assert_eq!(got, [("statistics", None), ("completed", None), ("aborted", Some("too few survivors"))]);
     let old = &s.completed_records().unwrap()[0];
-    assert_eq!((old.loss, old.auc, old.accuracy), (Some(0.0), Some(0.5), 0.9));
+    assert_eq!((old.loss, old.auc, old.accuracy), (Some(0.0), Some(0.5), Some(0.9)));
     assert_eq!(s.statistics_release().unwrap(), None, "before version 3 only the file held the values");
 
     s.round_started(4, 2, &["a".into(), "b".into()], 9, 100).unwrap();

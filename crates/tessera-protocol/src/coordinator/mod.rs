@@ -444,7 +444,9 @@ impl Coordinator {
             }
         }
         let mut g = (*self.global).clone();
-        self.optimizer.step(&mut g, &delta).map_err(|e| e.to_string())?;
+        // After the last round the optimizer may release an iterate average.
+        let rounds_left = self.cfg.rounds.saturating_sub(self.completed + 1);
+        self.optimizer.step_in_run(&mut g, &delta, rounds_left).map_err(|e| e.to_string())?;
         Ok(g)
     }
 
