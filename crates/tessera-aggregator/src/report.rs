@@ -129,18 +129,24 @@ impl RunDir {
     /// something released and charged (the simulator's `statistics.json`),
     /// where a half-written file would lose a release the ledgers paid for.
     pub fn write_file_durably(&self, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
-        let (tmp, path) = (self.dir.join(format!("{name}.tmp")), self.dir.join(name));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ReportError::Io { path, source }
-        };
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+        write_durably(&self.dir, name, bytes)
     }
+}
+
+/// [`RunDir::write_file_durably`] for any directory: `dir/name` replaced
+/// whole through a fsync'd `name.tmp` and a fsync'd rename.
+pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(name));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 /// How a value that was not released (or not measured) prints in round

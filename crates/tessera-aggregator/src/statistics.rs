@@ -51,17 +51,17 @@ pub fn statistics_json(outcome: &StatisticsOutcome, schema: Option<&FeatureSchem
 }
 
 /// Write `released` (a [`statistics_json`] value) to `dir`/[`STATISTICS_FILE`],
-/// creating `dir`; the file is written aside and renamed into place, so a
-/// crash leaves the old file or the new one, never half of one.
+/// creating `dir`; written durably (fsync'd aside, renamed, the directory
+/// fsync'd), so a crash leaves the old file or the new one, never half of
+/// one. The state database is the record; this file is rewritten from it
+/// at every start.
 pub(crate) fn write_statistics_file(dir: &Path, released: &Value) -> Result<(), crate::ReportError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| crate::ReportError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let (tmp, path) = (dir.join(format!("{STATISTICS_FILE}.tmp")), dir.join(STATISTICS_FILE));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(released)?).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))
+    crate::report::write_durably(dir, STATISTICS_FILE, &serde_json::to_vec_pretty(released)?)
 }
 
 /// The `[statistics]` release for this run, and whether it still has to
