@@ -294,3 +294,23 @@ pub struct RoundSettings {
     /// clipping, distributed noise and secure aggregation. `None`: training.
     pub stats: Option<Box<crate::StatsRelease>>,
 }
+
+/// Round settings with every option off: the fixture this crate's unit
+/// tests build messages around.
+#[cfg(test)]
+pub(crate) fn plain_settings() -> RoundSettings {
+    RoundSettings {
+        train: TrainSettings {
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 3,
+            example_weight_cap: 10,
+        },
+        secagg: None,
+        dp: None,
+        eval: None,
+        stats: None,
+    }
+}

@@ -205,24 +205,7 @@ impl AggregatorMsg {
 mod tests {
     use super::*;
     use crate::codec::{HEADER_LEN, Limits, decode_payload, encode_frame};
-    use crate::round::{RoundSettings, TrainSettings};
-
-    fn settings() -> RoundSettings {
-        RoundSettings {
-            train: TrainSettings {
-                local_epochs: 1,
-                batch_size: 8,
-                learning_rate: 0.1,
-                proximal_mu: 0.0,
-                seed: 3,
-                example_weight_cap: 10,
-            },
-            secagg: None,
-            dp: None,
-            eval: None,
-            stats: None,
-        }
-    }
+    use crate::round::plain_settings as settings;
 
     fn messages() -> Vec<AggregatorMsg> {
         let cohort: SharedList<String> = (0..300).map(|i| format!("member-{i:04}")).collect();

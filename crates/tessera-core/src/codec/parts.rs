@@ -160,24 +160,7 @@ fn splice(unframed: &[u8], list: Bytes, after: usize, limits: &Limits) -> Result
 mod tests {
     use super::*;
     use crate::message::{Advertisement, PublicKeys};
-    use crate::round::{RoundSettings, TrainSettings};
-
-    fn settings() -> RoundSettings {
-        RoundSettings {
-            train: TrainSettings {
-                local_epochs: 1,
-                batch_size: 8,
-                learning_rate: 0.1,
-                proximal_mu: 0.0,
-                seed: 3,
-                example_weight_cap: 10,
-            },
-            secagg: None,
-            dp: None,
-            eval: None,
-            stats: None,
-        }
-    }
+    use crate::round::plain_settings as settings;
 
     fn advert(i: u8) -> Advertisement {
         Advertisement {
