@@ -376,9 +376,12 @@ mod tests {
     #[test]
     fn the_client_units_plan_is_unchanged() {
         let mut d = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
-        for &(dim, n, bits, c, z) in
-            &[(530u64, 5u32, 32u32, 0.5, 1.2), (1_000_000, 100, 32, 1.0, 0.8), (10, 3, 20, 0.3, 4.0), (31, 5, 32, 2.0, 13.0)]
-        {
+        for &(dim, n, bits, c, z) in &[
+            (530u64, 5u32, 32u32, 0.5, 1.2),
+            (1_000_000, 100, 32, 1.0, 0.8),
+            (10, 3, 20, 0.3, 4.0),
+            (31, 5, 32, 2.0, 13.0),
+        ] {
             d.clip_norm = c;
             d.noise_multiplier = z;
             let before = client_plan_before(&d, dim, n, bits);

@@ -609,7 +609,10 @@ mod tests {
         let one = TrainSettings { local_epochs: 1, ..train() };
         let p = r.plan(40, &one, true, None).unwrap();
         assert_eq!(p.settings.noise, NoisePlacement::Distributed);
-        assert_eq!(p.spend, GaussianSpend { noise_multiplier: p.settings.noise_multiplier, sampling_rate: 0.1, steps: 1 });
+        assert_eq!(
+            p.spend,
+            GaussianSpend { noise_multiplier: p.settings.noise_multiplier, sampling_rate: 0.1, steps: 1 }
+        );
         assert_eq!(tessera_privacy::member_spend(&p.settings, &one), p.spend);
         // Calibrated on 40 steps at q = 0.1, as a 40-step central DP-SGD run.
         let z = calibrate_noise_multiplier(2.0, 1e-5, 0.1, 40).unwrap();

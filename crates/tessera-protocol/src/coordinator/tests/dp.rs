@@ -124,7 +124,8 @@ fn record_distributed_members_refuse_to_reveal_below_their_noise_floor() {
     let sent: Vec<&ClientMsg> = h.sent.values().flatten().collect();
     assert!(sent.iter().all(|m| !matches!(m, ClientMsg::UnmaskShares { .. } | ClientMsg::SignSurvivors { .. })));
     let floor = PrivacyRefusal::NoiseFloor { survivors: 4, planned: 5 }.to_string();
-    let refused = sent.iter().filter(|m| matches!(m, ClientMsg::Decline { reason, .. } if reason.contains(&floor))).count();
+    let refused =
+        sent.iter().filter(|m| matches!(m, ClientMsg::Decline { reason, .. } if reason.contains(&floor))).count();
     assert_eq!(refused, 4, "every survivor declines with the noise-floor refusal");
 }
 
