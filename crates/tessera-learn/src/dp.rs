@@ -566,7 +566,7 @@ mod tests {
             let mut round = DpNoise::seeded(3).round_for(&settings(1.0), &train(1, 4), d).unwrap();
             let mut v = vec![0.0f32; d];
             round.add_noise(&mut v).unwrap();
-            (v, round.mechanism.sigma())
+            (v, round.mechanism.as_ref().expect("local noise").sigma())
         };
         let ((a, sigma), (b, _)) = (draw(), draw());
         assert_eq!(a, b, "seeded runs are reproducible");
