@@ -9,7 +9,7 @@
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
-use tessera_core::{DpSettings, ModelParams, TrainSettings};
+use tessera_core::{DpSettings, ModelParams, NoisePlacement, TrainSettings};
 use tessera_privacy::{GaussianMechanism, MechanismCache, clip_factor};
 
 use crate::{LocalError, PoissonSampler, fedprox_step};
@@ -45,6 +45,13 @@ pub struct DpSgdConfig {
     /// round starts from [`DpNoise::round_for`]); kept for direct callers
     /// of [`dp_sgd`] that state it.
     pub expected_batch: Option<f64>,
+    /// Who adds the noise. `Local`: each step's clipped sum is noised here
+    /// at z·C, and a round is `local_epochs · ceil(1/q)` steps.
+    /// `Distributed` (the record unit under secure aggregation): a round is
+    /// exactly one step and adds no noise here; the members' discrete
+    /// Gaussian shares, added to the securely summed update, carry it
+    /// (`tessera_privacy::dpsgd_steps`, `DistributedPlan::for_round`).
+    pub placement: NoisePlacement,
 }
 
 impl DpSgdConfig {
@@ -57,6 +64,7 @@ impl DpSgdConfig {
             sampling_rate: dp.sampling_rate,
             sampling_seed: None,
             expected_batch: None,
+            placement: dp.noise,
         }
     }
 
@@ -75,6 +83,24 @@ impl DpSgdConfig {
     /// Standard deviation the noise sampler must add to each summed coordinate.
     pub fn noise_std(&self) -> f64 {
         self.noise_multiplier * self.clip_norm
+    }
+
+    /// Whether each step's sum is noised here (local placement).
+    pub fn adds_noise(&self) -> bool {
+        self.placement != NoisePlacement::Distributed
+    }
+
+    /// The round's local epochs: one under distributed noise (one step a
+    /// round), `local_epochs` otherwise.
+    pub fn epochs(&self, local_epochs: u32) -> u32 {
+        if self.adds_noise() { local_epochs } else { 1 }
+    }
+
+    /// Steps per local epoch: one under distributed noise, `ceil(1/q)`
+    /// otherwise. With [`epochs`](Self::epochs) this is
+    /// `tessera_privacy::dpsgd_steps`, what the accountant composes.
+    pub fn steps_per_epoch(&self) -> u64 {
+        if self.adds_noise() { (1.0 / self.sampling_rate).ceil() as u64 } else { 1 }
     }
 
     /// The one check every model runs before DP-SGD.
@@ -133,8 +159,13 @@ impl DpNoise {
             None => ChaCha20Rng::from_entropy(),
         };
         // The sum of clipped gradients (sensitivity C) over `dim` values,
-        // noised at multiplier z, rounding covered.
-        let mechanism = self.mechanisms.get(cfg.noise_multiplier, cfg.clip_norm, dim)?.clone();
+        // noised at multiplier z, rounding covered; none under distributed
+        // noise, whose shares the member adds to the update it uploads.
+        let mechanism = if cfg.adds_noise() {
+            Some(self.mechanisms.get(cfg.noise_multiplier, cfg.clip_norm, dim)?.clone())
+        } else {
+            None
+        };
         let sampler = PoissonSampler::new(cfg.sampling_rate, cfg.sampling_seed);
         Ok(DpRound { cfg, sampler, rng, mechanism, zeroed: 0 })
     }
@@ -147,7 +178,7 @@ pub struct DpRound {
     /// The steps' Poisson sample.
     pub sampler: PoissonSampler,
     rng: ChaCha20Rng,
-    mechanism: GaussianMechanism,
+    mechanism: Option<GaussianMechanism>,
     zeroed: u64,
 }
 
@@ -188,7 +219,9 @@ impl DpRound {
 
     /// Add DP-SGD's noise to a clipped gradient sum. An error (a failed
     /// draw, a non-finite result) means the step must not be applied, let
-    /// alone released.
+    /// alone released. Under distributed noise it adds nothing (the round's
+    /// one step is noised by the shares inside the secure sum) and only
+    /// checks that the sum is finite.
     ///
     /// Above [`NOISE_CHUNK`] values the draws run in parallel, a chunk of
     /// `NOISE_CHUNK` values each, every chunk on its own ChaCha20 stream
@@ -199,8 +232,14 @@ impl DpRound {
     /// carry ~1M values, two table draws each: one stream would make the
     /// noise alone a large part of a non-private step.)
     pub fn add_noise(&mut self, sum: &mut [f32]) -> Result<(), LocalError> {
+        let Some(mechanism) = &self.mechanism else {
+            if sum.iter().any(|v| !v.is_finite()) {
+                return Err(LocalError::Diverged("clipped gradient"));
+            }
+            return Ok(());
+        };
         if sum.len() <= NOISE_CHUNK {
-            self.mechanism.add_to(sum, &mut self.rng)?;
+            mechanism.add_to(sum, &mut self.rng)?;
         } else {
             let keys: Vec<[u8; 32]> = sum
                 .chunks(NOISE_CHUNK)
@@ -210,7 +249,6 @@ impl DpRound {
                     key
                 })
                 .collect();
-            let mechanism = &self.mechanism;
             sum.par_chunks_mut(NOISE_CHUNK)
                 .zip(keys)
                 .try_for_each(|(chunk, key)| mechanism.add_to(chunk, &mut ChaCha20Rng::from_seed(key)))?;
@@ -311,7 +349,8 @@ fn squared_norm(v: &[f32]) -> f64 {
 }
 
 /// DP-SGD from `start` over `n` training examples: each of `local_epochs *
-/// ceil(1/q)` steps Poisson-samples its rows, clips each sampled example's
+/// ceil(1/q)` steps (one under distributed noise: [`DpSgdConfig::epochs`],
+/// [`DpSgdConfig::steps_per_epoch`]) Poisson-samples its rows, clips each sampled example's
 /// gradient to C on its own and sums ([`PerExampleGradients::add_clipped`];
 /// a non-finite one becomes zero, see [`DpRound::example_clip`]), adds the round's noise to the sum and takes an
 /// SGD step scaled by [`DpRound::inverse_batch`] (one over the public
@@ -327,13 +366,13 @@ pub fn dp_sgd(
     let (layout, anchor) = (start.layout(), start.to_flat());
     let mut flat = anchor.clone();
     let inv_expected = dp.inverse_batch(n);
-    let steps = dp.sampler.steps_per_epoch();
+    let (epochs, steps) = (dp.cfg.epochs(s.local_epochs), dp.cfg.steps_per_epoch());
     let (lr, mu) = (s.learning_rate as f32, s.proximal_mu as f32);
     let params = |flat: &[f32]| ModelParams::from_flat(&layout, flat).map_err(LocalError::model);
     // One gradient buffer and one sum for the whole run, overwritten per
     // example and per step.
     let (mut sum, mut g) = (vec![0.0f32; flat.len()], vec![0.0f32; flat.len()]);
-    for epoch in 0..u64::from(s.local_epochs) {
+    for epoch in 0..u64::from(epochs) {
         for _ in 0..steps {
             sum.iter_mut().for_each(|v| *v = 0.0);
             let sampled = dp.sampler.sample(n);
@@ -479,6 +518,27 @@ mod tests {
         }
     }
 
+    /// Distributed noise (the record unit under secure aggregation): one
+    /// step a round whatever `local_epochs` says, the step count the
+    /// accountant composes, and no local noise: the update is exactly
+    /// `-(lr / B) · Σ clip_C(grad_i)` over the sample (here q = 1, all 10).
+    #[test]
+    fn distributed_noise_takes_one_unnoised_step() {
+        let dp = DpSettings { noise: NoisePlacement::Distributed, ..settings(0.5) };
+        let s = train(3, 4);
+        assert_eq!(tessera_privacy::round_spend(&dp, &s).steps, 1);
+        let mut round = DpNoise::new().round_for(&dp, &s, 2).unwrap();
+        let start = ModelParams::new(vec![ParamTensor::new("w", vec![2], vec![0.0; 2]).unwrap()]);
+        let mut model = Constant { grad: vec![0.3, 0.4], steps: 0, sampled: 0 };
+        let out = dp_sgd(&start, &s, 10, &mut round, &mut model).unwrap().to_flat();
+        assert_eq!((model.steps, model.sampled), (1, 10));
+        // Each gradient has norm 0.5 = C: clipped by the f32 margin alone.
+        for (o, g) in out.iter().zip([0.3f64, 0.4]) {
+            let want = -0.1 / 4.0 * 10.0 * g * CLIP_SAFETY;
+            assert!((f64::from(*o) - want).abs() <= 1e-6 * want.abs(), "{o} against {want}");
+        }
+    }
+
     #[test]
     fn a_non_finite_example_gradient_is_zeroed_and_counted_not_fatal() {
         let start = ModelParams::new(vec![ParamTensor::new("w", vec![2], vec![0.0, 0.0]).unwrap()]);
@@ -506,7 +566,7 @@ mod tests {
             let mut round = DpNoise::seeded(3).round_for(&settings(1.0), &train(1, 4), d).unwrap();
             let mut v = vec![0.0f32; d];
             round.add_noise(&mut v).unwrap();
-            (v, round.mechanism.sigma())
+            (v, round.mechanism.as_ref().expect("local noise").sigma())
         };
         let ((a, sigma), (b, _)) = (draw(), draw());
         assert_eq!(a, b, "seeded runs are reproducible");

@@ -59,7 +59,7 @@ pub use convolved::{ConvolvedGaussian, MAX_CONVOLVED_SIGMA};
 pub use distributed::{KLS21_MAX_EXCESS, kls21_rdp_excess, kls21_tau, quantized_l2_sensitivity};
 pub use mechanism::{GaussianMechanism, MechanismCache, rounded_sensitivity};
 pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
-pub use plan::{DistributedPlan, member_spend, round_spend, validate};
+pub use plan::{DistributedPlan, dpsgd_steps, member_spend, record_step_sensitivity, round_spend, validate};
 pub use statistics::{StatisticsPart, StatisticsPrivacy, statistics_privacy, statistics_spend};
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 

@@ -29,10 +29,14 @@ pub fn validate(dp: &DpSettings) -> Result<(), PrivacyError> {
     if dp.min_contributors == 0 {
         return Err(PrivacyError::InvalidParameter("min_contributors must be >= 1"));
     }
-    // DP-SGD adds noise at every local step, so the record unit is local
-    // noise by construction; the other placements protect a whole update.
-    if dp.unit == PrivacyUnit::Record && dp.noise != NoisePlacement::Local {
-        return Err(PrivacyError::InvalidParameter("the record unit (DP-SGD) needs noise = \"local\""));
+    // DP-SGD adds noise at every local step (`local`), or takes one step a
+    // round whose noise the members' shares add inside the secure sum
+    // (`distributed`); central noise would trust the aggregator with every
+    // member's exact clipped sum.
+    if dp.unit == PrivacyUnit::Record && dp.noise == NoisePlacement::Central {
+        return Err(PrivacyError::InvalidParameter(
+            "the record unit (DP-SGD) needs noise = \"local\" or \"distributed\"",
+        ));
     }
     if let Some(a) = &dp.adaptive {
         if dp.unit != PrivacyUnit::Client {
@@ -65,9 +69,30 @@ pub fn member_spend(dp: &DpSettings, train: &TrainSettings) -> GaussianSpend {
     s
 }
 
-/// DP-SGD steps one member takes in a round: `ceil(1/q)` per local epoch.
-pub(crate) fn dpsgd_steps(dp: &DpSettings, train: &TrainSettings) -> u64 {
+/// DP-SGD steps one member takes in a round: `ceil(1/q)` per local epoch
+/// under local noise; exactly one under distributed noise, whatever
+/// `local_epochs` says. With one step the released update is linear in the
+/// member's clipped sum, so the secure sum of the members' updates is one
+/// central DP-SGD step over the union of their records and the members'
+/// noise shares add up to its noise (docs/privacy.md, "Record-level DP
+/// with distributed noise"). Trainers take their step count from here.
+pub fn dpsgd_steps(dp: &DpSettings, train: &TrainSettings) -> u64 {
+    if dp.noise == NoisePlacement::Distributed {
+        return 1;
+    }
     u64::from(train.local_epochs) * (1.0 / dp.sampling_rate).ceil() as u64
+}
+
+/// The L2 sensitivity, to one record, of a member's update under the record
+/// unit with distributed noise: one DP-SGD step without local noise,
+/// `-(lr / B) · Σ clip_C(grad_i)`, moves by at most `lr · C / B` when one
+/// record joins or leaves the sample (B the round's public `batch_size`).
+pub fn record_step_sensitivity(dp: &DpSettings, train: &TrainSettings) -> Result<f64, PrivacyError> {
+    let lr = train.learning_rate;
+    if !(lr.is_finite() && lr > 0.0) || train.batch_size == 0 {
+        return Err(PrivacyError::InvalidParameter("a DP-SGD step needs learning_rate > 0 and batch_size >= 1"));
+    }
+    Ok(lr * dp.clip_norm / f64::from(train.batch_size))
 }
 
 /// The release one round makes, as the accountant composes it.
@@ -92,8 +117,17 @@ pub fn round_spend(dp: &DpSettings, train: &TrainSettings) -> GaussianSpend {
 /// summed noise: `P(|N(0,1)| > 14) < 1e-44` per coordinate.
 const TAIL_SIGMAS: f64 = 14.0;
 
-/// Distributed discrete Gaussian noise for one round (client unit under
-/// secure aggregation; Kairouz, Liu, Steinke 2021).
+/// Distributed discrete Gaussian noise for one round under secure
+/// aggregation (Kairouz, Liu, Steinke 2021), for the client unit and for the
+/// record unit's one-step DP-SGD.
+///
+/// Two public numbers size it: the per-coordinate range `R` of a member's
+/// value (the ring must hold `n` of them) and its L2 sensitivity `Δ` to one
+/// protected unit (the noise must cover it). Client unit: `R = Δ = C`, the
+/// update's L2 clip ([`new`](Self::new)). Record unit: `R` is the secure
+/// aggregation's `clip_range` (each coordinate is clamped to it) and
+/// `Δ = lr · C / B` ([`record_step_sensitivity`]). Below, the client unit's
+/// case.
 ///
 /// Each member clips its update to L2 norm `C`, divides by the grid step
 /// `gamma`, rounds stochastically to integers and adds N_Z(0, s^2) with `s`
@@ -120,27 +154,48 @@ pub struct DistributedPlan {
 }
 
 impl DistributedPlan {
-    /// `dim` update coordinates, `cohort` members, ring Z_{2^modulus_bits}.
+    /// The client unit's plan: `dim` update coordinates, `cohort` members,
+    /// ring Z_{2^modulus_bits}, range and sensitivity both the clip `C`.
     pub fn new(dp: &DpSettings, dim: u64, cohort: u32, modulus_bits: u32) -> Result<Self, PrivacyError> {
+        Self::with_bounds(dp, dp.clip_norm, dp.clip_norm, dim, cohort, modulus_bits)
+    }
+
+    /// The plan for values whose coordinates lie in `[-range, range]` and
+    /// whose L2 sensitivity to one protected unit is `sensitivity` (both in
+    /// update units): the grid is sized from the range (the ring must hold
+    /// the cohort's sum), each share from `z · (sensitivity/gamma + sqrt d)`.
+    pub fn with_bounds(
+        dp: &DpSettings,
+        range: f64,
+        sensitivity: f64,
+        dim: u64,
+        cohort: u32,
+        modulus_bits: u32,
+    ) -> Result<Self, PrivacyError> {
         validate(dp)?;
         if !(2..=32).contains(&modulus_bits) || cohort == 0 || dim == 0 {
             return Err(PrivacyError::InvalidParameter("modulus bits in 2..=32, cohort and dimension > 0"));
         }
+        if !(range.is_finite() && range > 0.0 && sensitivity.is_finite() && sensitivity > 0.0) {
+            return Err(PrivacyError::InvalidParameter("the value range and sensitivity must be finite and > 0"));
+        }
         let t = dp.min_contributors.min(cohort);
-        let (n, z, c) = (f64::from(cohort), dp.noise_multiplier, dp.clip_norm);
+        let (n, z, r) = (f64::from(cohort), dp.noise_multiplier, range);
         let half = (1u64 << (modulus_bits - 1)) as f64 - 1.0;
         // Summed noise std <= sqrt(n / t) · z · Delta · (1 + slack), with
-        // Delta = C/gamma + sqrt(d); solve n (C/gamma + 1) + tail <= half.
+        // Delta = S/gamma + sqrt(d) (S the sensitivity); solve
+        // n (R/gamma + 1) + tail <= half. (S / R is exactly 1 for the client
+        // unit, so its grid is the one it always was.)
         let spread = TAIL_SIGMAS * (n / f64::from(t)).sqrt() * z * 1.01;
         let room = half - n - spread * (dim as f64).sqrt() - spread;
         if room <= 0.0 {
             return Err(PrivacyError::Unreachable("the ring is too small for this cohort, dimension and noise"));
         }
-        let mut gamma = c * (n + spread) / room;
+        let mut gamma = r * (n + spread * (sensitivity / r)) / room;
         loop {
-            let sensitivity = c / gamma + (dim as f64).sqrt();
-            let share_sigma = distributed_share_sigma(z * sensitivity, t)?;
-            let max_level = (c / gamma).ceil() as i64 + 1;
+            let delta = sensitivity / gamma + (dim as f64).sqrt();
+            let share_sigma = distributed_share_sigma(z * delta, t)?;
+            let max_level = (r / gamma).ceil() as i64 + 1;
             let sum_std = (n * discrete_gaussian_variance(share_sigma)).sqrt();
             if n * max_level as f64 + TAIL_SIGMAS * sum_std + 1.0 <= half {
                 // The accountant treats the sum of shares as a Gaussian at z;
@@ -151,7 +206,7 @@ impl DistributedPlan {
                         "the noise shares are too narrow for the sum to be accounted as a Gaussian (KLS21)",
                     ));
                 }
-                return Ok(Self { gamma, share_sigma, sensitivity, max_level });
+                return Ok(Self { gamma, share_sigma, sensitivity: delta, max_level });
             }
             gamma *= 1.01;
             if !gamma.is_finite() {
@@ -162,12 +217,20 @@ impl DistributedPlan {
 
     /// The plan a round's settings imply for a model of `numel` values and a
     /// cohort of `cohort`: `Some` only for distributed noise under secure
-    /// aggregation. Both sides call this, so they agree on the grid.
+    /// aggregation. Both sides call this, so they agree on the grid, and a
+    /// member checks the noise it adds against it. Record unit: range the
+    /// secure aggregation's `clip_range`, sensitivity
+    /// [`record_step_sensitivity`].
     pub fn for_round(settings: &RoundSettings, numel: u64, cohort: u32) -> Result<Option<Self>, PrivacyError> {
         match (&settings.dp, &settings.secagg) {
-            (Some(dp), Some(s)) if dp.noise == NoisePlacement::Distributed => {
-                Self::new(dp, numel, cohort, s.modulus_bits).map(Some)
-            }
+            (Some(dp), Some(s)) if dp.noise == NoisePlacement::Distributed => match dp.unit {
+                PrivacyUnit::Client => Self::new(dp, numel, cohort, s.modulus_bits).map(Some),
+                PrivacyUnit::Record => {
+                    let sensitivity = record_step_sensitivity(dp, &settings.train)?;
+                    let range = f64::from(s.clip_range);
+                    Self::with_bounds(dp, range, sensitivity, numel, cohort, s.modulus_bits).map(Some)
+                }
+            },
             (Some(dp), None) if dp.noise == NoisePlacement::Distributed => {
                 Err(PrivacyError::InvalidParameter("distributed noise needs secure aggregation"))
             }
@@ -218,6 +281,20 @@ mod tests {
         assert_eq!(round_spend(&c, &train(3)).steps, 1);
     }
 
+    /// Record unit, distributed noise: one Poisson-subsampled Gaussian step
+    /// at q per round whatever `local_epochs` says, charged alike by the
+    /// aggregator and the member.
+    #[test]
+    fn record_distributed_spends_one_step_a_round() {
+        let d = dp(PrivacyUnit::Record, NoisePlacement::Distributed);
+        for epochs in [1, 3] {
+            let want = GaussianSpend { noise_multiplier: 1.2, sampling_rate: 0.1, steps: 1 };
+            assert_eq!(round_spend(&d, &train(epochs)), want);
+            assert_eq!(member_spend(&d, &train(epochs)), want);
+            assert_eq!(dpsgd_steps(&d, &train(epochs)), 1);
+        }
+    }
+
     #[test]
     fn members_take_no_cohort_amplification() {
         let mut c = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
@@ -243,8 +320,9 @@ mod tests {
     }
 
     #[test]
-    fn record_unit_needs_local_noise() {
-        assert!(validate(&dp(PrivacyUnit::Record, NoisePlacement::Distributed)).is_err());
+    fn record_unit_needs_local_or_distributed_noise() {
+        assert!(validate(&dp(PrivacyUnit::Record, NoisePlacement::Central)).is_err());
+        assert!(validate(&dp(PrivacyUnit::Record, NoisePlacement::Distributed)).is_ok());
         assert!(validate(&dp(PrivacyUnit::Record, NoisePlacement::Local)).is_ok());
         let mut bad = dp(PrivacyUnit::Client, NoisePlacement::Central);
         bad.noise_multiplier = f64::NAN;
@@ -272,5 +350,103 @@ mod tests {
         }
         // A tiny ring cannot hold a big cohort's noise.
         assert!(DistributedPlan::new(&d, 1_000_000, 100, 12).is_err());
+    }
+
+    /// The plan as it was computed before the range and the sensitivity
+    /// were separate numbers (client unit, R = Delta = C), kept verbatim.
+    fn client_plan_before(dp: &DpSettings, dim: u64, cohort: u32, bits: u32) -> DistributedPlan {
+        let t = dp.min_contributors.min(cohort);
+        let (n, z, c) = (f64::from(cohort), dp.noise_multiplier, dp.clip_norm);
+        let half = (1u64 << (bits - 1)) as f64 - 1.0;
+        let spread = TAIL_SIGMAS * (n / f64::from(t)).sqrt() * z * 1.01;
+        let room = half - n - spread * (dim as f64).sqrt() - spread;
+        let mut gamma = c * (n + spread) / room;
+        loop {
+            let sensitivity = c / gamma + (dim as f64).sqrt();
+            let share_sigma = distributed_share_sigma(z * sensitivity, t).unwrap();
+            let max_level = (c / gamma).ceil() as i64 + 1;
+            let sum_std = (n * discrete_gaussian_variance(share_sigma)).sqrt();
+            if n * max_level as f64 + TAIL_SIGMAS * sum_std + 1.0 <= half {
+                return DistributedPlan { gamma, share_sigma, sensitivity, max_level };
+            }
+            gamma *= 1.01;
+        }
+    }
+
+    #[test]
+    fn the_client_units_plan_is_unchanged() {
+        let mut d = dp(PrivacyUnit::Client, NoisePlacement::Distributed);
+        for &(dim, n, bits, c, z) in &[
+            (530u64, 5u32, 32u32, 0.5, 1.2),
+            (1_000_000, 100, 32, 1.0, 0.8),
+            (10, 3, 20, 0.3, 4.0),
+            (31, 5, 32, 2.0, 13.0),
+        ] {
+            d.clip_norm = c;
+            d.noise_multiplier = z;
+            let before = client_plan_before(&d, dim, n, bits);
+            let now = DistributedPlan::new(&d, dim, n, bits).unwrap();
+            assert_eq!(now, before, "dim {dim}, n {n}");
+            assert_eq!(now.gamma.to_bits(), before.gamma.to_bits());
+            assert_eq!(now.share_sigma.to_bits(), before.share_sigma.to_bits());
+            let settings = RoundSettings {
+                train: train(1),
+                secagg: Some(tessera_core::SecAggSettings {
+                    threshold: n,
+                    modulus_bits: bits,
+                    clip_range: 0.25,
+                    neighbours: None,
+                }),
+                dp: Some(d.clone()),
+                eval: None,
+                stats: None,
+            };
+            assert_eq!(DistributedPlan::for_round(&settings, dim, n).unwrap(), Some(before));
+        }
+    }
+
+    /// Record unit, distributed noise: the grid holds n values of range
+    /// `clip_range`, and any t shares cover z·(lr·C/B / gamma + sqrt d).
+    #[test]
+    fn the_record_units_shares_cover_one_steps_sensitivity() {
+        let mut d = dp(PrivacyUnit::Record, NoisePlacement::Distributed);
+        d.noise_multiplier = 13.0;
+        d.clip_norm = 1.0;
+        d.min_contributors = 4;
+        let mut tr = train(1);
+        tr.learning_rate = 0.5;
+        tr.batch_size = 85;
+        let range = 0.5f32;
+        let settings = RoundSettings {
+            train: tr.clone(),
+            secagg: Some(tessera_core::SecAggSettings {
+                threshold: 4,
+                modulus_bits: 32,
+                clip_range: range,
+                neighbours: None,
+            }),
+            dp: Some(d.clone()),
+            eval: None,
+            stats: None,
+        };
+        let (dim, n) = (31u64, 5u32);
+        let p = DistributedPlan::for_round(&settings, dim, n).unwrap().unwrap();
+        let step = 0.5 * 1.0 / 85.0;
+        assert_eq!(record_step_sensitivity(&d, &tr).unwrap(), step);
+        let need = 13.0 * (step / p.gamma + (dim as f64).sqrt());
+        assert!(p.sensitivity >= step / p.gamma + (dim as f64).sqrt());
+        assert!(4.0 * discrete_gaussian_variance(p.share_sigma) >= need * need * (1.0 - 1e-12));
+        // The range sizes the grid: n clamped values and the noise fit.
+        assert!(p.max_level as f64 >= f64::from(range) / p.gamma);
+        let worst = f64::from(n) * p.max_level as f64 + TAIL_SIGMAS * p.sum_noise_std(n) / p.gamma;
+        assert!(worst < (1u64 << 31) as f64);
+        // Sized from the step's sensitivity, not the range: the noise on the
+        // sum is z·lr·C/B (plus rounding), far below z·clip_range.
+        let sum_std = p.sum_noise_std(4);
+        assert!(sum_std >= 13.0 * step && sum_std < 13.0 * step * 1.01, "{sum_std}");
+        // A step needs a positive learning rate and batch size.
+        let mut bad = settings.clone();
+        bad.train.batch_size = 0;
+        assert!(DistributedPlan::for_round(&bad, dim, n).is_err());
     }
 }

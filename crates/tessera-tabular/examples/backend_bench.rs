@@ -49,6 +49,7 @@ fn main() {
             sampling_rate: 32.0 / n,
             sampling_seed: Some(3),
             expected_batch: Some(32.0),
+            placement: tessera_core::NoisePlacement::Local,
         };
         let start = Instant::now();
         let r = t.train_round_dp(&s, &dp, &mut |_: &mut [f32]| {}, None).expect("dp training");

@@ -157,10 +157,13 @@ fn ghost_clipped_sum(
 }
 
 impl TabularTask {
-    /// One round of DP-SGD. Each of `local_epochs * ceil(1/q)` steps samples
+    /// One round of DP-SGD. Each of `local_epochs * ceil(1/q)` steps (one
+    /// under distributed noise: `dp.epochs`, `dp.steps_per_epoch`, the
+    /// accountant's count) samples
     /// every training example independently with probability q, sums the
     /// clipped per-example gradients, hands the flat sum to `noise` (which
-    /// must add i.i.d. N(0, (sigma C)^2) to every value), divides by the
+    /// must add i.i.d. N(0, (sigma C)^2) to every value under local noise,
+    /// and adds nothing under distributed noise), divides by the
     /// public expected batch size B (`dp.expected_batch`, the round's batch
     /// size; q N only for a config without one) and takes an SGD step (plus
     /// the FedProx pull, which does not touch data). `mean_loss` is not
@@ -181,9 +184,9 @@ impl TabularTask {
         let n = self.data.train.len();
         let expected_batch = dp.denominator(n);
         let mut sampler = PoissonSampler::new(dp.sampling_rate, dp.sampling_seed);
-        let steps_per_epoch = sampler.steps_per_epoch();
+        let (epochs, steps_per_epoch) = (dp.epochs(s.local_epochs), dp.steps_per_epoch());
         let (mut seen, mut steps, mut zeroed) = (0u64, 0u64, 0u64);
-        for epoch in 0..s.local_epochs {
+        for epoch in 0..epochs {
             for step in 0..steps_per_epoch {
                 let rows = sampler.sample(n);
                 let (x, y) = self.data.train.gather(&rows);
@@ -195,12 +198,12 @@ impl TabularTask {
                 seen += rows.len() as u64;
                 steps += 1;
                 if let Some(cb) = self.progress.as_mut() {
-                    cb(Progress { epoch, epochs: s.local_epochs, step: step + 1, steps_per_epoch });
+                    cb(Progress { epoch, epochs, step: step + 1, steps_per_epoch });
                 }
             }
         }
         self.trainable_params()?.check_finite().map_err(|_| LearnError::Diverged { what: "parameter" })?;
-        Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps, zeroed_gradients: zeroed, epochs: s.local_epochs })
+        Ok(TrainReport { num_examples: seen, mean_loss: 0.0, steps, zeroed_gradients: zeroed, epochs })
     }
 
     /// Noise the flat clipped sum and scale it by 1 / `expected_batch`.
@@ -243,6 +246,7 @@ mod tests {
     use crate::model::TrainablePart;
     use crate::split::SplitConfig;
     use crate::train::{ModelSpec, TabularTask};
+    use tessera_core::NoisePlacement;
     use tessera_learn::ComputeBackend;
 
     use crate::Split;
@@ -355,6 +359,7 @@ mod tests {
             sampling_rate: 0.1,
             sampling_seed: Some(seed),
             expected_batch: Some(45.0),
+            placement: NoisePlacement::Local,
         }
     }
 
@@ -434,6 +439,20 @@ mod tests {
         assert_eq!(a, b, "the step depends on the row count");
         // Two steps of lr · 1 / B each.
         assert!(a.iter().all(|d| (d - 2.0 * 0.5 / 40.0).abs() < 1e-6), "{a:?}");
+    }
+
+    /// Distributed noise: a round is one step whatever `local_epochs` and q
+    /// say (the accountant's count), so the released update is linear in
+    /// the clipped sum.
+    #[test]
+    fn distributed_noise_takes_one_step_a_round() {
+        let mut t = task(TrainablePart::All);
+        let cfg = DpSgdConfig { sampling_rate: 0.5, placement: NoisePlacement::Distributed, ..dp(1) };
+        let mut calls = 0;
+        let r = t.train_round_dp(&settings(), &cfg, &mut |_: &mut [f32]| calls += 1, None).unwrap();
+        assert_eq!((r.steps, r.epochs, calls), (1, 1, 1));
+        let local = t.train_round_dp(&settings(), &DpSgdConfig { sampling_rate: 0.5, ..dp(1) }, &mut |_| {}, None);
+        assert_eq!(local.unwrap().steps, 6, "three epochs of two steps under local noise");
     }
 
     #[test]

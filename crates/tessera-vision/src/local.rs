@@ -312,9 +312,10 @@ impl VisionModel {
             Some(dp) => {
                 let mut round = self.noise.round_for(dp, s, start.numel())?;
                 let inv_expected = round.inverse_batch(n);
-                let steps = round.sampler.steps_per_epoch();
+                // The accountant's step count (one step under distributed noise).
+                let (epochs, steps) = (round.cfg.epochs(s.local_epochs), round.cfg.steps_per_epoch());
                 let split = head.weight.len();
-                for epoch in 0..u64::from(s.local_epochs) {
+                for epoch in 0..u64::from(epochs) {
                     for _ in 0..steps {
                         let rows = round.sampler.sample(n);
                         let mut flat = vec![0.0f32; split + head.bias.len()];

@@ -171,6 +171,12 @@ impl PrivacyConfig {
         if noise == NoisePlacement::Distributed && !secure {
             return bad("privacy.noise = \"distributed\" needs secure aggregation");
         }
+        // Record unit, distributed noise: one DP-SGD step a round, so that
+        // the secure sum is one central step over the members' union. A
+        // config asking for more local epochs would not get them.
+        if self.unit == PrivacyUnit::Record && noise == NoisePlacement::Distributed && train.local_epochs != 1 {
+            return Err(PrivacyConfigError::OneStepRounds { local_epochs: train.local_epochs });
+        }
         let sampling_rate = match (self.unit, self.sampling_rate) {
             (PrivacyUnit::Record, Some(q)) => q,
             (PrivacyUnit::Record, None) => {
@@ -530,6 +536,16 @@ pub enum PrivacyConfigError {
     /// The spends already recorded cannot be composed.
     #[error("privacy ledger: {0}")]
     Ledger(PrivacyError),
+    /// Record unit with distributed noise: a round is one DP-SGD step.
+    #[error(
+        "privacy: unit = \"record\" with noise = \"distributed\" takes exactly one DP-SGD step a round \
+         (the secure sum is then one step over all members' records); set [train] local_epochs = 1, \
+         not {local_epochs}, and use rounds for steps"
+    )]
+    OneStepRounds {
+        /// The `local_epochs` the run asked for.
+        local_epochs: u32,
+    },
 }
 
 #[cfg(test)]
@@ -581,6 +597,30 @@ mod tests {
         r.sampling_rate = Some(0.1);
         r.noise = Some(NoisePlacement::Central);
         assert!(r.plan(5, &train(), true, None).is_err());
+    }
+
+    /// Record unit, distributed noise: opt-in, one Poisson-subsampled step
+    /// at q a round (the calibration composes `rounds` of them), and a run
+    /// that asks for more local epochs is refused by name.
+    #[test]
+    fn record_distributed_is_one_step_a_round() {
+        let mut r = cfg(PrivacyUnit::Record);
+        r.noise = Some(NoisePlacement::Distributed);
+        let one = TrainSettings { local_epochs: 1, ..train() };
+        let p = r.plan(40, &one, true, None).unwrap();
+        assert_eq!(p.settings.noise, NoisePlacement::Distributed);
+        assert_eq!(
+            p.spend,
+            GaussianSpend { noise_multiplier: p.settings.noise_multiplier, sampling_rate: 0.1, steps: 1 }
+        );
+        assert_eq!(tessera_privacy::member_spend(&p.settings, &one), p.spend);
+        // Calibrated on 40 steps at q = 0.1, as a 40-step central DP-SGD run.
+        let z = calibrate_noise_multiplier(2.0, 1e-5, 0.1, 40).unwrap();
+        assert_eq!(p.settings.noise_multiplier, z);
+        let err = r.plan(40, &train(), true, None).unwrap_err();
+        assert_eq!(err, PrivacyConfigError::OneStepRounds { local_epochs: 2 });
+        assert!(err.to_string().contains("local_epochs = 1"), "{err}");
+        assert!(r.plan(40, &one, false, None).unwrap_err().to_string().contains("secure aggregation"));
     }
 
     /// Calibrated for 5 rounds: exactly 5 charges fit, the 6th is refused,

@@ -12,9 +12,8 @@ use std::collections::VecDeque;
 
 use rand_core::{CryptoRng, RngCore};
 use tessera_core::{
-    AggregatorMsg, ClientMsg, DpSettings, EVAL_TENSOR, EvalMetrics, EvalRelease, ModelAssembler, ModelParams,
-    ModelPurpose, NoisePlacement, ParamTensor, PartyId, PrivacyUnit, RoundSettings, RunId, SharedList,
-    UNCLIPPED_TENSOR,
+    AggregatorMsg, ClientMsg, EvalMetrics, ModelAssembler, ModelParams, ModelPurpose, NoisePlacement, PartyId,
+    PrivacyUnit, RoundSettings, RunId, SharedList,
 };
 use tessera_privacy::{DiscreteGaussian, GaussianSpend};
 use tessera_secagg::ValueCoding;
@@ -23,6 +22,7 @@ use crate::derive;
 
 mod identity;
 mod output;
+mod privatize;
 mod refusal;
 mod secure;
 mod statistics;
@@ -36,6 +36,8 @@ pub use identity::{
 pub use output::{Event, Output};
 pub use refusal::{BudgetRefusal, CohortProblem, LocalFailure, PrivacyRefusal, Refusal, UpdateError};
 pub use statistics::StatisticsShape;
+
+use privatize::{RecordEvalNoise, append_record_evaluation, clamp_to_range, privatize_update};
 
 /// What the member's policy allows, independent of what the aggregator says.
 #[derive(Clone, Debug)]
@@ -189,14 +191,6 @@ pub struct Participant<R> {
     /// and the block stay the same (a whole run): the multiplier and the
     /// sampler's table are computed once.
     record_eval_noise: Option<RecordEvalNoise>,
-}
-
-/// The mechanism of [`append_record_evaluation`] and what it was built for.
-struct RecordEvalNoise {
-    spend: GaussianSpend,
-    weight: u64,
-    len: usize,
-    mechanism: tessera_privacy::GaussianMechanism,
 }
 
 impl<R: MemberRng> Participant<R> {
@@ -560,6 +554,10 @@ impl<R: MemberRng> Participant<R> {
         if dp.noise == NoisePlacement::Distributed && settings.secagg.is_none() {
             return Err(PrivacyRefusal::DistributedWithoutSecAgg.into());
         }
+        if dp.unit == PrivacyUnit::Record && dp.noise == NoisePlacement::Distributed {
+            // The shares are sized for one step's sensitivity, lr·C/B.
+            tessera_privacy::record_step_sensitivity(dp, &settings.train).map_err(PrivacyRefusal::Settings)?;
+        }
         if let Some(e) = &settings.eval {
             let bounded = e.max_examples >= 1
                 && e.loss_bound.is_finite()
@@ -578,7 +576,8 @@ impl<R: MemberRng> Participant<R> {
                 // Record unit: the member's own noise, and counts up to M
                 // within the secure sum's value range.
                 (PrivacyUnit::Record, Some(s)) => {
-                    dp.noise == NoisePlacement::Local && e.norm <= f64::from(s.clip_range)
+                    matches!(dp.noise, NoisePlacement::Local | NoisePlacement::Distributed)
+                        && e.norm <= f64::from(s.clip_range)
                 }
             };
             if !bounded || !fits {
@@ -707,15 +706,25 @@ impl<R: MemberRng> Participant<R> {
                 let noise = &mut self.record_eval_noise;
                 append_record_evaluation(&mut delta, dp, &r.settings.train, e, m, noise, &mut self.rng)?;
             }
-            if dp.unit == PrivacyUnit::Client {
-                let eval = r.settings.eval.as_ref().zip(r.evaluated.as_ref());
-                privatize_update(&mut delta, dp, eval, &mut self.rng)?;
-                let agreed = derive::update_coding(&r.settings, delta.numel() as u64, cohort)
-                    .map_err(PrivacyRefusal::Settings)?;
-                coding = agreed.coding;
-                if let Some(plan) = agreed.plan {
-                    share = Some(DiscreteGaussian::new(plan.share_sigma).map_err(PrivacyRefusal::Settings)?);
+            match (dp.unit, &r.settings.secagg) {
+                (PrivacyUnit::Client, _) => {
+                    let eval = r.settings.eval.as_ref().zip(r.evaluated.as_ref());
+                    privatize_update(&mut delta, dp, eval, &mut self.rng)?;
                 }
+                // Record unit, distributed noise: the one unnoised DP-SGD
+                // step, each coordinate clamped to the ring's public range
+                // (1-Lipschitz, so the sensitivity stays lr·C/B); the noise
+                // is the share below.
+                (PrivacyUnit::Record, Some(s)) if dp.noise == NoisePlacement::Distributed => {
+                    clamp_to_range(&mut delta, s.clip_range);
+                }
+                (PrivacyUnit::Record, _) => {}
+            }
+            let agreed =
+                derive::update_coding(&r.settings, delta.numel() as u64, cohort).map_err(PrivacyRefusal::Settings)?;
+            coding = agreed.coding;
+            if let Some(plan) = agreed.plan {
+                share = Some(DiscreteGaussian::new(plan.share_sigma).map_err(PrivacyRefusal::Settings)?);
             }
         }
         let body = match (&r.settings.secagg, &r.secagg) {
@@ -786,86 +795,6 @@ impl<R: MemberRng> MemberMachine for Participant<R> {
     fn statistics_done(&mut self, round: u64, result: Result<tessera_core::LocalStatistics, LocalFailure>) {
         Participant::statistics_done(self, round, result)
     }
-}
-
-/// Client-level DP on the member's side: clip the whole update to C and,
-/// for local noise, add N_Z noise of std >= z C on a fine grid to every
-/// value (`GaussianMechanism`: exact discrete Gaussian, rounding covered).
-/// Under adaptive clipping the update is clipped to this round's
-/// `update_clip` and the scaled unclipped bit is appended as one more
-/// coordinate before any noise, so the bit is privatized with the update.
-///
-/// Under private evaluation the encoded evaluation (norm at most
-/// `eval.norm`) is appended last, and the update is clipped so that the
-/// whole vector stays within `clip_norm`.
-fn privatize_update<R: RngCore + CryptoRng>(
-    delta: &mut ModelParams,
-    dp: &DpSettings,
-    eval: Option<(&EvalRelease, &EvalMetrics)>,
-    rng: &mut R,
-) -> Result<(), Refusal> {
-    let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(PrivacyRefusal::Settings(e));
-    let eval_norm = eval.map_or(0.0, |(e, _)| e.norm);
-    match &dp.adaptive {
-        None => {
-            let clip = (dp.clip_norm.powi(2) - eval_norm.powi(2)).max(0.0).sqrt();
-            tessera_privacy::clip_params_l2(delta, clip).map_err(privacy)?;
-        }
-        Some(a) => {
-            let norm = tessera_privacy::clip_params_l2(delta, a.update_clip).map_err(privacy)?;
-            let bit = if norm <= a.update_clip { 0.5 } else { -0.5 };
-            let t = ParamTensor::new(UNCLIPPED_TENSOR, vec![1], vec![(a.bit_scale * bit) as f32])
-                .map_err(UpdateError::Params)?;
-            delta.tensors.push(t);
-        }
-    }
-    if let Some((release, metrics)) = eval {
-        let values = release.encode(metrics);
-        let t = ParamTensor::new(EVAL_TENSOR, vec![values.len()], values).map_err(UpdateError::Params)?;
-        delta.tensors.push(t);
-    }
-    if dp.noise == NoisePlacement::Local {
-        // One release of the whole vector (sensitivity C), rounding covered.
-        let m = tessera_privacy::GaussianMechanism::new(dp.noise_multiplier, dp.clip_norm, delta.numel())
-            .map_err(privacy)?;
-        for t in &mut delta.tensors {
-            m.add_to(&mut t.data, rng).map_err(privacy)?;
-        }
-    }
-    Ok(())
-}
-
-/// Record-level private evaluation: the member's raw counts
-/// ([`EvalRelease::encode_records`], sensitivity one weight per record) with
-/// its own Gaussian noise at [`tessera_privacy::dominated_multiplier`] of the
-/// round's spend, appended after the DP-SGD update. The member derives the
-/// multiplier from the round's public settings itself, so an aggregator
-/// cannot talk it into less noise. `cache` keeps the mechanism while the
-/// spend and the block stay the same.
-fn append_record_evaluation<R: RngCore + CryptoRng>(
-    delta: &mut ModelParams,
-    dp: &DpSettings,
-    train: &tessera_core::TrainSettings,
-    release: &EvalRelease,
-    metrics: &EvalMetrics,
-    cache: &mut Option<RecordEvalNoise>,
-    rng: &mut R,
-) -> Result<(), Refusal> {
-    let privacy = |e: tessera_privacy::PrivacyError| Refusal::Privacy(PrivacyRefusal::Settings(e));
-    let spend = tessera_privacy::round_spend(dp, train);
-    let mut values = release.encode_records(metrics);
-    let (weight, len) = (release.record_weight(), values.len());
-    let fresh = cache.as_ref().is_some_and(|c| c.spend == spend && c.weight == weight.to_bits() && c.len == len);
-    if !fresh {
-        let z = tessera_privacy::dominated_multiplier(&spend).map_err(privacy)?;
-        let mechanism = tessera_privacy::GaussianMechanism::new(z, weight, len).map_err(privacy)?;
-        *cache = Some(RecordEvalNoise { spend, weight: weight.to_bits(), len, mechanism });
-    }
-    let m = &cache.as_ref().expect("set above").mechanism;
-    m.add_to(&mut values, rng).map_err(privacy)?;
-    let t = ParamTensor::new(EVAL_TENSOR, vec![values.len()], values).map_err(UpdateError::Params)?;
-    delta.tensors.push(t);
-    Ok(())
 }
 
 fn active<'a>(

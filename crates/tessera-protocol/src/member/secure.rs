@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use tessera_core::{Advertisement, ClientMsg, NoisePlacement, PartyId, PrivacyUnit, SharedList};
+use tessera_core::{Advertisement, ClientMsg, NoisePlacement, PartyId, SharedList};
 
 use super::{MemberRng, Output, Participant, PrivacyRefusal, Refusal, active};
 
@@ -75,8 +75,9 @@ impl<R: MemberRng> Participant<R> {
         if !r.sent || uploading {
             return Err(Refusal::Unexpected { kind });
         }
+        // Both units: the client unit's shares and the record unit's one-step
+        // shares are sized for the same `min_contributors`.
         if let Some(dp) = &r.settings.dp
-            && dp.unit == PrivacyUnit::Client
             && dp.noise == NoisePlacement::Distributed
         {
             let planned = dp.min_contributors.min(r.cohort.len() as u32);

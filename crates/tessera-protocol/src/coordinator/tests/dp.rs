@@ -2,7 +2,7 @@
 //! carries, the budget stop, the write-ahead order of the charge, and the
 //! member's own budget.
 
-use crate::member::{BudgetRefusal, PrivacyGuard};
+use crate::member::{BudgetRefusal, PrivacyGuard, PrivacyRefusal};
 use tessera_core::{DpSettings, NoisePlacement, PrivacyUnit};
 use tessera_privacy::{DistributedPlan, GaussianSpend, RdpAccountant};
 
@@ -91,6 +91,82 @@ fn members_refuse_to_reveal_below_their_noise_floor() {
         .filter(|m| matches!(m, ClientMsg::Decline { reason, .. } if reason.contains("sized for at least 5")))
         .count();
     assert_eq!(refused, 4, "every survivor declines, naming its plan");
+}
+
+/// Record unit, distributed noise: the same noise floor. The members'
+/// one-step DP-SGD updates carry no noise of their own, so a sum released
+/// with fewer survivors than the shares were sized for would hold less than
+/// z·lr·C/B; a tampered `RoundStart` (`min_contributors = 5`, 4 survivors)
+/// gets every survivor's refusal (`PrivacyRefusal::NoiseFloor`) and nothing
+/// signed or revealed, while the honest plan completes with the same
+/// dropout.
+#[test]
+fn record_distributed_members_refuse_to_reveal_below_their_noise_floor() {
+    let run = |tamper: Option<fn(&mut RoundSettings)>| {
+        let mut c = cfg(3, true);
+        c.rounds = 1;
+        c.max_round_retries = 0;
+        c.dp = Some(dp_config(PrivacyUnit::Record, Some(NoisePlacement::Distributed), 0.8));
+        let mut h = Harness::new(5, c).with_initial(zeros(40));
+        h.tamper_round_start = tamper;
+        h.kill_before.insert("m4".into(), "masked_start");
+        h.connect_all();
+        h.run(20);
+        h
+    };
+    let honest = run(None);
+    assert_eq!(honest.finished.len(), 1, "aborted: {:?}", honest.aborted);
+    assert_eq!(honest.finished[0].contributors.len(), 4);
+    assert!(honest.train_dp.iter().flatten().all(|d| d.noise == NoisePlacement::Distributed));
+
+    let h = run(Some(|s| s.dp.as_mut().unwrap().min_contributors = 5));
+    assert!(h.finished.is_empty(), "a round released below its noise floor");
+    let sent: Vec<&ClientMsg> = h.sent.values().flatten().collect();
+    assert!(sent.iter().all(|m| !matches!(m, ClientMsg::UnmaskShares { .. } | ClientMsg::SignSurvivors { .. })));
+    let floor = PrivacyRefusal::NoiseFloor { survivors: 4, planned: 5 }.to_string();
+    let refused =
+        sent.iter().filter(|m| matches!(m, ClientMsg::Decline { reason, .. } if reason.contains(&floor))).count();
+    assert_eq!(refused, 4, "every survivor declines with the noise-floor refusal");
+}
+
+/// Record unit, distributed noise, through whole rounds: each member's
+/// one-step update (here member i moves every coordinate by (i+1)/10, which
+/// the ring's range 1 leaves as it is) is summed securely, and what remains
+/// in the global model besides the mean of the updates is the sum of the 5
+/// members' shares, of the planned size, sized for z·lr·C/B (no member adds
+/// noise of its own).
+#[test]
+fn record_distributed_noise_in_the_secure_sum_has_the_planned_size() {
+    let d = 4000;
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    // A small batch makes the step's sensitivity large enough to measure.
+    c.train.batch_size = 1;
+    c.dp = Some(dp_config(PrivacyUnit::Record, Some(NoisePlacement::Distributed), 2.0));
+    let mut h = Harness::new(5, c.clone()).with_initial(zeros(d));
+    h.connect_all();
+    h.run(10);
+    assert_eq!(h.finished.len(), 1, "aborted: {:?}", h.aborted);
+    assert_eq!(h.finished[0].contributors.len(), 5);
+    let dp = h.coord.privacy_plan().unwrap().settings.clone();
+    assert_eq!((dp.unit, dp.noise), (PrivacyUnit::Record, NoisePlacement::Distributed));
+    let settings = RoundSettings {
+        train: TrainSettings { example_weight_cap: 0, ..c.train.clone() },
+        secagg: Some(SecAggSettings { threshold: 4, modulus_bits: 32, clip_range: 1.0, neighbours: None }),
+        dp: Some(DpSettings { min_contributors: 4, ..dp }),
+        eval: None,
+        stats: None,
+    };
+    let plan = DistributedPlan::for_round(&settings, d as u64, 5).unwrap().unwrap();
+    let step = tessera_privacy::record_step_sensitivity(settings.dp.as_ref().unwrap(), &settings.train).unwrap();
+    assert_eq!(step, 0.1 * 0.5 / 1.0);
+    let want = plan.sum_noise_std(5) / 5.0;
+    // Any 4 shares carry z·lr·C/B on the sum; 5 carry sqrt(5/4) of it.
+    let floor = 2.0 * step * (5.0f64 / 4.0).sqrt() / 5.0;
+    assert!(want >= floor && want < 1.01 * floor, "planned {want}, floor {floor}");
+    let (mean, std) = residual_stats(&h, 0.3);
+    assert!((std / want - 1.0).abs() < 0.08, "noise std {std}, planned {want}");
+    assert!(mean.abs() < 5.0 * want / (d as f64).sqrt(), "noise is biased: {mean}");
 }
 
 fn c_train() -> TrainSettings {
