@@ -149,6 +149,21 @@ pub(crate) fn seq_len<T: Serialize>(items: &[T]) -> Result<usize, CodecError> {
     Ok(counter.bytes_written)
 }
 
+/// SHA-256 of the bytes `items` take inside an encoded message (what
+/// [`seq_len`] counts), streamed into the hash without buffering them.
+pub(crate) fn seq_digest<T: Serialize>(items: &[T]) -> Result<[u8; 32], CodecError> {
+    struct HashWriter(sha2::Sha256);
+    impl bincode::enc::write::Writer for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            sha2::Digest::update(&mut self.0, bytes);
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(<sha2::Sha256 as sha2::Digest>::new());
+    bincode::serde::encode_into_writer(items, &mut w, config()).map_err(|e| CodecError::Unencodable(e.to_string()))?;
+    Ok(sha2::Digest::finalize(w.0).into())
+}
+
 /// Decode one frame's payload (the bytes after the header). A payload
 /// received from a transport is a [`Payload`]; see [`Payload::decode`].
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {

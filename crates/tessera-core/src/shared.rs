@@ -2,16 +2,18 @@
 //! cohort, the graph roster, the graph reveals, the survivor set), held
 //! once and shared.
 //!
-//! A real member gets its own copy off the wire; nothing changes there. In
-//! one process (the simulator), n members of a cohort of n would otherwise
-//! each decode, check and keep a copy of an O(n) list: O(n²) time and
-//! memory for the process (docs/benchmarks.md, "Protocol scale"). A
-//! [`SharedList`] is one immutable list behind an `Arc`, so the in-memory
-//! transport can hand every member the same one, and it memoizes what is
-//! computed from its contents ([`SharedList::memo`]): a check or digest is
-//! then done once per list instead of once per member, and each member
-//! still gets exactly the result it would have computed itself, because
-//! the list cannot change after it is built.
+//! In one process (the simulator, or many members over QUIC in a load
+//! test), n members of a cohort of n would otherwise each decode, check and
+//! keep a copy of an O(n) list: O(n²) time and memory for the process
+//! (docs/benchmarks.md, "Protocol scale"). A [`SharedList`] is one
+//! immutable list behind an `Arc`, so the in-memory transport can hand
+//! every member the same one, and it memoizes what is computed from its
+//! contents ([`SharedList::memo`]): a check or digest is then done once per
+//! list instead of once per member, and each member still gets exactly the
+//! result it would have computed itself, because the list cannot change
+//! after it is built. Decoding interns lists per process (`intern`): a
+//! member that decodes a list equal to one another member of the process
+//! still holds gets that same list, memo included.
 //!
 //! On the wire a `SharedList<T>` is exactly a `Vec<T>`: the codec sees a
 //! sequence either way, so the format does not change.
@@ -23,6 +25,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{CodecError, frame_len, seq_len};
 use crate::message::AggregatorMsg;
+
+mod intern;
 
 /// Memoized results kept per list, at most; a caller that asks for more
 /// distinct keys gets its result computed but not kept, so a list that
@@ -39,6 +43,12 @@ pub struct SharedList<T>(Arc<Inner<T>>);
 struct Inner<T> {
     items: Box<[T]>,
     memo: Mutex<Vec<MemoEntry>>,
+}
+
+impl<T> Inner<T> {
+    fn new(items: Vec<T>) -> Self {
+        Self { items: items.into_boxed_slice(), memo: Mutex::new(Vec::new()) }
+    }
 }
 
 impl<T> SharedList<T> {
@@ -93,7 +103,7 @@ impl<T> std::ops::Deref for SharedList<T> {
 
 impl<T> From<Vec<T>> for SharedList<T> {
     fn from(items: Vec<T>) -> Self {
-        Self(Arc::new(Inner { items: items.into_boxed_slice(), memo: Mutex::new(Vec::new()) }))
+        Self(Arc::new(Inner::new(items)))
     }
 }
 
@@ -136,9 +146,14 @@ impl<T: Serialize> Serialize for SharedList<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for SharedList<T> {
+/// A sequence, exactly as `Vec<T>` decodes, interned: equal to a list
+/// still alive in this process, it is that list (see the module docs).
+impl<'de, T> Deserialize<'de> for SharedList<T>
+where
+    T: Deserialize<'de> + Serialize + PartialEq + Send + Sync + 'static,
+{
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Vec::<T>::deserialize(deserializer).map(Self::from)
+        Vec::<T>::deserialize(deserializer).map(|items| Self(intern::intern(items)))
     }
 }
 

@@ -17,6 +17,17 @@
 //! aggregator daemon at 10,000 members"). Batches of at most one send's
 //! worth keep that buffer under 64 KiB; at a 65,000-byte MTU nothing is
 //! lost, since such a batch is split into single datagrams anyway.
+//!
+//! A member's socket caps how many datagrams one receive call takes
+//! ([`GsoCappedSocket::with_recv_batch_limit`]). quinn gives each endpoint
+//! a receive buffer of 32 slots, each as large as a GRO batch of the
+//! largest datagram (4 MiB at a 65,000-byte bound, 133 MB in all, mapped
+//! but untouched until written): every slot a receive fills stays resident
+//! for the endpoint's life, up to 32 × 64 KiB = 2 MiB once a burst of large
+//! datagrams has arrived. Harmless for one member, it is 20 GiB for 10,000
+//! members in one process (docs/benchmarks.md, "Load: the aggregator
+//! daemon at 10,000 members"); one datagram (or one GRO batch) per receive
+//! keeps it to the first slot's 64 KiB, at one system call per datagram.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -37,11 +48,21 @@ pub(crate) struct GsoCappedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     /// Most segments quinn may put in one batch (see the module docs).
     max_segments: usize,
+    /// Most datagrams (or GRO batches) one receive call may take.
+    max_recv_batch: usize,
 }
 
 impl GsoCappedSocket {
     pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
-        Self { inner, max_segments: usize::MAX }
+        Self { inner, max_segments: usize::MAX, max_recv_batch: usize::MAX }
+    }
+
+    /// Receive calls fill at most `slots` of quinn's receive slots (at
+    /// least one), so no more of its receive buffer becomes resident (see
+    /// the module docs).
+    pub(crate) fn with_recv_batch_limit(mut self, slots: usize) -> Self {
+        self.max_recv_batch = slots.max(1);
+        self
     }
 
     /// Batches of at most as many datagrams of `max_datagram` bytes as
@@ -61,7 +82,11 @@ fn batch_segments(max_datagram: usize) -> usize {
 
 impl fmt::Debug for GsoCappedSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GsoCappedSocket").field("inner", &self.inner).field("max_segments", &self.max_segments).finish()
+        f.debug_struct("GsoCappedSocket")
+            .field("inner", &self.inner)
+            .field("max_segments", &self.max_segments)
+            .field("max_recv_batch", &self.max_recv_batch)
+            .finish()
     }
 }
 
@@ -113,7 +138,8 @@ impl AsyncUdpSocket for GsoCappedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
+        let n = bufs.len().min(meta.len()).min(self.max_recv_batch);
+        self.inner.poll_recv(cx, &mut bufs[..n], &mut meta[..n])
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -162,6 +188,39 @@ mod tests {
         assert_eq!(batch_segments(0), MAX_SEND_PAYLOAD);
         for mtu in [1_200, 1_452, 9_000, 65_000] {
             assert!(batch_segments(mtu) * mtu <= MAX_SEND_PAYLOAD);
+        }
+    }
+
+    /// Datagrams one receive call takes from `socket` when three are queued
+    /// and quinn offers four slots.
+    async fn taken_per_receive(limit: Option<usize>) -> usize {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let addr = rx.local_addr().unwrap();
+        let runtime = quinn::default_runtime().unwrap();
+        let mut socket = GsoCappedSocket::new(runtime.wrap_udp_socket(rx).unwrap());
+        if let Some(l) = limit {
+            socket = socket.with_recv_batch_limit(l);
+        }
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..3u8 {
+            tx.send_to(&[i; 100], addr).unwrap();
+        }
+        let mut storage = [[0u8; 2048]; 4];
+        let mut bufs: Vec<IoSliceMut<'_>> = storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut meta = [RecvMeta::default(); 4];
+        std::future::poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta)).await.unwrap()
+    }
+
+    /// A member's socket fills one of quinn's receive slots per call, so
+    /// the rest of quinn's receive buffer is never touched.
+    #[tokio::test]
+    async fn a_recv_batch_limit_fills_one_slot_per_receive() {
+        assert_eq!(taken_per_receive(Some(1)).await, 1);
+        assert_eq!(taken_per_receive(Some(0)).await, 1, "at least one");
+        // Without the limit, Linux's recvmmsg takes all three at once.
+        if cfg!(target_os = "linux") {
+            assert_eq!(taken_per_receive(None).await, 3);
         }
     }
 }

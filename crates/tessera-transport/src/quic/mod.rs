@@ -154,6 +154,11 @@ fn endpoint(
         // One buffer per connection, as large as its largest batch: keep
         // it small on the side that holds thousands of them (`udp`).
         socket = socket.with_batch_limit(usize::from(tuning.mtu_upper_bound.max(tuning.initial_mtu)));
+    } else {
+        // A member's endpoint serves one connection: one datagram per
+        // receive call keeps all but one of quinn's 32 receive slots
+        // untouched (`udp`), which matters where one process hosts many.
+        socket = socket.with_recv_batch_limit(1);
     }
     let socket = Arc::new(socket);
     Ok(Endpoint::new_with_abstract_socket(config, server, socket, runtime)?)
