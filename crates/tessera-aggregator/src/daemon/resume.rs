@@ -25,7 +25,11 @@ pub(super) struct ResumePoint {
     pub spent: Vec<GaussianSpend>,
 }
 
-pub(super) fn resume_point(cfg: &AggregatorConfig, store: &StateStore, initial: ModelParams) -> Result<ResumePoint, DaemonError> {
+pub(super) fn resume_point(
+    cfg: &AggregatorConfig,
+    store: &StateStore,
+    initial: ModelParams,
+) -> Result<ResumePoint, DaemonError> {
     let completed_rows = store.completed_records()?.len() as u64;
     let (global, optimizer, completed) = match store.latest_checkpoint()? {
         Some(cp) => {

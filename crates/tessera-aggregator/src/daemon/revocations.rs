@@ -25,7 +25,11 @@ pub(super) fn member_revoked(list: &RevocationList, pki_dir: &Path, member: &str
 
 /// Record the list in the state database: names in `members`, certificates
 /// in `revoked_certificates`; every change is audited.
-pub(super) fn record_revocations(store: &mut StateStore, list: &RevocationList, now: i64) -> Result<(), crate::store::StoreError> {
+pub(super) fn record_revocations(
+    store: &mut StateStore,
+    list: &RevocationList,
+    now: i64,
+) -> Result<(), crate::store::StoreError> {
     let names: Vec<String> = list.names().map(String::from).collect();
     let (new, back) = store.sync_revocations(&names, now)?;
     for m in new {
