@@ -57,6 +57,22 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
     assert!(mean.abs() < 5.0 * want / (d as f64).sqrt(), "noise is biased: {mean}");
 }
 
+/// One round of five members under `dp`, m4 lost before its masked input,
+/// with the aggregator's `RoundStart` optionally tampered: the noise-floor
+/// tests' run.
+fn noise_floor_round(dp: PrivacyConfig, tamper: Option<fn(&mut RoundSettings)>) -> Harness {
+    let mut c = cfg(3, true);
+    c.rounds = 1;
+    c.max_round_retries = 0;
+    c.dp = Some(dp);
+    let mut h = Harness::new(5, c).with_initial(zeros(40));
+    h.tamper_round_start = tamper;
+    h.kill_before.insert("m4".into(), "masked_start");
+    h.connect_all();
+    h.run(20);
+    h
+}
+
 /// The noise floor (issue #18): a malicious aggregator tells the members to
 /// size their distributed-noise shares for all 5 (`min_contributors = 5`)
 /// and then unmasks with 4 survivors, which would release the sum with 4/5
@@ -66,18 +82,7 @@ fn distributed_noise_in_the_secure_sum_has_the_planned_size() {
 /// same dropout.
 #[test]
 fn members_refuse_to_reveal_below_their_noise_floor() {
-    let run = |tamper: Option<fn(&mut RoundSettings)>| {
-        let mut c = cfg(3, true);
-        c.rounds = 1;
-        c.max_round_retries = 0;
-        c.dp = Some(dp_config(PrivacyUnit::Client, None, 0.8));
-        let mut h = Harness::new(5, c).with_initial(zeros(40));
-        h.tamper_round_start = tamper;
-        h.kill_before.insert("m4".into(), "masked_start");
-        h.connect_all();
-        h.run(20);
-        h
-    };
+    let run = |tamper| noise_floor_round(dp_config(PrivacyUnit::Client, None, 0.8), tamper);
     let honest = run(None);
     assert_eq!(honest.finished.len(), 1, "aborted: {:?}", honest.aborted);
     assert_eq!(honest.finished[0].contributors.len(), 4);
@@ -102,18 +107,8 @@ fn members_refuse_to_reveal_below_their_noise_floor() {
 /// dropout.
 #[test]
 fn record_distributed_members_refuse_to_reveal_below_their_noise_floor() {
-    let run = |tamper: Option<fn(&mut RoundSettings)>| {
-        let mut c = cfg(3, true);
-        c.rounds = 1;
-        c.max_round_retries = 0;
-        c.dp = Some(dp_config(PrivacyUnit::Record, Some(NoisePlacement::Distributed), 0.8));
-        let mut h = Harness::new(5, c).with_initial(zeros(40));
-        h.tamper_round_start = tamper;
-        h.kill_before.insert("m4".into(), "masked_start");
-        h.connect_all();
-        h.run(20);
-        h
-    };
+    let run =
+        |tamper| noise_floor_round(dp_config(PrivacyUnit::Record, Some(NoisePlacement::Distributed), 0.8), tamper);
     let honest = run(None);
     assert_eq!(honest.finished.len(), 1, "aborted: {:?}", honest.aborted);
     assert_eq!(honest.finished[0].contributors.len(), 4);
