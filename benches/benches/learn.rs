@@ -34,8 +34,6 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use tessera_client::LocalModel;
 use tessera_core::{
     AugmentConfig, BackboneInit, DpSettings, ModelConfig, NoisePlacement, PrivacyUnit, TrainSettings, TrainableConfig,
@@ -190,7 +188,8 @@ fn dp_overhead(c: &mut Criterion) {
 /// The noise draws of one DP-SGD epoch alone: `steps` calls of the DP arms'
 /// `GaussianMechanism` (z = 1, C = 1) over `numel` coordinates.
 fn noise_only(g: &mut BenchmarkGroup<'_, WallTime>, id: &str, numel: usize, steps: usize) {
-    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    // The stream DP-SGD's large releases draw from (tessera-learn's dp.rs).
+    let mut rng = tessera_privacy::NoiseStream::from_key([1; 32]);
     let mut flat = vec![0.0f32; numel];
     let mechanism = tessera_privacy::GaussianMechanism::new(1.0, 1.0, numel).unwrap();
     g.bench_function(id, |b| {

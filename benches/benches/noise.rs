@@ -17,6 +17,13 @@
 //! - `convolved`: `ConvolvedGaussian::fill` (two table draws, k·Y + R) at
 //!   sigma = 2^16, what `GaussianMechanism` uses for ~1M values at z = 1,
 //!   against `rejection` at the same sigma (what it used before);
+//! - `raw_aes_ctr_u64`, `convolved_aes_ctr`: the same with words from
+//!   `NoiseStream` (AES-256-CTR through AWS-LC), the stream DP-SGD's large
+//!   releases draw from;
+//! - `mechanism_d1M/{chacha20,aes_ctr}`: `GaussianMechanism::add_to` on 1M
+//!   f32 values at z = 1, C = 1 (rounding, the two-table draw, scaling
+//!   back): one DP-SGD step's noise through unfrozen blocks, on one stream
+//!   of each kind;
 //! - `table_build`: building the table once, for the largest sigma allowed too.
 
 use std::time::Duration;
@@ -28,7 +35,7 @@ use opendp::measures::ZeroConcentratedDivergence;
 use opendp::metrics::L2Distance;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tessera_privacy::{ConvolvedGaussian, DiscreteGaussian, MAX_TABLE_SIGMA};
+use tessera_privacy::{ConvolvedGaussian, DiscreteGaussian, GaussianMechanism, MAX_TABLE_SIGMA, NoiseStream};
 
 const D: usize = 1_000_000;
 const OPENDP_D: usize = 50_000;
@@ -42,6 +49,8 @@ fn sampling(c: &mut Criterion) {
     g.throughput(Throughput::Elements(D as u64));
     let mut words = vec![0u64; D];
     g.bench_function("raw_chacha20_u64/d1M", |b| b.iter(|| words.iter_mut().for_each(|w| *w = rng.next_u64())));
+    let mut aes = NoiseStream::from_key([7; 32]);
+    g.bench_function("raw_aes_ctr_u64/d1M", |b| b.iter(|| words.iter_mut().for_each(|w| *w = aes.next_u64())));
     let mut out = vec![0i64; D];
     for sigma in SIGMAS {
         let dg = DiscreteGaussian::new(sigma).expect("sigma");
@@ -56,6 +65,21 @@ fn sampling(c: &mut Criterion) {
     let conv = ConvolvedGaussian::new(wide).expect("sigma");
     eprintln!("sigma {wide}: convolved distance <= 2^{:.1}", conv.tv_log2());
     g.bench_function(BenchmarkId::new("convolved/d1M", wide), |b| b.iter(|| conv.fill(&mut out, &mut rng)));
+    g.bench_function(BenchmarkId::new("convolved_aes_ctr/d1M", wide), |b| b.iter(|| conv.fill(&mut out, &mut aes)));
+    let mechanism = GaussianMechanism::new(1.0, 1.0, D).expect("mechanism");
+    let mut values = vec![0.0f32; D];
+    g.bench_function("mechanism_d1M/chacha20", |b| {
+        b.iter(|| {
+            values.fill(0.0);
+            mechanism.add_to(&mut values, &mut rng).expect("noise")
+        })
+    });
+    g.bench_function("mechanism_d1M/aes_ctr", |b| {
+        b.iter(|| {
+            values.fill(0.0);
+            mechanism.add_to(&mut values, &mut aes).expect("noise")
+        })
+    });
     let dg = DiscreteGaussian::new(wide).expect("sigma");
     g.bench_function(BenchmarkId::new("rejection/d1M", wide), |b| b.iter(|| dg.fill_rejection(&mut out, &mut rng)));
     g.finish();

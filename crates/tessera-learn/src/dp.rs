@@ -10,7 +10,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use tessera_core::{DpSettings, ModelParams, NoisePlacement, TrainSettings};
-use tessera_privacy::{GaussianMechanism, MechanismCache, clip_factor};
+use tessera_privacy::{GaussianMechanism, MechanismCache, NoiseStream, clip_factor};
 
 use crate::{LocalError, PoissonSampler, fedprox_step};
 
@@ -224,13 +224,15 @@ impl DpRound {
     /// checks that the sum is finite.
     ///
     /// Above [`NOISE_CHUNK`] values the draws run in parallel, a chunk of
-    /// `NOISE_CHUNK` values each, every chunk on its own ChaCha20 stream
-    /// keyed by 256 bits drawn in order from the round's: as secret and as
-    /// independent as one stream's output, and a seeded (test) run stays
-    /// reproducible whatever the thread count. One release in parts is what
-    /// `GaussianMechanism::add_to` allows. (Unfrozen EfficientNet blocks
-    /// carry ~1M values, two table draws each: one stream would make the
-    /// noise alone a large part of a non-private step.)
+    /// `NOISE_CHUNK` values each, every chunk on its own AES-256-CTR
+    /// stream ([`NoiseStream`]) keyed by 256 bits drawn in order from the
+    /// round's: as secret and as independent as one stream's output, and a
+    /// seeded (test) run stays reproducible whatever the thread count. One
+    /// release in parts is what `GaussianMechanism::add_to` allows.
+    /// (Unfrozen EfficientNet blocks carry ~1M values, two table draws
+    /// each: one stream would make the noise alone a large part of a
+    /// non-private step, and AES-NI's keystream is cheaper than ChaCha20's;
+    /// docs/benchmarks.md.)
     pub fn add_noise(&mut self, sum: &mut [f32]) -> Result<(), LocalError> {
         let Some(mechanism) = &self.mechanism else {
             if sum.iter().any(|v| !v.is_finite()) {
@@ -251,7 +253,7 @@ impl DpRound {
                 .collect();
             sum.par_chunks_mut(NOISE_CHUNK)
                 .zip(keys)
-                .try_for_each(|(chunk, key)| mechanism.add_to(chunk, &mut ChaCha20Rng::from_seed(key)))?;
+                .try_for_each(|(chunk, key)| mechanism.add_to(chunk, &mut NoiseStream::from_key(key)))?;
         }
         if sum.iter().any(|v| !v.is_finite()) {
             return Err(LocalError::Diverged("noised gradient"));

@@ -175,6 +175,12 @@ impl CdtTable {
         let u_hi = rng.next_u64();
         let j = (u_hi >> (64 - self.guide_bits)) as usize;
         let (start, end) = (self.guide[j] as usize, self.guide[j + 1] as usize);
+        if start == end {
+            // No entry's top word falls in this cell, so none equals u_hi
+            // (no tie) and `start` entries lie below it: the answer, without
+            // touching `hi` (most draws near the mode end here).
+            return start as u64;
+        }
         let mut m = start + self.hi[start..end].partition_point(|t| *t < u_hi);
         if m < self.hi.len() && self.hi[m] == u_hi {
             // Ties on the top word: compare the full 128 bits.

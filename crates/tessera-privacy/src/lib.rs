@@ -13,7 +13,8 @@
 //!   table up to [`MAX_TABLE_SIGMA`]), [`ConvolvedGaussian`] from two table
 //!   draws up to [`MAX_CONVOLVED_SIGMA`]; [`GaussianMechanism`] (kept per run
 //!   by [`MechanismCache`]) adds it to f32 values on a grid;
-//!   [`rounded_sensitivity`] is the sensitivity of values rounded on the way.
+//!   [`rounded_sensitivity`] is the sensitivity of values rounded on the way;
+//!   [`NoiseStream`] (AES-256-CTR) feeds the samplers of large releases.
 //! - Accounting: [`RdpAccountant`] composes subsampled Gaussian releases in
 //!   Rényi DP (an OpenDP zCDP cross-check runs in the tests);
 //!   [`calibrate_noise_multiplier`] inverts it; [`ZcdpAccountant`] converts
@@ -44,6 +45,7 @@ mod mechanism;
 mod noise;
 mod plan;
 mod statistics;
+mod stream;
 mod zcdp;
 
 pub use accountant::{RdpAccountant, calibrate_noise_multiplier, dominated_multiplier};
@@ -60,6 +62,7 @@ pub use distributed::{KLS21_MAX_EXCESS, kls21_rdp_excess, kls21_tau, quantized_l
 pub use mechanism::{GaussianMechanism, MechanismCache, rounded_sensitivity};
 pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
 pub use plan::{DistributedPlan, dpsgd_steps, member_spend, record_step_sensitivity, round_spend, validate};
+pub use stream::NoiseStream;
 pub use statistics::{StatisticsPart, StatisticsPrivacy, statistics_privacy, statistics_spend};
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 

@@ -47,16 +47,13 @@ enum Sampler {
 
 /// `y.round()` for |y| < 2^52 without the libm call `f64::round` becomes on
 /// baseline x86-64: truncate, then correct by the (exact) fractional part.
+/// Branch-free: under noise the fractional part is random, and a branch on
+/// it would be mispredicted often.
+#[inline]
 fn round_half_away(y: f64) -> i64 {
     let t = y as i64;
     let frac = y - t as f64;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
-    } else {
-        t
-    }
+    t + i64::from(frac >= 0.5) - i64::from(frac <= -0.5)
 }
 
 /// L2 sensitivity of a sum after each contribution was rounded coordinate by
