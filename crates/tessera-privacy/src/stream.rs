@@ -19,6 +19,7 @@
 
 use aws_lc_rs::cipher::{AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use rand_core::{CryptoRng, CryptoRngCore, RngCore};
+use zeroize::Zeroize;
 
 /// Keystream generated per refill: 4 KiB, 256 AES blocks (L1-resident).
 const BUFFER_BYTES: usize = 4096;
@@ -56,7 +57,7 @@ impl NoiseStream {
         let mut key = [0u8; 32];
         rng.fill_bytes(&mut key);
         let stream = Self::from_key(key);
-        key.fill(0);
+        key.zeroize();
         stream
     }
 
@@ -114,11 +115,7 @@ impl CryptoRng for NoiseStream {}
 
 impl Drop for NoiseStream {
     fn drop(&mut self) {
-        // A volatile write per byte so the zeroing is not optimized away.
-        for b in self.buffer.iter_mut() {
-            // SAFETY: `b` is a valid, aligned, exclusive reference.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        self.buffer.zeroize();
     }
 }
 
