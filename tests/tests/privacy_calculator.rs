@@ -59,6 +59,24 @@ fn record_level_dp_sgd_matches_tf_privacy() {
     assert_eq!(figure(&text, "affordable rounds:"), 15.0, "{text}");
 }
 
+/// Record unit with distributed noise (simulations/hospitals-wdbc-eps1.toml:
+/// q = 0.5, 40 rounds, epsilon 1): one DP-SGD step a round, as the ledgers
+/// charge it, where local noise takes ceil(1/q) = 2 steps a round.
+#[test]
+fn record_level_distributed_noise_is_one_step_a_round() {
+    let args = ["--unit", "record", "--noise", "distributed", "--sampling-rate", "0.5", "--epsilon", "1", "--rounds", "40"];
+    let text = stdout_ok(&args);
+    assert!(text.contains("steps per round:   1\n"), "{text}");
+    assert!(text.contains("after 40 rounds (40 Gaussian releases)"), "{text}");
+    let distributed = figure(&text, "noise multiplier:");
+    assert!((figure(&text, "RDP accountant (the ledger's figure):") - 1.0).abs() < 1e-3, "{text}");
+    // The scenario's own calibration (docs/privacy.md): z = 12.96.
+    assert!((distributed - 12.96).abs() < 0.01, "{distributed}\n{text}");
+    let local = stdout_ok(&["--unit", "record", "--sampling-rate", "0.5", "--epsilon", "1", "--rounds", "40"]);
+    assert!(local.contains("steps per round:   2\n"), "{local}");
+    assert!(figure(&local, "noise multiplier:") > distributed * 1.3, "{local}");
+}
+
 #[test]
 fn unsampled_gaussian_rdp_and_zcdp_agree() {
     // dp_accounting rdp_privacy_accountant_test.py (test_compute_epsilon_delta_gaussian):
@@ -90,6 +108,14 @@ fn bad_input_gets_a_clear_error() {
             "--delta = 2",
         ),
         (&["--unit", "person", "--sampling-rate", "1"][..], "person"),
+        (
+            &["--unit", "record", "--noise", "distributed", "--local-epochs", "2", "--sampling-rate", "0.5", "--epsilon", "1", "--rounds", "40"][..],
+            "--local-epochs = 2 is out of range: exactly 1 under --noise distributed",
+        ),
+        (
+            &["--unit", "record", "--noise", "central", "--sampling-rate", "0.5", "--epsilon", "1", "--rounds", "40"][..],
+            "--noise central with --unit record",
+        ),
     ] {
         let out = privacy(args);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -103,7 +103,13 @@ struct PrivacyArgs {
     /// Rounds the run will take.
     #[arg(long)]
     rounds: Option<u64>,
-    /// Record unit: local epochs per round (steps per round = epochs · ceil(1/q)).
+    /// Who adds the noise: `local` (each DP-SGD step at the member),
+    /// `distributed` (shares inside the secure sum; record unit: one step a
+    /// round) or `central` (client unit only).
+    #[arg(long, value_enum, default_value_t = NoiseArg::Local)]
+    noise: NoiseArg,
+    /// Record unit: local epochs per round (steps per round = epochs ·
+    /// ceil(1/q) under local noise; exactly 1 under distributed noise).
     #[arg(long, default_value_t = 1)]
     local_epochs: u64,
     /// Gaussian releases per round, overriding the unit's default.
@@ -120,24 +126,37 @@ enum UnitArg {
     Client,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NoiseArg {
+    Local,
+    Distributed,
+    Central,
+}
+
 impl PrivacyArgs {
-    fn query(&self) -> tessera_privacy::CalculatorQuery {
-        let (unit, default_steps) = match self.unit {
-            UnitArg::Record => {
-                let per_epoch = if self.sampling_rate > 0.0 { (1.0 / self.sampling_rate).ceil() as u64 } else { 1 };
-                (tessera_core::PrivacyUnit::Record, self.local_epochs.saturating_mul(per_epoch))
-            }
-            UnitArg::Client => (tessera_core::PrivacyUnit::Client, 1),
+    fn query(&self) -> Result<tessera_privacy::CalculatorQuery, tessera_privacy::CalculatorError> {
+        let unit = match self.unit {
+            UnitArg::Record => tessera_core::PrivacyUnit::Record,
+            UnitArg::Client => tessera_core::PrivacyUnit::Client,
         };
-        tessera_privacy::CalculatorQuery {
+        let noise = match self.noise {
+            NoiseArg::Local => tessera_core::NoisePlacement::Local,
+            NoiseArg::Distributed => tessera_core::NoisePlacement::Distributed,
+            NoiseArg::Central => tessera_core::NoisePlacement::Central,
+        };
+        let steps_per_round = match self.steps_per_round {
+            Some(steps) => steps,
+            None => tessera_privacy::releases_per_round(unit, noise, self.sampling_rate, self.local_epochs)?,
+        };
+        Ok(tessera_privacy::CalculatorQuery {
             unit,
             sampling_rate: self.sampling_rate,
-            steps_per_round: self.steps_per_round.unwrap_or(default_steps),
+            steps_per_round,
             noise_multiplier: self.noise_multiplier,
             target_epsilon: self.epsilon,
             rounds: self.rounds,
             delta: self.delta,
-        }
+        })
     }
 }
 
@@ -274,7 +293,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Statistics { config } => serve(&config, true),
         Command::Pki { command } => pki(command),
         Command::Privacy(args) => {
-            print!("{}", tessera_privacy::privacy_calculator(&args.query())?);
+            print!("{}", tessera_privacy::privacy_calculator(&args.query()?)?);
             Ok(())
         }
         Command::Status { state, json } => status(&state, json),

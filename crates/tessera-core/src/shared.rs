@@ -69,6 +69,19 @@ impl<T> SharedList<T> {
     /// gets the first result. The memo is locked while `compute` runs:
     /// concurrent callers wait for the one result rather than repeat the
     /// work, and `compute` must not call `memo` on this same list.
+    ///
+    /// The memo is shared by every member of a process. Decoding interns
+    /// lists (`shared/intern.rs`), so members that decoded equal lists hold
+    /// one list and read the first caller's result. That is safe because a
+    /// result is a function of `key` and the items alone, both of which
+    /// every caller supplies itself: it gets exactly what it would have
+    /// computed. So nothing private to one member (its secrets, its view of
+    /// the round) may be an input of `compute` unless it is in `key`, and
+    /// results must not be mutated through interior mutability. An
+    /// aggregator that equivocates, sending members different lists,
+    /// makes different lists (items are compared in full before interning)
+    /// and so different memos; it cannot make one member's check stand in
+    /// for another's on different data.
     pub fn memo<V: Any + Send + Sync>(&self, key: [u8; 32], compute: impl FnOnce(&[T]) -> V) -> Arc<V> {
         let mut memo = self.0.memo.lock().unwrap_or_else(PoisonError::into_inner);
         let ty = TypeId::of::<V>();

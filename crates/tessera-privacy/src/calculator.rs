@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use tessera_core::PrivacyUnit;
+use tessera_core::{NoisePlacement, PrivacyUnit};
 
 use crate::accountant::epsilon_from_rdp;
 use crate::{PrivacyError, RdpAccountant, ZcdpAccountant, calibrate_noise_multiplier};
@@ -58,6 +58,41 @@ pub struct CalculatorReport {
     pub affordable_rounds: Option<u64>,
 }
 
+/// Gaussian releases per round that a run with these settings composes on
+/// its ledgers (the count [`crate::dpsgd_steps`] gives the trainers):
+/// - record unit, local noise: `local_epochs · ceil(1/q)` DP-SGD steps;
+/// - record unit, distributed noise: exactly one step a round, so
+///   `local_epochs` must be 1 (the coordinator refuses anything else);
+/// - record unit, central noise: refused, as the coordinator refuses it;
+/// - client unit: one release a round, whatever the placement.
+pub fn releases_per_round(
+    unit: PrivacyUnit,
+    noise: NoisePlacement,
+    sampling_rate: f64,
+    local_epochs: u64,
+) -> Result<u64, CalculatorError> {
+    check("--sampling-rate", sampling_rate, sampling_rate > 0.0 && sampling_rate <= 1.0, "0 < q <= 1")?;
+    check("--local-epochs", local_epochs as f64, local_epochs > 0, "at least 1")?;
+    match (unit, noise) {
+        (PrivacyUnit::Client, _) => Ok(1),
+        (PrivacyUnit::Record, NoisePlacement::Local) => {
+            Ok(local_epochs.saturating_mul((1.0 / sampling_rate).ceil() as u64))
+        }
+        (PrivacyUnit::Record, NoisePlacement::Distributed) => {
+            check(
+                "--local-epochs",
+                local_epochs as f64,
+                local_epochs == 1,
+                "exactly 1 under --noise distributed (one DP-SGD step a round)",
+            )?;
+            Ok(1)
+        }
+        (PrivacyUnit::Record, NoisePlacement::Central) => Err(CalculatorError::Unsupported(
+            "--noise central with --unit record: a member's DP-SGD steps are noised at the member (local) or inside the secure sum (distributed), never by the aggregator",
+        )),
+    }
+}
+
 /// Why a query cannot be answered; each names the option at fault.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum CalculatorError {
@@ -77,6 +112,9 @@ pub enum CalculatorError {
         /// What it must satisfy.
         rule: &'static str,
     },
+    /// A combination of settings no run accepts.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The accountants refused (e.g. no noise multiplier reaches the target).
     #[error(transparent)]
     Privacy(#[from] PrivacyError),
@@ -244,6 +282,45 @@ mod tests {
             privacy_calculator(&CalculatorQuery { target_epsilon: Some(eps * 1.0001), rounds: None, ..query() })
                 .unwrap();
         assert_eq!(rounds.affordable_rounds, Some(15));
+    }
+
+    /// The step count per round is the trainers' (`dpsgd_steps`) for every
+    /// unit and placement a run accepts, and the others are refused.
+    #[test]
+    fn releases_per_round_follow_the_unit_and_the_placement() {
+        use NoisePlacement::*;
+        use PrivacyUnit::*;
+        assert_eq!(releases_per_round(Record, Local, 0.1, 2).unwrap(), 20);
+        assert_eq!(releases_per_round(Record, Local, 0.3, 1).unwrap(), 4);
+        assert_eq!(releases_per_round(Record, Distributed, 0.5, 1).unwrap(), 1);
+        assert_eq!(releases_per_round(Client, Central, 0.5, 5).unwrap(), 1);
+        let e = releases_per_round(Record, Distributed, 0.5, 2).unwrap_err().to_string();
+        assert!(e.contains("--local-epochs") && e.contains("distributed"), "{e}");
+        assert!(matches!(releases_per_round(Record, Central, 0.5, 1), Err(CalculatorError::Unsupported(_))));
+        assert!(releases_per_round(Record, Local, 0.0, 1).unwrap_err().to_string().contains("--sampling-rate"));
+        // The same counts as the trainers'.
+        let mut dp = tessera_core::DpSettings {
+            unit: Record,
+            noise: Local,
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            sampling_rate: 0.1,
+            min_contributors: 3,
+            delta: 1e-5,
+            adaptive: None,
+        };
+        let train = tessera_core::TrainSettings {
+            local_epochs: 2,
+            batch_size: 32,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 0,
+            example_weight_cap: 0,
+        };
+        assert_eq!(crate::dpsgd_steps(&dp, &train), releases_per_round(Record, Local, 0.1, 2).unwrap());
+        dp.noise = Distributed;
+        let train = tessera_core::TrainSettings { local_epochs: 1, ..train };
+        assert_eq!(crate::dpsgd_steps(&dp, &train), releases_per_round(Record, Distributed, 0.1, 1).unwrap());
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub use accountant::{RdpAccountant, calibrate_noise_multiplier, dominated_multip
 pub use budget::{
     FileLedgerStore, GaussianSpend, LedgerEntry, LedgerError, LedgerStore, PrivacyBudget, PrivacyLedger, Reservation,
 };
-pub use calculator::{CalculatorError, CalculatorQuery, CalculatorReport, privacy_calculator};
+pub use calculator::{CalculatorError, CalculatorQuery, CalculatorReport, privacy_calculator, releases_per_round};
 pub use clip::{
     AdaptiveClip, CLIP_SAFETY, adaptive_release, clip_factor, clip_factors, clip_l2, clip_params_l2,
     noisy_unclipped_count, split_noise_multiplier,
