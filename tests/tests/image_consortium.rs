@@ -145,9 +145,10 @@ fn three_image_daemons_train_a_shared_head_over_quic() {
     // rounds 1..5: pretrained 0.67 -> 0.69, random backbone 0.43 -> 0.48.
     let bar = if pretrained { 0.6 } else { 0.3 };
     assert!(last >= bar, "accuracy {first} -> {last} (bar {bar})");
-    // `export` writes the trained exchanged tensors (the head): exactly the
-    // run's final model, in PyTorch's layout (a linear weight `[out, in]`,
-    // burn's `[in, out]` transposed).
+    // `export` writes the whole network: the trained exchanged tensors (the
+    // head), exactly the run's final model, in PyTorch's layout (a linear
+    // weight `[out, in]`, burn's `[in, out]` transposed), and the backbone
+    // every member built (scripts/export_forward.py runs the file alone).
     let out = dir.join("head.safetensors");
     let st = std::process::Command::new(&*BIN)
         .args(["export", "--format", "safetensors", "--state"])
@@ -160,7 +161,8 @@ fn three_image_daemons_train_a_shared_head_over_quic() {
     let exported = tessera_aggregator::read_safetensors(&std::fs::read(&out).unwrap()).unwrap();
     let model: tessera_core::ModelParams =
         serde_json::from_slice(&std::fs::read(dir.join("out/model.json")).unwrap()).unwrap();
-    assert_eq!(exported.len(), model.tensors.len());
+    assert!(exported.len() > model.tensors.len(), "the backbone is in the file too");
+    assert!(exported.iter().any(|e| e.name == "backbone.conv_stem.weight" && e.shape == vec![32, 3, 3, 3]));
     for t in &model.tensors {
         let e = exported.iter().find(|e| e.name == t.name).unwrap_or_else(|| panic!("{} not exported", t.name));
         match t.shape[..] {

@@ -11,11 +11,15 @@
 //! `torch.nn.Sequential(Linear, ReLU, ..., Linear)`: layer `i` is
 //! `"{2i}.weight"` (`[out_features, in_features]`) and `"{2i}.bias"`, so
 //! `model.load_state_dict(safetensors.torch.load_file(path))` works as is.
-//! An image network is exported as its trained part under module paths
-//! (`head.weight`, `backbone.blocks.15.project_conv.weight`), in PyTorch's
-//! layout too (`tessera_vision::pytorch_tensors`: linear weights `[out,
-//! in]`, LoRA adapters merged into their convolutions).
-//! The file's metadata names the architecture and the run it came from.
+//! An image network is exported whole under module paths (`head.weight`,
+//! `backbone.blocks.15.project_conv.weight`, `backbone.bn1.running_mean`),
+//! in PyTorch's layout too (`tessera_vision::pytorch_model`: linear weights
+//! `[out, in]`, LoRA adapters merged into their convolutions), so the file
+//! alone is the model.
+//! The file's metadata names the architecture and the run it came from;
+//! for EfficientNet-Lite0, `tessera.network` describes the network as JSON
+//! (`tessera_vision::network_metadata`), from which
+//! `scripts/export_forward.py` runs it with numpy alone.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -129,12 +133,12 @@ pub fn full_model(cfg: &ModelConfig, trained: &ModelParams) -> Result<(Vec<Expor
     Ok((out, format!("Sequential({})", arch.join(", ReLU(), "))))
 }
 
-/// The trained part of an image network in PyTorch's layout, with its description.
+/// The whole image network in PyTorch's layout, with its description.
 pub fn vision_model(
     cfg: &VisionModelConfig,
     trained: &ModelParams,
 ) -> Result<(Vec<ExportTensor>, String), ExportError> {
-    let (params, what) = tessera_vision::pytorch_tensors(cfg, trained, &DEFAULT_BACKEND.device())?;
+    let (params, what) = tessera_vision::pytorch_model(cfg, trained, &DEFAULT_BACKEND.device())?;
     let tensors = params.tensors.into_iter().map(|t| ExportTensor { name: t.name, shape: t.shape, data: t.data });
     Ok((tensors.collect(), what))
 }
@@ -191,7 +195,7 @@ pub fn export_safetensors(store: &StateStore, out: &Path) -> Result<ExportReport
         // what the federation trained is the exchanged part (adapters merged).
         ModelSection::Vision(m) => vision_model(m, &cp.model)?,
     };
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("tessera.architecture".to_string(), architecture.clone()),
         (
@@ -204,6 +208,11 @@ pub fn export_safetensors(store: &StateStore, out: &Path) -> Result<ExportReport
         ("tessera.completed_rounds".to_string(), cp.completed.to_string()),
         ("tessera.trained_sha256".to_string(), cp.model_sha256.clone()),
     ]);
+    if let ModelSection::Vision(m) = &model_cfg
+        && let Some(network) = tessera_vision::network_metadata(m)
+    {
+        metadata.insert("tessera.network".to_string(), network);
+    }
     write_safetensors(out, &tensors, metadata)?;
     Ok(ExportReport { tensors, completed_rounds: cp.completed, model_sha256: cp.model_sha256, architecture })
 }
@@ -311,6 +320,115 @@ mod tests {
         }
         loss /= data.len() as f64;
         assert!((loss - want.loss).abs() < 1e-4, "file's forward: loss {loss}, the model's {}", want.loss);
+    }
+
+    /// The logits `scripts/export_forward.py` computes with numpy from
+    /// `file` and its metadata alone, for `input` of `shape`. `None`, said
+    /// on stderr, where python3 with numpy and safetensors is missing,
+    /// except under CI (`CI` set), whose `.ci/run` installs them.
+    fn python_logits(file: &Path, input: &[f32], shape: &[usize]) -> Option<Vec<f32>> {
+        use std::process::Command;
+        let probe = Command::new("python3").args(["-c", "import numpy, safetensors"]).output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs python3 with numpy and safetensors (.ci/run installs them)"
+            );
+            eprintln!("SKIPPED the numpy check: python3 with numpy and safetensors is not installed");
+            return None;
+        }
+        let dir = file.parent().unwrap();
+        let (inputs, out) = (dir.join("input.f32"), dir.join("logits.f32"));
+        std::fs::write(&inputs, input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/export_forward.py");
+        let shape = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+        let run = Command::new("python3").arg(&script).arg(file).arg(&inputs).arg(&shape).arg(&out).output().unwrap();
+        assert!(run.status.success(), "export_forward.py: {}", String::from_utf8_lossy(&run.stderr));
+        let bytes = std::fs::read(&out).unwrap();
+        Some(bytes.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: logit count");
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("{what}: max |numpy - Rust| = {diff:e} (logit scale {scale})");
+        assert!(diff <= 1e-4 * scale, "{what}: numpy's logits differ from the model's by {diff} (scale {scale})");
+    }
+
+    /// A tabular export (LoRA merged) run as `torch.nn.Sequential` would run
+    /// it, by numpy from the file and its `tessera.architecture` alone,
+    /// gives the Rust model's logits.
+    #[test]
+    fn exported_tabular_model_reproduces_the_models_logits_in_numpy() {
+        let c = ModelConfig {
+            hidden: vec![8],
+            num_features: 30,
+            num_classes: 2,
+            trainable: TrainableConfig::Lora { rank: 2, alpha: 4.0 },
+            init_seed: 5,
+            pretrained: None,
+        };
+        let initial = tessera_tabular::initial_trainable_params(&c).unwrap();
+        let tensors = initial.tensors.iter().map(|t| {
+            let data = t.data.iter().enumerate().map(|(k, v)| v + 0.05 * ((k % 5) as f32 - 2.0)).collect();
+            ParamTensor::new(t.name.clone(), t.shape.clone(), data).unwrap()
+        });
+        let trained = ModelParams::new(tensors.collect());
+        let mut model = tessera_tabular::configured_mlp(&c, &DEFAULT_BACKEND.training_device()).unwrap();
+        let slots = model.trainable_slots(&tessera_tabular::mlp_config(&c).trainable);
+        tessera_tabular::import_slots(&mut model, &slots, &trained).unwrap();
+        let rows: Vec<f32> = (0..4 * 30).map(|i| ((i * 37) % 21) as f32 / 10.0 - 1.0).collect();
+        let want = model.logits(&rows, 30).unwrap();
+
+        let (exported, arch) = full_model(&c, &trained).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tabular.safetensors");
+        write_safetensors(&p, &exported, HashMap::from([("tessera.architecture".to_string(), arch)])).unwrap();
+        let Some(got) = python_logits(&p, &rows, &[4, 30]) else { return };
+        assert_close(&got, &want, "tabular");
+    }
+
+    /// An image export is the whole network (backbone, batch-norm running
+    /// statistics, the trained last block and head) in PyTorch's layout;
+    /// numpy, building EfficientNet-Lite0 from the file's `tessera.network`
+    /// metadata alone, reproduces the model's logits on shipped
+    /// Fashion-MNIST test images. With the pretrained checkpoint when
+    /// scripts/fetch-weights.sh has run (CI), else the seeded backbone.
+    #[test]
+    fn exported_image_network_reproduces_the_models_logits_in_numpy() {
+        use tessera_core::BackboneInit;
+        use tessera_vision::VisionNet;
+        let cfg = VisionModelConfig {
+            backbone: BackboneInit::PretrainedIfPresent,
+            trainable_blocks: 1,
+            ..VisionModelConfig::efficientnet_head(10, 32)
+        };
+        let device = DEFAULT_BACKEND.device();
+        let net = VisionNet::build(&cfg, &device).unwrap();
+        let mut trained = net.trainable_params().unwrap();
+        for t in &mut trained.tensors {
+            t.data.iter_mut().enumerate().for_each(|(k, v)| *v += 0.01 * ((k % 7) as f32 - 3.0));
+        }
+        let VisionNet::Transfer(model) = net.with_trainable_params(&trained).unwrap() else { unreachable!() };
+        let fashion = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist");
+        let data = tessera_vision::load_fashion_mnist(&fashion, "t10k").unwrap().stratified_sample(1, 5).unwrap();
+        let x = tessera_vision::preprocess(&cfg).batch(&data, &[0, 1, 2, 3], &device).unwrap();
+        let input = x.clone().into_data().try_into_vec::<f32>().unwrap();
+        let want = model.forward(x).into_data().try_into_vec::<f32>().unwrap();
+
+        let (tensors, what) = vision_model(&cfg, &trained).unwrap();
+        assert!(what.contains("the whole network"), "{what}");
+        let values: usize = tensors.iter().map(|t| t.data.len()).sum();
+        assert!(values > 3_000_000, "{values} values: not the whole network (the trunk alone is 3.4M)");
+        let head = tensors.iter().find(|t| t.name == "head.weight").unwrap();
+        assert_eq!(head.shape, vec![10, tessera_vision::FEATURE_DIM], "torch.nn.Linear layout");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("image.safetensors");
+        let network = tessera_vision::network_metadata(&cfg).unwrap();
+        write_safetensors(&p, &tensors, HashMap::from([("tessera.network".to_string(), network)])).unwrap();
+        let Some(got) = python_logits(&p, &input, &[4, 3, 32, 32]) else { return };
+        assert_close(&got, &want, "EfficientNet-Lite0");
     }
 
     #[test]

@@ -312,6 +312,17 @@ impl TabularMlp {
         self.forward_traced(x, &[]).0
     }
 
+    /// The logits of `rows` (row-major, `num_features` values each, encoded
+    /// by the schema), for checking an exported copy against the model.
+    pub fn logits(&self, rows: &[f32], num_features: usize) -> Result<Vec<f32>, LearnError> {
+        if num_features == 0 || rows.len() % num_features != 0 {
+            return Err(LearnError::Config("rows must be whole multiples of num_features".into()));
+        }
+        let device = self.head.weight.val().device();
+        let x = tensor2(rows.to_vec(), rows.len() / num_features, num_features, &device);
+        self.forward(x).into_data().try_into_vec::<f32>().map_err(|e| LearnError::Config(format!("{e:?}")))
+    }
+
     /// Read a tensor as its wire form.
     pub fn read_slot(&self, layer: usize, field: Field) -> Result<ParamTensor, LearnError> {
         let p = self.param(layer, field).ok_or_else(|| LearnError::Config("no such tensor".into()))?;

@@ -23,11 +23,11 @@ pub const NUM_BLOCKS: usize = 16;
 /// Classes of the ImageNet classifier shipped with the pretrained weights.
 const IMAGENET_CLASSES: usize = 1000;
 /// TensorFlow's batch-norm epsilon, kept by the PyTorch port.
-const BN_EPS: f64 = 1e-3;
+pub(crate) const BN_EPS: f64 = 1e-3;
 
 /// One stage of the standard EfficientNet-B0 layout: (repeats, kernel,
 /// stride of the first block, expand ratio, input channels, output channels).
-const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+pub(crate) const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),

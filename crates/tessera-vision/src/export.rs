@@ -12,6 +12,7 @@
 use burn::tensor::Device;
 use tessera_core::{ModelParams, ParamTensor, VisionArchitecture, VisionModelConfig};
 
+use crate::efficientnet::{BN_EPS, FEATURE_DIM, STAGES};
 use crate::error::{Result, VisionError};
 use crate::lora::adapted_convs;
 use crate::params::collect_params;
@@ -57,6 +58,64 @@ pub fn pytorch_tensors(
         (VisionArchitecture::SmallCnn, _) => (trained.clone(), format!("SmallCnn, {} classes", cfg.num_classes)),
     };
     Ok((ModelParams::new(tensors.tensors.into_iter().map(to_pytorch).collect()), what))
+}
+
+/// The whole network in PyTorch's layout, so the file alone is the model:
+/// for EfficientNet-Lite0 every tensor (the backbone's, batch-norm running
+/// statistics included, with the trained part and merged LoRA adapters in
+/// place, and the head), under module paths (`backbone.blocks.3.bn1.gamma`,
+/// `head.weight`), with the network's description for
+/// [`network_metadata`]; the small CNN's trained part is already all of it.
+/// Builds the network (the backbone file must be there when the run used
+/// a pretrained one), as every member does.
+pub fn pytorch_model(cfg: &VisionModelConfig, trained: &ModelParams, device: &Device) -> Result<(ModelParams, String)> {
+    match cfg.kind {
+        VisionArchitecture::EfficientnetLite0 => {
+            let net = VisionNet::build(cfg, device)?.with_trainable_params(trained)?;
+            let VisionNet::Transfer(model) = net else {
+                return Err(VisionError::InvalidConfig("EfficientNet-Lite0 builds a transfer model".into()));
+            };
+            let merged = model.merged();
+            let all = collect_params(&merged, &|_| true)?;
+            let adapters = match cfg.lora {
+                Some(l) => format!(" (LoRA adapters, rank {} alpha {}, merged into their convolutions)", l.rank, l.alpha),
+                None => String::new(),
+            };
+            let what = format!(
+                "EfficientNet-Lite0, {} classes, the whole network: the trained part (head and the last {} \
+                 blocks{adapters}) and the backbone's other tensors (the pretrained checkpoint, or the seeded \
+                 random one)",
+                cfg.num_classes, cfg.trainable_blocks
+            );
+            Ok((ModelParams::new(all.tensors.into_iter().map(to_pytorch).collect()), what))
+        }
+        VisionArchitecture::SmallCnn => pytorch_tensors(cfg, trained, device),
+    }
+}
+
+/// What a reader needs to run the exported network without Tessera, as
+/// JSON for the file's metadata (`scripts/export_forward.py` builds the
+/// forward pass from it): for EfficientNet-Lite0 the stages (repeats,
+/// kernel, first stride, expansion, channels in and out), batch norm's
+/// epsilon, ReLU6, TensorFlow-style SAME padding (the extra row and column
+/// at the bottom and right), global mean pooling and the linear head.
+/// `None` for the small CNN.
+pub fn network_metadata(cfg: &VisionModelConfig) -> Option<String> {
+    match cfg.kind {
+        VisionArchitecture::EfficientnetLite0 => {
+            let stages: Vec<String> = STAGES.iter().map(|s| format!("[{},{},{},{},{},{}]", s.0, s.1, s.2, s.3, s.4, s.5)).collect();
+            Some(format!(
+                "{{\"kind\":\"efficientnet_lite0\",\"stem\":[3,32,3,2],\"stages\":[{}],\"head_conv\":[320,{FEATURE_DIM}],\
+                 \"bn_eps\":{BN_EPS},\"activation\":\"relu6\",\"padding\":\"tf_same\",\"pool\":\"mean\",\
+                 \"num_classes\":{},\"input\":\"[n, 3, {}, {}], preprocessed as the run's [model] section says\"}}",
+                stages.join(","),
+                cfg.num_classes,
+                cfg.image_size,
+                cfg.image_size
+            ))
+        }
+        VisionArchitecture::SmallCnn => None,
+    }
 }
 
 /// A burn `[in, out]` linear weight becomes `[out, in]`; other ranks are

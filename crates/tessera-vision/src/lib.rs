@@ -29,8 +29,9 @@
 //!
 //! The trainable part of a model converts to and from
 //! [`tessera_core::ModelParams`] under stable, module-path names;
-//! [`pytorch_tensors`] gives it in PyTorch's layout (LoRA adapters merged)
-//! for export. What every
+//! [`pytorch_tensors`] gives it in PyTorch's layout (LoRA adapters merged);
+//! [`pytorch_model`] gives the whole network, described by
+//! [`network_metadata`], for export. What every
 //! model shares (backend, settings checks, the Poisson sampler, DP-SGD's
 //! configuration, noise and loop) comes from `tessera-learn`.
 //!
@@ -71,7 +72,7 @@ pub use cnn::SmallCnn;
 pub use dataset::{ImageDataset, Normalization, Preprocess};
 pub use efficientnet::{EfficientNetLite0, FEATURE_DIM, ImagenetClassifier, NUM_BLOCKS};
 pub use error::VisionError;
-pub use export::pytorch_tensors;
+pub use export::{network_metadata, pytorch_model, pytorch_tensors};
 pub use folded::FoldedEfficientNet;
 pub use folder::{FolderOptions, load_image, load_image_folder};
 pub use frozen::{FeatureExtractor, FrozenEfficientNet};
