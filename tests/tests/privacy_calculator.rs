@@ -64,7 +64,8 @@ fn record_level_dp_sgd_matches_tf_privacy() {
 /// charge it, where local noise takes ceil(1/q) = 2 steps a round.
 #[test]
 fn record_level_distributed_noise_is_one_step_a_round() {
-    let args = ["--unit", "record", "--noise", "distributed", "--sampling-rate", "0.5", "--epsilon", "1", "--rounds", "40"];
+    let args =
+        ["--unit", "record", "--noise", "distributed", "--sampling-rate", "0.5", "--epsilon", "1", "--rounds", "40"];
     let text = stdout_ok(&args);
     assert!(text.contains("steps per round:   1\n"), "{text}");
     assert!(text.contains("after 40 rounds (40 Gaussian releases)"), "{text}");
@@ -109,7 +110,20 @@ fn bad_input_gets_a_clear_error() {
         ),
         (&["--unit", "person", "--sampling-rate", "1"][..], "person"),
         (
-            &["--unit", "record", "--noise", "distributed", "--local-epochs", "2", "--sampling-rate", "0.5", "--epsilon", "1", "--rounds", "40"][..],
+            &[
+                "--unit",
+                "record",
+                "--noise",
+                "distributed",
+                "--local-epochs",
+                "2",
+                "--sampling-rate",
+                "0.5",
+                "--epsilon",
+                "1",
+                "--rounds",
+                "40",
+            ][..],
             "--local-epochs = 2 is out of range: exactly 1 under --noise distributed",
         ),
         (

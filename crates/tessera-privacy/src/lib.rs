@@ -62,8 +62,8 @@ pub use distributed::{KLS21_MAX_EXCESS, kls21_rdp_excess, kls21_tau, quantized_l
 pub use mechanism::{GaussianMechanism, MechanismCache, rounded_sensitivity};
 pub use noise::{DiscreteGaussian, MAX_TABLE_SIGMA, add_gaussian_noise_f32, fill_discrete_gaussian};
 pub use plan::{DistributedPlan, dpsgd_steps, member_spend, record_step_sensitivity, round_spend, validate};
-pub use stream::NoiseStream;
 pub use statistics::{StatisticsPart, StatisticsPrivacy, statistics_privacy, statistics_spend};
+pub use stream::NoiseStream;
 pub use zcdp::{ZcdpAccountant, zcdp_to_epsilon};
 
 /// Errors of the privacy mathematics. Messages name the parameter at fault,

@@ -315,7 +315,7 @@ impl TabularMlp {
     /// The logits of `rows` (row-major, `num_features` values each, encoded
     /// by the schema), for checking an exported copy against the model.
     pub fn logits(&self, rows: &[f32], num_features: usize) -> Result<Vec<f32>, LearnError> {
-        if num_features == 0 || rows.len() % num_features != 0 {
+        if num_features == 0 || !rows.len().is_multiple_of(num_features) {
             return Err(LearnError::Config("rows must be whole multiples of num_features".into()));
         }
         let device = self.head.weight.val().device();

@@ -78,7 +78,9 @@ pub fn pytorch_model(cfg: &VisionModelConfig, trained: &ModelParams, device: &De
             let merged = model.merged();
             let all = collect_params(&merged, &|_| true)?;
             let adapters = match cfg.lora {
-                Some(l) => format!(" (LoRA adapters, rank {} alpha {}, merged into their convolutions)", l.rank, l.alpha),
+                Some(l) => {
+                    format!(" (LoRA adapters, rank {} alpha {}, merged into their convolutions)", l.rank, l.alpha)
+                }
                 None => String::new(),
             };
             let what = format!(
@@ -103,7 +105,8 @@ pub fn pytorch_model(cfg: &VisionModelConfig, trained: &ModelParams, device: &De
 pub fn network_metadata(cfg: &VisionModelConfig) -> Option<String> {
     match cfg.kind {
         VisionArchitecture::EfficientnetLite0 => {
-            let stages: Vec<String> = STAGES.iter().map(|s| format!("[{},{},{},{},{},{}]", s.0, s.1, s.2, s.3, s.4, s.5)).collect();
+            let stages: Vec<String> =
+                STAGES.iter().map(|s| format!("[{},{},{},{},{},{}]", s.0, s.1, s.2, s.3, s.4, s.5)).collect();
             Some(format!(
                 "{{\"kind\":\"efficientnet_lite0\",\"stem\":[3,32,3,2],\"stages\":[{}],\"head_conv\":[320,{FEATURE_DIM}],\
                  \"bn_eps\":{BN_EPS},\"activation\":\"relu6\",\"padding\":\"tf_same\",\"pool\":\"mean\",\
