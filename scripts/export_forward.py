@@ -66,20 +66,57 @@ def same_pad(x, k, stride):
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
 
 
-def conv(t, name, x, stride=1, groups=1):
-    """torch.nn.Conv2d without bias, TF-SAME padding for k > 1."""
+def conv(t, name, x, stride=1, groups=1, padding="tf_same"):
+    """torch.nn.Conv2d: TF-SAME padding for k > 1, or `padding` zeros on
+    every side; the bias when the file has one."""
     w = t[f"{name}.weight"]
     c_out, c_in_g, k, _ = w.shape
-    if k > 1:
-        x = same_pad(x, k, stride)
+    if padding == "tf_same":
+        if k > 1:
+            x = same_pad(x, k, stride)
+    elif padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     n, c_in, h, width = x.shape
     oh, ow = (h - k) // stride + 1, (width - k) // stride + 1
     win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride][:, :, :oh, :ow]
     if groups == 1:
-        return np.einsum("nchwij,ocij->nohw", win, w, optimize=True)
-    if groups == c_in == c_out and c_in_g == 1:
-        return np.einsum("nchwij,cij->nchw", win, w[:, 0], optimize=True)
-    raise SystemExit(f"{name}: unsupported groups {groups}")
+        y = np.einsum("nchwij,ocij->nohw", win, w, optimize=True)
+    elif groups == c_in == c_out and c_in_g == 1:
+        y = np.einsum("nchwij,cij->nchw", win, w[:, 0], optimize=True)
+    else:
+        raise SystemExit(f"{name}: unsupported groups {groups}")
+    bias = t.get(f"{name}.bias")
+    return y if bias is None else y + bias[None, :, None, None]
+
+
+def max_pool2(x):
+    """torch.nn.MaxPool2d(2, 2): odd trailing rows and columns dropped."""
+    n, c, h, w = x.shape
+    x = x[:, :, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def adaptive_avg(x, out_h, out_w):
+    """torch.nn.AdaptiveAvgPool2d: bin i spans floor(i h / out) to ceil((i + 1) h / out)."""
+    _, _, h, w = x.shape
+    rows = []
+    for i in range(out_h):
+        r0, r1 = (i * h) // out_h, -(-((i + 1) * h) // out_h)
+        rows.append(
+            np.stack(
+                [x[:, :, r0:r1, (j * w) // out_w : -(-((j + 1) * w) // out_w)].mean(axis=(2, 3)) for j in range(out_w)],
+                axis=-1,
+            )
+        )
+    return np.stack(rows, axis=-2)
+
+
+def small_cnn(t, net, x):
+    for name in ("conv1", "conv2"):
+        x = max_pool2(np.maximum(conv(t, name, x, padding=net["padding"]), 0.0))
+    x = adaptive_avg(x, *net["adaptive_avg"]).reshape(x.shape[0], -1)
+    x = np.maximum(x @ t["fc1.weight"].T + t["fc1.bias"], 0.0)
+    return x @ t["fc2.weight"].T + t["fc2.bias"]
 
 
 def efficientnet_lite0(t, net, x):
@@ -111,9 +148,12 @@ def main():
     x = np.fromfile(inputs, dtype="<f4").astype(np.float64).reshape(shape)
     if "tessera.network" in meta:
         net = json.loads(meta["tessera.network"])
-        if net.get("kind") != "efficientnet_lite0" or net.get("activation") != "relu6" or net.get("padding") != "tf_same":
+        if net.get("kind") == "efficientnet_lite0" and net.get("activation") == "relu6" and net.get("padding") == "tf_same":
+            logits = efficientnet_lite0(t, net, x)
+        elif net.get("kind") == "small_cnn" and net.get("pool") == "max2" and net.get("activation") == "relu":
+            logits = small_cnn(t, net, x)
+        else:
             raise SystemExit(f"unsupported network: {net}")
-        logits = efficientnet_lite0(t, net, x)
     else:
         logits = sequential(t, meta.get("tessera.architecture", ""), x)
     logits.astype("<f4").tofile(out)

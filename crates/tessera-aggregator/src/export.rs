@@ -389,46 +389,65 @@ mod tests {
         assert_close(&got, &want, "tabular");
     }
 
+    /// `cfg`'s network with every trained tensor moved a little, exported,
+    /// then run by numpy from the file and its `tessera.network` metadata
+    /// alone on four shipped Fashion-MNIST test images: the Rust model's
+    /// logits, within 1e-4 of their scale. Returns the values the file holds.
+    fn image_export_runs_in_numpy(cfg: &VisionModelConfig) -> usize {
+        use tessera_vision::VisionNet;
+        let device = DEFAULT_BACKEND.device();
+        let net = VisionNet::build(cfg, &device).unwrap();
+        let mut trained = net.trainable_params().unwrap();
+        for t in &mut trained.tensors {
+            t.data.iter_mut().enumerate().for_each(|(k, v)| *v += 0.01 * ((k % 7) as f32 - 3.0));
+        }
+        let net = net.with_trainable_params(&trained).unwrap();
+        let fashion = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist");
+        let data = tessera_vision::load_fashion_mnist(&fashion, "t10k").unwrap().stratified_sample(1, 5).unwrap();
+        let x = tessera_vision::preprocess(cfg).batch(&data, &[0, 1, 2, 3], &device).unwrap();
+        let shape = x.dims().to_vec();
+        let input = x.clone().into_data().try_into_vec::<f32>().unwrap();
+        let want = net.logits(x).into_data().try_into_vec::<f32>().unwrap();
+
+        let (tensors, _) = vision_model(cfg, &trained).unwrap();
+        let values: usize = tensors.iter().map(|t| t.data.len()).sum();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("image.safetensors");
+        let network = tessera_vision::network_metadata(cfg).unwrap();
+        write_safetensors(&p, &tensors, HashMap::from([("tessera.network".to_string(), network)])).unwrap();
+        if let Some(got) = python_logits(&p, &input, &shape) {
+            assert_close(&got, &want, &format!("{:?}", cfg.kind));
+        }
+        values
+    }
+
     /// An image export is the whole network (backbone, batch-norm running
     /// statistics, the trained last block and head) in PyTorch's layout;
-    /// numpy, building EfficientNet-Lite0 from the file's `tessera.network`
-    /// metadata alone, reproduces the model's logits on shipped
-    /// Fashion-MNIST test images. With the pretrained checkpoint when
-    /// scripts/fetch-weights.sh has run (CI), else the seeded backbone.
+    /// numpy, building EfficientNet-Lite0 from the file's metadata alone,
+    /// reproduces the model's logits. With the pretrained checkpoint when
+    /// scripts/fetch-weights.sh has run (CI), else the seeded backbone. The
+    /// small CNN likewise.
     #[test]
     fn exported_image_network_reproduces_the_models_logits_in_numpy() {
-        use tessera_core::BackboneInit;
-        use tessera_vision::VisionNet;
+        use tessera_core::{BackboneInit, VisionArchitecture};
         let cfg = VisionModelConfig {
             backbone: BackboneInit::PretrainedIfPresent,
             trainable_blocks: 1,
             ..VisionModelConfig::efficientnet_head(10, 32)
         };
-        let device = DEFAULT_BACKEND.device();
-        let net = VisionNet::build(&cfg, &device).unwrap();
-        let mut trained = net.trainable_params().unwrap();
-        for t in &mut trained.tensors {
-            t.data.iter_mut().enumerate().for_each(|(k, v)| *v += 0.01 * ((k % 7) as f32 - 3.0));
-        }
-        let VisionNet::Transfer(model) = net.with_trainable_params(&trained).unwrap() else { unreachable!() };
-        let fashion = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/fashion-mnist");
-        let data = tessera_vision::load_fashion_mnist(&fashion, "t10k").unwrap().stratified_sample(1, 5).unwrap();
-        let x = tessera_vision::preprocess(&cfg).batch(&data, &[0, 1, 2, 3], &device).unwrap();
-        let input = x.clone().into_data().try_into_vec::<f32>().unwrap();
-        let want = model.forward(x).into_data().try_into_vec::<f32>().unwrap();
-
-        let (tensors, what) = vision_model(&cfg, &trained).unwrap();
+        let (tensors, what) = vision_model(
+            &cfg,
+            &tessera_vision::VisionNet::build(&cfg, &DEFAULT_BACKEND.device()).unwrap().trainable_params().unwrap(),
+        )
+        .unwrap();
         assert!(what.contains("the whole network"), "{what}");
-        let values: usize = tensors.iter().map(|t| t.data.len()).sum();
-        assert!(values > 3_000_000, "{values} values: not the whole network (the trunk alone is 3.4M)");
         let head = tensors.iter().find(|t| t.name == "head.weight").unwrap();
         assert_eq!(head.shape, vec![10, tessera_vision::FEATURE_DIM], "torch.nn.Linear layout");
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("image.safetensors");
-        let network = tessera_vision::network_metadata(&cfg).unwrap();
-        write_safetensors(&p, &tensors, HashMap::from([("tessera.network".to_string(), network)])).unwrap();
-        let Some(got) = python_logits(&p, &input, &[4, 3, 32, 32]) else { return };
-        assert_close(&got, &want, "EfficientNet-Lite0");
+        let values = image_export_runs_in_numpy(&cfg);
+        assert!(values > 3_000_000, "{values} values: not the whole network (the trunk alone is 3.4M)");
+        let cnn =
+            VisionModelConfig { kind: VisionArchitecture::SmallCnn, ..VisionModelConfig::efficientnet_head(10, 28) };
+        image_export_runs_in_numpy(&cnn);
     }
 
     #[test]

@@ -101,7 +101,10 @@ pub fn pytorch_model(cfg: &VisionModelConfig, trained: &ModelParams, device: &De
 /// kernel, first stride, expansion, channels in and out), batch norm's
 /// epsilon, ReLU6, TensorFlow-style SAME padding (the extra row and column
 /// at the bottom and right), global mean pooling and the linear head.
-/// `None` for the small CNN.
+/// For the small CNN: two 3×3 convolutions (stride 1, padding 1, with
+/// bias) each followed by ReLU and 2×2 max pooling, adaptive average
+/// pooling to 4×4 (PyTorch's bins), flattening channel-major, then
+/// `Linear(512, 64)`, ReLU and `Linear(64, classes)`.
 pub fn network_metadata(cfg: &VisionModelConfig) -> Option<String> {
     match cfg.kind {
         VisionArchitecture::EfficientnetLite0 => {
@@ -117,7 +120,12 @@ pub fn network_metadata(cfg: &VisionModelConfig) -> Option<String> {
                 cfg.image_size
             ))
         }
-        VisionArchitecture::SmallCnn => None,
+        VisionArchitecture::SmallCnn => Some(format!(
+            "{{\"kind\":\"small_cnn\",\"convs\":[[{},16],[16,32]],\"kernel\":3,\"padding\":1,\"activation\":\"relu\",\
+             \"pool\":\"max2\",\"adaptive_avg\":[4,4],\"fc\":[512,64,{}],\
+             \"input\":\"[n, {}, {}, {}], preprocessed as the run's [model] section says\"}}",
+            cfg.input_channels, cfg.num_classes, cfg.input_channels, cfg.image_size, cfg.image_size
+        )),
     }
 }
 

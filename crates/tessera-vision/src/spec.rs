@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use tessera_core::{BackboneInit, ModelParams, VisionArchitecture, VisionModelConfig};
 
 use crate::{
@@ -106,6 +106,14 @@ impl VisionNet {
             Self::Transfer(m) => Self::Transfer(Box::new(m.with_trainable_params(params)?)),
             Self::Cnn(m) => Self::Cnn(Box::new(m.with_params(params)?)),
         })
+    }
+
+    /// The logits of a batch of preprocessed images (`[n, c, h, w]`).
+    pub fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::Transfer(m) => m.forward(images),
+            Self::Cnn(m) => m.forward(images),
+        }
     }
 
     /// A fully frozen backbone: only the linear head trains.
