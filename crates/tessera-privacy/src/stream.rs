@@ -71,26 +71,27 @@ impl NoiseStream {
         self.next_block += (BUFFER_BYTES / BLOCK_BYTES) as u128;
         self.used = 0;
     }
+
+    /// The next `N` keystream bytes (refilling first if fewer are left).
+    #[inline]
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        if self.used + N > BUFFER_BYTES {
+            self.refill();
+        }
+        let bytes = self.buffer[self.used..self.used + N].try_into().expect("N bytes");
+        self.used += N;
+        bytes
+    }
 }
 
 impl RngCore for NoiseStream {
     fn next_u32(&mut self) -> u32 {
-        if self.used + 4 > BUFFER_BYTES {
-            self.refill();
-        }
-        let word = u32::from_le_bytes(self.buffer[self.used..self.used + 4].try_into().expect("four bytes"));
-        self.used += 4;
-        word
+        u32::from_le_bytes(self.take())
     }
 
     #[inline]
     fn next_u64(&mut self) -> u64 {
-        if self.used + 8 > BUFFER_BYTES {
-            self.refill();
-        }
-        let word = u64::from_le_bytes(self.buffer[self.used..self.used + 8].try_into().expect("eight bytes"));
-        self.used += 8;
-        word
+        u64::from_le_bytes(self.take())
     }
 
     fn fill_bytes(&mut self, mut dest: &mut [u8]) {
