@@ -392,8 +392,9 @@ mod tests {
     /// `cfg`'s network with every trained tensor moved a little, exported,
     /// then run by numpy from the file and its `tessera.network` metadata
     /// alone on four shipped Fashion-MNIST test images: the Rust model's
-    /// logits, within 1e-4 of their scale. Returns the values the file holds.
-    fn image_export_runs_in_numpy(cfg: &VisionModelConfig) -> usize {
+    /// logits, within 1e-4 of their scale. Returns the file's tensors and
+    /// their description.
+    fn image_export_runs_in_numpy(cfg: &VisionModelConfig) -> (Vec<ExportTensor>, String) {
         use tessera_vision::VisionNet;
         let device = DEFAULT_BACKEND.device();
         let net = VisionNet::build(cfg, &device).unwrap();
@@ -409,8 +410,7 @@ mod tests {
         let input = x.clone().into_data().try_into_vec::<f32>().unwrap();
         let want = net.logits(x).into_data().try_into_vec::<f32>().unwrap();
 
-        let (tensors, _) = vision_model(cfg, &trained).unwrap();
-        let values: usize = tensors.iter().map(|t| t.data.len()).sum();
+        let (tensors, what) = vision_model(cfg, &trained).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("image.safetensors");
         let network = tessera_vision::network_metadata(cfg).unwrap();
@@ -418,7 +418,7 @@ mod tests {
         if let Some(got) = python_logits(&p, &input, &shape) {
             assert_close(&got, &want, &format!("{:?}", cfg.kind));
         }
-        values
+        (tensors, what)
     }
 
     /// An image export is the whole network (backbone, batch-norm running
@@ -435,15 +435,11 @@ mod tests {
             trainable_blocks: 1,
             ..VisionModelConfig::efficientnet_head(10, 32)
         };
-        let (tensors, what) = vision_model(
-            &cfg,
-            &tessera_vision::VisionNet::build(&cfg, &DEFAULT_BACKEND.device()).unwrap().trainable_params().unwrap(),
-        )
-        .unwrap();
+        let (tensors, what) = image_export_runs_in_numpy(&cfg);
         assert!(what.contains("the whole network"), "{what}");
         let head = tensors.iter().find(|t| t.name == "head.weight").unwrap();
         assert_eq!(head.shape, vec![10, tessera_vision::FEATURE_DIM], "torch.nn.Linear layout");
-        let values = image_export_runs_in_numpy(&cfg);
+        let values: usize = tensors.iter().map(|t| t.data.len()).sum();
         assert!(values > 3_000_000, "{values} values: not the whole network (the trunk alone is 3.4M)");
         let cnn =
             VisionModelConfig { kind: VisionArchitecture::SmallCnn, ..VisionModelConfig::efficientnet_head(10, 28) };

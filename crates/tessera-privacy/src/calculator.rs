@@ -16,6 +16,7 @@ use std::fmt;
 use tessera_core::{NoisePlacement, PrivacyUnit};
 
 use crate::accountant::epsilon_from_rdp;
+use crate::plan::local_noise_steps;
 use crate::{PrivacyError, RdpAccountant, ZcdpAccountant, calibrate_noise_multiplier};
 
 /// What the operator asks.
@@ -75,9 +76,7 @@ pub fn releases_per_round(
     check("--local-epochs", local_epochs as f64, local_epochs > 0, "at least 1")?;
     match (unit, noise) {
         (PrivacyUnit::Client, _) => Ok(1),
-        (PrivacyUnit::Record, NoisePlacement::Local) => {
-            Ok(local_epochs.saturating_mul((1.0 / sampling_rate).ceil() as u64))
-        }
+        (PrivacyUnit::Record, NoisePlacement::Local) => Ok(local_noise_steps(sampling_rate, local_epochs)),
         (PrivacyUnit::Record, NoisePlacement::Distributed) => {
             check(
                 "--local-epochs",

@@ -80,7 +80,13 @@ pub fn dpsgd_steps(dp: &DpSettings, train: &TrainSettings) -> u64 {
     if dp.noise == NoisePlacement::Distributed {
         return 1;
     }
-    u64::from(train.local_epochs) * (1.0 / dp.sampling_rate).ceil() as u64
+    local_noise_steps(dp.sampling_rate, u64::from(train.local_epochs))
+}
+
+/// Steps a round of DP-SGD with local noise takes: `ceil(1/q)` per local
+/// epoch (the privacy calculator's count too).
+pub(crate) fn local_noise_steps(sampling_rate: f64, local_epochs: u64) -> u64 {
+    local_epochs.saturating_mul((1.0 / sampling_rate).ceil() as u64)
 }
 
 /// The L2 sensitivity, to one record, of a member's update under the record

@@ -18,7 +18,7 @@
 //! the noise is as secret as the data it hides.
 
 use aws_lc_rs::cipher::{AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
-use rand_core::{CryptoRng, CryptoRngCore, RngCore};
+use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroize;
 
 /// Keystream generated per refill: 4 KiB, 256 AES blocks (L1-resident).
@@ -50,15 +50,6 @@ impl NoiseStream {
             .and_then(EncryptingKey::ctr)
             .expect("a 32-byte key is a valid AES-256 key");
         Self { key, next_block: 0, buffer: Box::new([0; BUFFER_BYTES]), used: BUFFER_BYTES }
-    }
-
-    /// A stream keyed by 256 bits drawn from `rng`.
-    pub fn from_rng<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
-        let mut key = [0u8; 32];
-        rng.fill_bytes(&mut key);
-        let stream = Self::from_key(key);
-        key.zeroize();
-        stream
     }
 
     /// The next 4 KiB of keystream: CTR encryption of zeros.
