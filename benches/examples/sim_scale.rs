@@ -130,6 +130,8 @@ fn prepare(n: usize) -> Vec<Prepared> {
 }
 
 fn main() {
+    // As `tessera-sim` does (see `tessera_sim::small_pages`).
+    tessera_sim::small_pages();
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
     let d: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);

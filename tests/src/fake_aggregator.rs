@@ -249,8 +249,8 @@ pub async fn honest_setup(
     let ClientMsg::RevealGraphSeed { round: r, reveal } = link.recv().await else { panic!("expected a reveal") };
     assert_eq!(r, round);
     let reveals = peers.reveals(&roster, target, reveal);
-    link.send(AggregatorMsg::CohortKeys { round, adverts: peer_adverts.clone(), reveals: reveals.clone().into() })
-        .await;
+    let adverts = peer_adverts.iter().map(|(p, a)| (*p, a.clone().into())).collect();
+    link.send(AggregatorMsg::CohortKeys { round, adverts, reveals: reveals.clone().into() }).await;
     let ClientMsg::ShareKeys { round: r, .. } = link.recv().await else { panic!("expected ShareKeys") };
     assert_eq!(r, round);
     let mut all = vec![(target, advert)];

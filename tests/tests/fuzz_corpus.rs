@@ -233,7 +233,7 @@ fn write_seed_corpus() {
         AggregatorMsg::GraphRoster { round: 1, commitments: vec![(0, [8; 32]), (1, [9; 32])].into() },
         AggregatorMsg::CohortKeys {
             round: 1,
-            adverts: vec![(0, advert)],
+            adverts: vec![(0, advert.into())],
             reveals: vec![(0, [6; 32]), (1, [5; 32])].into(),
         },
         AggregatorMsg::ForwardShares { round: 1, shares: vec![share] },

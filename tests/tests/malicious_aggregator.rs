@@ -217,6 +217,7 @@ async fn member_refuses_substituted_neighbour_keys() {
             // 3. Keys it made with peer-1's real certificate, signed by a key it holds.
             _ => sign_advert(&session, keys, adverts[0].1.certificate.clone(), &mut forged_signer),
         };
+        let adverts = adverts.into_iter().map(|(p, a)| (p, a.into())).collect();
         m.link.send(AggregatorMsg::CohortKeys { round, adverts, reveals: Default::default() }).await;
         match m.link.recv().await {
             ClientMsg::Decline { round: r, reason } => {

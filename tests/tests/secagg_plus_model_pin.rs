@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tessera_aggregator::{DriverOptions, RunObserver, serve};
-use tessera_client::{ClientOptions, EgressLedger, LocalModel};
+use tessera_client::{ClientExit, ClientOptions, EgressLedger, LocalModel};
 use tessera_core::{DpSettings, EvalMetrics, Limits, ModelParams, ParamTensor, RoundRecord, RunId, TrainSettings};
 use tessera_protocol::coordinator::{
     CentralNoise, CohortSelection, Coordinator, CoordinatorConfig, Dropout, Resume, RoundOutcome, SecureConfig,
@@ -104,8 +104,11 @@ fn config() -> CoordinatorConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secagg_plus_round_of_in_process_members_gives_the_pinned_model() {
+/// One round of the `MEMBERS` in-process members under `opts`: the
+/// coordinator after it, the observed outcome, and how each member ended.
+async fn one_round(
+    opts: DriverOptions,
+) -> (Coordinator, Option<RoundOutcome>, String, Vec<Result<ClientExit, String>>) {
     let initial = ModelParams::new(vec![ParamTensor::new("w", vec![VALUES], vec![0.0; VALUES]).unwrap()]);
     let coordinator =
         Coordinator::new(config(), initial, None, Resume::default(), CentralNoise::reproducible(0)).unwrap();
@@ -128,15 +131,42 @@ async fn a_secagg_plus_round_of_in_process_members_gives_the_pinned_model() {
         }));
     }
     let mut observer = Finished::default();
-    let (coordinator, end) = serve(listener, coordinator, &mut observer, DriverOptions::default()).await;
+    let (coordinator, end) = serve(listener, coordinator, &mut observer, opts).await;
+    let mut exits = Vec::new();
     for m in members {
-        let _ = tokio::time::timeout(Duration::from_secs(60), m).await;
+        exits.push(match tokio::time::timeout(Duration::from_secs(60), m).await {
+            Ok(Ok(Ok(exit))) => Ok(exit),
+            other => Err(format!("{other:?}")),
+        });
     }
-    let outcome = observer.0.unwrap_or_else(|| panic!("the round did not complete: {}", end.reason));
+    (coordinator, observer.0, end.reason, exits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secagg_plus_round_of_in_process_members_gives_the_pinned_model() {
+    let (coordinator, outcome, reason, _) = one_round(DriverOptions::default()).await;
+    let outcome = outcome.unwrap_or_else(|| panic!("the round did not complete: {reason}"));
     assert_eq!(outcome.contributors.len(), MEMBERS);
     // The mean step, about 0.00297 (k mod 7 thousandths over k < 100), up to quantization.
     let mean = (0..MEMBERS).map(|i| 0.001 * (i % 7) as f64).sum::<f64>() / MEMBERS as f64;
     let global = coordinator.global();
     assert!(global.values().all(|v| (f64::from(*v) - mean).abs() < 1e-4), "the round did not average the steps");
     assert_eq!(global.digest_hex(), PINNED, "the in-process SecAgg+ round no longer gives the pinned model");
+}
+
+/// The driver's linger is a bound, not a wait: once every connection's
+/// writer has flushed its final `Shutdown`, `serve` returns (it used to
+/// sleep the whole linger, 200 ms of every simulated run), and every member
+/// has heard that the run is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_returns_once_every_shutdown_is_flushed() {
+    let opts = DriverOptions { linger: Duration::from_secs(3600), ..DriverOptions::default() };
+    let (_, outcome, reason, exits) = tokio::time::timeout(Duration::from_secs(180), one_round(opts))
+        .await
+        .expect("serve waited out its hour of linger instead of returning once the writers flushed");
+    assert!(outcome.is_some(), "the round did not complete: {reason}");
+    assert_eq!(exits.len(), MEMBERS);
+    for (i, exit) in exits.iter().enumerate() {
+        assert!(matches!(exit, Ok(ClientExit::Shutdown { .. })), "member {i} ended with {exit:?}, not the shutdown");
+    }
 }

@@ -141,7 +141,9 @@ pub struct DriverOptions {
     /// Frame size and chunk limits for encoding and decoding; both ends
     /// must agree on `chunk_values`.
     pub limits: Limits,
-    /// Time allowed after the run finished for final messages to flush.
+    /// Time allowed, at most, after the run finished for final messages to
+    /// flush: the driver returns as soon as every connection's writer has
+    /// sent its queue and seen it acknowledged, or when this runs out.
     pub linger: Duration,
     /// The operator's revocation list, as the daemon last read it. Each
     /// change closes the live connections it now refuses, within the time
@@ -183,6 +185,8 @@ pub async fn serve(
     opts: DriverOptions,
 ) -> (Coordinator, RunEnd) {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<CoreEvent>();
+    // Every writer holds a clone; `recv` answers `None` once all are gone.
+    let (writers_tx, mut writers_done) = mpsc::channel::<()>(1);
     let mut revocations = opts.revocations.clone();
     let mut d = Driver {
         start: Instant::now(),
@@ -201,9 +205,11 @@ pub async fn serve(
             Ok(None) => {}
             Ok(Some(reason)) => {
                 tracing::info!(%reason, "run finished");
-                // Let writers flush the Shutdown messages, then close.
+                // Let writers flush the Shutdown messages, then close: a
+                // fixed wait here was 200 ms of every simulated run.
                 drop(d.connections);
-                tokio::time::sleep(opts.linger).await;
+                drop(writers_tx);
+                let _ = tokio::time::timeout(opts.linger, writers_done.recv()).await;
                 return finished(d.coordinator, reason);
             }
             // Nothing of the round has been sent: queued messages are dropped unsent.
@@ -219,7 +225,7 @@ pub async fn serve(
                 Some((peer, conn)) => {
                     next_conn += 1;
                     let (tx, rx) = conn.split();
-                    spawn_connection(peer, next_conn, tx, rx, events_tx.clone(), opts.limits);
+                    spawn_connection(peer, next_conn, tx, rx, events_tx.clone(), writers_tx.clone(), opts.limits);
                 }
                 None => accepting = false,
             },
@@ -563,6 +569,8 @@ fn spawn_connection(
     mut tx: FrameSender,
     mut rx: FrameReceiver,
     events: mpsc::UnboundedSender<CoreEvent>,
+    // Held by the writer until its queue is flushed (see `serve`).
+    writer_alive: mpsc::Sender<()>,
     limits: Limits,
 ) {
     let member = peer.member;
@@ -621,6 +629,7 @@ fn spawn_connection(
             break;
         }
         let _ = tx.finish().await;
+        drop(writer_alive);
     });
     // Reader: decode and forward; any decoding error closes the connection.
     tokio::spawn(async move {

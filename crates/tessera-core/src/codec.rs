@@ -140,13 +140,18 @@ pub fn frame_len<T: Serialize>(msg: &T) -> Result<usize, CodecError> {
     Ok(HEADER_LEN + counter.bytes_written)
 }
 
+/// Bytes `value` takes inside an encoded message.
+pub(crate) fn value_len<T: Serialize>(value: &T) -> Result<usize, CodecError> {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut counter, config())
+        .map_err(|e| CodecError::Unencodable(e.to_string()))?;
+    Ok(counter.bytes_written)
+}
+
 /// Bytes `items` take inside an encoded message: the sequence's length
 /// prefix and every item, as a `Vec` of them encodes.
 pub(crate) fn seq_len<T: Serialize>(items: &[T]) -> Result<usize, CodecError> {
-    let mut counter = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(items, &mut counter, config())
-        .map_err(|e| CodecError::Unencodable(e.to_string()))?;
-    Ok(counter.bytes_written)
+    value_len(&items)
 }
 
 /// SHA-256 of the bytes `items` take inside an encoded message (what

@@ -20,6 +20,10 @@
 //! - **Codec**: frames of `[version][u32 length][bincode payload]`
 //!   ([`encode_frame`], [`FrameDecoder`], a received [`Payload`]) bounded by
 //!   [`Limits`], and [`chunk_ranges`] for vectors larger than a frame.
+//! - **Shared values**: what many members are sent alike, held once:
+//!   [`SharedList`] (the cohort, graph roster and reveals, survivor set,
+//!   with results computed from a list memoized on it) and [`Shared`] (a
+//!   neighbour's advertisement); each encodes exactly as the plain value.
 //! - **Streaming**: [`model_messages`] sends a model as bounded chunks and
 //!   [`ModelAssembler`] rebuilds it in place, checking order and digest.
 //! - **Round settings**: [`RoundSettings`] (training, secure aggregation,
@@ -70,7 +74,7 @@ pub use round::{
     SecAggSettings, TrainSettings, UNCLIPPED_TENSOR,
 };
 pub use schema::{FIT_LOCALLY, FeatureDecl, FeatureSchema, SchemaError, SchemaSource};
-pub use shared::SharedList;
+pub use shared::{Shared, SharedList};
 pub use statistics::{
     FeatureStatistics, LocalStatistics, MAX_STATS_BINS, MAX_STATS_CLASSES, STATS_TENSOR, StatisticsReport,
     StatsRelease, bin_edges, bin_of,

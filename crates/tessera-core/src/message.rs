@@ -10,7 +10,7 @@ use crate::PartyId;
 use crate::metrics::EvalMetrics;
 use crate::params::ParamLayout;
 use crate::round::{RoundSettings, RunId};
-use crate::shared::SharedList;
+use crate::shared::{Shared, SharedList};
 
 /// The two X25519 public keys a cohort member advertises.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -190,8 +190,10 @@ pub enum AggregatorMsg {
     CohortKeys {
         /// The round.
         round: u64,
-        /// Each neighbour's party index and signed advertisement.
-        adverts: Vec<(PartyId, Advertisement)>,
+        /// Each neighbour's party index and signed advertisement, shared
+        /// with the other members it is forwarded to (encoded as the
+        /// advertisement itself).
+        adverts: Vec<(PartyId, Shared<Advertisement>)>,
         /// `(party, reveal)` for every entry of the roster, in its order.
         reveals: SharedList<(PartyId, [u8; 32])>,
     },

@@ -23,10 +23,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::PartyId;
 use crate::codec::{CodecError, frame_len, seq_len};
 use crate::message::AggregatorMsg;
 
 mod intern;
+mod value;
+
+pub use value::Shared;
 
 /// Memoized results kept per list, at most; a caller that asks for more
 /// distinct keys gets its result computed but not kept, so a list that
@@ -203,10 +207,16 @@ impl AggregatorMsg {
                 AggregatorMsg::GraphRoster { round: *round, commitments: SharedList::default() },
                 commitments.encoded_len(),
             ),
-            AggregatorMsg::CohortKeys { round, adverts, reveals } => with(
-                AggregatorMsg::CohortKeys { round: *round, adverts: adverts.clone(), reveals: SharedList::default() },
-                reveals.encoded_len(),
-            ),
+            // Each advertisement's length is memoized with it; a pair
+            // encodes as its party, then its advertisement.
+            AggregatorMsg::CohortKeys { round, adverts, reveals } => {
+                let parties: Vec<PartyId> = adverts.iter().map(|(p, _)| *p).collect();
+                let adverts_len = adverts.iter().try_fold(seq_len(&parties)?, |n, (_, a)| Ok(n + a.encoded_len()?))?;
+                let extra = empty(adverts_len).ok_or_else(|| CodecError::Unencodable("list length".into()))?;
+                let stripped =
+                    AggregatorMsg::CohortKeys { round: *round, adverts: Vec::new(), reveals: SharedList::default() };
+                Ok(with(stripped, reveals.encoded_len())? + extra)
+            }
             AggregatorMsg::SurvivorSet { round, survivors } => with(
                 AggregatorMsg::SurvivorSet { round: *round, survivors: SharedList::default() },
                 survivors.encoded_len(),
@@ -235,13 +245,25 @@ mod tests {
     use crate::codec::{HEADER_LEN, Limits, decode_payload, encode_frame};
     use crate::round::plain_settings as settings;
 
+    fn advert(i: u8) -> Shared<crate::Advertisement> {
+        Shared::new(crate::Advertisement {
+            keys: crate::PublicKeys { cipher_pk: [i; 32], mask_pk: [i + 1; 32] },
+            seed_commitment: [2; 32],
+            graph_commitment: [4; 32],
+            certificate: vec![i; 300 + usize::from(i)],
+            signature: vec![5; 64],
+        })
+    }
+
     fn messages() -> Vec<AggregatorMsg> {
         let cohort: SharedList<String> = (0..300).map(|i| format!("member-{i:04}")).collect();
         let pairs: SharedList<(u32, [u8; 32])> = (0..300).map(|i| (i, [i as u8; 32])).collect();
         vec![
             AggregatorMsg::RoundStart { round: 7, settings: settings(), cohort, party: 299 },
             AggregatorMsg::GraphRoster { round: 7, commitments: pairs.clone() },
-            AggregatorMsg::CohortKeys { round: 7, adverts: Vec::new(), reveals: pairs },
+            AggregatorMsg::CohortKeys { round: 7, adverts: Vec::new(), reveals: pairs.clone() },
+            // Party indices of one and of two varint bytes.
+            AggregatorMsg::CohortKeys { round: 7, adverts: vec![(3, advert(3)), (300, advert(9))], reveals: pairs },
             AggregatorMsg::SurvivorSet { round: 7, survivors: (0..300).collect() },
             AggregatorMsg::SurvivorSet { round: 7, survivors: SharedList::default() },
         ]

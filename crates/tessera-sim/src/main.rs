@@ -173,6 +173,7 @@ impl ScenarioArg {
 }
 
 fn main() -> ExitCode {
+    tessera_sim::small_pages();
     let cli = Cli::parse();
     tessera_cli::init_logging(cli.log.log_format, "warn,tessera_sim=info");
     match run(cli.command, cli.log.log_format) {

@@ -223,6 +223,7 @@ pub fn participant(data: &[u8]) {
                         junk.iter().map(|(p, a, _)| (PartyId::from(p % 8), *a)).collect(),
                     ),
                 };
+                let adverts = adverts.into_iter().map(|(p, a): (PartyId, Advertisement)| (p, a.into())).collect();
                 vec![AggregatorMsg::CohortKeys { round: u64::from(round), adverts, reveals: reveals.into() }]
             }
             ToMember::ForwardShares { round, honest, flip, junk } => {

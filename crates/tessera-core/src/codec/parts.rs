@@ -162,14 +162,14 @@ mod tests {
     use crate::message::{Advertisement, PublicKeys};
     use crate::round::plain_settings as settings;
 
-    fn advert(i: u8) -> Advertisement {
-        Advertisement {
+    fn advert(i: u8) -> crate::Shared<Advertisement> {
+        crate::Shared::new(Advertisement {
             keys: PublicKeys { cipher_pk: [i; 32], mask_pk: [i + 1; 32] },
             seed_commitment: [3; 32],
             graph_commitment: [6; 32],
             certificate: vec![i; 300],
             signature: vec![5; 72],
-        }
+        })
     }
 
     /// Two members' messages of each kind that carries a shared list (the

@@ -128,7 +128,7 @@ pub(super) struct RoundState {
     /// Signed advertisements as the members sent them (secure rounds),
     /// forwarded untouched in `CohortKeys`: the coordinator holds no key
     /// and every member checks the signatures itself.
-    adverts: BTreeMap<PartyId, tessera_core::Advertisement>,
+    adverts: BTreeMap<PartyId, tessera_core::Shared<tessera_core::Advertisement>>,
     /// Members still taking part (not dropped, not disconnected).
     alive: BTreeSet<PartyId>,
     /// Members whose input is in the aggregate.
@@ -324,7 +324,7 @@ impl RoundState {
             (Aggregation::Secure(s), ClientMsg::AdvertiseKeys { advert, .. }) if phase == Phase::AdvertiseKeys => {
                 s.on_advertise(party, advert.keys, advert.seed_commitment, advert.graph_commitment)
                     .map_err(Violation::SecAgg)?;
-                self.adverts.insert(party, advert);
+                self.adverts.insert(party, advert.into());
                 self.answered.insert(party);
             }
             (Aggregation::Secure(s), ClientMsg::RevealGraphSeed { reveal, .. }) if phase == Phase::GraphReveal => {

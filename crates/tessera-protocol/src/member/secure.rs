@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use tessera_core::{Advertisement, ClientMsg, NoisePlacement, PartyId, SharedList};
+use tessera_core::{Advertisement, ClientMsg, NoisePlacement, PartyId, Shared, SharedList};
 
 use super::{MemberRng, Output, Participant, PrivacyRefusal, Refusal, active};
 
@@ -33,7 +33,7 @@ impl<R: MemberRng> Participant<R> {
     pub(super) fn on_cohort_keys(
         &mut self,
         round: u64,
-        adverts: &[(PartyId, Advertisement)],
+        adverts: &[(PartyId, Shared<Advertisement>)],
         reveals: &SharedList<(PartyId, [u8; 32])>,
     ) -> Result<(), Refusal> {
         let kind = "cohort_keys";

@@ -109,7 +109,8 @@ fn member_refuses_substituted_neighbour_keys() {
     let (mut m1, mut m2) = (KeySigner(m1_key), KeySigner(m2_key));
     let mut p = welcomed(pki.identity("m0"));
 
-    let refuse = |p: &mut Participant<ChaCha20Rng>, round, adverts| {
+    let refuse = |p: &mut Participant<ChaCha20Rng>, round, adverts: Vec<(u32, Advertisement)>| {
+        let adverts = adverts.into_iter().map(|(party, a)| (party, a.into())).collect();
         let r = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: Default::default() });
         assert!(!shares_sent(p), "round {round}: no share may be dealt after a refused advertisement");
         r.unwrap_err()
@@ -183,7 +184,7 @@ fn member_refuses_substituted_neighbour_keys() {
     let own = start(&mut p, round);
     let (mut s1, k1) = session(round, 1, 1);
     let (mut s2, k2) = session(round, 2, 2);
-    let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1)), (2, advert(&s2, k2, m2_cert, &mut m2))];
+    let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1).into()), (2, advert(&s2, k2, m2_cert, &mut m2).into())];
     let reveals = draw_graph(&mut p, round, &own, [&mut s1, &mut s2]);
     p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: reveals.into() }).unwrap();
     assert!(shares_sent(&mut p), "honest advertisements are accepted");
@@ -203,8 +204,8 @@ fn member_checks_certificate_validity_at_its_clock() {
     let (s2, k2) = session(1, 2, 12);
     let (m2_cert, m2_key) = pki.issue("m2");
     let adverts = vec![
-        (1, advert(&s1, k1, m1_cert, &mut KeySigner(m1_key))),
-        (2, advert(&s2, k2, m2_cert, &mut KeySigner(m2_key))),
+        (1, advert(&s1, k1, m1_cert, &mut KeySigner(m1_key)).into()),
+        (2, advert(&s2, k2, m2_cert, &mut KeySigner(m2_key)).into()),
     ];
     let err = p.handle(AggregatorMsg::CohortKeys { round: 1, adverts, reveals: Default::default() }).unwrap_err();
     assert!(
@@ -258,7 +259,7 @@ fn member_refuses_a_ground_graph_seed() {
     let own = start(&mut p, round);
     let (mut s1, k1) = session(round, 1, 1);
     let (mut s2, k2) = session(round, 2, 2);
-    let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1)), (2, advert(&s2, k2, m2_cert, &mut m2))];
+    let adverts = vec![(1, advert(&s1, k1, m1_cert, &mut m1).into()), (2, advert(&s2, k2, m2_cert, &mut m2).into())];
     let mut reveals = draw_graph(&mut p, round, &own, [&mut s1, &mut s2]);
     reveals[2].1[0] ^= 1;
     let err = p.handle(AggregatorMsg::CohortKeys { round, adverts, reveals: reveals.into() }).unwrap_err();
