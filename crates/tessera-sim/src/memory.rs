@@ -14,11 +14,35 @@
 pub fn small_pages() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // The arguments are the kernel's unsigned longs, passed as such
+        // through the variadic call.
+        let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
         // SAFETY: PR_SET_THP_DISABLE takes integers only and reads or
         // writes no memory of this process; a failure (an old kernel) only
         // leaves huge pages on, so the result is ignored.
         unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+            libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused);
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn huge_pages_are_off_unless_the_user_chose() {
+        super::small_pages();
+        // SAFETY: as above; PR_GET_THP_DISABLE takes no further argument.
+        let disabled = unsafe {
+            libc::prctl(
+                libc::PR_GET_THP_DISABLE,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+            assert_eq!(disabled, 1, "transparent huge pages are still on for the process");
         }
     }
 }
