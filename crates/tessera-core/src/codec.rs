@@ -134,10 +134,7 @@ fn frame_header_len(len: usize, limits: &Limits) -> Result<[u8; 4], CodecError> 
 /// traffic accounting counts messages this way, so byte counts depend only
 /// on what was said, not on transport timing.
 pub fn frame_len<T: Serialize>(msg: &T) -> Result<usize, CodecError> {
-    let mut counter = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(msg, &mut counter, config())
-        .map_err(|e| CodecError::Unencodable(e.to_string()))?;
-    Ok(HEADER_LEN + counter.bytes_written)
+    Ok(HEADER_LEN + value_len(msg)?)
 }
 
 /// Bytes `value` takes inside an encoded message.

@@ -31,16 +31,9 @@ mod tests {
     #[test]
     fn huge_pages_are_off_unless_the_user_chose() {
         super::small_pages();
+        let unused: libc::c_ulong = 0;
         // SAFETY: as above; PR_GET_THP_DISABLE takes no further argument.
-        let disabled = unsafe {
-            libc::prctl(
-                libc::PR_GET_THP_DISABLE,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        };
+        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, unused, unused, unused, unused) };
         if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
             assert_eq!(disabled, 1, "transparent huge pages are still on for the process");
         }
