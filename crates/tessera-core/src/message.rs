@@ -44,9 +44,11 @@ pub struct Advertisement {
     /// no single party, the aggregator included, picks the graph.
     pub graph_commitment: [u8; 32],
     /// The member's consortium certificate (DER).
+    #[serde(with = "serde_bytes")]
     pub certificate: Vec<u8>,
     /// ECDSA P-256 / SHA-256 signature over the signed message, fixed-length
     /// `r ‖ s` (64 bytes), so every advertisement has the same size.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -91,6 +93,7 @@ pub struct EncryptedShare {
     /// The member that holds them.
     pub to: PartyId,
     /// AES-256-GCM ciphertext of the share bundle; opaque to the aggregator.
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -104,6 +107,7 @@ pub enum ShareReveal {
         /// The peer the share belongs to.
         peer: PartyId,
         /// This member's Shamir share of the peer's self-mask seed.
+        #[serde(with = "serde_bytes")]
         share: Vec<u8>,
     },
     /// The peer dropped: its mask secret-key share.
@@ -111,6 +115,7 @@ pub enum ShareReveal {
         /// The peer the share belongs to.
         peer: PartyId,
         /// This member's Shamir share of the peer's mask secret key.
+        #[serde(with = "serde_bytes")]
         share: Vec<u8>,
     },
 }
@@ -306,6 +311,7 @@ pub enum ClientMsg {
         round: u64,
         /// Fixed-length `r ‖ s` signature over
         /// `tessera_secagg::survivor_message`.
+        #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
     /// SecAgg step 4b: the secrets that let the aggregator unmask the sum.
@@ -546,6 +552,59 @@ impl AggregatorMsg {
             AggregatorMsg::UnmaskRequest { .. } => AggregatorMsgKind::UnmaskRequest,
             AggregatorMsg::RoundEnd { .. } => AggregatorMsgKind::RoundEnd,
             AggregatorMsg::Shutdown { .. } => AggregatorMsgKind::Shutdown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_payload, to_bytes};
+
+    /// The same shapes with plain `Vec<u8>` fields, as they were encoded
+    /// before the byte fields took `serde_bytes` (a serde sequence of `u8`).
+    #[derive(Serialize, Deserialize)]
+    struct PlainAdvertisement(PublicKeys, [u8; 32], [u8; 32], Vec<u8>, Vec<u8>);
+    #[derive(Serialize, Deserialize)]
+    enum PlainReveal {
+        SelfMask(PartyId, Vec<u8>),
+        MaskKey(PartyId, Vec<u8>),
+    }
+
+    /// The byte fields are bulk-copied (`serde_bytes`), but the bytes on the
+    /// wire are the ones a sequence of `u8` gives: a member built before the
+    /// change and one built after read each other. A length the payload
+    /// cannot hold is an error, not a panic.
+    #[test]
+    fn byte_fields_encode_as_a_sequence_of_u8_does() {
+        let keys = PublicKeys { cipher_pk: [1; 32], mask_pk: [2; 32] };
+        let (certificate, signature) = ((0..300).map(|i| i as u8).collect::<Vec<u8>>(), vec![9u8; 64]);
+        let advert = Advertisement {
+            keys,
+            seed_commitment: [3; 32],
+            graph_commitment: [4; 32],
+            certificate: certificate.clone(),
+            signature: signature.clone(),
+        };
+        let plain = PlainAdvertisement(keys, [3; 32], [4; 32], certificate, signature);
+        let (bytes, plain_bytes) = (to_bytes(&advert).unwrap(), to_bytes(&plain).unwrap());
+        assert_eq!(bytes, plain_bytes);
+        assert_eq!(decode_payload::<Advertisement>(&plain_bytes).unwrap(), advert);
+        // The certificate's length (8 bytes after the keys and commitments)
+        // claiming 200 MiB in a frame that holds 0.5 KiB: refused, no panic.
+        let mut lying = plain_bytes.clone();
+        lying[128..136].copy_from_slice(&(200u64 << 20).to_le_bytes());
+        assert!(decode_payload::<Advertisement>(&lying).is_err());
+
+        let share = EncryptedShare { from: 7, to: 70_000, ciphertext: vec![5; 120] };
+        assert_eq!(to_bytes(&share).unwrap(), to_bytes(&(7u32, 70_000u32, vec![5u8; 120])).unwrap());
+        for (reveal, plain) in [
+            (ShareReveal::SelfMask { peer: 3, share: vec![6; 40] }, PlainReveal::SelfMask(3, vec![6; 40])),
+            (ShareReveal::MaskKey { peer: 4, share: vec![] }, PlainReveal::MaskKey(4, vec![])),
+        ] {
+            let plain_bytes = to_bytes(&plain).unwrap();
+            assert_eq!(to_bytes(&reveal).unwrap(), plain_bytes);
+            assert_eq!(decode_payload::<ShareReveal>(&plain_bytes).unwrap(), reveal);
         }
     }
 }
