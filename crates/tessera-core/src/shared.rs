@@ -262,7 +262,8 @@ mod tests {
             AggregatorMsg::RoundStart { round: 7, settings: settings(), cohort, party: 299 },
             AggregatorMsg::GraphRoster { round: 7, commitments: pairs.clone() },
             AggregatorMsg::CohortKeys { round: 7, adverts: Vec::new(), reveals: pairs.clone() },
-            // Party indices that encode in one byte and in three (bincode varints).
+            // Two advertisements of different lengths, each after its party index
+            // (the codec writes fixed-width integers: four bytes a party).
             AggregatorMsg::CohortKeys { round: 7, adverts: vec![(3, advert(3)), (300, advert(9))], reveals: pairs },
             AggregatorMsg::SurvivorSet { round: 7, survivors: (0..300).collect() },
             AggregatorMsg::SurvivorSet { round: 7, survivors: SharedList::default() },
